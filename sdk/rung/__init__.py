@@ -1,0 +1,68 @@
+"""rung: durable task execution for Python on your own AWS account.
+
+Tasks are plain functions; every step is checkpointed to DynamoDB with a
+conditional write; runs travel as SQS messages; retries resume at the failing
+step. See README.md and docs/.
+"""
+
+from rung.app import App, Task
+from rung.client import Client
+from rung.context import Context, StepInfo, current_step, step
+from rung.errors import (
+    ErrorInfo,
+    InvalidConfig,
+    InvalidPayload,
+    LeaseLost,
+    NonDeterminismError,
+    NonRetryable,
+    PayloadTooLarge,
+    RetryAfter,
+    RungError,
+    RunNotFound,
+    StepFailed,
+    UnknownTask,
+    UsageError,
+)
+from rung.models import EventType, HistoryEvent, Run, RunHandle, RunStatus
+from rung.retry import RetryPolicy
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # ``rung.testing`` without an explicit import, as the README's example uses it.
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module("rung.testing")
+    raise AttributeError(f"module 'rung' has no attribute {name!r}")
+
+
+__all__ = [
+    "App",
+    "Client",
+    "Context",
+    "ErrorInfo",
+    "EventType",
+    "HistoryEvent",
+    "InvalidConfig",
+    "InvalidPayload",
+    "LeaseLost",
+    "NonDeterminismError",
+    "NonRetryable",
+    "PayloadTooLarge",
+    "RetryAfter",
+    "RetryPolicy",
+    "Run",
+    "RunHandle",
+    "RunNotFound",
+    "RunStatus",
+    "RungError",
+    "StepFailed",
+    "StepInfo",
+    "Task",
+    "UnknownTask",
+    "UsageError",
+    "current_step",
+    "step",
+]

@@ -1,0 +1,333 @@
+"""The worker: takes one queue message and moves its run forward by one attempt.
+
+``handler/worker.py`` (Lambda), ``rung.testing.LocalEngine`` and the local poller
+all call ``Worker.handle``; they differ only in how messages arrive and how the
+returned ``Disposition`` is applied (Lambda: partial batch failures; locally: a
+delete or nothing).
+
+One attempt, in requests: claim (1 write, returns the run) + load checkpoints (1
+query, skipped on a run's first claim, which cannot have any) + 1 write per
+executed step + 1 terminal write. Backoff is one fenced write plus one SQS call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from rung import _serde
+from rung._clock import Clock
+from rung._queue import BadMessage, QueueMessage, SqsQueue, decode
+from rung._signals import ContinueLater, RetryStep
+from rung._store import Claimed, DynamoStore, NotClaimed
+from rung.app import App, Task
+from rung.context import Context, _current_context, error_info
+from rung.errors import (
+    ErrorInfo,
+    LeaseLost,
+    NonDeterminismError,
+    PayloadTooLarge,
+    StepFailed,
+    UnknownTask,
+)
+from rung.models import Failure, Run, StepRecord
+
+log = logging.getLogger("rung.worker")
+
+
+class Disposition(enum.StrEnum):
+    """What to do with the message after ``handle``."""
+
+    ACK = "ack"  # delete it: the run is finished, or moved on by another message
+    KEEP = "keep"  # leave it: its visibility was set to when it must come back
+    POISON = "poison"  # leave it to be redelivered and, after maxReceiveCount, the DLQ
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerConfig:
+    """Worker timing.
+
+    Attributes:
+        lease_duration: how long a claim holds a run without renewal. A crashed
+            worker's run is taken over after this; on Lambda set it above the
+            function timeout so a live invocation never loses its lease.
+        min_time_left: before each step, if the invocation has less than this left,
+            the run continues in a fresh invocation (not counted as an attempt).
+    """
+
+    lease_duration: timedelta = timedelta(minutes=16)
+    min_time_left: timedelta = timedelta(seconds=10)
+
+
+class Worker:
+    def __init__(
+        self,
+        app: App,
+        store: DynamoStore,
+        queue: SqsQueue,
+        clock: Clock,
+        config: WorkerConfig | None = None,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.queue = queue
+        self.clock = clock
+        self.config = config or WorkerConfig()
+
+    def handle(
+        self, message: QueueMessage, time_left: Callable[[], float] | None = None
+    ) -> Disposition:
+        """Process one message. ``time_left`` returns the invocation's seconds left."""
+        try:
+            run_id = decode(message.body)
+        except BadMessage as exc:
+            log.error("poison message %s: %s", message.message_id, exc)
+            return Disposition.POISON
+        now = self.clock.now()
+        lease = self.config.lease_duration
+        claim = self.store.claim_run(run_id, now, lease)
+        if isinstance(claim, NotClaimed) and claim.reason == "crashed":
+            assert claim.run is not None
+            claim = self._take_over(claim.run, now)
+        if isinstance(claim, NotClaimed):
+            return self._not_claimed(message, run_id, claim, now)
+        return self._attempt(message, claim, time_left)
+
+    # -- claiming --------------------------------------------------------------------
+
+    def _not_claimed(
+        self, message: QueueMessage, run_id: str, claim: NotClaimed, now: datetime
+    ) -> Disposition:
+        if claim.reason == "missing":
+            log.error("message %s names run %s, which does not exist", message.message_id, run_id)
+            return Disposition.POISON
+        if claim.reason == "terminal":
+            return Disposition.ACK  # a duplicate of a message whose run is finished
+        assert claim.retry_at is not None
+        # "not_due": a long delay chained through 15-minute hops; "busy": another worker
+        # holds the lease (a duplicate delivery): look again when that lease would expire.
+        wait = max(claim.retry_at - now, timedelta(0))
+        if claim.reason == "busy":
+            wait += timedelta(seconds=1)
+        return self._later(message, run_id, wait)
+
+    def _take_over(self, run: Run, now: datetime) -> Claimed | NotClaimed:
+        """The previous holder died mid-attempt: that attempt failed; start the next."""
+        error = ErrorInfo(
+            type="WorkerLost",
+            message=(
+                f"the worker running attempt {run.attempt} of run {run.run_id} stopped without "
+                "finishing it (crash, kill, timeout or out of memory); its lease expired"
+            ),
+        )
+        failure = Failure(
+            attempt=run.attempt,
+            kind="crash",
+            step_id=None,
+            error=error,
+            started_at=run.attempt_started_at,
+            failed_at=now,
+            step_started_at=None,
+            delay=None,
+        )
+        try:
+            max_attempts = self.app.get_task(run.task_id).retry.max_attempts
+        except UnknownTask:
+            max_attempts = 1
+        if _run_level_failures(run) + 1 >= max_attempts:
+            log.error("run %s: %s; no attempts left", run.run_id, error.message)
+            # Fenced on the dead holder's token: one of several finders wins.
+            with contextlib.suppress(LeaseLost):
+                self.store.fail_run(run.run_id, run.lease_token, error, failure, now)
+            return NotClaimed("terminal", run, None)
+        claim = self.store.reclaim_crashed(run, now, self.config.lease_duration, failure)
+        if isinstance(claim, Claimed):
+            log.warning(
+                "run %s: %s; starting attempt %d", run.run_id, error.message, claim.run.attempt
+            )
+        return claim
+
+    # -- one attempt -----------------------------------------------------------------
+
+    def _attempt(
+        self, message: QueueMessage, claim: Claimed, time_left: Callable[[], float] | None
+    ) -> Disposition:
+        run, token = claim.run, claim.token
+        try:
+            return self._run_attempt(message, run, token, time_left)
+        except LeaseLost as exc:
+            # Another worker owns the run now: stop, and leave the message alone (its
+            # redelivery finds the run finished, or held, and is handled then).
+            log.warning("%s", exc)
+            return Disposition.KEEP
+
+    def _run_attempt(
+        self, message: QueueMessage, run: Run, token: int, time_left: Callable[[], float] | None
+    ) -> Disposition:
+        now = self.clock.now
+        try:
+            task = self.app.get_task(run.task_id)
+        except UnknownTask as exc:
+            error = ErrorInfo(
+                "UnknownTask",
+                f"{exc}; was the task removed or renamed in a deploy while this run was in flight?",
+            )
+            self.store.fail_run(run.run_id, token, error, None, now())
+            return Disposition.ACK
+        # A run's first claim cannot find checkpoints: nobody held it before.
+        records = self.store.load_steps(run.run_id) if token > 1 else {}
+        session = _Session(self, run, token, time_left)
+        ctx = Context(
+            run_id=run.run_id,
+            task_id=run.task_id,
+            attempt=run.attempt,
+            default_retry=task.retry,
+            records=records,
+            session=session,
+        )
+        attempt_start = run.attempt_started_at or now()
+        try:
+            payload = task.decode_payload(_serde.dumps(run.payload, "payload"))
+        except Exception as exc:
+            self.store.fail_run(run.run_id, token, _payload_error(task, exc), None, now())
+            return Disposition.ACK
+        ctx_token = _current_context.set(ctx)
+        try:
+            result = task.fn(ctx, payload)
+        except RetryStep as retry:
+            failure = Failure(
+                attempt=run.attempt,
+                kind="step",
+                step_id=retry.step_id,
+                error=retry.error,
+                started_at=attempt_start,
+                failed_at=now(),
+                step_started_at=retry.started_at,
+                delay=retry.delay,
+            )
+            self.store.schedule_retry(run.run_id, token, failure, now() + retry.delay, now())
+            log.info(
+                "run %s: step %s failed (%s); retry in %s",
+                run.run_id,
+                retry.step_id,
+                retry.error,
+                retry.delay,
+            )
+            return self._later(message, run.run_id, retry.delay)
+        except ContinueLater:
+            self.store.release_to_continue(run.run_id, token, now())
+            self.queue.send(run.run_id)
+            log.info("run %s: continuing in a fresh invocation", run.run_id)
+            return Disposition.ACK
+        except StepFailed as exc:  # a step failed for good and the task did not catch it
+            error = ErrorInfo(
+                exc.error_type, f"step {exc.step_id!r} failed: {exc.message}", exc.traceback
+            )
+            self.store.fail_run(run.run_id, token, error, None, now())
+            return Disposition.ACK
+        except NonDeterminismError as exc:
+            self.store.fail_run(run.run_id, token, error_info(exc), None, now())
+            return Disposition.ACK
+        except Exception as exc:  # the task body itself failed, outside any step
+            return self._body_failed(message, run, token, task, exc, attempt_start)
+        finally:
+            _current_context.reset(ctx_token)
+        try:
+            output = _serde.dumps(result, f"the output of run {run.run_id}")
+        except (_serde.NotSerializable, PayloadTooLarge) as exc:
+            self.store.fail_run(
+                run.run_id, token, ErrorInfo(type(exc).__name__, str(exc)), None, now()
+            )
+            return Disposition.ACK
+        self.store.complete_run(run.run_id, token, output, now())
+        return Disposition.ACK
+
+    def _body_failed(
+        self,
+        message: QueueMessage,
+        run: Run,
+        token: int,
+        task: Task[Any],
+        exc: Exception,
+        attempt_start: datetime,
+    ) -> Disposition:
+        now = self.clock.now()
+        error = error_info(exc)
+        delay = task.retry.next_delay(_run_level_failures(run) + 1, exc)
+        failure = Failure(
+            attempt=run.attempt,
+            kind="body",
+            step_id=None,
+            error=error,
+            started_at=attempt_start,
+            failed_at=now,
+            step_started_at=None,
+            delay=delay,
+        )
+        if delay is None:
+            self.store.fail_run(run.run_id, token, error, failure, now)
+            return Disposition.ACK
+        self.store.schedule_retry(run.run_id, token, failure, now + delay, now)
+        return self._later(message, run.run_id, delay)
+
+    def _later(self, message: QueueMessage, run_id: str, delay: timedelta) -> Disposition:
+        kept = self.queue.defer(message, run_id, delay)
+        return Disposition.KEEP if kept else Disposition.ACK
+
+
+class _Session:
+    """The engine side of a Context during one attempt (see context.AttemptSession)."""
+
+    def __init__(
+        self, worker: Worker, run: Run, token: int, time_left: Callable[[], float] | None
+    ) -> None:
+        self._worker = worker
+        self._run = run
+        self._token = token
+        self._time_left = time_left
+        self._lease_until = run.lease_until
+        self._executed = 0
+
+    def now(self) -> datetime:
+        return self._worker.clock.now()
+
+    def before_step(self) -> None:
+        config = self._worker.config
+        if (
+            self._time_left is not None
+            and self._executed > 0
+            and self._time_left() < config.min_time_left.total_seconds()
+        ):
+            raise ContinueLater()
+        self._executed += 1
+        now = self.now()
+        if self._lease_until is not None and self._lease_until - now < config.lease_duration / 2:
+            until = now + config.lease_duration
+            self._worker.store.renew_lease(self._run.run_id, self._token, until)
+            self._lease_until = until
+
+    def failed_attempts_of(self, step_id: str) -> list[int]:
+        return [f.attempt for f in self._run.failures if f.kind == "step" and f.step_id == step_id]
+
+    def record_step(self, record: StepRecord) -> StepRecord:
+        return self._worker.store.record_step(self._run.run_id, record)
+
+    def mark_started(self, record: StepRecord, replace_attempt: int | None) -> StepRecord:
+        return self._worker.store.mark_step_started(self._run.run_id, record, replace_attempt)
+
+
+def _run_level_failures(run: Run) -> int:
+    """Failed attempts that count against the task's policy: body errors and crashes."""
+    return sum(1 for f in run.failures if f.kind in ("body", "crash"))
+
+
+def _payload_error(task: Task[Any], exc: Exception) -> ErrorInfo:
+    return ErrorInfo(
+        "InvalidPayload",
+        f"the stored payload no longer fits task {task.id!r}'s payload model: {exc}",
+    )

@@ -1,0 +1,100 @@
+"""A run's history, derived from the run item and its checkpoints (nothing is written twice).
+
+Events are ordered by structure, not by timestamp: attempt by attempt, the steps
+that attempt executed in program order, then how the attempt ended.
+"""
+
+from __future__ import annotations
+
+from rung.models import EventType, HistoryEvent, Run, RunStatus, StepRecord
+
+
+def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
+    events = [HistoryEvent(EventType.RUN_TRIGGERED, run.created_at)]
+    failures = {f.attempt: f for f in run.failures}
+    for attempt in range(1, run.attempt + 1):
+        failure = failures.get(attempt)
+        started = failure.started_at if failure else run.attempt_started_at
+        if started is None:
+            continue  # this attempt has not started yet (queued or backing off)
+        events.append(HistoryEvent(EventType.ATTEMPT_STARTED, started, attempt=attempt))
+        for record in (s for s in steps if s.run_attempt == attempt):
+            events.append(
+                HistoryEvent(
+                    EventType.STEP_STARTED, record.started_at, attempt=attempt, step=record.step_id
+                )
+            )
+            if record.outcome == "succeeded" and record.finished_at is not None:
+                events.append(
+                    HistoryEvent(
+                        EventType.STEP_SUCCEEDED,
+                        record.finished_at,
+                        attempt=attempt,
+                        step=record.step_id,
+                    )
+                )
+            elif record.outcome == "failed" and record.finished_at is not None:
+                events.append(
+                    HistoryEvent(
+                        EventType.STEP_FAILED,
+                        record.finished_at,
+                        attempt=attempt,
+                        step=record.step_id,
+                        error=record.error,
+                    )
+                )
+        if failure is not None:
+            if failure.kind == "step":
+                events.append(
+                    HistoryEvent(
+                        EventType.STEP_STARTED,
+                        failure.step_started_at or failure.failed_at,
+                        attempt=attempt,
+                        step=failure.step_id,
+                    )
+                )
+                events.append(
+                    HistoryEvent(
+                        EventType.STEP_FAILED,
+                        failure.failed_at,
+                        attempt=attempt,
+                        step=failure.step_id,
+                        error=failure.error,
+                    )
+                )
+            elif failure.kind == "crash":
+                events.append(
+                    HistoryEvent(
+                        EventType.WORKER_LOST,
+                        failure.failed_at,
+                        attempt=attempt,
+                        error=failure.error,
+                    )
+                )
+            else:
+                events.append(
+                    HistoryEvent(
+                        EventType.ATTEMPT_FAILED,
+                        failure.failed_at,
+                        attempt=attempt,
+                        error=failure.error,
+                    )
+                )
+            if failure.delay is not None:
+                events.append(
+                    HistoryEvent(
+                        EventType.RETRY_SCHEDULED,
+                        failure.failed_at,
+                        attempt=attempt,
+                        delay=failure.delay,
+                    )
+                )
+    if run.status == RunStatus.COMPLETED and run.finished_at is not None:
+        events.append(HistoryEvent(EventType.RUN_COMPLETED, run.finished_at, attempt=run.attempt))
+    elif run.status == RunStatus.FAILED and run.finished_at is not None:
+        events.append(
+            HistoryEvent(
+                EventType.RUN_FAILED, run.finished_at, attempt=run.attempt, error=run.error
+            )
+        )
+    return events

@@ -1,0 +1,70 @@
+"""JSON for everything rung stores: payloads, step results, outputs.
+
+Values are stored as JSON strings (boto3 refuses floats and returns Decimal).
+A value with a declared type (a pydantic model, ``list[Model]``, a dataclass ...)
+is revived through pydantic's ``TypeAdapter`` on the way back, so a step returns
+the same kind of value on its first execution and on every replay.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+import pydantic
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from rung.errors import PayloadTooLarge
+
+#: Largest payload, step result or output stored inline (bytes of JSON). DynamoDB
+#: items stop at 400 KB and the run item holds payload, output and error history.
+MAX_VALUE_BYTES = 128 * 1024
+
+
+class NotSerializable(TypeError):
+    """A value cannot be represented as JSON."""
+
+
+def dumps(value: Any, what: str) -> str:
+    """Encode ``value`` as compact JSON, refusing what cannot round-trip.
+
+    Raises:
+        NotSerializable: the value (or something inside it) is not JSON-representable.
+        PayloadTooLarge: the encoded value is larger than ``MAX_VALUE_BYTES``.
+    """
+    try:
+        plain = to_jsonable_python(value)
+        text = json.dumps(plain, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except (PydanticSerializationError, TypeError, ValueError) as exc:
+        raise NotSerializable(
+            f"{what} is not JSON-serializable ({type(value).__name__}): {exc}. "
+            "Use JSON values (dict, list, str, int, float, bool, None), pydantic models "
+            "or dataclasses."
+        ) from None
+    size = len(text.encode("utf-8"))
+    if size > MAX_VALUE_BYTES:
+        raise PayloadTooLarge(
+            f"{what} is {size:,} bytes of JSON; rung stores at most {MAX_VALUE_BYTES:,} bytes "
+            "inline (DynamoDB items stop at 400 KB). Put large data in S3 and pass its key."
+        )
+    return text
+
+
+def loads(text: str | None, type_: Any = None) -> Any:
+    """Decode JSON, reviving it as ``type_`` when a concrete type is declared."""
+    if text is None:
+        return None
+    value = json.loads(text)
+    adapter = _adapter(type_)
+    return value if adapter is None else adapter.validate_python(value)
+
+
+@lru_cache(maxsize=512)
+def _adapter(type_: Any) -> pydantic.TypeAdapter[Any] | None:
+    if type_ is None or type_ is Any or type_ is object:
+        return None
+    try:
+        return pydantic.TypeAdapter(type_)
+    except Exception:  # an annotation pydantic cannot handle: keep plain JSON
+        return None

@@ -1,0 +1,29 @@
+"""Control flow that unwinds a task body. BaseException so ``except Exception`` in
+user code cannot swallow it (the AWS durable SDK's SuspendExecution does the same)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from rung.errors import ErrorInfo
+
+
+class Unwind(BaseException):  # noqa: N818 - a signal, not an error
+    """Base of the signals; never escapes the engine."""
+
+
+class RetryStep(Unwind):
+    """A step's attempt failed and another attempt follows after ``delay``."""
+
+    def __init__(
+        self, step_id: str, error: ErrorInfo, delay: timedelta, started_at: datetime
+    ) -> None:
+        super().__init__(step_id)
+        self.step_id = step_id
+        self.error = error
+        self.delay = delay
+        self.started_at = started_at
+
+
+class ContinueLater(Unwind):
+    """The invocation is running out of time: continue in a fresh one."""

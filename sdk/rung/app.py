@@ -1,0 +1,208 @@
+"""Apps and tasks: what users declare."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, overload
+
+import pydantic
+
+from rung import _serde
+from rung.errors import InvalidConfig, InvalidPayload, UnknownTask
+from rung.retry import DEFAULT_RETRY, RetryPolicy
+
+R = TypeVar("R")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+@dataclass(frozen=True, eq=False)
+class Task(Generic[R]):
+    """A durable task, created by ``@app.task``.
+
+    Calling it directly calls the function (handy in unit tests); use it, or its
+    ``id``, wherever a task is named.
+
+    Attributes:
+        id: the task id used to trigger it.
+        fn: the function ``(ctx, payload) -> result``.
+        retry: the default policy of its steps and of errors outside steps.
+        payload_model: the pydantic model the payload is validated against, if any.
+    """
+
+    id: str
+    fn: Callable[..., R]
+    retry: RetryPolicy = DEFAULT_RETRY
+    payload_model: type[pydantic.BaseModel] | None = None
+    output_type: Any = field(default=None, repr=False)
+
+    def __call__(self, ctx: Any, payload: Any) -> R:
+        return self.fn(ctx, payload)
+
+    def encode_payload(self, payload: Any) -> str:
+        """Validate ``payload`` for this task and return it as stored JSON.
+
+        Raises:
+            InvalidPayload: it fails the task's model or is not JSON-serializable.
+            PayloadTooLarge: its JSON is larger than the inline limit.
+        """
+        value = payload
+        if self.payload_model is not None:
+            try:
+                if isinstance(payload, self.payload_model):
+                    value = self.payload_model.model_validate(payload.model_dump())
+                else:
+                    value = self.payload_model.model_validate(payload)
+            except pydantic.ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or '(payload)'}: {e['msg']}"
+                    for e in exc.errors()
+                )
+                raise InvalidPayload(
+                    f"payload for task {self.id!r} does not match "
+                    f"{self.payload_model.__name__}: {problems}"
+                ) from None
+        try:
+            return _serde.dumps(value, f"the payload for task {self.id!r}")
+        except _serde.NotSerializable as exc:
+            raise InvalidPayload(str(exc)) from None
+
+    def decode_payload(self, text: str) -> Any:
+        return _serde.loads(text, self.payload_model)
+
+
+class App:
+    """A named set of tasks; the unit that is deployed.
+
+    Example:
+        >>> app = rung.App("shop")
+        >>> @app.task(id="process-order")
+        ... def process_order(ctx: rung.Context, payload: OrderIn) -> dict: ...
+    """
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not _ID.match(name):
+            raise InvalidConfig(
+                f"App name {name!r} must be 1-128 characters of letters, digits, '.', '_', "
+                "':' or '-', starting with a letter or digit"
+            )
+        self.name = name
+        self._tasks: dict[str, Task[Any]] = {}
+
+    @property
+    def tasks(self) -> dict[str, Task[Any]]:
+        return dict(self._tasks)
+
+    def get_task(self, task: str | Task[Any]) -> Task[Any]:
+        """The task with this id (or this Task), or ``UnknownTask`` naming the known ones."""
+        task_id = task.id if isinstance(task, Task) else task
+        if not isinstance(task_id, str):
+            raise UnknownTask(f"a task id must be a string, got {type(task_id).__name__}")
+        found = self._tasks.get(task_id)
+        if found is None:
+            known = ", ".join(sorted(self._tasks)) or "none"
+            raise UnknownTask(f"app {self.name!r} has no task {task_id!r} (known tasks: {known})")
+        return found
+
+    @overload
+    def task(self, fn: Callable[..., R], /) -> Task[R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        id: str | None = None,
+        retry: RetryPolicy | None = None,
+        queue: Any = None,
+        concurrency_key: Any = None,
+        max_duration: Any = None,
+    ) -> Callable[[Callable[..., R]], Task[R]]: ...
+
+    def task(  # type: ignore[misc]
+        self,
+        fn: Callable[..., R] | None = None,
+        /,
+        *,
+        id: str | None = None,  # noqa: A002 - the public, pinned name
+        retry: RetryPolicy | None = None,
+        queue: Any = None,
+        concurrency_key: Any = None,
+        max_duration: Any = None,
+    ) -> Task[R] | Callable[[Callable[..., R]], Task[R]]:
+        """Declare a task: a function ``(ctx: rung.Context, payload) -> result``.
+
+        Args:
+            id: the task id (default: the function's name).
+            retry: default policy for its steps and for errors outside steps.
+            queue, concurrency_key, max_duration: flow control and time limits; not
+                built yet, so passing them raises ``NotImplementedError`` rather than
+                being silently ignored.
+
+        The payload is validated against the second parameter's annotation when that
+        is a pydantic model; otherwise any JSON value is accepted.
+        """
+        for option, value in (
+            ("queue", queue),
+            ("concurrency_key", concurrency_key),
+            ("max_duration", max_duration),
+        ):
+            if value is not None:
+                raise NotImplementedError(
+                    f"app.task({option}=...) is not available yet in this version of rung; "
+                    "remove it (it would otherwise be silently ignored)"
+                )
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidConfig(f"app.task(retry=...) must be a rung.RetryPolicy, got {retry!r}")
+
+        def register(func: Callable[..., R]) -> Task[R]:
+            task_id = id if id is not None else func.__name__
+            if not isinstance(task_id, str) or not _ID.match(task_id):
+                raise InvalidConfig(
+                    f"task id {task_id!r} must be 1-128 characters of letters, digits, '.', "
+                    "'_', ':' or '-', starting with a letter or digit"
+                )
+            if task_id in self._tasks:
+                raise InvalidConfig(f"app {self.name!r} already has a task {task_id!r}")
+            payload_model, output_type = _signature_types(task_id, func)
+            task = Task(
+                id=task_id,
+                fn=func,
+                retry=retry or DEFAULT_RETRY,
+                payload_model=payload_model,
+                output_type=output_type,
+            )
+            self._tasks[task_id] = task
+            return task
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+
+def _signature_types(task_id: str, func: Callable[..., Any]) -> tuple[Any, Any]:
+    if not callable(func):
+        raise InvalidConfig(f"@app.task decorates a function, got {func!r}")
+    params = [
+        p
+        for p in inspect.signature(func).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(params) < 2:
+        raise InvalidConfig(
+            f"task {task_id!r}: the function must take (ctx, payload), "
+            f"it takes {len(params)} positional parameter(s)"
+        )
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:
+        hints = {}
+    annotation = hints.get(params[1].name)
+    model = (
+        annotation
+        if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel)
+        else None
+    )
+    return model, hints.get("return")

@@ -1,0 +1,184 @@
+"""The client: trigger runs and read them, from anywhere that can reach the table and queue."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from rung import _aws
+from rung._clock import Clock, SystemClock
+from rung._history import build_history
+from rung._ids import new_run_id
+from rung._queue import SqsQueue
+from rung._store import DynamoStore, NewRun
+from rung.app import App, Task
+from rung.errors import InvalidConfig, RunNotFound, UsageError
+from rung.models import HistoryEvent, Run, RunHandle, RunStatus
+from rung.retry import as_timedelta
+
+MAX_IDEMPOTENCY_KEY = 256
+MAX_TAGS = 10
+DEFAULT_IDEMPOTENCY_TTL = timedelta(days=30)
+
+
+class Client:
+    """Trigger and inspect runs of an app's tasks.
+
+    Args:
+        app: the app whose tasks are triggered (payloads are validated against them).
+        table_name: the DynamoDB table (default ``$RUNG_TABLE_NAME``).
+        queue_url: the work queue (default ``$RUNG_QUEUE_URL``).
+        endpoint_url: an emulator or LocalStack (default ``$AWS_ENDPOINT_URL``; unset: AWS).
+        region: the AWS region (default from the environment, else us-east-1).
+
+    Example:
+        >>> client = rung.Client(app, table_name="rung-shop", queue_url=url)
+        >>> handle = client.trigger("process-order", {"order_id": "o-1"}, idempotency_key="o-1")
+        >>> client.get_run(handle.run_id).status
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        table_name: str | None = None,
+        queue_url: str | None = None,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        table_name = table_name or os.environ.get("RUNG_TABLE_NAME")
+        queue_url = queue_url or os.environ.get("RUNG_QUEUE_URL")
+        if not table_name or not queue_url:
+            raise UsageError(
+                "rung.Client needs the table and queue: pass table_name= and queue_url=, or set "
+                "RUNG_TABLE_NAME and RUNG_QUEUE_URL (template.yaml's outputs name both)"
+            )
+        store = DynamoStore(_aws.client("dynamodb", endpoint_url, region), table_name)
+        queue = SqsQueue(_aws.client("sqs", endpoint_url, region), queue_url)
+        self._init(app, store, queue, clock or SystemClock())
+
+    @classmethod
+    def _from_parts(cls, app: App, store: DynamoStore, queue: SqsQueue, clock: Clock) -> Client:
+        client = cls.__new__(cls)
+        client._init(app, store, queue, clock)
+        return client
+
+    def _init(self, app: App, store: DynamoStore, queue: SqsQueue, clock: Clock) -> None:
+        if not isinstance(app, App):
+            raise UsageError(f"rung.Client needs a rung.App, got {type(app).__name__}")
+        self.app = app
+        self._store = store
+        self._queue = queue
+        self._clock = clock
+
+    def trigger(
+        self,
+        task: str | Task[Any],
+        payload: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        delay: timedelta | float | None = None,
+        tags: Iterable[str] | None = None,
+        idempotency_ttl: timedelta | float | None = None,
+    ) -> RunHandle:
+        """Start a run of ``task`` with ``payload``.
+
+        The payload is validated before anything is stored; a refused trigger stores
+        and enqueues nothing. With ``idempotency_key``, every trigger of the same task
+        with the same key within ``idempotency_ttl`` (default 30 days) returns the same
+        run, however many race.
+
+        Raises:
+            UnknownTask: the app has no such task.
+            InvalidPayload: the payload fails the task's model or is not JSON.
+            PayloadTooLarge: the payload is larger than rung stores inline.
+        """
+        found = self.app.get_task(task)
+        payload_json = found.encode_payload(payload)
+        key = _check_key(idempotency_key)
+        tag_tuple = _check_tags(tags)
+        wait = as_timedelta(delay, "trigger delay") if delay is not None else timedelta(0)
+        ttl = (
+            as_timedelta(idempotency_ttl, "idempotency_ttl")
+            if idempotency_ttl is not None
+            else DEFAULT_IDEMPOTENCY_TTL
+        )
+        now = self._clock.now()
+        new = NewRun(
+            run_id=new_run_id(now),
+            task_id=found.id,
+            payload_json=payload_json,
+            created_at=now,
+            available_at=now + wait,
+            idempotency_key=key,
+            tags=tag_tuple,
+        )
+        run, created = self._store.create_run(new, ttl, now)
+        if created:
+            self._queue.send(run.run_id, wait)
+        elif run.status in (RunStatus.QUEUED, RunStatus.DELAYED) and run.lease_token == 0:
+            # Recorded but never claimed: the first trigger may have crashed before its
+            # send. Sending again is safe: a duplicate message finds the run taken or done.
+            due = run.available_at or now
+            self._queue.send(run.run_id, max(due - now, timedelta(0)))
+        return RunHandle(run_id=run.run_id, task_id=found.id, created=created)
+
+    def get_run(self, run_id: str) -> Run:
+        """The run's status, attempts, timestamps, output and error.
+
+        Raises:
+            RunNotFound: no run has this id.
+        """
+        return self._store.get_run(_check_run_id(run_id))
+
+    def list_runs(
+        self, *, status: RunStatus | str | None = None, task: str | None = None, limit: int = 50
+    ) -> list[Run]:
+        """Runs, newest first, optionally of one task and/or in one status."""
+        if status is not None:
+            try:
+                status = RunStatus(status)
+            except ValueError:
+                raise InvalidConfig(
+                    f"unknown status {status!r}; use one of {', '.join(RunStatus)}"
+                ) from None
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidConfig(f"limit must be a positive int, got {limit!r}")
+        task_id = self.app.get_task(task).id if task is not None else None
+        return self._store.list_runs(status=status, task_id=task_id, limit=limit)
+
+    def history(self, run_id: str) -> list[HistoryEvent]:
+        """The run's events in order: triggered, attempts, steps, retries, the end."""
+        run, steps = self._store.load_run_and_steps(_check_run_id(run_id))
+        return build_history(run, steps)
+
+
+def _check_run_id(run_id: object) -> str:
+    if not isinstance(run_id, str) or not run_id or len(run_id) > 128:
+        raise RunNotFound(f"{run_id!r} is not a run id (run ids look like 'run_01J...')")
+    return run_id
+
+
+def _check_key(key: object) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidConfig(
+            f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} "
+            f"characters, got {key!r:.80}"
+        )
+    return key
+
+
+def _check_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
+    if tags is None:
+        return ()
+    if isinstance(tags, str):
+        raise InvalidConfig("tags must be a list of strings, not a single string")
+    result = tuple(tags)
+    if len(result) > MAX_TAGS or not all(isinstance(t, str) and 0 < len(t) <= 128 for t in result):
+        raise InvalidConfig(f"tags must be at most {MAX_TAGS} non-empty strings of <= 128 chars")
+    return result

@@ -1,0 +1,145 @@
+"""Every error rung raises, in one tree.
+
+This module imports nothing from the package, so any module may import it.
+
+    RungError                       base of everything rung raises on purpose
+    ├── InvalidConfig (ValueError)  a RetryPolicy, task or engine option is wrong
+    ├── UsageError                  the API was called where it cannot work
+    ├── UnknownTask (LookupError)   trigger() named a task the app does not define
+    ├── InvalidPayload (ValueError) a payload fails the task's model or is not JSON
+    ├── PayloadTooLarge             a payload or result exceeds MAX_VALUE_BYTES
+    ├── RunNotFound (LookupError)   no run has that id
+    ├── LeaseLost                   a worker's fenced write was refused: it must stop
+    ├── NonDeterminismError         replay met a different step than the history holds
+    ├── StepFailed                  a step's retries are exhausted (raised in the task body)
+    ├── NonRetryable                raised by user code: fail now, do not retry
+    └── RetryAfter                  raised by user code: retry after this delay
+
+Failures are stored as data (``ErrorInfo``: type, message, traceback), never
+pickled; replay raises an error carrying the identical data.
+
+Errors that user code must not swallow with ``except Exception`` (the unwinding of
+a run that is being suspended or rescheduled) derive from ``BaseException`` and
+live in ``rung._engine``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """A failure as data: what is stored, shown in history and re-raised on replay."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ErrorInfo:
+        return cls(
+            type=str(data.get("type", "Error")),
+            message=str(data.get("message", "")),
+            traceback=str(data.get("traceback", "")),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+
+class RungError(Exception):
+    """Base class of every error rung raises on purpose."""
+
+
+class InvalidConfig(RungError, ValueError):
+    """A configuration value is invalid; raised when the object is constructed."""
+
+
+class UsageError(RungError):
+    """The API was used where it cannot work (e.g. a step inside a step)."""
+
+
+class UnknownTask(RungError, LookupError):
+    """``trigger`` named a task id that the app does not define."""
+
+    def __str__(self) -> str:  # LookupError quotes its argument; we want the sentence
+        return str(self.args[0]) if self.args else "unknown task"
+
+
+class InvalidPayload(RungError, ValueError):
+    """A payload failed the task's pydantic model or is not JSON-serializable."""
+
+
+class PayloadTooLarge(RungError, ValueError):
+    """A payload or step result is larger than rung stores inline."""
+
+
+class RunNotFound(RungError, LookupError):
+    """No run with the given id exists."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "run not found"
+
+
+class LeaseLost(RungError):
+    """A worker's fenced write was refused: another worker owns the run now.
+
+    The worker that sees this must stop working on the run at once; whatever it
+    would have written is the new owner's business.
+    """
+
+
+class NonDeterminismError(RungError):
+    """A replay met a different step than the one recorded at that position."""
+
+
+class NonRetryable(RungError):
+    """Raise from a step or task to fail at once, without further attempts."""
+
+
+class RetryAfter(RungError):
+    """Raise from a step or task to ask for the next attempt after ``delay``.
+
+    Args:
+        delay: a ``timedelta`` or a number of seconds.
+        message: why; stored with the failed attempt.
+    """
+
+    def __init__(self, delay: timedelta | float, message: str = "") -> None:
+        if isinstance(delay, bool) or not isinstance(delay, timedelta | int | float):
+            raise InvalidConfig(
+                f"RetryAfter delay must be a timedelta or seconds, got {type(delay).__name__}"
+            )
+        self.delay = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
+        if self.delay < timedelta(0):
+            raise InvalidConfig(f"RetryAfter delay must not be negative, got {self.delay}")
+        self.message = message
+        super().__init__(message or f"retry after {self.delay}")
+
+
+class StepFailed(RungError):
+    """A step failed for good; raised in the task body where it was called.
+
+    It carries the stored error data of the step's last attempt, and replays
+    raise an identical ``StepFailed``. Catch it to continue the task anyway.
+
+    Attributes:
+        step_id: the step's identity, ``"<scope>/<name>#<n>"``.
+        error_type: the type name of the exception the step raised.
+        message: that exception's message.
+        traceback: its formatted traceback, as recorded.
+    """
+
+    def __init__(self, step_id: str, error: ErrorInfo) -> None:
+        self.step_id = step_id
+        self.error = error
+        self.error_type = error.type
+        self.message = error.message
+        self.traceback = error.traceback
+        super().__init__(f"step {step_id!r} failed: {error}")

@@ -1,0 +1,290 @@
+"""Run an app's tasks in this process, on the embedded AWS emulator, for tests.
+
+``LocalEngine`` is the fourth target beside AWS, LocalStack and ``rung dev``: the
+same engine code, DynamoDB table and SQS queue semantics (moto's server on a
+thread), with worker threads instead of Lambda. The one difference is how a due
+time is reached: with ``virtual_time=True`` (the default) the clock advances only
+when no work is runnable and then jumps to the next due time, so backoff, delays
+and lease expiry pass instantly while history keeps the real durations.
+
+Example:
+    >>> with rung.testing.LocalEngine(app) as engine:
+    ...     handle = engine.trigger("process-order", {"order_id": "o-1"})
+    ...     run = engine.wait(handle.run_id, timeout=30)
+    ...     assert run.status == "COMPLETED"
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+from rung import _aws
+from rung._clock import Clock, SystemClock, VirtualClock, from_ms
+from rung._engine import Disposition, Worker, WorkerConfig
+from rung._queue import QueueMessage, SqsQueue
+from rung._store import DynamoStore
+from rung.app import App, Task
+from rung.client import Client
+from rung.errors import InvalidConfig, UsageError
+from rung.models import HistoryEvent, Run, RunHandle, RunStatus
+from rung.testing._emulator import (
+    EmbeddedEmulator,
+    next_due,
+    release_virtual_time,
+    use_virtual_time,
+)
+
+__all__ = ["LocalEngine", "SimulatedCrash"]
+
+log = logging.getLogger("rung.testing")
+_REGION = "us-east-1"
+
+
+class SimulatedCrash(BaseException):  # noqa: N818 - it simulates a process death
+    """Raise inside a step to make a LocalEngine worker die at that point.
+
+    Nothing after it is written: the message stays in flight and the run's lease
+    expires, exactly as when a Lambda worker is killed. (An in-process stand-in for
+    ``kill -9``, which the process-level tests exercise for real.)
+    """
+
+
+@dataclass(frozen=True)
+class WorkerFault:
+    """An exception that escaped the engine in a worker thread (a crash or a bug)."""
+
+    run_message: str
+    error: BaseException
+
+
+class LocalEngine:
+    """The engine in this process, on the embedded emulator.
+
+    Args:
+        app: the app whose tasks run.
+        workers: worker threads (each processes one message at a time).
+        virtual_time: skip waits (see the module docstring). False uses the wall clock.
+        lease_duration: how long a crashed worker holds a run before it is taken over.
+        max_receive_count: the DLQ redrive threshold, as in template.yaml.
+        invocation_timeout: simulate Lambda's limit per message: before a step, a run
+            with less than ``min_time_left`` of it left continues in a new invocation.
+        min_time_left: see ``invocation_timeout``.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        workers: int = 1,
+        virtual_time: bool = True,
+        lease_duration: timedelta = timedelta(minutes=1),
+        max_receive_count: int = 5,
+        invocation_timeout: timedelta | None = None,
+        min_time_left: timedelta = timedelta(seconds=10),
+    ) -> None:
+        if not isinstance(app, App):
+            raise UsageError(f"LocalEngine needs a rung.App, got {type(app).__name__}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise InvalidConfig(f"workers must be a positive int, got {workers!r}")
+        if max_receive_count < 3:
+            raise InvalidConfig("max_receive_count must be at least 3")
+        self.app = app
+        self._workers = workers
+        self._virtual = virtual_time
+        self.clock: Clock = VirtualClock() if virtual_time else SystemClock()
+        self._config = WorkerConfig(lease_duration=lease_duration, min_time_left=min_time_left)
+        self._max_receive = max_receive_count
+        self._invocation_timeout = invocation_timeout
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._busy = 0
+        self.faults: list[WorkerFault] = []
+        self._emulator: EmbeddedEmulator | None = None
+        self._client: Client | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def __enter__(self) -> LocalEngine:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self._emulator is not None:
+            raise UsageError("this LocalEngine is already started")
+        if isinstance(self.clock, VirtualClock):
+            use_virtual_time(self.clock)
+        try:
+            self._emulator = EmbeddedEmulator()
+            self.endpoint_url = self._emulator.endpoint_url
+            suffix = secrets.token_hex(4)
+            self.table_name = f"rung-{self.app.name}-{suffix}"
+            self.queue_name = f"rung-{self.app.name}-{suffix}"
+            self.dynamodb = _aws.client("dynamodb", self.endpoint_url, _REGION)
+            self.sqs = _aws.client("sqs", self.endpoint_url, _REGION)
+            self.store = DynamoStore(self.dynamodb, self.table_name)
+            self.store.create_table()
+            visibility = max(self._config.lease_duration * 2, timedelta(seconds=30))
+            self.queue_url, self.dlq_url = SqsQueue.create(
+                self.sqs,
+                self.queue_name,
+                visibility_timeout=visibility,
+                max_receive_count=self._max_receive,
+            )
+            self.queue = SqsQueue(self.sqs, self.queue_url, self._max_receive)
+            self.worker = Worker(self.app, self.store, self.queue, self.clock, self._config)
+            self._client = Client._from_parts(self.app, self.store, self.queue, self.clock)
+        except BaseException:
+            self.stop()
+            raise
+        for n in range(self._workers):
+            thread = threading.Thread(target=self._work, name=f"rung-worker-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads.clear()
+        if self._emulator is not None:
+            self._emulator.stop()
+            self._emulator = None
+        if isinstance(self.clock, VirtualClock):
+            release_virtual_time()
+
+    # -- the client API --------------------------------------------------------------
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            raise UsageError("the LocalEngine is not started: use it in a `with` block")
+        return self._client
+
+    def trigger(
+        self,
+        task: str | Task[Any],
+        payload: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        delay: timedelta | float | None = None,
+        tags: Iterable[str] | None = None,
+    ) -> RunHandle:
+        """Like ``Client.trigger``."""
+        return self.client.trigger(
+            task, payload, idempotency_key=idempotency_key, delay=delay, tags=tags
+        )
+
+    def get_run(self, run_id: str) -> Run:
+        """Like ``Client.get_run``."""
+        return self.client.get_run(run_id)
+
+    def list_runs(
+        self, *, status: RunStatus | str | None = None, task: str | None = None, limit: int = 50
+    ) -> list[Run]:
+        """Like ``Client.list_runs``."""
+        return self.client.list_runs(status=status, task=task, limit=limit)
+
+    def history(self, run_id: str) -> list[HistoryEvent]:
+        """Like ``Client.history``."""
+        return self.client.history(run_id)
+
+    def wait(self, run_id: str, timeout: float = 30.0) -> Run:
+        """Wait (wall-clock seconds) until the run is in a terminal status and return it.
+
+        Raises:
+            TimeoutError: it is not terminal after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.get_run(run_id)
+            if run.status.is_terminal:
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"run {run_id} is still {run.status} (attempt {run.attempt}) after "
+                    f"{timeout:g}s of waiting"
+                )
+            time.sleep(0.002)
+
+    def dead_letters(self) -> list[str]:
+        """Bodies of the messages that reached the DLQ (received, then left in place)."""
+        out = self.sqs.receive_message(
+            QueueUrl=self.dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0
+        )
+        return [m["Body"] for m in out.get("Messages", [])]
+
+    # -- workers ---------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                self._busy += 1
+            try:
+                messages = self.queue.receive(max_messages=10)
+                for message in messages:
+                    self._process(message)
+            except Exception as exc:  # the emulator went away during stop(), or a bug
+                if not self._stop.is_set():
+                    log.exception("worker loop error")
+                    self.faults.append(WorkerFault("(receive)", exc))
+                messages = []
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                    all_idle = self._busy == 0
+            if messages:
+                continue
+            if all_idle and isinstance(self.clock, VirtualClock) and self._advance_time():
+                continue
+            self._stop.wait(0.002)
+
+    def _advance_time(self) -> bool:
+        assert isinstance(self.clock, VirtualClock)
+        due = next_due(_REGION, self.queue_name, self.clock.epoch() * 1000)
+        if due is None:
+            return False
+        with self._lock:
+            if self._busy:
+                return False
+            self.clock.advance_to(from_ms(int(due) + 1))
+        return True
+
+    def _process(self, message: QueueMessage) -> None:
+        started = self.clock.now()
+
+        def time_left() -> float:
+            assert self._invocation_timeout is not None
+            elapsed = self.clock.now() - started
+            return (self._invocation_timeout - elapsed).total_seconds()
+
+        try:
+            disposition = self.worker.handle(
+                message, time_left if self._invocation_timeout is not None else None
+            )
+        except SimulatedCrash as crash:
+            log.warning("simulated crash while handling %s", message.body)
+            self.faults.append(WorkerFault(message.body, crash))
+            return
+        except Exception as exc:
+            log.exception("worker error while handling %s", message.body)
+            self.faults.append(WorkerFault(message.body, exc))
+            return
+        if disposition == Disposition.ACK:
+            self.queue.delete(message)

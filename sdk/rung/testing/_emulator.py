@@ -1,0 +1,93 @@
+"""The embedded AWS emulator (moto's server, on a thread of this process).
+
+Virtual time. SQS delays and visibility timeouts are the emulator's own, so that
+LocalEngine exercises the same queue semantics as AWS. moto reads the wall clock
+for them, and an emulator cannot skip time, so while a virtual-time engine runs,
+moto's SQS clock functions are pointed at the engine's VirtualClock, and
+``next_due`` reads the emulator's queue to find the moment the next message
+becomes visible. This is the one place rung reaches into moto's internals; it is
+pinned to moto 5.x in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from rung._clock import VirtualClock
+from rung.errors import UsageError
+
+ACCOUNT_ID = "123456789012"
+_patch_lock = threading.Lock()
+_patched_clock: VirtualClock | None = None
+_originals: dict[str, Any] = {}
+
+
+class EmbeddedEmulator:
+    """A moto server on 127.0.0.1 and an ephemeral port."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+def use_virtual_time(clock: VirtualClock) -> None:
+    """Point moto's SQS clock at ``clock`` (one virtual clock per process at a time)."""
+    global _patched_clock
+    import moto.sqs.models as sqs_models
+
+    with _patch_lock:
+        if _patched_clock is not None:
+            raise UsageError(
+                "another LocalEngine with virtual time is running in this process; use one "
+                "at a time (or pass virtual_time=False to the second)"
+            )
+        _originals["unix_time"] = getattr(sqs_models, "unix_time")  # noqa: B009
+        _originals["unix_time_millis"] = getattr(sqs_models, "unix_time_millis")  # noqa: B009
+
+        def unix_time(dt: datetime | None = None) -> float:
+            return dt.replace(tzinfo=UTC).timestamp() if dt is not None else clock.epoch()
+
+        def unix_time_millis(dt: datetime | None = None) -> float:
+            return unix_time(dt) * 1000.0
+
+        sqs_models.unix_time = unix_time  # type: ignore[attr-defined]
+        sqs_models.unix_time_millis = unix_time_millis  # type: ignore[attr-defined]
+        _patched_clock = clock
+
+
+def release_virtual_time() -> None:
+    global _patched_clock
+    import moto.sqs.models as sqs_models
+
+    with _patch_lock:
+        if _patched_clock is None:
+            return
+        sqs_models.unix_time = _originals["unix_time"]  # type: ignore[attr-defined]
+        sqs_models.unix_time_millis = _originals["unix_time_millis"]  # type: ignore[attr-defined]
+        _patched_clock = None
+
+
+def next_due(region: str, queue_name: str, now_ms: float) -> float | None:
+    """Epoch ms at which the next invisible or delayed message in the queue is due."""
+    from moto.sqs.models import sqs_backends
+
+    queue = sqs_backends[ACCOUNT_ID][region].queues.get(queue_name)
+    if queue is None:
+        return None
+    due: float | None = None
+    for message in list(queue._messages):
+        when = max(message.visible_at, message.delayed_until)
+        if when > now_ms and (due is None or when < due):
+            due = when
+    return due
