@@ -1,0 +1,58 @@
+"""The app that tests/functional/test_lambda_handler.py deploys behind the Lambda handler.
+
+The handler imports it by name, as on AWS: ``RUNG_APP=tests.functional.handler_app:app``.
+``calls`` counts real executions of each step (replays do not call the function).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+import rung
+
+app = rung.App("handler-test")
+calls: Counter[str] = Counter()
+#: How many times the "flaky" step fails before it succeeds.
+failures_before_success = 1
+
+
+def _count(name: str) -> None:
+    calls[name] += 1
+
+
+@app.task(id="greet")
+def greet(ctx: rung.Context, payload: dict[str, str]) -> str:
+    return ctx.step("hello", _hello, payload["name"])
+
+
+def _hello(name: str) -> str:
+    _count("hello")
+    return f"hello {name}"
+
+
+@app.task(
+    id="flaky",
+    retry=rung.RetryPolicy(max_attempts=3, initial_interval=timedelta(seconds=1)),
+)
+def flaky(ctx: rung.Context, payload: None) -> str:
+    return ctx.step("call-api", _call_api)
+
+
+def _call_api() -> str:
+    _count("call-api")
+    if calls["call-api"] <= failures_before_success:
+        raise ConnectionError("the API is briefly unavailable")
+    return "ok"
+
+
+@app.task(id="two-steps")
+def two_steps(ctx: rung.Context, payload: None) -> list[str]:
+    first = ctx.step("first", _named, "first")
+    second = ctx.step("second", _named, "second")
+    return [first, second]
+
+
+def _named(name: str) -> str:
+    _count(name)
+    return name

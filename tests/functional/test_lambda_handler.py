@@ -1,0 +1,303 @@
+"""handler/worker.py as Lambda runs it: real SQS messages, real table, a genuine SQS event.
+
+The emulator (moto) cannot run Lambda code (invoking needs Docker), so these tests
+play the event source mapping themselves: receive from the queue, build the event
+Lambda would send, call ``lambda_handler`` with a fake context, then delete the
+records that were not reported in ``batchItemFailures``, as the mapping does.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import rung
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from moto.server import ThreadedMotoServer
+from rung import _aws
+from rung._clock import SystemClock
+from rung._queue import SqsQueue
+from rung._store import DynamoStore
+from rung.errors import InvalidConfig
+
+from handler import worker as worker_module
+from handler.worker import lambda_handler
+from tests.functional import handler_app
+
+REGION = "us-east-1"
+
+
+class FakeLambdaContext(LambdaContext):
+    """What Lambda passes as ``context``; only the remaining time matters to rung."""
+
+    def __init__(self, remaining_ms: int = 600_000) -> None:
+        self._function_name = "rung-worker"
+        self._function_version = "$LATEST"
+        self._invoked_function_arn = f"arn:aws:lambda:{REGION}:123456789012:function:rung-worker"
+        self._memory_limit_in_mb = 512
+        self._aws_request_id = secrets.token_hex(16)
+        self._log_group_name = "/aws/lambda/rung-worker"
+        self._log_stream_name = "2024/01/01/[$LATEST]0123456789abcdef"
+        self._remaining_ms = remaining_ms
+
+    def get_remaining_time_in_millis(self) -> int:  # type: ignore[override]
+        return self._remaining_ms
+
+
+@dataclass
+class Deployment:
+    """The table and queue as deployed, the client a user triggers runs with, and the SQS API."""
+
+    client: rung.Client
+    sqs: Any
+    queue_url: str
+    queue_arn: str
+
+    def send_raw(self, body: str) -> str:
+        message_id: str = self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)[
+            "MessageId"
+        ]
+        return message_id
+
+    def receive(self, wait_seconds: int = 0) -> list[dict[str, Any]]:
+        out = self.sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=wait_seconds,
+            MessageSystemAttributeNames=["All"],
+        )
+        messages: list[dict[str, Any]] = out.get("Messages", [])
+        return messages
+
+    def deliver(
+        self, messages: list[dict[str, Any]], remaining_ms: int = 600_000
+    ) -> dict[str, Any]:
+        """Invoke the handler with these messages as one batch, then act as the ESM does."""
+        event = {"Records": [self._record(m) for m in messages]}
+        response = lambda_handler(event, FakeLambdaContext(remaining_ms))
+        failed = {item["itemIdentifier"] for item in response["batchItemFailures"]}
+        for message in messages:
+            if message["MessageId"] not in failed:
+                self.sqs.delete_message(
+                    QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"]
+                )
+        return response
+
+    def _record(self, message: dict[str, Any]) -> dict[str, Any]:
+        attributes = message["Attributes"]
+        return {
+            "messageId": message["MessageId"],
+            "receiptHandle": message["ReceiptHandle"],
+            "body": message["Body"],
+            "attributes": {
+                "ApproximateReceiveCount": attributes["ApproximateReceiveCount"],
+                "SentTimestamp": attributes["SentTimestamp"],
+                "SenderId": attributes.get("SenderId", "AIDAIENQZJOLO23YVJ4VO"),
+                "ApproximateFirstReceiveTimestamp": attributes["ApproximateFirstReceiveTimestamp"],
+            },
+            "messageAttributes": {},
+            "md5OfBody": message["MD5OfBody"],
+            "eventSource": "aws:sqs",
+            "eventSourceARN": self.queue_arn,
+            "awsRegion": REGION,
+        }
+
+
+@pytest.fixture(scope="module")
+def endpoint_url() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def aws_clients(endpoint_url: str) -> tuple[Any, Any]:
+    """DynamoDB and SQS clients for the test's side (slow to build: built once)."""
+    return _aws.client("dynamodb", endpoint_url, REGION), _aws.client("sqs", endpoint_url, REGION)
+
+
+@pytest.fixture(autouse=True)
+def fresh_handler() -> Iterator[None]:
+    """A cold container per test; rung's loggers restored after the handler configures them."""
+    rung_logger = logging.getLogger("rung")
+    saved = (rung_logger.handlers[:], rung_logger.propagate, rung_logger.level)
+    handler_app.calls.clear()
+    worker_module.worker.cache_clear()
+    yield
+    worker_module.worker.cache_clear()
+    rung_logger.handlers[:], rung_logger.propagate = saved[0], saved[1]
+    rung_logger.setLevel(saved[2])
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, endpoint_url: str) -> None:
+    for name, value in {
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("POWERTOOLS_SERVICE_NAME", raising=False)
+
+
+@pytest.fixture
+def deployed(
+    monkeypatch: pytest.MonkeyPatch, aws_clients: tuple[Any, Any], aws_env: None
+) -> Deployment:
+    name = f"rung-handler-{secrets.token_hex(4)}"
+    dynamodb, sqs = aws_clients
+    store = DynamoStore(dynamodb, name)
+    store.create_table()
+    queue_url, _ = SqsQueue.create(sqs, name, visibility_timeout=timedelta(seconds=60))
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    monkeypatch.setenv("RUNG_APP", "tests.functional.handler_app:app")
+    monkeypatch.setenv("RUNG_TABLE_NAME", name)
+    monkeypatch.setenv("RUNG_QUEUE_URL", queue_url)
+    monkeypatch.setenv("RUNG_MAX_RECEIVE_COUNT", "5")
+    client = rung.Client._from_parts(
+        handler_app.app, store, SqsQueue(sqs, queue_url), SystemClock()
+    )
+    return Deployment(client=client, sqs=sqs, queue_url=queue_url, queue_arn=queue_arn)
+
+
+def test_a_run_completes(deployed: Deployment) -> None:
+    handle = deployed.client.trigger("greet", {"name": "Ada"})
+
+    response = deployed.deliver(deployed.receive())
+
+    assert response == {"batchItemFailures": []}
+    run = deployed.client.get_run(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED
+    assert run.output == "hello Ada"
+    assert deployed.receive() == []
+
+
+def test_a_garbage_message_fails_alone(deployed: Deployment) -> None:
+    garbage_id = deployed.send_raw("this is not a rung message")
+    handle = deployed.client.trigger("greet", {"name": "Grace"})
+    messages = deployed.receive()
+    assert len(messages) == 2
+
+    response = deployed.deliver(messages)
+
+    assert response == {"batchItemFailures": [{"itemIdentifier": garbage_id}]}
+    run = deployed.client.get_run(handle.run_id)
+    assert (run.status, run.output) == (rung.RunStatus.COMPLETED, "hello Grace")
+
+
+def test_logs_are_json_with_the_app_as_service(deployed: Deployment) -> None:
+    garbage_id = deployed.send_raw("{}")
+    stdout = io.StringIO()  # Lambda sends the function's stdout to CloudWatch Logs
+    previous = worker_module.logger.registered_handler.setStream(stdout)  # type: ignore[attr-defined]
+    try:
+        deployed.deliver(deployed.receive())
+    finally:
+        worker_module.logger.registered_handler.setStream(previous)  # type: ignore[attr-defined]
+
+    lines = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    poison = [line for line in lines if "poison message" in line["message"]]
+    assert poison, lines
+    assert poison[0]["level"] == "ERROR"
+    assert poison[0]["service"] == "handler-test"
+    assert poison[0]["message_id"] == garbage_id
+    assert poison[0]["function_name"] == "rung-worker"
+
+
+def test_a_transient_step_failure_is_retried_by_a_later_invocation(
+    deployed: Deployment,
+) -> None:
+    handle = deployed.client.trigger("flaky")
+    [message] = deployed.receive()
+
+    response = deployed.deliver([message])
+
+    # Reported as failed, so Lambda leaves it; the engine set its visibility to the
+    # 1 s backoff, so it is invisible now and comes back by itself.
+    assert response == {"batchItemFailures": [{"itemIdentifier": message["MessageId"]}]}
+    assert not deployed.client.get_run(handle.run_id).status.is_terminal
+    assert deployed.receive() == []
+    [again] = deployed.receive(wait_seconds=5)
+    assert again["MessageId"] == message["MessageId"]
+    assert again["Attributes"]["ApproximateReceiveCount"] == "2"
+
+    assert deployed.deliver([again]) == {"batchItemFailures": []}
+    run = deployed.client.get_run(handle.run_id)
+    assert (run.status, run.output) == (rung.RunStatus.COMPLETED, "ok")
+    assert handler_app.calls["call-api"] == 2
+
+
+def test_a_run_short_of_time_continues_in_a_fresh_message(deployed: Deployment) -> None:
+    handle = deployed.client.trigger("two-steps")
+    [message] = deployed.receive()
+
+    # 5 s left is under RUNG_MIN_TIME_LEFT_SECONDS (10): after one step the run moves on.
+    assert deployed.deliver([message], remaining_ms=5_000) == {"batchItemFailures": []}
+
+    run = deployed.client.get_run(handle.run_id)
+    assert run.status == rung.RunStatus.QUEUED
+    assert run.attempt == 1
+    assert dict(handler_app.calls) == {"first": 1}
+    [fresh] = deployed.receive()
+    assert fresh["MessageId"] != message["MessageId"]
+
+    assert deployed.deliver([fresh], remaining_ms=5_000) == {"batchItemFailures": []}
+    run = deployed.client.get_run(handle.run_id)
+    assert (run.status, run.output, run.attempt) == (
+        rung.RunStatus.COMPLETED,
+        ["first", "second"],
+        1,
+    )
+    assert dict(handler_app.calls) == {"first": 1, "second": 1}
+
+
+def test_the_container_builds_one_worker(deployed: Deployment) -> None:
+    for name in ("Ada", "Grace"):
+        deployed.client.trigger("greet", {"name": name})
+        deployed.deliver(deployed.receive())
+
+    assert worker_module.worker.cache_info().misses == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("RUNG_TABLE_NAME", None, "RUNG_TABLE_NAME is not set: set it to the rung DynamoDB"),
+        ("RUNG_QUEUE_URL", "", "RUNG_QUEUE_URL is not set: set it to the work queue's URL"),
+        ("RUNG_APP", None, "RUNG_APP is not set: set it to module:attr"),
+        ("RUNG_APP", "tests.functional.handler_app", "RUNG_APP is 'tests.functional.handler_app'"),
+        ("RUNG_APP", "no_such_module_xyz:app", "cannot import module 'no_such_module_xyz'"),
+        ("RUNG_APP", "tests.functional.handler_app:calls", "handler_app.calls is Counter, not"),
+        ("RUNG_LEASE_SECONDS", "16m", "RUNG_LEASE_SECONDS is '16m': set it to a positive int"),
+        ("RUNG_MAX_RECEIVE_COUNT", "0", "RUNG_MAX_RECEIVE_COUNT is '0': set it to a positive"),
+    ],
+)
+def test_a_bad_environment_is_named_in_the_error(
+    deployed: Deployment,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    value: str | None,
+    expected: str,
+) -> None:
+    if value is None:
+        monkeypatch.delenv(name)
+    else:
+        monkeypatch.setenv(name, value)
+
+    deployed.client.trigger("greet", {"name": "Ada"})
+
+    with pytest.raises(InvalidConfig, match=re.escape(expected)):
+        deployed.deliver(deployed.receive())
