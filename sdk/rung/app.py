@@ -197,8 +197,11 @@ def _signature_types(task_id: str, func: Callable[..., Any]) -> tuple[Any, Any]:
         )
     try:
         hints = typing.get_type_hints(func)
-    except Exception:
-        hints = {}
+    except Exception as exc:  # e.g. a model defined inside a function, named as a string
+        raise InvalidConfig(
+            f"task {task_id!r}: cannot resolve the type annotations of {func.__qualname__} "
+            f"({exc}); define the payload model at module level so it can be validated"
+        ) from None
     annotation = hints.get(params[1].name)
     model = (
         annotation

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
-from rung.errors import InvalidConfig, NonRetryable, RetryAfter
+from rung.errors import InvalidConfig, NonRetryable, RetryAfter, UsageError
 
 Strategy = Literal["exponential", "linear", "fixed"] | Callable[[int, BaseException], object]
 _NAMED = ("exponential", "linear", "fixed")
@@ -108,7 +108,7 @@ class RetryPolicy:
 
     def is_retryable(self, error: BaseException) -> bool:
         """Whether this kind of error may be retried at all (attempts aside)."""
-        if isinstance(error, NonRetryable):
+        if isinstance(error, NonRetryable | UsageError):  # retrying cannot fix misuse
             return False
         if self.non_retryable and isinstance(error, self.non_retryable):
             return False

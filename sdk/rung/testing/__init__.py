@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
@@ -70,7 +71,8 @@ class LocalEngine:
 
     Args:
         app: the app whose tasks run.
-        workers: worker threads (each processes one message at a time).
+        workers: worker threads (each processes one message at a time). 0 starts none:
+            the test drives ``engine.worker.handle(message)`` itself (and the clock).
         virtual_time: skip waits (see the module docstring). False uses the wall clock.
         lease_duration: how long a crashed worker holds a run before it is taken over.
         max_receive_count: the DLQ redrive threshold, as in template.yaml.
@@ -92,8 +94,8 @@ class LocalEngine:
     ) -> None:
         if not isinstance(app, App):
             raise UsageError(f"LocalEngine needs a rung.App, got {type(app).__name__}")
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise InvalidConfig(f"workers must be a positive int, got {workers!r}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise InvalidConfig(f"workers must be an int >= 0, got {workers!r}")
         if max_receive_count < 3:
             raise InvalidConfig("max_receive_count must be at least 3")
         self.app = app
@@ -131,7 +133,7 @@ class LocalEngine:
         if isinstance(self.clock, VirtualClock):
             use_virtual_time(self.clock)
         try:
-            self._emulator = EmbeddedEmulator()
+            self._emulator = EmbeddedEmulator.shared()
             self.endpoint_url = self._emulator.endpoint_url
             suffix = secrets.token_hex(4)
             self.table_name = f"rung-{self.app.name}-{suffix}"
@@ -164,10 +166,19 @@ class LocalEngine:
             thread.join(timeout=30)
         self._threads.clear()
         if self._emulator is not None:
-            self._emulator.stop()
+            self._drop_resources()
             self._emulator = None
         if isinstance(self.clock, VirtualClock):
             release_virtual_time()
+
+    def _drop_resources(self) -> None:
+        # The shared emulator outlives this engine: leave nothing of ours behind in it.
+        with contextlib.suppress(Exception):
+            self.dynamodb.delete_table(TableName=self.table_name)
+        for url in (getattr(self, "queue_url", None), getattr(self, "dlq_url", None)):
+            if url:
+                with contextlib.suppress(Exception):
+                    self.sqs.delete_queue(QueueUrl=url)
 
     # -- the client API --------------------------------------------------------------
 

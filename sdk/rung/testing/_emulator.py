@@ -26,7 +26,22 @@ _originals: dict[str, Any] = {}
 
 
 class EmbeddedEmulator:
-    """A moto server on 127.0.0.1 and an ephemeral port."""
+    """A moto server on 127.0.0.1 and an ephemeral port.
+
+    One per process, started on first use and shared by every LocalEngine (each
+    creates its own uniquely named table and queues): starting is cheap, but a
+    werkzeug server takes half a second to shut down, which adds up over a test suite.
+    """
+
+    _shared: EmbeddedEmulator | None = None
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls) -> EmbeddedEmulator:
+        with cls._shared_lock:
+            if cls._shared is None:
+                cls._shared = cls()
+            return cls._shared
 
     def __init__(self) -> None:
         from moto.server import ThreadedMotoServer

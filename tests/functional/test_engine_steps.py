@@ -1,0 +1,413 @@
+"""Steps checkpoint, retries resume, errors are data: end to end on LocalEngine."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pydantic
+import pytest
+
+import rung
+from rung.models import EventType
+from rung.testing import LocalEngine, SimulatedCrash
+
+
+class Order(pydantic.BaseModel):
+    id: str
+    total: int
+
+
+class OrderIn(pydantic.BaseModel):
+    order_id: str
+
+
+FAST = rung.RetryPolicy(max_attempts=5, initial_interval=1, backoff=2.0, max_interval=60)
+
+
+def event_types(engine: LocalEngine, run_id: str) -> list[str]:
+    return [str(e.type) for e in engine.history(run_id)]
+
+
+def test_a_completed_step_is_never_executed_again_and_replays_return_its_model() -> None:
+    app = rung.App("shop")
+    calls: Counter[str] = Counter()
+    seen: list[Any] = []
+
+    @rung.step
+    def fetch_order(order_id: str) -> Order:
+        calls["fetch"] += 1
+        return Order(id=order_id, total=42)
+
+    def charge(order: Order) -> dict[str, Any]:
+        calls["charge"] += 1
+        if calls["charge"] < 3:
+            raise ConnectionError("gateway timeout")
+        return {"charged": order.total, "nested": [1, 2.5, None]}
+
+    @app.task(id="process-order", retry=FAST)
+    def process_order(ctx: rung.Context, payload: OrderIn) -> dict[str, Any]:
+        order = fetch_order(payload.order_id)
+        seen.append(order)
+        result = ctx.step("charge", charge, order)
+        return {"order": order.id, "charge": result}
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("process-order", {"order_id": "o-1"})
+        run = engine.wait(handle.run_id)
+        history = engine.history(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED
+    assert run.output == {"order": "o-1", "charge": {"charged": 42, "nested": [1, 2.5, None]}}
+    assert calls == {"fetch": 1, "charge": 3}
+    assert run.attempt == 3
+    assert seen == [Order(id="o-1", total=42)] * 3  # first run and both replays: the model
+    starts = [e.step for e in history if e.type == EventType.STEP_STARTED]
+    # a @rung.step's default name is its __qualname__
+    assert starts == [f"/{fetch_order.__qualname__}#1", "/charge#1", "/charge#1", "/charge#1"]
+    delays = [e.delay for e in history if e.type == EventType.RETRY_SCHEDULED]
+    assert delays == [timedelta(seconds=1), timedelta(seconds=2)]
+
+
+def test_five_retries_record_the_real_backoff_delays_in_history() -> None:
+    app = rung.App("retry")
+    attempts: list[int] = []
+
+    @app.task(id="flaky", retry=rung.RetryPolicy(max_attempts=6, initial_interval=1,
+                                                  backoff=2.0, max_interval=60))
+    def flaky(ctx: rung.Context, payload: None) -> int:
+        def call() -> int:
+            attempts.append(rung.current_step().attempt)
+            if len(attempts) <= 5:
+                raise TimeoutError("upstream slow")
+            return len(attempts)
+
+        return ctx.step("call", call)
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("flaky").run_id)
+        history = engine.history(run.run_id)
+    assert run.status == "COMPLETED" and run.output == 6
+    assert attempts == [1, 2, 3, 4, 5, 6]
+    delays = [e.delay.total_seconds() for e in history if e.delay is not None]
+    assert delays == [1, 2, 4, 8, 16]
+    # the run's timestamps span the virtual backoff, not the wall time it took
+    assert run.finished_at is not None
+    assert (run.finished_at - run.created_at) >= timedelta(seconds=31)
+
+
+def test_step_policy_overrides_the_task_policy() -> None:
+    app = rung.App("override")
+    calls: Counter[str] = Counter()
+
+    def always_fails() -> None:
+        calls["x"] += 1
+        raise ValueError("nope")
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=2))
+    def t(ctx: rung.Context, payload: None) -> str:
+        try:
+            ctx.step("x", always_fails, retry=rung.RetryPolicy(max_attempts=4, initial_interval=0))
+        except rung.StepFailed as exc:
+            return f"{exc.error_type}: {exc.message}"
+        return "unreachable"
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert run.output == "ValueError: nope"
+    assert calls["x"] == 4
+
+
+def test_step_failed_is_catchable_and_raised_identically_on_every_replay() -> None:
+    app = rung.App("catch")
+    caught: list[tuple[str, str, str, str]] = []
+    later: Counter[str] = Counter()
+
+    def declined() -> None:
+        raise rung.NonRetryable("card declined")
+
+    def flaky_later() -> str:
+        later["n"] += 1
+        if later["n"] < 3:
+            raise ConnectionError("try again")
+        return "ok"
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=5, initial_interval=1))
+    def t(ctx: rung.Context, payload: None) -> str:
+        try:
+            ctx.step("charge", declined)
+        except rung.StepFailed as exc:
+            caught.append((exc.step_id, exc.error_type, exc.message, exc.traceback))
+        return ctx.step("after", flaky_later)
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert run.status == "COMPLETED" and run.output == "ok"
+    assert len(caught) == 3  # first execution + two replays
+    assert len(set(caught)) == 1
+    step_id, error_type, message, traceback = caught[0]
+    assert (step_id, error_type, message) == ("/charge#1", "NonRetryable", "card declined")
+    assert "raise rung.NonRetryable" in traceback
+
+
+def test_non_retryable_aborts_at_once_and_an_uncaught_step_failure_fails_the_run() -> None:
+    app = rung.App("abort")
+    calls: Counter[str] = Counter()
+
+    def refund() -> None:
+        calls["refund"] += 1
+        raise rung.NonRetryable("order already refunded")
+
+    @app.task(id="t", retry=FAST)
+    def t(ctx: rung.Context, payload: None) -> None:
+        ctx.step("refund", refund)
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+        types = event_types(engine, run.run_id)
+    assert calls["refund"] == 1
+    assert run.status == "FAILED"
+    assert run.error is not None
+    assert run.error.type == "NonRetryable"
+    assert "step '/refund#1' failed: order already refunded" in run.error.message
+    assert "order already refunded" in run.error.traceback
+    assert types[-2:] == ["StepFailed", "RunFailed"]
+    assert "RetryScheduled" not in types
+
+
+def test_retry_on_limits_which_errors_are_retried() -> None:
+    app = rung.App("retry-on")
+    calls: Counter[str] = Counter()
+
+    def parse() -> None:
+        calls["parse"] += 1
+        raise KeyError("missing field")
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=5, retry_on=(ConnectionError,)))
+    def t(ctx: rung.Context, payload: None) -> None:
+        ctx.step("parse", parse)
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert calls["parse"] == 1
+    assert run.status == "FAILED" and run.error is not None and run.error.type == "KeyError"
+
+
+def test_retry_after_sets_the_next_delay() -> None:
+    app = rung.App("retry-after")
+    calls: Counter[str] = Counter()
+
+    def rate_limited() -> str:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise rung.RetryAfter(timedelta(seconds=37), "429 from the API")
+        return "done"
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> str:
+        return ctx.step("call", rate_limited)
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+        history = engine.history(run.run_id)
+    assert run.output == "done"
+    assert [e.delay for e in history if e.delay] == [timedelta(seconds=37)]
+    failed = [e for e in history if e.type == EventType.STEP_FAILED]
+    assert failed[0].error is not None and failed[0].error.message == "429 from the API"
+
+
+def test_custom_strategy_delays_are_used() -> None:
+    app = rung.App("custom")
+    calls: Counter[str] = Counter()
+
+    def fails_twice() -> str:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise RuntimeError(f"fail {calls['n']}")
+        return "ok"
+
+    policy = rung.RetryPolicy(max_attempts=3,
+                              strategy=lambda attempt, error: timedelta(minutes=attempt * 3))
+
+    @app.task(id="t", retry=policy)
+    def t(ctx: rung.Context, payload: None) -> str:
+        return ctx.step("s", fails_twice)
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+        history = engine.history(run.run_id)
+    assert run.output == "ok"
+    assert [e.delay for e in history if e.delay] == [timedelta(minutes=3), timedelta(minutes=6)]
+
+
+def test_errors_outside_steps_retry_the_run_then_fail_with_a_stored_error() -> None:
+    app = rung.App("body")
+    calls: Counter[str] = Counter()
+
+    def once() -> str:
+        calls["step"] += 1
+        return "v"
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=3, initial_interval=2, backoff=3))
+    def t(ctx: rung.Context, payload: None) -> None:
+        ctx.step("once", once)
+        calls["body"] += 1
+        raise LookupError(f"config missing (attempt {ctx.attempt})")
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+        history = engine.history(run.run_id)
+    assert calls == {"step": 1, "body": 3}
+    assert run.status == "FAILED" and run.attempt == 3
+    assert run.error is not None
+    assert (run.error.type, run.error.message) == ("LookupError", "config missing (attempt 3)")
+    assert 'raise LookupError(f"config missing' in run.error.traceback
+    assert [e.delay for e in history if e.delay] == [timedelta(seconds=2), timedelta(seconds=6)]
+    assert [str(e.type) for e in history].count("AttemptFailed") == 3
+
+
+def test_the_idempotency_key_is_stable_across_attempts() -> None:
+    app = rung.App("keys")
+    keys: list[str] = []
+
+    def charge() -> str:
+        keys.append(rung.current_step().idempotency_key)
+        if len(keys) < 3:
+            raise ConnectionError("flaky")
+        return "ch_1"
+
+    @app.task(id="t", retry=FAST)
+    def t(ctx: rung.Context, payload: None) -> str:
+        ctx.step("charge", charge)
+        return ctx.step("charge", charge)  # second occurrence: its own key
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("t")
+        engine.wait(handle.run_id)
+    first = f"{handle.run_id}:/charge#1"
+    assert keys == [first, first, first, f"{handle.run_id}:/charge#2"]
+
+
+def test_a_replay_that_meets_a_different_step_fails_with_non_determinism() -> None:
+    app = rung.App("nondet")
+
+    def ok() -> int:
+        return 1
+
+    def flaky() -> None:
+        raise ConnectionError("retry me")
+
+    @app.task(id="t", retry=FAST)
+    def t(ctx: rung.Context, payload: None) -> None:
+        ctx.step("charge" if ctx.attempt == 1 else "refund", ok)  # changes between attempts
+        ctx.step("later", flaky)
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("t")
+        run = engine.wait(handle.run_id)
+    assert run.status == "FAILED" and run.attempt == 2
+    assert run.error is not None and run.error.type == "NonDeterminismError"
+    message = run.error.message
+    assert handle.run_id in message
+    assert "'/charge#1'" in message and "'/refund#1'" in message
+    assert "docs/determinism.md" in message and "must not change" in message
+
+
+def test_a_step_inside_a_step_is_an_error_that_says_so() -> None:
+    app = rung.App("nested")
+
+    @rung.step
+    def inner() -> int:
+        return 1
+
+    @rung.step
+    def outer() -> int:
+        return inner() + 1
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> int:
+        return outer()
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert run.status == "FAILED" and run.error is not None
+    assert "cannot be nested" in run.error.message
+    assert f"'/{outer.__qualname__}#1'" in run.error.message
+    assert run.attempt == 1  # misuse is not retried
+
+
+def test_unserializable_step_result_fails_the_step_with_a_clear_error() -> None:
+    app = rung.App("badresult")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> str:
+        try:
+            ctx.step("s", lambda: object())
+        except rung.StepFailed as exc:
+            return exc.message
+        return "unreachable"
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert run.status == "COMPLETED"
+    assert "is not JSON-serializable" in run.output
+
+
+def test_at_most_once_step_is_not_rerun_after_a_crash_mid_step() -> None:
+    app = rung.App("amo")
+    calls: Counter[str] = Counter()
+
+    def send_wire() -> str:
+        calls["wire"] += 1
+        raise SimulatedCrash()  # the worker dies after the money left
+
+    @app.task(id="t", retry=FAST)
+    def t(ctx: rung.Context, payload: None) -> str:
+        try:
+            ctx.step("wire", send_wire, at_most_once=True)
+        except rung.StepFailed as exc:
+            return f"{exc.error_type}: {exc.message}"
+        return "unreachable"
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+        types = event_types(engine, run.run_id)
+    assert calls["wire"] == 1
+    assert run.status == "COMPLETED"
+    assert run.output.startswith("StepInterrupted: step '/wire#1'")
+    assert "was not run again" in run.output
+    assert "WorkerLost" in types
+
+
+def test_at_most_once_step_that_fails_cleanly_is_retried() -> None:
+    app = rung.App("amo2")
+    calls: Counter[str] = Counter()
+
+    def send() -> str:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("refused before sending")
+        return "sent"
+
+    @app.task(id="t", retry=FAST)
+    def t(ctx: rung.Context, payload: None) -> str:
+        return ctx.step("send", send, at_most_once=True)
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert run.status == "COMPLETED" and run.output == "sent"
+    assert calls["n"] == 2
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "x#1", 42])
+def test_bad_step_names_fail_the_run_with_a_clear_error(bad: object) -> None:
+    app = rung.App("names")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> None:
+        ctx.step(bad, lambda: None)  # type: ignore[arg-type]
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert run.status == "FAILED" and run.error is not None and run.error.type == "UsageError"
+    assert "step name" in run.error.message

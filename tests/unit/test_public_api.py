@@ -1,0 +1,38 @@
+"""The public surface is pinned: nothing leaks or disappears by accident."""
+
+from __future__ import annotations
+
+import rung
+import rung.testing
+
+PINNED = {
+    "App", "Client", "Context", "ErrorInfo", "EventType", "HistoryEvent", "InvalidConfig",
+    "InvalidPayload", "LeaseLost", "NonDeterminismError", "NonRetryable", "PayloadTooLarge",
+    "RetryAfter", "RetryPolicy", "Run", "RunHandle", "RunNotFound", "RunStatus", "RungError",
+    "StepFailed", "StepInfo", "Task", "UnknownTask", "UsageError", "current_step", "step",
+}
+
+
+def test_all_is_exactly_the_pinned_api() -> None:
+    assert set(rung.__all__) == PINNED
+    for name in rung.__all__:
+        assert hasattr(rung, name), name
+
+
+def test_testing_is_reachable_from_the_top_level_package() -> None:
+    assert rung.testing.LocalEngine is rung.testing.__dict__["LocalEngine"]
+    assert set(rung.testing.__all__) == {"LocalEngine", "SimulatedCrash"}
+
+
+def test_statuses_are_the_pinned_set() -> None:
+    assert {s.value for s in rung.RunStatus} == {
+        "QUEUED", "DELAYED", "RUNNING", "WAITING", "COMPLETED", "FAILED", "CANCELED",
+        "EXPIRED", "TIMED_OUT",
+    }
+
+
+def test_errors_form_one_tree() -> None:
+    for name in ("InvalidConfig", "InvalidPayload", "PayloadTooLarge", "UnknownTask",
+                 "RunNotFound", "LeaseLost", "NonDeterminismError", "StepFailed",
+                 "NonRetryable", "RetryAfter", "UsageError"):
+        assert issubclass(getattr(rung, name), rung.RungError), name

@@ -1,0 +1,78 @@
+"""Steps and tasks outside a run, and misuse that must fail clearly."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+
+import rung
+from rung.errors import InvalidConfig, UsageError
+
+
+def test_a_step_called_outside_a_run_executes_plainly() -> None:
+    @rung.step
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert add(2, 3) == 5
+
+
+def test_current_step_outside_a_step_says_where_to_call_it() -> None:
+    with pytest.raises(UsageError, match="outside a step"):
+        rung.current_step()
+
+
+def test_step_names_with_separators_are_refused() -> None:
+    with pytest.raises(UsageError, match="contains '/' or '#'"):
+        rung.step(name="a/b")
+
+
+def test_task_options_not_built_yet_raise_instead_of_being_ignored() -> None:
+    app = rung.App("t")
+    with pytest.raises(NotImplementedError, match="queue"):
+        app.task(id="x", queue="q")
+    with pytest.raises(NotImplementedError, match="max_duration"):
+        app.task(id="x", max_duration=10)
+
+
+def test_task_declaration_errors() -> None:
+    app = rung.App("t")
+
+    @app.task(id="one")
+    def one(ctx: rung.Context, payload: None) -> None: ...
+
+    with pytest.raises(InvalidConfig, match="already has a task 'one'"):
+        app.task(id="one")(lambda ctx, p: None)
+    with pytest.raises(InvalidConfig, match=r"must take \(ctx, payload\)"):
+        app.task(id="two")(lambda ctx: None)
+    with pytest.raises(InvalidConfig, match="task id 'bad id'"):
+        app.task(id="bad id")(lambda ctx, p: None)
+    with pytest.raises(InvalidConfig, match="App name"):
+        rung.App("")
+
+
+class In(pydantic.BaseModel):
+    n: int
+
+
+def test_a_task_is_callable_directly_and_knows_its_payload_model() -> None:
+    app = rung.App("t")
+
+    @app.task(id="double")
+    def double(ctx: object, payload: In) -> int:
+        return payload.n * 2
+
+    assert double(None, In(n=4)) == 8
+    assert double.payload_model is In
+    assert app.get_task("double") is double
+
+
+def test_an_unresolvable_payload_annotation_is_refused_not_ignored() -> None:
+    class Local(pydantic.BaseModel):
+        n: int
+
+    app = rung.App("t")
+    with pytest.raises(InvalidConfig, match="define the payload model at module level"):
+
+        @app.task(id="local")
+        def local(ctx: object, payload: Local) -> None: ...
