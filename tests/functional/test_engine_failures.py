@@ -1,0 +1,274 @@
+"""Failure cases, tested rather than assumed: duplicate delivery, lost leases, crashes
+around checkpoints, poison messages, and invocations that run out of time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import rung
+from rung._clock import VirtualClock
+from rung._engine import Disposition
+from rung._queue import QueueMessage
+from rung._store import Claimed
+from rung.models import EventType
+from rung.testing import LocalEngine, SimulatedCrash
+
+FAST = rung.RetryPolicy(max_attempts=3, initial_interval=1)
+
+
+def virtual(engine: LocalEngine) -> VirtualClock:
+    assert isinstance(engine.clock, VirtualClock)
+    return engine.clock
+
+
+def receive_one(engine: LocalEngine) -> QueueMessage:
+    for _ in range(50):
+        messages = engine.queue.receive(max_messages=1)
+        if messages:
+            return messages[0]
+        time.sleep(0.01)
+    raise AssertionError("no message arrived")
+
+
+def test_one_message_delivered_to_two_workers_at_once_runs_each_step_once() -> None:
+    app = rung.App("dup")
+    calls: Counter[str] = Counter()
+    entered = threading.Event()
+    other_done = threading.Event()
+
+    def charge() -> str:
+        calls["charge"] += 1
+        entered.set()
+        other_done.wait(timeout=10)  # hold the lease while the duplicate is handled
+        return "ch_1"
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> str:
+        return ctx.step("charge", charge)
+
+    with LocalEngine(app, workers=0) as engine:
+        handle = engine.trigger("t")
+        message = receive_one(engine)
+        results: list[Disposition] = []
+        barrier = threading.Barrier(2)
+
+        def work() -> None:
+            barrier.wait()
+            results.append(engine.worker.handle(message))
+            other_done.set()
+
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=20)
+        run = engine.get_run(handle.run_id)
+    assert calls["charge"] == 1
+    assert sorted(results) == [Disposition.ACK, Disposition.KEEP]  # the loser deferred
+    assert run.status == "COMPLETED" and run.output == "ch_1" and run.attempt == 1
+
+
+def test_a_worker_that_lost_its_lease_cannot_change_the_run() -> None:
+    app = rung.App("lease")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> None: ...
+
+    lease = timedelta(minutes=1)
+    with LocalEngine(app, workers=0, lease_duration=lease) as engine:
+        run_id = engine.trigger("t").run_id
+        clock = virtual(engine)
+        first = engine.store.claim_run(run_id, clock.now(), lease)
+        assert isinstance(first, Claimed) and first.token == 1
+        clock.advance(timedelta(minutes=2))  # the first worker stalls past its lease
+        stale = engine.get_run(run_id)
+        failure = rung.models.Failure(attempt=1, kind="crash", step_id=None,
+                                      error=rung.ErrorInfo("WorkerLost", "lease expired"),
+                                      started_at=None, failed_at=clock.now(),
+                                      step_started_at=None, delay=None)
+        second = engine.store.reclaim_crashed(stale, clock.now(), lease, failure)
+        assert isinstance(second, Claimed) and second.token == 2
+        with pytest.raises(rung.LeaseLost, match=r"lease \(token 1\) is no longer valid"):
+            engine.store.complete_run(run_id, first.token, '"zombie"', clock.now())
+        with pytest.raises(rung.LeaseLost):
+            engine.store.schedule_retry(run_id, first.token, failure, clock.now(), clock.now())
+        after = engine.get_run(run_id)
+    assert after.status == "RUNNING" and after.output is None and after.attempt == 2
+
+
+def test_a_stalled_worker_stops_when_another_took_over_its_run() -> None:
+    app = rung.App("stall")
+    calls: Counter[str] = Counter()
+    engine_ref: list[LocalEngine] = []
+    takeover: list[Disposition] = []
+
+    def slow_step() -> int:
+        calls["step"] += 1
+        if calls["step"] == 1:  # worker A stalls past its lease; worker B takes over
+            engine = engine_ref[0]
+            virtual(engine).advance(timedelta(minutes=5))
+            message = QueueMessage("dup", f'{{"v":1,"run_id":"{run_ids[0]}"}}', "rh", 2)
+            thread = threading.Thread(target=lambda: takeover.append(
+                engine.worker.handle(message)))
+            thread.start()
+            thread.join(timeout=20)
+        return calls["step"]
+
+    @app.task(id="t", retry=FAST)
+    def t(ctx: rung.Context, payload: None) -> int:
+        return ctx.step("s", slow_step)
+
+    run_ids: list[str] = []
+    with LocalEngine(app, workers=0, lease_duration=timedelta(minutes=1)) as engine:
+        engine_ref.append(engine)
+        run_ids.append(engine.trigger("t").run_id)
+        stalled = engine.worker.handle(receive_one(engine))
+        run = engine.get_run(run_ids[0])
+        history = engine.history(run_ids[0])
+    assert takeover == [Disposition.ACK]
+    assert stalled == Disposition.KEEP  # A's fenced write was refused; it stopped
+    assert run.status == "COMPLETED" and run.output == 2  # B's result; A wrote nothing
+    assert calls["step"] == 2
+    assert [e.type for e in history].count(EventType.WORKER_LOST) == 1
+
+
+def test_a_crash_after_the_side_effect_but_before_the_checkpoint_repeats_the_step() -> None:
+    app = rung.App("crash1")
+    effects: list[str] = []
+
+    def charge() -> str:
+        effects.append(rung.current_step().idempotency_key)  # the side effect happened
+        if len(effects) == 1:
+            raise SimulatedCrash()  # ... and the worker died before recording it
+        return "ch_1"
+
+    @app.task(id="t", retry=FAST)
+    def t(ctx: rung.Context, payload: None) -> str:
+        return ctx.step("charge", charge)
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("t")
+        run = engine.wait(handle.run_id)
+        history = engine.history(handle.run_id)
+    assert run.status == "COMPLETED" and run.attempt == 2
+    assert effects == [f"{handle.run_id}:/charge#1"] * 2  # repeated, with the same key
+    lost = [e for e in history if e.type == EventType.WORKER_LOST]
+    assert len(lost) == 1 and lost[0].error is not None and "lease expired" in lost[0].error.message
+
+
+def test_a_crash_after_the_checkpoint_does_not_repeat_the_step() -> None:
+    app = rung.App("crash2")
+    calls: Counter[str] = Counter()
+
+    def charge() -> str:
+        calls["charge"] += 1
+        return "ch_1"
+
+    def email() -> None:
+        calls["email"] += 1
+
+    @app.task(id="t", retry=FAST)
+    def t(ctx: rung.Context, payload: None) -> str:
+        charge_id = ctx.step("charge", charge)
+        ctx.step("email", email)
+        return charge_id
+
+    with LocalEngine(app) as engine:
+        real_record = engine.store.record_step
+        crashed: list[str] = []
+
+        def record_then_crash(run_id: str, record: Any) -> Any:
+            stored = real_record(run_id, record)
+            if not crashed:  # the checkpoint is written, then the process dies
+                crashed.append(record.step_id)
+                raise SimulatedCrash()
+            return stored
+
+        engine.store.record_step = record_then_crash  # type: ignore[method-assign]
+        run = engine.wait(engine.trigger("t").run_id)
+    assert crashed == ["/charge#1"]
+    assert run.status == "COMPLETED" and run.output == "ch_1" and run.attempt == 2
+    assert calls == {"charge": 1, "email": 1}
+
+
+def test_repeated_crashes_exhaust_the_task_policy_and_fail_the_run() -> None:
+    app = rung.App("crash3")
+    calls: Counter[str] = Counter()
+
+    def doomed() -> None:
+        calls["n"] += 1
+        raise SimulatedCrash()
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=2))
+    def t(ctx: rung.Context, payload: None) -> None:
+        ctx.step("doomed", doomed)
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+        types = [str(e.type) for e in engine.history(run.run_id)]
+    assert calls["n"] == 2
+    assert run.status == "FAILED" and run.error is not None and run.error.type == "WorkerLost"
+    assert types.count("WorkerLost") == 2 and types[-1] == "RunFailed"
+
+
+def test_malformed_oversize_and_unknown_messages_reach_the_dlq_and_harm_no_run() -> None:
+    app = rung.App("poison")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: int) -> int:
+        return ctx.step("double", lambda: payload * 2)
+
+    garbage = [
+        "not json at all",
+        "[1, 2, 3]",
+        '{"v": 1, "run_id": "run_does_not_exist"}',
+        '{"v": 99, "run_id": "run_x"}',
+        '{"v": 1, "run_id": 7}',
+        '{"v": 1, "run_id": "' + "r" * 200_000 + '"}',
+    ]
+    with LocalEngine(app, max_receive_count=3) as engine:
+        for body in garbage:
+            engine.sqs.send_message(QueueUrl=engine.queue_url, MessageBody=body)
+        handles = [engine.trigger("t", n) for n in range(5)]
+        runs = [engine.wait(h.run_id) for h in handles]
+        deadline = time.monotonic() + 30
+        dead: list[str] = []
+        while time.monotonic() < deadline and len(dead) < len(garbage):
+            dead = engine.dead_letters()
+            time.sleep(0.05)
+        faults = list(engine.faults)
+    assert [r.output for r in runs] == [0, 2, 4, 6, 8]
+    assert sorted(dead) == sorted(garbage)
+    assert faults == []
+
+
+def test_a_run_continues_in_a_fresh_invocation_when_time_runs_short() -> None:
+    app = rung.App("long")
+    calls: Counter[str] = Counter()
+    engine_ref: list[LocalEngine] = []
+
+    def slow(n: int) -> int:
+        calls[f"s{n}"] += 1
+        virtual(engine_ref[0]).advance(timedelta(seconds=12))  # a 12-second step
+        return n
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> int:
+        return sum(ctx.step(f"s{n}", slow, n) for n in range(5))
+
+    with LocalEngine(app, invocation_timeout=timedelta(seconds=30),
+                     min_time_left=timedelta(seconds=10)) as engine:
+        engine_ref.append(engine)
+        run = engine.wait(engine.trigger("t").run_id)
+        types = [str(e.type) for e in engine.history(run.run_id)]
+    assert run.status == "COMPLETED" and run.output == 10
+    assert run.attempt == 1  # continuing is not a new attempt
+    assert calls == {f"s{n}": 1 for n in range(5)}
+    assert run.lease_token >= 3  # it took several invocations
+    assert "RetryScheduled" not in types and "WorkerLost" not in types
