@@ -39,7 +39,8 @@ class RetryPolicy:
 
     Args:
         max_attempts: total tries including the first (default 3; 1 means no retry).
-        initial_interval: delay after the first failure (default 1 s).
+        initial_interval: delay after the first failure (default 1 s); a timedelta or
+            seconds (stored as a timedelta).
         backoff: factor between consecutive delays for "exponential" (default 2.0).
         max_interval: upper bound of any computed delay (default 10 minutes).
         strategy: "exponential" (initial * backoff**(n-1)), "linear" (initial * n),
@@ -59,9 +60,9 @@ class RetryPolicy:
     """
 
     max_attempts: int = 3
-    initial_interval: timedelta = field(default=timedelta(seconds=1))
+    initial_interval: timedelta | float = field(default=timedelta(seconds=1))
     backoff: float = 2.0
-    max_interval: timedelta = field(default=timedelta(minutes=10))
+    max_interval: timedelta | float = field(default=timedelta(minutes=10))
     strategy: Strategy = "exponential"
     jitter: float = 0.0
     retry_on: tuple[type[BaseException], ...] = (Exception,)
@@ -132,14 +133,15 @@ class RetryPolicy:
                 self.strategy(attempt, error), "the delay returned by RetryPolicy.strategy"
             )
             return delay
-        initial = self.initial_interval.total_seconds()
+        initial = as_timedelta(self.initial_interval, "initial_interval").total_seconds()
+        cap = as_timedelta(self.max_interval, "max_interval").total_seconds()
         if self.strategy == "fixed":
             seconds = initial
         elif self.strategy == "linear":
             seconds = initial * attempt
         else:  # capped before it can overflow a float or a timedelta
             seconds = initial * (self.backoff ** min(attempt - 1, 200))
-        delay = timedelta(seconds=min(seconds, self.max_interval.total_seconds()))
+        delay = timedelta(seconds=min(seconds, cap))
         if self.jitter:
             delay = delay * (1.0 - self.jitter * rand())
         return delay

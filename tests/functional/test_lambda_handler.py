@@ -19,17 +19,17 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-import rung
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from moto.server import ThreadedMotoServer
+
+import rung
+from handler import worker as worker_module
+from handler.worker import lambda_handler
 from rung import _aws
 from rung._clock import SystemClock
 from rung._queue import SqsQueue
 from rung._store import DynamoStore
 from rung.errors import InvalidConfig
-
-from handler import worker as worker_module
-from handler.worker import lambda_handler
 from tests.functional import handler_app
 
 REGION = "us-east-1"
