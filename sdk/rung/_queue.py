@@ -12,6 +12,7 @@ arrives early is deferred again) resets the count. ``defer`` chooses.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -91,7 +92,7 @@ class SqsQueue:
         return url, dlq_url
 
     def send(self, run_id: str, delay: timedelta = timedelta(0)) -> None:
-        seconds = int(min(max(delay, timedelta(0)), MAX_DELAY).total_seconds())
+        seconds = _ceil_seconds(min(delay, MAX_DELAY))
         self.client.send_message(
             QueueUrl=self.url, MessageBody=encode(run_id), DelaySeconds=seconds
         )
@@ -132,8 +133,13 @@ class SqsQueue:
             self.client.change_message_visibility(
                 QueueUrl=self.url,
                 ReceiptHandle=message.receipt_handle,
-                VisibilityTimeout=max(int(-(-delay.total_seconds() // 1)), 0),
+                VisibilityTimeout=_ceil_seconds(delay),
             )
             return True
         self.send(run_id, delay)
         return False
+
+
+def _ceil_seconds(delay: timedelta) -> int:
+    """Whole seconds for SQS, rounded up: a message must never come back early."""
+    return max(math.ceil(delay.total_seconds()), 0)

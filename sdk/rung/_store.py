@@ -582,13 +582,22 @@ class DynamoStore:
             yield from page.get("Items", [])
 
 
+#: Failed attempts live on the run item (one write per retry, fenced with the rest);
+#: their tracebacks are cut shorter than a final error's so that a run with many
+#: retries stays far below DynamoDB's 400 KB item limit.
+FAILURE_TRACEBACK_CHARS = 1500
+
+
 def _failure_json(failure: Failure) -> str:
+    error = failure.error.to_json()
+    if len(error["traceback"]) > FAILURE_TRACEBACK_CHARS:
+        error["traceback"] = "...\n" + error["traceback"][-FAILURE_TRACEBACK_CHARS:]
     return json.dumps(
         {
             "attempt": failure.attempt,
             "kind": failure.kind,
             "step_id": failure.step_id,
-            "error": failure.error.to_json(),
+            "error": error,
             "started_at": iso(failure.started_at) if failure.started_at else None,
             "step_started_at": iso(failure.step_started_at) if failure.step_started_at else None,
             "failed_at": iso(failure.failed_at),

@@ -232,7 +232,7 @@ class LocalEngine:
                     f"run {run_id} is still {run.status} (attempt {run.attempt}) after "
                     f"{timeout:g}s of waiting"
                 )
-            time.sleep(0.002)
+            time.sleep(0.01)
 
     def dead_letters(self) -> list[str]:
         """Bodies of the messages that reached the DLQ (received, then left in place)."""
