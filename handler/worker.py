@@ -34,6 +34,7 @@ from aws_lambda_powertools.utilities.batch import (
 )
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from rung import _aws
 from rung._clock import SystemClock
 from rung._engine import Disposition, Worker, WorkerConfig
