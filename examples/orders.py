@@ -16,10 +16,11 @@ from collections import Counter
 from datetime import timedelta
 
 import pydantic
-import rung
-import rung.testing
 from rich.console import Console
 from rich.table import Table
+
+import rung
+import rung.testing
 
 app = rung.App("shop")
 
