@@ -43,17 +43,41 @@ class EmbeddedEmulator:
                 cls._shared = cls()
             return cls._shared
 
-    def __init__(self) -> None:
-        from moto.server import ThreadedMotoServer
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self._server.start()
-        host, port = self._server.get_host_and_port()
-        self.endpoint_url = f"http://{host}:{port}"
+        moto_app = DomainDispatcherApplication(create_backend_app)
+        dynamodb_lock = threading.Lock()
+
+        def app(environ: dict[str, Any], start_response: Any) -> Any:
+            # DynamoDB applies each conditional write atomically; moto's backend does
+            # not lock, so two racing conditional updates could both succeed. One
+            # DynamoDB request at a time restores the real service's guarantee. (SQS
+            # is left concurrent: its long polls would otherwise block everything.)
+            if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+                with dynamodb_lock:
+                    return list(moto_app(environ, start_response))
+            return moto_app(environ, start_response)
+
+        self._server = make_server(
+            host, port, app, threaded=True, request_handler=MotoRequestHandler
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="rung-emulator", daemon=True
+        )
+        self._thread.start()
+        bound_host, bound_port = self._server.server_address[:2]
+        self.endpoint_url = f"http://{bound_host!s}:{bound_port}"
 
     def stop(self) -> None:
-        self._server.stop()
+        self._server.shutdown()
+        self._thread.join()
 
 
 def use_virtual_time(clock: VirtualClock) -> None:
