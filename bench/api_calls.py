@@ -232,6 +232,14 @@ class Meter:
             aws_access_key_id="test",
             aws_secret_access_key="test",
         )
+        self._queues = boto3.client(
+            "sqs",
+            endpoint_url=engine.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+        self._queue_url = engine.queue_url
         self._table = engine.table_name
         for client in (engine.dynamodb, engine.sqs):
             client.meta.events.register("before-parameter-build", self._remember_params)
@@ -251,13 +259,28 @@ class Meter:
         finally:
             self._main_phase = None
 
-    def wait_quiet(self, quiet: float = 0.1, timeout: float = 5.0) -> None:
-        """Wait until the worker made no counted request for ``quiet`` seconds."""
+    def wait_done(self, quiet: float = 0.05, timeout: float = 10.0) -> None:
+        """Wait until the run's message is gone and the worker has gone quiet.
+
+        A run is terminal before its message is deleted; the delete is the run's too.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if time.monotonic() - self.tally.last_activity > quiet:
+            attributes = self._queues.get_queue_attributes(
+                QueueUrl=self._queue_url, AttributeNames=["All"]
+            )["Attributes"]
+            pending = sum(
+                int(attributes.get(name, "0"))
+                for name in (
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                    "ApproximateNumberOfMessagesDelayed",
+                )
+            )
+            if not pending and time.monotonic() - self.tally.last_activity > quiet:
                 return
-            time.sleep(quiet / 4)
+            time.sleep(quiet / 5)
+        raise SystemExit(f"the worker did not finish within {timeout:g}s")
 
     # botocore handlers ------------------------------------------------------------------
 
@@ -276,7 +299,8 @@ class Meter:
             if on_main and self._main_phase is None:
                 tally.client_reads += 1
                 return
-            tally.requests[(self._main_phase or "worker", op)] += 1
+            phase = self._main_phase if on_main and self._main_phase else "worker"
+            tally.requests[(phase, op)] += 1
             tally.http_retries += parsed.get("ResponseMetadata", {}).get("RetryAttempts", 0)
             tally.last_activity = time.monotonic()
             if op in WRITES:
@@ -346,7 +370,7 @@ class Measured:
 def measure(engine: rung.testing.LocalEngine, meter: Meter, variant: Variant) -> Measured:
     tallies = []
     for n in range(REPEATS):
-        meter.wait_quiet()
+        meter.wait_done()
         meter.reset()
         key = f"{variant.name}-{n}" if variant.idempotency_key else None
         with meter.phase("trigger"):
@@ -354,7 +378,7 @@ def measure(engine: rung.testing.LocalEngine, meter: Meter, variant: Variant) ->
         run = engine.wait(handle.run_id, timeout=30)
         if run.status != rung.RunStatus.COMPLETED:
             raise SystemExit(f"{variant.name}: run {run.run_id} ended {run.status}: {run.error}")
-        meter.wait_quiet()
+        meter.wait_done()
         tallies.append(meter.reset())
     return Measured(variant, tallies)
 
@@ -413,6 +437,12 @@ def report(results: list[Measured], console: Console) -> dict[str, Any]:
     table.add_row("DynamoDB RRU", *[f"{m.tally.rru:g}" for m in results])
     table.add_row("largest item, bytes", *[str(m.tally.largest_item) for m in results])
     console.print(table)
+    for m in results:
+        if not m.stable:
+            console.print(
+                f"[red]{m.variant.name}: the repeats differ:[/] "
+                + "; ".join(f"{dict(t.requests)} {t.wru} WRU" for t in m.tallies)
+            )
     console.print(
         f"requests per marginal step (N50 - N10) / 40 = [bold]{marginal:g}[/]"
         f"    fixed per run N10 - 10 x marginal = [bold]{fixed:g}[/]"
