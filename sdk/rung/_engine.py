@@ -88,6 +88,11 @@ class Worker:
         except BadMessage as exc:
             log.error("poison message %s: %s", message.message_id, exc)
             return Disposition.POISON
+        if time_left is not None and time_left() < self.config.min_time_left.total_seconds():
+            # Too little of this invocation is left to start an attempt (a late message
+            # in a batch): hand the run to a fresh invocation without claiming it.
+            self.queue.send(run_id)
+            return Disposition.ACK
         now = self.clock.now()
         lease = self.config.lease_duration
         claim = self.store.claim_run(run_id, now, lease)
@@ -96,7 +101,16 @@ class Worker:
             claim = self._take_over(claim.run, now)
         if isinstance(claim, NotClaimed):
             return self._not_claimed(message, run_id, claim, now)
-        return self._attempt(message, claim, time_left)
+        replaced = False
+        if self.queue.near_dead_letter(message):
+            # This message has been received almost maxReceiveCount times (crashed
+            # workers, deferrals). Should this worker die too, its next redelivery would
+            # go to the DLQ and strand a healthy run; a fresh message (receive count 0),
+            # due when this lease would expire, keeps the run's way forward.
+            self.queue.send(run_id, lease)
+            replaced = True
+        disposition = self._attempt(message, claim, time_left)
+        return Disposition.ACK if replaced else disposition
 
     # -- claiming --------------------------------------------------------------------
 

@@ -122,14 +122,17 @@ class SqsQueue:
     def delete(self, message: QueueMessage) -> None:
         self.client.delete_message(QueueUrl=self.url, ReceiptHandle=message.receipt_handle)
 
+    def near_dead_letter(self, message: QueueMessage) -> bool:
+        """Whether one more failed delivery could move this message to the DLQ."""
+        return self.max_receive_count - message.receive_count < 2
+
     def defer(self, message: QueueMessage, run_id: str, delay: timedelta) -> bool:
         """Make the run's message come back after ``delay``.
 
         Returns True when the message itself was delayed (keep it: do not delete it),
         False when a new message was sent instead (the received one must be deleted).
         """
-        room = self.max_receive_count - message.receive_count
-        if delay <= MAX_VISIBILITY and room >= 2:
+        if delay <= MAX_VISIBILITY and not self.near_dead_letter(message):
             self.client.change_message_visibility(
                 QueueUrl=self.url,
                 ReceiptHandle=message.receipt_handle,

@@ -41,6 +41,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _TRACEBACK_CHARS = 4000
+_MESSAGE_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,10 @@ def error_info(exc: BaseException) -> ErrorInfo:
     text = "".join(traceback.format_exception(exc))
     if len(text) > _TRACEBACK_CHARS:
         text = "...\n" + text[-_TRACEBACK_CHARS:]
-    return ErrorInfo(type=type(exc).__name__, message=str(exc), traceback=text)
+    message = str(exc)
+    if len(message) > _MESSAGE_CHARS:  # errors are stored; a huge message must not be
+        message = message[:_MESSAGE_CHARS] + f"... ({len(message):,} characters in all)"
+    return ErrorInfo(type=type(exc).__name__, message=message, traceback=text)
 
 
 class AttemptSession(Protocol):

@@ -272,3 +272,48 @@ def test_a_run_continues_in_a_fresh_invocation_when_time_runs_short() -> None:
     assert calls == {f"s{n}": 1 for n in range(5)}
     assert run.lease_token >= 3  # it took several invocations
     assert "RetryScheduled" not in types and "WorkerLost" not in types
+
+
+def test_crashes_beyond_the_dlq_receive_count_do_not_strand_the_run() -> None:
+    app = rung.App("crash4")
+    calls: Counter[str] = Counter()
+
+    def crashes_four_times() -> str:
+        calls["n"] += 1
+        if calls["n"] <= 4:
+            raise SimulatedCrash()
+        return "finally"
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=6))
+    def t(ctx: rung.Context, payload: None) -> str:
+        return ctx.step("s", crashes_four_times)
+
+    with LocalEngine(app, max_receive_count=3) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+        dead = engine.dead_letters()
+    assert run.status == "COMPLETED" and run.output == "finally" and run.attempt == 5
+    assert dead == []
+
+
+def test_a_huge_error_message_is_stored_capped_and_the_run_goes_on() -> None:
+    app = rung.App("hugeerr")
+    calls: Counter[str] = Counter()
+
+    def fails_loudly() -> str:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("x" * 500_000)
+        return "ok"
+
+    @app.task(id="t", retry=FAST)
+    def t(ctx: rung.Context, payload: None) -> str:
+        return ctx.step("s", fails_loudly)
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+        [failed] = [e for e in engine.history(run.run_id) if e.type == EventType.STEP_FAILED]
+        faults = list(engine.faults)
+    assert run.status == "COMPLETED" and run.output == "ok"
+    assert failed.error is not None and failed.error.message.endswith("(500,000 characters in all)")
+    assert len(failed.error.message) < 2100
+    assert faults == []

@@ -38,7 +38,7 @@ REGION = "us-east-1"
 class FakeLambdaContext(LambdaContext):
     """What Lambda passes as ``context``; only the remaining time matters to rung."""
 
-    def __init__(self, remaining_ms: int = 600_000) -> None:
+    def __init__(self, remaining_ms: int | list[int] = 600_000) -> None:
         self._function_name = "rung-worker"
         self._function_version = "$LATEST"
         self._invoked_function_arn = f"arn:aws:lambda:{REGION}:123456789012:function:rung-worker"
@@ -49,6 +49,11 @@ class FakeLambdaContext(LambdaContext):
         self._remaining_ms = remaining_ms
 
     def get_remaining_time_in_millis(self) -> int:  # type: ignore[override]
+        # A list plays a clock running down: one reading per call, the last one repeats.
+        if isinstance(self._remaining_ms, list):
+            if len(self._remaining_ms) > 1:
+                return self._remaining_ms.pop(0)
+            return self._remaining_ms[0]
         return self._remaining_ms
 
 
@@ -78,7 +83,7 @@ class Deployment:
         return messages
 
     def deliver(
-        self, messages: list[dict[str, Any]], remaining_ms: int = 600_000
+        self, messages: list[dict[str, Any]], remaining_ms: int | list[int] = 600_000
     ) -> dict[str, Any]:
         """Invoke the handler with these messages as one batch, then act as the ESM does."""
         event = {"Records": [self._record(m) for m in messages]}
@@ -244,8 +249,11 @@ def test_a_run_short_of_time_continues_in_a_fresh_message(deployed: Deployment) 
     handle = deployed.client.trigger("two-steps")
     [message] = deployed.receive()
 
-    # 5 s left is under RUNG_MIN_TIME_LEFT_SECONDS (10): after one step the run moves on.
-    assert deployed.deliver([message], remaining_ms=5_000) == {"batchItemFailures": []}
+    # 15 s left at the start, 5 s (under RUNG_MIN_TIME_LEFT_SECONDS, 10) after the first
+    # step: the run moves on to a fresh invocation.
+    assert deployed.deliver([message], remaining_ms=[15_000, 5_000]) == {
+        "batchItemFailures": []
+    }
 
     run = deployed.client.get_run(handle.run_id)
     assert run.status == rung.RunStatus.QUEUED
@@ -254,7 +262,7 @@ def test_a_run_short_of_time_continues_in_a_fresh_message(deployed: Deployment) 
     [fresh] = deployed.receive()
     assert fresh["MessageId"] != message["MessageId"]
 
-    assert deployed.deliver([fresh], remaining_ms=5_000) == {"batchItemFailures": []}
+    assert deployed.deliver([fresh], remaining_ms=[15_000, 5_000]) == {"batchItemFailures": []}
     run = deployed.client.get_run(handle.run_id)
     assert (run.status, run.output, run.attempt) == (
         rung.RunStatus.COMPLETED,
@@ -262,6 +270,23 @@ def test_a_run_short_of_time_continues_in_a_fresh_message(deployed: Deployment) 
         1,
     )
     assert dict(handler_app.calls) == {"first": 1, "second": 1}
+
+
+def test_a_message_arriving_with_too_little_time_left_is_handed_on_unclaimed(
+    deployed: Deployment,
+) -> None:
+    handle = deployed.client.trigger("two-steps")
+    [message] = deployed.receive()
+
+    assert deployed.deliver([message], remaining_ms=4_000) == {"batchItemFailures": []}
+
+    run = deployed.client.get_run(handle.run_id)
+    assert (run.status, run.attempt, run.started_at) == (rung.RunStatus.QUEUED, 1, None)
+    assert dict(handler_app.calls) == {}
+    [fresh] = deployed.receive()
+    assert fresh["MessageId"] != message["MessageId"]
+    assert deployed.deliver([fresh]) == {"batchItemFailures": []}
+    assert deployed.client.get_run(handle.run_id).status == rung.RunStatus.COMPLETED
 
 
 def test_the_container_builds_one_worker(deployed: Deployment) -> None:
