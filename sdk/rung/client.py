@@ -27,7 +27,8 @@ class Client:
     """Trigger and inspect runs of an app's tasks.
 
     Args:
-        app: the app whose tasks are triggered (payloads are validated against them).
+        app: the app whose tasks are triggered (payloads are validated against them);
+            None for a read-only client, which reads runs but cannot trigger them.
         table_name: the DynamoDB table (default ``$RUNG_TABLE_NAME``).
         queue_url: the work queue (default ``$RUNG_QUEUE_URL``).
         endpoint_url: an emulator or LocalStack (default ``$AWS_ENDPOINT_URL``; unset: AWS).
@@ -37,11 +38,12 @@ class Client:
         >>> client = rung.Client(app, table_name="rung-shop", queue_url=url)
         >>> handle = client.trigger("process-order", {"order_id": "o-1"}, idempotency_key="o-1")
         >>> client.get_run(handle.run_id).status
+        >>> client = rung.Client.from_stack(app, "rung-shop")  # from the stack's outputs
     """
 
     def __init__(
         self,
-        app: App,
+        app: App | None,
         *,
         table_name: str | None = None,
         queue_url: str | None = None,
@@ -61,14 +63,51 @@ class Client:
         self._init(app, store, queue, clock or SystemClock())
 
     @classmethod
+    def from_stack(
+        cls,
+        app: App | None,
+        stack_name: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+    ) -> Client:
+        """A client for the table and queue of a deployed template.yaml stack.
+
+        Raises:
+            rung._stack.StackError: no such stack at the endpoint, nothing listening
+                there, or the stack has no ``TableName``/``QueueUrl`` outputs.
+
+        Example:
+            >>> client = rung.Client.from_stack(app, "rung-shop", endpoint_url=url)
+        """
+        from rung import _stack  # CloudFormation is needed only here
+
+        endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+        cfn = _aws.client("cloudformation", endpoint_url, region)
+        stack = _stack.describe(cfn, stack_name, endpoint_url)
+        missing = [key for key in ("TableName", "QueueUrl") if not stack.outputs.get(key)]
+        if missing:
+            raise _stack.StackError(
+                f"stack {stack_name!r} has no {' or '.join(missing)} output: is it a rung "
+                "stack (deployed from template.yaml)?"
+            )
+        return cls(
+            app,
+            table_name=stack.outputs["TableName"],
+            queue_url=stack.outputs["QueueUrl"],
+            endpoint_url=endpoint_url,
+            region=region,
+        )
+
+    @classmethod
     def _from_parts(cls, app: App, store: DynamoStore, queue: SqsQueue, clock: Clock) -> Client:
         client = cls.__new__(cls)
         client._init(app, store, queue, clock)
         return client
 
-    def _init(self, app: App, store: DynamoStore, queue: SqsQueue, clock: Clock) -> None:
-        if not isinstance(app, App):
-            raise UsageError(f"rung.Client needs a rung.App, got {type(app).__name__}")
+    def _init(self, app: App | None, store: DynamoStore, queue: SqsQueue, clock: Clock) -> None:
+        if app is not None and not isinstance(app, App):
+            raise UsageError(f"rung.Client needs a rung.App or None, got {type(app).__name__}")
         self.app = app
         self._store = store
         self._queue = queue
@@ -96,6 +135,11 @@ class Client:
             InvalidPayload: the payload fails the task's model or is not JSON.
             PayloadTooLarge: the payload is larger than rung stores inline.
         """
+        if self.app is None:
+            raise UsageError(
+                "this client has no app (read-only): pass the rung.App to trigger runs, so "
+                "payloads are validated against its tasks"
+            )
         found = self.app.get_task(task)
         payload_json = found.encode_payload(payload)
         key = _check_key(idempotency_key)
@@ -147,7 +191,8 @@ class Client:
                 ) from None
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidConfig(f"limit must be a positive int, got {limit!r}")
-        task_id = self.app.get_task(task).id if task is not None else None
+        # Without an app (a read-only client) the task id is taken as given.
+        task_id = task if task is None or self.app is None else self.app.get_task(task).id
         return self._store.list_runs(status=status, task_id=task_id, limit=limit)
 
     def history(self, run_id: str) -> list[HistoryEvent]:
