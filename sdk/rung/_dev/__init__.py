@@ -1,0 +1,364 @@
+"""``rung dev``: the whole application on this machine.
+
+An AWS emulator (the embedded moto server, or LocalStack / any endpoint), the
+data plane of template.yaml deployed to it as a CloudFormation stack, and the
+template's functions run by a local runtime: the SQS event source mapping played
+by ``esm.EventSourcePoller`` over worker processes, scheduled functions (the
+reconciler) invoked on a timer, one console line per run event, and a reload of
+the worker processes when code changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from rung import _aws, _stack
+from rung._clock import SystemClock, iso
+from rung._dev import emulator
+from rung._dev.esm import EventSourcePoller
+from rung._dev.pool import WorkerProcess
+from rung._dev.printer import EventPrinter
+from rung._store import DynamoStore
+from rung.app import App
+from rung.client import Client
+from rung.errors import InvalidConfig
+
+log = logging.getLogger("rung.dev")
+REGION = "us-east-1"
+
+
+@dataclass
+class DevOptions:
+    """What `rung dev` is asked to run (the CLI's options)."""
+
+    app: str  # module:attr of the rung.App
+    template: Path = Path("template.yaml")
+    host: str = "127.0.0.1"
+    port: int = 4599
+    endpoint_url: str | None = None  # an emulator already running (LocalStack); else embedded
+    stack_name: str | None = None  # default rung-<app name>
+    workers: int | None = None  # cap on the event source's MaximumConcurrency
+    function_timeout: int = 60  # the template's FunctionTimeout for local runs
+    lease_seconds: int | None = None  # override RUNG_LEASE_SECONDS (crash recovery speed)
+    max_receive_count: int | None = None
+    reconcile_every: float = 10.0  # seconds between runs of scheduled functions
+    reload: bool = False
+    print_events: bool = True
+    state_dir: Path = Path(".rung")
+    parameters: dict[str, str] = field(default_factory=dict)
+    worker_logs: bool = False  # worker stderr to the console instead of .rung/logs
+
+
+class DevStack:
+    """Everything `rung dev` runs, as a context manager (the tests use it directly)."""
+
+    def __init__(self, options: DevOptions, emit: Callable[[str], None] | None = None) -> None:
+        self.options = options
+        self.emit = emit or (lambda line: print(line, flush=True))
+        self.app = load_app(options.app)
+        self.stack_name = options.stack_name or f"rung-{self.app.name}"
+        self.crashes: list[tuple[str, str, list[str]]] = []
+        self._pollers: list[EventSourcePoller] = []
+        self._workers: list[WorkerProcess] = []
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._generation = 0
+        self._emulator: emulator.EmulatorProcess | None = None
+        self._printer: EventPrinter | None = None
+        self._logs: list[IO[bytes]] = []
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def __enter__(self) -> DevStack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        o = self.options
+        if o.endpoint_url:
+            self.endpoint_url = o.endpoint_url.rstrip("/")
+        else:
+            self._emulator = emulator.ensure(o.state_dir, o.host, o.port)
+            self.endpoint_url = self._emulator.endpoint_url
+            how = "adopted the running" if self._emulator.adopted else "started the"
+            self.emit(f"rung dev: {how} embedded AWS emulator at {self.endpoint_url}")
+        self.parameters = {
+            "RungApp": o.app,
+            "FunctionTimeout": str(o.function_timeout),
+            **({"MaxReceiveCount": str(o.max_receive_count)} if o.max_receive_count else {}),
+            **o.parameters,
+        }
+        template = _stack.load_template(o.template)
+        cfn = _stack.translate(template, self.parameters, REGION)
+        cloudformation = _aws.client("cloudformation", self.endpoint_url, REGION)
+        self.stack = _stack.deploy(
+            cloudformation, self.stack_name, _stack.data_plane(cfn), self.parameters
+        )
+        self.emit(
+            f"rung dev: stack {self.stack_name} is up (table {self.stack.outputs.get('TableName')})"
+        )
+        self.dynamodb = _aws.client("dynamodb", self.endpoint_url, REGION)
+        self.sqs = _aws.client("sqs", self.endpoint_url, REGION)
+        self.store = DynamoStore(self.dynamodb, self.stack.outputs["TableName"])
+        self.client = Client(
+            self.app,
+            table_name=self.stack.outputs["TableName"],
+            queue_url=self.stack.outputs["QueueUrl"],
+            endpoint_url=self.endpoint_url,
+            region=REGION,
+        )
+        self.functions = _stack.functions(cfn, self.stack, self.parameters, REGION)
+        (o.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        for spec in self.functions:
+            for source in spec.event_sources:
+                self._start_event_source(spec, source)
+            for expression in spec.schedules:
+                self._start_schedule(spec, expression)
+        if o.print_events:
+            self._printer = EventPrinter(self.store, self.emit, since=SystemClock().now())
+            self._printer.start()
+        if o.reload:
+            self._spawn(self._watch_code, "rung-reload")
+        self.emit(
+            f"rung dev: ready; {sum(len(p.workers) for p in self._pollers)} worker "
+            f"process(es); Ctrl-C stops"
+        )
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for poller in self._pollers:
+            poller.stopping.set()
+        for poller in self._pollers:
+            poller.stop()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        for worker in self._workers:
+            worker.stop()
+        if self._printer is not None:
+            with contextlib.suppress(Exception):
+                self._printer.poll()  # the last events before the lights go out
+            self._printer.stop()
+        for handle in self._logs:
+            handle.close()
+        if self._emulator is not None:
+            emulator.stop(self.options.state_dir)
+            self._emulator = None
+
+    def detach(self) -> None:
+        """Stop the workers but leave the emulator running (as a crash of rung dev would)."""
+        self._emulator = None
+        self.stop()
+
+    # -- functions -------------------------------------------------------------------
+
+    def _env(self, spec: _stack.FunctionSpec) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(spec.environment)
+        env.update(
+            {
+                "AWS_ENDPOINT_URL": self.endpoint_url,
+                "AWS_DEFAULT_REGION": REGION,
+                "AWS_REGION": REGION,
+                "AWS_LAMBDA_FUNCTION_NAME": f"{self.stack_name}-{spec.logical_id}",
+                "AWS_LAMBDA_FUNCTION_TIMEOUT": str(spec.timeout),
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(Path.cwd()), env.get("PYTHONPATH", "")])
+                ),
+            }
+        )
+        env.setdefault("AWS_ACCESS_KEY_ID", "test")
+        env.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+        if self.options.lease_seconds:
+            env["RUNG_LEASE_SECONDS"] = str(self.options.lease_seconds)
+        return env
+
+    def _log_for(self, name: str) -> IO[bytes] | None:
+        if self.options.worker_logs:
+            return None
+        handle = (self.options.state_dir / "logs" / f"{name}.log").open("ab")
+        self._logs.append(handle)
+        return handle
+
+    def _start_event_source(self, spec: _stack.FunctionSpec, source: _stack.EventSource) -> None:
+        count = source.maximum_concurrency or 2
+        if self.options.workers:
+            count = min(count, self.options.workers)
+        env = self._env(spec)
+        workers = []
+        for n in range(count):
+            name = f"{spec.logical_id}-{n}"
+            worker = WorkerProcess(spec, env, Path.cwd(), self._log_for(name), name)
+            worker.spawn(self._generation)  # all at once: each takes a second to import
+            workers.append(worker)
+            self._workers.append(worker)
+        for worker in workers:
+            worker.wait_ready()
+        queue_url = self.stack.physical_ids.get(source.queue) or self.stack.outputs["QueueUrl"]
+        queue_arn = self.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        lease = int(spec.environment.get("RUNG_LEASE_SECONDS", spec.timeout + 60))
+        if self.options.lease_seconds:
+            lease = self.options.lease_seconds
+        poller = EventSourcePoller(
+            self.sqs,
+            queue_url,
+            queue_arn,
+            source,
+            workers,
+            spec.timeout,
+            lease,
+            REGION,
+            on_crash=self._on_crash,
+            generation=lambda: self._generation,
+        )
+        poller.start()
+        self._pollers.append(poller)
+
+    def _start_schedule(self, spec: _stack.FunctionSpec, expression: str) -> None:
+        name = f"{spec.logical_id}-schedule"
+        worker = WorkerProcess(spec, self._env(spec), Path.cwd(), self._log_for(name), name)
+        worker.start(self._generation)
+        self._workers.append(worker)
+
+        def tick() -> None:
+            while not self._stopping.wait(self.options.reconcile_every):
+                if worker.generation != self._generation:
+                    worker.stop()
+                    worker.start(self._generation)
+                event = {
+                    "version": "0",
+                    "id": f"local-{time.time_ns()}",
+                    "detail-type": "Scheduled Event",
+                    "source": "aws.events",
+                    "time": iso(SystemClock().now()),
+                    "region": REGION,
+                    "resources": [],
+                    "detail": {},
+                }
+                outcome = worker.invoke(event, spec.timeout)
+                if outcome.died is not None:
+                    self._on_crash(worker, outcome.died, [])
+                    if not self._stopping.is_set():
+                        worker.start(self._generation)
+                elif outcome.error is not None:
+                    log.error("%s failed: %s", spec.logical_id, outcome.error.strip())
+
+        self._spawn(tick, name)
+        self.emit(
+            f"rung dev: {spec.logical_id} runs every {self.options.reconcile_every:g}s "
+            f"(on AWS: {expression})"
+        )
+
+    def _on_crash(self, worker: WorkerProcess, how: str, bodies: list[str]) -> None:
+        runs = ", ".join(b[:80] for b in bodies) or "no message"
+        self.crashes.append((worker.name, how, bodies))
+        self.emit(
+            f"rung dev: worker {worker.name} (pid {worker.pid}) {how} while handling "
+            f"{runs}; its runs are retried when their leases expire"
+        )
+
+    # -- code reload -----------------------------------------------------------------
+
+    def _watch_code(self) -> None:
+        snapshot = _code_snapshot(Path.cwd())
+        while not self._stopping.wait(1.0):
+            current = _code_snapshot(Path.cwd())
+            if current != snapshot:
+                changed = sorted(set(current.items()) ^ set(snapshot.items()))
+                snapshot = current
+                self._generation += 1
+                self.emit(f"rung dev: {changed[0][0]} changed; restarting worker processes")
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, daemon=True, name=name)
+        thread.start()
+        self._threads.append(thread)
+
+    # -- introspection (tests, `rung dev` status) ------------------------------------
+
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in self._workers if w.pid is not None]
+
+    def idle(self) -> bool:
+        return all(p.busy == 0 for p in self._pollers)
+
+    def wait(self, run_id: str, timeout: float = 60.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.client.get_run(run_id)
+            if run.status.is_terminal:
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} is still {run.status} after {timeout:g}s")
+            time.sleep(0.05)
+
+
+_SKIP_DIRS = {
+    ".venv",
+    ".git",
+    ".rung",
+    ".localstack",
+    "__pycache__",
+    "node_modules",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    "build",
+    "dist",
+}
+
+
+def _code_snapshot(root: Path) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS and not d.startswith(".")]
+        for name in filenames:
+            if name.endswith(".py"):
+                path = Path(dirpath) / name
+                with contextlib.suppress(OSError):
+                    found[str(path.relative_to(root))] = path.stat().st_mtime
+    return found
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:attr`` from the current directory; a clear error if it fails."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise InvalidConfig(f"--app must be module:attr (e.g. examples.orders:app), got {spec!r}")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidConfig(f"--app {spec}: cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise InvalidConfig(f"--app {spec}: {module_name}.{attr} is not a rung.App")
+    return app
+
+
+__all__ = ["DevOptions", "DevStack", "load_app"]

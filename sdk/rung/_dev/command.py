@@ -1,0 +1,129 @@
+"""The `rung dev` command."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from rung._dev import DevOptions, DevStack, emulator
+from rung.errors import RungError
+
+
+@click.command("dev")
+@click.option(
+    "--app",
+    "app_spec",
+    envvar="RUNG_APP",
+    required=True,
+    help="module:attr of your rung.App, e.g. examples.orders:app [env RUNG_APP]",
+)
+@click.option(
+    "--template",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("template.yaml"),
+    show_default=True,
+)
+@click.option(
+    "--port", default=4599, show_default=True, help="port of the embedded emulator on 127.0.0.1"
+)
+@click.option(
+    "--endpoint-url",
+    default=None,
+    help="use this emulator (e.g. LocalStack) instead of the embedded one",
+)
+@click.option("--stack", "stack_name", default=None, help="stack name [default: rung-<app>]")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="worker processes [default: the event source's MaximumConcurrency]",
+)
+@click.option(
+    "--function-timeout",
+    type=click.Choice(["60", "120", "300", "600", "900"]),
+    default="60",
+    show_default=True,
+    help="the template's FunctionTimeout",
+)
+@click.option(
+    "--lease",
+    "lease_seconds",
+    type=click.IntRange(1, 3600),
+    default=None,
+    help="seconds before a crashed worker's run is taken over [default: timeout+60]",
+)
+@click.option(
+    "--reconcile-every",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="seconds between reconciler passes (on AWS: its schedule)",
+)
+@click.option(
+    "--reload/--no-reload",
+    default=True,
+    show_default=True,
+    help="restart worker processes when .py files change",
+)
+@click.option("--worker-logs", is_flag=True, help="show worker output here, not in .rung/logs")
+@click.option(
+    "--stop",
+    "stop_only",
+    is_flag=True,
+    help="stop an embedded emulator left running by a killed rung dev, and exit",
+)
+def dev(
+    app_spec: str,
+    template: Path,
+    port: int,
+    endpoint_url: str | None,
+    stack_name: str | None,
+    workers: int | None,
+    function_timeout: str,
+    lease_seconds: int | None,
+    reconcile_every: float,
+    reload: bool,
+    worker_logs: bool,
+    stop_only: bool,
+) -> None:
+    """Run the whole application locally: emulator, stack, workers, reconciler."""
+    state_dir = Path(".rung")
+    if stop_only:
+        stopped = emulator.stop(state_dir)
+        click.echo("stopped the embedded emulator" if stopped else "no embedded emulator running")
+        return
+    options = DevOptions(
+        app=app_spec,
+        template=template,
+        port=port,
+        endpoint_url=endpoint_url,
+        stack_name=stack_name,
+        workers=workers,
+        function_timeout=int(function_timeout),
+        lease_seconds=lease_seconds,
+        reconcile_every=reconcile_every,
+        reload=reload,
+        worker_logs=worker_logs,
+        state_dir=state_dir,
+    )
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack = DevStack(options)
+        with stack:
+            done.wait()
+            click.echo("rung dev: stopping (waiting for running invocations)", err=True)
+    except RungError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo("rung dev: stopped", err=True)

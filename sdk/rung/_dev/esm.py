@@ -1,0 +1,148 @@
+"""The SQS -> Lambda event source mapping, played locally.
+
+Like Lambda's poller: long polling, batches of up to BatchSize, at most
+MaximumConcurrency invocations at once (one worker process each), partial batch
+responses (ReportBatchItemFailures: delete what succeeded, leave the rest), and
+redrive to the DLQ by the queue itself after maxReceiveCount.
+
+One deliberate difference: when a worker process dies mid-invocation, Lambda lets
+the batch reappear after the queue's visibility timeout (6x the function timeout
+in template.yaml); locally the batch is made visible again when the run's lease
+expires, so a crashed run is retried in seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rung._dev.pool import Invocation, WorkerProcess
+from rung._stack import EventSource
+
+log = logging.getLogger("rung.dev")
+
+
+class EventSourcePoller:
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        queue_arn: str,
+        source: EventSource,
+        workers: list[WorkerProcess],
+        timeout: int,
+        retry_after_crash: int,
+        region: str,
+        on_crash: Callable[[WorkerProcess, str, list[str]], None],
+        generation: Callable[[], int],
+    ) -> None:
+        self.sqs = sqs
+        self.queue_url = queue_url
+        self.queue_arn = queue_arn
+        self.source = source
+        self.workers = workers
+        self.timeout = timeout
+        self.retry_after_crash = retry_after_crash
+        self.region = region
+        self.on_crash = on_crash
+        self.generation = generation
+        self.stopping = threading.Event()
+        self.busy = 0
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for worker in self.workers:
+            thread = threading.Thread(
+                target=self._loop, args=(worker,), daemon=True, name=f"esm-{worker.name}"
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stopping.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(timeout=max(deadline - time.monotonic(), 0.1))
+
+    def _loop(self, worker: WorkerProcess) -> None:
+        while not self.stopping.is_set():
+            try:
+                if worker.generation != self.generation():  # code changed: fresh process
+                    worker.stop()
+                    worker.start(self.generation())
+                messages = self._receive()
+                if messages:
+                    with self._lock:
+                        self.busy += 1
+                    try:
+                        self._invoke(worker, messages)
+                    finally:
+                        with self._lock:
+                            self.busy -= 1
+            except Exception:
+                if self.stopping.is_set():
+                    return
+                log.exception("event source poller error; retrying in 1s")
+                self.stopping.wait(1.0)
+
+    def _receive(self) -> list[dict[str, Any]]:
+        out = self.sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=self.source.batch_size,
+            WaitTimeSeconds=1,  # short enough to notice a stop promptly
+            MessageSystemAttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        return list(out.get("Messages", []))
+
+    def _invoke(self, worker: WorkerProcess, messages: list[dict[str, Any]]) -> None:
+        event = {"Records": [self._record(m) for m in messages]}
+        outcome: Invocation = worker.invoke(event, self.timeout)
+        if outcome.died is not None:
+            bodies = [m["Body"] for m in messages]
+            self.on_crash(worker, outcome.died, bodies)
+            for message in messages:
+                with contextlib.suppress(Exception):
+                    self.sqs.change_message_visibility(
+                        QueueUrl=self.queue_url,
+                        ReceiptHandle=message["ReceiptHandle"],
+                        VisibilityTimeout=self.retry_after_crash,
+                    )
+            if not self.stopping.is_set():
+                worker.start(self.generation())
+            return
+        if outcome.error is not None:  # a function error: the whole batch stays
+            log.error("%s failed: %s", worker.spec.logical_id, outcome.error.strip())
+            return
+        failed: set[str] = set()
+        if self.source.report_batch_item_failures and isinstance(outcome.result, dict):
+            failed = {f["itemIdentifier"] for f in outcome.result.get("batchItemFailures", [])}
+        done = [m for m in messages if m["MessageId"] not in failed]
+        for start in range(0, len(done), 10):
+            chunk = done[start : start + 10]
+            self.sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)
+                ],
+            )
+
+    def _record(self, message: dict[str, Any]) -> dict[str, Any]:
+        body = message["Body"]
+        return {
+            "messageId": message["MessageId"],
+            "receiptHandle": message["ReceiptHandle"],
+            "body": body,
+            "attributes": dict(message.get("Attributes", {})),
+            "messageAttributes": message.get("MessageAttributes", {}),
+            "md5OfBody": message.get("MD5OfBody") or hashlib.md5(body.encode()).hexdigest(),  # noqa: S324
+            "eventSource": "aws:sqs",
+            "eventSourceARN": self.queue_arn,
+            "awsRegion": self.region,
+        }
