@@ -1,0 +1,333 @@
+"""The reconciler re-drives runs whose way forward was lost, once, and leaves healthy runs alone.
+
+Most tests use ``LocalEngine(app, workers=0)``: the test loses messages, moves the
+virtual clock and delivers messages itself (``deliver``), so each crash point is hit
+exactly. The last tests race reconcilers against each other and against workers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+import rung
+from rung._clock import VirtualClock
+from rung._engine import Disposition
+from rung._reconcile import ReconcileReport
+from rung.errors import InvalidConfig
+from rung.models import EventType, RunStatus
+from rung.testing import LocalEngine, SimulatedCrash
+
+GRACE = timedelta(minutes=5)  # LocalEngine's default reconcile_grace
+LEASE = timedelta(minutes=1)  # LocalEngine's default lease_duration
+SECOND = timedelta(seconds=1)
+FAST = rung.RetryPolicy(max_attempts=3, initial_interval=1)
+
+
+def virtual(engine: LocalEngine) -> VirtualClock:
+    assert isinstance(engine.clock, VirtualClock)
+    return engine.clock
+
+
+def deliver(engine: LocalEngine) -> list[Disposition]:
+    """Play the event source: hand every visible message to the worker, delete the ACKed."""
+    dispositions: list[Disposition] = []
+    while messages := engine.queue.receive(max_messages=10):
+        for message in messages:
+            disposition = engine.worker.handle(message)
+            if disposition == Disposition.ACK:
+                engine.queue.delete(message)
+            dispositions.append(disposition)
+    return dispositions
+
+
+def crash_first_send(engine: LocalEngine) -> list[str]:
+    """Make the next ``send`` die as the sending process would; returns the run ids it ate.
+
+    The emulator cannot kill a client between its two calls (the DynamoDB write and the
+    SQS send), so the send raises ``SimulatedCrash``, which nothing in rung catches.
+    """
+    real_send = engine.queue.send
+    eaten: list[str] = []
+
+    def send(run_id: str, delay: timedelta = timedelta(0)) -> None:
+        if not eaten:
+            eaten.append(run_id)
+            raise SimulatedCrash()
+        real_send(run_id, delay)
+
+    engine.queue.send = send  # type: ignore[method-assign]
+    return eaten
+
+
+def count_sends(engine: LocalEngine) -> list[str]:
+    """Every run id sent from now on (the test's tally of messages)."""
+    real_send = engine.queue.send
+    sent: list[str] = []
+
+    def send(run_id: str, delay: timedelta = timedelta(0)) -> None:
+        sent.append(run_id)
+        real_send(run_id, delay)
+
+    engine.queue.send = send  # type: ignore[method-assign]
+    return sent
+
+
+def lose_all_messages(engine: LocalEngine) -> None:
+    engine.sqs.purge_queue(QueueUrl=engine.queue_url)
+
+
+def doubling_app(name: str, calls: Counter[str]) -> rung.App:
+    app = rung.App(name)
+
+    def double(n: int) -> int:
+        calls[f"double:{n}"] += 1
+        return n * 2
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: int) -> int:
+        return ctx.step("double", double, payload)
+
+    return app
+
+
+def test_a_trigger_whose_send_crashed_is_redriven_after_the_grace_period() -> None:
+    calls: Counter[str] = Counter()
+    with LocalEngine(doubling_app("rec-send", calls), workers=0) as engine:
+        eaten = crash_first_send(engine)
+        with pytest.raises(SimulatedCrash):
+            engine.trigger("t", 21)  # no idempotency key: a repeat would make a new run
+        [run_id] = eaten
+        recorded = engine.get_run(run_id)
+        nothing_queued = engine.queue.receive()
+        at_once = engine.reconcile()
+        virtual(engine).advance(GRACE - SECOND)
+        within_grace = engine.reconcile()
+        virtual(engine).advance(2 * SECOND)
+        report = engine.reconcile()
+        deliver(engine)
+        run = engine.get_run(run_id)
+    assert recorded.status == RunStatus.QUEUED and nothing_queued == []
+    assert at_once.redriven == () and within_grace.redriven == ()
+    assert report.run_ids == [run_id]
+    assert report.redriven[0].reason == "undispatched"
+    assert run.status == RunStatus.COMPLETED and run.output == 42 and run.attempt == 1
+    assert calls == {"double:21": 1}
+
+
+def test_a_crashed_worker_whose_message_was_lost_is_taken_over() -> None:
+    app = rung.App("rec-lease")
+    calls: Counter[str] = Counter()
+
+    def reserve() -> str:
+        calls["reserve"] += 1
+        return "r_1"
+
+    def charge() -> str:
+        calls["charge"] += 1
+        if calls["charge"] == 1:
+            raise SimulatedCrash()  # the worker dies in the middle of this step
+        return "ch_1"
+
+    @app.task(id="t", retry=FAST)
+    def t(ctx: rung.Context, payload: None) -> list[str]:
+        return [ctx.step("reserve", reserve), ctx.step("charge", charge)]
+
+    with LocalEngine(app, workers=0) as engine:
+        run_id = engine.trigger("t").run_id
+        [message] = engine.queue.receive()
+        with pytest.raises(SimulatedCrash):
+            engine.worker.handle(message)
+        engine.queue.delete(message)  # ... and its message is gone (deleted, or in the DLQ)
+        virtual(engine).advance(LEASE + GRACE - SECOND)
+        nothing_queued = engine.queue.receive()
+        stuck = engine.get_run(run_id)
+        within_grace = engine.reconcile()
+        virtual(engine).advance(2 * SECOND)
+        report = engine.reconcile()
+        deliver(engine)
+        run = engine.get_run(run_id)
+        history = [e.type for e in engine.history(run_id)]
+    assert nothing_queued == [] and stuck.status == RunStatus.RUNNING
+    assert within_grace.redriven == ()
+    assert report.run_ids == [run_id] and report.redriven[0].reason == "lease_expired"
+    assert run.status == RunStatus.COMPLETED and run.output == ["r_1", "ch_1"]
+    assert run.attempt == 2 and history.count(EventType.WORKER_LOST) == 1
+    assert calls == {"reserve": 1, "charge": 2}  # completed before the crash: once
+
+
+def test_a_delayed_run_whose_timer_message_was_lost_runs_after_its_due_time() -> None:
+    calls: Counter[str] = Counter()
+    with LocalEngine(doubling_app("rec-delay", calls), workers=0) as engine:
+        run_id = engine.trigger("t", 5, delay=timedelta(minutes=30)).run_id
+        lose_all_messages(engine)
+        virtual(engine).advance(timedelta(minutes=30) + GRACE - SECOND)
+        waiting = engine.get_run(run_id)
+        before = engine.reconcile()
+        virtual(engine).advance(2 * SECOND)
+        report = engine.reconcile()
+        deliver(engine)
+        run = engine.get_run(run_id)
+    assert waiting.status == RunStatus.DELAYED and before.redriven == ()
+    assert report.run_ids == [run_id] and report.redriven[0].reason == "timer_lost"
+    assert run.status == RunStatus.COMPLETED and run.output == 10
+    assert calls == {"double:5": 1}
+
+
+def test_healthy_runs_are_left_alone() -> None:
+    app = rung.App("rec-healthy")
+    inside = threading.Event()
+    release = threading.Event()
+
+    @app.task(id="ok")
+    def ok(ctx: rung.Context, payload: None) -> str:
+        return ctx.step("s", lambda: "done")
+
+    @app.task(id="bad", retry=rung.RetryPolicy(max_attempts=1))
+    def bad(ctx: rung.Context, payload: None) -> None:
+        raise ValueError("no")
+
+    def hold() -> None:
+        inside.set()
+        release.wait(timeout=10)
+
+    @app.task(id="busy")
+    def busy(ctx: rung.Context, payload: None) -> None:
+        ctx.step("hold", hold)
+
+    with LocalEngine(app, workers=0, lease_duration=timedelta(minutes=20)) as engine:
+        sent = count_sends(engine)
+        completed = engine.trigger("ok").run_id
+        failed = engine.trigger("bad").run_id
+        deliver(engine)
+        running = engine.trigger("busy").run_id
+        [message] = engine.queue.receive()
+        worker = threading.Thread(target=engine.worker.handle, args=(message,))
+        worker.start()
+        assert inside.wait(timeout=10)
+        delayed = engine.trigger("ok", delay=timedelta(hours=1)).run_id
+        virtual(engine).advance(timedelta(minutes=10))  # past the grace, inside the lease
+        queued = engine.trigger("ok").run_id  # its message waits in the queue
+        sends_before = len(sent)
+        report = engine.reconcile()
+        sends_after = len(sent)
+        release.set()
+        worker.join(timeout=10)
+        statuses = {r: engine.get_run(r).status for r in (completed, failed, delayed, queued)}
+        statuses[running] = engine.get_run(running).status
+    assert report.redriven == () and report.examined == 0
+    assert sends_after == sends_before
+    assert statuses == {
+        completed: RunStatus.COMPLETED,
+        failed: RunStatus.FAILED,
+        running: RunStatus.COMPLETED,  # finished by its worker once released
+        delayed: RunStatus.DELAYED,
+        queued: RunStatus.QUEUED,
+    }
+
+
+def test_a_run_that_stays_stranded_is_resent_at_most_once_per_grace_period() -> None:
+    calls: Counter[str] = Counter()
+    with LocalEngine(doubling_app("rec-backoff", calls), workers=0) as engine:
+        run_id = engine.trigger("t", 1).run_id
+        lose_all_messages(engine)
+        sent = count_sends(engine)
+        times: list[float] = []
+        for _pass in range(70):  # a pass every 3 minutes for 3.5 hours ...
+            if engine.reconcile().redriven:
+                times.append(virtual(engine).epoch())
+                lose_all_messages(engine)  # ... and every message is lost: workers are down
+            virtual(engine).advance(timedelta(minutes=3))
+        run = engine.get_run(run_id)
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    assert sent == [run_id] * len(times)
+    assert all(gap >= GRACE.total_seconds() for gap in gaps)
+    assert all(later > earlier - 1 for earlier, later in zip(gaps, gaps[1:], strict=False))
+    assert max(gaps) <= 3600 + 60  # backed off, but at least hourly
+    assert 5 <= len(times) <= 9  # not 42 (every grace) nor 68 (every pass)
+    assert run.status == RunStatus.QUEUED and calls == {}
+
+
+def test_two_reconcilers_racing_redrive_each_run_once() -> None:
+    calls: Counter[str] = Counter()
+    with LocalEngine(doubling_app("rec-race", calls), workers=0) as engine:
+        run_ids = [engine.trigger("t", n).run_id for n in range(10)]
+        lose_all_messages(engine)
+        virtual(engine).advance(GRACE + SECOND)
+        sent = count_sends(engine)
+        barrier = threading.Barrier(2)
+        reports: list[ReconcileReport] = []
+
+        def reconcile() -> None:
+            barrier.wait(timeout=10)
+            reports.append(engine.reconcile())
+
+        threads = [threading.Thread(target=reconcile) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=20)
+        dispositions = deliver(engine)
+        runs = [engine.get_run(r) for r in run_ids]
+    redriven = [r for report in reports for r in report.run_ids]
+    assert len(reports) == 2
+    assert sorted(redriven) == sorted(run_ids)  # each once, by one or the other
+    assert sorted(sent) == sorted(run_ids)
+    assert dispositions == [Disposition.ACK] * 10
+    assert [r.output for r in runs] == [2 * n for n in range(10)]
+    assert calls == {f"double:{n}": 1 for n in range(10)}
+
+
+def test_reconciling_while_workers_process_runs_duplicates_no_step() -> None:
+    app = rung.App("rec-busy")
+    calls: Counter[str] = Counter()
+    lock = threading.Lock()
+    gate = threading.Event()
+
+    def step(run: int, name: str) -> int:
+        with lock:
+            calls[f"{run}:{name}"] += 1
+        gate.wait(timeout=10)  # the first runs hold their workers until the race is on
+        return run
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: int) -> int:
+        return ctx.step("a", step, payload, "a") + ctx.step("b", step, payload, "b")
+
+    # A grace of 1 ms makes every run waiting in the queue look stranded: the
+    # reconciler sends duplicates while workers claim, run and finish the same runs.
+    with LocalEngine(app, workers=4, reconcile_grace=timedelta(milliseconds=1)) as engine:
+        handles = [engine.trigger("t", n) for n in range(30)]
+        stop = threading.Event()
+        reports: list[ReconcileReport] = []
+
+        def keep_reconciling() -> None:
+            while not stop.is_set():
+                reports.append(engine.reconcile())
+                if reports[-1].redriven:
+                    gate.set()  # duplicates are queued: let the workers go
+
+        reconciler = threading.Thread(target=keep_reconciling)
+        reconciler.start()
+        try:
+            runs = [engine.wait(h.run_id, timeout=20) for h in handles]
+        finally:
+            gate.set()
+            stop.set()
+            reconciler.join(timeout=20)
+        faults = list(engine.faults)
+    assert [r.status for r in runs] == [RunStatus.COMPLETED] * 30
+    assert [r.output for r in runs] == [2 * n for n in range(30)]
+    assert calls == {f"{n}:{s}": 1 for n in range(30) for s in "ab"}
+    assert sum(len(r.redriven) for r in reports) >= 20  # the race did happen
+    assert faults == []
+
+
+def test_a_grace_that_is_not_positive_is_refused() -> None:
+    app = rung.App("rec-config")
+
+    with pytest.raises(InvalidConfig, match="reconcile_grace must be a positive timedelta"):
+        LocalEngine(app, reconcile_grace=timedelta(0))
