@@ -7,13 +7,19 @@ exactly. The last tests race reconcilers against each other and against workers.
 
 from __future__ import annotations
 
+import secrets
 import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 import rung
+from handler import reconciler as reconciler_module
 from rung._clock import VirtualClock
 from rung._engine import Disposition
 from rung._reconcile import ReconcileReport
@@ -331,3 +337,94 @@ def test_a_grace_that_is_not_positive_is_refused() -> None:
 
     with pytest.raises(InvalidConfig, match="reconcile_grace must be a positive timedelta"):
         LocalEngine(app, reconcile_grace=timedelta(0))
+
+
+# -- the Lambda entry point -----------------------------------------------------------
+
+
+class FakeLambdaContext(LambdaContext):
+    def __init__(self) -> None:
+        self._function_name = "rung-reconciler"
+        self._function_version = "$LATEST"
+        self._invoked_function_arn = (
+            "arn:aws:lambda:us-east-1:123456789012:function:rung-reconciler"
+        )
+        self._memory_limit_in_mb = 256
+        self._aws_request_id = secrets.token_hex(16)
+        self._log_group_name = "/aws/lambda/rung-reconciler"
+        self._log_stream_name = "2024/01/01/[$LATEST]0123456789abcdef"
+
+    def get_remaining_time_in_millis(self) -> int:  # type: ignore[override]
+        return 300_000
+
+
+SCHEDULED_EVENT: dict[str, Any] = {
+    "version": "0",
+    "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+    "detail-type": "Scheduled Event",
+    "source": "aws.events",
+    "account": "123456789012",
+    "time": "2024-01-01T00:00:00Z",
+    "region": "us-east-1",
+    "resources": ["arn:aws:events:us-east-1:123456789012:rule/rung-reconcile"],
+    "detail": {},
+}
+
+
+@pytest.fixture
+def fresh_handler(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("RUNG_TABLE_NAME", "RUNG_QUEUE_URL", "RUNG_RECONCILE_GRACE_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    reconciler_module.reconciler.cache_clear()
+    yield
+    reconciler_module.reconciler.cache_clear()
+
+
+@pytest.mark.usefixtures("fresh_handler")
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"RUNG_QUEUE_URL": "http://q"}, "RUNG_TABLE_NAME"),
+        ({"RUNG_TABLE_NAME": "t"}, "RUNG_QUEUE_URL"),
+        (
+            {
+                "RUNG_TABLE_NAME": "t",
+                "RUNG_QUEUE_URL": "http://q",
+                "RUNG_RECONCILE_GRACE_SECONDS": "soon",
+            },
+            "RUNG_RECONCILE_GRACE_SECONDS is 'soon'",
+        ),
+    ],
+)
+def test_the_handler_names_a_missing_or_bad_environment_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    with pytest.raises(InvalidConfig, match=named):
+        reconciler_module.lambda_handler(SCHEDULED_EVENT, FakeLambdaContext())
+
+
+@pytest.mark.usefixtures("fresh_handler")
+def test_the_handler_redrives_a_stranded_run_and_returns_its_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: Counter[str] = Counter()
+    # Wall-clock time: the handler reads the system clock, as on Lambda.
+    with LocalEngine(doubling_app("rec-lambda", calls), virtual_time=False) as engine:
+        eaten = crash_first_send(engine)
+        with pytest.raises(SimulatedCrash):
+            engine.trigger("t", 4)
+        monkeypatch.setenv("RUNG_TABLE_NAME", engine.table_name)
+        monkeypatch.setenv("RUNG_QUEUE_URL", engine.queue_url)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", engine.endpoint_url)
+        monkeypatch.setenv("RUNG_RECONCILE_GRACE_SECONDS", "1")
+        time.sleep(1.05)
+        result = reconciler_module.lambda_handler(SCHEDULED_EVENT, FakeLambdaContext())
+        run = engine.wait(eaten[0], timeout=10)
+    assert [r["run_id"] for r in result["redriven"]] == eaten
+    assert result["redriven"][0]["reason"] == "undispatched"
+    assert result["grace_seconds"] == 1 and result["truncated"] is False
+    assert run.status == RunStatus.COMPLETED and run.output == 8
+    assert calls == {"double:4": 1}
