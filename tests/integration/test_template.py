@@ -78,10 +78,83 @@ def test_each_timeout_has_a_lease_beyond_it_and_a_visibility_at_least_the_lease(
         assert row["VisibilitySeconds"] >= row["LeaseSeconds"]
 
 
-def test_no_iam_statement_grants_every_resource(template: dict[str, Any]) -> None:
-    role = _resource(template, "WorkerRole")
-    statements = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+def _statements(template: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    policies = _resource(template, role)["Policies"]
+    return [s for p in policies for s in p["PolicyDocument"]["Statement"]]
 
-    assert statements
-    assert '"*"' not in json.dumps(statements)
-    assert "ManagedPolicyArns" not in role
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def test_no_iam_statement_grants_every_resource(template: dict[str, Any]) -> None:
+    roles = [k for k, v in template["Resources"].items() if v["Type"] == "AWS::IAM::Role"]
+
+    assert {"WorkerRole", "ReconcilerRole"} <= set(roles)
+    for role in roles:
+        statements = _statements(template, role)
+        assert statements, role
+        assert '"*"' not in json.dumps(statements), role
+        assert "ManagedPolicyArns" not in _resource(template, role), role
+
+
+def test_the_reconciler_handler_and_environment_name_the_table_and_queue(
+    template: dict[str, Any],
+) -> None:
+    function = _resource(template, "ReconcilerFunction")
+    module_path, _, attr = function["Handler"].rpartition(".")
+
+    module = importlib.import_module(module_path.replace("/", "."))
+
+    assert callable(getattr(module, attr))
+    assert function["Role"] == {"Fn::GetAtt": ["ReconcilerRole", "Arn"]}
+    assert _plain(function["Environment"]["Variables"]) == {
+        "RUNG_TABLE_NAME": {"Ref": "Table"},
+        "RUNG_QUEUE_URL": {"Ref": "WorkQueue"},
+        "RUNG_RECONCILE_GRACE_SECONDS": {"Ref": "ReconcileGraceSeconds"},
+    }
+    assert "RUNG_APP" not in function["Environment"]["Variables"]  # it runs no task code
+
+
+def test_the_reconciler_runs_on_a_schedule(template: dict[str, Any]) -> None:
+    function = _resource(template, "ReconcilerFunction")
+    [event] = function["Events"].values()
+
+    assert event["Type"] == "Schedule"
+    assert _plain(event["Properties"]["Schedule"]) == {"Ref": "ReconcileSchedule"}
+    assert template["Parameters"]["ReconcileSchedule"]["Default"] == "rate(5 minutes)"
+    assert function["Timeout"] == 300
+
+
+def test_the_reconciler_may_only_list_by_status_mark_runs_and_send(
+    template: dict[str, Any],
+) -> None:
+    grants = {
+        action: _plain(statement["Resource"])
+        for statement in _statements(template, "ReconcilerRole")
+        for action in (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+    }
+
+    assert grants == {
+        "dynamodb:Query": {"Fn::Sub": "${Table.Arn}/index/by_status"},
+        "dynamodb:UpdateItem": {"Fn::GetAtt": ["Table", "Arn"]},
+        "sqs:SendMessage": {"Fn::GetAtt": ["WorkQueue", "Arn"]},
+        "logs:CreateLogStream": {"Fn::GetAtt": ["ReconcilerLogGroup", "Arn"]},
+        "logs:PutLogEvents": {"Fn::GetAtt": ["ReconcilerLogGroup", "Arn"]},
+    }
+    assert "by_status" in INDEXES
+
+
+def test_the_reconciler_logs_to_its_own_group_with_the_retention_parameter(
+    template: dict[str, Any],
+) -> None:
+    function = _resource(template, "ReconcilerFunction")
+    group = _resource(template, "ReconcilerLogGroup")
+
+    assert _plain(function["LoggingConfig"]["LogGroup"]) == {"Ref": "ReconcilerLogGroup"}
+    assert _plain(group["RetentionInDays"]) == {"Ref": "LogRetentionDays"}
+    assert {"ReconcilerFunctionName", "ReconcilerFunctionArn", "ReconcilerLogGroupName"} <= set(
+        template["Outputs"]
+    )
