@@ -1,0 +1,65 @@
+"""Tasks for the CLI tests (tests/integration/test_cli.py), named by ``--app``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pydantic
+
+import rung
+from rung.testing import SimulatedCrash
+
+app = rung.App("clitest")
+
+FAST_RETRY = rung.RetryPolicy(max_attempts=3, initial_interval=timedelta(seconds=1))
+
+
+class Greeting(pydantic.BaseModel):
+    name: str
+
+
+class Order(pydantic.BaseModel):
+    order_id: str
+
+
+@app.task(id="greet")
+def greet(ctx: rung.Context, payload: Greeting) -> dict[str, str]:
+    text = ctx.step("compose", lambda: f"hello {payload.name}")
+    return {"greeting": text}
+
+
+@rung.step
+def fetch_order(order_id: str) -> dict[str, str]:
+    return {"id": order_id}
+
+
+def charge_card(order: dict[str, str]) -> str:
+    if rung.current_step().attempt == 1:
+        raise ConnectionError("payment gateway timeout")
+    return f"ch_{order['id']}"
+
+
+@app.task(id="process-order", retry=FAST_RETRY)
+def process_order(ctx: rung.Context, payload: Order) -> dict[str, str]:
+    order = fetch_order(payload.order_id)
+    charge = ctx.step("charge", charge_card, order)
+    ctx.step("email", lambda: f"receipt for {charge}")
+    return {"order_id": order["id"], "charge_id": charge}
+
+
+@app.task(id="decline", retry=rung.RetryPolicy(max_attempts=1))
+def decline(ctx: rung.Context, payload: Order) -> None:
+    def charge() -> None:
+        raise ValueError(f"card declined for order {payload.order_id}")
+
+    ctx.step("charge", charge)
+
+
+@app.task(id="crash-once", retry=FAST_RETRY)
+def crash_once(ctx: rung.Context, payload: None) -> str:
+    def work() -> str:
+        if ctx.attempt == 1:
+            raise SimulatedCrash("the worker dies here")  # the test's worker loop lets it go
+        return "done"
+
+    return ctx.step("work", work)

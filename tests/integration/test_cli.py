@@ -1,0 +1,599 @@
+"""The ``rung`` CLI against template.yaml deployed to the embedded emulator.
+
+The stack's data plane (table, queue, DLQ) is deployed with ``rung._stack`` as
+``rung dev`` does; a thread of this process plays the worker (receive, ``Worker.handle``,
+delete what is acknowledged), so runs triggered through the CLI really progress. A
+task that raises ``SimulatedCrash`` leaves its message in flight, as a killed Lambda
+would; the thread then lets the message come back after two seconds instead of the
+queue's six minutes, and a one-second lease makes the next delivery take the run over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from rung import _aws
+from rung._clock import SystemClock
+from rung._engine import Disposition, Worker, WorkerConfig
+from rung._queue import SqsQueue
+from rung._stack import data_plane, deploy, load_template, translate
+from rung._store import DynamoStore
+from rung.cli import main
+from rung.client import Client
+from rung.models import Run
+from rung.testing import SimulatedCrash
+from rung.testing._emulator import EmbeddedEmulator
+from tests.integration import cli_app
+
+REGION = "us-east-1"
+APP = "tests.integration.cli_app:app"
+TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+
+
+@dataclass
+class Deployed:
+    name: str
+    endpoint_url: str
+    client: Client  # read-only, for the tests' own look at the table
+    faults: list[BaseException] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str | None]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_SESSION_TOKEN": None,
+            "AWS_PROFILE": None,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": None,
+            "RUNG_STACK": None,
+            "RUNG_APP": None,
+            "COLUMNS": "200",  # rich wraps tables at the terminal width; keep lines whole
+        }
+
+
+def _work(
+    queue: SqsQueue, worker: Worker, stop: threading.Event, faults: list[BaseException]
+) -> None:
+    while not stop.is_set():
+        try:
+            messages = queue.receive(max_messages=10, wait_seconds=1)
+            for message in messages:
+                try:
+                    disposition = worker.handle(message)
+                except SimulatedCrash:
+                    # The worker "died": the message stays in flight until its visibility
+                    # ends (the stack's is 6 minutes; two seconds here).
+                    queue.client.change_message_visibility(
+                        QueueUrl=queue.url,
+                        ReceiptHandle=message.receipt_handle,
+                        VisibilityTimeout=2,
+                    )
+                    continue
+                if disposition == Disposition.ACK:
+                    queue.delete(message)
+        except Exception as exc:
+            if not stop.is_set():
+                faults.append(exc)
+                time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Deployed]:
+    emulator = EmbeddedEmulator.shared()
+    name = f"rung-clitest-{secrets.token_hex(4)}"
+    params = {"RungApp": APP, "FunctionTimeout": "60"}
+    plane = data_plane(translate(load_template(TEMPLATE), params, REGION))
+    cfn = _aws.client("cloudformation", emulator.endpoint_url, REGION)
+    outputs = deploy(cfn, name, plane, params).outputs
+    dynamodb = _aws.client("dynamodb", emulator.endpoint_url, REGION)
+    sqs = _aws.client("sqs", emulator.endpoint_url, REGION)
+    store = DynamoStore(dynamodb, outputs["TableName"])
+    queue = SqsQueue(sqs, outputs["QueueUrl"], max_receive_count=5)
+    worker = Worker(
+        cli_app.app, store, queue, SystemClock(), WorkerConfig(lease_duration=timedelta(seconds=1))
+    )
+    deployed = Deployed(
+        name=name,
+        endpoint_url=emulator.endpoint_url,
+        client=Client(
+            None,
+            table_name=outputs["TableName"],
+            queue_url=outputs["QueueUrl"],
+            endpoint_url=emulator.endpoint_url,
+            region=REGION,
+        ),
+    )
+    # The worker's warnings (a crashed attempt) must not land in the CLI's stderr.
+    quiet = logging.NullHandler()
+    logging.getLogger("rung").addHandler(quiet)
+    logging.getLogger("rung").propagate = False
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=_work, args=(queue, worker, stop, deployed.faults), name="cli-test-worker"
+    )
+    thread.start()
+    try:
+        yield deployed
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        logging.getLogger("rung").removeHandler(quiet)
+        logging.getLogger("rung").propagate = True
+        cfn.delete_stack(StackName=name)
+        with contextlib.suppress(Exception):  # the table is DeletionPolicy: Retain
+            dynamodb.delete_table(TableName=outputs["TableName"])
+    assert deployed.faults == []
+
+
+def rung(stack: Deployed, *args: str, app: bool = True, stack_option: bool = True) -> Result:
+    """``rung [--app APP] [--stack NAME] ARGS``, its stdout and stderr apart."""
+    options = ["--app", APP] if app else []
+    options += ["--stack", stack.name] if stack_option else []
+    return CliRunner().invoke(
+        main, [*options, *args], env=stack.env, catch_exceptions=False, prog_name="rung"
+    )
+
+
+def one_error_line(result: Result) -> str:
+    """The failed command's stderr: exactly one line, ``error: ...``, no traceback."""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def wait_for(stack: Deployed, run_id: str, timeout: float = 30.0) -> Run:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = stack.client.get_run(run_id)
+        if run.status.is_terminal or time.monotonic() > deadline:
+            return run
+        time.sleep(0.05)
+
+
+def run_count(stack: Deployed) -> int:
+    return len(stack.client.list_runs(limit=1000))
+
+
+def in_order(text: str, *parts: str) -> bool:
+    position = 0
+    for part in parts:
+        found = text.find(part, position)
+        if found < 0:
+            return False
+        position = found + len(part)
+    return True
+
+
+# -- trigger ------------------------------------------------------------------------------
+
+
+def test_trigger_prints_the_run_id_and_the_run_completes(stack: Deployed) -> None:
+    result = rung(stack, "trigger", "greet", "--payload", '{"name": "ada"}')
+
+    assert result.exit_code == 0, result.stderr
+    run_id = result.stdout.strip()
+    assert run_id.startswith("run_")
+    run = wait_for(stack, run_id)
+    assert (run.task_id, run.status, run.output) == (
+        "greet",
+        "COMPLETED",
+        {"greeting": "hello ada"},
+    )
+
+
+def test_trigger_json_is_the_handle(stack: Deployed) -> None:
+    result = rung(stack, "trigger", "greet", "--payload", '{"name": "bo"}', "--json")
+
+    assert result.exit_code == 0, result.stderr
+    handle = json.loads(result.stdout)
+    assert handle["task_id"] == "greet"
+    assert handle["created"] is True
+    assert stack.client.get_run(handle["run_id"]).payload == {"name": "bo"}
+
+
+def test_trigger_wait_exits_0_and_shows_the_output(stack: Deployed) -> None:
+    result = rung(stack, "trigger", "greet", "--payload", '{"name": "cy"}', "--wait")
+
+    assert result.exit_code == 0, result.stderr
+    run_id, summary, output = result.stdout.splitlines()
+    assert summary.startswith(f"{run_id}  greet  COMPLETED after 1 attempt in ")
+    assert output == 'output: {"greeting": "hello cy"}'
+
+
+def test_trigger_wait_json_carries_the_finished_run(stack: Deployed) -> None:
+    result = rung(stack, "trigger", "greet", "--payload", '{"name": "di"}', "--wait", "--json")
+
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["run"]["status"] == "COMPLETED"
+    assert data["run"]["output"] == {"greeting": "hello di"}
+    assert data["run"]["finished_at"].endswith("+00:00")
+
+
+def test_a_failing_task_with_wait_exits_1_with_its_error(stack: Deployed) -> None:
+    result = rung(stack, "trigger", "decline", "--payload", '{"order_id": "o-9"}', "--wait")
+
+    assert result.exit_code == 1
+    run_id = result.stdout.splitlines()[0]
+    assert "FAILED after 1 attempt" in result.stdout
+    line = one_error_line(result)
+    assert line.startswith(f"error: run {run_id} FAILED: ")
+    assert "step '/charge#1' failed: card declined for order o-9" in line
+
+
+def test_wait_gives_up_after_the_timeout_with_exit_3(stack: Deployed) -> None:
+    result = rung(
+        stack, "trigger", "greet", "--payload", '{"name": "ed"}', "--delay", "1m", "--wait",
+        "--timeout", "1s",
+    )  # fmt: skip
+
+    assert result.exit_code == 3
+    assert "is still DELAYED" in one_error_line(result)
+
+
+def test_delay_makes_the_run_due_later(stack: Deployed) -> None:
+    result = rung(stack, "trigger", "greet", "--payload", '{"name": "fi"}', "--delay", "1h30m")
+
+    run = stack.client.get_run(result.stdout.strip())
+    assert run.status == "DELAYED"
+    assert run.available_at is not None
+    assert run.available_at - run.created_at == timedelta(hours=1, minutes=30)
+
+
+def test_the_same_idempotency_key_gets_the_same_run(stack: Deployed) -> None:
+    args = ("trigger", "greet", "--payload", '{"name": "gu"}', "--idempotency-key", "k-1")
+    first = rung(stack, *args)
+    again = rung(stack, *args)
+    again_json = rung(stack, *args, "--json")
+
+    assert again.stdout == first.stdout
+    assert again.stderr == (
+        "note: idempotency key 'k-1' matched this existing run; nothing new was triggered\n"
+    )
+    assert json.loads(again_json.stdout) == {
+        "run_id": first.stdout.strip(),
+        "task_id": "greet",
+        "created": False,
+    }
+
+
+def test_tags_are_stored(stack: Deployed) -> None:
+    result = rung(
+        stack, "trigger", "greet", "--payload", '{"name": "hu"}', "--tag", "a", "--tag", "b"
+    )
+
+    assert stack.client.get_run(result.stdout.strip()).tags == ("a", "b")
+
+
+def test_payload_from_a_file(stack: Deployed, tmp_path: Path) -> None:
+    payload = tmp_path / "payload.json"
+    payload.write_text('{"name": "from a file"}')
+
+    result = rung(stack, "trigger", "greet", "--payload", f"@{payload}", "--wait", "--json")
+
+    assert json.loads(result.stdout)["run"]["output"] == {"greeting": "hello from a file"}
+
+
+# -- refused triggers -------------------------------------------------------------------
+
+
+def test_an_unknown_task_exits_2_with_one_line_and_stores_nothing(stack: Deployed) -> None:
+    before = run_count(stack)
+
+    result = rung(stack, "trigger", "refund", "--payload", "{}")
+
+    assert result.exit_code == 2
+    assert one_error_line(result) == (
+        "error: app 'clitest' has no task 'refund' "
+        "(known tasks: crash-once, decline, greet, process-order)"
+    )
+    assert result.stdout == ""
+    assert run_count(stack) == before
+
+
+def test_an_invalid_payload_exits_2_with_one_line_and_stores_nothing(stack: Deployed) -> None:
+    before = run_count(stack)
+
+    result = rung(stack, "trigger", "greet", "--payload", '{"nom": 1}', "--wait")
+
+    assert result.exit_code == 2
+    assert one_error_line(result) == (
+        "error: payload for task 'greet' does not match Greeting: name: Field required"
+    )
+    assert run_count(stack) == before
+
+
+def test_a_payload_that_is_not_json_is_a_usage_error(stack: Deployed) -> None:
+    result = rung(stack, "trigger", "greet", "--payload", "{name: ada}")
+
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert line.startswith("error: Invalid value for '--payload': not JSON (")
+    assert line.endswith("(see 'rung trigger --help')")
+
+
+@pytest.mark.parametrize("option", ["--delay", "--timeout"])
+def test_a_bad_duration_is_a_usage_error(stack: Deployed, option: str) -> None:
+    result = rung(stack, "trigger", "greet", "--payload", "{}", "--wait", option, "5 minutes")
+
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}': '5 minutes' is not a duration (use 30s, 5m" in (
+        one_error_line(result)
+    )
+
+
+def test_timeout_without_wait_is_a_usage_error(stack: Deployed) -> None:
+    result = rung(stack, "trigger", "greet", "--payload", "{}", "--timeout", "5m")
+
+    assert result.exit_code == 2
+    assert "--timeout only applies with --wait" in one_error_line(result)
+
+
+def test_trigger_without_an_app_says_how_to_name_it(stack: Deployed) -> None:
+    result = rung(stack, "trigger", "greet", "--payload", "{}", app=False)
+
+    assert result.exit_code == 2
+    assert "pass --app module:attr" in one_error_line(result)
+
+
+def test_an_app_that_is_not_there_is_a_usage_error(stack: Deployed) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["--app", "tests.integration.no_such_module:app", "runs", "list"],
+        env=stack.env,
+        prog_name="rung",
+    )
+
+    assert result.exit_code == 2
+    assert "no module named 'tests.integration.no_such_module'" in one_error_line(result)
+
+
+# -- runs list / show -------------------------------------------------------------------
+
+
+def test_list_filters_by_status_and_task(stack: Deployed) -> None:
+    ok = rung(stack, "trigger", "greet", "--payload", '{"name": "ivy"}', "--wait", "--json")
+    bad = rung(stack, "trigger", "decline", "--payload", '{"order_id": "o-2"}', "--wait", "--json")
+    ok_id, bad_id = json.loads(ok.stdout)["run_id"], json.loads(bad.stdout)["run_id"]
+
+    failed = json.loads(rung(stack, "runs", "list", "--status", "failed", "--json").stdout)
+    greets = json.loads(rung(stack, "runs", "list", "--task", "greet", "--json").stdout)
+    both = json.loads(
+        rung(stack, "runs", "list", "--task", "decline", "--status", "FAILED", "--json").stdout
+    )
+    limited = json.loads(rung(stack, "runs", "list", "--limit", "1", "--json").stdout)
+
+    assert bad_id in {r["run_id"] for r in failed}
+    assert {r["status"] for r in failed} == {"FAILED"}
+    assert ok_id in {r["run_id"] for r in greets}
+    assert {r["task_id"] for r in greets} == {"greet"}
+    assert bad_id in {r["run_id"] for r in both}
+    assert {(r["task_id"], r["status"]) for r in both} == {("decline", "FAILED")}
+    assert len(limited) == 1
+
+
+def test_list_is_a_table_for_people_newest_first(stack: Deployed) -> None:
+    first = rung(stack, "trigger", "greet", "--payload", '{"name": "jo"}').stdout.strip()
+    second = rung(stack, "trigger", "greet", "--payload", '{"name": "ka"}').stdout.strip()
+
+    result = rung(stack, "runs", "list", "--task", "greet", "--limit", "2")
+
+    assert result.exit_code == 0, result.stderr
+    assert in_order(result.stdout, "run", "task", "status", "attempt", second, first)
+
+
+def test_list_of_an_unknown_task_is_refused_when_the_app_is_known(stack: Deployed) -> None:
+    result = rung(stack, "runs", "list", "--task", "refund")
+
+    assert result.exit_code == 2
+    assert "has no task 'refund'" in one_error_line(result)
+
+
+def test_list_without_an_app_reads_the_stack_named_by_stack(stack: Deployed) -> None:
+    result = rung(stack, "runs", "list", "--task", "greet", "--limit", "1", "--json", app=False)
+
+    assert result.exit_code == 0, result.stderr
+    assert [r["task_id"] for r in json.loads(result.stdout)] == ["greet"]
+
+
+def test_show_prints_the_run(stack: Deployed) -> None:
+    triggered = rung(stack, "trigger", "greet", "--payload", '{"name": "lu"}', "--wait", "--json")
+    run_id = json.loads(triggered.stdout)["run_id"]
+
+    shown = rung(stack, "runs", "show", run_id)
+    as_json = json.loads(rung(stack, "runs", "show", run_id, "--json").stdout)
+
+    assert shown.exit_code == 0, shown.stderr
+    assert in_order(
+        shown.stdout, run_id, "greet", "COMPLETED", '{"name": "lu"}', '{"greeting": "hello lu"}'
+    )
+    assert as_json["run_id"] == run_id
+    assert as_json["status"] == "COMPLETED"
+    assert as_json["payload"] == {"name": "lu"}
+    assert as_json["created_at"] <= as_json["started_at"] <= as_json["finished_at"]
+
+
+def test_show_of_a_failed_run_shows_its_error(stack: Deployed) -> None:
+    triggered = rung(stack, "trigger", "decline", "--payload", '{"order_id": "o-3"}', "--wait")
+    run_id = triggered.stdout.splitlines()[0]
+
+    shown = rung(stack, "runs", "show", run_id)
+
+    assert "card declined for order o-3" in shown.stdout
+
+
+def test_show_of_an_unknown_id_exits_1_with_one_line(stack: Deployed) -> None:
+    result = rung(stack, "runs", "show", "run_01NOSUCHRUN", "--json")
+
+    assert result.exit_code == 1
+    assert one_error_line(result).startswith("error: no run with id 'run_01NOSUCHRUN'")
+    assert result.stdout == ""
+
+
+# -- runs trace -------------------------------------------------------------------------
+
+
+def test_trace_shows_the_retry_resuming_at_the_failed_step(stack: Deployed) -> None:
+    triggered = rung(
+        stack, "trigger", "process-order", "--payload", '{"order_id": "o-1"}', "--wait"
+    )
+    assert triggered.exit_code == 0, triggered.stderr
+    run_id = triggered.stdout.splitlines()[0]
+
+    result = rung(stack, "runs", "trace", run_id)
+
+    assert result.exit_code == 0, result.stderr
+    assert in_order(
+        result.stdout,
+        f"{run_id}  process-order  COMPLETED after 2 attempts",
+        "+0.000s",
+        "triggered process-order",
+        "attempt 1 started",
+        "✓ step /fetch_order#1",
+        "✗ step /charge#1",
+        "ConnectionError: payment gateway timeout",
+        "↻ retry in 1s",
+        "attempt 2 due at +",
+        "attempt 2 started",
+        "resumes at /charge#1; 1 completed step replayed from checkpoints",
+        "✓ step /charge#1 (try 2)",
+        "✓ step /email#1",
+        "✓ completed",
+        'output: {"order_id": "o-1", "charge_id": "ch_o-1"}',
+    ), result.stdout
+    assert "fetch_order#1 (try 2)" not in result.stdout
+
+
+def test_trace_json_has_the_events_and_each_steps_duration(stack: Deployed) -> None:
+    triggered = rung(
+        stack, "trigger", "process-order", "--payload", '{"order_id": "o-2"}', "--wait", "--json"
+    )
+    run_id = json.loads(triggered.stdout)["run_id"]
+
+    data = json.loads(rung(stack, "runs", "trace", run_id, "--json").stdout)
+
+    assert data["run"]["status"] == "COMPLETED"
+    assert [e["type"] for e in data["events"]] == [
+        "RunTriggered",
+        "AttemptStarted",
+        "StepStarted",
+        "StepSucceeded",
+        "StepStarted",
+        "StepFailed",
+        "RetryScheduled",
+        "AttemptStarted",
+        "StepStarted",
+        "StepSucceeded",
+        "StepStarted",
+        "StepSucceeded",
+        "RunCompleted",
+    ]
+    retry = data["events"][6]
+    assert (retry["attempt"], retry["delay_seconds"]) == (1, 1.0)
+    assert data["events"][5]["error"]["type"] == "ConnectionError"
+    steps = [(s["step"], s["attempt"], s["try"], s["outcome"]) for s in data["steps"]]
+    assert steps == [
+        ("/fetch_order#1", 1, 1, "succeeded"),
+        ("/charge#1", 1, 1, "failed"),
+        ("/charge#1", 2, 2, "succeeded"),
+        ("/email#1", 2, 1, "succeeded"),
+    ]
+    assert all(s["duration_seconds"] >= 0 for s in data["steps"])
+
+
+def test_trace_shows_a_worker_lost_mid_step(stack: Deployed) -> None:
+    triggered = rung(stack, "trigger", "crash-once", "--wait", "--timeout", "30s")
+    assert triggered.exit_code == 0, triggered.stderr
+    run_id = triggered.stdout.splitlines()[0]
+
+    result = rung(stack, "runs", "trace", run_id)
+
+    assert in_order(
+        result.stdout,
+        "attempt 1 started",
+        "✗ worker lost",
+        "WorkerLost: the worker running attempt 1",
+        "attempt 2 started",
+        "runs from the top at /work#1 (no step had completed)",
+        "✓ step /work#1",
+        "✓ completed",
+    ), result.stdout
+
+
+def test_trace_of_an_unknown_id_exits_1_with_one_line(stack: Deployed) -> None:
+    result = rung(stack, "runs", "trace", "run_01NOSUCHRUN")
+
+    assert result.exit_code == 1
+    assert one_error_line(result).startswith("error: no run with id 'run_01NOSUCHRUN'")
+
+
+# -- finding the stack ------------------------------------------------------------------
+
+
+def test_nothing_listening_at_the_endpoint_is_one_line(stack: Deployed) -> None:
+    result = rung(stack, "--endpoint-url", "http://127.0.0.1:1", "runs", "list")
+
+    assert result.exit_code == 1
+    assert one_error_line(result) == (
+        "error: nothing is listening at http://127.0.0.1:1: is `rung dev` running?"
+    )
+
+
+def test_nothing_listening_through_the_environment_too(stack: Deployed) -> None:
+    env: dict[str, Any] = {**stack.env, "AWS_ENDPOINT_URL": "http://127.0.0.1:1"}
+    result = CliRunner().invoke(
+        main,
+        ["--app", APP, "trigger", "greet", "--payload", '{"name": "x"}'],
+        env=env,
+        prog_name="rung",
+    )
+
+    assert result.exit_code == 1
+    assert one_error_line(result) == (
+        "error: nothing is listening at http://127.0.0.1:1: is `rung dev` running?"
+    )
+
+
+def test_neither_stack_nor_app_asks_for_one(stack: Deployed) -> None:
+    result = rung(stack, "runs", "list", app=False, stack_option=False)
+
+    assert result.exit_code == 2
+    assert one_error_line(result) == (
+        "error: which stack? pass --stack NAME (or set RUNG_STACK), or --app module:attr "
+        "(or RUNG_APP) to use the stack rung-<app name>"
+    )
+
+
+def test_the_stack_defaults_to_rung_and_the_app_name(stack: Deployed) -> None:
+    result = rung(stack, "runs", "list", stack_option=False)
+
+    assert result.exit_code == 1
+    assert one_error_line(result).startswith(
+        f"error: no stack 'rung-clitest' at {stack.endpoint_url}"
+    )
+
+
+def test_the_stack_comes_from_rung_stack(stack: Deployed) -> None:
+    env = {**stack.env, "RUNG_STACK": stack.name}
+    result = CliRunner().invoke(
+        main, ["runs", "list", "--limit", "1", "--json"], env=env, prog_name="rung"
+    )
+
+    assert result.exit_code == 0, result.stderr
+    assert len(json.loads(result.stdout)) == 1
