@@ -53,6 +53,7 @@ class DevOptions:
     lease_seconds: int | None = None  # override RUNG_LEASE_SECONDS (crash recovery speed)
     max_receive_count: int | None = None
     reconcile_every: float = 10.0  # seconds between runs of scheduled functions
+    reconcile_grace: int = 10  # the reconciler's grace (template: ReconcileGraceSeconds)
     reload: bool = False
     print_events: bool = True
     state_dir: Path = Path(".rung")
@@ -108,6 +109,7 @@ class DevStack:
         self.parameters = {
             "RungApp": o.app,
             "FunctionTimeout": str(o.function_timeout),
+            "ReconcileGraceSeconds": str(o.reconcile_grace),
             **({"MaxReceiveCount": str(o.max_receive_count)} if o.max_receive_count else {}),
             **o.parameters,
         }

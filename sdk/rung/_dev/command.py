@@ -65,12 +65,26 @@ from rung.errors import RungError
     help="seconds between reconciler passes (on AWS: its schedule)",
 )
 @click.option(
+    "--reconcile-grace",
+    type=click.IntRange(1, 86400),
+    default=10,
+    show_default=True,
+    help="seconds a run may look stranded before the reconciler re-drives it",
+)
+@click.option(
     "--reload/--no-reload",
     default=True,
     show_default=True,
     help="restart worker processes when .py files change",
 )
 @click.option("--worker-logs", is_flag=True, help="show worker output here, not in .rung/logs")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path(".rung"),
+    show_default=True,
+    help="where the emulator's pid and port and the worker logs are kept",
+)
 @click.option(
     "--stop",
     "stop_only",
@@ -87,12 +101,13 @@ def dev(
     function_timeout: str,
     lease_seconds: int | None,
     reconcile_every: float,
+    reconcile_grace: int,
     reload: bool,
     worker_logs: bool,
+    state_dir: Path,
     stop_only: bool,
 ) -> None:
     """Run the whole application locally: emulator, stack, workers, reconciler."""
-    state_dir = Path(".rung")
     if stop_only:
         stopped = emulator.stop(state_dir)
         click.echo("stopped the embedded emulator" if stopped else "no embedded emulator running")
@@ -107,6 +122,7 @@ def dev(
         function_timeout=int(function_timeout),
         lease_seconds=lease_seconds,
         reconcile_every=reconcile_every,
+        reconcile_grace=reconcile_grace,
         reload=reload,
         worker_logs=worker_logs,
         state_dir=state_dir,
@@ -127,3 +143,7 @@ def dev(
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     click.echo("rung dev: stopped", err=True)
+
+
+if __name__ == "__main__":
+    dev()

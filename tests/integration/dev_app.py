@@ -1,0 +1,78 @@
+"""Tasks for the real-process tests of `rung dev` (imported by its worker processes).
+
+Side effects are appended, one line each, to the file named by RUNG_TEST_EFFECTS so
+the tests can count them across processes and restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import rung
+
+app = rung.App("devtest")
+
+
+def effect(name: str) -> str:
+    """Append one line for this step execution; returns ``name``."""
+    info = rung.current_step()
+    line = f"{info.run_id} {info.step_id} {name} {os.getpid()}\n"
+    with Path(os.environ["RUNG_TEST_EFFECTS"]).open("a") as out:
+        out.write(line)
+    return name
+
+
+def wait_for_gate(gate: str) -> None:
+    """Record this process's pid, then block until the test opens the gate."""
+    Path(gate + ".pid").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 120
+    while not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@app.task(id="pipeline", retry=rung.RetryPolicy(max_attempts=5, initial_interval=0.5))
+def pipeline(ctx: rung.Context, payload: dict[str, str]) -> list[str]:
+    done = []
+    for name in ("one", "two"):
+        done.append(ctx.step(name, effect, name))
+
+    def slow() -> str:
+        wait_for_gate(payload["gate"])
+        return effect("slow")
+
+    done.append(ctx.step("slow", slow))
+    done.append(ctx.step("after", effect, "after"))
+    return done
+
+
+def _roll(*parts: object) -> float:
+    digest = hashlib.sha256(" ".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32
+
+
+@app.task(
+    id="chaos",
+    retry=rung.RetryPolicy(max_attempts=8, initial_interval=0.2, backoff=1.5, max_interval=2),
+)
+def chaos(ctx: rung.Context, payload: int) -> int:
+    """Three steps with injected failures, decided before each side effect."""
+    total = 0
+    for n in range(3):
+
+        def work(n: int = n) -> int:
+            info = rung.current_step()
+            roll = _roll(info.run_id, info.step_id, info.attempt)
+            if roll < 0.02:
+                raise rung.NonRetryable("deliberate failure")
+            if roll < 0.05:
+                os._exit(1)  # the worker process dies mid-step
+            if roll < 0.25:
+                raise ConnectionError("transient")
+            effect(f"s{n}")
+            return n
+
+        total += ctx.step(f"s{n}", work)
+    return total

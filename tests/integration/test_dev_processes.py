@@ -1,0 +1,214 @@
+"""`rung dev` with real processes: crashes of workers and of rung dev itself.
+
+Side effects are counted in a file the test owns (RUNG_TEST_EFFECTS), across
+worker processes and restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import rung
+from rung import _aws, _stack
+from rung._dev import DevOptions, DevStack, load_app
+
+pytestmark = pytest.mark.slow
+APP = "tests.integration.dev_app:app"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def effects(path: Path) -> Counter[tuple[str, str]]:
+    if not path.exists():
+        return Counter()
+    return Counter((line.split()[0], line.split()[1]) for line in path.read_text().splitlines())
+
+
+def wait_for(path: Path, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text():
+            return path.read_text()
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not appear within {timeout}s")
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie that nobody reaped, as in containers whose init does not, is dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.fixture
+def effects_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "effects.log"
+    monkeypatch.setenv("RUNG_TEST_EFFECTS", str(path))
+    return path
+
+
+def dev_options(tmp_path: Path, **overrides: object) -> DevOptions:
+    options = DevOptions(
+        app=APP,
+        port=free_port(),
+        state_dir=tmp_path / ".rung",
+        lease_seconds=2,
+        workers=2,
+        reload=False,
+        print_events=False,
+    )
+    for key, value in overrides.items():
+        setattr(options, key, value)
+    return options
+
+
+def test_kill_9_of_a_worker_mid_step_retries_the_run_and_repeats_no_completed_step(
+    tmp_path: Path, effects_file: Path
+) -> None:
+    gate = tmp_path / "gate"
+    with DevStack(dev_options(tmp_path)) as dev:
+        handle = dev.client.trigger("pipeline", {"gate": str(gate)})
+        pid = int(wait_for(Path(str(gate) + ".pid")))
+        assert pid in dev.worker_pids()
+        os.kill(pid, signal.SIGKILL)  # the worker dies in the middle of step "slow"
+        gate.touch()
+        run = dev.wait(handle.run_id, timeout=60)
+        history = dev.client.history(handle.run_id)
+        crashes = list(dev.crashes)
+    assert run.status == "COMPLETED" and run.output == ["one", "two", "slow", "after"]
+    assert run.attempt == 2
+    counts = effects(effects_file)
+    assert counts == {(handle.run_id, f"/{s}#1"): 1 for s in ("one", "two", "slow", "after")}
+    assert [str(e.type) for e in history].count("WorkerLost") == 1
+    assert len(crashes) == 1 and "SIGKILL" in crashes[0][1]
+
+
+def run_dev_cli(options: DevOptions, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rung._dev.command",
+            "--app",
+            APP,
+            "--port",
+            str(options.port),
+            "--state-dir",
+            str(options.state_dir),
+            "--lease",
+            "2",
+            "--workers",
+            "2",
+            "--no-reload",
+            "--reconcile-every",
+            "1",
+            "--reconcile-grace",
+            "2",
+        ],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_ready(log: Path, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and log.read_text().count("ready;") >= count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"rung dev did not become ready:\n{log.read_text()}")
+
+
+def test_kill_9_of_rung_dev_then_a_restart_finishes_in_flight_runs(
+    tmp_path: Path, effects_file: Path
+) -> None:
+    options = dev_options(tmp_path)
+    log = tmp_path / "dev.log"
+    first = run_dev_cli(options, log)
+    wait_ready(log, 1)
+    # A client of the running stack, found through its outputs as the CLI does.
+    endpoint = f"http://127.0.0.1:{options.port}"
+    stack = _stack.describe(_aws.client("cloudformation", endpoint), "rung-devtest")
+    client = rung.Client(
+        load_app(APP),
+        table_name=stack.outputs["TableName"],
+        queue_url=stack.outputs["QueueUrl"],
+        endpoint_url=endpoint,
+    )
+    gates = [tmp_path / f"gate-{n}" for n in range(3)]
+    handles = [client.trigger("pipeline", {"gate": str(g)}) for g in gates]
+    wait_for(Path(str(gates[0]) + ".pid"))
+    first.send_signal(signal.SIGKILL)  # rung dev dies with runs in flight
+    first.wait()
+    time.sleep(0.5)
+    worker_pids = [
+        int(Path(str(g) + ".pid").read_text()) for g in gates if Path(str(g) + ".pid").exists()
+    ]
+    assert not any(alive(pid) for pid in worker_pids)  # its workers died with it
+    emulator = json.loads((options.state_dir / "emulator.json").read_text())
+    assert alive(emulator["pid"])  # the state survives in the emulator
+
+    for gate in gates:
+        gate.touch()
+    second = run_dev_cli(options, log)
+    try:
+        wait_ready(log, 2)
+        assert "adopted the running embedded AWS emulator" in log.read_text()
+        runs = [wait_terminal(client, h.run_id) for h in handles]
+    finally:
+        second.send_signal(signal.SIGINT)  # a clean stop
+        assert second.wait(timeout=60) == 0
+    assert [r.status for r in runs] == ["COMPLETED"] * 3
+    counts = effects(effects_file)
+    for handle in handles:
+        for step in ("one", "two", "slow", "after"):
+            assert counts[(handle.run_id, f"/{step}#1")] == 1, (handle.run_id, step)
+    assert not alive(emulator["pid"])  # Ctrl-C stopped the emulator too: nothing orphaned
+    assert not (options.state_dir / "emulator.json").exists()
+
+
+def wait_terminal(client: rung.Client, run_id: str, timeout: float = 90) -> rung.Run:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.get_run(run_id)
+        if run.status.is_terminal or time.monotonic() > deadline:
+            return run
+        time.sleep(0.1)
+
+
+def test_200_runs_with_random_failures_all_end_and_no_completed_step_repeats(
+    tmp_path: Path, effects_file: Path
+) -> None:
+    with DevStack(dev_options(tmp_path, workers=4)) as dev:
+        handles = [dev.client.trigger("chaos", n) for n in range(200)]
+        runs = [wait_terminal(dev.client, h.run_id, timeout=240) for h in handles]
+        crashes = len(dev.crashes)
+    statuses = Counter(str(r.status) for r in runs)
+    assert set(statuses) <= {"COMPLETED", "FAILED"}, statuses  # none stuck
+    assert statuses["COMPLETED"] >= 150
+    for run in runs:
+        if run.status == "FAILED":
+            assert run.error is not None and run.error.type in ("NonRetryable", "WorkerLost")
+    counts = effects(effects_file)
+    assert max(counts.values()) == 1  # zero duplicated completed steps
+    for run in runs:
+        if run.status == "COMPLETED":
+            assert run.output == 3
+            assert all(counts[(run.run_id, f"/s{n}#1")] == 1 for n in range(3))
+    assert crashes > 0  # the injected os._exit crashes really happened
