@@ -741,15 +741,12 @@ def build_trace(run: Run, events: list[HistoryEvent]) -> list[TraceLine]:
             line.what, line.style = f"✓ {label}", "green"
         else:
             line.what, line.style = f"✗ {label}", "red"
-    if run.status == RunStatus.DELAYED and run.available_at is not None and lines:
+    waiting = run.status == RunStatus.DELAYED and run.available_at is not None
+    if waiting and lines and lines[-1].kind != "retry":  # a retry line already says when
+        assert run.available_at is not None
+        which = "next" if any(line.kind == "attempt" for line in lines) else "first"
         lines.append(
-            TraceLine(
-                "waiting",
-                run.available_at,
-                "… waiting",
-                detail=f"the next attempt is due at {_offset(run.available_at - run.created_at)}",
-                style="yellow",
-            )
+            TraceLine("waiting", run.available_at, f"… {which} attempt due", style="yellow")
         )
     return lines
 
@@ -867,7 +864,7 @@ def _summary(run: Run) -> Text:
     attempts = f"{run.attempt} attempt{'s' if run.attempt != 1 else ''}"
     if run.finished_at is not None:
         text.append(f" after {attempts} in {format_duration(run.finished_at - run.created_at)}")
-    elif run.attempt:
+    elif run.started_at is not None:
         text.append(f" (attempt {run.attempt})")
     return text
 

@@ -254,6 +254,8 @@ def test_delay_makes_the_run_due_later(stack: Deployed) -> None:
     assert run.status == "DELAYED"
     assert run.available_at is not None
     assert run.available_at - run.created_at == timedelta(hours=1, minutes=30)
+    trace = rung(stack, "runs", "trace", run.run_id).stdout
+    assert in_order(trace, f"{run.run_id}  greet  DELAYED\n", "+1h30m00s", "… first attempt due")
 
 
 def test_the_same_idempotency_key_gets_the_same_run(stack: Deployed) -> None:
