@@ -1,0 +1,211 @@
+"""rung end to end on LocalStack: template.yaml's data plane, deployed through LocalStack's
+CloudFormation, with real workers (threads receiving from the queue and calling
+``Worker.handle``) and ``rung.Client``. Skipped without a LocalStack (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import rung
+from rung._clock import SystemClock
+from rung._engine import Disposition
+from rung._ids import new_run_id
+from rung._store import Claimed, NewRun, NotClaimed
+from rung.models import EventType
+from tests.integration.conftest import DataPlane, QueueWorkers
+
+pytestmark = pytest.mark.slow
+
+app = rung.App("localstack")
+#: Side effects, keyed by (payload id, step): the tests count how often each step ran.
+effects: Counter[tuple[str, str]] = Counter()
+_effects_lock = threading.Lock()
+QUICK = rung.RetryPolicy(max_attempts=3, initial_interval=1)
+
+
+def effect(key: str, step: str) -> int:
+    with _effects_lock:
+        effects[(key, step)] += 1
+        return effects[(key, step)]
+
+
+@app.task(id="order", retry=QUICK)
+def order(ctx: rung.Context, payload: dict[str, Any]) -> dict[str, Any]:
+    key = payload["id"]
+    reserved = ctx.step("reserve", lambda: effect(key, "reserve") and f"r-{key}")
+
+    def charge() -> str:
+        if effect(key, "charge") == 1 and payload.get("fail_charge_once"):
+            raise ConnectionError("the card processor timed out")
+        return f"ch-{key}"
+
+    charged = ctx.step("charge", charge)
+    ctx.step("email", lambda: effect(key, "email"))
+    return {"reserved": reserved, "charged": charged}
+
+
+@pytest.fixture(scope="module")
+def workers(localstack_plane: DataPlane) -> Iterator[QueueWorkers]:
+    with QueueWorkers(app, localstack_plane) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(localstack_plane: DataPlane) -> rung.Client:
+    return localstack_plane.client(app)
+
+
+def _id(name: str) -> str:
+    return f"{name}-{time.monotonic_ns()}"
+
+
+def test_the_data_plane_is_template_yaml(localstack_plane: DataPlane) -> None:
+    dynamodb: Any = localstack_plane.aws("dynamodb")
+    sqs: Any = localstack_plane.aws("sqs")
+    table = dynamodb.describe_table(TableName=localstack_plane.table_name)["Table"]
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=localstack_plane.queue_url, AttributeNames=["All"]
+    )["Attributes"]
+    dlq_arn = sqs.get_queue_attributes(
+        QueueUrl=localstack_plane.dead_letter_queue_url, AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
+    ttl = dynamodb.describe_time_to_live(TableName=localstack_plane.table_name)
+
+    assert {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]} == {
+        "pk": "HASH",
+        "sk": "RANGE",
+    }
+    assert {g["IndexName"] for g in table["GlobalSecondaryIndexes"]} == {"by_task", "by_status"}
+    assert ttl["TimeToLiveDescription"] == {
+        "TimeToLiveStatus": "ENABLED",
+        "AttributeName": "expires_at",
+    }
+    assert json.loads(attributes["RedrivePolicy"]) == {
+        "deadLetterTargetArn": dlq_arn,
+        "maxReceiveCount": 3,
+    }
+    assert attributes["VisibilityTimeout"] == "360"  # 6 x FunctionTimeout=60
+
+
+def test_a_triggered_run_goes_through_its_steps_and_completes(
+    workers: QueueWorkers, client: rung.Client
+) -> None:
+    key = _id("plain")
+
+    handle = client.trigger("order", {"id": key})
+    run = workers.wait(client, handle.run_id)
+
+    assert run.status == "COMPLETED" and run.attempt == 1
+    assert run.output == {"reserved": f"r-{key}", "charged": f"ch-{key}"}
+    assert {step: effects[(key, step)] for step in ("reserve", "charge", "email")} == {
+        "reserve": 1,
+        "charge": 1,
+        "email": 1,
+    }
+    assert [r.run_id for r in client.list_runs(task="order", limit=50)].count(run.run_id) == 1
+
+
+def test_a_step_that_fails_once_resumes_from_its_checkpoint(
+    workers: QueueWorkers, client: rung.Client
+) -> None:
+    key = _id("flaky")
+
+    handle = client.trigger("order", {"id": key, "fail_charge_once": True})
+    run = workers.wait(client, handle.run_id)
+    kinds = [e.type for e in client.history(handle.run_id)]
+
+    assert run.status == "COMPLETED" and run.output["charged"] == f"ch-{key}"
+    # reserve ran once: the retry resumed at charge, reading reserve's checkpoint.
+    assert effects[(key, "reserve")] == 1
+    assert effects[(key, "charge")] == 2
+    assert effects[(key, "email")] == 1
+    assert kinds.count(EventType.STEP_FAILED) == 1 and EventType.RETRY_SCHEDULED in kinds
+
+
+def test_the_same_idempotency_key_gives_the_same_run(
+    workers: QueueWorkers, client: rung.Client
+) -> None:
+    key = _id("idem")
+
+    first = client.trigger("order", {"id": key}, idempotency_key=key)
+    second = client.trigger("order", {"id": key}, idempotency_key=key)
+    run = workers.wait(client, first.run_id)
+    third = client.trigger("order", {"id": key}, idempotency_key=key)
+
+    assert first.created and not second.created and not third.created
+    assert first.run_id == second.run_id == third.run_id
+    assert run.status == "COMPLETED"
+    assert effects[(key, "charge")] == 1
+
+
+def test_a_poison_message_reaches_the_dead_letter_queue(
+    workers: QueueWorkers, localstack_plane: DataPlane
+) -> None:
+    sqs: Any = localstack_plane.aws("sqs")
+    body = json.dumps({"not": "a rung message", "marker": _id("poison")})
+
+    sqs.send_message(QueueUrl=localstack_plane.queue_url, MessageBody=body)
+    # maxReceiveCount=3 receives, each refused (POISON), then SQS moves it. LocalStack's
+    # timers run about a second late; allow for it.
+    deadline = time.monotonic() + 45
+    dead: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not dead:
+        out = sqs.receive_message(
+            QueueUrl=localstack_plane.dead_letter_queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=1,
+            VisibilityTimeout=0,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        dead = [m for m in out.get("Messages", []) if m["Body"] == body]
+
+    assert dead, f"the poison message is not in the DLQ after 45s ({workers.dispositions})"
+    assert workers.dispositions[Disposition.POISON] >= localstack_plane.max_receive_count
+    assert not workers.faults
+
+
+def test_twenty_racing_claims_give_the_run_to_exactly_one(localstack_plane: DataPlane) -> None:
+    store = localstack_plane.store()
+    now = SystemClock().now()
+    # Recorded without a message: no worker sees this run; only the racing claims do.
+    new = NewRun(
+        run_id=new_run_id(now),
+        task_id="order",
+        payload_json=json.dumps({"id": _id("race")}),
+        created_at=now,
+        available_at=now,
+        idempotency_key=None,
+        tags=(),
+    )
+    run, created = store.create_run(new, timedelta(days=1), now)
+    assert created
+    barrier = threading.Barrier(20)
+    results: list[Claimed | NotClaimed] = []
+    lock = threading.Lock()
+
+    def claim() -> None:
+        barrier.wait()
+        result = store.claim_run(run.run_id, SystemClock().now(), timedelta(minutes=1))
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=claim) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    winners = [r for r in results if isinstance(r, Claimed)]
+    assert len(results) == 20
+    assert len(winners) == 1 and winners[0].token == 1
+    assert {r.reason for r in results if isinstance(r, NotClaimed)} == {"busy"}
+    assert store.get_run(run.run_id).lease_token == 1
