@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint typecheck bench clean
+.PHONY: demo test check lint typecheck bench clean localstack-up localstack-down localstack-deploy
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The suite runs against the embedded emulator and LocalStack: LocalStack (host mode,
+# offline; docs/localstack.md) is brought up first and stopped after, whatever pytest's
+# result. RUNG_LOCALSTACK=0 make test skips it.
 test: lint typecheck
-	$(BIN)/pytest -q
+	infra/localstack/with-localstack.sh $(BIN)/pytest -q
 
 check: $(STAMP)
 	$(BIN)/ruff check .
@@ -32,6 +35,16 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/api_calls.py
+
+localstack-up:
+	infra/localstack/up.sh
+
+localstack-down:
+	infra/localstack/down.sh
+
+# The data plane of template.yaml on LocalStack; prints the stack's outputs as JSON.
+localstack-deploy: $(STAMP) localstack-up
+	$(BIN)/python infra/localstack/deploy.py $(or $(APP),examples.orders:app) --stack $(or $(STACK),rung-localstack)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
