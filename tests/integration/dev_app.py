@@ -64,7 +64,9 @@ def chaos(ctx: rung.Context, payload: int) -> int:
 
         def work(n: int = n) -> int:
             info = rung.current_step()
-            roll = _roll(info.run_id, info.step_id, info.attempt)
+            # ctx.attempt grows after a crash too (a step's own attempt does not: the
+            # crash is the run's attempt), so a crashed step rolls again next time.
+            roll = _roll(info.run_id, info.step_id, info.attempt, ctx.attempt)
             if roll < 0.02:
                 raise rung.NonRetryable("deliberate failure")
             if roll < 0.05:

@@ -195,7 +195,11 @@ def wait_terminal(client: rung.Client, run_id: str, timeout: float = 90) -> rung
 def test_200_runs_with_random_failures_all_end_and_no_completed_step_repeats(
     tmp_path: Path, effects_file: Path
 ) -> None:
-    with DevStack(dev_options(tmp_path, workers=4)) as dev:
+    # A long reconciler grace: a backlog of 200 runs is not stranded, only queued. One
+    # message per invocation, so that an injected crash takes down one run's attempt,
+    # not a batch of ten (with batches, Lambda would redeliver all ten as well).
+    options = dev_options(tmp_path, workers=4, reconcile_grace=120, parameters={"BatchSize": "1"})
+    with DevStack(options) as dev:
         handles = [dev.client.trigger("chaos", n) for n in range(200)]
         runs = [wait_terminal(dev.client, h.run_id, timeout=240) for h in handles]
         crashes = len(dev.crashes)

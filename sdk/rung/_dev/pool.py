@@ -96,13 +96,14 @@ class WorkerProcess:
             process.stdin.flush()
         except (BrokenPipeError, OSError):
             return Invocation(died=self._death())
-        line = self._read_line(time.monotonic() + timeout + 2)
+        deadline = time.monotonic() + timeout + 2
+        line = self._read_line(deadline)
         if line is None:
-            if process.poll() is None:  # alive but past its deadline: Lambda's timeout
+            if time.monotonic() >= deadline:  # alive past its deadline: Lambda's timeout
                 process.kill()
                 process.wait()
                 return Invocation(died=f"timed out after {timeout:g}s and was killed")
-            return Invocation(died=self._death())
+            return Invocation(died=self._death())  # EOF: the process is exiting
         reply = json.loads(line)
         if "error" in reply:
             return Invocation(error=str(reply["error"]))
