@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/orders.py
+	$(BIN)/python examples/orders.py --dev
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
