@@ -78,3 +78,21 @@ def chaos(ctx: rung.Context, payload: int) -> int:
 
         total += ctx.step(f"s{n}", work)
     return total
+
+
+@app.task(id="hostile", retry=rung.RetryPolicy(max_attempts=3, initial_interval=0.2))
+def hostile(ctx: rung.Context, payload: str) -> str:
+    """Misbehaves on its first attempt in the way the payload names, then succeeds."""
+
+    def misbehave() -> str:
+        if ctx.attempt == 1:
+            if payload == "segfault":
+                import ctypes
+
+                ctypes.string_at(0)  # SIGSEGV in this worker process
+            elif payload == "memory":
+                hog = bytearray(8 * 1024**3)  # more than the function's memory
+                return str(len(hog))
+        return effect(payload)
+
+    return ctx.step("misbehave", misbehave)

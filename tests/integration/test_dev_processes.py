@@ -216,3 +216,66 @@ def test_200_runs_with_random_failures_all_end_and_no_completed_step_repeats(
             assert run.output == 3
             assert all(counts[(run.run_id, f"/s{n}#1")] == 1 for n in range(3))
     assert crashes > 0  # the injected os._exit crashes really happened
+
+
+def test_a_segfault_or_memory_exhaustion_harms_only_its_own_run(
+    tmp_path: Path, effects_file: Path
+) -> None:
+    with DevStack(dev_options(tmp_path, workers=2)) as dev:
+        segfault = dev.client.trigger("hostile", "segfault")
+        memory = dev.client.trigger("hostile", "memory")
+        bystanders = [dev.client.trigger("chaos", 1_000 + n) for n in range(3)]
+        runs = [dev.wait(h.run_id, timeout=90) for h in (segfault, memory, *bystanders)]
+        segfault_history = [str(e.type) for e in dev.client.history(segfault.run_id)]
+        memory_history = dev.client.history(memory.run_id)
+        crashes = list(dev.crashes)
+    assert runs[0].status == "COMPLETED" and runs[0].output == "segfault"
+    assert "WorkerLost" in segfault_history  # the worker died of SIGSEGV; the run went on
+    assert any("SIGSEGV" in how for _, how, _ in crashes)
+    assert runs[1].status == "COMPLETED" and runs[1].output == "memory"
+    errors = [e.error for e in memory_history if e.error is not None]
+    assert errors and errors[0].type == "MemoryError"  # capped near MemorySize, in-process
+    assert all(r.status in ("COMPLETED", "FAILED") for r in runs[2:])
+
+
+RELOAD_APP = """
+import rung
+
+app = rung.App("reloadtest")
+VERSION = "{version}"
+
+
+@app.task(id="version")
+def version(ctx: rung.Context, payload: None) -> str:
+    return ctx.step("read", lambda: VERSION)
+"""
+
+
+def test_changed_task_code_is_picked_up_by_fresh_worker_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    module = project / "reload_app.py"
+    module.write_text(RELOAD_APP.format(version="v1"))
+    repo = Path(__file__).resolve().parents[2]  # handler/ lives here
+    monkeypatch.setenv("PYTHONPATH", str(repo))
+    lines: list[str] = []
+    options = dev_options(
+        tmp_path,
+        app="reload_app:app",
+        code_root=project,
+        reload=True,
+        template=repo / "template.yaml",
+    )
+    with DevStack(options, emit=lines.append) as dev:
+        first = dev.wait(dev.client.trigger("version").run_id, timeout=60)
+        time.sleep(1.1)  # a later mtime than the first version's
+        module.write_text(RELOAD_APP.format(version="v2"))
+        deadline = time.monotonic() + 30
+        while not any("changed; restarting" in line for line in lines):
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.1)
+        second = dev.wait(dev.client.trigger("version").run_id, timeout=60)
+    assert (first.output, second.output) == ("v1", "v2")
+    assert any("reload_app.py changed" in line for line in lines)

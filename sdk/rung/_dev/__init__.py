@@ -59,6 +59,7 @@ class DevOptions:
     state_dir: Path = Path(".rung")
     parameters: dict[str, str] = field(default_factory=dict)
     worker_logs: bool = False  # worker stderr to the console instead of .rung/logs
+    code_root: Path = field(default_factory=Path.cwd)  # where the handlers and tasks live
 
 
 class DevStack:
@@ -67,7 +68,7 @@ class DevStack:
     def __init__(self, options: DevOptions, emit: Callable[[str], None] | None = None) -> None:
         self.options = options
         self.emit = emit or (lambda line: print(line, flush=True))
-        self.app = load_app(options.app)
+        self.app = load_app(options.app, options.code_root)
         self.stack_name = options.stack_name or f"rung-{self.app.name}"
         self.crashes: list[tuple[str, str, list[str]]] = []
         self._pollers: list[EventSourcePoller] = []
@@ -187,7 +188,7 @@ class DevStack:
                 "AWS_LAMBDA_FUNCTION_NAME": f"{self.stack_name}-{spec.logical_id}",
                 "AWS_LAMBDA_FUNCTION_TIMEOUT": str(spec.timeout),
                 "PYTHONPATH": os.pathsep.join(
-                    filter(None, [str(Path.cwd()), env.get("PYTHONPATH", "")])
+                    filter(None, [str(self.options.code_root), env.get("PYTHONPATH", "")])
                 ),
             }
         )
@@ -212,7 +213,7 @@ class DevStack:
         workers = []
         for n in range(count):
             name = f"{spec.logical_id}-{n}"
-            worker = WorkerProcess(spec, env, Path.cwd(), self._log_for(name), name)
+            worker = WorkerProcess(spec, env, self.options.code_root, self._log_for(name), name)
             worker.spawn(self._generation)  # all at once: each takes a second to import
             workers.append(worker)
             self._workers.append(worker)
@@ -242,7 +243,9 @@ class DevStack:
 
     def _start_schedule(self, spec: _stack.FunctionSpec, expression: str) -> None:
         name = f"{spec.logical_id}-schedule"
-        worker = WorkerProcess(spec, self._env(spec), Path.cwd(), self._log_for(name), name)
+        worker = WorkerProcess(
+            spec, self._env(spec), self.options.code_root, self._log_for(name), name
+        )
         worker.start(self._generation)
         self._workers.append(worker)
 
@@ -286,9 +289,9 @@ class DevStack:
     # -- code reload -----------------------------------------------------------------
 
     def _watch_code(self) -> None:
-        snapshot = _code_snapshot(Path.cwd())
+        snapshot = _code_snapshot(self.options.code_root)
         while not self._stopping.wait(1.0):
-            current = _code_snapshot(Path.cwd())
+            current = _code_snapshot(self.options.code_root)
             if current != snapshot:
                 changed = sorted(set(current.items()) ^ set(snapshot.items()))
                 snapshot = current
@@ -346,13 +349,14 @@ def _code_snapshot(root: Path) -> dict[str, float]:
     return found
 
 
-def load_app(spec: str) -> App:
-    """Import ``module:attr`` from the current directory; a clear error if it fails."""
+def load_app(spec: str, root: Path | None = None) -> App:
+    """Import ``module:attr`` from ``root`` (the current directory); a clear error if not."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise InvalidConfig(f"--app must be module:attr (e.g. examples.orders:app), got {spec!r}")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
+    root = root or Path.cwd()
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -56,9 +56,25 @@ def _die_with_parent() -> None:
         pass  # not Linux: the closed stdin ends the loop instead
 
 
+def _limit_memory(memory_mb: int) -> None:
+    """Cap the address space near the function's MemorySize (plus the interpreter's own).
+
+    A task that exhausts it gets a MemoryError in its own process instead of
+    dragging the machine into swap or the OOM killer onto rung dev.
+    """
+    try:
+        import resource
+
+        limit = (memory_mb + 1024) * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def main() -> int:
     handler_spec, function_name, memory = sys.argv[1], sys.argv[2], int(sys.argv[3])
     _die_with_parent()
+    _limit_memory(memory)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # print() and log lines of the handler go to stderr
