@@ -87,7 +87,7 @@ class Worker:
             run_id = decode(message.body)
         except BadMessage as exc:
             log.error("poison message %s: %s", message.message_id, exc)
-            return Disposition.POISON
+            return self._poison(message)
         if time_left is not None and time_left() < self.config.min_time_left.total_seconds():
             # Too little of this invocation is left to start an attempt (a late message
             # in a batch): hand the run to a fresh invocation without claiming it.
@@ -112,6 +112,13 @@ class Worker:
         disposition = self._attempt(message, claim, time_left)
         return Disposition.ACK if replaced else disposition
 
+    def _poison(self, message: QueueMessage) -> Disposition:
+        """Hand a poison message back for redelivery soon, so that it reaches the DLQ in
+        minutes rather than after maxReceiveCount full visibility timeouts (6x the
+        function timeout each in template.yaml)."""
+        self.queue.retry_poison(message)
+        return Disposition.POISON
+
     # -- claiming --------------------------------------------------------------------
 
     def _not_claimed(
@@ -119,7 +126,7 @@ class Worker:
     ) -> Disposition:
         if claim.reason == "missing":
             log.error("message %s names run %s, which does not exist", message.message_id, run_id)
-            return Disposition.POISON
+            return self._poison(message)
         if claim.reason == "terminal":
             return Disposition.ACK  # a duplicate of a message whose run is finished
         assert claim.retry_at is not None

@@ -122,6 +122,13 @@ class SqsQueue:
     def delete(self, message: QueueMessage) -> None:
         self.client.delete_message(QueueUrl=self.url, ReceiptHandle=message.receipt_handle)
 
+    def retry_poison(self, message: QueueMessage) -> None:
+        """Let a poison message come back after a short backoff (2, 4, 8 ... 60 s)."""
+        delay = min(2 ** max(message.receive_count, 1), 60)
+        self.client.change_message_visibility(
+            QueueUrl=self.url, ReceiptHandle=message.receipt_handle, VisibilityTimeout=delay
+        )
+
     def near_dead_letter(self, message: QueueMessage) -> bool:
         """Whether one more failed delivery could move this message to the DLQ."""
         return self.max_receive_count - message.receive_count < 2
