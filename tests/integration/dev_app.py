@@ -96,3 +96,26 @@ def hostile(ctx: rung.Context, payload: str) -> str:
         return effect(payload)
 
     return ctx.step("misbehave", misbehave)
+
+
+@app.task(id="resume", retry=rung.RetryPolicy(max_attempts=3, initial_interval=0.5))
+def resume(ctx: rung.Context, payload: dict[str, int]) -> int:
+    """Step b fails on the first attempt (before its effect); the retry resumes at b."""
+    a = ctx.step("a", lambda: int(effect("a") == "a") * payload["x"])
+
+    def b() -> int:
+        if ctx.attempt == 1:
+            raise ConnectionError("upstream hiccup")
+        effect("b")
+        return a * 10
+
+    b_value = ctx.step("b", b)
+    return ctx.step("c", lambda: int(effect("c") == "c") * (b_value + 1))
+
+
+@app.task(id="doomed")
+def doomed(ctx: rung.Context, payload: None) -> None:
+    def refuse() -> None:
+        raise rung.NonRetryable("card reported stolen")
+
+    ctx.step("charge", refuse)
