@@ -48,3 +48,47 @@ localstack-deploy: $(STAMP) localstack-up
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# -- The Lambda bundle -------------------------------------------------------------------
+# `sam build` runs build-WorkerFunction and build-ReconcilerFunction (BuildMethod: makefile
+# in template.yaml's function Metadata) with ARTIFACTS_DIR set; `make build-WorkerFunction
+# ARTIFACTS_DIR=dir` does the same by hand. A bundle holds:
+#   - rung with its `lambda` extra (pydantic, click, rich, boto3, aws-lambda-powertools; no
+#     moto, no dev tools) at the versions pinned in infra/requirements-lambda.txt, as wheels
+#     for Lambda's python3.12 on x86_64 whatever the build machine;
+#   - RUNG_REQUIREMENTS, if set: a requirements file of your tasks' own dependencies;
+#   - handler/, and your task code: each directory in RUNG_CODE_DIRS, copied to the top of
+#     the bundle under its own name (RUNG_APP must import from there).
+# E.g. `RUNG_CODE_DIRS=shop RUNG_REQUIREMENTS=shop/requirements.txt sam build`. More in
+# docs/deploying.md.
+RUNG_CODE_DIRS ?= examples
+RUNG_REQUIREMENTS ?=
+LAMBDA_PIP ?= $(PYTHON) -m pip
+LAMBDA_PLATFORM := --platform manylinux2014_x86_64 --implementation cp --python-version 3.12 \
+	--only-binary=:all:
+
+.PHONY: build-WorkerFunction build-ReconcilerFunction lambda-requirements sam-validate
+
+build-WorkerFunction build-ReconcilerFunction:
+	$(if $(ARTIFACTS_DIR),,$(error ARTIFACTS_DIR is not set: `sam build` sets it; or pass ARTIFACTS_DIR=dir))
+	$(LAMBDA_PIP) install --quiet --disable-pip-version-check --no-compile --no-warn-conflicts \
+		--upgrade --target "$(ARTIFACTS_DIR)" $(LAMBDA_PLATFORM) \
+		--constraint infra/requirements-lambda.txt '.[lambda]' \
+		$(if $(RUNG_REQUIREMENTS),--requirement "$(RUNG_REQUIREMENTS)")
+	rm -rf "$(ARTIFACTS_DIR)/bin"
+	cp -R handler $(RUNG_CODE_DIRS) "$(ARTIFACTS_DIR)/"
+	find "$(ARTIFACTS_DIR)" -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Re-pin infra/requirements-lambda.txt (after changing pyproject.toml's dependencies, or to
+# take newer releases): what pip resolves for the Lambda platform today.
+lambda-requirements:
+	$(PYTHON) infra/lambda_requirements.py $(LAMBDA_PLATFORM)
+
+# `sam validate --lint` with the SAM CLI in its own venv (.venv-sam; about 90 s to install).
+SAM_PYTHON ?= $(PYTHON)
+.venv-sam/bin/sam:
+	$(SAM_PYTHON) -m venv .venv-sam
+	.venv-sam/bin/pip install --quiet --disable-pip-version-check aws-sam-cli
+
+sam-validate: .venv-sam/bin/sam
+	SAM_CLI_TELEMETRY=0 .venv-sam/bin/sam validate --lint --template template.yaml
