@@ -115,6 +115,7 @@ class LocalEngine:
         self._invocation_timeout = invocation_timeout
         self._reconcile_grace = reconcile_grace
         self._stop = threading.Event()
+        self._kick = threading.Event()  # set by trigger(): work may be waiting
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._busy = 0
@@ -171,6 +172,7 @@ class LocalEngine:
 
     def stop(self) -> None:
         self._stop.set()
+        self._kick.set()
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()
@@ -207,9 +209,11 @@ class LocalEngine:
         tags: Iterable[str] | None = None,
     ) -> RunHandle:
         """Like ``Client.trigger``."""
-        return self.client.trigger(
+        handle = self.client.trigger(
             task, payload, idempotency_key=idempotency_key, delay=delay, tags=tags
         )
+        self._kick.set()
+        return handle
 
     def get_run(self, run_id: str) -> Run:
         """Like ``Client.get_run``."""
@@ -286,7 +290,10 @@ class LocalEngine:
                 continue
             if all_idle and isinstance(self.clock, VirtualClock) and self._advance_time():
                 continue
-            self._stop.wait(0.002)
+            # Idle: sleep until a trigger (or, for messages sent some other way, 50 ms)
+            # rather than polling the emulator in a tight loop.
+            if self._kick.wait(0.05):
+                self._kick.clear()
 
     def _advance_time(self) -> bool:
         assert isinstance(self.clock, VirtualClock)
