@@ -1,0 +1,342 @@
+"""The Lambda bundle that `sam build` makes (the Makefile's build-WorkerFunction target).
+
+Built once per module with ``make build-WorkerFunction ARTIFACTS_DIR=<tmp>``, which
+downloads wheels for Lambda's platform from the package index. Then: its layout (rung,
+handler/, the example's code, pydantic-core compiled for CPython 3.12; no moto, no dev
+tools), its versions (those pinned in infra/requirements-lambda.txt), and, when a
+Python 3.12 is at hand, that it runs on it with nothing but the bundle on its path:
+the handlers import, and the worker takes examples/orders.py's process-order to
+COMPLETED against an emulated table and queue, invoked with SQS events as Lambda does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import rung
+from examples import orders
+from rung import _aws
+from rung.models import RunStatus
+from rung.testing._emulator import EmbeddedEmulator
+from tests.integration.conftest import REGION, DataPlane, deploy_data_plane
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parents[2]
+PINS = ROOT / "infra" / "requirements-lambda.txt"
+#: What a Lambda bundle must not carry: the emulator and the development tools.
+NOT_BUNDLED = (
+    "moto",
+    "werkzeug",
+    "samtranslator",
+    "yaml",
+    "pytest",
+    "mypy",
+    "ruff",
+    "cfnlint",
+    "mypy_boto3_dynamodb",
+    "boto3_stubs",
+)
+
+
+BUILD_VARIABLES = ("RUNG_CODE_DIRS", "RUNG_REQUIREMENTS", "ARTIFACTS_DIR")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    artifacts = tmp_path_factory.mktemp("lambda") / "WorkerFunction"
+    began = time.monotonic()
+    built = subprocess.run(
+        ["make", "--no-print-directory", "build-WorkerFunction", f"ARTIFACTS_DIR={artifacts}"],
+        cwd=ROOT,
+        # the defaults (examples/, no extra requirements), whatever this shell sets
+        env={k: v for k, v in os.environ.items() if k not in BUILD_VARIABLES},
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    print(f"build-WorkerFunction: {time.monotonic() - began:.1f}s")
+    return artifacts
+
+
+def _distributions(bundle: Path) -> dict[str, str]:
+    """Normalized name -> version of every distribution installed in the bundle."""
+    found = {}
+    for dist_info in bundle.glob("*.dist-info"):
+        metadata = (dist_info / "METADATA").read_text(errors="replace")
+        name = re.search(r"^Name: (.+)$", metadata, re.MULTILINE)
+        version = re.search(r"^Version: (.+)$", metadata, re.MULTILINE)
+        assert name and version, dist_info
+        found[_normalize(name[1])] = version[1].strip()
+    return found
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
+def test_the_bundle_has_rung_the_handlers_and_the_task_code(bundle: Path) -> None:
+    for path in (
+        "handler/worker.py",
+        "handler/reconciler.py",
+        "rung/__init__.py",
+        "rung/_engine.py",
+        "examples/orders.py",
+        "aws_lambda_powertools/__init__.py",
+        "pydantic/__init__.py",
+        "boto3/__init__.py",
+    ):
+        assert (bundle / path).is_file(), path
+    # pydantic-core is compiled: the wheel must be Lambda's (CPython 3.12, x86_64 Linux),
+    # whatever Python ran the build.
+    assert [p.name for p in (bundle / "pydantic_core").glob("*.so")] == [
+        "_pydantic_core.cpython-312-x86_64-linux-gnu.so"
+    ]
+
+
+def test_the_bundle_leaves_out_the_emulator_dev_tools_and_build_litter(bundle: Path) -> None:
+    top = {p.name for p in bundle.iterdir()}
+
+    assert top.isdisjoint(NOT_BUNDLED), sorted(top & set(NOT_BUNDLED))
+    assert "bin" not in top  # console scripts, with the build machine's interpreter
+    assert not list(bundle.rglob("__pycache__")), "bytecode of the build machine's Python"
+    assert "tests" not in top and "sdk" not in top
+
+
+def test_the_bundle_has_exactly_the_pinned_versions(bundle: Path) -> None:
+    pins = {}
+    for line in PINS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[_normalize(name)] = version.strip()
+
+    installed = _distributions(bundle)
+
+    assert installed.pop("rung") == rung.__version__
+    # Every third-party package in the bundle is pinned (a new dependency needs
+    # `make lambda-requirements`), and the pins are what was installed.
+    assert installed == pins
+
+
+# -- on CPython 3.12, with nothing but the bundle ---------------------------------------------
+
+
+def _python312() -> str | None:
+    """A CPython 3.12 to run the bundle with: $RUNG_PYTHON312, pyenv's, or python3.12."""
+    candidates = [os.environ.get("RUNG_PYTHON312", "")]
+    pyenv_root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    candidates += sorted(map(str, pyenv_root.glob("versions/3.12*/bin/python3.12")), reverse=True)
+    candidates.append(shutil.which("python3.12") or "")
+    for candidate in filter(None, candidates):
+        try:
+            probe = subprocess.run(
+                [candidate, "-I", "-S", "-c", "import sys; print(sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except OSError:
+            continue
+        if probe.returncode == 0 and probe.stdout.strip() == "(3, 12)":
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def python312() -> str:
+    found = _python312()
+    if found is None:
+        pytest.skip("no CPython 3.12 here (set RUNG_PYTHON312 to one)")
+    return found
+
+
+# Runs in the subprocess: -I -S (no site-packages, no PYTHON* variables, no cwd on the
+# path), the bundle first on sys.path, as on Lambda's /var/task.
+_PRELUDE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+"""
+
+_IMPORTS = (
+    _PRELUDE
+    + """
+import handler.reconciler, handler.worker
+worker = handler.worker.worker()          # imports RUNG_APP, builds the store and queue
+reconciler = handler.reconciler.reconciler()
+allowed = (sys.argv[1], sys.base_prefix)  # the bundle and the standard library
+print(json.dumps({
+    "worker": handler.worker.__file__,
+    "app": worker.app.name,
+    "tasks": sorted(m for m in sys.modules if m.startswith("examples")),
+    "strays": sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[2].split(","))),
+    "outside": sorted(
+        name for name, m in list(sys.modules.items())
+        if not (getattr(m, "__file__", None) or sys.base_prefix).startswith(allowed)
+    ),
+}))
+"""
+)
+
+_INVOKE = (
+    _PRELUDE
+    + """
+import handler.worker
+
+class Context:  # what Lambda passes (the fields Powertools reads)
+    function_name = "rung-worker"
+    function_version = "$LATEST"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:rung-worker"
+    memory_limit_in_mb = 512
+    aws_request_id = "req-1"
+    log_group_name = "/aws/lambda/rung-worker"
+    log_stream_name = "stream"
+    def get_remaining_time_in_millis(self):
+        return 60_000
+
+print(json.dumps(handler.worker.lambda_handler(json.load(sys.stdin), Context())))
+"""
+)
+
+
+def _lambda_env(extra: dict[str, str]) -> dict[str, str]:
+    """A Lambda-like environment: no virtualenv, no PYTHONPATH, only what Lambda sets."""
+    return {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
+def test_the_handlers_import_on_python312_from_the_bundle_alone(
+    bundle: Path, python312: str, tmp_path: Path
+) -> None:
+    env = _lambda_env(
+        {
+            "RUNG_APP": "examples.orders:app",
+            "RUNG_TABLE_NAME": "t",
+            "RUNG_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/q",
+        }
+    )
+    ran = subprocess.run(
+        [python312, "-I", "-S", "-c", _IMPORTS, str(bundle), ",".join(NOT_BUNDLED)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    report = json.loads(ran.stdout.splitlines()[-1])
+
+    assert report["worker"] == str(bundle / "handler" / "worker.py")
+    assert report["app"] == orders.app.name
+    assert "examples.orders" in report["tasks"]
+    assert report["strays"] == []
+    assert report["outside"] == []  # every module came from the bundle or the stdlib
+
+
+@pytest.fixture
+def emulated_plane() -> Iterator[DataPlane]:
+    emulator = EmbeddedEmulator()
+    try:
+        yield deploy_data_plane(emulator.endpoint_url, "rung-packaging")
+    finally:
+        emulator.stop()
+
+
+def _sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
+    """An SQS event source's event for messages received from the queue."""
+    return {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": m["Attributes"],
+                "messageAttributes": {},
+                "md5OfBody": m["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": REGION,
+            }
+            for m in messages
+        ]
+    }
+
+
+def test_the_bundled_worker_runs_process_order_to_completion_on_python312(
+    bundle: Path, python312: str, emulated_plane: DataPlane, tmp_path: Path
+) -> None:
+    plane = emulated_plane
+    client = plane.client(orders.app)
+    sqs = _aws.client("sqs", plane.endpoint_url, REGION)
+    state = tmp_path / "demo-state"
+    env = _lambda_env(
+        {
+            "RUNG_APP": "examples.orders:app",
+            "RUNG_TABLE_NAME": plane.table_name,
+            "RUNG_QUEUE_URL": plane.queue_url,
+            "RUNG_MAX_RECEIVE_COUNT": str(plane.max_receive_count),
+            "RUNG_LEASE_SECONDS": "120",
+            "AWS_ENDPOINT_URL": plane.endpoint_url,
+            "RUNG_DEMO_STATE": str(state),  # the fake payment provider's and the call log
+        }
+    )
+    handle = client.trigger("process-order", {"order_id": "o-1"})
+
+    # Play the SQS event source: receive, invoke the bundle's handler on Python 3.12,
+    # delete what it did not report as a batch item failure.
+    invocations: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 60
+    while client.get_run(handle.run_id).status != RunStatus.COMPLETED:
+        assert time.monotonic() < deadline, (client.get_run(handle.run_id), invocations)
+        received = sqs.receive_message(
+            QueueUrl=plane.queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=1,
+            AttributeNames=["All"],
+        ).get("Messages", [])
+        if not received:
+            continue
+        ran = subprocess.run(
+            [python312, "-I", "-S", "-c", _INVOKE, str(bundle)],
+            input=json.dumps(_sqs_event(received, plane.outputs["QueueArn"])),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ran.returncode == 0, ran.stderr
+        response = json.loads(ran.stdout.splitlines()[-1])
+        invocations.append(response)
+        kept = {failure["itemIdentifier"] for failure in response["batchItemFailures"]}
+        for message in received:
+            if message["MessageId"] not in kept:
+                sqs.delete_message(QueueUrl=plane.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    run = client.get_run(handle.run_id)
+    assert run.output == {"order_id": "o-1", "charge_id": "ch_1"}
+    assert run.attempt == 2
+    # The charge timed out once: the first invocation kept the message for the retry,
+    # the second resumed at the charge (fetch_order not run again) and completed.
+    assert len(invocations) == 2 and invocations[0]["batchItemFailures"]
+    calls = Counter(line.split("\t")[0] for line in (state / "calls.log").read_text().splitlines())
+    assert calls == {"fetch_order": 1, "charge": 2, "email": 1}
