@@ -211,7 +211,9 @@ def _on_the_embedded_stack(
     options = DevOptions(
         app="examples.orders:app", port=port, workers=2, state_dir=STATE_DIR / ".rung", reload=False
     )
-    with DevStack(options, emit=lambda line: console.print(line, highlight=False)) as dev:
+    with DevStack(
+        options, emit=lambda line: console.print(line, highlight=False, soft_wrap=True)
+    ) as dev:
         handle = dev.client.trigger("process-order", {"order_id": "o-1"}, idempotency_key="o-1")
         run = dev.wait(handle.run_id, timeout=60)
         again = dev.client.trigger("process-order", {"order_id": "o-1"}, idempotency_key="o-1")
