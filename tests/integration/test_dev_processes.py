@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,7 @@ def dev_options(tmp_path: Path, **overrides: object) -> DevOptions:
     return options
 
 
+@pytest.mark.timeout(300)
 def test_kill_9_of_a_worker_mid_step_retries_the_run_and_repeats_no_completed_step(
     tmp_path: Path, effects_file: Path
 ) -> None:
@@ -135,6 +137,7 @@ def wait_ready(log: Path, count: int, timeout: float = 60) -> None:
     raise AssertionError(f"rung dev did not become ready:\n{log.read_text()}")
 
 
+@pytest.mark.timeout(400)
 def test_kill_9_of_rung_dev_then_a_restart_finishes_in_flight_runs(
     tmp_path: Path, effects_file: Path
 ) -> None:
@@ -154,6 +157,7 @@ def test_kill_9_of_rung_dev_then_a_restart_finishes_in_flight_runs(
     gates = [tmp_path / f"gate-{n}" for n in range(3)]
     handles = [client.trigger("pipeline", {"gate": str(g)}) for g in gates]
     wait_for(Path(str(gates[0]) + ".pid"))
+    killed_at = datetime.now(UTC)
     first.send_signal(signal.SIGKILL)  # rung dev dies with runs in flight
     first.wait()
     time.sleep(0.5)
@@ -171,14 +175,26 @@ def test_kill_9_of_rung_dev_then_a_restart_finishes_in_flight_runs(
         wait_ready(log, 2)
         assert "adopted the running embedded AWS emulator" in log.read_text()
         runs = [wait_terminal(client, h.run_id) for h in handles]
+        histories = {h.run_id: client.history(h.run_id) for h in handles}
     finally:
         second.send_signal(signal.SIGINT)  # a clean stop
         assert second.wait(timeout=60) == 0
     assert [r.status for r in runs] == ["COMPLETED"] * 3
     counts = effects(effects_file)
+    checked = 0
     for handle in handles:
-        for step in ("one", "two", "slow", "after"):
-            assert counts[(handle.run_id, f"/{step}#1")] == 1, (handle.run_id, step)
+        for event in histories[handle.run_id]:
+            if str(event.type) != "StepSucceeded":
+                continue
+            assert event.step is not None
+            # A step checkpointed before the kill never runs again. One cut off between
+            # its side effect and its checkpoint may run twice: steps are at-least-once.
+            if event.timestamp < killed_at:
+                assert counts[(handle.run_id, event.step)] == 1, (handle.run_id, event.step)
+                checked += 1
+            else:
+                assert counts[(handle.run_id, event.step)] >= 1
+    assert checked >= 2  # run 0's steps one and two were done before the kill
     assert not alive(emulator["pid"])  # Ctrl-C stopped the emulator too: nothing orphaned
     assert not (options.state_dir / "emulator.json").exists()
 
@@ -192,13 +208,16 @@ def wait_terminal(client: rung.Client, run_id: str, timeout: float = 90) -> rung
         time.sleep(0.1)
 
 
+@pytest.mark.timeout(900)
 def test_200_runs_with_random_failures_all_end_and_no_completed_step_repeats(
     tmp_path: Path, effects_file: Path
 ) -> None:
     # A long reconciler grace: a backlog of 200 runs is not stranded, only queued. One
     # message per invocation, so that an injected crash takes down one run's attempt,
     # not a batch of ten (with batches, Lambda would redeliver all ten as well).
-    options = dev_options(tmp_path, workers=4, reconcile_grace=120, parameters={"BatchSize": "1"})
+    options = dev_options(
+        tmp_path, workers=4, reconcile_grace=120, lease_seconds=5, parameters={"BatchSize": "1"}
+    )
     with DevStack(options) as dev:
         handles = [dev.client.trigger("chaos", n) for n in range(200)]
         runs = [wait_terminal(dev.client, h.run_id, timeout=240) for h in handles]
@@ -218,6 +237,7 @@ def test_200_runs_with_random_failures_all_end_and_no_completed_step_repeats(
     assert crashes > 0  # the injected os._exit crashes really happened
 
 
+@pytest.mark.timeout(300)
 def test_a_segfault_or_memory_exhaustion_harms_only_its_own_run(
     tmp_path: Path, effects_file: Path
 ) -> None:
@@ -251,6 +271,7 @@ def version(ctx: rung.Context, payload: None) -> str:
 """
 
 
+@pytest.mark.timeout(300)
 def test_changed_task_code_is_picked_up_by_fresh_worker_processes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,7 +18,7 @@ import pytest
 import rung
 from rung._dev import DevOptions, DevStack
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def free_port() -> int:

@@ -73,11 +73,10 @@ class EventSourcePoller:
     def _loop(self, worker: WorkerProcess) -> None:
         while not self.stopping.is_set():
             try:
-                if worker.generation != self.generation():  # code changed: fresh process
-                    worker.stop()
-                    worker.start(self.generation())
+                self._refresh(worker)
                 messages = self._receive()
                 if messages:
+                    self._refresh(worker)  # the code may have changed during the long poll
                     with self._lock:
                         self.busy += 1
                     try:
@@ -90,6 +89,11 @@ class EventSourcePoller:
                     return
                 log.exception("event source poller error; retrying in 1s")
                 self.stopping.wait(1.0)
+
+    def _refresh(self, worker: WorkerProcess) -> None:
+        if worker.generation != self.generation():  # code changed: a fresh process
+            worker.stop()
+            worker.start(self.generation())
 
     def _receive(self) -> list[dict[str, Any]]:
         out = self.sqs.receive_message(
