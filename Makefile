@@ -25,7 +25,7 @@ typecheck: $(STAMP)
 # The suite runs against the embedded emulator and LocalStack: LocalStack (host mode,
 # offline; docs/localstack.md) is brought up first and stopped after, whatever pytest's
 # result. RUNG_LOCALSTACK=0 make test skips it.
-test: lint typecheck
+test: lint typecheck sam-validate
 	infra/localstack/with-localstack.sh $(BIN)/pytest -q
 
 check: $(STAMP)
