@@ -10,6 +10,7 @@ stack's outputs.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,8 @@ def translate(template: dict[str, Any], parameters: dict[str, str], region: str)
         def load(self) -> dict[str, str]:
             return {}
 
+    # The translator warns about its own unpublished metrics on every use.
+    logging.getLogger("samtranslator").setLevel(logging.ERROR)
     previous = os.environ.get("AWS_DEFAULT_REGION")
     os.environ["AWS_DEFAULT_REGION"] = region  # the translator reads the region from here
     try:

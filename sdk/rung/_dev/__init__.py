@@ -53,7 +53,7 @@ class DevOptions:
     lease_seconds: int | None = None  # override RUNG_LEASE_SECONDS (crash recovery speed)
     max_receive_count: int | None = None
     reconcile_every: float = 10.0  # seconds between runs of scheduled functions
-    reconcile_grace: int = 10  # the reconciler's grace (template: ReconcileGraceSeconds)
+    reconcile_grace: int = 60  # the reconciler's grace (template: ReconcileGraceSeconds)
     reload: bool = False
     print_events: bool = True
     state_dir: Path = Path(".rung")

@@ -67,7 +67,7 @@ from rung.errors import RungError
 @click.option(
     "--reconcile-grace",
     type=click.IntRange(1, 86400),
-    default=10,
+    default=60,
     show_default=True,
     help="seconds a run may look stranded before the reconciler re-drives it",
 )
