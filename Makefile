@@ -47,7 +47,7 @@ localstack-deploy: $(STAMP) localstack-up
 	$(BIN)/python infra/localstack/deploy.py $(or $(APP),examples.orders:app) --stack $(or $(STACK),rung-localstack)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-sam .localstack .rung .pytest_cache .mypy_cache .ruff_cache
 
 # -- The Lambda bundle -------------------------------------------------------------------
 # `sam build` runs build-WorkerFunction and build-ReconcilerFunction (BuildMethod: makefile

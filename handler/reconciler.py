@@ -28,12 +28,12 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from handler._env import positive_int, require
 from rung import _aws
 from rung._clock import SystemClock
 from rung._queue import SqsQueue
 from rung._reconcile import DEFAULT_GRACE, Reconciler
 from rung._store import DynamoStore
-from rung.errors import InvalidConfig
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME") or "rung-reconciler")
 
@@ -46,13 +46,13 @@ def reconciler() -> Reconciler:
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
     store = DynamoStore(
         _aws.client("dynamodb", endpoint),
-        _require("RUNG_TABLE_NAME", "the rung DynamoDB table's name (stack output TableName)"),
+        require("RUNG_TABLE_NAME", "the rung DynamoDB table's name (stack output TableName)"),
     )
     queue = SqsQueue(
         _aws.client("sqs", endpoint),
-        _require("RUNG_QUEUE_URL", "the work queue's URL (stack output QueueUrl)"),
+        require("RUNG_QUEUE_URL", "the work queue's URL (stack output QueueUrl)"),
     )
-    grace = _positive_int("RUNG_RECONCILE_GRACE_SECONDS", int(DEFAULT_GRACE.total_seconds()))
+    grace = positive_int("RUNG_RECONCILE_GRACE_SECONDS", int(DEFAULT_GRACE.total_seconds()))
     return Reconciler(store, queue, SystemClock(), timedelta(seconds=grace))
 
 
@@ -67,30 +67,3 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         extra={"reconcile": {k: v for k, v in summary.items() if k != "redriven"}},
     )
     return summary
-
-
-# The two helpers below are handler/worker.py's, so both handlers word their
-# configuration errors alike.
-
-
-def _require(name: str, what: str) -> str:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        raise InvalidConfig(f"environment variable {name} is not set: set it to {what}")
-    return value
-
-
-def _positive_int(name: str, default: int) -> int:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise InvalidConfig(
-            f"environment variable {name} is {text!r}: set it to a positive integer "
-            f"(default {default})"
-        )
-    return value

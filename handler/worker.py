@@ -35,6 +35,7 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from handler._env import positive_int, require
 from rung import _aws
 from rung._clock import SystemClock
 from rung._engine import Disposition, Worker, WorkerConfig
@@ -56,25 +57,25 @@ class MessageNotDone(Exception):
 @functools.cache
 def worker() -> Worker:
     """The Worker of this warm container, built from the environment on first use."""
-    app = _load_app(_require("RUNG_APP", "module:attr of your rung.App, e.g. 'shop.tasks:app'"))
+    app = _load_app(require("RUNG_APP", "module:attr of your rung.App, e.g. 'shop.tasks:app'"))
     if "POWERTOOLS_SERVICE_NAME" not in os.environ:
         logger.append_keys(service=app.name)
     # rung's own loggers ("rung.worker", ...) write the same structured JSON.
     copy_config_to_registered_loggers(source_logger=logger, include={"rung"})
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
-    max_receive = _positive_int("RUNG_MAX_RECEIVE_COUNT", 5)
+    max_receive = positive_int("RUNG_MAX_RECEIVE_COUNT", 5)
     store = DynamoStore(
         _aws.client("dynamodb", endpoint),
-        _require("RUNG_TABLE_NAME", "the rung DynamoDB table's name (stack output TableName)"),
+        require("RUNG_TABLE_NAME", "the rung DynamoDB table's name (stack output TableName)"),
     )
     queue = SqsQueue(
         _aws.client("sqs", endpoint),
-        _require("RUNG_QUEUE_URL", "the work queue's URL (stack output QueueUrl)"),
+        require("RUNG_QUEUE_URL", "the work queue's URL (stack output QueueUrl)"),
         max_receive,
     )
     config = WorkerConfig(
-        lease_duration=timedelta(seconds=_positive_int("RUNG_LEASE_SECONDS", 960)),
-        min_time_left=timedelta(seconds=_positive_int("RUNG_MIN_TIME_LEFT_SECONDS", 10)),
+        lease_duration=timedelta(seconds=positive_int("RUNG_LEASE_SECONDS", 960)),
+        min_time_left=timedelta(seconds=positive_int("RUNG_MIN_TIME_LEFT_SECONDS", 10)),
     )
     return Worker(app, store, queue, SystemClock(), config)
 
@@ -101,29 +102,6 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             raise MessageNotDone(f"message {record.message_id}: {disposition}")
 
     return dict(process_partial_response(event, record_handler, _processor, context))
-
-
-def _require(name: str, what: str) -> str:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        raise InvalidConfig(f"environment variable {name} is not set: set it to {what}")
-    return value
-
-
-def _positive_int(name: str, default: int) -> int:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise InvalidConfig(
-            f"environment variable {name} is {text!r}: set it to a positive integer "
-            f"(default {default})"
-        )
-    return value
 
 
 def _load_app(spec: str) -> App:
