@@ -2,11 +2,17 @@
 
 The same code talks to AWS, LocalStack or the embedded emulator; only the
 endpoint differs (``endpoint_url`` or ``AWS_ENDPOINT_URL``).
+
+Sessions are cached per region (and per "dummy credentials for an emulator"):
+each new session loads botocore's service models again, which costs about a
+second. boto3 sessions are not thread-safe, so clients are created under a lock;
+the clients themselves are safe to share between threads.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import boto3
@@ -19,21 +25,37 @@ _RETRIES = Config(
     read_timeout=30,
     tcp_keepalive=True,
 )
+_lock = threading.Lock()
+_sessions: dict[tuple[str, bool], boto3.session.Session] = {}
 
 
 def session(endpoint_url: str | None = None, region: str | None = None) -> boto3.session.Session:
     """A boto3 session; against an emulator it supplies dummy credentials if none are set."""
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     region = region or DEFAULT_REGION
-    if endpoint_url and boto3.session.Session().get_credentials() is None:
-        return boto3.session.Session(
+    with _lock:
+        return _session(bool(endpoint_url), region)
+
+
+def _session(emulated: bool, region: str) -> boto3.session.Session:
+    plain = _sessions.get((region, False))
+    if plain is None:
+        plain = _sessions[(region, False)] = boto3.session.Session(region_name=region)
+    if not emulated or plain.get_credentials() is not None:
+        return plain
+    dummy = _sessions.get((region, True))
+    if dummy is None:
+        dummy = _sessions[(region, True)] = boto3.session.Session(
             aws_access_key_id="test", aws_secret_access_key="test", region_name=region
         )
-    return boto3.session.Session(region_name=region)
+    return dummy
 
 
 def client(service: str, endpoint_url: str | None = None, region: str | None = None) -> Any:
     endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
-    return session(endpoint_url, region).client(  # type: ignore[call-overload]
-        service, endpoint_url=endpoint_url, config=_RETRIES
-    )
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    region = region or DEFAULT_REGION
+    with _lock:
+        return _session(bool(endpoint_url), region).client(  # type: ignore[call-overload]
+            service, endpoint_url=endpoint_url, config=_RETRIES
+        )

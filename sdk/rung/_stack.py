@@ -10,13 +10,17 @@ stack's outputs.
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
 from rung.errors import RungError
 
@@ -83,9 +87,6 @@ def load_template(path: Path) -> dict[str, Any]:
 
 def translate(template: dict[str, Any], parameters: dict[str, str], region: str) -> dict[str, Any]:
     """Expand the SAM transform into plain CloudFormation, offline."""
-    import copy
-    import os
-
     from samtranslator.translator.managed_policy_translator import ManagedPolicyLoader
     from samtranslator.translator.transform import transform
 
@@ -150,8 +151,6 @@ def _references(value: Any) -> set[str]:
                 found.add(str(target))
             elif key == "Fn::Sub":
                 text = inner[0] if isinstance(inner, list) else inner
-                import re
-
                 found.update(m.split(".")[0] for m in re.findall(r"\$\{([^}!]+)\}", str(text)))
             found |= _references(inner)
     elif isinstance(value, list):
@@ -168,8 +167,6 @@ def deploy(
     timeout: float = 120.0,
 ) -> Stack:
     """Create the stack, or update it when it exists; wait until it is complete."""
-    import json
-
     body = json.dumps(template)
     params = [{"ParameterKey": k, "ParameterValue": str(v)} for k, v in parameters.items()]
     declared = set(template.get("Parameters", {}))
@@ -216,9 +213,17 @@ def describe(cfn_client: Any, name: str, endpoint: str | None = None) -> Stack:
             f"no stack {name!r} at {where} ({exc.response.get('Error', {}).get('Message', exc)}); "
             "start `rung dev`, deploy template.yaml, or pass --stack / --endpoint-url"
         ) from None
-    except Exception as exc:  # connection refused and the like
+    except EndpointConnectionError as exc:
         where = endpoint or "AWS"
-        raise StackError(f"nothing is listening at {where}: {exc}") from None
+        raise StackError(
+            f"nothing is listening at {where} ({exc}); start `rung dev` or LocalStack, or "
+            "check --endpoint-url / AWS_ENDPOINT_URL"
+        ) from None
+    except NoCredentialsError:
+        raise StackError(
+            f"no AWS credentials to read stack {name!r} with: configure a profile or set "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or point --endpoint-url at an emulator)"
+        ) from None
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
     resources = cfn_client.describe_stack_resources(StackName=name)["StackResources"]
     physical = {r["LogicalResourceId"]: r.get("PhysicalResourceId", "") for r in resources}
@@ -302,8 +307,6 @@ class _Resolver:
                 condition, yes, no = arg
                 return self.resolve(yes if self._condition(condition) else no)
             if key == "Fn::Sub":
-                import re
-
                 text = arg[0] if isinstance(arg, list) else arg
                 return re.sub(r"\$\{([^}]+)\}", lambda m: str(self._ref(m.group(1))), text)
             if key == "Fn::GetAtt":

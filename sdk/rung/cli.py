@@ -618,6 +618,13 @@ class TraceLine:
         }
 
 
+#: How an attempt that did not finish shows in a trace: (line kind, text).
+_ATTEMPT_ENDINGS = {
+    EventType.WORKER_LOST: ("lost", "✗ worker lost"),
+    EventType.ATTEMPT_FAILED: ("failed", "✗ attempt failed"),
+}
+
+
 def build_trace(run: Run, events: list[HistoryEvent]) -> list[TraceLine]:
     """The history as a timeline: each step on one line, from its start to its end."""
     lines: list[TraceLine] = []
@@ -687,24 +694,13 @@ def build_trace(run: Run, events: list[HistoryEvent]) -> list[TraceLine]:
                     style="yellow",
                 )
             )
-        elif kind == EventType.WORKER_LOST:
+        elif kind in _ATTEMPT_ENDINGS:
+            line_kind, what = _ATTEMPT_ENDINGS[kind]
             lines.append(
                 TraceLine(
-                    "lost",
+                    line_kind,
                     event.timestamp,
-                    "✗ worker lost",
-                    attempt=event.attempt,
-                    detail=str(event.error) if event.error else "",
-                    error=event.error,
-                    style="red",
-                )
-            )
-        elif kind == EventType.ATTEMPT_FAILED:
-            lines.append(
-                TraceLine(
-                    "failed",
-                    event.timestamp,
-                    "✗ attempt failed",
+                    what,
                     attempt=event.attempt,
                     detail=str(event.error) if event.error else "",
                     error=event.error,

@@ -162,7 +162,7 @@ class DevStack:
             worker.stop()
         if self._printer is not None:
             with contextlib.suppress(Exception):
-                self._printer.poll()  # the last events before the lights go out
+                self._printer.poll(everything=True)  # the last events before the lights go out
             self._printer.stop()
         for handle in self._logs:
             handle.close()

@@ -46,6 +46,7 @@ class EventPrinter:
         self.printed: dict[str, int] = {}  # run id -> events printed
         self.seen_updated: dict[str, str] = {}
         self.finished: set[str] = set()
+        self._polls = 0
         self.since = since
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="rung-printer")
@@ -65,14 +66,21 @@ class EventPrinter:
                 if not self._stop.is_set():
                     log.debug("event printer: %s", exc)
 
-    def poll(self) -> None:
-        candidates = [
-            run
-            for status in RunStatus
+    def poll(self, everything: bool = False) -> None:
+        # Active runs every poll; the terminal indexes (which only matter for runs that
+        # started and finished between two polls) every fifth. A followed run that left
+        # the active statuses is read directly, so its end is printed at once.
+        self._polls += 1
+        statuses = list(RunStatus) if everything or self._polls % 5 == 1 else sorted(_ACTIVE)
+        listed = {
+            run.run_id: run
+            for status in statuses
             for run in self.store.list_runs(status=status, limit=200 if status in _ACTIVE else 50)
             if run.updated_at >= self.since and run.run_id not in self.finished
-        ]
-        for run in sorted(candidates, key=lambda r: r.updated_at):
+        }
+        for run_id in [r for r in self.printed if r not in listed]:
+            listed[run_id] = self.store.get_run(run_id)
+        for run in sorted(listed.values(), key=lambda r: r.updated_at):
             key = run.updated_at.isoformat()
             if self.seen_updated.get(run.run_id) == key:
                 continue
