@@ -33,7 +33,7 @@ def _hello(name: str) -> str:
 
 @app.task(
     id="flaky",
-    retry=rung.RetryPolicy(max_attempts=3, initial_interval=timedelta(seconds=1)),
+    retry=rung.RetryPolicy(max_attempts=3, initial_interval=timedelta(seconds=3)),
 )
 def flaky(ctx: rung.Context, payload: None) -> str:
     return ctx.step("call-api", _call_api)

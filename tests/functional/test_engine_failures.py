@@ -88,10 +88,16 @@ def test_a_worker_that_lost_its_lease_cannot_change_the_run() -> None:
         assert isinstance(first, Claimed) and first.token == 1
         clock.advance(timedelta(minutes=2))  # the first worker stalls past its lease
         stale = engine.get_run(run_id)
-        failure = rung.models.Failure(attempt=1, kind="crash", step_id=None,
-                                      error=rung.ErrorInfo("WorkerLost", "lease expired"),
-                                      started_at=None, failed_at=clock.now(),
-                                      step_started_at=None, delay=None)
+        failure = rung.models.Failure(
+            attempt=1,
+            kind="crash",
+            step_id=None,
+            error=rung.ErrorInfo("WorkerLost", "lease expired"),
+            started_at=None,
+            failed_at=clock.now(),
+            step_started_at=None,
+            delay=None,
+        )
         second = engine.store.reclaim_crashed(stale, clock.now(), lease, failure)
         assert isinstance(second, Claimed) and second.token == 2
         with pytest.raises(rung.LeaseLost, match=r"lease \(token 1\) is no longer valid"):
@@ -114,8 +120,7 @@ def test_a_stalled_worker_stops_when_another_took_over_its_run() -> None:
             engine = engine_ref[0]
             virtual(engine).advance(timedelta(minutes=5))
             message = QueueMessage("dup", f'{{"v":1,"run_id":"{run_ids[0]}"}}', "rh", 2)
-            thread = threading.Thread(target=lambda: takeover.append(
-                engine.worker.handle(message)))
+            thread = threading.Thread(target=lambda: takeover.append(engine.worker.handle(message)))
             thread.start()
             thread.join(timeout=20)
         return calls["step"]
@@ -262,8 +267,9 @@ def test_a_run_continues_in_a_fresh_invocation_when_time_runs_short() -> None:
     def t(ctx: rung.Context, payload: None) -> int:
         return sum(ctx.step(f"s{n}", slow, n) for n in range(5))
 
-    with LocalEngine(app, invocation_timeout=timedelta(seconds=30),
-                     min_time_left=timedelta(seconds=10)) as engine:
+    with LocalEngine(
+        app, invocation_timeout=timedelta(seconds=30), min_time_left=timedelta(seconds=10)
+    ) as engine:
         engine_ref.append(engine)
         run = engine.wait(engine.trigger("t").run_id)
         types = [str(e.type) for e in engine.history(run.run_id)]
@@ -271,6 +277,10 @@ def test_a_run_continues_in_a_fresh_invocation_when_time_runs_short() -> None:
     assert run.attempt == 1  # continuing is not a new attempt
     assert calls == {f"s{n}": 1 for n in range(5)}
     assert run.lease_token >= 3  # it took several invocations
+    # exactly three: steps 0-1, then 2-3, then 4 (12 s steps, 30 s per invocation, and a
+    # step starts only with 10 s left)
+    assert run.lease_token == 3
+    assert types.count("AttemptStarted") == 1
     assert "RetryScheduled" not in types and "WorkerLost" not in types
 
 

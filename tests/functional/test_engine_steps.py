@@ -73,8 +73,10 @@ def test_five_retries_record_the_real_backoff_delays_in_history() -> None:
     app = rung.App("retry")
     attempts: list[int] = []
 
-    @app.task(id="flaky", retry=rung.RetryPolicy(max_attempts=6, initial_interval=1,
-                                                  backoff=2.0, max_interval=60))
+    @app.task(
+        id="flaky",
+        retry=rung.RetryPolicy(max_attempts=6, initial_interval=1, backoff=2.0, max_interval=60),
+    )
     def flaky(ctx: rung.Context, payload: None) -> int:
         def call() -> int:
             attempts.append(rung.current_step().attempt)
@@ -226,8 +228,9 @@ def test_custom_strategy_delays_are_used() -> None:
             raise RuntimeError(f"fail {calls['n']}")
         return "ok"
 
-    policy = rung.RetryPolicy(max_attempts=3,
-                              strategy=lambda attempt, error: timedelta(minutes=attempt * 3))
+    policy = rung.RetryPolicy(
+        max_attempts=3, strategy=lambda attempt, error: timedelta(minutes=attempt * 3)
+    )
 
     @app.task(id="t", retry=policy)
     def t(ctx: rung.Context, payload: None) -> str:

@@ -41,8 +41,11 @@ def make_app() -> tuple[rung.App, Counter[str]]:
 def queue_depth(engine: LocalEngine) -> int:
     attrs = engine.sqs.get_queue_attributes(
         QueueUrl=engine.queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-                        "ApproximateNumberOfMessagesDelayed"],
+        AttributeNames=[
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ],
     )["Attributes"]
     return sum(int(v) for v in attrs.values())
 
@@ -124,6 +127,7 @@ def test_a_trigger_that_crashed_before_sending_is_dispatched_by_a_repeated_trigg
     app, calls = make_app()
     with LocalEngine(app) as engine:
         real_send = engine.queue.send
+
         # The emulator cannot kill a client between its two requests; make the send die
         # once as a crashed process would: the run is recorded, nothing is enqueued.
         def crash_once(run_id: str, delay: timedelta = timedelta(0)) -> None:
@@ -206,8 +210,10 @@ def test_a_delayed_run_waits_past_the_sqs_delay_cap_before_starting() -> None:
 def test_any_json_payload_including_none_is_accepted_without_a_model() -> None:
     app, _ = make_app()
     with LocalEngine(app) as engine:
-        outputs = [engine.wait(engine.trigger("anything", p).run_id).output
-                   for p in (None, [1, "two"], 3.5)]
+        outputs = [
+            engine.wait(engine.trigger("anything", p).run_id).output
+            for p in (None, [1, "two"], 3.5)
+        ]
     assert outputs == [None, [1, "two"], 3.5]
 
 

@@ -231,7 +231,7 @@ def test_a_transient_step_failure_is_retried_by_a_later_invocation(
     response = deployed.deliver([message])
 
     # Reported as failed, so Lambda leaves it; the engine set its visibility to the
-    # 1 s backoff, so it is invisible now and comes back by itself.
+    # 3 s backoff, so it is invisible now and comes back by itself.
     assert response == {"batchItemFailures": [{"itemIdentifier": message["MessageId"]}]}
     assert not deployed.client.get_run(handle.run_id).status.is_terminal
     assert deployed.receive() == []
@@ -251,9 +251,7 @@ def test_a_run_short_of_time_continues_in_a_fresh_message(deployed: Deployment) 
 
     # 15 s left at the start, 5 s (under RUNG_MIN_TIME_LEFT_SECONDS, 10) after the first
     # step: the run moves on to a fresh invocation.
-    assert deployed.deliver([message], remaining_ms=[15_000, 5_000]) == {
-        "batchItemFailures": []
-    }
+    assert deployed.deliver([message], remaining_ms=[15_000, 5_000]) == {"batchItemFailures": []}
 
     run = deployed.client.get_run(handle.run_id)
     assert run.status == rung.RunStatus.QUEUED
@@ -290,11 +288,16 @@ def test_a_message_arriving_with_too_little_time_left_is_handed_on_unclaimed(
 
 
 def test_the_container_builds_one_worker(deployed: Deployment) -> None:
+    handles = []
     for name in ("Ada", "Grace"):
-        deployed.client.trigger("greet", {"name": name})
-        deployed.deliver(deployed.receive())
+        handles.append(deployed.client.trigger("greet", {"name": name}))
+        messages = deployed.receive()
+        assert len(messages) == 1
+        assert deployed.deliver(messages) == {"batchItemFailures": []}
 
     assert worker_module.worker.cache_info().misses == 1
+    assert worker_module.worker.cache_info().hits == 1
+    assert [deployed.client.get_run(h.run_id).status for h in handles] == ["COMPLETED"] * 2
 
 
 @pytest.mark.parametrize(

@@ -315,6 +315,7 @@ def test_reconciling_while_workers_process_runs_duplicates_no_step() -> None:
                 reports.append(engine.reconcile())
                 if reports[-1].redriven:
                     gate.set()  # duplicates are queued: let the workers go
+                stop.wait(0.01)  # do not starve the workers of the emulator
 
         reconciler = threading.Thread(target=keep_reconciling)
         reconciler.start()

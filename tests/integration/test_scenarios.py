@@ -98,6 +98,7 @@ def test_the_same_idempotency_key_gives_one_run(dev: DevStack) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+    assert len(handles) == 8
     assert len({h.run_id for h in handles}) == 1 and sum(h.created for h in handles) == 1
     run = dev.wait(handles[0].run_id, timeout=90)
     assert run.status == "COMPLETED"

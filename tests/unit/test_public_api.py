@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import rung
 import rung.testing
 
 PINNED = {
-    "App", "Client", "Context", "ErrorInfo", "EventType", "HistoryEvent", "InvalidConfig",
-    "InvalidPayload", "LeaseLost", "NonDeterminismError", "NonRetryable", "PayloadTooLarge",
-    "RetryAfter", "RetryPolicy", "Run", "RunHandle", "RunNotFound", "RunStatus", "RungError",
-    "StepFailed", "StepInfo", "Task", "UnknownTask", "UsageError", "current_step", "step",
+    "App",
+    "Client",
+    "Context",
+    "ErrorInfo",
+    "EventType",
+    "HistoryEvent",
+    "InvalidConfig",
+    "InvalidPayload",
+    "LeaseLost",
+    "NonDeterminismError",
+    "NonRetryable",
+    "PayloadTooLarge",
+    "RetryAfter",
+    "RetryPolicy",
+    "Run",
+    "RunHandle",
+    "RunNotFound",
+    "RunStatus",
+    "RungError",
+    "StepFailed",
+    "StepInfo",
+    "Task",
+    "UnknownTask",
+    "UsageError",
+    "current_step",
+    "step",
 }
 
 
@@ -20,19 +45,40 @@ def test_all_is_exactly_the_pinned_api() -> None:
 
 
 def test_testing_is_reachable_from_the_top_level_package() -> None:
+    # In a fresh interpreter: this module's own `import rung.testing` must not help.
+    probe = "import rung; print(rung.testing.LocalEngine.__name__)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "LocalEngine", out.stderr
     assert rung.testing.LocalEngine is rung.testing.__dict__["LocalEngine"]
     assert set(rung.testing.__all__) == {"LocalEngine", "SimulatedCrash"}
 
 
 def test_statuses_are_the_pinned_set() -> None:
     assert {s.value for s in rung.RunStatus} == {
-        "QUEUED", "DELAYED", "RUNNING", "WAITING", "COMPLETED", "FAILED", "CANCELED",
-        "EXPIRED", "TIMED_OUT",
+        "QUEUED",
+        "DELAYED",
+        "RUNNING",
+        "WAITING",
+        "COMPLETED",
+        "FAILED",
+        "CANCELED",
+        "EXPIRED",
+        "TIMED_OUT",
     }
 
 
 def test_errors_form_one_tree() -> None:
-    for name in ("InvalidConfig", "InvalidPayload", "PayloadTooLarge", "UnknownTask",
-                 "RunNotFound", "LeaseLost", "NonDeterminismError", "StepFailed",
-                 "NonRetryable", "RetryAfter", "UsageError"):
+    for name in (
+        "InvalidConfig",
+        "InvalidPayload",
+        "PayloadTooLarge",
+        "UnknownTask",
+        "RunNotFound",
+        "LeaseLost",
+        "NonDeterminismError",
+        "StepFailed",
+        "NonRetryable",
+        "RetryAfter",
+        "UsageError",
+    ):
         assert issubclass(getattr(rung, name), rung.RungError), name

@@ -25,8 +25,9 @@ def test_exponential_backoff_doubles_up_to_the_cap_and_stops_at_max_attempts() -
 
 
 def test_linear_and_fixed_strategies() -> None:
-    linear = rung.RetryPolicy(max_attempts=4, initial_interval=2, strategy="linear",
-                              max_interval=100)
+    linear = rung.RetryPolicy(
+        max_attempts=4, initial_interval=2, strategy="linear", max_interval=100
+    )
     fixed = rung.RetryPolicy(max_attempts=3, initial_interval=5, strategy="fixed")
     assert delays(linear) == [2, 4, 6, None]
     assert delays(fixed) == [5, 5, None]
