@@ -90,6 +90,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             body=record.body,
             receipt_handle=record.receipt_handle,
             receive_count=int(record.attributes.approximate_receive_count),
+            sent_at_ms=int(record.attributes.sent_timestamp),
         )
         logger.append_keys(message_id=record.message_id)
         try:

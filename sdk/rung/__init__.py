@@ -7,8 +7,9 @@ step. See README.md and docs/.
 
 from rung.app import App, Task
 from rung.client import Client
-from rung.context import Context, StepInfo, current_step, step
+from rung.context import Context, Poll, StepInfo, current_step, step
 from rung.errors import (
+    ConditionNotMet,
     ErrorInfo,
     InvalidConfig,
     InvalidPayload,
@@ -20,10 +21,14 @@ from rung.errors import (
     RungError,
     RunNotFound,
     StepFailed,
+    TokenAlreadyResolved,
+    TokenFailed,
+    TokenNotFound,
+    TokenTimedOut,
     UnknownTask,
     UsageError,
 )
-from rung.models import EventType, HistoryEvent, Run, RunHandle, RunStatus
+from rung.models import EventType, HistoryEvent, Run, RunHandle, RunStatus, Token, TokenState
 from rung.retry import RetryPolicy
 
 __version__ = "0.1.0"
@@ -41,6 +46,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "App",
     "Client",
+    "ConditionNotMet",
     "Context",
     "ErrorInfo",
     "EventType",
@@ -51,6 +57,7 @@ __all__ = [
     "NonDeterminismError",
     "NonRetryable",
     "PayloadTooLarge",
+    "Poll",
     "RetryAfter",
     "RetryPolicy",
     "Run",
@@ -61,6 +68,12 @@ __all__ = [
     "StepFailed",
     "StepInfo",
     "Task",
+    "Token",
+    "TokenAlreadyResolved",
+    "TokenFailed",
+    "TokenNotFound",
+    "TokenState",
+    "TokenTimedOut",
     "UnknownTask",
     "UsageError",
     "current_step",

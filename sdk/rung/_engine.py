@@ -15,16 +15,17 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from rung import _serde
-from rung._clock import Clock
+from rung._clock import Clock, to_ms
 from rung._queue import BadMessage, QueueMessage, SqsQueue, decode
-from rung._signals import ContinueLater, RetryStep
-from rung._store import Claimed, DynamoStore, NotClaimed
+from rung._signals import ContinueLater, RetryStep, Suspend, TimeLimitReached
+from rung._store import NEVER_MS, Claimed, DynamoStore, NotClaimed
 from rung.app import App, Task
 from rung.context import Context, _current_context, error_info
 from rung.errors import (
@@ -35,9 +36,12 @@ from rung.errors import (
     StepFailed,
     UnknownTask,
 )
-from rung.models import Failure, Run, StepRecord
+from rung.models import Failure, Run, StepRecord, TokenState
 
 log = logging.getLogger("rung.worker")
+
+#: Seconds before an invocation's end at which a still-running step is noted as overrun.
+WATCHDOG_MARGIN = 1.0
 
 
 class Disposition(enum.StrEnum):
@@ -130,6 +134,8 @@ class Worker:
         if claim.reason == "terminal":
             return Disposition.ACK  # a duplicate of a message whose run is finished
         assert claim.retry_at is not None
+        if claim.reason == "not_due" and to_ms(claim.retry_at) >= NEVER_MS:
+            return Disposition.ACK  # it waits with no timer: its waker sends a message
         # "not_due": a long delay chained through 15-minute hops; "busy": another worker
         # holds the lease (a duplicate delivery): look again when that lease would expire.
         wait = max(claim.retry_at - now, timedelta(0))
@@ -139,13 +145,28 @@ class Worker:
 
     def _take_over(self, run: Run, now: datetime) -> Claimed | NotClaimed:
         """The previous holder died mid-attempt: that attempt failed; start the next."""
-        error = ErrorInfo(
-            type="WorkerLost",
-            message=(
-                f"the worker running attempt {run.attempt} of run {run.run_id} stopped without "
-                "finishing it (crash, kill, timeout or out of memory); its lease expired"
-            ),
-        )
+        if run.overran_step is not None:
+            # The holder's watchdog saw this step still running as its invocation's time
+            # ran out (Lambda then stops the function): the step outlived the invocation.
+            error = ErrorInfo(
+                type="StepTimedOut",
+                message=(
+                    f"step {run.overran_step!r} of run {run.run_id} (attempt {run.attempt}) was "
+                    "still running when its invocation reached the function's time limit. "
+                    "Runs continue in a fresh invocation between steps, but a single step must "
+                    "finish within one invocation: split the step, or raise the "
+                    "FunctionTimeout parameter (at most 900 s on Lambda)"
+                ),
+            )
+        else:
+            error = ErrorInfo(
+                type="WorkerLost",
+                message=(
+                    f"the worker running attempt {run.attempt} of run {run.run_id} stopped "
+                    "without finishing it (crash, kill, timeout or out of memory); its lease "
+                    "expired"
+                ),
+            )
         failure = Failure(
             attempt=run.attempt,
             kind="crash",
@@ -202,7 +223,8 @@ class Worker:
             return Disposition.ACK
         # A run's first claim cannot find checkpoints: nobody held it before.
         records = self.store.load_steps(run.run_id) if token > 1 else {}
-        session = _Session(self, run, token, time_left)
+        session = _Session(self, run, token, time_left, task.max_duration)
+        watchdog = session.start_watchdog()
         ctx = Context(
             run_id=run.run_id,
             task_id=run.task_id,
@@ -231,7 +253,9 @@ class Worker:
                 step_started_at=retry.started_at,
                 delay=retry.delay,
             )
-            self.store.schedule_retry(run.run_id, token, failure, now() + retry.delay, now())
+            self.store.schedule_retry(
+                run.run_id, token, failure, now() + retry.delay, now(), session.spent()
+            )
             log.info(
                 "run %s: step %s failed (%s); retry in %s",
                 run.run_id,
@@ -241,9 +265,16 @@ class Worker:
             )
             return self._later(message, run.run_id, retry.delay)
         except ContinueLater:
-            self.store.release_to_continue(run.run_id, token, now())
+            self.store.release_to_continue(run.run_id, token, now(), session.spent())
             self.queue.send(run.run_id)
             log.info("run %s: continuing in a fresh invocation", run.run_id)
+            return Disposition.ACK
+        except Suspend as wait:
+            return self._suspend(message, run, token, wait, session)
+        except TimeLimitReached as limit:
+            error = ErrorInfo("MaxDurationExceeded", limit.message)
+            self.store.time_out_run(run.run_id, token, error, now())
+            log.warning("run %s: %s", run.run_id, limit.message)
             return Disposition.ACK
         except StepFailed as exc:  # a step failed for good and the task did not catch it
             error = ErrorInfo(
@@ -255,9 +286,11 @@ class Worker:
             self.store.fail_run(run.run_id, token, error_info(exc), None, now())
             return Disposition.ACK
         except Exception as exc:  # the task body itself failed, outside any step
-            return self._body_failed(message, run, token, task, exc, attempt_start)
+            return self._body_failed(message, run, token, task, exc, attempt_start, session)
         finally:
             _current_context.reset(ctx_token)
+            if watchdog is not None:
+                watchdog.cancel()
         try:
             output = _serde.dumps(result, f"the output of run {run.run_id}")
         except (_serde.NotSerializable, PayloadTooLarge) as exc:
@@ -276,6 +309,7 @@ class Worker:
         task: Task[Any],
         exc: Exception,
         attempt_start: datetime,
+        session: _Session,
     ) -> Disposition:
         now = self.clock.now()
         error = error_info(exc)
@@ -293,11 +327,36 @@ class Worker:
         if delay is None:
             self.store.fail_run(run.run_id, token, error, failure, now)
             return Disposition.ACK
-        self.store.schedule_retry(run.run_id, token, failure, now + delay, now)
+        self.store.schedule_retry(run.run_id, token, failure, now + delay, now, session.spent())
         return self._later(message, run.run_id, delay)
 
+    def _suspend(
+        self, message: QueueMessage, run: Run, token: int, wait: Suspend, session: _Session
+    ) -> Disposition:
+        """The run waits: release it; keep (or send) a message due at its wake time."""
+        now = self.clock.now()
+        suspended = self.store.suspend_run(
+            run.run_id,
+            token,
+            wake_at=wait.wake_at,
+            waiting_for=wait.reason,
+            now=now,
+            spent=session.spent(),
+            tokens=wait.tokens,
+        )
+        if not suspended:
+            # A token it waits for was answered between the check and the suspension:
+            # carry on at once, in a fresh invocation (as when time runs short).
+            self.store.release_to_continue(run.run_id, token, now, session.spent())
+            self.queue.send(run.run_id)
+            return Disposition.ACK
+        log.info("run %s: waiting for %s", run.run_id, wait.reason)
+        if wait.wake_at is None:
+            return Disposition.ACK  # no timer: whoever wakes it sends the message
+        return self._later(message, run.run_id, max(wait.wake_at - now, timedelta(0)))
+
     def _later(self, message: QueueMessage, run_id: str, delay: timedelta) -> Disposition:
-        kept = self.queue.defer(message, run_id, delay)
+        kept = self.queue.defer(message, run_id, delay, to_ms(self.clock.now()))
         return Disposition.KEEP if kept else Disposition.ACK
 
 
@@ -305,7 +364,12 @@ class _Session:
     """The engine side of a Context during one attempt (see context.AttemptSession)."""
 
     def __init__(
-        self, worker: Worker, run: Run, token: int, time_left: Callable[[], float] | None
+        self,
+        worker: Worker,
+        run: Run,
+        token: int,
+        time_left: Callable[[], float] | None,
+        max_duration: timedelta | None,
     ) -> None:
         self._worker = worker
         self._run = run
@@ -313,11 +377,54 @@ class _Session:
         self._time_left = time_left
         self._lease_until = run.lease_until
         self._executed = 0
+        self._max_duration = max_duration
+        self._segment_start = worker.clock.now()
+        self._running: str | None = None
 
     def now(self) -> datetime:
         return self._worker.clock.now()
 
+    def start_watchdog(self) -> threading.Timer | None:
+        """Arm a timer that fires just before the invocation's time runs out; if a step
+        is still running then, it notes so on the run (one write, only in that case),
+        so that the takeover can say which step outlived its invocation."""
+        if self._time_left is None:
+            return None
+        timer = threading.Timer(max(self._time_left() - WATCHDOG_MARGIN, 0.0), self._overrun)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _overrun(self) -> None:
+        step_id = self._running
+        if step_id is None:
+            return
+        try:
+            self._worker.store.mark_overrun(self._run.run_id, self._token, step_id)
+            log.error(
+                "run %s: step %s is still running as the invocation's time runs out",
+                self._run.run_id,
+                step_id,
+            )
+        except Exception:  # best effort: the takeover then reports a plain crash
+            log.exception("run %s: could not record the overrun", self._run.run_id)
+
+    def step_running(self, step_id: str | None) -> None:
+        self._running = step_id
+
+    def spent(self) -> timedelta:
+        """Compute time used by this invocation on the run so far."""
+        return max(self.now() - self._segment_start, timedelta(0))
+
     def before_step(self) -> None:
+        if self._max_duration is not None:
+            used = self._run.compute_time + self.spent()
+            if used >= self._max_duration:
+                raise TimeLimitReached(
+                    f"run {self._run.run_id} used {_seconds(used)} of compute time, reaching "
+                    f"its task's max_duration of {_seconds(self._max_duration)} (waits do not "
+                    "count); raise max_duration on the task if the work needs longer"
+                )
         config = self._worker.config
         if (
             self._time_left is not None
@@ -340,6 +447,19 @@ class _Session:
 
     def mark_started(self, record: StepRecord, replace_attempt: int | None) -> StepRecord:
         return self._worker.store.mark_step_started(self._run.run_id, record, replace_attempt)
+
+    def create_token(self, state: TokenState) -> None:
+        self._worker.store.create_token(state)
+
+    def get_token(self, token_id: str) -> TokenState:
+        return self._worker.store.get_token(token_id)
+
+    def time_out_token(self, token_id: str) -> TokenState:
+        return self._worker.store.time_out_token(token_id, self.now())
+
+
+def _seconds(delta: timedelta) -> str:
+    return f"{delta.total_seconds():g} s"
 
 
 def _run_level_failures(run: Run) -> int:

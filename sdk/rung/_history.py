@@ -19,6 +19,9 @@ def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
             continue  # this attempt has not started yet (queued or backing off)
         events.append(HistoryEvent(EventType.ATTEMPT_STARTED, started, attempt=attempt))
         for record in (s for s in steps if s.run_attempt == attempt):
+            if record.kind != "step":
+                events.extend(_wait_events(run, record, attempt))
+                continue
             events.append(
                 HistoryEvent(
                     EventType.STEP_STARTED, record.started_at, attempt=attempt, step=record.step_id
@@ -95,6 +98,52 @@ def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
         events.append(
             HistoryEvent(
                 EventType.RUN_FAILED, run.finished_at, attempt=run.attempt, error=run.error
+            )
+        )
+    elif run.status == RunStatus.TIMED_OUT and run.finished_at is not None:
+        events.append(
+            HistoryEvent(
+                EventType.RUN_TIMED_OUT, run.finished_at, attempt=run.attempt, error=run.error
+            )
+        )
+    return events
+
+
+def _wait_events(run: Run, record: StepRecord, attempt: int) -> list[HistoryEvent]:
+    """A wait's events: when it began (and for how long), and when it ended."""
+    if record.kind == "token":  # creating a token: a checkpoint like a step's
+        return [
+            HistoryEvent(
+                EventType.TOKEN_CREATED, record.started_at, attempt=attempt, step=record.step_id
+            )
+        ]
+    until = record.wake_at
+    events = [
+        HistoryEvent(
+            EventType.WAIT_STARTED,
+            record.started_at,
+            attempt=attempt,
+            step=record.step_id,
+            delay=until - record.started_at if until is not None else None,
+        )
+    ]
+    if record.kind == "wait":
+        assert until is not None
+        ended = run.status != RunStatus.WAITING or (
+            run.available_at is not None and run.available_at > until
+        )
+        if ended:
+            events.append(
+                HistoryEvent(EventType.WAIT_ENDED, until, attempt=attempt, step=record.step_id)
+            )
+    elif record.finished_at is not None:  # an answered token, child or other resolved wait
+        events.append(
+            HistoryEvent(
+                EventType.WAIT_ENDED,
+                record.finished_at,
+                attempt=attempt,
+                step=record.step_id,
+                error=record.error,
             )
         )
     return events

@@ -2,11 +2,12 @@
 
 Messages carry a run id, never a payload: ``{"v": 1, "run_id": "..."}``.
 
-Delays. A visibility change is one request and suits short backoff, but each
+Delays. A visibility change is one request and suits backoff and waits, but each
 redelivery raises the message's receive count (which drives the DLQ) and a
 visibility timeout cannot reach past 12 hours from receipt. Re-sending with
-``DelaySeconds`` (at most 15 minutes; a longer wait is chained: a message that
-arrives early is deferred again) resets the count. ``defer`` chooses.
+``DelaySeconds`` (at most 15 minutes; a message that arrives early is deferred
+again) resets the count and the 14-day retention. ``defer`` chooses: visibility
+hops of up to ~12 hours, and a fresh message when the count nears the DLQ's.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from typing import Any
 
 MAX_DELAY = timedelta(minutes=15)
 MAX_VISIBILITY = timedelta(hours=12)
+#: The longest visibility change rung makes: 12 hours from receipt, less processing time.
+VISIBILITY_HOP = MAX_VISIBILITY - timedelta(minutes=10)
+#: A shorter hop than this is not worth a visibility change: send a fresh message.
+MIN_HOP = timedelta(minutes=30)
 MESSAGE_VERSION = 1
 #: Bigger bodies are not rung's and are refused unparsed (poison -> DLQ).
 MAX_BODY_BYTES = 4096
@@ -32,6 +37,8 @@ class QueueMessage:
     body: str
     receipt_handle: str
     receive_count: int
+    #: epoch ms when the message was sent (SQS's SentTimestamp), if known
+    sent_at_ms: int | None = None
 
 
 class BadMessage(ValueError):
@@ -104,7 +111,7 @@ class SqsQueue:
             "QueueUrl": self.url,
             "MaxNumberOfMessages": max_messages,
             "WaitTimeSeconds": wait_seconds,
-            "MessageSystemAttributeNames": ["ApproximateReceiveCount"],
+            "MessageSystemAttributeNames": ["ApproximateReceiveCount", "SentTimestamp"],
         }
         if visibility_timeout is not None:
             kwargs["VisibilityTimeout"] = visibility_timeout
@@ -115,6 +122,9 @@ class SqsQueue:
                 body=m["Body"],
                 receipt_handle=m["ReceiptHandle"],
                 receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
+                sent_at_ms=int(m["Attributes"]["SentTimestamp"])
+                if "SentTimestamp" in m.get("Attributes", {})
+                else None,
             )
             for m in out.get("Messages", [])
         ]
@@ -133,21 +143,33 @@ class SqsQueue:
         """Whether one more failed delivery could move this message to the DLQ."""
         return self.max_receive_count - message.receive_count < 2
 
-    def defer(self, message: QueueMessage, run_id: str, delay: timedelta) -> bool:
+    def defer(
+        self, message: QueueMessage, run_id: str, delay: timedelta, now_ms: int | None = None
+    ) -> bool:
         """Make the run's message come back after ``delay``.
 
         Returns True when the message itself was delayed (keep it: do not delete it),
         False when a new message was sent instead (the received one must be deleted).
         """
-        if delay <= MAX_VISIBILITY and not self.near_dead_letter(message):
-            self.client.change_message_visibility(
-                QueueUrl=self.url,
-                ReceiptHandle=message.receipt_handle,
-                VisibilityTimeout=_ceil_seconds(delay),
-            )
-            return True
-        self.send(run_id, delay)
-        return False
+        # A delay past the visibility cap is taken in hops: the message comes back
+        # early, the claim finds the run not yet due, and it is deferred again. The 12-hour
+        # cap is counted from the message's send time (the strictest reading: moto's and
+        # LocalStack's; AWS counts from receipt), so when a message has too little of its
+        # 12 hours left, or nears the DLQ's receive count, a fresh message replaces it,
+        # which also renews its 14-day retention. About 14 requests per day of waiting.
+        hop = min(delay, VISIBILITY_HOP)
+        if now_ms is not None and message.sent_at_ms is not None:
+            age = timedelta(milliseconds=max(now_ms - message.sent_at_ms, 0))
+            hop = min(delay, VISIBILITY_HOP - age)
+        if self.near_dead_letter(message) or (hop < delay and hop < MIN_HOP):
+            self.send(run_id, delay)  # a fresh message: receive count 0, retention renewed
+            return False
+        self.client.change_message_visibility(
+            QueueUrl=self.url,
+            ReceiptHandle=message.receipt_handle,
+            VisibilityTimeout=_ceil_seconds(max(hop, timedelta(0))),
+        )
+        return True
 
 
 def _ceil_seconds(delay: timedelta) -> int:

@@ -27,3 +27,25 @@ class RetryStep(Unwind):
 
 class ContinueLater(Unwind):
     """The invocation is running out of time: continue in a fresh one."""
+
+
+class Suspend(Unwind):
+    """The run waits: free the worker and resume at ``wake_at`` (None: only when woken).
+
+    ``tokens``: ids of tokens the run waits for; suspending is refused (atomically)
+    if one of them was resolved meanwhile, so a completion is never missed.
+    """
+
+    def __init__(self, wake_at: datetime | None, reason: str, tokens: tuple[str, ...] = ()) -> None:
+        super().__init__(reason)
+        self.wake_at = wake_at
+        self.reason = reason
+        self.tokens = tokens
+
+
+class TimeLimitReached(Unwind):
+    """The task's ``max_duration`` of compute time is used up: the run ends TIMED_OUT."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

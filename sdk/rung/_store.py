@@ -40,8 +40,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from rung._clock import from_ms, iso, parse_iso, to_ms
-from rung.errors import ErrorInfo, LeaseLost, RunNotFound
-from rung.models import Failure, Run, RunStatus, StepRecord
+from rung.errors import ErrorInfo, LeaseLost, RunNotFound, TokenAlreadyResolved, TokenNotFound
+from rung.models import Failure, Run, RunStatus, StepRecord, TokenState
 
 #: The key schema and indexes; template.yaml declares the same (a test checks).
 KEY_SCHEMA = {"pk": "HASH", "sk": "RANGE"}
@@ -71,6 +71,45 @@ def _N(value: int) -> dict[str, Any]:  # noqa: N802
 
 def _is_conditional_failure(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _cancellation_reasons(exc: ClientError) -> list[str] | None:
+    """Per-item codes of a canceled transaction ("None" where an item was fine), or None
+    when the error is not a transaction cancellation."""
+    if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+        return None
+    reasons = exc.response.get("CancellationReasons")
+    if reasons is None:  # some emulators only put them in the message
+        message = exc.response.get("Error", {}).get("Message", "")
+        inside = message[message.find("[") + 1 : message.rfind("]")]
+        return [part.strip() for part in inside.split(",")] if "[" in message else None
+    return [str(r.get("Code", "None")) for r in reasons]
+
+
+def _token_key(token_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"TOKEN#{token_id}"}, "sk": {"S": "#TOKEN"}}
+
+
+#: A token's status while nobody has answered it.
+TOKEN_OPEN = "WAITING"
+#: Token items are kept this long after their timeout (DynamoDB TTL), then deleted.
+TOKEN_RETENTION = timedelta(days=30)
+
+
+def _lease_lost(run_id: str, token: int) -> LeaseLost:
+    return LeaseLost(
+        f"run {run_id}: this worker's lease (token {token}) is no longer valid; another "
+        "worker owns the run or it has finished, so this worker stops"
+    )
+
+
+def _ms(delta: timedelta) -> int:
+    return max(int(delta.total_seconds() * 1000), 0)
+
+
+#: ``available_at`` of a run that waits with no timer (only a waker moves it).
+NEVER_MS = 253402300799000  # 9999-12-31T23:59:59Z
+_ADD_COMPUTE = "compute_ms = if_not_exists(compute_ms, :zero) + :spent"
 
 
 @dataclass(frozen=True)
@@ -116,7 +155,7 @@ class StrandedRun:
 
 
 #: The statuses whose way forward is a message: a reconciler re-drives these.
-STRANDABLE = (RunStatus.QUEUED, RunStatus.DELAYED, RunStatus.RUNNING)
+STRANDABLE = (RunStatus.QUEUED, RunStatus.DELAYED, RunStatus.WAITING, RunStatus.RUNNING)
 
 
 class DynamoStore:
@@ -235,7 +274,7 @@ class DynamoStore:
         return self._run_from_item(item)
 
     def claim_run(self, run_id: str, now: datetime, lease_for: timedelta) -> Claimed | NotClaimed:
-        """Take the run for one worker: QUEUED/DELAYED and due -> RUNNING with a new token."""
+        """Take the run for one worker: QUEUED/DELAYED/WAITING and due -> RUNNING, new token."""
         try:
             out = self.client.update_item(
                 TableName=self.table,
@@ -244,14 +283,18 @@ class DynamoStore:
                     "SET #status = :running, lease_token = lease_token + :one, "
                     "lease_until = :lease, updated_at = :now, "
                     "started_at = if_not_exists(started_at, :now), "
-                    "attempt_started_at = if_not_exists(attempt_started_at, :now)"
+                    "attempt_started_at = if_not_exists(attempt_started_at, :now) "
+                    "REMOVE waiting_for, overran_step"
                 ),
-                ConditionExpression=("#status IN (:queued, :delayed) AND available_at <= :now_ms"),
+                ConditionExpression=(
+                    "#status IN (:queued, :delayed, :waiting) AND available_at <= :now_ms"
+                ),
                 ExpressionAttributeNames=_NAMES,
                 ExpressionAttributeValues={
                     ":running": _S(RunStatus.RUNNING),
                     ":queued": _S(RunStatus.QUEUED),
                     ":delayed": _S(RunStatus.DELAYED),
+                    ":waiting": _S(RunStatus.WAITING),
                     ":one": _N(1),
                     ":lease": _N(to_ms(now + lease_for)),
                     ":now": _S(iso(now)),
@@ -289,7 +332,7 @@ class DynamoStore:
                 UpdateExpression=(
                     "SET lease_token = lease_token + :one, lease_until = :lease, "
                     "attempt = attempt + :one, failures = list_append(failures, :failure), "
-                    "attempt_started_at = :now, updated_at = :now"
+                    "attempt_started_at = :now, updated_at = :now REMOVE overran_step"
                 ),
                 ConditionExpression=(
                     "#status = :running AND lease_token = :token AND lease_until < :now_ms"
@@ -313,20 +356,33 @@ class DynamoStore:
         new = self._run_from_item(out["Attributes"])
         return Claimed(new, new.lease_token, recovered_from_crash=True)
 
+    def mark_overrun(self, run_id: str, token: int, step_id: str) -> None:
+        """Note that ``step_id`` was still running as the invocation hit its time limit."""
+        self._fenced_update(run_id, token, "SET overran_step = :step", {":step": _S(step_id)})
+
     def renew_lease(self, run_id: str, token: int, until: datetime) -> None:
         self._fenced_update(run_id, token, "SET lease_until = :lease", {":lease": _N(to_ms(until))})
 
     def schedule_retry(
-        self, run_id: str, token: int, failure: Failure, available_at: datetime, now: datetime
+        self,
+        run_id: str,
+        token: int,
+        failure: Failure,
+        available_at: datetime,
+        now: datetime,
+        spent: timedelta = timedelta(0),
     ) -> None:
-        """End this attempt: record its failure, release the lease, due again later."""
+        """End this attempt: record its failure, release the lease, due again later.
+
+        ``spent``: compute time this invocation used, added to the run's total.
+        """
         status = RunStatus.DELAYED if available_at > now else RunStatus.QUEUED
         self._fenced_update(
             run_id,
             token,
             "SET #status = :status, available_at = :due, attempt = attempt + :one, "
-            "failures = list_append(failures, :failure), lease_until = :zero, updated_at = :now "
-            "REMOVE attempt_started_at",
+            "failures = list_append(failures, :failure), lease_until = :zero, updated_at = :now, "
+            f"{_ADD_COMPUTE} REMOVE attempt_started_at",
             {
                 ":status": _S(status),
                 ":due": _N(to_ms(available_at)),
@@ -334,21 +390,134 @@ class DynamoStore:
                 ":zero": _N(0),
                 ":now": _S(iso(now)),
                 ":failure": {"L": [_S(_failure_json(failure))]},
+                ":spent": _N(_ms(spent)),
             },
         )
 
-    def release_to_continue(self, run_id: str, token: int, now: datetime) -> None:
+    def release_to_continue(
+        self, run_id: str, token: int, now: datetime, spent: timedelta = timedelta(0)
+    ) -> None:
         """Give the run back without ending the attempt (the invocation ran short of time)."""
         self._fenced_update(
             run_id,
             token,
-            "SET #status = :queued, available_at = :due, lease_until = :zero, updated_at = :now",
+            "SET #status = :queued, available_at = :due, lease_until = :zero, updated_at = :now, "
+            + _ADD_COMPUTE,
             {
                 ":queued": _S(RunStatus.QUEUED),
                 ":due": _N(to_ms(now)),
                 ":zero": _N(0),
                 ":now": _S(iso(now)),
+                ":spent": _N(_ms(spent)),
             },
+        )
+
+    def suspend_run(
+        self,
+        run_id: str,
+        token: int,
+        *,
+        wake_at: datetime | None,
+        waiting_for: str,
+        now: datetime,
+        spent: timedelta,
+        tokens: tuple[str, ...] = (),
+    ) -> bool:
+        """The run waits: WAITING, lease released, due at ``wake_at`` (None: when woken).
+
+        With ``tokens``, one transaction also checks that each is still unresolved;
+        returns False (and changes nothing) if one was resolved meanwhile, so a
+        completion racing the suspension is never missed: either the completion sees
+        the run WAITING and wakes it, or the suspension sees the token resolved.
+
+        Raises:
+            LeaseLost: the worker's token is stale.
+        """
+        update = {
+            "TableName": self.table,
+            "Key": _run_key(run_id),
+            "UpdateExpression": (
+                "SET #status = :waiting, available_at = :due, lease_until = :zero, "
+                f"updated_at = :now, waiting_for = :for, {_ADD_COMPUTE}"
+            ),
+            "ConditionExpression": "#status = :running AND lease_token = :token",
+            "ExpressionAttributeNames": _NAMES,
+            "ExpressionAttributeValues": {
+                ":waiting": _S(RunStatus.WAITING),
+                ":due": _N(to_ms(wake_at) if wake_at is not None else NEVER_MS),
+                ":zero": _N(0),
+                ":now": _S(iso(now)),
+                ":for": _S(waiting_for[:500]),
+                ":spent": _N(_ms(spent)),
+                ":running": _S(RunStatus.RUNNING),
+                ":token": _N(token),
+            },
+        }
+        if not tokens:
+            try:
+                self.client.update_item(**update)
+            except ClientError as exc:
+                if not _is_conditional_failure(exc):
+                    raise
+                raise _lease_lost(run_id, token) from None
+            return True
+        checks = [
+            {
+                "ConditionCheck": {
+                    "TableName": self.table,
+                    "Key": _token_key(token_id),
+                    "ConditionExpression": "token_status = :open",
+                    "ExpressionAttributeValues": {":open": _S(TOKEN_OPEN)},
+                }
+            }
+            for token_id in tokens
+        ]
+        try:
+            self.client.transact_write_items(TransactItems=[{"Update": update}, *checks])
+        except ClientError as exc:
+            reasons = _cancellation_reasons(exc)
+            if reasons is None:
+                raise
+            if reasons[0] == "ConditionalCheckFailed":
+                raise _lease_lost(run_id, token) from None
+            return False
+        return True
+
+    def wake_run(self, run_id: str, now: datetime) -> bool:
+        """Make a WAITING run due now (its waker then sends a message). False: not waiting."""
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key=_run_key(run_id),
+                UpdateExpression="SET available_at = :now_ms, updated_at = :now",
+                ConditionExpression="#status = :waiting AND available_at > :now_ms",
+                ExpressionAttributeNames=_NAMES,
+                ExpressionAttributeValues={
+                    ":waiting": _S(RunStatus.WAITING),
+                    ":now_ms": _N(to_ms(now)),
+                    ":now": _S(iso(now)),
+                },
+            )
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            return False
+        return True
+
+    def time_out_run(self, run_id: str, token: int, error: ErrorInfo, now: datetime) -> None:
+        """The terminal transition for a run past its ``max_duration``."""
+        self._fenced_update(
+            run_id,
+            token,
+            "SET #status = :timed_out, #error = :error, finished_at = :now, "
+            "updated_at = :now, lease_until = :zero",
+            {
+                ":timed_out": _S(RunStatus.TIMED_OUT),
+                ":error": _S(json.dumps(error.to_json())),
+                ":now": _S(iso(now)),
+                ":zero": _N(0),
+            },
+            names={"#error": "error"},
         )
 
     def complete_run(self, run_id: str, token: int, output_json: str, now: datetime) -> None:
@@ -409,10 +578,7 @@ class DynamoStore:
         except ClientError as exc:
             if not _is_conditional_failure(exc):
                 raise
-            raise LeaseLost(
-                f"run {run_id}: this worker's lease (token {token}) is no longer valid; another "
-                "worker owns the run or it has finished, so this worker stops"
-            ) from None
+            raise _lease_lost(run_id, token) from None
 
     def list_runs(
         self, *, status: RunStatus | None = None, task_id: str | None = None, limit: int = 50
@@ -452,6 +618,229 @@ class DynamoStore:
             if len(runs) >= limit:
                 break
         return runs
+
+    # -- tokens --------------------------------------------------------------------------
+
+    def create_token(self, state: TokenState) -> None:
+        """Store a new token (its id is random: the write cannot collide)."""
+        item: dict[str, Any] = {
+            **_token_key(state.id),
+            "token_id": _S(state.id),
+            "run_id": _S(state.run_id),
+            "step_id": _S(state.step_id),
+            "name": _S(state.name),
+            "token_status": _S(TOKEN_OPEN),
+            "created_at": _S(iso(state.created_at)),
+            "timeout_ms": _N(to_ms(state.timeout_at)),
+            "hb_ms": _N(_ms(state.heartbeat_timeout) if state.heartbeat_timeout else 0),
+            "deadline_ms": _N(to_ms(state.deadline)),
+            TTL_ATTRIBUTE: _N(int((state.timeout_at + TOKEN_RETENTION).timestamp())),
+        }
+        self.client.put_item(
+            TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)"
+        )
+
+    def get_token(self, token_id: str) -> TokenState:
+        item = self.client.get_item(
+            TableName=self.table, Key=_token_key(token_id), ConsistentRead=True
+        ).get("Item")
+        if item is None:
+            raise TokenNotFound(
+                f"no token with id {token_id!r} in table {self.table}: check the id (tokens "
+                "come from ctx.create_token) and that the client uses the run's table"
+            )
+        return self._token_from_item(item)
+
+    def resolve_token(
+        self,
+        token_id: str,
+        *,
+        status: str,
+        result_json: str | None,
+        error: ErrorInfo | None,
+        now: datetime,
+    ) -> tuple[TokenState, bool]:
+        """Complete or fail an open token; returns it and whether its run must be woken.
+
+        One transaction writes the token and, when the run is WAITING, makes it due
+        now (the caller then sends its message). When the run is not waiting (it is
+        still running towards ``wait_for_token``), the token is written under a check
+        that the run is still not waiting. Either way the completion and a racing
+        suspension (``suspend_run``, which checks the token) cannot miss each other.
+
+        Raises:
+            TokenNotFound: no such token.
+            TokenAlreadyResolved: it was completed, failed or timed out already, or its
+                run has finished.
+        """
+        values: dict[str, Any] = {
+            ":status": _S(status),
+            ":open": _S(TOKEN_OPEN),
+            ":now_ms": _N(to_ms(now)),
+            ":now": _S(iso(now)),
+        }
+        update = "SET token_status = :status, resolved_at = :now"
+        if result_json is not None:
+            update += ", #result = :result"
+            values[":result"] = _S(result_json)
+        if error is not None:
+            update += ", #error = :error"
+            values[":error"] = _S(json.dumps(error.to_json()))
+        for _ in range(10):
+            state = self.get_token(token_id)
+            self._check_open(state, now)
+            token_update = {
+                "TableName": self.table,
+                "Key": _token_key(token_id),
+                "UpdateExpression": update,
+                "ConditionExpression": "token_status = :open AND deadline_ms > :now_ms",
+                "ExpressionAttributeNames": {"#result": "result", "#error": "error"}
+                if result_json is not None and error is not None
+                else ({"#result": "result"} if result_json is not None else {"#error": "error"}),
+                "ExpressionAttributeValues": values,
+            }
+            wake = {
+                "Update": {
+                    "TableName": self.table,
+                    "Key": _run_key(state.run_id),
+                    "UpdateExpression": "SET available_at = :now_ms, updated_at = :now",
+                    "ConditionExpression": "#status = :waiting",
+                    "ExpressionAttributeNames": _NAMES,
+                    "ExpressionAttributeValues": {
+                        ":waiting": _S(RunStatus.WAITING),
+                        ":now_ms": _N(to_ms(now)),
+                        ":now": _S(iso(now)),
+                    },
+                }
+            }
+            not_waiting = {
+                "ConditionCheck": {
+                    "TableName": self.table,
+                    "Key": _run_key(state.run_id),
+                    "ConditionExpression": "#status IN (:queued, :delayed, :running)",
+                    "ExpressionAttributeNames": _NAMES,
+                    "ExpressionAttributeValues": {
+                        ":queued": _S(RunStatus.QUEUED),
+                        ":delayed": _S(RunStatus.DELAYED),
+                        ":running": _S(RunStatus.RUNNING),
+                    },
+                }
+            }
+            for second, woke in ((wake, True), (not_waiting, False)):
+                try:
+                    self.client.transact_write_items(
+                        TransactItems=[{"Update": token_update}, second]
+                    )
+                except ClientError as exc:
+                    reasons = _cancellation_reasons(exc)
+                    if reasons is None:
+                        raise
+                    if reasons[0] == "ConditionalCheckFailed":
+                        self._check_open(self.get_token(token_id), now)
+                        raise  # open and in time, yet refused: not ours to explain
+                    continue  # the run's state was not as assumed: try the other form
+                return self.get_token(token_id), woke
+            run = self.get_run_or_none(state.run_id)
+            if run is None or run.status.is_terminal:
+                raise TokenAlreadyResolved(
+                    f"token {token_id!r} belongs to run {state.run_id}, which "
+                    + ("no longer exists" if run is None else f"has finished ({run.status})")
+                    + "; nothing waits for it",
+                    status=run.status if run is not None else "MISSING",
+                )
+            # The run moved between the two forms (it suspended, or resumed): again.
+        raise RuntimeError(f"token {token_id}: its run kept changing state; try again")
+
+    def _check_open(self, state: TokenState, now: datetime) -> None:
+        if state.status != TOKEN_OPEN:
+            raise TokenAlreadyResolved(
+                f"token {state.id!r} ({state.name!r} of run {state.run_id}) was already "
+                f"{state.status.lower().replace('_', ' ')}"
+                + (f" at {iso(state.resolved_at)}" if state.resolved_at else "")
+                + "; a token is answered once",
+                status=state.status,
+            )
+        if state.deadline <= now:
+            raise TokenAlreadyResolved(
+                f"token {state.id!r} ({state.name!r} of run {state.run_id}) timed out at "
+                f"{iso(state.deadline)}"
+                + (" (no heartbeat in time)" if state.deadline < state.timeout_at else "")
+                + "; it can no longer be completed",
+                status="TIMED_OUT",
+            )
+
+    def heartbeat_token(self, token_id: str, now: datetime) -> TokenState:
+        """Push an open token's heartbeat deadline to ``now + heartbeat_timeout``."""
+        state = self.get_token(token_id)
+        self._check_open(state, now)
+        if state.heartbeat_timeout is None:
+            return state  # nothing to extend; it stays open until its timeout
+        deadline = min(now + state.heartbeat_timeout, state.timeout_at)
+        try:
+            out = self.client.update_item(
+                TableName=self.table,
+                Key=_token_key(token_id),
+                UpdateExpression="SET deadline_ms = :deadline",
+                ConditionExpression="token_status = :open AND deadline_ms > :now_ms",
+                ExpressionAttributeValues={
+                    ":deadline": _N(to_ms(deadline)),
+                    ":open": _S(TOKEN_OPEN),
+                    ":now_ms": _N(to_ms(now)),
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            self._check_open(self.get_token(token_id), now)
+            raise
+        return self._token_from_item(out["Attributes"])
+
+    def time_out_token(self, token_id: str, now: datetime) -> TokenState:
+        """Mark an open token past its deadline TIMED_OUT; returns its state either way."""
+        try:
+            out = self.client.update_item(
+                TableName=self.table,
+                Key=_token_key(token_id),
+                UpdateExpression="SET token_status = :timed_out, resolved_at = :now",
+                ConditionExpression="token_status = :open AND deadline_ms <= :now_ms",
+                ExpressionAttributeValues={
+                    ":timed_out": _S("TIMED_OUT"),
+                    ":open": _S(TOKEN_OPEN),
+                    ":now_ms": _N(to_ms(now)),
+                    ":now": _S(iso(now)),
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            return self.get_token(token_id)  # answered meanwhile, or its deadline moved
+        return self._token_from_item(out["Attributes"])
+
+    def get_run_or_none(self, run_id: str) -> Run | None:
+        try:
+            return self.get_run(run_id)
+        except RunNotFound:
+            return None
+
+    @staticmethod
+    def _token_from_item(item: dict[str, Any]) -> TokenState:
+        hb = int(item["hb_ms"]["N"])
+        return TokenState(
+            id=item["token_id"]["S"],
+            name=item["name"]["S"],
+            run_id=item["run_id"]["S"],
+            step_id=item["step_id"]["S"],
+            status=item["token_status"]["S"],
+            created_at=parse_iso(item["created_at"]["S"]),
+            timeout_at=from_ms(int(item["timeout_ms"]["N"])),
+            heartbeat_timeout=timedelta(milliseconds=hb) if hb else None,
+            deadline=from_ms(int(item["deadline_ms"]["N"])),
+            result_json=item["result"]["S"] if "result" in item else None,
+            error=ErrorInfo.from_json(json.loads(item["error"]["S"])) if "error" in item else None,
+            resolved_at=parse_iso(item["resolved_at"]["S"]) if "resolved_at" in item else None,
+        )
 
     # -- the reconciler ----------------------------------------------------------------
 
@@ -583,7 +972,7 @@ class DynamoStore:
                 steps.append(self._step_from_item(item))
         if run is None:
             raise RunNotFound(f"no run with id {run_id!r} in table {self.table}")
-        steps.sort(key=lambda s: s.seq)
+        steps.sort(key=lambda s: (s.started_at, s.seq))
         return run, steps
 
     def record_step(self, run_id: str, record: StepRecord) -> StepRecord:
@@ -596,8 +985,8 @@ class DynamoStore:
             self.client.put_item(
                 TableName=self.table,
                 Item=item,
-                ConditionExpression="attribute_not_exists(pk) OR outcome = :started",
-                ExpressionAttributeValues={":started": _S("started")},
+                ConditionExpression="attribute_not_exists(pk) OR outcome IN (:started, :waiting)",
+                ExpressionAttributeValues={":started": _S("started"), ":waiting": _S("waiting")},
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
@@ -651,6 +1040,10 @@ class DynamoStore:
             item["result"] = _S(record.result_json)
         if record.error is not None:
             item["error"] = _S(json.dumps(record.error.to_json()))
+        if record.kind != "step":
+            item["kind"] = _S(record.kind)
+        if record.wake_at is not None:
+            item["wake_at"] = _N(to_ms(record.wake_at))
         return item
 
     @staticmethod
@@ -665,6 +1058,8 @@ class DynamoStore:
             finished_at=parse_iso(item["finished_at"]["S"]) if "finished_at" in item else None,
             result_json=item["result"]["S"] if "result" in item else None,
             error=ErrorInfo.from_json(json.loads(item["error"]["S"])) if "error" in item else None,
+            kind=item["kind"]["S"] if "kind" in item else "step",
+            wake_at=from_ms(int(item["wake_at"]["N"])) if "wake_at" in item else None,
         )
 
     @staticmethod
@@ -694,6 +1089,9 @@ class DynamoStore:
             ),
             lease_token=int(item["lease_token"]["N"]),
             lease_until=from_ms(lease_ms),
+            waiting_for=item["waiting_for"]["S"] if "waiting_for" in item else None,
+            compute_time=timedelta(milliseconds=int(item.get("compute_ms", {"N": "0"})["N"])),
+            overran_step=item["overran_step"]["S"] if "overran_step" in item else None,
         )
 
     def _paginate(self, operation: str, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:

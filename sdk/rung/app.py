@@ -7,13 +7,14 @@ import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Generic, TypeVar, overload
 
 import pydantic
 
 from rung import _serde
 from rung.errors import InvalidConfig, InvalidPayload, UnknownTask
-from rung.retry import DEFAULT_RETRY, RetryPolicy
+from rung.retry import DEFAULT_RETRY, RetryPolicy, as_timedelta
 
 R = TypeVar("R")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -31,6 +32,8 @@ class Task(Generic[R]):
         fn: the function ``(ctx, payload) -> result``.
         retry: the default policy of its steps and of errors outside steps.
         payload_model: the pydantic model the payload is validated against, if any.
+        max_duration: the compute time its runs may use in all (waits excluded);
+            None for no limit. A run past it ends TIMED_OUT.
     """
 
     id: str
@@ -38,6 +41,7 @@ class Task(Generic[R]):
     retry: RetryPolicy = DEFAULT_RETRY
     payload_model: type[pydantic.BaseModel] | None = None
     output_type: Any = field(default=None, repr=False)
+    max_duration: timedelta | None = None
 
     def __call__(self, ctx: Any, payload: Any) -> R:
         return self.fn(ctx, payload)
@@ -118,7 +122,7 @@ class App:
         retry: RetryPolicy | None = None,
         queue: Any = None,
         concurrency_key: Any = None,
-        max_duration: Any = None,
+        max_duration: timedelta | float | None = None,
     ) -> Callable[[Callable[..., R]], Task[R]]: ...
 
     def task(  # type: ignore[misc]
@@ -130,16 +134,18 @@ class App:
         retry: RetryPolicy | None = None,
         queue: Any = None,
         concurrency_key: Any = None,
-        max_duration: Any = None,
+        max_duration: timedelta | float | None = None,
     ) -> Task[R] | Callable[[Callable[..., R]], Task[R]]:
         """Declare a task: a function ``(ctx: rung.Context, payload) -> result``.
 
         Args:
             id: the task id (default: the function's name).
             retry: default policy for its steps and for errors outside steps.
-            queue, concurrency_key, max_duration: flow control and time limits; not
-                built yet, so passing them raises ``NotImplementedError`` rather than
-                being silently ignored.
+            max_duration: total compute time a run may use across all its attempts and
+                invocations (waits excluded); checked before each step; a run past it
+                ends TIMED_OUT. A timedelta or seconds; default no limit.
+            queue, concurrency_key: flow control; not built yet, so passing them
+                raises ``NotImplementedError`` rather than being silently ignored.
 
         The payload is validated against the second parameter's annotation when that
         is a pydantic model; otherwise any JSON value is accepted.
@@ -147,7 +153,6 @@ class App:
         for option, value in (
             ("queue", queue),
             ("concurrency_key", concurrency_key),
-            ("max_duration", max_duration),
         ):
             if value is not None:
                 raise NotImplementedError(
@@ -156,6 +161,9 @@ class App:
                 )
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidConfig(f"app.task(retry=...) must be a rung.RetryPolicy, got {retry!r}")
+        limit = as_timedelta(max_duration, "app.task max_duration") if max_duration else None
+        if max_duration is not None and not limit:
+            raise InvalidConfig("app.task max_duration must be positive (or None for no limit)")
 
         def register(func: Callable[..., R]) -> Task[R]:
             task_id = id if id is not None else func.__name__
@@ -173,6 +181,7 @@ class App:
                 retry=retry or DEFAULT_RETRY,
                 payload_model=payload_model,
                 output_type=output_type,
+                max_duration=limit,
             )
             self._tasks[task_id] = task
             return task

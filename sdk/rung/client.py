@@ -7,15 +7,22 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from rung import _aws
+from rung import _aws, _serde
 from rung._clock import Clock, SystemClock
 from rung._history import build_history
 from rung._ids import new_run_id
 from rung._queue import SqsQueue
 from rung._store import DynamoStore, NewRun
 from rung.app import App, Task
-from rung.errors import InvalidConfig, RunNotFound, UsageError
-from rung.models import HistoryEvent, Run, RunHandle, RunStatus
+from rung.errors import (
+    ErrorInfo,
+    InvalidConfig,
+    InvalidPayload,
+    RunNotFound,
+    TokenNotFound,
+    UsageError,
+)
+from rung.models import HistoryEvent, Run, RunHandle, RunStatus, TokenState
 from rung.retry import as_timedelta
 
 MAX_IDEMPOTENCY_KEY = 256
@@ -195,6 +202,69 @@ class Client:
         task_id = task if task is None or self.app is None else self.app.get_task(task).id
         return self._store.list_runs(status=status, task_id=task_id, limit=limit)
 
+    # -- tokens ----------------------------------------------------------------------
+
+    def complete_token(self, token_id: str, value: Any = None) -> TokenState:
+        """Answer a token: the run waiting in ``ctx.wait_for_token`` resumes with ``value``.
+
+        ``value`` must serialize to JSON (pydantic models and dataclasses do); it is
+        checked before anything is written.
+
+        Raises:
+            TokenNotFound: no token has this id.
+            TokenAlreadyResolved: it was completed, failed or timed out already, or
+                its run has finished. The run is not disturbed.
+            InvalidPayload / PayloadTooLarge: ``value`` does not serialize or is too big.
+        """
+        token_id = _check_token_id(token_id)
+        try:
+            value_json = _serde.dumps(value, f"the value completing token {token_id}")
+        except _serde.NotSerializable as exc:
+            raise InvalidPayload(str(exc)) from None
+        return self._resolve(token_id, "COMPLETED", value_json, None)
+
+    def fail_token(self, token_id: str, error: str | BaseException) -> TokenState:
+        """Fail a token: ``ctx.wait_for_token`` raises ``rung.TokenFailed`` with this error.
+
+        Args:
+            error: a message, or an exception (its type name and message are kept).
+
+        Raises:
+            TokenNotFound, TokenAlreadyResolved: as for ``complete_token``.
+        """
+        token_id = _check_token_id(token_id)
+        if isinstance(error, BaseException):
+            info = ErrorInfo(type(error).__name__, str(error)[:2000])
+        elif isinstance(error, str) and error:
+            info = ErrorInfo("TokenFailed", error[:2000])
+        else:
+            raise UsageError(f"fail_token needs an error message or an exception, got {error!r}")
+        return self._resolve(token_id, "FAILED", None, info)
+
+    def heartbeat_token(self, token_id: str) -> TokenState:
+        """Tell a waiting run its token is still being worked on (see ``heartbeat_timeout``).
+
+        Raises:
+            TokenNotFound, TokenAlreadyResolved: as for ``complete_token``.
+        """
+        return self._store.heartbeat_token(_check_token_id(token_id), self._clock.now())
+
+    def get_token(self, token_id: str) -> TokenState:
+        """A token's status, deadline and answer."""
+        return self._store.get_token(_check_token_id(token_id))
+
+    def _resolve(
+        self, token_id: str, status: str, value_json: str | None, error: ErrorInfo | None
+    ) -> TokenState:
+        state, woke = self._store.resolve_token(
+            token_id, status=status, result_json=value_json, error=error, now=self._clock.now()
+        )
+        if woke:
+            # A crash before this send leaves the run WAITING but due now: the
+            # reconciler re-sends it (a lost timer).
+            self._queue.send(state.run_id)
+        return state
+
     def history(self, run_id: str) -> list[HistoryEvent]:
         """The run's events in order: triggered, attempts, steps, retries, the end."""
         run, steps = self._store.load_run_and_steps(_check_run_id(run_id))
@@ -205,6 +275,14 @@ def _check_run_id(run_id: object) -> str:
     if not isinstance(run_id, str) or not run_id or len(run_id) > 128:
         raise RunNotFound(f"{run_id!r} is not a run id (run ids look like 'run_01J...')")
     return run_id
+
+
+def _check_token_id(token_id: object) -> str:
+    if not isinstance(token_id, str) or not token_id.startswith("tok_") or len(token_id) > 128:
+        raise TokenNotFound(
+            f"{token_id!r} is not a token id (token ids look like 'tok_...', from ctx.create_token)"
+        )
+    return token_id
 
 
 def _check_key(key: object) -> str | None:

@@ -15,30 +15,43 @@ Replay rules (the contract users rely on, see docs/determinism.md):
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
+import secrets
 import traceback
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, ParamSpec, Protocol, TypeVar, overload
+from datetime import datetime, timedelta
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from rung import _serde
-from rung._signals import RetryStep
+from rung._clock import iso, parse_iso
+from rung._signals import RetryStep, Suspend
 from rung.errors import (
+    ConditionNotMet,
     ErrorInfo,
     InvalidConfig,
     NonDeterminismError,
     PayloadTooLarge,
     StepFailed,
+    TokenFailed,
+    TokenTimedOut,
     UsageError,
 )
-from rung.models import StepRecord
-from rung.retry import RetryPolicy
+from rung.models import StepRecord, Token, TokenState
+from rung.retry import RetryPolicy, as_timedelta
 
 P = ParamSpec("P")
 R = TypeVar("R")
+S = TypeVar("S")
+
+#: ``create_token``'s default timeout: every wait has a timer (invariant 4).
+DEFAULT_TOKEN_TIMEOUT = timedelta(days=7)
+#: The longest a token may stay open, and the longest single wait.
+MAX_WAIT = timedelta(days=366)
 
 _TRACEBACK_CHARS = 4000
 _MESSAGE_CHARS = 2000
@@ -105,6 +118,9 @@ class AttemptSession(Protocol):
     def before_step(self) -> None:
         """Check time left and the lease; may unwind with ContinueLater or LeaseLost."""
 
+    def step_running(self, step_id: str | None) -> None:
+        """The step now executing (None: none), for the invocation's timeout watchdog."""
+
     def failed_attempts_of(self, step_id: str) -> list[int]:
         """Attempt numbers in which this step failed (retried failures)."""
 
@@ -113,6 +129,15 @@ class AttemptSession(Protocol):
 
     def mark_started(self, record: StepRecord, replace_attempt: int | None) -> StepRecord:
         """Write an at-most-once start marker; returns the stored record."""
+
+    def create_token(self, state: TokenState) -> None:
+        """Store a new token."""
+
+    def get_token(self, token_id: str) -> TokenState:
+        """A token's current state."""
+
+    def time_out_token(self, token_id: str) -> TokenState:
+        """Mark a token past its deadline timed out; returns its state either way."""
 
 
 class Context:
@@ -139,11 +164,58 @@ class Context:
         self.attempt = attempt
         self._default_retry = default_retry
         self._records = records
-        self._by_seq = {r.seq: r for r in records.values()}
+        self._by_seq = {(_scope_of(r.step_id), r.seq): r for r in records.values() if r.seq}
         self._session = session
-        self._seq = 0
+        self._seq: dict[str, int] = {}
         self._occurrences: dict[tuple[str, str], int] = {}
         self._scope = ""
+
+    @property
+    def records(self) -> dict[str, StepRecord]:
+        """This run's checkpoints by step id (shared by every scope of the run)."""
+        return self._records
+
+    def _position(self, name: str, kind: str) -> tuple[str, int]:
+        """The next step id and per-scope position for ``name``; checks determinism.
+
+        Positions count per scope, so that branches running concurrently in their
+        own scopes (``ctx.map``, ``ctx.parallel``) number their steps independently.
+        """
+        _check_step_name(name)
+        scope = self._scope
+        seq = self._seq.get(scope, 0) + 1
+        self._seq[scope] = seq
+        key = (scope, name)
+        self._occurrences[key] = self._occurrences.get(key, 0) + 1
+        step_id = f"{scope}/{name}#{self._occurrences[key]}"
+        recorded = self._by_seq.get((scope, seq))
+        if recorded is not None and (recorded.step_id != step_id or recorded.kind != kind):
+            raise NonDeterminismError(
+                f"run {self.run_id}: {_describe(recorded.kind)} #{seq}"
+                + (f" in group {scope!r}" if scope else "")
+                + f" was {recorded.step_id!r} when first executed, but the code now calls "
+                f"{_describe(kind)} {step_id!r}. Step order must not change between attempts "
+                "of a run: keep the steps' names and order deterministic (no branching on "
+                "time, randomness or unrecorded I/O outside steps). See docs/determinism.md."
+            )
+        return step_id, seq
+
+    def _check_caller(self, what: str) -> None:
+        current = _current_step.get()
+        if current is not None:
+            raise UsageError(
+                f"{what} was called inside step {current.step_id!r} of run {self.run_id}: "
+                "steps and waits cannot be nested in a step; call it from the task body"
+            )
+        if _current_context.get() is not self:
+            raise UsageError(
+                f"{what} was called outside its run's task body (run {self.run_id}); call "
+                "it from the task function itself, with the ctx it was given"
+            )
+
+    def _remember(self, record: StepRecord) -> StepRecord:
+        self._records[record.step_id] = record
+        return record
 
     def step(
         self,
@@ -172,34 +244,13 @@ class Context:
         Example:
             >>> charge = ctx.step("charge", charge_card, order, retry=RetryPolicy(max_attempts=5))
         """
-        if _current_step.get() is not None:
-            raise UsageError(
-                f"step {name!r} was called inside step {_current_step.get().step_id!r}"  # type: ignore[union-attr]
-                f" of run {self.run_id}: steps cannot be nested; call it from the task body"
-            )
-        if _current_context.get() is not self:
-            raise UsageError(
-                f"ctx.step({name!r}) was called outside its run's task body "
-                f"(run {self.run_id}); call steps from the task function itself"
-            )
+        self._check_caller(f"ctx.step({name!r})")
         _check_step_name(name)
         if not callable(fn):
             raise UsageError(f"ctx.step({name!r}, fn): fn must be callable, got {fn!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidConfig(f"ctx.step({name!r}): retry must be a rung.RetryPolicy")
-        self._seq += 1
-        key = (self._scope, name)
-        self._occurrences[key] = self._occurrences.get(key, 0) + 1
-        step_id = f"{self._scope}/{name}#{self._occurrences[key]}"
-        recorded = self._by_seq.get(self._seq)
-        if recorded is not None and recorded.step_id != step_id:
-            raise NonDeterminismError(
-                f"run {self.run_id}: step #{self._seq} was {recorded.step_id!r} when first "
-                f"executed, but the code now calls {step_id!r}. Step order must not change "
-                "between attempts of a run: keep the steps' names and order deterministic "
-                "(no branching on time, randomness or unrecorded I/O outside steps). "
-                "See docs/determinism.md."
-            )
+        step_id, seq = self._position(name, "step")
         return_type = _return_type(fn)
         record = self._records.get(step_id)
         rerun_of: int | None = None
@@ -214,7 +265,7 @@ class Context:
         if at_most_once:
             marker = StepRecord(
                 step_id=step_id,
-                seq=self._seq,
+                seq=seq,
                 outcome="started",
                 attempt=attempt,
                 run_attempt=self.attempt,
@@ -226,6 +277,7 @@ class Context:
                 return typing.cast(R, self._replay(stored, return_type))
         info = StepInfo(run_id=self.run_id, step_id=step_id, name=name, attempt=attempt)
         token = _current_step.set(info)
+        self._session.step_running(step_id)
         try:
             value = fn(*args, **kwargs)
         except Exception as exc:
@@ -233,18 +285,19 @@ class Context:
             delay = (retry or self._default_retry).next_delay(attempt, exc)
             if delay is not None:
                 raise RetryStep(step_id, error, delay, started) from None
-            return typing.cast(R, self._finish_failed(step_id, attempt, started, error))
+            return typing.cast(R, self._finish_failed(step_id, seq, attempt, started, error))
         finally:
+            self._session.step_running(None)
             _current_step.reset(token)
         try:
             text = _serde.dumps(value, f"the result of step {step_id!r} in run {self.run_id}")
         except (_serde.NotSerializable, PayloadTooLarge) as exc:
             error = ErrorInfo(type=type(exc).__name__, message=str(exc))
-            return typing.cast(R, self._finish_failed(step_id, attempt, started, error))
+            return typing.cast(R, self._finish_failed(step_id, seq, attempt, started, error))
         stored = self._session.record_step(
             StepRecord(
                 step_id=step_id,
-                seq=self._seq,
+                seq=seq,
                 outcome="succeeded",
                 attempt=attempt,
                 run_attempt=self.attempt,
@@ -256,12 +309,12 @@ class Context:
         return typing.cast(R, self._replay(stored, return_type))
 
     def _finish_failed(
-        self, step_id: str, attempt: int, started: datetime, error: ErrorInfo
+        self, step_id: str, seq: int, attempt: int, started: datetime, error: ErrorInfo
     ) -> Any:
         stored = self._session.record_step(
             StepRecord(
                 step_id=step_id,
-                seq=self._seq,
+                seq=seq,
                 outcome="failed",
                 attempt=attempt,
                 run_attempt=self.attempt,
@@ -279,7 +332,11 @@ class Context:
         if record.outcome == "succeeded":
             return _serde.loads(record.result_json, return_type)
         if record.outcome == "failed":
-            raise StepFailed(record.step_id, record.error or ErrorInfo("Error", ""))
+            error = record.error or ErrorInfo("Error", "")
+            if record.kind == "token_wait":
+                cls = TokenTimedOut if error.type == "TokenTimedOut" else TokenFailed
+                raise cls(record.step_id, error)
+            raise StepFailed(record.step_id, error)
         # An at-most-once marker whose attempt neither finished nor failed cleanly:
         # that attempt was interrupted mid-step, and the step must not run twice.
         error = ErrorInfo(
@@ -291,7 +348,267 @@ class Context:
                 "handle this StepFailed in the task."
             ),
         )
-        return self._finish_failed(record.step_id, record.attempt, record.started_at, error)
+        return self._finish_failed(
+            record.step_id, record.seq, record.attempt, record.started_at, error
+        )
+
+    # -- durable waits ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def group(self, name: str) -> Iterator[None]:
+        """Run the enclosed steps in a named scope: their ids become ``"<name>/<step>#<n>"``.
+
+        Groups nest (``"a/b/step#1"``); re-entering a group continues its numbering,
+        so ids never collide. The trace shows the structure.
+
+        Example:
+            >>> with ctx.group("billing"):
+            ...     ctx.step("charge", charge_card, order)   # id "billing/charge#1"
+        """
+        self._check_caller(f"ctx.group({name!r})")
+        _check_step_name(name)
+        previous = self._scope
+        self._scope = f"{previous}/{name}" if previous else name
+        try:
+            yield
+        finally:
+            self._scope = previous
+
+    def wait(self, duration: timedelta | float, *, name: str = "wait") -> None:
+        """Suspend the run for ``duration``; no worker is held while it waits.
+
+        The wake time is fixed when the wait is first reached; replays pass a wait
+        whose time has come without waiting again. Any length works (up to a year):
+        waits longer than SQS's limits are chained (see docs/waits.md).
+
+        Example:
+            >>> ctx.wait(timedelta(hours=20))
+        """
+        self._check_caller("ctx.wait()")
+        delay = as_timedelta(duration, "ctx.wait duration")
+        if delay > MAX_WAIT:
+            raise InvalidConfig(f"ctx.wait duration {delay} is longer than the limit {MAX_WAIT}")
+        self._wait(name, lambda now: now + delay)
+
+    def wait_until(self, when: datetime, *, name: str = "wait") -> None:
+        """Suspend the run until ``when`` (timezone-aware); a past time does not wait."""
+        self._check_caller("ctx.wait_until()")
+        if not isinstance(when, datetime) or when.tzinfo is None:
+            raise UsageError(
+                f"ctx.wait_until needs a timezone-aware datetime, got {when!r}; use e.g. "
+                "datetime(2026, 12, 1, 9, 0, tzinfo=UTC)"
+            )
+        self._wait(name, lambda now: when)
+
+    def _wait(self, name: str, wake_time: Callable[[datetime], datetime]) -> None:
+        step_id, seq = self._position(name, "wait")
+        record = self._records.get(step_id)
+        if record is None:
+            self._session.before_step()
+            now = self._session.now()
+            wake_at = wake_time(now)
+            if wake_at - now > MAX_WAIT:
+                raise InvalidConfig(f"ctx.wait_until({iso(wake_at)}) is more than {MAX_WAIT} away")
+            record = self._remember(
+                self._session.record_step(
+                    StepRecord(
+                        step_id=step_id,
+                        seq=seq,
+                        outcome="waiting",
+                        attempt=1,
+                        run_attempt=self.attempt,
+                        started_at=now,
+                        finished_at=None,
+                        kind="wait",
+                        wake_at=wake_at,
+                    )
+                )
+            )
+        assert record.wake_at is not None
+        if record.wake_at > self._session.now():
+            raise Suspend(record.wake_at, f"{step_id} until {iso(record.wake_at)}")
+
+    def create_token(
+        self,
+        name: str,
+        *,
+        timeout: timedelta | float = DEFAULT_TOKEN_TIMEOUT,
+        heartbeat_timeout: timedelta | float | None = None,
+    ) -> Token:
+        """Create a token someone outside the run answers; a checkpoint like a step.
+
+        Hand ``token.id`` to a person or system (in a step: an email, a ticket);
+        they call ``Client.complete_token(id, value)`` / ``fail_token`` or run
+        ``rung tokens complete ID``; the run gets the answer from ``wait_for_token``.
+
+        Args:
+            name: names the token and its checkpoint.
+            timeout: after this the token times out (default 7 days; at most 366 days).
+            heartbeat_timeout: if set, the token also times out when no
+                ``Client.heartbeat_token`` arrives within this long.
+
+        Example:
+            >>> token = ctx.create_token("approval", timeout=timedelta(days=3))
+            >>> ctx.step("ask", send_approval_mail, token.id)
+            >>> decision = ctx.wait_for_token(token)
+        """
+        self._check_caller(f"ctx.create_token({name!r})")
+        limit = as_timedelta(timeout, "create_token timeout")
+        if limit <= timedelta(0) or limit > MAX_WAIT:
+            raise InvalidConfig(f"create_token timeout must be in (0, {MAX_WAIT}], got {limit}")
+        beat = (
+            as_timedelta(heartbeat_timeout, "create_token heartbeat_timeout")
+            if heartbeat_timeout is not None
+            else None
+        )
+        if beat is not None and not timedelta(0) < beat <= limit:
+            raise InvalidConfig(
+                f"create_token heartbeat_timeout must be positive and at most the timeout "
+                f"({limit}), got {beat}"
+            )
+        step_id, seq = self._position(name, "token")
+        record = self._records.get(step_id)
+        if record is None:
+            self._session.before_step()
+            now = self._session.now()
+            state = TokenState(
+                id="tok_" + secrets.token_urlsafe(24),
+                name=name,
+                run_id=self.run_id,
+                step_id=step_id,
+                status="WAITING",
+                created_at=now,
+                timeout_at=now + limit,
+                heartbeat_timeout=beat,
+                deadline=min(now + beat, now + limit) if beat else now + limit,
+            )
+            # The token first, then its checkpoint: a crash between leaves a token
+            # nobody was told about, never a checkpoint naming a missing token.
+            self._session.create_token(state)
+            record = self._remember(
+                self._session.record_step(
+                    StepRecord(
+                        step_id=step_id,
+                        seq=seq,
+                        outcome="succeeded",
+                        attempt=1,
+                        run_attempt=self.attempt,
+                        started_at=now,
+                        finished_at=now,
+                        kind="token",
+                        result_json=json.dumps(
+                            {"id": state.id, "name": name, "timeout_at": iso(state.timeout_at)}
+                        ),
+                    )
+                )
+            )
+        data = json.loads(record.result_json or "{}")
+        return Token(
+            id=data["id"],
+            name=data["name"],
+            run_id=self.run_id,
+            timeout_at=parse_iso(data["timeout_at"]),
+        )
+
+    def wait_for_token(self, token: Token, *, result_type: type[S] | None = None) -> Any:
+        """Suspend until ``token`` is completed (returns its value) or failed (raises).
+
+        Raises:
+            TokenFailed: it was failed with ``Client.fail_token``; carries that error.
+            TokenTimedOut: it reached its timeout or missed a heartbeat.
+
+        Args:
+            result_type: revive the value as this type (a pydantic model, dataclass).
+        """
+        self._check_caller("ctx.wait_for_token()")
+        if not isinstance(token, Token):
+            raise UsageError(
+                f"ctx.wait_for_token needs the Token from ctx.create_token, got {token!r}"
+            )
+        step_id, seq = self._position(f"{token.name}:wait", "token_wait")
+        record = self._records.get(step_id)
+        if record is None:
+            self._session.before_step()
+            state = self._session.get_token(token.id)
+            now = self._session.now()
+            if state.status == "WAITING" and state.deadline <= now:
+                state = self._session.time_out_token(token.id)
+            if state.status == "WAITING":
+                raise Suspend(
+                    state.deadline,
+                    f"token {token.name!r} ({token.id}) until {iso(state.deadline)}",
+                    tokens=(token.id,),
+                )
+            record = self._remember(
+                self._session.record_step(_token_outcome(state, step_id, seq, self.attempt, now))
+            )
+        return self._replay(record, result_type)
+
+    def wait_for_callback(
+        self,
+        name: str,
+        submit: Callable[[str], Any],
+        *,
+        timeout: timedelta | float = DEFAULT_TOKEN_TIMEOUT,
+        heartbeat_timeout: timedelta | float | None = None,
+        result_type: type[S] | None = None,
+    ) -> Any:
+        """Create a token, call ``submit(token_id)`` as a step, and wait for the answer.
+
+        In a group ``name``: ``name/token#1``, ``name/submit#1``, ``name/token:wait#1``.
+
+        Example:
+            >>> decision = ctx.wait_for_callback(
+            ...     "approval", lambda tid: send_mail(boss, link(tid)), timeout=timedelta(days=3))
+        """
+        self._check_caller(f"ctx.wait_for_callback({name!r})")
+        if not callable(submit):
+            raise UsageError(f"ctx.wait_for_callback({name!r}, submit): submit must be callable")
+        with self.group(name):
+            token = self.create_token("token", timeout=timeout, heartbeat_timeout=heartbeat_timeout)
+            self.step("submit", submit, token.id)
+            return self.wait_for_token(token, result_type=result_type)
+
+    def wait_for_condition(
+        self,
+        check: Callable[[S], S],
+        initial_state: S,
+        strategy: Poll[S],
+        *,
+        name: str = "condition",
+    ) -> S:
+        """Poll ``check(state) -> state`` as a step on a durable schedule until done.
+
+        Each poll is a checkpointed step; between polls the run suspends (no worker
+        held). Returns the state for which ``strategy.until(state)`` is true.
+
+        Raises:
+            ConditionNotMet: ``strategy.max_polls`` polls did not satisfy it.
+
+        Example:
+            >>> job = ctx.wait_for_condition(
+            ...     lambda s: get_job(s["id"]), {"id": job_id},
+            ...     rung.Poll(until=lambda s: s["state"] == "done", interval=30))
+        """
+        self._check_caller(f"ctx.wait_for_condition(name={name!r})")
+        if not isinstance(strategy, Poll):
+            raise UsageError("ctx.wait_for_condition(strategy=...) must be a rung.Poll")
+        state = initial_state
+        with self.group(name):
+            for poll in range(1, strategy.max_polls + 1):
+                state = self.step("check", check, state)
+                if strategy.until(state):
+                    return state
+                if poll < strategy.max_polls:
+                    self.wait(strategy.delay_after(poll), name="wait")
+        raise ConditionNotMet(
+            f"{self._scope}/{name}" if self._scope else f"/{name}",
+            ErrorInfo(
+                "ConditionNotMet",
+                f"condition {name!r} did not hold after {strategy.max_polls} polls "
+                f"(last state: {state!r:.300}); raise Poll.max_polls or the interval",
+            ),
+        )
 
 
 def _check_step_name(name: object) -> None:
@@ -376,3 +693,85 @@ def step(
     if fn is not None:
         return decorate(fn)
     return decorate
+
+
+@dataclass(frozen=True, kw_only=True)
+class Poll(Generic[S]):
+    """How ``ctx.wait_for_condition`` polls.
+
+    Args:
+        until: the state is final when this returns True.
+        interval: wait before the second poll (default 30 s); a timedelta or seconds.
+        backoff: factor between consecutive waits (default 1.0: fixed interval).
+        max_interval: cap of any wait (default 1 hour).
+        max_polls: after this many polls, ``ConditionNotMet`` (default 100).
+    """
+
+    until: Callable[[S], bool]
+    interval: timedelta | float = timedelta(seconds=30)
+    backoff: float = 1.0
+    max_interval: timedelta | float = timedelta(hours=1)
+    max_polls: int = 100
+
+    def __post_init__(self) -> None:
+        if not callable(self.until):
+            raise InvalidConfig("Poll(until=...) must be a function of the state")
+        object.__setattr__(self, "interval", as_timedelta(self.interval, "Poll interval"))
+        object.__setattr__(
+            self, "max_interval", as_timedelta(self.max_interval, "Poll max_interval")
+        )
+        if isinstance(self.backoff, bool) or not isinstance(self.backoff, int | float):
+            raise InvalidConfig(f"Poll backoff must be a number >= 1, got {self.backoff!r}")
+        if self.backoff < 1:
+            raise InvalidConfig(f"Poll backoff must be >= 1, got {self.backoff}")
+        if isinstance(self.max_polls, bool) or not isinstance(self.max_polls, int):
+            raise InvalidConfig(f"Poll max_polls must be an int, got {self.max_polls!r}")
+        if not 1 <= self.max_polls <= 10_000:
+            raise InvalidConfig(f"Poll max_polls must be between 1 and 10000, got {self.max_polls}")
+
+    def delay_after(self, poll: int) -> timedelta:
+        """The wait after poll number ``poll`` (1-based)."""
+        interval = typing.cast(timedelta, self.interval)
+        cap = typing.cast(timedelta, self.max_interval)
+        seconds = interval.total_seconds() * self.backoff ** (poll - 1)
+        return min(timedelta(seconds=min(seconds, cap.total_seconds())), cap)
+
+
+def _token_outcome(
+    state: TokenState, step_id: str, seq: int, run_attempt: int, now: datetime
+) -> StepRecord:
+    """The checkpoint of a resolved token, as ``wait_for_token`` records it."""
+    common: dict[str, Any] = {
+        "step_id": step_id,
+        "seq": seq,
+        "attempt": 1,
+        "run_attempt": run_attempt,
+        "started_at": state.created_at,
+        "finished_at": state.resolved_at or now,
+        "kind": "token_wait",
+    }
+    if state.status == "COMPLETED":
+        return StepRecord(outcome="succeeded", result_json=state.result_json or "null", **common)
+    if state.status == "FAILED":
+        error = state.error or ErrorInfo("TokenFailed", "")
+        return StepRecord(outcome="failed", error=error, **common)
+    timeout = state.timeout_at - state.created_at
+    if state.deadline < state.timeout_at and state.heartbeat_timeout is not None:
+        why = f"no heartbeat arrived within {state.heartbeat_timeout}"
+    else:
+        why = f"it was not completed within its timeout of {timeout}"
+    error = ErrorInfo("TokenTimedOut", f"token {state.name!r} ({state.id}) timed out: {why}")
+    return StepRecord(outcome="failed", error=error, **common)
+
+
+def _scope_of(step_id: str) -> str:
+    return step_id.rsplit("/", 1)[0]
+
+
+def _describe(kind: str) -> str:
+    return {
+        "step": "step",
+        "wait": "wait",
+        "token": "token",
+        "token_wait": "wait for token",
+    }.get(kind, kind)

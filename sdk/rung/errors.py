@@ -12,6 +12,11 @@ This module imports nothing from the package, so any module may import it.
     ├── LeaseLost                   a worker's fenced write was refused: it must stop
     ├── NonDeterminismError         replay met a different step than the history holds
     ├── StepFailed                  a step's retries are exhausted (raised in the task body)
+    │   ├── TokenFailed             a token the run waited for was failed from outside
+    │   ├── TokenTimedOut           ... or was not completed (or heartbeaten) in time
+    │   └── ConditionNotMet         wait_for_condition used up its polls
+    ├── TokenNotFound (LookupError) no token has that id
+    ├── TokenAlreadyResolved        the token was completed, failed or timed out before
     ├── NonRetryable                raised by user code: fail now, do not retry
     └── RetryAfter                  raised by user code: retry after this delay
 
@@ -143,3 +148,38 @@ class StepFailed(RungError):
         self.message = error.message
         self.traceback = error.traceback
         super().__init__(f"step {step_id!r} failed: {error}")
+
+
+class TokenFailed(StepFailed):
+    """A token the run waited for was failed from outside (``Client.fail_token``).
+
+    Raised by ``ctx.wait_for_token``; ``error_type`` and ``message`` are what the
+    failing side passed. Replays raise an identical error.
+    """
+
+
+class TokenTimedOut(StepFailed):
+    """A token was not completed within its ``timeout`` (or missed a heartbeat)."""
+
+
+class ConditionNotMet(StepFailed):
+    """``ctx.wait_for_condition`` reached its poll cap before the condition held."""
+
+
+class TokenNotFound(RungError, LookupError):
+    """No token has this id (it was never created, or has been deleted after expiry)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "token not found"
+
+
+class TokenAlreadyResolved(RungError):
+    """The token was completed, failed or timed out already; it cannot change again.
+
+    Attributes:
+        status: what it became: "COMPLETED", "FAILED" or "TIMED_OUT".
+    """
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.status = status

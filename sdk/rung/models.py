@@ -48,8 +48,12 @@ class EventType(enum.StrEnum):
     ATTEMPT_FAILED = "AttemptFailed"
     WORKER_LOST = "WorkerLost"
     RETRY_SCHEDULED = "RetryScheduled"
+    TOKEN_CREATED = "TokenCreated"
+    WAIT_STARTED = "WaitStarted"
+    WAIT_ENDED = "WaitEnded"
     RUN_COMPLETED = "RunCompleted"
     RUN_FAILED = "RunFailed"
+    RUN_TIMED_OUT = "RunTimedOut"
 
 
 @dataclass(frozen=True)
@@ -81,13 +85,20 @@ class StepRecord:
 
     step_id: str
     seq: int
-    outcome: str  # "succeeded", "failed" (for good) or "started" (at-most-once marker)
+    #: "succeeded", "failed" (for good), "started" (at-most-once marker) or
+    #: "waiting" (a durable wait in progress; replaced by its outcome when it ends)
+    outcome: str
     attempt: int  # the step's own attempt number
     run_attempt: int  # the run's attempt that wrote it
     started_at: datetime
     finished_at: datetime | None
     result_json: str | None = None
     error: ErrorInfo | None = None
+    #: "step", "wait" (ctx.wait), "token" (create_token), "token_wait"
+    #: (wait_for_token), or a kind added by composition (child runs, map)
+    kind: str = "step"
+    #: for a wait: when it ends
+    wake_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,12 @@ class Run:
     failures: tuple[Failure, ...] = field(default=(), repr=False)
     lease_token: int = field(default=0, repr=False)
     lease_until: datetime | None = field(default=None, repr=False)
+    #: while WAITING: what the run waits for ("until 2026-11-25T10:00:00Z", "token ...")
+    waiting_for: str | None = None
+    #: compute time spent in attempts so far (waits excluded), for ``max_duration``
+    compute_time: timedelta = timedelta(0)
+    #: the step a worker was running when its invocation reached its time limit
+    overran_step: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -136,3 +153,43 @@ class HistoryEvent:
         if self.error is not None:
             parts.append(f"error={self.error}")
         return "  ".join(parts)
+
+
+@dataclass(frozen=True)
+class Token:
+    """A handle a run gives out so that someone outside can resume it.
+
+    Returned by ``ctx.create_token``. Send ``id`` to whoever must answer (a person, a
+    webhook); they call ``Client.complete_token(id, value)`` or ``fail_token``.
+    The id is unguessable (128+ random bits): treat it as a capability.
+
+    Attributes:
+        id: the token's id, ``"tok_..."``.
+        name: the name given to ``create_token``.
+        run_id: the run that created it.
+        timeout_at: when it times out unless completed.
+    """
+
+    id: str
+    name: str
+    run_id: str
+    timeout_at: datetime
+
+
+@dataclass(frozen=True)
+class TokenState:
+    """A token as stored (``Client.get_token``)."""
+
+    id: str
+    name: str
+    run_id: str
+    step_id: str
+    status: str  # "WAITING", "COMPLETED", "FAILED", "TIMED_OUT"
+    created_at: datetime
+    timeout_at: datetime
+    heartbeat_timeout: timedelta | None
+    #: when it times out if nothing happens: ``timeout_at`` or the heartbeat deadline
+    deadline: datetime
+    result_json: str | None = None
+    error: ErrorInfo | None = None
+    resolved_at: datetime | None = None

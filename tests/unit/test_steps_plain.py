@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pydantic
 import pytest
 
@@ -31,8 +33,19 @@ def test_task_options_not_built_yet_raise_instead_of_being_ignored() -> None:
     app = rung.App("t")
     with pytest.raises(NotImplementedError, match="queue"):
         app.task(id="x", queue="q")
-    with pytest.raises(NotImplementedError, match="max_duration"):
-        app.task(id="x", max_duration=10)
+    with pytest.raises(NotImplementedError, match="concurrency_key"):
+        app.task(id="x", concurrency_key=lambda p: p)
+
+
+def test_max_duration_must_be_a_positive_duration() -> None:
+    app = rung.App("t")
+    with pytest.raises(rung.InvalidConfig, match="max_duration must be positive"):
+        app.task(id="x", max_duration=0)
+    with pytest.raises(rung.InvalidConfig, match="max_duration"):
+        app.task(id="x", max_duration="10m")  # type: ignore[call-overload]
+    assert app.task(id="ok", max_duration=90)(lambda ctx, p: p).max_duration == timedelta(
+        seconds=90
+    )
 
 
 def test_task_declaration_errors() -> None:

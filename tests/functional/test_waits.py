@@ -1,0 +1,426 @@
+"""Durable waits, tokens, callbacks and polling on LocalEngine, with skipped time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pydantic
+import pytest
+
+import rung
+from rung._clock import VirtualClock
+from rung.testing import LocalEngine
+
+
+def wait_for_status(engine: LocalEngine, run_id: str, status: rung.RunStatus) -> rung.Run:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        run = engine.get_run(run_id)
+        if run.status == status:
+            return run
+        time.sleep(0.02)
+    raise AssertionError(f"run {run_id} never reached {status}: {engine.get_run(run_id)}")
+
+
+@pytest.mark.parametrize(
+    "length",
+    [
+        timedelta(seconds=3),
+        timedelta(minutes=20),  # past SQS's 15-minute delay cap
+        timedelta(hours=30),  # past the 12-hour visibility cap
+        timedelta(days=40),  # past the 14-day message retention
+    ],
+    ids=["3s", "20m", "30h", "40d"],
+)
+def test_a_wait_of_any_length_suspends_and_resumes_past_it(length: timedelta) -> None:
+    app = rung.App("w")
+    calls: Counter[str] = Counter()
+
+    @app.task(id="sleepy")
+    def sleepy(ctx: rung.Context, payload: None) -> str:
+        ctx.step("before", lambda: calls.update(["before"]))
+        ctx.wait(length)
+        ctx.step("after", lambda: calls.update(["after"]))
+        return "done"
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("sleepy")
+        run = engine.wait(handle.run_id, timeout=60)
+        history = engine.history(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED
+    assert run.output == "done"
+    # Each side of the wait ran once: the replay after the wait skipped "before".
+    assert calls == Counter({"before": 1, "after": 1})
+    assert run.finished_at is not None and run.started_at is not None
+    assert run.finished_at - run.started_at >= length
+    # Waiting is not an attempt, and it cost no compute.
+    assert run.attempt == 1
+    assert run.compute_time < timedelta(seconds=30)
+    waits = [e for e in history if e.type == rung.EventType.WAIT_STARTED]
+    assert [e.step for e in waits] == ["/wait#1"]
+
+
+def test_a_waiting_run_is_waiting_and_holds_no_worker() -> None:
+    app = rung.App("w")
+    release = threading.Event()
+
+    @app.task(id="slow-wait")
+    def slow_wait(ctx: rung.Context, payload: None) -> str:
+        ctx.wait(timedelta(hours=2))
+        return "ok"
+
+    @app.task(id="quick")
+    def quick(ctx: rung.Context, payload: None) -> str:
+        release.set()
+        return "quick"
+
+    # One worker, virtual time off: if the waiting run held it, "quick" could not run.
+    with LocalEngine(app, workers=1, virtual_time=False) as engine:
+        waiting = engine.trigger("slow-wait")
+        run = wait_for_status(engine, waiting.run_id, rung.RunStatus.WAITING)
+        assert run.waiting_for is not None and "/wait#1 until" in run.waiting_for
+        assert run.available_at is not None and run.available_at > run.updated_at
+        other = engine.trigger("quick")
+        assert engine.wait(other.run_id, timeout=30).status == rung.RunStatus.COMPLETED
+        assert engine.get_run(waiting.run_id).status == rung.RunStatus.WAITING
+
+
+def test_wait_until_a_time_and_a_past_time_does_not_wait() -> None:
+    app = rung.App("w")
+    target = datetime.now(UTC) + timedelta(days=3)
+
+    @app.task(id="until")
+    def until(ctx: rung.Context, payload: None) -> list[str]:
+        ctx.wait_until(datetime(2000, 1, 1, tzinfo=UTC), name="past")
+        ctx.wait_until(target, name="future")
+        return [ctx.step("now", lambda: "after")]
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("until")
+        run = engine.wait(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED
+    assert run.finished_at is not None and run.finished_at >= target
+
+
+def test_wait_argument_errors_are_clear() -> None:
+    app = rung.App("w")
+    errors: list[str] = []
+
+    @app.task(id="bad")
+    def bad(ctx: rung.Context, payload: None) -> None:
+        for call in (
+            lambda: ctx.wait("1h"),  # type: ignore[arg-type]
+            lambda: ctx.wait(-5),
+            lambda: ctx.wait(timedelta(days=400)),
+            lambda: ctx.wait_until(datetime(2030, 1, 1)),  # naive
+            lambda: ctx.create_token("t", timeout=0),
+            lambda: ctx.create_token("t", timeout=60, heartbeat_timeout=120),
+            lambda: ctx.wait_for_token("tok_abc"),  # type: ignore[arg-type]
+            lambda: ctx.wait(1, name="a/b"),
+        ):
+            try:
+                call()
+            except rung.RungError as exc:
+                errors.append(str(exc))
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("bad").run_id)
+    assert run.status == rung.RunStatus.COMPLETED
+    assert len(errors) == 8
+    assert "timedelta or a number of seconds" in errors[0]
+    assert "must not be negative" in errors[1]
+    assert "longer than the limit" in errors[2]
+    assert "timezone-aware" in errors[3]
+    assert "timeout must be in" in errors[4]
+    assert "heartbeat_timeout must be positive and at most the timeout" in errors[5]
+    assert "needs the Token from ctx.create_token" in errors[6]
+    assert "contains '/' or '#'" in errors[7]
+
+
+class Decision(pydantic.BaseModel):
+    approved: bool
+    by: str
+
+
+def _approval_app(calls: Counter[str], **token_options: Any) -> rung.App:
+    app = rung.App("approvals")
+
+    @app.task(id="approve")
+    def approve(ctx: rung.Context, payload: dict[str, str]) -> dict[str, Any]:
+        token = ctx.create_token("approval", **token_options)
+        ctx.step("ask", lambda tid: calls.update(["ask"]) or tid, token.id)
+        try:
+            decision = ctx.wait_for_token(token, result_type=Decision)
+        except rung.TokenTimedOut as exc:
+            return {"outcome": "timed out", "error": exc.message}
+        except rung.TokenFailed as exc:
+            return {"outcome": "rejected", "type": exc.error_type, "error": exc.message}
+        calls.update(["after"])
+        return {"outcome": "approved" if decision.approved else "denied", "by": decision.by}
+
+    return app
+
+
+def _token_of(engine: LocalEngine, run_id: str) -> str:
+    run = wait_for_status(engine, run_id, rung.RunStatus.WAITING)
+    assert run.waiting_for is not None and "token 'approval'" in run.waiting_for
+    token_id = run.waiting_for.split("(")[1].split(")")[0]
+    assert token_id.startswith("tok_")
+    return token_id
+
+
+def test_a_token_completed_from_outside_resumes_the_run_with_its_value() -> None:
+    calls: Counter[str] = Counter()
+    app = _approval_app(calls, timeout=timedelta(days=3))
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("approve", {})
+        token_id = _token_of(engine, handle.run_id)
+        state = engine.client.get_token(token_id)
+        assert state.status == "WAITING" and state.run_id == handle.run_id
+        engine.client.complete_token(token_id, Decision(approved=True, by="ana"))
+        run = engine.wait(handle.run_id)
+        # Completing twice: a clear error, and the finished run is not disturbed.
+        with pytest.raises(rung.TokenAlreadyResolved, match="already completed"):
+            engine.client.complete_token(token_id, {"approved": False, "by": "eve"})
+        with pytest.raises(rung.TokenAlreadyResolved):
+            engine.client.fail_token(token_id, "too late")
+        assert engine.get_run(handle.run_id).output == run.output
+    assert run.status == rung.RunStatus.COMPLETED
+    assert run.output == {"outcome": "approved", "by": "ana"}
+    assert calls == Counter({"ask": 1, "after": 1})
+    assert len(token_id) > 30  # 192 random bits, url-safe
+
+
+def test_a_failed_token_raises_in_the_task_body() -> None:
+    calls: Counter[str] = Counter()
+    app = _approval_app(calls)
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("approve", {})
+        token_id = _token_of(engine, handle.run_id)
+        engine.client.fail_token(token_id, PermissionError("manager said no"))
+        run = engine.wait(handle.run_id)
+    assert run.output == {
+        "outcome": "rejected",
+        "type": "PermissionError",
+        "error": "manager said no",
+    }
+
+
+def test_a_token_times_out_and_the_timeout_is_catchable() -> None:
+    calls: Counter[str] = Counter()
+    app = _approval_app(calls, timeout=timedelta(hours=5))
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("approve", {})
+        token_id = _token_of(engine, handle.run_id)
+        run = engine.wait(handle.run_id)
+        with pytest.raises(rung.TokenAlreadyResolved, match="timed out"):
+            engine.client.complete_token(token_id, {"approved": True, "by": "late"})
+    assert run.status == rung.RunStatus.COMPLETED
+    assert run.output["outcome"] == "timed out"
+    assert "not completed within its timeout of 5:00:00" in run.output["error"]
+    assert run.finished_at is not None and run.started_at is not None
+    assert run.finished_at - run.started_at >= timedelta(hours=5)
+
+
+def test_heartbeats_keep_a_token_open_and_a_missed_heartbeat_times_it_out() -> None:
+    calls: Counter[str] = Counter()
+    app = _approval_app(calls, timeout=timedelta(days=1), heartbeat_timeout=timedelta(hours=1))
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("approve", {})
+        token_id = _token_of(engine, handle.run_id)
+        before = engine.client.get_token(token_id).deadline
+        assert isinstance(engine.clock, VirtualClock)
+        engine.clock.advance(timedelta(minutes=30))
+        after = engine.client.heartbeat_token(token_id).deadline
+        assert after - before >= timedelta(minutes=29)
+        run = engine.wait(handle.run_id)
+    assert run.output["outcome"] == "timed out"
+    assert "no heartbeat arrived within 1:00:00" in run.output["error"]
+
+
+def test_token_errors_for_unknown_ids_and_bad_values() -> None:
+    calls: Counter[str] = Counter()
+    app = _approval_app(calls)
+    with LocalEngine(app) as engine:
+        with pytest.raises(rung.TokenNotFound, match="not a token id"):
+            engine.client.complete_token("run_123", 1)
+        with pytest.raises(rung.TokenNotFound, match="no token with id"):
+            engine.client.complete_token("tok_doesnotexist", 1)
+        handle = engine.trigger("approve", {})
+        token_id = _token_of(engine, handle.run_id)
+        with pytest.raises(rung.InvalidPayload, match="not JSON-serializable"):
+            engine.client.complete_token(token_id, object())
+        with pytest.raises(rung.PayloadTooLarge):
+            engine.client.complete_token(token_id, "x" * 300_000)
+        with pytest.raises(rung.UsageError, match="error message or an exception"):
+            engine.client.fail_token(token_id, "")
+        # None of that disturbed the token or the run.
+        assert engine.client.get_token(token_id).status == "WAITING"
+        assert engine.get_run(handle.run_id).status == rung.RunStatus.WAITING
+        engine.client.complete_token(token_id, {"approved": False, "by": "bo"})
+        assert engine.wait(handle.run_id).output == {"outcome": "denied", "by": "bo"}
+
+
+def test_a_token_completed_before_the_run_waits_for_it_needs_no_suspension() -> None:
+    app = rung.App("early")
+    box: dict[str, str] = {}
+    completed = threading.Event()
+
+    @app.task(id="early")
+    def early(ctx: rung.Context, payload: None) -> Any:
+        token = ctx.create_token("t")
+        box["id"] = token.id
+        ctx.step("slow", lambda: completed.wait(10))
+        return ctx.wait_for_token(token)
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("early")
+        deadline = time.monotonic() + 10
+        while "id" not in box and time.monotonic() < deadline:
+            time.sleep(0.01)
+        engine.client.complete_token(box["id"], [1, 2, 3])
+        completed.set()
+        run = engine.wait(handle.run_id)
+    assert run.output == [1, 2, 3]
+    assert run.waiting_for is None
+
+
+def test_wait_for_callback_submits_the_token_and_returns_the_answer() -> None:
+    app = rung.App("cb")
+    submitted: list[str] = []
+
+    @app.task(id="cb")
+    def cb(ctx: rung.Context, payload: None) -> Any:
+        return ctx.wait_for_callback("webhook", submitted.append, timeout=timedelta(hours=1))
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("cb")
+        wait_for_status(engine, handle.run_id, rung.RunStatus.WAITING)
+        assert len(submitted) == 1
+        engine.client.complete_token(submitted[0], {"status": "paid"})
+        run = engine.wait(handle.run_id)
+        steps = [e.step for e in engine.history(handle.run_id) if e.step]
+    assert run.output == {"status": "paid"}
+    assert len(submitted) == 1  # the submit step ran once, across the suspension
+    assert "webhook/token#1" in steps and "webhook/submit#1" in steps
+
+
+def test_wait_for_condition_polls_durably_until_done() -> None:
+    app = rung.App("poll")
+    polls: list[int] = []
+
+    def check(state: dict[str, int]) -> dict[str, int]:
+        polls.append(state["n"])
+        return {"n": state["n"] + 1}
+
+    @app.task(id="poll")
+    def poll(ctx: rung.Context, payload: None) -> dict[str, int]:
+        return ctx.wait_for_condition(
+            check,
+            {"n": 0},
+            rung.Poll(until=lambda s: s["n"] >= 4, interval=timedelta(minutes=10), backoff=2),
+        )
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("poll")
+        run = engine.wait(handle.run_id)
+    assert run.output == {"n": 4}
+    assert polls == [0, 1, 2, 3]  # each poll ran once, across three suspensions
+    assert run.finished_at is not None and run.started_at is not None
+    # 10 + 20 + 40 minutes of waiting between the four polls.
+    assert run.finished_at - run.started_at >= timedelta(minutes=70)
+
+
+def test_wait_for_condition_stops_at_its_cap_with_a_clear_error() -> None:
+    app = rung.App("poll")
+
+    @app.task(id="never", retry=rung.RetryPolicy(max_attempts=1))
+    def never(ctx: rung.Context, payload: None) -> Any:
+        return ctx.wait_for_condition(
+            lambda s: s + 1, 0, rung.Poll(until=lambda s: False, interval=60, max_polls=3)
+        )
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("never").run_id)
+    assert run.status == rung.RunStatus.FAILED
+    assert run.error is not None and run.error.type == "ConditionNotMet"
+    assert "did not hold after 3 polls (last state: 3)" in run.error.message
+
+
+def test_groups_scope_step_ids_and_reentry_continues_numbering() -> None:
+    app = rung.App("groups")
+
+    @app.task(id="g")
+    def g(ctx: rung.Context, payload: None) -> list[str]:
+        out = []
+        with ctx.group("billing"):
+            out.append(ctx.step("charge", lambda: rung.current_step().step_id))
+            with ctx.group("refund"):
+                out.append(ctx.step("charge", lambda: rung.current_step().step_id))
+        with ctx.group("billing"):
+            out.append(ctx.step("charge", lambda: rung.current_step().step_id))
+        out.append(ctx.step("charge", lambda: rung.current_step().step_id))
+        return out
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("g").run_id)
+    assert run.output == [
+        "billing/charge#1",
+        "billing/refund/charge#1",
+        "billing/charge#2",
+        "/charge#1",
+    ]
+
+
+def test_a_wait_replaced_by_a_step_is_a_determinism_error() -> None:
+    app = rung.App("nd")
+    version = {"v": 1}
+
+    @app.task(id="nd", retry=rung.RetryPolicy(max_attempts=1))
+    def nd(ctx: rung.Context, payload: None) -> None:
+        if version["v"] == 1:
+            ctx.wait(60, name="pause")
+        else:
+            ctx.step("pause", lambda: None)
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("nd")
+        wait_for_status(engine, handle.run_id, rung.RunStatus.WAITING)
+        version["v"] = 2
+        run = engine.wait(handle.run_id)
+    assert run.status == rung.RunStatus.FAILED
+    assert run.error is not None and run.error.type == "NonDeterminismError"
+    assert "wait #1 was '/pause#1'" in run.error.message
+    assert "calls step '/pause#1'" in run.error.message
+
+
+def test_max_duration_ends_a_run_timed_out_and_waits_do_not_count() -> None:
+    app = rung.App("limits")
+    done: list[int] = []
+    clocks: list[VirtualClock] = []
+
+    def work(n: int) -> None:
+        clocks[0].advance(timedelta(minutes=1))  # the step takes a (virtual) minute
+        done.append(n)
+
+    @app.task(id="bounded", max_duration=timedelta(minutes=5))
+    def bounded(ctx: rung.Context, payload: None) -> None:
+        ctx.wait(timedelta(hours=10))  # waiting is free: does not use the budget
+        for i in range(10):
+            ctx.step("work", work, i)
+
+    with LocalEngine(app) as engine:
+        assert isinstance(engine.clock, VirtualClock)
+        clocks.append(engine.clock)
+        handle = engine.trigger("bounded")
+        run = engine.wait(handle.run_id)
+        history = engine.history(handle.run_id)
+    assert run.status == rung.RunStatus.TIMED_OUT
+    assert run.error is not None and run.error.type == "MaxDurationExceeded"
+    assert "max_duration of 300 s" in run.error.message
+    assert done == [0, 1, 2, 3, 4]
+    assert history[-1].type == rung.EventType.RUN_TIMED_OUT
