@@ -80,9 +80,10 @@ def test_errors_form_one_tree() -> None:
         "InvalidConfig",
         "InvalidPayload",
         "PayloadTooLarge",
-        "Poll",
         "UnknownTask",
         "RunNotFound",
+        "TokenNotFound",
+        "TokenAlreadyResolved",
         "LeaseLost",
         "NonDeterminismError",
         "StepFailed",
@@ -91,3 +92,6 @@ def test_errors_form_one_tree() -> None:
         "UsageError",
     ):
         assert issubclass(getattr(rung, name), rung.RungError), name
+    # What a wait raises in the task body is a StepFailed: one except clause catches all.
+    for name in ("TokenFailed", "TokenTimedOut", "ConditionNotMet"):
+        assert issubclass(getattr(rung, name), rung.StepFailed), name
