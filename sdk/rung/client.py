@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from datetime import timedelta
@@ -252,6 +253,14 @@ class Client:
     def get_token(self, token_id: str) -> TokenState:
         """A token's status, deadline and answer."""
         return self._store.get_token(_check_token_id(token_id))
+
+    def list_tokens(self, run_id: str) -> list[TokenState]:
+        """The tokens a run has created, in order, with their status."""
+        steps = self._store.load_steps(_check_run_id(run_id))
+        created = sorted(
+            (r for r in steps.values() if r.kind == "token"), key=lambda r: r.started_at
+        )
+        return [self._store.get_token(json.loads(r.result_json or "{}")["id"]) for r in created]
 
     def _resolve(
         self, token_id: str, status: str, value_json: str | None, error: ErrorInfo | None

@@ -166,11 +166,12 @@ def _approval_app(calls: Counter[str], **token_options: Any) -> rung.App:
 
 
 def _token_of(engine: LocalEngine, run_id: str) -> str:
-    run = wait_for_status(engine, run_id, rung.RunStatus.WAITING)
-    assert run.waiting_for is not None and "token 'approval'" in run.waiting_for
-    token_id = run.waiting_for.split("(")[1].split(")")[0]
-    assert token_id.startswith("tok_")
-    return token_id
+    token = engine.wait_for_token(run_id, "approval")
+    run = engine.get_run(run_id)
+    assert run.status == rung.RunStatus.WAITING
+    assert run.waiting_for is not None and f"token 'approval' ({token.id})" in run.waiting_for
+    assert token.id.startswith("tok_") and token.status == "WAITING"
+    return token.id
 
 
 def test_a_token_completed_from_outside_resumes_the_run_with_its_value() -> None:
@@ -216,6 +217,11 @@ def test_a_token_times_out_and_the_timeout_is_catchable() -> None:
     with LocalEngine(app) as engine:
         handle = engine.trigger("approve", {})
         token_id = _token_of(engine, handle.run_id)
+        # Virtual time does not skip a token's deadline by itself: the test moves it.
+        time.sleep(0.3)
+        assert engine.get_run(handle.run_id).status == rung.RunStatus.WAITING
+        assert isinstance(engine.clock, VirtualClock)
+        engine.clock.advance(timedelta(hours=5))
         run = engine.wait(handle.run_id)
         with pytest.raises(rung.TokenAlreadyResolved, match="timed out"):
             engine.client.complete_token(token_id, {"approved": True, "by": "late"})
@@ -227,19 +233,44 @@ def test_a_token_times_out_and_the_timeout_is_catchable() -> None:
 
 
 def test_heartbeats_keep_a_token_open_and_a_missed_heartbeat_times_it_out() -> None:
-    calls: Counter[str] = Counter()
-    app = _approval_app(calls, timeout=timedelta(days=1), heartbeat_timeout=timedelta(hours=1))
+    # The "outside" party heartbeats from steps of the run itself, so that the virtual
+    # clock (which jumps whenever the engine is idle) cannot overtake the test.
+    app = rung.App("hb")
+    clocks: list[VirtualClock] = []
+    clients: list[rung.Client] = []
+
+    def work_then_heartbeat(token_id: str, minutes: int, beat: bool) -> str:
+        clocks[0].advance(timedelta(minutes=minutes))
+        if beat:
+            return str(clients[0].heartbeat_token(token_id).deadline)
+        return ""
+
+    @app.task(id="hb")
+    def hb(ctx: rung.Context, payload: None) -> dict[str, str]:
+        token = ctx.create_token("job", timeout=timedelta(days=1), heartbeat_timeout=3600)
+        ctx.step("work1", work_then_heartbeat, token.id, 30, True)
+        ctx.step("work2", work_then_heartbeat, token.id, 50, False)  # 80 min > 1 h
+        try:
+            ctx.wait_for_token(token)
+        except rung.TokenTimedOut as exc:
+            return {"error": exc.message}
+        return {"error": ""}
+
     with LocalEngine(app) as engine:
-        handle = engine.trigger("approve", {})
-        token_id = _token_of(engine, handle.run_id)
-        before = engine.client.get_token(token_id).deadline
         assert isinstance(engine.clock, VirtualClock)
-        engine.clock.advance(timedelta(minutes=30))
-        after = engine.client.heartbeat_token(token_id).deadline
-        assert after - before >= timedelta(minutes=29)
+        clocks.append(engine.clock)
+        clients.append(engine.client)
+        handle = engine.trigger("hb")
+        token = engine.wait_for_token(handle.run_id, "job")
+        # 80 minutes in, past the first hour: the heartbeat at 30 min kept it open.
+        assert token.status == "WAITING"
+        assert timedelta(minutes=90) <= token.deadline - token.created_at < timedelta(minutes=91)
+        engine.clock.advance(timedelta(minutes=20))
         run = engine.wait(handle.run_id)
-    assert run.output["outcome"] == "timed out"
+        final = engine.client.get_token(token.id)
+    assert run.status == rung.RunStatus.COMPLETED
     assert "no heartbeat arrived within 1:00:00" in run.output["error"]
+    assert final.status == "TIMED_OUT"
 
 
 def test_token_errors_for_unknown_ids_and_bad_values() -> None:
@@ -383,11 +414,12 @@ def test_a_wait_replaced_by_a_step_is_a_determinism_error() -> None:
     @app.task(id="nd", retry=rung.RetryPolicy(max_attempts=1))
     def nd(ctx: rung.Context, payload: None) -> None:
         if version["v"] == 1:
-            ctx.wait(60, name="pause")
+            ctx.wait(2, name="pause")
         else:
             ctx.step("pause", lambda: None)
 
-    with LocalEngine(app) as engine:
+    # Wall-clock time: the test changes the code while the run waits.
+    with LocalEngine(app, virtual_time=False) as engine:
         handle = engine.trigger("nd")
         wait_for_status(engine, handle.run_id, rung.RunStatus.WAITING)
         version["v"] = 2

@@ -4,8 +4,11 @@
 same engine code, DynamoDB table and SQS queue semantics (moto's server on a
 thread), with worker threads instead of Lambda. The one difference is how a due
 time is reached: with ``virtual_time=True`` (the default) the clock advances only
-when no work is runnable and then jumps to the next due time, so backoff, delays
-and lease expiry pass instantly while history keeps the real durations.
+when no work is runnable and then jumps to the next due time, so backoff, delays,
+``ctx.wait`` and lease expiry pass instantly while history keeps the real durations.
+It never jumps to the deadline of a token a run waits for: answering a token is the
+test's move (``engine.wait_for_token`` then ``engine.client.complete_token``), and a
+test of a token's timeout moves the clock itself (``engine.clock.advance``).
 
 Example:
     >>> with rung.testing.LocalEngine(app) as engine:
@@ -30,16 +33,16 @@ from typing import Any
 from rung import _aws
 from rung._clock import Clock, SystemClock, VirtualClock, from_ms
 from rung._engine import Disposition, Worker, WorkerConfig
-from rung._queue import QueueMessage, SqsQueue
+from rung._queue import BadMessage, QueueMessage, SqsQueue, decode
 from rung._reconcile import DEFAULT_GRACE, Reconciler, ReconcileReport
 from rung._store import DynamoStore
 from rung.app import App, Task
 from rung.client import Client
 from rung.errors import InvalidConfig, UsageError
-from rung.models import HistoryEvent, Run, RunHandle, RunStatus
+from rung.models import HistoryEvent, Run, RunHandle, RunStatus, TokenState
 from rung.testing._emulator import (
     EmbeddedEmulator,
-    next_due,
+    pending,
     release_virtual_time,
     use_virtual_time,
 )
@@ -241,9 +244,41 @@ class LocalEngine:
             if run.status.is_terminal:
                 return run
             if time.monotonic() > deadline:
+                waiting = f", waiting for {run.waiting_for}" if run.waiting_for else ""
+                hint = (
+                    "; virtual time does not skip a token's deadline: complete the token "
+                    "or advance engine.clock"
+                    if (run.waiting_for or "").startswith("token ")
+                    else ""
+                )
                 raise TimeoutError(
-                    f"run {run_id} is still {run.status} (attempt {run.attempt}) after "
-                    f"{timeout:g}s of waiting"
+                    f"run {run_id} is still {run.status}{waiting} (attempt {run.attempt}) "
+                    f"after {timeout:g}s of waiting{hint}"
+                )
+            time.sleep(0.01)
+
+    def wait_for_token(
+        self, run_id: str, name: str | None = None, timeout: float = 30.0
+    ) -> TokenState:
+        """Wait (wall-clock seconds) until the run waits for an open token and return it.
+
+        ``name``: the token's name in ``ctx.create_token`` (default: any).
+
+        Raises:
+            TimeoutError: the run does not wait for such a token within ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.get_run(run_id)
+            if run.status == RunStatus.WAITING:
+                for token in self.client.list_tokens(run_id):
+                    if token.status == "WAITING" and name in (None, token.name):
+                        return token
+            if run.status.is_terminal or time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"run {run_id} is {run.status} and not waiting for a token"
+                    + (f" named {name!r}" if name else "")
+                    + f" (after {timeout:g}s)"
                 )
             time.sleep(0.01)
 
@@ -297,7 +332,7 @@ class LocalEngine:
 
     def _advance_time(self) -> bool:
         assert isinstance(self.clock, VirtualClock)
-        due = next_due(_REGION, self.queue_name, self.clock.epoch() * 1000)
+        due = self._next_due()
         if due is None:
             return False
         with self._lock:
@@ -305,6 +340,25 @@ class LocalEngine:
                 return False
             self.clock.advance_to(from_ms(int(due) + 1))
         return True
+
+    def _next_due(self) -> float | None:
+        """The next due time to jump to: timers, backoff and leases, but not the deadline
+        of a token a run waits for; answering (or timing out) a token is the test's move.
+        """
+        assert isinstance(self.clock, VirtualClock)
+        for due, body in pending(_REGION, self.queue_name, self.clock.epoch() * 1000):
+            try:
+                run = self.store.get_run_or_none(decode(body))
+            except BadMessage:
+                return due
+            if (
+                run is not None
+                and run.status == RunStatus.WAITING
+                and (run.waiting_for or "").startswith("token ")
+            ):
+                continue
+            return due
+        return None
 
     def _process(self, message: QueueMessage) -> None:
         started = self.clock.now()

@@ -4,7 +4,7 @@ Virtual time. SQS delays and visibility timeouts are the emulator's own, so that
 LocalEngine exercises the same queue semantics as AWS. moto reads the wall clock
 for them, and an emulator cannot skip time, so while a virtual-time engine runs,
 moto's SQS clock functions are pointed at the engine's VirtualClock, and
-``next_due`` reads the emulator's queue to find the moment the next message
+``pending`` reads the emulator's queue to find the moment the next message
 becomes visible. This is the one place rung reaches into moto's internals; it is
 pinned to moto 5.x in pyproject.toml.
 """
@@ -117,16 +117,16 @@ def release_virtual_time() -> None:
         _patched_clock = None
 
 
-def next_due(region: str, queue_name: str, now_ms: float) -> float | None:
-    """Epoch ms at which the next invisible or delayed message in the queue is due."""
+def pending(region: str, queue_name: str, now_ms: float) -> list[tuple[float, str]]:
+    """``(due epoch ms, body)`` of every invisible or delayed message, soonest first."""
     from moto.sqs.models import sqs_backends
 
     queue = sqs_backends[ACCOUNT_ID][region].queues.get(queue_name)
     if queue is None:
-        return None
-    due: float | None = None
+        return []
+    found = []
     for message in list(queue._messages):
         when = max(message.visible_at, message.delayed_until)
-        if when > now_ms and (due is None or when < due):
-            due = when
-    return due
+        if when > now_ms:
+            found.append((float(when), str(message.body)))
+    return sorted(found)
