@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -74,6 +75,13 @@ class SqsQueue:
         self.client = client
         self.url = queue_url
         self.max_receive_count = max_receive_count
+        # SQS's delay and visibility caps, divided by RUNG_SQS_LIMITS_SCALE (default 1):
+        # tests on real processes shrink the caps instead of waiting for hours, so that
+        # a 30-second wait takes the same chained path as a 30-hour one does on AWS.
+        scale = _limits_scale()
+        self.max_delay = MAX_DELAY / scale
+        self.visibility_hop = VISIBILITY_HOP / scale
+        self.min_hop = MIN_HOP / scale
 
     @staticmethod
     def create(
@@ -99,7 +107,7 @@ class SqsQueue:
         return url, dlq_url
 
     def send(self, run_id: str, delay: timedelta = timedelta(0)) -> None:
-        seconds = _ceil_seconds(min(delay, MAX_DELAY))
+        seconds = _ceil_seconds(min(delay, self.max_delay))
         self.client.send_message(
             QueueUrl=self.url, MessageBody=encode(run_id), DelaySeconds=seconds
         )
@@ -157,11 +165,11 @@ class SqsQueue:
         # LocalStack's; AWS counts from receipt), so when a message has too little of its
         # 12 hours left, or nears the DLQ's receive count, a fresh message replaces it,
         # which also renews its 14-day retention. About 14 requests per day of waiting.
-        hop = min(delay, VISIBILITY_HOP)
+        hop = min(delay, self.visibility_hop)
         if now_ms is not None and message.sent_at_ms is not None:
             age = timedelta(milliseconds=max(now_ms - message.sent_at_ms, 0))
-            hop = min(delay, VISIBILITY_HOP - age)
-        if self.near_dead_letter(message) or (hop < delay and hop < MIN_HOP):
+            hop = min(delay, self.visibility_hop - age)
+        if self.near_dead_letter(message) or (hop < delay and hop < self.min_hop):
             self.send(run_id, delay)  # a fresh message: receive count 0, retention renewed
             return False
         self.client.change_message_visibility(
@@ -170,6 +178,17 @@ class SqsQueue:
             VisibilityTimeout=_ceil_seconds(max(hop, timedelta(0))),
         )
         return True
+
+
+def _limits_scale() -> float:
+    raw = os.environ.get("RUNG_SQS_LIMITS_SCALE", "1")
+    try:
+        scale = float(raw)
+    except ValueError:
+        raise ValueError(f"RUNG_SQS_LIMITS_SCALE must be a number >= 1, got {raw!r}") from None
+    if not 1 <= scale <= 100_000:
+        raise ValueError(f"RUNG_SQS_LIMITS_SCALE must be between 1 and 100000, got {scale}")
+    return scale
 
 
 def _ceil_seconds(delay: timedelta) -> int:

@@ -8,6 +8,9 @@ while its run still needs it. The run item then says what should have happened:
 
     QUEUED,  available_at more than ``grace`` ago, unclaimed  -> "undispatched"
     DELAYED, available_at more than ``grace`` ago, unclaimed  -> "timer_lost"
+    WAITING, available_at more than ``grace`` ago, unclaimed  -> "wake_lost"
+             (a wait's timer message was lost, or a token's answerer made the run due
+             and died before sending its message)
     RUNNING, lease expired more than ``grace`` ago            -> "lease_expired"
 
 For each, a pass sends a message. It cannot see whether a message is in flight, so
@@ -52,12 +55,14 @@ class RedriveReason(enum.StrEnum):
 
     UNDISPATCHED = "undispatched"  # QUEUED and due, never claimed: its message never came
     TIMER_LOST = "timer_lost"  # DELAYED, past its due time, never claimed
+    WAKE_LOST = "wake_lost"  # WAITING, past its wake time (or woken), never resumed
     LEASE_EXPIRED = "lease_expired"  # RUNNING, its worker died and its message is gone
 
 
 _REASONS = {
     RunStatus.QUEUED: RedriveReason.UNDISPATCHED,
     RunStatus.DELAYED: RedriveReason.TIMER_LOST,
+    RunStatus.WAITING: RedriveReason.WAKE_LOST,
     RunStatus.RUNNING: RedriveReason.LEASE_EXPIRED,
 }
 

@@ -183,6 +183,65 @@ def test_a_delayed_run_whose_timer_message_was_lost_runs_after_its_due_time() ->
     assert calls == {"double:5": 1}
 
 
+def waiting_app(calls: Counter[str]) -> rung.App:
+    app = rung.App("rec-wait")
+
+    @app.task(id="sleep")
+    def sleep(ctx: rung.Context, payload: None) -> str:
+        ctx.wait(timedelta(hours=3))
+        calls["after-wait"] += 1
+        return "woke"
+
+    @app.task(id="approve")
+    def approve(ctx: rung.Context, payload: None) -> Any:
+        token = ctx.create_token("ok", timeout=timedelta(days=2))
+        return ctx.wait_for_token(token)
+
+    return app
+
+
+def test_a_waiting_run_whose_timer_message_was_lost_resumes_after_its_wake_time() -> None:
+    calls: Counter[str] = Counter()
+    with LocalEngine(waiting_app(calls), workers=0) as engine:
+        run_id = engine.trigger("sleep").run_id
+        deliver(engine)
+        suspended = engine.get_run(run_id)
+        lose_all_messages(engine)
+        virtual(engine).advance(timedelta(hours=3) + GRACE - SECOND)
+        before = engine.reconcile()
+        virtual(engine).advance(2 * SECOND)
+        report = engine.reconcile()
+        deliver(engine)
+        run = engine.get_run(run_id)
+    assert suspended.status == RunStatus.WAITING and before.redriven == ()
+    assert report.run_ids == [run_id] and report.redriven[0].reason == "wake_lost"
+    assert run.status == RunStatus.COMPLETED and run.output == "woke"
+    assert calls == {"after-wait": 1}
+
+
+def test_a_token_answerer_that_died_before_sending_still_wakes_the_run() -> None:
+    calls: Counter[str] = Counter()
+    with LocalEngine(waiting_app(calls), workers=0) as engine:
+        run_id = engine.trigger("approve").run_id
+        deliver(engine)
+        [token] = engine.client.list_tokens(run_id)
+        eaten = crash_first_send(engine)
+        with pytest.raises(SimulatedCrash):  # recorded the answer, died before the send
+            engine.client.complete_token(token.id, {"ok": True})
+        assert eaten == [run_id]
+        lose_all_messages(engine)  # the run's own timer (the token's timeout, 2 days) too
+        still = engine.get_run(run_id)
+        virtual(engine).advance(GRACE + SECOND)
+        report = engine.reconcile()
+        deliver(engine)
+        run = engine.get_run(run_id)
+        with pytest.raises(rung.TokenAlreadyResolved):  # no second answer
+            engine.client.complete_token(token.id, {"ok": False})
+    assert still.status == RunStatus.WAITING
+    assert report.run_ids == [run_id] and report.redriven[0].reason == "wake_lost"
+    assert run.status == RunStatus.COMPLETED and run.output == {"ok": True}
+
+
 def test_healthy_runs_are_left_alone() -> None:
     app = rung.App("rec-healthy")
     inside = threading.Event()

@@ -456,3 +456,38 @@ def test_max_duration_ends_a_run_timed_out_and_waits_do_not_count() -> None:
     assert "max_duration of 300 s" in run.error.message
     assert done == [0, 1, 2, 3, 4]
     assert history[-1].type == rung.EventType.RUN_TIMED_OUT
+
+
+def test_tokens_answered_while_their_runs_suspend_are_never_missed() -> None:
+    # The answer races the suspension: each token is completed the moment its id is
+    # known, while the run is on its way into wait_for_token. A missed wake-up would
+    # leave the run WAITING (virtual time never skips a token's deadline) and fail here.
+    app = rung.App("race")
+    announced: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def announce(token_id: str, n: int) -> None:
+        with lock:
+            announced.append((token_id, n))
+
+    @app.task(id="race")
+    def race(ctx: rung.Context, payload: int) -> Any:
+        token = ctx.create_token("t")
+        ctx.step("announce", announce, token.id, payload)
+        return ctx.wait_for_token(token)
+
+    with LocalEngine(app, workers=3) as engine:
+        handles = [engine.trigger("race", n) for n in range(20)]
+        answered = 0
+        deadline = time.monotonic() + 60
+        while answered < 20 and time.monotonic() < deadline:
+            with lock:
+                todo = announced[answered:]
+            for token_id, n in todo:
+                engine.client.complete_token(token_id, n * 10)
+                answered += 1
+            time.sleep(0.001)
+        runs = [engine.wait(h.run_id, timeout=60) for h in handles]
+    assert answered == 20
+    assert [r.output for r in runs] == [n * 10 for n in range(20)]
+    assert all(r.status == rung.RunStatus.COMPLETED for r in runs)
