@@ -119,3 +119,30 @@ def doomed(ctx: rung.Context, payload: None) -> None:
         raise rung.NonRetryable("card reported stolen")
 
     ctx.step("charge", refuse)
+
+
+@app.task(id="sleeper")
+def sleeper(ctx: rung.Context, payload: dict[str, float]) -> str:
+    """Waits ``payload["seconds"]`` between two counted steps."""
+    ctx.step("before", effect, "before")
+    ctx.wait(payload["seconds"])
+    ctx.step("after", effect, "after")
+    return "rested"
+
+
+@app.task(id="approval", retry=rung.RetryPolicy(max_attempts=3, initial_interval=0.2))
+def approval(ctx: rung.Context, payload: dict[str, str]) -> object:
+    """Creates a token, announces it in a file, blocks at a gate, then waits for it."""
+    token = ctx.create_token("approval", timeout=300)
+
+    def announce() -> str:
+        Path(payload["token_file"]).write_text(token.id)
+        return effect("announce")
+
+    def slow() -> str:
+        wait_for_gate(payload["gate"])
+        return effect("slow")
+
+    ctx.step("announce", announce)
+    ctx.step("slow", slow)
+    return ctx.wait_for_token(token)
