@@ -327,3 +327,42 @@ def test_a_huge_error_message_is_stored_capped_and_the_run_goes_on() -> None:
     assert failed.error is not None and failed.error.message.endswith("(500,000 characters in all)")
     assert len(failed.error.message) < 2100
     assert faults == []
+
+
+@pytest.mark.slow  # ~30 s of wall time: the queue's visibility timeout after the "kill"
+@pytest.mark.timeout(180)
+def test_a_step_that_outlives_its_invocation_fails_with_an_error_that_says_so() -> None:
+    # Wall-clock time: the watchdog is a real timer. The invocation has 2 s; the step
+    # takes 2.5 s, and then the "Lambda" kills it (SimulatedCrash, as at a timeout).
+    app = rung.App("overrun")
+    calls: Counter[str] = Counter()
+
+    def too_slow() -> str:
+        calls["slow"] += 1
+        time.sleep(2.5)
+        raise SimulatedCrash()  # the invocation's time is up: the process is stopped
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=1))
+    def t(ctx: rung.Context, payload: None) -> str:
+        ctx.step("quick", lambda: calls.update(["quick"]))
+        return ctx.step("export", too_slow)
+
+    with LocalEngine(
+        app,
+        virtual_time=False,
+        invocation_timeout=timedelta(seconds=2),
+        min_time_left=timedelta(milliseconds=100),
+        lease_duration=timedelta(seconds=3),
+    ) as engine:
+        run = engine.wait(engine.trigger("t").run_id, timeout=120)
+        history = engine.history(run.run_id)
+    assert run.status == "FAILED"
+    assert run.error is not None and run.error.type == "StepTimedOut"
+    assert "step '/export#1'" in run.error.message
+    assert "still running when its invocation reached the function's time limit" in (
+        run.error.message
+    )
+    assert "split the step, or raise the FunctionTimeout parameter" in run.error.message
+    assert calls == {"quick": 1, "slow": 1}
+    lost = [e for e in history if str(e.type) == "WorkerLost"]
+    assert len(lost) == 1 and lost[0].error is not None and lost[0].error.type == "StepTimedOut"
