@@ -629,6 +629,7 @@ def build_trace(run: Run, events: list[HistoryEvent]) -> list[TraceLine]:
     """The history as a timeline: each step on one line, from its start to its end."""
     lines: list[TraceLine] = []
     open_steps: dict[tuple[int | None, str | None], TraceLine] = {}
+    open_waits: dict[str | None, TraceLine] = {}
     tries: dict[str | None, int] = {}
     succeeded: set[str] = set()  # steps checkpointed by earlier attempts
     for index, event in enumerate(events):
@@ -681,6 +682,43 @@ def build_trace(run: Run, events: list[HistoryEvent]) -> list[TraceLine]:
                 started.outcome = "failed"
                 started.error = event.error
                 started.detail = str(event.error) if event.error else ""
+        elif kind == EventType.TOKEN_CREATED:
+            lines.append(
+                TraceLine(
+                    "token",
+                    event.timestamp,
+                    f"✓ token {event.step}",
+                    attempt=event.attempt,
+                    step=event.step,
+                    detail="created",
+                    style="green",
+                )
+            )
+        elif kind == EventType.WAIT_STARTED:
+            line = TraceLine(
+                "wait",
+                event.timestamp,
+                f"⏸ {event.step}",
+                attempt=event.attempt,
+                step=event.step,
+                detail=(
+                    f"until {_offset(event.timestamp + event.delay - run.created_at)}"
+                    if event.delay is not None
+                    else "until answered"
+                ),
+                style="magenta",
+            )
+            open_waits[event.step] = line
+            lines.append(line)
+        elif kind == EventType.WAIT_ENDED:
+            wait = open_waits.pop(event.step, None)
+            if wait is not None:
+                wait.ended = event.timestamp
+                wait.took = event.timestamp - wait.at
+                if event.error is not None:
+                    wait.error = event.error
+                    wait.detail = str(event.error)
+                    wait.style = "red"
         elif kind == EventType.RETRY_SCHEDULED:
             delay = event.delay or timedelta(0)
             lines.append(
@@ -707,13 +745,15 @@ def build_trace(run: Run, events: list[HistoryEvent]) -> list[TraceLine]:
                     style="red",
                 )
             )
-        elif kind in (EventType.RUN_COMPLETED, EventType.RUN_FAILED):
+        elif kind in (EventType.RUN_COMPLETED, EventType.RUN_FAILED, EventType.RUN_TIMED_OUT):
             done = kind == EventType.RUN_COMPLETED
             lines.append(
                 TraceLine(
                     "end",
                     event.timestamp,
-                    "✓ completed" if done else "✗ failed",
+                    "✓ completed"
+                    if done
+                    else ("✗ timed out" if kind == EventType.RUN_TIMED_OUT else "✗ failed"),
                     attempt=event.attempt,
                     took=event.timestamp - run.created_at,
                     detail="" if done or event.error is None else str(event.error),
@@ -737,6 +777,15 @@ def build_trace(run: Run, events: list[HistoryEvent]) -> list[TraceLine]:
             line.what, line.style = f"✓ {label}", "green"
         else:
             line.what, line.style = f"✗ {label}", "red"
+    if run.status == RunStatus.WAITING:
+        lines.append(
+            TraceLine(
+                "waiting",
+                run.updated_at,
+                f"… waiting for {run.waiting_for or 'an event'}",
+                style="magenta",
+            )
+        )
     waiting = run.status == RunStatus.DELAYED and run.available_at is not None
     if waiting and lines and lines[-1].kind != "retry":  # a retry line already says when
         assert run.available_at is not None

@@ -491,3 +491,37 @@ def test_tokens_answered_while_their_runs_suspend_are_never_missed() -> None:
     assert answered == 20
     assert [r.output for r in runs] == [n * 10 for n in range(20)]
     assert all(r.status == rung.RunStatus.COMPLETED for r in runs)
+
+
+def test_the_trace_shows_waits_tokens_and_their_durations() -> None:
+    from rung.cli import build_trace
+
+    app = rung.App("trace")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> int:
+        ctx.step("a", lambda: 1)
+        ctx.wait(timedelta(hours=2))
+        token = ctx.create_token("ok", timeout=60)
+        try:
+            ctx.wait_for_token(token)
+        except rung.TokenTimedOut:
+            pass
+        return ctx.step("b", lambda: 2)
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("t")
+        token = engine.wait_for_token(handle.run_id, "ok")
+        waiting = build_trace(engine.get_run(handle.run_id), engine.history(handle.run_id))
+        assert isinstance(engine.clock, VirtualClock)
+        engine.clock.advance(timedelta(minutes=2))
+        run = engine.wait(handle.run_id)
+        lines = build_trace(run, engine.history(handle.run_id))
+    assert waiting[-1].kind == "waiting" and token.id in waiting[-1].what
+    assert [line.kind for line in lines] == [
+        "triggered", "attempt", "step", "wait", "token", "wait", "step", "end",
+    ]  # fmt: skip
+    wait, token_wait = lines[3], lines[5]
+    assert wait.what == "⏸ /wait#1" and wait.took is not None
+    assert timedelta(hours=2) <= wait.took < timedelta(hours=2, seconds=5)
+    assert token_wait.error is not None and token_wait.error.type == "TokenTimedOut"
