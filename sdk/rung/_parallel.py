@@ -154,6 +154,14 @@ class _Batch:
         self.id, self.seq = batch_id, seq
         started = self.session.now()
         records = self.parent.records
+        if self._branch_id(self.count) in records:
+            raise NonDeterminismError(
+                f"run {self.parent.run_id}: ctx.{self.kind} {batch_id!r} had more than "
+                f"{self.count} items when first executed (branch {self._branch_id(self.count)!r} "
+                f"is recorded), but the code now passes {self.count}. The items must be the "
+                "same on every replay: compute them from the payload or from step results. "
+                "See docs/parallel.md."
+            )
         for index in range(self.count):
             record = records.get(self._branch_id(index))
             if record is not None and record.kind == "branch":

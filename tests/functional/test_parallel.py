@@ -13,6 +13,7 @@ import pytest
 
 import rung
 import rung._engine
+from rung._clock import VirtualClock
 from rung.models import EventType
 from rung.testing import LocalEngine, SimulatedCrash
 
@@ -537,3 +538,83 @@ def test_batch_argument_errors_are_clear() -> None:
     assert "cannot be nested in a step" in out[8]
     assert "ctx of branch '/leak#1[0]' of run" in out[9] and "after that branch ended" in out[9]
     assert "must use the ctx its branch function receives" in run.output["branch"]
+
+
+def test_a_map_continues_in_a_fresh_invocation_when_time_runs_short() -> None:
+    app = rung.App("par")
+    calls = Calls()
+    clocks: list[VirtualClock] = []
+
+    def slow(ctx: rung.Context, item: int) -> int:
+        calls.add(("fn", item))
+
+        def work() -> int:
+            calls.add(item)
+            clocks[0].advance(timedelta(seconds=12))  # a 12-second step
+            return item
+
+        return ctx.step("work", work)
+
+    @app.task(id="long")
+    def long(ctx: rung.Context, payload: None) -> list[int]:
+        return ctx.map(list(range(5)), slow, max_concurrency=1).results()
+
+    with LocalEngine(
+        app, invocation_timeout=timedelta(seconds=30), min_time_left=timedelta(seconds=10)
+    ) as engine:
+        assert isinstance(engine.clock, VirtualClock)
+        clocks.append(engine.clock)
+        run = engine.wait(engine.trigger("long").run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output == [0, 1, 2, 3, 4]
+    assert run.attempt == 1  # continuing is not a new attempt
+    assert run.lease_token == 3  # branches 0-1, then 2-3, then 4
+    assert [calls[i] for i in range(5)] == [1] * 5
+    assert [calls[("fn", i)] for i in range(5)] == [1] * 5
+
+
+def test_max_duration_ends_a_run_timed_out_in_the_middle_of_a_map() -> None:
+    app = rung.App("par")
+    calls = Calls()
+    clocks: list[VirtualClock] = []
+
+    def work(ctx: rung.Context, item: int) -> None:
+        def minute() -> None:
+            calls.add(item)
+            clocks[0].advance(timedelta(minutes=1))
+
+        ctx.step("minute", minute)
+
+    @app.task(id="bounded", max_duration=timedelta(minutes=5))
+    def bounded(ctx: rung.Context, payload: None) -> None:
+        ctx.map(list(range(10)), work, max_concurrency=1)
+
+    with LocalEngine(app) as engine:
+        assert isinstance(engine.clock, VirtualClock)
+        clocks.append(engine.clock)
+        run = engine.wait(engine.trigger("bounded").run_id)
+    assert run.status == rung.RunStatus.TIMED_OUT
+    assert run.error is not None and "max_duration of 300 s" in run.error.message
+    assert calls.counts == Counter(range(5))
+
+
+def test_a_replay_with_fewer_items_fails_with_a_determinism_error() -> None:
+    app = rung.App("par")
+
+    def echo(ctx: rung.Context, item: int) -> int:
+        return item
+
+    @app.task(id="shrinks", retry=FAST)
+    def shrinks(ctx: rung.Context, payload: None) -> list[int]:
+        # Wrong on purpose: the items depend on the attempt, not on recorded values.
+        results = ctx.map(list(range(3 if ctx.attempt == 1 else 2)), echo).results()
+        if ctx.attempt == 1:
+            raise RuntimeError("fail the body once, so that the map replays")
+        return results
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("shrinks").run_id)
+    assert run.status == rung.RunStatus.FAILED
+    assert run.error is not None and run.error.type == "NonDeterminismError"
+    assert "ctx.map '/map#1' had more than 2 items" in run.error.message
+    assert "branch '/map#1[2]' is recorded" in run.error.message
