@@ -6,9 +6,11 @@ step. See README.md and docs/.
 """
 
 from rung.app import App, Task
+from rung.batch import BatchItem, BatchResult, Completion
 from rung.client import Client
 from rung.context import Context, Poll, StepInfo, current_step, step
 from rung.errors import (
+    BatchFailed,
     ConditionNotMet,
     ErrorInfo,
     InvalidConfig,
@@ -45,7 +47,11 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "App",
+    "BatchFailed",
+    "BatchItem",
+    "BatchResult",
     "Client",
+    "Completion",
     "ConditionNotMet",
     "Context",
     "ErrorInfo",

@@ -24,6 +24,8 @@ _RETRIES = Config(
     connect_timeout=5,
     read_timeout=30,
     tcp_keepalive=True,
+    # Branches of ctx.map write checkpoints from up to 32 threads (by default) at once.
+    max_pool_connections=64,
 )
 _lock = threading.Lock()
 _sessions: dict[tuple[str, bool], boto3.session.Session] = {}

@@ -25,7 +25,7 @@ from rung import _serde
 from rung._clock import Clock, to_ms
 from rung._queue import BadMessage, QueueMessage, SqsQueue, decode
 from rung._signals import ContinueLater, RetryStep, Suspend, TimeLimitReached
-from rung._store import NEVER_MS, Claimed, DynamoStore, NotClaimed
+from rung._store import NEVER_MS, SUSPEND_TOKEN_CHECKS, Claimed, DynamoStore, NotClaimed
 from rung.app import App, Task
 from rung.context import Context, _current_context, error_info
 from rung.errors import (
@@ -335,6 +335,7 @@ class Worker:
     ) -> Disposition:
         """The run waits: release it; keep (or send) a message due at its wake time."""
         now = self.clock.now()
+        checked, unchecked = wait.tokens[:SUSPEND_TOKEN_CHECKS], wait.tokens[SUSPEND_TOKEN_CHECKS:]
         suspended = self.store.suspend_run(
             run.run_id,
             token,
@@ -342,8 +343,15 @@ class Worker:
             waiting_for=wait.reason,
             now=now,
             spent=session.spent(),
-            tokens=wait.tokens,
+            tokens=checked,
         )
+        if suspended and unchecked and self._any_resolved(unchecked):
+            # Branches of a ctx.map may wait for more tokens than one transaction can
+            # check; those are read after the suspension instead. An answer that came
+            # before it is seen here; one after it finds the run WAITING and wakes it.
+            if self.store.wake_run(run.run_id, now):
+                self.queue.send(run.run_id)
+            return Disposition.ACK
         if not suspended:
             # A token it waits for was answered between the check and the suspension:
             # carry on at once, in a fresh invocation (as when time runs short).
@@ -354,6 +362,9 @@ class Worker:
         if wait.wake_at is None:
             return Disposition.ACK  # no timer: whoever wakes it sends the message
         return self._later(message, run.run_id, max(wait.wake_at - now, timedelta(0)))
+
+    def _any_resolved(self, token_ids: tuple[str, ...]) -> bool:
+        return any(self.store.get_token(token_id).status != "WAITING" for token_id in token_ids)
 
     def _later(self, message: QueueMessage, run_id: str, delay: timedelta) -> Disposition:
         kept = self.queue.defer(message, run_id, delay, to_ms(self.clock.now()))
@@ -379,7 +390,10 @@ class _Session:
         self._executed = 0
         self._max_duration = max_duration
         self._segment_start = worker.clock.now()
-        self._running: str | None = None
+        # Branches of ctx.map / ctx.parallel run steps on several threads at once: the
+        # steps running now, by thread, and a lock for the lease and time bookkeeping.
+        self._running: dict[int, str] = {}
+        self._lock = threading.Lock()
 
     def now(self) -> datetime:
         return self._worker.clock.now()
@@ -396,9 +410,11 @@ class _Session:
         return timer
 
     def _overrun(self) -> None:
-        step_id = self._running
-        if step_id is None:
+        with self._lock:
+            running = list(self._running.values())
+        if not running:
             return
+        step_id = running[0]  # the longest-running of the steps still running
         try:
             self._worker.store.mark_overrun(self._run.run_id, self._token, step_id)
             log.error(
@@ -410,13 +426,22 @@ class _Session:
             log.exception("run %s: could not record the overrun", self._run.run_id)
 
     def step_running(self, step_id: str | None) -> None:
-        self._running = step_id
+        thread = threading.get_ident()
+        with self._lock:
+            if step_id is None:
+                self._running.pop(thread, None)
+            else:
+                self._running[thread] = step_id
 
     def spent(self) -> timedelta:
         """Compute time used by this invocation on the run so far."""
         return max(self.now() - self._segment_start, timedelta(0))
 
     def before_step(self) -> None:
+        with self._lock:  # branches of ctx.map call this from several threads
+            self._before_step()
+
+    def _before_step(self) -> None:
         if self._max_duration is not None:
             used = self._run.compute_time + self.spent()
             if used >= self._max_duration:

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from rung.models import EventType, HistoryEvent, Run, RunStatus, StepRecord
 
+#: Checkpoints shown as a step (started, then succeeded or failed): steps, and the
+#: branches and batches of ctx.map / ctx.parallel, whose ids show the structure
+#: ("/orders#1" the batch, "/orders#1[3]" a branch, "/orders#1[3]/charge#1" its step).
+_STEP_LIKE = frozenset({"step", "branch", "map", "parallel"})
+
 
 def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
     events = [HistoryEvent(EventType.RUN_TRIGGERED, run.created_at)]
@@ -19,7 +24,7 @@ def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
             continue  # this attempt has not started yet (queued or backing off)
         events.append(HistoryEvent(EventType.ATTEMPT_STARTED, started, attempt=attempt))
         for record in (s for s in steps if s.run_attempt == attempt):
-            if record.kind != "step":
+            if record.kind not in _STEP_LIKE:
                 events.extend(_wait_events(run, record, attempt))
                 continue
             events.append(

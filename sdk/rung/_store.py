@@ -110,6 +110,9 @@ def _ms(delta: timedelta) -> int:
 #: ``available_at`` of a run that waits with no timer (only a waker moves it).
 NEVER_MS = 253402300799000  # 9999-12-31T23:59:59Z
 _ADD_COMPUTE = "compute_ms = if_not_exists(compute_ms, :zero) + :spent"
+#: The most tokens ``suspend_run`` checks: a transaction holds at most 100 items,
+#: and one of them is the run's update.
+SUSPEND_TOKEN_CHECKS = 99
 
 
 @dataclass(frozen=True)
@@ -429,6 +432,7 @@ class DynamoStore:
         returns False (and changes nothing) if one was resolved meanwhile, so a
         completion racing the suspension is never missed: either the completion sees
         the run WAITING and wakes it, or the suspension sees the token resolved.
+        At most ``SUSPEND_TOKEN_CHECKS`` tokens (a transaction's limit).
 
         Raises:
             LeaseLost: the worker's token is stale.
@@ -453,6 +457,8 @@ class DynamoStore:
                 ":token": _N(token),
             },
         }
+        if len(tokens) > SUSPEND_TOKEN_CHECKS:
+            raise ValueError(f"suspend_run checks at most {SUSPEND_TOKEN_CHECKS} tokens")
         if not tokens:
             try:
                 self.client.update_item(**update)

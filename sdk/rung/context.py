@@ -16,12 +16,13 @@ Replay rules (the contract users rely on, see docs/determinism.md):
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import secrets
 import traceback
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 from rung import _serde
 from rung._clock import iso, parse_iso
 from rung._signals import RetryStep, Suspend
+from rung.batch import BatchResult, Completion
 from rung.errors import (
     ConditionNotMet,
     ErrorInfo,
@@ -47,6 +49,7 @@ from rung.retry import RetryPolicy, as_timedelta
 P = ParamSpec("P")
 R = TypeVar("R")
 S = TypeVar("S")
+T = TypeVar("T")
 
 #: ``create_token``'s default timeout: every wait has a timer (invariant 4).
 DEFAULT_TOKEN_TIMEOUT = timedelta(days=7)
@@ -119,7 +122,11 @@ class AttemptSession(Protocol):
         """Check time left and the lease; may unwind with ContinueLater or LeaseLost."""
 
     def step_running(self, step_id: str | None) -> None:
-        """The step now executing (None: none), for the invocation's timeout watchdog."""
+        """The step this thread now executes (None: none), for the timeout watchdog.
+
+        Branches of ``ctx.map`` run steps on several threads at once; the session
+        must accept these calls (and ``before_step``) from any of them.
+        """
 
     def failed_attempts_of(self, step_id: str) -> list[int]:
         """Attempt numbers in which this step failed (retried failures)."""
@@ -164,11 +171,19 @@ class Context:
         self.attempt = attempt
         self._default_retry = default_retry
         self._records = records
-        self._by_seq = {(_scope_of(r.step_id), r.seq): r for r in records.values() if r.seq}
+        # A branch record of ctx.map shares its batch's position (rung._parallel): it
+        # is not a position of its own.
+        self._by_seq = {
+            (_scope_of(r.step_id), r.seq): r
+            for r in records.values()
+            if r.seq and r.kind != "branch"
+        }
         self._session = session
         self._seq: dict[str, int] = {}
         self._occurrences: dict[tuple[str, str], int] = {}
         self._scope = ""
+        #: in a branch of ctx.map / ctx.parallel: the branch's id (its scope)
+        self._branch: str | None = None
 
     @property
     def records(self) -> dict[str, StepRecord]:
@@ -207,7 +222,23 @@ class Context:
                 f"{what} was called inside step {current.step_id!r} of run {self.run_id}: "
                 "steps and waits cannot be nested in a step; call it from the task body"
             )
-        if _current_context.get() is not self:
+        running = _current_context.get()
+        if running is not self:
+            if running is not None and running.run_id == self.run_id:
+                if running._branch is not None:
+                    raise UsageError(
+                        f"{what} was called on another ctx than the one of branch "
+                        f"{running._branch!r} of run {self.run_id}: code in a ctx.map or "
+                        "ctx.parallel branch must use the ctx its branch function receives "
+                        "(fn(ctx, item) / fn(ctx)), not the task's ctx, so that its steps are "
+                        "recorded in the branch's scope"
+                    )
+                if self._branch is not None:
+                    raise UsageError(
+                        f"{what} was called on the ctx of branch {self._branch!r} of run "
+                        f"{self.run_id} after that branch ended: a branch's ctx is valid only "
+                        "inside its branch function; use the task's ctx"
+                    )
             raise UsageError(
                 f"{what} was called outside its run's task body (run {self.run_id}); call "
                 "it from the task function itself, with the ctx it was given"
@@ -373,6 +404,124 @@ class Context:
             yield
         finally:
             self._scope = previous
+
+    # -- in-run concurrency (rung._parallel) ---------------------------------------------
+
+    def map(
+        self,
+        items: Sequence[T],
+        fn: Callable[[Context, T], R],
+        *,
+        name: str = "map",
+        max_concurrency: int | None = None,
+        completion: Completion | None = None,
+    ) -> BatchResult[R]:
+        """Run ``fn(branch_ctx, item)`` for every item, on threads, each a branch.
+
+        Each branch gets its own ctx: its steps, waits and tokens are checkpointed
+        in the branch's scope ``"<batch id>[<index>]"``, e.g. ``"/map#1[3]/charge#1"``,
+        so branches never collide. When a branch returns or raises, one record keeps
+        its result or error; replays never call a finished branch again. Results come
+        back in input order. See docs/parallel.md.
+
+        A branch that waits (``ctx.wait``, a token) frees its thread; once every
+        branch has finished or waits, the run suspends, and on resume only the
+        unfinished branches run again (replaying their checkpoints).
+
+        Args:
+            items: a list (or other sequence) of at most 10,000 items, handed to
+                ``fn`` as they are (not through JSON).
+            fn: called as ``fn(ctx, item)`` with the branch's ctx; use that ctx, not
+                the task's, inside it. Its return value must be JSON-serializable
+                (its annotated return type revives models and dataclasses).
+            name: names the batch: its id is ``"<scope>/<name>#<n>"``.
+            max_concurrency: branches executing at once (threads); default
+                ``min(len(items), 32)``.
+            completion: when the batch is decided and whether it succeeded
+                (default: every item must succeed). See ``rung.Completion``.
+
+        Returns:
+            A ``BatchResult``: per item its status, result or error, in input order.
+
+        Raises:
+            BatchFailed: the completion rule was broken (too many items failed);
+                it carries the ``BatchResult``.
+
+        Example:
+            >>> def ship(ctx: rung.Context, order: dict) -> str:
+            ...     label = ctx.step("label", make_label, order)
+            ...     return ctx.step("send", send_parcel, label)
+            >>> batch = ctx.map(orders, ship, max_concurrency=8,
+            ...                 completion=rung.Completion(tolerated_failures=5))
+            >>> tracking = batch.results()
+        """
+        self._check_caller(f"ctx.map(name={name!r})")
+        from rung import _parallel  # it builds on this module
+
+        if not callable(fn):
+            raise UsageError(f"ctx.map(items, fn): fn must be callable, got {fn!r}")
+        listed = _parallel.check_items(items, f"ctx.map(name={name!r})")
+        return_type = _return_type(fn)
+        return _parallel.run_batch(
+            self,
+            kind="map",
+            name=name,
+            count=len(listed),
+            call=lambda ctx, index: fn(ctx, listed[index]),
+            return_type=lambda index: return_type,
+            max_concurrency=max_concurrency,
+            completion=completion,
+        )
+
+    def parallel(
+        self,
+        fns: Sequence[Callable[[Context], R]],
+        *,
+        name: str = "parallel",
+        max_concurrency: int | None = None,
+        completion: Completion | None = None,
+    ) -> BatchResult[R]:
+        """Run each ``fn(branch_ctx)`` as a branch, on threads; like ``map`` otherwise.
+
+        Branch ``i`` is ``fns[i]``; its scope is ``"<batch id>[<i>]"``
+        (``"/parallel#1[0]/fetch#1"``). Results come back in the order of ``fns``.
+
+        Example:
+            >>> batch = ctx.parallel([
+            ...     lambda c: c.step("user", load_user, uid),
+            ...     lambda c: c.step("orders", load_orders, uid),
+            ... ])
+            >>> user, orders = batch.results()
+        """
+        self._check_caller(f"ctx.parallel(name={name!r})")
+        from rung import _parallel
+
+        listed = _parallel.check_items(fns, f"ctx.parallel(name={name!r})", "functions")
+        for index, fn in enumerate(listed):
+            if not callable(fn):
+                raise UsageError(
+                    f"ctx.parallel(fns): fns[{index}] must be callable (called as fn(ctx)), "
+                    f"got {fn!r}"
+                )
+        return _parallel.run_batch(
+            self,
+            kind="parallel",
+            name=name,
+            count=len(listed),
+            call=lambda ctx, index: listed[index](ctx),
+            return_type=lambda index: _return_type(listed[index]),
+            max_concurrency=max_concurrency,
+            completion=completion,
+        )
+
+    def _branch_context(self, branch_id: str) -> Context:
+        """A ctx for one branch: the run's records and session, its own scope and positions."""
+        branch = copy.copy(self)
+        branch._seq = {}
+        branch._occurrences = {}
+        branch._scope = branch_id
+        branch._branch = branch_id
+        return branch
 
     def wait(self, duration: timedelta | float, *, name: str = "wait") -> None:
         """Suspend the run for ``duration``; no worker is held while it waits.
@@ -774,4 +923,6 @@ def _describe(kind: str) -> str:
         "wait": "wait",
         "token": "token",
         "token_wait": "wait for token",
+        "map": "ctx.map",
+        "parallel": "ctx.parallel",
     }.get(kind, kind)

@@ -14,7 +14,8 @@ This module imports nothing from the package, so any module may import it.
     ├── StepFailed                  a step's retries are exhausted (raised in the task body)
     │   ├── TokenFailed             a token the run waited for was failed from outside
     │   ├── TokenTimedOut           ... or was not completed (or heartbeaten) in time
-    │   └── ConditionNotMet         wait_for_condition used up its polls
+    │   ├── ConditionNotMet         wait_for_condition used up its polls
+    │   └── BatchFailed             a ctx.map / ctx.parallel broke its completion rule
     ├── TokenNotFound (LookupError) no token has that id
     ├── TokenAlreadyResolved        the token was completed, failed or timed out before
     ├── NonRetryable                raised by user code: fail now, do not retry
@@ -32,7 +33,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for the annotation only: nothing is imported at run time
+    from rung.batch import BatchResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +168,28 @@ class TokenTimedOut(StepFailed):
 
 class ConditionNotMet(StepFailed):
     """``ctx.wait_for_condition`` reached its poll cap before the condition held."""
+
+
+class BatchFailed(StepFailed):
+    """A ``ctx.map`` or ``ctx.parallel`` broke its completion rule (``rung.Completion``).
+
+    Raised in the code that called ``ctx.map``; catch it (or ``StepFailed``) to carry
+    on. ``step_id`` is the batch's id (``"/<name>#<n>"``), ``message`` says how many
+    items failed and the first failure. Replays raise an identical error.
+
+    Attributes:
+        result: the ``BatchResult``: every item's status, result or error.
+
+    Example:
+        >>> try:
+        ...     batch = ctx.map(items, process, completion=rung.Completion(tolerated_failures=2))
+        ... except rung.BatchFailed as exc:
+        ...     batch = exc.result    # what did succeed is still there
+    """
+
+    def __init__(self, step_id: str, error: ErrorInfo, result: BatchResult[Any]) -> None:
+        super().__init__(step_id, error)
+        self.result = result
 
 
 class TokenNotFound(RungError, LookupError):

@@ -95,7 +95,8 @@ class StepRecord:
     result_json: str | None = None
     error: ErrorInfo | None = None
     #: "step", "wait" (ctx.wait), "token" (create_token), "token_wait"
-    #: (wait_for_token), or a kind added by composition (child runs, map)
+    #: (wait_for_token), "map"/"parallel" (a batch) and "branch" (one of its
+    #: branches, see rung._parallel), or a kind added by composition (child runs)
     kind: str = "step"
     #: for a wait: when it ends
     wake_at: datetime | None = None

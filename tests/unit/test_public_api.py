@@ -10,7 +10,11 @@ import rung.testing
 
 PINNED = {
     "App",
+    "BatchFailed",
+    "BatchItem",
+    "BatchResult",
     "Client",
+    "Completion",
     "ConditionNotMet",
     "Context",
     "ErrorInfo",
@@ -93,5 +97,5 @@ def test_errors_form_one_tree() -> None:
     ):
         assert issubclass(getattr(rung, name), rung.RungError), name
     # What a wait raises in the task body is a StepFailed: one except clause catches all.
-    for name in ("TokenFailed", "TokenTimedOut", "ConditionNotMet"):
+    for name in ("TokenFailed", "TokenTimedOut", "ConditionNotMet", "BatchFailed"):
         assert issubclass(getattr(rung, name), rung.StepFailed), name

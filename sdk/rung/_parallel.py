@@ -1,0 +1,394 @@
+"""In-run concurrency: the branches of ``ctx.map`` and ``ctx.parallel``.
+
+Ids. A batch takes a position in its scope like a step does, and its id is a step id:
+``"<scope>/<name>#<n>"`` (``"/orders#1"``; ``"billing/orders#1"`` in a group). Branch
+``i`` runs in the scope ``"<batch id>[<i>]"``, so its steps are
+``"/orders#1[3]/charge#1"`` and a map inside it is ``"/orders#1[3]/inner#1"``. Step and
+group names cannot contain "/" or "#", and ``n`` counts every use of a name in a
+scope, so a second batch of the same name gets ``"/orders#2[...]"`` and no id of one
+batch can equal an id of another, or of a step.
+
+Records, each written once:
+
+* a branch record (kind "branch", id = the branch's scope, ``"/orders#1[3]"``) when
+  the branch returns (its result as JSON) or raises (its error as data). A replay
+  never calls a recorded branch again. It shares the batch's position (``seq``) and
+  is not a position of its own (``Context`` leaves it out of the determinism check).
+* a batch record (kind "map" or "parallel", at the batch's position, id = the batch
+  id) when the batch is decided: the counts and, if it failed, the ``BatchFailed``
+  error. It is what the determinism check meets at that position and what the trace
+  shows as the batch's span. It does not repeat the results (they are in the branch
+  records, and 10,000 of them would not fit in one item), and a replay does not need
+  it: every record of the run comes in the one query that starts an attempt, so a
+  replay of a finished batch rebuilds its result from memory without starting a
+  thread.
+
+Replay. The ``BatchResult`` is a pure function of the branch records and the
+completion rule: a branch with a record has its recorded outcome; if the records
+already decide the rule, every branch without one is "skipped" (whether it never
+started or was left waiting); otherwise the branches without a record run (again),
+replaying whatever checkpoints they have. The rule is monotone in the records, so the
+first execution and every replay agree.
+
+Threads. Branches run on a thread pool of ``max_concurrency`` threads (default
+``min(count, 32)``), each in a copy of the caller's ``contextvars`` context with the
+branch's ctx current, so ``@rung.step`` functions called in branch code land in the
+branch's scope. Signals: a branch that suspends (a wait) frees its thread and the
+batch goes on starting branches; when every branch has finished or suspended, the
+batch raises one combined ``Suspend`` (earliest wake time, every token). A step that
+asks for a retry (``RetryStep``) or anything that ends the attempt (time running
+out, ``max_duration``, a lost lease, a non-determinism error, a crash) stops new
+branches; the running ones finish, then the signal propagates (for retries: the one
+of the lowest branch index, and the whole run backs off).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import datetime
+from typing import Any
+
+from rung import _serde
+from rung._signals import ContinueLater, RetryStep, Suspend, TimeLimitReached
+from rung.batch import MAX_ITEMS, BatchItem, BatchResult, Completion
+from rung.context import Context, _current_context, error_info
+from rung.errors import (
+    BatchFailed,
+    ErrorInfo,
+    InvalidConfig,
+    LeaseLost,
+    NonDeterminismError,
+    PayloadTooLarge,
+    StepFailed,
+    UsageError,
+)
+from rung.models import StepRecord
+
+#: Threads per batch when ``max_concurrency`` is not given (fewer for fewer items).
+DEFAULT_MAX_CONCURRENCY = 32
+
+#: A branch that returned or raised has a record; any other outcome is a signal.
+_Outcome = StepRecord | BaseException
+
+
+def check_items(items: object, what: str, noun: str = "items") -> Sequence[Any]:
+    """``items`` as a sequence of at most ``MAX_ITEMS``, or a clear error."""
+    if isinstance(items, str | bytes | bytearray) or not isinstance(items, Sequence):
+        hint = (
+            "sort it first (a set's order differs between processes, and replays must see "
+            "the same order)"
+            if isinstance(items, set | frozenset)
+            else "pass a list, e.g. list(...)"
+        )
+        raise UsageError(f"{what} needs a list of {noun}, got {type(items).__name__}; {hint}")
+    if len(items) > MAX_ITEMS:
+        raise InvalidConfig(
+            f"{what} got {len(items):,} {noun}; one batch takes at most {MAX_ITEMS:,}. "
+            "Split them into chunks and map over the chunks (a map inside each branch), "
+            "or spread the work over child runs"
+        )
+    return items
+
+
+def run_batch(
+    parent: Context,
+    *,
+    kind: str,
+    name: str,
+    count: int,
+    call: Callable[[Context, int], Any],
+    return_type: Callable[[int], Any],
+    max_concurrency: int | None,
+    completion: Completion | None,
+) -> BatchResult[Any]:
+    """Run or replay one ``ctx.map`` / ``ctx.parallel`` (see the module docstring)."""
+    what = f"ctx.{kind}(name={name!r})"
+    if max_concurrency is not None and (
+        isinstance(max_concurrency, bool)
+        or not isinstance(max_concurrency, int)
+        or max_concurrency < 1
+    ):
+        raise InvalidConfig(
+            f"{what}: max_concurrency must be an int >= 1 (branches running at once), "
+            f"got {max_concurrency!r}"
+        )
+    if completion is not None and not isinstance(completion, Completion):
+        raise InvalidConfig(f"{what}: completion must be a rung.Completion, got {completion!r}")
+    rule = completion or Completion()
+    rule.check_size(count, f"{what} in run {parent.run_id}")
+    batch = _Batch(parent, kind, count, call, return_type, rule)
+    batch_id, seq = parent._position(name, kind)
+    return batch.run(batch_id, seq, max_concurrency or DEFAULT_MAX_CONCURRENCY)
+
+
+class _Batch:
+    def __init__(
+        self,
+        parent: Context,
+        kind: str,
+        count: int,
+        call: Callable[[Context, int], Any],
+        return_type: Callable[[int], Any],
+        rule: Completion,
+    ) -> None:
+        self.parent = parent
+        self.session = parent._session
+        self.kind = kind
+        self.count = count
+        self.call = call
+        self.return_type = return_type
+        self.rule = rule
+        self.done: dict[int, StepRecord] = {}
+        self.succeeded = 0
+        self.failed = 0
+        self.id = ""
+        self.seq = 0
+        self.first_start: dict[int, datetime] = {}
+
+    # -- the batch ---------------------------------------------------------------------
+
+    def run(self, batch_id: str, seq: int, max_concurrency: int) -> BatchResult[Any]:
+        self.id, self.seq = batch_id, seq
+        started = self.session.now()
+        records = self.parent.records
+        if self._branch_id(self.count) in records:
+            raise NonDeterminismError(
+                f"run {self.parent.run_id}: ctx.{self.kind} {batch_id!r} had more than "
+                f"{self.count} items when first executed (branch {self._branch_id(self.count)!r} "
+                f"is recorded), but the code now passes {self.count}. The items must be the "
+                "same on every replay: compute them from the payload or from step results. "
+                "See docs/parallel.md."
+            )
+        for index in range(self.count):
+            record = records.get(self._branch_id(index))
+            if record is not None and record.kind == "branch":
+                self._add(index, record)
+        self._note_first_starts(records)
+        signals: list[tuple[int, BaseException]] = []
+        if self._verdict() is None:
+            todo = [index for index in range(self.count) if index not in self.done]
+            signals = self._execute(todo, min(max_concurrency, len(todo)))
+        ending = [(i, s) for i, s in signals if not isinstance(s, Suspend | RetryStep)]
+        if ending:
+            raise _most_severe([s for _, s in ending])
+        verdict = self._verdict()
+        if verdict is None:
+            # Not decided: some branches asked for a retry or wait. (Once decided, they
+            # do not matter: they are skipped, and a replay decides the same way.)
+            retries = [(i, s) for i, s in signals if isinstance(s, RetryStep)]
+            if retries:
+                raise min(retries, key=lambda pair: pair[0])[1]
+            waits = [s for _, s in signals if isinstance(s, Suspend)]
+            assert waits, "an undecided batch must have unfinished branches"
+            raise self._combined(waits)
+        return self._finish(verdict, min([started, *self.first_start.values()]))
+
+    def _execute(self, todo: list[int], threads: int) -> list[tuple[int, BaseException]]:
+        """Run branches ``todo`` on ``threads`` threads until decided, done or stopped."""
+        pending = deque(todo)
+        running: dict[Future[_Outcome], int] = {}
+        signals: list[tuple[int, BaseException]] = []
+        stop = False
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rung-branch") as pool:
+            while running or (pending and not stop):
+                while pending and not stop and len(running) < threads:
+                    try:
+                        # Like before a step: time left, max_duration, lease renewal.
+                        self.session.before_step()
+                    except BaseException as exc:
+                        signals.append((-1, exc))
+                        stop = True
+                        break
+                    index = pending.popleft()
+                    # Each branch in its own copy of this thread's contextvars.
+                    context = contextvars.copy_context()
+                    running[pool.submit(context.run, self._branch, index)] = index
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    index = running.pop(future)
+                    outcome = future.result()  # _branch returns what it raised
+                    if isinstance(outcome, StepRecord):
+                        self._add(index, outcome)
+                        if self._verdict() is not None:
+                            stop = True  # decided: start nothing more
+                    else:
+                        signals.append((index, outcome))
+                        # A waiting branch frees its thread; others go on. A retry or
+                        # the end of the attempt stops new branches.
+                        if not isinstance(outcome, Suspend):
+                            stop = True
+        return signals
+
+    def _verdict(self) -> bool | None:
+        return self.rule.verdict(total=self.count, succeeded=self.succeeded, failed=self.failed)
+
+    def _add(self, index: int, record: StepRecord) -> None:
+        self.done[index] = record
+        if record.outcome == "succeeded":
+            self.succeeded += 1
+        else:
+            self.failed += 1
+
+    def _branch_id(self, index: int) -> str:
+        return f"{self.id}[{index}]"
+
+    def _note_first_starts(self, records: dict[str, StepRecord]) -> None:
+        """When each branch first started (from its checkpoints), for the trace."""
+        prefix = self.id + "["
+        # A snapshot: branches of an enclosing batch may add records meanwhile.
+        for record in list(records.values()):
+            if not record.step_id.startswith(prefix):
+                continue
+            end = record.step_id.find("]", len(prefix))
+            try:
+                index = int(record.step_id[len(prefix) : end])
+            except ValueError:
+                continue
+            first = self.first_start.get(index)
+            if first is None or record.started_at < first:
+                self.first_start[index] = record.started_at
+
+    # -- one branch, on a pool thread --------------------------------------------------
+
+    def _branch(self, index: int) -> _Outcome:
+        """Run branch ``index``; its record, or the signal (or crash) that stopped it."""
+        branch_id = self._branch_id(index)
+        ctx = self.parent._branch_context(branch_id)
+        token = _current_context.set(ctx)
+        started = self.first_start.get(index) or self.session.now()
+        value: Any = None
+        error: ErrorInfo | None = None
+        try:
+            value = self.call(ctx, index)
+        except (LeaseLost, NonDeterminismError) as exc:  # the attempt ends, not the branch
+            return exc
+        except StepFailed as exc:  # a step in it failed for good (or a nested batch)
+            error = ErrorInfo(
+                exc.error_type, f"step {exc.step_id!r} failed: {exc.message}", exc.traceback
+            )
+        except Exception as exc:
+            error = error_info(exc)
+        except BaseException as exc:  # a wait, a retry, the time limit, a crash
+            return exc
+        finally:
+            _current_context.reset(token)
+        try:
+            text: str | None = None
+            if error is None:
+                try:
+                    text = _serde.dumps(
+                        value, f"the result of branch {branch_id!r} in run {self.parent.run_id}"
+                    )
+                except (_serde.NotSerializable, PayloadTooLarge) as exc:
+                    error = ErrorInfo(type(exc).__name__, str(exc))
+            stored = self.session.record_step(
+                StepRecord(
+                    step_id=branch_id,
+                    seq=self.seq,
+                    outcome="succeeded" if error is None else "failed",
+                    attempt=1,
+                    run_attempt=self.parent.attempt,
+                    started_at=started,
+                    finished_at=self.session.now(),
+                    result_json=text,
+                    error=error,
+                    kind="branch",
+                )
+            )
+        except BaseException as exc:  # storage failed: the attempt ends
+            return exc
+        return self.parent._remember(stored)
+
+    # -- endings -----------------------------------------------------------------------
+
+    def _finish(self, verdict: bool, started: datetime) -> BatchResult[Any]:
+        items: list[BatchItem[Any]] = []
+        for index in range(self.count):
+            record = self.done.get(index)
+            if record is None:
+                items.append(BatchItem(index, "skipped"))
+            elif record.outcome == "succeeded":
+                value = _serde.loads(record.result_json, self.return_type(index))
+                items.append(BatchItem(index, "succeeded", result=value))
+            else:
+                items.append(
+                    BatchItem(index, "failed", error=record.error or ErrorInfo("Error", ""))
+                )
+        result = BatchResult(items)
+        recorded = self.parent.records.get(self.id)
+        if recorded is None:
+            failure = None if verdict else self._failure(result)
+            recorded = self.parent._remember(
+                self.session.record_step(
+                    StepRecord(
+                        step_id=self.id,
+                        seq=self.seq,
+                        outcome="succeeded" if verdict else "failed",
+                        attempt=1,
+                        run_attempt=self.parent.attempt,
+                        started_at=started,
+                        finished_at=self.session.now(),
+                        result_json=_serde.dumps(
+                            {
+                                "items": self.count,
+                                "succeeded": result.succeeded,
+                                "failed": result.failed,
+                                "skipped": result.skipped,
+                            },
+                            "a batch summary",
+                        ),
+                        error=failure,
+                        kind=self.kind,
+                    )
+                )
+            )
+        # The recorded verdict stands on replay, as a step's recorded outcome does.
+        if recorded.outcome == "failed":
+            raise BatchFailed(self.id, recorded.error or self._failure(result), result)
+        return result
+
+    def _failure(self, result: BatchResult[Any]) -> ErrorInfo:
+        why = self.rule.explain_failure(
+            total=self.count, succeeded=result.succeeded, failed=result.failed
+        )
+        first = next((item for item in result.items if item.status == "failed"), None)
+        text = f"ctx.{self.kind} {self.id!r}: {why}"
+        if result.skipped:
+            text += f"; {result.skipped} skipped"
+        if first is not None:
+            text += f"; first failure: item {first.index}: {first.error}"
+        return ErrorInfo("BatchFailed", text)
+
+    def _combined(self, suspends: list[Suspend]) -> Suspend:
+        """One suspension for the whole run: the earliest wake time, every token."""
+        timed = [s for s in suspends if s.wake_at is not None]
+        first = min(timed, key=lambda s: s.wake_at or datetime.max) if timed else suspends[0]
+        tokens = tuple(dict.fromkeys(token for s in suspends for token in s.tokens))
+        reason = first.reason  # it names what wakes the run first
+        if len(suspends) > 1:
+            reason += f" (and {len(suspends) - 1} more waiting branches of {self.id})"
+        return Suspend(first.wake_at, reason, tokens=tokens)
+
+
+def _most_severe(signals: list[BaseException]) -> BaseException:
+    """Of several reasons to end the attempt, the one that must win."""
+
+    def rank(signal: BaseException) -> int:
+        if not isinstance(signal, Exception | ContinueLater | TimeLimitReached):
+            return 0  # a crash (or KeyboardInterrupt): as if the process died
+        if isinstance(signal, LeaseLost):
+            return 1  # another worker owns the run: write nothing more
+        if isinstance(signal, NonDeterminismError):
+            return 2
+        if isinstance(signal, TimeLimitReached):
+            return 3
+        if isinstance(signal, ContinueLater):
+            return 4
+        return 5  # storage errors and the like: the attempt fails
+
+    return min(signals, key=rank)
