@@ -9,6 +9,7 @@ from rung.app import App, Task
 from rung.client import Client
 from rung.context import Context, Poll, StepInfo, current_step, step
 from rung.errors import (
+    ChildRunFailed,
     ConditionNotMet,
     ErrorInfo,
     InvalidConfig,
@@ -18,7 +19,9 @@ from rung.errors import (
     NonRetryable,
     PayloadTooLarge,
     RetryAfter,
+    RunAlreadyFinished,
     RungError,
+    RunNotFailed,
     RunNotFound,
     StepFailed,
     TokenAlreadyResolved,
@@ -28,7 +31,16 @@ from rung.errors import (
     UnknownTask,
     UsageError,
 )
-from rung.models import EventType, HistoryEvent, Run, RunHandle, RunStatus, Token, TokenState
+from rung.models import (
+    ChildResult,
+    EventType,
+    HistoryEvent,
+    Run,
+    RunHandle,
+    RunStatus,
+    Token,
+    TokenState,
+)
 from rung.retry import RetryPolicy
 
 __version__ = "0.1.0"
@@ -45,6 +57,8 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "App",
+    "ChildResult",
+    "ChildRunFailed",
     "Client",
     "ConditionNotMet",
     "Context",
@@ -61,7 +75,9 @@ __all__ = [
     "RetryAfter",
     "RetryPolicy",
     "Run",
+    "RunAlreadyFinished",
     "RunHandle",
+    "RunNotFailed",
     "RunNotFound",
     "RunStatus",
     "RungError",

@@ -10,6 +10,8 @@ import rung.testing
 
 PINNED = {
     "App",
+    "ChildResult",
+    "ChildRunFailed",
     "Client",
     "ConditionNotMet",
     "Context",
@@ -26,7 +28,9 @@ PINNED = {
     "RetryAfter",
     "RetryPolicy",
     "Run",
+    "RunAlreadyFinished",
     "RunHandle",
+    "RunNotFailed",
     "RunNotFound",
     "RunStatus",
     "RungError",
@@ -82,6 +86,8 @@ def test_errors_form_one_tree() -> None:
         "PayloadTooLarge",
         "UnknownTask",
         "RunNotFound",
+        "RunAlreadyFinished",
+        "RunNotFailed",
         "TokenNotFound",
         "TokenAlreadyResolved",
         "LeaseLost",
@@ -93,5 +99,5 @@ def test_errors_form_one_tree() -> None:
     ):
         assert issubclass(getattr(rung, name), rung.RungError), name
     # What a wait raises in the task body is a StepFailed: one except clause catches all.
-    for name in ("TokenFailed", "TokenTimedOut", "ConditionNotMet"):
+    for name in ("TokenFailed", "TokenTimedOut", "ConditionNotMet", "ChildRunFailed"):
         assert issubclass(getattr(rung, name), rung.StepFailed), name
