@@ -1047,6 +1047,7 @@ def event_json(event: HistoryEvent) -> dict[str, Any]:
         "step": event.step,
         "delay_seconds": event.delay.total_seconds() if event.delay is not None else None,
         "error": event.error.to_json() if event.error else None,
+        "child_run_id": event.child_run_id,
     }
 
 
