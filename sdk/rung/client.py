@@ -254,10 +254,10 @@ class Client:
         Example:
             >>> client.cancel(run_id, reason="order withdrawn")
         """
-        run = self._store.get_run(_check_run_id(run_id))
         if reason is not None and (not isinstance(reason, str) or len(reason) > 2000):
             raise InvalidConfig("cancel reason must be a string of at most 2000 characters")
         message = reason or "canceled"
+        run = self._store.get_run(_check_run_id(run_id))
         if run.status.is_terminal:
             if run.status == RunStatus.CANCELED:
                 self._cancel_children(run.run_id, message)  # a crashed cancel's rest
