@@ -11,6 +11,7 @@ from rung.client import Client
 from rung.context import Context, Poll, StepInfo, current_step, step
 from rung.errors import (
     BatchFailed,
+    ChildRunFailed,
     ConditionNotMet,
     ErrorInfo,
     InvalidConfig,
@@ -20,7 +21,9 @@ from rung.errors import (
     NonRetryable,
     PayloadTooLarge,
     RetryAfter,
+    RunAlreadyFinished,
     RungError,
+    RunNotFailed,
     RunNotFound,
     StepFailed,
     TokenAlreadyResolved,
@@ -30,7 +33,16 @@ from rung.errors import (
     UnknownTask,
     UsageError,
 )
-from rung.models import EventType, HistoryEvent, Run, RunHandle, RunStatus, Token, TokenState
+from rung.models import (
+    ChildResult,
+    EventType,
+    HistoryEvent,
+    Run,
+    RunHandle,
+    RunStatus,
+    Token,
+    TokenState,
+)
 from rung.retry import RetryPolicy
 
 __version__ = "0.1.0"
@@ -50,6 +62,8 @@ __all__ = [
     "BatchFailed",
     "BatchItem",
     "BatchResult",
+    "ChildResult",
+    "ChildRunFailed",
     "Client",
     "Completion",
     "ConditionNotMet",
@@ -67,7 +81,9 @@ __all__ = [
     "RetryAfter",
     "RetryPolicy",
     "Run",
+    "RunAlreadyFinished",
     "RunHandle",
+    "RunNotFailed",
     "RunNotFound",
     "RunStatus",
     "RungError",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -24,8 +25,15 @@ from typing import Any
 from rung import _serde
 from rung._clock import Clock, to_ms
 from rung._queue import BadMessage, QueueMessage, SqsQueue, decode
-from rung._signals import ContinueLater, RetryStep, Suspend, TimeLimitReached
-from rung._store import NEVER_MS, SUSPEND_TOKEN_CHECKS, Claimed, DynamoStore, NotClaimed
+from rung._signals import Canceled, ContinueLater, RetryStep, Suspend, TimeLimitReached
+from rung._store import (
+    NEVER_MS,
+    SUSPEND_TOKEN_CHECKS,
+    Claimed,
+    DynamoStore,
+    NewRun,
+    NotClaimed,
+)
 from rung.app import App, Task
 from rung.context import Context, _current_context, error_info
 from rung.errors import (
@@ -36,7 +44,7 @@ from rung.errors import (
     StepFailed,
     UnknownTask,
 )
-from rung.models import Failure, Run, StepRecord, TokenState
+from rung.models import Failure, Run, RunStatus, StepRecord, TokenState
 
 log = logging.getLogger("rung.worker")
 
@@ -62,10 +70,14 @@ class WorkerConfig:
             function timeout so a live invocation never loses its lease.
         min_time_left: before each step, if the invocation has less than this left,
             the run continues in a fresh invocation (not counted as an attempt).
+        cancel_check_interval: before a step, the worker reads the run's status if it
+            has not for this long, so a canceled run stops at its next step boundary
+            (one eventually consistent read per interval; see docs/lifecycle.md).
     """
 
     lease_duration: timedelta = timedelta(minutes=16)
     min_time_left: timedelta = timedelta(seconds=10)
+    cancel_check_interval: timedelta = timedelta(seconds=5)
 
 
 class Worker:
@@ -185,7 +197,7 @@ class Worker:
             log.error("run %s: %s; no attempts left", run.run_id, error.message)
             # Fenced on the dead holder's token: one of several finders wins.
             with contextlib.suppress(LeaseLost):
-                self.store.fail_run(run.run_id, run.lease_token, error, failure, now)
+                self._fail(run, run.lease_token, error, failure, now)
             return NotClaimed("terminal", run, None)
         claim = self.store.reclaim_crashed(run, now, self.config.lease_duration, failure)
         if isinstance(claim, Claimed):
@@ -219,7 +231,7 @@ class Worker:
                 "UnknownTask",
                 f"{exc}; was the task removed or renamed in a deploy while this run was in flight?",
             )
-            self.store.fail_run(run.run_id, token, error, None, now())
+            self._fail(run, token, error, None, now())
             return Disposition.ACK
         # A run's first claim cannot find checkpoints: nobody held it before.
         records = self.store.load_steps(run.run_id) if token > 1 else {}
@@ -237,7 +249,7 @@ class Worker:
         try:
             payload = task.decode_payload(_serde.dumps(run.payload, "payload"))
         except Exception as exc:
-            self.store.fail_run(run.run_id, token, _payload_error(task, exc), None, now())
+            self._fail(run, token, _payload_error(task, exc), None, now())
             return Disposition.ACK
         ctx_token = _current_context.set(ctx)
         try:
@@ -273,17 +285,22 @@ class Worker:
             return self._suspend(message, run, token, wait, session)
         except TimeLimitReached as limit:
             error = ErrorInfo("MaxDurationExceeded", limit.message)
-            self.store.time_out_run(run.run_id, token, error, now())
+            self._wake_parent(
+                run, self.store.time_out_run(run.run_id, token, error, now(), **_waiter(run))
+            )
             log.warning("run %s: %s", run.run_id, limit.message)
             return Disposition.ACK
         except StepFailed as exc:  # a step failed for good and the task did not catch it
             error = ErrorInfo(
                 exc.error_type, f"step {exc.step_id!r} failed: {exc.message}", exc.traceback
             )
-            self.store.fail_run(run.run_id, token, error, None, now())
+            self._fail(run, token, error, None, now(), failed_step=exc.step_id)
             return Disposition.ACK
         except NonDeterminismError as exc:
-            self.store.fail_run(run.run_id, token, error_info(exc), None, now())
+            self._fail(run, token, error_info(exc), None, now())
+            return Disposition.ACK
+        except Canceled:
+            log.info("run %s was canceled; its attempt stops before its next step", run.run_id)
             return Disposition.ACK
         except Exception as exc:  # the task body itself failed, outside any step
             return self._body_failed(message, run, token, task, exc, attempt_start, session)
@@ -294,12 +311,32 @@ class Worker:
         try:
             output = _serde.dumps(result, f"the output of run {run.run_id}")
         except (_serde.NotSerializable, PayloadTooLarge) as exc:
-            self.store.fail_run(
-                run.run_id, token, ErrorInfo(type(exc).__name__, str(exc)), None, now()
-            )
+            self._fail(run, token, ErrorInfo(type(exc).__name__, str(exc)), None, now())
             return Disposition.ACK
-        self.store.complete_run(run.run_id, token, output, now())
+        self._wake_parent(
+            run, self.store.complete_run(run.run_id, token, output, now(), **_waiter(run))
+        )
         return Disposition.ACK
+
+    def _fail(
+        self,
+        run: Run,
+        token: int,
+        error: ErrorInfo,
+        failure: Failure | None,
+        now: datetime,
+        failed_step: str | None = None,
+    ) -> None:
+        woke = self.store.fail_run(
+            run.run_id, token, error, failure, now, failed_step=failed_step, **_waiter(run)
+        )
+        self._wake_parent(run, woke)
+
+    def _wake_parent(self, run: Run, woke: bool) -> None:
+        """After a terminal transition that woke the waiting parent: send its message.
+        (A crash before the send leaves the parent WAITING and due: reconciled.)"""
+        if woke and run.parent_run_id is not None:
+            self.queue.send(run.parent_run_id)
 
     def _body_failed(
         self,
@@ -325,7 +362,7 @@ class Worker:
             delay=delay,
         )
         if delay is None:
-            self.store.fail_run(run.run_id, token, error, failure, now)
+            self._fail(run, token, error, failure, now)
             return Disposition.ACK
         self.store.schedule_retry(run.run_id, token, failure, now + delay, now, session.spent())
         return self._later(message, run.run_id, delay)
@@ -344,6 +381,7 @@ class Worker:
             now=now,
             spent=session.spent(),
             tokens=checked,
+            children=wait.children,
         )
         if suspended and unchecked and self._any_resolved(unchecked):
             # Branches of a ctx.map may wait for more tokens than one transaction can
@@ -353,7 +391,7 @@ class Worker:
                 self.queue.send(run.run_id)
             return Disposition.ACK
         if not suspended:
-            # A token it waits for was answered between the check and the suspension:
+            # A token or child it waits for ended between the check and the suspension:
             # carry on at once, in a fresh invocation (as when time runs short).
             self.store.release_to_continue(run.run_id, token, now, session.spent())
             self.queue.send(run.run_id)
@@ -394,6 +432,7 @@ class _Session:
         # steps running now, by thread, and a lock for the lease and time bookkeeping.
         self._running: dict[int, str] = {}
         self._lock = threading.Lock()
+        self._status_read_at = self._segment_start  # the claim has just read it
 
     def now(self) -> datetime:
         return self._worker.clock.now()
@@ -459,13 +498,75 @@ class _Session:
             raise ContinueLater()
         self._executed += 1
         now = self.now()
+        if now - self._status_read_at >= config.cancel_check_interval:
+            self._check_canceled(now)
         if self._lease_until is not None and self._lease_until - now < config.lease_duration / 2:
             until = now + config.lease_duration
             self._worker.store.renew_lease(self._run.run_id, self._token, until)
             self._lease_until = until
 
+    def _check_canceled(self, now: datetime) -> None:
+        """Stop at this step boundary if the run was canceled (or taken over).
+
+        Step checkpoints are not fenced, so without this a canceled run would go on
+        executing steps until its next fenced write. One eventually consistent read
+        per ``cancel_check_interval`` at most."""
+        status, token = self._worker.store.run_status(self._run.run_id)
+        self._status_read_at = now
+        if status == RunStatus.CANCELED:
+            raise Canceled()
+        if status != RunStatus.RUNNING or token != self._token:
+            raise LeaseLost(
+                f"run {self._run.run_id} is {status} (lease token {token}); this worker's "
+                f"lease (token {self._token}) is no longer valid, so it stops"
+            )
+
     def failed_attempts_of(self, step_id: str) -> list[int]:
-        return [f.attempt for f in self._run.failures if f.kind == "step" and f.step_id == step_id]
+        floor = self._run.budget_from  # a redrive resets the retry budget
+        return [
+            f.attempt
+            for f in self._run.failures
+            if f.kind == "step" and f.step_id == step_id and f.attempt >= floor
+        ]
+
+    def task(self, task: str | Task[Any]) -> Task[Any]:
+        return self._worker.app.get_task(task)
+
+    def start_child(
+        self,
+        record: StepRecord,
+        *,
+        task_id: str,
+        payload_json: str,
+        waits: bool,
+        detached: bool,
+        delay: timedelta,
+        tags: tuple[str, ...],
+    ) -> tuple[StepRecord, bool]:
+        child_id = str(json.loads(record.result_json or "{}")["run_id"])
+        now = self.now()
+        child = NewRun(
+            run_id=child_id,
+            task_id=task_id,
+            payload_json=payload_json,
+            created_at=now,
+            available_at=now + delay,
+            idempotency_key=None,
+            tags=tags,
+            parent_run_id=self._run.run_id,
+            parent_waits=waits,
+            detached=detached,
+        )
+        stored, created = self._worker.store.start_child(
+            self._run.run_id, self._token, record, child
+        )
+        if created:
+            # A crash before this send leaves the child QUEUED: the reconciler sends it.
+            self._worker.queue.send(child_id, delay)
+        return stored, created
+
+    def get_runs(self, run_ids: list[str]) -> dict[str, Run]:
+        return self._worker.store.get_runs(run_ids)
 
     def record_step(self, record: StepRecord) -> StepRecord:
         return self._worker.store.record_step(self._run.run_id, record)
@@ -488,8 +589,17 @@ def _seconds(delta: timedelta) -> str:
 
 
 def _run_level_failures(run: Run) -> int:
-    """Failed attempts that count against the task's policy: body errors and crashes."""
-    return sum(1 for f in run.failures if f.kind in ("body", "crash"))
+    """Failed attempts that count against the task's policy: body errors and crashes
+    (since the last redrive, which resets the budget)."""
+    floor = run.budget_from
+    return sum(1 for f in run.failures if f.kind in ("body", "crash") and f.attempt >= floor)
+
+
+def _waiter(run: Run) -> dict[str, str]:
+    """``wake_parent=`` for a terminal transition: the parent, if it waits for this run."""
+    if run.parent_run_id is not None and run.parent_waits:
+        return {"wake_parent": run.parent_run_id}
+    return {}
 
 
 def _payload_error(task: Task[Any], exc: Exception) -> ErrorInfo:

@@ -6,6 +6,8 @@ that attempt executed in program order, then how the attempt ended.
 
 from __future__ import annotations
 
+import json
+
 from rung.models import EventType, HistoryEvent, Run, RunStatus, StepRecord
 
 #: Checkpoints shown as a step (started, then succeeded or failed): steps, and the
@@ -17,6 +19,7 @@ _STEP_LIKE = frozenset({"step", "branch", "map", "parallel"})
 def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
     events = [HistoryEvent(EventType.RUN_TRIGGERED, run.created_at)]
     failures = {f.attempt: f for f in run.failures}
+    redrives = {r.attempt: r for r in run.redrives}
     for attempt in range(1, run.attempt + 1):
         failure = failures.get(attempt)
         started = failure.started_at if failure else run.attempt_started_at
@@ -97,6 +100,18 @@ def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
                         delay=failure.delay,
                     )
                 )
+        redrive = redrives.get(attempt)
+        if redrive is not None:  # the run had failed here, and was redriven after a fix
+            events.append(
+                HistoryEvent(
+                    EventType.RUN_FAILED, redrive.failed_at, attempt=attempt, error=redrive.error
+                )
+            )
+            events.append(
+                HistoryEvent(
+                    EventType.RUN_REDRIVEN, redrive.at, attempt=attempt, step=redrive.step_id
+                )
+            )
     if run.status == RunStatus.COMPLETED and run.finished_at is not None:
         events.append(HistoryEvent(EventType.RUN_COMPLETED, run.finished_at, attempt=run.attempt))
     elif run.status == RunStatus.FAILED and run.finished_at is not None:
@@ -111,11 +126,28 @@ def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
                 EventType.RUN_TIMED_OUT, run.finished_at, attempt=run.attempt, error=run.error
             )
         )
+    elif run.status == RunStatus.CANCELED and run.finished_at is not None:
+        events.append(
+            HistoryEvent(
+                EventType.RUN_CANCELED, run.finished_at, attempt=run.attempt, error=run.error
+            )
+        )
     return events
 
 
 def _wait_events(run: Run, record: StepRecord, attempt: int) -> list[HistoryEvent]:
     """A wait's events: when it began (and for how long), and when it ended."""
+    if record.kind == "child":  # a child run started, with this checkpoint
+        child = json.loads(record.result_json or "{}")
+        return [
+            HistoryEvent(
+                EventType.CHILD_TRIGGERED,
+                record.started_at,
+                attempt=attempt,
+                step=record.step_id,
+                child_run_id=child.get("run_id"),
+            )
+        ]
     if record.kind == "token":  # creating a token: a checkpoint like a step's
         return [
             HistoryEvent(

@@ -365,14 +365,16 @@ class _Batch:
         return ErrorInfo("BatchFailed", text)
 
     def _combined(self, suspends: list[Suspend]) -> Suspend:
-        """One suspension for the whole run: the earliest wake time, every token."""
+        """One suspension for the whole run: the earliest wake time, every token and
+        every child run a branch waits for (each one's end must be able to wake it)."""
         timed = [s for s in suspends if s.wake_at is not None]
         first = min(timed, key=lambda s: s.wake_at or datetime.max) if timed else suspends[0]
         tokens = tuple(dict.fromkeys(token for s in suspends for token in s.tokens))
+        children = tuple(dict.fromkeys(child for s in suspends for child in s.children))
         reason = first.reason  # it names what wakes the run first
         if len(suspends) > 1:
             reason += f" (and {len(suspends) - 1} more waiting branches of {self.id})"
-        return Suspend(first.wake_at, reason, tokens=tokens)
+        return Suspend(first.wake_at, reason, tokens=tokens, children=children)
 
 
 def _most_severe(signals: list[BaseException]) -> BaseException:

@@ -34,13 +34,25 @@ class Suspend(Unwind):
 
     ``tokens``: ids of tokens the run waits for; suspending is refused (atomically)
     if one of them was resolved meanwhile, so a completion is never missed.
+    ``children``: ids of unfinished child runs it waits for; likewise.
     """
 
-    def __init__(self, wake_at: datetime | None, reason: str, tokens: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        wake_at: datetime | None,
+        reason: str,
+        tokens: tuple[str, ...] = (),
+        children: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(reason)
         self.wake_at = wake_at
         self.reason = reason
         self.tokens = tokens
+        self.children = children
+
+
+class Canceled(Unwind):
+    """The run was canceled while this attempt ran: stop at this step boundary."""
 
 
 class TimeLimitReached(Unwind):

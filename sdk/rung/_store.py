@@ -27,6 +27,18 @@ and claims are unaffected:
 
     QUEUED/DELAYED, available_at < now - grace, unchanged  --nudge-->  nudged_at = now
     RUNNING, lease_until < now - grace, unchanged           --nudge-->  nudged_at = now
+
+Children and the lifecycle (docs/children.md, docs/lifecycle.md). A child run item
+names ``parent_run_id`` (and ``parent_waits`` when the parent waits for it); it is
+created in one transaction with the parent's ``child`` checkpoint, under a check of
+the parent's lease (``start_child``). A parent waiting for children records them in
+``awaits``; a waited-for child's terminal transition wakes it in the same transaction
+(``end_with_parent``):
+
+    parent RUNNING --suspend (check: an awaited child unfinished)--> WAITING, awaits
+    child  RUNNING --end + (parent WAITING, awaits child) --> terminal; parent due now
+    any non-terminal --cancel_run--> CANCELED       (no lease needed; fenced writes then fail)
+    FAILED --redrive_run (+ delete the failed checkpoint)--> QUEUED, attempt + 1
 """
 
 from __future__ import annotations
@@ -40,8 +52,16 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from rung._clock import from_ms, iso, parse_iso, to_ms
-from rung.errors import ErrorInfo, LeaseLost, RunNotFound, TokenAlreadyResolved, TokenNotFound
-from rung.models import Failure, Run, RunStatus, StepRecord, TokenState
+from rung.errors import (
+    ErrorInfo,
+    LeaseLost,
+    RunAlreadyFinished,
+    RunNotFailed,
+    RunNotFound,
+    TokenAlreadyResolved,
+    TokenNotFound,
+)
+from rung.models import Failure, Redrive, Run, RunStatus, StepRecord, TokenState
 
 #: The key schema and indexes; template.yaml declares the same (a test checks).
 KEY_SCHEMA = {"pk": "HASH", "sk": "RANGE"}
@@ -110,9 +130,9 @@ def _ms(delta: timedelta) -> int:
 #: ``available_at`` of a run that waits with no timer (only a waker moves it).
 NEVER_MS = 253402300799000  # 9999-12-31T23:59:59Z
 _ADD_COMPUTE = "compute_ms = if_not_exists(compute_ms, :zero) + :spent"
-#: The most tokens ``suspend_run`` checks: a transaction holds at most 100 items,
-#: and one of them is the run's update.
-SUSPEND_TOKEN_CHECKS = 99
+#: The most tokens ``suspend_run`` checks: a transaction holds at most 100 items;
+#: one is the run's update and one may check an awaited child run.
+SUSPEND_TOKEN_CHECKS = 98
 
 
 @dataclass(frozen=True)
@@ -124,6 +144,12 @@ class NewRun:
     available_at: datetime
     idempotency_key: str | None
     tags: tuple[str, ...]
+    #: a child run: its parent, and whether the parent waits for it (its end wakes it)
+    parent_run_id: str | None = None
+    parent_waits: bool = False
+    detached: bool = False
+    #: ``Client.replay``: the run this one replays
+    replay_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -200,31 +226,12 @@ class DynamoStore:
 
         Returns the run and whether it was created now (False: the key matched).
         """
-        item: dict[str, Any] = {
-            **_run_key(new.run_id),
-            "run_id": _S(new.run_id),
-            "task_id": _S(new.task_id),
-            "status": _S(
-                RunStatus.DELAYED if new.available_at > new.created_at else RunStatus.QUEUED
-            ),
-            "payload": _S(new.payload_json),
-            "created_at": _S(iso(new.created_at)),
-            "updated_at": _S(iso(new.created_at)),
-            "created_sk": _S(f"{iso(new.created_at)}#{new.run_id}"),
-            "available_at": _N(to_ms(new.available_at)),
-            "attempt": _N(1),
-            "lease_token": _N(0),
-            "lease_until": _N(0),
-            "failures": {"L": []},
-        }
-        if new.tags:
-            item["tags"] = {"L": [_S(t) for t in new.tags]}
+        item = self._new_run_item(new)
         if new.idempotency_key is None:
             self.client.put_item(
                 TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)"
             )
             return self._run_from_item(item), True
-        item["idempotency_key"] = _S(new.idempotency_key)
         ttl = idempotency_ttl or timedelta(days=30)
         expires = now + ttl
         idem_key = {"pk": _S(f"IDEM#{new.task_id}#{new.idempotency_key}"), "sk": _S(_IDEM_SK)}
@@ -268,6 +275,37 @@ class DynamoStore:
             return self.get_run(existing["run_id"]["S"]), False
         return self._run_from_item(item), True
 
+    @staticmethod
+    def _new_run_item(new: NewRun) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            **_run_key(new.run_id),
+            "run_id": _S(new.run_id),
+            "task_id": _S(new.task_id),
+            "status": _S(
+                RunStatus.DELAYED if new.available_at > new.created_at else RunStatus.QUEUED
+            ),
+            "payload": _S(new.payload_json),
+            "created_at": _S(iso(new.created_at)),
+            "updated_at": _S(iso(new.created_at)),
+            "created_sk": _S(f"{iso(new.created_at)}#{new.run_id}"),
+            "available_at": _N(to_ms(new.available_at)),
+            "attempt": _N(1),
+            "lease_token": _N(0),
+            "lease_until": _N(0),
+            "failures": {"L": []},
+        }
+        if new.tags:
+            item["tags"] = {"L": [_S(t) for t in new.tags]}
+        if new.idempotency_key is not None:
+            item["idempotency_key"] = _S(new.idempotency_key)
+        if new.parent_run_id is not None:
+            item["parent_run_id"] = _S(new.parent_run_id)
+            item["parent_waits"] = {"BOOL": new.parent_waits}
+            item["detached"] = {"BOOL": new.detached}
+        if new.replay_of is not None:
+            item["replay_of"] = _S(new.replay_of)
+        return item
+
     def get_run(self, run_id: str) -> Run:
         item = self.client.get_item(
             TableName=self.table, Key=_run_key(run_id), ConsistentRead=True
@@ -287,7 +325,7 @@ class DynamoStore:
                     "lease_until = :lease, updated_at = :now, "
                     "started_at = if_not_exists(started_at, :now), "
                     "attempt_started_at = if_not_exists(attempt_started_at, :now) "
-                    "REMOVE waiting_for, overran_step"
+                    "REMOVE waiting_for, overran_step, awaits"
                 ),
                 ConditionExpression=(
                     "#status IN (:queued, :delayed, :waiting) AND available_at <= :now_ms"
@@ -425,6 +463,7 @@ class DynamoStore:
         now: datetime,
         spent: timedelta,
         tokens: tuple[str, ...] = (),
+        children: tuple[str, ...] = (),
     ) -> bool:
         """The run waits: WAITING, lease released, due at ``wake_at`` (None: when woken).
 
@@ -434,32 +473,41 @@ class DynamoStore:
         the run WAITING and wakes it, or the suspension sees the token resolved.
         At most ``SUSPEND_TOKEN_CHECKS`` tokens (a transaction's limit).
 
+        With ``children`` (the unfinished child runs it waits for), the run item
+        records them as ``awaits`` and the transaction checks that the first is still
+        unfinished; see ``end_with_parent`` for why one check suffices.
+
         Raises:
             LeaseLost: the worker's token is stale.
         """
+        values: dict[str, Any] = {
+            ":waiting": _S(RunStatus.WAITING),
+            ":due": _N(to_ms(wake_at) if wake_at is not None else NEVER_MS),
+            ":zero": _N(0),
+            ":now": _S(iso(now)),
+            ":for": _S(waiting_for[:500]),
+            ":spent": _N(_ms(spent)),
+            ":running": _S(RunStatus.RUNNING),
+            ":token": _N(token),
+        }
+        awaits = ""
+        if children:
+            awaits = ", awaits = :awaits"
+            values[":awaits"] = {"SS": list(dict.fromkeys(children))}
         update = {
             "TableName": self.table,
             "Key": _run_key(run_id),
             "UpdateExpression": (
                 "SET #status = :waiting, available_at = :due, lease_until = :zero, "
-                f"updated_at = :now, waiting_for = :for, {_ADD_COMPUTE}"
+                f"updated_at = :now, waiting_for = :for, {_ADD_COMPUTE}{awaits}"
             ),
             "ConditionExpression": "#status = :running AND lease_token = :token",
             "ExpressionAttributeNames": _NAMES,
-            "ExpressionAttributeValues": {
-                ":waiting": _S(RunStatus.WAITING),
-                ":due": _N(to_ms(wake_at) if wake_at is not None else NEVER_MS),
-                ":zero": _N(0),
-                ":now": _S(iso(now)),
-                ":for": _S(waiting_for[:500]),
-                ":spent": _N(_ms(spent)),
-                ":running": _S(RunStatus.RUNNING),
-                ":token": _N(token),
-            },
+            "ExpressionAttributeValues": values,
         }
         if len(tokens) > SUSPEND_TOKEN_CHECKS:
             raise ValueError(f"suspend_run checks at most {SUSPEND_TOKEN_CHECKS} tokens")
-        if not tokens:
+        if not tokens and not children:
             try:
                 self.client.update_item(**update)
             except ClientError as exc:
@@ -478,6 +526,8 @@ class DynamoStore:
             }
             for token_id in tokens
         ]
+        if children:
+            checks.append(self._unfinished_check(children[0]))
         try:
             self.client.transact_write_items(TransactItems=[{"Update": update}, *checks])
         except ClientError as exc:
@@ -510,11 +560,25 @@ class DynamoStore:
             return False
         return True
 
-    def time_out_run(self, run_id: str, token: int, error: ErrorInfo, now: datetime) -> None:
-        """The terminal transition for a run past its ``max_duration``."""
-        self._fenced_update(
+    def time_out_run(
+        self,
+        run_id: str,
+        token: int,
+        error: ErrorInfo,
+        now: datetime,
+        *,
+        wake_parent: str | None = None,
+    ) -> bool:
+        """The terminal transition for a run past its ``max_duration``.
+
+        ``wake_parent``: the run that waits for this one (see ``end_with_parent``);
+        returns whether it was woken (its message must then be sent).
+        """
+        return self._end(
             run_id,
             token,
+            now,
+            wake_parent,
             "SET #status = :timed_out, #error = :error, finished_at = :now, "
             "updated_at = :now, lease_until = :zero",
             {
@@ -526,10 +590,21 @@ class DynamoStore:
             names={"#error": "error"},
         )
 
-    def complete_run(self, run_id: str, token: int, output_json: str, now: datetime) -> None:
-        self._fenced_update(
+    def complete_run(
+        self,
+        run_id: str,
+        token: int,
+        output_json: str,
+        now: datetime,
+        *,
+        wake_parent: str | None = None,
+    ) -> bool:
+        """The terminal transition for success; ``wake_parent`` as for ``time_out_run``."""
+        return self._end(
             run_id,
             token,
+            now,
+            wake_parent,
             "SET #status = :done, #output = :output, finished_at = :now, updated_at = :now, "
             "lease_until = :zero",
             {
@@ -542,9 +617,21 @@ class DynamoStore:
         )
 
     def fail_run(
-        self, run_id: str, token: int, error: ErrorInfo, failure: Failure | None, now: datetime
-    ) -> None:
-        """The one terminal transition for failure; records the last failed attempt too."""
+        self,
+        run_id: str,
+        token: int,
+        error: ErrorInfo,
+        failure: Failure | None,
+        now: datetime,
+        *,
+        wake_parent: str | None = None,
+        failed_step: str | None = None,
+    ) -> bool:
+        """The one terminal transition for failure; records the last failed attempt too.
+
+        ``failed_step``: the step whose failure (uncaught in the task) failed the run;
+        ``redrive_run`` removes its checkpoint. ``wake_parent`` as for ``time_out_run``.
+        """
         update = (
             "SET #status = :failed, #error = :error, finished_at = :now, "
             "updated_at = :now, lease_until = :zero"
@@ -558,7 +645,44 @@ class DynamoStore:
         if failure is not None:
             update += ", failures = list_append(failures, :failure)"
             values[":failure"] = {"L": [_S(_failure_json(failure))]}
-        self._fenced_update(run_id, token, update, values, names={"#error": "error"})
+        if failed_step is not None:
+            update += ", failed_step = :failed_step"
+            values[":failed_step"] = _S(failed_step)
+        return self._end(run_id, token, now, wake_parent, update, values, names={"#error": "error"})
+
+    def _end(
+        self,
+        run_id: str,
+        token: int,
+        now: datetime,
+        wake_parent: str | None,
+        update: str,
+        values: dict[str, Any],
+        names: dict[str, str] | None = None,
+    ) -> bool:
+        """A fenced terminal transition; with ``wake_parent``, in one transaction with
+        the parent's wake-up (``end_with_parent``). Returns whether the parent was woken."""
+        if wake_parent is None:
+            self._fenced_update(run_id, token, update, values, names)
+            return False
+        own = {
+            "Update": {
+                "TableName": self.table,
+                "Key": _run_key(run_id),
+                "UpdateExpression": update,
+                "ConditionExpression": "#status = :running AND lease_token = :token",
+                "ExpressionAttributeNames": {**_NAMES, **(names or {})},
+                "ExpressionAttributeValues": {
+                    **values,
+                    ":running": _S(RunStatus.RUNNING),
+                    ":token": _N(token),
+                },
+            }
+        }
+        woke = self.end_with_parent(own, run_id, wake_parent, now)
+        if woke is None:
+            raise _lease_lost(run_id, token)
+        return woke
 
     def _fenced_update(
         self,
@@ -624,6 +748,328 @@ class DynamoStore:
             if len(runs) >= limit:
                 break
         return runs
+
+    # -- children and the lifecycle ---------------------------------------------------
+
+    def start_child(
+        self, parent_run_id: str, token: int, record: StepRecord, child: NewRun
+    ) -> tuple[StepRecord, bool]:
+        """Create a child run together with the parent's checkpoint naming it.
+
+        One transaction: the checkpoint (write-once, keyed by the parent's run id and
+        the step id: the child's idempotency key), the child's run item, and a check
+        that the parent is still RUNNING under this worker's lease (a canceled parent,
+        or a worker that lost its lease, starts no child). So a child exists exactly
+        when its checkpoint does: a replay, a retry or a crash anywhere never starts a
+        second one, and canceling the parent finds every child in its checkpoints.
+
+        Returns the stored checkpoint and whether the child was created now (False:
+        the checkpoint was there already; it names the child that was created then).
+
+        Raises:
+            LeaseLost: the parent is no longer RUNNING under ``token``.
+        """
+        items = [
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": self._step_item(parent_run_id, record),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            },
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": self._new_run_item(child),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            },
+            {
+                "ConditionCheck": {
+                    "TableName": self.table,
+                    "Key": _run_key(parent_run_id),
+                    "ConditionExpression": "#status = :running AND lease_token = :token",
+                    "ExpressionAttributeNames": _NAMES,
+                    "ExpressionAttributeValues": {
+                        ":running": _S(RunStatus.RUNNING),
+                        ":token": _N(token),
+                    },
+                }
+            },
+        ]
+        try:
+            self.client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            reasons = _cancellation_reasons(exc)
+            if reasons is None:
+                raise
+            if len(reasons) > 2 and reasons[2] == "ConditionalCheckFailed":
+                raise _lease_lost(parent_run_id, token) from None
+            if reasons[0] == "ConditionalCheckFailed":
+                return self._get_step(parent_run_id, record.step_id), False
+            raise
+        return record, True
+
+    def _get_step(self, run_id: str, step_id: str) -> StepRecord:
+        item = self.client.get_item(
+            TableName=self.table,
+            Key={"pk": _S(f"RUN#{run_id}"), "sk": _S(_STEP_PREFIX + step_id)},
+            ConsistentRead=True,
+        )["Item"]
+        return self._step_from_item(item)
+
+    def get_runs(self, run_ids: list[str]) -> dict[str, Run]:
+        """Several runs by id, consistently read (100 per request); missing ones are absent."""
+        found: dict[str, Run] = {}
+        unique = list(dict.fromkeys(run_ids))
+        for start in range(0, len(unique), 100):
+            keys: list[dict[str, Any]] = [_run_key(r) for r in unique[start : start + 100]]
+            for _ in range(20):
+                out = self.client.batch_get_item(
+                    RequestItems={self.table: {"Keys": keys, "ConsistentRead": True}}
+                )
+                for item in out.get("Responses", {}).get(self.table, []):
+                    run = self._run_from_item(item)
+                    found[run.run_id] = run
+                keys = out.get("UnprocessedKeys", {}).get(self.table, {}).get("Keys", [])
+                if not keys:
+                    break
+            else:
+                raise RuntimeError(f"table {self.table}: DynamoDB kept throttling a batch read")
+        return found
+
+    def run_status(self, run_id: str) -> tuple[RunStatus, int]:
+        """A run's status and lease token: the cheap read behind the cancel check.
+
+        Eventually consistent (half the price of a consistent read): a cancel is seen
+        at most about a second later than it was written.
+        """
+        item = self.client.get_item(
+            TableName=self.table,
+            Key=_run_key(run_id),
+            ProjectionExpression="#status, lease_token",
+            ExpressionAttributeNames=_NAMES,
+        ).get("Item")
+        if item is None:
+            raise RunNotFound(f"no run with id {run_id!r} in table {self.table}")
+        return RunStatus(item["status"]["S"]), int(item["lease_token"]["N"])
+
+    def _unfinished_check(self, run_id: str) -> dict[str, Any]:
+        return {
+            "ConditionCheck": {
+                "TableName": self.table,
+                "Key": _run_key(run_id),
+                "ConditionExpression": "#status IN (:queued, :delayed, :running, :waiting)",
+                "ExpressionAttributeNames": _NAMES,
+                "ExpressionAttributeValues": {
+                    ":queued": _S(RunStatus.QUEUED),
+                    ":delayed": _S(RunStatus.DELAYED),
+                    ":running": _S(RunStatus.RUNNING),
+                    ":waiting": _S(RunStatus.WAITING),
+                },
+            }
+        }
+
+    def end_with_parent(
+        self, own: dict[str, Any], run_id: str, parent_run_id: str, now: datetime
+    ) -> bool | None:
+        """Apply a child's terminal transition ``own`` and wake its parent if it waits.
+
+        Mirrors ``resolve_token``. Either one transaction writes ``own`` and makes the
+        parent due now (when the parent is WAITING with this child in ``awaits`` and
+        not due yet), or one writes ``own`` under a check that the parent is not so
+        waiting. A parent suspends (``suspend_run``) only under a check that a child
+        it awaits is unfinished, so the two cannot miss each other:
+
+        * the child ends first: the parent's suspension check fails and it carries on;
+        * the parent suspends first: the child's end finds it waiting and wakes it.
+
+        Checking one awaited child suffices: if it is unfinished when the parent
+        suspends, it ends later and wakes the parent, which then reads every child
+        afresh. A crash after the wake and before the caller's send leaves the parent
+        WAITING and due: the reconciler re-sends it.
+
+        Returns whether the parent was woken (the caller sends its message), or None
+        when ``own``'s condition failed (nothing was written).
+        """
+        values = {
+            ":waiting": _S(RunStatus.WAITING),
+            ":child": _S(run_id),
+            ":now_ms": _N(to_ms(now)),
+        }
+        waiting = "#status = :waiting AND contains(awaits, :child) AND available_at > :now_ms"
+        wake = {
+            "Update": {
+                "TableName": self.table,
+                "Key": _run_key(parent_run_id),
+                "UpdateExpression": "SET available_at = :now_ms, updated_at = :now",
+                "ConditionExpression": waiting,
+                "ExpressionAttributeNames": _NAMES,
+                "ExpressionAttributeValues": {**values, ":now": _S(iso(now))},
+            }
+        }
+        not_waiting = {
+            "ConditionCheck": {
+                "TableName": self.table,
+                "Key": _run_key(parent_run_id),
+                "ConditionExpression": f"NOT ({waiting})",
+                "ExpressionAttributeNames": _NAMES,
+                "ExpressionAttributeValues": values,
+            }
+        }
+        for _ in range(10):
+            for second, woke in ((wake, True), (not_waiting, False)):
+                try:
+                    self.client.transact_write_items(TransactItems=[own, second])
+                except ClientError as exc:
+                    reasons = _cancellation_reasons(exc)
+                    if reasons is None:
+                        raise
+                    if reasons[0] == "ConditionalCheckFailed":
+                        return None
+                    continue  # the parent was not as assumed: try the other form
+                return woke
+            # The parent changed between the two forms (it suspended or resumed): again.
+        raise RuntimeError(f"run {run_id}: its parent {parent_run_id} kept changing; try again")
+
+    def cancel_run(
+        self, run_id: str, error: ErrorInfo, now: datetime, *, wake_parent: str | None = None
+    ) -> bool:
+        """QUEUED/DELAYED/WAITING/RUNNING -> CANCELED: conditional and final (invariant 3).
+
+        A RUNNING run's worker is not asked: its next fenced write fails (LeaseLost)
+        and its cancel check stops it at the next step boundary. ``wake_parent``: the
+        run that waits for this one (``end_with_parent``); returns whether it was woken.
+
+        Raises:
+            RunNotFound: no such run.
+            RunAlreadyFinished: it had finished; nothing was written.
+        """
+        own = {
+            "TableName": self.table,
+            "Key": _run_key(run_id),
+            "UpdateExpression": (
+                "SET #status = :canceled, #error = :error, finished_at = :now, "
+                "updated_at = :now, lease_until = :zero REMOVE awaits"
+            ),
+            "ConditionExpression": "#status IN (:queued, :delayed, :running, :waiting)",
+            "ExpressionAttributeNames": {**_NAMES, "#error": "error"},
+            "ExpressionAttributeValues": {
+                ":canceled": _S(RunStatus.CANCELED),
+                ":error": _S(json.dumps(error.to_json())),
+                ":now": _S(iso(now)),
+                ":zero": _N(0),
+                ":queued": _S(RunStatus.QUEUED),
+                ":delayed": _S(RunStatus.DELAYED),
+                ":running": _S(RunStatus.RUNNING),
+                ":waiting": _S(RunStatus.WAITING),
+            },
+        }
+        if wake_parent is None:
+            try:
+                self.client.update_item(**own)
+            except ClientError as exc:
+                if not _is_conditional_failure(exc):
+                    raise
+                raise self._already_finished(run_id) from None
+            return False
+        woke = self.end_with_parent({"Update": own}, run_id, wake_parent, now)
+        if woke is None:
+            raise self._already_finished(run_id)
+        return woke
+
+    def _already_finished(self, run_id: str) -> RunAlreadyFinished:
+        run = self.get_run(run_id)  # RunNotFound when it does not exist
+        when = f" at {iso(run.finished_at)}" if run.finished_at else ""
+        return RunAlreadyFinished(
+            f"run {run_id} already finished ({run.status}{when}); there is nothing to cancel",
+            run_id=run_id,
+            status=run.status,
+        )
+
+    def redrive_run(
+        self,
+        run: Run,
+        *,
+        failed: StepRecord | None,
+        preserved: Failure | None,
+        redrive: Redrive,
+        now: datetime,
+    ) -> Run:
+        """FAILED -> QUEUED, due now, with the next attempt: one transaction.
+
+        It removes the failed checkpoint ``failed`` (so that step runs again), appends
+        ``preserved`` (that failure, kept for history) and ``redrive`` to the run, and
+        clears the error. Conditioned on the run being FAILED at the attempt it was
+        read at, so that of racing redrives one wins; being one transaction, a crash
+        leaves either all of it or none (and the reconciler sends a redriven run whose
+        message was lost).
+
+        Raises:
+            RunNotFailed: the run is not (or no longer) FAILED at that attempt.
+        """
+        values: dict[str, Any] = {
+            ":queued": _S(RunStatus.QUEUED),
+            ":failed": _S(RunStatus.FAILED),
+            ":attempt": _N(run.attempt),
+            ":one": _N(1),
+            ":zero": _N(0),
+            ":due": _N(to_ms(now)),
+            ":now": _S(iso(now)),
+            ":empty": {"L": []},
+            ":redrive": {"L": [_S(_redrive_json(redrive))]},
+        }
+        update = (
+            "SET #status = :queued, available_at = :due, attempt = attempt + :one, "
+            "lease_until = :zero, updated_at = :now, "
+            "redrives = list_append(if_not_exists(redrives, :empty), :redrive)"
+        )
+        if preserved is not None:
+            update += ", failures = list_append(failures, :failure)"
+            values[":failure"] = {"L": [_S(_failure_json(preserved))]}
+        update += (
+            " REMOVE finished_at, #error, failed_step, attempt_started_at, overran_step, "
+            "waiting_for, awaits"
+        )
+        items: list[dict[str, Any]] = [
+            {
+                "Update": {
+                    "TableName": self.table,
+                    "Key": _run_key(run.run_id),
+                    "UpdateExpression": update,
+                    "ConditionExpression": "#status = :failed AND attempt = :attempt",
+                    "ExpressionAttributeNames": {**_NAMES, "#error": "error"},
+                    "ExpressionAttributeValues": values,
+                }
+            }
+        ]
+        if failed is not None:
+            items.append(
+                {
+                    "Delete": {
+                        "TableName": self.table,
+                        "Key": {
+                            "pk": _S(f"RUN#{run.run_id}"),
+                            "sk": _S(_STEP_PREFIX + failed.step_id),
+                        },
+                        "ConditionExpression": "outcome = :failed_outcome",
+                        "ExpressionAttributeValues": {":failed_outcome": _S("failed")},
+                    }
+                }
+            )
+        try:
+            self.client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if _cancellation_reasons(exc) is None:
+                raise
+            now_run = self.get_run(run.run_id)
+            raise RunNotFailed(
+                f"run {run.run_id} is {now_run.status} (attempt {now_run.attempt}), no longer "
+                f"FAILED at attempt {run.attempt}: another redrive (or nothing) got there first",
+                run_id=run.run_id,
+                status=now_run.status,
+            ) from None
+        return self.get_run(run.run_id)
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -1098,6 +1544,13 @@ class DynamoStore:
             waiting_for=item["waiting_for"]["S"] if "waiting_for" in item else None,
             compute_time=timedelta(milliseconds=int(item.get("compute_ms", {"N": "0"})["N"])),
             overran_step=item["overran_step"]["S"] if "overran_step" in item else None,
+            parent_run_id=item["parent_run_id"]["S"] if "parent_run_id" in item else None,
+            replay_of=item["replay_of"]["S"] if "replay_of" in item else None,
+            redrives=tuple(
+                _redrive_from_json(r["S"]) for r in item.get("redrives", {"L": []})["L"]
+            ),
+            parent_waits=bool(item.get("parent_waits", {"BOOL": False})["BOOL"]),
+            failed_step=item["failed_step"]["S"] if "failed_step" in item else None,
         )
 
     def _paginate(self, operation: str, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -1145,4 +1598,30 @@ def _failure_from_json(text: str) -> Failure:
         delay=timedelta(milliseconds=data["delay_ms"])
         if data.get("delay_ms") is not None
         else None,
+    )
+
+
+def _redrive_json(redrive: Redrive) -> str:
+    error = redrive.error.to_json()
+    if len(error["traceback"]) > FAILURE_TRACEBACK_CHARS:
+        error["traceback"] = "...\n" + error["traceback"][-FAILURE_TRACEBACK_CHARS:]
+    return json.dumps(
+        {
+            "attempt": redrive.attempt,
+            "failed_at": iso(redrive.failed_at),
+            "error": error,
+            "at": iso(redrive.at),
+            "step_id": redrive.step_id,
+        }
+    )
+
+
+def _redrive_from_json(text: str) -> Redrive:
+    data = json.loads(text)
+    return Redrive(
+        attempt=int(data["attempt"]),
+        failed_at=parse_iso(data["failed_at"]),
+        error=ErrorInfo.from_json(data["error"]),
+        at=parse_iso(data["at"]),
+        step_id=data.get("step_id"),
     )

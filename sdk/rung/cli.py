@@ -6,6 +6,13 @@
         runs list [--status S] [--task T] [--limit N]
         runs show RUN_ID
         runs trace RUN_ID
+        runs cancel RUN_ID [--reason TEXT]
+        runs replay RUN_ID
+        runs redrive RUN_ID
+        tokens show TOKEN_ID
+        tokens complete TOKEN_ID [VALUE_JSON]
+        tokens fail TOKEN_ID MESSAGE
+        tokens heartbeat TOKEN_ID
         dev ...                       (rung._dev.command, when it is installed)
 
 The table and queue are found from the stack's outputs (``rung._stack.describe``);
@@ -15,7 +22,9 @@ rich tables on stdout; every command takes ``--json`` for scripts.
 Errors are one line on stderr, ``error: <reason>``, never a traceback. Exit codes:
 
     0  done (with --wait: the run COMPLETED)
-    1  the run FAILED (--wait); the run, the stack or the endpoint is not there;
+    1  the run FAILED (--wait); the run, token, stack or endpoint is not there;
+       the run or token is not in a state that allows it (cancel of a finished
+       run, redrive of a run that did not fail, a token answered already);
        AWS refused a request
     2  usage: a bad option or duration, an unknown task, an invalid payload, no
        --stack and no --app, an --app that does not import
@@ -61,7 +70,7 @@ from rung.errors import (
     UnknownTask,
     UsageError,
 )
-from rung.models import EventType, HistoryEvent, Run, RunStatus
+from rung.models import EventType, HistoryEvent, Run, RunStatus, TokenState
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -75,6 +84,8 @@ _STATUS_STYLE = {
     RunStatus.QUEUED: "yellow",
     RunStatus.DELAYED: "yellow",
     RunStatus.WAITING: "yellow",
+    RunStatus.CANCELED: "magenta",
+    RunStatus.TIMED_OUT: "red",
 }
 
 
@@ -497,10 +508,12 @@ def list_runs(
 @_json_option
 @click.pass_obj
 def show_run(target: _Target, run_id: str, as_json: bool) -> None:
-    """A run's status, attempts, times, payload, output and error."""
-    run = target.client().get_run(run_id)
+    """A run's status, attempts, times, payload, output and error; its parent and children."""
+    client = target.client()
+    run = client.get_run(run_id)
+    children = client.list_children(run_id)
     if as_json:
-        _print_json(run_json(run))
+        _print_json({**run_json(run), "children": [_child_json(c) for c in children]})
         return
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -521,6 +534,23 @@ def show_run(target: _Target, run_id: str, as_json: bool) -> None:
         grid.add_row("idempotency key", run.idempotency_key)
     if run.tags:
         grid.add_row("tags", ", ".join(run.tags))
+    if run.parent_run_id:
+        grid.add_row("parent", run.parent_run_id)
+    if run.replay_of:
+        grid.add_row("replay of", run.replay_of)
+    for redrive in run.redrives:
+        where = f" at step {redrive.step_id}" if redrive.step_id else ""
+        grid.add_row(
+            "redriven",
+            f"{_time(redrive.at)} after attempt {redrive.attempt} failed{where}",
+        )
+    if children:
+        grid.add_row(
+            "children",
+            Text("\n").join(
+                Text.assemble(f"{c.run_id}  {c.task_id}  ", _status(c.status)) for c in children
+            ),
+        )
     grid.add_row("payload", Text(_compact(run.payload)))
     if run.status == RunStatus.COMPLETED:
         grid.add_row("output", Text(_compact(run.output)))
@@ -585,6 +615,150 @@ def trace_run(target: _Target, run_id: str, as_json: bool) -> None:
         out.print(Text(f"{run.status.lower()}: {run.error}", style="red"))
 
 
+@runs.command("cancel")
+@click.argument("run_id")
+@click.option("--reason", metavar="TEXT", help="Why; stored as the run's error message.")
+@_json_option
+@click.pass_obj
+def cancel_run(target: _Target, run_id: str, reason: str | None, as_json: bool) -> None:
+    """Cancel a run that has not finished, and its children (unless detached).
+
+    A queued, delayed or waiting run is canceled at once; a running one stops at
+    its next step boundary. Cancelling a finished run is an error (exit 1) and
+    changes nothing.
+    """
+    run = target.client().cancel(run_id, reason=reason)
+    if as_json:
+        _print_json(run_json(run))
+        return
+    _console().print(_summary(run))
+
+
+@runs.command("replay")
+@click.argument("run_id")
+@_json_option
+@click.pass_obj
+def replay_run(target: _Target, run_id: str, as_json: bool) -> None:
+    """Start a new run of RUN_ID's task with the same payload; print its id.
+
+    The new run records which run it replays (`rung runs show`); the original is
+    not touched. Any run can be replayed, finished or not.
+    """
+    handle = target.client().replay(run_id)
+    if as_json:
+        _print_json({**_handle_json(handle.run_id, handle.task_id, True), "replay_of": run_id})
+        return
+    click.echo(handle.run_id)
+
+
+@runs.command("redrive")
+@click.argument("run_id")
+@_json_option
+@click.pass_obj
+def redrive_run(target: _Target, run_id: str, as_json: bool) -> None:
+    """Resume a FAILED run from its failed step, after deploying a fix.
+
+    Steps that completed keep their results and do not run again; the failed step
+    runs again, with a fresh retry budget. A run that is not FAILED is an error
+    (exit 1) and changes nothing.
+    """
+    run = target.client().redrive(run_id)
+    if as_json:
+        _print_json(run_json(run))
+        return
+    out = _console()
+    out.print(_summary(run))
+    step = run.redrives[-1].step_id if run.redrives else None
+    out.print(
+        Text(
+            f"resumes at {step}" if step else "resumes where it failed",
+            style="dim",
+        )
+        + Text(f"; follow it: rung runs trace {run.run_id}", style="dim")
+    )
+
+
+@main.group()
+def tokens() -> None:
+    """Show a token, or answer it: complete, fail, heartbeat."""
+
+
+@tokens.command("show")
+@click.argument("token_id")
+@_json_option
+@click.pass_obj
+def show_token(target: _Target, token_id: str, as_json: bool) -> None:
+    """A token's status, its run, its deadline and its answer."""
+    _print_token(target.client().get_token(token_id), as_json)
+
+
+@tokens.command("complete")
+@click.argument("token_id")
+@click.argument("value", required=False, callback=_json_value, metavar="[VALUE_JSON]")
+@_json_option
+@click.pass_obj
+def complete_token(target: _Target, token_id: str, value: Any, as_json: bool) -> None:
+    """Complete a token with VALUE_JSON (default null): its run resumes with it.
+
+    \b
+    Examples:
+      rung tokens complete tok_abc '{"approved": true}'
+      rung tokens complete tok_abc @answer.json
+    """
+    _print_token(target.client().complete_token(token_id, value), as_json)
+
+
+@tokens.command("fail")
+@click.argument("token_id")
+@click.argument("message")
+@_json_option
+@click.pass_obj
+def fail_token(target: _Target, token_id: str, message: str, as_json: bool) -> None:
+    """Fail a token: its run's wait_for_token raises TokenFailed with MESSAGE."""
+    if not message.strip():
+        raise click.BadParameter("the message must not be empty", param_hint="'MESSAGE'")
+    _print_token(target.client().fail_token(token_id, message), as_json)
+
+
+@tokens.command("heartbeat")
+@click.argument("token_id")
+@_json_option
+@click.pass_obj
+def heartbeat_token(target: _Target, token_id: str, as_json: bool) -> None:
+    """Tell a token's run that its work goes on (pushes its heartbeat deadline)."""
+    _print_token(target.client().heartbeat_token(token_id), as_json)
+
+
+def _print_token(state: TokenState, as_json: bool) -> None:
+    if as_json:
+        _print_json(token_json(state))
+        return
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    grid.add_row("token", state.id)
+    grid.add_row("name", state.name)
+    grid.add_row("run", state.run_id)
+    grid.add_row("step", state.step_id)
+    grid.add_row("status", Text(state.status, style=_TOKEN_STYLE.get(state.status, "")))
+    grid.add_row("created", _time(state.created_at))
+    grid.add_row("timeout", _time(state.timeout_at))
+    if state.heartbeat_timeout is not None:
+        grid.add_row("heartbeat", f"every {format_duration(state.heartbeat_timeout)}")
+    if state.status == "WAITING":
+        grid.add_row("deadline", _time(state.deadline))
+    if state.resolved_at is not None:
+        grid.add_row("resolved", _time(state.resolved_at))
+    if state.result_json is not None:
+        grid.add_row("value", Text(state.result_json))
+    if state.error is not None:
+        grid.add_row("error", Text(str(state.error), style="red"))
+    _console().print(grid)
+
+
+_TOKEN_STYLE = {"WAITING": "yellow", "COMPLETED": "green", "FAILED": "red", "TIMED_OUT": "red"}
+
+
 # -- the trace --------------------------------------------------------------------------
 
 
@@ -592,7 +766,8 @@ def trace_run(target: _Target, run_id: str, as_json: bool) -> None:
 class TraceLine:
     """One line of ``rung runs trace``: an attempt, a step (start to end), a retry..."""
 
-    kind: str  # "triggered", "attempt", "step", "retry", "lost", "failed", "end"
+    kind: str  # "triggered", "attempt", "step", "child", "retry", "lost", "failed",
+    # "redriven", "end"
     at: datetime
     what: str
     attempt: int | None = None
@@ -745,6 +920,41 @@ def build_trace(run: Run, events: list[HistoryEvent]) -> list[TraceLine]:
                     style="red",
                 )
             )
+        elif kind == EventType.RUN_REDRIVEN:
+            lines.append(
+                TraceLine(
+                    "redriven",
+                    event.timestamp,
+                    "↻ redriven",
+                    attempt=event.attempt,
+                    detail=f"attempt {(event.attempt or 0) + 1} resumes"
+                    + (f" at {event.step}" if event.step else ""),
+                    style="yellow",
+                )
+            )
+        elif kind == EventType.CHILD_TRIGGERED:
+            lines.append(
+                TraceLine(
+                    "child",
+                    event.timestamp,
+                    f"→ child {event.step}",
+                    attempt=event.attempt,
+                    step=event.step,
+                    detail=event.child_run_id or "",
+                )
+            )
+        elif kind == EventType.RUN_CANCELED:
+            lines.append(
+                TraceLine(
+                    "end",
+                    event.timestamp,
+                    "✗ canceled",
+                    attempt=event.attempt,
+                    took=event.timestamp - run.created_at,
+                    detail=event.error.message if event.error else "",
+                    style="bold magenta",
+                )
+            )
         elif kind in (EventType.RUN_COMPLETED, EventType.RUN_FAILED, EventType.RUN_TIMED_OUT):
             done = kind == EventType.RUN_COMPLETED
             lines.append(
@@ -838,6 +1048,42 @@ def run_json(run: Run) -> dict[str, Any]:
         "finished_at": _iso(run.finished_at),
         "idempotency_key": run.idempotency_key,
         "tags": list(run.tags),
+        "parent_run_id": run.parent_run_id,
+        "replay_of": run.replay_of,
+        "redrives": [
+            {
+                "attempt": r.attempt,
+                "failed_at": r.failed_at.isoformat(),
+                "error": r.error.to_json(),
+                "redriven_at": r.at.isoformat(),
+                "step": r.step_id,
+            }
+            for r in run.redrives
+        ],
+    }
+
+
+def _child_json(run: Run) -> dict[str, Any]:
+    return {"run_id": run.run_id, "task_id": run.task_id, "status": run.status.value}
+
+
+def token_json(state: TokenState) -> dict[str, Any]:
+    """A token for ``--json``."""
+    return {
+        "token_id": state.id,
+        "name": state.name,
+        "run_id": state.run_id,
+        "step_id": state.step_id,
+        "status": state.status,
+        "created_at": state.created_at.isoformat(),
+        "timeout_at": state.timeout_at.isoformat(),
+        "heartbeat_timeout_seconds": state.heartbeat_timeout.total_seconds()
+        if state.heartbeat_timeout is not None
+        else None,
+        "deadline": state.deadline.isoformat(),
+        "value": json.loads(state.result_json) if state.result_json is not None else None,
+        "error": state.error.to_json() if state.error else None,
+        "resolved_at": _iso(state.resolved_at),
     }
 
 
@@ -850,6 +1096,7 @@ def event_json(event: HistoryEvent) -> dict[str, Any]:
         "step": event.step,
         "delay_seconds": event.delay.total_seconds() if event.delay is not None else None,
         "error": event.error.to_json() if event.error else None,
+        "child_run_id": event.child_run_id,
     }
 
 

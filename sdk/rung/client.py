@@ -19,11 +19,13 @@ from rung.errors import (
     ErrorInfo,
     InvalidConfig,
     InvalidPayload,
+    RunAlreadyFinished,
+    RunNotFailed,
     RunNotFound,
     TokenNotFound,
     UsageError,
 )
-from rung.models import HistoryEvent, Run, RunHandle, RunStatus, TokenState
+from rung.models import Failure, HistoryEvent, Redrive, Run, RunHandle, RunStatus, TokenState
 from rung.retry import as_timedelta
 
 MAX_IDEMPOTENCY_KEY = 256
@@ -202,6 +204,210 @@ class Client:
         # Without an app (a read-only client) the task id is taken as given.
         task_id = task if task is None or self.app is None else self.app.get_task(task).id
         return self._store.list_runs(status=status, task_id=task_id, limit=limit)
+
+    def list_children(self, run_id: str) -> list[Run]:
+        """The child runs this run started (``ctx.trigger``/``trigger_and_wait``), in order.
+
+        The other way round, a child's ``Run.parent_run_id`` names its parent.
+
+        Raises:
+            RunNotFound: no run has this id.
+        """
+        return [run for _, run in self._children(_check_run_id(run_id))]
+
+    def _children(self, run_id: str) -> list[tuple[dict[str, Any], Run]]:
+        steps = self._store.load_steps(run_id)
+        if not steps:
+            self._store.get_run(run_id)  # RunNotFound for an unknown id
+        started = sorted(
+            (r for r in steps.values() if r.kind == "child"), key=lambda r: (r.started_at, r.seq)
+        )
+        links = [json.loads(r.result_json or "{}") for r in started]
+        runs = self._store.get_runs([link["run_id"] for link in links])
+        return [(link, runs[link["run_id"]]) for link in links if link["run_id"] in runs]
+
+    # -- the lifecycle -----------------------------------------------------------------
+
+    def cancel(self, run_id: str, reason: str | None = None) -> Run:
+        """Cancel a run that has not finished, and its children (unless detached).
+
+        A QUEUED, DELAYED or WAITING run is CANCELED at once. A RUNNING one is CANCELED
+        at once too; its worker stops at its next step boundary (the step executing
+        now finishes; no later step starts). A parent waiting for this run in
+        ``trigger_and_wait`` is woken and gets ``ChildRunFailed`` (status CANCELED).
+
+        Then every child started without ``detached=True`` is canceled the same way,
+        recursively. Should the caller die in between, calling ``cancel`` again
+        finishes the children and raises ``RunAlreadyFinished`` for the parent.
+
+        Args:
+            reason: stored as the run's error message (default: "canceled").
+
+        Returns:
+            The canceled run.
+
+        Raises:
+            RunNotFound: no run has this id.
+            RunAlreadyFinished: it had finished (COMPLETED, FAILED, CANCELED, ...);
+                nothing was changed.
+
+        Example:
+            >>> client.cancel(run_id, reason="order withdrawn")
+        """
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 2000):
+            raise InvalidConfig("cancel reason must be a string of at most 2000 characters")
+        message = reason or "canceled"
+        run = self._store.get_run(_check_run_id(run_id))
+        if run.status.is_terminal:
+            if run.status == RunStatus.CANCELED:
+                self._cancel_children(run.run_id, message)  # a crashed cancel's rest
+            raise RunAlreadyFinished(
+                f"run {run.run_id} already finished ({run.status}"
+                + (f" at {run.finished_at.isoformat()}" if run.finished_at else "")
+                + "); there is nothing to cancel",
+                run_id=run.run_id,
+                status=run.status,
+            )
+        waiter = run.parent_run_id if run.parent_waits else None
+        now = self._clock.now()
+        woke = self._store.cancel_run(
+            run.run_id, ErrorInfo("RunCanceled", message), now, wake_parent=waiter
+        )
+        if woke and waiter is not None:
+            self._queue.send(waiter)
+        self._cancel_children(run.run_id, message)
+        return self._store.get_run(run.run_id)
+
+    def _cancel_children(self, run_id: str, reason: str) -> None:
+        """Cancel the non-detached descendants of a canceled run (depth first).
+
+        The parent was canceled first, so it can start no more children (a child is
+        created under a check that its parent is RUNNING): this list is complete."""
+        pending = [run_id]
+        while pending:
+            parent = pending.pop()
+            for link, child in self._children(parent):
+                if link.get("detached"):
+                    continue
+                if not child.status.is_terminal:
+                    error = ErrorInfo("RunCanceled", f"parent run {parent} was canceled: {reason}")
+                    try:
+                        # The parent is canceled: no wake-up for it.
+                        self._store.cancel_run(child.run_id, error, self._clock.now())
+                    except RunAlreadyFinished as exc:
+                        if exc.status != RunStatus.CANCELED:
+                            continue  # it finished by itself meanwhile
+                elif child.status != RunStatus.CANCELED:
+                    continue
+                pending.append(child.run_id)
+
+    def replay(self, run_id: str) -> RunHandle:
+        """Start a new run of the same task with the same payload (and tags).
+
+        The new run records ``replay_of``; the original is not touched. Any run can be
+        replayed, in any status: it is a fresh trigger. With an app, the payload is
+        validated against the task's current model first.
+
+        Raises:
+            RunNotFound: no run has this id.
+            UnknownTask, InvalidPayload: (with an app) the task is gone, or the stored
+                payload no longer fits its model; nothing is stored.
+
+        Example:
+            >>> handle = client.replay(run_id)
+            >>> client.get_run(handle.run_id).replay_of == run_id
+        """
+        run = self._store.get_run(_check_run_id(run_id))
+        if self.app is not None:
+            payload_json = self.app.get_task(run.task_id).encode_payload(run.payload)
+        else:
+            payload_json = _serde.dumps(run.payload, f"the payload of run {run.run_id}")
+        now = self._clock.now()
+        new = NewRun(
+            run_id=new_run_id(now),
+            task_id=run.task_id,
+            payload_json=payload_json,
+            created_at=now,
+            available_at=now,
+            idempotency_key=None,
+            tags=run.tags,
+            replay_of=run.run_id,
+        )
+        created, _ = self._store.create_run(new, None, now)
+        # A crash before this send leaves the run QUEUED: the reconciler sends it.
+        self._queue.send(created.run_id)
+        return RunHandle(run_id=created.run_id, task_id=created.task_id, created=True)
+
+    def redrive(self, run_id: str) -> Run:
+        """Resume a FAILED run from its failed step, after a code fix.
+
+        Completed steps keep their results (they are not executed again); the
+        checkpoint of the step whose failure failed the run is removed, so that step
+        runs again; the run goes on with its next attempt, and retry budgets count
+        afresh from there. Its failure stays in the history (``RunFailed`` then
+        ``RunRedriven``). One transaction: a crash leaves the run either FAILED or
+        redriven, never half (and a redriven run whose message was lost is sent by
+        the reconciler).
+
+        Returns:
+            The run, QUEUED.
+
+        Raises:
+            RunNotFound: no run has this id.
+            RunNotFailed: it is not FAILED; nothing was changed.
+
+        Example:
+            >>> client.redrive(run_id)   # after deploying the fix
+        """
+        run = self._store.get_run(_check_run_id(run_id))
+        if run.status != RunStatus.FAILED:
+            raise RunNotFailed(
+                f"run {run.run_id} is {run.status}, not FAILED; only a failed run can be "
+                + (
+                    "redriven (use replay to run it again as a new run)"
+                    if run.status.is_terminal
+                    else "redriven"
+                ),
+                run_id=run.run_id,
+                status=run.status,
+            )
+        now = self._clock.now()
+        failed = None
+        if run.failed_step is not None:
+            record = self._store.load_steps(run.run_id).get(run.failed_step)
+            if record is not None and record.outcome == "failed":
+                failed = record
+        error = run.error or ErrorInfo("Error", "")
+        failed_at = run.finished_at or now
+        preserved = None
+        if not any(f.attempt == run.attempt for f in run.failures):
+            # Keep what failed the run in its history: the checkpoint goes away.
+            preserved = Failure(
+                attempt=run.attempt,
+                kind="step" if failed is not None else "body",
+                step_id=failed.step_id if failed is not None else None,
+                error=failed.error or error if failed is not None else error,
+                started_at=run.attempt_started_at,
+                failed_at=failed.finished_at or failed_at if failed is not None else failed_at,
+                step_started_at=failed.started_at if failed is not None else None,
+                delay=None,
+            )
+        redriven = self._store.redrive_run(
+            run,
+            failed=failed,
+            preserved=preserved,
+            redrive=Redrive(
+                attempt=run.attempt,
+                failed_at=failed_at,
+                error=error,
+                at=now,
+                step_id=failed.step_id if failed is not None else None,
+            ),
+            now=now,
+        )
+        # A crash before this send leaves the run QUEUED and due: the reconciler sends it.
+        self._queue.send(run.run_id)
+        return redriven
 
     # -- tokens ----------------------------------------------------------------------
 

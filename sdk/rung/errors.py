@@ -9,11 +9,14 @@ This module imports nothing from the package, so any module may import it.
     ├── InvalidPayload (ValueError) a payload fails the task's model or is not JSON
     ├── PayloadTooLarge             a payload or result exceeds MAX_VALUE_BYTES
     ├── RunNotFound (LookupError)   no run has that id
+    ├── RunAlreadyFinished          cancel() of a run that had already finished
+    ├── RunNotFailed                redrive() of a run that is not FAILED
     ├── LeaseLost                   a worker's fenced write was refused: it must stop
     ├── NonDeterminismError         replay met a different step than the history holds
     ├── StepFailed                  a step's retries are exhausted (raised in the task body)
     │   ├── TokenFailed             a token the run waited for was failed from outside
     │   ├── TokenTimedOut           ... or was not completed (or heartbeaten) in time
+    │   ├── ChildRunFailed          a child run the task waited for did not complete
     │   ├── ConditionNotMet         wait_for_condition used up its polls
     │   └── BatchFailed             a ctx.map / ctx.parallel broke its completion rule
     ├── TokenNotFound (LookupError) no token has that id
@@ -96,6 +99,34 @@ class RunNotFound(RungError, LookupError):
         return str(self.args[0]) if self.args else "run not found"
 
 
+class RunAlreadyFinished(RungError):
+    """``cancel`` of a run that had already finished; nothing was changed.
+
+    Attributes:
+        run_id: the run.
+        status: its terminal status ("COMPLETED", "FAILED", "CANCELED", ...).
+    """
+
+    def __init__(self, message: str, *, run_id: str, status: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.status = status
+
+
+class RunNotFailed(RungError):
+    """``redrive`` of a run that is not FAILED; nothing was changed.
+
+    Attributes:
+        run_id: the run.
+        status: its status now.
+    """
+
+    def __init__(self, message: str, *, run_id: str, status: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.status = status
+
+
 class LeaseLost(RungError):
     """A worker's fenced write was refused: another worker owns the run now.
 
@@ -164,6 +195,25 @@ class TokenFailed(StepFailed):
 
 class TokenTimedOut(StepFailed):
     """A token was not completed within its ``timeout`` (or missed a heartbeat)."""
+
+
+class ChildRunFailed(StepFailed):
+    """A child run that ``ctx.trigger_and_wait`` waited for ended without completing.
+
+    Raised in the parent's task body, where it can be caught; replays raise an
+    identical error. ``error_type``/``message``/``traceback`` are the child's error.
+
+    Attributes:
+        run_id: the child run's id.
+        status: how it ended: "FAILED", "CANCELED", "TIMED_OUT" or "EXPIRED".
+        step_id: the parent's checkpoint of the wait (``"/<name>:wait#<n>"``).
+    """
+
+    def __init__(self, step_id: str, error: ErrorInfo, *, run_id: str, status: str) -> None:
+        super().__init__(step_id, error)
+        self.run_id = run_id
+        self.status = status
+        self.args = (f"child run {run_id} {status}: {error}",)
 
 
 class ConditionNotMet(StepFailed):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from rung.errors import ErrorInfo
+from rung.errors import ChildRunFailed, ErrorInfo
 
 
 class RunStatus(enum.StrEnum):
@@ -54,6 +54,9 @@ class EventType(enum.StrEnum):
     RUN_COMPLETED = "RunCompleted"
     RUN_FAILED = "RunFailed"
     RUN_TIMED_OUT = "RunTimedOut"
+    RUN_CANCELED = "RunCanceled"
+    RUN_REDRIVEN = "RunRedriven"
+    CHILD_TRIGGERED = "ChildTriggered"
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,17 @@ class Failure:
 
 
 @dataclass(frozen=True)
+class Redrive:
+    """One ``Client.redrive`` of a FAILED run, as kept on the run item."""
+
+    attempt: int  # the attempt that had failed; the redriven run goes on with the next
+    failed_at: datetime  # when the run had failed
+    error: ErrorInfo  # the run's error then
+    at: datetime  # when it was redriven
+    step_id: str | None  # the failed step whose checkpoint was removed, if any
+
+
+@dataclass(frozen=True)
 class StepRecord:
     """A step's checkpoint: written once, never overwritten."""
 
@@ -96,7 +110,9 @@ class StepRecord:
     error: ErrorInfo | None = None
     #: "step", "wait" (ctx.wait), "token" (create_token), "token_wait"
     #: (wait_for_token), "map"/"parallel" (a batch) and "branch" (one of its
-    #: branches, see rung._parallel), or a kind added by composition (child runs)
+    #: branches, see rung._parallel), "child" (a child run started: ``result_json``
+    #: holds its ``run_id``, ``task_id`` and ``detached``), "child_wait" (the
+    #: children's outcome)
     kind: str = "step"
     #: for a wait: when it ends
     wake_at: datetime | None = None
@@ -130,6 +146,21 @@ class Run:
     compute_time: timedelta = timedelta(0)
     #: the step a worker was running when its invocation reached its time limit
     overran_step: str | None = field(default=None, repr=False)
+    #: the run that started this one as a child (``ctx.trigger``/``trigger_and_wait``)
+    parent_run_id: str | None = None
+    #: the run this one replays (``Client.replay``): same task, same payload
+    replay_of: str | None = None
+    #: each ``Client.redrive`` of this run, oldest first
+    redrives: tuple[Redrive, ...] = field(default=(), repr=False)
+    #: its parent waits for it (``trigger_and_wait``): its end wakes the parent
+    parent_waits: bool = field(default=False, repr=False)
+    #: the step whose failure failed the run (removed again by a redrive)
+    failed_step: str | None = field(default=None, repr=False)
+
+    @property
+    def budget_from(self) -> int:
+        """The first attempt that counts against retry policies: a redrive resets them."""
+        return self.redrives[-1].attempt + 1 if self.redrives else 1
 
 
 @dataclass(frozen=True)
@@ -142,6 +173,8 @@ class HistoryEvent:
     step: str | None = None
     delay: timedelta | None = None
     error: ErrorInfo | None = None
+    #: ChildTriggered: the child run
+    child_run_id: str | None = None
 
     def __str__(self) -> str:
         parts = [self.timestamp.isoformat(timespec="milliseconds"), f"{self.type:<15}"]
@@ -151,6 +184,8 @@ class HistoryEvent:
             parts.append(f"step={self.step}")
         if self.delay is not None:
             parts.append(f"delay={self.delay.total_seconds():g}s")
+        if self.child_run_id is not None:
+            parts.append(f"child={self.child_run_id}")
         if self.error is not None:
             parts.append(f"error={self.error}")
         return "  ".join(parts)
@@ -194,3 +229,46 @@ class TokenState:
     result_json: str | None = None
     error: ErrorInfo | None = None
     resolved_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    """How one child of ``ctx.batch_trigger_and_wait`` ended, in the order triggered.
+
+    A failed child does not raise: the task inspects ``ok``/``error``, or calls
+    ``unwrap()`` to get the output or raise its ``ChildRunFailed``.
+
+    Attributes:
+        run_id: the child run.
+        task_id: its task.
+        status: COMPLETED, FAILED, CANCELED, TIMED_OUT or EXPIRED.
+        output: its output when COMPLETED (revived as the task's return type), else None.
+        error: its error otherwise.
+
+    Example:
+        >>> results = ctx.batch_trigger_and_wait(resize, [{"id": 1}, {"id": 2}])
+        >>> done = [r.output for r in results if r.ok]
+        >>> failed = {r.run_id: r.error.message for r in results if r.error}
+    """
+
+    run_id: str
+    task_id: str
+    status: RunStatus
+    output: Any = None
+    error: ErrorInfo | None = None
+    step_id: str = field(default="", repr=False)  # the parent's wait checkpoint
+
+    @property
+    def ok(self) -> bool:
+        return self.status == RunStatus.COMPLETED
+
+    def unwrap(self) -> Any:
+        """The output, or raise ``ChildRunFailed`` when the child did not complete."""
+        if self.ok:
+            return self.output
+        raise ChildRunFailed(
+            self.step_id,
+            self.error or ErrorInfo(str(self.status), ""),
+            run_id=self.run_id,
+            status=str(self.status),
+        )

@@ -618,3 +618,28 @@ def test_a_replay_with_fewer_items_fails_with_a_determinism_error() -> None:
     assert run.error is not None and run.error.type == "NonDeterminismError"
     assert "ctx.map '/map#1' had more than 2 items" in run.error.message
     assert "branch '/map#1[2]' is recorded" in run.error.message
+
+
+def test_branches_that_wait_for_child_runs_are_woken_by_the_children() -> None:
+    # Each branch starts a child and waits for it: the run suspends once, waiting for
+    # every branch's child, and each child's end can wake it.
+    app = rung.App("par-children")
+
+    @app.task(id="child")
+    def child(ctx: rung.Context, payload: int) -> int:
+        ctx.wait(timedelta(minutes=payload))  # the children end at different times
+        return payload * 10
+
+    def branch(ctx: rung.Context, n: int) -> int:
+        return int(ctx.trigger_and_wait("child", n))
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> list[int]:
+        return ctx.map([3, 1, 2], branch).results()
+
+    with LocalEngine(app, workers=2) as engine:
+        run = engine.wait(engine.trigger("parent").run_id, timeout=60)
+        children = engine.client.list_children(run.run_id)
+    assert run.status == rung.RunStatus.COMPLETED
+    assert run.output == [30, 10, 20]
+    assert len(children) == 3 and all(c.status == rung.RunStatus.COMPLETED for c in children)

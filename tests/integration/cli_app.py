@@ -63,3 +63,43 @@ def crash_once(ctx: rung.Context, payload: None) -> str:
         return "done"
 
     return ctx.step("work", work)
+
+
+# -- the lifecycle: tokens, cancel, redrive, children ------------------------------------
+
+#: Switched by the redrive test: the "bug" in step three, fixed before the redrive.
+FLAGS = {"bug": True}
+
+
+@app.task(id="approve")
+def approve(ctx: rung.Context, payload: None) -> dict[str, object]:
+    token = ctx.create_token("approval", heartbeat_timeout=timedelta(hours=1))
+    try:
+        return {"answer": ctx.wait_for_token(token)}
+    except rung.TokenFailed as exc:
+        return {"rejected": exc.message}
+
+
+@app.task(id="nap")
+def nap(ctx: rung.Context, payload: None) -> str:
+    ctx.wait(timedelta(hours=1))
+    return "rested"
+
+
+@app.task(id="pipeline", retry=rung.RetryPolicy(max_attempts=1))
+def pipeline(ctx: rung.Context, payload: None) -> list[str]:
+    def three() -> str:
+        if FLAGS["bug"]:
+            raise KeyError("the bug")
+        return "three"
+
+    return [
+        ctx.step("one", lambda: "one"),
+        ctx.step("two", lambda: "two"),
+        ctx.step("three", three),
+    ]
+
+
+@app.task(id="family")
+def family(ctx: rung.Context, payload: Greeting) -> object:
+    return ctx.trigger_and_wait(greet, payload)

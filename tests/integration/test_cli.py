@@ -303,7 +303,7 @@ def test_an_unknown_task_exits_2_with_one_line_and_stores_nothing(stack: Deploye
     assert result.exit_code == 2
     assert one_error_line(result) == (
         "error: app 'clitest' has no task 'refund' "
-        "(known tasks: crash-once, decline, greet, process-order)"
+        "(known tasks: approve, crash-once, decline, family, greet, nap, pipeline, process-order)"
     )
     assert result.stdout == ""
     assert run_count(stack) == before
@@ -543,6 +543,219 @@ def test_trace_of_an_unknown_id_exits_1_with_one_line(stack: Deployed) -> None:
 
     assert result.exit_code == 1
     assert one_error_line(result).startswith("error: no run with id 'run_01NOSUCHRUN'")
+
+
+# -- runs cancel / replay / redrive -------------------------------------------------------
+
+
+def wait_status(stack: Deployed, run_id: str, status: str, timeout: float = 30.0) -> Run:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = stack.client.get_run(run_id)
+        if run.status == status or time.monotonic() > deadline:
+            return run
+        time.sleep(0.05)
+
+
+def test_runs_cancel_cancels_a_waiting_run_and_refuses_a_second_time(stack: Deployed) -> None:
+    run_id = rung(stack, "trigger", "nap").stdout.strip()
+    assert wait_status(stack, run_id, "WAITING").status == "WAITING"
+
+    result = rung(stack, "runs", "cancel", run_id, "--reason", "not needed")
+    again = rung(stack, "runs", "cancel", run_id)
+    again_json = rung(stack, "runs", "cancel", run_id, "--json")
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(f"{run_id}  nap  CANCELED after 1 attempt in ")
+    run = stack.client.get_run(run_id)
+    assert run.status == "CANCELED" and run.error is not None
+    assert run.error.message == "not needed"
+    assert again.exit_code == 1 and again_json.exit_code == 1
+    assert one_error_line(again).startswith(f"error: run {run_id} already finished (CANCELED at ")
+    assert again_json.stdout == ""
+    trace = rung(stack, "runs", "trace", run_id).stdout
+    assert in_order(trace, "attempt 1 started", "✗ canceled", "not needed"), trace
+
+
+def test_runs_cancel_json_is_the_canceled_run(stack: Deployed) -> None:
+    run_id = rung(stack, "trigger", "greet", "--payload", '{"name": "x"}', "--delay", "1h").stdout
+    result = rung(stack, "runs", "cancel", run_id.strip(), "--json")
+
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["status"], data["error"]["type"]) == ("CANCELED", "RunCanceled")
+
+
+def test_runs_cancel_of_a_completed_run_exits_1_and_changes_nothing(stack: Deployed) -> None:
+    done = rung(stack, "trigger", "greet", "--payload", '{"name": "y"}', "--wait", "--json")
+    run_id = json.loads(done.stdout)["run_id"]
+    before = stack.client.get_run(run_id)
+
+    result = rung(stack, "runs", "cancel", run_id)
+
+    assert result.exit_code == 1
+    assert one_error_line(result).startswith(f"error: run {run_id} already finished (COMPLETED")
+    assert stack.client.get_run(run_id) == before
+
+
+@pytest.mark.parametrize("command", ["cancel", "replay", "redrive"])
+def test_lifecycle_commands_on_an_unknown_id_exit_1(stack: Deployed, command: str) -> None:
+    result = rung(stack, "runs", command, "run_01NOSUCHRUN")
+
+    assert result.exit_code == 1
+    assert one_error_line(result).startswith("error: no run with id 'run_01NOSUCHRUN'")
+    assert result.stdout == ""
+
+
+def test_runs_replay_starts_a_new_run_with_the_same_payload(stack: Deployed) -> None:
+    done = rung(stack, "trigger", "greet", "--payload", '{"name": "re"}', "--wait", "--json")
+    original = json.loads(done.stdout)["run_id"]
+
+    result = rung(stack, "runs", "replay", original)
+    as_json = json.loads(rung(stack, "runs", "replay", original, "--json").stdout)
+
+    assert result.exit_code == 0, result.stderr
+    new_id = result.stdout.strip()
+    assert new_id.startswith("run_") and new_id != original
+    run = wait_for(stack, new_id)
+    assert (run.status, run.payload, run.output) == (
+        "COMPLETED",
+        {"name": "re"},
+        {"greeting": "hello re"},
+    )
+    assert run.replay_of == original
+    assert as_json["replay_of"] == original and as_json["run_id"] not in (original, new_id)
+    assert in_order(rung(stack, "runs", "show", new_id).stdout, "replay of", original)
+
+
+def test_runs_redrive_resumes_a_failed_run_at_its_failed_step(stack: Deployed) -> None:
+    cli_app.FLAGS["bug"] = True
+    failed = rung(stack, "trigger", "pipeline", "--wait")
+    run_id = failed.stdout.splitlines()[0]
+    assert failed.exit_code == 1 and "KeyError" in one_error_line(failed)
+
+    cli_app.FLAGS["bug"] = False  # the fix
+    result = rung(stack, "runs", "redrive", run_id)
+    run = wait_for(stack, run_id)
+    again = rung(stack, "runs", "redrive", run_id)
+
+    assert result.exit_code == 0, result.stderr
+    assert in_order(result.stdout, f"{run_id}  pipeline  QUEUED", "resumes at /three#1")
+    assert run.status == "COMPLETED" and run.output == ["one", "two", "three"]
+    assert again.exit_code == 1
+    assert one_error_line(again) == (
+        f"error: run {run_id} is COMPLETED, not FAILED; only a failed run can be redriven "
+        "(use replay to run it again as a new run)"
+    )
+    trace = rung(stack, "runs", "trace", run_id).stdout
+    assert in_order(
+        trace,
+        "attempt 1 started",
+        "✓ step /one#1",
+        "✓ step /two#1",
+        "✗ step /three#1",
+        "KeyError",
+        "✗ failed",
+        "↻ redriven",
+        "attempt 2 resumes at /three#1",
+        "attempt 2 started",
+        "resumes at /three#1; 2 completed steps replayed from checkpoints",
+        "✓ step /three#1 (try 2)",
+        "✓ completed",
+    ), trace
+    shown = json.loads(rung(stack, "runs", "show", run_id, "--json").stdout)
+    assert [r["step"] for r in shown["redrives"]] == ["/three#1"]
+
+
+def test_runs_show_names_the_parent_and_the_children(stack: Deployed) -> None:
+    done = rung(stack, "trigger", "family", "--payload", '{"name": "kid"}', "--wait", "--json")
+    parent_id = json.loads(done.stdout)["run_id"]
+    assert json.loads(done.stdout)["run"]["output"] == {"greeting": "hello kid"}
+
+    parent = json.loads(rung(stack, "runs", "show", parent_id, "--json").stdout)
+    [child] = parent["children"]
+    shown_child = rung(stack, "runs", "show", child["run_id"])
+    shown_parent = rung(stack, "runs", "show", parent_id)
+
+    assert (child["task_id"], child["status"]) == ("greet", "COMPLETED")
+    assert in_order(shown_child.stdout, "parent", parent_id)
+    assert in_order(shown_parent.stdout, "children", child["run_id"], "greet", "COMPLETED")
+    trace = rung(stack, "runs", "trace", parent_id).stdout
+    assert in_order(trace, "→ child /greet#1", child["run_id"], "✓ completed"), trace
+
+
+# -- tokens -------------------------------------------------------------------------------
+
+
+def token_of(stack: Deployed, run_id: str) -> str:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = stack.client.list_tokens(run_id)
+        if found and stack.client.get_run(run_id).status == "WAITING":
+            return found[0].id
+        time.sleep(0.05)
+    raise AssertionError(f"run {run_id} never waited for a token")
+
+
+def test_tokens_show_and_complete_resume_the_run(stack: Deployed) -> None:
+    run_id = rung(stack, "trigger", "approve").stdout.strip()
+    token_id = token_of(stack, run_id)
+
+    shown = rung(stack, "tokens", "show", token_id)
+    shown_json = json.loads(rung(stack, "tokens", "show", token_id, "--json").stdout)
+    bad = rung(stack, "tokens", "complete", token_id, "{approved: yes}")
+    still_open = stack.client.get_token(token_id).status
+    done = rung(stack, "tokens", "complete", token_id, '{"approved": true}', "--json")
+    run = wait_for(stack, run_id)
+    twice = rung(stack, "tokens", "complete", token_id, "1")
+
+    assert shown.exit_code == 0, shown.stderr
+    assert in_order(shown.stdout, token_id, "approval", run_id, "WAITING", "heartbeat")
+    assert (shown_json["status"], shown_json["run_id"]) == ("WAITING", run_id)
+    assert bad.exit_code == 2
+    assert one_error_line(bad).startswith("error: Invalid value for '[VALUE_JSON]': not JSON (")
+    assert still_open == "WAITING"  # the bad value wrote nothing
+    assert done.exit_code == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "COMPLETED"
+    assert json.loads(done.stdout)["value"] == {"approved": True}
+    assert run.status == "COMPLETED" and run.output == {"answer": {"approved": True}}
+    assert twice.exit_code == 1
+    assert "was already completed" in one_error_line(twice)
+
+
+def test_tokens_fail_and_heartbeat(stack: Deployed) -> None:
+    run_id = rung(stack, "trigger", "approve").stdout.strip()
+    token_id = token_of(stack, run_id)
+    before = stack.client.get_token(token_id).deadline
+
+    beat = rung(stack, "tokens", "heartbeat", token_id, "--json")
+    failed = rung(stack, "tokens", "fail", token_id, "no way")
+    run = wait_for(stack, run_id)
+
+    assert beat.exit_code == 0, beat.stderr
+    assert json.loads(beat.stdout)["deadline"] >= before.isoformat()
+    assert failed.exit_code == 0, failed.stderr
+    assert in_order(failed.stdout, token_id, "FAILED", "TokenFailed: no way")
+    assert run.output == {"rejected": "no way"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("show", "tok_nosuchtoken"), "error: no token with id 'tok_nosuchtoken'"),
+        (("complete", "tok_nosuchtoken", "1"), "error: no token with id 'tok_nosuchtoken'"),
+        (("fail", "tok_nosuchtoken", "x"), "error: no token with id 'tok_nosuchtoken'"),
+        (("heartbeat", "tok_nosuchtoken"), "error: no token with id 'tok_nosuchtoken'"),
+        (("show", "run_123"), "error: 'run_123' is not a token id"),
+    ],
+)
+def test_tokens_of_an_unknown_id_exit_1(
+    stack: Deployed, args: tuple[str, ...], message: str
+) -> None:
+    result = rung(stack, "tokens", *args)
+
+    assert result.exit_code == 1
+    assert one_error_line(result).startswith(message)
 
 
 # -- finding the stack ------------------------------------------------------------------

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from click.testing import CliRunner
+import pytest
+from click.testing import CliRunner, Result
 
 import rung
 from rung.cli import main
@@ -10,3 +11,44 @@ def test_version_prints_the_package_version() -> None:
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0
     assert result.output.strip() == f"rung, version {rung.__version__}"
+
+
+#: Nothing listens here: a command that reached AWS would exit 1 ("nothing is listening").
+NOWHERE = ["--stack", "s", "--endpoint-url", "http://127.0.0.1:1"]
+
+
+def _error_line(result: Result) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_a_token_value_that_is_not_json_is_refused_before_any_request() -> None:
+    result = CliRunner().invoke(main, [*NOWHERE, "tokens", "complete", "tok_abc", "{bad"])
+
+    assert result.exit_code == 2
+    assert _error_line(result).startswith("error: Invalid value for '[VALUE_JSON]': not JSON (")
+
+
+def test_an_empty_failure_message_is_refused_before_any_request() -> None:
+    result = CliRunner().invoke(main, [*NOWHERE, "tokens", "fail", "tok_abc", "  "])
+
+    assert result.exit_code == 2
+    assert "the message must not be empty" in _error_line(result)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["runs", "cancel"],
+        ["runs", "replay"],
+        ["runs", "redrive"],
+        ["tokens", "show"],
+        ["tokens", "fail", "tok_abc"],
+    ],
+)
+def test_lifecycle_commands_without_their_arguments_are_usage_errors(args: list[str]) -> None:
+    result = CliRunner().invoke(main, [*NOWHERE, *args])
+
+    assert result.exit_code == 2
+    assert "Missing argument" in _error_line(result)

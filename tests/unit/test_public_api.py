@@ -13,6 +13,8 @@ PINNED = {
     "BatchFailed",
     "BatchItem",
     "BatchResult",
+    "ChildResult",
+    "ChildRunFailed",
     "Client",
     "Completion",
     "ConditionNotMet",
@@ -30,7 +32,9 @@ PINNED = {
     "RetryAfter",
     "RetryPolicy",
     "Run",
+    "RunAlreadyFinished",
     "RunHandle",
+    "RunNotFailed",
     "RunNotFound",
     "RunStatus",
     "RungError",
@@ -86,6 +90,8 @@ def test_errors_form_one_tree() -> None:
         "PayloadTooLarge",
         "UnknownTask",
         "RunNotFound",
+        "RunAlreadyFinished",
+        "RunNotFailed",
         "TokenNotFound",
         "TokenAlreadyResolved",
         "LeaseLost",
@@ -97,5 +103,11 @@ def test_errors_form_one_tree() -> None:
     ):
         assert issubclass(getattr(rung, name), rung.RungError), name
     # What a wait raises in the task body is a StepFailed: one except clause catches all.
-    for name in ("TokenFailed", "TokenTimedOut", "ConditionNotMet", "BatchFailed"):
+    for name in (
+        "TokenFailed",
+        "TokenTimedOut",
+        "ConditionNotMet",
+        "BatchFailed",
+        "ChildRunFailed",
+    ):
         assert issubclass(getattr(rung, name), rung.StepFailed), name

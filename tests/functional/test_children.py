@@ -1,0 +1,399 @@
+"""Child runs: trigger_and_wait, batch_trigger_and_wait and ctx.trigger on LocalEngine,
+with skipped (virtual) time."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pydantic
+
+import rung
+from rung._engine import Disposition
+from rung.testing import LocalEngine, SimulatedCrash
+
+FAST = rung.RetryPolicy(max_attempts=3, initial_interval=timedelta(seconds=1))
+
+
+class Strict(pydantic.BaseModel):
+    n: int
+
+
+class Quote(pydantic.BaseModel):
+    sku: str
+    price: int
+
+
+def family_app(calls: Counter[str]) -> rung.App:
+    app = rung.App("family")
+
+    @app.task(id="price", retry=rung.RetryPolicy(max_attempts=1))
+    def price(ctx: rung.Context, payload: dict[str, Any]) -> Quote:
+        calls[f"price:{payload['sku']}"] += 1
+        if payload.get("fail"):
+            ctx.step("lookup", _raise, f"no price for {payload['sku']}")
+        ctx.wait(timedelta(minutes=5))  # children take a while: the parent must suspend
+        return Quote(sku=payload["sku"], price=len(payload["sku"]) * 100)
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: dict[str, Any]) -> dict[str, Any]:
+        quote = ctx.trigger_and_wait(price, {"sku": payload["sku"]})
+        calls["parent:after"] += 1
+        return {"sku": quote.sku, "price": quote.price, "is_quote": isinstance(quote, Quote)}
+
+    @app.task(id="careful")
+    def careful(ctx: rung.Context, payload: None) -> dict[str, Any]:
+        try:
+            ctx.trigger_and_wait("price", {"sku": "zz", "fail": True})
+        except rung.ChildRunFailed as exc:
+            return {
+                "caught": type(exc).__name__,
+                "child": exc.run_id,
+                "status": exc.status,
+                "type": exc.error_type,
+                "message": exc.message,
+                "is_step_failed": isinstance(exc, rung.StepFailed),
+            }
+        return {"caught": None}
+
+    @app.task(id="careless")
+    def careless(ctx: rung.Context, payload: None) -> None:
+        ctx.trigger_and_wait("price", {"sku": "zz", "fail": True})
+
+    @app.task(id="batch")
+    def batch(ctx: rung.Context, payload: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        results = ctx.batch_trigger_and_wait(price, payload)
+        return [
+            {
+                "run_id": r.run_id,
+                "ok": r.ok,
+                "status": str(r.status),
+                "price": r.output.price if r.ok else None,
+                "error": r.error.message if r.error else None,
+            }
+            for r in results
+        ]
+
+    return app
+
+
+def _raise(message: str) -> None:
+    raise ValueError(message)
+
+
+def test_trigger_and_wait_returns_the_childs_output_and_links_both_ways() -> None:
+    calls: Counter[str] = Counter()
+    with LocalEngine(family_app(calls)) as engine:
+        handle = engine.trigger("parent", {"sku": "abc"})
+        run = engine.wait(handle.run_id)
+        children = engine.client.list_children(handle.run_id)
+        steps = engine.store.load_steps(handle.run_id)
+        history = engine.history(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED
+    # Revived as the child task's return type (a pydantic model), through JSON.
+    assert run.output == {"sku": "abc", "price": 300, "is_quote": True}
+    [child] = children
+    assert child.task_id == "price" and child.status == rung.RunStatus.COMPLETED
+    assert child.parent_run_id == handle.run_id and run.parent_run_id is None
+    assert child.payload == {"sku": "abc"}
+    # The pinned checkpoints: the child, then its outcome.
+    assert steps["/price#1"].kind == "child"
+    link = json.loads(steps["/price#1"].result_json or "{}")
+    assert link == {"run_id": child.run_id, "task_id": "price", "detached": False}
+    assert steps["/price:wait#1"].kind == "child_wait"
+    assert steps["/price:wait#1"].outcome == "succeeded"
+    # The parent waited (no attempt spent) and ran its tail once; the child ran once
+    # (each run's body replays once after its wait, so count the side effects).
+    assert run.attempt == 1
+    assert calls["parent:after"] == 1
+    assert [(str(e.type), e.child_run_id) for e in history if e.child_run_id] == [
+        ("ChildTriggered", child.run_id)
+    ]
+    assert run.finished_at is not None and run.started_at is not None
+    assert run.finished_at - run.started_at >= timedelta(minutes=5)
+
+
+def test_a_parent_whose_child_fails_catches_child_run_failed() -> None:
+    calls: Counter[str] = Counter()
+    with LocalEngine(family_app(calls)) as engine:
+        handle = engine.trigger("careful")
+        run = engine.wait(handle.run_id)
+        [child] = engine.client.list_children(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED
+    assert child.status == rung.RunStatus.FAILED
+    assert run.output == {
+        "caught": "ChildRunFailed",
+        "child": child.run_id,
+        "status": "FAILED",
+        "type": "ValueError",
+        "message": "step '/lookup#1' failed: no price for zz",
+        "is_step_failed": True,
+    }
+
+
+def test_an_uncaught_child_failure_fails_the_parent_with_the_childs_error() -> None:
+    with LocalEngine(family_app(Counter())) as engine:
+        handle = engine.trigger("careless")
+        run = engine.wait(handle.run_id)
+    assert run.status == rung.RunStatus.FAILED
+    assert run.error is not None and run.error.type == "ValueError"
+    assert "no price for zz" in run.error.message
+    assert run.failed_step == "/price:wait#1"
+
+
+def test_batch_trigger_and_wait_returns_every_outcome_in_input_order() -> None:
+    calls: Counter[str] = Counter()
+    payloads: list[dict[str, Any]] = [
+        {"sku": "a"},
+        {"sku": "bbb", "fail": True},
+        {"sku": "cc"},
+        {"sku": "dddd"},
+    ]
+    with LocalEngine(family_app(calls), workers=2) as engine:
+        handle = engine.trigger("batch", payloads)
+        run = engine.wait(handle.run_id, timeout=60)
+        children = engine.client.list_children(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert [c.payload for c in children] == payloads
+    assert [r["run_id"] for r in run.output] == [c.run_id for c in children]
+    assert [(r["ok"], r["status"], r["price"]) for r in run.output] == [
+        (True, "COMPLETED", 100),
+        (False, "FAILED", None),
+        (True, "COMPLETED", 200),
+        (True, "COMPLETED", 400),
+    ]
+    assert "no price for bbb" in run.output[1]["error"]
+    # Each child started once: its body ran once, plus once more to resume after its
+    # wait (the failing one fails before waiting).
+    assert calls == {"price:a": 2, "price:bbb": 1, "price:cc": 2, "price:dddd": 2}
+
+
+def test_child_result_unwrap_raises_the_childs_failure() -> None:
+    app = rung.App("unwrap")
+
+    @app.task(id="boom", retry=rung.RetryPolicy(max_attempts=1))
+    def boom(ctx: rung.Context, payload: int) -> int:
+        if payload < 0:
+            raise rung.NonRetryable(f"negative: {payload}")
+        return payload * 2
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> list[Any]:
+        out: list[Any] = []
+        for result in ctx.batch_trigger_and_wait(boom, [1, -1]):
+            try:
+                out.append(result.unwrap())
+            except rung.ChildRunFailed as exc:
+                out.append([exc.status, exc.message])
+        return out
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("parent").run_id)
+    assert run.output == [2, ["FAILED", "negative: -1"]]
+
+
+def test_the_child_starts_once_when_the_parent_crashes_after_triggering() -> None:
+    app = rung.App("crashy")
+    calls: Counter[str] = Counter()
+
+    @app.task(id="child")
+    def child(ctx: rung.Context, payload: str) -> str:
+        calls["child"] += 1
+        return payload.upper()
+
+    @app.task(id="parent", retry=FAST)
+    def parent(ctx: rung.Context, payload: None) -> str:
+        handle = ctx.trigger(child, "fire-and-forget")
+
+        def after() -> str:
+            calls["after"] += 1
+            if calls["after"] == 1:
+                raise SimulatedCrash()  # the worker dies after the child was started
+            return handle.run_id
+
+        ctx.step("after", after)
+        return ctx.trigger_and_wait(child, "waited")
+
+    with LocalEngine(app, lease_duration=timedelta(seconds=5)) as engine:
+        handle = engine.trigger("parent")
+        run = engine.wait(handle.run_id)
+        children = engine.client.list_children(handle.run_id)
+        all_child_runs = engine.list_runs(task="child", limit=100)
+    assert run.status == rung.RunStatus.COMPLETED and run.output == "WAITED"
+    assert run.attempt == 2  # the crash was an attempt
+    assert [f.kind for f in run.failures] == ["crash"]
+    assert [c.payload for c in children] == ["fire-and-forget", "waited"]
+    assert len(all_child_runs) == 2
+    assert calls["child"] == 2
+
+
+def test_ctx_trigger_is_idempotent_across_replays() -> None:
+    app = rung.App("idem")
+    calls: Counter[str] = Counter()
+
+    @app.task(id="notify")
+    def notify(ctx: rung.Context, payload: str) -> None:
+        calls[payload] += 1
+
+    @app.task(id="parent", retry=rung.RetryPolicy(max_attempts=4, initial_interval=1.0))
+    def parent(ctx: rung.Context, payload: None) -> list[bool]:
+        first = ctx.trigger(notify, "one")
+        second = ctx.trigger(notify, "two", detached=True)
+        ctx.wait(timedelta(hours=1))  # a replay after the wait ...
+
+        def flaky() -> None:
+            calls["flaky"] += 1
+            if calls["flaky"] < 3:  # ... and two more after step retries
+                raise ConnectionError("try again")
+
+        ctx.step("flaky", flaky)
+        return [first.created, second.created]
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("parent")
+        run = engine.wait(handle.run_id)
+        children = engine.list_runs(task="notify", limit=100)
+        for child in children:
+            engine.wait(child.run_id)
+    assert run.status == rung.RunStatus.COMPLETED
+    assert run.output == [False, False]  # the last replay found both children recorded
+    assert sorted(c.payload for c in children) == ["one", "two"]
+    assert {c.parent_run_id for c in children} == {handle.run_id}
+    assert calls["one"] == 1 and calls["two"] == 1 and calls["flaky"] == 3
+
+
+def test_grandchildren_wake_their_parents_up_the_chain() -> None:
+    app = rung.App("tree")
+
+    @app.task(id="leaf")
+    def leaf(ctx: rung.Context, payload: int) -> int:
+        ctx.wait(timedelta(days=2))
+        return payload + 1
+
+    @app.task(id="middle")
+    def middle(ctx: rung.Context, payload: int) -> int:
+        return int(ctx.trigger_and_wait(leaf, payload)) * 10
+
+    @app.task(id="root")
+    def root(ctx: rung.Context, payload: None) -> list[int]:
+        return [r.unwrap() for r in ctx.batch_trigger_and_wait(middle, [1, 2])]
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("root").run_id)
+    assert run.status == rung.RunStatus.COMPLETED and run.output == [20, 30]
+
+
+def test_a_child_ending_between_the_parents_check_and_its_suspension_is_not_missed() -> None:
+    app = rung.App("race")
+
+    @app.task(id="child")
+    def child(ctx: rung.Context, payload: None) -> str:
+        return "done"
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> str:
+        return str(ctx.trigger_and_wait(child, None))
+
+    with LocalEngine(app, workers=0) as engine:
+        real_get_runs = engine.store.get_runs
+        raced: list[str] = []
+
+        def get_runs_then_child_finishes(run_ids: list[str]) -> dict[str, rung.Run]:
+            seen = real_get_runs(run_ids)  # the parent sees its child unfinished ...
+            if not raced:
+                raced.extend(run_ids)
+                drain(engine, only=run_ids[0])  # ... which then completes at once
+            return seen
+
+        engine.store.get_runs = get_runs_then_child_finishes  # type: ignore[method-assign]
+        handle = engine.trigger("parent")
+        drain(engine)
+        run = engine.get_run(handle.run_id)
+        child_run = engine.get_run(raced[0])
+    assert child_run.status == rung.RunStatus.COMPLETED
+    # The suspension's check saw the child finished, so the parent went on instead of
+    # waiting for a wake-up that had already happened.
+    assert run.status == rung.RunStatus.COMPLETED and run.output == "done"
+
+
+def drain(engine: LocalEngine, only: str | None = None, rounds: int = 50) -> None:
+    """Handle queued messages on this thread (a LocalEngine with workers=0)."""
+    for _ in range(rounds):
+        messages = engine.queue.receive(max_messages=10, visibility_timeout=0 if only else None)
+        if not messages:
+            return
+        handled = False
+        for message in messages:
+            if only is not None and only not in message.body:
+                continue
+            handled = True
+            if engine.worker.handle(message) == Disposition.ACK:
+                engine.queue.delete(message)
+        if only is not None and handled:
+            return
+
+
+def test_child_arguments_are_checked_in_the_task_body() -> None:
+    app = rung.App("args")
+    errors: list[str] = []
+
+    @app.task(id="strict")
+    def strict(ctx: rung.Context, payload: Strict) -> int:
+        return payload.n
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> int:
+        for call in (
+            lambda: ctx.trigger("nope"),
+            lambda: ctx.trigger_and_wait(strict, {"n": "x"}),
+            lambda: ctx.batch_trigger_and_wait(strict, [{"n": 1}, {"m": 2}]),
+            lambda: ctx.trigger(strict, {"n": 1}, tags="a"),
+        ):
+            try:
+                call()
+            except rung.RungError as exc:
+                errors.append(type(exc).__name__)
+        return len(ctx.batch_trigger_and_wait(strict, []))
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("parent")
+        run = engine.wait(handle.run_id)
+        children = engine.client.list_children(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED and run.output == 0
+    assert errors == ["UnknownTask", "InvalidPayload", "InvalidPayload", "UsageError"]
+    assert children == []  # the batch validated every payload before starting any child
+
+
+def test_a_child_is_not_started_by_a_worker_that_lost_its_lease() -> None:
+    app = rung.App("fenced")
+    entered = threading.Event()
+    release = threading.Event()
+
+    @app.task(id="child")
+    def child(ctx: rung.Context, payload: None) -> None: ...
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> None:
+        def slow() -> bool:
+            entered.set()
+            return release.wait(10)
+
+        ctx.step("slow", slow)
+        ctx.trigger(child)
+
+    with LocalEngine(app, workers=0) as engine:
+        run_id = engine.trigger("parent").run_id
+        [message] = engine.queue.receive(max_messages=1)
+        results: list[Disposition] = []
+        worker = threading.Thread(target=lambda: results.append(engine.worker.handle(message)))
+        worker.start()
+        assert entered.wait(10)
+        engine.client.cancel(run_id)  # its lease is now worthless
+        release.set()
+        worker.join(10)
+        children = engine.client.list_children(run_id)
+    assert results == [Disposition.KEEP]  # LeaseLost: the worker stopped
+    assert children == []

@@ -1,0 +1,387 @@
+"""The run lifecycle on LocalEngine: cancel, replay and redrive."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import rung
+from rung._clock import VirtualClock
+from rung.testing import LocalEngine
+
+
+def wait_for_status(engine: LocalEngine, run_id: str, status: rung.RunStatus) -> rung.Run:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        run = engine.get_run(run_id)
+        if run.status == status:
+            return run
+        time.sleep(0.02)
+    raise AssertionError(f"run {run_id} never reached {status}: {engine.get_run(run_id)}")
+
+
+def in_flight(engine: LocalEngine) -> tuple[int, int]:
+    """(visible, in flight) messages; delayed ones are not counted."""
+    attrs = engine.sqs.get_queue_attributes(
+        QueueUrl=engine.queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(
+        attrs["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+def wait_until_handled(engine: LocalEngine, parked: int = 0) -> None:
+    """Until no message is visible and only ``parked`` ones (a waiting run's timer,
+    kept invisible until it is due) are in flight: every other one was handled."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if in_flight(engine) == (0, parked):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the engine kept handling a message: {in_flight(engine)}")
+
+
+def counting_app(calls: Counter[str]) -> rung.App:
+    app = rung.App("life")
+
+    @app.task(id="sleepy")
+    def sleepy(ctx: rung.Context, payload: None) -> str:
+        ctx.step("before", lambda: calls.update(["before"]))
+        ctx.wait(timedelta(hours=1))
+        ctx.step("after", lambda: calls.update(["after"]))
+        return "woke"
+
+    return app
+
+
+# -- cancel --------------------------------------------------------------------------------
+
+
+def test_cancel_a_delayed_run_at_once_and_it_never_runs() -> None:
+    calls: Counter[str] = Counter()
+    with LocalEngine(counting_app(calls), virtual_time=False) as engine:
+        handle = engine.trigger("sleepy", delay=timedelta(hours=1))
+        assert engine.get_run(handle.run_id).status == rung.RunStatus.DELAYED
+        canceled = engine.client.cancel(handle.run_id, reason="not needed any more")
+        # Its message comes (here: a duplicate now, rather than in an hour): nothing runs.
+        engine.queue.send(handle.run_id)
+        wait_until_handled(engine)
+        run = engine.get_run(handle.run_id)
+        history = engine.history(handle.run_id)
+    assert canceled.status == run.status == rung.RunStatus.CANCELED
+    assert run.error == rung.ErrorInfo("RunCanceled", "not needed any more")
+    assert run.finished_at is not None and run.started_at is None
+    assert calls == Counter()
+    assert [str(e.type) for e in history] == ["RunTriggered", "RunCanceled"]
+
+
+def test_cancel_a_waiting_run_at_once_and_it_never_resumes() -> None:
+    calls: Counter[str] = Counter()
+    with LocalEngine(counting_app(calls), virtual_time=False) as engine:
+        handle = engine.trigger("sleepy")
+        wait_for_status(engine, handle.run_id, rung.RunStatus.WAITING)
+        engine.client.cancel(handle.run_id)
+        parked = in_flight(engine)[1]  # its timer: a message invisible for an hour
+        engine.queue.send(handle.run_id)  # as if that timer fired now
+        wait_until_handled(engine, parked)
+        run = engine.get_run(handle.run_id)
+        history = engine.history(handle.run_id)
+    assert run.status == rung.RunStatus.CANCELED
+    assert run.error == rung.ErrorInfo("RunCanceled", "canceled")
+    assert calls == Counter({"before": 1})
+    assert [str(e.type) for e in history][-1] == "RunCanceled"
+
+
+def test_cancel_a_running_run_stops_it_at_the_next_step_boundary() -> None:
+    app = rung.App("stop")
+    calls: Counter[str] = Counter()
+    inside = threading.Event()
+    release = threading.Event()
+
+    def blocking() -> str:
+        calls["b"] += 1
+        inside.set()
+        release.wait(10)
+        return "b"
+
+    @app.task(id="steps")
+    def steps(ctx: rung.Context, payload: None) -> str:
+        ctx.step("a", lambda: calls.update(["a"]))
+        ctx.step("b", blocking)
+        ctx.step("c", lambda: calls.update(["c"]))
+        ctx.step("d", lambda: calls.update(["d"]))
+        return "finished"
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("steps")
+        assert inside.wait(10)
+        canceled = engine.client.cancel(handle.run_id, reason="stop")
+        assert canceled.status == rung.RunStatus.CANCELED  # at once, while "b" still runs
+        assert isinstance(engine.clock, VirtualClock)
+        engine.clock.advance(timedelta(seconds=6))  # past the worker's cancel-check interval
+        release.set()
+        wait_until_handled(engine)
+        run = engine.get_run(handle.run_id)
+        recorded = engine.store.load_steps(handle.run_id)
+    # The step that was executing finished; no later step started.
+    assert calls == Counter({"a": 1, "b": 1})
+    assert sorted(recorded) == ["/a#1", "/b#1"]
+    assert run.status == rung.RunStatus.CANCELED and run.output is None
+    assert run.error == rung.ErrorInfo("RunCanceled", "stop")
+    assert engine.faults == []
+
+
+def hold_app() -> rung.App:
+    """A tree of runs that each wait for a token (virtual time does not skip those)."""
+    app = rung.App("tree")
+
+    @app.task(id="hold")
+    def hold(ctx: rung.Context, payload: dict[str, Any]) -> str:
+        if payload.get("grandchild"):
+            ctx.trigger(hold, {"name": payload["name"] + "/grandchild"})
+        token = ctx.create_token("go")
+        ctx.wait_for_token(token)
+        return f"{payload['name']} released"
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> Any:
+        ctx.trigger(hold, {"name": "attached", "grandchild": True})
+        ctx.trigger(hold, {"name": "detached"}, detached=True)
+        return ctx.trigger_and_wait(hold, {"name": "waited"})
+
+    @app.task(id="forgiving")
+    def forgiving(ctx: rung.Context, payload: None) -> dict[str, str]:
+        try:
+            return {"output": ctx.trigger_and_wait(hold, {"name": "only"})}
+        except rung.ChildRunFailed as exc:
+            return {"status": exc.status, "type": exc.error_type, "message": exc.message}
+
+    return app
+
+
+def _by_name(engine: LocalEngine) -> dict[str, rung.Run]:
+    return {r.payload["name"]: r for r in engine.list_runs(task="hold", limit=100)}
+
+
+def test_cancel_cascades_to_children_and_grandchildren_but_not_detached_ones() -> None:
+    with LocalEngine(hold_app()) as engine:
+        handle = engine.trigger("parent")
+        wait_for_status(engine, handle.run_id, rung.RunStatus.WAITING)
+        deadline = time.monotonic() + 30
+        while len(_by_name(engine)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        tree = _by_name(engine)
+        for run in tree.values():
+            engine.wait_for_token(run.run_id, "go")
+        detached_token = engine.wait_for_token(tree["detached"].run_id, "go")
+
+        engine.client.cancel(handle.run_id, reason="order withdrawn")
+
+        after = _by_name(engine)
+        parent = engine.get_run(handle.run_id)
+        engine.client.complete_token(detached_token.id, None)
+        detached = engine.wait(tree["detached"].run_id)
+        with pytest.raises(rung.TokenAlreadyResolved, match="has finished"):
+            attached_token = engine.client.list_tokens(tree["attached"].run_id)[0]
+            engine.client.complete_token(attached_token.id, None)
+    assert parent.status == rung.RunStatus.CANCELED
+    assert {name: run.status for name, run in after.items()} == {
+        "attached": rung.RunStatus.CANCELED,
+        "attached/grandchild": rung.RunStatus.CANCELED,
+        "waited": rung.RunStatus.CANCELED,
+        "detached": rung.RunStatus.WAITING,
+    }
+    assert after["waited"].error is not None
+    assert after["waited"].error.message == (
+        f"parent run {handle.run_id} was canceled: order withdrawn"
+    )
+    assert detached.status == rung.RunStatus.COMPLETED and detached.output == "detached released"
+
+
+def test_canceling_a_child_raises_child_run_failed_in_its_waiting_parent() -> None:
+    with LocalEngine(hold_app()) as engine:
+        handle = engine.trigger("forgiving")
+        wait_for_status(engine, handle.run_id, rung.RunStatus.WAITING)
+        [child] = engine.client.list_children(handle.run_id)
+        engine.wait_for_token(child.run_id, "go")
+        engine.client.cancel(child.run_id, reason="operator said so")
+        run = engine.wait(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED
+    assert run.output == {
+        "status": "CANCELED",
+        "type": "RunCanceled",
+        "message": "operator said so",
+    }
+
+
+def test_cancel_of_a_finished_run_is_an_error_and_changes_nothing() -> None:
+    calls: Counter[str] = Counter()
+    with LocalEngine(counting_app(calls)) as engine:
+        handle = engine.trigger("sleepy")
+        before = engine.wait(handle.run_id)
+        with pytest.raises(rung.RunAlreadyFinished, match="already finished \\(COMPLETED") as info:
+            engine.client.cancel(handle.run_id)
+        after = engine.get_run(handle.run_id)
+        with pytest.raises(rung.RunNotFound):
+            engine.client.cancel("run_01NOSUCHRUN")
+        canceled = engine.trigger("sleepy", delay=timedelta(days=1))
+        engine.client.cancel(canceled.run_id)
+        with pytest.raises(rung.RunAlreadyFinished, match="CANCELED"):
+            engine.client.cancel(canceled.run_id)
+    assert info.value.status == "COMPLETED" and info.value.run_id == handle.run_id
+    assert after == before and after.output == "woke"
+
+
+# -- replay --------------------------------------------------------------------------------
+
+
+def test_replay_starts_a_new_run_with_the_same_payload() -> None:
+    app = rung.App("replay")
+    calls: Counter[str] = Counter()
+
+    @app.task(id="echo")
+    def echo(ctx: rung.Context, payload: dict[str, Any]) -> dict[str, Any]:
+        calls["echo"] += 1
+        return {"got": payload}
+
+    with LocalEngine(app) as engine:
+        original = engine.wait(engine.trigger("echo", {"n": 7}, tags=["t1"]).run_id)
+        handle = engine.client.replay(original.run_id)
+        replayed = engine.wait(handle.run_id)
+        untouched = engine.get_run(original.run_id)
+        with pytest.raises(rung.RunNotFound):
+            engine.client.replay("run_01NOSUCHRUN")
+    assert handle.run_id != original.run_id and handle.task_id == "echo" and handle.created
+    assert replayed.replay_of == original.run_id and original.replay_of is None
+    assert replayed.payload == original.payload == {"n": 7}
+    assert replayed.tags == ("t1",)
+    assert replayed.status == rung.RunStatus.COMPLETED and replayed.output == {"got": {"n": 7}}
+    assert untouched == original
+    assert calls["echo"] == 2
+
+
+# -- redrive -------------------------------------------------------------------------------
+
+
+class Flags:
+    bug = True
+    fails_after_fix = 0
+
+
+def redrive_app(calls: Counter[str], flags: type[Flags]) -> rung.App:
+    app = rung.App("redrive")
+    policy = rung.RetryPolicy(max_attempts=2, initial_interval=timedelta(seconds=1))
+
+    def step3() -> str:
+        calls["step3"] += 1
+        if flags.bug:
+            raise KeyError("the bug")
+        if flags.fails_after_fix > 0:
+            flags.fails_after_fix -= 1
+            raise ConnectionError("flaky after the fix")
+        return "fixed"
+
+    @app.task(id="pipeline", retry=policy)
+    def pipeline(ctx: rung.Context, payload: None) -> list[Any]:
+        one = ctx.step("one", lambda: calls.update(["step1"]) or 1)
+        two = ctx.step("two", lambda: calls.update(["step2"]) or 2)
+        three = ctx.step("three", step3)
+        return [one, two, three, ctx.attempt]
+
+    return app
+
+
+def test_redrive_resumes_a_failed_run_from_its_failed_step_with_a_fresh_budget() -> None:
+    calls: Counter[str] = Counter()
+
+    class flags(Flags):  # noqa: N801 - a namespace of switches
+        pass
+
+    with LocalEngine(redrive_app(calls, flags)) as engine:
+        handle = engine.trigger("pipeline")
+        failed = engine.wait(handle.run_id)
+        assert failed.status == rung.RunStatus.FAILED and failed.attempt == 2
+        assert failed.failed_step == "/three#1"
+        flags.bug = False  # the fix is deployed ...
+        flags.fails_after_fix = 1  # ... and step 3 fails once more (a fresh budget of 2)
+        redriven = engine.client.redrive(handle.run_id)
+        assert redriven.status == rung.RunStatus.QUEUED and redriven.error is None
+        run = engine.wait(handle.run_id)
+        history = engine.history(handle.run_id)
+        with pytest.raises(rung.RunNotFailed, match="is COMPLETED, not FAILED"):
+            engine.client.redrive(handle.run_id)
+        unchanged = engine.get_run(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED
+    assert run.output == [1, 2, "fixed", 4]  # attempts 1-2 failed, 3 retried, 4 completed
+    assert calls == Counter({"step1": 1, "step2": 1, "step3": 4})
+    assert unchanged == run
+    assert len(run.redrives) == 1 and run.redrives[0].attempt == 2
+    assert run.redrives[0].step_id == "/three#1"
+    types = [(str(e.type), e.attempt, e.step) for e in history]
+    # The failure before the fix stays in the history, then the redrive.
+    assert types.index(("RunFailed", 2, None)) < types.index(("RunRedriven", 2, "/three#1"))
+    assert ("StepFailed", 2, "/three#1") in types
+    assert types[-1] == ("RunCompleted", 4, None)
+    failed_error = next(e.error for e in history if str(e.type) == "RunFailed")
+    assert failed_error is not None and "the bug" in failed_error.message
+
+
+def test_redrive_of_a_run_failed_outside_steps_keeps_the_completed_steps() -> None:
+    app = rung.App("body")
+    calls: Counter[str] = Counter()
+    broken = {"yes": True}
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=1))
+    def t(ctx: rung.Context, payload: None) -> str:
+        value = ctx.step("expensive", lambda: calls.update(["expensive"]) or "v")
+        if broken["yes"]:
+            raise RuntimeError("bug in the task body")
+        return str(value)
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("t")
+        assert engine.wait(handle.run_id).status == rung.RunStatus.FAILED
+        broken["yes"] = False
+        engine.client.redrive(handle.run_id)
+        run = engine.wait(handle.run_id)
+        with pytest.raises(rung.RunNotFound):
+            engine.client.redrive("run_01NOSUCHRUN")
+    assert run.status == rung.RunStatus.COMPLETED and run.output == "v"
+    assert calls == Counter({"expensive": 1})
+
+
+def test_redrive_a_failed_child_then_its_parent() -> None:
+    app = rung.App("fam")
+    broken = {"yes": True}
+
+    @app.task(id="child", retry=rung.RetryPolicy(max_attempts=1))
+    def child(ctx: rung.Context, payload: None) -> str:
+        def work() -> str:
+            if broken["yes"]:
+                raise ValueError("child bug")
+            return "child ok"
+
+        return ctx.step("work", work)
+
+    @app.task(id="parent", retry=rung.RetryPolicy(max_attempts=1))
+    def parent(ctx: rung.Context, payload: None) -> str:
+        return "parent got " + str(ctx.trigger_and_wait(child, None))
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("parent")
+        assert engine.wait(handle.run_id).status == rung.RunStatus.FAILED
+        [kid] = engine.client.list_children(handle.run_id)
+        broken["yes"] = False
+        engine.client.redrive(kid.run_id)
+        assert engine.wait(kid.run_id).status == rung.RunStatus.COMPLETED
+        engine.client.redrive(handle.run_id)  # its wait reads the child's new outcome
+        run = engine.wait(handle.run_id)
+        children = engine.client.list_children(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED and run.output == "parent got child ok"
+    assert [c.run_id for c in children] == [kid.run_id]  # no second child
