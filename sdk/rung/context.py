@@ -311,8 +311,11 @@ class Context:
         record = self._records.get(step_id)
         rerun_of: int | None = None
         if record is not None:
-            if record.outcome == "started" and record.attempt in self._failed(step_id):
-                rerun_of = record.attempt  # at-most-once, but that attempt failed cleanly
+            # An at-most-once marker whose run attempt failed this step cleanly (a
+            # recorded failure of that attempt) is retried; one whose attempt did not
+            # (a crash mid-step) is not. Failures carry run attempts, markers both.
+            if record.outcome == "started" and record.run_attempt in self._failed(step_id):
+                rerun_of = record.attempt
             else:
                 return typing.cast(R, self._replay(record, return_type))
         self._session.before_step()

@@ -402,6 +402,35 @@ def test_at_most_once_step_that_fails_cleanly_is_retried() -> None:
     assert calls["n"] == 2
 
 
+def test_at_most_once_step_that_fails_cleanly_after_an_earlier_crash_is_retried() -> None:
+    # The step's own attempt (1) and the run's attempt (2, after a crash elsewhere)
+    # differ here: a clean failure must still be told apart from an interruption.
+    app = rung.App("amo3")
+    calls: Counter[str] = Counter()
+
+    def crash_once() -> str:
+        calls["before"] += 1
+        if calls["before"] == 1:
+            raise SimulatedCrash()
+        return "ok"
+
+    def send() -> str:
+        calls["send"] += 1
+        if calls["send"] == 1:
+            raise ConnectionError("refused before sending")
+        return "sent"
+
+    @app.task(id="t", retry=FAST)
+    def t(ctx: rung.Context, payload: None) -> str:
+        ctx.step("before", crash_once)
+        return ctx.step("send", send, at_most_once=True)
+
+    with LocalEngine(app, lease_duration=timedelta(seconds=5)) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert run.status == "COMPLETED" and run.output == "sent"
+    assert calls == {"before": 2, "send": 2}
+
+
 @pytest.mark.parametrize("bad", ["", "a/b", "x#1", 42])
 def test_bad_step_names_fail_the_run_with_a_clear_error(bad: object) -> None:
     app = rung.App("names")
