@@ -33,6 +33,7 @@ from rung.errors import (
     UnknownTask,
     UsageError,
 )
+from rung.flow import Queue, Rate
 from rung.models import (
     ChildResult,
     EventType,
@@ -78,6 +79,8 @@ __all__ = [
     "NonRetryable",
     "PayloadTooLarge",
     "Poll",
+    "Queue",
+    "Rate",
     "RetryAfter",
     "RetryPolicy",
     "Run",

@@ -17,6 +17,7 @@ import enum
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,6 +25,7 @@ from typing import Any
 
 from rung import _serde
 from rung._clock import Clock, to_ms
+from rung._flow import Delayed, Gate, Parked, describe_delay
 from rung._queue import BadMessage, QueueMessage, SqsQueue, decode
 from rung._signals import Canceled, ContinueLater, RetryStep, Suspend, TimeLimitReached
 from rung._store import (
@@ -38,16 +40,21 @@ from rung.app import App, Task
 from rung.context import Context, _current_context, error_info
 from rung.errors import (
     ErrorInfo,
+    InvalidPayload,
     LeaseLost,
     NonDeterminismError,
     PayloadTooLarge,
     StepFailed,
     UnknownTask,
 )
+from rung.flow import Queue
 from rung.models import Failure, Run, RunStatus, StepRecord, TokenState
 
 log = logging.getLogger("rung.worker")
 
+#: A rate-limited run this close to its reserved start sleeps until it; further away,
+#: its message is delayed (SQS delays come in whole seconds).
+RATE_SLEEP = timedelta(seconds=1)
 #: Seconds before an invocation's end at which a still-running step is noted as overrun.
 WATCHDOG_MARGIN = 1.0
 
@@ -94,6 +101,7 @@ class Worker:
         self.queue = queue
         self.clock = clock
         self.config = config or WorkerConfig()
+        self.gate = Gate(store, queue, self.config.lease_duration)
 
     def handle(
         self, message: QueueMessage, time_left: Callable[[], float] | None = None
@@ -198,6 +206,10 @@ class Worker:
             # Fenced on the dead holder's token: one of several finders wins.
             with contextlib.suppress(LeaseLost):
                 self._fail(run, run.lease_token, error, failure, now)
+            with contextlib.suppress(UnknownTask):
+                spec = self.app.get_task(run.task_id).queue
+                if spec is not None:  # the dead holder's slot: free it for the next run
+                    self.gate.release(spec, run.run_id, now)
             return NotClaimed("terminal", run, None)
         claim = self.store.reclaim_crashed(run, now, self.config.lease_duration, failure)
         if isinstance(claim, Claimed):
@@ -251,6 +263,62 @@ class Worker:
         except Exception as exc:
             self._fail(run, token, _payload_error(task, exc), None, now())
             return Disposition.ACK
+        spec = task.queue
+        if spec is not None:
+            try:
+                key, priority = task.flow_of(payload)
+            except InvalidPayload as exc:
+                self._fail(run, token, ErrorInfo("InvalidPayload", str(exc)), None, now())
+                return Disposition.ACK
+            verdict = self.gate.admit(spec, run, token, key, priority, now(), session.spent())
+            if isinstance(verdict, Parked):
+                if watchdog is not None:
+                    watchdog.cancel()
+                return Disposition.ACK  # a hand-off (or the safety net) sends it again
+            if isinstance(verdict, Delayed):
+                wait = verdict.until - now()
+                if wait > RATE_SLEEP:
+                    # Come back just before the reserved start (SQS delays are whole
+                    # seconds), keeping the slot; the rest is slept below then.
+                    if watchdog is not None:
+                        watchdog.cancel()
+                    self.store.defer_run(
+                        run.run_id,
+                        token,
+                        verdict.until - RATE_SLEEP,
+                        describe_delay(spec, verdict.until),
+                        now(),
+                        session.spent(),
+                    )
+                    return self._later(message, run.run_id, wait - RATE_SLEEP)
+                # Less than a second to the reserved start: wait for it here, so the
+                # run starts at its reservation, not at the next whole second.
+                time.sleep(max(wait.total_seconds(), 0.0))
+            session.slot = spec
+        disposition = self._execute(
+            message, run, token, task, ctx, session, payload, attempt_start, watchdog
+        )
+        # Released only when the attempt ended normally: a crash keeps the slot until
+        # its lease expires (the run's next attempt takes it back), and a worker that
+        # lost its lease leaves the slot to the run's new owner.
+        if spec is not None:
+            self.gate.release(spec, run.run_id, now())
+        return disposition
+
+    def _execute(
+        self,
+        message: QueueMessage,
+        run: Run,
+        token: int,
+        task: Task[Any],
+        ctx: Context,
+        session: _Session,
+        payload: Any,
+        attempt_start: datetime,
+        watchdog: threading.Timer | None,
+    ) -> Disposition:
+        """Run the task body once and record how it ended."""
+        now = self.clock.now
         ctx_token = _current_context.set(ctx)
         try:
             result = task.fn(ctx, payload)
@@ -433,6 +501,7 @@ class _Session:
         self._running: dict[int, str] = {}
         self._lock = threading.Lock()
         self._status_read_at = self._segment_start  # the claim has just read it
+        self.slot: Queue | None = None  # the queue whose slot this attempt holds
 
     def now(self) -> datetime:
         return self._worker.clock.now()
@@ -503,6 +572,13 @@ class _Session:
         if self._lease_until is not None and self._lease_until - now < config.lease_duration / 2:
             until = now + config.lease_duration
             self._worker.store.renew_lease(self._run.run_id, self._token, until)
+            if self.slot is not None and not self._worker.gate.renew(
+                self.slot, self._run.run_id, until
+            ):
+                raise LeaseLost(
+                    f"run {self._run.run_id}: its slot in queue {self.slot.name!r} expired "
+                    "and was taken; this worker stops (the run's next attempt queues again)"
+                )
             self._lease_until = until
 
     def _check_canceled(self, now: datetime) -> None:

@@ -14,7 +14,11 @@ import pydantic
 
 from rung import _serde
 from rung.errors import InvalidConfig, InvalidPayload, UnknownTask
+from rung.flow import Queue
 from rung.retry import DEFAULT_RETRY, RetryPolicy, as_timedelta
+
+#: The range of priorities (higher runs first).
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 
 R = TypeVar("R")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -42,6 +46,57 @@ class Task(Generic[R]):
     payload_model: type[pydantic.BaseModel] | None = None
     output_type: Any = field(default=None, repr=False)
     max_duration: timedelta | None = None
+    queue: Queue | None = None
+    concurrency_key: Callable[[Any], Any] | None = field(default=None, repr=False)
+    priority: Callable[[Any], Any] | int | None = field(default=None, repr=False)
+
+    def flow_of(self, payload: Any) -> tuple[str, int]:
+        """The run's concurrency key ("" without one) and priority (0 by default).
+
+        Raises:
+            InvalidPayload: ``concurrency_key``/``priority`` raised or returned a value
+                of the wrong kind for this payload.
+        """
+        key = ""
+        if self.concurrency_key is not None:
+            try:
+                raw = self.concurrency_key(payload)
+            except Exception as exc:
+                raise InvalidPayload(
+                    f"task {self.id!r}: concurrency_key raised {type(exc).__name__}: {exc}"
+                ) from None
+            if isinstance(raw, bool) or not isinstance(raw, str | int) or not str(raw):
+                raise InvalidPayload(
+                    f"task {self.id!r}: concurrency_key must return a non-empty str or int, "
+                    f"got {raw!r}"
+                )
+            key = str(raw)
+            if len(key) > 128:
+                raise InvalidPayload(
+                    f"task {self.id!r}: concurrency key is {len(key)} characters; the limit is 128"
+                )
+        priority = 0
+        if self.priority is not None:
+            if callable(self.priority):
+                try:
+                    raw_priority = self.priority(payload)
+                except Exception as exc:
+                    raise InvalidPayload(
+                        f"task {self.id!r}: priority raised {type(exc).__name__}: {exc}"
+                    ) from None
+            else:
+                raw_priority = self.priority
+            if isinstance(raw_priority, bool) or not isinstance(raw_priority, int):
+                raise InvalidPayload(
+                    f"task {self.id!r}: priority must be an int, got {raw_priority!r}"
+                )
+            if not MIN_PRIORITY <= raw_priority <= MAX_PRIORITY:
+                raise InvalidPayload(
+                    f"task {self.id!r}: priority {raw_priority} is outside "
+                    f"[{MIN_PRIORITY}, {MAX_PRIORITY}]"
+                )
+            priority = raw_priority
+        return key, priority
 
     def __call__(self, ctx: Any, payload: Any) -> R:
         return self.fn(ctx, payload)
@@ -120,8 +175,9 @@ class App:
         *,
         id: str | None = None,
         retry: RetryPolicy | None = None,
-        queue: Any = None,
-        concurrency_key: Any = None,
+        queue: Queue | None = None,
+        concurrency_key: Callable[[Any], Any] | None = None,
+        priority: Callable[[Any], Any] | int | None = None,
         max_duration: timedelta | float | None = None,
     ) -> Callable[[Callable[..., R]], Task[R]]: ...
 
@@ -132,8 +188,9 @@ class App:
         *,
         id: str | None = None,  # noqa: A002 - the public, pinned name
         retry: RetryPolicy | None = None,
-        queue: Any = None,
-        concurrency_key: Any = None,
+        queue: Queue | None = None,
+        concurrency_key: Callable[[Any], Any] | None = None,
+        priority: Callable[[Any], Any] | int | None = None,
         max_duration: timedelta | float | None = None,
     ) -> Task[R] | Callable[[Callable[..., R]], Task[R]]:
         """Declare a task: a function ``(ctx: rung.Context, payload) -> result``.
@@ -144,21 +201,37 @@ class App:
             max_duration: total compute time a run may use across all its attempts and
                 invocations (waits excluded); checked before each step; a run past it
                 ends TIMED_OUT. A timedelta or seconds; default no limit.
-            queue, concurrency_key: flow control; not built yet, so passing them
-                raises ``NotImplementedError`` rather than being silently ignored.
+            queue: a ``rung.Queue``: concurrency and rate limits shared by its tasks.
+            concurrency_key: ``payload -> str`` naming the run's key (a tenant) for the
+                queue's ``per_key_limit`` / per-key rate; needs a queue.
+            priority: an int, or ``payload -> int`` (higher first; default 0): among
+                runs waiting for a slot of the queue, higher priority gets it first.
 
         The payload is validated against the second parameter's annotation when that
         is a pydantic model; otherwise any JSON value is accepted.
         """
-        for option, value in (
-            ("queue", queue),
-            ("concurrency_key", concurrency_key),
+        if queue is not None and not isinstance(queue, Queue):
+            raise InvalidConfig(f"app.task(queue=...) must be a rung.Queue, got {queue!r}")
+        if concurrency_key is not None and not callable(concurrency_key):
+            raise InvalidConfig("app.task(concurrency_key=...) must be a function of the payload")
+        if concurrency_key is not None and queue is None:
+            raise InvalidConfig(
+                "app.task(concurrency_key=...) needs a queue: pass queue=rung.Queue(...) with "
+                "a per_key_limit or a per-key rate_limit"
+            )
+        if queue is not None and queue.keyed and concurrency_key is None:
+            raise InvalidConfig(
+                f"queue {queue.name!r} limits per key: give the task a concurrency_key "
+                "(payload -> tenant id)"
+            )
+        if (
+            priority is not None
+            and not callable(priority)
+            and (isinstance(priority, bool) or not isinstance(priority, int))
         ):
-            if value is not None:
-                raise NotImplementedError(
-                    f"app.task({option}=...) is not available yet in this version of rung; "
-                    "remove it (it would otherwise be silently ignored)"
-                )
+            raise InvalidConfig(
+                "app.task(priority=...) must be an int or a function of the payload"
+            )
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidConfig(f"app.task(retry=...) must be a rung.RetryPolicy, got {retry!r}")
         limit = as_timedelta(max_duration, "app.task max_duration") if max_duration else None
@@ -174,6 +247,18 @@ class App:
                 )
             if task_id in self._tasks:
                 raise InvalidConfig(f"app {self.name!r} already has a task {task_id!r}")
+            if queue is not None:
+                for other in self._tasks.values():
+                    if (
+                        other.queue is not None
+                        and other.queue.name == queue.name
+                        and (other.queue != queue)
+                    ):
+                        raise InvalidConfig(
+                            f"queue {queue.name!r} is declared twice with different limits "
+                            f"(task {other.id!r}: {other.queue}; task {task_id!r}: {queue}); "
+                            "share one rung.Queue object"
+                        )
             payload_model, output_type = _signature_types(task_id, func)
             task = Task(
                 id=task_id,
@@ -182,6 +267,9 @@ class App:
                 payload_model=payload_model,
                 output_type=output_type,
                 max_duration=limit,
+                queue=queue,
+                concurrency_key=concurrency_key,
+                priority=priority,
             )
             self._tasks[task_id] = task
             return task

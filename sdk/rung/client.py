@@ -152,6 +152,8 @@ class Client:
             )
         found = self.app.get_task(task)
         payload_json = found.encode_payload(payload)
+        if found.queue is not None:  # its concurrency key and priority must work
+            found.flow_of(found.decode_payload(payload_json))
         key = _check_key(idempotency_key)
         tag_tuple = _check_tags(tags)
         wait = as_timedelta(delay, "trigger delay") if delay is not None else timedelta(0)

@@ -146,6 +146,8 @@ class Run:
     compute_time: timedelta = timedelta(0)
     #: the step a worker was running when its invocation reached its time limit
     overran_step: str | None = field(default=None, repr=False)
+    #: while parked for a slot of its queue: its waiter item's sort key
+    parked_sk: str | None = field(default=None, repr=False)
     #: the run that started this one as a child (``ctx.trigger``/``trigger_and_wait``)
     parent_run_id: str | None = None
     #: the run this one replays (``Client.replay``): same task, same payload

@@ -29,6 +29,8 @@ PINNED = {
     "NonRetryable",
     "PayloadTooLarge",
     "Poll",
+    "Queue",
+    "Rate",
     "RetryAfter",
     "RetryPolicy",
     "Run",

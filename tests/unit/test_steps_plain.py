@@ -29,12 +29,31 @@ def test_step_names_with_separators_are_refused() -> None:
         rung.step(name="a/b")
 
 
-def test_task_options_not_built_yet_raise_instead_of_being_ignored() -> None:
+def test_flow_control_declaration_errors_are_clear() -> None:
     app = rung.App("t")
-    with pytest.raises(NotImplementedError, match="queue"):
-        app.task(id="x", queue="q")
-    with pytest.raises(NotImplementedError, match="concurrency_key"):
+    with pytest.raises(rung.InvalidConfig, match="must be a rung.Queue"):
+        app.task(id="x", queue="q")  # type: ignore[arg-type]
+    with pytest.raises(rung.InvalidConfig, match="needs a queue"):
         app.task(id="x", concurrency_key=lambda p: p)
+    with pytest.raises(rung.InvalidConfig, match="limits per key: give the task a concurrency_key"):
+        app.task(id="x", queue=rung.Queue("q", concurrency_limit=4, per_key_limit=2))
+    with pytest.raises(rung.InvalidConfig, match="per_key_limit \\(5\\) is above"):
+        rung.Queue("q", concurrency_limit=4, per_key_limit=5)
+    with pytest.raises(rung.InvalidConfig, match="between 1 and 1000"):
+        rung.Queue("q", concurrency_limit=0)
+    with pytest.raises(rung.InvalidConfig, match="queue name"):
+        rung.Queue("no spaces")
+    with pytest.raises(rung.InvalidConfig, match="Rate limit must be an int"):
+        rung.Rate(2.5)  # type: ignore[arg-type]
+    with pytest.raises(rung.InvalidConfig, match="Rate per must be positive"):
+        rung.Rate(5, per=0)
+    with pytest.raises(rung.InvalidConfig, match="priority"):
+        app.task(id="x", priority="high")  # type: ignore[arg-type]
+    app.task(id="a", queue=rung.Queue("shared", concurrency_limit=2))(lambda ctx, p: p)
+    with pytest.raises(rung.InvalidConfig, match="declared twice with different limits"):
+        app.task(id="b", queue=rung.Queue("shared", concurrency_limit=3))(lambda ctx, p: p)
+    # The same limits under the same name: shared.
+    app.task(id="c", queue=rung.Queue("shared", concurrency_limit=2))(lambda ctx, p: p)
 
 
 def test_max_duration_must_be_a_positive_duration() -> None:

@@ -1,0 +1,223 @@
+"""Admission to a queue's slots: concurrency limits, per-key limits, rate limits, priority.
+
+The worker calls ``Gate.admit`` after claiming a run of a task that has a queue, and
+``Gate.release`` when the run stops executing (finished, waiting, backing off,
+continuing elsewhere). See docs/flow-control.md for the design; in short:
+
+* A slot is a lease in the queue item (``holders``), renewed with the run's lease; a
+  crashed holder's slot frees when its lease expires (invariant 6). Every change to
+  the holders is a write conditioned on the queue item's ``version``, so two workers
+  can never both take the last slot.
+* A run that finds no free slot is **parked**: one transaction writes a waiter item,
+  counts it in the queue and releases the run (QUEUED, no message in flight). It costs
+  no attempt, no receive count and no polling. A release **hands the slot off** to the
+  best waiter (highest priority; within a priority, round-robin across keys, FIFO per
+  key) in one transaction, and sends that run's message. A parked run is also due
+  again after ``PARK_RECHECK`` (the reconciler re-sends it), the safety net if a
+  hand-off was lost to a crash.
+* A rate limit is a sliding window of start times kept in the queue item, with future
+  entries as reservations: a run that may not start yet keeps its slot and is delayed
+  to its reserved time (one conditional write, no herd of retries).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from rung._clock import from_ms, iso, to_ms
+from rung._queue import SqsQueue
+from rung._store import DynamoStore, QueueState
+from rung.flow import Queue
+from rung.models import Run
+
+log = logging.getLogger("rung.flow")
+
+#: A parked run is due again after this if no hand-off woke it (the safety net).
+PARK_RECHECK = timedelta(minutes=10)
+#: Starts are spaced by this much more than the window, so that the tasks' own start
+#: times (a few ms after admission) also respect the limit in every window.
+RATE_MARGIN = timedelta(milliseconds=50)
+_TRIES = 50
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """The run holds a slot and may start now."""
+
+
+@dataclass(frozen=True)
+class Parked:
+    """No slot: the run was released and waits for a hand-off."""
+
+
+@dataclass(frozen=True)
+class Delayed:
+    """It holds a slot but its rate-limit reservation is at ``until``."""
+
+    until: datetime
+
+
+@dataclass(frozen=True)
+class Limits:
+    concurrency: int | None
+    per_key: int | None
+
+
+def limits_of(queue: Queue, state: QueueState) -> Limits:
+    """The limits in force: the code's, unless an operator set others (rung queues)."""
+    return Limits(
+        concurrency=state.limit_set if state.limit_set is not None else queue.concurrency_limit,
+        per_key=state.per_key_set if state.per_key_set is not None else queue.per_key_limit,
+    )
+
+
+class Gate:
+    def __init__(self, store: DynamoStore, queue: SqsQueue, lease: timedelta) -> None:
+        self.store = store
+        self.queue = queue
+        self.lease = lease
+
+    def admit(
+        self,
+        spec: Queue,
+        run: Run,
+        token: int,
+        key: str,
+        priority: int,
+        now: datetime,
+        spent: timedelta,
+    ) -> Admitted | Parked | Delayed:
+        """Take a slot for the claimed ``run``, or park it, or delay it for the rate."""
+        for attempt in range(_TRIES):
+            state = self.store.queue_state(spec.name)
+            now_ms = to_ms(now)
+            limits = limits_of(spec, state)
+            live = {r: h for r, h in state.holders.items() if h.until_ms > now_ms}
+            expired = [r for r in state.holders if r not in live]
+            mine = state.holders.get(run.run_id)
+            until = now + self.lease
+            if mine is not None:  # ours already: handed off to it, or held across a crash
+                start_ms = mine.start_ms
+                starts = key_starts = None
+                if spec.rate_limit is not None and start_ms == 0:
+                    start_ms, starts, key_starts = self._reserve(spec, state, key, now_ms)
+                hold_until = max(until, _from_ms(start_ms) + self.lease)
+                if not self.store.take_slot(
+                    state, run.run_id, key, hold_until, start_ms, expired, starts, key_starts
+                ):
+                    _backoff(attempt)
+                    continue
+                return Delayed(_from_ms(start_ms)) if start_ms > now_ms else Admitted()
+            full = (
+                state.paused
+                or (limits.concurrency is not None and len(live) >= limits.concurrency)
+                or (
+                    limits.per_key is not None
+                    and sum(1 for h in live.values() if h.key == key) >= limits.per_key
+                )
+                # Parked runs go first: a newcomer does not overtake them.
+                or state.waiting > 0
+            )
+            if full:
+                parked = self.store.park(
+                    state,
+                    run.run_id,
+                    token,
+                    key,
+                    priority,
+                    now + PARK_RECHECK,
+                    f"a slot of queue {spec.name!r}",
+                    now,
+                    spent,
+                )
+                if parked is False:
+                    _backoff(attempt)
+                    continue
+                log.info("run %s parked for a slot of queue %s", run.run_id, spec.name)
+                self.fill(spec, now)
+                return Parked()
+            start_ms, starts, key_starts = 0, None, None
+            if spec.rate_limit is not None:
+                start_ms, starts, key_starts = self._reserve(spec, state, key, now_ms)
+            hold_until = max(until, _from_ms(start_ms) + self.lease)
+            if self.store.take_slot(
+                state, run.run_id, key, hold_until, start_ms, expired, starts, key_starts
+            ):
+                return Delayed(_from_ms(start_ms)) if start_ms > now_ms else Admitted()
+            _backoff(attempt)
+        raise RuntimeError(f"queue {spec.name}: too much contention on its state; try again")
+
+    def _reserve(
+        self, spec: Queue, state: QueueState, key: str, now_ms: int
+    ) -> tuple[int, list[int] | None, list[int] | None]:
+        """The earliest start the rate limit allows, and the new window(s) holding it."""
+        rate = spec.rate_limit
+        assert rate is not None
+        window = int((rate.window + RATE_MARGIN).total_seconds() * 1000)
+        log_ = state.kstarts.get(key, []) if rate.per_key else state.starts
+        recent = sorted(t for t in log_ if t > now_ms - window)
+        start = now_ms
+        if len(recent) >= rate.limit:
+            # The (limit)-th most recent start must leave the window first.
+            start = max(now_ms, recent[-rate.limit] + window)
+        kept = sorted([*recent, start])[-rate.limit :]
+        if rate.per_key:
+            return start, None, kept
+        return start, kept, None
+
+    def release(self, spec: Queue, run_id: str, now: datetime) -> None:
+        """The run stops executing: free its slot and hand it to the next parked run."""
+        self.store.release_slot(spec.name, run_id)
+        self.fill(spec, now)
+
+    def fill(self, spec: Queue, now: datetime) -> None:
+        """Hand free slots to parked runs, best first, until none is free or waiting."""
+        for attempt in range(_TRIES):
+            state = self.store.queue_state(spec.name)
+            limits = limits_of(spec, state)
+            now_ms = to_ms(now)
+            live = {r: h for r, h in state.holders.items() if h.until_ms > now_ms}
+            if state.paused or state.waiting <= 0:
+                return
+            if limits.concurrency is not None and len(live) >= limits.concurrency:
+                return
+            per_key: dict[str, int] = {}
+            for holder in live.values():
+                per_key[holder.key] = per_key.get(holder.key, 0) + 1
+            chosen = next(
+                (
+                    w
+                    for w in self.store.waiters(spec.name)
+                    if limits.per_key is None or per_key.get(w.key, 0) < limits.per_key
+                ),
+                None,
+            )
+            if chosen is None:
+                return
+            done = self.store.hand_off(state, chosen, now + self.lease, now)
+            if done is True:
+                self.queue.send(chosen.run_id)
+                log.info("queue %s: slot handed to run %s", spec.name, chosen.run_id)
+            elif done is False:
+                _backoff(attempt)
+        log.warning("queue %s: gave up filling slots after %d tries", spec.name, _TRIES)
+
+    def renew(self, spec: Queue, run_id: str, until: datetime) -> bool:
+        return self.store.renew_slot(spec.name, run_id, until)
+
+
+def _from_ms(ms: int) -> datetime:
+    return from_ms(ms)
+
+
+def _backoff(attempt: int) -> None:
+    """Between optimistic retries on a contended queue item: a little random sleep."""
+    time.sleep(random.uniform(0, min(0.002 * (attempt + 1), 0.05)))  # noqa: S311
+
+
+def describe_delay(spec: Queue, until: datetime) -> str:
+    return f"the rate limit of queue {spec.name!r} (starts at {iso(until)})"

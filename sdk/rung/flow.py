@@ -1,0 +1,112 @@
+"""Flow control declarations: ``rung.Queue`` and ``rung.Rate``.
+
+A queue caps how many runs of its tasks execute at once across all workers
+(``concurrency_limit``), optionally per concurrency key (``per_key_limit``: each
+tenant its own limit, while ``concurrency_limit`` stays the combined cap across all
+keys), and how many may start per period (``rate_limit``). Tasks share a queue by
+passing the same ``Queue`` (or an equal one). How it works: docs/flow-control.md.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+from rung.errors import InvalidConfig
+from rung.retry import as_timedelta
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,79}$")
+#: The largest limit rung accepts (slots live in one DynamoDB item).
+MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most ``limit`` starts per ``per`` (a sliding window), optionally per key.
+
+    Args:
+        limit: starts allowed in any window of length ``per``.
+        per: the window; a timedelta or seconds.
+        per_key: count starts per concurrency key instead of for the whole queue.
+
+    Example:
+        >>> rung.Rate(100, per=timedelta(minutes=1))
+    """
+
+    limit: int
+    per: timedelta | float = timedelta(seconds=1)
+    per_key: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int):
+            raise InvalidConfig(f"Rate limit must be an int, got {self.limit!r}")
+        if not 1 <= self.limit <= MAX_LIMIT:
+            raise InvalidConfig(f"Rate limit must be between 1 and {MAX_LIMIT}, got {self.limit}")
+        per = as_timedelta(self.per, "Rate per")
+        if per <= timedelta(0) or per > timedelta(days=1):
+            raise InvalidConfig(f"Rate per must be positive and at most a day, got {per}")
+        object.__setattr__(self, "per", per)
+
+    @property
+    def window(self) -> timedelta:
+        assert isinstance(self.per, timedelta)
+        return self.per
+
+
+@dataclass(frozen=True)
+class Queue:
+    """Where a task's runs wait for their turn, and how many may run.
+
+    Args:
+        name: the queue's name (letters, digits, ``._:-``; at most 80).
+        concurrency_limit: runs of this queue's tasks executing at once, across all
+            workers and keys (None: no limit).
+        per_key_limit: runs executing at once per concurrency key (the task's
+            ``concurrency_key``); the queue's ``concurrency_limit`` still caps the total.
+        rate_limit: starts per period (``rung.Rate``).
+
+    Example:
+        >>> emails = rung.Queue("emails", concurrency_limit=10,
+        ...                     rate_limit=rung.Rate(100, per=timedelta(minutes=1)))
+    """
+
+    name: str
+    concurrency_limit: int | None = None
+    per_key_limit: int | None = None
+    rate_limit: Rate | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise InvalidConfig(
+                f"queue name {self.name!r} must be 1-80 letters, digits, '.', '_', ':' or '-', "
+                "starting with a letter or digit"
+            )
+        for label, value in (
+            ("concurrency_limit", self.concurrency_limit),
+            ("per_key_limit", self.per_key_limit),
+        ):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidConfig(f"Queue {label} must be an int or None, got {value!r}")
+            if not 1 <= value <= MAX_LIMIT:
+                raise InvalidConfig(f"Queue {label} must be between 1 and {MAX_LIMIT}, got {value}")
+        if (
+            self.per_key_limit is not None
+            and self.concurrency_limit is not None
+            and self.per_key_limit > self.concurrency_limit
+        ):
+            raise InvalidConfig(
+                f"queue {self.name!r}: per_key_limit ({self.per_key_limit}) is above "
+                f"concurrency_limit ({self.concurrency_limit}), the combined cap"
+            )
+        if self.rate_limit is not None and not isinstance(self.rate_limit, Rate):
+            raise InvalidConfig(f"Queue rate_limit must be a rung.Rate, got {self.rate_limit!r}")
+
+    @property
+    def keyed(self) -> bool:
+        """Whether runs need a concurrency key (a per-key limit or a per-key rate)."""
+        return self.per_key_limit is not None or (
+            self.rate_limit is not None and self.rate_limit.per_key
+        )

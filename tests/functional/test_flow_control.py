@@ -1,0 +1,314 @@
+"""Flow control on LocalEngine with several worker threads: limits hold, and recover.
+
+The tasks record their own executions (enter/leave, start times) so the tests
+check what a user would: how many ran at once, per tenant and in all, and how many
+started in any one-second window.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pydantic
+import pytest
+
+import rung
+from rung._clock import VirtualClock
+from rung.testing import LocalEngine, SimulatedCrash
+
+
+@dataclass
+class Tracker:
+    """Concurrent executions as the tasks see them, overall and per key."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    running: Counter[str] = field(default_factory=Counter)
+    total: int = 0
+    peak_total: int = 0
+    peak_key: Counter[str] = field(default_factory=Counter)
+    starts: list[tuple[str, str]] = field(default_factory=list)  # (key, run id) in order
+
+    def enter(self, key: str, run_id: str) -> None:
+        with self.lock:
+            self.running[key] += 1
+            self.total += 1
+            self.peak_total = max(self.peak_total, self.total)
+            self.peak_key[key] = max(self.peak_key[key], self.running[key])
+            self.starts.append((key, run_id))
+
+    def leave(self, key: str) -> None:
+        with self.lock:
+            self.running[key] -= 1
+            self.total -= 1
+
+
+class Job(pydantic.BaseModel):
+    tenant: str = "t"
+    n: int = 0
+    tier: int = 0
+
+
+@pytest.mark.timeout(300)
+def test_200_runs_on_a_queue_with_limit_10_never_exceed_it_and_reach_it() -> None:
+    app = rung.App("flow")
+    tracker = Tracker()
+    emails = rung.Queue("emails", concurrency_limit=10)
+
+    def work(job: Job) -> int:
+        info = rung.current_step()
+        tracker.enter("all", info.run_id)
+        try:
+            # Hold the slot a while: until the queue is full, or at most a second (the
+            # emulator starts a few runs per second, fewer than 10 in 20 ms of work).
+            deadline = time.monotonic() + 1.0
+            while tracker.total < 10 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(0.01)
+        finally:
+            tracker.leave("all")
+        return job.n
+
+    @app.task(id="send", queue=emails)
+    def send(ctx: rung.Context, job: Job) -> int:
+        return ctx.step("work", work, job)
+
+    with LocalEngine(app, workers=14) as engine:
+        handles = [engine.trigger("send", {"n": n}) for n in range(200)]
+        runs = [engine.wait(h.run_id, timeout=240) for h in handles]
+        state = engine.store.queue_state("emails")
+    assert [r.status for r in runs] == [rung.RunStatus.COMPLETED] * 200
+    assert [r.output for r in runs] == list(range(200))
+    assert tracker.peak_total == 10  # never above the limit, and the limit was reached
+    assert all(r.attempt == 1 for r in runs)  # waiting for a slot is not an attempt
+    assert state.holders == {} and state.waiting == 0  # every slot came back
+
+
+@pytest.mark.timeout(300)
+def test_per_tenant_limits_under_a_combined_cap() -> None:
+    app = rung.App("tenants")
+    tracker = Tracker()
+    tenants = rung.Queue("tenants", concurrency_limit=4, per_key_limit=2)
+
+    def work(job: Job) -> str:
+        tracker.enter(job.tenant, rung.current_step().run_id)
+        try:
+            time.sleep(0.03)
+        finally:
+            tracker.leave(job.tenant)
+        return job.tenant
+
+    @app.task(id="tenant-task", queue=tenants, concurrency_key=lambda job: job.tenant)
+    def tenant_task(ctx: rung.Context, job: Job) -> str:
+        return ctx.step("work", work, job)
+
+    with LocalEngine(app, workers=10) as engine:
+        handles = [
+            engine.trigger("tenant-task", {"tenant": t, "n": n})
+            for n in range(12)
+            for t in ("a", "b", "c")
+        ]
+        runs = [engine.wait(h.run_id, timeout=240) for h in handles]
+    assert all(r.status == rung.RunStatus.COMPLETED for r in runs)
+    assert tracker.peak_total == 4  # the combined cap holds (and is reached)
+    assert max(tracker.peak_key.values()) == 2  # no tenant above its own limit
+    assert set(tracker.peak_key) == {"a", "b", "c"}
+
+
+@pytest.mark.timeout(300)
+def test_a_tenant_with_two_runs_is_not_stuck_behind_one_with_a_hundred() -> None:
+    app = rung.App("fair")
+    tracker = Tracker()
+    queue = rung.Queue("fair", concurrency_limit=2, per_key_limit=2)
+    gate = threading.Event()
+
+    def work(job: Job) -> str:
+        tracker.enter(job.tenant, rung.current_step().run_id)
+        try:
+            gate.wait(30)  # the first runs hold their slots until every run is queued
+            time.sleep(0.005)
+        finally:
+            tracker.leave(job.tenant)
+        return job.tenant
+
+    @app.task(id="t", queue=queue, concurrency_key=lambda job: job.tenant)
+    def task(ctx: rung.Context, job: Job) -> str:
+        return ctx.step("work", work, job)
+
+    with LocalEngine(app, workers=6) as engine:
+        big = [engine.trigger("t", {"tenant": "big", "n": n}) for n in range(100)]
+        _wait_parked(engine, "fair", 98)
+        small = [engine.trigger("t", {"tenant": "small", "n": n}) for n in range(2)]
+        _wait_parked(engine, "fair", 100)
+        gate.set()
+        runs = [engine.wait(h.run_id, timeout=240) for h in big + small]
+    assert all(r.status == rung.RunStatus.COMPLETED for r in runs)
+    order = [key for key, _ in tracker.starts]
+    # Two big runs held the slots; the small tenant's runs take the next slots that
+    # free, not the 99th and 100th.
+    assert order[:2] == ["big", "big"]
+    assert sorted(i for i, key in enumerate(order) if key == "small") == [2, 4] or (
+        max(i for i, key in enumerate(order) if key == "small") <= 5
+    )
+
+
+def _wait_parked(engine: LocalEngine, queue: str, count: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if engine.store.queue_state(queue).waiting >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{queue}: only {engine.store.queue_state(queue).waiting} parked")
+
+
+@pytest.mark.timeout(300)
+def test_priority_takes_the_next_slot_before_older_lower_priority_runs() -> None:
+    app = rung.App("prio")
+    tracker = Tracker()
+    queue = rung.Queue("prio", concurrency_limit=1)
+    gate = threading.Event()
+
+    def work(job: Job) -> int:
+        tracker.enter(str(job.tier), rung.current_step().run_id)
+        try:
+            gate.wait(30)
+        finally:
+            tracker.leave(str(job.tier))
+        return job.n
+
+    @app.task(id="t", queue=queue, priority=lambda job: job.tier)
+    def task(ctx: rung.Context, job: Job) -> int:
+        return ctx.step("work", work, job)
+
+    with LocalEngine(app, workers=4) as engine:
+        first = engine.trigger("t", {"n": 0, "tier": 0})
+        low = [engine.trigger("t", {"n": n, "tier": 0}) for n in range(1, 6)]
+        _wait_parked(engine, "prio", 5)
+        high = engine.trigger("t", {"n": 99, "tier": 5})
+        _wait_parked(engine, "prio", 6)
+        gate.set()
+        runs = [engine.wait(h.run_id, timeout=120) for h in [first, *low, high]]
+    assert all(r.status == rung.RunStatus.COMPLETED for r in runs)
+    order = [key for key, _ in tracker.starts]
+    assert order[0] == "0" and order[1] == "5"  # the high-priority run went next
+    # Within one priority: first in, first out.
+    low_ids = [h.run_id for h in low]
+    assert [run_id for key, run_id in tracker.starts if key == "0"][1:] == low_ids
+
+
+@pytest.mark.timeout(300)
+def test_workers_killed_while_holding_slots_free_them_at_lease_expiry() -> None:
+    app = rung.App("crashy")
+    tracker = Tracker()
+    queue = rung.Queue("crashy", concurrency_limit=3)
+    crashed: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def work(job: Job) -> int:
+        tracker.enter("all", rung.current_step().run_id)
+        try:
+            with lock:
+                crash = job.n % 5 == 0 and crashed[job.n] == 0
+                if crash:
+                    crashed[job.n] += 1
+            if crash:
+                raise SimulatedCrash()  # the worker dies holding its slot
+            time.sleep(0.01)
+        finally:
+            tracker.leave("all")
+        return job.n
+
+    @app.task(id="t", queue=queue, retry=rung.RetryPolicy(max_attempts=3))
+    def task(ctx: rung.Context, job: Job) -> int:
+        return ctx.step("work", work, job)
+
+    with LocalEngine(app, workers=6, lease_duration=timedelta(seconds=20)) as engine:
+        handles = [engine.trigger("t", {"n": n}) for n in range(30)]
+        runs = [engine.wait(h.run_id, timeout=240) for h in handles]
+        state = engine.store.queue_state("crashy")
+    assert [r.status for r in runs] == [rung.RunStatus.COMPLETED] * 30
+    assert sum(crashed.values()) == 6
+    assert tracker.peak_total <= 3
+    assert [r.attempt for r in runs].count(2) == 6  # each crash was one attempt
+    assert state.holders == {} and state.waiting == 0
+
+
+@pytest.mark.timeout(300)
+def test_a_rate_limit_of_20_per_second_holds_in_every_window() -> None:
+    app = rung.App("rate")
+    starts: list[datetime] = []
+    lock = threading.Lock()
+    clocks: list[VirtualClock] = []
+
+    def work(job: Job) -> int:
+        with lock:
+            starts.append(clocks[0].now())
+        return job.n
+
+    queue = rung.Queue("api", rate_limit=rung.Rate(20, per=timedelta(seconds=1)))
+
+    @app.task(id="call", queue=queue)
+    def call(ctx: rung.Context, job: Job) -> int:
+        return ctx.step("work", work, job)
+
+    with LocalEngine(app, workers=6) as engine:
+        assert isinstance(engine.clock, VirtualClock)
+        clocks.append(engine.clock)
+        handles = [engine.trigger("call", {"n": n}) for n in range(100)]
+        runs = [engine.wait(h.run_id, timeout=240) for h in handles]
+    assert all(r.status == rung.RunStatus.COMPLETED for r in runs)
+    times = sorted(starts)
+    assert len(times) == 100
+    for i, start in enumerate(times):
+        in_window = sum(1 for t in times[i:] if t - start < timedelta(seconds=1))
+        assert in_window <= 20, (start, in_window)
+    span = (times[-1] - times[0]).total_seconds()
+    assert (len(times) - 1) / span >= 10  # at least half the limit over the whole test
+
+
+def test_pausing_a_queue_stops_new_starts_and_resuming_continues() -> None:
+    app = rung.App("pause")
+    done: list[int] = []
+
+    @app.task(id="t", queue=rung.Queue("p", concurrency_limit=2))
+    def task(ctx: rung.Context, job: Job) -> int:
+        done.append(job.n)
+        return job.n
+
+    with LocalEngine(app, workers=2) as engine:
+        engine.store.set_queue("p", paused=True)
+        handles = [engine.trigger("t", {"n": n}) for n in range(5)]
+        _wait_parked(engine, "p", 5)
+        time.sleep(0.3)
+        parked = list(done)
+        engine.store.set_queue("p", paused=False)
+        from rung._flow import Gate
+
+        Gate(engine.store, engine.queue, timedelta(minutes=1)).fill(
+            rung.Queue("p", concurrency_limit=2), engine.clock.now()
+        )
+        runs = [engine.wait(h.run_id, timeout=60) for h in handles]
+    assert parked == []
+    assert sorted(r.output for r in runs) == [0, 1, 2, 3, 4]
+
+
+def test_a_bad_concurrency_key_is_refused_at_trigger_and_nothing_is_stored() -> None:
+    app = rung.App("badkey")
+
+    @app.task(
+        id="t",
+        queue=rung.Queue("k", concurrency_limit=2, per_key_limit=1),
+        concurrency_key=lambda job: job["tenant"],
+    )
+    def task(ctx: rung.Context, job: dict[str, Any]) -> None: ...
+
+    with LocalEngine(app) as engine:
+        with pytest.raises(rung.InvalidPayload, match="concurrency_key raised KeyError"):
+            engine.trigger("t", {"no_tenant": 1})
+        with pytest.raises(rung.InvalidPayload, match="non-empty str or int"):
+            engine.trigger("t", {"tenant": None})
+        assert engine.list_runs() == []
