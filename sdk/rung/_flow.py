@@ -100,7 +100,16 @@ class Gate:
             expired = [r for r in state.holders if r not in live]
             mine = state.holders.get(run.run_id)
             until = now + self.lease
-            if mine is not None:  # ours already: handed off to it, or held across a crash
+            if mine is not None and (spec.rate_limit is None or mine.start_ms):
+                # Ours already (handed off to it, held across a crash, or reserved for a
+                # rate-limited start): renewing our own entry needs no version check.
+                hold_until = max(until, _from_ms(mine.start_ms) + self.lease)
+                if self.store.renew_slot(spec.name, run.run_id, hold_until):
+                    if mine.start_ms > now_ms:
+                        return Delayed(_from_ms(mine.start_ms))
+                    return Admitted()
+                continue  # pruned meanwhile (its lease had expired): admit afresh
+            if mine is not None:  # handed off without a rate reservation yet
                 start_ms = mine.start_ms
                 starts = key_starts = None
                 if spec.rate_limit is not None and start_ms == 0:

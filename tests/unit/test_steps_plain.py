@@ -32,7 +32,7 @@ def test_step_names_with_separators_are_refused() -> None:
 def test_flow_control_declaration_errors_are_clear() -> None:
     app = rung.App("t")
     with pytest.raises(rung.InvalidConfig, match="must be a rung.Queue"):
-        app.task(id="x", queue="q")  # type: ignore[arg-type]
+        app.task(id="x", queue="q")  # type: ignore[call-overload]
     with pytest.raises(rung.InvalidConfig, match="needs a queue"):
         app.task(id="x", concurrency_key=lambda p: p)
     with pytest.raises(rung.InvalidConfig, match="limits per key: give the task a concurrency_key"):
@@ -48,7 +48,7 @@ def test_flow_control_declaration_errors_are_clear() -> None:
     with pytest.raises(rung.InvalidConfig, match="Rate per must be positive"):
         rung.Rate(5, per=0)
     with pytest.raises(rung.InvalidConfig, match="priority"):
-        app.task(id="x", priority="high")  # type: ignore[arg-type]
+        app.task(id="x", priority="high")  # type: ignore[call-overload]
     app.task(id="a", queue=rung.Queue("shared", concurrency_limit=2))(lambda ctx, p: p)
     with pytest.raises(rung.InvalidConfig, match="declared twice with different limits"):
         app.task(id="b", queue=rung.Queue("shared", concurrency_limit=3))(lambda ctx, p: p)
