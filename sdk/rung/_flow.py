@@ -224,8 +224,9 @@ def _from_ms(ms: int) -> datetime:
 
 
 def _backoff(attempt: int) -> None:
-    """Between optimistic retries on a contended queue item: a little random sleep."""
-    time.sleep(random.uniform(0, min(0.002 * (attempt + 1), 0.05)))  # noqa: S311
+    """Between optimistic retries on a contended queue item: a random, growing sleep
+    (full jitter), so that contenders spread out instead of colliding again."""
+    time.sleep(random.uniform(0, min(0.01 * 2**attempt, 0.5)))  # noqa: S311
 
 
 def describe_delay(spec: Queue, until: datetime) -> str:

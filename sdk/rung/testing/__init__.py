@@ -309,7 +309,9 @@ class LocalEngine:
             with self._lock:
                 self._busy += 1
             try:
-                messages = self.queue.receive(max_messages=10)
+                # One message per worker thread at a time: a thread that took ten would
+                # keep nine invisible while it runs the first.
+                messages = self.queue.receive(max_messages=1)
                 for message in messages:
                     self._process(message)
             except Exception as exc:  # the emulator went away during stop(), or a bug
