@@ -38,9 +38,16 @@ log = logging.getLogger("rung.flow")
 
 #: A parked run is due again after this if no hand-off woke it (the safety net).
 PARK_RECHECK = timedelta(minutes=10)
-#: Starts are spaced by this much more than the window, so that the tasks' own start
-#: times (a few ms after admission) also respect the limit in every window.
-RATE_MARGIN = timedelta(milliseconds=50)
+
+
+#: Starts are spaced by a little more than the window (10%, at least 50 ms, at most
+#: 5 s), so that the tasks' own start times, which follow admission by a few ms on AWS
+#: and by up to a few hundred on a loaded emulator, also respect the limit in every
+#: window.
+def rate_margin(window: timedelta) -> timedelta:
+    return min(max(window / 10, timedelta(milliseconds=50)), timedelta(seconds=5))
+
+
 _TRIES = 50
 
 
@@ -166,7 +173,7 @@ class Gate:
         """The earliest start the rate limit allows, and the new window(s) holding it."""
         rate = spec.rate_limit
         assert rate is not None
-        window = int((rate.window + RATE_MARGIN).total_seconds() * 1000)
+        window = int((rate.window + rate_margin(rate.window)).total_seconds() * 1000)
         log_ = state.kstarts.get(key, []) if rate.per_key else state.starts
         recent = sorted(t for t in log_ if t > now_ms - window)
         start = now_ms
