@@ -890,7 +890,8 @@ def _print_queue(info: QueueInfo, as_json: bool) -> None:
     limit, per_key = _limits(info)
     grid.add_row("limit", limit)
     grid.add_row("per key", per_key)
-    grid.add_row("rate", _rate(info))
+    if info.rate_limit is not None:
+        grid.add_row("rate", _rate(info))
     if info.tasks:
         grid.add_row("tasks", ", ".join(info.tasks))
     if info.running_per_key:
