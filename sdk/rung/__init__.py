@@ -30,10 +30,11 @@ from rung.errors import (
     TokenFailed,
     TokenNotFound,
     TokenTimedOut,
+    UnknownQueue,
     UnknownTask,
     UsageError,
 )
-from rung.flow import Queue, Rate
+from rung.flow import Queue, QueueInfo, Rate
 from rung.models import (
     ChildResult,
     EventType,
@@ -80,6 +81,7 @@ __all__ = [
     "PayloadTooLarge",
     "Poll",
     "Queue",
+    "QueueInfo",
     "Rate",
     "RetryAfter",
     "RetryPolicy",
@@ -99,6 +101,7 @@ __all__ = [
     "TokenNotFound",
     "TokenState",
     "TokenTimedOut",
+    "UnknownQueue",
     "UnknownTask",
     "UsageError",
     "current_step",

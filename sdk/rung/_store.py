@@ -147,6 +147,7 @@ class QueueState:
     paused: bool = False
     limit_set: int | None = None
     per_key_set: int | None = None
+    stored: bool = False  # the queue item exists (it has run, or was set by an operator)
 
 
 def _queue_state_from_item(name: str, item: dict[str, Any] | None) -> QueueState:
@@ -177,6 +178,7 @@ def _queue_state_from_item(name: str, item: dict[str, Any] | None) -> QueueState
         paused=bool(item.get("paused", {"BOOL": False})["BOOL"]),
         limit_set=num("limit_set") if "limit_set" in item else None,
         per_key_set=num("per_key_set") if "per_key_set" in item else None,
+        stored=True,
     )
 
 
@@ -1508,11 +1510,14 @@ class DynamoStore:
             ("keyseq", {"M": {}}),
             ("waiting", _N(0)),
             ("served", _N(0)),
-            ("version", _N(0)),
         ):
             sets.append(f"{attr} = if_not_exists({attr}, :init_{attr})")
             values[f":init_{attr}"] = empty
-        expression = "SET " + ", ".join(sets)
+        # Raising the version makes a worker that read the queue before this change
+        # retry its (version-conditioned) admission with the new settings: after a
+        # pause or a lower limit returns, no admission decided on the old ones lands.
+        values[":one"] = _N(1)
+        expression = "SET " + ", ".join(sets) + " ADD version :one"
         if removes:
             expression += " REMOVE " + ", ".join(removes)
         out = self.client.update_item(

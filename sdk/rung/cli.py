@@ -13,6 +13,11 @@
         tokens complete TOKEN_ID [VALUE_JSON]
         tokens fail TOKEN_ID MESSAGE
         tokens heartbeat TOKEN_ID
+        queues list
+        queues show NAME
+        queues set-limit NAME [--limit N] [--per-key-limit N] [--reset]
+        queues pause NAME
+        queues resume NAME
         dev ...                       (rung._dev.command, when it is installed)
 
 The table and queue are found from the stack's outputs (``rung._stack.describe``);
@@ -22,7 +27,7 @@ rich tables on stdout; every command takes ``--json`` for scripts.
 Errors are one line on stderr, ``error: <reason>``, never a traceback. Exit codes:
 
     0  done (with --wait: the run COMPLETED)
-    1  the run FAILED (--wait); the run, token, stack or endpoint is not there;
+    1  the run FAILED (--wait); the run, token, queue, stack or endpoint is not there;
        the run or token is not in a state that allows it (cancel of a finished
        run, redrive of a run that did not fail, a token answered already);
        AWS refused a request
@@ -70,6 +75,7 @@ from rung.errors import (
     UnknownTask,
     UsageError,
 )
+from rung.flow import MAX_LIMIT, QueueInfo
 from rung.models import EventType, HistoryEvent, Run, RunStatus, TokenState
 
 EXIT_FAILED = 1
@@ -759,6 +765,171 @@ def _print_token(state: TokenState, as_json: bool) -> None:
 _TOKEN_STYLE = {"WAITING": "yellow", "COMPLETED": "green", "FAILED": "red", "TIMED_OUT": "red"}
 
 
+@main.group()
+def queues() -> None:
+    """See queues' limits, running and parked runs; change limits, pause, resume."""
+
+
+@queues.command("list")
+@_json_option
+@click.pass_obj
+def list_queues(target: _Target, as_json: bool) -> None:
+    """The app's queues (with --app) and every queue that has run, by name."""
+    found = target.client().list_queues()
+    if as_json:
+        _print_json([queue_json(q) for q in found])
+        return
+    out = _console()
+    if not found:
+        out.print("no queues" + ("" if target.app() is not None else " have run yet"))
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("queue")
+    table.add_column("state")
+    table.add_column("running", justify="right")
+    table.add_column("parked", justify="right")
+    table.add_column("limit", justify="right")
+    table.add_column("per key", justify="right")
+    table.add_column("rate")
+    table.add_column("tasks")
+    for info in found:
+        table.add_row(
+            info.name,
+            _queue_state(info),
+            str(info.running),
+            str(info.parked),
+            *_limits(info),
+            _rate(info),
+            ", ".join(info.tasks),
+        )
+    out.print(table)
+
+
+@queues.command("show")
+@click.argument("name")
+@_json_option
+@click.pass_obj
+def show_queue(target: _Target, name: str, as_json: bool) -> None:
+    """A queue's limits (in force, in code, overridden), running runs per key, parked runs."""
+    _print_queue(target.client().get_queue(name), as_json)
+
+
+@queues.command("set-limit")
+@click.argument("name")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_LIMIT),
+    metavar="N",
+    help=f"Runs executing at once (1-{MAX_LIMIT}).",
+)
+@click.option(
+    "--per-key-limit",
+    type=click.IntRange(1, MAX_LIMIT),
+    metavar="N",
+    help="Runs executing at once per concurrency key; at most the limit.",
+)
+@click.option("--reset", is_flag=True, help="Drop the overrides: the code's limits apply again.")
+@_json_option
+@click.pass_obj
+def set_queue_limit(
+    target: _Target,
+    name: str,
+    limit: int | None,
+    per_key_limit: int | None,
+    reset: bool,
+    as_json: bool,
+) -> None:
+    """Override a queue's limits now (until --reset); a deploy does not change them.
+
+    A lower limit holds for every start from now on (running runs finish); a higher
+    one starts parked runs at once.
+
+    \b
+    Examples:
+      rung queues set-limit emails --limit 2
+      rung queues set-limit tenants --limit 50 --per-key-limit 5
+      rung queues set-limit emails --reset
+    """
+    if reset and (limit is not None or per_key_limit is not None):
+        raise click.UsageError("--reset goes back to the code's limits: give it alone")
+    if not reset and limit is None and per_key_limit is None:
+        raise click.UsageError("give --limit, --per-key-limit or --reset")
+    info = target.client().set_queue_limit(name, limit, per_key_limit, reset=reset)
+    _print_queue(info, as_json)
+
+
+@queues.command("pause")
+@click.argument("name")
+@_json_option
+@click.pass_obj
+def pause_queue(target: _Target, name: str, as_json: bool) -> None:
+    """Start no more runs of the queue; running runs finish, new ones wait (parked)."""
+    _print_queue(target.client().pause_queue(name), as_json)
+
+
+@queues.command("resume")
+@click.argument("name")
+@_json_option
+@click.pass_obj
+def resume_queue(target: _Target, name: str, as_json: bool) -> None:
+    """Start runs of the queue again: parked runs get the free slots at once."""
+    _print_queue(target.client().resume_queue(name), as_json)
+
+
+def _print_queue(info: QueueInfo, as_json: bool) -> None:
+    if as_json:
+        _print_json(queue_json(info))
+        return
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    grid.add_row("queue", info.name)
+    grid.add_row("state", _queue_state(info))
+    grid.add_row("running", str(info.running))
+    grid.add_row("parked", str(info.parked))
+    limit, per_key = _limits(info)
+    grid.add_row("limit", limit)
+    grid.add_row("per key", per_key)
+    if info.rate_limit is not None:
+        grid.add_row("rate", _rate(info))
+    if info.tasks:
+        grid.add_row("tasks", ", ".join(info.tasks))
+    if info.running_per_key:
+        grid.add_row(
+            "running by key",
+            ", ".join(f"{key or '(no key)'}: {n}" for key, n in info.running_per_key.items()),
+        )
+    _console().print(grid)
+
+
+def _queue_state(info: QueueInfo) -> Text:
+    return Text("paused", style="yellow") if info.paused else Text("active", style="green")
+
+
+def _limits(info: QueueInfo) -> tuple[str, str]:
+    """The limit and per-key limit in force, each noting an operator's override."""
+
+    def one(in_force: int | None, override: int | None, code: int | None) -> str:
+        shown = "none" if in_force is None else str(in_force)
+        if override is None:
+            return shown
+        if not info.tasks:  # without --app the code's limits are not known
+            return f"{shown} (set)"
+        return f"{shown} (set; code: {'none' if code is None else code})"
+
+    return (
+        one(info.concurrency_limit, info.concurrency_limit_override, info.code_concurrency_limit),
+        one(info.per_key_limit, info.per_key_limit_override, info.code_per_key_limit),
+    )
+
+
+def _rate(info: QueueInfo) -> str:
+    rate = info.rate_limit
+    if rate is None:
+        return ""
+    return f"{rate.limit} per {format_duration(rate.window)}" + (" per key" if rate.per_key else "")
+
+
 # -- the trace --------------------------------------------------------------------------
 
 
@@ -1084,6 +1255,31 @@ def token_json(state: TokenState) -> dict[str, Any]:
         "value": json.loads(state.result_json) if state.result_json is not None else None,
         "error": state.error.to_json() if state.error else None,
         "resolved_at": _iso(state.resolved_at),
+    }
+
+
+def queue_json(info: QueueInfo) -> dict[str, Any]:
+    rate = info.rate_limit
+    return {
+        "name": info.name,
+        "paused": info.paused,
+        "running": info.running,
+        "parked": info.parked,
+        "running_per_key": dict(info.running_per_key),
+        "concurrency_limit": info.concurrency_limit,
+        "per_key_limit": info.per_key_limit,
+        "code_concurrency_limit": info.code_concurrency_limit,
+        "code_per_key_limit": info.code_per_key_limit,
+        "concurrency_limit_override": info.concurrency_limit_override,
+        "per_key_limit_override": info.per_key_limit_override,
+        "rate_limit": None
+        if rate is None
+        else {
+            "limit": rate.limit,
+            "per_seconds": rate.window.total_seconds(),
+            "per_key": rate.per_key,
+        },
+        "tasks": list(info.tasks),
     }
 
 

@@ -9,11 +9,13 @@ from datetime import timedelta
 from typing import Any
 
 from rung import _aws, _serde
-from rung._clock import Clock, SystemClock
+from rung._clock import Clock, SystemClock, to_ms
+from rung._engine import WorkerConfig
+from rung._flow import Gate, limits_of
 from rung._history import build_history
 from rung._ids import new_run_id
 from rung._queue import SqsQueue
-from rung._store import DynamoStore, NewRun
+from rung._store import DynamoStore, NewRun, QueueState
 from rung.app import App, Task
 from rung.errors import (
     ErrorInfo,
@@ -23,8 +25,10 @@ from rung.errors import (
     RunNotFailed,
     RunNotFound,
     TokenNotFound,
+    UnknownQueue,
     UsageError,
 )
+from rung.flow import MAX_LIMIT, Queue, QueueInfo
 from rung.models import Failure, HistoryEvent, Redrive, Run, RunHandle, RunStatus, TokenState
 from rung.retry import as_timedelta
 
@@ -481,6 +485,197 @@ class Client:
             # reconciler re-sends it (a lost timer).
             self._queue.send(state.run_id)
         return state
+
+    # -- queues (flow control) -----------------------------------------------------------
+    #
+    # The code's limits are the defaults; an operator's settings in the queue item
+    # (paused, limit_set, per_key_set) override them until reset. Each change is one
+    # update that raises the item's version, so no admission decided on the old
+    # settings lands after it; a change that frees slots then hands them to parked
+    # runs at once (the Gate's fill), as a finishing run would.
+
+    def list_queues(self) -> list[QueueInfo]:
+        """The app's queues and every queue with stored state, by name.
+
+        Example:
+            >>> for q in client.list_queues():
+            ...     print(q.name, q.running, q.parked, q.concurrency_limit, q.paused)
+        """
+        stored = {state.name: state for state in self._store.list_queue_states()}
+        names = sorted(set(self._declared()) | set(stored))
+        return [self._info(name, stored.get(name) or QueueState(name)) for name in names]
+
+    def get_queue(self, name: str) -> QueueInfo:
+        """One queue's limits (code, override, in force), pause, running and parked runs.
+
+        Raises:
+            UnknownQueue: the app's tasks do not declare it and it has no stored state.
+
+        Example:
+            >>> client.get_queue("emails").running_per_key
+            {'tenant-a': 2, 'tenant-b': 1}
+        """
+        return self._info(name, self._known_state(name))
+
+    def set_queue_limit(
+        self,
+        name: str,
+        concurrency_limit: int | None = None,
+        per_key_limit: int | None = None,
+        *,
+        reset: bool = False,
+    ) -> QueueInfo:
+        """Override a queue's limits at run time (or, with ``reset``, go back to the code's).
+
+        A lower limit holds for every start from now on; runs already executing
+        finish. A higher one hands the free slots to parked runs at once. The
+        override stays until ``reset=True`` (a deploy does not change it).
+
+        Args:
+            concurrency_limit: runs executing at once, 1-1000.
+            per_key_limit: runs executing at once per concurrency key, 1-1000, at most
+                the concurrency limit in force. (A concurrency limit below the per-key
+                one caps it: ``QueueInfo.per_key_limit`` then shows the lower.)
+            reset: drop both overrides: the code's limits apply again.
+
+        Returns:
+            The queue after the change.
+
+        Raises:
+            UnknownQueue: no such queue (nothing is written).
+            InvalidConfig: a limit out of range, per-key above the total, nothing to
+                set, or limits together with ``reset`` (nothing is written).
+
+        Example:
+            >>> client.set_queue_limit("emails", concurrency_limit=2)   # the provider is slow
+            >>> client.set_queue_limit("emails", reset=True)            # back to the code's
+        """
+        for label, value in (
+            ("concurrency_limit", concurrency_limit),
+            ("per_key_limit", per_key_limit),
+        ):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidConfig(f"queue {name!r}: {label} must be an int, got {value!r}")
+            if not 1 <= value <= MAX_LIMIT:
+                raise InvalidConfig(
+                    f"queue {name!r}: {label} must be between 1 and {MAX_LIMIT}, got {value}"
+                )
+        if reset and (concurrency_limit is not None or per_key_limit is not None):
+            raise InvalidConfig(
+                f"queue {name!r}: reset goes back to the code's limits; pass either reset or "
+                "new limits, not both"
+            )
+        if not reset and concurrency_limit is None and per_key_limit is None:
+            raise InvalidConfig(
+                f"queue {name!r}: nothing to set; pass concurrency_limit, per_key_limit or reset"
+            )
+        state = self._known_state(name)
+        spec = self._spec(name)
+        if per_key_limit is not None:
+            total = (
+                concurrency_limit
+                if concurrency_limit is not None
+                else limits_of(spec, state).concurrency
+            )
+            if total is not None and per_key_limit > total:
+                raise InvalidConfig(
+                    f"queue {name!r}: per_key_limit ({per_key_limit}) would be above "
+                    f"concurrency_limit ({total}), the combined cap; nothing changed"
+                )
+        self._store.set_queue(
+            name, limit=concurrency_limit, per_key_limit=per_key_limit, clear_limits=reset
+        )
+        return self._fill(name)
+
+    def pause_queue(self, name: str) -> QueueInfo:
+        """Stop starting runs of the queue's tasks; runs executing now finish.
+
+        Runs triggered (or retried, or resuming from a wait) while it is paused park
+        and wait, using no attempts, until ``resume_queue``.
+
+        Raises:
+            UnknownQueue: no such queue (nothing is written).
+
+        Example:
+            >>> client.pause_queue("emails")    # the provider is down
+        """
+        self._known_state(name)
+        self._store.set_queue(name, paused=True)
+        return self.get_queue(name)
+
+    def resume_queue(self, name: str) -> QueueInfo:
+        """Start runs of the queue again: parked runs get the free slots at once.
+
+        Raises:
+            UnknownQueue: no such queue (nothing is written).
+
+        Example:
+            >>> client.resume_queue("emails")
+        """
+        self._known_state(name)
+        self._store.set_queue(name, paused=False)
+        return self._fill(name)
+
+    def _declared(self) -> dict[str, tuple[Queue, tuple[str, ...]]]:
+        """The app's queues (by name) and the ids of their tasks."""
+        found: dict[str, tuple[Queue, tuple[str, ...]]] = {}
+        for task in (self.app.tasks if self.app is not None else {}).values():
+            if task.queue is not None:
+                _, ids = found.get(task.queue.name, (task.queue, ()))
+                found[task.queue.name] = (task.queue, (*ids, task.id))
+        return found
+
+    def _spec(self, name: str) -> Queue:
+        """The app's declaration; without one, no code limits (the overrides decide)."""
+        declared = self._declared().get(name)
+        return declared[0] if declared is not None else Queue(name)
+
+    def _known_state(self, name: str) -> QueueState:
+        if not isinstance(name, str) or not name:
+            raise UnknownQueue(f"{name!r} is not a queue name")
+        state = self._store.queue_state(name)
+        declared = self._declared()
+        if state.stored or name in declared:
+            return state
+        known = sorted(set(declared) | {s.name for s in self._store.list_queue_states()})
+        hint = "" if self.app is not None else "; pass the app to see queues that have not run"
+        raise UnknownQueue(f"no queue {name!r} (known queues: {', '.join(known) or 'none'}){hint}")
+
+    def _fill(self, name: str) -> QueueInfo:
+        """Hand the slots a change freed to parked runs now, then read the queue."""
+        gate = Gate(self._store, self._queue, WorkerConfig().lease_duration)
+        gate.fill(self._spec(name), self._clock.now())
+        return self.get_queue(name)
+
+    def _info(self, name: str, state: QueueState) -> QueueInfo:
+        declared = self._declared().get(name)
+        spec = declared[0] if declared is not None else Queue(name)
+        limits = limits_of(spec, state)
+        per_key_limit = limits.per_key
+        if per_key_limit is not None and limits.concurrency is not None:
+            per_key_limit = min(per_key_limit, limits.concurrency)  # the total caps it
+        now_ms = to_ms(self._clock.now())
+        per_key: dict[str, int] = {}
+        for holder in state.holders.values():
+            if holder.until_ms > now_ms:
+                per_key[holder.key] = per_key.get(holder.key, 0) + 1
+        return QueueInfo(
+            name=name,
+            tasks=declared[1] if declared is not None else (),
+            code_concurrency_limit=spec.concurrency_limit,
+            code_per_key_limit=spec.per_key_limit,
+            rate_limit=spec.rate_limit,
+            concurrency_limit=limits.concurrency,
+            per_key_limit=per_key_limit,
+            concurrency_limit_override=state.limit_set,
+            per_key_limit_override=state.per_key_set,
+            paused=state.paused,
+            running=sum(per_key.values()),
+            parked=state.waiting,
+            running_per_key=dict(sorted(per_key.items())),
+        )
 
     def history(self, run_id: str) -> list[HistoryEvent]:
         """The run's events in order: triggered, attempts, steps, retries, the end."""

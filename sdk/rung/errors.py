@@ -21,6 +21,7 @@ This module imports nothing from the package, so any module may import it.
     │   └── BatchFailed             a ctx.map / ctx.parallel broke its completion rule
     ├── TokenNotFound (LookupError) no token has that id
     ├── TokenAlreadyResolved        the token was completed, failed or timed out before
+    ├── UnknownQueue (LookupError)  no queue of that name (in the app's tasks or stored)
     ├── NonRetryable                raised by user code: fail now, do not retry
     └── RetryAfter                  raised by user code: retry after this delay
 
@@ -259,3 +260,10 @@ class TokenAlreadyResolved(RungError):
     def __init__(self, message: str, status: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class UnknownQueue(RungError, LookupError):
+    """No queue of this name: the app's tasks do not declare it and nothing is stored."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown queue"

@@ -1,4 +1,4 @@
-"""Flow control declarations: ``rung.Queue`` and ``rung.Rate``.
+"""Flow control declarations: ``rung.Queue`` and ``rung.Rate``; ``rung.QueueInfo``.
 
 A queue caps how many runs of its tasks execute at once across all workers
 (``concurrency_limit``), optionally per concurrency key (``per_key_limit``: each
@@ -10,7 +10,8 @@ passing the same ``Queue`` (or an equal one). How it works: docs/flow-control.md
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from rung.errors import InvalidConfig
@@ -110,3 +111,47 @@ class Queue:
         return self.per_key_limit is not None or (
             self.rate_limit is not None and self.rate_limit.per_key
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueInfo:
+    """A queue as operators see it: its limits and what is running and waiting now.
+
+    Returned by ``Client.list_queues``/``get_queue`` and the ``set_queue_limit``,
+    ``pause_queue``, ``resume_queue`` calls (the state after the change).
+
+    Attributes:
+        name: the queue's name.
+        tasks: the app's tasks on this queue (empty for a client without an app).
+        code_concurrency_limit: ``concurrency_limit`` as declared in code (None: none,
+            or the client has no app to read it from).
+        code_per_key_limit: ``per_key_limit`` as declared in code.
+        rate_limit: the code's ``rung.Rate`` (not changeable at run time).
+        concurrency_limit: the limit in force: the override if set, else the code's.
+        per_key_limit: the per-key limit in force.
+        concurrency_limit_override: set by an operator (``set_queue_limit``); None: none.
+        per_key_limit_override: set by an operator; None: none.
+        paused: no run of the queue starts while True; running runs finish.
+        running: runs holding a slot now (a live lease).
+        parked: runs waiting for a slot.
+        running_per_key: ``running`` by concurrency key ("" for runs without a key).
+
+    Example:
+        >>> info = client.get_queue("emails")
+        >>> info.running, info.parked, info.concurrency_limit
+        (10, 245, 10)
+    """
+
+    name: str
+    tasks: tuple[str, ...] = ()
+    code_concurrency_limit: int | None = None
+    code_per_key_limit: int | None = None
+    rate_limit: Rate | None = None
+    concurrency_limit: int | None = None
+    per_key_limit: int | None = None
+    concurrency_limit_override: int | None = None
+    per_key_limit_override: int | None = None
+    paused: bool = False
+    running: int = 0
+    parked: int = 0
+    running_per_key: Mapping[str, int] = field(default_factory=dict)

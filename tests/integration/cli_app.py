@@ -103,3 +103,13 @@ def pipeline(ctx: rung.Context, payload: None) -> list[str]:
 @app.task(id="family")
 def family(ctx: rung.Context, payload: Greeting) -> object:
     return ctx.trigger_and_wait(greet, payload)
+
+
+# -- a task on a queue, for `rung queues ...` ---------------------------------------------
+
+OUTBOX = rung.Queue("outbox", concurrency_limit=2)
+
+
+@app.task(id="post", queue=OUTBOX)
+def post(ctx: rung.Context, payload: Greeting) -> str:
+    return ctx.step("send", lambda: f"posted to {payload.name}")

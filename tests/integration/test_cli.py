@@ -303,7 +303,8 @@ def test_an_unknown_task_exits_2_with_one_line_and_stores_nothing(stack: Deploye
     assert result.exit_code == 2
     assert one_error_line(result) == (
         "error: app 'clitest' has no task 'refund' "
-        "(known tasks: approve, crash-once, decline, family, greet, nap, pipeline, process-order)"
+        "(known tasks: approve, crash-once, decline, family, greet, nap, pipeline, post, "
+        "process-order)"
     )
     assert result.stdout == ""
     assert run_count(stack) == before
@@ -756,6 +757,101 @@ def test_tokens_of_an_unknown_id_exit_1(
 
     assert result.exit_code == 1
     assert one_error_line(result).startswith(message)
+
+
+# -- queues -------------------------------------------------------------------------------
+
+
+def parked(stack: Deployed, name: str, count: int, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while stack.client.get_queue(name).parked != count:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_queues_list_and_show_the_apps_queue_with_its_limits(stack: Deployed) -> None:
+    listed = rung(stack, "queues", "list")
+    listed_json = json.loads(rung(stack, "queues", "list", "--json").stdout)
+    shown = rung(stack, "queues", "show", "outbox")
+    shown_json = json.loads(rung(stack, "queues", "show", "outbox", "--json").stdout)
+
+    assert listed.exit_code == 0, listed.stderr
+    assert in_order(listed.stdout, "queue", "state", "running", "parked", "limit", "tasks")
+    assert in_order(listed.stdout, "outbox", "active", "0", "0", "2", "none", "post")
+    assert [q["name"] for q in listed_json] == ["outbox"]
+    assert shown.exit_code == 0, shown.stderr
+    assert in_order(shown.stdout, "queue", "outbox", "state", "active", "limit", "2", "post")
+    assert shown_json == listed_json[0]
+    assert (shown_json["concurrency_limit"], shown_json["tasks"]) == (2, ["post"])
+
+
+def test_queues_pause_parks_new_runs_and_resume_starts_them(stack: Deployed) -> None:
+    paused = rung(stack, "queues", "pause", "outbox", "--json")
+    run_ids = [
+        rung(stack, "trigger", "post", "--payload", f'{{"name": "p{n}"}}').stdout.strip()
+        for n in range(3)
+    ]
+    all_parked = parked(stack, "outbox", 3)
+    shown = rung(stack, "queues", "show", "outbox")
+    still = [stack.client.get_run(r).status for r in run_ids]
+
+    resumed = rung(stack, "queues", "resume", "outbox")
+    runs = [wait_for(stack, r) for r in run_ids]
+
+    assert paused.exit_code == 0, paused.stderr
+    assert json.loads(paused.stdout)["paused"] is True
+    assert all_parked and still == ["QUEUED"] * 3  # none started while paused
+    assert in_order(shown.stdout, "state", "paused", "running", "0", "parked", "3")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert in_order(resumed.stdout, "state", "active")
+    assert [r.status for r in runs] == ["COMPLETED"] * 3
+    assert [r.output for r in runs] == ["posted to p0", "posted to p1", "posted to p2"]
+    assert stack.client.get_queue("outbox").parked == 0
+
+
+def test_queues_set_limit_overrides_the_code_until_reset(stack: Deployed) -> None:
+    raised = rung(stack, "queues", "set-limit", "outbox", "--limit", "5", "--json")
+    shown = rung(stack, "queues", "show", "outbox")
+    read_only = rung(stack, "queues", "list", app=False)
+    too_high = rung(stack, "queues", "set-limit", "outbox", "--per-key-limit", "9")
+    kept = stack.client.get_queue("outbox")
+    reset = rung(stack, "queues", "set-limit", "outbox", "--reset", "--json")
+
+    assert raised.exit_code == 0, raised.stderr
+    data = json.loads(raised.stdout)
+    assert (data["concurrency_limit"], data["concurrency_limit_override"]) == (5, 5)
+    assert data["code_concurrency_limit"] == 2
+    assert in_order(shown.stdout, "limit", "5 (set; code: 2)")
+    assert read_only.exit_code == 0, read_only.stderr
+    assert in_order(read_only.stdout, "outbox", "5 (set)")  # no --app: the code is not known
+    assert too_high.exit_code == 2
+    assert one_error_line(too_high) == (
+        "error: queue 'outbox': per_key_limit (9) would be above concurrency_limit (5), "
+        "the combined cap; nothing changed"
+    )
+    assert (kept.concurrency_limit, kept.per_key_limit_override) == (5, None)
+    assert reset.exit_code == 0, reset.stderr
+    assert json.loads(reset.stdout)["concurrency_limit"] == 2
+    assert json.loads(reset.stdout)["concurrency_limit_override"] is None
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("show", "nope"),
+        ("pause", "nope"),
+        ("resume", "nope"),
+        ("set-limit", "nope", "--limit", "3"),
+    ],
+)
+def test_queues_of_an_unknown_name_exit_1(stack: Deployed, args: tuple[str, ...]) -> None:
+    result = rung(stack, "queues", *args)
+
+    assert result.exit_code == 1
+    assert one_error_line(result) == "error: no queue 'nope' (known queues: outbox)"
+    assert result.stdout == ""
 
 
 # -- finding the stack ------------------------------------------------------------------

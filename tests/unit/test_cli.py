@@ -52,3 +52,27 @@ def test_lifecycle_commands_without_their_arguments_are_usage_errors(args: list[
 
     assert result.exit_code == 2
     assert "Missing argument" in _error_line(result)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["set-limit", "q", "--limit", "0"], "Invalid value for '--limit': 0 is not in the range"),
+        (["set-limit", "q", "--limit", "1001"], "Invalid value for '--limit': 1001 is not in"),
+        (["set-limit", "q", "--limit", "ten"], "Invalid value for '--limit': 'ten' is not a valid"),
+        (["set-limit", "q", "--per-key-limit", "-1"], "Invalid value for '--per-key-limit'"),
+        (["set-limit", "q"], "give --limit, --per-key-limit or --reset"),
+        (["set-limit", "q", "--limit", "2", "--reset"], "--reset goes back to the code's limits"),
+        (["set-limit"], "Missing argument 'NAME'"),
+        (["show"], "Missing argument 'NAME'"),
+        (["pause"], "Missing argument 'NAME'"),
+        (["resume"], "Missing argument 'NAME'"),
+    ],
+)
+def test_queue_commands_with_bad_arguments_are_usage_errors_before_any_request(
+    args: list[str], message: str
+) -> None:
+    result = CliRunner().invoke(main, [*NOWHERE, "queues", *args])
+
+    assert result.exit_code == 2
+    assert message in _error_line(result)

@@ -30,6 +30,7 @@ PINNED = {
     "PayloadTooLarge",
     "Poll",
     "Queue",
+    "QueueInfo",
     "Rate",
     "RetryAfter",
     "RetryPolicy",
@@ -49,6 +50,7 @@ PINNED = {
     "TokenNotFound",
     "TokenState",
     "TokenTimedOut",
+    "UnknownQueue",
     "UnknownTask",
     "UsageError",
     "current_step",
@@ -91,6 +93,7 @@ def test_errors_form_one_tree() -> None:
         "InvalidPayload",
         "PayloadTooLarge",
         "UnknownTask",
+        "UnknownQueue",
         "RunNotFound",
         "RunAlreadyFinished",
         "RunNotFailed",
@@ -104,6 +107,8 @@ def test_errors_form_one_tree() -> None:
         "UsageError",
     ):
         assert issubclass(getattr(rung, name), rung.RungError), name
+    for name in ("UnknownTask", "UnknownQueue", "RunNotFound", "TokenNotFound"):
+        assert issubclass(getattr(rung, name), LookupError), name
     # What a wait raises in the task body is a StepFailed: one except clause catches all.
     for name in (
         "TokenFailed",
