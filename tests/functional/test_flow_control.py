@@ -53,6 +53,7 @@ class Job(pydantic.BaseModel):
     tier: int = 0
 
 
+@pytest.mark.slow  # minutes on the emulator: `make test` runs it, `make check` does not
 @pytest.mark.timeout(600)
 def test_80_runs_on_a_queue_with_limit_5_never_exceed_it_and_reach_it() -> None:
     # The issue asks for 200 runs at a limit of 10; on this machine the emulator starts
@@ -127,6 +128,7 @@ def test_per_tenant_limits_under_a_combined_cap() -> None:
     assert set(tracker.peak_key) == {"a", "b", "c"}
 
 
+@pytest.mark.slow  # minutes on the emulator: `make test` runs it, `make check` does not
 @pytest.mark.timeout(600)
 def test_a_tenant_with_two_runs_is_not_stuck_behind_one_with_a_hundred() -> None:
     app = rung.App("fair")
