@@ -25,10 +25,10 @@ import json
 import statistics
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from _counting import Counting  # bench/ is on the path when run as a script
 from rich.console import Console
 from rich.table import Table
 
@@ -65,26 +65,6 @@ def roomy(ctx: rung.Context, n: int) -> int:
 @app.task(id="tight", queue=rung.Queue("tight", concurrency_limit=2))
 def tight(ctx: rung.Context, n: int) -> int:
     return ctx.step("work", _work, n)
-
-
-class Counting:
-    def __init__(self, engine: rung.testing.LocalEngine) -> None:
-        self.counts: Counter[tuple[str, str]] = Counter()
-        self.lock = threading.Lock()
-        self.main = threading.get_ident()
-        self.trigger_phase = False
-        for service, client in (("dynamodb", engine.dynamodb), ("sqs", engine.sqs)):
-            client.meta.events.register(
-                "after-call", lambda service=service, **kw: self._count(service, **kw)
-            )
-
-    def _count(self, service: str, parsed: dict[str, Any], model: Any, **_: Any) -> None:
-        if threading.get_ident() == self.main and not self.trigger_phase:
-            return
-        if model.name == "ReceiveMessage" and not parsed.get("Messages"):
-            return
-        with self.lock:
-            self.counts[(service, model.name)] += 1
 
 
 def scenario(task: str) -> dict[str, Any]:

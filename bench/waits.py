@@ -17,12 +17,12 @@ Run it: ``.venv/bin/python bench/waits.py``. Results go to bench/results/waits.j
 from __future__ import annotations
 
 import json
-import threading
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from _counting import Counting  # bench/ is on the path when run as a script
 from rich.console import Console
 from rich.table import Table
 
@@ -51,28 +51,6 @@ def wait_task(ctx: rung.Context, payload: dict[str, Any]) -> str:
         ctx.wait(payload["seconds"])
     ctx.step("after", lambda: "a")
     return "done"
-
-
-class Counting:
-    """Counts requests by (service, operation), from any thread but the caller's."""
-
-    def __init__(self, engine: rung.testing.LocalEngine) -> None:
-        self.counts: Counter[tuple[str, str]] = Counter()
-        self.lock = threading.Lock()
-        self.main = threading.get_ident()
-        self.trigger_phase = False
-        for service, client in (("dynamodb", engine.dynamodb), ("sqs", engine.sqs)):
-            client.meta.events.register(
-                "after-call", lambda service=service, **kw: self._count(service, **kw)
-            )
-
-    def _count(self, service: str, parsed: dict[str, Any], model: Any, **_: Any) -> None:
-        if threading.get_ident() == self.main and not self.trigger_phase:
-            return
-        if model.name == "ReceiveMessage" and not parsed.get("Messages"):
-            return
-        with self.lock:
-            self.counts[(service, model.name)] += 1
 
 
 def measure(length: timedelta | None) -> Counter[tuple[str, str]]:
