@@ -151,8 +151,9 @@ class LocalEngine:
             suffix = secrets.token_hex(4)
             self.table_name = f"rung-{self.app.name}-{suffix}"
             self.queue_name = f"rung-{self.app.name}-{suffix}"
-            self.dynamodb = _aws.client("dynamodb", self.endpoint_url, _REGION)
-            self.sqs = _aws.client("sqs", self.endpoint_url, _REGION)
+            emulator = self._emulator
+            self.dynamodb = emulator.attach(_aws.client("dynamodb", self.endpoint_url, _REGION))
+            self.sqs = emulator.attach(_aws.client("sqs", self.endpoint_url, _REGION))
             self.store = DynamoStore(self.dynamodb, self.table_name)
             self.store.create_table()
             visibility = max(self._config.lease_duration * 2, timedelta(seconds=30))
