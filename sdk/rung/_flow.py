@@ -149,6 +149,7 @@ class Gate:
                     f"a slot of queue {spec.name!r}",
                     now,
                     spent,
+                    run.parked_sk,
                 )
                 if parked is False:
                     _backoff(attempt)
@@ -187,13 +188,17 @@ class Gate:
 
     def release(self, spec: Queue, run_id: str, now: datetime) -> None:
         """The run stops executing: free its slot and hand it to the next parked run."""
-        self.store.release_slot(spec.name, run_id)
-        self.fill(spec, now)
+        state = self.store.release_slot(spec.name, run_id)
+        if state is not None:
+            self.fill(spec, now, state)
 
-    def fill(self, spec: Queue, now: datetime) -> None:
-        """Hand free slots to parked runs, best first, until none is free or waiting."""
+    def fill(self, spec: Queue, now: datetime, state: QueueState | None = None) -> None:
+        """Hand free slots to parked runs, best first, until none is free or waiting.
+
+        ``state``: the queue as the caller just read or wrote it (saves a read)."""
         for attempt in range(_TRIES):
-            state = self.store.queue_state(spec.name)
+            if state is None:
+                state = self.store.queue_state(spec.name)
             limits = limits_of(spec, state)
             now_ms = to_ms(now)
             live = {r: h for r, h in state.holders.items() if h.until_ms > now_ms}
@@ -207,7 +212,7 @@ class Gate:
             chosen = next(
                 (
                     w
-                    for w in self.store.waiters(spec.name)
+                    for w in self.store.waiters(spec.name, 1 if limits.per_key is None else 25)
                     if limits.per_key is None or per_key.get(w.key, 0) < limits.per_key
                 ),
                 None,
@@ -215,6 +220,7 @@ class Gate:
             if chosen is None:
                 return
             done = self.store.hand_off(state, chosen, now + self.lease, now)
+            state = None  # read again for the next free slot
             if done is True:
                 self.queue.send(chosen.run_id)
                 log.info("queue %s: slot handed to run %s", spec.name, chosen.run_id)

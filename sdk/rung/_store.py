@@ -1259,20 +1259,24 @@ class DynamoStore:
             return False
         return True
 
-    def release_slot(self, name: str, run_id: str) -> None:
-        """Give a slot back (idempotent). No version condition: fewer holders can only
-        make another writer's decision, based on the count before, more conservative."""
+    def release_slot(self, name: str, run_id: str) -> QueueState | None:
+        """Give a slot back (idempotent) and return the queue as it is after, or None if
+        the queue has no state. No version condition: fewer holders can only make
+        another writer's decision, based on the count before, more conservative."""
         try:
-            self.client.update_item(
+            out = self.client.update_item(
                 TableName=self.table,
                 Key=_queue_key(name),
                 UpdateExpression="REMOVE holders.#r",
                 ConditionExpression="attribute_exists(pk)",
                 ExpressionAttributeNames={"#r": run_id},
+                ReturnValues="ALL_NEW",
             )
         except ClientError as exc:
             if not _is_conditional_failure(exc):
                 raise
+            return None
+        return _queue_state_from_item(name, out.get("Attributes"))
 
     def park(
         self,
@@ -1285,6 +1289,7 @@ class DynamoStore:
         waiting_for: str,
         now: datetime,
         spent: timedelta,
+        parked_sk: str | None,
     ) -> bool | None:
         """Park a claimed run to wait for a slot: one transaction writes its waiter item,
         counts it in the queue (its place: the key's next sequence number, never
@@ -1293,7 +1298,9 @@ class DynamoStore:
         ``recheck_at`` (the safety net) unless a hand-off wakes it first.
 
         Returns True when parked, False if the queue changed (read it and try again),
-        None if the run was parked already (only the run was released).
+        None if the run was parked already (``parked_sk``, as the claim read it: only
+        a hand-off changes it, and not while the run is claimed; only the run is
+        released then).
 
         Raises:
             LeaseLost: the worker's token is stale.
@@ -1318,9 +1325,8 @@ class DynamoStore:
                 ":token": _N(token),
             },
         }
-        already = self.get_run(run_id).parked_sk
-        if already is not None:
-            run_update["ExpressionAttributeValues"][":sk"] = _S(already)
+        if parked_sk is not None:
+            run_update["ExpressionAttributeValues"][":sk"] = _S(parked_sk)
             try:
                 self.client.update_item(**run_update)
             except ClientError as exc:
@@ -1369,21 +1375,36 @@ class DynamoStore:
             return False
         return True
 
-    def waiters(self, name: str, limit: int = 100) -> list[Waiter]:
-        """Parked runs in the order they get slots: priority, then round-robin by key."""
-        out = self.client.query(
-            TableName=self.table,
-            ConsistentRead=True,
-            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
-            ExpressionAttributeValues={":pk": _S(f"QUEUE#{name}"), ":prefix": _S("WAIT#")},
-            Limit=limit,
-        )
-        return [
-            Waiter(
-                sk=i["sk"]["S"], run_id=i["run_id"]["S"], key=i["key"]["S"], seq=int(i["seq"]["N"])
-            )
-            for i in out.get("Items", [])
-        ]
+    def waiters(self, name: str, page: int = 25) -> Iterator[Waiter]:
+        """Parked runs in the order they get slots: priority, then round-robin by key.
+
+        Read lazily, ``page`` items per request: a hand-off with no per-key limit
+        needs only the first waiter, however many are parked."""
+        start: dict[str, Any] | None = None
+        while True:
+            query: dict[str, Any] = {
+                "TableName": self.table,
+                "ConsistentRead": True,
+                "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+                "ExpressionAttributeValues": {
+                    ":pk": _S(f"QUEUE#{name}"),
+                    ":prefix": _S("WAIT#"),
+                },
+                "Limit": page,
+            }
+            if start is not None:
+                query["ExclusiveStartKey"] = start
+            out = self.client.query(**query)
+            for i in out.get("Items", []):
+                yield Waiter(
+                    sk=i["sk"]["S"],
+                    run_id=i["run_id"]["S"],
+                    key=i["key"]["S"],
+                    seq=int(i["seq"]["N"]),
+                )
+            start = out.get("LastEvaluatedKey")
+            if start is None:
+                return
 
     def hand_off(
         self, state: QueueState, waiter: Waiter, until: datetime, now: datetime
