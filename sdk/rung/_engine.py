@@ -25,7 +25,7 @@ from typing import Any
 
 from rung import _serde
 from rung._clock import Clock, to_ms
-from rung._flow import Delayed, Gate, Parked, describe_delay
+from rung._flow import Delayed, Gate, Parked, describe_delay, is_late
 from rung._queue import BadMessage, QueueMessage, SqsQueue, decode
 from rung._signals import Canceled, ContinueLater, RetryStep, Suspend, TimeLimitReached
 from rung._store import (
@@ -270,12 +270,14 @@ class Worker:
             except InvalidPayload as exc:
                 self._fail(run, token, ErrorInfo("InvalidPayload", str(exc)), None, now())
                 return Disposition.ACK
-            verdict = self.gate.admit(spec, run, token, key, priority, now(), session.spent())
-            if isinstance(verdict, Parked):
-                if watchdog is not None:
-                    watchdog.cancel()
-                return Disposition.ACK  # a hand-off (or the safety net) sends it again
-            if isinstance(verdict, Delayed):
+            while True:
+                verdict = self.gate.admit(spec, run, token, key, priority, now(), session.spent())
+                if isinstance(verdict, Parked):
+                    if watchdog is not None:
+                        watchdog.cancel()
+                    return Disposition.ACK  # a hand-off (or the safety net) sends it again
+                if not isinstance(verdict, Delayed):
+                    break
                 wait = verdict.until - now()
                 if wait > RATE_SLEEP:
                     # Come back just before the reserved start (SQS delays are whole
@@ -294,6 +296,10 @@ class Worker:
                 # Less than a second to the reserved start: wait for it here, so the
                 # run starts at its reservation, not at the next whole second.
                 time.sleep(max(wait.total_seconds(), 0.0))
+                if not is_late(spec, verdict.until, now()):
+                    break
+                # Woken too late for the reservation (a busy machine): admit again,
+                # which takes a fresh one.
             session.slot = spec
         disposition = self._execute(
             message, run, token, task, ctx, session, payload, attempt_start, watchdog

@@ -48,6 +48,19 @@ def rate_margin(window: timedelta) -> timedelta:
     return min(max(window / 10, timedelta(milliseconds=50)), timedelta(seconds=5))
 
 
+def late_tolerance(window: timedelta) -> timedelta:
+    """How far past its reservation a run may still start: half the margin. A run that
+    comes later (its message picked up late, its thread descheduled) takes a fresh
+    reservation instead, so every start is within this of a reservation and the
+    margin covers it: any window of the nominal length holds at most the limit."""
+    return rate_margin(window) / 2
+
+
+def is_late(spec: Queue, reserved: datetime, now: datetime) -> bool:
+    rate = spec.rate_limit
+    return rate is not None and now - reserved > late_tolerance(rate.window)
+
+
 _TRIES = 50
 
 
@@ -107,7 +120,11 @@ class Gate:
             expired = [r for r in state.holders if r not in live]
             mine = state.holders.get(run.run_id)
             until = now + self.lease
-            if mine is not None and (spec.rate_limit is None or mine.start_ms):
+            # A reservation we come to too late is not used: a fresh one is taken (the
+            # stale one stays in the window, which only makes the window stricter).
+            late = mine is not None and bool(mine.start_ms)
+            late = late and is_late(spec, _from_ms(mine.start_ms), now)  # type: ignore[union-attr]
+            if mine is not None and (spec.rate_limit is None or mine.start_ms) and not late:
                 # Ours already (handed off to it, held across a crash, or reserved for a
                 # rate-limited start): renewing our own entry needs no version check.
                 hold_until = max(until, _from_ms(mine.start_ms) + self.lease)
@@ -116,8 +133,8 @@ class Gate:
                         return Delayed(_from_ms(mine.start_ms))
                     return Admitted()
                 continue  # pruned meanwhile (its lease had expired): admit afresh
-            if mine is not None:  # handed off without a rate reservation yet
-                start_ms = mine.start_ms
+            if mine is not None:  # handed off without a rate reservation yet, or late
+                start_ms = 0 if late else mine.start_ms
                 starts = key_starts = None
                 if spec.rate_limit is not None and start_ms == 0:
                     start_ms, starts, key_starts = self._reserve(spec, state, key, now_ms)

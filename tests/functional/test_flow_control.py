@@ -280,6 +280,43 @@ def test_a_rate_limit_of_20_per_minute_holds_in_every_window() -> None:
     assert times[19] - times[0] < window  # the first 20 did not wait for the window
 
 
+@pytest.mark.slow  # ~20 s of real time: `make test` runs it, `make check` does not
+@pytest.mark.timeout(300)
+def test_a_rate_limit_of_20_per_second_holds_in_every_window_and_is_used() -> None:
+    # Real time: the starts are the tasks' own wall-clock times. The runs are triggered
+    # to become due together, so the start rate measures the gate, not the trigger loop.
+    app = rung.App("persecond")
+    starts: list[float] = []
+    lock = threading.Lock()
+
+    def work(job: Job) -> int:
+        with lock:
+            starts.append(time.time())
+        return job.n
+
+    queue = rung.Queue("api", rate_limit=rung.Rate(20, per=timedelta(seconds=1)))
+
+    @app.task(id="call", queue=queue)
+    def call(ctx: rung.Context, job: Job) -> int:
+        return ctx.step("work", work, job)
+
+    with LocalEngine(app, workers=16, virtual_time=False) as engine:
+        due = time.time() + 4
+        handles = [
+            engine.trigger("call", {"n": n}, delay=timedelta(seconds=max(due - time.time(), 0)))
+            for n in range(100)
+        ]
+        runs = [engine.wait(h.run_id, timeout=240) for h in handles]
+    assert [r.status for r in runs] == [rung.RunStatus.COMPLETED] * 100
+    assert all(r.attempt == 1 for r in runs)  # waiting for the rate is not an attempt
+    times = sorted(starts)
+    assert len(times) == 100
+    busiest = max(sum(1 for t in times[i:] if t - start < 1.0) for i, start in enumerate(times))
+    assert busiest <= 20, busiest  # no one-second window holds more than the limit
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    assert rate >= 10, rate  # at least half the limit over the whole test
+
+
 def test_pausing_a_queue_stops_new_starts_and_resuming_continues() -> None:
     app = rung.App("pause")
     done: list[int] = []
