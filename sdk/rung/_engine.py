@@ -16,6 +16,7 @@ import contextlib
 import enum
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from rung._store import (
 from rung.app import App, Task
 from rung.context import Context, _current_context, error_info
 from rung.errors import (
+    Contended,
     ErrorInfo,
     InvalidPayload,
     LeaseLost,
@@ -55,6 +57,8 @@ log = logging.getLogger("rung.worker")
 #: A rate-limited run this close to its reserved start sleeps until it; further away,
 #: its message is delayed (SQS delays come in whole seconds).
 RATE_SLEEP = timedelta(seconds=1)
+#: A run whose queue admission gave up on contention comes back after 1-2x this.
+CONTENTION_RETRY = timedelta(seconds=2)
 #: Seconds before an invocation's end at which a still-running step is noted as overrun.
 WATCHDOG_MARGIN = 1.0
 
@@ -271,7 +275,25 @@ class Worker:
                 self._fail(run, token, ErrorInfo("InvalidPayload", str(exc)), None, now())
                 return Disposition.ACK
             while True:
-                verdict = self.gate.admit(spec, run, token, key, priority, now(), session.spent())
+                try:
+                    verdict = self.gate.admit(
+                        spec, run, token, key, priority, now(), session.spent()
+                    )
+                except Contended as exc:
+                    # Not the run's fault: no attempt is spent; it comes back shortly.
+                    log.warning("%s", exc)
+                    if watchdog is not None:
+                        watchdog.cancel()
+                    again = CONTENTION_RETRY * random.uniform(1, 2)  # noqa: S311
+                    self.store.defer_run(
+                        run.run_id,
+                        token,
+                        now() + again,
+                        f"contention on queue {spec.name!r}",
+                        now(),
+                        session.spent(),
+                    )
+                    return self._later(message, run.run_id, again)
                 if isinstance(verdict, Parked):
                     if watchdog is not None:
                         watchdog.cancel()

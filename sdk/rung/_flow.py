@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from rung._clock import from_ms, iso, to_ms
 from rung._queue import SqsQueue
 from rung._store import DynamoStore, QueueState
+from rung.errors import Contended
 from rung.flow import Queue
 from rung.models import Run
 
@@ -183,7 +184,10 @@ class Gate:
             ):
                 return Delayed(_from_ms(start_ms)) if start_ms > now_ms else Admitted()
             _backoff(attempt)
-        raise RuntimeError(f"queue {spec.name}: too much contention on its state; try again")
+        raise Contended(
+            f"queue {spec.name}: its state changed under every one of {_TRIES} tries to "
+            f"admit run {run.run_id}; it holds no slot and is admitted again in a few seconds"
+        )
 
     def _reserve(
         self, spec: Queue, state: QueueState, key: str, now_ms: int

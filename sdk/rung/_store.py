@@ -53,6 +53,7 @@ from botocore.exceptions import ClientError
 
 from rung._clock import from_ms, iso, parse_iso, to_ms
 from rung.errors import (
+    Contended,
     ErrorInfo,
     LeaseLost,
     RunAlreadyFinished,
@@ -1006,7 +1007,11 @@ class DynamoStore:
                     continue  # the parent was not as assumed: try the other form
                 return woke
             # The parent changed between the two forms (it suspended or resumed): again.
-        raise RuntimeError(f"run {run_id}: its parent {parent_run_id} kept changing; try again")
+        raise Contended(
+            f"run {run_id}: its parent {parent_run_id} kept suspending and resuming while "
+            "the child's end was recorded; nothing was half-written, the parent's own "
+            "recheck reads the child's outcome"
+        )
 
     def cancel_run(
         self, run_id: str, error: ErrorInfo, now: datetime, *, wake_parent: str | None = None
@@ -1695,7 +1700,10 @@ class DynamoStore:
                     status=run.status if run is not None else "MISSING",
                 )
             # The run moved between the two forms (it suspended, or resumed): again.
-        raise RuntimeError(f"token {token_id}: its run kept changing state; try again")
+        raise Contended(
+            f"token {token_id}: its run kept changing state while the answer was written; "
+            "nothing was recorded, answering again is safe"
+        )
 
     def _check_open(self, state: TokenState, now: datetime) -> None:
         if state.status != TOKEN_OPEN:

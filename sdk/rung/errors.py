@@ -262,6 +262,11 @@ class TokenAlreadyResolved(RungError):
         self.status = status
 
 
+class Contended(RungError):
+    """An item kept changing under optimistic retries (many writers on one queue, token
+    or run at once). Nothing was half-written: repeating the call is safe."""
+
+
 class UnknownQueue(RungError, LookupError):
     """No queue of this name: the app's tasks do not declare it and nothing is stored."""
 

@@ -359,3 +359,38 @@ def test_a_bad_concurrency_key_is_refused_at_trigger_and_nothing_is_stored() -> 
         with pytest.raises(rung.InvalidPayload, match="non-empty str or int"):
             engine.trigger("t", {"tenant": None})
         assert engine.list_runs() == []
+
+
+@pytest.mark.timeout(120)
+def test_an_admission_that_gives_up_on_contention_costs_no_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Fifty writers in a row beating one worker to the queue item is not something the
+    # emulator can be made to do on cue; a retry budget of zero gives up at once (the
+    # same exit), and restoring it lets the deferred run in.
+    import rung._flow
+
+    app = rung.App("contended")
+    ran: list[int] = []
+
+    @app.task(id="t", queue=rung.Queue("hot", concurrency_limit=1))
+    def task(ctx: rung.Context, job: Job) -> int:
+        ran.append(job.n)
+        return job.n
+
+    monkeypatch.setattr(rung._flow, "_TRIES", 0)
+    with LocalEngine(app, virtual_time=False) as engine:
+        handle = engine.trigger("t", {"n": 7})
+        deadline = time.monotonic() + 30
+        while "contention" not in (engine.get_run(handle.run_id).waiting_for or ""):
+            assert time.monotonic() < deadline, engine.get_run(handle.run_id)
+            time.sleep(0.02)
+        deferred = engine.get_run(handle.run_id)
+        monkeypatch.setattr(rung._flow, "_TRIES", 50)
+        run = engine.wait(handle.run_id, timeout=60)
+
+    assert deferred.status == rung.RunStatus.DELAYED
+    assert deferred.waiting_for == "contention on queue 'hot'"
+    assert ran == [7] and run.output == 7
+    assert run.status == rung.RunStatus.COMPLETED
+    assert run.attempt == 1  # giving up on contention is not an attempt
