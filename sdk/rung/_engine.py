@@ -276,9 +276,7 @@ class Worker:
                 return Disposition.ACK
             while True:
                 try:
-                    verdict = self.gate.admit(
-                        spec, run, token, key, priority, now(), session.spent()
-                    )
+                    verdict = self.gate.admit(spec, run, token, key, priority, now, session.spent())
                 except Contended as exc:
                     # Not the run's fault: no attempt is spent; it comes back shortly.
                     log.warning("%s", exc)

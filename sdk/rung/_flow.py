@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -109,12 +110,16 @@ class Gate:
         token: int,
         key: str,
         priority: int,
-        now: datetime,
+        clock: Callable[[], datetime],
         spent: timedelta,
     ) -> Admitted | Parked | Delayed:
-        """Take a slot for the claimed ``run``, or park it, or delay it for the rate."""
+        """Take a slot for the claimed ``run``, or park it, or delay it for the rate.
+
+        ``clock`` is read afresh on every try: backoffs between tries add up, and an
+        immediate start is reserved at the time of the try that wins."""
         for attempt in range(_TRIES):
             state = self.store.queue_state(spec.name)
+            now = clock()
             now_ms = to_ms(now)
             limits = limits_of(spec, state)
             live = {r: h for r, h in state.holders.items() if h.until_ms > now_ms}

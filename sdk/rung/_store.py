@@ -1331,14 +1331,29 @@ class DynamoStore:
             },
         }
         if parked_sk is not None:
+            # Parked already (the safety net re-sent it): keep its place, if it still
+            # has one. A hand-off that found the run claimed meanwhile dropped its
+            # waiter item; then it parks afresh below.
             run_update["ExpressionAttributeValues"][":sk"] = _S(parked_sk)
+            place = {
+                "TableName": self.table,
+                "Key": {"pk": _S(f"QUEUE#{state.name}"), "sk": _S(parked_sk)},
+                "ConditionExpression": "attribute_exists(pk)",
+            }
             try:
-                self.client.update_item(**run_update)
+                self.client.transact_write_items(
+                    TransactItems=[{"Update": run_update}, {"ConditionCheck": place}]
+                )
             except ClientError as exc:
-                if not _is_conditional_failure(exc):
+                reasons = _cancellation_reasons(exc)
+                if reasons is None:
                     raise
-                raise _lease_lost(run_id, token) from None
-            return None
+                if reasons[0] == "ConditionalCheckFailed":
+                    raise _lease_lost(run_id, token) from None
+                if reasons[1] != "ConditionalCheckFailed":
+                    return False  # a conflict: read the queue and try again
+            else:
+                return None
         seq = max(state.keyseq.get(key, 0), state.served) + 1  # keyseq: by concurrency key
         sk = f"WAIT#{1000 - priority:04d}#{seq:012d}#{run_id}"
         run_update["ExpressionAttributeValues"][":sk"] = _S(sk)

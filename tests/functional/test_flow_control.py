@@ -394,3 +394,54 @@ def test_an_admission_that_gives_up_on_contention_costs_no_attempt(
     assert ran == [7] and run.output == 7
     assert run.status == rung.RunStatus.COMPLETED
     assert run.attempt == 1  # giving up on contention is not an attempt
+
+
+def test_a_parked_run_rechecked_while_its_hand_off_passed_it_by_keeps_a_place() -> None:
+    # The safety net re-sends a parked run; while a worker holds it, a freed slot is
+    # handed off: the hand-off finds the run claimed, drops its waiter item and serves
+    # the next waiter. The run, still full out, must park with a new place (not keep a
+    # place that no longer exists and wait for the next safety net, forever).
+    from rung._flow import PARK_RECHECK, Admitted, Gate, Parked
+    from rung._store import Claimed
+
+    app = rung.App("recheck")
+    queue = rung.Queue("q", concurrency_limit=2)
+
+    @app.task(id="t", queue=queue)
+    def task(ctx: rung.Context, job: Job) -> int:
+        return job.n
+
+    with LocalEngine(app, workers=0) as engine:
+        store, clock, lease = engine.store, engine.clock, timedelta(minutes=1)
+        gate = Gate(store, engine.queue, lease)
+        ids = {name: engine.trigger("t", {"n": n}).run_id for n, name in enumerate("ACBE")}
+
+        def claim(name: str) -> Claimed:
+            claim = store.claim_run(ids[name], clock.now(), lease)
+            assert isinstance(claim, Claimed), claim
+            return claim
+
+        def admit(claimed: Claimed) -> object:
+            return gate.admit(queue, claimed.run, claimed.token, "", 0, clock.now, timedelta(0))
+
+        assert isinstance(admit(claim("A")), Admitted)
+        assert isinstance(admit(claim("C")), Admitted)
+        assert isinstance(admit(claim("B")), Parked)
+        assert isinstance(admit(claim("E")), Parked)
+        assert isinstance(clock, VirtualClock)
+        clock.advance(PARK_RECHECK + timedelta(seconds=1))  # B and E are due again
+        for name in "AC":  # the running two keep their slots meanwhile
+            assert gate.renew(queue, ids[name], clock.now() + timedelta(hours=1))
+        rechecked = claim("B")
+        gate.release(queue, ids["A"], clock.now())  # B is claimed: E gets the slot
+        state = store.queue_state("q")
+        assert set(state.holders) == {ids["C"], ids["E"]}
+
+        verdict = admit(rechecked)  # full: B parks again
+
+        assert isinstance(verdict, Parked)
+        assert [w.run_id for w in store.waiters("q")] == [ids["B"]]
+        assert store.queue_state("q").waiting == 1
+        gate.release(queue, ids["C"], clock.now())  # and the next free slot is B's
+        assert ids["B"] in store.queue_state("q").holders
+        assert list(store.waiters("q")) == []

@@ -123,6 +123,7 @@ class LocalEngine:
         self._lock = threading.Lock()
         self._busy = 0
         self._poller = threading.Lock()  # held by the one idle worker that polls
+        self._turn_free = threading.Event()  # set when the poller's turn is handed on
         self.faults: list[WorkerFault] = []
         self._emulator: EmbeddedEmulator | None = None
         self._client: Client | None = None
@@ -178,6 +179,7 @@ class LocalEngine:
     def stop(self) -> None:
         self._stop.set()
         self._kick.set()
+        self._turn_free.set()
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()
@@ -308,53 +310,58 @@ class LocalEngine:
 
     def _work(self) -> None:
         # Idle workers do not all poll: one of them (holding ``_poller``) receives every
-        # 50 ms or on a trigger's kick, and passes the turn on (with a kick) as soon as
-        # it gets work. With many workers, polling would otherwise cost more of the
-        # emulator than the runs (16 idle threads polling every 50 ms is 320 requests
-        # a second). A worker that just ran a message polls again at once.
+        # 50 ms or at once on a trigger's kick, and hands the turn on as soon as it gets
+        # work; the others wait for the turn. With many workers, polling would otherwise
+        # cost more of the emulator than the runs (16 idle threads polling every 50 ms
+        # is 320 requests a second).
         polling = False
-        while not self._stop.is_set():
-            if not polling:
-                polling = self._poller.acquire(blocking=False)
-            if not polling:
-                if self._kick.wait(1.0):
-                    self._kick.clear()
-                continue
-            with self._lock:
-                self._busy += 1
-            try:
-                # One message per worker thread at a time: a thread that took ten would
-                # keep nine invisible while it runs the first.
-                messages = self.queue.receive(max_messages=1)
-                if messages and polling:
-                    self._poller.release()  # another idle worker polls meanwhile
-                    polling = False
-                    self._kick.set()
-                for message in messages:
-                    self._process(message)
-            except Exception as exc:  # the emulator went away during stop(), or a bug
-                if not self._stop.is_set():
-                    log.exception("worker loop error")
-                    self.faults.append(WorkerFault("(receive)", exc))
-                messages = []
-            finally:
-                with self._lock:
-                    self._busy -= 1
-                    all_idle = self._busy == 0
-            if messages:
-                continue
-            if not polling:  # came back from work and found none: take the turn, or rest
-                polling = self._poller.acquire(blocking=False)
+        try:
+            while not self._stop.is_set():
                 if not polling:
+                    polling = self._poller.acquire(blocking=False)
+                    if not polling:
+                        self._turn_free.wait(1.0)
+                        continue
+                    self._turn_free.clear()
+                with self._lock:
+                    self._busy += 1
+                messages = []
+                try:
+                    # One message per worker thread at a time: a thread that took ten
+                    # would keep nine invisible while it runs the first.
+                    messages = self.queue.receive(max_messages=1)
+                    if messages:
+                        self._poller.release()  # the turn goes on; this thread has work
+                        polling = False
+                        self._turn_free.set()
+                    for message in messages:
+                        self._process(message)
+                except Exception as exc:  # the emulator went away during stop(), or a bug
+                    if not self._stop.is_set():
+                        log.exception("worker loop error")
+                        self.faults.append(WorkerFault("(receive)", exc))
+                finally:
+                    with self._lock:
+                        self._busy -= 1
+                        all_idle = self._busy == 0
+                if messages or not polling:
                     continue
-            if all_idle and isinstance(self.clock, VirtualClock) and self._advance_time():
-                continue
-            # Idle: sleep until a trigger (or, for messages sent some other way, 50 ms)
-            # rather than polling the emulator in a tight loop.
-            if self._kick.wait(0.05):
-                self._kick.clear()
-        if polling:
-            self._poller.release()
+                try:
+                    virtual = isinstance(self.clock, VirtualClock)
+                    if all_idle and virtual and self._advance_time():
+                        continue
+                except Exception as exc:  # a bug: recorded, and the turn is not lost
+                    if not self._stop.is_set():
+                        log.exception("worker loop error")
+                        self.faults.append(WorkerFault("(advance time)", exc))
+                # Idle: sleep until a trigger (or, for messages sent some other way,
+                # 50 ms) rather than polling the emulator in a tight loop.
+                if self._kick.wait(0.05):
+                    self._kick.clear()
+        finally:
+            if polling:
+                self._poller.release()
+                self._turn_free.set()
 
     def _advance_time(self) -> bool:
         assert isinstance(self.clock, VirtualClock)

@@ -152,20 +152,23 @@ def _lean_transactions() -> None:
             def deepcopy(value: Any, memo: Any = None) -> Any:
                 return value if isinstance(value, Table) else copy.deepcopy(value, memo)
 
+            def __getattr__(self, name: str) -> Any:  # copy.copy and the rest: the real ones
+                return getattr(copy, name)
+
         def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
             saved = []
             for entry in transact_items:
                 try:
                     op_type, op = next(iter(entry.items()))
-                    table = self.tables[op["TableName"]]
+                    table = self.get_table(op["TableName"])  # a name or an ARN
                     source = op["Item"] if op_type == "Put" else op["Key"]
                     names = [table.hash_key_attr, table.range_key_attr]
                     key = {name: source[name] for name in names if name is not None}
-                    current = self.get_item(op["TableName"], key)
+                    current = self.get_item(table.name, key)
                 except Exception:  # noqa: BLE001 - malformed: moto refuses it before writing
                     continue
                 saved.append(
-                    (op["TableName"], key, current.to_json()["Attributes"] if current else None)
+                    (table.name, key, current.to_json()["Attributes"] if current else None)
                 )
             try:
                 original(self, transact_items)
