@@ -599,7 +599,7 @@ class _Session:
             until = now + config.lease_duration
             self._worker.store.renew_lease(self._run.run_id, self._token, until)
             if self.slot is not None and not self._worker.gate.renew(
-                self.slot, self._run.run_id, until
+                self.slot, self._run.run_id, until, now
             ):
                 raise LeaseLost(
                     f"run {self._run.run_id}: its slot in queue {self.slot.name!r} expired "

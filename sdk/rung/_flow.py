@@ -124,7 +124,10 @@ class Gate:
             limits = limits_of(spec, state)
             live = {r: h for r, h in state.holders.items() if h.until_ms > now_ms}
             expired = [r for r in state.holders if r not in live]
-            mine = state.holders.get(run.run_id)
+            # An entry of ours whose lease ran out (the worker that held it died) is
+            # not ours any more: others count it as free and may have filled it, so the
+            # run takes a slot afresh, through the version-checked path.
+            mine = live.get(run.run_id)
             until = now + self.lease
             # A reservation we come to too late is not used: a fresh one is taken (the
             # stale one stays in the window, which only makes the window stricter).
@@ -134,7 +137,7 @@ class Gate:
                 # Ours already (handed off to it, held across a crash, or reserved for a
                 # rate-limited start): renewing our own entry needs no version check.
                 hold_until = max(until, _from_ms(mine.start_ms) + self.lease)
-                if self.store.renew_slot(spec.name, run.run_id, hold_until):
+                if self.store.renew_slot(spec.name, run.run_id, hold_until, now):
                     if mine.start_ms > now_ms:
                         return Delayed(_from_ms(mine.start_ms))
                     return Admitted()
@@ -254,8 +257,8 @@ class Gate:
                 _backoff(attempt)
         log.warning("queue %s: gave up filling slots after %d tries", spec.name, _TRIES)
 
-    def renew(self, spec: Queue, run_id: str, until: datetime) -> bool:
-        return self.store.renew_slot(spec.name, run_id, until)
+    def renew(self, spec: Queue, run_id: str, until: datetime, now: datetime) -> bool:
+        return self.store.renew_slot(spec.name, run_id, until, now)
 
 
 def _from_ms(ms: int) -> datetime:

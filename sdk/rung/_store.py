@@ -1247,16 +1247,22 @@ class DynamoStore:
             return False
         return True
 
-    def renew_slot(self, name: str, run_id: str, until: datetime) -> bool:
-        """Extend a held slot's lease; False if the run holds no slot there any more."""
+    def renew_slot(self, name: str, run_id: str, until: datetime, now: datetime) -> bool:
+        """Extend a held slot's lease; False if the run holds no live slot there any more.
+
+        An entry whose lease has run out is not renewed even if nobody pruned it yet:
+        every other writer already counts it as free, and may have filled it."""
         try:
             self.client.update_item(
                 TableName=self.table,
                 Key=_queue_key(name),
                 UpdateExpression="SET holders.#r.u = :until",
-                ConditionExpression="attribute_exists(holders.#r)",
+                ConditionExpression="holders.#r.u > :now",
                 ExpressionAttributeNames={"#r": run_id},
-                ExpressionAttributeValues={":until": _N(to_ms(until))},
+                ExpressionAttributeValues={
+                    ":until": _N(to_ms(until)),
+                    ":now": _N(to_ms(now)),
+                },
             )
         except ClientError as exc:
             if not _is_conditional_failure(exc):

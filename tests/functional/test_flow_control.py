@@ -429,9 +429,9 @@ def test_a_parked_run_rechecked_while_its_hand_off_passed_it_by_keeps_a_place() 
         assert isinstance(admit(claim("B")), Parked)
         assert isinstance(admit(claim("E")), Parked)
         assert isinstance(clock, VirtualClock)
-        clock.advance(PARK_RECHECK + timedelta(seconds=1))  # B and E are due again
         for name in "AC":  # the running two keep their slots meanwhile
-            assert gate.renew(queue, ids[name], clock.now() + timedelta(hours=1))
+            assert gate.renew(queue, ids[name], clock.now() + timedelta(hours=1), clock.now())
+        clock.advance(PARK_RECHECK + timedelta(seconds=1))  # B and E are due again
         rechecked = claim("B")
         gate.release(queue, ids["A"], clock.now())  # B is claimed: E gets the slot
         state = store.queue_state("q")

@@ -146,3 +146,28 @@ def approval(ctx: rung.Context, payload: dict[str, str]) -> object:
     ctx.step("announce", announce)
     ctx.step("slow", slow)
     return ctx.wait_for_token(token)
+
+
+def hold(gate: str) -> str:
+    """Record entering and leaving (with times and this pid), blocking at the gate."""
+    info = rung.current_step()
+    log = Path(os.environ["RUNG_TEST_EFFECTS"])
+    with log.open("a") as out:
+        out.write(f"enter {info.run_id} {os.getpid()} {time.time()}\n")
+    deadline = time.monotonic() + 120
+    while not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    with log.open("a") as out:
+        out.write(f"leave {info.run_id} {os.getpid()} {time.time()}\n")
+    return info.run_id
+
+
+@app.task(
+    id="limited",
+    queue=rung.Queue("dev-limited", concurrency_limit=2),
+    retry=rung.RetryPolicy(max_attempts=4, initial_interval=0.2),
+)
+def limited(ctx: rung.Context, payload: dict[str, str]) -> str:
+    """Holds one of the queue's two slots until the test opens the gate."""
+    return ctx.step("hold", hold, payload["gate"])

@@ -314,3 +314,63 @@ def test_changed_task_code_is_picked_up_by_fresh_worker_processes(
         second = dev.wait(dev.client.trigger("version").run_id, timeout=60)
     assert (first.output, second.output) == ("v1", "v2")
     assert any("reload_app.py changed" in line for line in lines)
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_of_workers_holding_slots_the_limit_recovers_and_never_breaks(
+    tmp_path: Path, effects_file: Path
+) -> None:
+    gate = tmp_path / "gate"
+    with DevStack(dev_options(tmp_path, workers=4)) as dev:
+        handles = [dev.client.trigger("limited", {"gate": str(gate)}) for _ in range(6)]
+        deadline = time.monotonic() + 60
+        while len(_entries(effects_file)) < 2:
+            assert time.monotonic() < deadline, "two runs never started"
+            time.sleep(0.05)
+        time.sleep(1.0)  # room for a third, wrong, start on the two idle workers
+        holders = _entries(effects_file)
+        assert dev.client.get_queue("dev-limited").parked == 4
+        for _, pid, _ in holders:
+            os.kill(pid, signal.SIGKILL)  # both slot holders die mid-step
+        killed_at = time.time()
+        gate.touch()
+        runs = [dev.wait(h.run_id, timeout=120) for h in handles]
+        crashes = list(dev.crashes)
+        queue = dev.client.get_queue("dev-limited")
+
+    assert len(holders) == 2  # the limit held while the holders were blocked
+    assert [r.status for r in runs] == ["COMPLETED"] * 6
+    killed = {run_id for run_id, _, _ in holders}
+    assert sorted(r.attempt for r in runs) == [1, 1, 1, 1, 2, 2]
+    assert {r.run_id for r in runs if r.attempt == 2} == killed
+    assert len(crashes) == 2 and all("SIGKILL" in c[1] for c in crashes)
+    # Executions as the tasks saw them (a killed one ends at the kill): never above 2.
+    lines = [line.split() for line in effects_file.read_text().splitlines()]
+    open_at: dict[tuple[str, str], float] = {}
+    spans: list[tuple[float, float]] = []
+    for kind, run_id, process, at in lines:
+        if kind == "enter":
+            open_at[(run_id, process)] = float(at)
+        else:
+            spans.append((open_at.pop((run_id, process)), float(at)))
+    spans += [(start, killed_at) for (run_id, _), start in open_at.items() if run_id in killed]
+    assert not [key for key in open_at if key[0] not in killed]  # every other run left
+    assert len(spans) == 8  # 6 runs, 2 of them twice
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    running = peak = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    assert peak == 2, sorted(spans)
+    assert (queue.running, queue.parked) == (0, 0)
+
+
+def _entries(path: Path) -> list[tuple[str, int, float]]:
+    """(run id, pid, time) of each step entry recorded so far."""
+    if not path.exists():
+        return []
+    return [
+        (parts[1], int(parts[2]), float(parts[3]))
+        for parts in (line.split() for line in path.read_text().splitlines())
+        if parts and parts[0] == "enter"
+    ]
