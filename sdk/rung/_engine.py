@@ -472,6 +472,7 @@ class Worker:
             token,
             wake_at=wait.wake_at,
             waiting_for=wait.reason,
+            wake_kind=wait.wake_kind,
             now=now,
             spent=session.spent(),
             tokens=checked,

@@ -22,6 +22,7 @@ continuing elsewhere). See docs/flow-control.md for the design; in short:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -64,6 +65,12 @@ def is_late(spec: Queue, reserved: datetime, now: datetime) -> bool:
 
 
 _TRIES = 50
+
+#: A hand-off looks at most this many parked runs for one whose key is under its
+#: per-key limit. Keys interleave in the waiters' order, so another key's run is near
+#: the front; the bound keeps a release cheap when one key with thousands of parked
+#: runs is at its limit (a run further back is found by a later hand-off).
+SCAN_WAITERS = 200
 
 
 @dataclass(frozen=True)
@@ -241,7 +248,10 @@ class Gate:
             chosen = next(
                 (
                     w
-                    for w in self.store.waiters(spec.name, 1 if limits.per_key is None else 25)
+                    for w in itertools.islice(
+                        self.store.waiters(spec.name, 1 if limits.per_key is None else 25),
+                        SCAN_WAITERS,
+                    )
                     if limits.per_key is None or per_key.get(w.key, 0) < limits.per_key
                 ),
                 None,

@@ -374,7 +374,9 @@ class _Batch:
         reason = first.reason  # it names what wakes the run first
         if len(suspends) > 1:
             reason += f" (and {len(suspends) - 1} more waiting branches of {self.id})"
-        return Suspend(first.wake_at, reason, tokens=tokens, children=children)
+        return Suspend(
+            first.wake_at, reason, tokens=tokens, children=children, wake_kind=first.wake_kind
+        )
 
 
 def _most_severe(signals: list[BaseException]) -> BaseException:

@@ -35,6 +35,8 @@ class Suspend(Unwind):
     ``tokens``: ids of tokens the run waits for; suspending is refused (atomically)
     if one of them was resolved meanwhile, so a completion is never missed.
     ``children``: ids of unfinished child runs it waits for; likewise.
+    ``wake_kind``: what ``wake_at`` is, as data (``reason`` is for people): "timer" (a
+    wait, a poll), "token" (a token's timeout or heartbeat deadline), None (no time).
     """
 
     def __init__(
@@ -43,12 +45,14 @@ class Suspend(Unwind):
         reason: str,
         tokens: tuple[str, ...] = (),
         children: tuple[str, ...] = (),
+        wake_kind: str | None = "timer",
     ) -> None:
         super().__init__(reason)
         self.wake_at = wake_at
         self.reason = reason
         self.tokens = tokens
         self.children = children
+        self.wake_kind = wake_kind if wake_at is not None else None
 
 
 class Canceled(Unwind):

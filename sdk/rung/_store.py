@@ -402,7 +402,7 @@ class DynamoStore:
                     "lease_until = :lease, updated_at = :now, "
                     "started_at = if_not_exists(started_at, :now), "
                     "attempt_started_at = if_not_exists(attempt_started_at, :now) "
-                    "REMOVE waiting_for, overran_step, awaits"
+                    "REMOVE waiting_for, overran_step, awaits, wake_kind"
                 ),
                 ConditionExpression=(
                     "#status IN (:queued, :delayed, :waiting) AND available_at <= :now_ms"
@@ -541,8 +541,12 @@ class DynamoStore:
         spent: timedelta,
         tokens: tuple[str, ...] = (),
         children: tuple[str, ...] = (),
+        wake_kind: str | None = None,
     ) -> bool:
         """The run waits: WAITING, lease released, due at ``wake_at`` (None: when woken).
+
+        ``wake_kind`` records what ``wake_at`` is ("timer", "token"; see Suspend) on the
+        run item as data, for readers that must not parse ``waiting_for``.
 
         With ``tokens``, one transaction also checks that each is still unresolved;
         returns False (and changes nothing) if one was resolved meanwhile, so a
@@ -571,6 +575,9 @@ class DynamoStore:
         if children:
             awaits = ", awaits = :awaits"
             values[":awaits"] = {"SS": list(dict.fromkeys(children))}
+        if wake_kind is not None:
+            awaits += ", wake_kind = :wake_kind"
+            values[":wake_kind"] = _S(wake_kind)
         update = {
             "TableName": self.table,
             "Key": _run_key(run_id),
@@ -2068,6 +2075,7 @@ class DynamoStore:
             compute_time=timedelta(milliseconds=int(item.get("compute_ms", {"N": "0"})["N"])),
             overran_step=item["overran_step"]["S"] if "overran_step" in item else None,
             parked_sk=item["parked_sk"]["S"] if "parked_sk" in item else None,
+            wake_kind=item["wake_kind"]["S"] if "wake_kind" in item else None,
             parent_run_id=item["parent_run_id"]["S"] if "parent_run_id" in item else None,
             replay_of=item["replay_of"]["S"] if "replay_of" in item else None,
             redrives=tuple(

@@ -720,6 +720,7 @@ class Context:
                     state.deadline,
                     f"token {token.name!r} ({token.id}) until {iso(state.deadline)}",
                     tokens=(token.id,),
+                    wake_kind="token",
                 )
             record = self._remember(
                 self._session.record_step(_token_outcome(state, step_id, seq, self.attempt, now))

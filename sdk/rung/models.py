@@ -146,6 +146,9 @@ class Run:
     compute_time: timedelta = timedelta(0)
     #: the step a worker was running when its invocation reached its time limit
     overran_step: str | None = field(default=None, repr=False)
+    #: while WAITING with a wake time: "timer" (a wait, a poll) or "token" (a token's
+    #: timeout or heartbeat deadline); what ``waiting_for`` says, as data
+    wake_kind: str | None = field(default=None, repr=False)
     #: while parked for a slot of its queue: its waiter item's sort key
     parked_sk: str | None = field(default=None, repr=False)
     #: the run that started this one as a child (``ctx.trigger``/``trigger_and_wait``)

@@ -84,6 +84,7 @@ def test_a_waiting_run_is_waiting_and_holds_no_worker() -> None:
         waiting = engine.trigger("slow-wait")
         run = wait_for_status(engine, waiting.run_id, rung.RunStatus.WAITING)
         assert run.waiting_for is not None and "/wait#1 until" in run.waiting_for
+        assert run.wake_kind == "timer"
         assert run.available_at is not None and run.available_at > run.updated_at
         other = engine.trigger("quick")
         assert engine.wait(other.run_id, timeout=30).status == rung.RunStatus.COMPLETED
@@ -171,6 +172,7 @@ def _token_of(engine: LocalEngine, run_id: str) -> str:
     run = engine.get_run(run_id)
     assert run.status == rung.RunStatus.WAITING
     assert run.waiting_for is not None and f"token 'approval' ({token.id})" in run.waiting_for
+    assert run.wake_kind == "token"
     assert token.id.startswith("tok_") and token.status == "WAITING"
     return token.id
 
@@ -318,7 +320,7 @@ def test_a_token_completed_before_the_run_waits_for_it_needs_no_suspension() -> 
         completed.set()
         run = engine.wait(handle.run_id)
     assert run.output == [1, 2, 3]
-    assert run.waiting_for is None
+    assert run.waiting_for is None and run.wake_kind is None
 
 
 def test_wait_for_callback_submits_the_token_and_returns_the_answer() -> None:

@@ -257,7 +257,7 @@ class LocalEngine:
                 hint = (
                     "; virtual time does not skip a token's deadline: complete the token "
                     "or advance engine.clock"
-                    if (run.waiting_for or "").startswith("token ")
+                    if run.status == RunStatus.WAITING and run.wake_kind == "token"
                     else ""
                 )
                 raise TimeoutError(
@@ -389,11 +389,7 @@ class LocalEngine:
                 run = self.store.get_run_or_none(decode(body))
             except BadMessage:
                 return due
-            if (
-                run is not None
-                and run.status == RunStatus.WAITING
-                and (run.waiting_for or "").startswith("token ")
-            ):
+            if run is not None and run.status == RunStatus.WAITING and run.wake_kind == "token":
                 continue
             return due
         return None
