@@ -28,7 +28,14 @@ from rung import _serde
 from rung._clock import Clock, to_ms
 from rung._flow import Delayed, Gate, Parked, describe_delay, is_late
 from rung._queue import BadMessage, QueueMessage, SqsQueue, decode
-from rung._signals import Canceled, ContinueLater, RetryStep, Suspend, TimeLimitReached
+from rung._signals import (
+    Canceled,
+    ContinueLater,
+    RetryStep,
+    SlotLost,
+    Suspend,
+    TimeLimitReached,
+)
 from rung._store import (
     NEVER_MS,
     SUSPEND_TOKEN_CHECKS,
@@ -213,7 +220,7 @@ class Worker:
             with contextlib.suppress(UnknownTask):
                 spec = self.app.get_task(run.task_id).queue
                 if spec is not None:  # the dead holder's slot: free it for the next run
-                    self.gate.release(spec, run.run_id, now)
+                    self.gate.release(spec, run.run_id, run.lease_token, now)
             return NotClaimed("terminal", run, None)
         claim = self.store.reclaim_crashed(run, now, self.config.lease_duration, failure)
         if isinstance(claim, Claimed):
@@ -328,7 +335,7 @@ class Worker:
         # its lease expires (the run's next attempt takes it back), and a worker that
         # lost its lease leaves the slot to the run's new owner.
         if spec is not None:
-            self.gate.release(spec, run.run_id, now())
+            self.gate.release(spec, run.run_id, token, now())
         return disposition
 
     def _execute(
@@ -600,12 +607,15 @@ class _Session:
             until = now + config.lease_duration
             self._worker.store.renew_lease(self._run.run_id, self._token, until)
             if self.slot is not None and not self._worker.gate.renew(
-                self.slot, self._run.run_id, until, now
+                self.slot, self._run.run_id, until, now, self._token
             ):
-                raise LeaseLost(
-                    f"run {self._run.run_id}: its slot in queue {self.slot.name!r} expired "
-                    "and was taken; this worker stops (the run's next attempt queues again)"
+                log.warning(
+                    "run %s: its slot in queue %r expired (a step outlived it) and counts "
+                    "as free; it stops at this step boundary and queues for a slot again",
+                    self._run.run_id,
+                    self.slot.name,
                 )
+                raise SlotLost()
             self._lease_until = until
 
     def _check_canceled(self, now: datetime) -> None:

@@ -22,7 +22,6 @@ continuing elsewhere). See docs/flow-control.md for the design; in short:
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 import time
@@ -32,7 +31,7 @@ from datetime import datetime, timedelta
 
 from rung._clock import from_ms, iso, to_ms
 from rung._queue import SqsQueue
-from rung._store import DynamoStore, QueueState
+from rung._store import DynamoStore, QueueState, Waiter
 from rung.errors import Contended
 from rung.flow import Queue
 from rung.models import Run
@@ -66,10 +65,11 @@ def is_late(spec: Queue, reserved: datetime, now: datetime) -> bool:
 
 _TRIES = 50
 
-#: A hand-off looks at most this many parked runs for one whose key is under its
-#: per-key limit. Keys interleave in the waiters' order, so another key's run is near
-#: the front; the bound keeps a release cheap when one key with thousands of parked
-#: runs is at its limit (a run further back is found by a later hand-off).
+#: A hand-off looks at most this many parked runs of one priority for one whose key
+#: is under its per-key limit, then goes on at the next priority. Keys interleave
+#: within a priority, so another key's run is near the front; the bound keeps a
+#: release cheap when a key with thousands of parked runs is at its limit (a run
+#: further back in the same priority is found by a later hand-off).
 SCAN_WAITERS = 200
 
 
@@ -144,7 +144,7 @@ class Gate:
                 # Ours already (handed off to it, held across a crash, or reserved for a
                 # rate-limited start): renewing our own entry needs no version check.
                 hold_until = max(until, _from_ms(mine.start_ms) + self.lease)
-                if self.store.renew_slot(spec.name, run.run_id, hold_until, now):
+                if self.store.renew_slot(spec.name, run.run_id, hold_until, now, token, take=True):
                     if mine.start_ms > now_ms:
                         return Delayed(_from_ms(mine.start_ms))
                     return Admitted()
@@ -156,7 +156,15 @@ class Gate:
                     start_ms, starts, key_starts = self._reserve(spec, state, key, now_ms)
                 hold_until = max(until, _from_ms(start_ms) + self.lease)
                 if not self.store.take_slot(
-                    state, run.run_id, key, hold_until, start_ms, expired, starts, key_starts
+                    state,
+                    run.run_id,
+                    key,
+                    hold_until,
+                    start_ms,
+                    expired,
+                    starts,
+                    key_starts,
+                    token,
                 ):
                     _backoff(attempt)
                     continue
@@ -195,7 +203,7 @@ class Gate:
                 start_ms, starts, key_starts = self._reserve(spec, state, key, now_ms)
             hold_until = max(until, _from_ms(start_ms) + self.lease)
             if self.store.take_slot(
-                state, run.run_id, key, hold_until, start_ms, expired, starts, key_starts
+                state, run.run_id, key, hold_until, start_ms, expired, starts, key_starts, token
             ):
                 return Delayed(_from_ms(start_ms)) if start_ms > now_ms else Admitted()
             _backoff(attempt)
@@ -222,9 +230,10 @@ class Gate:
             return start, None, kept
         return start, kept, None
 
-    def release(self, spec: Queue, run_id: str, now: datetime) -> None:
-        """The run stops executing: free its slot and hand it to the next parked run."""
-        state = self.store.release_slot(spec.name, run_id)
+    def release(self, spec: Queue, run_id: str, token: int, now: datetime) -> None:
+        """The attempt with lease ``token`` stops executing: free its slot (unless a
+        later attempt of the run holds it already) and hand it to the next parked run."""
+        state = self.store.release_slot(spec.name, run_id, token)
         if state is not None:
             self.fill(spec, now, state)
 
@@ -245,17 +254,7 @@ class Gate:
             per_key: dict[str, int] = {}
             for holder in live.values():
                 per_key[holder.key] = per_key.get(holder.key, 0) + 1
-            chosen = next(
-                (
-                    w
-                    for w in itertools.islice(
-                        self.store.waiters(spec.name, 1 if limits.per_key is None else 25),
-                        SCAN_WAITERS,
-                    )
-                    if limits.per_key is None or per_key.get(w.key, 0) < limits.per_key
-                ),
-                None,
-            )
+            chosen = self._next_waiter(spec.name, limits, per_key)
             if chosen is None:
                 return
             done = self.store.hand_off(state, chosen, now + self.lease, now)
@@ -267,8 +266,28 @@ class Gate:
                 _backoff(attempt)
         log.warning("queue %s: gave up filling slots after %d tries", spec.name, _TRIES)
 
-    def renew(self, spec: Queue, run_id: str, until: datetime, now: datetime) -> bool:
-        return self.store.renew_slot(spec.name, run_id, until, now)
+    def _next_waiter(self, name: str, limits: Limits, per_key: dict[str, int]) -> Waiter | None:
+        """The best parked run whose key is under its per-key limit, if any."""
+        if limits.per_key is None:
+            return next(iter(self.store.waiters(name, 1)), None)
+        after: str | None = None
+        while True:
+            scanned: list[Waiter] = []
+            for waiter in self.store.waiters(name, 25, after):
+                if per_key.get(waiter.key, 0) < limits.per_key:
+                    return waiter
+                scanned.append(waiter)
+                if len(scanned) >= SCAN_WAITERS:
+                    break
+            else:
+                return None
+            # SCAN_WAITERS in a row of keys at their limit: go on at the next priority
+            # band (keys interleave within a band, so its other keys were near the front).
+            band = scanned[-1].sk.split("#")[1]
+            after = f"WAIT#{band}#~"
+
+    def renew(self, spec: Queue, run_id: str, until: datetime, now: datetime, token: int) -> bool:
+        return self.store.renew_slot(spec.name, run_id, until, now, token)
 
 
 def _from_ms(ms: int) -> datetime:

@@ -29,6 +29,12 @@ class ContinueLater(Unwind):
     """The invocation is running out of time: continue in a fresh one."""
 
 
+class SlotLost(ContinueLater):
+    """The run's queue slot expired during the attempt (a step outlived its lease) and
+    counts as free: stop at this step boundary and queue for a slot again, in a fresh
+    invocation, without spending an attempt."""
+
+
 class Suspend(Unwind):
     """The run waits: free the worker and resume at ``wake_at`` (None: only when woken).
 

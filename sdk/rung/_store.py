@@ -122,6 +122,7 @@ class Holder:
     key: str
     until_ms: int
     start_ms: int  # a reserved start (rate limit); 0 when none was needed or made
+    token: int = 0  # the lease token of the attempt holding it (0: handed off, not taken)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,10 @@ def _queue_state_from_item(name: str, item: dict[str, Any] | None) -> QueueState
         version=num("version"),
         holders={
             run_id: Holder(
-                key=h["M"]["k"]["S"], until_ms=int(h["M"]["u"]["N"]), start_ms=int(h["M"]["s"]["N"])
+                key=h["M"]["k"]["S"],
+                until_ms=int(h["M"]["u"]["N"]),
+                start_ms=int(h["M"]["s"]["N"]),
+                token=int(h["M"].get("t", {"N": "0"})["N"]),
             )
             for run_id, h in item.get("holders", {"M": {}})["M"].items()
         },
@@ -1215,12 +1219,13 @@ class DynamoStore:
         prune: list[str],
         starts: list[int] | None = None,
         key_starts: list[int] | None = None,
+        token: int = 0,
     ) -> bool:
-        """Record ``run_id`` as a holder (new or renewed); False if the queue changed."""
+        """Record ``run_id`` as a holder (new or renewed) for the attempt with lease
+        ``token``; False if the queue changed."""
         names: dict[str, str] = {"#r": run_id}
-        values: dict[str, Any] = {
-            ":holder": {"M": {"k": _S(key), "u": _N(to_ms(until)), "s": _N(start_ms)}},
-        }
+        holder = {"k": _S(key), "u": _N(to_ms(until)), "s": _N(start_ms), "t": _N(token)}
+        values: dict[str, Any] = {":holder": {"M": holder}}
         sets = ["holders.#r = :holder"] if state.version else ["holders = :holders"]
         if not state.version:
             values[":holders"] = {"M": {run_id: values.pop(":holder")}}
@@ -1254,22 +1259,35 @@ class DynamoStore:
             return False
         return True
 
-    def renew_slot(self, name: str, run_id: str, until: datetime, now: datetime) -> bool:
-        """Extend a held slot's lease; False if the run holds no live slot there any more.
+    def renew_slot(
+        self,
+        name: str,
+        run_id: str,
+        until: datetime,
+        now: datetime,
+        token: int,
+        *,
+        take: bool = False,
+    ) -> bool:
+        """Extend a held slot's lease for the attempt with lease ``token``; False if the
+        run holds no live slot there any more (or, unless ``take``, another attempt of
+        the run holds it). ``take``: the attempt takes over the run's live entry (a
+        hand-off, or its own reservation from before a deferral).
 
         An entry whose lease has run out is not renewed even if nobody pruned it yet:
         every other writer already counts it as free, and may have filled it."""
+        condition = "holders.#r.u > :now"
+        values = {":until": _N(to_ms(until)), ":now": _N(to_ms(now)), ":token": _N(token)}
+        if not take:
+            condition += " AND holders.#r.t = :token"
         try:
             self.client.update_item(
                 TableName=self.table,
                 Key=_queue_key(name),
-                UpdateExpression="SET holders.#r.u = :until",
-                ConditionExpression="holders.#r.u > :now",
+                UpdateExpression="SET holders.#r.u = :until, holders.#r.t = :token",
+                ConditionExpression=condition,
                 ExpressionAttributeNames={"#r": run_id},
-                ExpressionAttributeValues={
-                    ":until": _N(to_ms(until)),
-                    ":now": _N(to_ms(now)),
-                },
+                ExpressionAttributeValues=values,
             )
         except ClientError as exc:
             if not _is_conditional_failure(exc):
@@ -1277,17 +1295,24 @@ class DynamoStore:
             return False
         return True
 
-    def release_slot(self, name: str, run_id: str) -> QueueState | None:
-        """Give a slot back (idempotent) and return the queue as it is after, or None if
-        the queue has no state. No version condition: fewer holders can only make
-        another writer's decision, based on the count before, more conservative."""
+    def release_slot(self, name: str, run_id: str, token: int) -> QueueState | None:
+        """Give back the slot the attempt with lease ``token`` holds (idempotent) and
+        return the queue as it is after; None if the queue has no state or the run's
+        entry belongs to a later attempt (the run was claimed again before this one
+        let go: that attempt holds the slot now). No version condition: fewer holders
+        can only make another writer's decision, based on the count before, more
+        conservative."""
         try:
             out = self.client.update_item(
                 TableName=self.table,
                 Key=_queue_key(name),
                 UpdateExpression="REMOVE holders.#r",
-                ConditionExpression="attribute_exists(pk)",
+                ConditionExpression=(
+                    "attribute_exists(pk) AND (attribute_not_exists(holders.#r.t) "
+                    "OR holders.#r.t = :token)"
+                ),
                 ExpressionAttributeNames={"#r": run_id},
+                ExpressionAttributeValues={":token": _N(token)},
                 ReturnValues="ALL_NEW",
             )
         except ClientError as exc:
@@ -1408,20 +1433,22 @@ class DynamoStore:
             return False
         return True
 
-    def waiters(self, name: str, page: int = 25) -> Iterator[Waiter]:
+    def waiters(self, name: str, page: int = 25, after: str | None = None) -> Iterator[Waiter]:
         """Parked runs in the order they get slots: priority, then round-robin by key.
 
         Read lazily, ``page`` items per request: a hand-off with no per-key limit
-        needs only the first waiter, however many are parked."""
+        needs only the first waiter, however many are parked. ``after``: start after
+        this sort key (it need not exist: ``WAIT#<band>#~`` skips a priority band)."""
         start: dict[str, Any] | None = None
         while True:
             query: dict[str, Any] = {
                 "TableName": self.table,
                 "ConsistentRead": True,
-                "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+                "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
                 "ExpressionAttributeValues": {
                     ":pk": _S(f"QUEUE#{name}"),
-                    ":prefix": _S("WAIT#"),
+                    ":low": _S(after if after is not None else "WAIT#"),
+                    ":high": _S("WAIT#~"),  # '~' sorts after the digits and '#' of a key
                 },
                 "Limit": page,
             }

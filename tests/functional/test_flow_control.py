@@ -424,16 +424,17 @@ def test_a_parked_run_rechecked_while_its_hand_off_passed_it_by_keeps_a_place() 
         def admit(claimed: Claimed) -> object:
             return gate.admit(queue, claimed.run, claimed.token, "", 0, clock.now, timedelta(0))
 
-        assert isinstance(admit(claim("A")), Admitted)
-        assert isinstance(admit(claim("C")), Admitted)
+        running = {name: claim(name) for name in "AC"}
+        assert all(isinstance(admit(c), Admitted) for c in running.values())
         assert isinstance(admit(claim("B")), Parked)
         assert isinstance(admit(claim("E")), Parked)
         assert isinstance(clock, VirtualClock)
-        for name in "AC":  # the running two keep their slots meanwhile
-            assert gate.renew(queue, ids[name], clock.now() + timedelta(hours=1), clock.now())
+        for name, c in running.items():  # the running two keep their slots meanwhile
+            later = clock.now() + timedelta(hours=1)
+            assert gate.renew(queue, ids[name], later, clock.now(), c.token)
         clock.advance(PARK_RECHECK + timedelta(seconds=1))  # B and E are due again
         rechecked = claim("B")
-        gate.release(queue, ids["A"], clock.now())  # B is claimed: E gets the slot
+        gate.release(queue, ids["A"], running["A"].token, clock.now())  # E gets the slot
         state = store.queue_state("q")
         assert set(state.holders) == {ids["C"], ids["E"]}
 
@@ -442,6 +443,132 @@ def test_a_parked_run_rechecked_while_its_hand_off_passed_it_by_keeps_a_place() 
         assert isinstance(verdict, Parked)
         assert [w.run_id for w in store.waiters("q")] == [ids["B"]]
         assert store.queue_state("q").waiting == 1
-        gate.release(queue, ids["C"], clock.now())  # and the next free slot is B's
+        gate.release(queue, ids["C"], running["C"].token, clock.now())  # the next is B's
         assert ids["B"] in store.queue_state("q").holders
         assert list(store.waiters("q")) == []
+
+
+def test_an_attempt_that_lets_go_late_does_not_free_the_next_attempts_slot() -> None:
+    # A run continues in a fresh invocation (or is woken) and is claimed again before
+    # the attempt that sent it on has given its slot back: the late release must not
+    # remove the entry the next attempt holds, or a third run would get "its" slot.
+    from rung._flow import Admitted, Gate, Parked
+    from rung._store import Claimed
+
+    app = rung.App("latecomer")
+    queue = rung.Queue("one", concurrency_limit=1)
+
+    @app.task(id="t", queue=queue)
+    def task(ctx: rung.Context, job: Job) -> int:
+        return job.n
+
+    with LocalEngine(app, workers=0) as engine:
+        store, clock, lease = engine.store, engine.clock, timedelta(minutes=1)
+        gate = Gate(store, engine.queue, lease)
+        run_id, other_id = (engine.trigger("t", {"n": n}).run_id for n in range(2))
+
+        def claim(rid: str) -> Claimed:
+            claim = store.claim_run(rid, clock.now(), lease)
+            assert isinstance(claim, Claimed), claim
+            return claim
+
+        def admit(c: Claimed) -> object:
+            return gate.admit(queue, c.run, c.token, "", 0, clock.now, timedelta(0))
+
+        first = claim(run_id)
+        assert isinstance(admit(first), Admitted)
+        store.release_to_continue(run_id, first.token, clock.now(), timedelta(0))
+        second = claim(run_id)
+        assert isinstance(admit(second), Admitted)  # its own live entry, taken over
+        gate.release(queue, run_id, first.token, clock.now())  # the first lets go, late
+
+        holders = store.queue_state("one").holders
+        assert list(holders) == [run_id] and holders[run_id].token == second.token
+        assert isinstance(admit(claim(other_id)), Parked)  # the limit of 1 holds
+        gate.release(queue, run_id, second.token, clock.now())
+        assert list(store.queue_state("one").holders) == [other_id]  # handed on
+
+
+def test_a_step_that_outlives_its_slot_queues_again_without_spending_an_attempt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = rung.App("outlived")
+    queue = rung.Queue("slow", concurrency_limit=1)
+    calls: Counter[str] = Counter()
+    clocks: list[VirtualClock] = []
+
+    def long_step() -> str:
+        calls["long"] += 1
+        clocks[0].advance(timedelta(minutes=5))  # far past the slot's 1-minute lease
+        return "long"
+
+    def short_step() -> str:
+        calls["short"] += 1
+        return "short"
+
+    @app.task(id="t", queue=queue)
+    def task(ctx: rung.Context, job: Job) -> list[str]:
+        return [ctx.step("long", long_step), ctx.step("short", short_step)]
+
+    caplog.set_level("WARNING", logger="rung.worker")
+    with LocalEngine(app) as engine:
+        assert isinstance(engine.clock, VirtualClock)
+        clocks.append(engine.clock)
+        run = engine.wait(engine.trigger("t", {"n": 1}).run_id)
+        faults = list(engine.faults)
+        state = engine.store.queue_state("slow")
+
+    assert run.status == rung.RunStatus.COMPLETED and run.output == ["long", "short"]
+    assert run.attempt == 1  # losing the slot is not an attempt
+    assert calls == {"long": 1, "short": 1}  # the checkpointed step did not run again
+    assert faults == []
+    assert state.holders == {} and state.waiting == 0
+    lost = [m for m in (r.getMessage() for r in caplog.records) if "a step outlived it" in m]
+    assert lost == [
+        f"run {run.run_id}: its slot in queue 'slow' expired (a step outlived it) and "
+        "counts as free; it stops at this step boundary and queues for a slot again"
+    ]
+
+
+def test_a_free_slot_reaches_a_lower_priority_past_a_band_of_blocked_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A hand-off scans a bounded number of parked runs per priority (SCAN_WAITERS, 200);
+    # made 3 here so that four parked runs of one blocked key fill the scan.
+    import rung._flow
+    from rung._flow import Admitted, Gate, Parked
+    from rung._store import Claimed
+
+    monkeypatch.setattr(rung._flow, "SCAN_WAITERS", 3)
+    app = rung.App("bands")
+    queue = rung.Queue("b", concurrency_limit=3, per_key_limit=1)
+
+    @app.task(id="t", queue=queue, concurrency_key=lambda j: j.tenant, priority=lambda j: j.tier)
+    def task(ctx: rung.Context, job: Job) -> int:
+        return job.n
+
+    with LocalEngine(app, workers=0) as engine:
+        store, clock, lease = engine.store, engine.clock, timedelta(minutes=1)
+        gate = Gate(store, engine.queue, lease)
+
+        def admit(tenant: str, tier: int) -> tuple[str, int, object]:
+            run_id = engine.trigger("t", {"tenant": tenant, "tier": tier}).run_id
+            claim = store.claim_run(run_id, clock.now(), lease)
+            assert isinstance(claim, Claimed)
+            verdict = gate.admit(
+                queue, claim.run, claim.token, tenant, tier, clock.now, timedelta(0)
+            )
+            return run_id, claim.token, verdict
+
+        big_id, _, first = admit("big", 5)
+        x_id, x_token, second = admit("x", 0)
+        blocked = [admit("big", 5) for _ in range(4)]  # big is at its limit of 1
+        small_id, _, last = admit("small", 0)  # parks behind them: runs are parked
+
+        assert isinstance(first, Admitted) and isinstance(second, Admitted)
+        assert all(isinstance(v, Parked) for _, _, v in blocked) and isinstance(last, Parked)
+        gate.release(queue, x_id, x_token, clock.now())  # two slots free now
+
+        holders = store.queue_state("b").holders
+        assert set(holders) == {big_id, small_id}  # big's four stay parked
+        assert [w.run_id for w in store.waiters("b")] == [r for r, _, _ in blocked]
