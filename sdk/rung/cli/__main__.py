@@ -1,0 +1,6 @@
+"""``python -m rung.cli``: the ``rung`` command."""
+
+from rung.cli import main
+
+if __name__ == "__main__":
+    main()

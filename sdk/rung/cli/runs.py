@@ -1,0 +1,377 @@
+"""``rung trigger`` and ``rung runs``: list, show, trace, cancel, replay, redrive."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from rung._durations import HELP as DURATION_HELP
+from rung._durations import format_duration
+from rung.cli._common import (
+    DEFAULT_WAIT,
+    EXIT_TIMEOUT,
+    _child_json,
+    _compact,
+    _console,
+    _duration,
+    _error,
+    _handle_json,
+    _json_option,
+    _json_value,
+    _offset,
+    _print_json,
+    _status,
+    _summary,
+    _Target,
+    _time,
+    _took,
+    event_json,
+    run_json,
+)
+from rung.cli.trace import build_trace
+from rung.client import Client
+from rung.models import Run, RunStatus
+
+
+@click.command()
+@click.argument("task")
+@click.option(
+    "--payload",
+    callback=_json_value,
+    metavar="JSON",
+    help="The payload, as JSON; @FILE reads it from a file. [default: null]",
+)
+@click.option("--idempotency-key", metavar="KEY", help="Triggers with the same key get one run.")
+@click.option(
+    "--delay",
+    callback=_duration,
+    metavar="DURATION",
+    help=f"Start the run later ({DURATION_HELP}).",
+)
+@click.option("--tag", "tags", multiple=True, metavar="TAG", help="A tag (repeat for more).")
+@click.option(
+    "--wait", is_flag=True, help="Wait until the run ends: exit 0 if COMPLETED, 1 if FAILED."
+)
+@click.option(
+    "--timeout",
+    callback=_duration,
+    metavar="DURATION",
+    help="How long --wait waits before giving up with exit code 3. [default: 5m]",
+)
+@_json_option
+@click.pass_obj
+def trigger(
+    target: _Target,
+    task: str,
+    payload: Any,
+    idempotency_key: str | None,
+    delay: timedelta | None,
+    tags: tuple[str, ...],
+    wait: bool,
+    timeout: timedelta | None,
+    as_json: bool,
+) -> None:
+    """Start a run of TASK; print its id.
+
+    \b
+    Examples:
+      rung --app examples.orders:app trigger process-order --payload '{"order_id": "o-1"}'
+      rung trigger process-order --payload @order.json --idempotency-key o-1 --wait
+    """
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout only applies with --wait")
+    client = target.client(need_app=True)
+    handle = client.trigger(
+        task, payload, idempotency_key=idempotency_key, delay=delay, tags=tags or None
+    )
+    if not wait:
+        if as_json:
+            _print_json(_handle_json(handle.run_id, handle.task_id, handle.created))
+        else:
+            click.echo(handle.run_id)
+            _note_existing(handle.created, idempotency_key)
+        return
+    if not as_json:
+        click.echo(handle.run_id)
+        _note_existing(handle.created, idempotency_key)
+    run = _wait(client, handle.run_id, timeout or DEFAULT_WAIT)
+    if as_json:
+        _print_json({**_handle_json(run.run_id, run.task_id, handle.created), "run": run_json(run)})
+    else:
+        out = _console()
+        out.print(_summary(run))
+        if run.status == RunStatus.COMPLETED:
+            out.print(Text(f"output: {_compact(run.output)}"))
+    if run.status != RunStatus.COMPLETED:
+        reason = f": {run.error}" if run.error is not None else ""
+        raise _error(f"run {run.run_id} {run.status}{reason}")
+
+
+def _note_existing(created: bool, key: str | None) -> None:
+    if not created:
+        click.echo(
+            f"note: idempotency key {key!r} matched this existing run; nothing new was triggered",
+            err=True,
+        )
+
+
+def _wait(client: Client, run_id: str, timeout: timedelta) -> Run:
+    deadline = time.monotonic() + timeout.total_seconds()
+    status = Console(stderr=True)
+    pause = 0.05
+    try:
+        with status.status(f"waiting for {run_id}") if status.is_terminal else _nothing():
+            while True:
+                run = client.get_run(run_id)
+                if run.status.is_terminal:
+                    return run
+                if time.monotonic() >= deadline:
+                    raise _error(
+                        f"run {run_id} is still {run.status} (attempt {run.attempt}) after "
+                        f"{format_duration(timeout)} of waiting; it goes on: rung runs show "
+                        f"{run_id}",
+                        EXIT_TIMEOUT,
+                    )
+                time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+                pause = min(pause * 1.5, 1.0)
+    except KeyboardInterrupt:
+        raise _error(
+            f"stopped waiting; run {run_id} goes on: rung runs show {run_id}", 130
+        ) from None
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+@click.group()
+def runs() -> None:
+    """List runs, show one, or trace its steps."""
+
+
+@runs.command("list")
+@click.option(
+    "--status",
+    type=click.Choice([s.value for s in RunStatus], case_sensitive=False),
+    help="Only runs in this status.",
+)
+@click.option("--task", metavar="TASK", help="Only runs of this task.")
+@click.option(
+    "--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="At most N."
+)
+@_json_option
+@click.pass_obj
+def list_runs(
+    target: _Target, status: str | None, task: str | None, limit: int, as_json: bool
+) -> None:
+    """Runs, newest first."""
+    found = target.client().list_runs(status=status, task=task, limit=limit)
+    if as_json:
+        _print_json([run_json(r) for r in found])
+        return
+    out = _console()
+    if not found:
+        out.print("no runs" + (" match" if status or task else " yet"))
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("run")
+    table.add_column("task")
+    table.add_column("status")
+    table.add_column("attempt", justify="right")
+    table.add_column("created (UTC)")
+    table.add_column("took", justify="right")
+    for run in found:
+        table.add_row(
+            run.run_id,
+            run.task_id,
+            _status(run.status),
+            str(run.attempt),
+            _time(run.created_at),
+            format_duration(run.finished_at - run.created_at) if run.finished_at else "",
+        )
+    out.print(table)
+
+
+@runs.command("show")
+@click.argument("run_id")
+@_json_option
+@click.pass_obj
+def show_run(target: _Target, run_id: str, as_json: bool) -> None:
+    """A run's status, attempts, times, payload, output and error; its parent and children."""
+    client = target.client()
+    run = client.get_run(run_id)
+    children = client.list_children(run_id)
+    if as_json:
+        _print_json({**run_json(run), "children": [_child_json(c) for c in children]})
+        return
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    grid.add_row("run", run.run_id)
+    grid.add_row("task", run.task_id)
+    grid.add_row("status", _status(run.status))
+    grid.add_row("attempt", str(run.attempt))
+    grid.add_row("created", _time(run.created_at))
+    if run.available_at and run.available_at > run.created_at and not run.status.is_terminal:
+        grid.add_row("due", _time(run.available_at))
+    if run.started_at:
+        grid.add_row("started", _time(run.started_at))
+    if run.finished_at:
+        grid.add_row("finished", _time(run.finished_at))
+        grid.add_row("took", format_duration(run.finished_at - run.created_at))
+    if run.idempotency_key:
+        grid.add_row("idempotency key", run.idempotency_key)
+    if run.tags:
+        grid.add_row("tags", ", ".join(run.tags))
+    if run.parent_run_id:
+        grid.add_row("parent", run.parent_run_id)
+    if run.replay_of:
+        grid.add_row("replay of", run.replay_of)
+    for redrive in run.redrives:
+        where = f" at step {redrive.step_id}" if redrive.step_id else ""
+        grid.add_row(
+            "redriven",
+            f"{_time(redrive.at)} after attempt {redrive.attempt} failed{where}",
+        )
+    if children:
+        grid.add_row(
+            "children",
+            Text("\n").join(
+                Text.assemble(f"{c.run_id}  {c.task_id}  ", _status(c.status)) for c in children
+            ),
+        )
+    grid.add_row("payload", Text(_compact(run.payload)))
+    if run.status == RunStatus.COMPLETED:
+        grid.add_row("output", Text(_compact(run.output)))
+    if run.error is not None:
+        grid.add_row("error", Text(str(run.error), style="red"))
+        if run.error.traceback:
+            grid.add_row("traceback", Text(run.error.traceback.rstrip(), style="dim"))
+    out = _console()
+    out.print(grid)
+    out.print(Text(f"steps: rung runs trace {run.run_id}", style="dim"))
+
+
+@runs.command("trace")
+@click.argument("run_id")
+@_json_option
+@click.pass_obj
+def trace_run(target: _Target, run_id: str, as_json: bool) -> None:
+    """A run's timeline: attempts, steps and their durations, errors, retry delays.
+
+    Offsets are from the trigger. A retry resumes at the step that failed: the
+    attempt's line says which, and how many completed steps were replayed from
+    their checkpoints instead of running again.
+    """
+    client = target.client()
+    run = client.get_run(run_id)
+    events = client.history(run_id)
+    lines = build_trace(run, events)
+    if as_json:
+        _print_json(
+            {
+                "run": run_json(run),
+                "events": [event_json(e) for e in events],
+                "steps": [line.step_json() for line in lines if line.kind == "step"],
+            }
+        )
+        return
+    out = _console()
+    out.print(_summary(run))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("at", justify="right")
+    table.add_column("attempt", justify="right")
+    table.add_column("what")
+    table.add_column("took", justify="right")
+    table.add_column("detail", overflow="fold")
+    previous_attempt: int | None = None
+    for line in lines:
+        if line.kind == "attempt" and previous_attempt is not None:
+            table.add_section()
+        if line.attempt is not None:
+            previous_attempt = line.attempt
+        table.add_row(
+            _offset(line.at - run.created_at),
+            str(line.attempt) if line.attempt is not None else "",
+            Text(line.what, style=line.style),
+            _took(line.took),
+            Text(line.detail, style="red" if line.error else ""),
+        )
+    out.print(table)
+    if run.status == RunStatus.COMPLETED:
+        out.print(Text(f"output: {_compact(run.output)}"))
+    elif run.error is not None and run.status.is_terminal:
+        out.print(Text(f"{run.status.lower()}: {run.error}", style="red"))
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@click.option("--reason", metavar="TEXT", help="Why; stored as the run's error message.")
+@_json_option
+@click.pass_obj
+def cancel_run(target: _Target, run_id: str, reason: str | None, as_json: bool) -> None:
+    """Cancel a run that has not finished, and its children (unless detached).
+
+    A queued, delayed or waiting run is canceled at once; a running one stops at
+    its next step boundary. Cancelling a finished run is an error (exit 1) and
+    changes nothing.
+    """
+    run = target.client().cancel(run_id, reason=reason)
+    if as_json:
+        _print_json(run_json(run))
+        return
+    _console().print(_summary(run))
+
+
+@runs.command("replay")
+@click.argument("run_id")
+@_json_option
+@click.pass_obj
+def replay_run(target: _Target, run_id: str, as_json: bool) -> None:
+    """Start a new run of RUN_ID's task with the same payload; print its id.
+
+    The new run records which run it replays (`rung runs show`); the original is
+    not touched. Any run can be replayed, finished or not.
+    """
+    handle = target.client().replay(run_id)
+    if as_json:
+        _print_json({**_handle_json(handle.run_id, handle.task_id, True), "replay_of": run_id})
+        return
+    click.echo(handle.run_id)
+
+
+@runs.command("redrive")
+@click.argument("run_id")
+@_json_option
+@click.pass_obj
+def redrive_run(target: _Target, run_id: str, as_json: bool) -> None:
+    """Resume a FAILED run from its failed step, after deploying a fix.
+
+    Steps that completed keep their results and do not run again; the failed step
+    runs again, with a fresh retry budget. A run that is not FAILED is an error
+    (exit 1) and changes nothing.
+    """
+    run = target.client().redrive(run_id)
+    if as_json:
+        _print_json(run_json(run))
+        return
+    out = _console()
+    out.print(_summary(run))
+    step = run.redrives[-1].step_id if run.redrives else None
+    out.print(
+        Text(
+            f"resumes at {step}" if step else "resumes where it failed",
+            style="dim",
+        )
+        + Text(f"; follow it: rung runs trace {run.run_id}", style="dim")
+    )

@@ -1,0 +1,102 @@
+"""``rung tokens``: show a token, or answer it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from rung._durations import format_duration
+from rung.cli._common import (
+    _console,
+    _json_option,
+    _json_value,
+    _print_json,
+    _Target,
+    _time,
+    token_json,
+)
+from rung.models import TokenState
+
+
+@click.group()
+def tokens() -> None:
+    """Show a token, or answer it: complete, fail, heartbeat."""
+
+
+@tokens.command("show")
+@click.argument("token_id")
+@_json_option
+@click.pass_obj
+def show_token(target: _Target, token_id: str, as_json: bool) -> None:
+    """A token's status, its run, its deadline and its answer."""
+    _print_token(target.client().get_token(token_id), as_json)
+
+
+@tokens.command("complete")
+@click.argument("token_id")
+@click.argument("value", required=False, callback=_json_value, metavar="[VALUE_JSON]")
+@_json_option
+@click.pass_obj
+def complete_token(target: _Target, token_id: str, value: Any, as_json: bool) -> None:
+    """Complete a token with VALUE_JSON (default null): its run resumes with it.
+
+    \b
+    Examples:
+      rung tokens complete tok_abc '{"approved": true}'
+      rung tokens complete tok_abc @answer.json
+    """
+    _print_token(target.client().complete_token(token_id, value), as_json)
+
+
+@tokens.command("fail")
+@click.argument("token_id")
+@click.argument("message")
+@_json_option
+@click.pass_obj
+def fail_token(target: _Target, token_id: str, message: str, as_json: bool) -> None:
+    """Fail a token: its run's wait_for_token raises TokenFailed with MESSAGE."""
+    if not message.strip():
+        raise click.BadParameter("the message must not be empty", param_hint="'MESSAGE'")
+    _print_token(target.client().fail_token(token_id, message), as_json)
+
+
+@tokens.command("heartbeat")
+@click.argument("token_id")
+@_json_option
+@click.pass_obj
+def heartbeat_token(target: _Target, token_id: str, as_json: bool) -> None:
+    """Tell a token's run that its work goes on (pushes its heartbeat deadline)."""
+    _print_token(target.client().heartbeat_token(token_id), as_json)
+
+
+def _print_token(state: TokenState, as_json: bool) -> None:
+    if as_json:
+        _print_json(token_json(state))
+        return
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    grid.add_row("token", state.id)
+    grid.add_row("name", state.name)
+    grid.add_row("run", state.run_id)
+    grid.add_row("step", state.step_id)
+    grid.add_row("status", Text(state.status, style=_TOKEN_STYLE.get(state.status, "")))
+    grid.add_row("created", _time(state.created_at))
+    grid.add_row("timeout", _time(state.timeout_at))
+    if state.heartbeat_timeout is not None:
+        grid.add_row("heartbeat", f"every {format_duration(state.heartbeat_timeout)}")
+    if state.status == "WAITING":
+        grid.add_row("deadline", _time(state.deadline))
+    if state.resolved_at is not None:
+        grid.add_row("resolved", _time(state.resolved_at))
+    if state.result_json is not None:
+        grid.add_row("value", Text(state.result_json))
+    if state.error is not None:
+        grid.add_row("error", Text(str(state.error), style="red"))
+    _console().print(grid)
+
+
+_TOKEN_STYLE = {"WAITING": "yellow", "COMPLETED": "green", "FAILED": "red", "TIMED_OUT": "red"}
