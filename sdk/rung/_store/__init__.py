@@ -1,0 +1,98 @@
+"""DynamoDB: the only package that knows rung's table layout and builds conditions.
+
+One table, string keys ``pk``/``sk``:
+
+    RUN#<run_id>   #RUN             the run: status, payload, lease, attempts, failures
+    RUN#<run_id>   STEP#<step_id>   a step checkpoint, written once
+    IDEM#<task>#<key>  #IDEM        an idempotency key -> run id, with its expiry
+
+Fencing (invariant 2). The run item carries ``lease_token``, a counter raised by
+every claim. Every later write to the run item by that worker is conditioned on
+``lease_token = :token AND status = RUNNING``; a worker whose lease was taken over
+(its token is stale) gets ``LeaseLost`` and must stop. Step checkpoints carry no
+token: they are write-once (``attribute_not_exists``), the first write wins, and a
+loser reads and continues from the winner's value (invariant 1).
+
+The store is one class, ``DynamoStore``, composed from one mixin per section (each
+mixin's module says more about its part of the table):
+
+    rung._store._common    keys, type letters, condition helpers, item <-> domain
+    rung._store.runs       creating, claiming, fencing and ending a run
+    rung._store.children   child runs and the lifecycle (cancel, redrive)
+    rung._store.queues     queues (flow control): slots, parked runs, hand-offs
+    rung._store.tokens     tokens a run waits for
+    rung._store.reconcile  finding and nudging stranded runs (the reconciler)
+    rung._store.steps      step checkpoints
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rung._store._common import (
+    FAILURE_TRACEBACK_CHARS,
+    INDEXES,
+    KEY_SCHEMA,
+    NEVER_MS,
+    TOKEN_OPEN,
+    TOKEN_RETENTION,
+    TTL_ATTRIBUTE,
+    NewRun,
+)
+from rung._store.children import _Children
+from rung._store.queues import Holder, QueueState, Waiter, _Queues
+from rung._store.reconcile import STRANDABLE, StrandedRun, _Reconcile
+from rung._store.runs import SUSPEND_TOKEN_CHECKS, Claimed, NotClaimed, _Runs
+from rung._store.steps import _Steps
+from rung._store.tokens import _Tokens
+
+__all__ = [
+    "Claimed",
+    "DynamoStore",
+    "FAILURE_TRACEBACK_CHARS",
+    "Holder",
+    "INDEXES",
+    "KEY_SCHEMA",
+    "NEVER_MS",
+    "NewRun",
+    "NotClaimed",
+    "QueueState",
+    "STRANDABLE",
+    "SUSPEND_TOKEN_CHECKS",
+    "StrandedRun",
+    "TOKEN_OPEN",
+    "TOKEN_RETENTION",
+    "TTL_ATTRIBUTE",
+    "Waiter",
+]
+
+
+class DynamoStore(_Runs, _Children, _Queues, _Tokens, _Reconcile, _Steps):
+    """rung's storage port on DynamoDB. Every racing state change is one conditional write."""
+
+    def __init__(self, client: Any, table_name: str) -> None:
+        self.client = client
+        self.table = table_name
+
+    # -- schema ----------------------------------------------------------------------
+
+    def create_table(self) -> None:
+        """Create the table as template.yaml declares it (for emulators and tests)."""
+        attrs = {"pk", "sk", "task_id", "status", "created_sk"}
+        self.client.create_table(
+            TableName=self.table,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[
+                {"AttributeName": a, "AttributeType": "S"} for a in sorted(attrs)
+            ],
+            KeySchema=[{"AttributeName": k, "KeyType": t} for k, t in KEY_SCHEMA.items()],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": name,
+                    "KeySchema": [{"AttributeName": k, "KeyType": t} for k, t in keys.items()],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+                for name, keys in INDEXES.items()
+            ],
+        )
+        self.client.get_waiter("table_exists").wait(TableName=self.table)

@@ -1,0 +1,294 @@
+"""What every section of the store shares: the key schema and key builders, DynamoDB's
+type letters, condition helpers, the dataclasses several sections use, and ``_Base``: the
+attributes every section mixin relies on and the item <-> domain converters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from rung._clock import from_ms, iso, parse_iso, to_ms
+from rung.errors import (
+    ErrorInfo,
+    LeaseLost,
+)
+from rung.models import Failure, Redrive, Run, RunStatus, StepRecord
+
+#: The key schema and indexes; template.yaml declares the same (a test checks).
+KEY_SCHEMA = {"pk": "HASH", "sk": "RANGE"}
+INDEXES = {
+    "by_task": {"task_id": "HASH", "created_sk": "RANGE"},
+    "by_status": {"status": "HASH", "created_sk": "RANGE"},
+}
+TTL_ATTRIBUTE = "expires_at"
+
+_RUN_SK = "#RUN"
+_IDEM_SK = "#IDEM"
+_STEP_PREFIX = "STEP#"
+_NAMES = {"#status": "status"}  # a DynamoDB reserved word
+
+
+def _run_key(run_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"RUN#{run_id}"}, "sk": {"S": _RUN_SK}}
+
+
+def _S(value: str) -> dict[str, Any]:  # noqa: N802 - mirrors DynamoDB's type letters
+    return {"S": value}
+
+
+def _N(value: int) -> dict[str, Any]:  # noqa: N802
+    return {"N": str(int(value))}
+
+
+def _is_conditional_failure(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _cancellation_reasons(exc: ClientError) -> list[str] | None:
+    """Per-item codes of a canceled transaction ("None" where an item was fine), or None
+    when the error is not a transaction cancellation."""
+    if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+        return None
+    reasons = exc.response.get("CancellationReasons")
+    if reasons is None:  # some emulators only put them in the message
+        message = exc.response.get("Error", {}).get("Message", "")
+        inside = message[message.find("[") + 1 : message.rfind("]")]
+        return [part.strip() for part in inside.split(",")] if "[" in message else None
+    return [str(r.get("Code", "None")) for r in reasons]
+
+
+def _token_key(token_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"TOKEN#{token_id}"}, "sk": {"S": "#TOKEN"}}
+
+
+#: A token's status while nobody has answered it.
+TOKEN_OPEN = "WAITING"
+#: Token items are kept this long after their timeout (DynamoDB TTL), then deleted.
+TOKEN_RETENTION = timedelta(days=30)
+
+
+def _lease_lost(run_id: str, token: int) -> LeaseLost:
+    return LeaseLost(
+        f"run {run_id}: this worker's lease (token {token}) is no longer valid; another "
+        "worker owns the run or it has finished, so this worker stops"
+    )
+
+
+def _ms(delta: timedelta) -> int:
+    return max(int(delta.total_seconds() * 1000), 0)
+
+
+#: ``available_at`` of a run that waits with no timer (only a waker moves it).
+NEVER_MS = 253402300799000  # 9999-12-31T23:59:59Z
+_ADD_COMPUTE = "compute_ms = if_not_exists(compute_ms, :zero) + :spent"
+
+
+@dataclass(frozen=True)
+class NewRun:
+    run_id: str
+    task_id: str
+    payload_json: str
+    created_at: datetime
+    available_at: datetime
+    idempotency_key: str | None
+    tags: tuple[str, ...]
+    #: a child run: its parent, and whether the parent waits for it (its end wakes it)
+    parent_run_id: str | None = None
+    parent_waits: bool = False
+    detached: bool = False
+    #: ``Client.replay``: the run this one replays
+    replay_of: str | None = None
+
+
+class _Base:
+    """What every section mixin of ``DynamoStore`` relies on: its client and table, the
+    methods that one section calls in another (declared for the type checker only; the
+    composed ``DynamoStore`` has them), and the item <-> domain converters."""
+
+    client: Any
+    table: str
+
+    if TYPE_CHECKING:
+        # runs (rung._store.runs)
+
+        def get_run(self, run_id: str) -> Run: ...
+
+        @staticmethod
+        def _new_run_item(new: NewRun) -> dict[str, Any]: ...
+
+        def _fenced_update(
+            self,
+            run_id: str,
+            token: int,
+            update: str,
+            values: dict[str, Any],
+            names: dict[str, str] | None = None,
+        ) -> None: ...
+
+        # children and the lifecycle (rung._store.children)
+
+        def end_with_parent(
+            self, own: dict[str, Any], run_id: str, parent_run_id: str, now: datetime
+        ) -> bool | None: ...
+
+        def _unfinished_check(self, run_id: str) -> dict[str, Any]: ...
+
+    # -- items <-> domain --------------------------------------------------------------
+
+    def _step_item(self, run_id: str, record: StepRecord) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "pk": _S(f"RUN#{run_id}"),
+            "sk": _S(_STEP_PREFIX + record.step_id),
+            "step_id": _S(record.step_id),
+            "seq": _N(record.seq),
+            "outcome": _S(record.outcome),
+            "attempt": _N(record.attempt),
+            "run_attempt": _N(record.run_attempt),
+            "started_at": _S(iso(record.started_at)),
+        }
+        if record.finished_at is not None:
+            item["finished_at"] = _S(iso(record.finished_at))
+        if record.result_json is not None:
+            item["result"] = _S(record.result_json)
+        if record.error is not None:
+            item["error"] = _S(json.dumps(record.error.to_json()))
+        if record.kind != "step":
+            item["kind"] = _S(record.kind)
+        if record.wake_at is not None:
+            item["wake_at"] = _N(to_ms(record.wake_at))
+        return item
+
+    @staticmethod
+    def _step_from_item(item: dict[str, Any]) -> StepRecord:
+        return StepRecord(
+            step_id=item["step_id"]["S"],
+            seq=int(item["seq"]["N"]),
+            outcome=item["outcome"]["S"],
+            attempt=int(item["attempt"]["N"]),
+            run_attempt=int(item["run_attempt"]["N"]),
+            started_at=parse_iso(item["started_at"]["S"]),
+            finished_at=parse_iso(item["finished_at"]["S"]) if "finished_at" in item else None,
+            result_json=item["result"]["S"] if "result" in item else None,
+            error=ErrorInfo.from_json(json.loads(item["error"]["S"])) if "error" in item else None,
+            kind=item["kind"]["S"] if "kind" in item else "step",
+            wake_at=from_ms(int(item["wake_at"]["N"])) if "wake_at" in item else None,
+        )
+
+    @staticmethod
+    def _run_from_item(item: dict[str, Any]) -> Run:
+        def opt_time(name: str) -> datetime | None:
+            return parse_iso(item[name]["S"]) if name in item else None
+
+        lease_ms = int(item.get("lease_until", {"N": "0"})["N"])
+        return Run(
+            run_id=item["run_id"]["S"],
+            task_id=item["task_id"]["S"],
+            status=RunStatus(item["status"]["S"]),
+            attempt=int(item["attempt"]["N"]),
+            payload=json.loads(item["payload"]["S"]),
+            created_at=parse_iso(item["created_at"]["S"]),
+            updated_at=parse_iso(item["updated_at"]["S"]),
+            available_at=from_ms(int(item["available_at"]["N"])),
+            started_at=opt_time("started_at"),
+            attempt_started_at=opt_time("attempt_started_at"),
+            finished_at=opt_time("finished_at"),
+            output=json.loads(item["output"]["S"]) if "output" in item else None,
+            error=ErrorInfo.from_json(json.loads(item["error"]["S"])) if "error" in item else None,
+            idempotency_key=item["idempotency_key"]["S"] if "idempotency_key" in item else None,
+            tags=tuple(t["S"] for t in item.get("tags", {"L": []})["L"]),
+            failures=tuple(
+                _failure_from_json(f["S"]) for f in item.get("failures", {"L": []})["L"]
+            ),
+            lease_token=int(item["lease_token"]["N"]),
+            lease_until=from_ms(lease_ms),
+            waiting_for=item["waiting_for"]["S"] if "waiting_for" in item else None,
+            compute_time=timedelta(milliseconds=int(item.get("compute_ms", {"N": "0"})["N"])),
+            overran_step=item["overran_step"]["S"] if "overran_step" in item else None,
+            parked_sk=item["parked_sk"]["S"] if "parked_sk" in item else None,
+            wake_kind=item["wake_kind"]["S"] if "wake_kind" in item else None,
+            parent_run_id=item["parent_run_id"]["S"] if "parent_run_id" in item else None,
+            replay_of=item["replay_of"]["S"] if "replay_of" in item else None,
+            redrives=tuple(
+                _redrive_from_json(r["S"]) for r in item.get("redrives", {"L": []})["L"]
+            ),
+            parent_waits=bool(item.get("parent_waits", {"BOOL": False})["BOOL"]),
+            failed_step=item["failed_step"]["S"] if "failed_step" in item else None,
+        )
+
+    def _paginate(self, operation: str, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        paginator = self.client.get_paginator(operation)
+        for page in paginator.paginate(**kwargs):
+            yield from page.get("Items", [])
+
+
+#: Failed attempts live on the run item (one write per retry, fenced with the rest);
+#: their tracebacks are cut shorter than a final error's so that a run with many
+#: retries stays far below DynamoDB's 400 KB item limit.
+FAILURE_TRACEBACK_CHARS = 1500
+
+
+def _failure_json(failure: Failure) -> str:
+    error = failure.error.to_json()
+    if len(error["traceback"]) > FAILURE_TRACEBACK_CHARS:
+        error["traceback"] = "...\n" + error["traceback"][-FAILURE_TRACEBACK_CHARS:]
+    return json.dumps(
+        {
+            "attempt": failure.attempt,
+            "kind": failure.kind,
+            "step_id": failure.step_id,
+            "error": error,
+            "started_at": iso(failure.started_at) if failure.started_at else None,
+            "step_started_at": iso(failure.step_started_at) if failure.step_started_at else None,
+            "failed_at": iso(failure.failed_at),
+            "delay_ms": int(failure.delay.total_seconds() * 1000)
+            if failure.delay is not None
+            else None,
+        }
+    )
+
+
+def _failure_from_json(text: str) -> Failure:
+    data = json.loads(text)
+    return Failure(
+        attempt=int(data["attempt"]),
+        kind=data["kind"],
+        step_id=data.get("step_id"),
+        error=ErrorInfo.from_json(data["error"]),
+        started_at=parse_iso(data["started_at"]) if data.get("started_at") else None,
+        failed_at=parse_iso(data["failed_at"]),
+        step_started_at=parse_iso(data["step_started_at"]) if data.get("step_started_at") else None,
+        delay=timedelta(milliseconds=data["delay_ms"])
+        if data.get("delay_ms") is not None
+        else None,
+    )
+
+
+def _redrive_json(redrive: Redrive) -> str:
+    error = redrive.error.to_json()
+    if len(error["traceback"]) > FAILURE_TRACEBACK_CHARS:
+        error["traceback"] = "...\n" + error["traceback"][-FAILURE_TRACEBACK_CHARS:]
+    return json.dumps(
+        {
+            "attempt": redrive.attempt,
+            "failed_at": iso(redrive.failed_at),
+            "error": error,
+            "at": iso(redrive.at),
+            "step_id": redrive.step_id,
+        }
+    )
+
+
+def _redrive_from_json(text: str) -> Redrive:
+    data = json.loads(text)
+    return Redrive(
+        attempt=int(data["attempt"]),
+        failed_at=parse_iso(data["failed_at"]),
+        error=ErrorInfo.from_json(data["error"]),
+        at=parse_iso(data["at"]),
+        step_id=data.get("step_id"),
+    )

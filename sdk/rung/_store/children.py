@@ -1,0 +1,374 @@
+"""DynamoStore's children and lifecycle section.
+
+Children and the lifecycle (docs/children.md, docs/lifecycle.md). A child run item
+names ``parent_run_id`` (and ``parent_waits`` when the parent waits for it); it is
+created in one transaction with the parent's ``child`` checkpoint, under a check of
+the parent's lease (``start_child``). A parent waiting for children records them in
+``awaits``; a waited-for child's terminal transition wakes it in the same transaction
+(``end_with_parent``):
+
+    parent RUNNING --suspend (check: an awaited child unfinished)--> WAITING, awaits
+    child  RUNNING --end + (parent WAITING, awaits child) --> terminal; parent due now
+    any non-terminal --cancel_run--> CANCELED       (no lease needed; fenced writes then fail)
+    FAILED --redrive_run (+ delete the failed checkpoint)--> QUEUED, attempt + 1
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from rung._clock import iso, to_ms
+from rung._store._common import (
+    _N,
+    _NAMES,
+    _S,
+    _STEP_PREFIX,
+    NewRun,
+    _Base,
+    _cancellation_reasons,
+    _failure_json,
+    _is_conditional_failure,
+    _lease_lost,
+    _redrive_json,
+    _run_key,
+)
+from rung.errors import (
+    Contended,
+    ErrorInfo,
+    RunAlreadyFinished,
+    RunNotFailed,
+    RunNotFound,
+)
+from rung.models import Failure, Redrive, Run, RunStatus, StepRecord
+
+
+class _Children(_Base):
+    # -- children and the lifecycle ---------------------------------------------------
+
+    def start_child(
+        self, parent_run_id: str, token: int, record: StepRecord, child: NewRun
+    ) -> tuple[StepRecord, bool]:
+        """Create a child run together with the parent's checkpoint naming it.
+
+        One transaction: the checkpoint (write-once, keyed by the parent's run id and
+        the step id: the child's idempotency key), the child's run item, and a check
+        that the parent is still RUNNING under this worker's lease (a canceled parent,
+        or a worker that lost its lease, starts no child). So a child exists exactly
+        when its checkpoint does: a replay, a retry or a crash anywhere never starts a
+        second one, and canceling the parent finds every child in its checkpoints.
+
+        Returns the stored checkpoint and whether the child was created now (False:
+        the checkpoint was there already; it names the child that was created then).
+
+        Raises:
+            LeaseLost: the parent is no longer RUNNING under ``token``.
+        """
+        items = [
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": self._step_item(parent_run_id, record),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            },
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": self._new_run_item(child),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            },
+            {
+                "ConditionCheck": {
+                    "TableName": self.table,
+                    "Key": _run_key(parent_run_id),
+                    "ConditionExpression": "#status = :running AND lease_token = :token",
+                    "ExpressionAttributeNames": _NAMES,
+                    "ExpressionAttributeValues": {
+                        ":running": _S(RunStatus.RUNNING),
+                        ":token": _N(token),
+                    },
+                }
+            },
+        ]
+        try:
+            self.client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            reasons = _cancellation_reasons(exc)
+            if reasons is None:
+                raise
+            if len(reasons) > 2 and reasons[2] == "ConditionalCheckFailed":
+                raise _lease_lost(parent_run_id, token) from None
+            if reasons[0] == "ConditionalCheckFailed":
+                return self._get_step(parent_run_id, record.step_id), False
+            raise
+        return record, True
+
+    def _get_step(self, run_id: str, step_id: str) -> StepRecord:
+        item = self.client.get_item(
+            TableName=self.table,
+            Key={"pk": _S(f"RUN#{run_id}"), "sk": _S(_STEP_PREFIX + step_id)},
+            ConsistentRead=True,
+        )["Item"]
+        return self._step_from_item(item)
+
+    def get_runs(self, run_ids: list[str]) -> dict[str, Run]:
+        """Several runs by id, consistently read (100 per request); missing ones are absent."""
+        found: dict[str, Run] = {}
+        unique = list(dict.fromkeys(run_ids))
+        for start in range(0, len(unique), 100):
+            keys: list[dict[str, Any]] = [_run_key(r) for r in unique[start : start + 100]]
+            for _ in range(20):
+                out = self.client.batch_get_item(
+                    RequestItems={self.table: {"Keys": keys, "ConsistentRead": True}}
+                )
+                for item in out.get("Responses", {}).get(self.table, []):
+                    run = self._run_from_item(item)
+                    found[run.run_id] = run
+                keys = out.get("UnprocessedKeys", {}).get(self.table, {}).get("Keys", [])
+                if not keys:
+                    break
+            else:
+                raise RuntimeError(f"table {self.table}: DynamoDB kept throttling a batch read")
+        return found
+
+    def run_status(self, run_id: str) -> tuple[RunStatus, int]:
+        """A run's status and lease token: the cheap read behind the cancel check.
+
+        Eventually consistent (half the price of a consistent read): a cancel is seen
+        at most about a second later than it was written.
+        """
+        item = self.client.get_item(
+            TableName=self.table,
+            Key=_run_key(run_id),
+            ProjectionExpression="#status, lease_token",
+            ExpressionAttributeNames=_NAMES,
+        ).get("Item")
+        if item is None:
+            raise RunNotFound(f"no run with id {run_id!r} in table {self.table}")
+        return RunStatus(item["status"]["S"]), int(item["lease_token"]["N"])
+
+    def _unfinished_check(self, run_id: str) -> dict[str, Any]:
+        return {
+            "ConditionCheck": {
+                "TableName": self.table,
+                "Key": _run_key(run_id),
+                "ConditionExpression": "#status IN (:queued, :delayed, :running, :waiting)",
+                "ExpressionAttributeNames": _NAMES,
+                "ExpressionAttributeValues": {
+                    ":queued": _S(RunStatus.QUEUED),
+                    ":delayed": _S(RunStatus.DELAYED),
+                    ":running": _S(RunStatus.RUNNING),
+                    ":waiting": _S(RunStatus.WAITING),
+                },
+            }
+        }
+
+    def end_with_parent(
+        self, own: dict[str, Any], run_id: str, parent_run_id: str, now: datetime
+    ) -> bool | None:
+        """Apply a child's terminal transition ``own`` and wake its parent if it waits.
+
+        Mirrors ``resolve_token``. Either one transaction writes ``own`` and makes the
+        parent due now (when the parent is WAITING with this child in ``awaits`` and
+        not due yet), or one writes ``own`` under a check that the parent is not so
+        waiting. A parent suspends (``suspend_run``) only under a check that a child
+        it awaits is unfinished, so the two cannot miss each other:
+
+        * the child ends first: the parent's suspension check fails and it carries on;
+        * the parent suspends first: the child's end finds it waiting and wakes it.
+
+        Checking one awaited child suffices: if it is unfinished when the parent
+        suspends, it ends later and wakes the parent, which then reads every child
+        afresh. A crash after the wake and before the caller's send leaves the parent
+        WAITING and due: the reconciler re-sends it.
+
+        Returns whether the parent was woken (the caller sends its message), or None
+        when ``own``'s condition failed (nothing was written).
+        """
+        values = {
+            ":waiting": _S(RunStatus.WAITING),
+            ":child": _S(run_id),
+            ":now_ms": _N(to_ms(now)),
+        }
+        waiting = "#status = :waiting AND contains(awaits, :child) AND available_at > :now_ms"
+        wake = {
+            "Update": {
+                "TableName": self.table,
+                "Key": _run_key(parent_run_id),
+                "UpdateExpression": "SET available_at = :now_ms, updated_at = :now",
+                "ConditionExpression": waiting,
+                "ExpressionAttributeNames": _NAMES,
+                "ExpressionAttributeValues": {**values, ":now": _S(iso(now))},
+            }
+        }
+        not_waiting = {
+            "ConditionCheck": {
+                "TableName": self.table,
+                "Key": _run_key(parent_run_id),
+                "ConditionExpression": f"NOT ({waiting})",
+                "ExpressionAttributeNames": _NAMES,
+                "ExpressionAttributeValues": values,
+            }
+        }
+        for _ in range(10):
+            for second, woke in ((wake, True), (not_waiting, False)):
+                try:
+                    self.client.transact_write_items(TransactItems=[own, second])
+                except ClientError as exc:
+                    reasons = _cancellation_reasons(exc)
+                    if reasons is None:
+                        raise
+                    if reasons[0] == "ConditionalCheckFailed":
+                        return None
+                    continue  # the parent was not as assumed: try the other form
+                return woke
+            # The parent changed between the two forms (it suspended or resumed): again.
+        raise Contended(
+            f"run {run_id}: its parent {parent_run_id} kept suspending and resuming while "
+            "the child's end was recorded; nothing was half-written, the parent's own "
+            "recheck reads the child's outcome"
+        )
+
+    def cancel_run(
+        self, run_id: str, error: ErrorInfo, now: datetime, *, wake_parent: str | None = None
+    ) -> bool:
+        """QUEUED/DELAYED/WAITING/RUNNING -> CANCELED: conditional and final (invariant 3).
+
+        A RUNNING run's worker is not asked: its next fenced write fails (LeaseLost)
+        and its cancel check stops it at the next step boundary. ``wake_parent``: the
+        run that waits for this one (``end_with_parent``); returns whether it was woken.
+
+        Raises:
+            RunNotFound: no such run.
+            RunAlreadyFinished: it had finished; nothing was written.
+        """
+        own = {
+            "TableName": self.table,
+            "Key": _run_key(run_id),
+            "UpdateExpression": (
+                "SET #status = :canceled, #error = :error, finished_at = :now, "
+                "updated_at = :now, lease_until = :zero REMOVE awaits"
+            ),
+            "ConditionExpression": "#status IN (:queued, :delayed, :running, :waiting)",
+            "ExpressionAttributeNames": {**_NAMES, "#error": "error"},
+            "ExpressionAttributeValues": {
+                ":canceled": _S(RunStatus.CANCELED),
+                ":error": _S(json.dumps(error.to_json())),
+                ":now": _S(iso(now)),
+                ":zero": _N(0),
+                ":queued": _S(RunStatus.QUEUED),
+                ":delayed": _S(RunStatus.DELAYED),
+                ":running": _S(RunStatus.RUNNING),
+                ":waiting": _S(RunStatus.WAITING),
+            },
+        }
+        if wake_parent is None:
+            try:
+                self.client.update_item(**own)
+            except ClientError as exc:
+                if not _is_conditional_failure(exc):
+                    raise
+                raise self._already_finished(run_id) from None
+            return False
+        woke = self.end_with_parent({"Update": own}, run_id, wake_parent, now)
+        if woke is None:
+            raise self._already_finished(run_id)
+        return woke
+
+    def _already_finished(self, run_id: str) -> RunAlreadyFinished:
+        run = self.get_run(run_id)  # RunNotFound when it does not exist
+        when = f" at {iso(run.finished_at)}" if run.finished_at else ""
+        return RunAlreadyFinished(
+            f"run {run_id} already finished ({run.status}{when}); there is nothing to cancel",
+            run_id=run_id,
+            status=run.status,
+        )
+
+    def redrive_run(
+        self,
+        run: Run,
+        *,
+        failed: StepRecord | None,
+        preserved: Failure | None,
+        redrive: Redrive,
+        now: datetime,
+    ) -> Run:
+        """FAILED -> QUEUED, due now, with the next attempt: one transaction.
+
+        It removes the failed checkpoint ``failed`` (so that step runs again), appends
+        ``preserved`` (that failure, kept for history) and ``redrive`` to the run, and
+        clears the error. Conditioned on the run being FAILED at the attempt it was
+        read at, so that of racing redrives one wins; being one transaction, a crash
+        leaves either all of it or none (and the reconciler sends a redriven run whose
+        message was lost).
+
+        Raises:
+            RunNotFailed: the run is not (or no longer) FAILED at that attempt.
+        """
+        values: dict[str, Any] = {
+            ":queued": _S(RunStatus.QUEUED),
+            ":failed": _S(RunStatus.FAILED),
+            ":attempt": _N(run.attempt),
+            ":one": _N(1),
+            ":zero": _N(0),
+            ":due": _N(to_ms(now)),
+            ":now": _S(iso(now)),
+            ":empty": {"L": []},
+            ":redrive": {"L": [_S(_redrive_json(redrive))]},
+        }
+        update = (
+            "SET #status = :queued, available_at = :due, attempt = attempt + :one, "
+            "lease_until = :zero, updated_at = :now, "
+            "redrives = list_append(if_not_exists(redrives, :empty), :redrive)"
+        )
+        if preserved is not None:
+            update += ", failures = list_append(failures, :failure)"
+            values[":failure"] = {"L": [_S(_failure_json(preserved))]}
+        update += (
+            " REMOVE finished_at, #error, failed_step, attempt_started_at, overran_step, "
+            "waiting_for, awaits"
+        )
+        items: list[dict[str, Any]] = [
+            {
+                "Update": {
+                    "TableName": self.table,
+                    "Key": _run_key(run.run_id),
+                    "UpdateExpression": update,
+                    "ConditionExpression": "#status = :failed AND attempt = :attempt",
+                    "ExpressionAttributeNames": {**_NAMES, "#error": "error"},
+                    "ExpressionAttributeValues": values,
+                }
+            }
+        ]
+        if failed is not None:
+            items.append(
+                {
+                    "Delete": {
+                        "TableName": self.table,
+                        "Key": {
+                            "pk": _S(f"RUN#{run.run_id}"),
+                            "sk": _S(_STEP_PREFIX + failed.step_id),
+                        },
+                        "ConditionExpression": "outcome = :failed_outcome",
+                        "ExpressionAttributeValues": {":failed_outcome": _S("failed")},
+                    }
+                }
+            )
+        try:
+            self.client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if _cancellation_reasons(exc) is None:
+                raise
+            now_run = self.get_run(run.run_id)
+            raise RunNotFailed(
+                f"run {run.run_id} is {now_run.status} (attempt {now_run.attempt}), no longer "
+                f"FAILED at attempt {run.attempt}: another redrive (or nothing) got there first",
+                run_id=run.run_id,
+                status=now_run.status,
+            ) from None
+        return self.get_run(run.run_id)

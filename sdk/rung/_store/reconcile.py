@@ -1,0 +1,143 @@
+"""DynamoStore's reconciler section: finding stranded runs and nudging them.
+
+The reconciler (rung._reconcile) writes one attribute of its own, ``nudged_at``
+(epoch ms), and only while the run item is exactly as it listed it (status, token,
+``available_at``, ``lease_until``); it never touches the token, so fenced writes
+and claims are unaffected:
+
+    QUEUED/DELAYED, available_at < now - grace, unchanged  --nudge-->  nudged_at = now
+    RUNNING, lease_until < now - grace, unchanged           --nudge-->  nudged_at = now
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from rung._clock import from_ms, iso, to_ms
+from rung._store._common import (
+    _N,
+    _NAMES,
+    _S,
+    _Base,
+    _is_conditional_failure,
+    _run_key,
+)
+from rung.models import Run, RunStatus
+
+
+@dataclass(frozen=True)
+class StrandedRun:
+    """A non-terminal run that should have moved by now, as ``find_stranded`` listed it."""
+
+    run: Run
+    #: When it should have moved: ``available_at`` (QUEUED/DELAYED) or ``lease_until``
+    #: (RUNNING).
+    due: datetime
+    #: When a reconciler last re-drove it, if ever.
+    nudged_at: datetime | None
+    #: ``(lease_token, available_at, lease_until)`` exactly as stored (epoch ms), for
+    #: ``mark_nudged``'s "unchanged" condition: a datetime round trip may be 1 ms off.
+    state: tuple[int, int, int] = field(repr=False, compare=False)
+
+
+#: The statuses whose way forward is a message: a reconciler re-drives these.
+STRANDABLE = (RunStatus.QUEUED, RunStatus.DELAYED, RunStatus.WAITING, RunStatus.RUNNING)
+
+
+class _Reconcile(_Base):
+    # -- the reconciler ----------------------------------------------------------------
+
+    def find_stranded(
+        self, *, due_before: datetime, not_nudged_since: datetime, limit: int
+    ) -> list[StrandedRun]:
+        """Runs that should have moved before ``due_before`` and have not, oldest first.
+
+        QUEUED/DELAYED runs still unclaimed with ``available_at < due_before``, and
+        RUNNING runs whose lease expired before ``due_before``; leaving out those
+        nudged at or after ``not_nudged_since``. At most ``limit`` runs.
+
+        Reads the ``by_status`` index (eventually consistent): a listed run may have
+        moved since, which ``mark_nudged`` checks. Both due times are at or after the
+        run's creation, so the key condition ``created_sk < due_before`` skips every
+        younger run without reading it.
+        """
+        due_ms = _N(to_ms(due_before))
+        found: list[StrandedRun] = []
+        for status in STRANDABLE:
+            due_attr = "lease_until" if status == RunStatus.RUNNING else "available_at"
+            kwargs: dict[str, Any] = {
+                "TableName": self.table,
+                "IndexName": "by_status",
+                "KeyConditionExpression": "#status = :status AND created_sk < :created_before",
+                "FilterExpression": (
+                    f"{due_attr} < :due AND "
+                    "(attribute_not_exists(nudged_at) OR nudged_at < :not_since)"
+                ),
+                "ExpressionAttributeNames": dict(_NAMES),
+                "ExpressionAttributeValues": {
+                    ":status": _S(status),
+                    ":created_before": _S(iso(due_before)),
+                    ":due": due_ms,
+                    ":not_since": _N(to_ms(not_nudged_since)),
+                },
+                "ScanIndexForward": True,  # oldest first: the longest stranded go first
+            }
+            for item in self._paginate("query", kwargs):
+                found.append(self._stranded_from_item(item, due_attr))
+                if len(found) >= limit:
+                    return found
+        return found
+
+    def mark_nudged(self, stranded: StrandedRun, now: datetime, not_nudged_since: datetime) -> bool:
+        """Take the right to re-drive a stranded run: set ``nudged_at = now``.
+
+        One conditional write. It succeeds only if the run item is still exactly as
+        listed (same status, token, ``available_at`` and ``lease_until``: no worker
+        has moved it) and no reconciler has nudged it since ``not_nudged_since``. So of
+        several reconcilers racing on one run, one wins and sends; and the stale
+        entries of an eventually consistent index never lead to a send. Touches
+        neither the lease token nor the status, so fenced writes are unaffected.
+        """
+        token, available_ms, lease_ms = stranded.state
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key=_run_key(stranded.run.run_id),
+                UpdateExpression="SET nudged_at = :now",
+                ConditionExpression=(
+                    "#status = :status AND lease_token = :token AND available_at = :available "
+                    "AND lease_until = :lease "
+                    "AND (attribute_not_exists(nudged_at) OR nudged_at < :not_since)"
+                ),
+                ExpressionAttributeNames=_NAMES,
+                ExpressionAttributeValues={
+                    ":status": _S(stranded.run.status),
+                    ":token": _N(token),
+                    ":available": _N(available_ms),
+                    ":lease": _N(lease_ms),
+                    ":not_since": _N(to_ms(not_nudged_since)),
+                    ":now": _N(to_ms(now)),
+                },
+            )
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            return False
+        return True
+
+    def _stranded_from_item(self, item: dict[str, Any], due_attr: str) -> StrandedRun:
+        nudged = item.get("nudged_at")
+        return StrandedRun(
+            run=self._run_from_item(item),
+            due=from_ms(int(item[due_attr]["N"])),
+            nudged_at=from_ms(int(nudged["N"])) if nudged is not None else None,
+            state=(
+                int(item["lease_token"]["N"]),
+                int(item["available_at"]["N"]),
+                int(item.get("lease_until", {"N": "0"})["N"]),
+            ),
+        )

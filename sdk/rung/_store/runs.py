@@ -1,0 +1,605 @@
+"""DynamoStore's runs section: creating, claiming, fencing and ending a run.
+
+Timeline of a claim (times are epoch ms compared inside DynamoDB, from the
+injected clock; DynamoDB TTL deletion can lag by days, so expiry is always
+checked in the condition, never assumed):
+
+    QUEUED/DELAYED, available_at <= now  --claim-->  RUNNING, token+1, lease_until
+    RUNNING, lease_until < now (holder died) --reclaim--> RUNNING, token+1, attempt+1
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from rung._clock import iso, to_ms
+from rung._store._common import (
+    _ADD_COMPUTE,
+    _IDEM_SK,
+    _N,
+    _NAMES,
+    _S,
+    NEVER_MS,
+    TOKEN_OPEN,
+    TTL_ATTRIBUTE,
+    NewRun,
+    _Base,
+    _cancellation_reasons,
+    _failure_json,
+    _is_conditional_failure,
+    _lease_lost,
+    _ms,
+    _run_key,
+    _token_key,
+)
+from rung.errors import (
+    ErrorInfo,
+    RunNotFound,
+)
+from rung.models import Failure, Run, RunStatus
+
+#: The most tokens ``suspend_run`` checks: a transaction holds at most 100 items;
+#: one is the run's update and one may check an awaited child run.
+SUSPEND_TOKEN_CHECKS = 98
+
+
+@dataclass(frozen=True)
+class Claimed:
+    run: Run
+    token: int
+    recovered_from_crash: bool = False
+
+
+@dataclass(frozen=True)
+class NotClaimed:
+    """Why a claim was refused, with when to look again (if ever)."""
+
+    reason: str  # "missing", "terminal", "not_due", "busy"
+    run: Run | None
+    retry_at: datetime | None
+
+
+class _Runs(_Base):
+    # -- runs ------------------------------------------------------------------------
+
+    def create_run(
+        self, new: NewRun, idempotency_ttl: timedelta | None, now: datetime
+    ) -> tuple[Run, bool]:
+        """Record a run; with an idempotency key, at most one run per key within its TTL.
+
+        Returns the run and whether it was created now (False: the key matched).
+        """
+        item = self._new_run_item(new)
+        if new.idempotency_key is None:
+            self.client.put_item(
+                TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)"
+            )
+            return self._run_from_item(item), True
+        ttl = idempotency_ttl or timedelta(days=30)
+        expires = now + ttl
+        idem_key = {"pk": _S(f"IDEM#{new.task_id}#{new.idempotency_key}"), "sk": _S(_IDEM_SK)}
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self.table,
+                            "Item": {
+                                **idem_key,
+                                "run_id": _S(new.run_id),
+                                "expires_at_ms": _N(to_ms(expires)),
+                                TTL_ATTRIBUTE: _N(int(expires.timestamp())),
+                            },
+                            # key_not_exists OR expiry_expired: a key past its TTL may be reused
+                            # even if DynamoDB's TTL sweeper has not deleted it yet.
+                            "ConditionExpression": (
+                                "attribute_not_exists(pk) OR expires_at_ms < :now"
+                            ),
+                            "ExpressionAttributeValues": {":now": _N(to_ms(now))},
+                        }
+                    },
+                    {
+                        "Put": {
+                            "TableName": self.table,
+                            "Item": item,
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                ]
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
+            existing = self.client.get_item(
+                TableName=self.table, Key=idem_key, ConsistentRead=True
+            ).get("Item")
+            if existing is None:  # the winner's key expired and vanished meanwhile
+                return self.create_run(new, idempotency_ttl, now)
+            return self.get_run(existing["run_id"]["S"]), False
+        return self._run_from_item(item), True
+
+    @staticmethod
+    def _new_run_item(new: NewRun) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            **_run_key(new.run_id),
+            "run_id": _S(new.run_id),
+            "task_id": _S(new.task_id),
+            "status": _S(
+                RunStatus.DELAYED if new.available_at > new.created_at else RunStatus.QUEUED
+            ),
+            "payload": _S(new.payload_json),
+            "created_at": _S(iso(new.created_at)),
+            "updated_at": _S(iso(new.created_at)),
+            "created_sk": _S(f"{iso(new.created_at)}#{new.run_id}"),
+            "available_at": _N(to_ms(new.available_at)),
+            "attempt": _N(1),
+            "lease_token": _N(0),
+            "lease_until": _N(0),
+            "failures": {"L": []},
+        }
+        if new.tags:
+            item["tags"] = {"L": [_S(t) for t in new.tags]}
+        if new.idempotency_key is not None:
+            item["idempotency_key"] = _S(new.idempotency_key)
+        if new.parent_run_id is not None:
+            item["parent_run_id"] = _S(new.parent_run_id)
+            item["parent_waits"] = {"BOOL": new.parent_waits}
+            item["detached"] = {"BOOL": new.detached}
+        if new.replay_of is not None:
+            item["replay_of"] = _S(new.replay_of)
+        return item
+
+    def get_run(self, run_id: str) -> Run:
+        item = self.client.get_item(
+            TableName=self.table, Key=_run_key(run_id), ConsistentRead=True
+        ).get("Item")
+        if item is None:
+            raise RunNotFound(f"no run with id {run_id!r} in table {self.table}")
+        return self._run_from_item(item)
+
+    def claim_run(self, run_id: str, now: datetime, lease_for: timedelta) -> Claimed | NotClaimed:
+        """Take the run for one worker: QUEUED/DELAYED/WAITING and due -> RUNNING, new token."""
+        try:
+            out = self.client.update_item(
+                TableName=self.table,
+                Key=_run_key(run_id),
+                UpdateExpression=(
+                    "SET #status = :running, lease_token = lease_token + :one, "
+                    "lease_until = :lease, updated_at = :now, "
+                    "started_at = if_not_exists(started_at, :now), "
+                    "attempt_started_at = if_not_exists(attempt_started_at, :now) "
+                    "REMOVE waiting_for, overran_step, awaits, wake_kind"
+                ),
+                ConditionExpression=(
+                    "#status IN (:queued, :delayed, :waiting) AND available_at <= :now_ms"
+                ),
+                ExpressionAttributeNames=_NAMES,
+                ExpressionAttributeValues={
+                    ":running": _S(RunStatus.RUNNING),
+                    ":queued": _S(RunStatus.QUEUED),
+                    ":delayed": _S(RunStatus.DELAYED),
+                    ":waiting": _S(RunStatus.WAITING),
+                    ":one": _N(1),
+                    ":lease": _N(to_ms(now + lease_for)),
+                    ":now": _S(iso(now)),
+                    ":now_ms": _N(to_ms(now)),
+                },
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            old = exc.response.get("Item")
+            if old is None:
+                return NotClaimed("missing", None, None)
+            run = self._run_from_item(old)  # type: ignore[arg-type]
+            if run.status.is_terminal:
+                return NotClaimed("terminal", run, None)
+            if run.status == RunStatus.RUNNING:
+                assert run.lease_until is not None
+                if run.lease_until < now:
+                    return NotClaimed("crashed", run, now)
+                return NotClaimed("busy", run, run.lease_until)
+            return NotClaimed("not_due", run, run.available_at)
+        run = self._run_from_item(out["Attributes"])
+        return Claimed(run, run.lease_token)
+
+    def reclaim_crashed(
+        self, run: Run, now: datetime, lease_for: timedelta, failure: Failure
+    ) -> Claimed | NotClaimed:
+        """Take over a RUNNING run whose holder's lease expired; the crash is an attempt."""
+        try:
+            out = self.client.update_item(
+                TableName=self.table,
+                Key=_run_key(run.run_id),
+                UpdateExpression=(
+                    "SET lease_token = lease_token + :one, lease_until = :lease, "
+                    "attempt = attempt + :one, failures = list_append(failures, :failure), "
+                    "attempt_started_at = :now, updated_at = :now REMOVE overran_step"
+                ),
+                ConditionExpression=(
+                    "#status = :running AND lease_token = :token AND lease_until < :now_ms"
+                ),
+                ExpressionAttributeNames=_NAMES,
+                ExpressionAttributeValues={
+                    ":running": _S(RunStatus.RUNNING),
+                    ":one": _N(1),
+                    ":token": _N(run.lease_token),
+                    ":lease": _N(to_ms(now + lease_for)),
+                    ":now": _S(iso(now)),
+                    ":now_ms": _N(to_ms(now)),
+                    ":failure": {"L": [_S(_failure_json(failure))]},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            return NotClaimed("busy", run, now + lease_for)  # another worker took it over
+        new = self._run_from_item(out["Attributes"])
+        return Claimed(new, new.lease_token, recovered_from_crash=True)
+
+    def mark_overrun(self, run_id: str, token: int, step_id: str) -> None:
+        """Note that ``step_id`` was still running as the invocation hit its time limit."""
+        self._fenced_update(run_id, token, "SET overran_step = :step", {":step": _S(step_id)})
+
+    def renew_lease(self, run_id: str, token: int, until: datetime) -> None:
+        self._fenced_update(run_id, token, "SET lease_until = :lease", {":lease": _N(to_ms(until))})
+
+    def schedule_retry(
+        self,
+        run_id: str,
+        token: int,
+        failure: Failure,
+        available_at: datetime,
+        now: datetime,
+        spent: timedelta = timedelta(0),
+    ) -> None:
+        """End this attempt: record its failure, release the lease, due again later.
+
+        ``spent``: compute time this invocation used, added to the run's total.
+        """
+        status = RunStatus.DELAYED if available_at > now else RunStatus.QUEUED
+        self._fenced_update(
+            run_id,
+            token,
+            "SET #status = :status, available_at = :due, attempt = attempt + :one, "
+            "failures = list_append(failures, :failure), lease_until = :zero, updated_at = :now, "
+            f"{_ADD_COMPUTE} REMOVE attempt_started_at",
+            {
+                ":status": _S(status),
+                ":due": _N(to_ms(available_at)),
+                ":one": _N(1),
+                ":zero": _N(0),
+                ":now": _S(iso(now)),
+                ":failure": {"L": [_S(_failure_json(failure))]},
+                ":spent": _N(_ms(spent)),
+            },
+        )
+
+    def release_to_continue(
+        self, run_id: str, token: int, now: datetime, spent: timedelta = timedelta(0)
+    ) -> None:
+        """Give the run back without ending the attempt (the invocation ran short of time)."""
+        self._fenced_update(
+            run_id,
+            token,
+            "SET #status = :queued, available_at = :due, lease_until = :zero, updated_at = :now, "
+            + _ADD_COMPUTE,
+            {
+                ":queued": _S(RunStatus.QUEUED),
+                ":due": _N(to_ms(now)),
+                ":zero": _N(0),
+                ":now": _S(iso(now)),
+                ":spent": _N(_ms(spent)),
+            },
+        )
+
+    def suspend_run(
+        self,
+        run_id: str,
+        token: int,
+        *,
+        wake_at: datetime | None,
+        waiting_for: str,
+        now: datetime,
+        spent: timedelta,
+        tokens: tuple[str, ...] = (),
+        children: tuple[str, ...] = (),
+        wake_kind: str | None = None,
+    ) -> bool:
+        """The run waits: WAITING, lease released, due at ``wake_at`` (None: when woken).
+
+        ``wake_kind`` records what ``wake_at`` is ("timer", "token"; see Suspend) on the
+        run item as data, for readers that must not parse ``waiting_for``.
+
+        With ``tokens``, one transaction also checks that each is still unresolved;
+        returns False (and changes nothing) if one was resolved meanwhile, so a
+        completion racing the suspension is never missed: either the completion sees
+        the run WAITING and wakes it, or the suspension sees the token resolved.
+        At most ``SUSPEND_TOKEN_CHECKS`` tokens (a transaction's limit).
+
+        With ``children`` (the unfinished child runs it waits for), the run item
+        records them as ``awaits`` and the transaction checks that the first is still
+        unfinished; see ``end_with_parent`` for why one check suffices.
+
+        Raises:
+            LeaseLost: the worker's token is stale.
+        """
+        values: dict[str, Any] = {
+            ":waiting": _S(RunStatus.WAITING),
+            ":due": _N(to_ms(wake_at) if wake_at is not None else NEVER_MS),
+            ":zero": _N(0),
+            ":now": _S(iso(now)),
+            ":for": _S(waiting_for[:500]),
+            ":spent": _N(_ms(spent)),
+            ":running": _S(RunStatus.RUNNING),
+            ":token": _N(token),
+        }
+        awaits = ""
+        if children:
+            awaits = ", awaits = :awaits"
+            values[":awaits"] = {"SS": list(dict.fromkeys(children))}
+        if wake_kind is not None:
+            awaits += ", wake_kind = :wake_kind"
+            values[":wake_kind"] = _S(wake_kind)
+        update = {
+            "TableName": self.table,
+            "Key": _run_key(run_id),
+            "UpdateExpression": (
+                "SET #status = :waiting, available_at = :due, lease_until = :zero, "
+                f"updated_at = :now, waiting_for = :for, {_ADD_COMPUTE}{awaits}"
+            ),
+            "ConditionExpression": "#status = :running AND lease_token = :token",
+            "ExpressionAttributeNames": _NAMES,
+            "ExpressionAttributeValues": values,
+        }
+        if len(tokens) > SUSPEND_TOKEN_CHECKS:
+            raise ValueError(f"suspend_run checks at most {SUSPEND_TOKEN_CHECKS} tokens")
+        if not tokens and not children:
+            try:
+                self.client.update_item(**update)
+            except ClientError as exc:
+                if not _is_conditional_failure(exc):
+                    raise
+                raise _lease_lost(run_id, token) from None
+            return True
+        checks = [
+            {
+                "ConditionCheck": {
+                    "TableName": self.table,
+                    "Key": _token_key(token_id),
+                    "ConditionExpression": "token_status = :open",
+                    "ExpressionAttributeValues": {":open": _S(TOKEN_OPEN)},
+                }
+            }
+            for token_id in tokens
+        ]
+        if children:
+            checks.append(self._unfinished_check(children[0]))
+        try:
+            self.client.transact_write_items(TransactItems=[{"Update": update}, *checks])
+        except ClientError as exc:
+            reasons = _cancellation_reasons(exc)
+            if reasons is None:
+                raise
+            if reasons[0] == "ConditionalCheckFailed":
+                raise _lease_lost(run_id, token) from None
+            return False
+        return True
+
+    def wake_run(self, run_id: str, now: datetime) -> bool:
+        """Make a WAITING run due now (its waker then sends a message). False: not waiting."""
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key=_run_key(run_id),
+                UpdateExpression="SET available_at = :now_ms, updated_at = :now",
+                ConditionExpression="#status = :waiting AND available_at > :now_ms",
+                ExpressionAttributeNames=_NAMES,
+                ExpressionAttributeValues={
+                    ":waiting": _S(RunStatus.WAITING),
+                    ":now_ms": _N(to_ms(now)),
+                    ":now": _S(iso(now)),
+                },
+            )
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            return False
+        return True
+
+    def time_out_run(
+        self,
+        run_id: str,
+        token: int,
+        error: ErrorInfo,
+        now: datetime,
+        *,
+        wake_parent: str | None = None,
+    ) -> bool:
+        """The terminal transition for a run past its ``max_duration``.
+
+        ``wake_parent``: the run that waits for this one (see ``end_with_parent``);
+        returns whether it was woken (its message must then be sent).
+        """
+        return self._end(
+            run_id,
+            token,
+            now,
+            wake_parent,
+            "SET #status = :timed_out, #error = :error, finished_at = :now, "
+            "updated_at = :now, lease_until = :zero",
+            {
+                ":timed_out": _S(RunStatus.TIMED_OUT),
+                ":error": _S(json.dumps(error.to_json())),
+                ":now": _S(iso(now)),
+                ":zero": _N(0),
+            },
+            names={"#error": "error"},
+        )
+
+    def complete_run(
+        self,
+        run_id: str,
+        token: int,
+        output_json: str,
+        now: datetime,
+        *,
+        wake_parent: str | None = None,
+    ) -> bool:
+        """The terminal transition for success; ``wake_parent`` as for ``time_out_run``."""
+        return self._end(
+            run_id,
+            token,
+            now,
+            wake_parent,
+            "SET #status = :done, #output = :output, finished_at = :now, updated_at = :now, "
+            "lease_until = :zero",
+            {
+                ":done": _S(RunStatus.COMPLETED),
+                ":output": _S(output_json),
+                ":now": _S(iso(now)),
+                ":zero": _N(0),
+            },
+            names={"#output": "output"},
+        )
+
+    def fail_run(
+        self,
+        run_id: str,
+        token: int,
+        error: ErrorInfo,
+        failure: Failure | None,
+        now: datetime,
+        *,
+        wake_parent: str | None = None,
+        failed_step: str | None = None,
+    ) -> bool:
+        """The one terminal transition for failure; records the last failed attempt too.
+
+        ``failed_step``: the step whose failure (uncaught in the task) failed the run;
+        ``redrive_run`` removes its checkpoint. ``wake_parent`` as for ``time_out_run``.
+        """
+        update = (
+            "SET #status = :failed, #error = :error, finished_at = :now, "
+            "updated_at = :now, lease_until = :zero"
+        )
+        values: dict[str, Any] = {
+            ":failed": _S(RunStatus.FAILED),
+            ":error": _S(json.dumps(error.to_json())),
+            ":now": _S(iso(now)),
+            ":zero": _N(0),
+        }
+        if failure is not None:
+            update += ", failures = list_append(failures, :failure)"
+            values[":failure"] = {"L": [_S(_failure_json(failure))]}
+        if failed_step is not None:
+            update += ", failed_step = :failed_step"
+            values[":failed_step"] = _S(failed_step)
+        return self._end(run_id, token, now, wake_parent, update, values, names={"#error": "error"})
+
+    def _end(
+        self,
+        run_id: str,
+        token: int,
+        now: datetime,
+        wake_parent: str | None,
+        update: str,
+        values: dict[str, Any],
+        names: dict[str, str] | None = None,
+    ) -> bool:
+        """A fenced terminal transition; with ``wake_parent``, in one transaction with
+        the parent's wake-up (``end_with_parent``). Returns whether the parent was woken."""
+        if wake_parent is None:
+            self._fenced_update(run_id, token, update, values, names)
+            return False
+        own = {
+            "Update": {
+                "TableName": self.table,
+                "Key": _run_key(run_id),
+                "UpdateExpression": update,
+                "ConditionExpression": "#status = :running AND lease_token = :token",
+                "ExpressionAttributeNames": {**_NAMES, **(names or {})},
+                "ExpressionAttributeValues": {
+                    **values,
+                    ":running": _S(RunStatus.RUNNING),
+                    ":token": _N(token),
+                },
+            }
+        }
+        woke = self.end_with_parent(own, run_id, wake_parent, now)
+        if woke is None:
+            raise _lease_lost(run_id, token)
+        return woke
+
+    def _fenced_update(
+        self,
+        run_id: str,
+        token: int,
+        update: str,
+        values: dict[str, Any],
+        names: dict[str, str] | None = None,
+    ) -> None:
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key=_run_key(run_id),
+                UpdateExpression=update,
+                ConditionExpression="#status = :running AND lease_token = :token",
+                ExpressionAttributeNames={**_NAMES, **(names or {})},
+                ExpressionAttributeValues={
+                    **values,
+                    ":running": _S(RunStatus.RUNNING),
+                    ":token": _N(token),
+                },
+            )
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            raise _lease_lost(run_id, token) from None
+
+    def list_runs(
+        self, *, status: RunStatus | None = None, task_id: str | None = None, limit: int = 50
+    ) -> list[Run]:
+        """Newest first, by task and/or status, through the indexes."""
+        if task_id is not None:
+            runs = self._query_index("by_task", "task_id", task_id, limit, status)
+        elif status is not None:
+            runs = self._query_index("by_status", "status", status, limit, None)
+        else:
+            runs = [
+                r
+                for s in RunStatus
+                for r in self._query_index("by_status", "status", s, limit, None)
+            ]
+        runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
+        return runs[:limit]
+
+    def _query_index(
+        self, index: str, attr: str, value: str, limit: int, status: RunStatus | None
+    ) -> list[Run]:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": index,
+            "KeyConditionExpression": "#k = :v",
+            "ExpressionAttributeNames": {"#k": attr},
+            "ExpressionAttributeValues": {":v": _S(value)},
+            "ScanIndexForward": False,
+        }
+        if status is not None:
+            kwargs["FilterExpression"] = "#status = :status"
+            kwargs["ExpressionAttributeNames"]["#status"] = "status"
+            kwargs["ExpressionAttributeValues"][":status"] = _S(status)
+        runs: list[Run] = []
+        for item in self._paginate("query", kwargs):
+            runs.append(self._run_from_item(item))
+            if len(runs) >= limit:
+                break
+        return runs
