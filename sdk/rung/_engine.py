@@ -53,11 +53,18 @@ from rung.errors import (
     LeaseLost,
     NonDeterminismError,
     PayloadTooLarge,
+    RungError,
     StepFailed,
     UnknownTask,
 )
 from rung.flow import Queue
 from rung.models import Failure, Run, RunStatus, StepRecord, TokenState
+
+
+class SlotExpired(RungError):
+    """A run's queue slot expired before any step of the invocation: an attempt fails
+    (queueing again would only repeat it)."""
+
 
 log = logging.getLogger("rung.worker")
 
@@ -609,6 +616,14 @@ class _Session:
             if self.slot is not None and not self._worker.gate.renew(
                 self.slot, self._run.run_id, until, now, self._token
             ):
+                if self._executed <= 1:
+                    # Nothing was checkpointed since admission: the code before this
+                    # step outlives a lease on every try, so queueing again would loop.
+                    raise SlotExpired(
+                        f"run {self._run.run_id}: its slot in queue {self.slot.name!r} "
+                        "expired before its first step in this invocation (code outside "
+                        "steps ran longer than the lease); move that work into steps"
+                    )
                 log.warning(
                     "run %s: its slot in queue %r expired (a step outlived it) and counts "
                     "as free; it stops at this step boundary and queues for a slot again",

@@ -233,7 +233,7 @@ class Gate:
     def release(self, spec: Queue, run_id: str, token: int, now: datetime) -> None:
         """The attempt with lease ``token`` stops executing: free its slot (unless a
         later attempt of the run holds it already) and hand it to the next parked run."""
-        state = self.store.release_slot(spec.name, run_id, token)
+        state = self.store.release_slot(spec.name, run_id, token, now)
         if state is not None:
             self.fill(spec, now, state)
 

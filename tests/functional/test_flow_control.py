@@ -81,7 +81,7 @@ def test_200_runs_on_a_queue_with_limit_10_never_exceed_it_and_reach_it() -> Non
     with LocalEngine(app, workers=14) as engine:
         handles = [engine.trigger("send", {"n": n}) for n in range(200)]
         runs = [engine.wait(h.run_id, timeout=540) for h in handles]
-        state = engine.store.queue_state("emails")
+        state = _settled(engine, "emails")
     assert [r.status for r in runs] == [rung.RunStatus.COMPLETED] * 200
     assert [r.output for r in runs] == list(range(200))
     assert tracker.peak_total == 10  # never above the limit, and the limit was reached
@@ -163,6 +163,17 @@ def test_a_tenant_with_two_runs_is_not_stuck_behind_one_with_a_hundred() -> None
     )
 
 
+def _settled(engine: LocalEngine, queue: str) -> Any:
+    """The queue's state once its holders are gone: a run gives its slot back just
+    after its final write, so a test that saw the run finish may be a write early."""
+    deadline = time.monotonic() + 30
+    state = engine.store.queue_state(queue)
+    while state.holders and time.monotonic() < deadline:
+        time.sleep(0.02)
+        state = engine.store.queue_state(queue)
+    return state
+
+
 def _wait_parked(engine: LocalEngine, queue: str, count: int) -> None:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -234,7 +245,7 @@ def test_workers_killed_while_holding_slots_free_them_at_lease_expiry() -> None:
     with LocalEngine(app, workers=6, lease_duration=timedelta(seconds=20)) as engine:
         handles = [engine.trigger("t", {"n": n}) for n in range(30)]
         runs = [engine.wait(h.run_id, timeout=240) for h in handles]
-        state = engine.store.queue_state("crashy")
+        state = _settled(engine, "crashy")
     assert [r.status for r in runs] == [rung.RunStatus.COMPLETED] * 30
     assert sum(crashed.values()) == 6
     assert tracker.peak_total <= 3
@@ -516,7 +527,7 @@ def test_a_step_that_outlives_its_slot_queues_again_without_spending_an_attempt(
         clocks.append(engine.clock)
         run = engine.wait(engine.trigger("t", {"n": 1}).run_id)
         faults = list(engine.faults)
-        state = engine.store.queue_state("slow")
+        state = _settled(engine, "slow")
 
     assert run.status == rung.RunStatus.COMPLETED and run.output == ["long", "short"]
     assert run.attempt == 1  # losing the slot is not an attempt
@@ -572,3 +583,28 @@ def test_a_free_slot_reaches_a_lower_priority_past_a_band_of_blocked_keys(
         holders = store.queue_state("b").holders
         assert set(holders) == {big_id, small_id}  # big's four stay parked
         assert [w.run_id for w in store.waiters("b")] == [r for r, _, _ in blocked]
+
+
+def test_code_outside_steps_that_outlives_the_slot_fails_the_attempt_instead_of_looping() -> None:
+    app = rung.App("noprogress")
+    clocks: list[VirtualClock] = []
+
+    @app.task(
+        id="t",
+        queue=rung.Queue("slow2", concurrency_limit=1),
+        retry=rung.RetryPolicy(max_attempts=2, initial_interval=1),
+    )
+    def task(ctx: rung.Context, job: Job) -> str:
+        clocks[0].advance(timedelta(minutes=5))  # not in a step: redone on every try
+        return ctx.step("only", lambda: "done")
+
+    with LocalEngine(app) as engine:
+        assert isinstance(engine.clock, VirtualClock)
+        clocks.append(engine.clock)
+        run = engine.wait(engine.trigger("t", {"n": 1}).run_id)
+
+    assert run.status == rung.RunStatus.FAILED
+    assert run.attempt == 2  # each try spent an attempt: no endless re-queueing
+    assert run.error is not None and run.error.type == "SlotExpired"
+    assert "expired before its first step" in run.error.message
+    assert "move that work into steps" in run.error.message

@@ -110,7 +110,8 @@ class _Queues(_Base):
     #
     # QUEUE#<name> / #QUEUE holds a queue's live state, changed by optimistic writes
     # conditioned on its ``version``: ``holders`` (run id -> {k: key, u: lease until ms,
-    # s: reserved start ms}), ``waiting`` (parked runs), ``keyseq`` (key -> the sequence
+    # s: reserved start ms, t: lease token of the attempt holding it, 0 for a hand-off
+    # not taken up yet}), ``waiting`` (parked runs), ``keyseq`` (key -> the sequence
     # number of its last parked run) and ``served`` (the last handed-off sequence
     # number), the rate window ``starts`` (ms, past and reserved), ``kstarts`` per key,
     # and operator settings ``paused``, ``limit_set``, ``per_key_set``. Parked runs are
@@ -238,24 +239,24 @@ class _Queues(_Base):
             return False
         return True
 
-    def release_slot(self, name: str, run_id: str, token: int) -> QueueState | None:
+    def release_slot(self, name: str, run_id: str, token: int, now: datetime) -> QueueState | None:
         """Give back the slot the attempt with lease ``token`` holds (idempotent) and
         return the queue as it is after; None if the queue has no state or the run's
-        entry belongs to a later attempt (the run was claimed again before this one
-        let go: that attempt holds the slot now). No version condition: fewer holders
-        can only make another writer's decision, based on the count before, more
-        conservative."""
+        live entry is not this attempt's (a later claim of the run holds it, or it was
+        handed to the run anew). An expired entry is removed whoever held it: it is
+        free anyway. No version condition: fewer holders can only make another
+        writer's decision, based on the count before, more conservative."""
         try:
             out = self.client.update_item(
                 TableName=self.table,
                 Key=_queue_key(name),
                 UpdateExpression="REMOVE holders.#r",
                 ConditionExpression=(
-                    "attribute_exists(pk) AND (attribute_not_exists(holders.#r.t) "
-                    "OR holders.#r.t = :token)"
+                    "attribute_exists(pk) AND (attribute_not_exists(holders.#r) "
+                    "OR holders.#r.t = :token OR holders.#r.u <= :now)"
                 ),
                 ExpressionAttributeNames={"#r": run_id},
-                ExpressionAttributeValues={":token": _N(token)},
+                ExpressionAttributeValues={":token": _N(token), ":now": _N(to_ms(now))},
                 ReturnValues="ALL_NEW",
             )
         except ClientError as exc:
@@ -425,7 +426,9 @@ class _Queues(_Base):
             [],
             {"#r": waiter.run_id},
             {
-                ":holder": {"M": {"k": _S(waiter.key), "u": _N(to_ms(until)), "s": _N(0)}},
+                ":holder": {
+                    "M": {"k": _S(waiter.key), "u": _N(to_ms(until)), "s": _N(0), "t": _N(0)}
+                },
                 ":one": _N(1),
                 ":served": _N(max(state.served, waiter.seq)),
             },
