@@ -19,23 +19,24 @@ import contextlib
 import copy
 import functools
 import json
-import secrets
 import traceback
 import typing
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
 from rung import _serde
-from rung._clock import iso, parse_iso
-from rung._ids import new_run_id
-from rung._signals import RetryStep, Suspend
+from rung._ctx_children import _Children
+from rung._ctx_common import DEFAULT_TOKEN_TIMEOUT as DEFAULT_TOKEN_TIMEOUT
+from rung._ctx_common import MAX_WAIT as MAX_WAIT
+from rung._ctx_waits import Poll as Poll
+from rung._ctx_waits import _Waits
+from rung._signals import RetryStep
 from rung.batch import BatchResult, Completion
 from rung.errors import (
     ChildRunFailed,
-    ConditionNotMet,
     ErrorInfo,
     InvalidConfig,
     NonDeterminismError,
@@ -45,21 +46,15 @@ from rung.errors import (
     TokenTimedOut,
     UsageError,
 )
-from rung.models import ChildResult, Run, RunHandle, RunStatus, StepRecord, Token, TokenState
-from rung.retry import RetryPolicy, as_timedelta
+from rung.models import Run, StepRecord, TokenState
+from rung.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from rung.app import Task
 
 P = ParamSpec("P")
 R = TypeVar("R")
-S = TypeVar("S")
 T = TypeVar("T")
-
-#: ``create_token``'s default timeout: every wait has a timer (invariant 4).
-DEFAULT_TOKEN_TIMEOUT = timedelta(days=7)
-#: The longest a token may stay open, and the longest single wait.
-MAX_WAIT = timedelta(days=366)
 
 _TRACEBACK_CHARS = 4000
 _MESSAGE_CHARS = 2000
@@ -172,7 +167,7 @@ class AttemptSession(Protocol):
         """Runs by id, consistently read."""
 
 
-class Context:
+class Context(_Waits, _Children):
     """Handed to every task as its first argument.
 
     Attributes:
@@ -416,8 +411,6 @@ class Context:
             record.step_id, record.seq, record.attempt, record.started_at, error
         )
 
-    # -- durable waits ---------------------------------------------------------------
-
     @contextlib.contextmanager
     def group(self, name: str) -> Iterator[None]:
         """Run the enclosed steps in a named scope: their ids become ``"<name>/<step>#<n>"``.
@@ -556,477 +549,6 @@ class Context:
         branch._branch = branch_id
         return branch
 
-    def wait(self, duration: timedelta | float, *, name: str = "wait") -> None:
-        """Suspend the run for ``duration``; no worker is held while it waits.
-
-        The wake time is fixed when the wait is first reached; replays pass a wait
-        whose time has come without waiting again. Any length works (up to a year):
-        waits longer than SQS's limits are chained (see docs/waits.md).
-
-        Example:
-            >>> ctx.wait(timedelta(hours=20))
-        """
-        self._check_caller("ctx.wait()")
-        delay = as_timedelta(duration, "ctx.wait duration")
-        if delay > MAX_WAIT:
-            raise InvalidConfig(f"ctx.wait duration {delay} is longer than the limit {MAX_WAIT}")
-        self._wait(name, lambda now: now + delay)
-
-    def wait_until(self, when: datetime, *, name: str = "wait") -> None:
-        """Suspend the run until ``when`` (timezone-aware); a past time does not wait."""
-        self._check_caller("ctx.wait_until()")
-        if not isinstance(when, datetime) or when.tzinfo is None:
-            raise UsageError(
-                f"ctx.wait_until needs a timezone-aware datetime, got {when!r}; use e.g. "
-                "datetime(2026, 12, 1, 9, 0, tzinfo=UTC)"
-            )
-        self._wait(name, lambda now: when)
-
-    def _wait(self, name: str, wake_time: Callable[[datetime], datetime]) -> None:
-        step_id, seq = self._position(name, "wait")
-        record = self._records.get(step_id)
-        if record is None:
-            self._session.before_step()
-            now = self._session.now()
-            wake_at = wake_time(now)
-            if wake_at - now > MAX_WAIT:
-                raise InvalidConfig(f"ctx.wait_until({iso(wake_at)}) is more than {MAX_WAIT} away")
-            record = self._remember(
-                self._session.record_step(
-                    StepRecord(
-                        step_id=step_id,
-                        seq=seq,
-                        outcome="waiting",
-                        attempt=1,
-                        run_attempt=self.attempt,
-                        started_at=now,
-                        finished_at=None,
-                        kind="wait",
-                        wake_at=wake_at,
-                    )
-                )
-            )
-        assert record.wake_at is not None
-        if record.wake_at > self._session.now():
-            raise Suspend(record.wake_at, f"{step_id} until {iso(record.wake_at)}")
-
-    def create_token(
-        self,
-        name: str,
-        *,
-        timeout: timedelta | float = DEFAULT_TOKEN_TIMEOUT,
-        heartbeat_timeout: timedelta | float | None = None,
-    ) -> Token:
-        """Create a token someone outside the run answers; a checkpoint like a step.
-
-        Hand ``token.id`` to a person or system (in a step: an email, a ticket);
-        they call ``Client.complete_token(id, value)`` / ``fail_token`` or run
-        ``rung tokens complete ID``; the run gets the answer from ``wait_for_token``.
-
-        Args:
-            name: names the token and its checkpoint.
-            timeout: after this the token times out (default 7 days; at most 366 days).
-            heartbeat_timeout: if set, the token also times out when no
-                ``Client.heartbeat_token`` arrives within this long.
-
-        Example:
-            >>> token = ctx.create_token("approval", timeout=timedelta(days=3))
-            >>> ctx.step("ask", send_approval_mail, token.id)
-            >>> decision = ctx.wait_for_token(token)
-        """
-        self._check_caller(f"ctx.create_token({name!r})")
-        limit = as_timedelta(timeout, "create_token timeout")
-        if limit <= timedelta(0) or limit > MAX_WAIT:
-            raise InvalidConfig(f"create_token timeout must be in (0, {MAX_WAIT}], got {limit}")
-        beat = (
-            as_timedelta(heartbeat_timeout, "create_token heartbeat_timeout")
-            if heartbeat_timeout is not None
-            else None
-        )
-        if beat is not None and not timedelta(0) < beat <= limit:
-            raise InvalidConfig(
-                f"create_token heartbeat_timeout must be positive and at most the timeout "
-                f"({limit}), got {beat}"
-            )
-        step_id, seq = self._position(name, "token")
-        record = self._records.get(step_id)
-        if record is None:
-            self._session.before_step()
-            now = self._session.now()
-            state = TokenState(
-                id="tok_" + secrets.token_urlsafe(24),
-                name=name,
-                run_id=self.run_id,
-                step_id=step_id,
-                status="WAITING",
-                created_at=now,
-                timeout_at=now + limit,
-                heartbeat_timeout=beat,
-                deadline=min(now + beat, now + limit) if beat else now + limit,
-            )
-            # The token first, then its checkpoint: a crash between leaves a token
-            # nobody was told about, never a checkpoint naming a missing token.
-            self._session.create_token(state)
-            record = self._remember(
-                self._session.record_step(
-                    StepRecord(
-                        step_id=step_id,
-                        seq=seq,
-                        outcome="succeeded",
-                        attempt=1,
-                        run_attempt=self.attempt,
-                        started_at=now,
-                        finished_at=now,
-                        kind="token",
-                        result_json=json.dumps(
-                            {"id": state.id, "name": name, "timeout_at": iso(state.timeout_at)}
-                        ),
-                    )
-                )
-            )
-        data = json.loads(record.result_json or "{}")
-        return Token(
-            id=data["id"],
-            name=data["name"],
-            run_id=self.run_id,
-            timeout_at=parse_iso(data["timeout_at"]),
-        )
-
-    def wait_for_token(self, token: Token, *, result_type: type[S] | None = None) -> Any:
-        """Suspend until ``token`` is completed (returns its value) or failed (raises).
-
-        Raises:
-            TokenFailed: it was failed with ``Client.fail_token``; carries that error.
-            TokenTimedOut: it reached its timeout or missed a heartbeat.
-
-        Args:
-            result_type: revive the value as this type (a pydantic model, dataclass).
-        """
-        self._check_caller("ctx.wait_for_token()")
-        if not isinstance(token, Token):
-            raise UsageError(
-                f"ctx.wait_for_token needs the Token from ctx.create_token, got {token!r}"
-            )
-        step_id, seq = self._position(f"{token.name}:wait", "token_wait")
-        record = self._records.get(step_id)
-        if record is None:
-            self._session.before_step()
-            state = self._session.get_token(token.id)
-            now = self._session.now()
-            if state.status == "WAITING" and state.deadline <= now:
-                state = self._session.time_out_token(token.id)
-            if state.status == "WAITING":
-                raise Suspend(
-                    state.deadline,
-                    f"token {token.name!r} ({token.id}) until {iso(state.deadline)}",
-                    tokens=(token.id,),
-                    wake_kind="token",
-                )
-            record = self._remember(
-                self._session.record_step(_token_outcome(state, step_id, seq, self.attempt, now))
-            )
-        return self._replay(record, result_type)
-
-    def wait_for_callback(
-        self,
-        name: str,
-        submit: Callable[[str], Any],
-        *,
-        timeout: timedelta | float = DEFAULT_TOKEN_TIMEOUT,
-        heartbeat_timeout: timedelta | float | None = None,
-        result_type: type[S] | None = None,
-    ) -> Any:
-        """Create a token, call ``submit(token_id)`` as a step, and wait for the answer.
-
-        In a group ``name``: ``name/token#1``, ``name/submit#1``, ``name/token:wait#1``.
-
-        Example:
-            >>> decision = ctx.wait_for_callback(
-            ...     "approval", lambda tid: send_mail(boss, link(tid)), timeout=timedelta(days=3))
-        """
-        self._check_caller(f"ctx.wait_for_callback({name!r})")
-        if not callable(submit):
-            raise UsageError(f"ctx.wait_for_callback({name!r}, submit): submit must be callable")
-        with self.group(name):
-            token = self.create_token("token", timeout=timeout, heartbeat_timeout=heartbeat_timeout)
-            self.step("submit", submit, token.id)
-            return self.wait_for_token(token, result_type=result_type)
-
-    def wait_for_condition(
-        self,
-        check: Callable[[S], S],
-        initial_state: S,
-        strategy: Poll[S],
-        *,
-        name: str = "condition",
-    ) -> S:
-        """Poll ``check(state) -> state`` as a step on a durable schedule until done.
-
-        Each poll is a checkpointed step; between polls the run suspends (no worker
-        held). Returns the state for which ``strategy.until(state)`` is true.
-
-        Raises:
-            ConditionNotMet: ``strategy.max_polls`` polls did not satisfy it.
-
-        Example:
-            >>> job = ctx.wait_for_condition(
-            ...     lambda s: get_job(s["id"]), {"id": job_id},
-            ...     rung.Poll(until=lambda s: s["state"] == "done", interval=30))
-        """
-        self._check_caller(f"ctx.wait_for_condition(name={name!r})")
-        if not isinstance(strategy, Poll):
-            raise UsageError("ctx.wait_for_condition(strategy=...) must be a rung.Poll")
-        state = initial_state
-        with self.group(name):
-            for poll in range(1, strategy.max_polls + 1):
-                state = self.step("check", check, state)
-                if strategy.until(state):
-                    return state
-                if poll < strategy.max_polls:
-                    self.wait(strategy.delay_after(poll), name="wait")
-        raise ConditionNotMet(
-            f"{self._scope}/{name}" if self._scope else f"/{name}",
-            ErrorInfo(
-                "ConditionNotMet",
-                f"condition {name!r} did not hold after {strategy.max_polls} polls "
-                f"(last state: {state!r:.300}); raise Poll.max_polls or the interval",
-            ),
-        )
-
-    # -- child runs ------------------------------------------------------------------
-
-    def trigger(
-        self,
-        task: str | Task[Any],
-        payload: Any = None,
-        *,
-        name: str | None = None,
-        detached: bool = False,
-        delay: timedelta | float | None = None,
-        tags: Iterable[str] | None = None,
-    ) -> RunHandle:
-        """Start a child run of ``task`` and go on without waiting for it.
-
-        A checkpoint like a step (``"/<name>#<n>"``, ``name`` defaulting to the task
-        id): the child is created together with it, so replays and retries of this
-        run never start a second child. The child records this run as its
-        ``parent_run_id``; canceling this run cancels the child too, unless
-        ``detached``. The task must belong to this run's app.
-
-        Returns:
-            The child's handle (``created`` is False on a replay).
-
-        Raises:
-            UnknownTask, InvalidPayload, PayloadTooLarge: as ``Client.trigger``.
-
-        Example:
-            >>> ctx.trigger(send_receipt, {"order_id": order.id}, detached=True)
-        """
-        self._check_caller("ctx.trigger()")
-        found = self._session.task(task)
-        wait = as_timedelta(delay, "ctx.trigger delay") if delay is not None else timedelta(0)
-        if wait > MAX_WAIT:
-            raise InvalidConfig(f"ctx.trigger delay {wait} is longer than the limit {MAX_WAIT}")
-        tag_tuple = tuple(tags or ())
-        if isinstance(tags, str) or not all(isinstance(t, str) and t for t in tag_tuple):
-            raise UsageError("ctx.trigger(tags=...) must be a list of non-empty strings")
-        record, created = self._start_child(
-            found, name, payload, waits=False, detached=detached, delay=wait, tags=tag_tuple
-        )
-        data = json.loads(record.result_json or "{}")
-        return RunHandle(run_id=data["run_id"], task_id=data["task_id"], created=created)
-
-    @overload
-    def trigger_and_wait(
-        self, task: Task[R], payload: Any = None, *, name: str | None = None
-    ) -> R: ...
-
-    @overload
-    def trigger_and_wait(
-        self,
-        task: str,
-        payload: Any = None,
-        *,
-        name: str | None = None,
-        result_type: type[S] | None = None,
-    ) -> Any: ...
-
-    def trigger_and_wait(
-        self,
-        task: str | Task[Any],
-        payload: Any = None,
-        *,
-        name: str | None = None,
-        result_type: type[S] | None = None,
-    ) -> Any:
-        """Start a child run of ``task`` and suspend until it ends; return its output.
-
-        The parent holds no worker while the child runs. Two checkpoints:
-        ``"/<name>#<n>"`` (the child, created with it atomically) and
-        ``"/<name>:wait#<n>"`` (its outcome, recorded once it has ended); ``name``
-        defaults to the task id. The output is revived as the task's return type
-        (or ``result_type``).
-
-        Raises:
-            ChildRunFailed: the child FAILED, was CANCELED or TIMED_OUT; carries its
-                run id, status and error. Catch it to carry on.
-
-        Example:
-            >>> try:
-            ...     receipt = ctx.trigger_and_wait(charge, {"order_id": "o-1"})
-            ... except rung.ChildRunFailed as exc:
-            ...     receipt = None  # exc.run_id, exc.status, exc.message
-        """
-        self._check_caller("ctx.trigger_and_wait()")
-        found = self._session.task(task)
-        record, _ = self._start_child(found, name, payload, waits=True)
-        child = json.loads(record.result_json or "{}")
-        wait = self._wait_children(f"{_child_name(found, name)}:wait", [child], single=True)
-        return self._replay(wait, result_type or found.output_type)
-
-    def batch_trigger_and_wait(
-        self,
-        task: str | Task[Any],
-        payloads: Iterable[Any],
-        *,
-        name: str | None = None,
-        result_type: type[S] | None = None,
-    ) -> list[ChildResult]:
-        """Start one child run of ``task`` per payload; suspend until all have ended.
-
-        Returns one ``ChildResult`` per payload, in input order; a failed child does
-        not raise here: inspect ``result.ok``/``result.error`` or call
-        ``result.unwrap()``. Checkpoints: ``"/<name>#1"`` ... ``"/<name>#N"`` (the
-        children) and one ``"/<name>:wait#<n>"`` holding every outcome. Every payload
-        is validated before any child starts.
-
-        Example:
-            >>> results = ctx.batch_trigger_and_wait(resize, [{"id": i} for i in ids])
-            >>> failed = [r.run_id for r in results if not r.ok]
-        """
-        self._check_caller("ctx.batch_trigger_and_wait()")
-        found = self._session.task(task)
-        items = list(payloads)
-        if not items:
-            return []
-        encoded = [found.encode_payload(p) for p in items]
-        children = [
-            json.loads(
-                self._start_child(found, name, None, waits=True, payload_json=text)[0].result_json
-                or "{}"
-            )
-            for text in encoded
-        ]
-        wait = self._wait_children(f"{_child_name(found, name)}:wait", children, single=False)
-        revive = result_type or found.output_type
-        return [
-            ChildResult(
-                run_id=o["run_id"],
-                task_id=o["task_id"],
-                status=RunStatus(o["status"]),
-                output=_serde.loads(json.dumps(o["output"]), revive)
-                if o["status"] == RunStatus.COMPLETED
-                else None,
-                error=ErrorInfo.from_json(o["error"]) if o.get("error") else None,
-                step_id=wait.step_id,
-            )
-            for o in json.loads(wait.result_json or "[]")
-        ]
-
-    def _start_child(
-        self,
-        task: Task[Any],
-        name: str | None,
-        payload: Any,
-        *,
-        waits: bool,
-        detached: bool = False,
-        delay: timedelta = timedelta(0),
-        tags: tuple[str, ...] = (),
-        payload_json: str | None = None,
-    ) -> tuple[StepRecord, bool]:
-        step_id, seq = self._position(_child_name(task, name), "child")
-        record = self._records.get(step_id)
-        if record is not None:
-            return record, False
-        text = payload_json if payload_json is not None else task.encode_payload(payload)
-        self._session.before_step()
-        now = self._session.now()
-        child = {"run_id": new_run_id(now), "task_id": task.id, "detached": bool(detached)}
-        mine = StepRecord(
-            step_id=step_id,
-            seq=seq,
-            outcome="succeeded",
-            attempt=1,
-            run_attempt=self.attempt,
-            started_at=now,
-            finished_at=now,
-            kind="child",
-            result_json=json.dumps(child),
-        )
-        stored, created = self._session.start_child(
-            mine,
-            task_id=task.id,
-            payload_json=text,
-            waits=waits,
-            detached=bool(detached),
-            delay=delay,
-            tags=tags,
-        )
-        return self._remember(stored), created
-
-    def _wait_children(
-        self, name: str, children: list[dict[str, Any]], *, single: bool
-    ) -> StepRecord:
-        """The outcome checkpoint of waiting for ``children``; suspends until all ended."""
-        step_id, seq = self._position(name, "child_wait")
-        record = self._records.get(step_id)
-        if record is not None:
-            return record
-        self._session.before_step()
-        ids = [c["run_id"] for c in children]
-        runs = self._session.get_runs(ids)
-        unfinished = tuple(i for i in ids if i in runs and not runs[i].status.is_terminal)
-        if unfinished:
-            what = (
-                f"child run {unfinished[0]}"
-                if single
-                else f"{len(unfinished)} of {len(ids)} child runs ({', '.join(unfinished[:3])}"
-                + (", ...)" if len(unfinished) > 3 else ")")
-            )
-            raise Suspend(None, what, children=unfinished)
-        now = self._session.now()
-        outcomes = [_child_outcome(c, runs.get(c["run_id"])) for c in children]
-        started = min(
-            (r.created_at for r in runs.values()),
-            default=now,
-        )
-        ended = max((r.finished_at or now for r in runs.values()), default=now)
-        common: dict[str, Any] = {
-            "step_id": step_id,
-            "seq": seq,
-            "attempt": 1,
-            "run_attempt": self.attempt,
-            "started_at": started,
-            "finished_at": ended,
-            "kind": "child_wait",
-        }
-        if not single:
-            stored = StepRecord(outcome="succeeded", result_json=json.dumps(outcomes), **common)
-        elif outcomes[0]["status"] == RunStatus.COMPLETED:
-            stored = StepRecord(
-                outcome="succeeded", result_json=json.dumps(outcomes[0]["output"]), **common
-            )
-        else:
-            outcome = outcomes[0]
-            stored = StepRecord(
-                outcome="failed",
-                error=ErrorInfo.from_json(outcome["error"]),
-                result_json=json.dumps({k: outcome[k] for k in ("run_id", "task_id", "status")}),
-                **common,
-            )
-        return self._remember(self._session.record_step(stored))
-
 
 def _check_step_name(name: object) -> None:
     if not isinstance(name, str) or not name:
@@ -1110,102 +632,6 @@ def step(
     if fn is not None:
         return decorate(fn)
     return decorate
-
-
-@dataclass(frozen=True, kw_only=True)
-class Poll(Generic[S]):
-    """How ``ctx.wait_for_condition`` polls.
-
-    Args:
-        until: the state is final when this returns True.
-        interval: wait before the second poll (default 30 s); a timedelta or seconds.
-        backoff: factor between consecutive waits (default 1.0: fixed interval).
-        max_interval: cap of any wait (default 1 hour).
-        max_polls: after this many polls, ``ConditionNotMet`` (default 100).
-    """
-
-    until: Callable[[S], bool]
-    interval: timedelta | float = timedelta(seconds=30)
-    backoff: float = 1.0
-    max_interval: timedelta | float = timedelta(hours=1)
-    max_polls: int = 100
-
-    def __post_init__(self) -> None:
-        if not callable(self.until):
-            raise InvalidConfig("Poll(until=...) must be a function of the state")
-        object.__setattr__(self, "interval", as_timedelta(self.interval, "Poll interval"))
-        object.__setattr__(
-            self, "max_interval", as_timedelta(self.max_interval, "Poll max_interval")
-        )
-        if isinstance(self.backoff, bool) or not isinstance(self.backoff, int | float):
-            raise InvalidConfig(f"Poll backoff must be a number >= 1, got {self.backoff!r}")
-        if self.backoff < 1:
-            raise InvalidConfig(f"Poll backoff must be >= 1, got {self.backoff}")
-        if isinstance(self.max_polls, bool) or not isinstance(self.max_polls, int):
-            raise InvalidConfig(f"Poll max_polls must be an int, got {self.max_polls!r}")
-        if not 1 <= self.max_polls <= 10_000:
-            raise InvalidConfig(f"Poll max_polls must be between 1 and 10000, got {self.max_polls}")
-
-    def delay_after(self, poll: int) -> timedelta:
-        """The wait after poll number ``poll`` (1-based)."""
-        interval = typing.cast(timedelta, self.interval)
-        cap = typing.cast(timedelta, self.max_interval)
-        seconds = interval.total_seconds() * self.backoff ** (poll - 1)
-        return min(timedelta(seconds=min(seconds, cap.total_seconds())), cap)
-
-
-def _token_outcome(
-    state: TokenState, step_id: str, seq: int, run_attempt: int, now: datetime
-) -> StepRecord:
-    """The checkpoint of a resolved token, as ``wait_for_token`` records it."""
-    common: dict[str, Any] = {
-        "step_id": step_id,
-        "seq": seq,
-        "attempt": 1,
-        "run_attempt": run_attempt,
-        "started_at": state.created_at,
-        "finished_at": state.resolved_at or now,
-        "kind": "token_wait",
-    }
-    if state.status == "COMPLETED":
-        return StepRecord(outcome="succeeded", result_json=state.result_json or "null", **common)
-    if state.status == "FAILED":
-        error = state.error or ErrorInfo("TokenFailed", "")
-        return StepRecord(outcome="failed", error=error, **common)
-    timeout = state.timeout_at - state.created_at
-    if state.deadline < state.timeout_at and state.heartbeat_timeout is not None:
-        why = f"no heartbeat arrived within {state.heartbeat_timeout}"
-    else:
-        why = f"it was not completed within its timeout of {timeout}"
-    error = ErrorInfo("TokenTimedOut", f"token {state.name!r} ({state.id}) timed out: {why}")
-    return StepRecord(outcome="failed", error=error, **common)
-
-
-def _child_name(task: Task[Any], name: str | None) -> str:
-    return name if name is not None else task.id
-
-
-def _child_outcome(child: dict[str, Any], run: Run | None) -> dict[str, Any]:
-    """How a child ended, as the parent's wait checkpoint keeps it."""
-    if run is None:  # cannot happen (children are created with their checkpoint)
-        error = ErrorInfo("RunNotFound", f"child run {child['run_id']} does not exist")
-        return {**child, "status": RunStatus.FAILED.value, "output": None, "error": error.to_json()}
-    if run.status == RunStatus.COMPLETED:
-        return {
-            "run_id": run.run_id,
-            "task_id": run.task_id,
-            "status": run.status.value,
-            "output": run.output,
-            "error": None,
-        }
-    error = run.error or ErrorInfo(f"Run{run.status.value.title().replace('_', '')}", "")
-    return {
-        "run_id": run.run_id,
-        "task_id": run.task_id,
-        "status": run.status.value,
-        "output": None,
-        "error": error.to_json(),
-    }
 
 
 def _scope_of(step_id: str) -> str:

@@ -1,0 +1,289 @@
+"""The child runs of ``rung.Context``: ``ctx.trigger``, ``ctx.trigger_and_wait`` and
+``ctx.batch_trigger_and_wait``. ``Context`` inherits them from ``_Children``; see
+docs/children.md."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from rung import _serde
+from rung._ctx_common import MAX_WAIT, _ContextBase
+from rung._ids import new_run_id
+from rung._signals import Suspend
+from rung.errors import ErrorInfo, InvalidConfig, UsageError
+from rung.models import ChildResult, Run, RunHandle, RunStatus, StepRecord
+from rung.retry import as_timedelta
+
+if TYPE_CHECKING:
+    from rung.app import Task
+
+R = TypeVar("R")
+S = TypeVar("S")
+
+
+class _Children(_ContextBase):
+    """The child runs of ``Context`` (rung.context)."""
+
+    # -- child runs ------------------------------------------------------------------
+
+    def trigger(
+        self,
+        task: str | Task[Any],
+        payload: Any = None,
+        *,
+        name: str | None = None,
+        detached: bool = False,
+        delay: timedelta | float | None = None,
+        tags: Iterable[str] | None = None,
+    ) -> RunHandle:
+        """Start a child run of ``task`` and go on without waiting for it.
+
+        A checkpoint like a step (``"/<name>#<n>"``, ``name`` defaulting to the task
+        id): the child is created together with it, so replays and retries of this
+        run never start a second child. The child records this run as its
+        ``parent_run_id``; canceling this run cancels the child too, unless
+        ``detached``. The task must belong to this run's app.
+
+        Returns:
+            The child's handle (``created`` is False on a replay).
+
+        Raises:
+            UnknownTask, InvalidPayload, PayloadTooLarge: as ``Client.trigger``.
+
+        Example:
+            >>> ctx.trigger(send_receipt, {"order_id": order.id}, detached=True)
+        """
+        self._check_caller("ctx.trigger()")
+        found = self._session.task(task)
+        wait = as_timedelta(delay, "ctx.trigger delay") if delay is not None else timedelta(0)
+        if wait > MAX_WAIT:
+            raise InvalidConfig(f"ctx.trigger delay {wait} is longer than the limit {MAX_WAIT}")
+        tag_tuple = tuple(tags or ())
+        if isinstance(tags, str) or not all(isinstance(t, str) and t for t in tag_tuple):
+            raise UsageError("ctx.trigger(tags=...) must be a list of non-empty strings")
+        record, created = self._start_child(
+            found, name, payload, waits=False, detached=detached, delay=wait, tags=tag_tuple
+        )
+        data = json.loads(record.result_json or "{}")
+        return RunHandle(run_id=data["run_id"], task_id=data["task_id"], created=created)
+
+    @overload
+    def trigger_and_wait(
+        self, task: Task[R], payload: Any = None, *, name: str | None = None
+    ) -> R: ...
+
+    @overload
+    def trigger_and_wait(
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        name: str | None = None,
+        result_type: type[S] | None = None,
+    ) -> Any: ...
+
+    def trigger_and_wait(
+        self,
+        task: str | Task[Any],
+        payload: Any = None,
+        *,
+        name: str | None = None,
+        result_type: type[S] | None = None,
+    ) -> Any:
+        """Start a child run of ``task`` and suspend until it ends; return its output.
+
+        The parent holds no worker while the child runs. Two checkpoints:
+        ``"/<name>#<n>"`` (the child, created with it atomically) and
+        ``"/<name>:wait#<n>"`` (its outcome, recorded once it has ended); ``name``
+        defaults to the task id. The output is revived as the task's return type
+        (or ``result_type``).
+
+        Raises:
+            ChildRunFailed: the child FAILED, was CANCELED or TIMED_OUT; carries its
+                run id, status and error. Catch it to carry on.
+
+        Example:
+            >>> try:
+            ...     receipt = ctx.trigger_and_wait(charge, {"order_id": "o-1"})
+            ... except rung.ChildRunFailed as exc:
+            ...     receipt = None  # exc.run_id, exc.status, exc.message
+        """
+        self._check_caller("ctx.trigger_and_wait()")
+        found = self._session.task(task)
+        record, _ = self._start_child(found, name, payload, waits=True)
+        child = json.loads(record.result_json or "{}")
+        wait = self._wait_children(f"{_child_name(found, name)}:wait", [child], single=True)
+        return self._replay(wait, result_type or found.output_type)
+
+    def batch_trigger_and_wait(
+        self,
+        task: str | Task[Any],
+        payloads: Iterable[Any],
+        *,
+        name: str | None = None,
+        result_type: type[S] | None = None,
+    ) -> list[ChildResult]:
+        """Start one child run of ``task`` per payload; suspend until all have ended.
+
+        Returns one ``ChildResult`` per payload, in input order; a failed child does
+        not raise here: inspect ``result.ok``/``result.error`` or call
+        ``result.unwrap()``. Checkpoints: ``"/<name>#1"`` ... ``"/<name>#N"`` (the
+        children) and one ``"/<name>:wait#<n>"`` holding every outcome. Every payload
+        is validated before any child starts.
+
+        Example:
+            >>> results = ctx.batch_trigger_and_wait(resize, [{"id": i} for i in ids])
+            >>> failed = [r.run_id for r in results if not r.ok]
+        """
+        self._check_caller("ctx.batch_trigger_and_wait()")
+        found = self._session.task(task)
+        items = list(payloads)
+        if not items:
+            return []
+        encoded = [found.encode_payload(p) for p in items]
+        children = [
+            json.loads(
+                self._start_child(found, name, None, waits=True, payload_json=text)[0].result_json
+                or "{}"
+            )
+            for text in encoded
+        ]
+        wait = self._wait_children(f"{_child_name(found, name)}:wait", children, single=False)
+        revive = result_type or found.output_type
+        return [
+            ChildResult(
+                run_id=o["run_id"],
+                task_id=o["task_id"],
+                status=RunStatus(o["status"]),
+                output=_serde.loads(json.dumps(o["output"]), revive)
+                if o["status"] == RunStatus.COMPLETED
+                else None,
+                error=ErrorInfo.from_json(o["error"]) if o.get("error") else None,
+                step_id=wait.step_id,
+            )
+            for o in json.loads(wait.result_json or "[]")
+        ]
+
+    def _start_child(
+        self,
+        task: Task[Any],
+        name: str | None,
+        payload: Any,
+        *,
+        waits: bool,
+        detached: bool = False,
+        delay: timedelta = timedelta(0),
+        tags: tuple[str, ...] = (),
+        payload_json: str | None = None,
+    ) -> tuple[StepRecord, bool]:
+        step_id, seq = self._position(_child_name(task, name), "child")
+        record = self._records.get(step_id)
+        if record is not None:
+            return record, False
+        text = payload_json if payload_json is not None else task.encode_payload(payload)
+        self._session.before_step()
+        now = self._session.now()
+        child = {"run_id": new_run_id(now), "task_id": task.id, "detached": bool(detached)}
+        mine = StepRecord(
+            step_id=step_id,
+            seq=seq,
+            outcome="succeeded",
+            attempt=1,
+            run_attempt=self.attempt,
+            started_at=now,
+            finished_at=now,
+            kind="child",
+            result_json=json.dumps(child),
+        )
+        stored, created = self._session.start_child(
+            mine,
+            task_id=task.id,
+            payload_json=text,
+            waits=waits,
+            detached=bool(detached),
+            delay=delay,
+            tags=tags,
+        )
+        return self._remember(stored), created
+
+    def _wait_children(
+        self, name: str, children: list[dict[str, Any]], *, single: bool
+    ) -> StepRecord:
+        """The outcome checkpoint of waiting for ``children``; suspends until all ended."""
+        step_id, seq = self._position(name, "child_wait")
+        record = self._records.get(step_id)
+        if record is not None:
+            return record
+        self._session.before_step()
+        ids = [c["run_id"] for c in children]
+        runs = self._session.get_runs(ids)
+        unfinished = tuple(i for i in ids if i in runs and not runs[i].status.is_terminal)
+        if unfinished:
+            what = (
+                f"child run {unfinished[0]}"
+                if single
+                else f"{len(unfinished)} of {len(ids)} child runs ({', '.join(unfinished[:3])}"
+                + (", ...)" if len(unfinished) > 3 else ")")
+            )
+            raise Suspend(None, what, children=unfinished)
+        now = self._session.now()
+        outcomes = [_child_outcome(c, runs.get(c["run_id"])) for c in children]
+        started = min(
+            (r.created_at for r in runs.values()),
+            default=now,
+        )
+        ended = max((r.finished_at or now for r in runs.values()), default=now)
+        common: dict[str, Any] = {
+            "step_id": step_id,
+            "seq": seq,
+            "attempt": 1,
+            "run_attempt": self.attempt,
+            "started_at": started,
+            "finished_at": ended,
+            "kind": "child_wait",
+        }
+        if not single:
+            stored = StepRecord(outcome="succeeded", result_json=json.dumps(outcomes), **common)
+        elif outcomes[0]["status"] == RunStatus.COMPLETED:
+            stored = StepRecord(
+                outcome="succeeded", result_json=json.dumps(outcomes[0]["output"]), **common
+            )
+        else:
+            outcome = outcomes[0]
+            stored = StepRecord(
+                outcome="failed",
+                error=ErrorInfo.from_json(outcome["error"]),
+                result_json=json.dumps({k: outcome[k] for k in ("run_id", "task_id", "status")}),
+                **common,
+            )
+        return self._remember(self._session.record_step(stored))
+
+
+def _child_name(task: Task[Any], name: str | None) -> str:
+    return name if name is not None else task.id
+
+
+def _child_outcome(child: dict[str, Any], run: Run | None) -> dict[str, Any]:
+    """How a child ended, as the parent's wait checkpoint keeps it."""
+    if run is None:  # cannot happen (children are created with their checkpoint)
+        error = ErrorInfo("RunNotFound", f"child run {child['run_id']} does not exist")
+        return {**child, "status": RunStatus.FAILED.value, "output": None, "error": error.to_json()}
+    if run.status == RunStatus.COMPLETED:
+        return {
+            "run_id": run.run_id,
+            "task_id": run.task_id,
+            "status": run.status.value,
+            "output": run.output,
+            "error": None,
+        }
+    error = run.error or ErrorInfo(f"Run{run.status.value.title().replace('_', '')}", "")
+    return {
+        "run_id": run.run_id,
+        "task_id": run.task_id,
+        "status": run.status.value,
+        "output": None,
+        "error": error.to_json(),
+    }
