@@ -138,8 +138,11 @@ class Gate:
             until = now + self.lease
             # A reservation we come to too late is not used: a fresh one is taken (the
             # stale one stays in the window, which only makes the window stricter).
-            late = mine is not None and bool(mine.start_ms)
-            late = late and is_late(spec, _from_ms(mine.start_ms), now)  # type: ignore[union-attr]
+            late = (
+                mine is not None
+                and mine.start_ms > 0
+                and is_late(spec, _from_ms(mine.start_ms), now)
+            )
             if mine is not None and (spec.rate_limit is None or mine.start_ms) and not late:
                 # Ours already (handed off to it, held across a crash, or reserved for a
                 # rate-limited start): renewing our own entry needs no version check.
@@ -209,7 +212,8 @@ class Gate:
             _backoff(attempt)
         raise Contended(
             f"queue {spec.name}: its state changed under every one of {_TRIES} tries to "
-            f"admit run {run.run_id}; it holds no slot and is admitted again in a few seconds"
+            f"admit run {run.run_id}; the run is admitted again in a few seconds (no "
+            "attempt spent); many workers on one queue item is the cause"
         )
 
     def _reserve(

@@ -163,6 +163,29 @@ def test_a_tenant_with_two_runs_is_not_stuck_behind_one_with_a_hundred() -> None
     )
 
 
+class _Desk:
+    """Store-level flow-control tests: claim runs and admit them by hand (no workers)."""
+
+    def __init__(self, engine: LocalEngine, queue: rung.Queue) -> None:
+        from rung._flow import Gate
+
+        self.store, self.clock, self.queue = engine.store, engine.clock, queue
+        self.lease = timedelta(minutes=1)
+        self.gate = Gate(engine.store, engine.queue, self.lease)
+
+    def claim(self, run_id: str) -> Any:
+        from rung._store import Claimed
+
+        claim = self.store.claim_run(run_id, self.clock.now(), self.lease)
+        assert isinstance(claim, Claimed), claim
+        return claim
+
+    def admit(self, claim: Any, key: str = "", priority: int = 0) -> object:
+        return self.gate.admit(
+            self.queue, claim.run, claim.token, key, priority, self.clock.now, timedelta(0)
+        )
+
+
 def _settled(engine: LocalEngine, queue: str) -> Any:
     """The queue's state once its holders are gone: a run gives its slot back just
     after its final write, so a test that saw the run finish may be a write early."""
@@ -412,8 +435,7 @@ def test_a_parked_run_rechecked_while_its_hand_off_passed_it_by_keeps_a_place() 
     # handed off: the hand-off finds the run claimed, drops its waiter item and serves
     # the next waiter. The run, still full out, must park with a new place (not keep a
     # place that no longer exists and wait for the next safety net, forever).
-    from rung._flow import PARK_RECHECK, Admitted, Gate, Parked
-    from rung._store import Claimed
+    from rung._flow import PARK_RECHECK, Admitted, Parked
 
     app = rung.App("recheck")
     queue = rung.Queue("q", concurrency_limit=2)
@@ -423,17 +445,12 @@ def test_a_parked_run_rechecked_while_its_hand_off_passed_it_by_keeps_a_place() 
         return job.n
 
     with LocalEngine(app, workers=0) as engine:
-        store, clock, lease = engine.store, engine.clock, timedelta(minutes=1)
-        gate = Gate(store, engine.queue, lease)
+        desk = _Desk(engine, queue)
+        store, clock, gate, admit = desk.store, desk.clock, desk.gate, desk.admit
         ids = {name: engine.trigger("t", {"n": n}).run_id for n, name in enumerate("ACBE")}
 
-        def claim(name: str) -> Claimed:
-            claim = store.claim_run(ids[name], clock.now(), lease)
-            assert isinstance(claim, Claimed), claim
-            return claim
-
-        def admit(claimed: Claimed) -> object:
-            return gate.admit(queue, claimed.run, claimed.token, "", 0, clock.now, timedelta(0))
+        def claim(name: str) -> Any:
+            return desk.claim(ids[name])
 
         running = {name: claim(name) for name in "AC"}
         assert all(isinstance(admit(c), Admitted) for c in running.values())
@@ -463,8 +480,7 @@ def test_an_attempt_that_lets_go_late_does_not_free_the_next_attempts_slot() -> 
     # A run continues in a fresh invocation (or is woken) and is claimed again before
     # the attempt that sent it on has given its slot back: the late release must not
     # remove the entry the next attempt holds, or a third run would get "its" slot.
-    from rung._flow import Admitted, Gate, Parked
-    from rung._store import Claimed
+    from rung._flow import Admitted, Parked
 
     app = rung.App("latecomer")
     queue = rung.Queue("one", concurrency_limit=1)
@@ -474,17 +490,9 @@ def test_an_attempt_that_lets_go_late_does_not_free_the_next_attempts_slot() -> 
         return job.n
 
     with LocalEngine(app, workers=0) as engine:
-        store, clock, lease = engine.store, engine.clock, timedelta(minutes=1)
-        gate = Gate(store, engine.queue, lease)
+        desk = _Desk(engine, queue)
+        store, clock, gate, claim, admit = desk.store, desk.clock, desk.gate, desk.claim, desk.admit
         run_id, other_id = (engine.trigger("t", {"n": n}).run_id for n in range(2))
-
-        def claim(rid: str) -> Claimed:
-            claim = store.claim_run(rid, clock.now(), lease)
-            assert isinstance(claim, Claimed), claim
-            return claim
-
-        def admit(c: Claimed) -> object:
-            return gate.admit(queue, c.run, c.token, "", 0, clock.now, timedelta(0))
 
         first = claim(run_id)
         assert isinstance(admit(first), Admitted)
@@ -547,8 +555,7 @@ def test_a_free_slot_reaches_a_lower_priority_past_a_band_of_blocked_keys(
     # A hand-off scans a bounded number of parked runs per priority (SCAN_WAITERS, 200);
     # made 3 here so that four parked runs of one blocked key fill the scan.
     import rung._flow
-    from rung._flow import Admitted, Gate, Parked
-    from rung._store import Claimed
+    from rung._flow import Admitted, Parked
 
     monkeypatch.setattr(rung._flow, "SCAN_WAITERS", 3)
     app = rung.App("bands")
@@ -559,17 +566,13 @@ def test_a_free_slot_reaches_a_lower_priority_past_a_band_of_blocked_keys(
         return job.n
 
     with LocalEngine(app, workers=0) as engine:
-        store, clock, lease = engine.store, engine.clock, timedelta(minutes=1)
-        gate = Gate(store, engine.queue, lease)
+        desk = _Desk(engine, queue)
+        store, clock, gate = desk.store, desk.clock, desk.gate
 
         def admit(tenant: str, tier: int) -> tuple[str, int, object]:
             run_id = engine.trigger("t", {"tenant": tenant, "tier": tier}).run_id
-            claim = store.claim_run(run_id, clock.now(), lease)
-            assert isinstance(claim, Claimed)
-            verdict = gate.admit(
-                queue, claim.run, claim.token, tenant, tier, clock.now, timedelta(0)
-            )
-            return run_id, claim.token, verdict
+            claim = desk.claim(run_id)
+            return run_id, claim.token, desk.admit(claim, tenant, tier)
 
         big_id, _, first = admit("big", 5)
         x_id, x_token, second = admit("x", 0)
