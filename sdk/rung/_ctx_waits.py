@@ -21,6 +21,12 @@ from rung.retry import as_timedelta
 
 S = TypeVar("S")
 
+# What to do instead of one wait beyond MAX_WAIT (said in the error).
+_LONGER = (
+    "wait in a loop of shorter waits (each is its own checkpoint and replays), or wait "
+    "for a token that something outside completes"
+)
+
 
 class _Waits(_ContextBase):
     """The durable waits of ``Context`` (rung.context)."""
@@ -40,7 +46,9 @@ class _Waits(_ContextBase):
         self._check_caller("ctx.wait()")
         delay = as_timedelta(duration, "ctx.wait duration")
         if delay > MAX_WAIT:
-            raise InvalidConfig(f"ctx.wait duration {delay} is longer than the limit {MAX_WAIT}")
+            raise InvalidConfig(
+                f"ctx.wait duration {delay} is longer than the limit {MAX_WAIT}; {_LONGER}"
+            )
         self._wait(name, lambda now: now + delay)
 
     def wait_until(self, when: datetime, *, name: str = "wait") -> None:
@@ -61,7 +69,9 @@ class _Waits(_ContextBase):
             now = self._session.now()
             wake_at = wake_time(now)
             if wake_at - now > MAX_WAIT:
-                raise InvalidConfig(f"ctx.wait_until({iso(wake_at)}) is more than {MAX_WAIT} away")
+                raise InvalidConfig(
+                    f"ctx.wait_until({iso(wake_at)}) is more than {MAX_WAIT} away; {_LONGER}"
+                )
             record = self._remember(
                 self._session.record_step(
                     StepRecord(
@@ -108,7 +118,10 @@ class _Waits(_ContextBase):
         self._check_caller(f"ctx.create_token({name!r})")
         limit = as_timedelta(timeout, "create_token timeout")
         if limit <= timedelta(0) or limit > MAX_WAIT:
-            raise InvalidConfig(f"create_token timeout must be in (0, {MAX_WAIT}], got {limit}")
+            raise InvalidConfig(
+                f"create_token timeout must be in (0, {MAX_WAIT}], got {limit}; for a longer "
+                "wait, catch the timeout and create a new token in a loop"
+            )
         beat = (
             as_timedelta(heartbeat_timeout, "create_token heartbeat_timeout")
             if heartbeat_timeout is not None

@@ -123,6 +123,7 @@ def test_wait_argument_errors_are_clear() -> None:
             lambda: ctx.create_token("t", timeout=60, heartbeat_timeout=120),
             lambda: ctx.wait_for_token("tok_abc"),  # type: ignore[arg-type]
             lambda: ctx.wait(1, name="a/b"),
+            lambda: ctx.wait_until(datetime.now(UTC) + timedelta(days=400)),
         ):
             try:
                 call()
@@ -132,15 +133,17 @@ def test_wait_argument_errors_are_clear() -> None:
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("bad").run_id)
     assert run.status == rung.RunStatus.COMPLETED
-    assert len(errors) == 8
+    assert len(errors) == 9
     assert "timedelta or a number of seconds" in errors[0]
     assert "must not be negative" in errors[1]
-    assert "longer than the limit" in errors[2]
+    assert "longer than the limit 366 days" in errors[2]
+    assert "wait in a loop of shorter waits" in errors[2]
     assert "timezone-aware" in errors[3]
     assert "timeout must be in" in errors[4]
     assert "heartbeat_timeout must be positive and at most the timeout" in errors[5]
     assert "needs the Token from ctx.create_token" in errors[6]
     assert "contains '/' or '#'" in errors[7]
+    assert "more than 366 days, 0:00:00 away; wait in a loop" in errors[8]
 
 
 class Decision(pydantic.BaseModel):
