@@ -187,11 +187,9 @@ class _Children(_ContextBase):
         self._session.before_step()
         now = self._session.now()
         child = {"run_id": new_run_id(now), "task_id": task.id, "detached": bool(detached)}
-        mine = StepRecord(
-            step_id=step_id,
-            seq=seq,
-            outcome="succeeded",
-            attempt=1,
+        mine = StepRecord.ended(
+            step_id,
+            seq,
             run_attempt=self.attempt,
             started_at=now,
             finished_at=now,
@@ -236,29 +234,25 @@ class _Children(_ContextBase):
             default=now,
         )
         ended = max((r.finished_at or now for r in runs.values()), default=now)
-        common: dict[str, Any] = {
-            "step_id": step_id,
-            "seq": seq,
-            "attempt": 1,
-            "run_attempt": self.attempt,
-            "started_at": started,
-            "finished_at": ended,
-            "kind": "child_wait",
-        }
+        error: ErrorInfo | None = None
         if not single:
-            stored = StepRecord(outcome="succeeded", result_json=json.dumps(outcomes), **common)
+            result = json.dumps(outcomes)
         elif outcomes[0]["status"] == RunStatus.COMPLETED:
-            stored = StepRecord(
-                outcome="succeeded", result_json=json.dumps(outcomes[0]["output"]), **common
-            )
+            result = json.dumps(outcomes[0]["output"])
         else:
             outcome = outcomes[0]
-            stored = StepRecord(
-                outcome="failed",
-                error=ErrorInfo.from_json(outcome["error"]),
-                result_json=json.dumps({k: outcome[k] for k in ("run_id", "task_id", "status")}),
-                **common,
-            )
+            error = ErrorInfo.from_json(outcome["error"])
+            result = json.dumps({k: outcome[k] for k in ("run_id", "task_id", "status")})
+        stored = StepRecord.ended(
+            step_id,
+            seq,
+            run_attempt=self.attempt,
+            started_at=started,
+            finished_at=ended,
+            kind="child_wait",
+            result_json=result,
+            error=error,
+        )
         return self._remember(self._session.record_step(stored))
 
 

@@ -153,11 +153,9 @@ class _Waits(_ContextBase):
             self._session.create_token(state)
             record = self._remember(
                 self._session.record_step(
-                    StepRecord(
-                        step_id=step_id,
-                        seq=seq,
-                        outcome="succeeded",
-                        attempt=1,
+                    StepRecord.ended(
+                        step_id,
+                        seq,
                         run_attempt=self.attempt,
                         started_at=now,
                         finished_at=now,
@@ -324,24 +322,26 @@ def _token_outcome(
     state: TokenState, step_id: str, seq: int, run_attempt: int, now: datetime
 ) -> StepRecord:
     """The checkpoint of a resolved token, as ``wait_for_token`` records it."""
-    common: dict[str, Any] = {
-        "step_id": step_id,
-        "seq": seq,
-        "attempt": 1,
-        "run_attempt": run_attempt,
-        "started_at": state.created_at,
-        "finished_at": state.resolved_at or now,
-        "kind": "token_wait",
-    }
+    result_json: str | None = None
+    error: ErrorInfo | None = None
     if state.status == "COMPLETED":
-        return StepRecord(outcome="succeeded", result_json=state.result_json or "null", **common)
-    if state.status == "FAILED":
+        result_json = state.result_json or "null"
+    elif state.status == "FAILED":
         error = state.error or ErrorInfo("TokenFailed", "")
-        return StepRecord(outcome="failed", error=error, **common)
-    timeout = state.timeout_at - state.created_at
-    if state.deadline < state.timeout_at and state.heartbeat_timeout is not None:
-        why = f"no heartbeat arrived within {state.heartbeat_timeout}"
     else:
-        why = f"it was not completed within its timeout of {timeout}"
-    error = ErrorInfo("TokenTimedOut", f"token {state.name!r} ({state.id}) timed out: {why}")
-    return StepRecord(outcome="failed", error=error, **common)
+        timeout = state.timeout_at - state.created_at
+        if state.deadline < state.timeout_at and state.heartbeat_timeout is not None:
+            why = f"no heartbeat arrived within {state.heartbeat_timeout}"
+        else:
+            why = f"it was not completed within its timeout of {timeout}"
+        error = ErrorInfo("TokenTimedOut", f"token {state.name!r} ({state.id}) timed out: {why}")
+    return StepRecord.ended(
+        step_id,
+        seq,
+        run_attempt=run_attempt,
+        started_at=state.created_at,
+        finished_at=state.resolved_at or now,
+        kind="token_wait",
+        result_json=result_json,
+        error=error,
+    )

@@ -287,11 +287,9 @@ class _Batch:
                 except (_serde.NotSerializable, PayloadTooLarge) as exc:
                     error = ErrorInfo(type(exc).__name__, str(exc))
             stored = self.session.record_step(
-                StepRecord(
-                    step_id=branch_id,
-                    seq=self.seq,
-                    outcome="succeeded" if error is None else "failed",
-                    attempt=1,
+                StepRecord.ended(
+                    branch_id,
+                    self.seq,
                     run_attempt=self.parent.attempt,
                     started_at=started,
                     finished_at=self.session.now(),
@@ -325,11 +323,9 @@ class _Batch:
             failure = None if verdict else self._failure(result)
             recorded = self.parent._remember(
                 self.session.record_step(
-                    StepRecord(
-                        step_id=self.id,
-                        seq=self.seq,
-                        outcome="succeeded" if verdict else "failed",
-                        attempt=1,
+                    StepRecord.ended(
+                        self.id,
+                        self.seq,
                         run_attempt=self.parent.attempt,
                         started_at=started,
                         finished_at=self.session.now(),

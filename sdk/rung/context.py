@@ -349,10 +349,9 @@ class Context(_Waits, _Children):
             error = ErrorInfo(type=type(exc).__name__, message=str(exc))
             return typing.cast(R, self._finish_failed(step_id, seq, attempt, started, error))
         stored = self._session.record_step(
-            StepRecord(
-                step_id=step_id,
-                seq=seq,
-                outcome="succeeded",
+            StepRecord.ended(
+                step_id,
+                seq,
                 attempt=attempt,
                 run_attempt=self.attempt,
                 started_at=started,
@@ -366,10 +365,9 @@ class Context(_Waits, _Children):
         self, step_id: str, seq: int, attempt: int, started: datetime, error: ErrorInfo
     ) -> Any:
         stored = self._session.record_step(
-            StepRecord(
-                step_id=step_id,
-                seq=seq,
-                outcome="failed",
+            StepRecord.ended(
+                step_id,
+                seq,
                 attempt=attempt,
                 run_attempt=self.attempt,
                 started_at=started,

@@ -117,6 +117,34 @@ class StepRecord:
     #: for a wait: when it ends
     wake_at: datetime | None = None
 
+    @classmethod
+    def ended(
+        cls,
+        step_id: str,
+        seq: int,
+        *,
+        run_attempt: int,
+        started_at: datetime,
+        finished_at: datetime,
+        kind: str = "step",
+        result_json: str | None = None,
+        error: ErrorInfo | None = None,
+        attempt: int = 1,
+    ) -> StepRecord:
+        """A finished checkpoint: "failed" when it carries an ``error``, else "succeeded"."""
+        return cls(
+            step_id=step_id,
+            seq=seq,
+            outcome="succeeded" if error is None else "failed",
+            attempt=attempt,
+            run_attempt=run_attempt,
+            started_at=started_at,
+            finished_at=finished_at,
+            result_json=result_json,
+            error=error,
+            kind=kind,
+        )
+
 
 @dataclass(frozen=True)
 class Run:

@@ -332,14 +332,15 @@ def test_a_huge_error_message_is_stored_capped_and_the_run_goes_on() -> None:
 @pytest.mark.slow  # ~30 s of wall time: the queue's visibility timeout after the "kill"
 @pytest.mark.timeout(180)
 def test_a_step_that_outlives_its_invocation_fails_with_an_error_that_says_so() -> None:
-    # Wall-clock time: the watchdog is a real timer. The invocation has 2 s; the step
-    # takes 2.5 s, and then the "Lambda" kills it (SimulatedCrash, as at a timeout).
+    # Wall-clock time: the watchdog is a real timer. The invocation has 3 s (the claim
+    # and the quick step take well under the 2 s before the watchdog fires); the step
+    # takes 3.5 s, and then the "Lambda" kills it (SimulatedCrash, as at a timeout).
     app = rung.App("overrun")
     calls: Counter[str] = Counter()
 
     def too_slow() -> str:
         calls["slow"] += 1
-        time.sleep(2.5)
+        time.sleep(3.5)
         raise SimulatedCrash()  # the invocation's time is up: the process is stopped
 
     @app.task(id="t", retry=rung.RetryPolicy(max_attempts=1))
@@ -350,9 +351,9 @@ def test_a_step_that_outlives_its_invocation_fails_with_an_error_that_says_so() 
     with LocalEngine(
         app,
         virtual_time=False,
-        invocation_timeout=timedelta(seconds=2),
+        invocation_timeout=timedelta(seconds=3),
         min_time_left=timedelta(milliseconds=100),
-        lease_duration=timedelta(seconds=3),
+        lease_duration=timedelta(seconds=4),
     ) as engine:
         run = engine.wait(engine.trigger("t").run_id, timeout=120)
         history = engine.history(run.run_id)

@@ -146,7 +146,9 @@ def test_a_tenant_with_two_runs_is_not_stuck_behind_one_with_a_hundred() -> None
     def task(ctx: rung.Context, job: Job) -> str:
         return ctx.step("work", work, job)
 
-    with LocalEngine(app, workers=6) as engine:
+    # The holders block in their step for as long as parking 98 runs takes, which
+    # can pass a minute on a loaded machine; a longer lease keeps their slots theirs.
+    with LocalEngine(app, workers=6, lease_duration=timedelta(minutes=10)) as engine:
         big = [engine.trigger("t", {"tenant": "big", "n": n}) for n in range(100)]
         _wait_parked(engine, "fair", 98)
         small = [engine.trigger("t", {"tenant": "small", "n": n}) for n in range(2)]
@@ -224,7 +226,7 @@ def test_priority_takes_the_next_slot_before_older_lower_priority_runs() -> None
     def work(job: Job) -> int:
         tracker.enter(str(job.tier), rung.current_step().run_id)
         try:
-            gate.wait(30)
+            gate.wait(240)  # as long as _wait_parked may take
         finally:
             tracker.leave(str(job.tier))
         return job.n

@@ -174,7 +174,8 @@ def test_max_concurrency_caps_the_branches_running_at_once_and_is_reached() -> N
 
     def slow(ctx: rung.Context, item: int) -> int:
         start = time.monotonic()
-        value = ctx.step("sleep", lambda: nap(0.05, item))
+        # Long enough that three branch threads overlap on a loaded machine.
+        value = ctx.step("sleep", lambda: nap(0.3, item))
         spans[item] = (start, time.monotonic())
         return value
 

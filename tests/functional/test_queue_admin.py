@@ -97,6 +97,8 @@ def test_pausing_stops_new_starts_running_runs_finish_and_resuming_starts_them(
     recorder.release.set()  # the two running runs may finish now
     done = [engine.wait(h.run_id, timeout=60) for h in first]
     time.sleep(2.0)  # room for a wrong start
+    # A run gives its slot back just after its final write.
+    assert until(lambda: client.get_queue("mail").running == 0)
 
     assert paused.paused
     assert [r.status for r in done] == [rung.RunStatus.COMPLETED] * 2

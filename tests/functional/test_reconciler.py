@@ -346,6 +346,7 @@ def test_two_reconcilers_racing_redrive_each_run_once() -> None:
     assert calls == {f"double:{n}": 1 for n in range(10)}
 
 
+@pytest.mark.timeout(300)
 def test_reconciling_while_workers_process_runs_duplicates_no_step() -> None:
     app = rung.App("rec-busy")
     calls: Counter[str] = Counter()
@@ -379,7 +380,7 @@ def test_reconciling_while_workers_process_runs_duplicates_no_step() -> None:
         reconciler = threading.Thread(target=keep_reconciling)
         reconciler.start()
         try:
-            runs = [engine.wait(h.run_id, timeout=20) for h in handles]
+            runs = [engine.wait(h.run_id, timeout=90) for h in handles]
         finally:
             gate.set()
             stop.set()

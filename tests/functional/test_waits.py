@@ -14,6 +14,7 @@ import pytest
 
 import rung
 from rung._clock import VirtualClock
+from rung._engine import Disposition
 from rung.testing import LocalEngine
 
 
@@ -424,12 +425,16 @@ def test_a_wait_replaced_by_a_step_is_a_determinism_error() -> None:
         else:
             ctx.step("pause", lambda: None)
 
-    # Wall-clock time: the test changes the code while the run waits.
-    with LocalEngine(app, virtual_time=False) as engine:
+    # No worker threads: the test hands each message over itself, so the code changes
+    # while the run waits, however slow the machine.
+    with LocalEngine(app, workers=0) as engine:
         handle = engine.trigger("nd")
-        wait_for_status(engine, handle.run_id, rung.RunStatus.WAITING)
+        _deliver(engine)
+        assert engine.get_run(handle.run_id).status == rung.RunStatus.WAITING
         version["v"] = 2
-        run = engine.wait(handle.run_id)
+        engine.clock.advance(timedelta(seconds=3))
+        _deliver(engine)
+        run = engine.get_run(handle.run_id)
     assert run.status == rung.RunStatus.FAILED
     assert run.error is not None and run.error.type == "NonDeterminismError"
     assert "wait #1 was '/pause#1'" in run.error.message
@@ -529,3 +534,11 @@ def test_the_trace_shows_waits_tokens_and_their_durations() -> None:
     assert wait.what == "⏸ /wait#1" and wait.took is not None
     assert timedelta(hours=2) <= wait.took < timedelta(hours=2, seconds=5)
     assert token_wait.error is not None and token_wait.error.type == "TokenTimedOut"
+
+
+def _deliver(engine: LocalEngine) -> None:
+    """Play the event source on this thread (a LocalEngine with workers=0)."""
+    while messages := engine.queue.receive(max_messages=10):
+        for message in messages:
+            if engine.worker.handle(message) == Disposition.ACK:
+                engine.queue.delete(message)

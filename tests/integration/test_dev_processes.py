@@ -321,11 +321,15 @@ def test_kill_9_of_workers_holding_slots_the_limit_recovers_and_never_breaks(
     tmp_path: Path, effects_file: Path
 ) -> None:
     gate = tmp_path / "gate"
-    with DevStack(dev_options(tmp_path, workers=4)) as dev:
+    # One message per invocation, so no run waits in a batch behind a blocked holder;
+    # a 5 s lease, so the holders' slots (renewed only at step boundaries) outlast
+    # the others' parking on a loaded machine.
+    options = dev_options(tmp_path, workers=4, lease_seconds=5, parameters={"BatchSize": "1"})
+    with DevStack(options) as dev:
         handles = [dev.client.trigger("limited", {"gate": str(gate)}) for _ in range(6)]
         deadline = time.monotonic() + 60
-        while len(_entries(effects_file)) < 2:
-            assert time.monotonic() < deadline, "two runs never started"
+        while len(_entries(effects_file)) < 2 or dev.client.get_queue("dev-limited").parked < 4:
+            assert time.monotonic() < deadline, "two runs never started, or four never parked"
             time.sleep(0.05)
         time.sleep(1.0)  # room for a third, wrong, start on the two idle workers
         holders = _entries(effects_file)
@@ -336,6 +340,10 @@ def test_kill_9_of_workers_holding_slots_the_limit_recovers_and_never_breaks(
         gate.touch()
         runs = [dev.wait(h.run_id, timeout=120) for h in handles]
         crashes = list(dev.crashes)
+        # A run gives its slot back just after its final write: wait for the last one.
+        deadline = time.monotonic() + 30
+        while dev.client.get_queue("dev-limited").running and time.monotonic() < deadline:
+            time.sleep(0.05)
         queue = dev.client.get_queue("dev-limited")
 
     assert len(holders) == 2  # the limit held while the holders were blocked
