@@ -288,9 +288,12 @@ class Worker:
             except InvalidPayload as exc:
                 self._fail(run, token, ErrorInfo("InvalidPayload", str(exc)), None, now())
                 return Disposition.ACK
+            unused: datetime | None = None  # a reservation come to too late
             while True:
                 try:
-                    verdict = self.gate.admit(spec, run, token, key, priority, now, session.spent())
+                    verdict = self.gate.admit(
+                        spec, run, token, key, priority, now, session.spent(), unused
+                    )
                 except Contended as exc:
                     # Not the run's fault: no attempt is spent; it comes back shortly.
                     log.warning("%s", exc)
@@ -333,7 +336,8 @@ class Worker:
                 if not is_late(spec, verdict.until, now()):
                     break
                 # Woken too late for the reservation (a busy machine): admit again,
-                # which takes a fresh one.
+                # which takes a fresh one and gives this one back to the window.
+                unused = verdict.until
             session.slot = spec
         disposition = self._execute(
             message, run, token, task, ctx, session, payload, attempt_start, watchdog

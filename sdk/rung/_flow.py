@@ -119,11 +119,14 @@ class Gate:
         priority: int,
         clock: Callable[[], datetime],
         spent: timedelta,
+        unused: datetime | None = None,
     ) -> Admitted | Parked | Delayed:
         """Take a slot for the claimed ``run``, or park it, or delay it for the rate.
 
         ``clock`` is read afresh on every try: backoffs between tries add up, and an
-        immediate start is reserved at the time of the try that wins."""
+        immediate start is reserved at the time of the try that wins. ``unused`` is a
+        rate reservation this attempt was given and came to too late (it did not
+        start then): it leaves the window with the fresh reservation."""
         for attempt in range(_TRIES):
             state = self.store.queue_state(spec.name)
             now = clock()
@@ -136,8 +139,10 @@ class Gate:
             # run takes a slot afresh, through the version-checked path.
             mine = live.get(run.run_id)
             until = now + self.lease
-            # A reservation we come to too late is not used: a fresh one is taken (the
-            # stale one stays in the window, which only makes the window stricter).
+            # A reservation we come to too late is not used: a fresh one is taken. The
+            # stale one leaves the window only when this attempt knows it never started
+            # on it (``unused``); one found late on arrival stays, as an earlier,
+            # crashed attempt may have started then (a stricter window, never looser).
             late = (
                 mine is not None
                 and mine.start_ms > 0
@@ -156,7 +161,8 @@ class Gate:
                 start_ms = 0 if late else mine.start_ms
                 starts = key_starts = None
                 if spec.rate_limit is not None and start_ms == 0:
-                    start_ms, starts, key_starts = self._reserve(spec, state, key, now_ms)
+                    drop = mine.start_ms if unused and mine.start_ms == to_ms(unused) else None
+                    start_ms, starts, key_starts = self._reserve(spec, state, key, now_ms, drop)
                 hold_until = max(until, _from_ms(start_ms) + self.lease)
                 if not self.store.take_slot(
                     state,
@@ -217,13 +223,16 @@ class Gate:
         )
 
     def _reserve(
-        self, spec: Queue, state: QueueState, key: str, now_ms: int
+        self, spec: Queue, state: QueueState, key: str, now_ms: int, drop: int | None = None
     ) -> tuple[int, list[int] | None, list[int] | None]:
-        """The earliest start the rate limit allows, and the new window(s) holding it."""
+        """The earliest start the rate limit allows, and the new window(s) holding it
+        (without one entry ``drop``: a reservation that was never started on)."""
         rate = spec.rate_limit
         assert rate is not None
         window = int((rate.window + rate_margin(rate.window)).total_seconds() * 1000)
-        log_ = state.kstarts.get(key, []) if rate.per_key else state.starts
+        log_ = list(state.kstarts.get(key, []) if rate.per_key else state.starts)
+        if drop is not None and drop in log_:
+            log_.remove(drop)
         recent = sorted(t for t in log_ if t > now_ms - window)
         start = now_ms
         if len(recent) >= rate.limit:

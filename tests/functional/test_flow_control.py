@@ -18,7 +18,7 @@ import pydantic
 import pytest
 
 import rung
-from rung._clock import VirtualClock
+from rung._clock import VirtualClock, from_ms, to_ms
 from rung.testing import LocalEngine, SimulatedCrash
 
 
@@ -180,9 +180,19 @@ class _Desk:
         assert isinstance(claim, Claimed), claim
         return claim
 
-    def admit(self, claim: Any, key: str = "", priority: int = 0) -> object:
+    def admit(
+        self,
+        claim: Any,
+        key: str = "",
+        priority: int = 0,
+        unused: datetime | None = None,
+        at: datetime | None = None,
+    ) -> object:
+        """Admit ``claim`` now, or at the fixed time ``at`` (the engine's virtual clock
+        lets wall time through, which a test of exact reservations cannot have)."""
+        clock = self.clock.now if at is None else (lambda: at)
         return self.gate.admit(
-            self.queue, claim.run, claim.token, key, priority, self.clock.now, timedelta(0)
+            self.queue, claim.run, claim.token, key, priority, clock, timedelta(0), unused
         )
 
 
@@ -626,3 +636,58 @@ def test_code_outside_steps_that_outlives_the_slot_fails_the_attempt_instead_of_
     assert run.error is not None and run.error.type == "SlotExpired"
     assert "expired before its first step" in run.error.message
     assert "move that work into steps" in run.error.message
+
+
+def test_a_reservation_woken_too_late_for_goes_back_to_the_window() -> None:
+    # Rate 2/s: A and B start now, C and D are reserved 1.1 s later (the window plus
+    # its margin). C's worker wakes 200 ms late: C takes a fresh reservation, and its
+    # unused one leaves the window, so C starts at once instead of a window later.
+    from rung._flow import Admitted, Delayed
+
+    app = rung.App("late")
+    queue = rung.Queue("late", rate_limit=rung.Rate(2, per=timedelta(seconds=1)))
+
+    @app.task(id="t", queue=queue)
+    def task(ctx: rung.Context, job: Job) -> int:
+        return job.n
+
+    with LocalEngine(app, workers=0) as engine:
+        desk = _Desk(engine, queue)
+        claims = [desk.claim(engine.trigger("t", {"n": n}).run_id) for n in range(5)]
+        start = from_ms(to_ms(desk.clock.now()))
+        a, b, c, d = (desk.admit(claim, at=start) for claim in claims[:4])
+        assert isinstance(a, Admitted) and isinstance(b, Admitted)
+        assert isinstance(c, Delayed) and isinstance(d, Delayed)
+        assert c.until == d.until == start + timedelta(seconds=1.1)
+
+        late = start + timedelta(seconds=1.3)  # 200 ms late for C's reservation
+        again = desk.admit(claims[2], unused=c.until, at=late)
+        assert isinstance(again, Admitted)  # D's start and C's own: 2 in the window
+        assert sorted(desk.store.queue_state("late").starts) == [to_ms(d.until), to_ms(late)]
+
+        # E comes now: the window is full (D and C), so E waits a window after D.
+        e = desk.admit(claims[4], at=late)
+        assert isinstance(e, Delayed) and e.until == start + timedelta(seconds=2.2)
+
+
+def test_a_reservation_found_late_on_arrival_stays_in_the_window() -> None:
+    # The same lateness seen by a new invocation (no ``unused``): an earlier attempt
+    # may have started on that reservation and crashed, so it stays counted.
+    from rung._flow import Delayed
+
+    app = rung.App("late2")
+    queue = rung.Queue("late2", rate_limit=rung.Rate(2, per=timedelta(seconds=1)))
+
+    @app.task(id="t", queue=queue)
+    def task(ctx: rung.Context, job: Job) -> int:
+        return job.n
+
+    with LocalEngine(app, workers=0) as engine:
+        desk = _Desk(engine, queue)
+        claims = [desk.claim(engine.trigger("t", {"n": n}).run_id) for n in range(4)]
+        start = from_ms(to_ms(desk.clock.now()))
+        c = [desk.admit(claim, at=start) for claim in claims][2]
+        assert isinstance(c, Delayed)
+        again = desk.admit(claims[2], at=start + timedelta(seconds=1.3))
+        assert isinstance(again, Delayed)  # late, not known unused: a window after D
+        assert again.until == start + timedelta(seconds=2.2)

@@ -432,6 +432,7 @@ def test_a_wait_replaced_by_a_step_is_a_determinism_error() -> None:
         _deliver(engine)
         assert engine.get_run(handle.run_id).status == rung.RunStatus.WAITING
         version["v"] = 2
+        assert isinstance(engine.clock, VirtualClock)
         engine.clock.advance(timedelta(seconds=3))
         _deliver(engine)
         run = engine.get_run(handle.run_id)
