@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 S = TypeVar("S")
 
+# ``_start_child(batch=...)`` for a batch's first child: the batch is keyed by its id.
+_FIRST_OF_BATCH = "*"
+
 
 class _Children(_ContextBase):
     """The child runs of ``Context`` (rung.context)."""
@@ -144,13 +147,14 @@ class _Children(_ContextBase):
         if not items:
             return []
         encoded = [found.encode_payload(p) for p in items]
-        children = [
-            json.loads(
-                self._start_child(found, name, None, waits=True, payload_json=text)[0].result_json
-                or "{}"
+        children: list[dict[str, Any]] = []
+        for text in encoded:
+            # The batch's key is its first child's run id (known once that one exists).
+            batch = children[0]["run_id"] if children else _FIRST_OF_BATCH
+            record, _ = self._start_child(
+                found, name, None, waits=True, payload_json=text, batch=batch
             )
-            for text in encoded
-        ]
+            children.append(json.loads(record.result_json or "{}"))
         wait = self._wait_children(f"{_child_name(found, name)}:wait", children, single=False)
         revive = result_type or found.output_type
         return [
@@ -178,6 +182,7 @@ class _Children(_ContextBase):
         delay: timedelta = timedelta(0),
         tags: tuple[str, ...] = (),
         payload_json: str | None = None,
+        batch: str | None = None,
     ) -> tuple[StepRecord, bool]:
         step_id, seq = self._position(_child_name(task, name), "child")
         record = self._records.get(step_id)
@@ -186,7 +191,13 @@ class _Children(_ContextBase):
         text = payload_json if payload_json is not None else task.encode_payload(payload)
         self._session.before_step()
         now = self._session.now()
-        child = {"run_id": new_run_id(now), "task_id": task.id, "detached": bool(detached)}
+        child: dict[str, Any] = {
+            "run_id": new_run_id(now),
+            "task_id": task.id,
+            "detached": bool(detached),
+        }
+        if batch is not None:
+            child["batch"] = child["run_id"] if batch == _FIRST_OF_BATCH else batch
         mine = StepRecord.ended(
             step_id,
             seq,
@@ -226,6 +237,13 @@ class _Children(_ContextBase):
                 else f"{len(unfinished)} of {len(ids)} child runs ({', '.join(unfinished[:3])}"
                 + (", ...)" if len(unfinished) > 3 else ")")
             )
+            keys = {c.get("batch") for c in children}
+            if not single and len(keys) == 1 and None not in keys:
+                # One batch: woken once, by its last child's end, not by every end.
+                # (``children`` too: a ctx.map that combines this with other waits
+                # falls back to waking on any of them.)
+                batch = (str(children[0]["batch"]), len(children))
+                raise Suspend(None, what, children=unfinished, batch=batch)
             raise Suspend(None, what, children=unfinished)
         now = self._session.now()
         outcomes = [_child_outcome(c, runs.get(c["run_id"])) for c in children]

@@ -495,6 +495,7 @@ class Worker:
             spent=session.spent(),
             tokens=checked,
             children=wait.children,
+            batch=wait.batch,
         )
         if suspended and unchecked and self._any_resolved(unchecked):
             # Branches of a ctx.map may wait for more tokens than one transaction can
@@ -675,7 +676,8 @@ class _Session:
         delay: timedelta,
         tags: tuple[str, ...],
     ) -> tuple[StepRecord, bool]:
-        child_id = str(json.loads(record.result_json or "{}")["run_id"])
+        named = json.loads(record.result_json or "{}")
+        child_id = str(named["run_id"])
         now = self.now()
         child = NewRun(
             run_id=child_id,
@@ -688,6 +690,7 @@ class _Session:
             parent_run_id=self._run.run_id,
             parent_waits=waits,
             detached=detached,
+            batch=named.get("batch"),
         )
         stored, created = self._worker.store.start_child(
             self._run.run_id, self._token, record, child
@@ -728,8 +731,11 @@ def _run_level_failures(run: Run) -> int:
 
 
 def _waiter(run: Run) -> dict[str, str]:
-    """``wake_parent=`` for a terminal transition: the parent, if it waits for this run."""
+    """``wake_parent=`` (and ``parent_batch=``) for a terminal transition: the parent,
+    if it waits for this run, and the batch this run belongs to."""
     if run.parent_run_id is not None and run.parent_waits:
+        if run.parent_batch is not None:
+            return {"wake_parent": run.parent_run_id, "parent_batch": run.parent_batch}
         return {"wake_parent": run.parent_run_id}
     return {}
 

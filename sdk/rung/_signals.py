@@ -43,6 +43,9 @@ class Suspend(Unwind):
     ``children``: ids of unfinished child runs it waits for; likewise.
     ``wake_kind``: what ``wake_at`` is, as data (``reason`` is for people): "timer" (a
     wait, a poll), "token" (a token's timeout or heartbeat deadline), None (no time).
+    ``batch``: (key, size) of the one batch of child runs it waits for (``children``
+    lists its unfinished ones): woken once, by the batch's last end, instead of by
+    each (DynamoStore.suspend_run). Combined with other waits, it is dropped.
     """
 
     def __init__(
@@ -52,12 +55,14 @@ class Suspend(Unwind):
         tokens: tuple[str, ...] = (),
         children: tuple[str, ...] = (),
         wake_kind: str | None = "timer",
+        batch: tuple[str, int] | None = None,
     ) -> None:
         super().__init__(reason)
         self.wake_at = wake_at
         self.reason = reason
         self.tokens = tokens
         self.children = children
+        self.batch = batch
         self.wake_kind = wake_kind if wake_at is not None else None
 
 

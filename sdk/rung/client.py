@@ -277,7 +277,11 @@ class Client:
         waiter = run.parent_run_id if run.parent_waits else None
         now = self._clock.now()
         woke = self._store.cancel_run(
-            run.run_id, ErrorInfo("RunCanceled", message), now, wake_parent=waiter
+            run.run_id,
+            ErrorInfo("RunCanceled", message),
+            now,
+            wake_parent=waiter,
+            parent_batch=run.parent_batch if waiter else None,
         )
         if woke and waiter is not None:
             self._queue.send(waiter)

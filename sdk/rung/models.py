@@ -187,6 +187,9 @@ class Run:
     redrives: tuple[Redrive, ...] = field(default=(), repr=False)
     #: its parent waits for it (``trigger_and_wait``): its end wakes the parent
     parent_waits: bool = field(default=False, repr=False)
+    #: one of a ``batch_trigger_and_wait``'s children: the batch's key (its first
+    #: child's run id); its end counts on the parent, which wakes at the last one
+    parent_batch: str | None = field(default=None, repr=False)
     #: the step whose failure failed the run (removed again by a redrive)
     failed_step: str | None = field(default=None, repr=False)
 

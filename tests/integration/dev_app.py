@@ -171,3 +171,30 @@ def hold(gate: str) -> str:
 def limited(ctx: rung.Context, payload: dict[str, str]) -> str:
     """Holds one of the queue's two slots until the test opens the gate."""
     return ctx.step("hold", hold, payload["gate"])
+
+
+@app.task(id="part", retry=rung.RetryPolicy(max_attempts=1))
+def part(ctx: rung.Context, n: int) -> int:
+    """A child: waits ``n`` tenths of a second (so the parts end apart), fails for 0."""
+    ctx.wait(n / 10)
+    if n == 0:
+        raise rung.NonRetryable("part 0 is broken")
+    return ctx.step("double", lambda: n * 2)
+
+
+@app.task(id="fanout")
+def fanout(ctx: rung.Context, payload: dict[str, int]) -> dict[str, object]:
+    """A batch of children (one fails), then one child waited for on its own, then a
+    token answered from outside; its body's executions are counted in a step-free way
+    (a line per execution, not a checkpoint)."""
+    with Path(os.environ["RUNG_TEST_EFFECTS"]).open("a") as out:
+        out.write(f"{ctx.run_id} body fanout {os.getpid()}\n")
+    results = ctx.batch_trigger_and_wait(part, list(range(payload["parts"])))
+    single = ctx.trigger_and_wait(part, 5, name="single")
+    token = ctx.create_token("ok", timeout=300)
+    answer = ctx.wait_for_token(token)
+    return {
+        "batch": [r.output if r.ok else r.status for r in results],
+        "single": single,
+        "answer": answer,
+    }

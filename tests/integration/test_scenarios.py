@@ -125,3 +125,30 @@ def test_a_poison_message_ends_in_the_dlq_and_harms_no_run(dev: DevStack) -> Non
         )
         seen = [m["Body"] for m in out.get("Messages", [])]
     assert body in seen
+
+
+def test_children_a_batch_and_a_token_on_the_stack(dev: DevStack) -> None:
+    # Child runs and tokens through the target's own DynamoDB (on LocalStack, DynamoDB
+    # Local checks every expression and transaction as AWS does).
+    handle = dev.client.trigger("fanout", {"parts": 4})
+    deadline = time.monotonic() + 120
+    while not (tokens := dev.client.list_tokens(handle.run_id)):
+        assert time.monotonic() < deadline, dev.client.get_run(handle.run_id)
+        time.sleep(0.1)
+    [token] = tokens
+    dev.client.complete_token(token.id, {"approved": True})
+    run = dev.wait(handle.run_id, timeout=120)
+    children = dev.client.list_children(handle.run_id)
+    assert run.status == "COMPLETED", run.error
+    assert run.output == {
+        "batch": ["FAILED", 2, 4, 6],
+        "single": 10,
+        "answer": {"approved": True},
+    }
+    assert [c.status for c in children] == ["FAILED"] + ["COMPLETED"] * 4
+    assert all(c.parent_run_id == handle.run_id for c in children)
+    # Started, woken once by the batch's last end, once by the single child, once by
+    # the token: four executions of the body (a wake per child would make it 7+).
+    assert effects_of(handle.run_id)["body"] == 4
+    with pytest.raises(rung.TokenAlreadyResolved):
+        dev.client.complete_token(token.id, "again")

@@ -79,6 +79,11 @@ def _lease_lost(run_id: str, token: int) -> LeaseLost:
     )
 
 
+def batch_counter(key: str) -> str:
+    """The parent run item's attribute that counts the ended children of batch ``key``."""
+    return f"bd_{key}"
+
+
 def _ms(delta: timedelta) -> int:
     return max(int(delta.total_seconds() * 1000), 0)
 
@@ -101,6 +106,8 @@ class NewRun:
     parent_run_id: str | None = None
     parent_waits: bool = False
     detached: bool = False
+    #: one of a batch's children: the batch's key (see ``end_with_parent``)
+    batch: str | None = None
     #: ``Client.replay``: the run this one replays
     replay_of: str | None = None
 
@@ -133,7 +140,12 @@ class _Base:
         # children and the lifecycle (rung._store.children)
 
         def end_with_parent(
-            self, own: dict[str, Any], run_id: str, parent_run_id: str, now: datetime
+            self,
+            own: dict[str, Any],
+            run_id: str,
+            parent_run_id: str,
+            now: datetime,
+            batch: str | None = None,
         ) -> bool | None: ...
 
         def _unfinished_check(self, run_id: str) -> dict[str, Any]: ...
@@ -217,6 +229,7 @@ class _Base:
                 _redrive_from_json(r["S"]) for r in item.get("redrives", {"L": []})["L"]
             ),
             parent_waits=bool(item.get("parent_waits", {"BOOL": False})["BOOL"]),
+            parent_batch=item["parent_batch"]["S"] if "parent_batch" in item else None,
             failed_step=item["failed_step"]["S"] if "failed_step" in item else None,
         )
 

@@ -9,6 +9,12 @@ the parent's lease (``start_child``). A parent waiting for children records them
 
     parent RUNNING --suspend (check: an awaited child unfinished)--> WAITING, awaits
     child  RUNNING --end + (parent WAITING, awaits child) --> terminal; parent due now
+
+A batch (``batch_trigger_and_wait``) wakes its parent once, not once per child: each
+child's end adds one to a counter on the parent item, and the last one wakes it:
+
+    parent RUNNING --suspend (check: counter < size)--> WAITING, wake_threshold = size-1
+    child  RUNNING --end + counter += 1 (+ parent due now if counter was >= threshold)
     any non-terminal --cancel_run--> CANCELED       (no lease needed; fenced writes then fail)
     FAILED --redrive_run (+ delete the failed checkpoint)--> QUEUED, attempt + 1
 """
@@ -35,6 +41,7 @@ from rung._store._common import (
     _lease_lost,
     _redrive_json,
     _run_key,
+    batch_counter,
 )
 from rung.errors import (
     Contended,
@@ -169,7 +176,12 @@ class _Children(_Base):
         }
 
     def end_with_parent(
-        self, own: dict[str, Any], run_id: str, parent_run_id: str, now: datetime
+        self,
+        own: dict[str, Any],
+        run_id: str,
+        parent_run_id: str,
+        now: datetime,
+        batch: str | None = None,
     ) -> bool | None:
         """Apply a child's terminal transition ``own`` and wake its parent if it waits.
 
@@ -187,9 +199,14 @@ class _Children(_Base):
         afresh. A crash after the wake and before the caller's send leaves the parent
         WAITING and due: the reconciler re-sends it.
 
+        A child of a batch (``batch``: its key) counts its end on the parent instead
+        (``_end_in_batch``).
+
         Returns whether the parent was woken (the caller sends its message), or None
         when ``own``'s condition failed (nothing was written).
         """
+        if batch is not None:
+            return self._end_in_batch(own, run_id, parent_run_id, now, batch)
         values = {
             ":waiting": _S(RunStatus.WAITING),
             ":child": _S(run_id),
@@ -234,14 +251,101 @@ class _Children(_Base):
             "recheck reads the child's outcome"
         )
 
+    def _end_in_batch(
+        self, own: dict[str, Any], run_id: str, parent_run_id: str, now: datetime, batch: str
+    ) -> bool | None:
+        """A batch child's end: ``own`` and one more ended child on the parent's count.
+
+        Three forms, exclusive and together exhaustive, tried until one applies:
+
+        * count: the parent does not wait to be woken by this end (it runs, it waits
+          for more of the batch, or it finished): add one, nothing else;
+        * last: the parent waits for this batch and all but this child had ended
+          (count >= threshold): add one and make it due now;
+        * any: the parent waits for this child among other things (a batch inside a
+          ``ctx.map`` suspends as "wake on any": ``awaits``): add one, make it due.
+
+        The count comes first: all but the last child of a batch take one transaction.
+        A parent that suspends counts the ends before its suspension (its condition
+        is "fewer than the batch ended"), so the last end always finds it waiting.
+        """
+        names = {**_NAMES, "#bd": batch_counter(batch)}
+        last = (
+            "#status = :waiting AND wake_batch = :batch AND wake_threshold <= #bd "
+            "AND available_at > :now_ms"
+        )
+        any_ = "#status = :waiting AND contains(awaits, :child) AND available_at > :now_ms"
+        where = {":waiting": _S(RunStatus.WAITING), ":now_ms": _N(to_ms(now))}
+        count = ("ADD #bd :one", f"NOT ({last}) AND NOT ({any_})", False)
+        wake = "SET available_at = :now_ms, updated_at = :now ADD #bd :one"
+        forms = [count, (wake, last, True), (wake, any_, True)]
+        for _ in range(10):
+            for update, condition, woke in forms:
+                values = {":one": _N(1), **where}
+                if ":batch" in condition:
+                    values[":batch"] = _S(batch)
+                if ":child" in condition:
+                    values[":child"] = _S(run_id)
+                if woke:
+                    values[":now"] = _S(iso(now))
+                parent = {
+                    "Update": {
+                        "TableName": self.table,
+                        "Key": _run_key(parent_run_id),
+                        "UpdateExpression": update,
+                        "ConditionExpression": f"attribute_exists(pk) AND ({condition})",
+                        "ExpressionAttributeNames": names,
+                        "ExpressionAttributeValues": values,
+                    }
+                }
+                try:
+                    self.client.transact_write_items(TransactItems=[own, parent])
+                except ClientError as exc:
+                    reasons = _cancellation_reasons(exc)
+                    if reasons is None:
+                        raise
+                    if reasons[0] == "ConditionalCheckFailed":
+                        return None
+                    continue  # the parent was not as assumed: try the next form
+                return woke
+            if not self._run_exists(parent_run_id):  # gone (expired): nothing to count
+                return self._end_alone(own)
+        raise Contended(
+            f"run {run_id}: its parent {parent_run_id} kept suspending and resuming while "
+            "the child's end was recorded; nothing was half-written, the parent's own "
+            "recheck reads the child's outcome"
+        )
+
+    def _run_exists(self, run_id: str) -> bool:
+        item = self.client.get_item(
+            TableName=self.table, Key=_run_key(run_id), ProjectionExpression="pk"
+        ).get("Item")
+        return item is not None
+
+    def _end_alone(self, own: dict[str, Any]) -> bool | None:
+        try:
+            self.client.transact_write_items(TransactItems=[own])
+        except ClientError as exc:
+            if _cancellation_reasons(exc) is None:
+                raise
+            return None
+        return False
+
     def cancel_run(
-        self, run_id: str, error: ErrorInfo, now: datetime, *, wake_parent: str | None = None
+        self,
+        run_id: str,
+        error: ErrorInfo,
+        now: datetime,
+        *,
+        wake_parent: str | None = None,
+        parent_batch: str | None = None,
     ) -> bool:
         """QUEUED/DELAYED/WAITING/RUNNING -> CANCELED: conditional and final (invariant 3).
 
         A RUNNING run's worker is not asked: its next fenced write fails (LeaseLost)
         and its cancel check stops it at the next step boundary. ``wake_parent``: the
-        run that waits for this one (``end_with_parent``); returns whether it was woken.
+        run that waits for this one, ``parent_batch`` the batch this one belongs to
+        (``end_with_parent``); returns whether the parent was woken.
 
         Raises:
             RunNotFound: no such run.
@@ -275,7 +379,7 @@ class _Children(_Base):
                     raise
                 raise self._already_finished(run_id) from None
             return False
-        woke = self.end_with_parent({"Update": own}, run_id, wake_parent, now)
+        woke = self.end_with_parent({"Update": own}, run_id, wake_parent, now, parent_batch)
         if woke is None:
             raise self._already_finished(run_id)
         return woke

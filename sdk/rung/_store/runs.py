@@ -36,6 +36,7 @@ from rung._store._common import (
     _ms,
     _run_key,
     _token_key,
+    batch_counter,
 )
 from rung.errors import (
     ErrorInfo,
@@ -150,6 +151,8 @@ class _Runs(_Base):
             item["parent_run_id"] = _S(new.parent_run_id)
             item["parent_waits"] = {"BOOL": new.parent_waits}
             item["detached"] = {"BOOL": new.detached}
+            if new.batch is not None:
+                item["parent_batch"] = _S(new.batch)
         if new.replay_of is not None:
             item["replay_of"] = _S(new.replay_of)
         return item
@@ -173,7 +176,8 @@ class _Runs(_Base):
                     "lease_until = :lease, updated_at = :now, "
                     "started_at = if_not_exists(started_at, :now), "
                     "attempt_started_at = if_not_exists(attempt_started_at, :now) "
-                    "REMOVE waiting_for, overran_step, awaits, wake_kind"
+                    "REMOVE waiting_for, overran_step, awaits, wake_kind, wake_batch, "
+                    "wake_threshold"
                 ),
                 ConditionExpression=(
                     "#status IN (:queued, :delayed, :waiting) AND available_at <= :now_ms"
@@ -313,6 +317,7 @@ class _Runs(_Base):
         tokens: tuple[str, ...] = (),
         children: tuple[str, ...] = (),
         wake_kind: str | None = None,
+        batch: tuple[str, int] | None = None,
     ) -> bool:
         """The run waits: WAITING, lease released, due at ``wake_at`` (None: when woken).
 
@@ -329,6 +334,14 @@ class _Runs(_Base):
         records them as ``awaits`` and the transaction checks that the first is still
         unfinished; see ``end_with_parent`` for why one check suffices.
 
+        With ``batch`` (key, size), in place of ``children``: the run waits for every
+        child of one batch and is woken by the last to end, not by each. The batch's
+        children count their ends on the run item (``bd_<key>``); the suspension
+        records the count that means "all but one ended" (``wake_threshold``) under
+        the condition that not all have, so an end before the suspension is counted
+        and never missed; returns False when all have ended meanwhile. See
+        ``end_with_parent``. (With ``tokens`` too, it falls back to ``children``.)
+
         Raises:
             LeaseLost: the worker's token is stale.
         """
@@ -343,7 +356,7 @@ class _Runs(_Base):
             ":token": _N(token),
         }
         awaits = ""
-        if children:
+        if children and (batch is None or tokens):
             awaits = ", awaits = :awaits"
             values[":awaits"] = {"SS": list(dict.fromkeys(children))}
         if wake_kind is not None:
@@ -362,6 +375,8 @@ class _Runs(_Base):
         }
         if len(tokens) > SUSPEND_TOKEN_CHECKS:
             raise ValueError(f"suspend_run checks at most {SUSPEND_TOKEN_CHECKS} tokens")
+        if batch is not None and not tokens:
+            return self._suspend_for_batch(run_id, token, update, batch)
         if not tokens and not children:
             try:
                 self.client.update_item(**update)
@@ -394,6 +409,29 @@ class _Runs(_Base):
             return False
         return True
 
+    def _suspend_for_batch(
+        self, run_id: str, token: int, update: dict[str, Any], batch: tuple[str, int]
+    ) -> bool:
+        key, size = batch
+        values = update["ExpressionAttributeValues"]
+        values.update({":batch": _S(key), ":threshold": _N(size - 1), ":size": _N(size)})
+        values.setdefault(":zero", _N(0))
+        update["ExpressionAttributeNames"] = {**_NAMES, "#bd": batch_counter(key)}
+        update["UpdateExpression"] += (
+            ", wake_batch = :batch, wake_threshold = :threshold, #bd = if_not_exists(#bd, :zero)"
+        )
+        update["ConditionExpression"] += " AND (attribute_not_exists(#bd) OR #bd < :size)"
+        try:
+            self.client.update_item(**update)
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            run = self.get_run(run_id)
+            if run.status == RunStatus.RUNNING and run.lease_token == token:
+                return False  # every child of the batch ended meanwhile: carry on
+            raise _lease_lost(run_id, token) from None
+        return True
+
     def wake_run(self, run_id: str, now: datetime) -> bool:
         """Make a WAITING run due now (its waker then sends a message). False: not waiting."""
         try:
@@ -423,17 +461,20 @@ class _Runs(_Base):
         now: datetime,
         *,
         wake_parent: str | None = None,
+        parent_batch: str | None = None,
     ) -> bool:
         """The terminal transition for a run past its ``max_duration``.
 
-        ``wake_parent``: the run that waits for this one (see ``end_with_parent``);
-        returns whether it was woken (its message must then be sent).
+        ``wake_parent``: the run that waits for this one, ``parent_batch`` the batch
+        it belongs to (see ``end_with_parent``); returns whether the parent was woken
+        (its message must then be sent).
         """
         return self._end(
             run_id,
             token,
             now,
             wake_parent,
+            parent_batch,
             "SET #status = :timed_out, #error = :error, finished_at = :now, "
             "updated_at = :now, lease_until = :zero",
             {
@@ -453,6 +494,7 @@ class _Runs(_Base):
         now: datetime,
         *,
         wake_parent: str | None = None,
+        parent_batch: str | None = None,
     ) -> bool:
         """The terminal transition for success; ``wake_parent`` as for ``time_out_run``."""
         return self._end(
@@ -460,6 +502,7 @@ class _Runs(_Base):
             token,
             now,
             wake_parent,
+            parent_batch,
             "SET #status = :done, #output = :output, finished_at = :now, updated_at = :now, "
             "lease_until = :zero",
             {
@@ -480,6 +523,7 @@ class _Runs(_Base):
         now: datetime,
         *,
         wake_parent: str | None = None,
+        parent_batch: str | None = None,
         failed_step: str | None = None,
     ) -> bool:
         """The one terminal transition for failure; records the last failed attempt too.
@@ -503,7 +547,9 @@ class _Runs(_Base):
         if failed_step is not None:
             update += ", failed_step = :failed_step"
             values[":failed_step"] = _S(failed_step)
-        return self._end(run_id, token, now, wake_parent, update, values, names={"#error": "error"})
+        return self._end(
+            run_id, token, now, wake_parent, parent_batch, update, values, names={"#error": "error"}
+        )
 
     def _end(
         self,
@@ -511,6 +557,7 @@ class _Runs(_Base):
         token: int,
         now: datetime,
         wake_parent: str | None,
+        parent_batch: str | None,
         update: str,
         values: dict[str, Any],
         names: dict[str, str] | None = None,
@@ -534,7 +581,7 @@ class _Runs(_Base):
                 },
             }
         }
-        woke = self.end_with_parent(own, run_id, wake_parent, now)
+        woke = self.end_with_parent(own, run_id, wake_parent, now, parent_batch)
         if woke is None:
             raise _lease_lost(run_id, token)
         return woke

@@ -1,0 +1,227 @@
+"""A batch of child runs wakes its parent once, by its last child's end.
+
+Each child's end counts on the parent item in the transaction that ends the child;
+the parent suspends under the condition that fewer than the whole batch ended. The
+tests hand messages over on the test's thread (workers=0), so the order of events is
+the test's, and count how often the parent's body ran.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import rung
+from rung._clock import VirtualClock
+from rung.errors import LeaseLost
+from rung.testing import LocalEngine
+from tests.functional.test_children import drain
+
+
+def batch_app(size: int, entries: Counter[str]) -> rung.App:
+    app = rung.App("batch-wake")
+    lock = threading.Lock()
+
+    @app.task(id="child", retry=rung.RetryPolicy(max_attempts=1))
+    def child(ctx: rung.Context, n: int) -> int:
+        if n < 0:
+            raise rung.NonRetryable(f"negative: {n}")
+        return n * 10
+
+    @app.task(id="slow-child")
+    def slow_child(ctx: rung.Context, n: int) -> int:
+        ctx.wait(timedelta(minutes=5))
+        return n * 10
+
+    @app.task(id="staggered-child")
+    def staggered_child(ctx: rung.Context, n: int) -> int:
+        ctx.wait(timedelta(minutes=n + 1))  # the children end a minute apart
+        return n * 10
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, kind: str) -> list[Any]:
+        with lock:
+            entries["parent"] += 1  # the body's executions: the first, then each wake
+        results = ctx.batch_trigger_and_wait(kind, list(range(size)))
+        return [r.output if r.ok else r.status for r in results]
+
+    return app
+
+
+def test_a_batch_of_20_wakes_its_parent_once_not_once_per_child() -> None:
+    # The children end a (virtual) minute apart, and the one worker runs whatever is
+    # due before time moves on: a parent woken by each end would run 21 times.
+    entries: Counter[str] = Counter()
+    with LocalEngine(batch_app(20, entries), workers=1) as engine:
+        handle = engine.trigger("parent", "staggered-child")
+        run = engine.wait(handle.run_id, timeout=120)
+        children = engine.client.list_children(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output == [n * 10 for n in range(20)]
+    assert [c.status for c in children] == [rung.RunStatus.COMPLETED] * 20
+    ends = sorted(c.finished_at for c in children if c.finished_at is not None)
+    assert ends[-1] - ends[0] >= timedelta(minutes=19)  # they did end a minute apart
+    assert entries["parent"] == 2  # suspended once, woken once by the last end
+
+
+def test_a_child_that_ends_between_the_parents_read_and_its_suspension_is_counted() -> None:
+    entries: Counter[str] = Counter()
+    with LocalEngine(batch_app(3, entries), workers=0) as engine:
+        real_get_runs = engine.store.get_runs
+        raced: list[str] = []
+
+        def get_runs_then_a_child_ends(run_ids: list[str]) -> dict[str, rung.Run]:
+            seen = real_get_runs(run_ids)  # the parent sees all three unfinished ...
+            if not raced:
+                raced.append(run_ids[0])
+                drain(engine, only=run_ids[0])  # ... and the first ends before it suspends
+            return seen
+
+        engine.store.get_runs = get_runs_then_a_child_ends  # type: ignore[method-assign]
+        handle = engine.trigger("parent", "child")
+        drain(engine, only=handle.run_id)
+        waiting = engine.get_run(handle.run_id)
+        assert engine.get_run(raced[0]).status == rung.RunStatus.COMPLETED
+        drain(engine)  # the other two end; the last wakes the parent
+        run = engine.get_run(handle.run_id)
+    assert waiting.status == rung.RunStatus.WAITING  # it suspended: two were unfinished
+    assert run.status == rung.RunStatus.COMPLETED and run.output == [0, 10, 20]
+    assert entries["parent"] == 2
+
+
+def test_a_batch_that_all_ended_before_the_suspension_carries_on_at_once() -> None:
+    entries: Counter[str] = Counter()
+    with LocalEngine(batch_app(2, entries), workers=0) as engine:
+        real_get_runs = engine.store.get_runs
+        raced: list[str] = []
+
+        def get_runs_then_all_end(run_ids: list[str]) -> dict[str, rung.Run]:
+            seen = real_get_runs(run_ids)
+            if not raced:
+                raced.extend(run_ids)
+                for run_id in run_ids:
+                    drain(engine, only=run_id)
+            return seen
+
+        engine.store.get_runs = get_runs_then_all_end  # type: ignore[method-assign]
+        real_suspend = engine.store.suspend_run
+        suspensions: list[bool] = []
+
+        def suspend_run(*args: Any, **kwargs: Any) -> bool:
+            suspensions.append(real_suspend(*args, **kwargs))
+            return suspensions[-1]
+
+        engine.store.suspend_run = suspend_run  # type: ignore[method-assign]
+        handle = engine.trigger("parent", "child")
+        drain(engine)
+        run = engine.get_run(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED and run.output == [0, 10]
+    assert suspensions == [False]  # refused: both had ended
+    assert entries["parent"] == 2  # it carried on in a fresh invocation instead
+
+
+def test_a_canceled_child_counts_as_ended_and_the_parent_gets_every_outcome() -> None:
+    entries: Counter[str] = Counter()
+    with LocalEngine(batch_app(3, entries), workers=0) as engine:
+        handle = engine.trigger("parent", "slow-child")
+        drain(engine, only=handle.run_id)
+        drain(engine)  # the three children wait
+        children = engine.client.list_children(handle.run_id)
+        engine.client.cancel(children[1].run_id, reason="not needed")
+        assert engine.get_run(handle.run_id).status == rung.RunStatus.WAITING
+        assert isinstance(engine.clock, VirtualClock)
+        engine.clock.advance(timedelta(minutes=6))
+        drain(engine)
+        run = engine.get_run(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED
+    assert run.output == [0, "CANCELED", 20]
+    assert entries["parent"] == 2
+
+
+def test_a_batch_inside_a_map_wakes_the_run_as_its_children_end() -> None:
+    # In a ctx.map the run waits for several things at once and is woken by any of
+    # them: here a batch (branch 0) and a token nobody answers yet (branch 1; virtual
+    # time never jumps to a token's deadline), so only the children can wake it.
+    app = rung.App("map-batch")
+    finished: list[list[int]] = []
+
+    @app.task(id="child")
+    def child(ctx: rung.Context, n: int) -> int:
+        ctx.wait(timedelta(minutes=n))
+        return n
+
+    def branch(ctx: rung.Context, item: int) -> list[int]:
+        if item == 0:
+            values = [r.unwrap() for r in ctx.batch_trigger_and_wait(child, [1, 2])]
+
+            def note() -> list[int]:
+                finished.append(values)
+                return values
+
+            return ctx.step("note", note)
+        token = ctx.create_token("go", timeout=timedelta(days=1))
+        return [ctx.wait_for_token(token)]
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> list[Any]:
+        return ctx.map([0, 1], branch).results()
+
+    with LocalEngine(app, workers=2) as engine:
+        handle = engine.trigger("parent")
+        token = engine.wait_for_token(handle.run_id, "go", timeout=60)
+        deadline = time.monotonic() + 60
+        while not finished and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert finished == [[1, 2]]  # the batch's ends woke the run; the token is open
+        engine.client.complete_token(token.id, 7)
+        run = engine.wait(handle.run_id, timeout=60)
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output == [[1, 2], [7]]
+
+
+def test_a_batch_inside_a_map_with_no_other_wait_completes() -> None:
+    entries: Counter[str] = Counter()
+    app = batch_app(4, entries)
+
+    def branch(ctx: rung.Context, item: int) -> list[Any]:
+        return [r.output for r in ctx.batch_trigger_and_wait("child", list(range(4)))]
+
+    @app.task(id="mapped")
+    def mapped(ctx: rung.Context, payload: None) -> list[Any]:
+        return ctx.map([0], branch).results()
+
+    with LocalEngine(app, workers=0) as engine:
+        handle = engine.trigger("mapped")
+        drain(engine)
+        run = engine.get_run(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run
+    assert run.output == [[0, 10, 20, 30]]
+
+
+def test_a_batch_suspension_by_a_worker_that_lost_its_lease_is_refused() -> None:
+    app = rung.App("lease")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> None:
+        return None
+
+    with LocalEngine(app, workers=0) as engine:
+        run_id = engine.trigger("t").run_id
+        claim = engine.store.claim_run(run_id, engine.clock.now(), timedelta(minutes=1))
+        token = claim.token  # type: ignore[union-attr]
+        with pytest.raises(LeaseLost):
+            engine.store.suspend_run(
+                run_id,
+                token + 1,
+                wake_at=None,
+                waiting_for="a batch",
+                now=engine.clock.now(),
+                spent=timedelta(0),
+                batch=("k", 2),
+            )
+        assert engine.get_run(run_id).status == rung.RunStatus.RUNNING
