@@ -22,6 +22,7 @@ This module imports nothing from the package, so any module may import it.
     ├── TokenNotFound (LookupError) no token has that id
     ├── TokenAlreadyResolved        the token was completed, failed or timed out before
     ├── UnknownQueue (LookupError)  no queue of that name (in the app's tasks or stored)
+    ├── Contended                   an item kept changing under optimistic retries
     ├── NonRetryable                raised by user code: fail now, do not retry
     └── RetryAfter                  raised by user code: retry after this delay
 

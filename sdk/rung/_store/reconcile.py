@@ -56,8 +56,9 @@ class _Reconcile(_Base):
     ) -> list[StrandedRun]:
         """Runs that should have moved before ``due_before`` and have not, oldest first.
 
-        QUEUED/DELAYED runs still unclaimed with ``available_at < due_before``, and
-        RUNNING runs whose lease expired before ``due_before``; leaving out those
+        QUEUED/DELAYED runs still unclaimed and WAITING runs whose wake time passed,
+        with ``available_at < due_before``, and RUNNING runs whose lease expired
+        before ``due_before``; leaving out those
         nudged at or after ``not_nudged_since``. At most ``limit`` runs.
 
         Reads the ``by_status`` index (eventually consistent): a listed run may have

@@ -59,7 +59,9 @@ from rung.models import Run, RunStatus
 )
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="A tag (repeat for more).")
 @click.option(
-    "--wait", is_flag=True, help="Wait until the run ends: exit 0 if COMPLETED, 1 if FAILED."
+    "--wait",
+    is_flag=True,
+    help="Wait until the run ends: exit 0 if it COMPLETED, 1 if it ended otherwise.",
 )
 @click.option(
     "--timeout",
