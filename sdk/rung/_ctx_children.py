@@ -271,7 +271,11 @@ class _Children(_ContextBase):
             result_json=result,
             error=error,
         )
-        return self._remember(self._session.record_step(stored))
+        recorded = self._remember(self._session.record_step(stored))
+        key = children[0].get("batch")
+        if key is not None and recorded is stored:  # recorded now, by this attempt
+            self._session.forget_batch(str(key))
+        return recorded
 
 
 def _child_name(task: Task[Any], name: str | None) -> str:

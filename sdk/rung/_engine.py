@@ -703,6 +703,9 @@ class _Session:
     def get_runs(self, run_ids: list[str]) -> dict[str, Run]:
         return self._worker.store.get_runs(run_ids)
 
+    def forget_batch(self, batch: str) -> None:
+        self._worker.store.forget_batch(self._run.run_id, batch)
+
     def record_step(self, record: StepRecord) -> StepRecord:
         return self._worker.store.record_step(self._run.run_id, record)
 

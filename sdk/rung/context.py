@@ -166,6 +166,9 @@ class AttemptSession(Protocol):
     def get_runs(self, run_ids: list[str]) -> dict[str, Run]:
         """Runs by id, consistently read."""
 
+    def forget_batch(self, batch: str) -> None:
+        """The batch's outcome is recorded: drop its count of ended children."""
+
 
 class Context(_Waits, _Children):
     """Handed to every task as its first argument.

@@ -18,6 +18,7 @@ import pytest
 
 import rung
 from rung._clock import VirtualClock
+from rung._store._common import _run_key
 from rung.errors import LeaseLost
 from rung.testing import LocalEngine
 from tests.functional.test_children import drain
@@ -225,3 +226,99 @@ def test_a_batch_suspension_by_a_worker_that_lost_its_lease_is_refused() -> None
                 batch=("k", 2),
             )
         assert engine.get_run(run_id).status == rung.RunStatus.RUNNING
+
+
+def test_a_run_that_loops_over_batches_keeps_no_counter_per_batch() -> None:
+    entries: Counter[str] = Counter()
+    app = batch_app(3, entries)
+
+    @app.task(id="loop")
+    def loop(ctx: rung.Context, rounds: int) -> list[list[Any]]:
+        return [
+            [r.output for r in ctx.batch_trigger_and_wait("child", [i, i + 1], name=f"b{i}")]
+            for i in range(rounds)
+        ]
+
+    with LocalEngine(app, workers=2) as engine:
+        handle = engine.trigger("loop", 5)
+        run = engine.wait(handle.run_id, timeout=60)
+        item = engine.dynamodb.get_item(
+            TableName=engine.store.table, Key=_run_key(handle.run_id), ConsistentRead=True
+        )["Item"]
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output == [[10 * i, 10 * (i + 1)] for i in range(5)]
+    assert [name for name in item if name.startswith("bd_")] == []  # each one dropped
+
+
+def test_a_redriven_child_that_ends_twice_does_not_make_the_parent_spin() -> None:
+    # Child 0 fails, then is redriven and waits 10 minutes. Its two ends are counted
+    # twice, so the last of the others wakes the parent early; the parent must then
+    # wait for child 0 (woken by its end), not re-run in a loop until it ends.
+    app = rung.App("redrive-batch")
+    broken = {"yes": True}
+    entries: Counter[str] = Counter()
+
+    @app.task(id="part", retry=rung.RetryPolicy(max_attempts=1))
+    def part(ctx: rung.Context, n: int) -> int:
+        if n == 0:
+
+            def check() -> None:
+                if broken["yes"]:
+                    raise rung.NonRetryable("broken until fixed")
+
+            ctx.step("check", check)
+        ctx.wait(timedelta(minutes=5 if n else 10))
+        return n
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> list[Any]:
+        entries["parent"] += 1
+        return [r.output for r in ctx.batch_trigger_and_wait(part, [0, 1, 2])]
+
+    with LocalEngine(app, workers=0) as engine:
+        assert isinstance(engine.clock, VirtualClock)
+        handle = engine.trigger("parent")
+        drain(engine, only=handle.run_id)
+        drain(engine)  # child 0 fails (counted); 1 and 2 wait
+        children = engine.client.list_children(handle.run_id)
+        assert [c.status for c in children] == ["FAILED", "WAITING", "WAITING"]
+        broken["yes"] = False
+        engine.client.redrive(children[0].run_id)
+        drain(engine)  # child 0 runs again and waits its 10 minutes
+        engine.clock.advance(timedelta(minutes=6))
+        drain(engine)  # 1 and 2 end: the count reaches 3 with child 0 still waiting
+        waiting = engine.get_run(handle.run_id)
+        woken_so_far = entries["parent"]
+        engine.clock.advance(timedelta(minutes=5))
+        drain(engine)  # child 0 ends and wakes the parent
+        run = engine.get_run(handle.run_id)
+    assert waiting.status == rung.RunStatus.WAITING  # waiting for child 0, not spinning
+    assert woken_so_far == 2  # started, woken early once, then suspended again
+    assert run.status == rung.RunStatus.COMPLETED and run.output == [0, 1, 2]
+    assert entries["parent"] == 3
+
+
+def test_children_ended_by_code_that_predates_the_count_still_wake_the_parent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A rollback (or a rolling deploy) can leave a batch's children to a worker that
+    # knows nothing of batches: it ends them the plain way, waking a parent that has
+    # the child in ``awaits``. No emulator can run the old code, so the worker's view
+    # of the child is patched to the old one (no ``parent_batch``).
+    import rung._engine
+
+    def old_waiter(run: rung.Run) -> dict[str, str]:
+        return {"wake_parent": run.parent_run_id} if run.parent_run_id else {}
+
+    entries: Counter[str] = Counter()
+    with LocalEngine(batch_app(3, entries), workers=0) as engine:
+        handle = engine.trigger("parent", "slow-child")
+        drain(engine, only=handle.run_id)  # new code: suspends for the batch
+        drain(engine)
+        monkeypatch.setattr(rung._engine, "_waiter", old_waiter)
+        assert isinstance(engine.clock, VirtualClock)
+        engine.clock.advance(timedelta(minutes=6))
+        drain(engine)  # old code ends the children
+        run = engine.get_run(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run
+    assert run.output == [0, 10, 20]

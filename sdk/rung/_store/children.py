@@ -22,6 +22,8 @@ child's end adds one to a counter on the parent item, and the last one wakes it:
 from __future__ import annotations
 
 import json
+import random
+import time
 from datetime import datetime
 from typing import Any
 
@@ -263,57 +265,75 @@ class _Children(_Base):
         * last: the parent waits for this batch and all but this child had ended
           (count >= threshold): add one and make it due now;
         * any: the parent waits for this child among other things (a batch inside a
-          ``ctx.map`` suspends as "wake on any": ``awaits``): add one, make it due.
+          ``ctx.map`` suspends as "wake on any": ``awaits``, no ``wake_batch``): add
+          one, make it due.
 
         The count comes first: all but the last child of a batch take one transaction.
         A parent that suspends counts the ends before its suspension (its condition
         is "fewer than the batch ended"), so the last end always finds it waiting.
+        A batch suspension also records ``awaits``, so a child ended by code that
+        predates the count (a rollback, a rolling deploy) still wakes the parent
+        through the plain form of ``end_with_parent``.
+
+        A transaction conflict (another child's end on the same parent at the same
+        moment) retries the same form after a short jittered pause.
         """
         names = {**_NAMES, "#bd": batch_counter(batch)}
         last = (
             "#status = :waiting AND wake_batch = :batch AND wake_threshold <= #bd "
             "AND available_at > :now_ms"
         )
-        any_ = "#status = :waiting AND contains(awaits, :child) AND available_at > :now_ms"
+        any_ = (
+            "#status = :waiting AND contains(awaits, :child) AND available_at > :now_ms "
+            "AND attribute_not_exists(wake_batch)"
+        )
         where = {":waiting": _S(RunStatus.WAITING), ":now_ms": _N(to_ms(now))}
-        count = ("ADD #bd :one", f"NOT ({last}) AND NOT ({any_})", False)
-        wake = "SET available_at = :now_ms, updated_at = :now ADD #bd :one"
+        # Each form also takes the child out of ``awaits``: the set shrinks as the
+        # batch ends, and so does the size every write to the parent's item is billed by.
+        count = ("ADD #bd :one DELETE awaits :me", f"NOT ({last}) AND NOT ({any_})", False)
+        wake = "SET available_at = :now_ms, updated_at = :now ADD #bd :one DELETE awaits :me"
         forms = [count, (wake, last, True), (wake, any_, True)]
-        for _ in range(10):
-            for update, condition, woke in forms:
-                values = {":one": _N(1), **where}
-                if ":batch" in condition:
-                    values[":batch"] = _S(batch)
-                if ":child" in condition:
-                    values[":child"] = _S(run_id)
-                if woke:
-                    values[":now"] = _S(iso(now))
-                parent = {
-                    "Update": {
-                        "TableName": self.table,
-                        "Key": _run_key(parent_run_id),
-                        "UpdateExpression": update,
-                        "ConditionExpression": f"attribute_exists(pk) AND ({condition})",
-                        "ExpressionAttributeNames": names,
-                        "ExpressionAttributeValues": values,
-                    }
+        form = 0
+        for _ in range(40):
+            update, condition, woke = forms[form]
+            values = {":one": _N(1), ":me": {"SS": [run_id]}, **where}
+            if ":batch" in condition:
+                values[":batch"] = _S(batch)
+            if ":child" in condition:
+                values[":child"] = _S(run_id)
+            if woke:
+                values[":now"] = _S(iso(now))
+            parent = {
+                "Update": {
+                    "TableName": self.table,
+                    "Key": _run_key(parent_run_id),
+                    "UpdateExpression": update,
+                    "ConditionExpression": f"attribute_exists(pk) AND ({condition})",
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": values,
                 }
-                try:
-                    self.client.transact_write_items(TransactItems=[own, parent])
-                except ClientError as exc:
-                    reasons = _cancellation_reasons(exc)
-                    if reasons is None:
-                        raise
-                    if reasons[0] == "ConditionalCheckFailed":
-                        return None
-                    continue  # the parent was not as assumed: try the next form
-                return woke
-            if not self._run_exists(parent_run_id):  # gone (expired): nothing to count
-                return self._end_alone(own)
+            }
+            try:
+                self.client.transact_write_items(TransactItems=[own, parent])
+            except ClientError as exc:
+                reasons = _cancellation_reasons(exc)
+                if reasons is None:
+                    raise
+                if reasons[0] == "ConditionalCheckFailed":
+                    return None
+                if len(reasons) < 2 or reasons[1] != "ConditionalCheckFailed":
+                    # A conflict with another writer of the parent: the same form again.
+                    time.sleep(random.uniform(0.005, 0.05))  # noqa: S311
+                    continue
+                form = (form + 1) % len(forms)  # the parent was not as assumed: the next
+                if form == 0 and not self._run_exists(parent_run_id):
+                    return self._end_alone(own)  # the parent is gone (expired)
+                continue
+            return woke
         raise Contended(
-            f"run {run_id}: its parent {parent_run_id} kept suspending and resuming while "
-            "the child's end was recorded; nothing was half-written, the parent's own "
-            "recheck reads the child's outcome"
+            f"run {run_id}: the end of this child of batch {batch} could not be recorded "
+            f"on its parent {parent_run_id}, which kept changing (many children ending at "
+            "once); nothing was half-written, and the child's message comes back to try again"
         )
 
     def _run_exists(self, run_id: str) -> bool:

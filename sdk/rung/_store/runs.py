@@ -334,13 +334,16 @@ class _Runs(_Base):
         records them as ``awaits`` and the transaction checks that the first is still
         unfinished; see ``end_with_parent`` for why one check suffices.
 
-        With ``batch`` (key, size), in place of ``children``: the run waits for every
-        child of one batch and is woken by the last to end, not by each. The batch's
-        children count their ends on the run item (``bd_<key>``); the suspension
-        records the count that means "all but one ended" (``wake_threshold``) under
-        the condition that not all have, so an end before the suspension is counted
-        and never missed; returns False when all have ended meanwhile. See
-        ``end_with_parent``. (With ``tokens`` too, it falls back to ``children``.)
+        With ``batch`` (key, size) too: the run waits for every child of one batch
+        (``children`` are its unfinished ones) and is woken by the last to end, not by
+        each. The batch's children count their ends on the run item (``bd_<key>``);
+        the suspension records the count that means "all but one ended"
+        (``wake_threshold``) under the condition that not all have, so an end before
+        the suspension is counted and never missed. ``awaits`` is recorded as well,
+        for children ended by code that predates the count. If the count says all
+        ended, the plain suspension follows (it returns False when the first child
+        did end; else a count was off and the run is woken by any end). See
+        ``end_with_parent``.
 
         Raises:
             LeaseLost: the worker's token is stale.
@@ -356,7 +359,7 @@ class _Runs(_Base):
             ":token": _N(token),
         }
         awaits = ""
-        if children and (batch is None or tokens):
+        if children:
             awaits = ", awaits = :awaits"
             values[":awaits"] = {"SS": list(dict.fromkeys(children))}
         if wake_kind is not None:
@@ -375,8 +378,15 @@ class _Runs(_Base):
         }
         if len(tokens) > SUSPEND_TOKEN_CHECKS:
             raise ValueError(f"suspend_run checks at most {SUSPEND_TOKEN_CHECKS} tokens")
-        if batch is not None and not tokens:
-            return self._suspend_for_batch(run_id, token, update, batch)
+        # When the count says the whole batch ended although this attempt read
+        # unfinished children, a count is off (a redriven child ends twice): the run
+        # waits for them the plain way below, checking the first, woken by any end.
+        if (
+            batch is not None
+            and not tokens
+            and self._suspend_for_batch(run_id, token, update, batch)
+        ):
+            return True
         if not tokens and not children:
             try:
                 self.client.update_item(**update)
@@ -410,17 +420,25 @@ class _Runs(_Base):
         return True
 
     def _suspend_for_batch(
-        self, run_id: str, token: int, update: dict[str, Any], batch: tuple[str, int]
+        self, run_id: str, token: int, plain: dict[str, Any], batch: tuple[str, int]
     ) -> bool:
         key, size = batch
-        values = update["ExpressionAttributeValues"]
-        values.update({":batch": _S(key), ":threshold": _N(size - 1), ":size": _N(size)})
-        values.setdefault(":zero", _N(0))
-        update["ExpressionAttributeNames"] = {**_NAMES, "#bd": batch_counter(key)}
-        update["UpdateExpression"] += (
-            ", wake_batch = :batch, wake_threshold = :threshold, #bd = if_not_exists(#bd, :zero)"
-        )
-        update["ConditionExpression"] += " AND (attribute_not_exists(#bd) OR #bd < :size)"
+        values = {
+            **plain["ExpressionAttributeValues"],
+            ":batch": _S(key),
+            ":threshold": _N(size - 1),
+            ":size": _N(size),
+            ":zero": _N(0),
+        }
+        update = {
+            **plain,
+            "UpdateExpression": plain["UpdateExpression"]
+            + ", wake_batch = :batch, wake_threshold = :threshold, #bd = if_not_exists(#bd, :zero)",
+            "ConditionExpression": plain["ConditionExpression"]
+            + " AND (attribute_not_exists(#bd) OR #bd < :size)",
+            "ExpressionAttributeNames": {**_NAMES, "#bd": batch_counter(key)},
+            "ExpressionAttributeValues": values,
+        }
         try:
             self.client.update_item(**update)
         except ClientError as exc:
@@ -428,9 +446,25 @@ class _Runs(_Base):
                 raise
             run = self.get_run(run_id)
             if run.status == RunStatus.RUNNING and run.lease_token == token:
-                return False  # every child of the batch ended meanwhile: carry on
+                return False  # the count says every child of the batch ended
             raise _lease_lost(run_id, token) from None
         return True
+
+    def forget_batch(self, run_id: str, batch: str) -> None:
+        """Drop the count of batch ``batch``'s ended children from the run item, once
+        the batch's outcome is recorded (a run that loops over batches would otherwise
+        carry one counter per batch, and pay for it in every write to its item)."""
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key=_run_key(run_id),
+                UpdateExpression="REMOVE #bd",
+                ConditionExpression="attribute_exists(#bd)",
+                ExpressionAttributeNames={"#bd": batch_counter(batch)},
+            )
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
 
     def wake_run(self, run_id: str, now: datetime) -> bool:
         """Make a WAITING run due now (its waker then sends a message). False: not waiting."""
