@@ -10,10 +10,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from rung import _serde
-from rung._ctx_common import MAX_WAIT, _ContextBase
+from rung._ctx_common import MAX_BATCH, MAX_WAIT, _ContextBase
 from rung._ids import new_run_id
 from rung._signals import Suspend
-from rung.errors import ErrorInfo, InvalidConfig, UsageError
+from rung.errors import ErrorInfo, InvalidConfig, StepFailed, UsageError
 from rung.models import ChildResult, Run, RunHandle, RunStatus, StepRecord
 from rung.retry import as_timedelta
 
@@ -146,6 +146,12 @@ class _Children(_ContextBase):
         items = list(payloads)
         if not items:
             return []
+        if len(items) > MAX_BATCH:
+            raise UsageError(
+                f"ctx.batch_trigger_and_wait got {len(items):,} payloads; one batch starts at "
+                f"most {MAX_BATCH:,} children (their outcomes are one checkpoint). Split the "
+                "work into several batches, or batches of batches (children that batch-trigger)"
+            )
         encoded = [found.encode_payload(p) for p in items]
         children: list[dict[str, Any]] = []
         for text in encoded:
@@ -156,6 +162,8 @@ class _Children(_ContextBase):
             )
             children.append(json.loads(record.result_json or "{}"))
         wait = self._wait_children(f"{_child_name(found, name)}:wait", children, single=False)
+        if wait.outcome == "failed":  # the outcomes did not fit one checkpoint
+            raise StepFailed(wait.step_id, wait.error or ErrorInfo("Error", ""))
         revive = result_type or found.output_type
         return [
             ChildResult(
@@ -254,7 +262,16 @@ class _Children(_ContextBase):
         ended = max((r.finished_at or now for r in runs.values()), default=now)
         error: ErrorInfo | None = None
         if not single:
-            result = json.dumps(outcomes)
+            result: str | None = json.dumps(outcomes)
+            size = len(result.encode()) if result is not None else 0
+            if size > _serde.MAX_VALUE_BYTES:
+                result, error = None, ErrorInfo(
+                    "PayloadTooLarge",
+                    f"the outcomes of the {len(children):,} children of batch {step_id!r} are "
+                    f"{size:,} bytes of JSON; rung stores at most {_serde.MAX_VALUE_BYTES:,} "
+                    "bytes in one checkpoint. Return smaller outputs from the children (put "
+                    "large data in S3 and return its key), or split the batch",
+                )
         elif outcomes[0]["status"] == RunStatus.COMPLETED:
             result = json.dumps(outcomes[0]["output"])
         else:

@@ -21,6 +21,9 @@ R = TypeVar("R")
 DEFAULT_TOKEN_TIMEOUT = timedelta(days=7)
 #: The longest a token may stay open, and the longest single wait.
 MAX_WAIT = timedelta(days=366)
+#: The most children one ``batch_trigger_and_wait`` starts: their outcomes are one
+#: checkpoint (at most ``MAX_VALUE_BYTES``), and the waiting parent's item lists them.
+MAX_BATCH = 1000
 
 
 class _ContextBase:

@@ -322,3 +322,53 @@ def test_children_ended_by_code_that_predates_the_count_still_wake_the_parent(
         run = engine.get_run(handle.run_id)
     assert run.status == rung.RunStatus.COMPLETED, run
     assert run.output == [0, 10, 20]
+
+
+def test_a_batch_whose_outcomes_do_not_fit_one_checkpoint_fails_its_wait_clearly() -> None:
+    app = rung.App("big-batch")
+
+    @app.task(id="wordy")
+    def wordy(ctx: rung.Context, n: int) -> str:
+        return "x" * 3000  # 60 of these are ~180 KB of outcomes: over 128 KiB
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> dict[str, Any]:
+        try:
+            ctx.batch_trigger_and_wait(wordy, list(range(60)))
+        except rung.StepFailed as exc:
+            return {"type": exc.error_type, "message": exc.message, "step": exc.step_id}
+        return {}
+
+    with LocalEngine(app, workers=2) as engine:
+        run = engine.wait(engine.trigger("parent").run_id, timeout=120)
+        children = engine.client.list_children(run.run_id)
+    assert run.status == rung.RunStatus.COMPLETED and run.attempt == 1
+    assert run.output["type"] == "PayloadTooLarge" and run.output["step"] == "/wordy:wait#1"
+    assert "the outcomes of the 60 children of batch '/wordy:wait#1' are" in run.output["message"]
+    assert "Return smaller outputs from the children" in run.output["message"]
+    assert [c.status for c in children] == [rung.RunStatus.COMPLETED] * 60
+
+
+def test_a_batch_over_the_size_limit_is_refused_before_any_child_starts() -> None:
+    app = rung.App("huge-batch")
+    errors: list[str] = []
+
+    @app.task(id="child")
+    def child(ctx: rung.Context, n: int) -> int:
+        return n
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> int:
+        try:
+            ctx.batch_trigger_and_wait(child, list(range(1001)))
+        except rung.UsageError as exc:
+            errors.append(str(exc))
+        return len(ctx.batch_trigger_and_wait(child, list(range(3))))
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("parent").run_id, timeout=60)
+        children = engine.client.list_children(run.run_id)
+    assert run.status == rung.RunStatus.COMPLETED and run.output == 3
+    assert errors[0].startswith("ctx.batch_trigger_and_wait got 1,001 payloads; one batch")
+    assert "Split the work into several batches" in errors[0]
+    assert len(children) == 3  # none of the refused batch's
