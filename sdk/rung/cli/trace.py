@@ -49,211 +49,188 @@ _ATTEMPT_ENDINGS = {
     EventType.ATTEMPT_FAILED: ("failed", "✗ attempt failed"),
 }
 
+#: How a run's end shows: (text, style).
+_RUN_ENDINGS = {
+    EventType.RUN_COMPLETED: ("✓ completed", "bold green"),
+    EventType.RUN_FAILED: ("✗ failed", "bold red"),
+    EventType.RUN_TIMED_OUT: ("✗ timed out", "bold red"),
+    EventType.RUN_CANCELED: ("✗ canceled", "bold magenta"),
+}
+
 
 def build_trace(run: Run, events: list[HistoryEvent]) -> list[TraceLine]:
     """The history as a timeline: each step on one line, from its start to its end."""
-    lines: list[TraceLine] = []
-    open_steps: dict[tuple[int | None, str | None], TraceLine] = {}
-    open_waits: dict[str | None, TraceLine] = {}
-    tries: dict[str | None, int] = {}
-    succeeded: set[str] = set()  # steps checkpointed by earlier attempts
+    timeline = _Timeline(run)
     for index, event in enumerate(events):
+        timeline.add(event, events[index + 1 :])
+    return timeline.finish()
+
+
+class _Timeline:
+    """Builds the lines of one run's trace, one history event at a time."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.lines: list[TraceLine] = []
+        self.open_steps: dict[tuple[int | None, str | None], TraceLine] = {}
+        self.open_waits: dict[str | None, TraceLine] = {}
+        self.tries: dict[str | None, int] = {}
+        self.succeeded: set[str] = set()  # steps checkpointed by earlier attempts
+
+    def add(self, event: HistoryEvent, later: list[HistoryEvent]) -> None:
         kind = event.type
-        if kind == EventType.RUN_TRIGGERED:
-            lines.append(TraceLine("triggered", event.timestamp, f"triggered {run.task_id}"))
-        elif kind == EventType.ATTEMPT_STARTED:
-            lines.append(
-                TraceLine(
-                    "attempt",
-                    event.timestamp,
-                    f"attempt {event.attempt} started",
-                    attempt=event.attempt,
-                    detail=_resumes(events[index + 1 :], event.attempt, succeeded),
-                    style="bold",
-                )
-            )
+        if kind == EventType.ATTEMPT_STARTED:
+            detail = _resumes(later, event.attempt, self.succeeded)
+            self._line("attempt", event, f"attempt {event.attempt} started", detail, "bold")
         elif kind == EventType.STEP_STARTED:
-            tries[event.step] = tries.get(event.step, 0) + 1
-            line = TraceLine(
-                "step",
-                event.timestamp,
-                "",
-                attempt=event.attempt,
-                step=event.step,
-                try_number=tries[event.step],
-            )
-            open_steps[(event.attempt, event.step)] = line
-            lines.append(line)
+            self.open_steps[(event.attempt, event.step)] = self._step_line(event)
         elif kind in (EventType.STEP_SUCCEEDED, EventType.STEP_FAILED):
-            started = open_steps.pop((event.attempt, event.step), None)
-            if started is None:  # an end without its start: show it where it ended
-                tries[event.step] = tries.get(event.step, 0) + 1
-                started = TraceLine(
-                    "step",
-                    event.timestamp,
-                    "",
-                    attempt=event.attempt,
-                    step=event.step,
-                    try_number=tries[event.step],
-                )
-                lines.append(started)
-            started.ended = event.timestamp
-            started.took = event.timestamp - started.at
-            if kind == EventType.STEP_SUCCEEDED:
-                started.outcome = "succeeded"
-                if event.step is not None:
-                    succeeded.add(event.step)
-            else:
-                started.outcome = "failed"
-                started.error = event.error
-                started.detail = str(event.error) if event.error else ""
-        elif kind == EventType.TOKEN_CREATED:
-            lines.append(
-                TraceLine(
-                    "token",
-                    event.timestamp,
-                    f"✓ token {event.step}",
-                    attempt=event.attempt,
-                    step=event.step,
-                    detail="created",
-                    style="green",
-                )
-            )
-        elif kind == EventType.WAIT_STARTED:
-            line = TraceLine(
-                "wait",
-                event.timestamp,
-                f"⏸ {event.step}",
-                attempt=event.attempt,
-                step=event.step,
-                detail=(
-                    f"until {_offset(event.timestamp + event.delay - run.created_at)}"
-                    if event.delay is not None
-                    else "until answered"
-                ),
-                style="magenta",
-            )
-            open_waits[event.step] = line
-            lines.append(line)
+            self._step_ended(event)
         elif kind == EventType.WAIT_ENDED:
-            wait = open_waits.pop(event.step, None)
-            if wait is not None:
-                wait.ended = event.timestamp
-                wait.took = event.timestamp - wait.at
-                if event.error is not None:
-                    wait.error = event.error
-                    wait.detail = str(event.error)
-                    wait.style = "red"
+            self._wait_ended(event)
+        elif kind in _RUN_ENDINGS:
+            self._run_ended(event)
+        else:
+            self._simple(event)
+
+    def _simple(self, event: HistoryEvent) -> None:
+        """An event that is one line of its own."""
+        kind, run = event.type, self.run
+        if kind == EventType.RUN_TRIGGERED:
+            self.lines.append(TraceLine("triggered", event.timestamp, f"triggered {run.task_id}"))
+        elif kind == EventType.TOKEN_CREATED:
+            self._line("token", event, f"✓ token {event.step}", "created", "green", step=True)
+        elif kind == EventType.WAIT_STARTED:
+            until = (
+                f"until {_offset(event.timestamp + event.delay - run.created_at)}"
+                if event.delay is not None
+                else "until answered"
+            )
+            self.open_waits[event.step] = self._line(
+                "wait", event, f"⏸ {event.step}", until, "magenta", step=True
+            )
         elif kind == EventType.RETRY_SCHEDULED:
             delay = event.delay or timedelta(0)
-            lines.append(
-                TraceLine(
-                    "retry",
-                    event.timestamp,
-                    f"↻ retry in {format_duration(delay)}",
-                    attempt=event.attempt,
-                    detail=f"attempt {(event.attempt or 0) + 1} due at "
-                    f"{_offset(event.timestamp + delay - run.created_at)}",
-                    style="yellow",
-                )
-            )
+            due = _offset(event.timestamp + delay - run.created_at)
+            detail = f"attempt {(event.attempt or 0) + 1} due at {due}"
+            self._line("retry", event, f"↻ retry in {format_duration(delay)}", detail, "yellow")
         elif kind in _ATTEMPT_ENDINGS:
             line_kind, what = _ATTEMPT_ENDINGS[kind]
-            lines.append(
-                TraceLine(
-                    line_kind,
-                    event.timestamp,
-                    what,
-                    attempt=event.attempt,
-                    detail=str(event.error) if event.error else "",
-                    error=event.error,
-                    style="red",
-                )
-            )
+            line = self._line(line_kind, event, what, str(event.error or ""), "red")
+            line.error = event.error
         elif kind == EventType.RUN_REDRIVEN:
-            lines.append(
-                TraceLine(
-                    "redriven",
-                    event.timestamp,
-                    "↻ redriven",
-                    attempt=event.attempt,
-                    detail=f"attempt {(event.attempt or 0) + 1} resumes"
-                    + (f" at {event.step}" if event.step else ""),
-                    style="yellow",
-                )
+            detail = f"attempt {(event.attempt or 0) + 1} resumes" + (
+                f" at {event.step}" if event.step else ""
             )
+            self._line("redriven", event, "↻ redriven", detail, "yellow")
         elif kind == EventType.CHILD_TRIGGERED:
-            lines.append(
-                TraceLine(
-                    "child",
-                    event.timestamp,
-                    f"→ child {event.step}",
-                    attempt=event.attempt,
-                    step=event.step,
-                    detail=event.child_run_id or "",
-                )
-            )
-        elif kind == EventType.RUN_CANCELED:
-            lines.append(
-                TraceLine(
-                    "end",
-                    event.timestamp,
-                    "✗ canceled",
-                    attempt=event.attempt,
-                    took=event.timestamp - run.created_at,
-                    detail=event.error.message if event.error else "",
-                    style="bold magenta",
-                )
-            )
-        elif kind in (EventType.RUN_COMPLETED, EventType.RUN_FAILED, EventType.RUN_TIMED_OUT):
-            done = kind == EventType.RUN_COMPLETED
-            lines.append(
-                TraceLine(
-                    "end",
-                    event.timestamp,
-                    "✓ completed"
-                    if done
-                    else ("✗ timed out" if kind == EventType.RUN_TIMED_OUT else "✗ failed"),
-                    attempt=event.attempt,
-                    took=event.timestamp - run.created_at,
-                    detail="" if done or event.error is None else str(event.error),
-                    error=None if done else event.error,
-                    style="bold green" if done else "bold red",
-                )
-            )
-    current = run.attempt if run.status == RunStatus.RUNNING else None
-    for line in lines:
-        if line.kind != "step":
-            continue
-        label = f"step {line.step}"
-        if line.try_number and line.try_number > 1:
-            label += f" (try {line.try_number})"
-        if line.outcome is None:
-            line.outcome = "running" if line.attempt == current else "unfinished"
-            line.what, line.style = f"… {label}", "cyan"
-            if line.outcome == "unfinished":
-                line.detail = "started, no end recorded (the worker stopped during it)"
-        elif line.outcome == "succeeded":
-            line.what, line.style = f"✓ {label}", "green"
+            detail = event.child_run_id or ""
+            self._line("child", event, f"→ child {event.step}", detail, "", step=True)
+
+    def _line(
+        self, kind: str, event: HistoryEvent, what: str, detail: str, style: str, step: bool = False
+    ) -> TraceLine:
+        line = TraceLine(
+            kind,
+            event.timestamp,
+            what,
+            attempt=event.attempt,
+            step=event.step if step else None,
+            detail=detail,
+            style=style,
+        )
+        self.lines.append(line)
+        return line
+
+    def _step_line(self, event: HistoryEvent) -> TraceLine:
+        self.tries[event.step] = self.tries.get(event.step, 0) + 1
+        line = TraceLine(
+            "step",
+            event.timestamp,
+            "",
+            attempt=event.attempt,
+            step=event.step,
+            try_number=self.tries[event.step],
+        )
+        self.lines.append(line)
+        return line
+
+    def _step_ended(self, event: HistoryEvent) -> None:
+        started = self.open_steps.pop((event.attempt, event.step), None)
+        if started is None:  # an end without its start: show it where it ended
+            started = self._step_line(event)
+        started.ended = event.timestamp
+        started.took = event.timestamp - started.at
+        if event.type == EventType.STEP_SUCCEEDED:
+            started.outcome = "succeeded"
+            if event.step is not None:
+                self.succeeded.add(event.step)
         else:
-            line.what, line.style = f"✗ {label}", "red"
-    if run.status == RunStatus.WAITING:
-        lines.append(
-            TraceLine(
-                "waiting",
-                run.updated_at,
-                f"… waiting for {run.waiting_for or 'an event'}",
-                style="magenta",
+            started.outcome = "failed"
+            started.error = event.error
+            started.detail = str(event.error) if event.error else ""
+
+    def _wait_ended(self, event: HistoryEvent) -> None:
+        wait = self.open_waits.pop(event.step, None)
+        if wait is not None:
+            wait.ended = event.timestamp
+            wait.took = event.timestamp - wait.at
+            if event.error is not None:
+                wait.error = event.error
+                wait.detail = str(event.error)
+                wait.style = "red"
+
+    def _run_ended(self, event: HistoryEvent) -> None:
+        what, style = _RUN_ENDINGS[event.type]
+        if event.type == EventType.RUN_COMPLETED:
+            detail, error = "", None
+        elif event.type == EventType.RUN_CANCELED:
+            detail, error = (event.error.message if event.error else ""), None
+        else:
+            detail, error = str(event.error or ""), event.error
+        line = self._line("end", event, what, detail, style)
+        line.took = event.timestamp - self.run.created_at
+        line.error = error
+
+    def finish(self) -> list[TraceLine]:
+        """Label the steps by outcome, and say what an unfinished run waits for."""
+        run, lines = self.run, self.lines
+        current = run.attempt if run.status == RunStatus.RUNNING else None
+        for line in lines:
+            if line.kind == "step":
+                _label_step(line, current)
+        if run.status == RunStatus.WAITING:
+            lines.append(
+                TraceLine(
+                    "waiting",
+                    run.updated_at,
+                    f"… waiting for {run.waiting_for or 'an event'}",
+                    style="magenta",
+                )
             )
-        )
-    waiting = run.status == RunStatus.DELAYED and run.available_at is not None
-    if waiting and lines and lines[-1].kind != "retry":  # a retry line already says when
-        assert run.available_at is not None
-        which = "next" if any(line.kind == "attempt" for line in lines) else "first"
-        lines.append(
-            TraceLine("waiting", run.available_at, f"… {which} attempt due", style="yellow")
-        )
-    return lines
+        delayed = run.status == RunStatus.DELAYED and run.available_at is not None
+        if delayed and lines and lines[-1].kind != "retry":  # a retry line already says when
+            assert run.available_at is not None
+            which = "next" if any(line.kind == "attempt" for line in lines) else "first"
+            lines.append(
+                TraceLine("waiting", run.available_at, f"… {which} attempt due", style="yellow")
+            )
+        return lines
+
+
+def _label_step(line: TraceLine, current: int | None) -> None:
+    label = f"step {line.step}"
+    if line.try_number and line.try_number > 1:
+        label += f" (try {line.try_number})"
+    if line.outcome is None:
+        line.outcome = "running" if line.attempt == current else "unfinished"
+        line.what, line.style = f"… {label}", "cyan"
+        if line.outcome == "unfinished":
+            line.detail = "started, no end recorded (the worker stopped during it)"
+    elif line.outcome == "succeeded":
+        line.what, line.style = f"✓ {label}", "green"
+    else:
+        line.what, line.style = f"✗ {label}", "red"
 
 
 def _resumes(later: list[HistoryEvent], attempt: int | None, done: set[str]) -> str:
