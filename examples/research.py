@@ -1,7 +1,7 @@
 """A research agent: search, summarize every source with a rate-limited LLM, wait for
 a person to approve, publish.
 
-What it shows, on ``rung.testing.LocalEngine`` (virtual time, four worker threads):
+What it shows, on ``rung.testing.LocalEngine`` (real time, four worker threads):
 
 * **Fan-out to child runs.** ``batch_trigger_and_wait`` starts one ``summarize`` run
   per source; the parent holds no worker while they run and is woken once, by the

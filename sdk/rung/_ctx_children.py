@@ -146,7 +146,7 @@ class _Children(_ContextBase):
         items = list(payloads)
         if not items:
             return []
-        if len(items) > MAX_BATCH:
+        if len(items) > MAX_BATCH and not self._batch_started(found, name, len(items)):
             raise UsageError(
                 f"ctx.batch_trigger_and_wait got {len(items):,} payloads; one batch starts at "
                 f"most {MAX_BATCH:,} children (their outcomes are one checkpoint). Split the "
@@ -158,7 +158,7 @@ class _Children(_ContextBase):
             # The batch's key is its first child's run id (known once that one exists).
             batch = children[0]["run_id"] if children else _FIRST_OF_BATCH
             record, _ = self._start_child(
-                found, name, None, waits=True, payload_json=text, batch=batch
+                found, name, None, waits=True, payload_json=text, batch=batch, size=len(items)
             )
             children.append(json.loads(record.result_json or "{}"))
         wait = self._wait_children(f"{_child_name(found, name)}:wait", children, single=False)
@@ -191,6 +191,7 @@ class _Children(_ContextBase):
         tags: tuple[str, ...] = (),
         payload_json: str | None = None,
         batch: str | None = None,
+        size: int = 0,
     ) -> tuple[StepRecord, bool]:
         step_id, seq = self._position(_child_name(task, name), "child")
         record = self._records.get(step_id)
@@ -205,7 +206,10 @@ class _Children(_ContextBase):
             "detached": bool(detached),
         }
         if batch is not None:
-            child["batch"] = child["run_id"] if batch == _FIRST_OF_BATCH else batch
+            if batch == _FIRST_OF_BATCH:  # the first child keys the batch and records its size
+                child["batch"], child["of"] = child["run_id"], size
+            else:
+                child["batch"] = batch
         mine = StepRecord.ended(
             step_id,
             seq,
@@ -225,6 +229,16 @@ class _Children(_ContextBase):
             tags=tags,
         )
         return self._remember(stored), created
+
+    def _batch_started(self, task: Task[Any], name: str | None, size: int) -> bool:
+        """Whether this batch's first child exists: a replay of a batch that started
+        (under an older limit) goes on. A refused batch leaves no checkpoint, so a
+        later batch may hold the same step id: its recorded size tells them apart."""
+        record = self._records.get(self._next_step_id(_child_name(task, name)))
+        if record is None or record.kind != "child":
+            return False
+        first = json.loads(record.result_json or "{}")
+        return bool(first.get("of", size) == size)  # (no "of": written before the limit)
 
     def _wait_children(
         self, name: str, children: list[dict[str, Any]], *, single: bool
@@ -265,12 +279,15 @@ class _Children(_ContextBase):
             result: str | None = json.dumps(outcomes)
             size = len(result.encode()) if result is not None else 0
             if size > _serde.MAX_VALUE_BYTES:
-                result, error = None, ErrorInfo(
-                    "PayloadTooLarge",
-                    f"the outcomes of the {len(children):,} children of batch {step_id!r} are "
-                    f"{size:,} bytes of JSON; rung stores at most {_serde.MAX_VALUE_BYTES:,} "
-                    "bytes in one checkpoint. Return smaller outputs from the children (put "
-                    "large data in S3 and return its key), or split the batch",
+                result, error = (
+                    None,
+                    ErrorInfo(
+                        "PayloadTooLarge",
+                        f"the outcomes of the {len(children):,} children of batch {step_id!r} are "
+                        f"{size:,} bytes of JSON; rung stores at most {_serde.MAX_VALUE_BYTES:,} "
+                        "bytes in one checkpoint. Return smaller outputs from the children (put "
+                        "large data in S3 and return its key), or split the batch",
+                    ),
                 )
         elif outcomes[0]["status"] == RunStatus.COMPLETED:
             result = json.dumps(outcomes[0]["output"])

@@ -213,6 +213,10 @@ class Context(_Waits, _Children):
         """This run's checkpoints by step id (shared by every scope of the run)."""
         return self._records
 
+    def _next_step_id(self, name: str) -> str:
+        """The step id the next call named ``name`` gets (without taking it)."""
+        return f"{self._scope}/{name}#{self._occurrences.get((self._scope, name), 0) + 1}"
+
     def _position(self, name: str, kind: str) -> tuple[str, int]:
         """The next step id and per-scope position for ``name``; checks determinism.
 

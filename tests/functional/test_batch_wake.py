@@ -372,3 +372,56 @@ def test_a_batch_over_the_size_limit_is_refused_before_any_child_starts() -> Non
     assert errors[0].startswith("ctx.batch_trigger_and_wait got 1,001 payloads; one batch")
     assert "Split the work into several batches" in errors[0]
     assert len(children) == 3  # none of the refused batch's
+
+
+def test_a_batch_ended_partly_by_older_code_and_partly_by_new_code_wakes_its_parent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One child ends through code that predates the count (it wakes the parent through
+    # ``awaits``, uncounted); the parent suspends again for the other two, which end
+    # through the count: the last one must still wake it, though the count falls short.
+    import rung._engine
+
+    new_waiter = rung._engine._waiter
+
+    def old_waiter(run: rung.Run) -> dict[str, str]:
+        return {"wake_parent": run.parent_run_id} if run.parent_run_id else {}
+
+    entries: Counter[str] = Counter()
+    with LocalEngine(batch_app(3, entries), workers=0) as engine:
+        handle = engine.trigger("parent", "slow-child")
+        drain(engine, only=handle.run_id)
+        drain(engine)
+        children = engine.client.list_children(handle.run_id)
+        assert isinstance(engine.clock, VirtualClock)
+        engine.clock.advance(timedelta(minutes=6))
+        monkeypatch.setattr(rung._engine, "_waiter", old_waiter)
+        drain(engine, only=children[0].run_id)  # older code ends the first child
+        monkeypatch.setattr(rung._engine, "_waiter", new_waiter)
+        drain(engine, only=handle.run_id)  # woken: suspends again for the other two
+        assert engine.get_run(handle.run_id).status == rung.RunStatus.WAITING
+        drain(engine)  # new code ends the other two
+        run = engine.get_run(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run
+    assert run.output == [0, 10, 20]
+
+
+def test_a_batch_started_under_a_higher_limit_goes_on_after_the_limit_drops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A deploy that lowers the limit must not fail runs whose batch had started: the
+    # limit applies before a batch's first child exists, not on its replays.
+    import rung._ctx_children
+
+    entries: Counter[str] = Counter()
+    with LocalEngine(batch_app(12, entries), workers=0) as engine:
+        handle = engine.trigger("parent", "slow-child")
+        drain(engine, only=handle.run_id)
+        drain(engine)
+        monkeypatch.setattr(rung._ctx_children, "MAX_BATCH", 10)
+        assert isinstance(engine.clock, VirtualClock)
+        engine.clock.advance(timedelta(minutes=6))
+        drain(engine)
+        run = engine.get_run(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output == [n * 10 for n in range(12)]

@@ -171,11 +171,16 @@ def test_min_successes_stops_the_map_after_that_many_successes() -> None:
 def test_max_concurrency_caps_the_branches_running_at_once_and_is_reached() -> None:
     app = rung.App("par")
     spans: dict[int, tuple[float, float]] = {}
+    first_three = threading.Barrier(3, timeout=60)  # passes only if 3 run at once
+
+    def work(item: int) -> int:
+        if item < 3:
+            first_three.wait()
+        return nap(0.02, item)
 
     def slow(ctx: rung.Context, item: int) -> int:
         start = time.monotonic()
-        # Long enough that three branch threads overlap on a loaded machine.
-        value = ctx.step("sleep", lambda: nap(0.3, item))
+        value = ctx.step("sleep", work, item)
         spans[item] = (start, time.monotonic())
         return value
 
@@ -191,7 +196,8 @@ def test_max_concurrency_caps_the_branches_running_at_once_and_is_reached() -> N
     overlap = max(
         sum(1 for s, e in spans.values() if s <= start < e) for start, _ in spans.values()
     )
-    assert overlap == 3
+    assert overlap <= 3  # the cap held (and the barrier shows it was reached)
+    assert not first_three.broken
 
 
 def test_a_branch_that_waits_suspends_the_run_and_finished_branches_are_not_rerun() -> None:

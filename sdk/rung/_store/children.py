@@ -263,7 +263,8 @@ class _Children(_Base):
         * count: the parent does not wait to be woken by this end (it runs, it waits
           for more of the batch, or it finished): add one, nothing else;
         * last: the parent waits for this batch and all but this child had ended
-          (count >= threshold): add one and make it due now;
+          (count >= threshold, or this child is the only one left in ``awaits``): add
+          one and make it due now;
         * any: the parent waits for this child among other things (a batch inside a
           ``ctx.map`` suspends as "wake on any": ``awaits``, no ``wake_batch``): add
           one, make it due.
@@ -279,9 +280,12 @@ class _Children(_Base):
         moment) retries the same form after a short jittered pause.
         """
         names = {**_NAMES, "#bd": batch_counter(batch)}
+        # "All but this one ended": by the count, or by ``awaits`` (this child is the
+        # only one left in it), which also holds when some ended through code that
+        # predates the count (and so were not counted but did leave a fresh ``awaits``).
         last = (
-            "#status = :waiting AND wake_batch = :batch AND wake_threshold <= #bd "
-            "AND available_at > :now_ms"
+            "#status = :waiting AND wake_batch = :batch AND available_at > :now_ms AND "
+            "(wake_threshold <= #bd OR (contains(awaits, :child) AND size(awaits) = :one))"
         )
         any_ = (
             "#status = :waiting AND contains(awaits, :child) AND available_at > :now_ms "

@@ -61,8 +61,8 @@ _RUN_ENDINGS = {
 def build_trace(run: Run, events: list[HistoryEvent]) -> list[TraceLine]:
     """The history as a timeline: each step on one line, from its start to its end."""
     timeline = _Timeline(run)
-    for index, event in enumerate(events):
-        timeline.add(event, events[index + 1 :])
+    for index in range(len(events)):
+        timeline.add(events, index)
     return timeline.finish()
 
 
@@ -77,10 +77,12 @@ class _Timeline:
         self.tries: dict[str | None, int] = {}
         self.succeeded: set[str] = set()  # steps checkpointed by earlier attempts
 
-    def add(self, event: HistoryEvent, later: list[HistoryEvent]) -> None:
+    def add(self, events: list[HistoryEvent], index: int) -> None:
+        """Add ``events[index]`` (an attempt's line looks at the events after it)."""
+        event = events[index]
         kind = event.type
         if kind == EventType.ATTEMPT_STARTED:
-            detail = _resumes(later, event.attempt, self.succeeded)
+            detail = _resumes(events[index + 1 :], event.attempt, self.succeeded)
             self._line("attempt", event, f"attempt {event.attempt} started", detail, "bold")
         elif kind == EventType.STEP_STARTED:
             self.open_steps[(event.attempt, event.step)] = self._step_line(event)
