@@ -638,19 +638,25 @@ def test_code_outside_steps_that_outlives_the_slot_fails_the_attempt_instead_of_
     assert "move that work into steps" in run.error.message
 
 
+def _two_per_second(name: str) -> tuple[rung.App, rung.Queue]:
+    """An app whose one task runs on a queue of 2 starts per second."""
+    app = rung.App(name)
+    queue = rung.Queue(name, rate_limit=rung.Rate(2, per=timedelta(seconds=1)))
+
+    @app.task(id="t", queue=queue)
+    def task(ctx: rung.Context, job: Job) -> int:
+        return job.n
+
+    return app, queue
+
+
 def test_a_reservation_woken_too_late_for_goes_back_to_the_window() -> None:
     # Rate 2/s: A and B start now, C and D are reserved 1.1 s later (the window plus
     # its margin). C's worker wakes 200 ms late: C takes a fresh reservation, and its
     # unused one leaves the window, so C starts at once instead of a window later.
     from rung._flow import Admitted, Delayed
 
-    app = rung.App("late")
-    queue = rung.Queue("late", rate_limit=rung.Rate(2, per=timedelta(seconds=1)))
-
-    @app.task(id="t", queue=queue)
-    def task(ctx: rung.Context, job: Job) -> int:
-        return job.n
-
+    app, queue = _two_per_second("late")
     with LocalEngine(app, workers=0) as engine:
         desk = _Desk(engine, queue)
         claims = [desk.claim(engine.trigger("t", {"n": n}).run_id) for n in range(5)]
@@ -675,13 +681,7 @@ def test_a_reservation_found_late_on_arrival_stays_in_the_window() -> None:
     # may have started on that reservation and crashed, so it stays counted.
     from rung._flow import Delayed
 
-    app = rung.App("late2")
-    queue = rung.Queue("late2", rate_limit=rung.Rate(2, per=timedelta(seconds=1)))
-
-    @app.task(id="t", queue=queue)
-    def task(ctx: rung.Context, job: Job) -> int:
-        return job.n
-
+    app, queue = _two_per_second("late2")
     with LocalEngine(app, workers=0) as engine:
         desk = _Desk(engine, queue)
         claims = [desk.claim(engine.trigger("t", {"n": n}).run_id) for n in range(4)]

@@ -236,16 +236,12 @@ class _Children(_Base):
         }
         for _ in range(10):
             for second, woke in ((wake, True), (not_waiting, False)):
-                try:
-                    self.client.transact_write_items(TransactItems=[own, second])
-                except ClientError as exc:
-                    reasons = _cancellation_reasons(exc)
-                    if reasons is None:
-                        raise
-                    if reasons[0] == "ConditionalCheckFailed":
-                        return None
-                    continue  # the parent was not as assumed: try the other form
-                return woke
+                outcome = self._with_parent(own, second)
+                if outcome == "own failed":
+                    return None
+                if outcome == "done":
+                    return woke
+                # the parent was not as assumed (or a conflict): try the other form
             # The parent changed between the two forms (it suspended or resumed): again.
         raise Contended(
             f"run {run_id}: its parent {parent_run_id} kept suspending and resuming while "
@@ -317,28 +313,39 @@ class _Children(_Base):
                     "ExpressionAttributeValues": values,
                 }
             }
-            try:
-                self.client.transact_write_items(TransactItems=[own, parent])
-            except ClientError as exc:
-                reasons = _cancellation_reasons(exc)
-                if reasons is None:
-                    raise
-                if reasons[0] == "ConditionalCheckFailed":
-                    return None
-                if len(reasons) < 2 or reasons[1] != "ConditionalCheckFailed":
-                    # A conflict with another writer of the parent: the same form again.
-                    time.sleep(random.uniform(0.005, 0.05))  # noqa: S311
-                    continue
-                form = (form + 1) % len(forms)  # the parent was not as assumed: the next
-                if form == 0 and not self._run_exists(parent_run_id):
-                    return self._end_alone(own)  # the parent is gone (expired)
+            outcome = self._with_parent(own, parent)
+            if outcome == "done":
+                return woke
+            if outcome == "own failed":
+                return None
+            if outcome == "conflict":  # another writer of the parent: the same form again
+                time.sleep(random.uniform(0.005, 0.05))  # noqa: S311
                 continue
-            return woke
+            form = (form + 1) % len(forms)  # the parent was not as assumed: the next
+            if form == 0 and not self._run_exists(parent_run_id):
+                return self._end_alone(own)  # the parent is gone (expired)
         raise Contended(
             f"run {run_id}: the end of this child of batch {batch} could not be recorded "
             f"on its parent {parent_run_id}, which kept changing (many children ending at "
             "once); nothing was half-written, and the child's message comes back to try again"
         )
+
+    def _with_parent(self, own: dict[str, Any], parent: dict[str, Any]) -> str:
+        """One transaction of a child's terminal write ``own`` and an item on its
+        parent: "done", "own failed" (the child's condition: nothing was written),
+        "parent failed" (the parent's condition) or "conflict" (a concurrent writer)."""
+        try:
+            self.client.transact_write_items(TransactItems=[own, parent])
+        except ClientError as exc:
+            reasons = _cancellation_reasons(exc)
+            if reasons is None:
+                raise
+            if reasons[0] == "ConditionalCheckFailed":
+                return "own failed"
+            if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                return "parent failed"
+            return "conflict"
+        return "done"
 
     def _run_exists(self, run_id: str) -> bool:
         item = self.client.get_item(
