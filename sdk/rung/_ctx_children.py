@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from rung import _serde
+from rung._clock import iso
 from rung._ctx_common import MAX_BATCH, MAX_WAIT, _ContextBase
 from rung._ids import new_run_id
 from rung._signals import Suspend
@@ -75,7 +76,12 @@ class _Children(_ContextBase):
 
     @overload
     def trigger_and_wait(
-        self, task: Task[R], payload: Any = None, *, name: str | None = None
+        self,
+        task: Task[R],
+        payload: Any = None,
+        *,
+        name: str | None = None,
+        timeout: timedelta | float | None = None,
     ) -> R: ...
 
     @overload
@@ -86,6 +92,7 @@ class _Children(_ContextBase):
         *,
         name: str | None = None,
         result_type: type[S] | None = None,
+        timeout: timedelta | float | None = None,
     ) -> Any: ...
 
     def trigger_and_wait(
@@ -95,6 +102,7 @@ class _Children(_ContextBase):
         *,
         name: str | None = None,
         result_type: type[S] | None = None,
+        timeout: timedelta | float | None = None,
     ) -> Any:
         """Start a child run of ``task`` and suspend until it ends; return its output.
 
@@ -103,6 +111,12 @@ class _Children(_ContextBase):
         ``"/<name>:wait#<n>"`` (its outcome, recorded once it has ended); ``name``
         defaults to the task id. The output is revived as the task's return type
         (or ``result_type``).
+
+        ``timeout`` (a ``timedelta`` or seconds, counted from the child's start, waits
+        included): a child that has not ended by then is canceled, with its own
+        children unless detached, and the parent gets ``ChildRunFailed`` (status
+        CANCELED, a message that names the timeout). Without it the parent waits as
+        long as the child takes (bounded by the child's own waits and retries).
 
         Raises:
             ChildRunFailed: the child FAILED, was CANCELED or TIMED_OUT; carries its
@@ -116,9 +130,20 @@ class _Children(_ContextBase):
         """
         self._check_caller("ctx.trigger_and_wait()")
         found = self._session.task(task)
+        limit = None
+        if timeout is not None:
+            limit = as_timedelta(timeout, "trigger_and_wait timeout")
+            if limit <= timedelta(0) or limit > MAX_WAIT:
+                raise InvalidConfig(
+                    f"trigger_and_wait timeout must be in (0, {MAX_WAIT}], got {limit}"
+                )
         record, _ = self._start_child(found, name, payload, waits=True)
         child = json.loads(record.result_json or "{}")
-        wait = self._wait_children(f"{_child_name(found, name)}:wait", [child], single=True)
+        # The deadline is fixed by the child's checkpoint: the same on every replay.
+        deadline = record.started_at + limit if limit is not None else None
+        wait = self._wait_children(
+            f"{_child_name(found, name)}:wait", [child], single=True, deadline=(deadline, limit)
+        )
         return self._replay(wait, result_type or found.output_type)
 
     def batch_trigger_and_wait(
@@ -241,9 +266,15 @@ class _Children(_ContextBase):
         return bool(first.get("of", size) == size)  # (no "of": written before the limit)
 
     def _wait_children(
-        self, name: str, children: list[dict[str, Any]], *, single: bool
+        self,
+        name: str,
+        children: list[dict[str, Any]],
+        *,
+        single: bool,
+        deadline: tuple[datetime | None, timedelta | None] = (None, None),
     ) -> StepRecord:
-        """The outcome checkpoint of waiting for ``children``; suspends until all ended."""
+        """The outcome checkpoint of waiting for ``children``; suspends until all ended
+        (or, with a ``deadline`` (when, timeout), cancels those unfinished by then)."""
         step_id, seq = self._position(name, "child_wait")
         record = self._records.get(step_id)
         if record is not None:
@@ -252,6 +283,16 @@ class _Children(_ContextBase):
         ids = [c["run_id"] for c in children]
         runs = self._session.get_runs(ids)
         unfinished = tuple(i for i in ids if i in runs and not runs[i].status.is_terminal)
+        due, limit = deadline
+        if unfinished and due is not None and self._session.now() >= due:
+            for child_id in unfinished:
+                self._session.cancel_child(
+                    child_id,
+                    f"not ended within the timeout of {limit} that its parent "
+                    f"{self.run_id} gave trigger_and_wait ({step_id})",
+                )
+            runs = self._session.get_runs(ids)
+            unfinished = tuple(i for i in ids if i in runs and not runs[i].status.is_terminal)
         if unfinished:
             what = (
                 f"child run {unfinished[0]}"
@@ -266,6 +307,8 @@ class _Children(_ContextBase):
                 # falls back to waking on any of them.)
                 batch = (str(children[0]["batch"]), len(children))
                 raise Suspend(None, what, children=unfinished, batch=batch)
+            if due is not None:
+                raise Suspend(due, f"{what} (timeout at {iso(due)})", children=unfinished)
             raise Suspend(None, what, children=unfinished)
         now = self._session.now()
         outcomes = [_child_outcome(c, runs.get(c["run_id"])) for c in children]

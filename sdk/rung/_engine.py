@@ -53,6 +53,7 @@ from rung.errors import (
     LeaseLost,
     NonDeterminismError,
     PayloadTooLarge,
+    RunAlreadyFinished,
     RungError,
     StepFailed,
     UnknownTask,
@@ -705,6 +706,14 @@ class _Session:
 
     def forget_batch(self, batch: str) -> None:
         self._worker.store.forget_batch(self._run.run_id, batch)
+
+    def cancel_child(self, run_id: str, reason: str) -> None:
+        from rung.client import Client  # (the client imports this module)
+
+        worker = self._worker
+        client = Client._from_parts(worker.app, worker.store, worker.queue, worker.clock)
+        with contextlib.suppress(RunAlreadyFinished):  # it ended by itself meanwhile
+            client.cancel(run_id, reason=reason)
 
     def record_step(self, record: StepRecord) -> StepRecord:
         return self._worker.store.record_step(self._run.run_id, record)

@@ -169,6 +169,10 @@ class AttemptSession(Protocol):
     def forget_batch(self, batch: str) -> None:
         """The batch's outcome is recorded: drop its count of ended children."""
 
+    def cancel_child(self, run_id: str, reason: str) -> None:
+        """Cancel a child run (and its own children, unless detached) that has not
+        ended; one that ended meanwhile is left as it is."""
+
 
 class Context(_Waits, _Children):
     """Handed to every task as its first argument.

@@ -397,3 +397,79 @@ def test_a_child_is_not_started_by_a_worker_that_lost_its_lease() -> None:
         children = engine.client.list_children(run_id)
     assert results == [Disposition.KEEP]  # LeaseLost: the worker stopped
     assert children == []
+
+
+def test_trigger_and_wait_with_a_timeout_cancels_a_child_that_does_not_end_in_time() -> None:
+    app = rung.App("child-timeout")
+
+    @app.task(id="grandchild")
+    def grandchild(ctx: rung.Context, payload: None) -> None:
+        ctx.wait(timedelta(days=30))
+
+    @app.task(id="stuck")
+    def stuck(ctx: rung.Context, payload: None) -> str:
+        ctx.trigger(grandchild)
+        token = ctx.create_token("never", timeout=timedelta(days=7))
+        return str(ctx.wait_for_token(token))  # nobody answers
+
+    @app.task(id="quick")
+    def quick(ctx: rung.Context, payload: None) -> str:
+        ctx.wait(timedelta(minutes=10))
+        return "done"
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> dict[str, Any]:
+        fast = ctx.trigger_and_wait(quick, timeout=timedelta(hours=1))
+        try:
+            ctx.trigger_and_wait(stuck, timeout=timedelta(hours=1))
+        except rung.ChildRunFailed as exc:
+            return {"fast": fast, "status": exc.status, "type": exc.error_type, "why": exc.message}
+        return {"fast": fast}
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("parent")
+        # The stuck child waits for a token: virtual time never jumps to a token's
+        # deadline, but the parent's timeout is a timer, and it does.
+        run = engine.wait(handle.run_id, timeout=60)
+        children = engine.client.list_children(handle.run_id)
+        grandchildren = engine.client.list_children(children[1].run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output["fast"] == "done"  # ended in 10 minutes, before its timeout
+    assert run.output["status"] == "CANCELED" and run.output["type"] == "RunCanceled"
+    assert "not ended within the timeout of 1:00:00" in run.output["why"]
+    assert [c.status for c in children] == [rung.RunStatus.COMPLETED, rung.RunStatus.CANCELED]
+    assert [g.status for g in grandchildren] == [rung.RunStatus.CANCELED]  # with it
+    quick_run, stuck_run = children
+    assert quick_run.finished_at is not None and stuck_run.finished_at is not None
+    # The quick child woke its parent when it ended, not at the timeout.
+    assert quick_run.finished_at - quick_run.created_at < timedelta(minutes=11)
+    assert stuck_run.finished_at - stuck_run.created_at >= timedelta(hours=1)
+
+
+def test_a_bad_trigger_and_wait_timeout_is_refused() -> None:
+    app = rung.App("child-timeout-bad")
+    errors: list[str] = []
+
+    @app.task(id="child")
+    def child(ctx: rung.Context, payload: None) -> int:
+        return 1
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> int:
+        for bad in (0, -5, timedelta(days=400), "1h"):
+            try:
+                ctx.trigger_and_wait(child, timeout=bad)  # type: ignore[arg-type]
+            except rung.RungError as exc:
+                errors.append(str(exc))
+        return len(errors)
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("parent").run_id)
+        children = engine.client.list_children(run.run_id)
+    assert run.output == 4 and children == []  # refused before any child started
+    assert errors == [
+        "trigger_and_wait timeout must be in (0, 366 days, 0:00:00], got 0:00:00",
+        "trigger_and_wait timeout must not be negative, got -1 day, 23:59:55",
+        "trigger_and_wait timeout must be in (0, 366 days, 0:00:00], got 400 days, 0:00:00",
+        "trigger_and_wait timeout must be a timedelta or a number of seconds, got str",
+    ]
