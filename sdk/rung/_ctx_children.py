@@ -284,8 +284,15 @@ class _Children(_ContextBase):
         runs = self._session.get_runs(ids)
         unfinished = tuple(i for i in ids if i in runs and not runs[i].status.is_terminal)
         due, limit = deadline
-        if unfinished and due is not None and self._session.now() >= due:
-            for child_id in unfinished:
+        # Past the deadline: cancel what has not ended. A CANCELED child is canceled
+        # again too: an attempt that crashed inside the cascade left its own children.
+        late = [
+            i
+            for i in ids
+            if i in runs and (i in unfinished or runs[i].status == RunStatus.CANCELED)
+        ]
+        if late and due is not None and self._session.now() >= due:
+            for child_id in late:
                 self._session.cancel_child(
                     child_id,
                     f"not ended within the timeout of {limit} that its parent "
@@ -307,8 +314,13 @@ class _Children(_ContextBase):
                 # falls back to waking on any of them.)
                 batch = (str(children[0]["batch"]), len(children))
                 raise Suspend(None, what, children=unfinished, batch=batch)
-            if due is not None:
-                raise Suspend(due, f"{what} (timeout at {iso(due)})", children=unfinished)
+            if due is not None:  # (LocalEngine's clock treats it as a deadline, see there)
+                raise Suspend(
+                    due,
+                    f"{what} (timeout at {iso(due)})",
+                    children=unfinished,
+                    wake_kind="deadline",
+                )
             raise Suspend(None, what, children=unfinished)
         now = self._session.now()
         outcomes = [_child_outcome(c, runs.get(c["run_id"])) for c in children]

@@ -42,7 +42,8 @@ class Suspend(Unwind):
     if one of them was resolved meanwhile, so a completion is never missed.
     ``children``: ids of unfinished child runs it waits for; likewise.
     ``wake_kind``: what ``wake_at`` is, as data (``reason`` is for people): "timer" (a
-    wait, a poll), "token" (a token's timeout or heartbeat deadline), None (no time).
+    wait, a poll), "token" (a token's timeout or heartbeat deadline), "deadline" (a
+    ``trigger_and_wait`` timeout), None (no time).
     ``batch``: (key, size) of the one batch of child runs it waits for (``children``
     lists its unfinished ones): woken once, by the batch's last end, instead of by
     each (DynamoStore.suspend_run). Combined with other waits, it is dropped.

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from datetime import timedelta
 from typing import Any
 
 import pydantic
+import pytest
 
 import rung
+from rung._clock import VirtualClock
 from rung._engine import Disposition
 from rung.testing import LocalEngine, SimulatedCrash
 
@@ -473,3 +476,79 @@ def test_a_bad_trigger_and_wait_timeout_is_refused() -> None:
         "trigger_and_wait timeout must be in (0, 366 days, 0:00:00], got 400 days, 0:00:00",
         "trigger_and_wait timeout must be a timedelta or a number of seconds, got str",
     ]
+
+
+def timeout_app(timeout: timedelta, with_grandchild: bool = True) -> rung.App:
+    app = rung.App("child-timeout-token")
+
+    @app.task(id="grandchild")
+    def grandchild(ctx: rung.Context, payload: None) -> None:
+        ctx.wait(timedelta(days=30))
+
+    @app.task(id="asks")
+    def asks(ctx: rung.Context, payload: None) -> str:
+        if with_grandchild:
+            ctx.trigger(grandchild)
+        token = ctx.create_token("answer", timeout=timedelta(days=7))
+        return str(ctx.wait_for_token(token))
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> str:
+        try:
+            return str(ctx.trigger_and_wait(asks, timeout=timeout))
+        except rung.ChildRunFailed as exc:
+            return f"{exc.status}: {exc.message}"
+
+    return app
+
+
+def _child_of(engine: LocalEngine, parent_id: str) -> str:
+    deadline = time.monotonic() + 30
+    while not (children := engine.client.list_children(parent_id)):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return children[0].run_id
+
+
+def test_a_test_can_answer_a_childs_token_before_its_parents_timeout() -> None:
+    # LocalEngine does not jump to a trigger_and_wait timeout while nothing else is
+    # due after it: answering the child's token is the test's move, as for any token.
+    # (No grandchild: its 30-day timer would be a later due time, which the clock
+    # would move to through the parent's deadline.)
+    with LocalEngine(timeout_app(timedelta(days=3), with_grandchild=False)) as engine:
+        handle = engine.trigger("parent")
+        child = _child_of(engine, handle.run_id)
+        token = engine.wait_for_token(child, "answer", timeout=30)
+        time.sleep(1.0)  # room for a wrong jump of the clock to the parent's timeout
+        engine.client.complete_token(token.id, "yes")
+        run = engine.wait(handle.run_id, timeout=60)
+    assert run.status == rung.RunStatus.COMPLETED and run.output == "yes"
+
+
+def test_a_parent_that_crashes_inside_the_timeout_cascade_finishes_it_on_its_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rung.client import Client
+
+    real = Client._cancel_children
+    crashed: list[str] = []
+
+    def crash_once(self: Client, run_id: str, reason: str) -> None:
+        if not crashed:
+            crashed.append(run_id)
+            raise SimulatedCrash()  # the parent's worker dies mid-cascade
+        real(self, run_id, reason)
+
+    monkeypatch.setattr(Client, "_cancel_children", crash_once)
+    with LocalEngine(timeout_app(timedelta(hours=1))) as engine:
+        handle = engine.trigger("parent")
+        child = _child_of(engine, handle.run_id)
+        engine.wait_for_token(child, "answer", timeout=30)
+        assert isinstance(engine.clock, VirtualClock)
+        engine.clock.advance(timedelta(hours=2))  # past the timeout; nobody answers
+        run = engine.wait(handle.run_id, timeout=60)
+        grandchildren = engine.client.list_children(child)
+    assert crashed == [child]
+    assert run.status == rung.RunStatus.COMPLETED and run.attempt == 2
+    assert run.output.startswith("CANCELED: not ended within the timeout of 1:00:00")
+    assert [g.status for g in grandchildren] == [rung.RunStatus.CANCELED]

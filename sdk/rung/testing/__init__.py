@@ -8,7 +8,9 @@ when no work is runnable and then jumps to the next due time, so backoff, delays
 ``ctx.wait`` and lease expiry pass instantly while history keeps the real durations.
 It never jumps to the deadline of a token a run waits for: answering a token is the
 test's move (``engine.wait_for_token`` then ``engine.client.complete_token``), and a
-test of a token's timeout moves the clock itself (``engine.clock.advance``).
+test of a token's timeout moves the clock itself (``engine.clock.advance``). A
+``trigger_and_wait`` timeout is passed through on the way to a later due time, and
+otherwise waits for the test's move in the same way.
 
 Example:
     >>> with rung.testing.LocalEngine(app) as engine:
@@ -382,16 +384,25 @@ class LocalEngine:
     def _next_due(self) -> float | None:
         """The next due time to jump to: timers, backoff and leases, but not the deadline
         of a token a run waits for; answering (or timing out) a token is the test's move.
+
+        A ``trigger_and_wait`` timeout is jumped to only on the way to a later due
+        time (time has to pass it first); alone, it waits for the test's move too, so
+        a test can answer a child's token before its parent's timeout.
         """
         assert isinstance(self.clock, VirtualClock)
+        deadline: float | None = None
         for due, body in pending(_REGION, self.queue_name, self.clock.epoch() * 1000):
             try:
                 run = self.store.get_run_or_none(decode(body))
             except BadMessage:
-                return due
-            if run is not None and run.status == RunStatus.WAITING and run.wake_kind == "token":
-                continue
-            return due
+                return deadline if deadline is not None else due
+            if run is not None and run.status == RunStatus.WAITING:
+                if run.wake_kind == "token":
+                    continue
+                if run.wake_kind == "deadline":
+                    deadline = due if deadline is None else deadline
+                    continue
+            return deadline if deadline is not None else due
         return None
 
     def _process(self, message: QueueMessage) -> None:
