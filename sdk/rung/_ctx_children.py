@@ -130,13 +130,7 @@ class _Children(_ContextBase):
         """
         self._check_caller("ctx.trigger_and_wait()")
         found = self._session.task(task)
-        limit = None
-        if timeout is not None:
-            limit = as_timedelta(timeout, "trigger_and_wait timeout")
-            if limit <= timedelta(0) or limit > MAX_WAIT:
-                raise InvalidConfig(
-                    f"trigger_and_wait timeout must be in (0, {MAX_WAIT}], got {limit}"
-                )
+        limit = _timeout(timeout, "trigger_and_wait")
         record, _ = self._start_child(found, name, payload, waits=True)
         child = json.loads(record.result_json or "{}")
         # The deadline is fixed by the child's checkpoint: the same on every replay.
@@ -153,6 +147,7 @@ class _Children(_ContextBase):
         *,
         name: str | None = None,
         result_type: type[S] | None = None,
+        timeout: timedelta | float | None = None,
     ) -> list[ChildResult]:
         """Start one child run of ``task`` per payload; suspend until all have ended.
 
@@ -160,7 +155,9 @@ class _Children(_ContextBase):
         not raise here: inspect ``result.ok``/``result.error`` or call
         ``result.unwrap()``. Checkpoints: ``"/<name>#1"`` ... ``"/<name>#N"`` (the
         children) and one ``"/<name>:wait#<n>"`` holding every outcome. Every payload
-        is validated before any child starts.
+        is validated before any child starts. ``timeout``: as for ``trigger_and_wait``,
+        counted from the first child's start; children not ended by then are canceled
+        and come back with status CANCELED (the others keep their outcomes).
 
         Example:
             >>> results = ctx.batch_trigger_and_wait(resize, [{"id": i} for i in ids])
@@ -168,6 +165,7 @@ class _Children(_ContextBase):
         """
         self._check_caller("ctx.batch_trigger_and_wait()")
         found = self._session.task(task)
+        limit = _timeout(timeout, "batch_trigger_and_wait")
         items = list(payloads)
         if not items:
             return []
@@ -179,14 +177,19 @@ class _Children(_ContextBase):
             )
         encoded = [found.encode_payload(p) for p in items]
         children: list[dict[str, Any]] = []
+        began: datetime | None = None  # the first child's checkpoint: same on replays
         for text in encoded:
             # The batch's key is its first child's run id (known once that one exists).
             batch = children[0]["run_id"] if children else _FIRST_OF_BATCH
             record, _ = self._start_child(
                 found, name, None, waits=True, payload_json=text, batch=batch, size=len(items)
             )
+            began = began or record.started_at
             children.append(json.loads(record.result_json or "{}"))
-        wait = self._wait_children(f"{_child_name(found, name)}:wait", children, single=False)
+        due = began + limit if began is not None and limit is not None else None
+        wait = self._wait_children(
+            f"{_child_name(found, name)}:wait", children, single=False, deadline=(due, limit)
+        )
         if wait.outcome == "failed":  # the outcomes did not fit one checkpoint
             raise StepFailed(wait.step_id, wait.error or ErrorInfo("Error", ""))
         revive = result_type or found.output_type
@@ -308,20 +311,21 @@ class _Children(_ContextBase):
                 + (", ...)" if len(unfinished) > 3 else ")")
             )
             keys = {c.get("batch") for c in children}
+            batch = None
             if not single and len(keys) == 1 and None not in keys:
                 # One batch: woken once, by its last child's end, not by every end.
                 # (``children`` too: a ctx.map that combines this with other waits
                 # falls back to waking on any of them.)
                 batch = (str(children[0]["batch"]), len(children))
-                raise Suspend(None, what, children=unfinished, batch=batch)
             if due is not None:  # (LocalEngine's clock treats it as a deadline, see there)
-                raise Suspend(
-                    due,
-                    f"{what} (timeout at {iso(due)})",
-                    children=unfinished,
-                    wake_kind="deadline",
-                )
-            raise Suspend(None, what, children=unfinished)
+                what += f" (timeout at {iso(due)})"
+            raise Suspend(
+                due,
+                what,
+                children=unfinished,
+                batch=batch,
+                wake_kind="deadline" if due is not None else None,
+            )
         now = self._session.now()
         outcomes = [_child_outcome(c, runs.get(c["run_id"])) for c in children]
         started = min(
@@ -365,6 +369,16 @@ class _Children(_ContextBase):
         if key is not None and recorded is stored:  # recorded now, by this attempt
             self._session.forget_batch(str(key))
         return recorded
+
+
+def _timeout(timeout: timedelta | float | None, what: str) -> timedelta | None:
+    """A ``timeout=`` of the waiting calls, checked."""
+    if timeout is None:
+        return None
+    limit = as_timedelta(timeout, f"{what} timeout")
+    if limit <= timedelta(0) or limit > MAX_WAIT:
+        raise InvalidConfig(f"{what} timeout must be in (0, {MAX_WAIT}], got {limit}")
+    return limit
 
 
 def _child_name(task: Task[Any], name: str | None) -> str:

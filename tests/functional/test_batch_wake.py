@@ -425,3 +425,43 @@ def test_a_batch_started_under_a_higher_limit_goes_on_after_the_limit_drops(
         run = engine.get_run(handle.run_id)
     assert run.status == rung.RunStatus.COMPLETED, run.error
     assert run.output == [n * 10 for n in range(12)]
+
+
+def test_a_batch_timeout_cancels_the_children_not_ended_and_keeps_the_others() -> None:
+    app = rung.App("batch-timeout")
+    entries: Counter[str] = Counter()
+
+    @app.task(id="part")
+    def part(ctx: rung.Context, n: int) -> int:
+        if n == 2:  # waits for an answer nobody gives
+            ctx.wait_for_token(ctx.create_token("never", timeout=timedelta(days=7)))
+        ctx.wait(timedelta(minutes=10))
+        return n
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> list[Any]:
+        entries["parent"] += 1
+        results = ctx.batch_trigger_and_wait(part, [0, 1, 2], timeout=timedelta(hours=1))
+        return [r.output if r.ok else [r.status, r.error and r.error.message] for r in results]
+
+    with LocalEngine(app, workers=2) as engine:
+        handle = engine.trigger("parent")
+        deadline = time.monotonic() + 60
+        while [c.status for c in engine.client.list_children(handle.run_id)] != [
+            rung.RunStatus.COMPLETED,
+            rung.RunStatus.COMPLETED,
+            rung.RunStatus.WAITING,
+        ]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        waiting = engine.get_run(handle.run_id)
+        assert isinstance(engine.clock, VirtualClock)
+        engine.clock.advance(timedelta(hours=1))  # the third child's token: never answered
+        run = engine.wait(handle.run_id, timeout=60)
+    assert waiting.status == rung.RunStatus.WAITING
+    assert waiting.waiting_for is not None and "(timeout at " in waiting.waiting_for
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output[:2] == [0, 1]
+    status, message = run.output[2]
+    assert status == "CANCELED" and "not ended within the timeout of 1:00:00" in message
+    assert entries["parent"] == 2  # started; woken by the deadline (not by the two ends)
