@@ -26,6 +26,7 @@ S = TypeVar("S")
 
 # ``_start_child(batch=...)`` for a batch's first child: the batch is keyed by its id.
 _FIRST_OF_BATCH = "*"
+_NO = ErrorInfo("", "")
 
 
 class _Children(_ContextBase):
@@ -287,20 +288,27 @@ class _Children(_ContextBase):
         runs = self._session.get_runs(ids)
         unfinished = tuple(i for i in ids if i in runs and not runs[i].status.is_terminal)
         due, limit = deadline
-        # Past the deadline: cancel what has not ended. A CANCELED child is canceled
-        # again too: an attempt that crashed inside the cascade left its own children.
+        why = (
+            f"not ended within the timeout of {limit} that its parent {self.run_id} set on "
+            f"{step_id}"
+        )
+        # Past the deadline: cancel what has not ended. A child this timeout canceled
+        # is canceled again too: an attempt that crashed inside the cascade left its
+        # own children. (Children canceled by someone else were cascaded by them.)
         late = [
             i
             for i in ids
-            if i in runs and (i in unfinished or runs[i].status == RunStatus.CANCELED)
+            if i in runs
+            and (
+                i in unfinished
+                or (runs[i].status == RunStatus.CANCELED and (runs[i].error or _NO).message == why)
+            )
         ]
         if late and due is not None and self._session.now() >= due:
-            for child_id in late:
-                self._session.cancel_child(
-                    child_id,
-                    f"not ended within the timeout of {limit} that its parent "
-                    f"{self.run_id} gave trigger_and_wait ({step_id})",
-                )
+            for n, child_id in enumerate(late):
+                if n:  # many children: keep the lease, and go on in a fresh invocation
+                    self._session.before_step()  # if this one runs out of time
+                self._session.cancel_child(child_id, why)
             runs = self._session.get_runs(ids)
             unfinished = tuple(i for i in ids if i in runs and not runs[i].status.is_terminal)
         if unfinished:

@@ -370,9 +370,10 @@ class _Batch:
         reason = first.reason  # it names what wakes the run first
         if len(suspends) > 1:
             reason += f" (and {len(suspends) - 1} more waiting branches of {self.id})"
-        return Suspend(
-            first.wake_at, reason, tokens=tokens, children=children, wake_kind=first.wake_kind
-        )
+        kind = first.wake_kind
+        if kind == "deadline" and any(s.wake_kind == "timer" for s in timed):
+            kind = "timer"  # (LocalEngine: a later timer has to pass the deadline first)
+        return Suspend(first.wake_at, reason, tokens=tokens, children=children, wake_kind=kind)
 
 
 def _most_severe(signals: list[BaseException]) -> BaseException:

@@ -465,3 +465,29 @@ def test_a_batch_timeout_cancels_the_children_not_ended_and_keeps_the_others() -
     status, message = run.output[2]
     assert status == "CANCELED" and "not ended within the timeout of 1:00:00" in message
     assert entries["parent"] == 2  # started; woken by the deadline (not by the two ends)
+
+
+def test_a_batch_timeout_inside_a_map_with_a_later_timer_does_not_stall_local_time() -> None:
+    # The run's one wake-up is the batch's deadline (1 h), before the other branch's
+    # 2-hour wait: LocalEngine must pass the deadline on its way to the timer.
+    app = rung.App("map-deadline")
+
+    @app.task(id="asks")
+    def asks(ctx: rung.Context, n: int) -> int:
+        return int(ctx.wait_for_token(ctx.create_token("never", timeout=timedelta(days=7))))
+
+    def branch(ctx: rung.Context, item: int) -> list[str]:
+        if item == 0:
+            results = ctx.batch_trigger_and_wait(asks, [1, 2], timeout=timedelta(hours=1))
+            return [str(r.status) for r in results]
+        ctx.wait(timedelta(hours=2))
+        return ["waited"]
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> list[Any]:
+        return ctx.map([0, 1], branch).results()
+
+    with LocalEngine(app, workers=2) as engine:
+        run = engine.wait(engine.trigger("parent").run_id, timeout=60)
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output == [["CANCELED", "CANCELED"], ["waited"]]
