@@ -43,6 +43,7 @@ from rung._store import (
     DynamoStore,
     NewRun,
     NotClaimed,
+    ParentLink,
 )
 from rung.app import App, Task
 from rung.context import Context, _current_context, error_info
@@ -399,7 +400,10 @@ class Worker:
         except TimeLimitReached as limit:
             error = ErrorInfo("MaxDurationExceeded", limit.message)
             self._wake_parent(
-                run, self.store.time_out_run(run.run_id, token, error, now(), **_waiter(run))
+                run,
+                self.store.time_out_run(
+                    run.run_id, token, error, now(), wake_parent=ParentLink.of(run)
+                ),
             )
             log.warning("run %s: %s", run.run_id, limit.message)
             return Disposition.ACK
@@ -427,7 +431,10 @@ class Worker:
             self._fail(run, token, ErrorInfo(type(exc).__name__, str(exc)), None, now())
             return Disposition.ACK
         self._wake_parent(
-            run, self.store.complete_run(run.run_id, token, output, now(), **_waiter(run))
+            run,
+            self.store.complete_run(
+                run.run_id, token, output, now(), wake_parent=ParentLink.of(run)
+            ),
         )
         return Disposition.ACK
 
@@ -441,7 +448,13 @@ class Worker:
         failed_step: str | None = None,
     ) -> None:
         woke = self.store.fail_run(
-            run.run_id, token, error, failure, now, failed_step=failed_step, **_waiter(run)
+            run.run_id,
+            token,
+            error,
+            failure,
+            now,
+            failed_step=failed_step,
+            wake_parent=ParentLink.of(run),
         )
         self._wake_parent(run, woke)
 
@@ -740,16 +753,6 @@ def _run_level_failures(run: Run) -> int:
     (since the last redrive, which resets the budget)."""
     floor = run.budget_from
     return sum(1 for f in run.failures if f.kind in ("body", "crash") and f.attempt >= floor)
-
-
-def _waiter(run: Run) -> dict[str, str]:
-    """``wake_parent=`` (and ``parent_batch=``) for a terminal transition: the parent,
-    if it waits for this run, and the batch this run belongs to."""
-    if run.parent_run_id is not None and run.parent_waits:
-        if run.parent_batch is not None:
-            return {"wake_parent": run.parent_run_id, "parent_batch": run.parent_batch}
-        return {"wake_parent": run.parent_run_id}
-    return {}
 
 
 def _payload_error(task: Task[Any], exc: Exception) -> ErrorInfo:

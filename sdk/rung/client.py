@@ -15,7 +15,7 @@ from rung._flow import Gate, limits_of
 from rung._history import build_history
 from rung._ids import new_run_id
 from rung._queue import SqsQueue
-from rung._store import DynamoStore, NewRun, QueueState
+from rung._store import DynamoStore, NewRun, ParentLink, QueueState
 from rung.app import App, Task
 from rung.errors import (
     ErrorInfo,
@@ -274,17 +274,13 @@ class Client:
                 run_id=run.run_id,
                 status=run.status,
             )
-        waiter = run.parent_run_id if run.parent_waits else None
+        waiter = ParentLink.of(run)
         now = self._clock.now()
         woke = self._store.cancel_run(
-            run.run_id,
-            ErrorInfo("RunCanceled", message),
-            now,
-            wake_parent=waiter,
-            parent_batch=run.parent_batch if waiter else None,
+            run.run_id, ErrorInfo("RunCanceled", message), now, wake_parent=waiter
         )
         if woke and waiter is not None:
-            self._queue.send(waiter)
+            self._queue.send(waiter.run_id)
         self._cancel_children(run.run_id, message)
         return self._store.get_run(run.run_id)
 

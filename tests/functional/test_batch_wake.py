@@ -18,6 +18,7 @@ import pytest
 
 import rung
 from rung._clock import VirtualClock
+from rung._store import ParentLink
 from rung._store._common import _run_key
 from rung.errors import LeaseLost
 from rung.testing import LocalEngine
@@ -305,17 +306,15 @@ def test_children_ended_by_code_that_predates_the_count_still_wake_the_parent(
     # knows nothing of batches: it ends them the plain way, waking a parent that has
     # the child in ``awaits``. No emulator can run the old code, so the worker's view
     # of the child is patched to the old one (no ``parent_batch``).
-    import rung._engine
-
-    def old_waiter(run: rung.Run) -> dict[str, str]:
-        return {"wake_parent": run.parent_run_id} if run.parent_run_id else {}
+    def old_waiter(run: rung.Run) -> ParentLink | None:
+        return ParentLink(run.parent_run_id) if run.parent_run_id else None  # no batch
 
     entries: Counter[str] = Counter()
     with LocalEngine(batch_app(3, entries), workers=0) as engine:
         handle = engine.trigger("parent", "slow-child")
         drain(engine, only=handle.run_id)  # new code: suspends for the batch
         drain(engine)
-        monkeypatch.setattr(rung._engine, "_waiter", old_waiter)
+        monkeypatch.setattr(ParentLink, "of", staticmethod(old_waiter))
         assert isinstance(engine.clock, VirtualClock)
         engine.clock.advance(timedelta(minutes=6))
         drain(engine)  # old code ends the children
@@ -380,12 +379,10 @@ def test_a_batch_ended_partly_by_older_code_and_partly_by_new_code_wakes_its_par
     # One child ends through code that predates the count (it wakes the parent through
     # ``awaits``, uncounted); the parent suspends again for the other two, which end
     # through the count: the last one must still wake it, though the count falls short.
-    import rung._engine
+    new_waiter = ParentLink.of
 
-    new_waiter = rung._engine._waiter
-
-    def old_waiter(run: rung.Run) -> dict[str, str]:
-        return {"wake_parent": run.parent_run_id} if run.parent_run_id else {}
+    def old_waiter(run: rung.Run) -> ParentLink | None:
+        return ParentLink(run.parent_run_id) if run.parent_run_id else None  # no batch
 
     entries: Counter[str] = Counter()
     with LocalEngine(batch_app(3, entries), workers=0) as engine:
@@ -395,9 +392,9 @@ def test_a_batch_ended_partly_by_older_code_and_partly_by_new_code_wakes_its_par
         children = engine.client.list_children(handle.run_id)
         assert isinstance(engine.clock, VirtualClock)
         engine.clock.advance(timedelta(minutes=6))
-        monkeypatch.setattr(rung._engine, "_waiter", old_waiter)
+        monkeypatch.setattr(ParentLink, "of", staticmethod(old_waiter))
         drain(engine, only=children[0].run_id)  # older code ends the first child
-        monkeypatch.setattr(rung._engine, "_waiter", new_waiter)
+        monkeypatch.setattr(ParentLink, "of", new_waiter)
         drain(engine, only=handle.run_id)  # woken: suspends again for the other two
         assert engine.get_run(handle.run_id).status == rung.RunStatus.WAITING
         drain(engine)  # new code ends the other two

@@ -163,6 +163,18 @@ def test_a_tenant_with_two_runs_is_not_stuck_behind_one_with_a_hundred() -> None
     assert max(i for i, key in enumerate(order) if key == "small") <= 5
 
 
+def _desk_app(name: str, queue: rung.Queue, **options: Any) -> rung.App:
+    """An app whose one task "t" (a ``Job`` in, its ``n`` out) runs on ``queue``: what
+    the store-level tests below claim and admit by hand."""
+    app = rung.App(name)
+
+    @app.task(id="t", queue=queue, **options)
+    def task(ctx: rung.Context, job: Job) -> int:
+        return job.n
+
+    return app
+
+
 class _Desk:
     """Store-level flow-control tests: claim runs and admit them by hand (no workers)."""
 
@@ -462,13 +474,8 @@ def test_a_parked_run_rechecked_while_its_hand_off_passed_it_by_keeps_a_place() 
     # place that no longer exists and wait for the next safety net, forever).
     from rung._flow import PARK_RECHECK, Admitted, Parked
 
-    app = rung.App("recheck")
     queue = rung.Queue("q", concurrency_limit=2)
-
-    @app.task(id="t", queue=queue)
-    def task(ctx: rung.Context, job: Job) -> int:
-        return job.n
-
+    app = _desk_app("recheck", queue)
     with LocalEngine(app, workers=0) as engine:
         desk = _Desk(engine, queue)
         store, clock, gate, admit = desk.store, desk.clock, desk.gate, desk.admit
@@ -507,13 +514,8 @@ def test_an_attempt_that_lets_go_late_does_not_free_the_next_attempts_slot() -> 
     # remove the entry the next attempt holds, or a third run would get "its" slot.
     from rung._flow import Admitted, Parked
 
-    app = rung.App("latecomer")
     queue = rung.Queue("one", concurrency_limit=1)
-
-    @app.task(id="t", queue=queue)
-    def task(ctx: rung.Context, job: Job) -> int:
-        return job.n
-
+    app = _desk_app("latecomer", queue)
     with LocalEngine(app, workers=0) as engine:
         desk = _Desk(engine, queue)
         store, clock, gate, claim, admit = desk.store, desk.clock, desk.gate, desk.claim, desk.admit
@@ -583,13 +585,8 @@ def test_a_free_slot_reaches_a_lower_priority_past_a_band_of_blocked_keys(
     from rung._flow import Admitted, Parked
 
     monkeypatch.setattr(rung._flow, "SCAN_WAITERS", 3)
-    app = rung.App("bands")
     queue = rung.Queue("b", concurrency_limit=3, per_key_limit=1)
-
-    @app.task(id="t", queue=queue, concurrency_key=lambda j: j.tenant, priority=lambda j: j.tier)
-    def task(ctx: rung.Context, job: Job) -> int:
-        return job.n
-
+    app = _desk_app("bands", queue, concurrency_key=lambda j: j.tenant, priority=lambda j: j.tier)
     with LocalEngine(app, workers=0) as engine:
         desk = _Desk(engine, queue)
         store, clock, gate = desk.store, desk.clock, desk.gate
@@ -640,14 +637,8 @@ def test_code_outside_steps_that_outlives_the_slot_fails_the_attempt_instead_of_
 
 def _two_per_second(name: str) -> tuple[rung.App, rung.Queue]:
     """An app whose one task runs on a queue of 2 starts per second."""
-    app = rung.App(name)
     queue = rung.Queue(name, rate_limit=rung.Rate(2, per=timedelta(seconds=1)))
-
-    @app.task(id="t", queue=queue)
-    def task(ctx: rung.Context, job: Job) -> int:
-        return job.n
-
-    return app, queue
+    return _desk_app(name, queue), queue
 
 
 def test_a_reservation_woken_too_late_for_goes_back_to_the_window() -> None:

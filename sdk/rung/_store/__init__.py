@@ -38,6 +38,7 @@ from rung._store._common import (
     TOKEN_RETENTION,
     TTL_ATTRIBUTE,
     NewRun,
+    ParentLink,
 )
 from rung._store.children import _Children
 from rung._store.queues import Holder, QueueState, Waiter, _Queues
@@ -55,6 +56,7 @@ __all__ = [
     "KEY_SCHEMA",
     "NEVER_MS",
     "NewRun",
+    "ParentLink",
     "NotClaimed",
     "QueueState",
     "STRANDABLE",

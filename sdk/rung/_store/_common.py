@@ -93,6 +93,33 @@ NEVER_MS = 253402300799000  # 9999-12-31T23:59:59Z
 _ADD_COMPUTE = "compute_ms = if_not_exists(compute_ms, :zero) + :spent"
 
 
+def _released(
+    status: RunStatus,
+    due: int,
+    now: datetime,
+    spent: timedelta,
+    waiting_for: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The SET clause (and its values) of every write that gives a RUNNING run's lease
+    back without ending it: its new ``status``, due at ``due`` (epoch ms), the compute
+    time ``spent`` added, and what it waits for. Callers add their own clauses."""
+    values: dict[str, Any] = {
+        ":status": _S(status),
+        ":due": _N(due),
+        ":zero": _N(0),
+        ":now": _S(iso(now)),
+        ":spent": _N(_ms(spent)),
+    }
+    sets = (
+        "SET #status = :status, available_at = :due, lease_until = :zero, updated_at = :now, "
+        + _ADD_COMPUTE
+    )
+    if waiting_for is not None:
+        sets += ", waiting_for = :for"
+        values[":for"] = _S(waiting_for[:500])
+    return sets, values
+
+
 @dataclass(frozen=True)
 class NewRun:
     run_id: str
@@ -110,6 +137,23 @@ class NewRun:
     batch: str | None = None
     #: ``Client.replay``: the run this one replays
     replay_of: str | None = None
+
+
+@dataclass(frozen=True)
+class ParentLink:
+    """The parent a child's terminal transition must wake (``end_with_parent``): it
+    waits for the child (``trigger_and_wait``), and ``batch`` is the key of the batch
+    the child belongs to, if any (its end is counted rather than waking each time)."""
+
+    run_id: str
+    batch: str | None = None
+
+    @classmethod
+    def of(cls, run: Run) -> ParentLink | None:
+        """The waiter of ``run``'s end: None unless its parent waits for it."""
+        if run.parent_run_id is None or not run.parent_waits:
+            return None
+        return cls(run.parent_run_id, run.parent_batch)
 
 
 class _Base:
@@ -140,12 +184,7 @@ class _Base:
         # children and the lifecycle (rung._store.children)
 
         def end_with_parent(
-            self,
-            own: dict[str, Any],
-            run_id: str,
-            parent_run_id: str,
-            now: datetime,
-            batch: str | None = None,
+            self, own: dict[str, Any], run_id: str, parent: ParentLink, now: datetime
         ) -> bool | None: ...
 
         def _unfinished_check(self, run_id: str) -> dict[str, Any]: ...

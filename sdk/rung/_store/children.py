@@ -36,6 +36,7 @@ from rung._store._common import (
     _S,
     _STEP_PREFIX,
     NewRun,
+    ParentLink,
     _Base,
     _cancellation_reasons,
     _failure_json,
@@ -178,12 +179,7 @@ class _Children(_Base):
         }
 
     def end_with_parent(
-        self,
-        own: dict[str, Any],
-        run_id: str,
-        parent_run_id: str,
-        now: datetime,
-        batch: str | None = None,
+        self, own: dict[str, Any], run_id: str, parent: ParentLink, now: datetime
     ) -> bool | None:
         """Apply a child's terminal transition ``own`` and wake its parent if it waits.
 
@@ -201,14 +197,15 @@ class _Children(_Base):
         afresh. A crash after the wake and before the caller's send leaves the parent
         WAITING and due: the reconciler re-sends it.
 
-        A child of a batch (``batch``: its key) counts its end on the parent instead
-        (``_end_in_batch``).
+        A child of a batch (``parent.batch``: its key) counts its end on the parent
+        instead (``_end_in_batch``).
 
         Returns whether the parent was woken (the caller sends its message), or None
         when ``own``'s condition failed (nothing was written).
         """
-        if batch is not None:
-            return self._end_in_batch(own, run_id, parent_run_id, now, batch)
+        parent_run_id = parent.run_id
+        if parent.batch is not None:
+            return self._end_in_batch(own, run_id, parent_run_id, now, parent.batch)
         values = {
             ":waiting": _S(RunStatus.WAITING),
             ":child": _S(run_id),
@@ -368,15 +365,14 @@ class _Children(_Base):
         error: ErrorInfo,
         now: datetime,
         *,
-        wake_parent: str | None = None,
-        parent_batch: str | None = None,
+        wake_parent: ParentLink | None = None,
     ) -> bool:
         """QUEUED/DELAYED/WAITING/RUNNING -> CANCELED: conditional and final (invariant 3).
 
         A RUNNING run's worker is not asked: its next fenced write fails (LeaseLost)
         and its cancel check stops it at the next step boundary. ``wake_parent``: the
-        run that waits for this one, ``parent_batch`` the batch this one belongs to
-        (``end_with_parent``); returns whether the parent was woken.
+        parent that waits for this one (``ParentLink.of``, ``end_with_parent``);
+        returns whether it was woken.
 
         Raises:
             RunNotFound: no such run.
@@ -410,7 +406,7 @@ class _Children(_Base):
                     raise
                 raise self._already_finished(run_id) from None
             return False
-        woke = self.end_with_parent({"Update": own}, run_id, wake_parent, now, parent_batch)
+        woke = self.end_with_parent({"Update": own}, run_id, wake_parent, now)
         if woke is None:
             raise self._already_finished(run_id)
         return woke

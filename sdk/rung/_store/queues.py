@@ -11,7 +11,6 @@ from botocore.exceptions import ClientError
 
 from rung._clock import iso, to_ms
 from rung._store._common import (
-    _ADD_COMPUTE,
     _N,
     _NAMES,
     _S,
@@ -19,7 +18,7 @@ from rung._store._common import (
     _cancellation_reasons,
     _is_conditional_failure,
     _lease_lost,
-    _ms,
+    _released,
     _run_key,
 )
 from rung.models import RunStatus
@@ -292,22 +291,15 @@ class _Queues(_Base):
         Raises:
             LeaseLost: the worker's token is stale.
         """
+        release, released = _released(RunStatus.QUEUED, to_ms(recheck_at), now, spent, waiting_for)
         run_update: dict[str, Any] = {
             "TableName": self.table,
             "Key": _run_key(run_id),
-            "UpdateExpression": (
-                "SET #status = :queued, available_at = :due, lease_until = :zero, "
-                f"updated_at = :now, waiting_for = :for, parked_sk = :sk, {_ADD_COMPUTE}"
-            ),
+            "UpdateExpression": f"{release}, parked_sk = :sk",
             "ConditionExpression": "#status = :running AND lease_token = :token",
             "ExpressionAttributeNames": _NAMES,
             "ExpressionAttributeValues": {
-                ":queued": _S(RunStatus.QUEUED),
-                ":due": _N(to_ms(recheck_at)),
-                ":zero": _N(0),
-                ":now": _S(iso(now)),
-                ":for": _S(waiting_for[:500]),
-                ":spent": _N(_ms(spent)),
+                **released,
                 ":running": _S(RunStatus.RUNNING),
                 ":token": _N(token),
             },
@@ -493,20 +485,8 @@ class _Queues(_Base):
         spent: timedelta,
     ) -> None:
         """Release the run until ``until`` without ending its attempt (a rate-limit delay)."""
-        self._fenced_update(
-            run_id,
-            token,
-            "SET #status = :delayed, available_at = :due, lease_until = :zero, "
-            f"updated_at = :now, waiting_for = :for, {_ADD_COMPUTE}",
-            {
-                ":delayed": _S(RunStatus.DELAYED),
-                ":due": _N(to_ms(until)),
-                ":zero": _N(0),
-                ":now": _S(iso(now)),
-                ":for": _S(waiting_for[:500]),
-                ":spent": _N(_ms(spent)),
-            },
-        )
+        sets, values = _released(RunStatus.DELAYED, to_ms(until), now, spent, waiting_for)
+        self._fenced_update(run_id, token, sets, values)
 
     def set_queue(
         self,

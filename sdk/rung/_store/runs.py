@@ -19,7 +19,6 @@ from botocore.exceptions import ClientError
 
 from rung._clock import iso, to_ms
 from rung._store._common import (
-    _ADD_COMPUTE,
     _IDEM_SK,
     _N,
     _NAMES,
@@ -28,12 +27,13 @@ from rung._store._common import (
     TOKEN_OPEN,
     TTL_ATTRIBUTE,
     NewRun,
+    ParentLink,
     _Base,
     _cancellation_reasons,
     _failure_json,
     _is_conditional_failure,
     _lease_lost,
-    _ms,
+    _released,
     _run_key,
     _token_key,
     batch_counter,
@@ -270,40 +270,20 @@ class _Runs(_Base):
         ``spent``: compute time this invocation used, added to the run's total.
         """
         status = RunStatus.DELAYED if available_at > now else RunStatus.QUEUED
+        sets, values = _released(status, to_ms(available_at), now, spent)
         self._fenced_update(
             run_id,
             token,
-            "SET #status = :status, available_at = :due, attempt = attempt + :one, "
-            "failures = list_append(failures, :failure), lease_until = :zero, updated_at = :now, "
-            f"{_ADD_COMPUTE} REMOVE attempt_started_at",
-            {
-                ":status": _S(status),
-                ":due": _N(to_ms(available_at)),
-                ":one": _N(1),
-                ":zero": _N(0),
-                ":now": _S(iso(now)),
-                ":failure": {"L": [_S(_failure_json(failure))]},
-                ":spent": _N(_ms(spent)),
-            },
+            f"{sets}, attempt = attempt + :one, failures = list_append(failures, :failure) "
+            "REMOVE attempt_started_at",
+            {**values, ":one": _N(1), ":failure": {"L": [_S(_failure_json(failure))]}},
         )
 
     def release_to_continue(
         self, run_id: str, token: int, now: datetime, spent: timedelta = timedelta(0)
     ) -> None:
         """Give the run back without ending the attempt (the invocation ran short of time)."""
-        self._fenced_update(
-            run_id,
-            token,
-            "SET #status = :queued, available_at = :due, lease_until = :zero, updated_at = :now, "
-            + _ADD_COMPUTE,
-            {
-                ":queued": _S(RunStatus.QUEUED),
-                ":due": _N(to_ms(now)),
-                ":zero": _N(0),
-                ":now": _S(iso(now)),
-                ":spent": _N(_ms(spent)),
-            },
-        )
+        self._fenced_update(run_id, token, *_released(RunStatus.QUEUED, to_ms(now), now, spent))
 
     def suspend_run(
         self,
@@ -348,16 +328,9 @@ class _Runs(_Base):
         Raises:
             LeaseLost: the worker's token is stale.
         """
-        values: dict[str, Any] = {
-            ":waiting": _S(RunStatus.WAITING),
-            ":due": _N(to_ms(wake_at) if wake_at is not None else NEVER_MS),
-            ":zero": _N(0),
-            ":now": _S(iso(now)),
-            ":for": _S(waiting_for[:500]),
-            ":spent": _N(_ms(spent)),
-            ":running": _S(RunStatus.RUNNING),
-            ":token": _N(token),
-        }
+        due = to_ms(wake_at) if wake_at is not None else NEVER_MS
+        sets, values = _released(RunStatus.WAITING, due, now, spent, waiting_for)
+        values.update({":running": _S(RunStatus.RUNNING), ":token": _N(token)})
         awaits = ""
         if children:
             awaits = ", awaits = :awaits"
@@ -368,10 +341,7 @@ class _Runs(_Base):
         update = {
             "TableName": self.table,
             "Key": _run_key(run_id),
-            "UpdateExpression": (
-                "SET #status = :waiting, available_at = :due, lease_until = :zero, "
-                f"updated_at = :now, waiting_for = :for, {_ADD_COMPUTE}{awaits}"
-            ),
+            "UpdateExpression": sets + awaits,
             "ConditionExpression": "#status = :running AND lease_token = :token",
             "ExpressionAttributeNames": _NAMES,
             "ExpressionAttributeValues": values,
@@ -494,29 +464,22 @@ class _Runs(_Base):
         error: ErrorInfo,
         now: datetime,
         *,
-        wake_parent: str | None = None,
-        parent_batch: str | None = None,
+        wake_parent: ParentLink | None = None,
     ) -> bool:
         """The terminal transition for a run past its ``max_duration``.
 
-        ``wake_parent``: the run that waits for this one, ``parent_batch`` the batch
-        it belongs to (see ``end_with_parent``); returns whether the parent was woken
-        (its message must then be sent).
+        ``wake_parent``: the parent that waits for this run (``ParentLink.of``; see
+        ``end_with_parent``); returns whether it was woken (its message must then be
+        sent).
         """
         return self._end(
             run_id,
             token,
             now,
             wake_parent,
-            parent_batch,
-            "SET #status = :timed_out, #error = :error, finished_at = :now, "
-            "updated_at = :now, lease_until = :zero",
-            {
-                ":timed_out": _S(RunStatus.TIMED_OUT),
-                ":error": _S(json.dumps(error.to_json())),
-                ":now": _S(iso(now)),
-                ":zero": _N(0),
-            },
+            RunStatus.TIMED_OUT,
+            "#error = :error",
+            {":error": _S(json.dumps(error.to_json()))},
             names={"#error": "error"},
         )
 
@@ -527,8 +490,7 @@ class _Runs(_Base):
         output_json: str,
         now: datetime,
         *,
-        wake_parent: str | None = None,
-        parent_batch: str | None = None,
+        wake_parent: ParentLink | None = None,
     ) -> bool:
         """The terminal transition for success; ``wake_parent`` as for ``time_out_run``."""
         return self._end(
@@ -536,15 +498,9 @@ class _Runs(_Base):
             token,
             now,
             wake_parent,
-            parent_batch,
-            "SET #status = :done, #output = :output, finished_at = :now, updated_at = :now, "
-            "lease_until = :zero",
-            {
-                ":done": _S(RunStatus.COMPLETED),
-                ":output": _S(output_json),
-                ":now": _S(iso(now)),
-                ":zero": _N(0),
-            },
+            RunStatus.COMPLETED,
+            "#output = :output",
+            {":output": _S(output_json)},
             names={"#output": "output"},
         )
 
@@ -556,8 +512,7 @@ class _Runs(_Base):
         failure: Failure | None,
         now: datetime,
         *,
-        wake_parent: str | None = None,
-        parent_batch: str | None = None,
+        wake_parent: ParentLink | None = None,
         failed_step: str | None = None,
     ) -> bool:
         """The one terminal transition for failure; records the last failed attempt too.
@@ -565,24 +520,16 @@ class _Runs(_Base):
         ``failed_step``: the step whose failure (uncaught in the task) failed the run;
         ``redrive_run`` removes its checkpoint. ``wake_parent`` as for ``time_out_run``.
         """
-        update = (
-            "SET #status = :failed, #error = :error, finished_at = :now, "
-            "updated_at = :now, lease_until = :zero"
-        )
-        values: dict[str, Any] = {
-            ":failed": _S(RunStatus.FAILED),
-            ":error": _S(json.dumps(error.to_json())),
-            ":now": _S(iso(now)),
-            ":zero": _N(0),
-        }
+        sets = "#error = :error"
+        values: dict[str, Any] = {":error": _S(json.dumps(error.to_json()))}
         if failure is not None:
-            update += ", failures = list_append(failures, :failure)"
+            sets += ", failures = list_append(failures, :failure)"
             values[":failure"] = {"L": [_S(_failure_json(failure))]}
         if failed_step is not None:
-            update += ", failed_step = :failed_step"
+            sets += ", failed_step = :failed_step"
             values[":failed_step"] = _S(failed_step)
         return self._end(
-            run_id, token, now, wake_parent, parent_batch, update, values, names={"#error": "error"}
+            run_id, token, now, wake_parent, RunStatus.FAILED, sets, values, {"#error": "error"}
         )
 
     def _end(
@@ -590,14 +537,21 @@ class _Runs(_Base):
         run_id: str,
         token: int,
         now: datetime,
-        wake_parent: str | None,
-        parent_batch: str | None,
-        update: str,
+        wake_parent: ParentLink | None,
+        status: RunStatus,
+        sets: str,
         values: dict[str, Any],
-        names: dict[str, str] | None = None,
+        names: dict[str, str],
     ) -> bool:
-        """A fenced terminal transition; with ``wake_parent``, in one transaction with
-        the parent's wake-up (``end_with_parent``). Returns whether the parent was woken."""
+        """A fenced terminal transition to ``status`` (with the status's own ``sets``;
+        the finish time and the released lease are common to all); with
+        ``wake_parent``, in one transaction with the parent's wake-up
+        (``end_with_parent``). Returns whether the parent was woken."""
+        update = (
+            f"SET #status = :end, {sets}, finished_at = :now, updated_at = :now, "
+            "lease_until = :zero"
+        )
+        values = {**values, ":end": _S(status), ":now": _S(iso(now)), ":zero": _N(0)}
         if wake_parent is None:
             self._fenced_update(run_id, token, update, values, names)
             return False
@@ -607,7 +561,7 @@ class _Runs(_Base):
                 "Key": _run_key(run_id),
                 "UpdateExpression": update,
                 "ConditionExpression": "#status = :running AND lease_token = :token",
-                "ExpressionAttributeNames": {**_NAMES, **(names or {})},
+                "ExpressionAttributeNames": {**_NAMES, **names},
                 "ExpressionAttributeValues": {
                     **values,
                     ":running": _S(RunStatus.RUNNING),
@@ -615,7 +569,7 @@ class _Runs(_Base):
                 },
             }
         }
-        woke = self.end_with_parent(own, run_id, wake_parent, now, parent_batch)
+        woke = self.end_with_parent(own, run_id, wake_parent, now)
         if woke is None:
             raise _lease_lost(run_id, token)
         return woke
