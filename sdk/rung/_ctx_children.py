@@ -135,9 +135,12 @@ class _Children(_ContextBase):
         record, _ = self._start_child(found, name, payload, waits=True)
         child = json.loads(record.result_json or "{}")
         # The deadline is fixed by the child's checkpoint: the same on every replay.
-        deadline = record.started_at + limit if limit is not None else None
         wait = self._wait_children(
-            f"{_child_name(found, name)}:wait", [child], single=True, deadline=(deadline, limit)
+            f"{_child_name(found, name)}:wait",
+            [child],
+            single=True,
+            began=record.started_at,
+            timeout=limit,
         )
         return self._replay(wait, result_type or found.output_type)
 
@@ -187,9 +190,8 @@ class _Children(_ContextBase):
             )
             began = began or record.started_at
             children.append(json.loads(record.result_json or "{}"))
-        due = began + limit if began is not None and limit is not None else None
         wait = self._wait_children(
-            f"{_child_name(found, name)}:wait", children, single=False, deadline=(due, limit)
+            f"{_child_name(found, name)}:wait", children, single=False, began=began, timeout=limit
         )
         if wait.outcome == "failed":  # the outcomes did not fit one checkpoint
             raise StepFailed(wait.step_id, wait.error or ErrorInfo("Error", ""))
@@ -275,10 +277,11 @@ class _Children(_ContextBase):
         children: list[dict[str, Any]],
         *,
         single: bool,
-        deadline: tuple[datetime | None, timedelta | None] = (None, None),
+        began: datetime | None = None,
+        timeout: timedelta | None = None,
     ) -> StepRecord:
         """The outcome checkpoint of waiting for ``children``; suspends until all ended
-        (or, with a ``deadline`` (when, timeout), cancels those unfinished by then)."""
+        (or, with a ``timeout`` from ``began``, cancels those unfinished by then)."""
         step_id, seq = self._position(name, "child_wait")
         record = self._records.get(step_id)
         if record is not None:
@@ -287,9 +290,9 @@ class _Children(_ContextBase):
         ids = [c["run_id"] for c in children]
         runs = self._session.get_runs(ids)
         unfinished = tuple(i for i in ids if i in runs and not runs[i].status.is_terminal)
-        due, limit = deadline
+        due = began + timeout if began is not None and timeout is not None else None
         why = (
-            f"not ended within the timeout of {limit} that its parent {self.run_id} set on "
+            f"not ended within the timeout of {timeout} that its parent {self.run_id} set on "
             f"{step_id}"
         )
         # Past the deadline: cancel what has not ended. A child this timeout canceled

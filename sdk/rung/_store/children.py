@@ -284,22 +284,29 @@ class _Children(_Base):
             "#status = :waiting AND contains(awaits, :child) AND available_at > :now_ms "
             "AND attribute_not_exists(wake_batch)"
         )
-        where = {":waiting": _S(RunStatus.WAITING), ":now_ms": _N(to_ms(now))}
+        # Every form reads the same values, but for the batch (not in *any*) and the
+        # time written (only where it wakes).
+        common = {
+            ":waiting": _S(RunStatus.WAITING),
+            ":now_ms": _N(to_ms(now)),
+            ":child": _S(run_id),
+            ":me": {"SS": [run_id]},
+            ":one": _N(1),
+        }
+        counted = {**common, ":batch": _S(batch)}
         # Each form also takes the child out of ``awaits``: the set shrinks as the
         # batch ends, and so does the size every write to the parent's item is billed by.
-        count = ("ADD #bd :one DELETE awaits :me", f"NOT ({last}) AND NOT ({any_})", False)
+        count = "ADD #bd :one DELETE awaits :me"
         wake = "SET available_at = :now_ms, updated_at = :now ADD #bd :one DELETE awaits :me"
-        forms = [count, (wake, last, True), (wake, any_, True)]
+        at = {":now": _S(iso(now))}
+        forms = [
+            (count, f"NOT ({last}) AND NOT ({any_})", False, counted),
+            (wake, last, True, {**counted, **at}),
+            (wake, any_, True, {**common, **at}),
+        ]
         form = 0
         for _ in range(40):
-            update, condition, woke = forms[form]
-            values = {":one": _N(1), ":me": {"SS": [run_id]}, **where}
-            if ":batch" in condition:
-                values[":batch"] = _S(batch)
-            if ":child" in condition:
-                values[":child"] = _S(run_id)
-            if woke:
-                values[":now"] = _S(iso(now))
+            update, condition, woke, values = forms[form]
             parent = {
                 "Update": {
                     "TableName": self.table,
