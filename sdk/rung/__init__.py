@@ -21,7 +21,6 @@ from rung.errors import (
     NonDeterminismError,
     NonRetryable,
     PayloadTooLarge,
-    RetryAfter,
     RunAlreadyFinished,
     RungError,
     RunNotFailed,
@@ -46,7 +45,7 @@ from rung.models import (
     Token,
     TokenState,
 )
-from rung.retry import RetryPolicy
+from rung.retry import RetryAfter, RetryPolicy
 
 __version__ = "0.1.0"
 

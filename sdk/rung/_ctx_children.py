@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from rung import _serde
 from rung._clock import iso
 from rung._ctx_common import MAX_BATCH, MAX_WAIT, _ContextBase
+from rung._durations import check_duration
 from rung._ids import new_run_id
 from rung._signals import Suspend
-from rung.errors import ErrorInfo, InvalidConfig, StepFailed, UsageError
+from rung.errors import ErrorInfo, StepFailed, UsageError
 from rung.models import ChildResult, Run, RunHandle, RunStatus, StepRecord
-from rung.retry import as_timedelta
 
 if TYPE_CHECKING:
     from rung.app import Task
@@ -63,9 +63,11 @@ class _Children(_ContextBase):
         """
         self._check_caller("ctx.trigger()")
         found = self._session.task(task)
-        wait = as_timedelta(delay, "ctx.trigger delay") if delay is not None else timedelta(0)
-        if wait > MAX_WAIT:
-            raise InvalidConfig(f"ctx.trigger delay {wait} is longer than the limit {MAX_WAIT}")
+        wait = (
+            check_duration(delay, "ctx.trigger delay", maximum=MAX_WAIT)
+            if delay is not None
+            else timedelta(0)
+        )
         tag_tuple = tuple(tags or ())
         if isinstance(tags, str) or not all(isinstance(t, str) and t for t in tag_tuple):
             raise UsageError("ctx.trigger(tags=...) must be a list of non-empty strings")
@@ -386,10 +388,7 @@ def _timeout(timeout: timedelta | float | None, what: str) -> timedelta | None:
     """A ``timeout=`` of the waiting calls, checked."""
     if timeout is None:
         return None
-    limit = as_timedelta(timeout, f"{what} timeout")
-    if limit <= timedelta(0) or limit > MAX_WAIT:
-        raise InvalidConfig(f"{what} timeout must be in (0, {MAX_WAIT}], got {limit}")
-    return limit
+    return check_duration(timeout, f"{what} timeout", positive=True, maximum=MAX_WAIT)
 
 
 def _child_name(task: Task[Any], name: str | None) -> str:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from rung._durations import MAX_DURATION
+
 if TYPE_CHECKING:
     import contextlib
     from collections.abc import Callable, Iterator
@@ -19,8 +21,8 @@ R = TypeVar("R")
 
 #: ``create_token``'s default timeout: every wait has a timer (invariant 4).
 DEFAULT_TOKEN_TIMEOUT = timedelta(days=7)
-#: The longest a token may stay open, and the longest single wait.
-MAX_WAIT = timedelta(days=366)
+#: The longest a token may stay open, and the longest single wait (or delay, or timeout).
+MAX_WAIT = MAX_DURATION
 #: The most children one ``batch_trigger_and_wait`` starts: their outcomes are one
 #: checkpoint (at most ``MAX_VALUE_BYTES``), and the waiting parent's item lists them.
 MAX_BATCH = 1000

@@ -5,6 +5,7 @@ conditions (``ctx.wait``, ``ctx.create_token``, ``ctx.wait_for_condition``...), 
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import typing
 from collections.abc import Callable
@@ -14,10 +15,11 @@ from typing import Any, Generic, TypeVar
 
 from rung._clock import iso, parse_iso
 from rung._ctx_common import DEFAULT_TOKEN_TIMEOUT, MAX_WAIT, _ContextBase
+from rung._durations import check_duration, check_factor, format_duration
 from rung._signals import Suspend
 from rung.errors import ConditionNotMet, ErrorInfo, InvalidConfig, UsageError
 from rung.models import StepRecord, Token, TokenState
-from rung.retry import as_timedelta
+from rung.retry import MAX_BACKOFF
 
 S = TypeVar("S")
 
@@ -44,11 +46,7 @@ class _Waits(_ContextBase):
             >>> ctx.wait(timedelta(hours=20))
         """
         self._check_caller("ctx.wait()")
-        delay = as_timedelta(duration, "ctx.wait duration")
-        if delay > MAX_WAIT:
-            raise InvalidConfig(
-                f"ctx.wait duration {delay} is longer than the limit {MAX_WAIT}; {_LONGER}"
-            )
+        delay = check_duration(duration, "ctx.wait duration", maximum=MAX_WAIT, hint=_LONGER)
         self._wait(name, lambda now: now + delay)
 
     def wait_until(self, when: datetime, *, name: str = "wait") -> None:
@@ -70,7 +68,8 @@ class _Waits(_ContextBase):
             wake_at = wake_time(now)
             if wake_at - now > MAX_WAIT:
                 raise InvalidConfig(
-                    f"ctx.wait_until({iso(wake_at)}) is more than {MAX_WAIT} away; {_LONGER}"
+                    f"ctx.wait_until({iso(wake_at)}) is more than {format_duration(MAX_WAIT)} "
+                    f"away; {_LONGER}"
                 )
             record = self._remember(
                 self._session.record_step(
@@ -116,22 +115,24 @@ class _Waits(_ContextBase):
             >>> decision = ctx.wait_for_token(token)
         """
         self._check_caller(f"ctx.create_token({name!r})")
-        limit = as_timedelta(timeout, "create_token timeout")
-        if limit <= timedelta(0) or limit > MAX_WAIT:
-            raise InvalidConfig(
-                f"create_token timeout must be in (0, {MAX_WAIT}], got {limit}; for a longer "
-                "wait, catch the timeout and create a new token in a loop"
-            )
+        limit = check_duration(
+            timeout,
+            "create_token timeout",
+            positive=True,
+            maximum=MAX_WAIT,
+            hint="for a longer wait, catch TokenTimedOut and create a new token in a loop",
+        )
         beat = (
-            as_timedelta(heartbeat_timeout, "create_token heartbeat_timeout")
+            check_duration(
+                heartbeat_timeout,
+                "create_token heartbeat_timeout",
+                positive=True,
+                maximum=limit,
+                hint="a heartbeat deadline cannot be later than the token's timeout",
+            )
             if heartbeat_timeout is not None
             else None
         )
-        if beat is not None and not timedelta(0) < beat <= limit:
-            raise InvalidConfig(
-                f"create_token heartbeat_timeout must be positive and at most the timeout "
-                f"({limit}), got {beat}"
-            )
         step_id, seq = self._position(name, "token")
         record = self._records.get(step_id)
         if record is None:
@@ -297,14 +298,15 @@ class Poll(Generic[S]):
     def __post_init__(self) -> None:
         if not callable(self.until):
             raise InvalidConfig("Poll(until=...) must be a function of the state")
-        object.__setattr__(self, "interval", as_timedelta(self.interval, "Poll interval"))
+        object.__setattr__(self, "interval", check_duration(self.interval, "Poll interval"))
         object.__setattr__(
-            self, "max_interval", as_timedelta(self.max_interval, "Poll max_interval")
+            self, "max_interval", check_duration(self.max_interval, "Poll max_interval")
         )
-        if isinstance(self.backoff, bool) or not isinstance(self.backoff, int | float):
-            raise InvalidConfig(f"Poll backoff must be a number >= 1, got {self.backoff!r}")
-        if self.backoff < 1:
-            raise InvalidConfig(f"Poll backoff must be >= 1, got {self.backoff}")
+        object.__setattr__(
+            self,
+            "backoff",
+            check_factor(self.backoff, "Poll backoff", minimum=1.0, maximum=MAX_BACKOFF),
+        )
         if isinstance(self.max_polls, bool) or not isinstance(self.max_polls, int):
             raise InvalidConfig(f"Poll max_polls must be an int, got {self.max_polls!r}")
         if not 1 <= self.max_polls <= 10_000:
@@ -314,8 +316,11 @@ class Poll(Generic[S]):
         """The wait after poll number ``poll`` (1-based)."""
         interval = typing.cast(timedelta, self.interval)
         cap = typing.cast(timedelta, self.max_interval)
-        seconds = interval.total_seconds() * self.backoff ** (poll - 1)
-        return min(timedelta(seconds=min(seconds, cap.total_seconds())), cap)
+        if interval <= timedelta(0) or interval >= cap:
+            return min(interval, cap)
+        if (poll - 1) * math.log(self.backoff) >= math.log(cap / interval):
+            return cap  # (compared in logarithms: the power itself could overflow)
+        return interval * self.backoff ** (poll - 1)
 
 
 def _token_outcome(

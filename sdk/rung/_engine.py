@@ -26,6 +26,7 @@ from typing import Any
 
 from rung import _serde
 from rung._clock import Clock, to_ms
+from rung._durations import check_duration
 from rung._flow import Delayed, Gate, Parked, describe_delay, is_late
 from rung._queue import BadMessage, QueueMessage, SqsQueue, decode
 from rung._signals import (
@@ -75,6 +76,8 @@ log = logging.getLogger("rung.worker")
 RATE_SLEEP = timedelta(seconds=1)
 #: A run whose queue admission gave up on contention comes back after 1-2x this.
 CONTENTION_RETRY = timedelta(seconds=2)
+#: The longest lease a worker takes (on Lambda: the function timeout + 60 s, at most 16 min).
+MAX_LEASE = timedelta(days=1)
 #: Seconds before an invocation's end at which a still-running step is noted as overrun.
 WATCHDOG_MARGIN = 1.0
 
@@ -105,6 +108,17 @@ class WorkerConfig:
     lease_duration: timedelta = timedelta(minutes=16)
     min_time_left: timedelta = timedelta(seconds=10)
     cancel_check_interval: timedelta = timedelta(seconds=5)
+
+    def __post_init__(self) -> None:
+        for name, maximum, positive in (
+            ("lease_duration", MAX_LEASE, True),
+            ("min_time_left", timedelta(minutes=15), False),  # Lambda's whole time limit
+            ("cancel_check_interval", timedelta(hours=1), False),
+        ):
+            value = check_duration(
+                getattr(self, name), f"worker {name}", positive=positive, maximum=maximum
+            )
+            object.__setattr__(self, name, value)
 
 
 class Worker:

@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from rung._clock import Clock, iso
+from rung._durations import check_duration
 from rung._queue import SqsQueue
 from rung._store import DynamoStore, StrandedRun
 from rung.errors import InvalidConfig
@@ -158,8 +159,7 @@ class Reconciler:
         *,
         limit: int = DEFAULT_LIMIT,
     ) -> None:
-        if not isinstance(grace, timedelta) or grace <= timedelta(0):
-            raise InvalidConfig(f"reconciler grace must be a positive timedelta, got {grace!r}")
+        grace = check_duration(grace, "reconciler grace", positive=True)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidConfig(f"reconciler limit must be a positive int, got {limit!r}")
         self.store = store

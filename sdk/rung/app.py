@@ -13,9 +13,10 @@ from typing import Any, Generic, TypeVar, overload
 import pydantic
 
 from rung import _serde
+from rung._durations import check_duration
 from rung.errors import InvalidConfig, InvalidPayload, UnknownTask
 from rung.flow import Queue
-from rung.retry import DEFAULT_RETRY, RetryPolicy, as_timedelta
+from rung.retry import DEFAULT_RETRY, RetryPolicy
 
 #: The range of priorities (higher runs first).
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
@@ -234,9 +235,11 @@ class App:
             )
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidConfig(f"app.task(retry=...) must be a rung.RetryPolicy, got {retry!r}")
-        limit = as_timedelta(max_duration, "app.task max_duration") if max_duration else None
-        if max_duration is not None and not limit:
-            raise InvalidConfig("app.task max_duration must be positive (or None for no limit)")
+        limit = (
+            check_duration(max_duration, "app.task max_duration", positive=True)
+            if max_duration is not None
+            else None
+        )
 
         def register(func: Callable[..., R]) -> Task[R]:
             task_id = id if id is not None else func.__name__

@@ -10,6 +10,7 @@ from typing import Any
 
 from rung import _aws, _serde
 from rung._clock import Clock, SystemClock, to_ms
+from rung._durations import check_duration
 from rung._engine import WorkerConfig
 from rung._flow import Gate, limits_of
 from rung._history import build_history
@@ -30,7 +31,6 @@ from rung.errors import (
 )
 from rung.flow import MAX_LIMIT, Queue, QueueInfo
 from rung.models import Failure, HistoryEvent, Redrive, Run, RunHandle, RunStatus, TokenState
-from rung.retry import as_timedelta
 
 MAX_IDEMPOTENCY_KEY = 256
 MAX_TAGS = 10
@@ -160,9 +160,9 @@ class Client:
             found.flow_of(found.decode_payload(payload_json))
         key = _check_key(idempotency_key)
         tag_tuple = _check_tags(tags)
-        wait = as_timedelta(delay, "trigger delay") if delay is not None else timedelta(0)
+        wait = check_duration(delay, "trigger delay") if delay is not None else timedelta(0)
         ttl = (
-            as_timedelta(idempotency_ttl, "idempotency_ttl")
+            check_duration(idempotency_ttl, "idempotency_ttl", positive=True)
             if idempotency_ttl is not None
             else DEFAULT_IDEMPOTENCY_TTL
         )

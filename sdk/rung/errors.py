@@ -24,7 +24,14 @@ This module imports nothing from the package, so any module may import it.
     ├── UnknownQueue (LookupError)  no queue of that name (in the app's tasks or stored)
     ├── Contended                   an item kept changing under optimistic retries
     ├── NonRetryable                raised by user code: fail now, do not retry
-    └── RetryAfter                  raised by user code: retry after this delay
+    └── RetryAfter                  raised by user code: retry after this delay (in rung.retry,
+                                    beside the policy: its delay is checked like every duration)
+
+Misuse is never retried: ``InvalidConfig``, ``UsageError``, ``UnknownTask``,
+``InvalidPayload`` and ``PayloadTooLarge`` raised inside a run (``ctx.wait(-5)``, a
+child's payload that fails its model) fail the step, or the attempt, at once and for
+good, whatever the retry policy says (``is_misuse``): the next attempt would only
+repeat them. A user's own exceptions keep their policy.
 
 Failures are stored as data (``ErrorInfo``: type, message, traceback), never
 pickled; replay raises an error carrying the identical data.
@@ -37,7 +44,6 @@ live in ``rung._engine``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for the annotation only: nothing is imported at run time
@@ -143,26 +149,6 @@ class NonDeterminismError(RungError):
 
 class NonRetryable(RungError):
     """Raise from a step or task to fail at once, without further attempts."""
-
-
-class RetryAfter(RungError):
-    """Raise from a step or task to ask for the next attempt after ``delay``.
-
-    Args:
-        delay: a ``timedelta`` or a number of seconds.
-        message: why; stored with the failed attempt.
-    """
-
-    def __init__(self, delay: timedelta | float, message: str = "") -> None:
-        if isinstance(delay, bool) or not isinstance(delay, timedelta | int | float):
-            raise InvalidConfig(
-                f"RetryAfter delay must be a timedelta or seconds, got {type(delay).__name__}"
-            )
-        self.delay = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
-        if self.delay < timedelta(0):
-            raise InvalidConfig(f"RetryAfter delay must not be negative, got {self.delay}")
-        self.message = message
-        super().__init__(message or f"retry after {self.delay}")
 
 
 class StepFailed(RungError):
@@ -273,3 +259,18 @@ class UnknownQueue(RungError, LookupError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown queue"
+
+
+#: rung's own errors that say the API was misused: retrying cannot fix them.
+MISUSE: tuple[type[RungError], ...] = (
+    InvalidConfig,
+    UsageError,
+    UnknownTask,
+    InvalidPayload,
+    PayloadTooLarge,
+)
+
+
+def is_misuse(error: BaseException) -> bool:
+    """Whether ``error`` is misuse of rung's API, which no retry can fix."""
+    return isinstance(error, MISUSE)

@@ -14,12 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from rung._durations import check_duration
 from rung.errors import InvalidConfig
-from rung.retry import as_timedelta
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,79}$")
 #: The largest limit rung accepts (slots live in one DynamoDB item).
 MAX_LIMIT = 1000
+#: The longest window of a ``Rate``.
+MAX_RATE_WINDOW = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,7 @@ class Rate:
             raise InvalidConfig(f"Rate limit must be an int, got {self.limit!r}")
         if not 1 <= self.limit <= MAX_LIMIT:
             raise InvalidConfig(f"Rate limit must be between 1 and {MAX_LIMIT}, got {self.limit}")
-        per = as_timedelta(self.per, "Rate per")
-        if per <= timedelta(0) or per > timedelta(days=1):
-            raise InvalidConfig(f"Rate per must be positive and at most a day, got {per}")
+        per = check_duration(self.per, "Rate per", positive=True, maximum=MAX_RATE_WINDOW)
         object.__setattr__(self, "per", per)
 
     @property

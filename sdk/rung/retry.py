@@ -6,31 +6,43 @@ message delay, so no worker is held while a run backs off.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
-from rung.errors import InvalidConfig, NonRetryable, RetryAfter, UsageError
+from rung._durations import check_duration, check_factor
+from rung.errors import InvalidConfig, NonRetryable, RungError, is_misuse
 
 Strategy = Literal["exponential", "linear", "fixed"] | Callable[[int, BaseException], object]
 _NAMED = ("exponential", "linear", "fixed")
 
 
-def as_timedelta(value: object, what: str) -> timedelta:
-    """Accept a ``timedelta`` or a number of seconds; refuse anything else clearly."""
-    if isinstance(value, timedelta):
-        result = value
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        result = timedelta(seconds=value)
-    else:
-        raise InvalidConfig(
-            f"{what} must be a timedelta or a number of seconds, got {type(value).__name__}"
-        )
-    if result < timedelta(0):
-        raise InvalidConfig(f"{what} must not be negative, got {result}")
-    return result
+#: The largest ``RetryPolicy.backoff``: a factor beyond it reaches ``max_interval`` by
+#: the second retry anyway.
+MAX_BACKOFF = 100.0
+
+
+class RetryAfter(RungError):
+    """Raise from a step or task to ask for the next attempt after ``delay``.
+
+    Args:
+        delay: a ``timedelta`` or a number of seconds (at most 366 days).
+        message: why; stored with the failed attempt.
+
+    Raises:
+        InvalidConfig: ``delay`` is not a duration rung accepts.
+
+    Example:
+        >>> raise rung.RetryAfter(30, "rate limited: the API said Retry-After: 30")
+    """
+
+    def __init__(self, delay: timedelta | float, message: str = "") -> None:
+        self.delay = check_duration(delay, "RetryAfter delay")
+        self.message = message
+        super().__init__(message or f"retry after {self.delay}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,27 +90,29 @@ class RetryPolicy:
                 f"RetryPolicy.max_attempts must be at least 1 (it counts the first try), "
                 f"got {self.max_attempts}"
             )
-        initial = as_timedelta(self.initial_interval, "RetryPolicy.initial_interval")
-        maximum = as_timedelta(self.max_interval, "RetryPolicy.max_interval")
+        initial = check_duration(self.initial_interval, "RetryPolicy.initial_interval")
+        maximum = check_duration(self.max_interval, "RetryPolicy.max_interval")
         if maximum < initial:
             raise InvalidConfig(
                 f"RetryPolicy.max_interval ({maximum}) is shorter than initial_interval ({initial})"
             )
         object.__setattr__(self, "initial_interval", initial)
         object.__setattr__(self, "max_interval", maximum)
-        if isinstance(self.backoff, bool) or not isinstance(self.backoff, int | float):
-            raise InvalidConfig("RetryPolicy.backoff must be a number >= 1.0")
-        if self.backoff < 1.0:
-            raise InvalidConfig(f"RetryPolicy.backoff must be >= 1.0, got {self.backoff}")
+        object.__setattr__(
+            self,
+            "backoff",
+            check_factor(self.backoff, "RetryPolicy.backoff", minimum=1.0, maximum=MAX_BACKOFF),
+        )
         if not callable(self.strategy) and self.strategy not in _NAMED:
             raise InvalidConfig(
                 f"RetryPolicy.strategy must be one of {', '.join(_NAMED)} or a callable "
                 f"(attempt, error) -> timedelta, got {self.strategy!r}"
             )
-        if isinstance(self.jitter, bool) or not isinstance(self.jitter, int | float):
-            raise InvalidConfig("RetryPolicy.jitter must be a number between 0 and 1")
-        if not 0.0 <= self.jitter <= 1.0:
-            raise InvalidConfig(f"RetryPolicy.jitter must be between 0 and 1, got {self.jitter}")
+        object.__setattr__(
+            self,
+            "jitter",
+            check_factor(self.jitter, "RetryPolicy.jitter", minimum=0.0, maximum=1.0),
+        )
         for name in ("retry_on", "non_retryable"):
             value = getattr(self, name)
             if isinstance(value, type):
@@ -107,9 +121,19 @@ class RetryPolicy:
             if not all(isinstance(t, type) and issubclass(t, BaseException) for t in value):
                 raise InvalidConfig(f"RetryPolicy.{name} must be a tuple of exception types")
 
+    @property
+    def _initial(self) -> timedelta:
+        assert isinstance(self.initial_interval, timedelta)  # (made one in __post_init__)
+        return self.initial_interval
+
+    @property
+    def _maximum(self) -> timedelta:
+        assert isinstance(self.max_interval, timedelta)
+        return self.max_interval
+
     def is_retryable(self, error: BaseException) -> bool:
         """Whether this kind of error may be retried at all (attempts aside)."""
-        if isinstance(error, NonRetryable | UsageError):  # retrying cannot fix misuse
+        if isinstance(error, NonRetryable) or is_misuse(error):  # retrying cannot fix misuse
             return False
         if self.non_retryable and isinstance(error, self.non_retryable):
             return False
@@ -129,18 +153,19 @@ class RetryPolicy:
         if isinstance(error, RetryAfter):
             return error.delay
         if callable(self.strategy):
-            delay = as_timedelta(
+            return check_duration(
                 self.strategy(attempt, error), "the delay returned by RetryPolicy.strategy"
             )
-            return delay
-        initial = as_timedelta(self.initial_interval, "initial_interval").total_seconds()
-        cap = as_timedelta(self.max_interval, "max_interval").total_seconds()
+        initial = self._initial.total_seconds()
+        cap = self._maximum.total_seconds()
         if self.strategy == "fixed":
             seconds = initial
         elif self.strategy == "linear":
             seconds = initial * attempt
-        else:  # capped before it can overflow a float or a timedelta
-            seconds = initial * (self.backoff ** min(attempt - 1, 200))
+        elif initial == 0 or (attempt - 1) * math.log(self.backoff) >= math.log(cap / initial):
+            seconds = cap if initial else 0.0  # (in logarithms: the power could overflow)
+        else:
+            seconds = initial * self.backoff ** (attempt - 1)
         delay = timedelta(seconds=min(seconds, cap))
         if self.jitter:
             delay = delay * (1.0 - self.jitter * rand())

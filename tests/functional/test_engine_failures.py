@@ -367,3 +367,81 @@ def test_a_step_that_outlives_its_invocation_fails_with_an_error_that_says_so() 
     assert calls == {"quick": 1, "slow": 1}
     lost = [e for e in history if str(e.type) == "WorkerLost"]
     assert len(lost) == 1 and lost[0].error is not None and lost[0].error.type == "StepTimedOut"
+
+
+# -- misuse of rung's API inside a run fails at once --------------------------------------
+
+MISUSES: dict[str, tuple[Any, str]] = {
+    "wait": (lambda ctx: ctx.wait(-5), "ctx.wait duration must not be negative"),
+    "token": (
+        lambda ctx: ctx.create_token("t", timeout=0),
+        "create_token timeout must be positive",
+    ),
+    "parallel": (
+        lambda ctx: ctx.parallel([lambda c: 1], max_concurrency=0),
+        "max_concurrency must be an int >= 1",
+    ),
+    "policy": (lambda ctx: rung.RetryPolicy(backoff=float("nan")), "RetryPolicy.backoff"),
+    "child": (lambda ctx: ctx.trigger("no-such-task"), "has no task 'no-such-task'"),
+}
+
+
+@pytest.mark.parametrize("misuse", sorted(MISUSES))
+def test_misuse_of_rungs_api_in_the_task_body_fails_the_run_at_once(misuse: str) -> None:
+    app = rung.App("misuse")
+    call, message = MISUSES[misuse]
+    tries: list[int] = []
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=5, initial_interval=1))
+    def t(ctx: rung.Context, payload: None) -> None:
+        tries.append(ctx.attempt)
+        call(ctx)
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+        events = [e.type for e in engine.history(run.run_id)]
+
+    assert run.status == rung.RunStatus.FAILED
+    assert tries == [1]  # not retried: another attempt would only repeat it
+    assert run.error is not None and message in run.error.message
+    assert EventType.RETRY_SCHEDULED not in events
+
+
+def test_misuse_inside_a_step_fails_the_step_for_good_without_retries() -> None:
+    app = rung.App("misuse-step")
+    tries: list[int] = []
+
+    def nested(ctx: rung.Context) -> None:
+        tries.append(1)
+        ctx.wait(5)  # a wait inside a step: UsageError
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=5, initial_interval=1))
+    def t(ctx: rung.Context, payload: None) -> str:
+        try:
+            ctx.step("nested", nested, ctx)
+        except rung.StepFailed as exc:
+            return f"{exc.error_type}: {exc.message}"
+        return "no error"
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+
+    assert run.status == rung.RunStatus.COMPLETED
+    assert tries == [1]
+    assert run.output.startswith("UsageError: ctx.wait() was called inside step '/nested#1'")
+
+
+def test_a_users_own_exceptions_keep_their_retry_policy() -> None:
+    app = rung.App("user-errors")
+    tries: list[int] = []
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=3, initial_interval=1))
+    def t(ctx: rung.Context, payload: None) -> None:
+        tries.append(ctx.attempt)
+        raise ValueError("not yet")  # a ValueError, as InvalidConfig is, but the user's
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+
+    assert run.status == rung.RunStatus.FAILED
+    assert tries == [1, 2, 3]

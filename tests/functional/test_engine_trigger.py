@@ -176,14 +176,23 @@ def test_bad_triggers_are_refused_clearly_and_nothing_is_stored_or_enqueued(
         ({"tags": "vip"}, "not a single string"),
         ({"delay": -5}, "must not be negative"),
         ({"delay": "5m"}, "timedelta or a number of seconds"),
+        ({"delay": timedelta(days=1_000_000)}, "trigger delay must be at most 366d"),
+        ({"delay": 1e12}, "trigger delay must be at most 366d"),
+        ({"delay": float("inf")}, "trigger delay must be a finite number of seconds"),
+        ({"delay": float("nan")}, "trigger delay must be a finite number of seconds"),
+        ({"delay": True}, "trigger delay must be a timedelta or a number of seconds"),
+        ({"idempotency_key": "k", "idempotency_ttl": 0}, "idempotency_ttl must be positive"),
+        ({"idempotency_key": "k", "idempotency_ttl": float("nan")}, "idempotency_ttl must be"),
+        ({"idempotency_key": "k", "idempotency_ttl": 1e300}, "idempotency_ttl must be at most"),
     ],
 )
 def test_bad_trigger_options_are_refused(kwargs: dict[str, Any], message: str) -> None:
     app, _ = make_app()
     with LocalEngine(app, workers=0) as engine:
         with pytest.raises(rung.InvalidConfig, match=message):
-            engine.trigger("anything", 1, **kwargs)
+            engine.client.trigger("anything", 1, **kwargs)
         assert engine.list_runs() == []
+        assert queue_depth(engine) == 0
 
 
 def test_unknown_run_ids_raise_run_not_found() -> None:

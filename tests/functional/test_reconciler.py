@@ -396,7 +396,7 @@ def test_reconciling_while_workers_process_runs_duplicates_no_step() -> None:
 def test_a_grace_that_is_not_positive_is_refused() -> None:
     app = rung.App("rec-config")
 
-    with pytest.raises(InvalidConfig, match="reconcile_grace must be a positive timedelta"):
+    with pytest.raises(InvalidConfig, match="reconcile_grace must be positive"):
         LocalEngine(app, reconcile_grace=timedelta(0))
 
 

@@ -341,6 +341,27 @@ def test_a_bad_duration_is_a_usage_error(stack: Deployed, option: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("delay", "message"),
+    [
+        ("3000000d", "error: trigger delay must be at most 366d, got 3,000,000 days"),
+        ("999999999999d", "error: Invalid value for '--delay': '999999999999d' is far too long"),
+        ("367d", "error: trigger delay must be at most 366d, got 367d"),
+    ],
+)
+def test_a_delay_beyond_the_limit_is_one_line_and_exit_2(
+    stack: Deployed, delay: str, message: str
+) -> None:
+    before = run_count(stack)
+
+    result = rung(stack, "trigger", "greet", "--payload", '{"name": "x"}', "--delay", delay)
+
+    assert result.exit_code == 2
+    assert one_error_line(result).startswith(message)
+    assert "Traceback" not in result.output
+    assert run_count(stack) == before
+
+
 def test_timeout_without_wait_is_a_usage_error(stack: Deployed) -> None:
     result = rung(stack, "trigger", "greet", "--payload", "{}", "--timeout", "5m")
 

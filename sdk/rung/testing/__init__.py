@@ -34,6 +34,7 @@ from typing import Any
 
 from rung import _aws
 from rung._clock import Clock, SystemClock, VirtualClock, from_ms
+from rung._durations import check_duration
 from rung._engine import Disposition, Worker, WorkerConfig
 from rung._queue import BadMessage, QueueMessage, SqsQueue, decode
 from rung._reconcile import DEFAULT_GRACE, Reconciler, ReconcileReport
@@ -107,9 +108,13 @@ class LocalEngine:
             raise InvalidConfig(f"workers must be an int >= 0, got {workers!r}")
         if max_receive_count < 3:
             raise InvalidConfig("max_receive_count must be at least 3")
-        if not isinstance(reconcile_grace, timedelta) or reconcile_grace <= timedelta(0):
-            raise InvalidConfig(
-                f"reconcile_grace must be a positive timedelta, got {reconcile_grace!r}"
+        check_duration(reconcile_grace, "reconcile_grace", positive=True)
+        if invocation_timeout is not None:
+            invocation_timeout = check_duration(
+                invocation_timeout,
+                "invocation_timeout",
+                positive=True,
+                maximum=timedelta(minutes=15),  # Lambda's limit
             )
         self.app = app
         self._workers = workers
