@@ -26,6 +26,19 @@ class NotSerializable(TypeError):
     """A value cannot be represented as JSON."""
 
 
+def jsonable(value: Any, what: str) -> Any:
+    """``value`` in its JSON form (dicts, lists, strings, numbers, booleans, None), as
+    pydantic's JSON mode converts it (the table in docs/determinism.md).
+
+    Raises:
+        NotSerializable: the value (or something inside it) has no JSON form.
+    """
+    try:
+        return to_jsonable_python(value)
+    except (PydanticSerializationError, TypeError, ValueError) as exc:
+        raise NotSerializable(_not_json(value, what, exc)) from None
+
+
 def dumps(value: Any, what: str) -> str:
     """Encode ``value`` as compact JSON, refusing what cannot round-trip.
 
@@ -37,11 +50,7 @@ def dumps(value: Any, what: str) -> str:
         plain = to_jsonable_python(value)
         text = json.dumps(plain, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
     except (PydanticSerializationError, TypeError, ValueError) as exc:
-        raise NotSerializable(
-            f"{what} is not JSON-serializable ({type(value).__name__}): {exc}. "
-            "Use JSON values (dict, list, str, int, float, bool, None), pydantic models "
-            "or dataclasses."
-        ) from None
+        raise NotSerializable(_not_json(value, what, exc)) from None
     size = len(text.encode("utf-8"))
     if size > MAX_VALUE_BYTES:
         raise PayloadTooLarge(
@@ -51,13 +60,49 @@ def dumps(value: Any, what: str) -> str:
     return text
 
 
+def _not_json(value: Any, what: str, exc: Exception) -> str:
+    return (
+        f"{what} is not JSON-serializable ({type(value).__name__}): {exc}. "
+        "Use JSON values (dict, list, str, int, float, bool, None), pydantic models "
+        "or dataclasses (docs/determinism.md lists the conversions rung makes)."
+    )
+
+
 def loads(text: str | None, type_: Any = None) -> Any:
     """Decode JSON, reviving it as ``type_`` when a concrete type is declared."""
     if text is None:
         return None
     value = json.loads(text)
-    adapter = _adapter(type_)
-    return value if adapter is None else adapter.validate_python(value)
+    validator = adapter(type_)
+    return value if validator is None else validator.validate_python(value)
+
+
+def problems(exc: pydantic.ValidationError) -> str:
+    """A validation error's problems on one line: ``field.sub: message; ...``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(payload)'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+def adapter(type_: Any) -> pydantic.TypeAdapter[Any] | None:
+    """The validator that revives values declared as ``type_``; None for no type (or
+    ``Any``/``object``), or for a type pydantic cannot build a validator for."""
+    try:
+        return _adapter(type_)
+    except TypeError:  # an unhashable annotation
+        return None
+
+
+def unrevivable(type_: Any) -> str | None:
+    """Why values declared as ``type_`` cannot be validated and revived (pydantic's
+    reason, on one line), or None when they can (or no type is declared)."""
+    if type_ is None or type_ is Any or type_ is object:
+        return None
+    try:
+        pydantic.TypeAdapter(type_)
+    except Exception as exc:
+        return " ".join(str(exc).split("\n\n")[0].split())
+    return None
 
 
 @lru_cache(maxsize=512)

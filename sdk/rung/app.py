@@ -36,7 +36,10 @@ class Task(Generic[R]):
         id: the task id used to trigger it.
         fn: the function ``(ctx, payload) -> result``.
         retry: the default policy of its steps and of errors outside steps.
-        payload_model: the pydantic model the payload is validated against, if any.
+        payload_model: the pydantic model the payload is validated against, if it is one.
+        payload_type: the payload's annotation (a pydantic model, a dataclass, a
+            ``TypedDict``, ``list[int]``...): the payload is validated against it at
+            trigger time and revived as it on every attempt. None: any JSON value.
         max_duration: the compute time its runs may use in all (waits excluded);
             None for no limit. A run past it ends TIMED_OUT.
     """
@@ -46,6 +49,7 @@ class Task(Generic[R]):
     retry: RetryPolicy = DEFAULT_RETRY
     payload_model: type[pydantic.BaseModel] | None = None
     output_type: Any = field(default=None, repr=False)
+    payload_type: Any = field(default=None, repr=False)
     max_duration: timedelta | None = None
     queue: Queue | None = None
     concurrency_key: Callable[[Any], Any] | None = field(default=None, repr=False)
@@ -105,33 +109,36 @@ class Task(Generic[R]):
     def encode_payload(self, payload: Any) -> str:
         """Validate ``payload`` for this task and return it as stored JSON.
 
+        The payload is first turned into its JSON form (docs/determinism.md lists the
+        conversions), then validated against the task's payload annotation, exactly as
+        the worker will revive it, so a payload that is accepted here always revives.
+
         Raises:
-            InvalidPayload: it fails the task's model or is not JSON-serializable.
+            InvalidPayload: it fails the task's payload type or is not JSON-serializable.
             PayloadTooLarge: its JSON is larger than the inline limit.
         """
-        value = payload
-        if self.payload_model is not None:
+        what = f"the payload for task {self.id!r}"
+        try:
+            plain = _serde.jsonable(payload, what)
+        except _serde.NotSerializable as exc:
+            raise InvalidPayload(str(exc)) from None
+        value = plain
+        adapter = _serde.adapter(self.payload_type)
+        if adapter is not None:
             try:
-                if isinstance(payload, self.payload_model):
-                    value = self.payload_model.model_validate(payload.model_dump())
-                else:
-                    value = self.payload_model.model_validate(payload)
+                value = adapter.validate_python(plain)
             except pydantic.ValidationError as exc:
-                problems = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc']) or '(payload)'}: {e['msg']}"
-                    for e in exc.errors()
-                )
                 raise InvalidPayload(
                     f"payload for task {self.id!r} does not match "
-                    f"{self.payload_model.__name__}: {problems}"
+                    f"{_type_name(self.payload_type)}: {_serde.problems(exc)}"
                 ) from None
         try:
-            return _serde.dumps(value, f"the payload for task {self.id!r}")
+            return _serde.dumps(value, what)
         except _serde.NotSerializable as exc:
             raise InvalidPayload(str(exc)) from None
 
     def decode_payload(self, text: str) -> Any:
-        return _serde.loads(text, self.payload_model)
+        return _serde.loads(text, self.payload_type)
 
 
 class App:
@@ -208,8 +215,10 @@ class App:
             priority: an int, or ``payload -> int`` (higher first; default 0): among
                 runs waiting for a slot of the queue, higher priority gets it first.
 
-        The payload is validated against the second parameter's annotation when that
-        is a pydantic model; otherwise any JSON value is accepted.
+        The payload is validated at trigger time against the second parameter's
+        annotation (a pydantic model, a dataclass, a ``TypedDict``, ``list[int]`` ...,
+        anything pydantic's ``TypeAdapter`` handles) and revived as it on every
+        attempt; without an annotation (or with ``Any``) any JSON value is accepted.
         """
         if queue is not None and not isinstance(queue, Queue):
             raise InvalidConfig(f"app.task(queue=...) must be a rung.Queue, got {queue!r}")
@@ -262,13 +271,14 @@ class App:
                             f"(task {other.id!r}: {other.queue}; task {task_id!r}: {queue}); "
                             "share one rung.Queue object"
                         )
-            payload_model, output_type = _signature_types(task_id, func)
+            payload_model, payload_type, output_type = _signature_types(task_id, func)
             task = Task(
                 id=task_id,
                 fn=func,
                 retry=retry or DEFAULT_RETRY,
                 payload_model=payload_model,
                 output_type=output_type,
+                payload_type=payload_type,
                 max_duration=limit,
                 queue=queue,
                 concurrency_key=concurrency_key,
@@ -282,7 +292,7 @@ class App:
         return register
 
 
-def _signature_types(task_id: str, func: Callable[..., Any]) -> tuple[Any, Any]:
+def _signature_types(task_id: str, func: Callable[..., Any]) -> tuple[Any, Any, Any]:
     if not callable(func):
         raise InvalidConfig(f"@app.task decorates a function, got {func!r}")
     params = [
@@ -303,9 +313,21 @@ def _signature_types(task_id: str, func: Callable[..., Any]) -> tuple[Any, Any]:
             f"({exc}); define the payload model at module level so it can be validated"
         ) from None
     annotation = hints.get(params[1].name)
+    why = _serde.unrevivable(annotation)
+    if why is not None:
+        raise InvalidConfig(
+            f"task {task_id!r}: its payload annotation {_type_name(annotation)} is not a type "
+            f"rung can validate and revive from JSON ({why}); annotate the payload with a "
+            "pydantic model, a dataclass, a TypedDict or JSON types (dict, list, str, int, "
+            "float, bool, None), or with Any to accept any JSON value"
+        )
     model = (
         annotation
         if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel)
         else None
     )
-    return model, hints.get("return")
+    return model, annotation, hints.get("return")
+
+
+def _type_name(annotation: Any) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import uuid
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pydantic
 import pytest
+from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
 import rung
 from rung.testing import LocalEngine, SimulatedCrash
@@ -17,6 +20,17 @@ from rung.testing import LocalEngine, SimulatedCrash
 class OrderIn(pydantic.BaseModel):
     order_id: str
     qty: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Refund:
+    order_id: str
+    cents: int
+
+
+class Line(TypedDict):
+    sku: str
+    qty: int
 
 
 def make_app() -> tuple[rung.App, Counter[str]]:
@@ -34,6 +48,19 @@ def make_app() -> tuple[rung.App, Counter[str]]:
     @app.task(id="anything")
     def anything(ctx: rung.Context, payload: Any) -> Any:
         return payload
+
+    @app.task(id="refund")
+    def refund(ctx: rung.Context, payload: Refund) -> str:
+        assert isinstance(payload, Refund)  # revived as the annotation says
+        return f"{payload.order_id}:{payload.cents}"
+
+    @app.task(id="lines")
+    def lines(ctx: rung.Context, payload: list[Line]) -> int:
+        return sum(line["qty"] for line in payload)
+
+    @app.task(id="count")
+    def count(ctx: rung.Context, payload: int) -> int:
+        return payload + 1
 
     return app, calls
 
@@ -151,7 +178,19 @@ def test_a_trigger_that_crashed_before_sending_is_dispatched_by_a_repeated_trigg
         ("order", {"order_id": 5}, rung.InvalidPayload, "order_id: Input should be a valid string"),
         ("order", {"qty": 1}, rung.InvalidPayload, "order_id: Field required"),
         ("order", "not an object", rung.InvalidPayload, "does not match OrderIn"),
-        ("nope", {}, rung.UnknownTask, "has no task 'nope' (known tasks: anything, order)"),
+        (
+            "nope",
+            {},
+            rung.UnknownTask,
+            "has no task 'nope' (known tasks: anything, count, lines, order, refund)",
+        ),
+        ("refund", {"order_id": "o-1"}, rung.InvalidPayload, "Refund: cents: Field required"),
+        ("refund", {"order_id": 7, "cents": 1}, rung.InvalidPayload, "order_id: Input should"),
+        ("refund", [1, 2], rung.InvalidPayload, "does not match Refund"),
+        ("lines", [{"sku": "a", "qty": "many"}], rung.InvalidPayload, "0.qty: Input should be"),
+        ("lines", {"sku": "a"}, rung.InvalidPayload, "Input should be a valid list"),
+        ("count", "seven", rung.InvalidPayload, "does not match int"),
+        ("count", None, rung.InvalidPayload, "does not match int"),
         ("anything", {"when": object()}, rung.InvalidPayload, "not JSON-serializable"),
         ("anything", float("inf"), rung.InvalidPayload, "not JSON-serializable"),
         ("anything", "x" * 200_000, rung.PayloadTooLarge, "stores at most 131,072 bytes"),
@@ -193,6 +232,45 @@ def test_bad_trigger_options_are_refused(kwargs: dict[str, Any], message: str) -
             engine.client.trigger("anything", 1, **kwargs)
         assert engine.list_runs() == []
         assert queue_depth(engine) == 0
+
+
+def test_typed_payloads_are_validated_at_trigger_and_revived_in_the_run() -> None:
+    app, _ = make_app()
+    with LocalEngine(app) as engine:
+        refund = engine.wait(engine.trigger("refund", {"order_id": "o-1", "cents": "250"}).run_id)
+        as_object = engine.wait(engine.trigger("refund", Refund("o-2", 5)).run_id)
+        lines = engine.wait(engine.trigger("lines", [{"sku": "a", "qty": 2}] * 3).run_id)
+        count = engine.wait(engine.trigger("count", 41).run_id)
+    assert (refund.status, refund.output) == ("COMPLETED", "o-1:250")
+    assert refund.payload == {"order_id": "o-1", "cents": 250}  # stored as validated
+    assert as_object.output == "o-2:5"
+    assert lines.output == 6 and count.output == 42
+
+
+def test_values_that_are_not_json_are_stored_in_their_documented_json_form() -> None:
+    app, _ = make_app()
+    when = datetime(2026, 12, 5, 9, 30, tzinfo=UTC)
+    payload = {"tags": ("a", "b"), "at": when, "id": uuid.UUID(int=7), "ids": {3}}
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("anything", payload).run_id)
+    assert run.output == {
+        "tags": ["a", "b"],
+        "at": "2026-12-05T09:30:00Z",
+        "id": "00000000-0000-0000-0000-000000000007",
+        "ids": [3],
+    }
+
+
+class Opaque:
+    """No JSON form: pydantic cannot validate it."""
+
+
+def test_a_payload_annotation_rung_cannot_revive_is_refused_when_the_task_is_declared() -> None:
+    app = rung.App("opaque")
+    with pytest.raises(rung.InvalidConfig, match="payload annotation Opaque is not a type"):
+
+        @app.task(id="t")
+        def t(ctx: rung.Context, payload: Opaque) -> None: ...
 
 
 def test_unknown_run_ids_raise_run_not_found() -> None:

@@ -132,7 +132,7 @@ def _retry(**kwargs: Any) -> object:
 
 def _task_with_max_duration(value: object) -> object:
     app = rung.App("d")
-    return app.task(id="t", max_duration=value)(lambda ctx, payload: None)  # type: ignore[arg-type]
+    return app.task(id="t", max_duration=value)(lambda ctx, payload: None)  # type: ignore[call-overload]
 
 
 # Each public place that takes a duration or a factor, and the name its error must carry.

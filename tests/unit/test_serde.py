@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
+import json
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
 
 import pydantic
 import pytest
@@ -42,3 +48,47 @@ def test_unserializable_values_are_refused_with_the_reason(bad: object) -> None:
 def test_oversize_values_are_refused_with_the_limit() -> None:
     with pytest.raises(PayloadTooLarge, match="rung stores at most 131,072 bytes"):
         _serde.dumps("x" * (_serde.MAX_VALUE_BYTES + 1), "big")
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+# The table in docs/determinism.md ("Which conversions are guaranteed"): the JSON form,
+# and what the declared type revives.
+CONVERSIONS = [
+    ((1, "a"), [1, "a"], tuple[int, str], (1, "a")),
+    ({"b"}, ["b"], set[str], {"b"}),
+    (frozenset({2}), [2], frozenset[int], frozenset({2})),
+    ({1: "a"}, {"1": "a"}, dict[int, str], {1: "a"}),
+    (
+        datetime(2026, 12, 5, 9, 30, tzinfo=UTC),
+        "2026-12-05T09:30:00Z",
+        datetime,
+        datetime(2026, 12, 5, 9, 30, tzinfo=UTC),
+    ),
+    (date(2026, 1, 2), "2026-01-02", date, date(2026, 1, 2)),
+    (timedelta(hours=1), "PT1H", timedelta, timedelta(hours=1)),
+    (uuid.UUID(int=1), "00000000-0000-0000-0000-000000000001", uuid.UUID, uuid.UUID(int=1)),
+    (Decimal("1.50"), "1.50", Decimal, Decimal("1.50")),
+    (Path("/tmp/x"), "/tmp/x", Path, Path("/tmp/x")),
+    (Color.RED, "red", Color, Color.RED),
+    (b"ok", "ok", bytes, b"ok"),
+    (Point(1.0, 2.0), {"x": 1.0, "y": 2.0}, Point, Point(1.0, 2.0)),
+]
+
+
+@pytest.mark.parametrize(("value", "stored", "declared", "revived"), CONVERSIONS)
+def test_the_documented_json_conversions_hold(
+    value: object, stored: object, declared: object, revived: object
+) -> None:
+    text = _serde.dumps(value, "value")
+    assert json.loads(text) == stored
+    assert _serde.loads(text) == stored  # no declared type: the JSON value
+    assert _serde.loads(text, declared) == revived
+
+
+@pytest.mark.parametrize("value", [b"\xff", float("nan"), object(), open])
+def test_values_with_no_json_form_are_refused(value: object) -> None:
+    with pytest.raises(_serde.NotSerializable, match="the value is not JSON-serializable"):
+        _serde.dumps(value, "the value")
