@@ -11,7 +11,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from rung._clock import iso, parse_iso
 from rung._ctx_common import DEFAULT_TOKEN_TIMEOUT, MAX_WAIT, _ContextBase
@@ -197,7 +197,7 @@ class _Waits(_ContextBase):
             state = self._session.get_token(token.id)
             now = self._session.now()
             if state.status == "WAITING" and state.deadline <= now:
-                state = self._session.time_out_token(token.id)
+                state = self._session.time_out_token(token.id, state.deadline)
             if state.status == "WAITING":
                 raise Suspend(
                     state.deadline,
@@ -210,26 +210,74 @@ class _Waits(_ContextBase):
             )
         return self._replay(record, result_type)
 
+    @overload
+    def wait_for_callback(
+        self,
+        submit: Callable[[str], Any],
+        /,
+        *,
+        name: str = "callback",
+        timeout: timedelta | float = DEFAULT_TOKEN_TIMEOUT,
+        heartbeat_timeout: timedelta | float | None = None,
+        result_type: type[S] | None = None,
+    ) -> Any: ...
+
+    @overload
     def wait_for_callback(
         self,
         name: str,
         submit: Callable[[str], Any],
+        /,
         *,
+        timeout: timedelta | float = DEFAULT_TOKEN_TIMEOUT,
+        heartbeat_timeout: timedelta | float | None = None,
+        result_type: type[S] | None = None,
+    ) -> Any: ...
+
+    def wait_for_callback(
+        self,
+        first: str | Callable[[str], Any],
+        second: Callable[[str], Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
         timeout: timedelta | float = DEFAULT_TOKEN_TIMEOUT,
         heartbeat_timeout: timedelta | float | None = None,
         result_type: type[S] | None = None,
     ) -> Any:
         """Create a token, call ``submit(token_id)`` as a step, and wait for the answer.
 
-        In a group ``name``: ``name/token#1``, ``name/submit#1``, ``name/token:wait#1``.
+        Called as ``wait_for_callback(submit)`` (the name defaults to ``"callback"``, as a
+        step's defaults to its function's) or ``wait_for_callback("approval", submit)``
+        (or ``name=``). In a group of that name: ``approval/token#1``,
+        ``approval/submit#1``, ``approval/token:wait#1``; a second callback of the same
+        name continues the numbering (``approval/token#2`` ...).
 
         Example:
             >>> decision = ctx.wait_for_callback(
-            ...     "approval", lambda tid: send_mail(boss, link(tid)), timeout=timedelta(days=3))
+            ...     lambda tid: send_mail(boss, link(tid)), timeout=timedelta(days=3))
+            >>> decision = ctx.wait_for_callback("approval", lambda tid: send_mail(boss, tid))
         """
+        if isinstance(first, str):
+            if name is not None:
+                raise UsageError(
+                    f"ctx.wait_for_callback({first!r}, submit, name={name!r}) names the "
+                    "callback twice: pass the name once"
+                )
+            name, submit = first, second
+        elif second is not None:
+            raise UsageError(
+                "ctx.wait_for_callback(submit, ...) takes the name first when both are "
+                "positional: wait_for_callback('approval', submit), or name='approval'"
+            )
+        else:
+            name, submit = name if name is not None else "callback", first
         self._check_caller(f"ctx.wait_for_callback({name!r})")
         if not callable(submit):
-            raise UsageError(f"ctx.wait_for_callback({name!r}, submit): submit must be callable")
+            raise UsageError(
+                f"ctx.wait_for_callback({name!r}, submit): submit must be callable (it is "
+                f"called with the token id), got {submit!r}"
+            )
         with self.group(name):
             token = self.create_token("token", timeout=timeout, heartbeat_timeout=heartbeat_timeout)
             self.step("submit", submit, token.id)

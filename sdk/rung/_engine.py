@@ -754,8 +754,8 @@ class _Session:
     def get_token(self, token_id: str) -> TokenState:
         return self._worker.store.get_token(token_id)
 
-    def time_out_token(self, token_id: str) -> TokenState:
-        return self._worker.store.time_out_token(token_id, self.now())
+    def time_out_token(self, token_id: str, deadline: datetime) -> TokenState:
+        return self._worker.store.time_out_token(token_id, deadline, self.now())
 
 
 def _seconds(delta: timedelta) -> str:

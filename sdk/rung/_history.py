@@ -1,7 +1,14 @@
 """A run's history, derived from the run item and its checkpoints (nothing is written twice).
 
-Events are ordered by structure, not by timestamp: attempt by attempt, the steps
-that attempt executed in program order, then how the attempt ended.
+Order. Attempt by attempt: the attempt's start, the events of the checkpoints it
+wrote, then how it ended; the run's end last. Within an attempt the checkpoints'
+events are in time order (a token that timed out at its deadline during a longer
+wait ends before that wait does), and the order is total and stable: events at the
+same instant follow the nesting of the checkpoints, a depth-first walk in which a
+parent starts before its children and ends after them, and siblings come in the
+order they started (then by position, then by id). Times are stored to the
+millisecond, so ties are common (a fast ``ctx.map`` starts its batch, a branch and the
+branch's first step in one); the walk is what orders them.
 """
 
 from __future__ import annotations
@@ -10,10 +17,11 @@ import json
 
 from rung.models import EventType, HistoryEvent, Run, RunStatus, StepRecord
 
-#: Checkpoints shown as a step (started, then succeeded or failed): steps, and the
+#: Checkpoints shown as a step (started, then succeeded or failed): steps, the
 #: branches and batches of ctx.map / ctx.parallel, whose ids show the structure
-#: ("/orders#1" the batch, "/orders#1[3]" a branch, "/orders#1[3]/charge#1" its step).
-_STEP_LIKE = frozenset({"step", "branch", "map", "parallel"})
+#: ("/orders#1" the batch, "/orders#1[3]" a branch, "/orders#1[3]/charge#1" its step),
+#: and checkpointed groups ("/enrich#1", its steps "/enrich#1/fetch#1").
+_STEP_LIKE = frozenset({"step", "branch", "map", "parallel", "group"})
 
 
 def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
@@ -26,34 +34,7 @@ def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
         if started is None:
             continue  # this attempt has not started yet (queued or backing off)
         events.append(HistoryEvent(EventType.ATTEMPT_STARTED, started, attempt=attempt))
-        for record in (s for s in steps if s.run_attempt == attempt):
-            if record.kind not in _STEP_LIKE:
-                events.extend(_wait_events(run, record, attempt))
-                continue
-            events.append(
-                HistoryEvent(
-                    EventType.STEP_STARTED, record.started_at, attempt=attempt, step=record.step_id
-                )
-            )
-            if record.outcome == "succeeded" and record.finished_at is not None:
-                events.append(
-                    HistoryEvent(
-                        EventType.STEP_SUCCEEDED,
-                        record.finished_at,
-                        attempt=attempt,
-                        step=record.step_id,
-                    )
-                )
-            elif record.outcome == "failed" and record.finished_at is not None:
-                events.append(
-                    HistoryEvent(
-                        EventType.STEP_FAILED,
-                        record.finished_at,
-                        attempt=attempt,
-                        step=record.step_id,
-                        error=record.error,
-                    )
-                )
+        events.extend(_checkpoint_events(run, [s for s in steps if s.run_attempt == attempt]))
         if failure is not None:
             if failure.kind == "step":
                 events.append(
@@ -130,6 +111,75 @@ def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
         events.append(
             HistoryEvent(
                 EventType.RUN_CANCELED, run.finished_at, attempt=run.attempt, error=run.error
+            )
+        )
+    return events
+
+
+def _checkpoint_events(run: Run, records: list[StepRecord]) -> list[HistoryEvent]:
+    """The events of one attempt's checkpoints, in time order (see the module docstring)."""
+    ordered: list[HistoryEvent] = []
+    for record, opening in _depth_first(records):
+        events = _events_of(run, record)
+        # A record's first event opens it (before its children's), the rest close it.
+        ordered.extend(events[:1] if opening else events[1:])
+    return sorted(ordered, key=lambda e: e.timestamp)  # stable: ties keep the walk's order
+
+
+def _depth_first(records: list[StepRecord]) -> list[tuple[StepRecord, bool]]:
+    """``(record, True)`` when the walk enters a record, ``(record, False)`` when it
+    leaves it, children in between. A record's parent is the nearest recorded prefix of
+    its id that ends where a scope does ("/map#1" of "/map#1[0]", "/map#1[0]" of
+    "/map#1[0]/s#1"); a group's name alone is no record, so its steps hang higher up."""
+    by_id = {r.step_id: r for r in records}
+    children: dict[str | None, list[StepRecord]] = {}
+    for record in records:
+        children.setdefault(_parent(record.step_id, by_id), []).append(record)
+    walk: list[tuple[StepRecord, bool]] = []
+
+    def visit(parent: str | None) -> None:
+        for child in sorted(
+            children.get(parent, []), key=lambda r: (r.started_at, r.seq, r.step_id)
+        ):
+            walk.append((child, True))
+            visit(child.step_id)
+            walk.append((child, False))
+
+    visit(None)
+    return walk
+
+
+def _parent(step_id: str, by_id: dict[str, StepRecord]) -> str | None:
+    for end in range(len(step_id) - 1, 0, -1):
+        if step_id[end] in "/[" and step_id[:end] in by_id:
+            return step_id[:end]
+    return None
+
+
+def _events_of(run: Run, record: StepRecord) -> list[HistoryEvent]:
+    """A checkpoint's events: its start, then how it ended (if it has)."""
+    attempt = record.run_attempt
+    if record.kind not in _STEP_LIKE:
+        return _wait_events(run, record, attempt)
+    events = [
+        HistoryEvent(
+            EventType.STEP_STARTED, record.started_at, attempt=attempt, step=record.step_id
+        )
+    ]
+    if record.outcome == "succeeded" and record.finished_at is not None:
+        events.append(
+            HistoryEvent(
+                EventType.STEP_SUCCEEDED, record.finished_at, attempt=attempt, step=record.step_id
+            )
+        )
+    elif record.outcome == "failed" and record.finished_at is not None:
+        events.append(
+            HistoryEvent(
+                EventType.STEP_FAILED,
+                record.finished_at,
+                attempt=attempt,
+                step=record.step_id,
+                error=record.error,
             )
         )
     return events

@@ -93,6 +93,33 @@ def check_items(items: object, what: str, noun: str = "items") -> Sequence[Any]:
     return items
 
 
+#: The longest branch name.
+MAX_BRANCH_NAME = 100
+_NOT_IN_NAMES = "/#[]"
+
+
+def check_names(names: list[object], what: str) -> list[str]:
+    """Branch names as given (``ctx.parallel``'s keys, ``ctx.map``'s ``item_name``), or
+    ``UsageError``: each a non-empty string without "/", "#", "[" or "]" (they appear
+    in step ids), at most ``MAX_BRANCH_NAME`` characters, and no two alike."""
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if not isinstance(name, str) or not name:
+            raise UsageError(f"{what}: branch {index}'s name must be a non-empty str, got {name!r}")
+        if any(c in name for c in _NOT_IN_NAMES) or len(name) > MAX_BRANCH_NAME:
+            raise UsageError(
+                f"{what}: branch name {name!r} must be at most {MAX_BRANCH_NAME} characters "
+                f"without {', '.join(repr(c) for c in _NOT_IN_NAMES)} (names go into step ids)"
+            )
+        if name in seen:
+            raise UsageError(
+                f"{what}: branches {seen[name]} and {index} are both named {name!r}; branch "
+                "names must be unique within a batch (they identify each branch's checkpoints)"
+            )
+        seen[name] = index
+    return [str(name) for name in names]
+
+
 def run_batch(
     parent: Context,
     *,
@@ -103,8 +130,12 @@ def run_batch(
     return_type: Callable[[int], Any],
     max_concurrency: int | None,
     completion: Completion | None,
+    names: list[str] | None = None,
 ) -> BatchResult[Any]:
-    """Run or replay one ``ctx.map`` / ``ctx.parallel`` (see the module docstring)."""
+    """Run or replay one ``ctx.map`` / ``ctx.parallel`` (see the module docstring).
+
+    ``names``: the branches' names (checked with ``check_names``), used in their ids
+    instead of their indexes."""
     what = f"ctx.{kind}(name={name!r})"
     if max_concurrency is not None and (
         isinstance(max_concurrency, bool)
@@ -119,7 +150,7 @@ def run_batch(
         raise InvalidConfig(f"{what}: completion must be a rung.Completion, got {completion!r}")
     rule = completion or Completion()
     rule.check_size(count, f"{what} in run {parent.run_id}")
-    batch = _Batch(parent, kind, count, call, return_type, rule)
+    batch = _Batch(parent, kind, count, call, return_type, rule, names)
     batch_id, seq = parent._position(name, kind)
     return batch.run(batch_id, seq, max_concurrency or DEFAULT_MAX_CONCURRENCY)
 
@@ -133,8 +164,12 @@ class _Batch:
         call: Callable[[Context, int], Any],
         return_type: Callable[[int], Any],
         rule: Completion,
+        names: list[str] | None,
     ) -> None:
         self.parent = parent
+        self.names = names
+        #: each branch's key in its id: its name, or its index
+        self.keys = names if names is not None else [str(i) for i in range(count)]
         self.session = parent._session
         self.kind = kind
         self.count = count
@@ -154,14 +189,7 @@ class _Batch:
         self.id, self.seq = batch_id, seq
         started = self.session.now()
         records = self.parent.records
-        if self._branch_id(self.count) in records:
-            raise NonDeterminismError(
-                f"run {self.parent.run_id}: ctx.{self.kind} {batch_id!r} had more than "
-                f"{self.count} items when first executed (branch {self._branch_id(self.count)!r} "
-                f"is recorded), but the code now passes {self.count}. The items must be the "
-                "same on every replay: compute them from the payload or from step results. "
-                "See docs/parallel.md."
-            )
+        self._check_recorded_branches(records)
         for index in range(self.count):
             record = records.get(self._branch_id(index))
             if record is not None and record.kind == "branch":
@@ -235,19 +263,50 @@ class _Batch:
             self.failed += 1
 
     def _branch_id(self, index: int) -> str:
-        return f"{self.id}[{index}]"
+        return f"{self.id}[{self.keys[index]}]"
+
+    def _check_recorded_branches(self, records: dict[str, StepRecord]) -> None:
+        """Every branch recorded under this batch must still be one of its branches."""
+        current = set(self.keys)
+        prefix = self.id + "["
+        unknown = sorted(
+            r.step_id[len(prefix) : -1]
+            for r in list(records.values())  # (a snapshot: enclosing branches add to it)
+            if r.kind == "branch"
+            and r.step_id.startswith(prefix)
+            and r.step_id.endswith("]")
+            and "/" not in r.step_id[len(prefix) :]
+            and r.step_id[len(prefix) : -1] not in current
+        )
+        if not unknown:
+            return
+        if self.names is None and all(key.isdigit() for key in unknown):
+            raise NonDeterminismError(
+                f"run {self.parent.run_id}: ctx.{self.kind} {self.id!r} had more than "
+                f"{self.count} items when first executed (branch {self.id + '[' + unknown[0] + ']'!r} "
+                f"is recorded), but the code now passes {self.count}. The items must be the "
+                "same on every replay: compute them from the payload or from step results. "
+                "See docs/parallel.md."
+            )
+        raise NonDeterminismError(
+            f"run {self.parent.run_id}: ctx.{self.kind} {self.id!r} had a branch "
+            f"{unknown[0]!r} when first executed, which the code no longer has (its branches "
+            f"now: {', '.join(self.keys[:5])}{', ...' if self.count > 5 else ''}). Branch "
+            "names and items must be the same on every replay: compute them from the payload "
+            "or from step results, not from time or randomness. See docs/parallel.md."
+        )
 
     def _note_first_starts(self, records: dict[str, StepRecord]) -> None:
         """When each branch first started (from its checkpoints), for the trace."""
         prefix = self.id + "["
+        index_of = {key: index for index, key in enumerate(self.keys)}
         # A snapshot: branches of an enclosing batch may add records meanwhile.
         for record in list(records.values()):
             if not record.step_id.startswith(prefix):
                 continue
             end = record.step_id.find("]", len(prefix))
-            try:
-                index = int(record.step_id[len(prefix) : end])
-            except ValueError:
+            index = index_of.get(record.step_id[len(prefix) : end])
+            if index is None:
                 continue
             first = self.first_start.get(index)
             if first is None or record.started_at < first:
@@ -308,15 +367,15 @@ class _Batch:
         items: list[BatchItem[Any]] = []
         for index in range(self.count):
             record = self.done.get(index)
+            name = self.names[index] if self.names is not None else None
             if record is None:
-                items.append(BatchItem(index, "skipped"))
+                items.append(BatchItem(index, "skipped", name=name))
             elif record.outcome == "succeeded":
                 value = _serde.loads(record.result_json, self.return_type(index))
-                items.append(BatchItem(index, "succeeded", result=value))
+                items.append(BatchItem(index, "succeeded", result=value, name=name))
             else:
-                items.append(
-                    BatchItem(index, "failed", error=record.error or ErrorInfo("Error", ""))
-                )
+                error = record.error or ErrorInfo("Error", "")
+                items.append(BatchItem(index, "failed", error=error, name=name))
         result = BatchResult(items)
         recorded = self.parent.records.get(self.id)
         if recorded is None:
@@ -357,7 +416,8 @@ class _Batch:
         if result.skipped:
             text += f"; {result.skipped} skipped"
         if first is not None:
-            text += f"; first failure: item {first.index}: {first.error}"
+            which = f"{first.name!r}" if first.name is not None else str(first.index)
+            text += f"; first failure: item {which}: {first.error}"
         return ErrorInfo("BatchFailed", text)
 
     def _combined(self, suspends: list[Suspend]) -> Suspend:

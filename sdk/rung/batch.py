@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar, cast
 
-from rung.errors import ErrorInfo, InvalidConfig
+from rung.errors import ErrorInfo, InvalidConfig, UsageError
 
 R = TypeVar("R")
 
@@ -139,12 +139,15 @@ class BatchItem(Generic[R]):
             completion rule was decided: it never started, or it was left waiting).
         result: the function's return value (succeeded items), else None.
         error: what it raised (failed items), stored as data, else None.
+        name: its branch's name (``ctx.parallel`` given a mapping, ``ctx.map`` given an
+            ``item_name``), else None.
     """
 
     index: int
     status: ItemStatus
     result: R | None = None
     error: ErrorInfo | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,29 @@ class BatchResult(Generic[R]):
     def results(self) -> list[R]:
         """The values of the succeeded items, in input order."""
         return [cast(R, item.result) for item in self.items if item.status == "succeeded"]
+
+    def results_by_name(self) -> dict[str, R]:
+        """The values of the succeeded items by branch name, for a batch whose branches
+        have names (``ctx.parallel({"user": ..., "orders": ...})``, ``ctx.map(...,
+        item_name=...)``).
+
+        Raises:
+            UsageError: the branches have no names.
+
+        Example:
+            >>> batch = ctx.parallel({"user": load_user, "orders": load_orders})
+            >>> found = batch.results_by_name()   # {"user": ..., "orders": ...}
+        """
+        if self.items and self.items[0].name is None:
+            raise UsageError(
+                "results_by_name() needs named branches: pass ctx.parallel a mapping of "
+                "name -> function, or ctx.map an item_name; use results() otherwise"
+            )
+        return {
+            cast(str, item.name): cast(R, item.result)
+            for item in self.items
+            if item.status == "succeeded"
+        }
 
     @property
     def succeeded(self) -> int:

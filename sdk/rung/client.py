@@ -463,16 +463,24 @@ class Client:
         return self._store.heartbeat_token(_check_token_id(token_id), self._clock.now())
 
     def get_token(self, token_id: str) -> TokenState:
-        """A token's status, deadline and answer."""
-        return self._store.get_token(_check_token_id(token_id))
+        """A token's status, deadline and answer.
+
+        A token past its deadline reads ``TIMED_OUT`` (``resolved_at`` = the deadline)
+        from that moment on, also while its run has not come to look at it yet."""
+        state = self._store.get_token(_check_token_id(token_id))
+        return state.as_of(self._clock.now())
 
     def list_tokens(self, run_id: str) -> list[TokenState]:
-        """The tokens a run has created, in order, with their status."""
+        """The tokens a run has created, in order, with their status (as ``get_token``)."""
         steps = self._store.load_steps(_check_run_id(run_id))
         created = sorted(
             (r for r in steps.values() if r.kind == "token"), key=lambda r: r.started_at
         )
-        return [self._store.get_token(json.loads(r.result_json or "{}")["id"]) for r in created]
+        now = self._clock.now()
+        return [
+            self._store.get_token(json.loads(r.result_json or "{}")["id"]).as_of(now)
+            for r in created
+        ]
 
     def _resolve(
         self, token_id: str, status: str, value_json: str | None, error: ErrorInfo | None

@@ -21,7 +21,7 @@ import functools
 import json
 import traceback
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -143,8 +143,9 @@ class AttemptSession(Protocol):
     def get_token(self, token_id: str) -> TokenState:
         """A token's current state."""
 
-    def time_out_token(self, token_id: str) -> TokenState:
-        """Mark a token past its deadline timed out; returns its state either way."""
+    def time_out_token(self, token_id: str, deadline: datetime) -> TokenState:
+        """Mark a token whose ``deadline`` has passed timed out, at that deadline; returns
+        its state either way."""
 
     def task(self, task: str | Task[Any]) -> Task[Any]:
         """A task of the run's app (``UnknownTask`` if there is none)."""
@@ -440,6 +441,78 @@ class Context(_Waits, _Children):
         finally:
             self._scope = previous
 
+    def checkpointed_group(
+        self, name: str, fn: Callable[..., R], /, *args: Any, **kwargs: Any
+    ) -> R:
+        """Run ``fn(ctx, *args, **kwargs)`` as one unit whose result is checkpointed.
+
+        Unlike ``ctx.group`` (a naming scope whose body runs again on every replay, its
+        steps returning their checkpoints), once a checkpointed group has returned, its
+        result is recorded and replays return it **without running the body**: a long
+        run with many steps replays faster when they are grouped so. Inside, it is like
+        a task body: steps, waits, tokens, child runs and ``ctx.map`` are checkpointed
+        in the group's scope ``"<scope>/<name>#<n>"`` (``"/enrich#1/fetch#1"``), the
+        group taking a position like a step does. The body may wait or retry: until it
+        has returned, each attempt runs it again from the top, replaying its own
+        checkpoints. An error it raises passes through unrecorded, as from the task
+        body itself (a ``StepFailed`` of a step inside, or your exception under the
+        task's retry policy); only a return ends the group.
+
+        Args:
+            name: the group's name (no "/" or "#").
+            fn: called as ``fn(ctx, *args, **kwargs)`` with this ctx; its return value
+                is stored as JSON (its annotated return type revives models).
+
+        Example:
+            >>> def enrich(ctx: rung.Context, user_id: str) -> Profile:
+            ...     user = ctx.step("user", load_user, user_id)
+            ...     ctx.wait(timedelta(minutes=5))
+            ...     return ctx.step("score", score, user)
+            >>> profile = ctx.checkpointed_group("enrich", enrich, "u-7")
+        """
+        self._check_caller(f"ctx.checkpointed_group({name!r})")
+        _check_step_name(name)
+        if not callable(fn):
+            raise UsageError(
+                f"ctx.checkpointed_group({name!r}, fn): fn must be callable, got {fn!r}"
+            )
+        group_id, seq = self._position(name, "group")
+        return_type = _return_type(fn)
+        record = self._records.get(group_id)
+        if record is not None:
+            return typing.cast(R, self._replay(record, return_type))
+        inner = [
+            r.started_at
+            for r in list(self._records.values())
+            if r.step_id.startswith(group_id + "/")
+        ]
+        started = min([*inner, self._session.now()])
+        previous = self._scope
+        self._scope = group_id
+        try:
+            value = fn(self, *args, **kwargs)
+        finally:
+            self._scope = previous
+        text: str | None = None
+        error: ErrorInfo | None = None
+        try:
+            text = _serde.dumps(value, f"the result of group {group_id!r} in run {self.run_id}")
+        except (_serde.NotSerializable, PayloadTooLarge) as exc:
+            error = ErrorInfo(type=type(exc).__name__, message=str(exc))
+        stored = self._session.record_step(
+            StepRecord.ended(
+                group_id,
+                seq,
+                run_attempt=self.attempt,
+                started_at=started,
+                finished_at=self._session.now(),
+                kind="group",
+                result_json=text,
+                error=error,
+            )
+        )
+        return typing.cast(R, self._replay(self._remember(stored), return_type))
+
     # -- in-run concurrency (rung._parallel) ---------------------------------------------
 
     def map(
@@ -450,6 +523,7 @@ class Context(_Waits, _Children):
         name: str = "map",
         max_concurrency: int | None = None,
         completion: Completion | None = None,
+        item_name: Callable[[T, int], str] | None = None,
     ) -> BatchResult[R]:
         """Run ``fn(branch_ctx, item)`` for every item, on threads, each a branch.
 
@@ -474,6 +548,10 @@ class Context(_Waits, _Children):
                 ``min(len(items), 32)``.
             completion: when the batch is decided and whether it succeeded
                 (default: every item must succeed). See ``rung.Completion``.
+            item_name: ``(item, index) -> str`` names each item's branch: its scope is
+                ``"<batch id>[<name>]"`` (``"/orders#1[o-17]/charge#1"``) instead of
+                ``"<batch id>[<index>]"``, in step ids, history and the trace. Names must
+                be unique, without "/", "#", "[" or "]", and the same on every replay.
 
         Returns:
             A ``BatchResult``: per item its status, result or error, in input order.
@@ -495,7 +573,16 @@ class Context(_Waits, _Children):
 
         if not callable(fn):
             raise UsageError(f"ctx.map(items, fn): fn must be callable, got {fn!r}")
-        listed = _parallel.check_items(items, f"ctx.map(name={name!r})")
+        what = f"ctx.map(name={name!r})"
+        listed = _parallel.check_items(items, what)
+        names = None
+        if item_name is not None:
+            if not callable(item_name):
+                raise UsageError(f"{what}: item_name must be a function (item, index) -> str")
+            names = _parallel.check_names(
+                [_call_namer(item_name, item, index, what) for index, item in enumerate(listed)],
+                what,
+            )
         return_type = _return_type(fn)
         return _parallel.run_batch(
             self,
@@ -506,11 +593,12 @@ class Context(_Waits, _Children):
             return_type=lambda index: return_type,
             max_concurrency=max_concurrency,
             completion=completion,
+            names=names,
         )
 
     def parallel(
         self,
-        fns: Sequence[Callable[[Context], R]],
+        fns: Sequence[Callable[[Context], R]] | Mapping[str, Callable[[Context], R]],
         *,
         name: str = "parallel",
         max_concurrency: int | None = None,
@@ -520,6 +608,9 @@ class Context(_Waits, _Children):
 
         Branch ``i`` is ``fns[i]``; its scope is ``"<batch id>[<i>]"``
         (``"/parallel#1[0]/fetch#1"``). Results come back in the order of ``fns``.
+        Given a mapping of name -> function, each branch is named: its scope is
+        ``"<batch id>[<name>]"`` (``"/parallel#1[user]/fetch#1"``), its ``BatchItem``
+        carries the name, and ``results_by_name()`` returns the values by name.
 
         Example:
             >>> batch = ctx.parallel([
@@ -527,11 +618,21 @@ class Context(_Waits, _Children):
             ...     lambda c: c.step("orders", load_orders, uid),
             ... ])
             >>> user, orders = batch.results()
+            >>> batch = ctx.parallel({
+            ...     "user": lambda c: c.step("load", load_user, uid),
+            ...     "orders": lambda c: c.step("load", load_orders, uid),
+            ... })
+            >>> found = batch.results_by_name()   # {"user": ..., "orders": ...}
         """
-        self._check_caller(f"ctx.parallel(name={name!r})")
+        what = f"ctx.parallel(name={name!r})"
+        self._check_caller(what)
         from rung import _parallel
 
-        listed = _parallel.check_items(fns, f"ctx.parallel(name={name!r})", "functions")
+        names = None
+        if isinstance(fns, Mapping):
+            names = _parallel.check_names(list(fns.keys()), what)
+            fns = list(fns.values())
+        listed = _parallel.check_items(fns, what, "functions")
         for index, fn in enumerate(listed):
             if not callable(fn):
                 raise UsageError(
@@ -547,6 +648,7 @@ class Context(_Waits, _Children):
             return_type=lambda index: _return_type(listed[index]),
             max_concurrency=max_concurrency,
             completion=completion,
+            names=names,
         )
 
     def _branch_context(self, branch_id: str) -> Context:
@@ -557,6 +659,15 @@ class Context(_Waits, _Children):
         branch._scope = branch_id
         branch._branch = branch_id
         return branch
+
+
+def _call_namer(namer: Callable[[Any, int], object], item: Any, index: int, what: str) -> object:
+    try:
+        return namer(item, index)
+    except Exception as exc:
+        raise UsageError(
+            f"{what}: item_name raised {type(exc).__name__} for item {index}: {exc}"
+        ) from None
 
 
 def _check_step_name(name: object) -> None:
@@ -657,4 +768,5 @@ def _describe(kind: str) -> str:
         "parallel": "ctx.parallel",
         "child": "child run",
         "child_wait": "wait for child runs",
+        "group": "ctx.checkpointed_group",
     }.get(kind, kind)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -112,7 +112,7 @@ class StepRecord:
     #: (wait_for_token), "map"/"parallel" (a batch) and "branch" (one of its
     #: branches, see rung._parallel), "child" (a child run started: ``result_json``
     #: holds its ``run_id``, ``task_id`` and ``detached``), "child_wait" (the
-    #: children's outcome)
+    #: children's outcome), "group" (a ``ctx.checkpointed_group``'s result)
     kind: str = "step"
     #: for a wait: when it ends
     wake_at: datetime | None = None
@@ -265,6 +265,13 @@ class TokenState:
     result_json: str | None = None
     error: ErrorInfo | None = None
     resolved_at: datetime | None = None
+
+    def as_of(self, now: datetime) -> TokenState:
+        """The token as it stands at ``now``: an open token past its deadline has timed
+        out, at its deadline, whether or not its run has looked at it yet."""
+        if self.status == "WAITING" and self.deadline <= now:
+            return replace(self, status="TIMED_OUT", resolved_at=self.deadline)
+        return self
 
 
 @dataclass(frozen=True)

@@ -650,3 +650,140 @@ def test_branches_that_wait_for_child_runs_are_woken_by_the_children() -> None:
     assert run.status == rung.RunStatus.COMPLETED
     assert run.output == [30, 10, 20]
     assert len(children) == 3 and all(c.status == rung.RunStatus.COMPLETED for c in children)
+
+
+def test_history_lists_parents_before_children_and_ends_them_after() -> None:
+    app = rung.App("order")
+
+    def item(ctx: rung.Context, n: int) -> int:
+        return ctx.step("s", lambda: n) + ctx.step("t", lambda: n)
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> list[int]:
+        ctx.step("first", lambda: 0)
+        return ctx.map(list(range(8)), item, max_concurrency=4).results()
+
+    with LocalEngine(app) as engine:
+        runs = [engine.trigger("t").run_id for _ in range(5)]
+        histories = [(engine.wait(r), engine.history(r)) for r in runs]
+
+    for run, history in histories:
+        assert run.status == rung.RunStatus.COMPLETED
+        steps = [(e.type, e.step) for e in history if e.step]
+        started = {step: i for i, (kind, step) in enumerate(steps) if kind == "StepStarted"}
+        ended = {step: i for i, (kind, step) in enumerate(steps) if kind == "StepSucceeded"}
+        assert len(started) == len(ended) == 1 + 1 + 8 * 3  # first, the map, branches, steps
+        for step in started:
+            parent = step.rsplit("/", 1)[0] if step.count("/") > 1 else step.split("[")[0]
+            if parent != step and parent in started:
+                assert started[parent] < started[step] < ended[step] < ended[parent], step
+        stamps = [e.timestamp for e in history]
+        assert stamps == sorted(stamps)
+
+
+# -- named branches ------------------------------------------------------------------
+
+
+def test_parallel_with_a_mapping_names_its_branches() -> None:
+    app = rung.App("named-parallel")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> dict[str, Any]:
+        batch = ctx.parallel(
+            {
+                "user": lambda c: c.step("load", lambda: {"id": 7}),
+                "orders": lambda c: c.step("load", lambda: [1, 2]),
+            }
+        )
+        assert [(item.index, item.name) for item in batch.items] == [(0, "user"), (1, "orders")]
+        return batch.results_by_name()
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+        steps = {e.step for e in engine.history(run.run_id) if e.step}
+    assert run.output == {"user": {"id": 7}, "orders": [1, 2]}
+    assert {"/parallel#1[user]", "/parallel#1[user]/load#1", "/parallel#1[orders]/load#1"} <= steps
+
+
+def test_map_item_names_are_used_in_ids_and_finished_branches_are_not_run_again() -> None:
+    app = rung.App("named-map")
+    calls = Calls()
+    orders = [{"id": "o-1"}, {"id": "o-2"}, {"id": "o-3"}]
+
+    def charge(ctx: rung.Context, order: dict[str, str]) -> str:
+        def once() -> str:
+            calls.add(order["id"])
+            if order["id"] == "o-2" and calls[order["id"]] == 1:
+                raise ConnectionError("gateway timeout")  # retried: the run backs off
+            return f"ch-{order['id']}"
+
+        return ctx.step("charge", once, retry=FAST)
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> list[str]:
+        return ctx.map(orders, charge, item_name=lambda order, i: order["id"]).results()
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+        steps = [e.step for e in engine.history(run.run_id) if e.step]
+    assert run.output == ["ch-o-1", "ch-o-2", "ch-o-3"]
+    assert (calls["o-1"], calls["o-2"], calls["o-3"]) == (1, 2, 1)
+    assert "/map#1[o-2]/charge#1" in steps and "/map#1[o-1]" in steps
+
+
+@pytest.mark.parametrize(
+    ("namer", "message"),
+    [
+        (lambda item, i: "same", "branches 0 and 1 are both named 'same'"),
+        (lambda item, i: f"a/{i}", "branch name 'a/0' must be at most 100 characters without"),
+        (lambda item, i: "", "branch 0's name must be a non-empty str"),
+        (lambda item, i: i, "branch 0's name must be a non-empty str, got 0"),
+        (lambda item, i: 1 / 0, "item_name raised ZeroDivisionError for item 0"),
+    ],
+)
+def test_bad_branch_names_fail_the_run_at_once(namer: Any, message: str) -> None:
+    app = rung.App("bad-names")
+    tries: list[int] = []
+
+    @app.task(id="t", retry=FAST)
+    def t(ctx: rung.Context, payload: None) -> Any:
+        tries.append(ctx.attempt)
+        return ctx.map([1, 2], lambda c, n: n, item_name=namer).results()
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert run.status == rung.RunStatus.FAILED and tries == [1]
+    assert run.error is not None and run.error.type == "UsageError"
+    assert message in run.error.message
+
+
+def test_branch_names_that_change_between_replays_are_a_determinism_error() -> None:
+    app = rung.App("shifting-names")
+
+    @app.task(id="t", retry=FAST)
+    def t(ctx: rung.Context, payload: None) -> Any:
+        def branch(c: rung.Context, n: int) -> int:
+            value = c.step("v", lambda: n)
+            if ctx.attempt == 1 and n == 2:
+                c.step("fail", _raise_once)
+            return value
+
+        return ctx.map([1, 2], branch, item_name=lambda n, i: f"{n}-{ctx.attempt}").results()
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert run.status == rung.RunStatus.FAILED
+    assert run.error is not None and run.error.type == "NonDeterminismError"
+    assert "had a branch '1-1' when first executed, which the code no longer has" in (
+        run.error.message
+    )
+
+
+def _raise_once() -> None:
+    raise ConnectionError("flaky")
+
+
+def test_results_by_name_needs_named_branches() -> None:
+    batch = rung.BatchResult([rung.BatchItem(0, "succeeded", result=1)])
+    with pytest.raises(rung.UsageError, match="results_by_name\\(\\) needs named branches"):
+        batch.results_by_name()

@@ -6,6 +6,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -347,6 +348,56 @@ def test_wait_for_callback_submits_the_token_and_returns_the_answer() -> None:
     assert "webhook/token#1" in steps and "webhook/submit#1" in steps
 
 
+def test_wait_for_callback_needs_no_name() -> None:
+    app = rung.App("cb-unnamed")
+    submitted: list[str] = []
+
+    @app.task(id="cb")
+    def cb(ctx: rung.Context, payload: None) -> Any:
+        first = ctx.wait_for_callback(submitted.append, timeout=timedelta(hours=1))
+        second = ctx.wait_for_callback(submitted.append, timeout=timedelta(hours=1))
+        named = ctx.wait_for_callback(submitted.append, name="review")
+        return [first, second, named]
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("cb")
+        for n in range(3):
+            engine.wait_for_token(handle.run_id)
+            assert len(submitted) == n + 1
+            engine.client.complete_token(submitted[n], n)
+        run = engine.wait(handle.run_id)
+        steps = [e.step for e in engine.history(handle.run_id) if e.step]
+    assert run.output == [0, 1, 2]
+    assert "callback/submit#1" in steps and "callback/submit#2" in steps
+    assert "review/token:wait#1" in steps
+
+
+def test_wait_for_callback_refuses_two_names_and_a_name_after_submit() -> None:
+    app = rung.App("cb-bad")
+    errors: list[str] = []
+
+    @app.task(id="cb")
+    def cb(ctx: rung.Context, payload: None) -> None:
+        calls: list[Callable[[], object]] = [
+            lambda: ctx.wait_for_callback("a", print, name="b"),  # type: ignore[call-overload]
+            lambda: ctx.wait_for_callback(print, "a"),  # type: ignore[call-overload]
+            lambda: ctx.wait_for_callback("a", "not callable"),  # type: ignore[call-overload]
+        ]
+        for call in calls:
+            try:
+                call()
+            except rung.UsageError as exc:
+                errors.append(str(exc))
+
+    with LocalEngine(app) as engine:
+        engine.wait(engine.trigger("cb").run_id)
+    assert [e.split(":")[0] for e in errors] == [
+        "ctx.wait_for_callback('a', submit, name='b') names the callback twice",
+        "ctx.wait_for_callback(submit, ...) takes the name first when both are positional",
+        "ctx.wait_for_callback('a', submit)",
+    ]
+
+
 def test_wait_for_condition_polls_durably_until_done() -> None:
     app = rung.App("poll")
     polls: list[int] = []
@@ -543,3 +594,65 @@ def _deliver(engine: LocalEngine) -> None:
         for message in messages:
             if engine.worker.handle(message) == Disposition.ACK:
                 engine.queue.delete(message)
+
+
+def test_a_token_times_out_at_its_deadline_even_when_its_run_looks_later() -> None:
+    app = rung.App("late-look")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> str:
+        token = ctx.create_token("answer", timeout=3)
+        ctx.wait(6)  # the run looks at the token only after this
+        try:
+            ctx.wait_for_token(token)
+        except rung.TokenTimedOut as exc:
+            return exc.message
+        return "answered"
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+        [token] = engine.client.list_tokens(run.run_id)
+        history = engine.history(run.run_id)
+
+    assert run.status == rung.RunStatus.COMPLETED
+    assert "not completed within its timeout" in run.output
+    assert token.status == "TIMED_OUT"
+    assert token.resolved_at == token.timeout_at  # at its deadline, not 3 s later
+    ended = [e for e in history if e.type == rung.EventType.WAIT_ENDED]
+    assert [e.step for e in ended] == ["/answer:wait#1", "/wait#1"]  # the token's end first
+    assert ended[0].timestamp == token.timeout_at
+    stamps = [e.timestamp for e in history]
+    assert stamps == sorted(stamps)
+
+
+def test_a_token_past_its_deadline_reads_timed_out_before_its_run_looks() -> None:
+    app = rung.App("unlooked")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> str:
+        first = ctx.create_token("first", timeout=3)
+        second = ctx.create_token("second", timeout=timedelta(hours=1))
+        ctx.wait_for_token(second)
+        try:
+            return str(ctx.wait_for_token(first))
+        except rung.TokenTimedOut:
+            return "first timed out"
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("t")
+        second = engine.wait_for_token(handle.run_id, "second")
+        first = next(s for s in engine.client.list_tokens(handle.run_id) if s.name == "first")
+        assert first.status == "WAITING"
+        assert isinstance(engine.clock, VirtualClock)
+        engine.clock.advance(timedelta(seconds=10))  # past the first token's deadline only
+
+        read = engine.client.get_token(first.id)
+        listed = {s.name: s.status for s in engine.client.list_tokens(handle.run_id)}
+        with pytest.raises(rung.TokenAlreadyResolved, match="timed out"):
+            engine.client.complete_token(first.id, "too late")
+        engine.client.complete_token(second.id, "ok")
+        run = engine.wait(handle.run_id)
+
+    assert (read.status, read.resolved_at) == ("TIMED_OUT", read.timeout_at)
+    assert listed == {"first": "TIMED_OUT", "second": "WAITING"}
+    assert run.output == "first timed out"

@@ -214,19 +214,28 @@ class _Tokens(_Base):
             raise
         return self._token_from_item(out["Attributes"])
 
-    def time_out_token(self, token_id: str, now: datetime) -> TokenState:
-        """Mark an open token past its deadline TIMED_OUT; returns its state either way."""
+    def time_out_token(self, token_id: str, deadline: datetime, now: datetime) -> TokenState:
+        """Mark an open token TIMED_OUT at ``deadline`` (its deadline as last read, now
+        past); returns its state either way.
+
+        The token timed out at its deadline, not when its run came to look (a run busy
+        in a longer wait looks later): ``resolved_at`` is the deadline, and history
+        orders the token's end there. A heartbeat that moved the deadline meanwhile
+        makes the write a no-op (the condition names the deadline read)."""
         try:
             out = self.client.update_item(
                 TableName=self.table,
                 Key=_token_key(token_id),
-                UpdateExpression="SET token_status = :timed_out, resolved_at = :now",
-                ConditionExpression="token_status = :open AND deadline_ms <= :now_ms",
+                UpdateExpression="SET token_status = :timed_out, resolved_at = :deadline",
+                ConditionExpression=(
+                    "token_status = :open AND deadline_ms = :deadline_ms AND deadline_ms <= :now_ms"
+                ),
                 ExpressionAttributeValues={
                     ":timed_out": _S("TIMED_OUT"),
                     ":open": _S(TOKEN_OPEN),
+                    ":deadline_ms": _N(to_ms(deadline)),
                     ":now_ms": _N(to_ms(now)),
-                    ":now": _S(iso(now)),
+                    ":deadline": _S(iso(deadline)),
                 },
                 ReturnValues="ALL_NEW",
             )
