@@ -281,9 +281,10 @@ class _Batch:
         if not unknown:
             return
         if self.names is None and all(key.isdigit() for key in unknown):
+            first = f"{self.id}[{unknown[0]}]"
             raise NonDeterminismError(
                 f"run {self.parent.run_id}: ctx.{self.kind} {self.id!r} had more than "
-                f"{self.count} items when first executed (branch {self.id + '[' + unknown[0] + ']'!r} "
+                f"{self.count} items when first executed (branch {first!r} "
                 f"is recorded), but the code now passes {self.count}. The items must be the "
                 "same on every replay: compute them from the payload or from step results. "
                 "See docs/parallel.md."
