@@ -1,12 +1,15 @@
-"""The Lambda bundle that `sam build` makes (the Makefile's build-WorkerFunction target).
+"""rung as it is shipped: the wheel a user installs, and the Lambda bundle `sam build` makes.
 
-Built once per module with ``make build-WorkerFunction ARTIFACTS_DIR=<tmp>``, which
-downloads wheels for Lambda's platform from the package index. Then: its layout (rung,
-handler/, the example's code, pydantic-core compiled for CPython 3.12; no moto, no dev
-tools), its versions (those pinned in infra/requirements-lambda.txt), and, when a
-Python 3.12 is at hand, that it runs on it with nothing but the bundle on its path:
-the handlers import, and the worker takes examples/orders.py's process-order to
-COMPLETED against an emulated table and queue, invoked with SQS events as Lambda does.
+The wheel (``pip wheel``, once per module) builds without deprecation warnings.
+
+The Lambda bundle is built once per module with ``make build-WorkerFunction
+ARTIFACTS_DIR=<tmp>``, which downloads wheels for Lambda's platform from the package
+index. Then: its layout (rung, handler/, the example's code, pydantic-core compiled for
+CPython 3.12; no moto, no dev tools), its versions (those pinned in
+infra/requirements-lambda.txt), and, when a Python 3.12 is at hand, that it runs on it
+with nothing but the bundle on its path: the handlers import, and the worker takes
+examples/orders.py's process-order to COMPLETED against an emulated table and queue,
+invoked with SQS events as Lambda does.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -51,6 +55,36 @@ NOT_BUNDLED = (
 
 
 BUILD_VARIABLES = ("RUNG_CODE_DIRS", "RUNG_REQUIREMENTS", "ARTIFACTS_DIR")
+
+
+# -- the wheel, installed as a user installs it -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The wheel, and what its build printed (verbose: the build backend's warnings)."""
+    out = tmp_path_factory.mktemp("wheel")
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--verbose", "-w", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    [found] = out.glob("rung-*.whl")
+    return found, built.stdout + built.stderr
+
+
+def test_the_wheel_builds_without_deprecation_warnings(wheel: tuple[Path, str]) -> None:
+    _, log = wheel
+
+    # e.g. setuptools' "`project.license` as a TOML table is deprecated"
+    assert "deprecat" not in log.lower(), [
+        line for line in log.splitlines() if "deprecat" in line.lower()
+    ]
+
+
+# -- the Lambda bundle ---------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
