@@ -286,23 +286,14 @@ def version(ctx: rung.Context, payload: None) -> str:
 
 
 @pytest.mark.timeout(300)
-def test_changed_task_code_is_picked_up_by_fresh_worker_processes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_changed_task_code_is_picked_up_by_fresh_worker_processes(tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
     module = project / "reload_app.py"
     module.write_text(RELOAD_APP.format(version="v1"))
-    repo = Path(__file__).resolve().parents[2]  # handler/ lives here
-    monkeypatch.setenv("PYTHONPATH", str(repo))
     lines: list[str] = []
-    options = dev_options(
-        tmp_path,
-        app="reload_app:app",
-        code_root=project,
-        reload=True,
-        template=repo / "template.yaml",
-    )
+    # A project with no template.yaml or handler/: rung's own are used.
+    options = dev_options(tmp_path, app="reload_app:app", code_root=project, reload=True)
     with DevStack(options, emit=lines.append) as dev:
         first = dev.wait(dev.client.trigger("version").run_id, timeout=60)
         time.sleep(1.1)  # a later mtime than the first version's

@@ -11,6 +11,7 @@ the worker processes when code changes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import logging
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from rung import _aws, _stack
+from rung import _aws, _lambda, _stack
 from rung._clock import SystemClock, iso
 from rung._dev import emulator
 from rung._dev.esm import EventSourcePoller
@@ -43,7 +44,9 @@ class DevOptions:
     """What `rung dev` is asked to run (the CLI's options)."""
 
     app: str  # module:attr of the rung.App
-    template: Path = Path("template.yaml")
+    #: None: ``code_root/template.yaml`` if there is one (rung's checkout), else the
+    #: template the rung package ships (a project of your own)
+    template: Path | None = None
     host: str = "127.0.0.1"
     port: int = 4599
     endpoint_url: str | None = None  # an emulator already running (LocalStack); else embedded
@@ -114,7 +117,7 @@ class DevStack:
             **({"MaxReceiveCount": str(o.max_receive_count)} if o.max_receive_count else {}),
             **o.parameters,
         }
-        template = _stack.load_template(o.template)
+        template = _stack.load_template(self._template())
         cfn = _stack.translate(template, self.parameters, REGION)
         cloudformation = _aws.client("cloudformation", self.endpoint_url, REGION)
         self.stack = _stack.deploy(
@@ -133,7 +136,10 @@ class DevStack:
             endpoint_url=self.endpoint_url,
             region=REGION,
         )
-        self.functions = _stack.functions(cfn, self.stack, self.parameters, REGION)
+        self.functions = [
+            self._entry_point(spec)
+            for spec in _stack.functions(cfn, self.stack, self.parameters, REGION)
+        ]
         (o.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         for spec in self.functions:
             for source in spec.event_sources:
@@ -174,6 +180,29 @@ class DevStack:
         """Stop the workers but leave the emulator running (as a crash of rung dev would)."""
         self._emulator = None
         self.stop()
+
+    # -- the template and its handlers -----------------------------------------------
+
+    def _template(self) -> Path:
+        """--template; else the code root's template.yaml; else the one rung ships."""
+        o = self.options
+        if o.template is not None:
+            return o.template
+        own = o.code_root / "template.yaml"
+        if own.is_file():
+            return own
+        packaged = _lambda.template_path()
+        self.emit(f"rung dev: no template.yaml in {o.code_root}; using rung's own ({packaged})")
+        return packaged
+
+    def _entry_point(self, spec: _stack.FunctionSpec) -> _stack.FunctionSpec:
+        """The handler as the code root has it (rung's checkout has handler/), else the
+        same handler from the rung package: a project needs no handler/ of its own."""
+        module, _, function = spec.handler.rpartition(".")
+        packaged = _lambda.ENTRY_POINTS.get(module)
+        if packaged is None or (self.options.code_root / f"{module}.py").is_file():
+            return spec
+        return dataclasses.replace(spec, handler=f"{packaged}.{function}")
 
     # -- functions -------------------------------------------------------------------
 

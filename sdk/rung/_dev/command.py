@@ -25,8 +25,9 @@ from rung.errors import RungError
 @click.option(
     "--template",
     type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("template.yaml"),
-    show_default=True,
+    default=None,
+    help="the SAM template to run [default: ./template.yaml if there is one, else the "
+    "template rung ships]",
 )
 @click.option(
     "--port", default=4599, show_default=True, help="port of the embedded emulator on 127.0.0.1"
@@ -93,7 +94,7 @@ from rung.errors import RungError
 )
 def dev(
     app_spec: str,
-    template: Path,
+    template: Path | None,
     port: int,
     endpoint_url: str | None,
     stack_name: str | None,
