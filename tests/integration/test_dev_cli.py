@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from rung._dev import workers_for
 from rung.cli import main
 
 APP = "tests.integration.dev_app:app"
@@ -34,3 +35,22 @@ def test_a_port_in_use_says_so_and_how_to_pick_another(busy_port: int, tmp_path:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: port {busy_port} is in use; pass --port"), lines[0]
     assert not (tmp_path / ".rung" / "emulator.json").exists()
+
+
+GiB = 1024**3
+
+
+@pytest.mark.parametrize(
+    ("cpus", "memory", "maximum", "expected"),
+    [
+        (2, 8 * GiB, 10, 2),  # two cores: two workers, not the template's ten
+        (1, 8 * GiB, 10, 2),  # at least two: a blocked task does not stop the rest
+        (16, 8 * GiB, 10, 10),  # never above the event source's MaximumConcurrency
+        (16, 1 * GiB, 100, 4),  # memory: 256 MiB a worker process
+        (8, None, 100, 8),  # memory unknown: by CPUs
+    ],
+)
+def test_the_default_worker_count_is_what_the_machine_can_run(
+    cpus: int, memory: int | None, maximum: int, expected: int
+) -> None:
+    assert workers_for(maximum, cpus, memory) == expected

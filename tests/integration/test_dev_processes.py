@@ -101,6 +101,22 @@ def test_kill_9_of_a_worker_mid_step_retries_the_run_and_repeats_no_completed_st
     assert len(crashes) == 1 and "SIGKILL" in crashes[0][1]
 
 
+@pytest.mark.timeout(300)
+def test_without_workers_rung_dev_starts_as_many_workers_as_the_machine_can_run(
+    tmp_path: Path, effects_file: Path
+) -> None:
+    lines: list[str] = []
+    cpus = len(os.sched_getaffinity(0))
+    with DevStack(dev_options(tmp_path, workers=None), emit=lines.append) as dev:
+        run = dev.wait(dev.client.trigger("resume", {"x": 1}).run_id, timeout=60)
+    [ready] = [line for line in lines if "ready;" in line]
+    started = int(ready.split("ready; ")[1].split()[0])
+    # The template's MaximumConcurrency is 10; a machine with fewer CPUs gets fewer.
+    assert 1 <= started <= max(2, cpus), ready
+    assert "--workers" in ready  # says how to change it
+    assert run.status == "COMPLETED"
+
+
 def run_dev_cli(options: DevOptions, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [

@@ -42,7 +42,8 @@ from rung.errors import RungError
     "--workers",
     type=click.IntRange(1, 64),
     default=None,
-    help="worker processes [default: the event source's MaximumConcurrency]",
+    help="worker processes, at most the event source's MaximumConcurrency [default: one "
+    "per CPU, at least 2, within available memory]",
 )
 @click.option(
     "--function-timeout",
