@@ -13,7 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import pty
+import re
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -40,7 +45,8 @@ from tests.integration import cli_app
 
 REGION = "us-east-1"
 APP = "tests.integration.cli_app:app"
-TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
 
 
 @dataclass
@@ -401,6 +407,85 @@ def test_list_is_a_table_for_people_newest_first(stack: Deployed) -> None:
     assert in_order(result.stdout, "run", "task", "status", "attempt", second, first)
 
 
+def piped(stack: Deployed, *args: str, columns: str | None = "80") -> Result:
+    """``rung --app APP --stack NAME ARGS`` with stdout not a terminal (as in a pipe)."""
+    return CliRunner().invoke(
+        main,
+        ["--app", APP, "--stack", stack.name, *args],
+        env={**stack.env, "COLUMNS": columns},
+        catch_exceptions=False,
+        prog_name="rung",
+    )
+
+
+LONG_NAME = "a name long enough to make every table wider than eighty columns"
+
+
+@pytest.mark.parametrize("columns", ["80", None])
+def test_piped_tables_are_as_wide_as_their_content_and_cut_no_id(
+    stack: Deployed, columns: str | None
+) -> None:
+    payload = json.dumps({"name": LONG_NAME})
+    done = [
+        json.loads(rung(stack, "trigger", "greet", "--payload", payload, "--wait", "--json").stdout)
+        for _ in range(2)
+    ]
+    ids = [d["run_id"] for d in done]
+
+    listed = piped(stack, "runs", "list", "--task", "greet", "--limit", "2", columns=columns)
+    shown = piped(stack, "runs", "show", ids[0], columns=columns)
+
+    assert listed.exit_code == 0, listed.stderr
+    rows = listed.stdout.splitlines()
+    assert [row.split()[0] for row in rows[2:]] == ids[::-1]  # one line per run, whole id
+    assert max(map(len, rows)) > 80  # sized to the content, not to 80 columns
+    assert all(row == row.rstrip() for row in rows)  # no padding to a width
+    [row] = [line.split(maxsplit=1) for line in shown.stdout.splitlines() if "payload" in line]
+    assert row == ["payload", json.dumps({"name": LONG_NAME})]  # one line, whole
+
+
+def on_a_terminal(stack: Deployed, columns: int, *args: str) -> str:
+    """``rung ARGS`` run with its stdout on a terminal ``columns`` wide; what it showed
+    (colors removed)."""
+    controller, terminal = pty.openpty()
+    env = {k: v for k, v in {**os.environ, **stack.env}.items() if v is not None}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rung.cli", "--app", APP, "--stack", stack.name, *args],
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+        env={**env, "COLUMNS": str(columns), "TERM": "xterm"},
+        cwd=ROOT,
+    )
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    _, errors = process.communicate(timeout=60)
+    assert process.returncode == 0, errors
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode()).replace("\r\n", "\n")
+
+
+def test_a_narrow_terminal_never_cuts_an_id(stack: Deployed) -> None:
+    run_id = rung(stack, "trigger", "approve").stdout.strip()
+    token_id = token_of(stack, run_id)
+
+    listed = on_a_terminal(stack, 50, "runs", "list", "--task", "approve", "--limit", "3")
+    traced = on_a_terminal(stack, 50, "runs", "trace", run_id)
+    tokens = on_a_terminal(stack, 40, "tokens", "list", run_id)
+
+    assert run_id in listed.split()
+    assert run_id in traced.split() and token_id in traced.split()
+    assert token_id in tokens.split()
+    rung(stack, "tokens", "complete", token_id, "true")
+
+
 def test_list_of_an_unknown_task_is_refused_when_the_app_is_known(stack: Deployed) -> None:
     result = rung(stack, "runs", "list", "--task", "refund")
 
@@ -738,6 +823,42 @@ def test_tokens_fail_and_heartbeat(stack: Deployed) -> None:
     assert failed.exit_code == 0, failed.stderr
     assert in_order(failed.stdout, token_id, "FAILED", "TokenFailed: no way")
     assert run.output == {"rejected": "no way"}
+
+
+def test_a_waiting_runs_token_is_in_show_and_trace_json_and_tokens_list(stack: Deployed) -> None:
+    run_id = rung(stack, "trigger", "approve").stdout.strip()
+    token_id = token_of(stack, run_id)
+
+    shown = json.loads(rung(stack, "runs", "show", run_id, "--json").stdout)
+    traced = json.loads(rung(stack, "runs", "trace", run_id, "--json").stdout)
+    listed = rung(stack, "tokens", "list", run_id)
+    listed_json = json.loads(rung(stack, "tokens", "list", run_id, "--json").stdout)
+    shown_text = rung(stack, "runs", "show", run_id).stdout
+    traced_text = rung(stack, "runs", "trace", run_id).stdout
+    rung(stack, "tokens", "complete", token_id, "true")
+    done = json.loads(rung(stack, "tokens", "list", run_id, "--json").stdout)
+
+    assert shown["status"] == "WAITING"
+    assert shown["waiting_for"].startswith(f"token 'approval' ({token_id}) until ")
+    assert shown["available_at"] is not None  # a token wait has its timeout as a timer
+    assert [(t["token_id"], t["name"], t["status"]) for t in shown["tokens"]] == [
+        (token_id, "approval", "WAITING")
+    ]
+    assert traced["tokens"] == shown["tokens"]
+    assert traced["run"]["waiting_for"] == shown["waiting_for"]
+    assert listed.exit_code == 0, listed.stderr
+    assert in_order(listed.stdout, "token", "name", "status", token_id, "approval", "WAITING")
+    assert [t["token_id"] for t in listed_json] == [token_id]
+    assert in_order(shown_text, "waiting for", token_id, "tokens", token_id, "WAITING")
+    assert in_order(traced_text, "✓ token /approval#1", token_id, "… waiting for", token_id)
+    assert [t["status"] for t in done] == ["COMPLETED"]
+
+
+def test_tokens_list_of_an_unknown_run_exits_1(stack: Deployed) -> None:
+    result = rung(stack, "tokens", "list", "run_01NOSUCHRUN")
+
+    assert result.exit_code == 1
+    assert one_error_line(result).startswith("error: no run with id 'run_01NOSUCHRUN'")
 
 
 @pytest.mark.parametrize(
