@@ -309,8 +309,8 @@ def test_an_unknown_task_exits_2_with_one_line_and_stores_nothing(stack: Deploye
     assert result.exit_code == 2
     assert one_error_line(result) == (
         "error: app 'clitest' has no task 'refund' "
-        "(known tasks: approve, crash-once, decline, family, greet, nap, pipeline, post, "
-        "process-order)"
+        "(known tasks: approve, crash-once, decline, family, greet, nap, nap-family, "
+        "pipeline, post, process-order, sign)"
     )
     assert result.stdout == ""
     assert run_count(stack) == before
@@ -672,6 +672,38 @@ def test_runs_cancel_json_is_the_canceled_run(stack: Deployed) -> None:
     assert (data["status"], data["error"]["type"]) == ("CANCELED", "RunCanceled")
 
 
+def test_a_delayed_run_canceled_before_it_started_reads_so(stack: Deployed) -> None:
+    run_id = rung(stack, "trigger", "greet", "--payload", '{"name": "z"}', "--delay", "1h").stdout
+    run_id = run_id.strip()
+
+    result = rung(stack, "runs", "cancel", run_id)
+    shown = rung(stack, "runs", "show", run_id)
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(f"{run_id}  greet  CANCELED in ")
+    assert result.stdout.rstrip().endswith(", before its first attempt")
+    assert "attempt" not in result.stdout.replace("first attempt", "")
+    assert in_order(shown.stdout, "status", "CANCELED", "attempt", "none yet")
+
+
+def test_a_parent_waiting_for_its_child_shows_what_it_waits_for_not_a_due_time(
+    stack: Deployed,
+) -> None:
+    parent_id = rung(stack, "trigger", "nap-family").stdout.strip()
+    parent = wait_status(stack, parent_id, "WAITING")
+    assert parent.status == "WAITING"
+    [child] = stack.client.list_children(parent_id)
+
+    shown = rung(stack, "runs", "show", parent_id)
+    data = json.loads(rung(stack, "runs", "show", parent_id, "--json").stdout)
+    rung(stack, "runs", "cancel", parent_id)  # and its child
+
+    assert "9999" not in shown.stdout and "due" not in shown.stdout
+    assert in_order(shown.stdout, "waiting for", child.run_id)
+    assert data["available_at"] is None  # no timer: only the child's end wakes it
+    assert child.run_id in data["waiting_for"]
+
+
 def test_runs_cancel_of_a_completed_run_exits_1_and_changes_nothing(stack: Deployed) -> None:
     done = rung(stack, "trigger", "greet", "--payload", '{"name": "y"}', "--wait", "--json")
     run_id = json.loads(done.stdout)["run_id"]
@@ -859,6 +891,24 @@ def test_tokens_list_of_an_unknown_run_exits_1(stack: Deployed) -> None:
 
     assert result.exit_code == 1
     assert one_error_line(result).startswith("error: no run with id 'run_01NOSUCHRUN'")
+
+
+def test_a_heartbeat_for_a_token_without_a_heartbeat_timeout_is_refused(stack: Deployed) -> None:
+    run_id = rung(stack, "trigger", "sign").stdout.strip()
+    token_id = token_of(stack, run_id)
+    before = stack.client.get_token(token_id)
+
+    result = rung(stack, "tokens", "heartbeat", token_id)
+    rung(stack, "tokens", "complete", token_id, '"signed"')
+
+    assert result.exit_code == 1
+    assert one_error_line(result) == (
+        f"error: token {token_id} ('signature' of run {run_id}) has no heartbeat timeout, so "
+        f"a heartbeat changes nothing: it stays open until its timeout "
+        f"({before.timeout_at.isoformat()}); give create_token a heartbeat_timeout to use "
+        "heartbeats"
+    )
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize(

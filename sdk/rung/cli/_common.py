@@ -467,8 +467,11 @@ def _time(when: datetime) -> str:
 def _took(delta: timedelta | None) -> str:
     if delta is None:
         return ""
-    # Times are stored to the millisecond: a step that took less shows as 0.
-    return "<1ms" if delta < timedelta(milliseconds=1) else format_duration(delta)
+    # Times are stored to the millisecond: a step that took less shows as 0. (Below
+    # zero: the clocks of different workers disagree a little.)
+    if timedelta(0) <= delta < timedelta(milliseconds=1):
+        return "<1ms"
+    return format_duration(delta)
 
 
 def _offset(delta: timedelta) -> str:
@@ -491,7 +494,11 @@ def _summary(run: Run) -> Text:
     text.append(run.status.value, style=_STATUS_STYLE.get(run.status, ""))
     attempts = f"{run.attempt} attempt{'s' if run.attempt != 1 else ''}"
     if run.finished_at is not None:
-        text.append(f" after {attempts} in {format_duration(run.finished_at - run.created_at)}")
+        took = format_duration(run.finished_at - run.created_at)
+        if run.started_at is None:  # canceled (or expired) while queued or delayed
+            text.append(f" in {took}, before its first attempt")
+        else:
+            text.append(f" after {attempts} in {took}")
     elif run.started_at is not None:
         text.append(f" (attempt {run.attempt})")
     return text

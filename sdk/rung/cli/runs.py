@@ -22,6 +22,7 @@ from rung.cli._common import (
     _child_json,
     _compact,
     _console,
+    _due,
     _duration,
     _error,
     _handle_json,
@@ -231,12 +232,13 @@ def show_run(target: _Target, run_id: str, as_json: bool) -> None:
     grid.add_row("run", run.run_id)
     grid.add_row("task", run.task_id)
     grid.add_row("status", _status(run.status))
-    grid.add_row("attempt", str(run.attempt))
+    grid.add_row("attempt", str(run.attempt) if run.started_at else "none yet")
     if run.status == RunStatus.WAITING and run.waiting_for:
         grid.add_row("waiting for", run.waiting_for)
     grid.add_row("created", _time(run.created_at))
-    if run.available_at and run.available_at > run.created_at and not run.status.is_terminal:
-        grid.add_row("due", _time(run.available_at))
+    due = _due(run)
+    if due is not None and due > run.created_at and not run.status.is_terminal:
+        grid.add_row("due", _time(due))
     if run.started_at:
         grid.add_row("started", _time(run.started_at))
     if run.finished_at:

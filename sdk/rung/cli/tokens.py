@@ -12,6 +12,7 @@ from rich.text import Text
 from rung._durations import format_duration
 from rung.cli._common import (
     _console,
+    _error,
     _json_option,
     _json_value,
     _print_json,
@@ -106,8 +107,21 @@ def fail_token(target: _Target, token_id: str, message: str, as_json: bool) -> N
 @_json_option
 @click.pass_obj
 def heartbeat_token(target: _Target, token_id: str, as_json: bool) -> None:
-    """Tell a token's run that its work goes on (pushes its heartbeat deadline)."""
-    _print_token(target.client().heartbeat_token(token_id), as_json)
+    """Tell a token's run that its work goes on (pushes its heartbeat deadline).
+
+    A token created without a heartbeat timeout has no heartbeat deadline to push: that
+    is an error (exit 1) and changes nothing.
+    """
+    client = target.client()
+    state = client.get_token(token_id)
+    if state.heartbeat_timeout is None:
+        raise _error(
+            f"token {state.id} ({state.name!r} of run {state.run_id}) has no heartbeat "
+            f"timeout, so a heartbeat changes nothing: it stays open until its timeout "
+            f"({state.timeout_at.isoformat()}); give create_token a heartbeat_timeout to "
+            "use heartbeats"
+        )
+    _print_token(client.heartbeat_token(token_id), as_json)
 
 
 def _print_token(state: TokenState, as_json: bool) -> None:
