@@ -160,7 +160,9 @@ class RetryAfter(RungError):
             )
         self.delay = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
         if self.delay < timedelta(0):
-            raise InvalidConfig(f"RetryAfter delay must not be negative, got {self.delay}")
+            # (not str(timedelta): it reads "-1 day, 23:59:55" for -5 s)
+            seconds = self.delay.total_seconds()
+            raise InvalidConfig(f"RetryAfter delay must not be negative, got {seconds:g}s")
         self.message = message
         super().__init__(message or f"retry after {self.delay}")
 

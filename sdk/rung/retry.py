@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
+from rung._durations import format_duration
 from rung.errors import InvalidConfig, NonRetryable, RetryAfter, UsageError
 
 Strategy = Literal["exponential", "linear", "fixed"] | Callable[[int, BaseException], object]
@@ -29,7 +30,7 @@ def as_timedelta(value: object, what: str) -> timedelta:
             f"{what} must be a timedelta or a number of seconds, got {type(value).__name__}"
         )
     if result < timedelta(0):
-        raise InvalidConfig(f"{what} must not be negative, got {result}")
+        raise InvalidConfig(f"{what} must not be negative, got {format_duration(result)}")
     return result
 
 

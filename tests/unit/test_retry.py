@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 import rung
-from rung.errors import InvalidConfig
+from rung.errors import InvalidConfig, RetryAfter
+from rung.retry import as_timedelta
 
 
 def delays(policy: rung.RetryPolicy, error: BaseException | None = None) -> list[float | None]:
@@ -104,3 +106,21 @@ def test_retry_after_validates_its_delay() -> None:
         rung.RetryAfter(-3)
     with pytest.raises(InvalidConfig, match="timedelta or seconds"):
         rung.RetryAfter("soon")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: as_timedelta(-5, "trigger delay"), "trigger delay must not be negative, got -5s"),
+        (
+            lambda: as_timedelta(timedelta(minutes=-90), "ctx.wait duration"),
+            "ctx.wait duration must not be negative, got -1h30m",
+        ),
+        (lambda: RetryAfter(-5), "RetryAfter delay must not be negative, got -5s"),
+    ],
+)
+def test_a_negative_duration_is_named_as_a_duration(make: Any, message: str) -> None:
+    with pytest.raises(InvalidConfig) as caught:
+        make()
+
+    assert str(caught.value) == message  # not "-1 day, 23:59:55"
