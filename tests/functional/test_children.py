@@ -472,7 +472,7 @@ def test_a_bad_trigger_and_wait_timeout_is_refused() -> None:
     assert run.output == 4 and children == []  # refused before any child started
     assert errors == [
         "trigger_and_wait timeout must be in (0, 366 days, 0:00:00], got 0:00:00",
-        "trigger_and_wait timeout must not be negative, got -1 day, 23:59:55",
+        "trigger_and_wait timeout must not be negative, got -5s",
         "trigger_and_wait timeout must be in (0, 366 days, 0:00:00], got 400 days, 0:00:00",
         "trigger_and_wait timeout must be a timedelta or a number of seconds, got str",
     ]
