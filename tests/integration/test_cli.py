@@ -996,7 +996,7 @@ def test_queues_set_limit_overrides_the_code_until_reset(stack: Deployed) -> Non
     assert data["code_concurrency_limit"] == 2
     assert in_order(shown.stdout, "limit", "5 (set; code: 2)")
     assert read_only.exit_code == 0, read_only.stderr
-    assert in_order(read_only.stdout, "outbox", "5 (set)")  # no --app: the code is not known
+    assert in_order(read_only.stdout, "outbox", "5 (set; code: ")  # no --app
     assert too_high.exit_code == 2
     assert one_error_line(too_high) == (
         "error: queue 'outbox': per_key_limit (9) would be above concurrency_limit (5), "
@@ -1006,6 +1006,68 @@ def test_queues_set_limit_overrides_the_code_until_reset(stack: Deployed) -> Non
     assert reset.exit_code == 0, reset.stderr
     assert json.loads(reset.stdout)["concurrency_limit"] == 2
     assert json.loads(reset.stdout)["concurrency_limit_override"] is None
+
+
+def test_canceled_parked_runs_leave_the_queue_at_once(stack: Deployed) -> None:
+    rung(stack, "queues", "pause", "outbox")
+    run_ids = [
+        rung(stack, "trigger", "post", "--payload", f'{{"name": "c{n}"}}').stdout.strip()
+        for n in range(3)
+    ]
+    all_parked = parked(stack, "outbox", 3)
+
+    with_app = rung(stack, "runs", "cancel", run_ids[0])
+    without_app = rung(stack, "runs", "cancel", run_ids[1], app=False)
+    after = json.loads(rung(stack, "queues", "show", "outbox", "--json").stdout)
+    listed = rung(stack, "queues", "list")
+    rung(stack, "queues", "resume", "outbox")
+    last = wait_for(stack, run_ids[2])
+
+    assert all_parked
+    assert (with_app.exit_code, without_app.exit_code) == (0, 0), without_app.stderr
+    assert after["parked"] == 1  # the canceled two wait for no slot
+    assert in_order(listed.stdout, "outbox", "paused", "0", "1")
+    assert (last.status, last.output) == ("COMPLETED", "posted to c2")
+    assert [stack.client.get_run(r).status for r in run_ids[:2]] == ["CANCELED"] * 2
+    assert stack.client.get_queue("outbox").parked == 0
+
+
+def test_queues_without_the_app_show_the_limits_the_code_sets(stack: Deployed) -> None:
+    # A worker admits a run of the queue: it records the code's declaration.
+    done = rung(stack, "trigger", "post", "--payload", '{"name": "q"}', "--wait")
+    listed = rung(stack, "queues", "list", app=False)
+    listed_json = json.loads(rung(stack, "queues", "list", "--json", app=False).stdout)
+    shown = rung(stack, "queues", "show", "outbox", app=False)
+
+    assert done.exit_code == 0, done.stderr
+    [row] = [line.split() for line in listed.stdout.splitlines() if line.startswith("outbox")]
+    assert row == ["outbox", "active", "0", "0", "2", "none"]  # limit 2, per key none
+    [outbox] = [q for q in listed_json if q["name"] == "outbox"]
+    assert (outbox["code_known"], outbox["concurrency_limit"]) == (True, 2)
+    assert (outbox["code_concurrency_limit"], outbox["tasks"]) == (2, [])
+    assert in_order(shown.stdout, "limit", "2", "per key", "none")
+
+
+def test_a_queue_whose_code_limits_are_not_known_says_so(stack: Deployed) -> None:
+    # A queue item no worker has recorded the code's limits in (an operator paused the
+    # queue before any run of it, or an older rung wrote it).
+    dynamodb = _aws.client("dynamodb", stack.endpoint_url, REGION)
+    table = stack.client._store.table
+    DynamoStore(dynamodb, table).set_queue("legacy", paused=True)
+    try:
+        listed = rung(stack, "queues", "list", app=False)
+        shown = json.loads(rung(stack, "queues", "show", "legacy", "--json", app=False).stdout)
+    finally:  # the other tests know of one queue
+        dynamodb.delete_item(
+            TableName=table, Key={"pk": {"S": "QUEUE#legacy"}, "sk": {"S": "#QUEUE"}}
+        )
+
+    [row] = [line.split() for line in listed.stdout.splitlines() if line.startswith("legacy")]
+    assert row == ["legacy", "paused", "0", "0", "?", "?", "?"]
+    assert "?: set in the code; not known until a worker has started or parked a run" in (
+        listed.stdout
+    )
+    assert (shown["code_known"], shown["concurrency_limit"]) == (False, None)
 
 
 @pytest.mark.parametrize(

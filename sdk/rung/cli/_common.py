@@ -340,6 +340,7 @@ def queue_json(info: QueueInfo) -> dict[str, Any]:
         "running": info.running,
         "parked": info.parked,
         "running_per_key": dict(info.running_per_key),
+        "code_known": info.code_known,
         "concurrency_limit": info.concurrency_limit,
         "per_key_limit": info.per_key_limit,
         "code_concurrency_limit": info.code_concurrency_limit,
