@@ -51,9 +51,11 @@ class Charge(pydantic.BaseModel):
 class FakePayments:
     """Stands in for Stripe: charges are de-duplicated by idempotency key.
 
-    The first call takes the money and then times out, so the caller never sees
-    the answer. Only the idempotency key keeps the retry from charging twice. Its
-    state is a JSON file, so that it is shared by `rung dev`'s worker processes.
+    The first call with a key takes the money and then times out, so the caller never
+    sees the answer. Only the idempotency key keeps the retry from charging twice. Its
+    state is a JSON file, so that it is shared by `rung dev`'s worker processes; each
+    charge (each run's charge step) times out once, so every order shows the retry,
+    however many ran before with the same file.
     """
 
     def __init__(self, path: Path) -> None:
@@ -61,7 +63,7 @@ class FakePayments:
 
     def _load(self) -> dict[str, Any]:
         if not self.path.exists():
-            return {"charges": {}, "timeouts_left": 1}
+            return {"charges": {}}
         return dict(json.loads(self.path.read_text()))
 
     @property
@@ -70,15 +72,14 @@ class FakePayments:
 
     def charge(self, amount_cents: int, idempotency_key: str) -> Charge:
         state = self._load()
-        if idempotency_key not in state["charges"]:
+        known = state["charges"].get(idempotency_key)
+        if known is None:  # take the money ... and lose the answer
             charge_id = f"ch_{len(state['charges']) + 1}"
             state["charges"][idempotency_key] = {"id": charge_id, "amount_cents": amount_cents}
-        timed_out = state["timeouts_left"] > 0
-        state["timeouts_left"] = max(state["timeouts_left"] - 1, 0)
-        self.path.write_text(json.dumps(state))
-        if timed_out:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(state))
             raise ConnectionError("payment gateway timeout")
-        return Charge(**state["charges"][idempotency_key])
+        return Charge(**known)
 
 
 STATE_DIR = Path(os.environ.get("RUNG_DEMO_STATE", Path(tempfile.gettempdir()) / "rung-demo"))

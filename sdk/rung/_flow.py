@@ -18,10 +18,15 @@ continuing elsewhere). See docs/flow-control.md for the design; in short:
 * A rate limit is a sliding window of start times kept in the queue item, with future
   entries as reservations: a run that may not start yet keeps its slot and is delayed
   to its reserved time (one conditional write, no herd of retries).
+* The code's declaration of the queue (its limits and rate) is recorded in the queue
+  item by the write that admits or parks a run, when it differs from the stored one
+  (so after a deploy that changes it, once): a client without the app (``rung queues``
+  with no ``--app``) reads the code's limits from there.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -32,8 +37,8 @@ from datetime import datetime, timedelta
 from rung._clock import from_ms, iso, to_ms
 from rung._queue import SqsQueue
 from rung._store import DynamoStore, QueueState, Waiter
-from rung.errors import Contended
-from rung.flow import Queue
+from rung.errors import Contended, InvalidConfig
+from rung.flow import Queue, Rate
 from rung.models import Run
 
 log = logging.getLogger("rung.flow")
@@ -104,6 +109,46 @@ def limits_of(queue: Queue, state: QueueState) -> Limits:
     )
 
 
+def declaration(spec: Queue) -> str:
+    """The queue as code declares it, as stored in the queue item (``declared``)."""
+    rate = spec.rate_limit
+    return json.dumps(
+        {
+            "concurrency_limit": spec.concurrency_limit,
+            "per_key_limit": spec.per_key_limit,
+            "rate_limit": None
+            if rate is None
+            else {"limit": rate.limit, "per_ms": int(rate.window / timedelta(milliseconds=1))}
+            | ({"per_key": True} if rate.per_key else {}),
+        },
+        sort_keys=True,
+    )
+
+
+def declared_queue(state: QueueState) -> Queue | None:
+    """The queue as the workers' code declared it (``declaration``), if recorded."""
+    if state.declared is None:
+        return None
+    try:
+        data = json.loads(state.declared)
+        rate = data.get("rate_limit")
+        return Queue(
+            state.name,
+            concurrency_limit=data.get("concurrency_limit"),
+            per_key_limit=data.get("per_key_limit"),
+            rate_limit=None
+            if rate is None
+            else Rate(
+                rate["limit"],
+                per=timedelta(milliseconds=rate["per_ms"]),
+                per_key=bool(rate.get("per_key")),
+            ),
+        )
+    except (ValueError, TypeError, KeyError, InvalidConfig):
+        log.warning("queue %s: unreadable declaration %r", state.name, state.declared)
+        return None
+
+
 class Gate:
     def __init__(self, store: DynamoStore, queue: SqsQueue, lease: timedelta) -> None:
         self.store = store
@@ -132,6 +177,8 @@ class Gate:
             now = clock()
             now_ms = to_ms(now)
             limits = limits_of(spec, state)
+            code = declaration(spec)
+            declared = code if state.declared != code else None
             live = {r: h for r, h in state.holders.items() if h.until_ms > now_ms}
             expired = [r for r in state.holders if r not in live]
             # An entry of ours whose lease ran out (the worker that held it died) is
@@ -174,6 +221,7 @@ class Gate:
                     starts,
                     key_starts,
                     token,
+                    declared,
                 ):
                     _backoff(attempt)
                     continue
@@ -200,6 +248,7 @@ class Gate:
                     now,
                     spent,
                     run.parked_sk,
+                    declared,
                 )
                 if parked is False:
                     _backoff(attempt)
@@ -212,7 +261,16 @@ class Gate:
                 start_ms, starts, key_starts = self._reserve(spec, state, key, now_ms)
             hold_until = max(until, _from_ms(start_ms) + self.lease)
             if self.store.take_slot(
-                state, run.run_id, key, hold_until, start_ms, expired, starts, key_starts, token
+                state,
+                run.run_id,
+                key,
+                hold_until,
+                start_ms,
+                expired,
+                starts,
+                key_starts,
+                token,
+                declared,
             ):
                 return Delayed(_from_ms(start_ms)) if start_ms > now_ms else Admitted()
             _backoff(attempt)

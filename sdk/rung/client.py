@@ -12,7 +12,7 @@ from rung import _aws, _serde
 from rung._clock import Clock, SystemClock, to_ms
 from rung._durations import check_duration
 from rung._engine import WorkerConfig
-from rung._flow import Gate, limits_of
+from rung._flow import Gate, declared_queue, limits_of
 from rung._history import build_history
 from rung._ids import new_run_id
 from rung._queue import SqsQueue
@@ -281,8 +281,28 @@ class Client:
         )
         if woke and waiter is not None:
             self._queue.send(waiter.run_id)
+        self._leave_queue(run)
         self._cancel_children(run.run_id, message)
         return self._store.get_run(run.run_id)
+
+    def _leave_queue(self, run: Run) -> None:
+        """A run just canceled (``run`` as read before) gives up its place in the queue
+        it was parked in: its waiter item, or the slot handed to it that no attempt has
+        taken up yet (a hand-off, ``t`` 0). Then the queue hands free slots on.
+
+        Without this, ``parked`` counted it until a hand-off came to it, and a slot
+        handed to it stayed taken until its lease ran out. A crash before this is
+        harmless: a hand-off that finds a waiter's run canceled drops it."""
+        name = run.parked_queue
+        if name is None or run.status == RunStatus.RUNNING:
+            return  # never parked; or its attempt holds the slot and frees it itself
+        if run.parked_sk is not None:
+            self._store.drop_parked(name, run.parked_sk, run.run_id)
+        now = self._clock.now()
+        self._store.release_slot(name, run.run_id, 0, now)
+        spec = self._spec(name)
+        if spec is not None:
+            Gate(self._store, self._queue, WorkerConfig().lease_duration).fill(spec, now)
 
     def _cancel_children(self, run_id: str, reason: str) -> None:
         """Cancel the non-detached descendants of a canceled run (depth first).
@@ -303,6 +323,8 @@ class Client:
                     except RunAlreadyFinished as exc:
                         if exc.status != RunStatus.CANCELED:
                             continue  # it finished by itself meanwhile
+                    else:
+                        self._leave_queue(child)
                 elif child.status != RunStatus.CANCELED:
                     continue
                 pending.append(child.run_id)
@@ -580,7 +602,7 @@ class Client:
                 f"queue {name!r}: nothing to set; pass concurrency_limit, per_key_limit or reset"
             )
         state = self._known_state(name)
-        spec = self._spec(name)
+        spec = self._spec(name, state) or Queue(name)
         if per_key_limit is not None:
             total = (
                 concurrency_limit
@@ -635,10 +657,13 @@ class Client:
                 found[task.queue.name] = (task.queue, (*ids, task.id))
         return found
 
-    def _spec(self, name: str) -> Queue:
-        """The app's declaration; without one, no code limits (the overrides decide)."""
+    def _spec(self, name: str, state: QueueState | None = None) -> Queue | None:
+        """The code's declaration of the queue: the app's, else the one the workers
+        recorded in the queue item; None when neither is known."""
         declared = self._declared().get(name)
-        return declared[0] if declared is not None else Queue(name)
+        if declared is not None:
+            return declared[0]
+        return declared_queue(state if state is not None else self._store.queue_state(name))
 
     def _known_state(self, name: str) -> QueueState:
         if not isinstance(name, str) or not name:
@@ -652,14 +677,21 @@ class Client:
         raise UnknownQueue(f"no queue {name!r} (known queues: {', '.join(known) or 'none'}){hint}")
 
     def _fill(self, name: str) -> QueueInfo:
-        """Hand the slots a change freed to parked runs now, then read the queue."""
-        gate = Gate(self._store, self._queue, WorkerConfig().lease_duration)
-        gate.fill(self._spec(name), self._clock.now())
+        """Hand the slots a change freed to parked runs now, then read the queue.
+
+        Not knowing the code's limits (no app, and no worker has recorded them), it
+        hands none: with the wrong limits it could start too many. The next run that
+        ends, or the parked runs' periodic recheck, hands them out then."""
+        spec = self._spec(name)
+        if spec is not None:
+            gate = Gate(self._store, self._queue, WorkerConfig().lease_duration)
+            gate.fill(spec, self._clock.now())
         return self.get_queue(name)
 
     def _info(self, name: str, state: QueueState) -> QueueInfo:
         declared = self._declared().get(name)
-        spec = declared[0] if declared is not None else Queue(name)
+        known = self._spec(name, state)
+        spec = known if known is not None else Queue(name)
         limits = limits_of(spec, state)
         per_key_limit = limits.per_key
         if per_key_limit is not None and limits.concurrency is not None:
@@ -672,6 +704,7 @@ class Client:
         return QueueInfo(
             name=name,
             tasks=declared[1] if declared is not None else (),
+            code_known=known is not None,
             code_concurrency_limit=spec.concurrency_limit,
             code_per_key_limit=spec.per_key_limit,
             rate_limit=spec.rate_limit,

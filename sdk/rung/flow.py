@@ -123,8 +123,13 @@ class QueueInfo:
     Attributes:
         name: the queue's name.
         tasks: the app's tasks on this queue (empty for a client without an app).
+        code_known: whether the ``code_*`` limits and ``rate_limit`` are known: from the
+            client's app, else as the workers recorded them when they last admitted or
+            parked a run of the queue. False for a client without an app on a queue no
+            worker has admitted a run of yet: its limits in force are then only the
+            overrides.
         code_concurrency_limit: ``concurrency_limit`` as declared in code (None: none,
-            or the client has no app to read it from).
+            or not known).
         code_per_key_limit: ``per_key_limit`` as declared in code.
         rate_limit: the code's ``rung.Rate`` (not changeable at run time).
         concurrency_limit: the limit in force: the override if set, else the code's.
@@ -144,6 +149,7 @@ class QueueInfo:
 
     name: str
     tasks: tuple[str, ...] = ()
+    code_known: bool = True
     code_concurrency_limit: int | None = None
     code_per_key_limit: int | None = None
     rate_limit: Rate | None = None

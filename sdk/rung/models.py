@@ -179,6 +179,8 @@ class Run:
     wake_kind: str | None = field(default=None, repr=False)
     #: while parked for a slot of its queue: its waiter item's sort key
     parked_sk: str | None = field(default=None, repr=False)
+    #: the queue it was last parked in (kept after a hand-off; a cancel frees its place)
+    parked_queue: str | None = field(default=None, repr=False)
     #: the run that started this one as a child (``ctx.trigger``/``trigger_and_wait``)
     parent_run_id: str | None = None
     #: the run this one replays (``Client.replay``): same task, same payload

@@ -8,9 +8,11 @@ from collections import Counter
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 from rich.console import Console
 
 import rung
+import rung.testing
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -39,3 +41,29 @@ def test_the_research_agent_fans_out_waits_for_approval_and_publishes() -> None:
     # retried once, by that child alone.
     assert research.model.peak <= 3
     assert sorted(research.model.calls.values()) == [1] * 9 + [2]
+
+
+def test_every_order_of_the_orders_demo_shows_the_charge_timing_out_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fake payment provider's state outlives a run (a file, shared by `rung dev`'s
+    # worker processes and left in place between sessions): the second order, or the
+    # demo run again, must still show the failing charge and the retry resuming at it.
+    monkeypatch.setenv("RUNG_DEMO_STATE", str(tmp_path))
+    orders = load("orders")
+
+    with rung.testing.LocalEngine(orders.app) as engine:
+        runs = [
+            engine.wait(engine.trigger("process-order", {"order_id": o}).run_id, timeout=30)
+            for o in ("o-1", "o-2", "o-1")
+        ]
+        histories = [engine.history(run.run_id) for run in runs]
+
+    for run, history in zip(runs, histories, strict=True):
+        assert (run.status, run.attempt) == (rung.RunStatus.COMPLETED, 2), run
+        failed = [e for e in history if e.type == rung.EventType.STEP_FAILED]
+        assert [(e.step, e.error and e.error.message) for e in failed] == [
+            ("/charge#1", "payment gateway timeout")
+        ]
+    assert len(orders.payments.charges) == 3  # one charge per run, none taken twice
+    assert orders.calls() == {"fetch_order": 3, "charge": 6, "email": 3}

@@ -80,10 +80,21 @@ def approve(ctx: rung.Context, payload: None) -> dict[str, object]:
         return {"rejected": exc.message}
 
 
+@app.task(id="sign")
+def sign(ctx: rung.Context, payload: None) -> object:
+    token = ctx.create_token("signature")  # no heartbeat_timeout
+    return ctx.wait_for_token(token)
+
+
 @app.task(id="nap")
 def nap(ctx: rung.Context, payload: None) -> str:
     ctx.wait(timedelta(hours=1))
     return "rested"
+
+
+@app.task(id="nap-family")
+def nap_family(ctx: rung.Context, payload: None) -> object:
+    return ctx.trigger_and_wait(nap, None)  # the parent waits with no timer of its own
 
 
 @app.task(id="pipeline", retry=rung.RetryPolicy(max_attempts=1))

@@ -13,7 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import pty
+import re
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -40,7 +45,8 @@ from tests.integration import cli_app
 
 REGION = "us-east-1"
 APP = "tests.integration.cli_app:app"
-TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
 
 
 @dataclass
@@ -303,8 +309,8 @@ def test_an_unknown_task_exits_2_with_one_line_and_stores_nothing(stack: Deploye
     assert result.exit_code == 2
     assert one_error_line(result) == (
         "error: app 'clitest' has no task 'refund' "
-        "(known tasks: approve, crash-once, decline, family, greet, nap, pipeline, post, "
-        "process-order)"
+        "(known tasks: approve, crash-once, decline, family, greet, nap, nap-family, "
+        "pipeline, post, process-order, sign)"
     )
     assert result.stdout == ""
     assert run_count(stack) == before
@@ -420,6 +426,85 @@ def test_list_is_a_table_for_people_newest_first(stack: Deployed) -> None:
 
     assert result.exit_code == 0, result.stderr
     assert in_order(result.stdout, "run", "task", "status", "attempt", second, first)
+
+
+def piped(stack: Deployed, *args: str, columns: str | None = "80") -> Result:
+    """``rung --app APP --stack NAME ARGS`` with stdout not a terminal (as in a pipe)."""
+    return CliRunner().invoke(
+        main,
+        ["--app", APP, "--stack", stack.name, *args],
+        env={**stack.env, "COLUMNS": columns},
+        catch_exceptions=False,
+        prog_name="rung",
+    )
+
+
+LONG_NAME = "a name long enough to make every table wider than eighty columns"
+
+
+@pytest.mark.parametrize("columns", ["80", None])
+def test_piped_tables_are_as_wide_as_their_content_and_cut_no_id(
+    stack: Deployed, columns: str | None
+) -> None:
+    payload = json.dumps({"name": LONG_NAME})
+    done = [
+        json.loads(rung(stack, "trigger", "greet", "--payload", payload, "--wait", "--json").stdout)
+        for _ in range(2)
+    ]
+    ids = [d["run_id"] for d in done]
+
+    listed = piped(stack, "runs", "list", "--task", "greet", "--limit", "2", columns=columns)
+    shown = piped(stack, "runs", "show", ids[0], columns=columns)
+
+    assert listed.exit_code == 0, listed.stderr
+    rows = listed.stdout.splitlines()
+    assert [row.split()[0] for row in rows[2:]] == ids[::-1]  # one line per run, whole id
+    assert max(map(len, rows)) > 80  # sized to the content, not to 80 columns
+    assert all(row == row.rstrip() for row in rows)  # no padding to a width
+    [row] = [line.split(maxsplit=1) for line in shown.stdout.splitlines() if "payload" in line]
+    assert row == ["payload", json.dumps({"name": LONG_NAME})]  # one line, whole
+
+
+def on_a_terminal(stack: Deployed, columns: int, *args: str) -> str:
+    """``rung ARGS`` run with its stdout on a terminal ``columns`` wide; what it showed
+    (colors removed)."""
+    controller, terminal = pty.openpty()
+    env = {k: v for k, v in {**os.environ, **stack.env}.items() if v is not None}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rung.cli", "--app", APP, "--stack", stack.name, *args],
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+        env={**env, "COLUMNS": str(columns), "TERM": "xterm"},
+        cwd=ROOT,
+    )
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    _, errors = process.communicate(timeout=60)
+    assert process.returncode == 0, errors
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode()).replace("\r\n", "\n")
+
+
+def test_a_narrow_terminal_never_cuts_an_id(stack: Deployed) -> None:
+    run_id = rung(stack, "trigger", "approve").stdout.strip()
+    token_id = token_of(stack, run_id)
+
+    listed = on_a_terminal(stack, 50, "runs", "list", "--task", "approve", "--limit", "3")
+    traced = on_a_terminal(stack, 50, "runs", "trace", run_id)
+    tokens = on_a_terminal(stack, 40, "tokens", "list", run_id)
+
+    assert run_id in listed.split()
+    assert run_id in traced.split() and token_id in traced.split()
+    assert token_id in tokens.split()
+    rung(stack, "tokens", "complete", token_id, "true")
 
 
 def test_list_of_an_unknown_task_is_refused_when_the_app_is_known(stack: Deployed) -> None:
@@ -608,6 +693,38 @@ def test_runs_cancel_json_is_the_canceled_run(stack: Deployed) -> None:
     assert (data["status"], data["error"]["type"]) == ("CANCELED", "RunCanceled")
 
 
+def test_a_delayed_run_canceled_before_it_started_reads_so(stack: Deployed) -> None:
+    run_id = rung(stack, "trigger", "greet", "--payload", '{"name": "z"}', "--delay", "1h").stdout
+    run_id = run_id.strip()
+
+    result = rung(stack, "runs", "cancel", run_id)
+    shown = rung(stack, "runs", "show", run_id)
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(f"{run_id}  greet  CANCELED in ")
+    assert result.stdout.rstrip().endswith(", before its first attempt")
+    assert "attempt" not in result.stdout.replace("first attempt", "")
+    assert in_order(shown.stdout, "status", "CANCELED", "attempt", "none yet")
+
+
+def test_a_parent_waiting_for_its_child_shows_what_it_waits_for_not_a_due_time(
+    stack: Deployed,
+) -> None:
+    parent_id = rung(stack, "trigger", "nap-family").stdout.strip()
+    parent = wait_status(stack, parent_id, "WAITING")
+    assert parent.status == "WAITING"
+    [child] = stack.client.list_children(parent_id)
+
+    shown = rung(stack, "runs", "show", parent_id)
+    data = json.loads(rung(stack, "runs", "show", parent_id, "--json").stdout)
+    rung(stack, "runs", "cancel", parent_id)  # and its child
+
+    assert "9999" not in shown.stdout and "due" not in shown.stdout
+    assert in_order(shown.stdout, "waiting for", child.run_id)
+    assert data["available_at"] is None  # no timer: only the child's end wakes it
+    assert child.run_id in data["waiting_for"]
+
+
 def test_runs_cancel_of_a_completed_run_exits_1_and_changes_nothing(stack: Deployed) -> None:
     done = rung(stack, "trigger", "greet", "--payload", '{"name": "y"}', "--wait", "--json")
     run_id = json.loads(done.stdout)["run_id"]
@@ -761,6 +878,60 @@ def test_tokens_fail_and_heartbeat(stack: Deployed) -> None:
     assert run.output == {"rejected": "no way"}
 
 
+def test_a_waiting_runs_token_is_in_show_and_trace_json_and_tokens_list(stack: Deployed) -> None:
+    run_id = rung(stack, "trigger", "approve").stdout.strip()
+    token_id = token_of(stack, run_id)
+
+    shown = json.loads(rung(stack, "runs", "show", run_id, "--json").stdout)
+    traced = json.loads(rung(stack, "runs", "trace", run_id, "--json").stdout)
+    listed = rung(stack, "tokens", "list", run_id)
+    listed_json = json.loads(rung(stack, "tokens", "list", run_id, "--json").stdout)
+    shown_text = rung(stack, "runs", "show", run_id).stdout
+    traced_text = rung(stack, "runs", "trace", run_id).stdout
+    rung(stack, "tokens", "complete", token_id, "true")
+    done = json.loads(rung(stack, "tokens", "list", run_id, "--json").stdout)
+
+    assert shown["status"] == "WAITING"
+    assert shown["waiting_for"].startswith(f"token 'approval' ({token_id}) until ")
+    assert shown["available_at"] is not None  # a token wait has its timeout as a timer
+    assert [(t["token_id"], t["name"], t["status"]) for t in shown["tokens"]] == [
+        (token_id, "approval", "WAITING")
+    ]
+    assert traced["tokens"] == shown["tokens"]
+    assert traced["run"]["waiting_for"] == shown["waiting_for"]
+    assert listed.exit_code == 0, listed.stderr
+    assert in_order(listed.stdout, "token", "name", "status", token_id, "approval", "WAITING")
+    assert [t["token_id"] for t in listed_json] == [token_id]
+    assert in_order(shown_text, "waiting for", token_id, "tokens", token_id, "WAITING")
+    assert in_order(traced_text, "✓ token /approval#1", token_id, "… waiting for", token_id)
+    assert [t["status"] for t in done] == ["COMPLETED"]
+
+
+def test_tokens_list_of_an_unknown_run_exits_1(stack: Deployed) -> None:
+    result = rung(stack, "tokens", "list", "run_01NOSUCHRUN")
+
+    assert result.exit_code == 1
+    assert one_error_line(result).startswith("error: no run with id 'run_01NOSUCHRUN'")
+
+
+def test_a_heartbeat_for_a_token_without_a_heartbeat_timeout_is_refused(stack: Deployed) -> None:
+    run_id = rung(stack, "trigger", "sign").stdout.strip()
+    token_id = token_of(stack, run_id)
+    before = stack.client.get_token(token_id)
+
+    result = rung(stack, "tokens", "heartbeat", token_id)
+    rung(stack, "tokens", "complete", token_id, '"signed"')
+
+    assert result.exit_code == 1
+    assert one_error_line(result) == (
+        f"error: token {token_id} ('signature' of run {run_id}) has no heartbeat timeout, so "
+        f"a heartbeat changes nothing: it stays open until its timeout "
+        f"({before.timeout_at.isoformat()}); give create_token a heartbeat_timeout to use "
+        "heartbeats"
+    )
+    assert result.stdout == ""
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -846,7 +1017,7 @@ def test_queues_set_limit_overrides_the_code_until_reset(stack: Deployed) -> Non
     assert data["code_concurrency_limit"] == 2
     assert in_order(shown.stdout, "limit", "5 (set; code: 2)")
     assert read_only.exit_code == 0, read_only.stderr
-    assert in_order(read_only.stdout, "outbox", "5 (set)")  # no --app: the code is not known
+    assert in_order(read_only.stdout, "outbox", "5 (set; code: ")  # no --app
     assert too_high.exit_code == 2
     assert one_error_line(too_high) == (
         "error: queue 'outbox': per_key_limit (9) would be above concurrency_limit (5), "
@@ -856,6 +1027,68 @@ def test_queues_set_limit_overrides_the_code_until_reset(stack: Deployed) -> Non
     assert reset.exit_code == 0, reset.stderr
     assert json.loads(reset.stdout)["concurrency_limit"] == 2
     assert json.loads(reset.stdout)["concurrency_limit_override"] is None
+
+
+def test_canceled_parked_runs_leave_the_queue_at_once(stack: Deployed) -> None:
+    rung(stack, "queues", "pause", "outbox")
+    run_ids = [
+        rung(stack, "trigger", "post", "--payload", f'{{"name": "c{n}"}}').stdout.strip()
+        for n in range(3)
+    ]
+    all_parked = parked(stack, "outbox", 3)
+
+    with_app = rung(stack, "runs", "cancel", run_ids[0])
+    without_app = rung(stack, "runs", "cancel", run_ids[1], app=False)
+    after = json.loads(rung(stack, "queues", "show", "outbox", "--json").stdout)
+    listed = rung(stack, "queues", "list")
+    rung(stack, "queues", "resume", "outbox")
+    last = wait_for(stack, run_ids[2])
+
+    assert all_parked
+    assert (with_app.exit_code, without_app.exit_code) == (0, 0), without_app.stderr
+    assert after["parked"] == 1  # the canceled two wait for no slot
+    assert in_order(listed.stdout, "outbox", "paused", "0", "1")
+    assert (last.status, last.output) == ("COMPLETED", "posted to c2")
+    assert [stack.client.get_run(r).status for r in run_ids[:2]] == ["CANCELED"] * 2
+    assert stack.client.get_queue("outbox").parked == 0
+
+
+def test_queues_without_the_app_show_the_limits_the_code_sets(stack: Deployed) -> None:
+    # A worker admits a run of the queue: it records the code's declaration.
+    done = rung(stack, "trigger", "post", "--payload", '{"name": "q"}', "--wait")
+    listed = rung(stack, "queues", "list", app=False)
+    listed_json = json.loads(rung(stack, "queues", "list", "--json", app=False).stdout)
+    shown = rung(stack, "queues", "show", "outbox", app=False)
+
+    assert done.exit_code == 0, done.stderr
+    [row] = [line.split() for line in listed.stdout.splitlines() if line.startswith("outbox")]
+    assert row == ["outbox", "active", "0", "0", "2", "none"]  # limit 2, per key none
+    [outbox] = [q for q in listed_json if q["name"] == "outbox"]
+    assert (outbox["code_known"], outbox["concurrency_limit"]) == (True, 2)
+    assert (outbox["code_concurrency_limit"], outbox["tasks"]) == (2, [])
+    assert in_order(shown.stdout, "limit", "2", "per key", "none")
+
+
+def test_a_queue_whose_code_limits_are_not_known_says_so(stack: Deployed) -> None:
+    # A queue item no worker has recorded the code's limits in (an operator paused the
+    # queue before any run of it, or an older rung wrote it).
+    dynamodb = _aws.client("dynamodb", stack.endpoint_url, REGION)
+    table = stack.client._store.table
+    DynamoStore(dynamodb, table).set_queue("legacy", paused=True)
+    try:
+        listed = rung(stack, "queues", "list", app=False)
+        shown = json.loads(rung(stack, "queues", "show", "legacy", "--json", app=False).stdout)
+    finally:  # the other tests know of one queue
+        dynamodb.delete_item(
+            TableName=table, Key={"pk": {"S": "QUEUE#legacy"}, "sk": {"S": "#QUEUE"}}
+        )
+
+    [row] = [line.split() for line in listed.stdout.splitlines() if line.startswith("legacy")]
+    assert row == ["legacy", "paused", "0", "0", "?", "?", "?"]
+    assert "?: set in the code; not known until a worker has started or parked a run" in (
+        listed.stdout
+    )
+    assert (shown["code_known"], shown["concurrency_limit"]) == (False, None)
 
 
 @pytest.mark.parametrize(

@@ -101,6 +101,22 @@ def test_kill_9_of_a_worker_mid_step_retries_the_run_and_repeats_no_completed_st
     assert len(crashes) == 1 and "SIGKILL" in crashes[0][1]
 
 
+@pytest.mark.timeout(300)
+def test_without_workers_rung_dev_starts_as_many_workers_as_the_machine_can_run(
+    tmp_path: Path, effects_file: Path
+) -> None:
+    lines: list[str] = []
+    cpus = len(os.sched_getaffinity(0))
+    with DevStack(dev_options(tmp_path, workers=None), emit=lines.append) as dev:
+        run = dev.wait(dev.client.trigger("resume", {"x": 1}).run_id, timeout=60)
+    [ready] = [line for line in lines if "ready;" in line]
+    started = int(ready.split("ready; ")[1].split()[0])
+    # The template's MaximumConcurrency is 10; a machine with fewer CPUs gets fewer.
+    assert 1 <= started <= max(2, cpus), ready
+    assert "--workers" in ready  # says how to change it
+    assert run.status == "COMPLETED"
+
+
 def run_dev_cli(options: DevOptions, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
@@ -286,23 +302,14 @@ def version(ctx: rung.Context, payload: None) -> str:
 
 
 @pytest.mark.timeout(300)
-def test_changed_task_code_is_picked_up_by_fresh_worker_processes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_changed_task_code_is_picked_up_by_fresh_worker_processes(tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
     module = project / "reload_app.py"
     module.write_text(RELOAD_APP.format(version="v1"))
-    repo = Path(__file__).resolve().parents[2]  # handler/ lives here
-    monkeypatch.setenv("PYTHONPATH", str(repo))
     lines: list[str] = []
-    options = dev_options(
-        tmp_path,
-        app="reload_app:app",
-        code_root=project,
-        reload=True,
-        template=repo / "template.yaml",
-    )
+    # A project with no template.yaml or handler/: rung's own are used.
+    options = dev_options(tmp_path, app="reload_app:app", code_root=project, reload=True)
     with DevStack(options, emit=lines.append) as dev:
         first = dev.wait(dev.client.trigger("version").run_id, timeout=60)
         time.sleep(1.1)  # a later mtime than the first version's

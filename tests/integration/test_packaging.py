@@ -1,12 +1,18 @@
-"""The Lambda bundle that `sam build` makes (the Makefile's build-WorkerFunction target).
+"""rung as it is shipped: the wheel a user installs, and the Lambda bundle `sam build` makes.
 
-Built once per module with ``make build-WorkerFunction ARTIFACTS_DIR=<tmp>``, which
-downloads wheels for Lambda's platform from the package index. Then: its layout (rung,
-handler/, the example's code, pydantic-core compiled for CPython 3.12; no moto, no dev
-tools), its versions (those pinned in infra/requirements-lambda.txt), and, when a
-Python 3.12 is at hand, that it runs on it with nothing but the bundle on its path:
-the handlers import, and the worker takes examples/orders.py's process-order to
-COMPLETED against an emulated table and queue, invoked with SQS events as Lambda does.
+The wheel (``pip wheel``, once per module) builds without deprecation warnings, and,
+installed with its ``local`` extra into a fresh virtualenv, runs a project of the
+user's own outside this checkout: ``rung dev`` with nothing in the project but a
+tasks module (no template.yaml, no handler/), and the CLI triggering a run there.
+
+The Lambda bundle is built once per module with ``make build-WorkerFunction
+ARTIFACTS_DIR=<tmp>``, which downloads wheels for Lambda's platform from the package
+index. Then: its layout (rung, handler/, the example's code, pydantic-core compiled for
+CPython 3.12; no moto, no dev tools), its versions (those pinned in
+infra/requirements-lambda.txt), and, when a Python 3.12 is at hand, that it runs on it
+with nothing but the bundle on its path: the handlers import, and the worker takes
+examples/orders.py's process-order to COMPLETED against an emulated table and queue,
+invoked with SQS events as Lambda does.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -51,6 +60,122 @@ NOT_BUNDLED = (
 
 
 BUILD_VARIABLES = ("RUNG_CODE_DIRS", "RUNG_REQUIREMENTS", "ARTIFACTS_DIR")
+
+
+# -- the wheel, installed as a user installs it -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The wheel, and what its build printed (verbose: the build backend's warnings)."""
+    out = tmp_path_factory.mktemp("wheel")
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--verbose", "-w", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    [found] = out.glob("rung-*.whl")
+    return found, built.stdout + built.stderr
+
+
+def test_the_wheel_builds_without_deprecation_warnings(wheel: tuple[Path, str]) -> None:
+    _, log = wheel
+
+    # e.g. setuptools' "`project.license` as a TOML table is deprecated"
+    assert "deprecat" not in log.lower(), [
+        line for line in log.splitlines() if "deprecat" in line.lower()
+    ]
+
+
+@pytest.fixture(scope="module")
+def user_bin(wheel: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bin/ of a fresh virtualenv with ``pip install 'rung[local]'`` from the wheel."""
+    venv = tmp_path_factory.mktemp("user") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    began = time.monotonic()
+    installed = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", f"{wheel[0]}[local]"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    print(f"pip install rung[local]: {time.monotonic() - began:.1f}s")
+    return venv / "bin"
+
+
+#: A user's project: this module and nothing else (no template.yaml, no handler/).
+USER_TASKS = """
+import sys
+
+import rung
+
+app = rung.App("mine")
+
+
+@app.task(id="hello")
+def hello(ctx: rung.Context, payload: dict) -> dict:
+    greeting = ctx.step("greet", lambda: "hello " + payload["name"])
+    return {"greeting": greeting, "handler": sys.modules["rung._lambda.worker"].__file__}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_rung_dev_runs_a_project_outside_the_checkout(user_bin: Path, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "tasks.py").write_text(USER_TASKS)
+    # Only what a user's shell would have: nothing points at this checkout.
+    env = {"PATH": f"{user_bin}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    port = _free_port()
+    log = tmp_path / "dev.log"
+    with log.open("wb") as out:
+        dev = subprocess.Popen(
+            [str(user_bin / "rung"), "dev", "--app", "tasks:app", "--port", str(port)]
+            + ["--workers", "1", "--no-reload"],
+            cwd=project,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "ready;" not in log.read_text():
+            assert dev.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        triggered = subprocess.run(
+            [str(user_bin / "rung"), "--endpoint-url", f"http://127.0.0.1:{port}"]
+            + ["--app", "tasks:app", "trigger", "hello", "--payload", '{"name": "ada"}']
+            + ["--wait", "--json"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        dev.send_signal(signal.SIGINT)
+        stopped = dev.wait(timeout=60)
+
+    assert triggered.returncode == 0, triggered.stderr + log.read_text()
+    run = json.loads(triggered.stdout)["run"]
+    assert run["status"] == "COMPLETED"
+    assert run["output"]["greeting"] == "hello ada"
+    # The worker process ran the installed package's handler, not this checkout's.
+    assert run["output"]["handler"].startswith(str(user_bin.parent))
+    assert "using rung's own" in log.read_text()
+    assert sorted(p.name for p in project.iterdir()) == [".rung", "__pycache__", "tasks.py"]
+    assert stopped == 0, log.read_text()
+
+
+# -- the Lambda bundle ---------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

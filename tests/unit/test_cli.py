@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from click.testing import CliRunner, Result
 
 import rung
 from rung.cli import main
+from rung.cli._common import _took
 
 
 def test_version_prints_the_package_version() -> None:
@@ -76,3 +79,17 @@ def test_queue_commands_with_bad_arguments_are_usage_errors_before_any_request(
 
     assert result.exit_code == 2
     assert message in _error_line(result)
+
+
+@pytest.mark.parametrize(
+    ("delta", "shown"),
+    [
+        (timedelta(seconds=-5), "-5s"),  # clocks of two workers disagree
+        (timedelta(milliseconds=-3), "-3ms"),
+        (timedelta(microseconds=400), "<1ms"),
+        (timedelta(days=1, seconds=-5), "23h59m"),
+    ],
+)
+def test_durations_read_as_durations_even_below_zero(delta: timedelta, shown: str) -> None:
+    assert _took(delta) == shown
+    assert "day" not in _took(delta)

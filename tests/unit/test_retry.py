@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 import rung
+from rung._durations import check_duration
 from rung.errors import InvalidConfig
+from rung.retry import RetryAfter
 
 
 def delays(policy: rung.RetryPolicy, error: BaseException | None = None) -> list[float | None]:
@@ -104,3 +107,24 @@ def test_retry_after_validates_its_delay() -> None:
         rung.RetryAfter(-3)
     with pytest.raises(InvalidConfig, match="timedelta or a number of seconds"):
         rung.RetryAfter("soon")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: check_duration(-5, "trigger delay"),
+            "trigger delay must not be negative, got -5 seconds",
+        ),
+        (
+            lambda: check_duration(timedelta(minutes=-90), "ctx.wait duration"),
+            "ctx.wait duration must not be negative, got -1h30m",
+        ),
+        (lambda: RetryAfter(-5), "RetryAfter delay must not be negative, got -5 seconds"),
+    ],
+)
+def test_a_negative_duration_is_named_as_a_duration(make: Any, message: str) -> None:
+    with pytest.raises(InvalidConfig) as caught:
+        make()
+
+    assert str(caught.value) == message  # not "-1 day, 23:59:55"

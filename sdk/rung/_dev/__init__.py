@@ -11,6 +11,7 @@ the worker processes when code changes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import logging
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from rung import _aws, _stack
+from rung import _aws, _lambda, _stack
 from rung._clock import SystemClock, iso
 from rung._dev import emulator
 from rung._dev.esm import EventSourcePoller
@@ -36,6 +37,47 @@ from rung.errors import InvalidConfig
 
 log = logging.getLogger("rung.dev")
 REGION = "us-east-1"
+#: What a worker process may take: about 100 MB resident (Python, boto3, pydantic,
+#: Powertools, the task code), and room for what its tasks hold.
+WORKER_MEMORY = 256 * 1024 * 1024
+
+
+def default_workers(maximum: int) -> int:
+    """How many worker processes `rung dev` starts without ``--workers``: ``workers_for``
+    this machine."""
+    return workers_for(maximum, _usable_cpus(), _available_memory())
+
+
+def workers_for(maximum: int, cpus: int, memory: int | None) -> int:
+    """One worker process per CPU (at least two, so that one blocked task does not stop
+    the rest), no more than ``memory`` (bytes available; None: unknown) holds at
+    ``WORKER_MEMORY`` each, and never above the event source's MaximumConcurrency."""
+    count = max(2, cpus)
+    if memory is not None:
+        count = min(count, max(1, memory // WORKER_MEMORY))
+    return max(1, min(count, maximum))
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on: its affinity, and a cgroup v2 quota if it has one."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    return cpus
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available for new processes (Linux), else None."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
 
 
 @dataclass
@@ -43,12 +85,16 @@ class DevOptions:
     """What `rung dev` is asked to run (the CLI's options)."""
 
     app: str  # module:attr of the rung.App
-    template: Path = Path("template.yaml")
+    #: None: ``code_root/template.yaml`` if there is one (rung's checkout), else the
+    #: template the rung package ships (a project of your own)
+    template: Path | None = None
     host: str = "127.0.0.1"
     port: int = 4599
     endpoint_url: str | None = None  # an emulator already running (LocalStack); else embedded
     stack_name: str | None = None  # default rung-<app name>
-    workers: int | None = None  # cap on the event source's MaximumConcurrency
+    #: worker processes, at most the event source's MaximumConcurrency; None:
+    #: ``default_workers`` (what this machine can run)
+    workers: int | None = None
     function_timeout: int = 60  # the template's FunctionTimeout for local runs
     lease_seconds: int | None = None  # override RUNG_LEASE_SECONDS (crash recovery speed)
     max_receive_count: int | None = None
@@ -79,6 +125,7 @@ class DevStack:
         self._emulator: emulator.EmulatorProcess | None = None
         self._printer: EventPrinter | None = None
         self._logs: list[IO[bytes]] = []
+        self._workers_why = "no event source"
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -114,7 +161,7 @@ class DevStack:
             **({"MaxReceiveCount": str(o.max_receive_count)} if o.max_receive_count else {}),
             **o.parameters,
         }
-        template = _stack.load_template(o.template)
+        template = _stack.load_template(self._template())
         cfn = _stack.translate(template, self.parameters, REGION)
         cloudformation = _aws.client("cloudformation", self.endpoint_url, REGION)
         self.stack = _stack.deploy(
@@ -133,7 +180,10 @@ class DevStack:
             endpoint_url=self.endpoint_url,
             region=REGION,
         )
-        self.functions = _stack.functions(cfn, self.stack, self.parameters, REGION)
+        self.functions = [
+            self._entry_point(spec)
+            for spec in _stack.functions(cfn, self.stack, self.parameters, REGION)
+        ]
         (o.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         for spec in self.functions:
             for source in spec.event_sources:
@@ -147,7 +197,7 @@ class DevStack:
             self._spawn(self._watch_code, "rung-reload")
         self.emit(
             f"rung dev: ready; {sum(len(p.workers) for p in self._pollers)} worker "
-            f"process(es); Ctrl-C stops"
+            f"process(es) ({self._workers_why}); Ctrl-C stops"
         )
 
     def stop(self) -> None:
@@ -174,6 +224,29 @@ class DevStack:
         """Stop the workers but leave the emulator running (as a crash of rung dev would)."""
         self._emulator = None
         self.stop()
+
+    # -- the template and its handlers -----------------------------------------------
+
+    def _template(self) -> Path:
+        """--template; else the code root's template.yaml; else the one rung ships."""
+        o = self.options
+        if o.template is not None:
+            return o.template
+        own = o.code_root / "template.yaml"
+        if own.is_file():
+            return own
+        packaged = _lambda.template_path()
+        self.emit(f"rung dev: no template.yaml in {o.code_root}; using rung's own ({packaged})")
+        return packaged
+
+    def _entry_point(self, spec: _stack.FunctionSpec) -> _stack.FunctionSpec:
+        """The handler as the code root has it (rung's checkout has handler/), else the
+        same handler from the rung package: a project needs no handler/ of its own."""
+        module, _, function = spec.handler.rpartition(".")
+        packaged = _lambda.ENTRY_POINTS.get(module)
+        if packaged is None or (self.options.code_root / f"{module}.py").is_file():
+            return spec
+        return dataclasses.replace(spec, handler=f"{packaged}.{function}")
 
     # -- functions -------------------------------------------------------------------
 
@@ -206,9 +279,16 @@ class DevStack:
         return handle
 
     def _start_event_source(self, spec: _stack.FunctionSpec, source: _stack.EventSource) -> None:
-        count = source.maximum_concurrency or 2
+        maximum = source.maximum_concurrency or 2
         if self.options.workers:
-            count = min(count, self.options.workers)
+            count = min(maximum, self.options.workers)
+            self._workers_why = "--workers"
+        else:
+            count = default_workers(maximum)
+            self._workers_why = (
+                f"for {_usable_cpus()} CPU(s), at most MaximumConcurrency {maximum}; "
+                "--workers N to change"
+            )
         env = self._env(spec)
         workers = []
         for n in range(count):
@@ -367,4 +447,4 @@ def load_app(spec: str, root: Path | None = None) -> App:
     return app
 
 
-__all__ = ["DevOptions", "DevStack", "load_app"]
+__all__ = ["DevOptions", "DevStack", "default_workers", "load_app", "workers_for"]

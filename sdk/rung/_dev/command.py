@@ -25,8 +25,9 @@ from rung.errors import RungError
 @click.option(
     "--template",
     type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("template.yaml"),
-    show_default=True,
+    default=None,
+    help="the SAM template to run [default: ./template.yaml if there is one, else the "
+    "template rung ships]",
 )
 @click.option(
     "--port", default=4599, show_default=True, help="port of the embedded emulator on 127.0.0.1"
@@ -41,7 +42,8 @@ from rung.errors import RungError
     "--workers",
     type=click.IntRange(1, 64),
     default=None,
-    help="worker processes [default: the event source's MaximumConcurrency]",
+    help="worker processes, at most the event source's MaximumConcurrency [default: one "
+    "per CPU, at least 2, within available memory]",
 )
 @click.option(
     "--function-timeout",
@@ -93,7 +95,7 @@ from rung.errors import RungError
 )
 def dev(
     app_spec: str,
-    template: Path,
+    template: Path | None,
     port: int,
     endpoint_url: str | None,
     stack_name: str | None,

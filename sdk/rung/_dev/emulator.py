@@ -9,9 +9,11 @@ and port are kept in ``.rung/emulator.json``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,6 +47,28 @@ def _healthy(endpoint: str) -> bool:
         return False
 
 
+def _in_use(host: str, port: int) -> bool:
+    """Whether a server could not listen on host:port (another program has it)."""
+    with socket.socket() as probe:
+        # As the emulator's server does: a port whose old connections linger is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def _port_in_use(host: str, port: int) -> RungError:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        free = probe.getsockname()[1]
+    return RungError(
+        f"port {port} is in use; pass --port to use another (e.g. --port {free}), or stop "
+        f"what listens on {host}:{port}"
+    )
+
+
 def ensure(state_dir: Path, host: str, port: int, timeout: float = 20.0) -> EmulatorProcess:
     """Adopt the emulator recorded in ``state_dir`` if it is alive, else start one."""
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -57,9 +81,12 @@ def ensure(state_dir: Path, host: str, port: int, timeout: float = 20.0) -> Emul
     endpoint = f"http://{host}:{port}"
     if _healthy(endpoint):
         raise RungError(
-            f"something else is already listening at {endpoint}; stop it or pick another "
-            "port with --port"
+            f"an AWS emulator not started from {state_dir} already listens at {endpoint} "
+            "(another rung dev?): pass --port to start one of this folder's own, or "
+            f"--endpoint-url {endpoint} to use that one"
         )
+    if _in_use(host, port):
+        raise _port_in_use(host, port)
     log = (state_dir / "emulator.log").open("ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "rung._dev.emulator", host, str(port)],
@@ -72,6 +99,8 @@ def ensure(state_dir: Path, host: str, port: int, timeout: float = 20.0) -> Emul
     while not _healthy(endpoint):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
+            if _in_use(host, port):  # taken between the check and the start
+                raise _port_in_use(host, port)
             raise RungError(
                 f"the embedded emulator did not start at {endpoint}; see {state_dir}/emulator.log"
             )

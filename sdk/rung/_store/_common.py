@@ -261,6 +261,7 @@ class _Base:
             compute_time=timedelta(milliseconds=int(item.get("compute_ms", {"N": "0"})["N"])),
             overran_step=item["overran_step"]["S"] if "overran_step" in item else None,
             parked_sk=item["parked_sk"]["S"] if "parked_sk" in item else None,
+            parked_queue=item["parked_queue"]["S"] if "parked_queue" in item else None,
             wake_kind=item["wake_kind"]["S"] if "wake_kind" in item else None,
             parent_run_id=item["parent_run_id"]["S"] if "parent_run_id" in item else None,
             replay_of=item["replay_of"]["S"] if "replay_of" in item else None,

@@ -67,6 +67,10 @@ class QueueState:
     limit_set: int | None = None
     per_key_set: int | None = None
     stored: bool = False  # the queue item exists (it has run, or was set by an operator)
+    #: the queue as the workers' code declares it (``rung._flow.declaration``), written
+    #: when a worker admits or parks a run and finds it different: what a client without
+    #: the app knows of the code's limits
+    declared: str | None = None
 
 
 def _queue_state_from_item(name: str, item: dict[str, Any] | None) -> QueueState:
@@ -101,6 +105,7 @@ def _queue_state_from_item(name: str, item: dict[str, Any] | None) -> QueueState
         limit_set=num("limit_set") if "limit_set" in item else None,
         per_key_set=num("per_key_set") if "per_key_set" in item else None,
         stored=True,
+        declared=item["declared"]["S"] if "declared" in item else None,
     )
 
 
@@ -113,9 +118,11 @@ class _Queues(_Base):
     # not taken up yet}), ``waiting`` (parked runs), ``keyseq`` (key -> the sequence
     # number of its last parked run) and ``served`` (the last handed-off sequence
     # number), the rate window ``starts`` (ms, past and reserved), ``kstarts`` per key,
-    # and operator settings ``paused``, ``limit_set``, ``per_key_set``. Parked runs are
+    # operator settings ``paused``, ``limit_set``, ``per_key_set``, and ``declared``, the
+    # code's declaration of the queue as the workers last saw it. Parked runs are
     # QUEUE#<name> / WAIT#<1000-priority>#<seq>#<run_id> items: a query reads them in
-    # priority order, and within one priority round-robin across keys (see park).
+    # priority order, and within one priority round-robin across keys (see park). A
+    # parked run's item holds ``parked_sk`` (its waiter) and ``parked_queue``.
 
     def queue_state(self, name: str) -> QueueState:
         item = self.client.get_item(
@@ -163,9 +170,11 @@ class _Queues(_Base):
         starts: list[int] | None = None,
         key_starts: list[int] | None = None,
         token: int = 0,
+        declared: str | None = None,
     ) -> bool:
         """Record ``run_id`` as a holder (new or renewed) for the attempt with lease
-        ``token``; False if the queue changed."""
+        ``token``; False if the queue changed. ``declared``: record the code's
+        declaration too (when the stored one differs)."""
         names: dict[str, str] = {"#r": run_id}
         holder = {"k": _S(key), "u": _N(to_ms(until)), "s": _N(start_ms), "t": _N(token)}
         values: dict[str, Any] = {":holder": {"M": holder}}
@@ -193,6 +202,9 @@ class _Queues(_Base):
             sets += ["waiting = :zero", "served = :zero", "keyseq = :empty"]
             values[":zero"] = _N(0)
             values[":empty"] = {"M": {}}
+        if declared is not None:
+            sets.append("declared = :declared")
+            values[":declared"] = _S(declared)
         update = self._queue_update(state.name, state.version, sets, removes, names, values)
         try:
             self.client.update_item(**update)
@@ -276,6 +288,7 @@ class _Queues(_Base):
         now: datetime,
         spent: timedelta,
         parked_sk: str | None,
+        declared: str | None = None,
     ) -> bool | None:
         """Park a claimed run to wait for a slot: one transaction writes its waiter item,
         counts it in the queue (its place: the key's next sequence number, never
@@ -286,7 +299,7 @@ class _Queues(_Base):
         Returns True when parked, False if the queue changed (read it and try again),
         None if the run was parked already (``parked_sk``, as the claim read it: only
         a hand-off changes it, and not while the run is claimed; only the run is
-        released then).
+        released then). ``declared``: as for ``take_slot``.
 
         Raises:
             LeaseLost: the worker's token is stale.
@@ -295,13 +308,14 @@ class _Queues(_Base):
         run_update: dict[str, Any] = {
             "TableName": self.table,
             "Key": _run_key(run_id),
-            "UpdateExpression": f"{release}, parked_sk = :sk",
+            "UpdateExpression": f"{release}, parked_sk = :sk, parked_queue = :queue",
             "ConditionExpression": "#status = :running AND lease_token = :token",
             "ExpressionAttributeNames": _NAMES,
             "ExpressionAttributeValues": {
                 **released,
                 ":running": _S(RunStatus.RUNNING),
                 ":token": _N(token),
+                ":queue": _S(state.name),
             },
         }
         if parked_sk is not None:
@@ -344,6 +358,9 @@ class _Queues(_Base):
                 ":zero": _N(0),
                 ":empty": {"M": {}},
             }
+        if declared is not None:
+            sets.append("declared = :declared")
+            values[":declared"] = _S(declared)
         queue_update = self._queue_update(state.name, state.version, sets, [], names, values)
         waiter = {
             "TableName": self.table,
@@ -474,6 +491,43 @@ class _Queues(_Base):
         except ClientError as exc:
             if _cancellation_reasons(exc) is None:
                 raise
+
+    def drop_parked(self, name: str, sk: str, run_id: str) -> bool:
+        """Take a canceled run out of the queue: delete its waiter item and count it out
+        of ``waiting``, in one transaction; False if the waiter is gone (handed off or
+        dropped by a hand-off that found the run canceled).
+
+        No version condition: one waiter fewer only makes others' decisions more
+        conservative. The version is raised all the same, so that a hand-off that read
+        the queue before (and may pick this waiter) retries instead of counting it out a
+        second time."""
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Delete": {
+                            "TableName": self.table,
+                            "Key": {"pk": _S(f"QUEUE#{name}"), "sk": _S(sk)},
+                            "ConditionExpression": "attribute_exists(pk) AND run_id = :run",
+                            "ExpressionAttributeValues": {":run": _S(run_id)},
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self.table,
+                            "Key": _queue_key(name),
+                            "UpdateExpression": "SET waiting = waiting - :one ADD version :one",
+                            "ConditionExpression": "attribute_exists(pk)",
+                            "ExpressionAttributeValues": {":one": _N(1)},
+                        }
+                    },
+                ]
+            )
+        except ClientError as exc:
+            if _cancellation_reasons(exc) is None:
+                raise
+            return False
+        return True
 
     def defer_run(
         self,

@@ -9,6 +9,7 @@
         runs cancel RUN_ID [--reason TEXT]
         runs replay RUN_ID
         runs redrive RUN_ID
+        tokens list RUN_ID
         tokens show TOKEN_ID
         tokens complete TOKEN_ID [VALUE_JSON]
         tokens fail TOKEN_ID MESSAGE
@@ -74,7 +75,14 @@ from rung.cli.runs import (
     trace_run,
     trigger,
 )
-from rung.cli.tokens import complete_token, fail_token, heartbeat_token, show_token, tokens
+from rung.cli.tokens import (
+    complete_token,
+    fail_token,
+    heartbeat_token,
+    list_tokens,
+    show_token,
+    tokens,
+)
 from rung.cli.trace import TraceLine, build_trace
 
 __all__ = [
@@ -92,6 +100,7 @@ __all__ = [
     "heartbeat_token",
     "list_queues",
     "list_runs",
+    "list_tokens",
     "load_app",
     "main",
     "pause_queue",

@@ -4,6 +4,7 @@ error handling, where the runs are (app, stack, endpoint), option types and outp
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import sys
 from dataclasses import dataclass, field
@@ -19,7 +20,9 @@ from botocore.exceptions import (
     NoCredentialsError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType
+from rich.measure import Measurement
+from rich.table import Table
 from rich.text import Text
 
 from rung._durations import format_duration, parse_duration
@@ -268,7 +271,11 @@ _json_option = click.option(
 
 
 def run_json(run: Run) -> dict[str, Any]:
-    """A run for ``--json``: plain values, ISO-8601 timestamps."""
+    """A run for ``--json``: plain values, ISO-8601 timestamps.
+
+    ``available_at`` is when it is due (to start, to retry, to wake from a wait), null
+    while it waits with no timer (for children, say); ``waiting_for`` says what a
+    WAITING run waits for, a token's id included."""
     return {
         "run_id": run.run_id,
         "task_id": run.task_id,
@@ -279,12 +286,13 @@ def run_json(run: Run) -> dict[str, Any]:
         "error": run.error.to_json() if run.error else None,
         "created_at": _iso(run.created_at),
         "updated_at": _iso(run.updated_at),
-        "available_at": _iso(run.available_at),
+        "available_at": _iso(_due(run)),
         "started_at": _iso(run.started_at),
         "attempt_started_at": _iso(run.attempt_started_at),
         "finished_at": _iso(run.finished_at),
         "idempotency_key": run.idempotency_key,
         "tags": list(run.tags),
+        "waiting_for": run.waiting_for,
         "parent_run_id": run.parent_run_id,
         "replay_of": run.replay_of,
         "redrives": [
@@ -332,6 +340,7 @@ def queue_json(info: QueueInfo) -> dict[str, Any]:
         "running": info.running,
         "parked": info.parked,
         "running_per_key": dict(info.running_per_key),
+        "code_known": info.code_known,
         "concurrency_limit": info.concurrency_limit,
         "per_key_limit": info.per_key_limit,
         "code_concurrency_limit": info.code_concurrency_limit,
@@ -370,16 +379,82 @@ def _iso(when: datetime | None) -> str | None:
     return when.isoformat() if when is not None else None
 
 
+def _due(run: Run) -> datetime | None:
+    """When the run is due, or None: a wait with no timer is stored as due in 9999."""
+    if run.available_at is None or run.available_at.year >= 9999:
+        return None
+    return run.available_at
+
+
 def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
-def _console() -> Console:
-    return Console(highlight=False)
+#: "No limit" for the width of output that is not on a terminal.
+_UNBOUNDED = 1_000_000
+
+
+class _Out:
+    """stdout for people: rich tables and text, with no id ever cut or split.
+
+    On a terminal: at its width (``COLUMNS`` overrides it), widened when a table's
+    longest words (ids among them) would not fit, so that rich never cuts one with an
+    ellipsis; the terminal wraps the long lines instead. Not on a terminal (a pipe, a
+    file): as wide as the content, nothing wrapped, no trailing spaces, so
+    ``rung runs list | grep`` and ``awk`` get whole lines (rich would assume 80
+    columns).
+    """
+
+    def __init__(self) -> None:
+        self._console = Console(highlight=False)
+        self._buffer: io.StringIO | None = None
+        if not self._console.is_terminal:
+            self._buffer = io.StringIO()
+            self._console = Console(highlight=False, file=self._buffer, width=_UNBOUNDED)
+
+    def print(self, *objects: RenderableType) -> None:
+        if self._buffer is None:
+            console = self._console
+            unbounded = console.options.update_width(_UNBOUNDED)
+            for table in (o for o in objects if isinstance(o, Table)):
+                _keep_words_whole(table, console, unbounded)
+            needed = max(Measurement.get(console, unbounded, o).minimum for o in objects)
+            if needed > console.width:  # (Console.print cannot widen itself)
+                console = Console(highlight=False, width=needed)
+            console.print(*objects, crop=False)
+            return
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._console.print(*objects)
+        click.echo("\n".join(line.rstrip() for line in self._buffer.getvalue().splitlines()))
+
+
+def _keep_words_whole(table: Table, console: Console, options: ConsoleOptions) -> None:
+    """Give each column of ``table`` its longest word as its minimum width.
+
+    When a table is too wide, rich narrows its widest columns first, below their
+    longest word if need be, and cuts that word (an id) with an ellipsis; it only keeps
+    a column's ``min_width``. Words longer than a line of their column do not exist
+    then: a cell wraps between words, never inside one."""
+    for column in table.columns:
+        cells: list[RenderableType] = [column.header, *column.cells]
+        longest = max(Measurement.get(console, options, cell).minimum for cell in cells)
+        column.min_width = max(column.min_width or 0, longest)
+
+
+def _console() -> _Out:
+    return _Out()
 
 
 def _compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+_TOKEN_STYLE = {"WAITING": "yellow", "COMPLETED": "green", "FAILED": "red", "TIMED_OUT": "red"}
+
+
+def _token_style(state: TokenState) -> str:
+    return _TOKEN_STYLE.get(state.status, "")
 
 
 def _status(status: RunStatus) -> Text:
@@ -393,8 +468,11 @@ def _time(when: datetime) -> str:
 def _took(delta: timedelta | None) -> str:
     if delta is None:
         return ""
-    # Times are stored to the millisecond: a step that took less shows as 0.
-    return "<1ms" if delta < timedelta(milliseconds=1) else format_duration(delta)
+    # Times are stored to the millisecond: a step that took less shows as 0. (Below
+    # zero: the clocks of different workers disagree a little.)
+    if timedelta(0) <= delta < timedelta(milliseconds=1):
+        return "<1ms"
+    return format_duration(delta)
 
 
 def _offset(delta: timedelta) -> str:
@@ -417,7 +495,11 @@ def _summary(run: Run) -> Text:
     text.append(run.status.value, style=_STATUS_STYLE.get(run.status, ""))
     attempts = f"{run.attempt} attempt{'s' if run.attempt != 1 else ''}"
     if run.finished_at is not None:
-        text.append(f" after {attempts} in {format_duration(run.finished_at - run.created_at)}")
+        took = format_duration(run.finished_at - run.created_at)
+        if run.started_at is None:  # canceled (or expired) while queued or delayed
+            text.append(f" in {took}, before its first attempt")
+        else:
+            text.append(f" after {attempts} in {took}")
     elif run.started_at is not None:
         text.append(f" (attempt {run.attempt})")
     return text

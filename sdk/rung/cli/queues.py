@@ -21,7 +21,11 @@ def queues() -> None:
 @_json_option
 @click.pass_obj
 def list_queues(target: _Target, as_json: bool) -> None:
-    """The app's queues (with --app) and every queue that has run, by name."""
+    """The app's queues (with --app) and every queue that has run, by name.
+
+    Without --app, the limits the code sets are those the workers recorded when they
+    last started or parked a run of the queue ("?" until one has).
+    """
     found = target.client().list_queues()
     if as_json:
         _print_json([queue_json(q) for q in found])
@@ -50,6 +54,11 @@ def list_queues(target: _Target, as_json: bool) -> None:
             ", ".join(info.tasks),
         )
     out.print(table)
+    if not all(info.code_known for info in found):
+        out.print(
+            "?: set in the code; not known until a worker has started or parked a run of "
+            "the queue (or pass --app)"
+        )
 
 
 @queues.command("show")
@@ -137,7 +146,9 @@ def _print_queue(info: QueueInfo, as_json: bool) -> None:
     limit, per_key = _limits(info)
     grid.add_row("limit", limit)
     grid.add_row("per key", per_key)
-    if info.rate_limit is not None:
+    if not info.code_known:
+        grid.add_row("", "?: set in the code; not known until a worker has started or parked a run")
+    if info.rate_limit is not None or not info.code_known:
         grid.add_row("rate", _rate(info))
     if info.tasks:
         grid.add_row("tasks", ", ".join(info.tasks))
@@ -157,11 +168,11 @@ def _limits(info: QueueInfo) -> tuple[str, str]:
     """The limit and per-key limit in force, each noting an operator's override."""
 
     def one(in_force: int | None, override: int | None, code: int | None) -> str:
+        if not info.code_known:  # no --app, and no worker has recorded the code's yet
+            return "?" if override is None else f"{override} (set; code: ?)"
         shown = "none" if in_force is None else str(in_force)
         if override is None:
             return shown
-        if not info.tasks:  # without --app the code's limits are not known
-            return f"{shown} (set)"
         return f"{shown} (set; code: {'none' if code is None else code})"
 
     return (
@@ -172,6 +183,8 @@ def _limits(info: QueueInfo) -> tuple[str, str]:
 
 def _rate(info: QueueInfo) -> str:
     rate = info.rate_limit
+    if not info.code_known:
+        return "?"
     if rate is None:
         return ""
     return f"{rate.limit} per {format_duration(rate.window)}" + (" per key" if rate.per_key else "")

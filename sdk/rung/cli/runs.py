@@ -22,6 +22,7 @@ from rung.cli._common import (
     _child_json,
     _compact,
     _console,
+    _due,
     _duration,
     _error,
     _handle_json,
@@ -33,9 +34,11 @@ from rung.cli._common import (
     _summary,
     _Target,
     _time,
+    _token_style,
     _took,
     event_json,
     run_json,
+    token_json,
 )
 from rung.cli.trace import build_trace
 from rung.client import Client
@@ -213,8 +216,15 @@ def show_run(target: _Target, run_id: str, as_json: bool) -> None:
     client = target.client()
     run = client.get_run(run_id)
     children = client.list_children(run_id)
+    tokens = client.list_tokens(run_id)
     if as_json:
-        _print_json({**run_json(run), "children": [_child_json(c) for c in children]})
+        _print_json(
+            {
+                **run_json(run),
+                "children": [_child_json(c) for c in children],
+                "tokens": [token_json(s) for s in tokens],
+            }
+        )
         return
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -222,10 +232,13 @@ def show_run(target: _Target, run_id: str, as_json: bool) -> None:
     grid.add_row("run", run.run_id)
     grid.add_row("task", run.task_id)
     grid.add_row("status", _status(run.status))
-    grid.add_row("attempt", str(run.attempt))
+    grid.add_row("attempt", str(run.attempt) if run.started_at else "none yet")
+    if run.status == RunStatus.WAITING and run.waiting_for:
+        grid.add_row("waiting for", run.waiting_for)
     grid.add_row("created", _time(run.created_at))
-    if run.available_at and run.available_at > run.created_at and not run.status.is_terminal:
-        grid.add_row("due", _time(run.available_at))
+    due = _due(run)
+    if due is not None and due > run.created_at and not run.status.is_terminal:
+        grid.add_row("due", _time(due))
     if run.started_at:
         grid.add_row("started", _time(run.started_at))
     if run.finished_at:
@@ -250,6 +263,14 @@ def show_run(target: _Target, run_id: str, as_json: bool) -> None:
             "children",
             Text("\n").join(
                 Text.assemble(f"{c.run_id}  {c.task_id}  ", _status(c.status)) for c in children
+            ),
+        )
+    if tokens:
+        grid.add_row(
+            "tokens",
+            Text("\n").join(
+                Text.assemble(f"{s.id}  {s.name}  ", Text(s.status, style=_token_style(s)))
+                for s in tokens
             ),
         )
     grid.add_row("payload", Text(_compact(run.payload)))
@@ -278,13 +299,15 @@ def trace_run(target: _Target, run_id: str, as_json: bool) -> None:
     client = target.client()
     run = client.get_run(run_id)
     events = client.history(run_id)
-    lines = build_trace(run, events)
+    tokens = client.list_tokens(run_id)
+    lines = build_trace(run, events, tokens)
     if as_json:
         _print_json(
             {
                 "run": run_json(run),
                 "events": [event_json(e) for e in events],
                 "steps": [line.step_json() for line in lines if line.kind == "step"],
+                "tokens": [token_json(s) for s in tokens],
             }
         )
         return

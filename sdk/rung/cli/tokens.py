@@ -1,21 +1,24 @@
-"""``rung tokens``: show a token, or answer it."""
+"""``rung tokens``: list a run's tokens, show one, or answer it."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import click
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
 from rung._durations import format_duration
 from rung.cli._common import (
     _console,
+    _error,
     _json_option,
     _json_value,
     _print_json,
     _Target,
     _time,
+    _token_style,
     token_json,
 )
 from rung.models import TokenState
@@ -23,7 +26,43 @@ from rung.models import TokenState
 
 @click.group()
 def tokens() -> None:
-    """Show a token, or answer it: complete, fail, heartbeat."""
+    """List a run's tokens, show one, or answer it: complete, fail, heartbeat."""
+
+
+@tokens.command("list")
+@click.argument("run_id")
+@_json_option
+@click.pass_obj
+def list_tokens(target: _Target, run_id: str, as_json: bool) -> None:
+    """The tokens RUN_ID created, oldest first: id, name, status, deadline.
+
+    \b
+    A script that answers a waiting run's token:
+      rung tokens list RUN_ID --json | jq -r '.[] | select(.status=="WAITING") | .token_id'
+    """
+    client = target.client()
+    client.get_run(run_id)  # an unknown run is an error, not an empty list
+    found = client.list_tokens(run_id)
+    if as_json:
+        _print_json([token_json(s) for s in found])
+        return
+    out = _console()
+    if not found:
+        out.print(f"run {run_id} has created no token")
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for column in ("token", "name", "step", "status", "created (UTC)", "deadline / resolved"):
+        table.add_column(column)
+    for state in found:
+        table.add_row(
+            state.id,
+            state.name,
+            state.step_id,
+            Text(state.status, style=_token_style(state)),
+            _time(state.created_at),
+            _time(state.deadline if state.resolved_at is None else state.resolved_at),
+        )
+    out.print(table)
 
 
 @tokens.command("show")
@@ -68,8 +107,21 @@ def fail_token(target: _Target, token_id: str, message: str, as_json: bool) -> N
 @_json_option
 @click.pass_obj
 def heartbeat_token(target: _Target, token_id: str, as_json: bool) -> None:
-    """Tell a token's run that its work goes on (pushes its heartbeat deadline)."""
-    _print_token(target.client().heartbeat_token(token_id), as_json)
+    """Tell a token's run that its work goes on (pushes its heartbeat deadline).
+
+    A token created without a heartbeat timeout has no heartbeat deadline to push: that
+    is an error (exit 1) and changes nothing.
+    """
+    client = target.client()
+    state = client.get_token(token_id)
+    if state.heartbeat_timeout is None:
+        raise _error(
+            f"token {state.id} ({state.name!r} of run {state.run_id}) has no heartbeat "
+            f"timeout, so a heartbeat changes nothing: it stays open until its timeout "
+            f"({state.timeout_at.isoformat()}); give create_token a heartbeat_timeout to "
+            "use heartbeats"
+        )
+    _print_token(client.heartbeat_token(token_id), as_json)
 
 
 def _print_token(state: TokenState, as_json: bool) -> None:
@@ -83,7 +135,7 @@ def _print_token(state: TokenState, as_json: bool) -> None:
     grid.add_row("name", state.name)
     grid.add_row("run", state.run_id)
     grid.add_row("step", state.step_id)
-    grid.add_row("status", Text(state.status, style=_TOKEN_STYLE.get(state.status, "")))
+    grid.add_row("status", Text(state.status, style=_token_style(state)))
     grid.add_row("created", _time(state.created_at))
     grid.add_row("timeout", _time(state.timeout_at))
     if state.heartbeat_timeout is not None:
@@ -97,6 +149,3 @@ def _print_token(state: TokenState, as_json: bool) -> None:
     if state.error is not None:
         grid.add_row("error", Text(str(state.error), style="red"))
     _console().print(grid)
-
-
-_TOKEN_STYLE = {"WAITING": "yellow", "COMPLETED": "green", "FAILED": "red", "TIMED_OUT": "red"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import rung
 from rung._durations import format_duration
 from rung.cli._common import _offset
-from rung.models import EventType, HistoryEvent, Run, RunStatus
+from rung.models import EventType, HistoryEvent, Run, RunStatus, TokenState
 
 
 @dataclass
@@ -58,9 +59,13 @@ _RUN_ENDINGS = {
 }
 
 
-def build_trace(run: Run, events: list[HistoryEvent]) -> list[TraceLine]:
-    """The history as a timeline: each step on one line, from its start to its end."""
-    timeline = _Timeline(run)
+def build_trace(
+    run: Run, events: list[HistoryEvent], tokens: Sequence[TokenState] = ()
+) -> list[TraceLine]:
+    """The history as a timeline: each step on one line, from its start to its end.
+
+    ``tokens``: the run's (``Client.list_tokens``); a token's line shows its id."""
+    timeline = _Timeline(run, {state.step_id: state for state in tokens})
     for index in range(len(events)):
         timeline.add(events, index)
     return timeline.finish()
@@ -69,8 +74,9 @@ def build_trace(run: Run, events: list[HistoryEvent]) -> list[TraceLine]:
 class _Timeline:
     """Builds the lines of one run's trace, one history event at a time."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, tokens: dict[str, TokenState]) -> None:
         self.run = run
+        self.tokens = tokens  # by the step that created them
         self.lines: list[TraceLine] = []
         self.open_steps: dict[tuple[int | None, str | None], TraceLine] = {}
         self.open_waits: dict[str | None, TraceLine] = {}
@@ -101,7 +107,9 @@ class _Timeline:
         if kind == EventType.RUN_TRIGGERED:
             self.lines.append(TraceLine("triggered", event.timestamp, f"triggered {run.task_id}"))
         elif kind == EventType.TOKEN_CREATED:
-            self._line("token", event, f"✓ token {event.step}", "created", "green", step=True)
+            token = self.tokens.get(event.step or "")
+            detail = f"created {token.id} ({token.status})" if token is not None else "created"
+            self._line("token", event, f"✓ token {event.step}", detail, "green", step=True)
         elif kind == EventType.WAIT_STARTED:
             until = (
                 f"until {_offset(event.timestamp + event.delay - run.created_at)}"

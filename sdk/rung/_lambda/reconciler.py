@@ -1,0 +1,70 @@
+"""The reconciler function's handler (template.yaml: ReconcilerFunction,
+``handler/reconciler.py``).
+
+An adapter: each invocation (an EventBridge scheduled event, whose content is
+ignored) runs one pass of ``rung._reconcile.Reconciler`` and returns its report as a
+dict. A pass is idempotent and safe beside workers and other passes, so an overlapping
+or retried invocation does no harm.
+
+Configuration, read on the first invocation of a warm container (so that importing
+this module needs no environment):
+
+    RUNG_TABLE_NAME               the DynamoDB table (required)
+    RUNG_QUEUE_URL                the work queue (required)
+    RUNG_RECONCILE_GRACE_SECONDS  how long past due a run must be to be re-driven
+                                  (default 300)
+    AWS_ENDPOINT_URL              an emulator or LocalStack (default: AWS)
+
+It needs no RUNG_APP: it reads run items and sends run ids, and never imports task code.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from datetime import timedelta
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from rung import _aws
+from rung._clock import SystemClock
+from rung._lambda._env import positive_int, require
+from rung._queue import SqsQueue
+from rung._reconcile import DEFAULT_GRACE, Reconciler
+from rung._store import DynamoStore
+
+logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME") or "rung-reconciler")
+
+
+@functools.cache
+def reconciler() -> Reconciler:
+    """The Reconciler of this warm container, built from the environment on first use."""
+    # rung's own loggers ("rung.reconciler" logs each re-drive) write the same JSON.
+    copy_config_to_registered_loggers(source_logger=logger, include={"rung"})
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
+    store = DynamoStore(
+        _aws.client("dynamodb", endpoint),
+        require("RUNG_TABLE_NAME", "the rung DynamoDB table's name (stack output TableName)"),
+    )
+    queue = SqsQueue(
+        _aws.client("sqs", endpoint),
+        require("RUNG_QUEUE_URL", "the work queue's URL (stack output QueueUrl)"),
+    )
+    grace = positive_int("RUNG_RECONCILE_GRACE_SECONDS", int(DEFAULT_GRACE.total_seconds()))
+    return Reconciler(store, queue, SystemClock(), timedelta(seconds=grace))
+
+
+@logger.inject_lambda_context
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    report = reconciler().run_once()
+    summary = report.to_dict()
+    logger.info(
+        "reconcile pass: %d run(s) re-driven of %d stranded",
+        len(report.redriven),
+        report.examined,
+        extra={"reconcile": {k: v for k, v in summary.items() if k != "redriven"}},
+    )
+    return summary

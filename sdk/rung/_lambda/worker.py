@@ -1,0 +1,127 @@
+"""The worker function's handler (template.yaml: WorkerFunction, ``handler/worker.py``).
+
+An adapter: each SQS record becomes a ``QueueMessage`` for ``rung._engine.Worker``.
+An ACKed message succeeds (Lambda deletes it). A KEPT message (its visibility already
+set by the engine to when it must come back) or a POISONED one (it goes to the DLQ
+after maxReceiveCount) is reported in ``batchItemFailures`` so Lambda leaves it queued.
+
+Configuration, read on the first invocation of a warm container (so that importing
+this module needs no environment):
+
+    RUNG_APP                    module:attr of the user's rung.App (required)
+    RUNG_TABLE_NAME             the DynamoDB table (required)
+    RUNG_QUEUE_URL              the work queue (required)
+    RUNG_MAX_RECEIVE_COUNT      the queue's DLQ maxReceiveCount (default 5)
+    RUNG_LEASE_SECONDS          run lease; above the function timeout (default 960)
+    RUNG_MIN_TIME_LEFT_SECONDS  continue in a fresh invocation below this (default 10)
+    AWS_ENDPOINT_URL            an emulator or LocalStack (default: AWS)
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from datetime import timedelta
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from rung import _aws
+from rung._clock import SystemClock
+from rung._engine import Disposition, Worker, WorkerConfig
+from rung._lambda._env import positive_int, require
+from rung._queue import QueueMessage, SqsQueue
+from rung._store import DynamoStore
+from rung.app import App
+from rung.errors import InvalidConfig
+
+logger = Logger()
+# An entirely failed batch is still a partial-batch response, not an invocation error:
+# KEEP is the normal outcome of a backoff, and errors would throttle the event source.
+_processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+
+class MessageNotDone(Exception):
+    """Raised for a record Lambda must leave in the queue (reported as a batch failure)."""
+
+
+@functools.cache
+def worker() -> Worker:
+    """The Worker of this warm container, built from the environment on first use."""
+    app = _load_app(require("RUNG_APP", "module:attr of your rung.App, e.g. 'shop.tasks:app'"))
+    if "POWERTOOLS_SERVICE_NAME" not in os.environ:
+        logger.append_keys(service=app.name)
+    # rung's own loggers ("rung.worker", ...) write the same structured JSON.
+    copy_config_to_registered_loggers(source_logger=logger, include={"rung"})
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
+    max_receive = positive_int("RUNG_MAX_RECEIVE_COUNT", 5)
+    store = DynamoStore(
+        _aws.client("dynamodb", endpoint),
+        require("RUNG_TABLE_NAME", "the rung DynamoDB table's name (stack output TableName)"),
+    )
+    queue = SqsQueue(
+        _aws.client("sqs", endpoint),
+        require("RUNG_QUEUE_URL", "the work queue's URL (stack output QueueUrl)"),
+        max_receive,
+    )
+    config = WorkerConfig(
+        lease_duration=timedelta(seconds=positive_int("RUNG_LEASE_SECONDS", 960)),
+        min_time_left=timedelta(seconds=positive_int("RUNG_MIN_TIME_LEFT_SECONDS", 10)),
+    )
+    return Worker(app, store, queue, SystemClock(), config)
+
+
+@logger.inject_lambda_context
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    engine = worker()
+
+    def record_handler(record: SQSRecord) -> None:
+        message = QueueMessage(
+            message_id=record.message_id,
+            body=record.body,
+            receipt_handle=record.receipt_handle,
+            receive_count=int(record.attributes.approximate_receive_count),
+            sent_at_ms=int(record.attributes.sent_timestamp),
+        )
+        logger.append_keys(message_id=record.message_id)
+        try:
+            disposition = engine.handle(
+                message, time_left=lambda: context.get_remaining_time_in_millis() / 1000
+            )
+        finally:
+            logger.remove_keys(["message_id"])
+        if disposition != Disposition.ACK:
+            raise MessageNotDone(f"message {record.message_id}: {disposition}")
+
+    return dict(process_partial_response(event, record_handler, _processor, context))
+
+
+def _load_app(spec: str) -> App:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise InvalidConfig(
+            f"environment variable RUNG_APP is {spec!r}: set it to 'module:attr', "
+            "e.g. 'shop.tasks:app'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidConfig(
+            f"RUNG_APP={spec!r}: cannot import module {module_name!r} ({exc}); is it "
+            "packaged with the function?"
+        ) from exc
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise InvalidConfig(
+            f"RUNG_APP={spec!r}: {module_name}.{attr} is {type(app).__name__}, not a rung.App"
+        )
+    return app
