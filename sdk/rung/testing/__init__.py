@@ -8,7 +8,10 @@ when no work is runnable and then jumps to the next due time, so backoff, delays
 ``ctx.wait`` and lease expiry pass instantly while history keeps the real durations.
 It never jumps to the deadline of a token a run waits for: answering a token is the
 test's move (``engine.wait_for_token`` then ``engine.client.complete_token``), and a
-test of a token's timeout moves the clock itself (``engine.clock.advance``). A
+test of a token's timeout moves the clock itself (``engine.clock.advance``). Nor
+does it jump for a message that can no longer move its run (its run finished, or waits
+for a token or with no timer), such as the one a token's wait leaves behind when an
+answer wakes the run early. A
 ``trigger_and_wait`` timeout is passed through on the way to a later due time, and
 otherwise waits for the test's move in the same way.
 
@@ -385,6 +388,16 @@ class LocalEngine:
         """The next due time to jump to: timers, backoff and leases, but not the deadline
         of a token a run waits for; answering (or timing out) a token is the test's move.
 
+        A message counts only if its run still has a due time it can lead to. Not
+        counted: the message of a finished run, or of a run waiting for a token or with
+        no timer (children, a batch), such as the one a token's wait left in the queue
+        when its answer woke the run with a fresh message: it would only be deleted, or
+        deferred again, when it became visible. (Counting it jumped the clock past
+        other runs' token deadlines.) A run woken meanwhile gets a fresh message from
+        its waker. A message of a run whose due time is later still counts: it may be
+        the hop of a long wait (re-sent or deferred at its due time), and time passes
+        it on the way to the run's due time anyway.
+
         A ``trigger_and_wait`` timeout is jumped to only on the way to a later due
         time (time has to pass it first); alone, it waits for the test's move too, so
         a test can answer a child's token before its parent's timeout.
@@ -396,8 +409,10 @@ class LocalEngine:
                 run = self.store.get_run_or_none(decode(body))
             except BadMessage:
                 return deadline if deadline is not None else due
+            if run is not None and run.status.is_terminal:
+                continue
             if run is not None and run.status == RunStatus.WAITING:
-                if run.wake_kind == "token":
+                if run.wake_kind in ("token", None):
                     continue
                 if run.wake_kind == "deadline":
                     deadline = due if deadline is None else deadline
