@@ -154,13 +154,12 @@ class LocalEngine:
             use_virtual_time(self.clock)
         try:
             self._emulator = EmbeddedEmulator.shared()
-            self.endpoint_url = self._emulator.endpoint_url
             suffix = secrets.token_hex(4)
             self.table_name = f"rung-{self.app.name}-{suffix}"
             self.queue_name = f"rung-{self.app.name}-{suffix}"
             emulator = self._emulator
-            self.dynamodb = emulator.attach(_aws.client("dynamodb", self.endpoint_url, _REGION))
-            self.sqs = emulator.attach(_aws.client("sqs", self.endpoint_url, _REGION))
+            self.dynamodb = emulator.attach(_aws.client("dynamodb", emulator.url, _REGION))
+            self.sqs = emulator.attach(_aws.client("sqs", emulator.url, _REGION))
             # Any message sent (a trigger, a hand-off, a child waking its parent) wakes
             # the idle poller at once instead of at its next 50 ms poll.
             self.sqs.meta.events.register(
@@ -209,6 +208,14 @@ class LocalEngine:
                     self.sqs.delete_queue(QueueUrl=url)
 
     # -- the client API --------------------------------------------------------------
+
+    @property
+    def endpoint_url(self) -> str:
+        """The emulator's HTTP endpoint, for boto3 clients of the test's own (the engine's
+        clients reach the emulator in-process)."""
+        if self._emulator is None:
+            raise UsageError("the LocalEngine is not started: use it in a `with` block")
+        return self._emulator.endpoint_url
 
     @property
     def client(self) -> Client:
