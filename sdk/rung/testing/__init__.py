@@ -56,6 +56,7 @@ __all__ = ["LocalEngine", "SimulatedCrash"]
 
 log = logging.getLogger("rung.testing")
 _REGION = "us-east-1"
+_FALLBACK_POLL = 0.1  # seconds: how often wait() reads a run that no worker here moved
 
 
 class SimulatedCrash(BaseException):  # noqa: N818 - it simulates a process death
@@ -129,6 +130,10 @@ class LocalEngine:
         self._busy = 0
         self._poller = threading.Lock()  # held by the one idle worker that polls
         self._turn_free = threading.Event()  # set when the poller's turn is handed on
+        # How many messages of each run this engine's workers have handled; wait()
+        # sleeps on it.
+        self._progress = threading.Condition()
+        self._handled: dict[str, int] = {}
         self.faults: list[WorkerFault] = []
         self._emulator: EmbeddedEmulator | None = None
         self._client: Client | None = None
@@ -256,11 +261,17 @@ class LocalEngine:
     def wait(self, run_id: str, timeout: float = 30.0) -> Run:
         """Wait (wall-clock seconds) until the run is in a terminal status and return it.
 
+        It reads the run again each time a worker of this engine has handled one of
+        the run's messages (a run ends while its own message is handled), and at least
+        every 0.1 s for an end written otherwise (a cancel, also by a parent's timeout;
+        another client; ``worker.handle`` called by the test).
+
         Raises:
             TimeoutError: it is not terminal after ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
         while True:
+            seen = self._handled.get(run_id, 0)
             run = self.get_run(run_id)
             if run.status.is_terminal:
                 return run
@@ -276,7 +287,7 @@ class LocalEngine:
                     f"run {run_id} is still {run.status}{waiting} (attempt {run.attempt}) "
                     f"after {timeout:g}s of waiting{hint}"
                 )
-            time.sleep(0.01)
+            self._await_progress(run_id, seen, deadline)
 
     def wait_for_token(
         self, run_id: str, name: str | None = None, timeout: float = 30.0
@@ -290,6 +301,7 @@ class LocalEngine:
         """
         deadline = time.monotonic() + timeout
         while True:
+            seen = self._handled.get(run_id, 0)
             run = self.get_run(run_id)
             if run.status == RunStatus.WAITING:
                 for token in self.client.list_tokens(run_id):
@@ -301,7 +313,15 @@ class LocalEngine:
                     + (f" named {name!r}" if name else "")
                     + f" (after {timeout:g}s)"
                 )
-            time.sleep(0.01)
+            self._await_progress(run_id, seen, deadline)
+
+    def _await_progress(self, run_id: str, seen: int, deadline: float) -> None:
+        """Sleep until a worker has handled another message of the run (``seen`` of
+        them were handled before), for at most 0.1 s (the fallback poll) and not past
+        ``deadline``."""
+        timeout = min(max(deadline - time.monotonic(), 0.0), _FALLBACK_POLL)
+        with self._progress:
+            self._progress.wait_for(lambda: self._handled.get(run_id, 0) != seen, timeout)
 
     def dead_letters(self) -> list[str]:
         """Bodies of the messages that reached the DLQ (received, then left in place)."""
@@ -428,6 +448,18 @@ class LocalEngine:
         return None
 
     def _process(self, message: QueueMessage) -> None:
+        try:
+            self._handle(message)
+        finally:
+            try:
+                run_id = decode(message.body)
+            except BadMessage:
+                run_id = ""
+            with self._progress:
+                self._handled[run_id] = self._handled.get(run_id, 0) + 1
+                self._progress.notify_all()
+
+    def _handle(self, message: QueueMessage) -> None:
         started = self.clock.now()
 
         def time_left() -> float:
