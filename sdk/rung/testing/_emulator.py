@@ -200,15 +200,15 @@ class EmbeddedEmulator:
         from moto.core.request import normalize_request
         from werkzeug.exceptions import HTTPException
 
-        normalized = _request(request) or normalize_request(request)
+        fast = _request(request)
+        normalized, url = fast if fast else (normalize_request(request), None)
+        url = url or normalized.raw_url
         try:
             if locked is not None:
                 with locked:
-                    status, headers, body = handler(
-                        normalized, normalized.raw_url, normalized.headers
-                    )
+                    status, headers, body = handler(normalized, url, normalized.headers)
             else:
-                status, headers, body = handler(normalized, normalized.raw_url, normalized.headers)
+                status, headers, body = handler(normalized, url, normalized.headers)
         except HTTPException as exc:
             status, headers, body = exc.code, dict(exc.get_headers()), exc.get_body()
         except ClientError as exc:  # as moto's server answers it
@@ -228,10 +228,11 @@ class EmbeddedEmulator:
             self._socket.close()
 
 
-def _request(request: Any) -> Any:
-    """moto's Request for a botocore request to "/" (every DynamoDB and SQS JSON call),
-    from a WSGI environ built here: what werkzeug's EnvironBuilder (moto's way, in
-    ``normalize_request``) builds, at a fraction of its cost. None: another shape."""
+def _request(request: Any) -> tuple[Any, str] | None:
+    """moto's Request and its URL for a botocore request to "/" (every DynamoDB and SQS
+    JSON call), from a WSGI environ built here: what werkzeug's EnvironBuilder (moto's
+    way, in ``normalize_request``) builds, at a fraction of its cost. None: another
+    shape of request."""
     from io import BytesIO
 
     from moto.core.request import PRESERVED_HEADER_NAMES_ENVIRON_KEY, Request
@@ -269,7 +270,7 @@ def _request(request: Any) -> Any:
         if key != "CONTENT_TYPE":
             key = f"HTTP_{key}"
         environ[key] = value.decode() if isinstance(value, bytes) else value
-    return Request(environ)
+    return Request(environ), f"{url.scheme}://{url.netloc}/"
 
 
 def _handler(service: str) -> Any:
