@@ -70,6 +70,7 @@ import functools
 import importlib
 import logging
 import socket
+import sys
 import threading
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -117,6 +118,8 @@ class EmbeddedEmulator:
         # server comes up when ``endpoint_url`` is first read (see the module docstring).
         self._socket = socket.create_server((host, port))
         bound_host, bound_port = self._socket.getsockname()[:2]
+        #: the endpoint's URL, for clients that ``attach`` (in-process); reading
+        #: ``endpoint_url`` instead also starts the HTTP server
         self.url = f"http://{bound_host!s}:{bound_port}"
         self._host = host
         self._server: Any = None
@@ -257,7 +260,7 @@ def _request(request: Any) -> tuple[Any, str] | None:
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": url.scheme,
         "wsgi.input": BytesIO(data),
-        "wsgi.errors": BytesIO(),
+        "wsgi.errors": sys.stderr,
         "wsgi.multithread": True,
         "wsgi.multiprocess": False,
         "wsgi.run_once": False,
