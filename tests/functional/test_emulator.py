@@ -1,22 +1,28 @@
-"""The embedded emulator keeps DynamoDB's transaction semantics with its lean rollback.
+"""The embedded emulator keeps DynamoDB's and SQS's semantics where it saves work.
 
 moto copied whole tables to roll back a failed TransactWriteItems; the emulator
-snapshots only the items a transaction touches (rung/testing/_emulator.py). These
-tests check that a cancelled transaction leaves every item as it was, through the
-in-process transport LocalEngine uses and through HTTP, as the real service does.
+snapshots only the items a transaction touches. It also computes once per request
+shape what moto recomputed on every request (parsed expressions, validations that
+depend on the expression only, serializer lookups, a queue's retention), and the
+in-process transport skips HTTP and signing (rung/testing/_emulator.py). These
+tests check the real service's answers through the in-process transport LocalEngine
+uses and through HTTP: a cancelled transaction leaves every item as it was, and the
+same expression text with other values, names or items gets its own answer.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
 from rung import _aws
-from rung.testing._emulator import EmbeddedEmulator
+from rung._clock import VirtualClock
+from rung.testing._emulator import EmbeddedEmulator, release_virtual_time, use_virtual_time
 
 
 @pytest.fixture(params=["in-process", "http"])
@@ -143,3 +149,231 @@ def test_a_transaction_naming_one_item_twice_is_refused_and_writes_nothing(
 
     assert caught.value.response["Error"]["Code"] == "ValidationException"
     assert sorted(_items(client, name)) == ["a"]
+
+
+# -- what the emulator computes once per request shape (rung/testing/_emulator.py,
+# "Per-request work"): the same expression text with other values, names or items
+# must still get the real service's answer.
+
+
+def _conditional_set(client: Any, name: str, expected: int, new: int) -> None:
+    client.update_item(
+        TableName=name,
+        Key=_key("a"),
+        UpdateExpression="SET v = :new",
+        ConditionExpression="v = :expected",
+        ExpressionAttributeValues={":new": {"N": str(new)}, ":expected": {"N": str(expected)}},
+    )
+
+
+def test_a_condition_is_evaluated_with_each_requests_values(table: tuple[Any, str]) -> None:
+    client, name = table
+    client.put_item(TableName=name, Item={**_key("a"), "v": {"N": "1"}})
+
+    _conditional_set(client, name, expected=1, new=2)
+    with pytest.raises(ClientError) as caught:
+        _conditional_set(client, name, expected=1, new=3)  # same text, v is 2 now
+    _conditional_set(client, name, expected=2, new=4)
+
+    assert caught.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
+    assert _items(client, name)["a"]["v"] == {"N": "4"}
+
+
+def test_a_put_condition_is_evaluated_against_each_item(table: tuple[Any, str]) -> None:
+    client, name = table
+
+    def create(sk: str) -> None:
+        client.put_item(
+            TableName=name,
+            Item={**_key(sk), "v": {"N": "1"}},
+            ConditionExpression="attribute_not_exists(pk)",
+        )
+
+    create("a")
+    create("b")  # another item: the condition holds again
+    with pytest.raises(ClientError) as caught:
+        create("a")
+
+    assert caught.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
+    assert sorted(_items(client, name)) == ["a", "b"]
+
+
+def test_an_update_expression_applies_each_requests_names_and_values(
+    table: tuple[Any, str],
+) -> None:
+    client, name = table
+    client.put_item(TableName=name, Item={**_key("a"), "n": {"N": "10"}})
+
+    for attribute, value in (("x", "1"), ("y", "2")):
+        client.update_item(
+            TableName=name,
+            Key=_key("a"),
+            UpdateExpression="SET #attr = :value, n = n + :step",
+            ExpressionAttributeNames={"#attr": attribute},
+            ExpressionAttributeValues={":value": {"S": value}, ":step": {"N": value}},
+        )
+
+    item = _items(client, name)["a"]
+    assert (item["x"], item["y"], item["n"]) == ({"S": "1"}, {"S": "2"}, {"N": "13"})
+
+
+def test_an_expression_that_passed_is_refused_with_names_that_update_the_key(
+    table: tuple[Any, str],
+) -> None:
+    client, name = table
+    client.put_item(TableName=name, Item={**_key("a"), "v": {"N": "1"}})
+
+    def set_attribute(attribute: str) -> None:
+        client.update_item(
+            TableName=name,
+            Key=_key("a"),
+            UpdateExpression="SET #attr = :value",
+            ExpressionAttributeNames={"#attr": attribute},
+            ExpressionAttributeValues={":value": {"S": "changed"}},
+        )
+
+    set_attribute("v")
+    with pytest.raises(ClientError) as caught:
+        set_attribute("sk")
+
+    assert caught.value.response["Error"]["Code"] == "ValidationException"
+    assert "part of the key" in caught.value.response["Error"]["Message"]
+    assert sorted(_items(client, name)) == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("SET v = :one SET w = :one", 'The "SET" section can only be used once'),
+        ("SET v = :one, v = :one", "Two document paths overlap"),
+    ],
+    ids=["two-set-clauses", "overlapping-paths"],
+)
+def test_an_invalid_update_expression_is_refused_every_time(
+    table: tuple[Any, str], expression: str, message: str
+) -> None:
+    client, name = table
+    client.put_item(TableName=name, Item={**_key("a"), "v": {"N": "1"}})
+
+    for _ in range(2):
+        with pytest.raises(ClientError) as caught:
+            client.update_item(
+                TableName=name,
+                Key=_key("a"),
+                UpdateExpression=expression,
+                ExpressionAttributeValues={":one": {"N": "1"}},
+            )
+        assert caught.value.response["Error"]["Code"] == "ValidationException"
+        assert message in caught.value.response["Error"]["Message"]
+    assert _items(client, name)["a"]["v"] == {"N": "1"}
+
+
+def test_unused_expression_values_are_refused_for_an_expression_seen_before(
+    table: tuple[Any, str],
+) -> None:
+    client, name = table
+    client.put_item(TableName=name, Item={**_key("a"), "v": {"N": "1"}})
+
+    def update(values: dict[str, Any]) -> None:
+        client.update_item(
+            TableName=name,
+            Key=_key("a"),
+            UpdateExpression="SET v = :two",
+            ExpressionAttributeValues=values,
+        )
+
+    update({":two": {"N": "2"}})
+    with pytest.raises(ClientError) as caught:
+        update({":two": {"N": "2"}, ":extra": {"N": "3"}})
+
+    assert caught.value.response["Error"]["Code"] == "ValidationException"
+    assert ":extra" in caught.value.response["Error"]["Message"]
+
+
+def test_an_item_of_every_attribute_type_comes_back_as_written(table: tuple[Any, str]) -> None:
+    client, name = table
+    attributes = {
+        "s": {"S": "text"},
+        "n": {"N": "1.5"},
+        "b": {"B": b"\x00\x01"},
+        "ss": {"SS": ["x", "y"]},
+        "ns": {"NS": ["1", "2"]},
+        "bs": {"BS": [b"\x02"]},
+        "l": {"L": [{"S": "in a list"}, {"N": "3"}]},
+        "m": {"M": {"nested": {"M": {"deep": {"BOOL": True}}}}},
+        "bool": {"BOOL": False},
+        "null": {"NULL": True},
+    }
+    client.put_item(TableName=name, Item={**_key("a"), **attributes})
+
+    got = client.get_item(TableName=name, Key=_key("a"), ConsistentRead=True)["Item"]
+    updated = client.update_item(
+        TableName=name,
+        Key=_key("a"),
+        UpdateExpression="SET s = :s",
+        ExpressionAttributeValues={":s": {"S": "other"}},
+        ReturnValues="ALL_NEW",
+    )["Attributes"]
+
+    def normalized(item: dict[str, Any]) -> dict[str, Any]:
+        sets = ("SS", "NS", "BS")
+        return {
+            k: {t: sorted(v) if t in sets else v for t, v in a.items()} for k, a in item.items()
+        }
+
+    assert normalized(got) == normalized({**_key("a"), **attributes})
+    assert normalized(updated) == normalized({**_key("a"), **attributes, "s": {"S": "other"}})
+
+
+@pytest.fixture(params=["in-process", "http"])
+def sqs(request: pytest.FixtureRequest) -> Any:
+    emulator = EmbeddedEmulator.shared()
+    client = _aws.client("sqs", emulator.endpoint_url, "us-east-1")
+    return emulator.attach(client) if request.param == "in-process" else client
+
+
+def test_a_message_past_its_queues_retention_is_not_received(sqs: Any) -> None:
+    clock = VirtualClock()
+    short, default = (
+        sqs.create_queue(QueueName=f"emu-{secrets.token_hex(4)}", Attributes=attributes)["QueueUrl"]
+        for attributes in ({"MessageRetentionPeriod": "60"}, {})
+    )
+
+    def bodies(url: str) -> list[str]:
+        out = sqs.receive_message(QueueUrl=url, VisibilityTimeout=0)
+        return [m["Body"] for m in out.get("Messages", [])]
+
+    use_virtual_time(clock)
+    try:
+        for url in (short, default):
+            sqs.send_message(QueueUrl=url, MessageBody="hello")
+        clock.advance(timedelta(seconds=30))
+        young = bodies(short), bodies(default)
+        clock.advance(timedelta(seconds=31))
+        old = bodies(short), bodies(default)
+    finally:
+        release_virtual_time()
+        for url in (short, default):
+            sqs.delete_queue(QueueUrl=url)
+
+    assert young == (["hello"], ["hello"])
+    assert old == ([], ["hello"])  # past 60 s, within the default 4 days
+
+
+def test_both_transports_reach_the_same_account_and_region() -> None:
+    emulator = EmbeddedEmulator.shared()
+    over_http = _aws.client("sqs", emulator.endpoint_url, "us-east-1")
+    in_process = emulator.attach(_aws.client("sqs", emulator.endpoint_url, "us-east-1"))
+    elsewhere = emulator.attach(_aws.client("sqs", emulator.endpoint_url, "eu-west-1"))
+    name = f"emu-{secrets.token_hex(4)}"
+    url = in_process.create_queue(QueueName=name)["QueueUrl"]
+    try:
+        seen_over_http = over_http.get_queue_url(QueueName=name)["QueueUrl"]
+        with pytest.raises(ClientError) as caught:
+            elsewhere.get_queue_url(QueueName=name)
+    finally:
+        over_http.delete_queue(QueueUrl=url)
+
+    assert seen_over_http == url
+    assert url.startswith(f"{emulator.url}/123456789012/")
+    assert "NonExistentQueue" in caught.value.response["Error"]["Code"]

@@ -8,7 +8,10 @@ when no work is runnable and then jumps to the next due time, so backoff, delays
 ``ctx.wait`` and lease expiry pass instantly while history keeps the real durations.
 It never jumps to the deadline of a token a run waits for: answering a token is the
 test's move (``engine.wait_for_token`` then ``engine.client.complete_token``), and a
-test of a token's timeout moves the clock itself (``engine.clock.advance``). A
+test of a token's timeout moves the clock itself (``engine.clock.advance``). Nor
+does it jump for a message that can no longer move its run (its run finished, or waits
+for a token or with no timer), such as the one a token's wait leaves behind when an
+answer wakes the run early. A
 ``trigger_and_wait`` timeout is passed through on the way to a later due time, and
 otherwise waits for the test's move in the same way.
 
@@ -54,6 +57,7 @@ __all__ = ["LocalEngine", "SimulatedCrash"]
 
 log = logging.getLogger("rung.testing")
 _REGION = "us-east-1"
+_FALLBACK_POLL = 0.1  # seconds: how often wait() reads a run that no worker here moved
 
 
 class SimulatedCrash(BaseException):  # noqa: N818 - it simulates a process death
@@ -131,6 +135,10 @@ class LocalEngine:
         self._busy = 0
         self._poller = threading.Lock()  # held by the one idle worker that polls
         self._turn_free = threading.Event()  # set when the poller's turn is handed on
+        # How many messages of each run this engine's workers have handled; wait()
+        # sleeps on it.
+        self._progress = threading.Condition()
+        self._handled: dict[str, int] = {}
         self.faults: list[WorkerFault] = []
         self._emulator: EmbeddedEmulator | None = None
         self._client: Client | None = None
@@ -156,13 +164,12 @@ class LocalEngine:
             use_virtual_time(self.clock)
         try:
             self._emulator = EmbeddedEmulator.shared()
-            self.endpoint_url = self._emulator.endpoint_url
             suffix = secrets.token_hex(4)
             self.table_name = f"rung-{self.app.name}-{suffix}"
             self.queue_name = f"rung-{self.app.name}-{suffix}"
             emulator = self._emulator
-            self.dynamodb = emulator.attach(_aws.client("dynamodb", self.endpoint_url, _REGION))
-            self.sqs = emulator.attach(_aws.client("sqs", self.endpoint_url, _REGION))
+            self.dynamodb = emulator.attach(_aws.client("dynamodb", emulator.url, _REGION))
+            self.sqs = emulator.attach(_aws.client("sqs", emulator.url, _REGION))
             # Any message sent (a trigger, a hand-off, a child waking its parent) wakes
             # the idle poller at once instead of at its next 50 ms poll.
             self.sqs.meta.events.register(
@@ -213,6 +220,14 @@ class LocalEngine:
     # -- the client API --------------------------------------------------------------
 
     @property
+    def endpoint_url(self) -> str:
+        """The emulator's HTTP endpoint, for boto3 clients of the test's own (the engine's
+        clients reach the emulator in-process)."""
+        if self._emulator is None:
+            raise UsageError("the LocalEngine is not started: use it in a `with` block")
+        return self._emulator.endpoint_url
+
+    @property
     def client(self) -> Client:
         if self._client is None:
             raise UsageError("the LocalEngine is not started: use it in a `with` block")
@@ -251,11 +266,17 @@ class LocalEngine:
     def wait(self, run_id: str, timeout: float = 30.0) -> Run:
         """Wait (wall-clock seconds) until the run is in a terminal status and return it.
 
+        It reads the run again each time a worker of this engine has handled one of
+        the run's messages (a run ends while its own message is handled), and at least
+        every 0.1 s for an end written otherwise (a cancel, also by a parent's timeout;
+        another client; ``worker.handle`` called by the test).
+
         Raises:
             TimeoutError: it is not terminal after ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
         while True:
+            seen = self._handled.get(run_id, 0)
             run = self.get_run(run_id)
             if run.status.is_terminal:
                 return run
@@ -271,7 +292,7 @@ class LocalEngine:
                     f"run {run_id} is still {run.status}{waiting} (attempt {run.attempt}) "
                     f"after {timeout:g}s of waiting{hint}"
                 )
-            time.sleep(0.01)
+            self._await_progress(run_id, seen, deadline)
 
     def wait_for_token(
         self, run_id: str, name: str | None = None, timeout: float = 30.0
@@ -285,6 +306,7 @@ class LocalEngine:
         """
         deadline = time.monotonic() + timeout
         while True:
+            seen = self._handled.get(run_id, 0)
             run = self.get_run(run_id)
             if run.status == RunStatus.WAITING:
                 for token in self.client.list_tokens(run_id):
@@ -296,7 +318,15 @@ class LocalEngine:
                     + (f" named {name!r}" if name else "")
                     + f" (after {timeout:g}s)"
                 )
-            time.sleep(0.01)
+            self._await_progress(run_id, seen, deadline)
+
+    def _await_progress(self, run_id: str, seen: int, deadline: float) -> None:
+        """Sleep until a worker has handled another message of the run (``seen`` of
+        them were handled before), for at most 0.1 s (the fallback poll) and not past
+        ``deadline``."""
+        timeout = min(max(deadline - time.monotonic(), 0.0), _FALLBACK_POLL)
+        with self._progress:
+            self._progress.wait_for(lambda: self._handled.get(run_id, 0) != seen, timeout)
 
     def dead_letters(self) -> list[str]:
         """Bodies of the messages that reached the DLQ (received, then left in place)."""
@@ -390,6 +420,16 @@ class LocalEngine:
         """The next due time to jump to: timers, backoff and leases, but not the deadline
         of a token a run waits for; answering (or timing out) a token is the test's move.
 
+        A message counts only if its run still has a due time it can lead to. Not
+        counted: the message of a finished run, or of a run waiting for a token or with
+        no timer (children, a batch), such as the one a token's wait left in the queue
+        when its answer woke the run with a fresh message: it would only be deleted, or
+        deferred again, when it became visible. (Counting it jumped the clock past
+        other runs' token deadlines.) A run woken meanwhile gets a fresh message from
+        its waker. A message of a run whose due time is later still counts: it may be
+        the hop of a long wait (re-sent or deferred at its due time), and time passes
+        it on the way to the run's due time anyway.
+
         A ``trigger_and_wait`` timeout is jumped to only on the way to a later due
         time (time has to pass it first); alone, it waits for the test's move too, so
         a test can answer a child's token before its parent's timeout.
@@ -401,8 +441,10 @@ class LocalEngine:
                 run = self.store.get_run_or_none(decode(body))
             except BadMessage:
                 return deadline if deadline is not None else due
+            if run is not None and run.status.is_terminal:
+                continue
             if run is not None and run.status == RunStatus.WAITING:
-                if run.wake_kind == "token":
+                if run.wake_kind in ("token", None):
                     continue
                 if run.wake_kind == "deadline":
                     deadline = due if deadline is None else deadline
@@ -411,6 +453,18 @@ class LocalEngine:
         return None
 
     def _process(self, message: QueueMessage) -> None:
+        try:
+            self._handle(message)
+        finally:
+            try:
+                run_id = decode(message.body)
+            except BadMessage:
+                run_id = ""
+            with self._progress:
+                self._handled[run_id] = self._handled.get(run_id, 0) + 1
+                self._progress.notify_all()
+
+    def _handle(self, message: QueueMessage) -> None:
         started = self.clock.now()
 
         def time_left() -> float:
