@@ -483,7 +483,9 @@ def timeout_app(timeout: timedelta, with_grandchild: bool = True) -> rung.App:
 
     @app.task(id="grandchild")
     def grandchild(ctx: rung.Context, payload: None) -> None:
-        ctx.wait(timedelta(days=30))
+        # A token, not a timer: virtual time would jump to a 30-day timer (and past the
+        # parent's timeout) as soon as every worker is idle, before the test looks.
+        ctx.wait_for_token(ctx.create_token("never", timeout=timedelta(days=30)))
 
     @app.task(id="asks")
     def asks(ctx: rung.Context, payload: None) -> str:
