@@ -26,10 +26,7 @@ from typing import Any
 
 from rung import _serde
 from rung._clock import Clock, to_ms
-from rung._durations import check_duration
-from rung._flow import Delayed, Gate, Parked, describe_delay, is_late
-from rung._queue import BadMessage, QueueMessage, SqsQueue, decode
-from rung._signals import (
+from rung._durable.signals import (
     Canceled,
     ContinueLater,
     RetryStep,
@@ -37,6 +34,10 @@ from rung._signals import (
     Suspend,
     TimeLimitReached,
 )
+from rung._durable.state import RunState, Scope, error_info
+from rung._durations import check_duration
+from rung._flow import Delayed, Gate, Parked, describe_delay, is_late
+from rung._queue import BadMessage, QueueMessage, SqsQueue, decode
 from rung._store import (
     NEVER_MS,
     SUSPEND_TOKEN_CHECKS,
@@ -47,7 +48,7 @@ from rung._store import (
     ParentLink,
 )
 from rung.app import App, Task
-from rung.context import Context, _current_context, error_info
+from rung.context import Context
 from rung.errors import (
     Contended,
     ErrorInfo,
@@ -283,13 +284,15 @@ class Worker:
         records = self.store.load_steps(run.run_id) if token > 1 else {}
         session = _Session(self, run, token, time_left, task.max_duration)
         watchdog = session.start_watchdog()
-        ctx = Context(
-            run_id=run.run_id,
-            task_id=run.task_id,
-            attempt=run.attempt,
-            default_retry=task.retry,
-            records=records,
-            session=session,
+        scope = Scope(
+            RunState(
+                run_id=run.run_id,
+                task_id=run.task_id,
+                attempt=run.attempt,
+                default_retry=task.retry,
+                records=records,
+                session=session,
+            )
         )
         attempt_start = run.attempt_started_at or now()
         try:
@@ -356,7 +359,7 @@ class Worker:
                 unused = verdict.until
             session.slot = spec
         disposition = self._execute(
-            message, run, token, task, ctx, session, payload, attempt_start, watchdog
+            message, run, token, task, scope, session, payload, attempt_start, watchdog
         )
         # Released only when the attempt ended normally: a crash keeps the slot until
         # its lease expires (the run's next attempt takes it back), and a worker that
@@ -371,7 +374,7 @@ class Worker:
         run: Run,
         token: int,
         task: Task[Any],
-        ctx: Context,
+        scope: Scope,
         session: _Session,
         payload: Any,
         attempt_start: datetime,
@@ -379,9 +382,9 @@ class Worker:
     ) -> Disposition:
         """Run the task body once and record how it ended."""
         now = self.clock.now
-        ctx_token = _current_context.set(ctx)
         try:
-            result = task.fn(ctx, payload)
+            with scope.entered():
+                result = task.fn(Context(scope), payload)
         except RetryStep as retry:
             failure = Failure(
                 attempt=run.attempt,
@@ -436,7 +439,6 @@ class Worker:
         except Exception as exc:  # the task body itself failed, outside any step
             return self._body_failed(message, run, token, task, exc, attempt_start, session)
         finally:
-            _current_context.reset(ctx_token)
             if watchdog is not None:
                 watchdog.cancel()
         try:

@@ -1,181 +1,61 @@
-"""The run context and steps: checkpointing, replay and the determinism check.
+"""The sync face of a run: ``rung.Context`` (a task's first argument), ``@rung.step``
+and ``rung.current_step()``.
 
-Replay rules (the contract users rely on, see docs/determinism.md):
-
-* A step is identified by ``"<scope>/<name>#<n>"``: ``n`` counts that name's
-  occurrences in the scope. Its checkpoint is written once; a replay that reaches
-  a checkpointed step returns the recorded value and never calls the function.
-* Steps also have a position (``seq``) in the run. If a replay reaches a position
-  whose checkpoint belongs to a different step, the code changed shape between
-  attempts and the run fails with ``NonDeterminismError``.
-* A value is returned through JSON even on the first execution, so the first run
-  and every replay see the same kind of value (the declared return type, when
-  annotated, revives pydantic models and dataclasses).
+Every operation is implemented once, in ``rung._durable`` (the replay rules are at the
+top of ``rung._durable.state``); ``Context`` checks nothing the core does not and holds
+no state of its own beyond its ``Scope``: each method delegates, calling user code
+where the core asks for it (a step's function, a group's body, a callback's
+``submit``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
-import json
-import traceback
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from rung import _serde
-from rung._ctx_children import _Children
-from rung._ctx_common import DEFAULT_TOKEN_TIMEOUT as DEFAULT_TOKEN_TIMEOUT
-from rung._ctx_common import MAX_WAIT as MAX_WAIT
-from rung._ctx_waits import Poll as Poll
-from rung._ctx_waits import _Waits
-from rung._signals import RetryStep
-from rung.batch import BatchResult, Completion
-from rung.errors import (
-    ChildRunFailed,
-    ErrorInfo,
-    InvalidConfig,
-    NonDeterminismError,
-    PayloadTooLarge,
-    StepFailed,
-    TokenFailed,
-    TokenTimedOut,
-    UsageError,
+from rung._durable import children, groups, parallel, steps, waits
+from rung._durable.state import (
+    AttemptSession,
+    Replayed,
+    Scope,
+    StepInfo,
+    check_step_name,
+    current_scope,
+    current_step,
 )
-from rung.models import Run, StepRecord, TokenState
+from rung._durable.waits import DEFAULT_TOKEN_TIMEOUT, MAX_WAIT, Poll, StepCall
+from rung.batch import BatchResult, Completion
+from rung.errors import InvalidConfig
+from rung.models import ChildResult, RunHandle, StepRecord, Token
 from rung.retry import RetryPolicy
 
 if TYPE_CHECKING:
+    from collections.abc import Generator
+
     from rung.app import Task
+
+__all__ = [
+    "DEFAULT_TOKEN_TIMEOUT",
+    "MAX_WAIT",
+    "AttemptSession",
+    "Context",
+    "Poll",
+    "StepInfo",
+    "current_step",
+    "step",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+S = TypeVar("S")
 T = TypeVar("T")
 
-_TRACEBACK_CHARS = 4000
-_MESSAGE_CHARS = 2000
 
-
-@dataclass(frozen=True)
-class StepInfo:
-    """The step being executed, from ``rung.current_step()`` inside a step function.
-
-    Attributes:
-        run_id: the run.
-        step_id: ``"<scope>/<name>#<n>"``.
-        name: the step's name.
-        attempt: 1-based attempt of this step.
-        idempotency_key: ``"<run_id>:<step_id>"``, the same on every attempt; hand it
-            to external APIs (Stripe, email providers) to make the effect exactly-once.
-    """
-
-    run_id: str
-    step_id: str
-    name: str
-    attempt: int
-
-    @property
-    def idempotency_key(self) -> str:
-        return f"{self.run_id}:{self.step_id}"
-
-
-_current_context: ContextVar[Context | None] = ContextVar("rung_context", default=None)
-_current_step: ContextVar[StepInfo | None] = ContextVar("rung_step", default=None)
-
-
-def current_step() -> StepInfo:
-    """The step being executed. Only valid inside a step function of a run.
-
-    Raises:
-        UsageError: called outside a step.
-    """
-    info = _current_step.get()
-    if info is None:
-        raise UsageError(
-            "rung.current_step() was called outside a step: call it from a function run "
-            "by ctx.step(...) or decorated with @rung.step, while a run executes it"
-        )
-    return info
-
-
-def error_info(exc: BaseException) -> ErrorInfo:
-    """Describe an exception as storable data (never pickled)."""
-    text = "".join(traceback.format_exception(exc))
-    if len(text) > _TRACEBACK_CHARS:
-        text = "...\n" + text[-_TRACEBACK_CHARS:]
-    message = str(exc)
-    if len(message) > _MESSAGE_CHARS:  # errors are stored; a huge message must not be
-        message = message[:_MESSAGE_CHARS] + f"... ({len(message):,} characters in all)"
-    return ErrorInfo(type=type(exc).__name__, message=message, traceback=text)
-
-
-class AttemptSession(Protocol):
-    """What a Context needs from the engine during one attempt."""
-
-    def now(self) -> datetime: ...
-
-    def before_step(self) -> None:
-        """Check time left and the lease; may unwind with ContinueLater or LeaseLost."""
-
-    def step_running(self, step_id: str | None) -> None:
-        """The step this thread now executes (None: none), for the timeout watchdog.
-
-        Branches of ``ctx.map`` run steps on several threads at once; the session
-        must accept these calls (and ``before_step``) from any of them.
-        """
-
-    def failed_attempts_of(self, step_id: str) -> list[int]:
-        """Attempt numbers in which this step failed (retried failures)."""
-
-    def record_step(self, record: StepRecord) -> StepRecord:
-        """Write a checkpoint once; returns the stored record (the winner's on a race)."""
-
-    def mark_started(self, record: StepRecord, replace_attempt: int | None) -> StepRecord:
-        """Write an at-most-once start marker; returns the stored record."""
-
-    def create_token(self, state: TokenState) -> None:
-        """Store a new token."""
-
-    def get_token(self, token_id: str) -> TokenState:
-        """A token's current state."""
-
-    def time_out_token(self, token_id: str, deadline: datetime) -> TokenState:
-        """Mark a token whose ``deadline`` has passed timed out, at that deadline; returns
-        its state either way."""
-
-    def task(self, task: str | Task[Any]) -> Task[Any]:
-        """A task of the run's app (``UnknownTask`` if there is none)."""
-
-    def start_child(
-        self,
-        record: StepRecord,
-        *,
-        task_id: str,
-        payload_json: str,
-        waits: bool,
-        detached: bool,
-        delay: timedelta,
-        tags: tuple[str, ...],
-    ) -> tuple[StepRecord, bool]:
-        """Create the child run named by ``record`` with its checkpoint, atomically, and
-        send it; returns the stored checkpoint and whether the child was created now."""
-
-    def get_runs(self, run_ids: list[str]) -> dict[str, Run]:
-        """Runs by id, consistently read."""
-
-    def forget_batch(self, batch: str) -> None:
-        """The batch's outcome is recorded: drop its count of ended children."""
-
-    def cancel_child(self, run_id: str, reason: str) -> None:
-        """Cancel a child run (and its own children, unless detached) that has not
-        ended; one that ended meanwhile is left as it is."""
-
-
-class Context(_Waits, _Children):
+class Context:
     """Handed to every task as its first argument.
 
     Attributes:
@@ -184,101 +64,30 @@ class Context(_Waits, _Children):
         attempt: 1-based; grows only when an attempt fails or crashes.
     """
 
-    def __init__(
-        self,
-        *,
-        run_id: str,
-        task_id: str,
-        attempt: int,
-        default_retry: RetryPolicy,
-        records: dict[str, StepRecord],
-        session: AttemptSession,
-    ) -> None:
-        self.run_id = run_id
-        self.task_id = task_id
-        self.attempt = attempt
-        self._default_retry = default_retry
-        self._records = records
-        # A branch record of ctx.map shares its batch's position (rung._parallel): it
-        # is not a position of its own.
-        self._by_seq = {
-            (_scope_of(r.step_id), r.seq): r
-            for r in records.values()
-            if r.seq and r.kind != "branch"
-        }
-        self._session = session
-        self._seq: dict[str, int] = {}
-        self._occurrences: dict[tuple[str, str], int] = {}
-        self._scope = ""
-        #: in a branch of ctx.map / ctx.parallel: the branch's id (its scope)
-        self._branch: str | None = None
+    def __init__(self, scope: Scope) -> None:
+        # Made by the engine (over the attempt's top scope) and by ctx.map/ctx.parallel
+        # (over each branch's): a face over the core's Scope, holding nothing else.
+        self._core = scope
+        self.run_id = scope.run.run_id
+        self.task_id = scope.run.task_id
+        self.attempt = scope.run.attempt
+
+    def _follow(self, plan: Generator[StepCall, Any, R]) -> R:
+        """Run a core plan: each step it asks for is a step of this ctx."""
+        try:
+            request = next(plan)
+            while True:
+                value = self.step(request.name, request.fn, *request.args)
+                request = plan.send(value)
+        except StopIteration as done:
+            return typing.cast(R, done.value)
+        finally:
+            plan.close()
 
     @property
     def records(self) -> dict[str, StepRecord]:
         """This run's checkpoints by step id (shared by every scope of the run)."""
-        return self._records
-
-    def _next_step_id(self, name: str) -> str:
-        """The step id the next call named ``name`` gets (without taking it)."""
-        return f"{self._scope}/{name}#{self._occurrences.get((self._scope, name), 0) + 1}"
-
-    def _position(self, name: str, kind: str) -> tuple[str, int]:
-        """The next step id and per-scope position for ``name``; checks determinism.
-
-        Positions count per scope, so that branches running concurrently in their
-        own scopes (``ctx.map``, ``ctx.parallel``) number their steps independently.
-        """
-        _check_step_name(name)
-        scope = self._scope
-        seq = self._seq.get(scope, 0) + 1
-        self._seq[scope] = seq
-        key = (scope, name)
-        self._occurrences[key] = self._occurrences.get(key, 0) + 1
-        step_id = f"{scope}/{name}#{self._occurrences[key]}"
-        recorded = self._by_seq.get((scope, seq))
-        if recorded is not None and (recorded.step_id != step_id or recorded.kind != kind):
-            raise NonDeterminismError(
-                f"run {self.run_id}: {_describe(recorded.kind)} #{seq}"
-                + (f" in group {scope!r}" if scope else "")
-                + f" was {recorded.step_id!r} when first executed, but the code now calls "
-                f"{_describe(kind)} {step_id!r}. Step order must not change between attempts "
-                "of a run: keep the steps' names and order deterministic (no branching on "
-                "time, randomness or unrecorded I/O outside steps). See docs/determinism.md."
-            )
-        return step_id, seq
-
-    def _check_caller(self, what: str) -> None:
-        current = _current_step.get()
-        if current is not None:
-            raise UsageError(
-                f"{what} was called inside step {current.step_id!r} of run {self.run_id}: "
-                "steps and waits cannot be nested in a step; call it from the task body"
-            )
-        running = _current_context.get()
-        if running is not self:
-            if running is not None and running.run_id == self.run_id:
-                if running._branch is not None:
-                    raise UsageError(
-                        f"{what} was called on another ctx than the one of branch "
-                        f"{running._branch!r} of run {self.run_id}: code in a ctx.map or "
-                        "ctx.parallel branch must use the ctx its branch function receives "
-                        "(fn(ctx, item) / fn(ctx)), not the task's ctx, so that its steps are "
-                        "recorded in the branch's scope"
-                    )
-                if self._branch is not None:
-                    raise UsageError(
-                        f"{what} was called on the ctx of branch {self._branch!r} of run "
-                        f"{self.run_id} after that branch ended: a branch's ctx is valid only "
-                        "inside its branch function; use the task's ctx"
-                    )
-            raise UsageError(
-                f"{what} was called outside its run's task body (run {self.run_id}); call "
-                "it from the task function itself, with the ctx it was given"
-            )
-
-    def _remember(self, record: StepRecord) -> StepRecord:
-        self._records[record.step_id] = record
-        return record
+        return self._core.run.records
 
     def step(
         self,
@@ -307,118 +116,9 @@ class Context(_Waits, _Children):
         Example:
             >>> charge = ctx.step("charge", charge_card, order, retry=RetryPolicy(max_attempts=5))
         """
-        self._check_caller(f"ctx.step({name!r})")
-        _check_step_name(name)
-        if not callable(fn):
-            raise UsageError(f"ctx.step({name!r}, fn): fn must be callable, got {fn!r}")
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise InvalidConfig(f"ctx.step({name!r}): retry must be a rung.RetryPolicy")
-        step_id, seq = self._position(name, "step")
-        return_type = _return_type(fn)
-        record = self._records.get(step_id)
-        rerun_of: int | None = None
-        if record is not None:
-            # An at-most-once marker whose run attempt failed this step cleanly (a
-            # recorded failure of that attempt) is retried; one whose attempt did not
-            # (a crash mid-step) is not. Failures carry run attempts, markers both.
-            if record.outcome == "started" and record.run_attempt in self._failed(step_id):
-                rerun_of = record.attempt
-            else:
-                return typing.cast(R, self._replay(record, return_type))
-        self._session.before_step()
-        attempt = len(self._failed(step_id)) + 1
-        started = self._session.now()
-        if at_most_once:
-            marker = StepRecord(
-                step_id=step_id,
-                seq=seq,
-                outcome="started",
-                attempt=attempt,
-                run_attempt=self.attempt,
-                started_at=started,
-                finished_at=None,
-            )
-            stored = self._session.mark_started(marker, rerun_of)
-            if stored != marker:  # another worker got there first
-                return typing.cast(R, self._replay(stored, return_type))
-        info = StepInfo(run_id=self.run_id, step_id=step_id, name=name, attempt=attempt)
-        token = _current_step.set(info)
-        self._session.step_running(step_id)
-        try:
-            value = fn(*args, **kwargs)
-        except Exception as exc:
-            error = error_info(exc)
-            delay = (retry or self._default_retry).next_delay(attempt, exc)
-            if delay is not None:
-                raise RetryStep(step_id, error, delay, started) from None
-            return typing.cast(R, self._finish_failed(step_id, seq, attempt, started, error))
-        finally:
-            self._session.step_running(None)
-            _current_step.reset(token)
-        try:
-            text = _serde.dumps(value, f"the result of step {step_id!r} in run {self.run_id}")
-        except (_serde.NotSerializable, PayloadTooLarge) as exc:
-            error = ErrorInfo(type=type(exc).__name__, message=str(exc))
-            return typing.cast(R, self._finish_failed(step_id, seq, attempt, started, error))
-        stored = self._session.record_step(
-            StepRecord.ended(
-                step_id,
-                seq,
-                attempt=attempt,
-                run_attempt=self.attempt,
-                started_at=started,
-                finished_at=self._session.now(),
-                result_json=text,
-            )
-        )
-        return typing.cast(R, self._replay(stored, return_type))
-
-    def _finish_failed(
-        self, step_id: str, seq: int, attempt: int, started: datetime, error: ErrorInfo
-    ) -> Any:
-        stored = self._session.record_step(
-            StepRecord.ended(
-                step_id,
-                seq,
-                attempt=attempt,
-                run_attempt=self.attempt,
-                started_at=started,
-                finished_at=self._session.now(),
-                error=error,
-            )
-        )
-        return self._replay(stored, None)
-
-    def _failed(self, step_id: str) -> list[int]:
-        return self._session.failed_attempts_of(step_id)
-
-    def _replay(self, record: StepRecord, return_type: Any) -> Any:
-        if record.outcome == "succeeded":
-            return _serde.loads(record.result_json, return_type)
-        if record.outcome == "failed":
-            error = record.error or ErrorInfo("Error", "")
-            if record.kind == "child_wait":
-                child = json.loads(record.result_json or "{}")
-                raise ChildRunFailed(
-                    record.step_id, error, run_id=child["run_id"], status=child["status"]
-                )
-            if record.kind == "token_wait":
-                cls = TokenTimedOut if error.type == "TokenTimedOut" else TokenFailed
-                raise cls(record.step_id, error)
-            raise StepFailed(record.step_id, error)
-        # An at-most-once marker whose attempt neither finished nor failed cleanly:
-        # that attempt was interrupted mid-step, and the step must not run twice.
-        error = ErrorInfo(
-            type="StepInterrupted",
-            message=(
-                f"step {record.step_id!r} of run {self.run_id} is at-most-once and its attempt "
-                f"{record.attempt} was interrupted (worker crash or timeout) after it started; "
-                "it was not run again. Check the external system for its effect, then "
-                "handle this StepFailed in the task."
-            ),
-        )
-        return self._finish_failed(
-            record.step_id, record.seq, record.attempt, record.started_at, error
+        return typing.cast(
+            R,
+            steps.call(self._core, name, fn, args, kwargs, retry=retry, at_most_once=at_most_once),
         )
 
     @contextlib.contextmanager
@@ -432,14 +132,8 @@ class Context(_Waits, _Children):
             >>> with ctx.group("billing"):
             ...     ctx.step("charge", charge_card, order)   # id "billing/charge#1"
         """
-        self._check_caller(f"ctx.group({name!r})")
-        _check_step_name(name)
-        previous = self._scope
-        self._scope = f"{previous}/{name}" if previous else name
-        try:
+        with groups.named(self._core, name):
             yield
-        finally:
-            self._scope = previous
 
     def checkpointed_group(
         self, name: str, fn: Callable[..., R], /, *args: Any, **kwargs: Any
@@ -470,50 +164,12 @@ class Context(_Waits, _Children):
             ...     return ctx.step("score", score, user)
             >>> profile = ctx.checkpointed_group("enrich", enrich, "u-7")
         """
-        self._check_caller(f"ctx.checkpointed_group({name!r})")
-        _check_step_name(name)
-        if not callable(fn):
-            raise UsageError(
-                f"ctx.checkpointed_group({name!r}, fn): fn must be callable, got {fn!r}"
-            )
-        group_id, seq = self._position(name, "group")
-        return_type = _return_type(fn)
-        record = self._records.get(group_id)
-        if record is not None:
-            return typing.cast(R, self._replay(record, return_type))
-        inner = [
-            r.started_at
-            for r in list(self._records.values())
-            if r.step_id.startswith(group_id + "/")
-        ]
-        started = min([*inner, self._session.now()])
-        previous = self._scope
-        self._scope = group_id
-        try:
+        started = groups.start_checkpointed(self._core, name, fn)
+        if isinstance(started, Replayed):
+            return typing.cast(R, started.value)
+        with started.inside():
             value = fn(self, *args, **kwargs)
-        finally:
-            self._scope = previous
-        text: str | None = None
-        error: ErrorInfo | None = None
-        try:
-            text = _serde.dumps(value, f"the result of group {group_id!r} in run {self.run_id}")
-        except (_serde.NotSerializable, PayloadTooLarge) as exc:
-            error = ErrorInfo(type=type(exc).__name__, message=str(exc))
-        stored = self._session.record_step(
-            StepRecord.ended(
-                group_id,
-                seq,
-                run_attempt=self.attempt,
-                started_at=started,
-                finished_at=self._session.now(),
-                kind="group",
-                result_json=text,
-                error=error,
-            )
-        )
-        return typing.cast(R, self._replay(self._remember(stored), return_type))
-
-    # -- in-run concurrency (rung._parallel) ---------------------------------------------
+        return typing.cast(R, started.returned(value))
 
     def map(
         self,
@@ -568,32 +224,15 @@ class Context(_Waits, _Children):
             ...                 completion=rung.Completion(tolerated_failures=5))
             >>> tracking = batch.results()
         """
-        self._check_caller(f"ctx.map(name={name!r})")
-        from rung import _parallel  # it builds on this module
-
-        if not callable(fn):
-            raise UsageError(f"ctx.map(items, fn): fn must be callable, got {fn!r}")
-        what = f"ctx.map(name={name!r})"
-        listed = _parallel.check_items(items, what)
-        names = None
-        if item_name is not None:
-            if not callable(item_name):
-                raise UsageError(f"{what}: item_name must be a function (item, index) -> str")
-            names = _parallel.check_names(
-                [_call_namer(item_name, item, index, what) for index, item in enumerate(listed)],
-                what,
-            )
-        return_type = _return_type(fn)
-        return _parallel.run_batch(
-            self,
-            kind="map",
+        return parallel.map_items(
+            self._core,
+            items,
+            fn,
             name=name,
-            count=len(listed),
-            call=lambda ctx, index: fn(ctx, listed[index]),
-            return_type=lambda index: return_type,
             max_concurrency=max_concurrency,
             completion=completion,
-            names=names,
+            item_name=item_name,
+            face=Context,
         )
 
     def parallel(
@@ -624,77 +263,263 @@ class Context(_Waits, _Children):
             ... })
             >>> found = batch.results_by_name()   # {"user": ..., "orders": ...}
         """
-        what = f"ctx.parallel(name={name!r})"
-        self._check_caller(what)
-        from rung import _parallel
-
-        names = None
-        if isinstance(fns, Mapping):
-            names = _parallel.check_names(list(fns.keys()), what)
-            fns = list(fns.values())
-        listed = _parallel.check_items(fns, what, "functions")
-        for index, fn in enumerate(listed):
-            if not callable(fn):
-                raise UsageError(
-                    f"ctx.parallel(fns): fns[{index}] must be callable (called as fn(ctx)), "
-                    f"got {fn!r}"
-                )
-        return _parallel.run_batch(
-            self,
-            kind="parallel",
+        return parallel.parallel_fns(
+            self._core,
+            fns,
             name=name,
-            count=len(listed),
-            call=lambda ctx, index: listed[index](ctx),
-            return_type=lambda index: _return_type(listed[index]),
             max_concurrency=max_concurrency,
             completion=completion,
-            names=names,
+            face=Context,
         )
 
-    def _branch_context(self, branch_id: str) -> Context:
-        """A ctx for one branch: the run's records and session, its own scope and positions."""
-        branch = copy.copy(self)
-        branch._seq = {}
-        branch._occurrences = {}
-        branch._scope = branch_id
-        branch._branch = branch_id
-        return branch
+    def wait(self, duration: timedelta | float, *, name: str = "wait") -> None:
+        """Suspend the run for ``duration``; no worker is held while it waits.
 
+        The wake time is fixed when the wait is first reached; replays pass a wait
+        whose time has come without waiting again. Any length works (up to a year):
+        waits longer than SQS's limits are chained (see docs/waits.md).
 
-def _call_namer(namer: Callable[[Any, int], object], item: Any, index: int, what: str) -> object:
-    try:
-        return namer(item, index)
-    except Exception as exc:
-        raise UsageError(
-            f"{what}: item_name raised {type(exc).__name__} for item {index}: {exc}"
-        ) from None
+        Example:
+            >>> ctx.wait(timedelta(hours=20))
+        """
+        waits.wait(self._core, duration, name)
 
+    def wait_until(self, when: datetime, *, name: str = "wait") -> None:
+        """Suspend the run until ``when`` (timezone-aware); a past time does not wait."""
+        waits.wait_until(self._core, when, name)
 
-def _check_step_name(name: object) -> None:
-    if not isinstance(name, str) or not name:
-        raise UsageError(f"a step name must be a non-empty string, got {name!r}")
-    if "/" in name or "#" in name:
-        raise UsageError(
-            f"step name {name!r} contains '/' or '#', which rung uses in step ids; "
-            "choose a name without them"
+    def create_token(
+        self,
+        name: str,
+        *,
+        timeout: timedelta | float = DEFAULT_TOKEN_TIMEOUT,
+        heartbeat_timeout: timedelta | float | None = None,
+    ) -> Token:
+        """Create a token someone outside the run answers; a checkpoint like a step.
+
+        Hand ``token.id`` to a person or system (in a step: an email, a ticket);
+        they call ``Client.complete_token(id, value)`` / ``fail_token`` or run
+        ``rung tokens complete ID``; the run gets the answer from ``wait_for_token``.
+
+        Args:
+            name: names the token and its checkpoint.
+            timeout: after this the token times out (default 7 days; at most 366 days).
+            heartbeat_timeout: if set, the token also times out when no
+                ``Client.heartbeat_token`` arrives within this long.
+
+        Example:
+            >>> token = ctx.create_token("approval", timeout=timedelta(days=3))
+            >>> ctx.step("ask", send_approval_mail, token.id)
+            >>> decision = ctx.wait_for_token(token)
+        """
+        return waits.create_token(self._core, name, timeout, heartbeat_timeout)
+
+    def wait_for_token(self, token: Token, *, result_type: type[S] | None = None) -> Any:
+        """Suspend until ``token`` is completed (returns its value) or failed (raises).
+
+        Raises:
+            TokenFailed: it was failed with ``Client.fail_token``; carries that error.
+            TokenTimedOut: it reached its timeout or missed a heartbeat.
+
+        Args:
+            result_type: revive the value as this type (a pydantic model, dataclass).
+        """
+        return waits.wait_for_token(self._core, token, result_type)
+
+    @overload
+    def wait_for_callback(
+        self,
+        submit: Callable[[str], Any],
+        /,
+        *,
+        name: str = "callback",
+        timeout: timedelta | float = DEFAULT_TOKEN_TIMEOUT,
+        heartbeat_timeout: timedelta | float | None = None,
+        result_type: type[S] | None = None,
+    ) -> Any: ...
+
+    @overload
+    def wait_for_callback(
+        self,
+        name: str,
+        submit: Callable[[str], Any],
+        /,
+        *,
+        timeout: timedelta | float = DEFAULT_TOKEN_TIMEOUT,
+        heartbeat_timeout: timedelta | float | None = None,
+        result_type: type[S] | None = None,
+    ) -> Any: ...
+
+    def wait_for_callback(
+        self,
+        first: str | Callable[[str], Any],
+        second: Callable[[str], Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        timeout: timedelta | float = DEFAULT_TOKEN_TIMEOUT,
+        heartbeat_timeout: timedelta | float | None = None,
+        result_type: type[S] | None = None,
+    ) -> Any:
+        """Create a token, call ``submit(token_id)`` as a step, and wait for the answer.
+
+        Called as ``wait_for_callback(submit)`` (the name defaults to ``"callback"``, as a
+        step's defaults to its function's) or ``wait_for_callback("approval", submit)``
+        (or ``name=``). In a group of that name: ``approval/token#1``,
+        ``approval/submit#1``, ``approval/token:wait#1``; a second callback of the same
+        name continues the numbering (``approval/token#2`` ...).
+
+        Example:
+            >>> decision = ctx.wait_for_callback(
+            ...     lambda tid: send_mail(boss, link(tid)), timeout=timedelta(days=3))
+            >>> decision = ctx.wait_for_callback("approval", lambda tid: send_mail(boss, tid))
+        """
+        name, submit = waits.callback_arguments(first, second, name)
+        plan = waits.wait_for_callback(
+            self._core, name, submit, timeout, heartbeat_timeout, result_type
         )
-    if len(name) > 200:
-        raise UsageError(f"step name is {len(name)} characters long; the limit is 200")
+        return self._follow(plan)
 
+    def wait_for_condition(
+        self,
+        check: Callable[[S], S],
+        initial_state: S,
+        strategy: Poll[S],
+        *,
+        name: str = "condition",
+    ) -> S:
+        """Poll ``check(state) -> state`` as a step on a durable schedule until done.
 
-@functools.lru_cache(maxsize=1024)
-def _return_type_cached(fn: Callable[..., Any]) -> Any:
-    try:
-        return typing.get_type_hints(fn).get("return")
-    except Exception:
-        return None
+        Each poll is a checkpointed step; between polls the run suspends (no worker
+        held). Returns the state for which ``strategy.until(state)`` is true.
 
+        Raises:
+            ConditionNotMet: ``strategy.max_polls`` polls did not satisfy it.
 
-def _return_type(fn: Callable[..., Any]) -> Any:
-    try:
-        return _return_type_cached(fn)
-    except TypeError:  # unhashable callable
-        return None
+        Example:
+            >>> job = ctx.wait_for_condition(
+            ...     lambda s: get_job(s["id"]), {"id": job_id},
+            ...     rung.Poll(until=lambda s: s["state"] == "done", interval=30))
+        """
+        return self._follow(
+            waits.wait_for_condition(self._core, check, initial_state, strategy, name)
+        )
+
+    def trigger(
+        self,
+        task: str | Task[Any],
+        payload: Any = None,
+        *,
+        name: str | None = None,
+        detached: bool = False,
+        delay: timedelta | float | None = None,
+        tags: Iterable[str] | None = None,
+    ) -> RunHandle:
+        """Start a child run of ``task`` and go on without waiting for it.
+
+        A checkpoint like a step (``"/<name>#<n>"``, ``name`` defaulting to the task
+        id): the child is created together with it, so replays and retries of this
+        run never start a second child. The child records this run as its
+        ``parent_run_id``; canceling this run cancels the child too, unless
+        ``detached``. The task must belong to this run's app.
+
+        Returns:
+            The child's handle (``created`` is False on a replay).
+
+        Raises:
+            UnknownTask, InvalidPayload, PayloadTooLarge: as ``Client.trigger``.
+
+        Example:
+            >>> ctx.trigger(send_receipt, {"order_id": order.id}, detached=True)
+        """
+        return children.trigger(
+            self._core, task, payload, name=name, detached=detached, delay=delay, tags=tags
+        )
+
+    @overload
+    def trigger_and_wait(
+        self,
+        task: Task[R],
+        payload: Any = None,
+        *,
+        name: str | None = None,
+        timeout: timedelta | float | None = None,
+    ) -> R: ...
+
+    @overload
+    def trigger_and_wait(
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        name: str | None = None,
+        result_type: type[S] | None = None,
+        timeout: timedelta | float | None = None,
+    ) -> Any: ...
+
+    def trigger_and_wait(
+        self,
+        task: str | Task[Any],
+        payload: Any = None,
+        *,
+        name: str | None = None,
+        result_type: type[S] | None = None,
+        timeout: timedelta | float | None = None,
+    ) -> Any:
+        """Start a child run of ``task`` and suspend until it ends; return its output.
+
+        The parent holds no worker while the child runs. Two checkpoints:
+        ``"/<name>#<n>"`` (the child, created with it atomically) and
+        ``"/<name>:wait#<n>"`` (its outcome, recorded once it has ended); ``name``
+        defaults to the task id. The output is revived as the task's return type
+        (or ``result_type``).
+
+        ``timeout`` (a ``timedelta`` or seconds, counted from the child's start, waits
+        included): a child that has not ended by then is canceled, with its own
+        children unless detached, and the parent gets ``ChildRunFailed`` (status
+        CANCELED, a message that names the timeout). Without it the parent waits as
+        long as the child takes (bounded by the child's own waits and retries).
+
+        Raises:
+            ChildRunFailed: the child FAILED, was CANCELED or TIMED_OUT; carries its
+                run id, status and error. Catch it to carry on.
+
+        Example:
+            >>> try:
+            ...     receipt = ctx.trigger_and_wait(charge, {"order_id": "o-1"})
+            ... except rung.ChildRunFailed as exc:
+            ...     receipt = None  # exc.run_id, exc.status, exc.message
+        """
+        return children.trigger_and_wait(
+            self._core, task, payload, name=name, result_type=result_type, timeout=timeout
+        )
+
+    def batch_trigger_and_wait(
+        self,
+        task: str | Task[Any],
+        payloads: Iterable[Any],
+        *,
+        name: str | None = None,
+        result_type: type[S] | None = None,
+        timeout: timedelta | float | None = None,
+    ) -> list[ChildResult]:
+        """Start one child run of ``task`` per payload; suspend until all have ended.
+
+        Returns one ``ChildResult`` per payload, in input order; a failed child does
+        not raise here: inspect ``result.ok``/``result.error`` or call
+        ``result.unwrap()``. Checkpoints: ``"/<name>#1"`` ... ``"/<name>#N"`` (the
+        children) and one ``"/<name>:wait#<n>"`` holding every outcome. Every payload
+        is validated before any child starts. ``timeout``: as for ``trigger_and_wait``,
+        counted from the first child's start; children not ended by then are canceled
+        and come back with status CANCELED (the others keep their outcomes).
+
+        Example:
+            >>> results = ctx.batch_trigger_and_wait(resize, [{"id": i} for i in ids])
+            >>> failed = [r.run_id for r in results if not r.ok]
+        """
+        return children.batch_trigger_and_wait(
+            self._core, task, payloads, name=name, result_type=result_type, timeout=timeout
+        )
 
 
 @overload
@@ -731,7 +556,7 @@ def step(
         ... def charge_card(order: dict) -> dict: ...
     """
     if name is not None:
-        _check_step_name(name)
+        check_step_name(name)
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise InvalidConfig("@rung.step(retry=...) must be a rung.RetryPolicy")
 
@@ -740,11 +565,14 @@ def step(
 
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            ctx = _current_context.get()
-            if ctx is None:
+            scope = current_scope.get()
+            if scope is None:
                 return func(*args, **kwargs)
-            return ctx.step(
-                step_name, func, *args, retry=retry, at_most_once=at_most_once, **kwargs
+            return typing.cast(
+                R,
+                steps.call(
+                    scope, step_name, func, args, kwargs, retry=retry, at_most_once=at_most_once
+                ),
             )
 
         return wrapper
@@ -752,21 +580,3 @@ def step(
     if fn is not None:
         return decorate(fn)
     return decorate
-
-
-def _scope_of(step_id: str) -> str:
-    return step_id.rsplit("/", 1)[0]
-
-
-def _describe(kind: str) -> str:
-    return {
-        "step": "step",
-        "wait": "wait",
-        "token": "token",
-        "token_wait": "wait for token",
-        "map": "ctx.map",
-        "parallel": "ctx.parallel",
-        "child": "child run",
-        "child_wait": "wait for child runs",
-        "group": "ctx.checkpointed_group",
-    }.get(kind, kind)

@@ -408,14 +408,14 @@ def test_a_batch_started_under_a_higher_limit_goes_on_after_the_limit_drops(
 ) -> None:
     # A deploy that lowers the limit must not fail runs whose batch had started: the
     # limit applies before a batch's first child exists, not on its replays.
-    import rung._ctx_children
+    import rung._durable.children
 
     entries: Counter[str] = Counter()
     with LocalEngine(batch_app(12, entries), workers=0) as engine:
         handle = engine.trigger("parent", "slow-child")
         drain(engine, only=handle.run_id)
         drain(engine)
-        monkeypatch.setattr(rung._ctx_children, "MAX_BATCH", 10)
+        monkeypatch.setattr(rung._durable.children, "MAX_BATCH", 10)
         assert isinstance(engine.clock, VirtualClock)
         engine.clock.advance(timedelta(minutes=6))
         drain(engine)

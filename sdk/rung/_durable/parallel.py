@@ -13,7 +13,7 @@ Records, each written once:
 * a branch record (kind "branch", id = the branch's scope, ``"/orders#1[3]"``) when
   the branch returns (its result as JSON) or raises (its error as data). A replay
   never calls a recorded branch again. It shares the batch's position (``seq``) and
-  is not a position of its own (``Context`` leaves it out of the determinism check).
+  is not a position of its own (``RunState`` leaves it out of the determinism check).
 * a batch record (kind "map" or "parallel", at the batch's position, id = the batch
   id) when the batch is decided: the counts and, if it failed, the ``BatchFailed``
   error. It is what the determinism check meets at that position and what the trace
@@ -46,15 +46,15 @@ from __future__ import annotations
 
 import contextvars
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import Any
 
 from rung import _serde
-from rung._signals import ContinueLater, RetryStep, Suspend, TimeLimitReached
+from rung._durable.signals import ContinueLater, RetryStep, Suspend, TimeLimitReached
+from rung._durable.state import Scope, current_scope, error_info, return_type
 from rung.batch import MAX_ITEMS, BatchItem, BatchResult, Completion
-from rung.context import Context, _current_context, error_info
 from rung.errors import (
     BatchFailed,
     ErrorInfo,
@@ -93,6 +93,90 @@ def check_items(items: object, what: str, noun: str = "items") -> Sequence[Any]:
     return items
 
 
+def map_items(
+    scope: Scope,
+    items: Sequence[Any],
+    fn: Callable[[Any, Any], Any],
+    *,
+    name: str,
+    max_concurrency: int | None,
+    completion: Completion | None,
+    item_name: Callable[[Any, int], str] | None,
+    face: Callable[[Scope], Any],
+) -> BatchResult[Any]:
+    """``ctx.map``: ``fn(face(branch_scope), item)`` per item, each a branch."""
+    what = f"ctx.map(name={name!r})"
+    scope.check_caller(what)
+    if not callable(fn):
+        raise UsageError(f"ctx.map(items, fn): fn must be callable, got {fn!r}")
+    listed = check_items(items, what)
+    names = None
+    if item_name is not None:
+        if not callable(item_name):
+            raise UsageError(f"{what}: item_name must be a function (item, index) -> str")
+        names = check_names(
+            [_call_namer(item_name, item, index, what) for index, item in enumerate(listed)],
+            what,
+        )
+    revive = return_type(fn)
+    return run_batch(
+        scope,
+        kind="map",
+        name=name,
+        count=len(listed),
+        call=lambda branch, index: fn(face(branch), listed[index]),
+        return_type=lambda index: revive,
+        max_concurrency=max_concurrency,
+        completion=completion,
+        names=names,
+    )
+
+
+def parallel_fns(
+    scope: Scope,
+    fns: Sequence[Callable[[Any], Any]] | Mapping[str, Callable[[Any], Any]],
+    *,
+    name: str,
+    max_concurrency: int | None,
+    completion: Completion | None,
+    face: Callable[[Scope], Any],
+) -> BatchResult[Any]:
+    """``ctx.parallel``: ``fns[i](face(branch_scope))`` per function (named by a mapping's
+    keys), each a branch."""
+    what = f"ctx.parallel(name={name!r})"
+    scope.check_caller(what)
+    names = None
+    if isinstance(fns, Mapping):
+        names = check_names(list(fns.keys()), what)
+        fns = list(fns.values())
+    listed = check_items(fns, what, "functions")
+    for index, fn in enumerate(listed):
+        if not callable(fn):
+            raise UsageError(
+                f"ctx.parallel(fns): fns[{index}] must be callable (called as fn(ctx)), got {fn!r}"
+            )
+    return run_batch(
+        scope,
+        kind="parallel",
+        name=name,
+        count=len(listed),
+        call=lambda branch, index: listed[index](face(branch)),
+        return_type=lambda index: return_type(listed[index]),
+        max_concurrency=max_concurrency,
+        completion=completion,
+        names=names,
+    )
+
+
+def _call_namer(namer: Callable[[Any, int], object], item: Any, index: int, what: str) -> object:
+    try:
+        return namer(item, index)
+    except Exception as exc:
+        raise UsageError(
+            f"{what}: item_name raised {type(exc).__name__} for item {index}: {exc}"
+        ) from None
+
+
 #: The longest branch name.
 MAX_BRANCH_NAME = 100
 _NOT_IN_NAMES = "/#[]"
@@ -121,12 +205,12 @@ def check_names(names: list[object], what: str) -> list[str]:
 
 
 def run_batch(
-    parent: Context,
+    parent: Scope,
     *,
     kind: str,
     name: str,
     count: int,
-    call: Callable[[Context, int], Any],
+    call: Callable[[Scope, int], Any],
     return_type: Callable[[int], Any],
     max_concurrency: int | None,
     completion: Completion | None,
@@ -151,17 +235,17 @@ def run_batch(
     rule = completion or Completion()
     rule.check_size(count, f"{what} in run {parent.run_id}")
     batch = _Batch(parent, kind, count, call, return_type, rule, names)
-    batch_id, seq = parent._position(name, kind)
+    batch_id, seq = parent.position(name, kind)
     return batch.run(batch_id, seq, max_concurrency or DEFAULT_MAX_CONCURRENCY)
 
 
 class _Batch:
     def __init__(
         self,
-        parent: Context,
+        parent: Scope,
         kind: str,
         count: int,
-        call: Callable[[Context, int], Any],
+        call: Callable[[Scope, int], Any],
         return_type: Callable[[int], Any],
         rule: Completion,
         names: list[str] | None,
@@ -170,7 +254,7 @@ class _Batch:
         self.names = names
         #: each branch's key in its id: its name, or its index
         self.keys = names if names is not None else [str(i) for i in range(count)]
-        self.session = parent._session
+        self.session = parent.session
         self.kind = kind
         self.count = count
         self.call = call
@@ -188,7 +272,7 @@ class _Batch:
     def run(self, batch_id: str, seq: int, max_concurrency: int) -> BatchResult[Any]:
         self.id, self.seq = batch_id, seq
         started = self.session.now()
-        records = self.parent.records
+        records = self.parent.run.records
         self._check_recorded_branches(records)
         for index in range(self.count):
             record = records.get(self._branch_id(index))
@@ -318,13 +402,13 @@ class _Batch:
     def _branch(self, index: int) -> _Outcome:
         """Run branch ``index``; its record, or the signal (or crash) that stopped it."""
         branch_id = self._branch_id(index)
-        ctx = self.parent._branch_context(branch_id)
-        token = _current_context.set(ctx)
+        scope = self.parent.for_branch(branch_id)
+        token = current_scope.set(scope)
         started = self.first_start.get(index) or self.session.now()
         value: Any = None
         error: ErrorInfo | None = None
         try:
-            value = self.call(ctx, index)
+            value = self.call(scope, index)
         except (LeaseLost, NonDeterminismError) as exc:  # the attempt ends, not the branch
             return exc
         except StepFailed as exc:  # a step in it failed for good (or a nested batch)
@@ -336,7 +420,7 @@ class _Batch:
         except BaseException as exc:  # a wait, a retry, the time limit, a crash
             return exc
         finally:
-            _current_context.reset(token)
+            current_scope.reset(token)
         try:
             text: str | None = None
             if error is None:
@@ -350,7 +434,7 @@ class _Batch:
                 StepRecord.ended(
                     branch_id,
                     self.seq,
-                    run_attempt=self.parent.attempt,
+                    run_attempt=self.parent.run.attempt,
                     started_at=started,
                     finished_at=self.session.now(),
                     result_json=text,
@@ -360,7 +444,7 @@ class _Batch:
             )
         except BaseException as exc:  # storage failed: the attempt ends
             return exc
-        return self.parent._remember(stored)
+        return self.parent.run.remember(stored)
 
     # -- endings -----------------------------------------------------------------------
 
@@ -378,15 +462,15 @@ class _Batch:
                 error = record.error or ErrorInfo("Error", "")
                 items.append(BatchItem(index, "failed", error=error, name=name))
         result = BatchResult(items)
-        recorded = self.parent.records.get(self.id)
+        recorded = self.parent.run.records.get(self.id)
         if recorded is None:
             failure = None if verdict else self._failure(result)
-            recorded = self.parent._remember(
+            recorded = self.parent.run.remember(
                 self.session.record_step(
                     StepRecord.ended(
                         self.id,
                         self.seq,
-                        run_attempt=self.parent.attempt,
+                        run_attempt=self.parent.run.attempt,
                         started_at=started,
                         finished_at=self.session.now(),
                         result_json=_serde.dumps(
