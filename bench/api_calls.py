@@ -48,7 +48,7 @@ from rich.table import Table
 
 import rung
 import rung.testing
-from rung._store import INDEXES
+from rung._aws.dynamodb import INDEXES
 
 RESULTS = Path(__file__).parent / "results" / "api_calls.json"
 REPEATS = 3

@@ -57,7 +57,7 @@ from rich.console import Console
 from rich.table import Table
 
 import rung
-from rung import _aws
+from rung._aws import sessions
 from rung._dev import DevOptions, DevStack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,8 +118,8 @@ def cpu_seconds(pid: int) -> float:
 
 def measure_floor(endpoint: str, rounds: int) -> dict[str, Any]:
     """PutItem (conditional) + SendMessage + ReceiveMessage, sequential, on an empty queue."""
-    dynamodb = _aws.client("dynamodb", endpoint)
-    sqs = _aws.client("sqs", endpoint)
+    dynamodb = sessions.client("dynamodb", endpoint)
+    sqs = sessions.client("sqs", endpoint)
     table = f"latency-floor-{time.time_ns()}"
     dynamodb.create_table(
         TableName=table,
@@ -193,7 +193,7 @@ class Bench:
             )
             for _ in range(CLIENT_THREADS)
         ]
-        self._sqs = _aws.client("sqs", dev.endpoint_url)
+        self._sqs = sessions.client("sqs", dev.endpoint_url)
         self._seen = 0  # lines of the starts file that belong to earlier phases
 
     def queue_depth(self) -> int:

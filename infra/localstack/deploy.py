@@ -5,7 +5,7 @@
 
 Prints the stack's outputs as JSON (TableName, QueueUrl, DeadLetterQueueUrl, ...).
 LocalStack cannot run Lambda functions without Docker, so the function, its role and
-its event source mapping are left out (rung._stack.data_plane); rung runs the handler
+its event source mapping are left out (rung._aws.cloudformation.data_plane); rung runs the handler
 itself. Creating the stack again updates it; it is idempotent.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "sdk"))  # run from a checkout without installing rung
 
-from rung import _aws, _stack  # noqa: E402
+from rung._aws import cloudformation, sessions  # noqa: E402
 
 REGION = "us-east-1"
 DEFAULT_ENDPOINT = "http://127.0.0.1:4566"
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         params[key] = value
     try:
         stack = deploy_data_plane(args.endpoint_url, args.stack, params, args.template)
-    except _stack.StackError as exc:
+    except cloudformation.StackError as exc:
         print(f"deploy: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(stack.outputs, indent=2, sort_keys=True))
@@ -61,12 +61,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def deploy_data_plane(
     endpoint_url: str, stack_name: str, params: dict[str, str], template: Path
-) -> _stack.Stack:
+) -> cloudformation.Stack:
     """template.yaml -> plain CloudFormation -> its data plane -> a stack at the endpoint."""
-    cfn = _stack.translate(_stack.load_template(template), params, REGION)
-    plane = _stack.data_plane(cfn)
-    client = _aws.client("cloudformation", endpoint_url, REGION)
-    return _stack.deploy(client, stack_name, plane, params)
+    cfn = cloudformation.translate(cloudformation.load_template(template), params, REGION)
+    plane = cloudformation.data_plane(cfn)
+    client = sessions.client("cloudformation", endpoint_url, REGION)
+    return cloudformation.deploy(client, stack_name, plane, params)
 
 
 if __name__ == "__main__":

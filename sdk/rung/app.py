@@ -12,8 +12,8 @@ from typing import Any, Generic, TypeVar, overload
 
 import pydantic
 
-from rung import _serde
-from rung._durations import check_duration
+from rung._util import serde
+from rung._util.durations import check_duration
 from rung.errors import InvalidConfig, InvalidPayload, UnknownTask
 from rung.flow import Queue
 from rung.retry import DEFAULT_RETRY, RetryPolicy
@@ -119,26 +119,26 @@ class Task(Generic[R]):
         """
         what = f"the payload for task {self.id!r}"
         try:
-            plain = _serde.jsonable(payload, what)
-        except _serde.NotSerializable as exc:
+            plain = serde.jsonable(payload, what)
+        except serde.NotSerializable as exc:
             raise InvalidPayload(str(exc)) from None
         value = plain
-        adapter = _serde.adapter(self.payload_type)
+        adapter = serde.adapter(self.payload_type)
         if adapter is not None:
             try:
                 value = adapter.validate_python(plain)
             except pydantic.ValidationError as exc:
                 raise InvalidPayload(
                     f"payload for task {self.id!r} does not match "
-                    f"{_type_name(self.payload_type)}: {_serde.problems(exc)}"
+                    f"{_type_name(self.payload_type)}: {serde.problems(exc)}"
                 ) from None
         try:
-            return _serde.dumps(value, what)
-        except _serde.NotSerializable as exc:
+            return serde.dumps(value, what)
+        except serde.NotSerializable as exc:
             raise InvalidPayload(str(exc)) from None
 
     def decode_payload(self, text: str) -> Any:
-        return _serde.loads(text, self.payload_type)
+        return serde.loads(text, self.payload_type)
 
 
 class App:
@@ -313,7 +313,7 @@ def _signature_types(task_id: str, func: Callable[..., Any]) -> tuple[Any, Any, 
             f"({exc}); define the payload model at module level so it can be validated"
         ) from None
     annotation = hints.get(params[1].name)
-    why = _serde.unrevivable(annotation)
+    why = serde.unrevivable(annotation)
     if why is not None:
         raise InvalidConfig(
             f"task {task_id!r}: its payload annotation {_type_name(annotation)} is not a type "

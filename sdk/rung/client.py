@@ -8,15 +8,16 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from rung import _aws, _serde
-from rung._clock import Clock, SystemClock, to_ms
-from rung._durations import check_duration
-from rung._engine import WorkerConfig
-from rung._flow import Gate, declared_queue, limits_of
-from rung._history import build_history
-from rung._ids import new_run_id
-from rung._queue import SqsQueue
-from rung._store import DynamoStore, NewRun, ParentLink, QueueState
+from rung._aws import sessions
+from rung._aws.dynamodb import DynamoStore, NewRun, ParentLink, QueueState
+from rung._aws.sqs import SqsQueue
+from rung._engine.admission import Gate, declared_queue, limits_of
+from rung._engine.history import build_history
+from rung._engine.worker import WorkerConfig
+from rung._util import serde
+from rung._util.clock import Clock, SystemClock, to_ms
+from rung._util.durations import check_duration
+from rung._util.ids import new_run_id
 from rung.app import App, Task
 from rung.errors import (
     ErrorInfo,
@@ -72,8 +73,8 @@ class Client:
                 "rung.Client needs the table and queue: pass table_name= and queue_url=, or set "
                 "RUNG_TABLE_NAME and RUNG_QUEUE_URL (template.yaml's outputs name both)"
             )
-        store = DynamoStore(_aws.client("dynamodb", endpoint_url, region), table_name)
-        queue = SqsQueue(_aws.client("sqs", endpoint_url, region), queue_url)
+        store = DynamoStore(sessions.client("dynamodb", endpoint_url, region), table_name)
+        queue = SqsQueue(sessions.client("sqs", endpoint_url, region), queue_url)
         self._init(app, store, queue, clock or SystemClock())
 
     @classmethod
@@ -88,20 +89,20 @@ class Client:
         """A client for the table and queue of a deployed template.yaml stack.
 
         Raises:
-            rung._stack.StackError: no such stack at the endpoint, nothing listening
+            rung._aws.cloudformation.StackError: no such stack at the endpoint, nothing listening
                 there, or the stack has no ``TableName``/``QueueUrl`` outputs.
 
         Example:
             >>> client = rung.Client.from_stack(app, "rung-shop", endpoint_url=url)
         """
-        from rung import _stack  # CloudFormation is needed only here
+        from rung._aws import cloudformation  # CloudFormation is needed only here
 
         endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
-        cfn = _aws.client("cloudformation", endpoint_url, region)
-        stack = _stack.describe(cfn, stack_name, endpoint_url)
+        cfn = sessions.client("cloudformation", endpoint_url, region)
+        stack = cloudformation.describe(cfn, stack_name, endpoint_url)
         missing = [key for key in ("TableName", "QueueUrl") if not stack.outputs.get(key)]
         if missing:
-            raise _stack.StackError(
+            raise cloudformation.StackError(
                 f"stack {stack_name!r} has no {' or '.join(missing)} output: is it a rung "
                 "stack (deployed from template.yaml)?"
             )
@@ -349,7 +350,7 @@ class Client:
         if self.app is not None:
             payload_json = self.app.get_task(run.task_id).encode_payload(run.payload)
         else:
-            payload_json = _serde.dumps(run.payload, f"the payload of run {run.run_id}")
+            payload_json = serde.dumps(run.payload, f"the payload of run {run.run_id}")
         now = self._clock.now()
         new = NewRun(
             run_id=new_run_id(now),
@@ -453,8 +454,8 @@ class Client:
         """
         token_id = _check_token_id(token_id)
         try:
-            value_json = _serde.dumps(value, f"the value completing token {token_id}")
-        except _serde.NotSerializable as exc:
+            value_json = serde.dumps(value, f"the value completing token {token_id}")
+        except serde.NotSerializable as exc:
             raise InvalidPayload(str(exc)) from None
         return self._resolve(token_id, "COMPLETED", value_json, None)
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from rung._durations import check_duration
+from rung._util.durations import check_duration
 from rung.errors import InvalidConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,79}$")

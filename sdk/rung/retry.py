@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
-from rung._durations import check_duration, check_factor
+from rung._util.durations import check_duration, check_factor
 from rung.errors import InvalidConfig, NonRetryable, RungError, is_misuse
 
 Strategy = Literal["exponential", "linear", "fixed"] | Callable[[int, BaseException], object]

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 import rung
-from rung._clock import VirtualClock
-from rung._store import ParentLink
-from rung._store._common import _run_key
+from rung._aws.dynamodb import ParentLink
+from rung._aws.dynamodb._common import _run_key
+from rung._util.clock import VirtualClock
 from rung.errors import LeaseLost
 from rung.testing import LocalEngine
 from tests.functional.test_children import drain

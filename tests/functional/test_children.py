@@ -14,8 +14,8 @@ import pydantic
 import pytest
 
 import rung
-from rung._clock import VirtualClock
-from rung._engine import Disposition
+from rung._engine.worker import Disposition
+from rung._util.clock import VirtualClock
 from rung.testing import LocalEngine, SimulatedCrash
 
 FAST = rung.RetryPolicy(max_attempts=3, initial_interval=timedelta(seconds=1))

@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from rung import _aws
-from rung._clock import VirtualClock
+from rung._aws import sessions
+from rung._util.clock import VirtualClock
 from rung.testing._emulator import EmbeddedEmulator, release_virtual_time, use_virtual_time
 
 
 @pytest.fixture(params=["in-process", "http"])
 def table(request: pytest.FixtureRequest) -> Iterator[tuple[Any, str]]:
     emulator = EmbeddedEmulator.shared()
-    client = _aws.client("dynamodb", emulator.endpoint_url, "us-east-1")
+    client = sessions.client("dynamodb", emulator.endpoint_url, "us-east-1")
     if request.param == "in-process":
         emulator.attach(client)
     name = f"emu-{secrets.token_hex(4)}"
@@ -328,7 +328,7 @@ def test_an_item_of_every_attribute_type_comes_back_as_written(table: tuple[Any,
 @pytest.fixture(params=["in-process", "http"])
 def sqs(request: pytest.FixtureRequest) -> Any:
     emulator = EmbeddedEmulator.shared()
-    client = _aws.client("sqs", emulator.endpoint_url, "us-east-1")
+    client = sessions.client("sqs", emulator.endpoint_url, "us-east-1")
     return emulator.attach(client) if request.param == "in-process" else client
 
 
@@ -362,9 +362,9 @@ def test_a_message_past_its_queues_retention_is_not_received(sqs: Any) -> None:
 
 def test_both_transports_reach_the_same_account_and_region() -> None:
     emulator = EmbeddedEmulator.shared()
-    over_http = _aws.client("sqs", emulator.endpoint_url, "us-east-1")
-    in_process = emulator.attach(_aws.client("sqs", emulator.endpoint_url, "us-east-1"))
-    elsewhere = emulator.attach(_aws.client("sqs", emulator.endpoint_url, "eu-west-1"))
+    over_http = sessions.client("sqs", emulator.endpoint_url, "us-east-1")
+    in_process = emulator.attach(sessions.client("sqs", emulator.endpoint_url, "us-east-1"))
+    elsewhere = emulator.attach(sessions.client("sqs", emulator.endpoint_url, "eu-west-1"))
     name = f"emu-{secrets.token_hex(4)}"
     url = in_process.create_queue(QueueName=name)["QueueUrl"]
     try:

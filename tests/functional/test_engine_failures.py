@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 import rung
-from rung._clock import VirtualClock
-from rung._engine import Disposition
-from rung._queue import QueueMessage
-from rung._store import Claimed
+from rung._aws.dynamodb import Claimed
+from rung._aws.sqs import QueueMessage
+from rung._engine.worker import Disposition
+from rung._util.clock import VirtualClock
 from rung.models import EventType
 from rung.testing import LocalEngine, SimulatedCrash
 

@@ -18,7 +18,7 @@ import pydantic
 import pytest
 
 import rung
-from rung._clock import VirtualClock, from_ms, to_ms
+from rung._util.clock import VirtualClock, from_ms, to_ms
 from rung.testing import LocalEngine, SimulatedCrash
 
 
@@ -179,14 +179,14 @@ class _Desk:
     """Store-level flow-control tests: claim runs and admit them by hand (no workers)."""
 
     def __init__(self, engine: LocalEngine, queue: rung.Queue) -> None:
-        from rung._flow import Gate
+        from rung._engine.admission import Gate
 
         self.store, self.clock, self.queue = engine.store, engine.clock, queue
         self.lease = timedelta(minutes=1)
         self.gate = Gate(engine.store, engine.queue, self.lease)
 
     def claim(self, run_id: str) -> Any:
-        from rung._store import Claimed
+        from rung._aws.dynamodb import Claimed
 
         claim = self.store.claim_run(run_id, self.clock.now(), self.lease)
         assert isinstance(claim, Claimed), claim
@@ -404,7 +404,7 @@ def test_pausing_a_queue_stops_new_starts_and_resuming_continues() -> None:
         time.sleep(0.3)
         parked = list(done)
         engine.store.set_queue("p", paused=False)
-        from rung._flow import Gate
+        from rung._engine.admission import Gate
 
         Gate(engine.store, engine.queue, timedelta(minutes=1)).fill(
             rung.Queue("p", concurrency_limit=2), engine.clock.now()
@@ -439,7 +439,7 @@ def test_an_admission_that_gives_up_on_contention_costs_no_attempt(
     # Fifty writers in a row beating one worker to the queue item is not something the
     # emulator can be made to do on cue; a retry budget of zero gives up at once (the
     # same exit), and restoring it lets the deferred run in.
-    import rung._flow
+    import rung._engine.admission
 
     app = rung.App("contended")
     ran: list[int] = []
@@ -449,7 +449,7 @@ def test_an_admission_that_gives_up_on_contention_costs_no_attempt(
         ran.append(job.n)
         return job.n
 
-    monkeypatch.setattr(rung._flow, "_TRIES", 0)
+    monkeypatch.setattr(rung._engine.admission, "_TRIES", 0)
     with LocalEngine(app, virtual_time=False) as engine:
         handle = engine.trigger("t", {"n": 7})
         deadline = time.monotonic() + 30
@@ -457,7 +457,7 @@ def test_an_admission_that_gives_up_on_contention_costs_no_attempt(
             assert time.monotonic() < deadline, engine.get_run(handle.run_id)
             time.sleep(0.02)
         deferred = engine.get_run(handle.run_id)
-        monkeypatch.setattr(rung._flow, "_TRIES", 50)
+        monkeypatch.setattr(rung._engine.admission, "_TRIES", 50)
         run = engine.wait(handle.run_id, timeout=60)
 
     assert deferred.status == rung.RunStatus.DELAYED
@@ -472,7 +472,7 @@ def test_a_parked_run_rechecked_while_its_hand_off_passed_it_by_keeps_a_place() 
     # handed off: the hand-off finds the run claimed, drops its waiter item and serves
     # the next waiter. The run, still full out, must park with a new place (not keep a
     # place that no longer exists and wait for the next safety net, forever).
-    from rung._flow import PARK_RECHECK, Admitted, Parked
+    from rung._engine.admission import PARK_RECHECK, Admitted, Parked
 
     queue = rung.Queue("q", concurrency_limit=2)
     app = _desk_app("recheck", queue)
@@ -512,7 +512,7 @@ def test_an_attempt_that_lets_go_late_does_not_free_the_next_attempts_slot() -> 
     # A run continues in a fresh invocation (or is woken) and is claimed again before
     # the attempt that sent it on has given its slot back: the late release must not
     # remove the entry the next attempt holds, or a third run would get "its" slot.
-    from rung._flow import Admitted, Parked
+    from rung._engine.admission import Admitted, Parked
 
     queue = rung.Queue("one", concurrency_limit=1)
     app = _desk_app("latecomer", queue)
@@ -581,10 +581,10 @@ def test_a_free_slot_reaches_a_lower_priority_past_a_band_of_blocked_keys(
 ) -> None:
     # A hand-off scans a bounded number of parked runs per priority (SCAN_WAITERS, 200);
     # made 3 here so that four parked runs of one blocked key fill the scan.
-    import rung._flow
-    from rung._flow import Admitted, Parked
+    import rung._engine.admission
+    from rung._engine.admission import Admitted, Parked
 
-    monkeypatch.setattr(rung._flow, "SCAN_WAITERS", 3)
+    monkeypatch.setattr(rung._engine.admission, "SCAN_WAITERS", 3)
     queue = rung.Queue("b", concurrency_limit=3, per_key_limit=1)
     app = _desk_app("bands", queue, concurrency_key=lambda j: j.tenant, priority=lambda j: j.tier)
     with LocalEngine(app, workers=0) as engine:
@@ -645,7 +645,7 @@ def test_a_reservation_woken_too_late_for_goes_back_to_the_window() -> None:
     # Rate 2/s: A and B start now, C and D are reserved 1.1 s later (the window plus
     # its margin). C's worker wakes 200 ms late: C takes a fresh reservation, and its
     # unused one leaves the window, so C starts at once instead of a window later.
-    from rung._flow import Admitted, Delayed
+    from rung._engine.admission import Admitted, Delayed
 
     app, queue = _two_per_second("late")
     with LocalEngine(app, workers=0) as engine:
@@ -670,7 +670,7 @@ def test_a_reservation_woken_too_late_for_goes_back_to_the_window() -> None:
 def test_a_reservation_found_late_on_arrival_stays_in_the_window() -> None:
     # The same lateness seen by a new invocation (no ``unused``): an earlier attempt
     # may have started on that reservation and crashed, so it stays counted.
-    from rung._flow import Delayed
+    from rung._engine.admission import Delayed
 
     app, queue = _two_per_second("late2")
     with LocalEngine(app, workers=0) as engine:

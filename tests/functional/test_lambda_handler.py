@@ -25,10 +25,10 @@ from moto.server import ThreadedMotoServer
 import rung
 from handler import worker as worker_module
 from handler.worker import lambda_handler
-from rung import _aws
-from rung._clock import SystemClock
-from rung._queue import SqsQueue
-from rung._store import DynamoStore
+from rung._aws import sessions
+from rung._aws.dynamodb import DynamoStore
+from rung._aws.sqs import SqsQueue
+from rung._util.clock import SystemClock
 from rung.errors import InvalidConfig
 from tests.functional import handler_app
 
@@ -128,7 +128,8 @@ def endpoint_url() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def aws_clients(endpoint_url: str) -> tuple[Any, Any]:
     """DynamoDB and SQS clients for the test's side (slow to build: built once)."""
-    return _aws.client("dynamodb", endpoint_url, REGION), _aws.client("sqs", endpoint_url, REGION)
+    dynamodb = sessions.client("dynamodb", endpoint_url, REGION)
+    return dynamodb, sessions.client("sqs", endpoint_url, REGION)
 
 
 @pytest.fixture(autouse=True)

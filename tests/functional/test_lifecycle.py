@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import rung
-from rung._clock import VirtualClock
+from rung._util.clock import VirtualClock
 from rung.testing import LocalEngine
 
 

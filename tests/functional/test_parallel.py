@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import pytest
 
 import rung
-import rung._engine
-from rung._clock import VirtualClock
+import rung._engine.worker
+from rung._util.clock import VirtualClock
 from rung.models import EventType
 from rung.testing import LocalEngine, SimulatedCrash
 
@@ -286,7 +286,7 @@ def test_a_token_answered_before_the_run_suspends_is_not_missed(
 ) -> None:
     # A suspension checks at most SUSPEND_TOKEN_CHECKS tokens in its transaction and
     # reads the rest after it; both ways a completion that came first wakes the run.
-    monkeypatch.setattr(rung._engine, "SUSPEND_TOKEN_CHECKS", checked)
+    monkeypatch.setattr(rung._engine.worker, "SUSPEND_TOKEN_CHECKS", checked)
     app = rung.App("par")
     clients: list[rung.Client] = []
     tokens: list[str] = []

@@ -20,9 +20,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 import rung
 from handler import reconciler as reconciler_module
-from rung._clock import VirtualClock
-from rung._engine import Disposition
-from rung._reconcile import ReconcileReport
+from rung._engine.reconciler import ReconcileReport
+from rung._engine.worker import Disposition
+from rung._util.clock import VirtualClock
 from rung.errors import InvalidConfig
 from rung.models import EventType, RunStatus
 from rung.testing import LocalEngine, SimulatedCrash

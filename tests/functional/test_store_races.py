@@ -6,7 +6,7 @@ import threading
 from datetime import timedelta
 
 import rung
-from rung._store import Claimed
+from rung._aws.dynamodb import Claimed
 from rung.models import StepRecord
 from rung.testing import LocalEngine
 

@@ -15,7 +15,7 @@ from datetime import timedelta
 import pytest
 
 import rung
-from rung._clock import VirtualClock
+from rung._util.clock import VirtualClock
 from rung.testing import LocalEngine
 
 

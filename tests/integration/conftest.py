@@ -8,7 +8,7 @@ unless ``CI=1`` or ``RUNG_REQUIRE_LOCALSTACK=1``: then they fail. See docs/local
 
 The pieces are target-agnostic: ``DataPlane`` is a table and queues at an endpoint,
 ``deploy_data_plane`` works on any CloudFormation endpoint, and ``QueueWorkers`` runs
-``rung._engine.Worker`` on any ``DataPlane``.
+``rung._engine.worker.Worker`` on any ``DataPlane``.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from types import TracebackType
 import pytest
 
 import rung
-from rung import _aws, _stack
-from rung._clock import SystemClock
-from rung._engine import Disposition, Worker, WorkerConfig
-from rung._queue import QueueMessage, SqsQueue
-from rung._store import DynamoStore
+from rung._aws import cloudformation, sessions
+from rung._aws.dynamodb import DynamoStore
+from rung._aws.sqs import QueueMessage, SqsQueue
+from rung._engine.worker import Disposition, Worker, WorkerConfig
+from rung._util.clock import SystemClock
 from rung.models import Run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +111,7 @@ class DataPlane:
 
     def aws(self, service: str) -> object:
         """A boto3 client for ``service`` at this plane's endpoint."""
-        return _aws.client(service, self.endpoint_url, self.region)
+        return sessions.client(service, self.endpoint_url, self.region)
 
     def store(self) -> DynamoStore:
         return DynamoStore(self.aws("dynamodb"), self.table_name)
@@ -137,10 +137,10 @@ def deploy_data_plane(
     ``RungApp`` only reaches the (left out) function; ``FunctionTimeout`` defaults to 60.
     """
     params = {"RungApp": "tests.integration:app", "FunctionTimeout": "60", **(parameters or {})}
-    cfn = _stack.translate(_stack.load_template(TEMPLATE), params, REGION)
-    plane = _stack.data_plane(cfn)
-    cloudformation = _aws.client("cloudformation", endpoint_url, REGION)
-    out = _stack.deploy(cloudformation, stack_name, plane, params).outputs
+    cfn = cloudformation.translate(cloudformation.load_template(TEMPLATE), params, REGION)
+    plane = cloudformation.data_plane(cfn)
+    client = sessions.client("cloudformation", endpoint_url, REGION)
+    out = cloudformation.deploy(client, stack_name, plane, params).outputs
     default = cfn["Parameters"]["MaxReceiveCount"]["Default"]
     max_receive = int(params.get("MaxReceiveCount", default))
     return DataPlane(
@@ -156,10 +156,10 @@ def deploy_data_plane(
 
 def remove_data_plane(plane: DataPlane) -> None:
     """Delete the stack, and the table its DeletionPolicy (Retain) leaves behind."""
-    cfn = _aws.client("cloudformation", plane.endpoint_url, plane.region)
+    cfn = sessions.client("cloudformation", plane.endpoint_url, plane.region)
     with contextlib.suppress(Exception):
         cfn.delete_stack(StackName=plane.stack_name)
-    dynamodb = _aws.client("dynamodb", plane.endpoint_url, plane.region)
+    dynamodb = sessions.client("dynamodb", plane.endpoint_url, plane.region)
     with contextlib.suppress(Exception):
         dynamodb.delete_table(TableName=plane.table_name)
 

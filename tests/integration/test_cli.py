@@ -1,6 +1,6 @@
 """The ``rung`` CLI against template.yaml deployed to the embedded emulator.
 
-The stack's data plane (table, queue, DLQ) is deployed with ``rung._stack`` as
+The stack's data plane (table, queue, DLQ) is deployed with ``rung._aws.cloudformation`` as
 ``rung dev`` does; a thread of this process plays the worker (receive, ``Worker.handle``,
 delete what is acknowledged), so runs triggered through the CLI really progress. A
 task that raises ``SimulatedCrash`` leaves its message in flight, as a killed Lambda
@@ -30,12 +30,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from rung import _aws
-from rung._clock import SystemClock
-from rung._engine import Disposition, Worker, WorkerConfig
-from rung._queue import SqsQueue
-from rung._stack import data_plane, deploy, load_template, translate
-from rung._store import DynamoStore
+from rung._aws import sessions
+from rung._aws.cloudformation import data_plane, deploy, load_template, translate
+from rung._aws.dynamodb import DynamoStore
+from rung._aws.sqs import SqsQueue
+from rung._engine.worker import Disposition, Worker, WorkerConfig
+from rung._util.clock import SystemClock
 from rung.cli import main
 from rung.client import Client
 from rung.models import Run
@@ -104,10 +104,10 @@ def stack() -> Iterator[Deployed]:
     name = f"rung-clitest-{secrets.token_hex(4)}"
     params = {"RungApp": APP, "FunctionTimeout": "60"}
     plane = data_plane(translate(load_template(TEMPLATE), params, REGION))
-    cfn = _aws.client("cloudformation", emulator.endpoint_url, REGION)
+    cfn = sessions.client("cloudformation", emulator.endpoint_url, REGION)
     outputs = deploy(cfn, name, plane, params).outputs
-    dynamodb = _aws.client("dynamodb", emulator.endpoint_url, REGION)
-    sqs = _aws.client("sqs", emulator.endpoint_url, REGION)
+    dynamodb = sessions.client("dynamodb", emulator.endpoint_url, REGION)
+    sqs = sessions.client("sqs", emulator.endpoint_url, REGION)
     store = DynamoStore(dynamodb, outputs["TableName"])
     queue = SqsQueue(sqs, outputs["QueueUrl"], max_receive_count=5)
     worker = Worker(
@@ -1072,7 +1072,7 @@ def test_queues_without_the_app_show_the_limits_the_code_sets(stack: Deployed) -
 def test_a_queue_whose_code_limits_are_not_known_says_so(stack: Deployed) -> None:
     # A queue item no worker has recorded the code's limits in (an operator paused the
     # queue before any run of it, or an older rung wrote it).
-    dynamodb = _aws.client("dynamodb", stack.endpoint_url, REGION)
+    dynamodb = sessions.client("dynamodb", stack.endpoint_url, REGION)
     table = stack.client._store.table
     DynamoStore(dynamodb, table).set_queue("legacy", paused=True)
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import rung
-from rung import _aws, _stack
+from rung._aws import cloudformation, sessions
 from rung._dev import DevOptions, DevStack, load_app
 
 pytestmark = pytest.mark.slow
@@ -163,7 +163,7 @@ def test_kill_9_of_rung_dev_then_a_restart_finishes_in_flight_runs(
     wait_ready(log, 1)
     # A client of the running stack, found through its outputs as the CLI does.
     endpoint = f"http://127.0.0.1:{options.port}"
-    stack = _stack.describe(_aws.client("cloudformation", endpoint), "rung-devtest")
+    stack = cloudformation.describe(sessions.client("cloudformation", endpoint), "rung-devtest")
     client = rung.Client(
         load_app(APP),
         table_name=stack.outputs["TableName"],

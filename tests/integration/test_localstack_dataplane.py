@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 import rung
-from rung._clock import SystemClock
-from rung._engine import Disposition
-from rung._ids import new_run_id
-from rung._store import Claimed, NewRun, NotClaimed
+from rung._aws.dynamodb import Claimed, NewRun, NotClaimed
+from rung._engine.worker import Disposition
+from rung._util.clock import SystemClock
+from rung._util.ids import new_run_id
 from rung.models import EventType
 from tests.integration.conftest import DataPlane, QueueWorkers
 

@@ -35,7 +35,7 @@ import pytest
 
 import rung
 from examples import orders
-from rung import _aws
+from rung._aws import sessions
 from rung.models import RunStatus
 from rung.testing._emulator import EmbeddedEmulator
 from tests.integration.conftest import REGION, DataPlane, deploy_data_plane
@@ -411,7 +411,7 @@ def test_the_bundled_worker_runs_process_order_to_completion_on_python312(
 ) -> None:
     plane = emulated_plane
     client = plane.client(orders.app)
-    sqs = _aws.client("sqs", plane.endpoint_url, REGION)
+    sqs = sessions.client("sqs", plane.endpoint_url, REGION)
     state = tmp_path / "demo-state"
     env = _lambda_env(
         {

@@ -11,7 +11,7 @@ import pytest
 from cfnlint.api import lint_file  # type: ignore[import-untyped]
 from cfnlint.decode import decode  # type: ignore[import-untyped]
 
-from rung._store import INDEXES, KEY_SCHEMA, TTL_ATTRIBUTE
+from rung._aws.dynamodb import INDEXES, KEY_SCHEMA, TTL_ATTRIBUTE
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 

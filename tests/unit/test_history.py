@@ -8,7 +8,7 @@ import itertools
 import random
 from datetime import UTC, datetime, timedelta
 
-from rung._history import build_history
+from rung._engine.history import build_history
 from rung.models import Run, RunStatus, StepRecord
 
 T0 = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)

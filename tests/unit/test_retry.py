@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import rung
-from rung._durations import check_duration
+from rung._util.durations import check_duration
 from rung.errors import InvalidConfig
 from rung.retry import RetryAfter
 

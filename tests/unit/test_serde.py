@@ -13,7 +13,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from rung import _serde
+from rung._util import serde
 from rung.errors import PayloadTooLarge
 
 
@@ -29,25 +29,25 @@ class Point:
 
 
 def test_models_and_dataclasses_revive_through_the_declared_type() -> None:
-    text = _serde.dumps([Item(sku="a", qty=2)], "value")
-    assert _serde.loads(text, list[Item]) == [Item(sku="a", qty=2)]
-    assert _serde.loads(_serde.dumps(Point(1.5, 2.0), "p"), Point) == Point(1.5, 2.0)
+    text = serde.dumps([Item(sku="a", qty=2)], "value")
+    assert serde.loads(text, list[Item]) == [Item(sku="a", qty=2)]
+    assert serde.loads(serde.dumps(Point(1.5, 2.0), "p"), Point) == Point(1.5, 2.0)
 
 
 def test_plain_json_values_round_trip_without_a_type() -> None:
     value = {"a": [1, 2.5, None, True, "x"], "nested": {"k": "ü"}}
-    assert _serde.loads(_serde.dumps(value, "v")) == value
+    assert serde.loads(serde.dumps(value, "v")) == value
 
 
 @pytest.mark.parametrize("bad", [object(), float("nan"), {"k": lambda: 0}])
 def test_unserializable_values_are_refused_with_the_reason(bad: object) -> None:
-    with pytest.raises(_serde.NotSerializable, match="is not JSON-serializable"):
-        _serde.dumps(bad, "the thing")
+    with pytest.raises(serde.NotSerializable, match="is not JSON-serializable"):
+        serde.dumps(bad, "the thing")
 
 
 def test_oversize_values_are_refused_with_the_limit() -> None:
     with pytest.raises(PayloadTooLarge, match="rung stores at most 131,072 bytes"):
-        _serde.dumps("x" * (_serde.MAX_VALUE_BYTES + 1), "big")
+        serde.dumps("x" * (serde.MAX_VALUE_BYTES + 1), "big")
 
 
 class Color(enum.Enum):
@@ -82,13 +82,13 @@ CONVERSIONS = [
 def test_the_documented_json_conversions_hold(
     value: object, stored: object, declared: object, revived: object
 ) -> None:
-    text = _serde.dumps(value, "value")
+    text = serde.dumps(value, "value")
     assert json.loads(text) == stored
-    assert _serde.loads(text) == stored  # no declared type: the JSON value
-    assert _serde.loads(text, declared) == revived
+    assert serde.loads(text) == stored  # no declared type: the JSON value
+    assert serde.loads(text, declared) == revived
 
 
 @pytest.mark.parametrize("value", [b"\xff", float("nan"), object(), open])
 def test_values_with_no_json_form_are_refused(value: object) -> None:
-    with pytest.raises(_serde.NotSerializable, match="the value is not JSON-serializable"):
-        _serde.dumps(value, "the value")
+    with pytest.raises(serde.NotSerializable, match="the value is not JSON-serializable"):
+        serde.dumps(value, "the value")

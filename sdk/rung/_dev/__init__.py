@@ -24,13 +24,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from rung import _aws, _lambda, _stack
-from rung._clock import SystemClock, iso
+from rung import _lambda
+from rung._aws import cloudformation, sessions
+from rung._aws.dynamodb import DynamoStore
 from rung._dev import emulator
 from rung._dev.esm import EventSourcePoller
 from rung._dev.pool import WorkerProcess
 from rung._dev.printer import EventPrinter
-from rung._store import DynamoStore
+from rung._util.clock import SystemClock, iso
 from rung.app import App
 from rung.client import Client
 from rung.errors import InvalidConfig
@@ -161,17 +162,17 @@ class DevStack:
             **({"MaxReceiveCount": str(o.max_receive_count)} if o.max_receive_count else {}),
             **o.parameters,
         }
-        template = _stack.load_template(self._template())
-        cfn = _stack.translate(template, self.parameters, REGION)
-        cloudformation = _aws.client("cloudformation", self.endpoint_url, REGION)
-        self.stack = _stack.deploy(
-            cloudformation, self.stack_name, _stack.data_plane(cfn), self.parameters
+        template = cloudformation.load_template(self._template())
+        cfn = cloudformation.translate(template, self.parameters, REGION)
+        client = sessions.client("cloudformation", self.endpoint_url, REGION)
+        self.stack = cloudformation.deploy(
+            client, self.stack_name, cloudformation.data_plane(cfn), self.parameters
         )
         self.emit(
             f"rung dev: stack {self.stack_name} is up (table {self.stack.outputs.get('TableName')})"
         )
-        self.dynamodb = _aws.client("dynamodb", self.endpoint_url, REGION)
-        self.sqs = _aws.client("sqs", self.endpoint_url, REGION)
+        self.dynamodb = sessions.client("dynamodb", self.endpoint_url, REGION)
+        self.sqs = sessions.client("sqs", self.endpoint_url, REGION)
         self.store = DynamoStore(self.dynamodb, self.stack.outputs["TableName"])
         self.client = Client(
             self.app,
@@ -182,7 +183,7 @@ class DevStack:
         )
         self.functions = [
             self._entry_point(spec)
-            for spec in _stack.functions(cfn, self.stack, self.parameters, REGION)
+            for spec in cloudformation.functions(cfn, self.stack, self.parameters, REGION)
         ]
         (o.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         for spec in self.functions:
@@ -239,7 +240,7 @@ class DevStack:
         self.emit(f"rung dev: no template.yaml in {o.code_root}; using rung's own ({packaged})")
         return packaged
 
-    def _entry_point(self, spec: _stack.FunctionSpec) -> _stack.FunctionSpec:
+    def _entry_point(self, spec: cloudformation.FunctionSpec) -> cloudformation.FunctionSpec:
         """The handler as the code root has it (rung's checkout has handler/), else the
         same handler from the rung package: a project needs no handler/ of its own."""
         module, _, function = spec.handler.rpartition(".")
@@ -250,7 +251,7 @@ class DevStack:
 
     # -- functions -------------------------------------------------------------------
 
-    def _env(self, spec: _stack.FunctionSpec) -> dict[str, str]:
+    def _env(self, spec: cloudformation.FunctionSpec) -> dict[str, str]:
         env = dict(os.environ)
         env.update(spec.environment)
         env.update(
@@ -278,7 +279,9 @@ class DevStack:
         self._logs.append(handle)
         return handle
 
-    def _start_event_source(self, spec: _stack.FunctionSpec, source: _stack.EventSource) -> None:
+    def _start_event_source(
+        self, spec: cloudformation.FunctionSpec, source: cloudformation.EventSource
+    ) -> None:
         maximum = source.maximum_concurrency or 2
         if self.options.workers:
             count = min(maximum, self.options.workers)
@@ -321,7 +324,7 @@ class DevStack:
         poller.start()
         self._pollers.append(poller)
 
-    def _start_schedule(self, spec: _stack.FunctionSpec, expression: str) -> None:
+    def _start_schedule(self, spec: cloudformation.FunctionSpec, expression: str) -> None:
         name = f"{spec.logical_id}-schedule"
         worker = WorkerProcess(
             spec, self._env(spec), self.options.code_root, self._log_for(name), name

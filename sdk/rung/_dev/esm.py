@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rung._aws.cloudformation import EventSource
 from rung._dev.pool import Invocation, WorkerProcess
-from rung._stack import EventSource
 
 log = logging.getLogger("rung.dev")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from rung._stack import FunctionSpec
+from rung._aws.cloudformation import FunctionSpec
 from rung.errors import RungError
 
 

@@ -11,8 +11,8 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 
-from rung._history import build_history
-from rung._store import DynamoStore
+from rung._aws.dynamodb import DynamoStore
+from rung._engine.history import build_history
 from rung.models import HistoryEvent, Run, RunStatus
 
 log = logging.getLogger("rung.dev")

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from rung import _serde
-from rung._clock import iso
 from rung._durable.signals import Suspend
 from rung._durable.state import Scope
 from rung._durable.waits import MAX_WAIT
-from rung._durations import check_duration
-from rung._ids import new_run_id
+from rung._util import serde
+from rung._util.clock import iso
+from rung._util.durations import check_duration
+from rung._util.ids import new_run_id
 from rung.errors import ErrorInfo, StepFailed, UsageError
 from rung.models import ChildResult, Run, RunHandle, RunStatus, StepRecord
 
@@ -139,7 +139,7 @@ def batch_trigger_and_wait(
             run_id=o["run_id"],
             task_id=o["task_id"],
             status=RunStatus(o["status"]),
-            output=_serde.loads(json.dumps(o["output"]), revive)
+            output=serde.loads(json.dumps(o["output"]), revive)
             if o["status"] == RunStatus.COMPLETED
             else None,
             error=ErrorInfo.from_json(o["error"]) if o.get("error") else None,
@@ -338,13 +338,13 @@ def _record_outcomes(
     if not single:
         result: str | None = json.dumps(outcomes)
         size = len(result.encode()) if result is not None else 0
-        if size > _serde.MAX_VALUE_BYTES:
+        if size > serde.MAX_VALUE_BYTES:
             result, error = (
                 None,
                 ErrorInfo(
                     "PayloadTooLarge",
                     f"the outcomes of the {len(children):,} children of batch {step_id!r} are "
-                    f"{size:,} bytes of JSON; rung stores at most {_serde.MAX_VALUE_BYTES:,} "
+                    f"{size:,} bytes of JSON; rung stores at most {serde.MAX_VALUE_BYTES:,} "
                     "bytes in one checkpoint. Return smaller outputs from the children (put "
                     "large data in S3 and return its key), or split the batch",
                 ),

@@ -9,8 +9,8 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rung import _serde
 from rung._durable.state import Replayed, Scope, check_step_name, return_type
+from rung._util import serde
 from rung.errors import ErrorInfo, PayloadTooLarge, UsageError
 from rung.models import StepRecord
 
@@ -56,10 +56,10 @@ class Checkpointed:
         text: str | None = None
         error: ErrorInfo | None = None
         try:
-            text = _serde.dumps(
+            text = serde.dumps(
                 value, f"the result of group {self.group_id!r} in run {scope.run_id}"
             )
-        except (_serde.NotSerializable, PayloadTooLarge) as exc:
+        except (serde.NotSerializable, PayloadTooLarge) as exc:
             error = ErrorInfo(type=type(exc).__name__, message=str(exc))
         stored = scope.run.record(
             StepRecord.ended(

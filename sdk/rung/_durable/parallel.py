@@ -51,9 +51,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import Any
 
-from rung import _serde
 from rung._durable.signals import ContinueLater, RetryStep, Suspend, TimeLimitReached
 from rung._durable.state import Scope, current_scope, error_info, return_type
+from rung._util import serde
 from rung.batch import MAX_ITEMS, BatchItem, BatchResult, Completion
 from rung.errors import (
     BatchFailed,
@@ -425,10 +425,10 @@ class _Batch:
             text: str | None = None
             if error is None:
                 try:
-                    text = _serde.dumps(
+                    text = serde.dumps(
                         value, f"the result of branch {branch_id!r} in run {self.parent.run_id}"
                     )
-                except (_serde.NotSerializable, PayloadTooLarge) as exc:
+                except (serde.NotSerializable, PayloadTooLarge) as exc:
                     error = ErrorInfo(type(exc).__name__, str(exc))
             stored = self.session.record_step(
                 StepRecord.ended(
@@ -456,7 +456,7 @@ class _Batch:
             if record is None:
                 items.append(BatchItem(index, "skipped", name=name))
             elif record.outcome == "succeeded":
-                value = _serde.loads(record.result_json, self.return_type(index))
+                value = serde.loads(record.result_json, self.return_type(index))
                 items.append(BatchItem(index, "succeeded", result=value, name=name))
             else:
                 error = record.error or ErrorInfo("Error", "")
@@ -473,7 +473,7 @@ class _Batch:
                         run_attempt=self.parent.run.attempt,
                         started_at=started,
                         finished_at=self.session.now(),
-                        result_json=_serde.dumps(
+                        result_json=serde.dumps(
                             {
                                 "items": self.count,
                                 "succeeded": result.succeeded,

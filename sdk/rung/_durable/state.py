@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from rung import _serde
+from rung._util import serde
 from rung.errors import (
     ChildRunFailed,
     ErrorInfo,
@@ -330,7 +330,7 @@ class Scope:
     def replay(self, record: StepRecord, return_type: Any) -> Any:
         """What a recorded checkpoint gives its caller: its value, or its error raised."""
         if record.outcome == "succeeded":
-            return _serde.loads(record.result_json, return_type)
+            return serde.loads(record.result_json, return_type)
         if record.outcome == "failed":
             error = record.error or ErrorInfo("Error", "")
             if record.kind == "child_wait":

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
-from rung import _serde
 from rung._durable.signals import RetryStep
 from rung._durable.state import (
     Replayed,
@@ -26,6 +25,7 @@ from rung._durable.state import (
     error_info,
     return_type,
 )
+from rung._util import serde
 from rung.errors import ErrorInfo, InvalidConfig, PayloadTooLarge, UsageError
 from rung.models import StepRecord
 from rung.retry import RetryPolicy
@@ -66,8 +66,8 @@ class Execution:
         """Record the value once; returns what every replay returns (through JSON)."""
         scope, step_id = self.scope, self.info.step_id
         try:
-            text = _serde.dumps(value, f"the result of step {step_id!r} in run {scope.run_id}")
-        except (_serde.NotSerializable, PayloadTooLarge) as exc:
+            text = serde.dumps(value, f"the result of step {step_id!r} in run {scope.run_id}")
+        except (serde.NotSerializable, PayloadTooLarge) as exc:
             error = ErrorInfo(type=type(exc).__name__, message=str(exc))
             return scope.record_failure(step_id, self.seq, self.info.attempt, self.started, error)
         stored = scope.session.record_step(

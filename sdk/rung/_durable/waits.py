@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from rung._clock import iso, parse_iso
 from rung._durable.groups import named
 from rung._durable.signals import Suspend
 from rung._durable.state import Scope
-from rung._durations import MAX_DURATION, check_duration, check_factor, format_duration
+from rung._util.clock import iso, parse_iso
+from rung._util.durations import MAX_DURATION, check_duration, check_factor, format_duration
 from rung.errors import ConditionNotMet, ErrorInfo, InvalidConfig, UsageError
 from rung.models import StepRecord, Token, TokenState
 from rung.retry import MAX_BACKOFF

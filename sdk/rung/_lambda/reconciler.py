@@ -2,7 +2,7 @@
 ``handler/reconciler.py``).
 
 An adapter: each invocation (an EventBridge scheduled event, whose content is
-ignored) runs one pass of ``rung._reconcile.Reconciler`` and returns its report as a
+ignored) runs one pass of ``rung._engine.reconciler.Reconciler`` and returns its report as a
 dict. A pass is idempotent and safe beside workers and other passes, so an overlapping
 or retried invocation does no harm.
 
@@ -29,12 +29,12 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from rung import _aws
-from rung._clock import SystemClock
+from rung._aws import sessions
+from rung._aws.dynamodb import DynamoStore
+from rung._aws.sqs import SqsQueue
+from rung._engine.reconciler import DEFAULT_GRACE, Reconciler
 from rung._lambda._env import positive_int, require
-from rung._queue import SqsQueue
-from rung._reconcile import DEFAULT_GRACE, Reconciler
-from rung._store import DynamoStore
+from rung._util.clock import SystemClock
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME") or "rung-reconciler")
 
@@ -46,11 +46,11 @@ def reconciler() -> Reconciler:
     copy_config_to_registered_loggers(source_logger=logger, include={"rung"})
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
     store = DynamoStore(
-        _aws.client("dynamodb", endpoint),
+        sessions.client("dynamodb", endpoint),
         require("RUNG_TABLE_NAME", "the rung DynamoDB table's name (stack output TableName)"),
     )
     queue = SqsQueue(
-        _aws.client("sqs", endpoint),
+        sessions.client("sqs", endpoint),
         require("RUNG_QUEUE_URL", "the work queue's URL (stack output QueueUrl)"),
     )
     grace = positive_int("RUNG_RECONCILE_GRACE_SECONDS", int(DEFAULT_GRACE.total_seconds()))

@@ -1,6 +1,6 @@
 """The worker function's handler (template.yaml: WorkerFunction, ``handler/worker.py``).
 
-An adapter: each SQS record becomes a ``QueueMessage`` for ``rung._engine.Worker``.
+An adapter: each SQS record becomes a ``QueueMessage`` for ``rung._engine.worker.Worker``.
 An ACKed message succeeds (Lambda deletes it). A KEPT message (its visibility already
 set by the engine to when it must come back) or a POISONED one (it goes to the DLQ
 after maxReceiveCount) is reported in ``batchItemFailures`` so Lambda leaves it queued.
@@ -35,12 +35,12 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from rung import _aws
-from rung._clock import SystemClock
-from rung._engine import Disposition, Worker, WorkerConfig
+from rung._aws import sessions
+from rung._aws.dynamodb import DynamoStore
+from rung._aws.sqs import QueueMessage, SqsQueue
+from rung._engine.worker import Disposition, Worker, WorkerConfig
 from rung._lambda._env import positive_int, require
-from rung._queue import QueueMessage, SqsQueue
-from rung._store import DynamoStore
+from rung._util.clock import SystemClock
 from rung.app import App
 from rung.errors import InvalidConfig
 
@@ -65,11 +65,11 @@ def worker() -> Worker:
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
     max_receive = positive_int("RUNG_MAX_RECEIVE_COUNT", 5)
     store = DynamoStore(
-        _aws.client("dynamodb", endpoint),
+        sessions.client("dynamodb", endpoint),
         require("RUNG_TABLE_NAME", "the rung DynamoDB table's name (stack output TableName)"),
     )
     queue = SqsQueue(
-        _aws.client("sqs", endpoint),
+        sessions.client("sqs", endpoint),
         require("RUNG_QUEUE_URL", "the work queue's URL (stack output QueueUrl)"),
         max_receive,
     )

@@ -21,7 +21,7 @@
         queues resume NAME
         dev ...                       (rung._dev.command, when it is installed)
 
-The table and queue are found from the stack's outputs (``rung._stack.describe``);
+The table and queue are found from the stack's outputs (``rung._aws.cloudformation.describe``);
 ``--endpoint-url`` points at ``rung dev``, LocalStack or (unset) AWS. People get
 rich tables on stdout; every command takes ``--json`` for scripts.
 

@@ -25,7 +25,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from rung._durations import format_duration, parse_duration
+from rung._util.durations import format_duration, parse_duration
 from rung.app import App
 from rung.client import Client
 from rung.errors import (
@@ -103,8 +103,8 @@ def _as_cli_error(exc: Exception, target: _Target | None) -> CliError | None:
         return _error(exc.format_message() + hint, EXIT_USAGE)
     if isinstance(exc, click.ClickException):
         return _error(exc.format_message())
-    # rung._stack.describe turns every failure to reach CloudFormation into a StackError;
-    # what it was is kept as the exception's context.
+    # rung._aws.cloudformation.describe turns every failure to reach CloudFormation into a
+    # StackError; what it was is kept as the exception's context.
     for cause in (exc, exc.__cause__, exc.__context__):
         if isinstance(cause, EndpointConnectionError):
             if where is None:

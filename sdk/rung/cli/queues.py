@@ -7,7 +7,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from rung._durations import format_duration
+from rung._util.durations import format_duration
 from rung.cli._common import _console, _json_option, _print_json, _Target, queue_json
 from rung.flow import MAX_LIMIT, QueueInfo
 

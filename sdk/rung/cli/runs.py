@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from rung._durations import HELP as DURATION_HELP
-from rung._durations import format_duration
+from rung._util.durations import HELP as DURATION_HELP
+from rung._util.durations import format_duration
 from rung.cli._common import (
     DEFAULT_WAIT,
     EXIT_TIMEOUT,

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import rung
-from rung._durations import format_duration
+from rung._util.durations import format_duration
 from rung.cli._common import _offset
 from rung.models import EventType, HistoryEvent, Run, RunStatus, TokenState
 

@@ -35,13 +35,13 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
-from rung import _aws
-from rung._clock import Clock, SystemClock, VirtualClock, from_ms
-from rung._durations import check_duration
-from rung._engine import Disposition, Worker, WorkerConfig
-from rung._queue import BadMessage, QueueMessage, SqsQueue, decode
-from rung._reconcile import DEFAULT_GRACE, Reconciler, ReconcileReport
-from rung._store import DynamoStore
+from rung._aws import sessions
+from rung._aws.dynamodb import DynamoStore
+from rung._aws.sqs import BadMessage, QueueMessage, SqsQueue, decode
+from rung._engine.reconciler import DEFAULT_GRACE, Reconciler, ReconcileReport
+from rung._engine.worker import Disposition, Worker, WorkerConfig
+from rung._util.clock import Clock, SystemClock, VirtualClock, from_ms
+from rung._util.durations import check_duration
 from rung.app import App, Task
 from rung.client import Client
 from rung.errors import InvalidConfig, UsageError
@@ -168,8 +168,8 @@ class LocalEngine:
             self.table_name = f"rung-{self.app.name}-{suffix}"
             self.queue_name = f"rung-{self.app.name}-{suffix}"
             emulator = self._emulator
-            self.dynamodb = emulator.attach(_aws.client("dynamodb", emulator.url, _REGION))
-            self.sqs = emulator.attach(_aws.client("sqs", emulator.url, _REGION))
+            self.dynamodb = emulator.attach(sessions.client("dynamodb", emulator.url, _REGION))
+            self.sqs = emulator.attach(sessions.client("sqs", emulator.url, _REGION))
             # Any message sent (a trigger, a hand-off, a child waking its parent) wakes
             # the idle poller at once instead of at its next 50 ms poll.
             self.sqs.meta.events.register(

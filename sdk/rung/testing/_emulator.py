@@ -76,7 +76,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
-from rung._clock import VirtualClock
+from rung._util.clock import VirtualClock
 from rung.errors import UsageError
 
 ACCOUNT_ID = "123456789012"
@@ -287,13 +287,13 @@ def _handler(service: str) -> Any:
 
 def _lean_backends() -> None:
     """Give moto the boto3 session rung's clients use, to list a service's regions."""
-    from rung import _aws
+    from rung._aws import sessions
 
     backends = _moto("core.base_backend").AccountSpecificBackend
     with _lean_lock:
         if getattr(backends, "_rung_lean", False):
             return
-        boto3_session = _aws.session("http://127.0.0.1", _aws.DEFAULT_REGION)
+        boto3_session = sessions.session("http://127.0.0.1", sessions.DEFAULT_REGION)
         backends.get_session = classmethod(lambda cls: boto3_session)
         backends._rung_lean = True
 

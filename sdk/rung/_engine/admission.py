@@ -34,9 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from rung._clock import from_ms, iso, to_ms
-from rung._queue import SqsQueue
-from rung._store import DynamoStore, QueueState, Waiter
+from rung._aws.dynamodb import DynamoStore, QueueState, Waiter
+from rung._aws.sqs import SqsQueue
+from rung._util.clock import from_ms, iso, to_ms
 from rung.errors import Contended, InvalidConfig
 from rung.flow import Queue, Rate
 from rung.models import Run

@@ -6,7 +6,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from rung._store._common import (
+from rung._aws.dynamodb._common import (
     _N,
     _RUN_SK,
     _S,

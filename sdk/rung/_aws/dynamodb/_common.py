@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from rung._clock import from_ms, iso, parse_iso, to_ms
+from rung._util.clock import from_ms, iso, parse_iso, to_ms
 from rung.errors import (
     ErrorInfo,
     LeaseLost,
@@ -165,7 +165,7 @@ class _Base:
     table: str
 
     if TYPE_CHECKING:
-        # runs (rung._store.runs)
+        # runs (rung._aws.dynamodb.runs)
 
         def get_run(self, run_id: str) -> Run: ...
 
@@ -181,7 +181,7 @@ class _Base:
             names: dict[str, str] | None = None,
         ) -> None: ...
 
-        # children and the lifecycle (rung._store.children)
+        # children and the lifecycle (rung._aws.dynamodb.children)
 
         def end_with_parent(
             self, own: dict[str, Any], run_id: str, parent: ParentLink, now: datetime

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from rung._clock import Clock, iso
-from rung._durations import check_duration
-from rung._queue import SqsQueue
-from rung._store import DynamoStore, StrandedRun
+from rung._aws.dynamodb import DynamoStore, StrandedRun
+from rung._aws.sqs import SqsQueue
+from rung._util.clock import Clock, iso
+from rung._util.durations import check_duration
 from rung.errors import InvalidConfig
 from rung.models import RunStatus
 

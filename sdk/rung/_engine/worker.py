@@ -24,8 +24,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from rung import _serde
-from rung._clock import Clock, to_ms
+from rung._aws.dynamodb import (
+    NEVER_MS,
+    SUSPEND_TOKEN_CHECKS,
+    Claimed,
+    DynamoStore,
+    NewRun,
+    NotClaimed,
+    ParentLink,
+)
+from rung._aws.sqs import BadMessage, QueueMessage, SqsQueue, decode
 from rung._durable.signals import (
     Canceled,
     ContinueLater,
@@ -35,18 +43,10 @@ from rung._durable.signals import (
     TimeLimitReached,
 )
 from rung._durable.state import RunState, Scope, error_info
-from rung._durations import check_duration
-from rung._flow import Delayed, Gate, Parked, describe_delay, is_late
-from rung._queue import BadMessage, QueueMessage, SqsQueue, decode
-from rung._store import (
-    NEVER_MS,
-    SUSPEND_TOKEN_CHECKS,
-    Claimed,
-    DynamoStore,
-    NewRun,
-    NotClaimed,
-    ParentLink,
-)
+from rung._engine.admission import Delayed, Gate, Parked, describe_delay, is_late
+from rung._util import serde
+from rung._util.clock import Clock, to_ms
+from rung._util.durations import check_duration
 from rung.app import App, Task
 from rung.context import Context
 from rung.errors import (
@@ -296,7 +296,7 @@ class Worker:
         )
         attempt_start = run.attempt_started_at or now()
         try:
-            payload = task.decode_payload(_serde.dumps(run.payload, "payload"))
+            payload = task.decode_payload(serde.dumps(run.payload, "payload"))
         except Exception as exc:
             self._fail(run, token, _payload_error(task, exc), None, now())
             return Disposition.ACK
@@ -442,8 +442,8 @@ class Worker:
             if watchdog is not None:
                 watchdog.cancel()
         try:
-            output = _serde.dumps(result, f"the output of run {run.run_id}")
-        except (_serde.NotSerializable, PayloadTooLarge) as exc:
+            output = serde.dumps(result, f"the output of run {run.run_id}")
+        except (serde.NotSerializable, PayloadTooLarge) as exc:
             self._fail(run, token, ErrorInfo(type(exc).__name__, str(exc)), None, now())
             return Disposition.ACK
         self._wake_parent(

@@ -1,4 +1,4 @@
-"""DynamoStore's queues section (flow control; docs/flow-control.md, rung._flow)."""
+"""DynamoStore's queues section (flow control; docs/flow-control.md, rung._engine.admission)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from rung._clock import iso, to_ms
-from rung._store._common import (
+from rung._aws.dynamodb._common import (
     _N,
     _NAMES,
     _S,
@@ -21,6 +20,7 @@ from rung._store._common import (
     _released,
     _run_key,
 )
+from rung._util.clock import iso, to_ms
 from rung.models import RunStatus
 
 
@@ -67,7 +67,7 @@ class QueueState:
     limit_set: int | None = None
     per_key_set: int | None = None
     stored: bool = False  # the queue item exists (it has run, or was set by an operator)
-    #: the queue as the workers' code declares it (``rung._flow.declaration``), written
+    #: the queue as the workers' code declares it (``rung._engine.admission.declaration``), written
     #: when a worker admits or parks a run and finds it different: what a client without
     #: the app knows of the code's limits
     declared: str | None = None

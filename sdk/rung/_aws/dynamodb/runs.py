@@ -17,8 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from rung._clock import iso, to_ms
-from rung._store._common import (
+from rung._aws.dynamodb._common import (
     _IDEM_SK,
     _N,
     _NAMES,
@@ -38,6 +37,7 @@ from rung._store._common import (
     _token_key,
     batch_counter,
 )
+from rung._util.clock import iso, to_ms
 from rung.errors import (
     ErrorInfo,
     RunNotFound,

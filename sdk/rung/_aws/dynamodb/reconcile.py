@@ -1,6 +1,6 @@
 """DynamoStore's reconciler section: finding stranded runs and nudging them.
 
-The reconciler (rung._reconcile) writes one attribute of its own, ``nudged_at``
+The reconciler (rung._engine.reconciler) writes one attribute of its own, ``nudged_at``
 (epoch ms), and only while the run item is exactly as it listed it (status, token,
 ``available_at``, ``lease_until``); it never touches the token, so fenced writes
 and claims are unaffected:
@@ -17,8 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from rung._clock import from_ms, iso, to_ms
-from rung._store._common import (
+from rung._aws.dynamodb._common import (
     _N,
     _NAMES,
     _S,
@@ -26,6 +25,7 @@ from rung._store._common import (
     _is_conditional_failure,
     _run_key,
 )
+from rung._util.clock import from_ms, iso, to_ms
 from rung.models import Run, RunStatus
 
 

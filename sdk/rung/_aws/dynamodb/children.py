@@ -29,8 +29,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from rung._clock import iso, to_ms
-from rung._store._common import (
+from rung._aws.dynamodb._common import (
     _N,
     _NAMES,
     _S,
@@ -46,6 +45,7 @@ from rung._store._common import (
     _run_key,
     batch_counter,
 )
+from rung._util.clock import iso, to_ms
 from rung.errors import (
     Contended,
     ErrorInfo,

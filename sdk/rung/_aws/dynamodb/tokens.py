@@ -8,8 +8,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from rung._clock import from_ms, iso, parse_iso, to_ms
-from rung._store._common import (
+from rung._aws.dynamodb._common import (
     _N,
     _NAMES,
     _S,
@@ -23,6 +22,7 @@ from rung._store._common import (
     _run_key,
     _token_key,
 )
+from rung._util.clock import from_ms, iso, parse_iso, to_ms
 from rung.errors import (
     Contended,
     ErrorInfo,

@@ -16,20 +16,20 @@ loser reads and continues from the winner's value (invariant 1).
 The store is one class, ``DynamoStore``, composed from one mixin per section (each
 mixin's module says more about its part of the table):
 
-    rung._store._common    keys, type letters, condition helpers, item <-> domain
-    rung._store.runs       creating, claiming, fencing and ending a run
-    rung._store.children   child runs and the lifecycle (cancel, redrive)
-    rung._store.queues     queues (flow control): slots, parked runs, hand-offs
-    rung._store.tokens     tokens a run waits for
-    rung._store.reconcile  finding and nudging stranded runs (the reconciler)
-    rung._store.steps      step checkpoints
+    rung._aws.dynamodb._common    keys, type letters, condition helpers, item <-> domain
+    rung._aws.dynamodb.runs       creating, claiming, fencing and ending a run
+    rung._aws.dynamodb.children   child runs and the lifecycle (cancel, redrive)
+    rung._aws.dynamodb.queues     queues (flow control): slots, parked runs, hand-offs
+    rung._aws.dynamodb.tokens     tokens a run waits for
+    rung._aws.dynamodb.reconcile  finding and nudging stranded runs (the reconciler)
+    rung._aws.dynamodb.steps      step checkpoints
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from rung._store._common import (
+from rung._aws.dynamodb._common import (
     FAILURE_TRACEBACK_CHARS,
     INDEXES,
     KEY_SCHEMA,
@@ -40,12 +40,12 @@ from rung._store._common import (
     NewRun,
     ParentLink,
 )
-from rung._store.children import _Children
-from rung._store.queues import Holder, QueueState, Waiter, _Queues
-from rung._store.reconcile import STRANDABLE, StrandedRun, _Reconcile
-from rung._store.runs import SUSPEND_TOKEN_CHECKS, Claimed, NotClaimed, _Runs
-from rung._store.steps import _Steps
-from rung._store.tokens import _Tokens
+from rung._aws.dynamodb.children import _Children
+from rung._aws.dynamodb.queues import Holder, QueueState, Waiter, _Queues
+from rung._aws.dynamodb.reconcile import STRANDABLE, StrandedRun, _Reconcile
+from rung._aws.dynamodb.runs import SUSPEND_TOKEN_CHECKS, Claimed, NotClaimed, _Runs
+from rung._aws.dynamodb.steps import _Steps
+from rung._aws.dynamodb.tokens import _Tokens
 
 __all__ = [
     "Claimed",
