@@ -6,11 +6,10 @@ step. See README.md and docs/.
 """
 
 from rung.app import App, Task
-from rung.batch import BatchItem, BatchResult, Completion
+from rung.batch import BatchFailed, BatchItem, BatchResult, Completion
 from rung.client import Client
 from rung.context import Context, Poll, StepInfo, current_step, step
 from rung.errors import (
-    BatchFailed,
     ChildRunFailed,
     ConditionNotMet,
     Contended,

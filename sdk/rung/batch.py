@@ -8,9 +8,9 @@ and how they replay is in ``rung._parallel`` and docs/parallel.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar, cast
+from typing import Any, Generic, Literal, TypeVar, cast
 
-from rung.errors import ErrorInfo, InvalidConfig, UsageError
+from rung.errors import ErrorInfo, InvalidConfig, StepFailed, UsageError
 
 R = TypeVar("R")
 
@@ -212,3 +212,25 @@ class BatchResult(Generic[R]):
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+class BatchFailed(StepFailed):
+    """A ``ctx.map`` or ``ctx.parallel`` broke its completion rule (``rung.Completion``).
+
+    Raised in the code that called ``ctx.map``; catch it (or ``StepFailed``) to carry
+    on. ``step_id`` is the batch's id (``"/<name>#<n>"``), ``message`` says how many
+    items failed and the first failure. Replays raise an identical error.
+
+    Attributes:
+        result: the ``BatchResult``: every item's status, result or error.
+
+    Example:
+        >>> try:
+        ...     batch = ctx.map(items, process, completion=rung.Completion(tolerated_failures=2))
+        ... except rung.BatchFailed as exc:
+        ...     batch = exc.result    # what did succeed is still there
+    """
+
+    def __init__(self, step_id: str, error: ErrorInfo, result: BatchResult[Any]) -> None:
+        super().__init__(step_id, error)
+        self.result = result

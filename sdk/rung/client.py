@@ -9,13 +9,13 @@ from datetime import timedelta
 from typing import Any
 
 from rung._aws import sessions
-from rung._aws.dynamodb import DynamoStore, NewRun, ParentLink, QueueState
+from rung._aws.dynamodb import DynamoStore, NewRun
 from rung._aws.sqs import SqsQueue
-from rung._engine.admission import Gate, declared_queue, limits_of
 from rung._engine.history import build_history
-from rung._engine.worker import WorkerConfig
+from rung._engine.lifecycle import Lifecycle
+from rung._engine.queues import QueueAdmin
 from rung._util import serde
-from rung._util.clock import Clock, SystemClock, to_ms
+from rung._util.clock import Clock, SystemClock
 from rung._util.durations import check_duration
 from rung._util.ids import new_run_id
 from rung.app import App, Task
@@ -23,15 +23,12 @@ from rung.errors import (
     ErrorInfo,
     InvalidConfig,
     InvalidPayload,
-    RunAlreadyFinished,
-    RunNotFailed,
     RunNotFound,
     TokenNotFound,
-    UnknownQueue,
     UsageError,
 )
-from rung.flow import MAX_LIMIT, Queue, QueueInfo
-from rung.models import Failure, HistoryEvent, Redrive, Run, RunHandle, RunStatus, TokenState
+from rung.flow import QueueInfo
+from rung.models import HistoryEvent, Run, RunHandle, RunStatus, TokenState
 
 MAX_IDEMPOTENCY_KEY = 256
 MAX_TAGS = 10
@@ -127,6 +124,8 @@ class Client:
         self._store = store
         self._queue = queue
         self._clock = clock
+        self._queues = QueueAdmin(app, store, queue, clock)
+        self._lifecycle = Lifecycle(store, queue, clock, self._queues)
 
     def trigger(
         self,
@@ -220,18 +219,7 @@ class Client:
         Raises:
             RunNotFound: no run has this id.
         """
-        return [run for _, run in self._children(_check_run_id(run_id))]
-
-    def _children(self, run_id: str) -> list[tuple[dict[str, Any], Run]]:
-        steps = self._store.load_steps(run_id)
-        if not steps:
-            self._store.get_run(run_id)  # RunNotFound for an unknown id
-        started = sorted(
-            (r for r in steps.values() if r.kind == "child"), key=lambda r: (r.started_at, r.seq)
-        )
-        links = [json.loads(r.result_json or "{}") for r in started]
-        runs = self._store.get_runs([link["run_id"] for link in links])
-        return [(link, runs[link["run_id"]]) for link in links if link["run_id"] in runs]
+        return [run for _, run in self._lifecycle.children(_check_run_id(run_id))]
 
     # -- the lifecycle -----------------------------------------------------------------
 
@@ -263,72 +251,7 @@ class Client:
         """
         if reason is not None and (not isinstance(reason, str) or len(reason) > 2000):
             raise InvalidConfig("cancel reason must be a string of at most 2000 characters")
-        message = reason or "canceled"
-        run = self._store.get_run(_check_run_id(run_id))
-        if run.status.is_terminal:
-            if run.status == RunStatus.CANCELED:
-                self._cancel_children(run.run_id, message)  # a crashed cancel's rest
-            raise RunAlreadyFinished(
-                f"run {run.run_id} already finished ({run.status}"
-                + (f" at {run.finished_at.isoformat()}" if run.finished_at else "")
-                + "); there is nothing to cancel",
-                run_id=run.run_id,
-                status=run.status,
-            )
-        waiter = ParentLink.of(run)
-        now = self._clock.now()
-        woke = self._store.cancel_run(
-            run.run_id, ErrorInfo("RunCanceled", message), now, wake_parent=waiter
-        )
-        if woke and waiter is not None:
-            self._queue.send(waiter.run_id)
-        self._leave_queue(run)
-        self._cancel_children(run.run_id, message)
-        return self._store.get_run(run.run_id)
-
-    def _leave_queue(self, run: Run) -> None:
-        """A run just canceled (``run`` as read before) gives up its place in the queue
-        it was parked in: its waiter item, or the slot handed to it that no attempt has
-        taken up yet (a hand-off, ``t`` 0). Then the queue hands free slots on.
-
-        Without this, ``parked`` counted it until a hand-off came to it, and a slot
-        handed to it stayed taken until its lease ran out. A crash before this is
-        harmless: a hand-off that finds a waiter's run canceled drops it."""
-        name = run.parked_queue
-        if name is None or run.status == RunStatus.RUNNING:
-            return  # never parked; or its attempt holds the slot and frees it itself
-        if run.parked_sk is not None:
-            self._store.drop_parked(name, run.parked_sk, run.run_id)
-        now = self._clock.now()
-        self._store.release_slot(name, run.run_id, 0, now)
-        spec = self._spec(name)
-        if spec is not None:
-            Gate(self._store, self._queue, WorkerConfig().lease_duration).fill(spec, now)
-
-    def _cancel_children(self, run_id: str, reason: str) -> None:
-        """Cancel the non-detached descendants of a canceled run (depth first).
-
-        The parent was canceled first, so it can start no more children (a child is
-        created under a check that its parent is RUNNING): this list is complete."""
-        pending = [run_id]
-        while pending:
-            parent = pending.pop()
-            for link, child in self._children(parent):
-                if link.get("detached"):
-                    continue
-                if not child.status.is_terminal:
-                    error = ErrorInfo("RunCanceled", f"parent run {parent} was canceled: {reason}")
-                    try:
-                        # The parent is canceled: no wake-up for it.
-                        self._store.cancel_run(child.run_id, error, self._clock.now())
-                    except RunAlreadyFinished as exc:
-                        if exc.status != RunStatus.CANCELED:
-                            continue  # it finished by itself meanwhile
-                    else:
-                        self._leave_queue(child)
-                elif child.status != RunStatus.CANCELED:
-                    continue
-                pending.append(child.run_id)
+        return self._lifecycle.cancel(_check_run_id(run_id), reason or "canceled")
 
     def replay(self, run_id: str) -> RunHandle:
         """Start a new run of the same task with the same payload (and tags).
@@ -351,21 +274,7 @@ class Client:
             payload_json = self.app.get_task(run.task_id).encode_payload(run.payload)
         else:
             payload_json = serde.dumps(run.payload, f"the payload of run {run.run_id}")
-        now = self._clock.now()
-        new = NewRun(
-            run_id=new_run_id(now),
-            task_id=run.task_id,
-            payload_json=payload_json,
-            created_at=now,
-            available_at=now,
-            idempotency_key=None,
-            tags=run.tags,
-            replay_of=run.run_id,
-        )
-        created, _ = self._store.create_run(new, None, now)
-        # A crash before this send leaves the run QUEUED: the reconciler sends it.
-        self._queue.send(created.run_id)
-        return RunHandle(run_id=created.run_id, task_id=created.task_id, created=True)
+        return self._lifecycle.replay(run, payload_json)
 
     def redrive(self, run_id: str) -> Run:
         """Resume a FAILED run from its failed step, after a code fix.
@@ -388,55 +297,7 @@ class Client:
         Example:
             >>> client.redrive(run_id)   # after deploying the fix
         """
-        run = self._store.get_run(_check_run_id(run_id))
-        if run.status != RunStatus.FAILED:
-            raise RunNotFailed(
-                f"run {run.run_id} is {run.status}, not FAILED; only a failed run can be "
-                + (
-                    "redriven (use replay to run it again as a new run)"
-                    if run.status.is_terminal
-                    else "redriven"
-                ),
-                run_id=run.run_id,
-                status=run.status,
-            )
-        now = self._clock.now()
-        failed = None
-        if run.failed_step is not None:
-            record = self._store.load_steps(run.run_id).get(run.failed_step)
-            if record is not None and record.outcome == "failed":
-                failed = record
-        error = run.error or ErrorInfo("Error", "")
-        failed_at = run.finished_at or now
-        preserved = None
-        if not any(f.attempt == run.attempt for f in run.failures):
-            # Keep what failed the run in its history: the checkpoint goes away.
-            preserved = Failure(
-                attempt=run.attempt,
-                kind="step" if failed is not None else "body",
-                step_id=failed.step_id if failed is not None else None,
-                error=failed.error or error if failed is not None else error,
-                started_at=run.attempt_started_at,
-                failed_at=failed.finished_at or failed_at if failed is not None else failed_at,
-                step_started_at=failed.started_at if failed is not None else None,
-                delay=None,
-            )
-        redriven = self._store.redrive_run(
-            run,
-            failed=failed,
-            preserved=preserved,
-            redrive=Redrive(
-                attempt=run.attempt,
-                failed_at=failed_at,
-                error=error,
-                at=now,
-                step_id=failed.step_id if failed is not None else None,
-            ),
-            now=now,
-        )
-        # A crash before this send leaves the run QUEUED and due: the reconciler sends it.
-        self._queue.send(run.run_id)
-        return redriven
+        return self._lifecycle.redrive(_check_run_id(run_id))
 
     # -- tokens ----------------------------------------------------------------------
 
@@ -517,13 +378,7 @@ class Client:
             self._queue.send(state.run_id)
         return state
 
-    # -- queues (flow control) -----------------------------------------------------------
-    #
-    # The code's limits are the defaults; an operator's settings in the queue item
-    # (paused, limit_set, per_key_set) override them until reset. Each change is one
-    # update that raises the item's version, so no admission decided on the old
-    # settings lands after it; a change that frees slots then hands them to parked
-    # runs at once (the Gate's fill), as a finishing run would.
+    # -- queues (flow control: rung._engine.queues) ----------------------------------------
 
     def list_queues(self) -> list[QueueInfo]:
         """The app's queues and every queue with stored state, by name.
@@ -532,9 +387,7 @@ class Client:
             >>> for q in client.list_queues():
             ...     print(q.name, q.running, q.parked, q.concurrency_limit, q.paused)
         """
-        stored = {state.name: state for state in self._store.list_queue_states()}
-        names = sorted(set(self._declared()) | set(stored))
-        return [self._info(name, stored.get(name) or QueueState(name)) for name in names]
+        return self._queues.list()
 
     def get_queue(self, name: str) -> QueueInfo:
         """One queue's limits (code, override, in force), pause, running and parked runs.
@@ -546,7 +399,7 @@ class Client:
             >>> client.get_queue("emails").running_per_key
             {'tenant-a': 2, 'tenant-b': 1}
         """
-        return self._info(name, self._known_state(name))
+        return self._queues.get(name)
 
     def set_queue_limit(
         self,
@@ -581,44 +434,7 @@ class Client:
             >>> client.set_queue_limit("emails", concurrency_limit=2)   # the provider is slow
             >>> client.set_queue_limit("emails", reset=True)            # back to the code's
         """
-        for label, value in (
-            ("concurrency_limit", concurrency_limit),
-            ("per_key_limit", per_key_limit),
-        ):
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise InvalidConfig(f"queue {name!r}: {label} must be an int, got {value!r}")
-            if not 1 <= value <= MAX_LIMIT:
-                raise InvalidConfig(
-                    f"queue {name!r}: {label} must be between 1 and {MAX_LIMIT}, got {value}"
-                )
-        if reset and (concurrency_limit is not None or per_key_limit is not None):
-            raise InvalidConfig(
-                f"queue {name!r}: reset goes back to the code's limits; pass either reset or "
-                "new limits, not both"
-            )
-        if not reset and concurrency_limit is None and per_key_limit is None:
-            raise InvalidConfig(
-                f"queue {name!r}: nothing to set; pass concurrency_limit, per_key_limit or reset"
-            )
-        state = self._known_state(name)
-        spec = self._spec(name, state) or Queue(name)
-        if per_key_limit is not None:
-            total = (
-                concurrency_limit
-                if concurrency_limit is not None
-                else limits_of(spec, state).concurrency
-            )
-            if total is not None and per_key_limit > total:
-                raise InvalidConfig(
-                    f"queue {name!r}: per_key_limit ({per_key_limit}) would be above "
-                    f"concurrency_limit ({total}), the combined cap; nothing changed"
-                )
-        self._store.set_queue(
-            name, limit=concurrency_limit, per_key_limit=per_key_limit, clear_limits=reset
-        )
-        return self._fill(name)
+        return self._queues.set_limit(name, concurrency_limit, per_key_limit, reset=reset)
 
     def pause_queue(self, name: str) -> QueueInfo:
         """Stop starting runs of the queue's tasks; runs executing now finish.
@@ -632,9 +448,7 @@ class Client:
         Example:
             >>> client.pause_queue("emails")    # the provider is down
         """
-        self._known_state(name)
-        self._store.set_queue(name, paused=True)
-        return self.get_queue(name)
+        return self._queues.pause(name)
 
     def resume_queue(self, name: str) -> QueueInfo:
         """Start runs of the queue again: parked runs get the free slots at once.
@@ -645,79 +459,7 @@ class Client:
         Example:
             >>> client.resume_queue("emails")
         """
-        self._known_state(name)
-        self._store.set_queue(name, paused=False)
-        return self._fill(name)
-
-    def _declared(self) -> dict[str, tuple[Queue, tuple[str, ...]]]:
-        """The app's queues (by name) and the ids of their tasks."""
-        found: dict[str, tuple[Queue, tuple[str, ...]]] = {}
-        for task in (self.app.tasks if self.app is not None else {}).values():
-            if task.queue is not None:
-                _, ids = found.get(task.queue.name, (task.queue, ()))
-                found[task.queue.name] = (task.queue, (*ids, task.id))
-        return found
-
-    def _spec(self, name: str, state: QueueState | None = None) -> Queue | None:
-        """The code's declaration of the queue: the app's, else the one the workers
-        recorded in the queue item; None when neither is known."""
-        declared = self._declared().get(name)
-        if declared is not None:
-            return declared[0]
-        return declared_queue(state if state is not None else self._store.queue_state(name))
-
-    def _known_state(self, name: str) -> QueueState:
-        if not isinstance(name, str) or not name:
-            raise UnknownQueue(f"{name!r} is not a queue name")
-        state = self._store.queue_state(name)
-        declared = self._declared()
-        if state.stored or name in declared:
-            return state
-        known = sorted(set(declared) | {s.name for s in self._store.list_queue_states()})
-        hint = "" if self.app is not None else "; pass the app to see queues that have not run"
-        raise UnknownQueue(f"no queue {name!r} (known queues: {', '.join(known) or 'none'}){hint}")
-
-    def _fill(self, name: str) -> QueueInfo:
-        """Hand the slots a change freed to parked runs now, then read the queue.
-
-        Not knowing the code's limits (no app, and no worker has recorded them), it
-        hands none: with the wrong limits it could start too many. The next run that
-        ends, or the parked runs' periodic recheck, hands them out then."""
-        spec = self._spec(name)
-        if spec is not None:
-            gate = Gate(self._store, self._queue, WorkerConfig().lease_duration)
-            gate.fill(spec, self._clock.now())
-        return self.get_queue(name)
-
-    def _info(self, name: str, state: QueueState) -> QueueInfo:
-        declared = self._declared().get(name)
-        known = self._spec(name, state)
-        spec = known if known is not None else Queue(name)
-        limits = limits_of(spec, state)
-        per_key_limit = limits.per_key
-        if per_key_limit is not None and limits.concurrency is not None:
-            per_key_limit = min(per_key_limit, limits.concurrency)  # the total caps it
-        now_ms = to_ms(self._clock.now())
-        per_key: dict[str, int] = {}
-        for holder in state.holders.values():
-            if holder.until_ms > now_ms:
-                per_key[holder.key] = per_key.get(holder.key, 0) + 1
-        return QueueInfo(
-            name=name,
-            tasks=declared[1] if declared is not None else (),
-            code_known=known is not None,
-            code_concurrency_limit=spec.concurrency_limit,
-            code_per_key_limit=spec.per_key_limit,
-            rate_limit=spec.rate_limit,
-            concurrency_limit=limits.concurrency,
-            per_key_limit=per_key_limit,
-            concurrency_limit_override=state.limit_set,
-            per_key_limit_override=state.per_key_set,
-            paused=state.paused,
-            running=sum(per_key.values()),
-            parked=state.waiting,
-            running_per_key=dict(sorted(per_key.items())),
-        )
+        return self._queues.resume(name)
 
     def history(self, run_id: str) -> list[HistoryEvent]:
         """The run's events in order: triggered, attempts, steps, retries, the end."""

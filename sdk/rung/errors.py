@@ -19,6 +19,7 @@ This module imports nothing from the package, so any module may import it.
     │   ├── ChildRunFailed          a child run the task waited for did not complete
     │   ├── ConditionNotMet         wait_for_condition used up its polls
     │   └── BatchFailed             a ctx.map / ctx.parallel broke its completion rule
+    │                               (in rung.batch, beside the BatchResult it carries)
     ├── TokenNotFound (LookupError) no token has that id
     ├── TokenAlreadyResolved        the token was completed, failed or timed out before
     ├── UnknownQueue (LookupError)  no queue of that name (in the app's tasks or stored)
@@ -44,10 +45,7 @@ live in ``rung._engine.worker``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # for the annotation only: nothing is imported at run time
-    from rung.batch import BatchResult
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,28 +204,6 @@ class ChildRunFailed(StepFailed):
 
 class ConditionNotMet(StepFailed):
     """``ctx.wait_for_condition`` reached its poll cap before the condition held."""
-
-
-class BatchFailed(StepFailed):
-    """A ``ctx.map`` or ``ctx.parallel`` broke its completion rule (``rung.Completion``).
-
-    Raised in the code that called ``ctx.map``; catch it (or ``StepFailed``) to carry
-    on. ``step_id`` is the batch's id (``"/<name>#<n>"``), ``message`` says how many
-    items failed and the first failure. Replays raise an identical error.
-
-    Attributes:
-        result: the ``BatchResult``: every item's status, result or error.
-
-    Example:
-        >>> try:
-        ...     batch = ctx.map(items, process, completion=rung.Completion(tolerated_failures=2))
-        ... except rung.BatchFailed as exc:
-        ...     batch = exc.result    # what did succeed is still there
-    """
-
-    def __init__(self, step_id: str, error: ErrorInfo, result: BatchResult[Any]) -> None:
-        super().__init__(step_id, error)
-        self.result = result
 
 
 class TokenNotFound(RungError, LookupError):

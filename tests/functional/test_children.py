@@ -530,18 +530,18 @@ def test_a_test_can_answer_a_childs_token_before_its_parents_timeout() -> None:
 def test_a_parent_that_crashes_inside_the_timeout_cascade_finishes_it_on_its_retry(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from rung.client import Client
+    from rung._engine.lifecycle import Lifecycle
 
-    real = Client._cancel_children
+    real = Lifecycle._cancel_children
     crashed: list[str] = []
 
-    def crash_once(self: Client, run_id: str, reason: str) -> None:
+    def crash_once(self: Lifecycle, run_id: str, reason: str) -> None:
         if not crashed:
             crashed.append(run_id)
             raise SimulatedCrash()  # the parent's worker dies mid-cascade
         real(self, run_id, reason)
 
-    monkeypatch.setattr(Client, "_cancel_children", crash_once)
+    monkeypatch.setattr(Lifecycle, "_cancel_children", crash_once)
     with LocalEngine(timeout_app(timedelta(hours=1))) as engine:
         handle = engine.trigger("parent")
         child = _child_of(engine, handle.run_id)

@@ -4,7 +4,7 @@ moto copied whole tables to roll back a failed TransactWriteItems; the emulator
 snapshots only the items a transaction touches. It also computes once per request
 shape what moto recomputed on every request (parsed expressions, validations that
 depend on the expression only, serializer lookups, a queue's retention), and the
-in-process transport skips HTTP and signing (rung/testing/_emulator.py). These
+in-process transport skips HTTP and signing (rung/_aws/emulator.py). These
 tests check the real service's answers through the in-process transport LocalEngine
 uses and through HTTP: a cancelled transaction leaves every item as it was, and the
 same expression text with other values, names or items gets its own answer.
@@ -21,8 +21,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from rung._aws import sessions
+from rung._aws.emulator import EmbeddedEmulator, release_virtual_time, use_virtual_time
 from rung._util.clock import VirtualClock
-from rung.testing._emulator import EmbeddedEmulator, release_virtual_time, use_virtual_time
 
 
 @pytest.fixture(params=["in-process", "http"])
@@ -151,7 +151,7 @@ def test_a_transaction_naming_one_item_twice_is_refused_and_writes_nothing(
     assert sorted(_items(client, name)) == ["a"]
 
 
-# -- what the emulator computes once per request shape (rung/testing/_emulator.py,
+# -- what the emulator computes once per request shape (rung/_aws/emulator.py,
 # "Per-request work"): the same expression text with other values, names or items
 # must still get the real service's answer.
 

@@ -34,7 +34,8 @@ import rung
 from rung._aws import cloudformation, sessions
 from rung._aws.dynamodb import DynamoStore
 from rung._aws.sqs import QueueMessage, SqsQueue
-from rung._engine.worker import Disposition, Worker, WorkerConfig
+from rung._engine.config import WorkerConfig
+from rung._engine.worker import Disposition, Worker
 from rung._util.clock import SystemClock
 from rung.models import Run
 

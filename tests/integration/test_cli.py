@@ -33,14 +33,15 @@ from click.testing import CliRunner, Result
 from rung._aws import sessions
 from rung._aws.cloudformation import data_plane, deploy, load_template, translate
 from rung._aws.dynamodb import DynamoStore
+from rung._aws.emulator import EmbeddedEmulator
 from rung._aws.sqs import SqsQueue
-from rung._engine.worker import Disposition, Worker, WorkerConfig
+from rung._engine.config import WorkerConfig
+from rung._engine.worker import Disposition, Worker
 from rung._util.clock import SystemClock
 from rung.cli import main
 from rung.client import Client
 from rung.models import Run
 from rung.testing import SimulatedCrash
-from rung.testing._emulator import EmbeddedEmulator
 from tests.integration import cli_app
 
 REGION = "us-east-1"

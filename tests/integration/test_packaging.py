@@ -36,8 +36,8 @@ import pytest
 import rung
 from examples import orders
 from rung._aws import sessions
+from rung._aws.emulator import EmbeddedEmulator
 from rung.models import RunStatus
-from rung.testing._emulator import EmbeddedEmulator
 from tests.integration.conftest import REGION, DataPlane, deploy_data_plane
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

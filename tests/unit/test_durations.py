@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 import rung
-from rung._engine.worker import WorkerConfig
+from rung._engine.config import WorkerConfig
 from rung._util.durations import check_duration, check_factor, format_duration, parse_duration
 from rung.errors import InvalidConfig
 

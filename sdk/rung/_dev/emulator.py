@@ -131,7 +131,7 @@ def stop(state_dir: Path, timeout: float = 10.0) -> bool:
 
 
 def main() -> None:
-    from rung.testing._emulator import EmbeddedEmulator
+    from rung._aws.emulator import EmbeddedEmulator
 
     host, port = sys.argv[1], int(sys.argv[2])
     emulator = EmbeddedEmulator(host, port)

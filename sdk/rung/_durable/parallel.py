@@ -54,9 +54,8 @@ from typing import Any
 from rung._durable.signals import ContinueLater, RetryStep, Suspend, TimeLimitReached
 from rung._durable.state import Scope, current_scope, error_info, return_type
 from rung._util import serde
-from rung.batch import MAX_ITEMS, BatchItem, BatchResult, Completion
+from rung.batch import MAX_ITEMS, BatchFailed, BatchItem, BatchResult, Completion
 from rung.errors import (
-    BatchFailed,
     ErrorInfo,
     InvalidConfig,
     LeaseLost,

@@ -20,7 +20,6 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -44,9 +43,11 @@ from rung._durable.signals import (
 )
 from rung._durable.state import RunState, Scope, error_info
 from rung._engine.admission import Delayed, Gate, Parked, describe_delay, is_late
+from rung._engine.config import WorkerConfig
+from rung._engine.lifecycle import Lifecycle
+from rung._engine.queues import QueueAdmin
 from rung._util import serde
 from rung._util.clock import Clock, to_ms
-from rung._util.durations import check_duration
 from rung.app import App, Task
 from rung.context import Context
 from rung.errors import (
@@ -77,8 +78,6 @@ log = logging.getLogger("rung.worker")
 RATE_SLEEP = timedelta(seconds=1)
 #: A run whose queue admission gave up on contention comes back after 1-2x this.
 CONTENTION_RETRY = timedelta(seconds=2)
-#: The longest lease a worker takes (on Lambda: the function timeout + 60 s, at most 16 min).
-MAX_LEASE = timedelta(days=1)
 #: Seconds before an invocation's end at which a still-running step is noted as overrun.
 WATCHDOG_MARGIN = 1.0
 
@@ -89,37 +88,6 @@ class Disposition(enum.StrEnum):
     ACK = "ack"  # delete it: the run is finished, or moved on by another message
     KEEP = "keep"  # leave it: its visibility was set to when it must come back
     POISON = "poison"  # leave it to be redelivered and, after maxReceiveCount, the DLQ
-
-
-@dataclass(frozen=True, kw_only=True)
-class WorkerConfig:
-    """Worker timing.
-
-    Attributes:
-        lease_duration: how long a claim holds a run without renewal. A crashed
-            worker's run is taken over after this; on Lambda set it above the
-            function timeout so a live invocation never loses its lease.
-        min_time_left: before each step, if the invocation has less than this left,
-            the run continues in a fresh invocation (not counted as an attempt).
-        cancel_check_interval: before a step, the worker reads the run's status if it
-            has not for this long, so a canceled run stops at its next step boundary
-            (one eventually consistent read per interval; see docs/lifecycle.md).
-    """
-
-    lease_duration: timedelta = timedelta(minutes=16)
-    min_time_left: timedelta = timedelta(seconds=10)
-    cancel_check_interval: timedelta = timedelta(seconds=5)
-
-    def __post_init__(self) -> None:
-        for name, maximum, positive in (
-            ("lease_duration", MAX_LEASE, True),
-            ("min_time_left", timedelta(minutes=15), False),  # Lambda's whole time limit
-            ("cancel_check_interval", timedelta(hours=1), False),
-        ):
-            value = check_duration(
-                getattr(self, name), f"worker {name}", positive=positive, maximum=maximum
-            )
-            object.__setattr__(self, name, value)
 
 
 class Worker:
@@ -137,6 +105,7 @@ class Worker:
         self.clock = clock
         self.config = config or WorkerConfig()
         self.gate = Gate(store, queue, self.config.lease_duration)
+        self.lifecycle = Lifecycle(store, queue, clock, QueueAdmin(app, store, queue, clock))
 
     def handle(
         self, message: QueueMessage, time_left: Callable[[], float] | None = None
@@ -737,12 +706,8 @@ class _Session:
         self._worker.store.forget_batch(self._run.run_id, batch)
 
     def cancel_child(self, run_id: str, reason: str) -> None:
-        from rung.client import Client  # (the client imports this module)
-
-        worker = self._worker
-        client = Client._from_parts(worker.app, worker.store, worker.queue, worker.clock)
         with contextlib.suppress(RunAlreadyFinished):  # it ended by itself meanwhile
-            client.cancel(run_id, reason=reason)
+            self._worker.lifecycle.cancel(run_id, reason)
 
     def record_step(self, record: StepRecord) -> StepRecord:
         return self._worker.store.record_step(self._run.run_id, record)

@@ -38,7 +38,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from rung._aws import sessions
 from rung._aws.dynamodb import DynamoStore
 from rung._aws.sqs import QueueMessage, SqsQueue
-from rung._engine.worker import Disposition, Worker, WorkerConfig
+from rung._engine.config import WorkerConfig
+from rung._engine.worker import Disposition, Worker
 from rung._lambda._env import positive_int, require
 from rung._util.clock import SystemClock
 from rung.app import App

@@ -8,15 +8,12 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botocore.exceptions import ClientError
 
 from rung._util.clock import from_ms, iso, parse_iso, to_ms
-from rung.errors import (
-    ErrorInfo,
-    LeaseLost,
-)
+from rung.errors import ErrorInfo, LeaseLost, RunNotFound
 from rung.models import Failure, Redrive, Run, RunStatus, StepRecord
 
 #: The key schema and indexes; template.yaml declares the same (a test checks).
@@ -31,6 +28,13 @@ _RUN_SK = "#RUN"
 _IDEM_SK = "#IDEM"
 _STEP_PREFIX = "STEP#"
 _NAMES = {"#status": "status"}  # a DynamoDB reserved word
+#: Invariant 2's fence on the run item: RUNNING, under the writer's lease token. Every
+#: write a worker makes to its run after the claim carries it (``_Base._fenced``).
+FENCE = "#status = :running AND lease_token = :token"
+
+
+def _fence_values(token: int) -> dict[str, Any]:
+    return {":running": {"S": "RUNNING"}, ":token": {"N": str(token)}}
 
 
 def _run_key(run_id: str) -> dict[str, Any]:
@@ -164,32 +168,97 @@ class _Base:
     client: Any
     table: str
 
-    if TYPE_CHECKING:
-        # runs (rung._aws.dynamodb.runs)
+    # -- reads and fenced writes every section uses -------------------------------------
 
-        def get_run(self, run_id: str) -> Run: ...
+    def get_run(self, run_id: str) -> Run:
+        item = self.client.get_item(
+            TableName=self.table, Key=_run_key(run_id), ConsistentRead=True
+        ).get("Item")
+        if item is None:
+            raise RunNotFound(f"no run with id {run_id!r} in table {self.table}")
+        return self._run_from_item(item)
 
-        @staticmethod
-        def _new_run_item(new: NewRun) -> dict[str, Any]: ...
+    def _fenced(
+        self,
+        run_id: str,
+        token: int,
+        update: str,
+        values: dict[str, Any],
+        names: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """An update of the run item under the lease fence (invariant 2): the arguments
+        of ``update_item``, or a transaction's ``Update``. ``values`` and ``names`` are the
+        update's own; the fence adds its ``:running``, ``:token`` and ``#status``."""
+        return {
+            "TableName": self.table,
+            "Key": _run_key(run_id),
+            "UpdateExpression": update,
+            "ConditionExpression": FENCE,
+            "ExpressionAttributeNames": {**_NAMES, **(names or {})},
+            "ExpressionAttributeValues": {**values, **_fence_values(token)},
+        }
 
-        def _fenced_update(
-            self,
-            run_id: str,
-            token: int,
-            update: str,
-            values: dict[str, Any],
-            names: dict[str, str] | None = None,
-        ) -> None: ...
+    def _fence_check(self, run_id: str, token: int) -> dict[str, Any]:
+        """A transaction's check that the run is still held under ``token``."""
+        return {
+            "ConditionCheck": {
+                "TableName": self.table,
+                "Key": _run_key(run_id),
+                "ConditionExpression": FENCE,
+                "ExpressionAttributeNames": _NAMES,
+                "ExpressionAttributeValues": _fence_values(token),
+            }
+        }
 
-        # children and the lifecycle (rung._aws.dynamodb.children)
-
-        def end_with_parent(
-            self, own: dict[str, Any], run_id: str, parent: ParentLink, now: datetime
-        ) -> bool | None: ...
-
-        def _unfinished_check(self, run_id: str) -> dict[str, Any]: ...
+    def _fenced_update(
+        self,
+        run_id: str,
+        token: int,
+        update: str,
+        values: dict[str, Any],
+        names: dict[str, str] | None = None,
+    ) -> None:
+        try:
+            self.client.update_item(**self._fenced(run_id, token, update, values, names))
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            raise _lease_lost(run_id, token) from None
 
     # -- items <-> domain --------------------------------------------------------------
+
+    @staticmethod
+    def _new_run_item(new: NewRun) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            **_run_key(new.run_id),
+            "run_id": _S(new.run_id),
+            "task_id": _S(new.task_id),
+            "status": _S(
+                RunStatus.DELAYED if new.available_at > new.created_at else RunStatus.QUEUED
+            ),
+            "payload": _S(new.payload_json),
+            "created_at": _S(iso(new.created_at)),
+            "updated_at": _S(iso(new.created_at)),
+            "created_sk": _S(f"{iso(new.created_at)}#{new.run_id}"),
+            "available_at": _N(to_ms(new.available_at)),
+            "attempt": _N(1),
+            "lease_token": _N(0),
+            "lease_until": _N(0),
+            "failures": {"L": []},
+        }
+        if new.tags:
+            item["tags"] = {"L": [_S(t) for t in new.tags]}
+        if new.idempotency_key is not None:
+            item["idempotency_key"] = _S(new.idempotency_key)
+        if new.parent_run_id is not None:
+            item["parent_run_id"] = _S(new.parent_run_id)
+            item["parent_waits"] = {"BOOL": new.parent_waits}
+            item["detached"] = {"BOOL": new.detached}
+            if new.batch is not None:
+                item["parent_batch"] = _S(new.batch)
+        if new.replay_of is not None:
+            item["replay_of"] = _S(new.replay_of)
+        return item
 
     def _step_item(self, run_id: str, record: StepRecord) -> dict[str, Any]:
         item: dict[str, Any] = {

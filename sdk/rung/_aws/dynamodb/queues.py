@@ -305,19 +305,12 @@ class _Queues(_Base):
             LeaseLost: the worker's token is stale.
         """
         release, released = _released(RunStatus.QUEUED, to_ms(recheck_at), now, spent, waiting_for)
-        run_update: dict[str, Any] = {
-            "TableName": self.table,
-            "Key": _run_key(run_id),
-            "UpdateExpression": f"{release}, parked_sk = :sk, parked_queue = :queue",
-            "ConditionExpression": "#status = :running AND lease_token = :token",
-            "ExpressionAttributeNames": _NAMES,
-            "ExpressionAttributeValues": {
-                **released,
-                ":running": _S(RunStatus.RUNNING),
-                ":token": _N(token),
-                ":queue": _S(state.name),
-            },
-        }
+        run_update = self._fenced(
+            run_id,
+            token,
+            f"{release}, parked_sk = :sk, parked_queue = :queue",
+            {**released, ":queue": _S(state.name)},
+        )
         if parked_sk is not None:
             # Parked already (the safety net re-sent it): keep its place, if it still
             # has one. A hand-off that found the run claimed meanwhile dropped its

@@ -27,7 +27,6 @@ from rung._aws.dynamodb._common import (
     TTL_ATTRIBUTE,
     NewRun,
     ParentLink,
-    _Base,
     _cancellation_reasons,
     _failure_json,
     _is_conditional_failure,
@@ -37,10 +36,10 @@ from rung._aws.dynamodb._common import (
     _token_key,
     batch_counter,
 )
+from rung._aws.dynamodb.parents import _Parents
 from rung._util.clock import iso, to_ms
 from rung.errors import (
     ErrorInfo,
-    RunNotFound,
 )
 from rung.models import Failure, Run, RunStatus
 
@@ -65,7 +64,7 @@ class NotClaimed:
     retry_at: datetime | None
 
 
-class _Runs(_Base):
+class _Runs(_Parents):
     # -- runs ------------------------------------------------------------------------
 
     def create_run(
@@ -123,47 +122,6 @@ class _Runs(_Base):
                 return self.create_run(new, idempotency_ttl, now)
             return self.get_run(existing["run_id"]["S"]), False
         return self._run_from_item(item), True
-
-    @staticmethod
-    def _new_run_item(new: NewRun) -> dict[str, Any]:
-        item: dict[str, Any] = {
-            **_run_key(new.run_id),
-            "run_id": _S(new.run_id),
-            "task_id": _S(new.task_id),
-            "status": _S(
-                RunStatus.DELAYED if new.available_at > new.created_at else RunStatus.QUEUED
-            ),
-            "payload": _S(new.payload_json),
-            "created_at": _S(iso(new.created_at)),
-            "updated_at": _S(iso(new.created_at)),
-            "created_sk": _S(f"{iso(new.created_at)}#{new.run_id}"),
-            "available_at": _N(to_ms(new.available_at)),
-            "attempt": _N(1),
-            "lease_token": _N(0),
-            "lease_until": _N(0),
-            "failures": {"L": []},
-        }
-        if new.tags:
-            item["tags"] = {"L": [_S(t) for t in new.tags]}
-        if new.idempotency_key is not None:
-            item["idempotency_key"] = _S(new.idempotency_key)
-        if new.parent_run_id is not None:
-            item["parent_run_id"] = _S(new.parent_run_id)
-            item["parent_waits"] = {"BOOL": new.parent_waits}
-            item["detached"] = {"BOOL": new.detached}
-            if new.batch is not None:
-                item["parent_batch"] = _S(new.batch)
-        if new.replay_of is not None:
-            item["replay_of"] = _S(new.replay_of)
-        return item
-
-    def get_run(self, run_id: str) -> Run:
-        item = self.client.get_item(
-            TableName=self.table, Key=_run_key(run_id), ConsistentRead=True
-        ).get("Item")
-        if item is None:
-            raise RunNotFound(f"no run with id {run_id!r} in table {self.table}")
-        return self._run_from_item(item)
 
     def claim_run(self, run_id: str, now: datetime, lease_for: timedelta) -> Claimed | NotClaimed:
         """Take the run for one worker: QUEUED/DELAYED/WAITING and due -> RUNNING, new token."""
@@ -330,7 +288,6 @@ class _Runs(_Base):
         """
         due = to_ms(wake_at) if wake_at is not None else NEVER_MS
         sets, values = _released(RunStatus.WAITING, due, now, spent, waiting_for)
-        values.update({":running": _S(RunStatus.RUNNING), ":token": _N(token)})
         awaits = ""
         if children:
             awaits = ", awaits = :awaits"
@@ -338,14 +295,7 @@ class _Runs(_Base):
         if wake_kind is not None:
             awaits += ", wake_kind = :wake_kind"
             values[":wake_kind"] = _S(wake_kind)
-        update = {
-            "TableName": self.table,
-            "Key": _run_key(run_id),
-            "UpdateExpression": sets + awaits,
-            "ConditionExpression": "#status = :running AND lease_token = :token",
-            "ExpressionAttributeNames": _NAMES,
-            "ExpressionAttributeValues": values,
-        }
+        update = self._fenced(run_id, token, sets + awaits, values)
         if len(tokens) > SUSPEND_TOKEN_CHECKS:
             raise ValueError(f"suspend_run checks at most {SUSPEND_TOKEN_CHECKS} tokens")
         # When the count says the whole batch ended although this attempt read
@@ -555,50 +505,11 @@ class _Runs(_Base):
         if wake_parent is None:
             self._fenced_update(run_id, token, update, values, names)
             return False
-        own = {
-            "Update": {
-                "TableName": self.table,
-                "Key": _run_key(run_id),
-                "UpdateExpression": update,
-                "ConditionExpression": "#status = :running AND lease_token = :token",
-                "ExpressionAttributeNames": {**_NAMES, **names},
-                "ExpressionAttributeValues": {
-                    **values,
-                    ":running": _S(RunStatus.RUNNING),
-                    ":token": _N(token),
-                },
-            }
-        }
+        own = {"Update": self._fenced(run_id, token, update, values, names)}
         woke = self.end_with_parent(own, run_id, wake_parent, now)
         if woke is None:
             raise _lease_lost(run_id, token)
         return woke
-
-    def _fenced_update(
-        self,
-        run_id: str,
-        token: int,
-        update: str,
-        values: dict[str, Any],
-        names: dict[str, str] | None = None,
-    ) -> None:
-        try:
-            self.client.update_item(
-                TableName=self.table,
-                Key=_run_key(run_id),
-                UpdateExpression=update,
-                ConditionExpression="#status = :running AND lease_token = :token",
-                ExpressionAttributeNames={**_NAMES, **(names or {})},
-                ExpressionAttributeValues={
-                    **values,
-                    ":running": _S(RunStatus.RUNNING),
-                    ":token": _N(token),
-                },
-            )
-        except ClientError as exc:
-            if not _is_conditional_failure(exc):
-                raise
-            raise _lease_lost(run_id, token) from None
 
     def list_runs(
         self, *, status: RunStatus | None = None, task_id: str | None = None, limit: int = 50

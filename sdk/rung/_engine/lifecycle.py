@@ -1,0 +1,179 @@
+"""A run's lifecycle from outside its attempts: cancel (with its children), replay,
+redrive. ``rung.Client`` calls it for users, and the worker for a
+``trigger_and_wait`` timeout that cancels a child; neither imports the other.
+See docs/lifecycle.md.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rung._aws.dynamodb import DynamoStore, NewRun, ParentLink
+from rung._aws.sqs import SqsQueue
+from rung._engine.queues import QueueAdmin
+from rung._util.clock import Clock
+from rung._util.ids import new_run_id
+from rung.errors import ErrorInfo, RunAlreadyFinished, RunNotFailed
+from rung.models import Failure, Redrive, Run, RunHandle, RunStatus
+
+
+class Lifecycle:
+    """Cancel, replay and redrive runs of one table and queue."""
+
+    def __init__(
+        self, store: DynamoStore, queue: SqsQueue, clock: Clock, queues: QueueAdmin
+    ) -> None:
+        self._store = store
+        self._queue = queue
+        self._clock = clock
+        self._queues = queues
+
+    def children(self, run_id: str) -> list[tuple[dict[str, Any], Run]]:
+        """The child runs ``run_id`` started, in order, with their checkpoints' links
+        (``run_id``, ``task_id``, ``detached``)."""
+        steps = self._store.load_steps(run_id)
+        if not steps:
+            self._store.get_run(run_id)  # RunNotFound for an unknown id
+        started = sorted(
+            (r for r in steps.values() if r.kind == "child"), key=lambda r: (r.started_at, r.seq)
+        )
+        links = [json.loads(r.result_json or "{}") for r in started]
+        runs = self._store.get_runs([link["run_id"] for link in links])
+        return [(link, runs[link["run_id"]]) for link in links if link["run_id"] in runs]
+
+    def cancel(self, run_id: str, message: str) -> Run:
+        """Cancel the run, wake a parent waiting for it, free its queue place, then
+        cancel its children (``Client.cancel`` says the rest)."""
+        run = self._store.get_run(run_id)
+        if run.status.is_terminal:
+            if run.status == RunStatus.CANCELED:
+                self._cancel_children(run.run_id, message)  # a crashed cancel's rest
+            raise RunAlreadyFinished(
+                f"run {run.run_id} already finished ({run.status}"
+                + (f" at {run.finished_at.isoformat()}" if run.finished_at else "")
+                + "); there is nothing to cancel",
+                run_id=run.run_id,
+                status=run.status,
+            )
+        waiter = ParentLink.of(run)
+        now = self._clock.now()
+        woke = self._store.cancel_run(
+            run.run_id, ErrorInfo("RunCanceled", message), now, wake_parent=waiter
+        )
+        if woke and waiter is not None:
+            self._queue.send(waiter.run_id)
+        self._leave_queue(run)
+        self._cancel_children(run.run_id, message)
+        return self._store.get_run(run.run_id)
+
+    def _leave_queue(self, run: Run) -> None:
+        """A run just canceled (``run`` as read before) gives up its place in the queue
+        it was parked in: its waiter item, or the slot handed to it that no attempt has
+        taken up yet (a hand-off, ``t`` 0). Then the queue hands free slots on.
+
+        Without this, ``parked`` counted it until a hand-off came to it, and a slot
+        handed to it stayed taken until its lease ran out. A crash before this is
+        harmless: a hand-off that finds a waiter's run canceled drops it."""
+        name = run.parked_queue
+        if name is None or run.status == RunStatus.RUNNING:
+            return  # never parked; or its attempt holds the slot and frees it itself
+        if run.parked_sk is not None:
+            self._store.drop_parked(name, run.parked_sk, run.run_id)
+        self._store.release_slot(name, run.run_id, 0, self._clock.now())
+        self._queues.fill(name)
+
+    def _cancel_children(self, run_id: str, reason: str) -> None:
+        """Cancel the non-detached descendants of a canceled run (depth first).
+
+        The parent was canceled first, so it can start no more children (a child is
+        created under a check that its parent is RUNNING): this list is complete."""
+        pending = [run_id]
+        while pending:
+            parent = pending.pop()
+            for link, child in self.children(parent):
+                if link.get("detached"):
+                    continue
+                if not child.status.is_terminal:
+                    error = ErrorInfo("RunCanceled", f"parent run {parent} was canceled: {reason}")
+                    try:
+                        # The parent is canceled: no wake-up for it.
+                        self._store.cancel_run(child.run_id, error, self._clock.now())
+                    except RunAlreadyFinished as exc:
+                        if exc.status != RunStatus.CANCELED:
+                            continue  # it finished by itself meanwhile
+                    else:
+                        self._leave_queue(child)
+                elif child.status != RunStatus.CANCELED:
+                    continue
+                pending.append(child.run_id)
+
+    def replay(self, run: Run, payload_json: str) -> RunHandle:
+        """A new run of ``run``'s task with this payload and its tags (``replay_of``)."""
+        now = self._clock.now()
+        new = NewRun(
+            run_id=new_run_id(now),
+            task_id=run.task_id,
+            payload_json=payload_json,
+            created_at=now,
+            available_at=now,
+            idempotency_key=None,
+            tags=run.tags,
+            replay_of=run.run_id,
+        )
+        created, _ = self._store.create_run(new, None, now)
+        # A crash before this send leaves the run QUEUED: the reconciler sends it.
+        self._queue.send(created.run_id)
+        return RunHandle(run_id=created.run_id, task_id=created.task_id, created=True)
+
+    def redrive(self, run_id: str) -> Run:
+        """Resume a FAILED run from its failed step (``Client.redrive`` says the rest)."""
+        run = self._store.get_run(run_id)
+        if run.status != RunStatus.FAILED:
+            raise RunNotFailed(
+                f"run {run.run_id} is {run.status}, not FAILED; only a failed run can be "
+                + (
+                    "redriven (use replay to run it again as a new run)"
+                    if run.status.is_terminal
+                    else "redriven"
+                ),
+                run_id=run.run_id,
+                status=run.status,
+            )
+        now = self._clock.now()
+        failed = None
+        if run.failed_step is not None:
+            record = self._store.load_steps(run.run_id).get(run.failed_step)
+            if record is not None and record.outcome == "failed":
+                failed = record
+        error = run.error or ErrorInfo("Error", "")
+        failed_at = run.finished_at or now
+        preserved = None
+        if not any(f.attempt == run.attempt for f in run.failures):
+            # Keep what failed the run in its history: the checkpoint goes away.
+            preserved = Failure(
+                attempt=run.attempt,
+                kind="step" if failed is not None else "body",
+                step_id=failed.step_id if failed is not None else None,
+                error=failed.error or error if failed is not None else error,
+                started_at=run.attempt_started_at,
+                failed_at=failed.finished_at or failed_at if failed is not None else failed_at,
+                step_started_at=failed.started_at if failed is not None else None,
+                delay=None,
+            )
+        redriven = self._store.redrive_run(
+            run,
+            failed=failed,
+            preserved=preserved,
+            redrive=Redrive(
+                attempt=run.attempt,
+                failed_at=failed_at,
+                error=error,
+                at=now,
+                step_id=failed.step_id if failed is not None else None,
+            ),
+            now=now,
+        )
+        # A crash before this send leaves the run QUEUED and due: the reconciler sends it.
+        self._queue.send(run.run_id)
+        return redriven

@@ -1,0 +1,175 @@
+"""Operating the flow-control queues: their limits (the code's, an operator's
+overrides), pause and resume, and what runs and waits in each. ``rung.Client``'s queue
+calls delegate here.
+
+The code's limits are the defaults; an operator's settings in the queue item (paused,
+limit_set, per_key_set) override them until reset. Each change is one update that
+raises the item's version, so no admission decided on the old settings lands after
+it; a change that frees slots then hands them to parked runs at once (the Gate's
+fill), as a finishing run would.
+"""
+
+from __future__ import annotations
+
+from rung._aws.dynamodb import DynamoStore, QueueState
+from rung._aws.sqs import SqsQueue
+from rung._engine.admission import Gate, declared_queue, limits_of
+from rung._engine.config import WorkerConfig
+from rung._util.clock import Clock, to_ms
+from rung.app import App
+from rung.errors import InvalidConfig, UnknownQueue
+from rung.flow import MAX_LIMIT, Queue, QueueInfo
+
+
+class QueueAdmin:
+    """The queues of one table, as an app declares them (``app`` None: as the workers
+    recorded them)."""
+
+    def __init__(self, app: App | None, store: DynamoStore, queue: SqsQueue, clock: Clock) -> None:
+        self.app = app
+        self._store = store
+        self._queue = queue
+        self._clock = clock
+
+    def list(self) -> list[QueueInfo]:
+        """The app's queues and every queue with stored state, by name."""
+        stored = {state.name: state for state in self._store.list_queue_states()}
+        names = sorted(set(self.declared()) | set(stored))
+        return [self.info(name, stored.get(name) or QueueState(name)) for name in names]
+
+    def get(self, name: str) -> QueueInfo:
+        """One queue's limits (code, override, in force), pause, running and parked runs."""
+        return self.info(name, self.known_state(name))
+
+    def set_limit(
+        self,
+        name: str,
+        concurrency_limit: int | None = None,
+        per_key_limit: int | None = None,
+        *,
+        reset: bool = False,
+    ) -> QueueInfo:
+        """Override a queue's limits at run time (or, with ``reset``, go back to the code's)."""
+        for label, value in (
+            ("concurrency_limit", concurrency_limit),
+            ("per_key_limit", per_key_limit),
+        ):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidConfig(f"queue {name!r}: {label} must be an int, got {value!r}")
+            if not 1 <= value <= MAX_LIMIT:
+                raise InvalidConfig(
+                    f"queue {name!r}: {label} must be between 1 and {MAX_LIMIT}, got {value}"
+                )
+        if reset and (concurrency_limit is not None or per_key_limit is not None):
+            raise InvalidConfig(
+                f"queue {name!r}: reset goes back to the code's limits; pass either reset or "
+                "new limits, not both"
+            )
+        if not reset and concurrency_limit is None and per_key_limit is None:
+            raise InvalidConfig(
+                f"queue {name!r}: nothing to set; pass concurrency_limit, per_key_limit or reset"
+            )
+        state = self.known_state(name)
+        spec = self.spec(name, state) or Queue(name)
+        if per_key_limit is not None:
+            total = (
+                concurrency_limit
+                if concurrency_limit is not None
+                else limits_of(spec, state).concurrency
+            )
+            if total is not None and per_key_limit > total:
+                raise InvalidConfig(
+                    f"queue {name!r}: per_key_limit ({per_key_limit}) would be above "
+                    f"concurrency_limit ({total}), the combined cap; nothing changed"
+                )
+        self._store.set_queue(
+            name, limit=concurrency_limit, per_key_limit=per_key_limit, clear_limits=reset
+        )
+        return self._filled(name)
+
+    def pause(self, name: str) -> QueueInfo:
+        """Stop starting runs of the queue's tasks; runs executing now finish."""
+        self.known_state(name)
+        self._store.set_queue(name, paused=True)
+        return self.get(name)
+
+    def resume(self, name: str) -> QueueInfo:
+        """Start runs of the queue again: parked runs get the free slots at once."""
+        self.known_state(name)
+        self._store.set_queue(name, paused=False)
+        return self._filled(name)
+
+    def declared(self) -> dict[str, tuple[Queue, tuple[str, ...]]]:
+        """The app's queues (by name) and the ids of their tasks."""
+        found: dict[str, tuple[Queue, tuple[str, ...]]] = {}
+        for task in (self.app.tasks if self.app is not None else {}).values():
+            if task.queue is not None:
+                _, ids = found.get(task.queue.name, (task.queue, ()))
+                found[task.queue.name] = (task.queue, (*ids, task.id))
+        return found
+
+    def spec(self, name: str, state: QueueState | None = None) -> Queue | None:
+        """The code's declaration of the queue: the app's, else the one the workers
+        recorded in the queue item; None when neither is known."""
+        declared = self.declared().get(name)
+        if declared is not None:
+            return declared[0]
+        return declared_queue(state if state is not None else self._store.queue_state(name))
+
+    def known_state(self, name: str) -> QueueState:
+        if not isinstance(name, str) or not name:
+            raise UnknownQueue(f"{name!r} is not a queue name")
+        state = self._store.queue_state(name)
+        declared = self.declared()
+        if state.stored or name in declared:
+            return state
+        known = sorted(set(declared) | {s.name for s in self._store.list_queue_states()})
+        hint = "" if self.app is not None else "; pass the app to see queues that have not run"
+        raise UnknownQueue(f"no queue {name!r} (known queues: {', '.join(known) or 'none'}){hint}")
+
+    def fill(self, name: str) -> None:
+        """Hand the slots a change freed to parked runs now.
+
+        Not knowing the code's limits (no app, and no worker has recorded them), it
+        hands none: with the wrong limits it could start too many. The next run that
+        ends, or the parked runs' periodic recheck, hands them out then."""
+        spec = self.spec(name)
+        if spec is not None:
+            gate = Gate(self._store, self._queue, WorkerConfig().lease_duration)
+            gate.fill(spec, self._clock.now())
+
+    def _filled(self, name: str) -> QueueInfo:
+        self.fill(name)
+        return self.get(name)
+
+    def info(self, name: str, state: QueueState) -> QueueInfo:
+        declared = self.declared().get(name)
+        known = self.spec(name, state)
+        spec = known if known is not None else Queue(name)
+        limits = limits_of(spec, state)
+        per_key_limit = limits.per_key
+        if per_key_limit is not None and limits.concurrency is not None:
+            per_key_limit = min(per_key_limit, limits.concurrency)  # the total caps it
+        now_ms = to_ms(self._clock.now())
+        per_key: dict[str, int] = {}
+        for holder in state.holders.values():
+            if holder.until_ms > now_ms:
+                per_key[holder.key] = per_key.get(holder.key, 0) + 1
+        return QueueInfo(
+            name=name,
+            tasks=declared[1] if declared is not None else (),
+            code_known=known is not None,
+            code_concurrency_limit=spec.concurrency_limit,
+            code_per_key_limit=spec.per_key_limit,
+            rate_limit=spec.rate_limit,
+            concurrency_limit=limits.concurrency,
+            per_key_limit=per_key_limit,
+            concurrency_limit_override=state.limit_set,
+            per_key_limit_override=state.per_key_set,
+            paused=state.paused,
+            running=sum(per_key.values()),
+            parked=state.waiting,
+            running_per_key=dict(sorted(per_key.items())),
+        )

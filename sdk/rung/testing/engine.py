@@ -1,0 +1,487 @@
+"""Run an app's tasks in this process, on the embedded AWS emulator, for tests.
+
+``LocalEngine`` is the fourth target beside AWS, LocalStack and ``rung dev``: the
+same engine code, DynamoDB table and SQS queue semantics (moto's server on a
+thread), with worker threads instead of Lambda. The one difference is how a due
+time is reached: with ``virtual_time=True`` (the default) the clock advances only
+when no work is runnable and then jumps to the next due time, so backoff, delays,
+``ctx.wait`` and lease expiry pass instantly while history keeps the real durations.
+It never jumps to the deadline of a token a run waits for: answering a token is the
+test's move (``engine.wait_for_token`` then ``engine.client.complete_token``), and a
+test of a token's timeout moves the clock itself (``engine.clock.advance``). Nor
+does it jump for a message that can no longer move its run (its run finished, or waits
+for a token or with no timer), such as the one a token's wait leaves behind when an
+answer wakes the run early. A
+``trigger_and_wait`` timeout is passed through on the way to a later due time, and
+otherwise waits for the test's move in the same way.
+
+Example:
+    >>> with rung.testing.LocalEngine(app) as engine:
+    ...     handle = engine.trigger("process-order", {"order_id": "o-1"})
+    ...     run = engine.wait(handle.run_id, timeout=30)
+    ...     assert run.status == "COMPLETED"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+from rung._aws import sessions
+from rung._aws.dynamodb import DynamoStore
+from rung._aws.emulator import (
+    EmbeddedEmulator,
+    pending,
+    release_virtual_time,
+    use_virtual_time,
+)
+from rung._aws.sqs import BadMessage, QueueMessage, SqsQueue, decode
+from rung._engine.config import WorkerConfig
+from rung._engine.reconciler import DEFAULT_GRACE, Reconciler, ReconcileReport
+from rung._engine.worker import Disposition, Worker
+from rung._util.clock import Clock, SystemClock, VirtualClock, from_ms
+from rung._util.durations import check_duration
+from rung.app import App, Task
+from rung.client import Client
+from rung.errors import InvalidConfig, UsageError
+from rung.models import HistoryEvent, Run, RunHandle, RunStatus, TokenState
+
+log = logging.getLogger("rung.testing")
+_REGION = "us-east-1"
+_FALLBACK_POLL = 0.1  # seconds: how often wait() reads a run that no worker here moved
+
+
+class SimulatedCrash(BaseException):  # noqa: N818 - it simulates a process death
+    """Raise inside a step to make a LocalEngine worker die at that point.
+
+    Nothing after it is written: the message stays in flight and the run's lease
+    expires, exactly as when a Lambda worker is killed. (An in-process stand-in for
+    ``kill -9``, which the process-level tests exercise for real.)
+    """
+
+
+@dataclass(frozen=True)
+class WorkerFault:
+    """An exception that escaped the engine in a worker thread (a crash or a bug)."""
+
+    run_message: str
+    error: BaseException
+
+
+class LocalEngine:
+    """The engine in this process, on the embedded emulator.
+
+    Args:
+        app: the app whose tasks run.
+        workers: worker threads (each processes one message at a time). 0 starts none:
+            the test drives ``engine.worker.handle(message)`` itself (and the clock).
+        virtual_time: skip waits (see the module docstring). False uses the wall clock.
+        lease_duration: how long a crashed worker holds a run before it is taken over.
+        max_receive_count: the DLQ redrive threshold, as in template.yaml.
+        invocation_timeout: simulate Lambda's limit per message: before a step, a run
+            with less than ``min_time_left`` of it left continues in a new invocation.
+        min_time_left: see ``invocation_timeout``.
+        reconcile_grace: how long past due a run must be before ``reconcile()``
+            re-drives it (as on AWS: the reconciler function's grace).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        workers: int = 1,
+        virtual_time: bool = True,
+        lease_duration: timedelta = timedelta(minutes=1),
+        max_receive_count: int = 5,
+        invocation_timeout: timedelta | None = None,
+        min_time_left: timedelta = timedelta(seconds=10),
+        reconcile_grace: timedelta = DEFAULT_GRACE,
+    ) -> None:
+        if not isinstance(app, App):
+            raise UsageError(f"LocalEngine needs a rung.App, got {type(app).__name__}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise InvalidConfig(f"workers must be an int >= 0, got {workers!r}")
+        if max_receive_count < 3:
+            raise InvalidConfig("max_receive_count must be at least 3")
+        check_duration(reconcile_grace, "reconcile_grace", positive=True)
+        if invocation_timeout is not None:
+            invocation_timeout = check_duration(
+                invocation_timeout,
+                "invocation_timeout",
+                positive=True,
+                maximum=timedelta(minutes=15),  # Lambda's limit
+            )
+        self.app = app
+        self._workers = workers
+        self._virtual = virtual_time
+        self.clock: Clock = VirtualClock() if virtual_time else SystemClock()
+        self._config = WorkerConfig(lease_duration=lease_duration, min_time_left=min_time_left)
+        self._max_receive = max_receive_count
+        self._invocation_timeout = invocation_timeout
+        self._reconcile_grace = reconcile_grace
+        self._stop = threading.Event()
+        self._kick = threading.Event()  # set by trigger(): work may be waiting
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._poller = threading.Lock()  # held by the one idle worker that polls
+        self._turn_free = threading.Event()  # set when the poller's turn is handed on
+        # How many messages of each run this engine's workers have handled; wait()
+        # sleeps on it.
+        self._progress = threading.Condition()
+        self._handled: dict[str, int] = {}
+        self.faults: list[WorkerFault] = []
+        self._emulator: EmbeddedEmulator | None = None
+        self._client: Client | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def __enter__(self) -> LocalEngine:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self._emulator is not None:
+            raise UsageError("this LocalEngine is already started")
+        if isinstance(self.clock, VirtualClock):
+            use_virtual_time(self.clock)
+        try:
+            self._emulator = EmbeddedEmulator.shared()
+            suffix = secrets.token_hex(4)
+            self.table_name = f"rung-{self.app.name}-{suffix}"
+            self.queue_name = f"rung-{self.app.name}-{suffix}"
+            emulator = self._emulator
+            self.dynamodb = emulator.attach(sessions.client("dynamodb", emulator.url, _REGION))
+            self.sqs = emulator.attach(sessions.client("sqs", emulator.url, _REGION))
+            # Any message sent (a trigger, a hand-off, a child waking its parent) wakes
+            # the idle poller at once instead of at its next 50 ms poll.
+            self.sqs.meta.events.register(
+                "after-call.sqs.SendMessage", lambda **_: self._kick.set()
+            )
+            self.store = DynamoStore(self.dynamodb, self.table_name)
+            self.store.create_table()
+            visibility = max(self._config.lease_duration * 2, timedelta(seconds=30))
+            self.queue_url, self.dlq_url = SqsQueue.create(
+                self.sqs,
+                self.queue_name,
+                visibility_timeout=visibility,
+                max_receive_count=self._max_receive,
+            )
+            self.queue = SqsQueue(self.sqs, self.queue_url, self._max_receive)
+            self.worker = Worker(self.app, self.store, self.queue, self.clock, self._config)
+            self._client = Client._from_parts(self.app, self.store, self.queue, self.clock)
+        except BaseException:
+            self.stop()
+            raise
+        for n in range(self._workers):
+            thread = threading.Thread(target=self._work, name=f"rung-worker-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._kick.set()
+        self._turn_free.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads.clear()
+        if self._emulator is not None:
+            self._drop_resources()
+            self._emulator = None
+        if isinstance(self.clock, VirtualClock):
+            release_virtual_time()
+
+    def _drop_resources(self) -> None:
+        # The shared emulator outlives this engine: leave nothing of ours behind in it.
+        with contextlib.suppress(Exception):
+            self.dynamodb.delete_table(TableName=self.table_name)
+        for url in (getattr(self, "queue_url", None), getattr(self, "dlq_url", None)):
+            if url:
+                with contextlib.suppress(Exception):
+                    self.sqs.delete_queue(QueueUrl=url)
+
+    # -- the client API --------------------------------------------------------------
+
+    @property
+    def endpoint_url(self) -> str:
+        """The emulator's HTTP endpoint, for boto3 clients of the test's own (the engine's
+        clients reach the emulator in-process)."""
+        if self._emulator is None:
+            raise UsageError("the LocalEngine is not started: use it in a `with` block")
+        return self._emulator.endpoint_url
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            raise UsageError("the LocalEngine is not started: use it in a `with` block")
+        return self._client
+
+    def trigger(
+        self,
+        task: str | Task[Any],
+        payload: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        delay: timedelta | float | None = None,
+        tags: Iterable[str] | None = None,
+    ) -> RunHandle:
+        """Like ``Client.trigger``."""
+        handle = self.client.trigger(
+            task, payload, idempotency_key=idempotency_key, delay=delay, tags=tags
+        )
+        self._kick.set()
+        return handle
+
+    def get_run(self, run_id: str) -> Run:
+        """Like ``Client.get_run``."""
+        return self.client.get_run(run_id)
+
+    def list_runs(
+        self, *, status: RunStatus | str | None = None, task: str | None = None, limit: int = 50
+    ) -> list[Run]:
+        """Like ``Client.list_runs``."""
+        return self.client.list_runs(status=status, task=task, limit=limit)
+
+    def history(self, run_id: str) -> list[HistoryEvent]:
+        """Like ``Client.history``."""
+        return self.client.history(run_id)
+
+    def wait(self, run_id: str, timeout: float = 30.0) -> Run:
+        """Wait (wall-clock seconds) until the run is in a terminal status and return it.
+
+        It reads the run again each time a worker of this engine has handled one of
+        the run's messages (a run ends while its own message is handled), and at least
+        every 0.1 s for an end written otherwise (a cancel, also by a parent's timeout;
+        another client; ``worker.handle`` called by the test).
+
+        Raises:
+            TimeoutError: it is not terminal after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self._handled.get(run_id, 0)
+            run = self.get_run(run_id)
+            if run.status.is_terminal:
+                return run
+            if time.monotonic() > deadline:
+                waiting = f", waiting for {run.waiting_for}" if run.waiting_for else ""
+                hint = (
+                    "; virtual time does not skip a token's deadline: complete the token "
+                    "or advance engine.clock"
+                    if run.status == RunStatus.WAITING and run.wake_kind == "token"
+                    else ""
+                )
+                raise TimeoutError(
+                    f"run {run_id} is still {run.status}{waiting} (attempt {run.attempt}) "
+                    f"after {timeout:g}s of waiting{hint}"
+                )
+            self._await_progress(run_id, seen, deadline)
+
+    def wait_for_token(
+        self, run_id: str, name: str | None = None, timeout: float = 30.0
+    ) -> TokenState:
+        """Wait (wall-clock seconds) until the run waits for an open token and return it.
+
+        ``name``: the token's name in ``ctx.create_token`` (default: any).
+
+        Raises:
+            TimeoutError: the run does not wait for such a token within ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self._handled.get(run_id, 0)
+            run = self.get_run(run_id)
+            if run.status == RunStatus.WAITING:
+                for token in self.client.list_tokens(run_id):
+                    if token.status == "WAITING" and name in (None, token.name):
+                        return token
+            if run.status.is_terminal or time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"run {run_id} is {run.status} and not waiting for a token"
+                    + (f" named {name!r}" if name else "")
+                    + f" (after {timeout:g}s)"
+                )
+            self._await_progress(run_id, seen, deadline)
+
+    def _await_progress(self, run_id: str, seen: int, deadline: float) -> None:
+        """Sleep until a worker has handled another message of the run (``seen`` of
+        them were handled before), for at most 0.1 s (the fallback poll) and not past
+        ``deadline``."""
+        timeout = min(max(deadline - time.monotonic(), 0.0), _FALLBACK_POLL)
+        with self._progress:
+            self._progress.wait_for(lambda: self._handled.get(run_id, 0) != seen, timeout)
+
+    def dead_letters(self) -> list[str]:
+        """Bodies of the messages that reached the DLQ (received, then left in place)."""
+        out = self.sqs.receive_message(
+            QueueUrl=self.dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0
+        )
+        return [m["Body"] for m in out.get("Messages", [])]
+
+    def reconcile(self) -> ReconcileReport:
+        """Run one reconciler pass now, on this engine's clock, and say what it re-drove.
+
+        On AWS the reconciler function runs on a schedule. Here it runs when a test asks:
+        a message is lost only when a test loses it, and a lost run has no due message
+        for the virtual clock to jump to, so the test advances the clock past the grace
+        (``engine.clock.advance``) and calls this.
+        """
+        if self._emulator is None:
+            raise UsageError("the LocalEngine is not started: use it in a `with` block")
+        reconciler = Reconciler(self.store, self.queue, self.clock, self._reconcile_grace)
+        return reconciler.run_once()
+
+    # -- workers ---------------------------------------------------------------------
+
+    def _work(self) -> None:
+        # Idle workers do not all poll: one of them (holding ``_poller``) receives every
+        # 50 ms or at once on a trigger's kick, and hands the turn on as soon as it gets
+        # work; the others wait for the turn. With many workers, polling would otherwise
+        # cost more of the emulator than the runs (16 idle threads polling every 50 ms
+        # is 320 requests a second).
+        polling = False
+        try:
+            while not self._stop.is_set():
+                if not polling:
+                    polling = self._poller.acquire(blocking=False)
+                    if not polling:
+                        self._turn_free.wait(1.0)
+                        continue
+                    self._turn_free.clear()
+                with self._lock:
+                    self._busy += 1
+                messages = []
+                try:
+                    # One message per worker thread at a time: a thread that took ten
+                    # would keep nine invisible while it runs the first.
+                    messages = self.queue.receive(max_messages=1)
+                    if messages:
+                        self._poller.release()  # the turn goes on; this thread has work
+                        polling = False
+                        self._turn_free.set()
+                    for message in messages:
+                        self._process(message)
+                except Exception as exc:  # the emulator went away during stop(), or a bug
+                    if not self._stop.is_set():
+                        log.exception("worker loop error")
+                        self.faults.append(WorkerFault("(receive)", exc))
+                finally:
+                    with self._lock:
+                        self._busy -= 1
+                        all_idle = self._busy == 0
+                if messages or not polling:
+                    continue
+                try:
+                    virtual = isinstance(self.clock, VirtualClock)
+                    if all_idle and virtual and self._advance_time():
+                        continue
+                except Exception as exc:  # a bug: recorded, and the turn is not lost
+                    if not self._stop.is_set():
+                        log.exception("worker loop error")
+                        self.faults.append(WorkerFault("(advance time)", exc))
+                # Idle: sleep until a trigger (or, for messages sent some other way,
+                # 50 ms) rather than polling the emulator in a tight loop.
+                if self._kick.wait(0.05):
+                    self._kick.clear()
+        finally:
+            if polling:
+                self._poller.release()
+                self._turn_free.set()
+
+    def _advance_time(self) -> bool:
+        assert isinstance(self.clock, VirtualClock)
+        due = self._next_due()
+        if due is None:
+            return False
+        with self._lock:
+            if self._busy:
+                return False
+            self.clock.advance_to(from_ms(int(due) + 1))
+        return True
+
+    def _next_due(self) -> float | None:
+        """The next due time to jump to: timers, backoff and leases, but not the deadline
+        of a token a run waits for; answering (or timing out) a token is the test's move.
+
+        A message counts only if its run still has a due time it can lead to. Not
+        counted: the message of a finished run, or of a run waiting for a token or with
+        no timer (children, a batch), such as the one a token's wait left in the queue
+        when its answer woke the run with a fresh message: it would only be deleted, or
+        deferred again, when it became visible. (Counting it jumped the clock past
+        other runs' token deadlines.) A run woken meanwhile gets a fresh message from
+        its waker. A message of a run whose due time is later still counts: it may be
+        the hop of a long wait (re-sent or deferred at its due time), and time passes
+        it on the way to the run's due time anyway.
+
+        A ``trigger_and_wait`` timeout is jumped to only on the way to a later due
+        time (time has to pass it first); alone, it waits for the test's move too, so
+        a test can answer a child's token before its parent's timeout.
+        """
+        assert isinstance(self.clock, VirtualClock)
+        deadline: float | None = None
+        for due, body in pending(_REGION, self.queue_name, self.clock.epoch() * 1000):
+            try:
+                run = self.store.get_run_or_none(decode(body))
+            except BadMessage:
+                return deadline if deadline is not None else due
+            if run is not None and run.status.is_terminal:
+                continue
+            if run is not None and run.status == RunStatus.WAITING:
+                if run.wake_kind in ("token", None):
+                    continue
+                if run.wake_kind == "deadline":
+                    deadline = due if deadline is None else deadline
+                    continue
+            return deadline if deadline is not None else due
+        return None
+
+    def _process(self, message: QueueMessage) -> None:
+        try:
+            self._handle(message)
+        finally:
+            try:
+                run_id = decode(message.body)
+            except BadMessage:
+                run_id = ""
+            with self._progress:
+                self._handled[run_id] = self._handled.get(run_id, 0) + 1
+                self._progress.notify_all()
+
+    def _handle(self, message: QueueMessage) -> None:
+        started = self.clock.now()
+
+        def time_left() -> float:
+            assert self._invocation_timeout is not None
+            elapsed = self.clock.now() - started
+            return (self._invocation_timeout - elapsed).total_seconds()
+
+        try:
+            disposition = self.worker.handle(
+                message, time_left if self._invocation_timeout is not None else None
+            )
+        except SimulatedCrash as crash:
+            log.warning("simulated crash while handling %s", message.body)
+            self.faults.append(WorkerFault(message.body, crash))
+            return
+        except Exception as exc:
+            log.exception("worker error while handling %s", message.body)
+            self.faults.append(WorkerFault(message.body, exc))
+            return
+        if disposition == Disposition.ACK:
+            self.queue.delete(message)
