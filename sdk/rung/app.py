@@ -220,28 +220,7 @@ class App:
         anything pydantic's ``TypeAdapter`` handles) and revived as it on every
         attempt; without an annotation (or with ``Any``) any JSON value is accepted.
         """
-        if queue is not None and not isinstance(queue, Queue):
-            raise InvalidConfig(f"app.task(queue=...) must be a rung.Queue, got {queue!r}")
-        if concurrency_key is not None and not callable(concurrency_key):
-            raise InvalidConfig("app.task(concurrency_key=...) must be a function of the payload")
-        if concurrency_key is not None and queue is None:
-            raise InvalidConfig(
-                "app.task(concurrency_key=...) needs a queue: pass queue=rung.Queue(...) with "
-                "a per_key_limit or a per-key rate_limit"
-            )
-        if queue is not None and queue.keyed and concurrency_key is None:
-            raise InvalidConfig(
-                f"queue {queue.name!r} limits per key: give the task a concurrency_key "
-                "(payload -> tenant id)"
-            )
-        if (
-            priority is not None
-            and not callable(priority)
-            and (isinstance(priority, bool) or not isinstance(priority, int))
-        ):
-            raise InvalidConfig(
-                "app.task(priority=...) must be an int or a function of the payload"
-            )
+        _check_flow(queue, concurrency_key, priority)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidConfig(f"app.task(retry=...) must be a rung.RetryPolicy, got {retry!r}")
         limit = (
@@ -252,25 +231,7 @@ class App:
 
         def register(func: Callable[..., R]) -> Task[R]:
             task_id = id if id is not None else func.__name__
-            if not isinstance(task_id, str) or not _ID.match(task_id):
-                raise InvalidConfig(
-                    f"task id {task_id!r} must be 1-128 characters of letters, digits, '.', "
-                    "'_', ':' or '-', starting with a letter or digit"
-                )
-            if task_id in self._tasks:
-                raise InvalidConfig(f"app {self.name!r} already has a task {task_id!r}")
-            if queue is not None:
-                for other in self._tasks.values():
-                    if (
-                        other.queue is not None
-                        and other.queue.name == queue.name
-                        and (other.queue != queue)
-                    ):
-                        raise InvalidConfig(
-                            f"queue {queue.name!r} is declared twice with different limits "
-                            f"(task {other.id!r}: {other.queue}; task {task_id!r}: {queue}); "
-                            "share one rung.Queue object"
-                        )
+            self._check_new(task_id, queue)
             payload_model, payload_type, output_type = _signature_types(task_id, func)
             task = Task(
                 id=task_id,
@@ -290,6 +251,53 @@ class App:
         if fn is not None:
             return register(fn)
         return register
+
+    def _check_new(self, task_id: object, queue: Queue | None) -> None:
+        """A new task's id is well-formed and free, and its queue agrees with the app's."""
+        if not isinstance(task_id, str) or not _ID.match(task_id):
+            raise InvalidConfig(
+                f"task id {task_id!r} must be 1-128 characters of letters, digits, '.', "
+                "'_', ':' or '-', starting with a letter or digit"
+            )
+        if task_id in self._tasks:
+            raise InvalidConfig(f"app {self.name!r} already has a task {task_id!r}")
+        if queue is None:
+            return
+        for other in self._tasks.values():
+            if other.queue is not None and other.queue.name == queue.name and other.queue != queue:
+                raise InvalidConfig(
+                    f"queue {queue.name!r} is declared twice with different limits "
+                    f"(task {other.id!r}: {other.queue}; task {task_id!r}: {queue}); "
+                    "share one rung.Queue object"
+                )
+
+
+def _check_flow(
+    queue: Queue | None,
+    concurrency_key: Callable[[Any], Any] | None,
+    priority: Callable[[Any], Any] | int | None,
+) -> None:
+    """``app.task``'s flow-control options, each on its own and together."""
+    if queue is not None and not isinstance(queue, Queue):
+        raise InvalidConfig(f"app.task(queue=...) must be a rung.Queue, got {queue!r}")
+    if concurrency_key is not None and not callable(concurrency_key):
+        raise InvalidConfig("app.task(concurrency_key=...) must be a function of the payload")
+    if concurrency_key is not None and queue is None:
+        raise InvalidConfig(
+            "app.task(concurrency_key=...) needs a queue: pass queue=rung.Queue(...) with "
+            "a per_key_limit or a per-key rate_limit"
+        )
+    if queue is not None and queue.keyed and concurrency_key is None:
+        raise InvalidConfig(
+            f"queue {queue.name!r} limits per key: give the task a concurrency_key "
+            "(payload -> tenant id)"
+        )
+    if (
+        priority is not None
+        and not callable(priority)
+        and (isinstance(priority, bool) or not isinstance(priority, int))
+    ):
+        raise InvalidConfig("app.task(priority=...) must be an int or a function of the payload")
 
 
 def _signature_types(task_id: str, func: Callable[..., Any]) -> tuple[Any, Any, Any]:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from rung._aws.dynamodb import DynamoStore, QueueState, Waiter
+from rung._aws.dynamodb import DynamoStore, Holder, QueueState, Waiter
 from rung._aws.sqs import SqsQueue
 from rung._util.clock import from_ms, iso, to_ms
 from rung.errors import Contended, InvalidConfig
@@ -149,6 +149,38 @@ def declared_queue(state: QueueState) -> Queue | None:
         return None
 
 
+@dataclass(frozen=True)
+class _View:
+    """A queue as one try of ``Gate.admit`` read it."""
+
+    state: QueueState
+    now: datetime
+    limits: Limits
+    declared: str | None  # the code's declaration, to record if it changed
+    live: dict[str, Holder]  # holders whose lease has not run out
+    expired: list[str]
+    mine: Holder | None  # this run's own live entry
+    until: datetime  # a slot taken now is held until then
+
+    @property
+    def now_ms(self) -> int:
+        return to_ms(self.now)
+
+    def full(self, key: str) -> bool:
+        """No slot for a newcomer of ``key``: paused, at a limit, or others parked
+        (parked runs go first: a newcomer does not overtake them)."""
+        limits = self.limits
+        return (
+            self.state.paused
+            or (limits.concurrency is not None and len(self.live) >= limits.concurrency)
+            or (
+                limits.per_key is not None
+                and sum(1 for h in self.live.values() if h.key == key) >= limits.per_key
+            )
+            or self.state.waiting > 0
+        )
+
+
 class Gate:
     def __init__(self, store: DynamoStore, queue: SqsQueue, lease: timedelta) -> None:
         self.store = store
@@ -173,19 +205,8 @@ class Gate:
         rate reservation this attempt was given and came to too late (it did not
         start then): it leaves the window with the fresh reservation."""
         for attempt in range(_TRIES):
-            state = self.store.queue_state(spec.name)
-            now = clock()
-            now_ms = to_ms(now)
-            limits = limits_of(spec, state)
-            code = declaration(spec)
-            declared = code if state.declared != code else None
-            live = {r: h for r, h in state.holders.items() if h.until_ms > now_ms}
-            expired = [r for r in state.holders if r not in live]
-            # An entry of ours whose lease ran out (the worker that held it died) is
-            # not ours any more: others count it as free and may have filled it, so the
-            # run takes a slot afresh, through the version-checked path.
-            mine = live.get(run.run_id)
-            until = now + self.lease
+            view = self._look(spec, run, clock)
+            mine = view.mine
             # A reservation we come to too late is not used: a fresh one is taken. The
             # stale one leaves the window only when this attempt knows it never started
             # on it (``unused``); one found late on arrival stays, as an earlier,
@@ -193,92 +214,124 @@ class Gate:
             late = (
                 mine is not None
                 and mine.start_ms > 0
-                and is_late(spec, _from_ms(mine.start_ms), now)
+                and is_late(spec, _from_ms(mine.start_ms), view.now)
             )
+            verdict: Admitted | Parked | Delayed | None
             if mine is not None and (spec.rate_limit is None or mine.start_ms) and not late:
-                # Ours already (handed off to it, held across a crash, or reserved for a
-                # rate-limited start): renewing our own entry needs no version check.
-                hold_until = max(until, _from_ms(mine.start_ms) + self.lease)
-                if self.store.renew_slot(spec.name, run.run_id, hold_until, now, token, take=True):
-                    if mine.start_ms > now_ms:
-                        return Delayed(_from_ms(mine.start_ms))
-                    return Admitted()
-                continue  # pruned meanwhile (its lease had expired): admit afresh
+                verdict = self._renew_own(spec, run, token, view, mine)
+                if verdict is None:
+                    continue  # pruned meanwhile (its lease had expired): admit afresh
+                return verdict
             if mine is not None:  # handed off without a rate reservation yet, or late
-                start_ms = 0 if late else mine.start_ms
-                starts = key_starts = None
-                if spec.rate_limit is not None and start_ms == 0:
-                    drop = mine.start_ms if unused and mine.start_ms == to_ms(unused) else None
-                    start_ms, starts, key_starts = self._reserve(spec, state, key, now_ms, drop)
-                hold_until = max(until, _from_ms(start_ms) + self.lease)
-                if not self.store.take_slot(
-                    state,
-                    run.run_id,
-                    key,
-                    hold_until,
-                    start_ms,
-                    expired,
-                    starts,
-                    key_starts,
-                    token,
-                    declared,
-                ):
-                    _backoff(attempt)
-                    continue
-                return Delayed(_from_ms(start_ms)) if start_ms > now_ms else Admitted()
-            full = (
-                state.paused
-                or (limits.concurrency is not None and len(live) >= limits.concurrency)
-                or (
-                    limits.per_key is not None
-                    and sum(1 for h in live.values() if h.key == key) >= limits.per_key
+                drop = mine.start_ms if unused and mine.start_ms == to_ms(unused) else None
+                verdict = self._take(
+                    spec, run, token, key, view, 0 if late else mine.start_ms, drop
                 )
-                # Parked runs go first: a newcomer does not overtake them.
-                or state.waiting > 0
-            )
-            if full:
-                parked = self.store.park(
-                    state,
-                    run.run_id,
-                    token,
-                    key,
-                    priority,
-                    now + PARK_RECHECK,
-                    f"a slot of queue {spec.name!r}",
-                    now,
-                    spent,
-                    run.parked_sk,
-                    declared,
-                )
-                if parked is False:
-                    _backoff(attempt)
-                    continue
-                log.info("run %s parked for a slot of queue %s", run.run_id, spec.name)
-                self.fill(spec, now)
-                return Parked()
-            start_ms, starts, key_starts = 0, None, None
-            if spec.rate_limit is not None:
-                start_ms, starts, key_starts = self._reserve(spec, state, key, now_ms)
-            hold_until = max(until, _from_ms(start_ms) + self.lease)
-            if self.store.take_slot(
-                state,
-                run.run_id,
-                key,
-                hold_until,
-                start_ms,
-                expired,
-                starts,
-                key_starts,
-                token,
-                declared,
-            ):
-                return Delayed(_from_ms(start_ms)) if start_ms > now_ms else Admitted()
+            elif view.full(key):
+                verdict = self._park(spec, run, token, key, priority, spent, view)
+            else:
+                verdict = self._take(spec, run, token, key, view, 0, None)
+            if verdict is not None:
+                return verdict
             _backoff(attempt)
         raise Contended(
             f"queue {spec.name}: its state changed under every one of {_TRIES} tries to "
             f"admit run {run.run_id}; the run is admitted again in a few seconds (no "
             "attempt spent); many workers on one queue item is the cause"
         )
+
+    def _look(self, spec: Queue, run: Run, clock: Callable[[], datetime]) -> _View:
+        """The queue as one try of ``admit`` sees it."""
+        state = self.store.queue_state(spec.name)
+        now = clock()
+        now_ms = to_ms(now)
+        code = declaration(spec)
+        live = {r: h for r, h in state.holders.items() if h.until_ms > now_ms}
+        return _View(
+            state=state,
+            now=now,
+            limits=limits_of(spec, state),
+            declared=code if state.declared != code else None,
+            live=live,
+            expired=[r for r in state.holders if r not in live],
+            # An entry of ours whose lease ran out (the worker that held it died) is
+            # not ours any more: others count it as free and may have filled it, so the
+            # run takes a slot afresh, through the version-checked path.
+            mine=live.get(run.run_id),
+            until=now + self.lease,
+        )
+
+    def _renew_own(
+        self, spec: Queue, run: Run, token: int, view: _View, mine: Holder
+    ) -> Admitted | Delayed | None:
+        """Ours already (handed off to it, held across a crash, or reserved for a
+        rate-limited start): renewing our own entry needs no version check. None: it
+        was pruned meanwhile."""
+        hold_until = max(view.until, _from_ms(mine.start_ms) + self.lease)
+        if not self.store.renew_slot(spec.name, run.run_id, hold_until, view.now, token, take=True):
+            return None
+        return Delayed(_from_ms(mine.start_ms)) if mine.start_ms > view.now_ms else Admitted()
+
+    def _take(
+        self,
+        spec: Queue,
+        run: Run,
+        token: int,
+        key: str,
+        view: _View,
+        start_ms: int,
+        drop: int | None,
+    ) -> Admitted | Delayed | None:
+        """Take a slot (version-checked), reserving a rate-limited start unless
+        ``start_ms`` holds one. None: the queue changed meanwhile."""
+        starts = key_starts = None
+        if spec.rate_limit is not None and start_ms == 0:
+            start_ms, starts, key_starts = self._reserve(spec, view.state, key, view.now_ms, drop)
+        hold_until = max(view.until, _from_ms(start_ms) + self.lease)
+        if not self.store.take_slot(
+            view.state,
+            run.run_id,
+            key,
+            hold_until,
+            start_ms,
+            view.expired,
+            starts,
+            key_starts,
+            token,
+            view.declared,
+        ):
+            return None
+        return Delayed(_from_ms(start_ms)) if start_ms > view.now_ms else Admitted()
+
+    def _park(
+        self,
+        spec: Queue,
+        run: Run,
+        token: int,
+        key: str,
+        priority: int,
+        spent: timedelta,
+        view: _View,
+    ) -> Parked | None:
+        """No slot: park the run until one is handed to it. None: the queue changed."""
+        parked = self.store.park(
+            view.state,
+            run.run_id,
+            token,
+            key,
+            priority,
+            view.now + PARK_RECHECK,
+            f"a slot of queue {spec.name!r}",
+            view.now,
+            spent,
+            run.parked_sk,
+            view.declared,
+        )
+        if parked is False:
+            return None
+        log.info("run %s parked for a slot of queue %s", run.run_id, spec.name)
+        self.fill(spec, view.now)
+        return Parked()
 
     def _reserve(
         self, spec: Queue, state: QueueState, key: str, now_ms: int, drop: int | None = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from rung.models import EventType, HistoryEvent, Run, RunStatus, StepRecord
+from rung.models import EventType, Failure, HistoryEvent, Run, RunStatus, StepRecord
 
 #: Checkpoints shown as a step (started, then succeeded or failed): steps, the
 #: branches and batches of ctx.map / ctx.parallel, whose ids show the structure
@@ -25,6 +25,7 @@ _STEP_LIKE = frozenset({"step", "branch", "map", "parallel", "group"})
 
 
 def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
+    """The run's events, in order (see the module docstring)."""
     events = [HistoryEvent(EventType.RUN_TRIGGERED, run.created_at)]
     failures = {f.attempt: f for f in run.failures}
     redrives = {r.attempt: r for r in run.redrives}
@@ -36,51 +37,7 @@ def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
         events.append(HistoryEvent(EventType.ATTEMPT_STARTED, started, attempt=attempt))
         events.extend(_checkpoint_events(run, [s for s in steps if s.run_attempt == attempt]))
         if failure is not None:
-            if failure.kind == "step":
-                events.append(
-                    HistoryEvent(
-                        EventType.STEP_STARTED,
-                        failure.step_started_at or failure.failed_at,
-                        attempt=attempt,
-                        step=failure.step_id,
-                    )
-                )
-                events.append(
-                    HistoryEvent(
-                        EventType.STEP_FAILED,
-                        failure.failed_at,
-                        attempt=attempt,
-                        step=failure.step_id,
-                        error=failure.error,
-                    )
-                )
-            elif failure.kind == "crash":
-                events.append(
-                    HistoryEvent(
-                        EventType.WORKER_LOST,
-                        failure.failed_at,
-                        attempt=attempt,
-                        error=failure.error,
-                    )
-                )
-            else:
-                events.append(
-                    HistoryEvent(
-                        EventType.ATTEMPT_FAILED,
-                        failure.failed_at,
-                        attempt=attempt,
-                        error=failure.error,
-                    )
-                )
-            if failure.delay is not None:
-                events.append(
-                    HistoryEvent(
-                        EventType.RETRY_SCHEDULED,
-                        failure.failed_at,
-                        attempt=attempt,
-                        delay=failure.delay,
-                    )
-                )
+            events.extend(_failure_events(failure))
         redrive = redrives.get(attempt)
         if redrive is not None:  # the run had failed here, and was redriven after a fix
             events.append(
@@ -93,24 +50,51 @@ def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
                     EventType.RUN_REDRIVEN, redrive.at, attempt=attempt, step=redrive.step_id
                 )
             )
-    if run.status == RunStatus.COMPLETED and run.finished_at is not None:
-        events.append(HistoryEvent(EventType.RUN_COMPLETED, run.finished_at, attempt=run.attempt))
-    elif run.status == RunStatus.FAILED and run.finished_at is not None:
+    end = _END_EVENTS.get(run.status)
+    if end is not None and run.finished_at is not None:
+        error = None if run.status == RunStatus.COMPLETED else run.error
+        events.append(HistoryEvent(end, run.finished_at, attempt=run.attempt, error=error))
+    return events
+
+
+#: The event a terminal status ends the history with.
+_END_EVENTS = {
+    RunStatus.COMPLETED: EventType.RUN_COMPLETED,
+    RunStatus.FAILED: EventType.RUN_FAILED,
+    RunStatus.TIMED_OUT: EventType.RUN_TIMED_OUT,
+    RunStatus.CANCELED: EventType.RUN_CANCELED,
+}
+
+#: How a failed attempt shows, by its kind (a step's failure is a step's two events).
+_FAILURE_EVENTS = {"crash": EventType.WORKER_LOST, "body": EventType.ATTEMPT_FAILED}
+
+
+def _failure_events(failure: Failure) -> list[HistoryEvent]:
+    """How an attempt failed, and the retry it scheduled (if any)."""
+    attempt = failure.attempt
+    if failure.kind == "step":
+        events = [
+            HistoryEvent(
+                EventType.STEP_STARTED,
+                failure.step_started_at or failure.failed_at,
+                attempt=attempt,
+                step=failure.step_id,
+            ),
+            HistoryEvent(
+                EventType.STEP_FAILED,
+                failure.failed_at,
+                attempt=attempt,
+                step=failure.step_id,
+                error=failure.error,
+            ),
+        ]
+    else:
+        kind = _FAILURE_EVENTS.get(failure.kind, EventType.ATTEMPT_FAILED)
+        events = [HistoryEvent(kind, failure.failed_at, attempt=attempt, error=failure.error)]
+    if failure.delay is not None:
         events.append(
             HistoryEvent(
-                EventType.RUN_FAILED, run.finished_at, attempt=run.attempt, error=run.error
-            )
-        )
-    elif run.status == RunStatus.TIMED_OUT and run.finished_at is not None:
-        events.append(
-            HistoryEvent(
-                EventType.RUN_TIMED_OUT, run.finished_at, attempt=run.attempt, error=run.error
-            )
-        )
-    elif run.status == RunStatus.CANCELED and run.finished_at is not None:
-        events.append(
-            HistoryEvent(
-                EventType.RUN_CANCELED, run.finished_at, attempt=run.attempt, error=run.error
+                EventType.RETRY_SCHEDULED, failure.failed_at, attempt=attempt, delay=failure.delay
             )
         )
     return events
