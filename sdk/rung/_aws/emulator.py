@@ -353,136 +353,145 @@ def _lean_transactions() -> None:
 def _lean_requests() -> None:
     """Compute once what moto recomputed on every request from the request's shape
     alone (the module docstring's "Per-request work" lists each and why it is safe)."""
-    from collections import deque
-
     responses = _moto("core.responses")
-    serialize = _moto("core.serialize")
-    comparisons = _moto("dynamodb.comparisons")
-    ast_nodes = _moto("dynamodb.parsing.ast_nodes")
-    expressions = _moto("dynamodb.parsing.expressions")
-    validators = _moto("dynamodb.parsing.validators")
-    sqs_models = _moto("sqs.models")
-
     with _lean_lock:
         if getattr(responses, "_rung_lean", False):
             return
-
         # 1. The names of a handler class's methods (inspect.getmembers, to check that
         #    the action exists).
-        names_of = functools.cache(responses.method_names_from_class)
-        responses.method_names_from_class = names_of
-
-        # 2. An UpdateExpression's syntax tree, parsed twice per UpdateItem.
-        parser = expressions.UpdateExpressionParser
-        make = parser.make.__func__
-        trees: _Memo[str, Any] = _Memo()
-        shared: set[int] = set()  # ids of the cached trees, which the memo keeps alive
-
-        def make_update(cls: Any, expression: str) -> Any:
-            tree = trees.get(expression)
-            if tree is None:
-                tree = make(cls, expression)
-                if trees.put(expression, tree):
-                    shared.add(id(tree))
-            return tree
-
-        parser.make = classmethod(make_update)
-
-        # 3. The placeholders a cached tree uses, listed twice per UpdateItem.
-        find_clauses = ast_nodes.Node.find_clauses
-        found: _Memo[tuple[int, tuple[type, ...]], list[Any]] = _Memo()
-
-        def find_clauses_once(self: Any, clause_types: list[type]) -> list[Any]:
-            if id(self) not in shared:
-                return find_clauses(self, clause_types)  # type: ignore[no-any-return]
-            key = (id(self), tuple(clause_types))
-            clauses = found.get(key)
-            if clauses is None:
-                clauses = find_clauses(self, clause_types)
-                found.put(key, clauses)
-            return list(clauses)
-
-        ast_nodes.Node.find_clauses = find_clauses_once
-
-        # 4. The update's validation passes that depend on the expression, its names
-        #    and the table's key only, skipped once they passed with those.
-        validator = validators.UpdateExpressionValidator
-        init, validate = validator.__init__, validator.validate
-        shape_only = (
-            validators.ActionCountValidator,
-            validators.OverlappingPathsValidator,
-            validators.UpdateHashRangeKeyValidator,
-        )
-        passed: _Memo[tuple[Any, ...], bool] = _Memo()
-
-        def init_validator(self: Any, expression: Any, *args: Any, **kwargs: Any) -> None:
-            init(self, expression, *args, **kwargs)
-            self._rung_shape = None
-            if id(expression) in shared:
-                names = tuple(sorted((self.expression_attribute_names or {}).items()))
-                self._rung_shape = (id(expression), names, tuple(self.table.table_key_attrs))
-                if passed.get(self._rung_shape):
-                    self.processors = [p for p in self.processors if type(p) not in shape_only]
-
-        def validate_update(self: Any) -> Any:
-            tree = validate(self)
-            if self._rung_shape is not None:
-                passed.put(self._rung_shape, True)
-            return tree
-
-        validator.__init__ = init_validator
-        validator.validate = validate_update
-
-        # 5. A validation pass's map of node types to its handlers, rebuilt per node.
-        traverser = ast_nodes.DepthFirstTraverser
-
-        def handlers(self: Any) -> dict[type, Any]:
-            known: dict[type, Any] | None = self.__dict__.get("_rung_handlers")
-            if known is None:
-                known = self.__dict__["_rung_handlers"] = self._processing_map()
-            return known
-
-        def node_types(self: Any) -> tuple[type, ...]:
-            types: tuple[type, ...] | None = self.__dict__.get("_rung_types")
-            if types is None:
-                types = self.__dict__["_rung_types"] = tuple(handlers(self))
-            return types
-
-        def process(self: Any, node: Any) -> Any:
-            for node_type, handler in handlers(self).items():
-                if isinstance(node, node_type):
-                    return handler(node)
-            return None
-
-        traverser.nodes_to_be_processed = node_types
-        traverser.process = process
-
-        # 6. A ConditionExpression's tokens, lexed twice per conditional write.
-        condition_parser = comparisons.ConditionExpressionParser
-        lex = condition_parser._lex_condition_expression
-        tokens_of: _Memo[str, tuple[Any, ...]] = _Memo()
-
-        def lex_condition(self: Any) -> Any:
-            text = self.condition_expression
-            tokens = tokens_of.get(text)
-            if tokens is None:
-                tokens = tuple(lex(self))
-                tokens_of.put(text, tokens)
-            return deque(tokens)
-
-        condition_parser._lex_condition_expression = lex_condition
-
+        responses.method_names_from_class = functools.cache(responses.method_names_from_class)
+        _cache_update_expressions()  # 2-4
+        _cache_handler_maps()  # 5
+        _cache_condition_tokens()  # 6
         # 7. The keys under which the response serializer looks a member up.
+        serialize = _moto("core.serialize")
         for picker in (serialize.AttributePicker, serialize.XFormedAttributePicker):
             _cache_possible_keys(picker)
-
-        # 8. A message's retention, read through the queue's full attribute listing.
-        def retained(self: Any, queue_name: str, message: Any) -> bool:
-            period = self.get_queue(queue_name).message_retention_period
-            return bool(period + message.sent_timestamp / 1000 > sqs_models.unix_time())
-
-        sqs_models.SQSBackend.is_message_valid_based_on_retention_period = retained
+        _lean_retention()  # 8
         responses._rung_lean = True
+
+
+def _cache_update_expressions() -> None:
+    """2. An UpdateExpression's syntax tree, parsed twice per UpdateItem; 3. the
+    placeholders a cached tree uses, listed twice per UpdateItem; 4. the update's
+    validation passes that depend on the expression, its names and the table's key
+    only, skipped once they passed with those."""
+    ast_nodes = _moto("dynamodb.parsing.ast_nodes")
+    expressions = _moto("dynamodb.parsing.expressions")
+    validators = _moto("dynamodb.parsing.validators")
+
+    parser = expressions.UpdateExpressionParser
+    make = parser.make.__func__
+    trees: _Memo[str, Any] = _Memo()
+    shared: set[int] = set()  # ids of the cached trees, which the memo keeps alive
+
+    def make_update(cls: Any, expression: str) -> Any:
+        tree = trees.get(expression)
+        if tree is None:
+            tree = make(cls, expression)
+            if trees.put(expression, tree):
+                shared.add(id(tree))
+        return tree
+
+    parser.make = classmethod(make_update)
+
+    find_clauses = ast_nodes.Node.find_clauses
+    found: _Memo[tuple[int, tuple[type, ...]], list[Any]] = _Memo()
+
+    def find_clauses_once(self: Any, clause_types: list[type]) -> list[Any]:
+        if id(self) not in shared:
+            return find_clauses(self, clause_types)  # type: ignore[no-any-return]
+        key = (id(self), tuple(clause_types))
+        clauses = found.get(key)
+        if clauses is None:
+            clauses = find_clauses(self, clause_types)
+            found.put(key, clauses)
+        return list(clauses)
+
+    ast_nodes.Node.find_clauses = find_clauses_once
+
+    validator = validators.UpdateExpressionValidator
+    init, validate = validator.__init__, validator.validate
+    shape_only = (
+        validators.ActionCountValidator,
+        validators.OverlappingPathsValidator,
+        validators.UpdateHashRangeKeyValidator,
+    )
+    passed: _Memo[tuple[Any, ...], bool] = _Memo()
+
+    def init_validator(self: Any, expression: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, expression, *args, **kwargs)
+        self._rung_shape = None
+        if id(expression) in shared:
+            names = tuple(sorted((self.expression_attribute_names or {}).items()))
+            self._rung_shape = (id(expression), names, tuple(self.table.table_key_attrs))
+            if passed.get(self._rung_shape):
+                self.processors = [p for p in self.processors if type(p) not in shape_only]
+
+    def validate_update(self: Any) -> Any:
+        tree = validate(self)
+        if self._rung_shape is not None:
+            passed.put(self._rung_shape, True)
+        return tree
+
+    validator.__init__ = init_validator
+    validator.validate = validate_update
+
+
+def _cache_handler_maps() -> None:
+    """5. A validation pass's map of node types to its handlers, rebuilt per node."""
+    traverser = _moto("dynamodb.parsing.ast_nodes").DepthFirstTraverser
+
+    def handlers(self: Any) -> dict[type, Any]:
+        known: dict[type, Any] | None = self.__dict__.get("_rung_handlers")
+        if known is None:
+            known = self.__dict__["_rung_handlers"] = self._processing_map()
+        return known
+
+    def node_types(self: Any) -> tuple[type, ...]:
+        types: tuple[type, ...] | None = self.__dict__.get("_rung_types")
+        if types is None:
+            types = self.__dict__["_rung_types"] = tuple(handlers(self))
+        return types
+
+    def process(self: Any, node: Any) -> Any:
+        for node_type, handler in handlers(self).items():
+            if isinstance(node, node_type):
+                return handler(node)
+        return None
+
+    traverser.nodes_to_be_processed = node_types
+    traverser.process = process
+
+
+def _cache_condition_tokens() -> None:
+    """6. A ConditionExpression's tokens, lexed twice per conditional write."""
+    from collections import deque
+
+    condition_parser = _moto("dynamodb.comparisons").ConditionExpressionParser
+    lex = condition_parser._lex_condition_expression
+    tokens_of: _Memo[str, tuple[Any, ...]] = _Memo()
+
+    def lex_condition(self: Any) -> Any:
+        text = self.condition_expression
+        tokens = tokens_of.get(text)
+        if tokens is None:
+            tokens = tuple(lex(self))
+            tokens_of.put(text, tokens)
+        return deque(tokens)
+
+    condition_parser._lex_condition_expression = lex_condition
+
+
+def _lean_retention() -> None:
+    """8. A message's retention, read through the queue's full attribute listing."""
+    sqs_models = _moto("sqs.models")
+
+    def retained(self: Any, queue_name: str, message: Any) -> bool:
+        period = self.get_queue(queue_name).message_retention_period
+        return bool(period + message.sent_timestamp / 1000 > sqs_models.unix_time())
+
+    sqs_models.SQSBackend.is_message_valid_based_on_retention_period = retained
 
 
 def _moto(module: str) -> Any:

@@ -312,29 +312,50 @@ class _Queues(_Base):
             {**released, ":queue": _S(state.name)},
         )
         if parked_sk is not None:
-            # Parked already (the safety net re-sent it): keep its place, if it still
-            # has one. A hand-off that found the run claimed meanwhile dropped its
-            # waiter item; then it parks afresh below.
-            run_update["ExpressionAttributeValues"][":sk"] = _S(parked_sk)
-            place = {
-                "TableName": self.table,
-                "Key": {"pk": _S(f"QUEUE#{state.name}"), "sk": _S(parked_sk)},
-                "ConditionExpression": "attribute_exists(pk)",
-            }
-            try:
-                self.client.transact_write_items(
-                    TransactItems=[{"Update": run_update}, {"ConditionCheck": place}]
-                )
-            except ClientError as exc:
-                reasons = _cancellation_reasons(exc)
-                if reasons is None:
-                    raise
-                if reasons[0] == "ConditionalCheckFailed":
-                    raise _lease_lost(run_id, token) from None
-                if reasons[1] != "ConditionalCheckFailed":
-                    return False  # a conflict: read the queue and try again
-            else:
-                return None
+            kept = self._keep_place(state.name, parked_sk, run_id, token, run_update)
+            if kept is not True:
+                return kept
+        return self._take_place(state, run_id, token, key, priority, declared, run_update)
+
+    def _keep_place(
+        self, name: str, parked_sk: str, run_id: str, token: int, run_update: dict[str, Any]
+    ) -> bool | None:
+        """Parked already (the safety net re-sent it): keep its place, if it still has
+        one. None: kept; False: a conflict; True: its waiter item is gone (a hand-off
+        that found the run claimed meanwhile dropped it), so it parks afresh."""
+        run_update["ExpressionAttributeValues"][":sk"] = _S(parked_sk)
+        place = {
+            "TableName": self.table,
+            "Key": {"pk": _S(f"QUEUE#{name}"), "sk": _S(parked_sk)},
+            "ConditionExpression": "attribute_exists(pk)",
+        }
+        try:
+            self.client.transact_write_items(
+                TransactItems=[{"Update": run_update}, {"ConditionCheck": place}]
+            )
+        except ClientError as exc:
+            reasons = _cancellation_reasons(exc)
+            if reasons is None:
+                raise
+            if reasons[0] == "ConditionalCheckFailed":
+                raise _lease_lost(run_id, token) from None
+            # The place's check failed: gone, park afresh; anything else is a conflict
+            # (read the queue and try again).
+            return reasons[1] == "ConditionalCheckFailed"
+        return None
+
+    def _take_place(
+        self,
+        state: QueueState,
+        run_id: str,
+        token: int,
+        key: str,
+        priority: int,
+        declared: str | None,
+        run_update: dict[str, Any],
+    ) -> bool:
+        """A new waiter item at the key's next place, counted in the queue, with the
+        run's release: one transaction. False: the queue changed."""
         seq = max(state.keyseq.get(key, 0), state.served) + 1  # keyseq: by concurrency key
         sk = f"WAIT#{1000 - priority:04d}#{seq:012d}#{run_id}"
         run_update["ExpressionAttributeValues"][":sk"] = _S(sk)

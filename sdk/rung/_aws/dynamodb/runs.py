@@ -315,6 +315,18 @@ class _Runs(_Parents):
                     raise
                 raise _lease_lost(run_id, token) from None
             return True
+        return self._suspend_checked(run_id, token, update, tokens, children)
+
+    def _suspend_checked(
+        self,
+        run_id: str,
+        token: int,
+        update: dict[str, Any],
+        tokens: tuple[str, ...],
+        children: tuple[str, ...],
+    ) -> bool:
+        """The suspension ``update``, in one transaction with the checks that every token
+        is open and the first child unfinished. False: one was not (nothing changed)."""
         checks = [
             {
                 "ConditionCheck": {

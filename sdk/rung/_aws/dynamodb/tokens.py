@@ -88,60 +88,14 @@ class _Tokens(_Base):
             TokenAlreadyResolved: it was completed, failed or timed out already, or its
                 run has finished.
         """
-        values: dict[str, Any] = {
-            ":status": _S(status),
-            ":open": _S(TOKEN_OPEN),
-            ":now_ms": _N(to_ms(now)),
-            ":now": _S(iso(now)),
-        }
-        update = "SET token_status = :status, resolved_at = :now"
-        if result_json is not None:
-            update += ", #result = :result"
-            values[":result"] = _S(result_json)
-        if error is not None:
-            update += ", #error = :error"
-            values[":error"] = _S(json.dumps(error.to_json()))
+        token_update = _answer(self.table, token_id, status, result_json, error, now)
         for _ in range(10):
             state = self.get_token(token_id)
             self._check_open(state, now)
-            token_update = {
-                "TableName": self.table,
-                "Key": _token_key(token_id),
-                "UpdateExpression": update,
-                "ConditionExpression": "token_status = :open AND deadline_ms > :now_ms",
-                "ExpressionAttributeNames": {"#result": "result", "#error": "error"}
-                if result_json is not None and error is not None
-                else ({"#result": "result"} if result_json is not None else {"#error": "error"}),
-                "ExpressionAttributeValues": values,
-            }
-            wake = {
-                "Update": {
-                    "TableName": self.table,
-                    "Key": _run_key(state.run_id),
-                    "UpdateExpression": "SET available_at = :now_ms, updated_at = :now",
-                    "ConditionExpression": "#status = :waiting",
-                    "ExpressionAttributeNames": _NAMES,
-                    "ExpressionAttributeValues": {
-                        ":waiting": _S(RunStatus.WAITING),
-                        ":now_ms": _N(to_ms(now)),
-                        ":now": _S(iso(now)),
-                    },
-                }
-            }
-            not_waiting = {
-                "ConditionCheck": {
-                    "TableName": self.table,
-                    "Key": _run_key(state.run_id),
-                    "ConditionExpression": "#status IN (:queued, :delayed, :running)",
-                    "ExpressionAttributeNames": _NAMES,
-                    "ExpressionAttributeValues": {
-                        ":queued": _S(RunStatus.QUEUED),
-                        ":delayed": _S(RunStatus.DELAYED),
-                        ":running": _S(RunStatus.RUNNING),
-                    },
-                }
-            }
-            for second, woke in ((wake, True), (not_waiting, False)):
+            for second, woke in (
+                (self._wake_waiting(state.run_id, now), True),
+                (self._not_waiting_check(state.run_id), False),
+            ):
                 try:
                     self.client.transact_write_items(
                         TransactItems=[{"Update": token_update}, second]
@@ -168,6 +122,39 @@ class _Tokens(_Base):
             f"token {token_id}: its run kept changing state while the answer was written; "
             "nothing was recorded, answering again is safe"
         )
+
+    def _wake_waiting(self, run_id: str, now: datetime) -> dict[str, Any]:
+        """A transaction's update making the run due now, if it is WAITING."""
+        return {
+            "Update": {
+                "TableName": self.table,
+                "Key": _run_key(run_id),
+                "UpdateExpression": "SET available_at = :now_ms, updated_at = :now",
+                "ConditionExpression": "#status = :waiting",
+                "ExpressionAttributeNames": _NAMES,
+                "ExpressionAttributeValues": {
+                    ":waiting": _S(RunStatus.WAITING),
+                    ":now_ms": _N(to_ms(now)),
+                    ":now": _S(iso(now)),
+                },
+            }
+        }
+
+    def _not_waiting_check(self, run_id: str) -> dict[str, Any]:
+        """A transaction's check that the run is on its way, not WAITING (nor ended)."""
+        return {
+            "ConditionCheck": {
+                "TableName": self.table,
+                "Key": _run_key(run_id),
+                "ConditionExpression": "#status IN (:queued, :delayed, :running)",
+                "ExpressionAttributeNames": _NAMES,
+                "ExpressionAttributeValues": {
+                    ":queued": _S(RunStatus.QUEUED),
+                    ":delayed": _S(RunStatus.DELAYED),
+                    ":running": _S(RunStatus.RUNNING),
+                },
+            }
+        }
 
     def _check_open(self, state: TokenState, now: datetime) -> None:
         if state.status != TOKEN_OPEN:
@@ -268,3 +255,40 @@ class _Tokens(_Base):
             error=ErrorInfo.from_json(json.loads(item["error"]["S"])) if "error" in item else None,
             resolved_at=parse_iso(item["resolved_at"]["S"]) if "resolved_at" in item else None,
         )
+
+
+def _answer(
+    table: str,
+    token_id: str,
+    status: str,
+    result_json: str | None,
+    error: ErrorInfo | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The update that answers an open token in time (its value or its error)."""
+    values: dict[str, Any] = {
+        ":status": _S(status),
+        ":open": _S(TOKEN_OPEN),
+        ":now_ms": _N(to_ms(now)),
+        ":now": _S(iso(now)),
+    }
+    update = "SET token_status = :status, resolved_at = :now"
+    names: dict[str, str] = {}
+    if result_json is not None:
+        update += ", #result = :result"
+        values[":result"] = _S(result_json)
+        names["#result"] = "result"
+    if error is not None:
+        update += ", #error = :error"
+        values[":error"] = _S(json.dumps(error.to_json()))
+        names["#error"] = "error"
+    request = {
+        "TableName": table,
+        "Key": _token_key(token_id),
+        "UpdateExpression": update,
+        "ConditionExpression": "token_status = :open AND deadline_ms > :now_ms",
+        "ExpressionAttributeValues": values,
+    }
+    if names:  # (DynamoDB refuses an empty map)
+        request["ExpressionAttributeNames"] = names
+    return request
