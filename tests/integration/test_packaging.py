@@ -217,7 +217,7 @@ def test_the_bundle_has_rung_the_handlers_and_the_task_code(bundle: Path) -> Non
         "handler/worker.py",
         "handler/reconciler.py",
         "rung/__init__.py",
-        "rung/_engine.py",
+        "rung/_engine/worker.py",
         "examples/orders.py",
         "aws_lambda_powertools/__init__.py",
         "pydantic/__init__.py",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import logging
 import random
 import threading
@@ -28,7 +27,6 @@ from rung._aws.dynamodb import (
     SUSPEND_TOKEN_CHECKS,
     Claimed,
     DynamoStore,
-    NewRun,
     NotClaimed,
     ParentLink,
 )
@@ -37,7 +35,6 @@ from rung._durable.signals import (
     Canceled,
     ContinueLater,
     RetryStep,
-    SlotLost,
     Suspend,
     TimeLimitReached,
 )
@@ -46,6 +43,7 @@ from rung._engine.admission import Delayed, Gate, Parked, describe_delay, is_lat
 from rung._engine.config import WorkerConfig
 from rung._engine.lifecycle import Lifecycle
 from rung._engine.queues import QueueAdmin
+from rung._engine.session import Session
 from rung._util import serde
 from rung._util.clock import Clock, to_ms
 from rung.app import App, Task
@@ -57,19 +55,10 @@ from rung.errors import (
     LeaseLost,
     NonDeterminismError,
     PayloadTooLarge,
-    RunAlreadyFinished,
-    RungError,
     StepFailed,
     UnknownTask,
 )
-from rung.flow import Queue
-from rung.models import Failure, Run, RunStatus, StepRecord, TokenState
-
-
-class SlotExpired(RungError):
-    """A run's queue slot expired before any step of the invocation: an attempt fails
-    (queueing again would only repeat it)."""
-
+from rung.models import Failure, Run
 
 log = logging.getLogger("rung.worker")
 
@@ -78,8 +67,6 @@ log = logging.getLogger("rung.worker")
 RATE_SLEEP = timedelta(seconds=1)
 #: A run whose queue admission gave up on contention comes back after 1-2x this.
 CONTENTION_RETRY = timedelta(seconds=2)
-#: Seconds before an invocation's end at which a still-running step is noted as overrun.
-WATCHDOG_MARGIN = 1.0
 
 
 class Disposition(enum.StrEnum):
@@ -251,7 +238,7 @@ class Worker:
             return Disposition.ACK
         # A run's first claim cannot find checkpoints: nobody held it before.
         records = self.store.load_steps(run.run_id) if token > 1 else {}
-        session = _Session(self, run, token, time_left, task.max_duration)
+        session = Session(self, run, token, time_left, task.max_duration)
         watchdog = session.start_watchdog()
         scope = Scope(
             RunState(
@@ -344,7 +331,7 @@ class Worker:
         token: int,
         task: Task[Any],
         scope: Scope,
-        session: _Session,
+        session: Session,
         payload: Any,
         attempt_start: datetime,
         watchdog: threading.Timer | None,
@@ -457,7 +444,7 @@ class Worker:
         task: Task[Any],
         exc: Exception,
         attempt_start: datetime,
-        session: _Session,
+        session: Session,
     ) -> Disposition:
         now = self.clock.now()
         error = error_info(exc)
@@ -479,7 +466,7 @@ class Worker:
         return self._later(message, run.run_id, delay)
 
     def _suspend(
-        self, message: QueueMessage, run: Run, token: int, wait: Suspend, session: _Session
+        self, message: QueueMessage, run: Run, token: int, wait: Suspend, session: Session
     ) -> Disposition:
         """The run waits: release it; keep (or send) a message due at its wake time."""
         now = self.clock.now()
@@ -520,213 +507,6 @@ class Worker:
     def _later(self, message: QueueMessage, run_id: str, delay: timedelta) -> Disposition:
         kept = self.queue.defer(message, run_id, delay, to_ms(self.clock.now()))
         return Disposition.KEEP if kept else Disposition.ACK
-
-
-class _Session:
-    """The engine side of a Context during one attempt (see context.AttemptSession)."""
-
-    def __init__(
-        self,
-        worker: Worker,
-        run: Run,
-        token: int,
-        time_left: Callable[[], float] | None,
-        max_duration: timedelta | None,
-    ) -> None:
-        self._worker = worker
-        self._run = run
-        self._token = token
-        self._time_left = time_left
-        self._lease_until = run.lease_until
-        self._executed = 0
-        self._max_duration = max_duration
-        self._segment_start = worker.clock.now()
-        # Branches of ctx.map / ctx.parallel run steps on several threads at once: the
-        # steps running now, by thread, and a lock for the lease and time bookkeeping.
-        self._running: dict[int, str] = {}
-        self._lock = threading.Lock()
-        self._status_read_at = self._segment_start  # the claim has just read it
-        self.slot: Queue | None = None  # the queue whose slot this attempt holds
-
-    def now(self) -> datetime:
-        return self._worker.clock.now()
-
-    def start_watchdog(self) -> threading.Timer | None:
-        """Arm a timer that fires just before the invocation's time runs out; if a step
-        is still running then, it notes so on the run (one write, only in that case),
-        so that the takeover can say which step outlived its invocation."""
-        if self._time_left is None:
-            return None
-        timer = threading.Timer(max(self._time_left() - WATCHDOG_MARGIN, 0.0), self._overrun)
-        timer.daemon = True
-        timer.start()
-        return timer
-
-    def _overrun(self) -> None:
-        with self._lock:
-            running = list(self._running.values())
-        if not running:
-            return
-        step_id = running[0]  # the longest-running of the steps still running
-        try:
-            self._worker.store.mark_overrun(self._run.run_id, self._token, step_id)
-            log.error(
-                "run %s: step %s is still running as the invocation's time runs out",
-                self._run.run_id,
-                step_id,
-            )
-        except Exception:  # best effort: the takeover then reports a plain crash
-            log.exception("run %s: could not record the overrun", self._run.run_id)
-
-    def step_running(self, step_id: str | None) -> None:
-        thread = threading.get_ident()
-        with self._lock:
-            if step_id is None:
-                self._running.pop(thread, None)
-            else:
-                self._running[thread] = step_id
-
-    def spent(self) -> timedelta:
-        """Compute time used by this invocation on the run so far."""
-        return max(self.now() - self._segment_start, timedelta(0))
-
-    def before_step(self) -> None:
-        with self._lock:  # branches of ctx.map call this from several threads
-            self._before_step()
-
-    def _before_step(self) -> None:
-        if self._max_duration is not None:
-            used = self._run.compute_time + self.spent()
-            if used >= self._max_duration:
-                raise TimeLimitReached(
-                    f"run {self._run.run_id} used {_seconds(used)} of compute time, reaching "
-                    f"its task's max_duration of {_seconds(self._max_duration)} (waits do not "
-                    "count); raise max_duration on the task if the work needs longer"
-                )
-        config = self._worker.config
-        if (
-            self._time_left is not None
-            and self._executed > 0
-            and self._time_left() < config.min_time_left.total_seconds()
-        ):
-            raise ContinueLater()
-        self._executed += 1
-        now = self.now()
-        if now - self._status_read_at >= config.cancel_check_interval:
-            self._check_canceled(now)
-        if self._lease_until is not None and self._lease_until - now < config.lease_duration / 2:
-            until = now + config.lease_duration
-            self._worker.store.renew_lease(self._run.run_id, self._token, until)
-            if self.slot is not None and not self._worker.gate.renew(
-                self.slot, self._run.run_id, until, now, self._token
-            ):
-                if self._executed <= 1:
-                    # Nothing was checkpointed since admission: the code before this
-                    # step outlives a lease on every try, so queueing again would loop.
-                    raise SlotExpired(
-                        f"run {self._run.run_id}: its slot in queue {self.slot.name!r} "
-                        "expired before its first step in this invocation (code outside "
-                        "steps ran longer than the lease); move that work into steps"
-                    )
-                log.warning(
-                    "run %s: its slot in queue %r expired (a step outlived it) and counts "
-                    "as free; it stops at this step boundary and queues for a slot again",
-                    self._run.run_id,
-                    self.slot.name,
-                )
-                raise SlotLost()
-            self._lease_until = until
-
-    def _check_canceled(self, now: datetime) -> None:
-        """Stop at this step boundary if the run was canceled (or taken over).
-
-        Step checkpoints are not fenced, so without this a canceled run would go on
-        executing steps until its next fenced write. One eventually consistent read
-        per ``cancel_check_interval`` at most."""
-        status, token = self._worker.store.run_status(self._run.run_id)
-        self._status_read_at = now
-        if status == RunStatus.CANCELED:
-            raise Canceled()
-        if status != RunStatus.RUNNING or token != self._token:
-            raise LeaseLost(
-                f"run {self._run.run_id} is {status} (lease token {token}); this worker's "
-                f"lease (token {self._token}) is no longer valid, so it stops"
-            )
-
-    def failed_attempts_of(self, step_id: str) -> list[int]:
-        floor = self._run.budget_from  # a redrive resets the retry budget
-        return [
-            f.attempt
-            for f in self._run.failures
-            if f.kind == "step" and f.step_id == step_id and f.attempt >= floor
-        ]
-
-    def task(self, task: str | Task[Any]) -> Task[Any]:
-        return self._worker.app.get_task(task)
-
-    def start_child(
-        self,
-        record: StepRecord,
-        *,
-        task_id: str,
-        payload_json: str,
-        waits: bool,
-        detached: bool,
-        delay: timedelta,
-        tags: tuple[str, ...],
-    ) -> tuple[StepRecord, bool]:
-        named = json.loads(record.result_json or "{}")
-        child_id = str(named["run_id"])
-        now = self.now()
-        child = NewRun(
-            run_id=child_id,
-            task_id=task_id,
-            payload_json=payload_json,
-            created_at=now,
-            available_at=now + delay,
-            idempotency_key=None,
-            tags=tags,
-            parent_run_id=self._run.run_id,
-            parent_waits=waits,
-            detached=detached,
-            batch=named.get("batch"),
-        )
-        stored, created = self._worker.store.start_child(
-            self._run.run_id, self._token, record, child
-        )
-        if created:
-            # A crash before this send leaves the child QUEUED: the reconciler sends it.
-            self._worker.queue.send(child_id, delay)
-        return stored, created
-
-    def get_runs(self, run_ids: list[str]) -> dict[str, Run]:
-        return self._worker.store.get_runs(run_ids)
-
-    def forget_batch(self, batch: str) -> None:
-        self._worker.store.forget_batch(self._run.run_id, batch)
-
-    def cancel_child(self, run_id: str, reason: str) -> None:
-        with contextlib.suppress(RunAlreadyFinished):  # it ended by itself meanwhile
-            self._worker.lifecycle.cancel(run_id, reason)
-
-    def record_step(self, record: StepRecord) -> StepRecord:
-        return self._worker.store.record_step(self._run.run_id, record)
-
-    def mark_started(self, record: StepRecord, replace_attempt: int | None) -> StepRecord:
-        return self._worker.store.mark_step_started(self._run.run_id, record, replace_attempt)
-
-    def create_token(self, state: TokenState) -> None:
-        self._worker.store.create_token(state)
-
-    def get_token(self, token_id: str) -> TokenState:
-        return self._worker.store.get_token(token_id)
-
-    def time_out_token(self, token_id: str, deadline: datetime) -> TokenState:
-        return self._worker.store.time_out_token(token_id, deadline, self.now())
-
-
-def _seconds(delta: timedelta) -> str:
-    return f"{delta.total_seconds():g} s"
 
 
 def _run_level_failures(run: Run) -> int:
