@@ -58,6 +58,7 @@ from rung.errors import (
     StepFailed,
     UnknownTask,
 )
+from rung.flow import Queue
 from rung.models import Failure, Run
 
 log = logging.getLogger("rung.worker")
@@ -258,61 +259,11 @@ class Worker:
             return Disposition.ACK
         spec = task.queue
         if spec is not None:
-            try:
-                key, priority = task.flow_of(payload)
-            except InvalidPayload as exc:
-                self._fail(run, token, ErrorInfo("InvalidPayload", str(exc)), None, now())
-                return Disposition.ACK
-            unused: datetime | None = None  # a reservation come to too late
-            while True:
-                try:
-                    verdict = self.gate.admit(
-                        spec, run, token, key, priority, now, session.spent(), unused
-                    )
-                except Contended as exc:
-                    # Not the run's fault: no attempt is spent; it comes back shortly.
-                    log.warning("%s", exc)
-                    if watchdog is not None:
-                        watchdog.cancel()
-                    again = CONTENTION_RETRY * random.uniform(1, 2)  # noqa: S311
-                    self.store.defer_run(
-                        run.run_id,
-                        token,
-                        now() + again,
-                        f"contention on queue {spec.name!r}",
-                        now(),
-                        session.spent(),
-                    )
-                    return self._later(message, run.run_id, again)
-                if isinstance(verdict, Parked):
-                    if watchdog is not None:
-                        watchdog.cancel()
-                    return Disposition.ACK  # a hand-off (or the safety net) sends it again
-                if not isinstance(verdict, Delayed):
-                    break
-                wait = verdict.until - now()
-                if wait > RATE_SLEEP:
-                    # Come back just before the reserved start (SQS delays are whole
-                    # seconds), keeping the slot; the rest is slept below then.
-                    if watchdog is not None:
-                        watchdog.cancel()
-                    self.store.defer_run(
-                        run.run_id,
-                        token,
-                        verdict.until - RATE_SLEEP,
-                        describe_delay(spec, verdict.until),
-                        now(),
-                        session.spent(),
-                    )
-                    return self._later(message, run.run_id, wait - RATE_SLEEP)
-                # Less than a second to the reserved start: wait for it here, so the
-                # run starts at its reservation, not at the next whole second.
-                time.sleep(max(wait.total_seconds(), 0.0))
-                if not is_late(spec, verdict.until, now()):
-                    break
-                # Woken too late for the reservation (a busy machine): admit again,
-                # which takes a fresh one and gives this one back to the window.
-                unused = verdict.until
+            refused = self._admit(message, run, token, task, spec, payload, session)
+            if refused is not None:
+                if watchdog is not None:
+                    watchdog.cancel()
+                return refused
             session.slot = spec
         disposition = self._execute(
             message, run, token, task, scope, session, payload, attempt_start, watchdog
@@ -323,6 +274,71 @@ class Worker:
         if spec is not None:
             self.gate.release(spec, run.run_id, token, now())
         return disposition
+
+    def _admit(
+        self,
+        message: QueueMessage,
+        run: Run,
+        token: int,
+        task: Task[Any],
+        spec: Queue,
+        payload: Any,
+        session: Session,
+    ) -> Disposition | None:
+        """Get the run a slot of its queue (docs/flow-control.md). None: it has one and
+        may start now; else the run does not start in this invocation (parked for a
+        hand-off, deferred to its rate-limited start or past contention, or failed for
+        a payload its flow options refuse) and this is what to do with the message."""
+        now = self.clock.now
+        try:
+            key, priority = task.flow_of(payload)
+        except InvalidPayload as exc:
+            self._fail(run, token, ErrorInfo("InvalidPayload", str(exc)), None, now())
+            return Disposition.ACK
+        unused: datetime | None = None  # a reservation come to too late
+        while True:
+            try:
+                verdict = self.gate.admit(
+                    spec, run, token, key, priority, now, session.spent(), unused
+                )
+            except Contended as exc:
+                # Not the run's fault: no attempt is spent; it comes back shortly.
+                log.warning("%s", exc)
+                again = CONTENTION_RETRY * random.uniform(1, 2)  # noqa: S311
+                self.store.defer_run(
+                    run.run_id,
+                    token,
+                    now() + again,
+                    f"contention on queue {spec.name!r}",
+                    now(),
+                    session.spent(),
+                )
+                return self._later(message, run.run_id, again)
+            if isinstance(verdict, Parked):
+                return Disposition.ACK  # a hand-off (or the safety net) sends it again
+            if not isinstance(verdict, Delayed):
+                return None
+            wait = verdict.until - now()
+            if wait > RATE_SLEEP:
+                # Come back just before the reserved start (SQS delays are whole
+                # seconds), keeping the slot; the rest is slept below then.
+                self.store.defer_run(
+                    run.run_id,
+                    token,
+                    verdict.until - RATE_SLEEP,
+                    describe_delay(spec, verdict.until),
+                    now(),
+                    session.spent(),
+                )
+                return self._later(message, run.run_id, wait - RATE_SLEEP)
+            # Less than a second to the reserved start: wait for it here, so the
+            # run starts at its reservation, not at the next whole second.
+            time.sleep(max(wait.total_seconds(), 0.0))
+            if not is_late(spec, verdict.until, now()):
+                return None
+            # Woken too late for the reservation (a busy machine): admit again,
+            # which takes a fresh one and gives this one back to the window.
+            unused = verdict.until
 
     def _execute(
         self,
