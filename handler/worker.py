@@ -4,6 +4,10 @@ A thin adapter: each SQS record becomes a ``QueueMessage`` for ``rung._engine.Wo
 An ACKed message succeeds (Lambda deletes it). A KEPT message (its visibility already
 set by the engine to when it must come back) or a POISONED one (it goes to the DLQ
 after maxReceiveCount) is reported in ``batchItemFailures`` so Lambda leaves it queued.
+Before any record is handled, worn messages of the whole batch (received half of
+maxReceiveCount times) are renewed (``Worker.settle_worn``): should the invocation
+die later, Lambda brings the batch back, and a batch-mate it never reached must not
+be one receive closer to the DLQ for it.
 
 Configuration, read on the first invocation of a warm container (so that importing
 this module needs no environment):
@@ -11,7 +15,7 @@ this module needs no environment):
     RUNG_APP                    module:attr of the user's rung.App (required)
     RUNG_TABLE_NAME             the DynamoDB table (required)
     RUNG_QUEUE_URL              the work queue (required)
-    RUNG_MAX_RECEIVE_COUNT      the queue's DLQ maxReceiveCount (default 5)
+    RUNG_MAX_RECEIVE_COUNT      the queue's DLQ maxReceiveCount (default 10)
     RUNG_LEASE_SECONDS          run lease; above the function timeout (default 960)
     RUNG_MIN_TIME_LEFT_SECONDS  continue in a fresh invocation below this (default 10)
     AWS_ENDPOINT_URL            an emulator or LocalStack (default: AWS)
@@ -39,7 +43,7 @@ from handler._env import positive_int, require
 from rung import _aws
 from rung._clock import SystemClock
 from rung._engine import Disposition, Worker, WorkerConfig
-from rung._queue import QueueMessage, SqsQueue
+from rung._queue import DEFAULT_MAX_RECEIVE_COUNT, QueueMessage, SqsQueue
 from rung._store import DynamoStore
 from rung.app import App
 from rung.errors import InvalidConfig
@@ -63,7 +67,7 @@ def worker() -> Worker:
     # rung's own loggers ("rung.worker", ...) write the same structured JSON.
     copy_config_to_registered_loggers(source_logger=logger, include={"rung"})
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
-    max_receive = positive_int("RUNG_MAX_RECEIVE_COUNT", 5)
+    max_receive = positive_int("RUNG_MAX_RECEIVE_COUNT", DEFAULT_MAX_RECEIVE_COUNT)
     store = DynamoStore(
         _aws.client("dynamodb", endpoint),
         require("RUNG_TABLE_NAME", "the rung DynamoDB table's name (stack output TableName)"),
@@ -83,15 +87,17 @@ def worker() -> Worker:
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     engine = worker()
+    messages = {m.message_id: m for m in map(_message, event.get("Records", []))}
+    try:
+        settled = engine.settle_worn(list(messages.values()))
+    except Exception:  # each record's handling renews its own worn message then
+        logger.exception("could not renew the batch's worn messages up front")
+        settled = set()
 
     def record_handler(record: SQSRecord) -> None:
-        message = QueueMessage(
-            message_id=record.message_id,
-            body=record.body,
-            receipt_handle=record.receipt_handle,
-            receive_count=int(record.attributes.approximate_receive_count),
-            sent_at_ms=int(record.attributes.sent_timestamp),
-        )
+        if record.message_id in settled:
+            return  # renewed or deleted already: nothing left to do
+        message = messages[record.message_id]
         logger.append_keys(message_id=record.message_id)
         try:
             disposition = engine.handle(
@@ -103,6 +109,17 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             raise MessageNotDone(f"message {record.message_id}: {disposition}")
 
     return dict(process_partial_response(event, record_handler, _processor, context))
+
+
+def _message(raw: dict[str, Any]) -> QueueMessage:
+    record = SQSRecord(raw)
+    return QueueMessage(
+        message_id=record.message_id,
+        body=record.body,
+        receipt_handle=record.receipt_handle,
+        receive_count=int(record.attributes.approximate_receive_count),
+        sent_at_ms=int(record.attributes.sent_timestamp),
+    )
 
 
 def _load_app(spec: str) -> App:
