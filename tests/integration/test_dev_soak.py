@@ -1,12 +1,13 @@
-"""A chaos soak on `rung dev`: worker processes SIGKILLed every second or two while
+"""A chaos soak on `rung dev`: worker processes SIGKILLed a few times a second while
 duplicate messages are injected. Nothing may be lost, no completed step may run
 twice, and the dead-letter queue must end up holding the poison sent on purpose and
 nothing else: a message that only met dead workers, busy runs or its own copies is
-not poison (docs/architecture.md, "The dead-letter queue holds only poison").
+not poison (docs/architecture.md, "Only poison reaches the dead-letter queue").
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -20,15 +21,16 @@ from typing import Any
 import pytest
 
 from rung._dev import DevStack
-from tests.integration.test_dev_processes import dev_options
+from tests.integration.test_dev_processes import alive, dev_options
 
 pytestmark = pytest.mark.slow
 
 RUNS = 120
 #: Injected copies of run messages on top of the one each trigger sends.
 DUPLICATES = 240
-#: A kill every KILL_EVERY seconds or so, of a random worker process.
-KILL_EVERY = (1.0, 2.0)
+#: A kill every KILL_EVERY seconds or so, of a random worker process (busy or idle,
+#: handling a batch or still starting up).
+KILL_EVERY = (0.2, 0.8)
 
 
 @dataclass
@@ -74,7 +76,7 @@ def inject_duplicates(
         candidates = [r for r in run_ids if r in unfinished]
         if not candidates:
             return
-        body = '{"v":1,"run_id":"%s"}' % rng.choice(candidates)
+        body = json.dumps({"v": 1, "run_id": rng.choice(candidates)})
         dev.sqs.send_message(QueueUrl=queue_url, MessageBody=body)
         chaos.duplicates += 1
 
@@ -114,10 +116,15 @@ def test_a_soak_with_kill_9_and_duplicates_loses_nothing_and_dead_letters_only_p
 ) -> None:
     effects_file = tmp_path / "effects.log"
     monkeypatch.setenv("RUNG_TEST_EFFECTS", str(effects_file))
-    # The template's batches of 10 (a kill takes the whole batch down, as on Lambda), a
-    # 3-second lease (a killed run is taken over quickly), and a reconciler grace
-    # longer than the soak, so that every copy in flight is the test's or the engine's.
-    options = dev_options(tmp_path, workers=3, lease_seconds=3, reconcile_grace=600)
+    # The template's batches of 10 (a kill takes the whole batch down, as on Lambda); a
+    # 4-second lease (a killed run is taken over quickly, a live one renews in time on
+    # a loaded machine); a reconciler grace longer than the soak, so that every copy in
+    # flight is the test's or the engine's; and maxReceiveCount 5 rather than the
+    # template's 10: half the margin for receives the worker cannot act on, and poison
+    # reaches the DLQ in about 30 s.
+    options = dev_options(
+        tmp_path, workers=3, lease_seconds=4, reconcile_grace=600, max_receive_count=5
+    )
     rng = random.Random(9)
     chaos = Chaos()
     garbage = "this is not a rung message"
@@ -141,7 +148,8 @@ def test_a_soak_with_kill_9_and_duplicates_loses_nothing_and_dead_letters_only_p
         for thread in threads:
             thread.start()
         runs = {}
-        deadline = time.monotonic() + 300
+        started = time.monotonic()
+        deadline = started + 300
         try:
             while unfinished and time.monotonic() < deadline:
                 for run_id in sorted(unfinished):
@@ -155,9 +163,10 @@ def test_a_soak_with_kill_9_and_duplicates_loses_nothing_and_dead_letters_only_p
             for thread in threads:
                 thread.join(timeout=30)
         assert not unfinished, f"{len(unfinished)} runs never ended: {sorted(unfinished)[:5]}"
+        ran_for = time.monotonic() - started
         # Every copy still in the queue is now either a stale duplicate (acked on its
         # next receive) or the poison on its way to the DLQ: wait until none is left.
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 90
         while queue_depth(dev, queue_url) and time.monotonic() < deadline:
             time.sleep(0.5)
         left_in_queue = queue_depth(dev, queue_url)
@@ -170,7 +179,7 @@ def test_a_soak_with_kill_9_and_duplicates_loses_nothing_and_dead_letters_only_p
     summary = (
         f"{len(chaos.killed)} kills, {chaos.duplicates} duplicates, "
         f"{len(dead)} dead letters (receive counts {dict(receive_counts)}), "
-        f"{left_in_queue} left in the work queue"
+        f"{left_in_queue} left in the work queue; the runs took {ran_for:.0f} s"
     )
     print(summary)
     assert len(chaos.killed) >= 10, summary  # the chaos really happened
@@ -190,15 +199,39 @@ def test_a_soak_with_kill_9_and_duplicates_loses_nothing_and_dead_letters_only_p
         last_of[int(pid)] = index
     cut_off = {last_of[pid] for pid in chaos.killed if pid in last_of}
     executions: defaultdict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
-    for index, (run_id, step_id, _, _, attempt) in enumerate(lines):
-        executions[(run_id, step_id)].append((index, int(attempt)))
+    for index, (ran_run, step, _, _, attempt) in enumerate(lines):
+        executions[(ran_run, step)].append((index, int(attempt)))
     for run_id in run_ids:
         recorded = {
-            str(e.step): e.attempt for e in histories[run_id] if str(e.type) == "StepSucceeded"
+            str(e.step): int(e.attempt or 0)
+            for e in histories[run_id]
+            if str(e.type) == "StepSucceeded"
         }
         assert sorted(recorded) == [f"/s{n}#1" for n in range(4)]
-        for step_id, attempt in recorded.items():
+        for step_id, checkpointed_by in recorded.items():
             ran = executions[(run_id, step_id)]
-            assert [a for _, a in ran].count(attempt) == 1, (run_id, step_id, ran)
-            repeats = [i for i, a in ran if a != attempt]
+            assert [a for _, a in ran].count(checkpointed_by) == 1, (run_id, step_id, ran)
+            repeats = [i for i, a in ran if a != checkpointed_by]
             assert all(i in cut_off for i in repeats), (run_id, step_id, ran, summary)
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_process_that_died_idle_is_replaced_before_it_is_given_a_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNG_TEST_EFFECTS", str(tmp_path / "effects.log"))
+    with DevStack(dev_options(tmp_path, workers=1)) as dev:
+        [pid] = worker_function_pids(dev)
+        os.kill(pid, signal.SIGKILL)  # dies between invocations, holding no message
+        deadline = time.monotonic() + 30
+        while alive(pid):
+            assert time.monotonic() < deadline, f"worker {pid} did not die"
+            time.sleep(0.05)
+        run = dev.wait(dev.client.trigger("resume", {"x": 1}).run_id, timeout=90)
+        crashes = list(dev.crashes)
+    # Lambda gives a batch to a live execution environment only: the run's message was
+    # not handed to the dead process (which would count as a crash holding it, and
+    # raise its receive count for nothing).
+    assert crashes == []
+    assert run.status == "COMPLETED" and run.output == 11
+    assert run.attempt == 2  # its first attempt's deliberate error, not a lost worker

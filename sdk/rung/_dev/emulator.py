@@ -14,10 +14,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rung.errors import RungError
 
@@ -101,10 +103,57 @@ def stop(state_dir: Path, timeout: float = 10.0) -> bool:
     return True
 
 
+def _atomic_sqs_receives() -> None:
+    """Make moto's ReceiveMessage atomic, as SQS's is.
+
+    moto serves requests on threads, and a receive that finds a message past the
+    queue's maxReceiveCount moves it to the DLQ with a plain ``list.remove``: two
+    receives racing over the same message both try, and the loser fails with a 500
+    *after* marking the messages it had picked as received. Those are then invisible
+    for the queue's whole visibility timeout, with nobody holding them (seen in the
+    kill -9 soak, tests/integration/test_dev_soak.py). So receives (and deletes, which
+    also rewrite the list) run one at a time; a long poll waits between tries, without
+    the lock, so that one poller does not hold up the others.
+    """
+    from moto.sqs.models import SQSBackend
+
+    lock = threading.Lock()
+    receive = SQSBackend.receive_message
+    delete = SQSBackend.delete_message
+
+    def receive_message(
+        self: Any,
+        queue_name: str,
+        count: int,
+        wait_seconds_timeout: int,
+        visibility_timeout: int,
+        message_attribute_names: list[str] | None = None,
+    ) -> Any:
+        deadline = time.monotonic() + (wait_seconds_timeout or 0)
+        while True:
+            with lock:
+                found = receive(
+                    self, queue_name, count, 0, visibility_timeout, message_attribute_names
+                )
+            left = deadline - time.monotonic()
+            if found or left <= 0:
+                return found
+            self.get_queue(queue_name).wait_for_messages(min(left, 0.1))
+            time.sleep(0.01)  # visible messages that all went to the DLQ: do not spin
+
+    def delete_message(self: Any, queue_name: str, receipt_handle: str) -> None:
+        with lock:
+            delete(self, queue_name, receipt_handle)
+
+    SQSBackend.receive_message = receive_message  # type: ignore[method-assign]
+    SQSBackend.delete_message = delete_message  # type: ignore[method-assign]
+
+
 def main() -> None:
     from rung.testing._emulator import EmbeddedEmulator
 
     host, port = sys.argv[1], int(sys.argv[2])
+    _atomic_sqs_receives()
     emulator = EmbeddedEmulator(host, port)
     stopping = []
 
