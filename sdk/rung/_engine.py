@@ -206,8 +206,8 @@ class Worker:
 
     def _poison(self, message: QueueMessage) -> Disposition:
         """Hand a poison message back for redelivery soon, so that it reaches the DLQ in
-        minutes rather than after maxReceiveCount full visibility timeouts (6x the
-        function timeout each in template.yaml)."""
+        about a minute rather than after maxReceiveCount full visibility timeouts (6x
+        the function timeout each in template.yaml)."""
         self.queue.retry_poison(message)
         return Disposition.POISON
 

@@ -43,6 +43,8 @@ MESSAGE_VERSION = 1
 MAX_BODY_BYTES = 4096
 #: The DLQ's maxReceiveCount unless told otherwise (template.yaml's MaxReceiveCount).
 DEFAULT_MAX_RECEIVE_COUNT = 10
+#: The longest a refused (poison) message is kept invisible before its next receive.
+POISON_BACKOFF_CAP = 8
 #: SendMessageBatch and DeleteMessageBatch take at most this many entries.
 _BATCH = 10
 
@@ -169,8 +171,10 @@ class SqsQueue:
         self.client.delete_message(QueueUrl=self.url, ReceiptHandle=message.receipt_handle)
 
     def retry_poison(self, message: QueueMessage) -> None:
-        """Let a poison message come back after a short backoff (2, 4, 8 ... 60 s)."""
-        delay = min(2 ** max(message.receive_count, 1), 60)
+        """Let a poison message come back after a short backoff (2, 4, then 8 s each
+        time): nothing it could be heals, so it reaches the DLQ in about a minute with
+        the template's maxReceiveCount of 10, not after 10 full visibility timeouts."""
+        delay = min(2 ** max(message.receive_count, 1), POISON_BACKOFF_CAP)
         self.client.change_message_visibility(
             QueueUrl=self.url, ReceiptHandle=message.receipt_handle, VisibilityTimeout=delay
         )

@@ -116,15 +116,11 @@ def test_a_soak_with_kill_9_and_duplicates_loses_nothing_and_dead_letters_only_p
 ) -> None:
     effects_file = tmp_path / "effects.log"
     monkeypatch.setenv("RUNG_TEST_EFFECTS", str(effects_file))
-    # The template's batches of 10 (a kill takes the whole batch down, as on Lambda); a
-    # 4-second lease (a killed run is taken over quickly, a live one renews in time on
-    # a loaded machine); a reconciler grace longer than the soak, so that every copy in
-    # flight is the test's or the engine's; and maxReceiveCount 5 rather than the
-    # template's 10: half the margin for receives the worker cannot act on, and poison
-    # reaches the DLQ in about 30 s.
-    options = dev_options(
-        tmp_path, workers=3, lease_seconds=4, reconcile_grace=600, max_receive_count=5
-    )
+    # The template as shipped: its batches of 10 (a kill takes the whole batch down, as
+    # on Lambda) and its MaxReceiveCount. A 4-second lease (a killed run is taken over
+    # quickly, a live one renews in time on a loaded machine), and a reconciler grace
+    # longer than the soak, so that every copy in flight is the test's or the engine's.
+    options = dev_options(tmp_path, workers=3, lease_seconds=4, reconcile_grace=600)
     rng = random.Random(9)
     chaos = Chaos()
     garbage = "this is not a rung message"
