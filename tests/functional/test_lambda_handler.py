@@ -65,6 +65,7 @@ class Deployment:
     sqs: Any
     queue_url: str
     queue_arn: str
+    dead_letter_url: str
 
     def send_raw(self, body: str) -> str:
         message_id: str = self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)[
@@ -82,12 +83,21 @@ class Deployment:
         messages: list[dict[str, Any]] = out.get("Messages", [])
         return messages
 
+    def dead_letters(self) -> list[str]:
+        out = self.sqs.receive_message(
+            QueueUrl=self.dead_letter_url, MaxNumberOfMessages=10, VisibilityTimeout=0
+        )
+        return [m["Body"] for m in out.get("Messages", [])]
+
     def deliver(
-        self, messages: list[dict[str, Any]], remaining_ms: int | list[int] = 600_000
+        self,
+        messages: list[dict[str, Any]],
+        remaining_ms: int | list[int] = 600_000,
+        context: LambdaContext | None = None,
     ) -> dict[str, Any]:
         """Invoke the handler with these messages as one batch, then act as the ESM does."""
         event = {"Records": [self._record(m) for m in messages]}
-        response = lambda_handler(event, FakeLambdaContext(remaining_ms))
+        response = lambda_handler(event, context or FakeLambdaContext(remaining_ms))
         failed = {item["itemIdentifier"] for item in response["batchItemFailures"]}
         for message in messages:
             if message["MessageId"] not in failed:
@@ -166,7 +176,9 @@ def deployed(
     dynamodb, sqs = aws_clients
     store = DynamoStore(dynamodb, name)
     store.create_table()
-    queue_url, _ = SqsQueue.create(sqs, name, visibility_timeout=timedelta(seconds=60))
+    queue_url, dead_letter_url = SqsQueue.create(
+        sqs, name, visibility_timeout=timedelta(seconds=60), max_receive_count=5
+    )
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
         "Attributes"
     ]["QueueArn"]
@@ -177,7 +189,13 @@ def deployed(
     client = rung.Client._from_parts(
         handler_app.app, store, SqsQueue(sqs, queue_url), SystemClock()
     )
-    return Deployment(client=client, sqs=sqs, queue_url=queue_url, queue_arn=queue_arn)
+    return Deployment(
+        client=client,
+        sqs=sqs,
+        queue_url=queue_url,
+        queue_arn=queue_arn,
+        dead_letter_url=dead_letter_url,
+    )
 
 
 def test_a_run_completes(deployed: Deployment) -> None:
@@ -244,6 +262,75 @@ def test_a_transient_step_failure_is_retried_by_a_later_invocation(
     run = deployed.client.get_run(handle.run_id)
     assert (run.status, run.output) == (rung.RunStatus.COMPLETED, "ok")
     assert handler_app.calls["call-api"] == 2
+
+
+class InvocationDied(BaseException):
+    """The invocation stops dead (killed, out of memory, timed out)."""
+
+
+class DyingContext(FakeLambdaContext):
+    """A context whose invocation dies as its first record is being handled (the first
+    time the engine asks for the time left). moto cannot run or kill a Lambda, so the
+    test plays the death here, and the queue's visibility timeout passing below."""
+
+    def get_remaining_time_in_millis(self) -> int:  # type: ignore[override]
+        raise InvocationDied()
+
+
+def redeliver(deployed: Deployment, messages: list[dict[str, Any]]) -> None:
+    """A dead invocation's batch comes back once the visibility timeout has passed."""
+    for message in messages:
+        deployed.sqs.change_message_visibility(
+            QueueUrl=deployed.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+        )
+
+
+def test_invocations_dying_before_a_message_is_reached_never_dead_letter_it(
+    deployed: Deployment,
+) -> None:
+    handle = deployed.client.trigger("greet", {"name": "Lin"})
+    # Twice maxReceiveCount (5) invocations die with the run's message in their batch,
+    # before the worker gets to it. Each receive counts, yet the message must not reach
+    # the DLQ: a batch's worn messages are exchanged for fresh copies up front (such an
+    # invocation then has nothing left to do, and does not die).
+    deaths = 0
+    for _ in range(30):
+        messages = deployed.receive()
+        assert len(messages) == 1, deployed.dead_letters()
+        try:
+            deployed.deliver(messages, context=DyingContext())
+        except InvocationDied:
+            deaths += 1
+            redeliver(deployed, messages)
+        if deaths == 10:
+            break
+    assert deaths == 10
+    assert deployed.client.get_run(handle.run_id).status == rung.RunStatus.QUEUED
+
+    for _ in range(3):  # healthy invocations now (the first may only renew the message)
+        assert deployed.deliver(deployed.receive()) == {"batchItemFailures": []}
+        run = deployed.client.get_run(handle.run_id)
+        if run.status.is_terminal:
+            break
+    assert (run.status, run.output) == (rung.RunStatus.COMPLETED, "hello Lin")
+    assert deployed.dead_letters() == []
+    assert handler_app.calls["hello"] == 1
+
+
+def test_a_message_for_a_run_that_does_not_exist_still_reaches_the_dlq(
+    deployed: Deployment,
+) -> None:
+    body = json.dumps({"v": 1, "run_id": "run_00000000000000000000000000"})
+    deployed.send_raw(body)
+    for _ in range(5):  # maxReceiveCount receives, each refused
+        messages = deployed.receive()
+        assert [m["Body"] for m in messages] == [body]
+        assert deployed.deliver(messages) == {
+            "batchItemFailures": [{"itemIdentifier": messages[0]["MessageId"]}]
+        }
+        redeliver(deployed, messages)
+    assert deployed.receive() == []  # the sixth receive moved it
+    assert deployed.dead_letters() == [body]
 
 
 def test_a_run_short_of_time_continues_in_a_fresh_message(deployed: Deployment) -> None:

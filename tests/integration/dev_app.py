@@ -198,3 +198,29 @@ def fanout(ctx: rung.Context, payload: dict[str, int]) -> dict[str, object]:
         "single": single,
         "answer": answer,
     }
+
+
+@app.task(
+    id="soak",
+    retry=rung.RetryPolicy(max_attempts=50, initial_interval=0.2, backoff=1.5, max_interval=1),
+)
+def soak(ctx: rung.Context, payload: int) -> int:
+    """Four short counted steps (each execution's line carries the run's attempt);
+    every third run's second step fails once first (a backoff, so its message is
+    deferred). Up to 50 attempts: kill -9 of its worker costs the run an attempt, and
+    the soak kills often."""
+    total = 0
+    for n in range(4):
+
+        def work(n: int = n) -> int:
+            time.sleep(0.05)  # room for a kill to land mid-step
+            info = rung.current_step()
+            if n == 1 and payload % 3 == 0 and info.attempt == 1:
+                raise ConnectionError("transient")
+            line = f"{info.run_id} {info.step_id} s{n} {os.getpid()} {ctx.attempt}\n"
+            with Path(os.environ["RUNG_TEST_EFFECTS"]).open("a") as out:
+                out.write(line)
+            return n
+
+        total += ctx.step(f"s{n}", work)
+    return total

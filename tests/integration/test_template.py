@@ -126,6 +126,20 @@ def test_the_reconciler_runs_on_a_schedule(template: dict[str, Any]) -> None:
     assert function["Timeout"] == 300
 
 
+def test_the_worker_may_read_runs_in_batches(template: dict[str, Any]) -> None:
+    # Worker.settle_worn reads the runs of a batch's worn messages with BatchGetItem
+    # (and a parent waiting for children reads them so); an emulator does not check IAM.
+    actions = {
+        action
+        for statement in _statements(template, "WorkerRole")
+        if _plain(statement["Resource"]) == {"Fn::GetAtt": ["Table", "Arn"]}
+        for action in (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+    }
+    assert {"dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:UpdateItem"} <= actions
+
+
 def test_the_reconciler_may_only_list_by_status_mark_runs_and_send(
     template: dict[str, Any],
 ) -> None:

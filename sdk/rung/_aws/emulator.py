@@ -31,6 +31,14 @@ emulator's largest cost in the flow-control tests. ``_lean_transactions`` keeps
 moto's logic and snapshots only the items the transaction touches instead; the
 DynamoDB lock above makes that as good a rollback as the copy.
 
+Receives (``_atomic_receives``). SQS's ReceiveMessage is atomic; moto's is not: a
+receive that finds a message past maxReceiveCount moves it to the DLQ with a plain
+list removal, and two receives racing over one message make the loser fail with a
+500 after it marked its messages received (invisible for the visibility timeout,
+held by nobody). Receives and deletes run one at a time; a long poll waits between
+tries without the lock. (Seen in the kill -9 soak, tests/integration/test_dev_soak.py;
+``rung dev``'s emulator process and LocalEngine both get it.)
+
 Per-request work (``_lean_requests``). moto recomputed on every request what
 depends only on the request's shape; each is now computed once per shape, keeping
 moto's own code for the computation and every check that depends on values or on
@@ -72,6 +80,7 @@ import logging
 import socket
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
@@ -111,6 +120,7 @@ class EmbeddedEmulator:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request
         _lean_transactions()
+        _atomic_receives()
         _lean_requests()
         _lean_backends()
         self._dynamodb_lock = threading.Lock()
@@ -296,6 +306,56 @@ def _lean_backends() -> None:
         boto3_session = sessions.session("http://127.0.0.1", sessions.DEFAULT_REGION)
         backends.get_session = classmethod(lambda cls: boto3_session)
         backends._rung_lean = True
+
+
+def _atomic_receives() -> None:
+    """Make moto's ReceiveMessage atomic, as SQS's is.
+
+    moto serves requests on threads, and a receive that finds a message past the
+    queue's maxReceiveCount moves it to the DLQ with a plain ``list.remove``: two
+    receives racing over the same message both try, and the loser fails with a 500
+    *after* marking the messages it had picked as received. Those are then invisible
+    for the queue's whole visibility timeout, with nobody holding them (seen in the
+    kill -9 soak, tests/integration/test_dev_soak.py). So receives (and deletes, which
+    also rewrite the list) run one at a time; a long poll waits between tries, without
+    the lock, so that one poller does not hold up the others.
+    """
+    from moto.sqs.models import SQSBackend
+
+    with _lean_lock:
+        if getattr(SQSBackend.receive_message, "_rung_atomic", False):
+            return
+    lock = threading.Lock()
+    receive = SQSBackend.receive_message
+    delete = SQSBackend.delete_message
+
+    def receive_message(
+        self: Any,
+        queue_name: str,
+        count: int,
+        wait_seconds_timeout: int,
+        visibility_timeout: int,
+        message_attribute_names: list[str] | None = None,
+    ) -> Any:
+        deadline = time.monotonic() + (wait_seconds_timeout or 0)
+        while True:
+            with lock:
+                found = receive(
+                    self, queue_name, count, 0, visibility_timeout, message_attribute_names
+                )
+            left = deadline - time.monotonic()
+            if found or left <= 0:
+                return found
+            self.get_queue(queue_name).wait_for_messages(min(left, 0.1))
+            time.sleep(0.01)  # visible messages that all went to the DLQ: do not spin
+
+    def delete_message(self: Any, queue_name: str, receipt_handle: str) -> None:
+        with lock:
+            delete(self, queue_name, receipt_handle)
+
+    receive_message._rung_atomic = True  # type: ignore[attr-defined]
+    SQSBackend.receive_message = receive_message  # type: ignore[method-assign]
+    SQSBackend.delete_message = delete_message  # type: ignore[method-assign]
 
 
 def _lean_transactions() -> None:

@@ -7,17 +7,30 @@ redelivery raises the message's receive count (which drives the DLQ) and a
 visibility timeout cannot reach past 12 hours from receipt. Re-sending with
 ``DelaySeconds`` (at most 15 minutes; a message that arrives early is deferred
 again) resets the count and the 14-day retention. ``defer`` chooses: visibility
-hops of up to ~12 hours, and a fresh message when the count nears the DLQ's.
+hops of up to ~12 hours, and a fresh message when the count nears ``renew_at``.
+
+Receive counts. A healthy run's message is received again and again: after each
+deferral, and after every crash of an invocation whose batch held it (on Lambda the
+whole batch comes back, the messages it never reached included). So the count is no
+measure of poison; the worker renews a message once it has been received
+``renew_at`` times (half of ``maxReceiveCount``): a fresh copy, then the old one
+deleted (``renew``). Only a message the worker never renews reaches the DLQ: a body
+that is not a rung message, a run that does not exist, or one whose invocations keep
+dying before the worker sees it. See docs/architecture.md, "Only poison reaches the
+dead-letter queue".
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+
+log = logging.getLogger("rung.worker")
 
 MAX_DELAY = timedelta(minutes=15)
 MAX_VISIBILITY = timedelta(hours=12)
@@ -28,6 +41,12 @@ MIN_HOP = timedelta(minutes=30)
 MESSAGE_VERSION = 1
 #: Bigger bodies are not rung's and are refused unparsed (poison -> DLQ).
 MAX_BODY_BYTES = 4096
+#: The DLQ's maxReceiveCount unless told otherwise (template.yaml's MaxReceiveCount).
+DEFAULT_MAX_RECEIVE_COUNT = 10
+#: The longest a refused (poison) message is kept invisible before its next receive.
+POISON_BACKOFF_CAP = 8
+#: SendMessageBatch and DeleteMessageBatch take at most this many entries.
+_BATCH = 10
 
 
 @dataclass(frozen=True)
@@ -71,10 +90,17 @@ def decode(body: str) -> str:
 class SqsQueue:
     """The work queue. ``client`` is a boto3 SQS client."""
 
-    def __init__(self, client: Any, queue_url: str, max_receive_count: int = 5) -> None:
+    def __init__(
+        self, client: Any, queue_url: str, max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT
+    ) -> None:
         self.client = client
         self.url = queue_url
         self.max_receive_count = max_receive_count
+        #: Receives after which a healthy run's message is exchanged for a fresh one:
+        #: half of maxReceiveCount (rounded up), so that as many receives again are left
+        #: for crashes the worker cannot act on (an invocation that dies before it gets
+        #: to the batch, a throttled one) before SQS would dead-letter it.
+        self.renew_at = max((max_receive_count + 1) // 2, 2)
         # SQS's delay and visibility caps, divided by RUNG_SQS_LIMITS_SCALE (default 1):
         # tests on real processes shrink the caps instead of waiting for hours, so that
         # a 30-second wait takes the same chained path as a 30-hour one does on AWS.
@@ -85,7 +111,11 @@ class SqsQueue:
 
     @staticmethod
     def create(
-        client: Any, name: str, *, visibility_timeout: timedelta, max_receive_count: int = 5
+        client: Any,
+        name: str,
+        *,
+        visibility_timeout: timedelta,
+        max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT,
     ) -> tuple[str, str]:
         """Create the work queue and its DLQ as template.yaml does; returns both URLs."""
         dlq_url = client.create_queue(
@@ -141,15 +171,66 @@ class SqsQueue:
         self.client.delete_message(QueueUrl=self.url, ReceiptHandle=message.receipt_handle)
 
     def retry_poison(self, message: QueueMessage) -> None:
-        """Let a poison message come back after a short backoff (2, 4, 8 ... 60 s)."""
-        delay = min(2 ** max(message.receive_count, 1), 60)
+        """Let a poison message come back after a short backoff (2, 4, then 8 s each
+        time): nothing it could be heals, so it reaches the DLQ in about a minute with
+        the template's maxReceiveCount of 10, not after 10 full visibility timeouts."""
+        delay = min(2 ** max(message.receive_count, 1), POISON_BACKOFF_CAP)
         self.client.change_message_visibility(
             QueueUrl=self.url, ReceiptHandle=message.receipt_handle, VisibilityTimeout=delay
         )
 
-    def near_dead_letter(self, message: QueueMessage) -> bool:
-        """Whether one more failed delivery could move this message to the DLQ."""
-        return self.max_receive_count - message.receive_count < 2
+    def worn(self, message: QueueMessage) -> bool:
+        """Whether this message was received often enough to be renewed before use."""
+        return message.receive_count >= self.renew_at
+
+    def nearly_worn(self, message: QueueMessage) -> bool:
+        """Whether its next receive would make this message worn: a deferral then
+        re-sends rather than changing its visibility."""
+        return message.receive_count + 1 >= self.renew_at
+
+    def renew(self, renewals: list[tuple[QueueMessage, str, timedelta]]) -> list[QueueMessage]:
+        """Exchange messages for fresh copies (receive count 0): ``(message, run id,
+        delay)`` each. The copies are sent first, then the old messages deleted, so a
+        crash in between leaves a duplicate, never nothing. Returns the messages
+        renewed (a copy that SQS refused leaves its message as it was)."""
+        renewed: list[QueueMessage] = []
+        for start in range(0, len(renewals), _BATCH):
+            chunk = renewals[start : start + _BATCH]
+            out = self.client.send_message_batch(
+                QueueUrl=self.url,
+                Entries=[
+                    {
+                        "Id": str(n),
+                        "MessageBody": encode(run_id),
+                        "DelaySeconds": _ceil_seconds(min(delay, self.max_delay)),
+                    }
+                    for n, (_, run_id, delay) in enumerate(chunk)
+                ],
+            )
+            for sent in out.get("Successful", []):
+                renewed.append(chunk[int(sent["Id"])][0])
+            for failed in out.get("Failed", []):
+                log.warning(
+                    "could not renew message for %s: %s", chunk[int(failed["Id"])][1], failed
+                )
+        self.discard(renewed)
+        return renewed
+
+    def discard(self, messages: list[QueueMessage]) -> None:
+        """Delete messages now (not at the end of their batch). A delete that fails
+        leaves a message that comes back as a harmless duplicate."""
+        for start in range(0, len(messages), _BATCH):
+            chunk = messages[start : start + _BATCH]
+            out = self.client.delete_message_batch(
+                QueueUrl=self.url,
+                Entries=[
+                    {"Id": str(n), "ReceiptHandle": m.receipt_handle} for n, m in enumerate(chunk)
+                ],
+            )
+            for failed in out.get("Failed", []):
+                log.warning(
+                    "could not delete message %s: %s", chunk[int(failed["Id"])].message_id, failed
+                )
 
     def defer(
         self, message: QueueMessage, run_id: str, delay: timedelta, now_ms: int | None = None
@@ -163,13 +244,13 @@ class SqsQueue:
         # early, the claim finds the run not yet due, and it is deferred again. The 12-hour
         # cap is counted from the message's send time (the strictest reading: moto's and
         # LocalStack's; AWS counts from receipt), so when a message has too little of its
-        # 12 hours left, or nears the DLQ's receive count, a fresh message replaces it,
-        # which also renews its 14-day retention. About 14 requests per day of waiting.
+        # 12 hours left, or would come back worn, a fresh message replaces it, which
+        # also renews its 14-day retention. About 14 requests per day of waiting.
         hop = min(delay, self.visibility_hop)
         if now_ms is not None and message.sent_at_ms is not None:
             age = timedelta(milliseconds=max(now_ms - message.sent_at_ms, 0))
             hop = min(delay, self.visibility_hop - age)
-        if self.near_dead_letter(message) or (hop < delay and hop < self.min_hop):
+        if self.nearly_worn(message) or (hop < delay and hop < self.min_hop):
             self.send(run_id, delay)  # a fresh message: receive count 0, retention renewed
             return False
         self.client.change_message_visibility(

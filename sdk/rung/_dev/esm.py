@@ -76,7 +76,7 @@ class EventSourcePoller:
                 self._refresh(worker)
                 messages = self._receive()
                 if messages:
-                    self._refresh(worker)  # the code may have changed during the long poll
+                    self._refresh_holding(worker, messages)  # changed or died meanwhile
                     with self._lock:
                         self.busy += 1
                     try:
@@ -91,9 +91,31 @@ class EventSourcePoller:
                 self.stopping.wait(1.0)
 
     def _refresh(self, worker: WorkerProcess) -> None:
-        if worker.generation != self.generation():  # code changed: a fresh process
+        # Code changed, or the process died while idle or while starting (a failed
+        # start raises here, before any message is received): a fresh process. Lambda
+        # does not hand a batch to an execution environment that is gone; receiving
+        # one for a dead process would only raise its messages' receive counts.
+        if worker.generation != self.generation() or not worker.running:
             worker.stop()
             worker.start(self.generation())
+
+    def _refresh_holding(self, worker: WorkerProcess, messages: list[dict[str, Any]]) -> None:
+        """``_refresh`` with a batch in hand: a start that fails (its process killed as
+        it loads) is tried again; if it never succeeds, the batch is handed back."""
+        for tries_left in (2, 1, 0):
+            try:
+                self._refresh(worker)
+                return
+            except Exception:
+                if tries_left == 0 or self.stopping.is_set():
+                    for message in messages:
+                        with contextlib.suppress(Exception):
+                            self.sqs.change_message_visibility(
+                                QueueUrl=self.queue_url,
+                                ReceiptHandle=message["ReceiptHandle"],
+                                VisibilityTimeout=0,
+                            )
+                    raise
 
     def _receive(self) -> list[dict[str, Any]]:
         out = self.sqs.receive_message(

@@ -47,6 +47,11 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    @property
+    def running(self) -> bool:
+        """Whether its process is up (it may have died while idle, or while starting)."""
+        return self._process is not None and self._process.poll() is None
+
     def start(self, generation: int = 0) -> None:
         self.spawn(generation)
         self.wait_ready()

@@ -18,7 +18,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -59,7 +59,7 @@ from rung.errors import (
     UnknownTask,
 )
 from rung.flow import Queue
-from rung.models import Failure, Run
+from rung.models import Failure, Run, RunStatus
 
 log = logging.getLogger("rung.worker")
 
@@ -104,6 +104,8 @@ class Worker:
         except BadMessage as exc:
             log.error("poison message %s: %s", message.message_id, exc)
             return self._poison(message)
+        if self.queue.worn(message) and self.settle_worn([message]):
+            return Disposition.ACK  # a fresh copy carries the run on (or it needs none)
         if time_left is not None and time_left() < self.config.min_time_left.total_seconds():
             # Too little of this invocation is left to start an attempt (a late message
             # in a batch): hand the run to a fresh invocation without claiming it.
@@ -117,21 +119,67 @@ class Worker:
             claim = self._take_over(claim.run, now)
         if isinstance(claim, NotClaimed):
             return self._not_claimed(message, run_id, claim, now)
-        replaced = False
-        if self.queue.near_dead_letter(message):
-            # This message has been received almost maxReceiveCount times (crashed
-            # workers, deferrals). Should this worker die too, its next redelivery would
-            # go to the DLQ and strand a healthy run; a fresh message (receive count 0),
-            # due when this lease would expire, keeps the run's way forward.
-            self.queue.send(run_id, lease)
-            replaced = True
-        disposition = self._attempt(message, claim, time_left)
-        return Disposition.ACK if replaced else disposition
+        return self._attempt(message, claim, time_left)
+
+    def settle_worn(self, messages: Sequence[QueueMessage]) -> set[str]:
+        """Renew the worn messages among ``messages``, before any of them is handled.
+
+        A message received ``queue.renew_at`` times or more is exchanged for a fresh
+        copy (receive count 0) due when its run is (now, when the run's lease expires,
+        or at its timer), and deleted at once; one of a run without a future (finished,
+        or waiting with no timer: whoever wakes it sends a message) is only deleted, as
+        is a second worn copy of one run. Deleted now, not at the end of the batch: an
+        invocation that dies later on does not bring them back. Returns the ids of the
+        messages settled so: they are done (ACK) without being handled.
+
+        Not renewed, so that SQS moves them to the DLQ: bodies that are not rung
+        messages and runs that do not exist (poison; ``handle`` refuses them). One
+        consistent batch read of the worn messages' runs; nothing at all when none is
+        worn. The Lambda handler calls this for its whole batch first, so that a crash
+        later in the batch cannot push a worn batch-mate further.
+        """
+        worn: dict[str, QueueMessage] = {}
+        copies: list[QueueMessage] = []
+        for message in messages:
+            if not self.queue.worn(message):
+                continue
+            try:
+                run_id = decode(message.body)
+            except BadMessage:
+                continue  # poison: handle refuses it and SQS dead-letters it
+            if run_id in worn:
+                copies.append(message)  # the fresh copy of the first serves for both
+            else:
+                worn[run_id] = message
+        if not worn:
+            return set()
+        runs = self.store.get_runs(list(worn))
+        now = self.clock.now()
+        renewals: list[tuple[QueueMessage, str, timedelta]] = []
+        discards = [m for m in copies if decode(m.body) in runs]
+        for run_id, message in worn.items():
+            run = runs.get(run_id)
+            if run is None:
+                continue  # no such run: poison
+            due = _due(run, now)
+            if due is None:
+                discards.append(message)
+            else:
+                renewals.append((message, run_id, max(due - now, timedelta(0))))
+        renewed = self.queue.renew(renewals)
+        self.queue.discard(discards)
+        for message in renewed:
+            log.info(
+                "message %s was received %d times; a fresh copy replaces it",
+                message.message_id,
+                message.receive_count,
+            )
+        return {m.message_id for m in [*renewed, *discards]}
 
     def _poison(self, message: QueueMessage) -> Disposition:
         """Hand a poison message back for redelivery soon, so that it reaches the DLQ in
-        minutes rather than after maxReceiveCount full visibility timeouts (6x the
-        function timeout each in template.yaml)."""
+        about a minute rather than after maxReceiveCount full visibility timeouts (6x
+        the function timeout each in template.yaml)."""
         self.queue.retry_poison(message)
         return Disposition.POISON
 
@@ -523,6 +571,22 @@ class Worker:
     def _later(self, message: QueueMessage, run_id: str, delay: timedelta) -> Disposition:
         kept = self.queue.defer(message, run_id, delay, to_ms(self.clock.now()))
         return Disposition.KEEP if kept else Disposition.ACK
+
+
+def _due(run: Run, now: datetime) -> datetime | None:
+    """When a message for ``run`` should next arrive (as ``handle`` would defer it);
+    None if it needs none."""
+    if run.status.is_terminal:
+        return None
+    if run.status == RunStatus.RUNNING:
+        # Its holder moves it on; should the holder have died, this message takes over
+        # once the lease has expired (a second later, as for a "busy" claim).
+        return (run.lease_until or now) + timedelta(seconds=1)
+    if run.available_at is None:
+        return now
+    if to_ms(run.available_at) >= NEVER_MS:
+        return None  # it waits with no timer: its waker sends a message
+    return run.available_at
 
 
 def _run_level_failures(run: Run) -> int:

@@ -4,6 +4,10 @@ An adapter: each SQS record becomes a ``QueueMessage`` for ``rung._engine.worker
 An ACKed message succeeds (Lambda deletes it). A KEPT message (its visibility already
 set by the engine to when it must come back) or a POISONED one (it goes to the DLQ
 after maxReceiveCount) is reported in ``batchItemFailures`` so Lambda leaves it queued.
+Before any record is handled, worn messages of the whole batch (received half of
+maxReceiveCount times) are renewed (``Worker.settle_worn``): should the invocation
+die later, Lambda brings the batch back, and a batch-mate it never reached must not
+be one receive closer to the DLQ for it.
 
 Configuration, read on the first invocation of a warm container (so that importing
 this module needs no environment):
@@ -11,7 +15,7 @@ this module needs no environment):
     RUNG_APP                    module:attr of the user's rung.App (required)
     RUNG_TABLE_NAME             the DynamoDB table (required)
     RUNG_QUEUE_URL              the work queue (required)
-    RUNG_MAX_RECEIVE_COUNT      the queue's DLQ maxReceiveCount (default 5)
+    RUNG_MAX_RECEIVE_COUNT      the queue's DLQ maxReceiveCount (default 10)
     RUNG_LEASE_SECONDS          run lease; above the function timeout (default 960)
     RUNG_MIN_TIME_LEFT_SECONDS  continue in a fresh invocation below this (default 10)
     AWS_ENDPOINT_URL            an emulator or LocalStack (default: AWS)
@@ -37,7 +41,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from rung._aws import sessions
 from rung._aws.dynamodb import DynamoStore
-from rung._aws.sqs import QueueMessage, SqsQueue
+from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, QueueMessage, SqsQueue
 from rung._engine.config import WorkerConfig
 from rung._engine.worker import Disposition, Worker
 from rung._lambda._env import positive_int, require
@@ -64,7 +68,7 @@ def worker() -> Worker:
     # rung's own loggers ("rung.worker", ...) write the same structured JSON.
     copy_config_to_registered_loggers(source_logger=logger, include={"rung"})
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
-    max_receive = positive_int("RUNG_MAX_RECEIVE_COUNT", 5)
+    max_receive = positive_int("RUNG_MAX_RECEIVE_COUNT", DEFAULT_MAX_RECEIVE_COUNT)
     store = DynamoStore(
         sessions.client("dynamodb", endpoint),
         require("RUNG_TABLE_NAME", "the rung DynamoDB table's name (stack output TableName)"),
@@ -84,15 +88,17 @@ def worker() -> Worker:
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     engine = worker()
+    messages = {m.message_id: m for m in map(_message, event.get("Records", []))}
+    try:
+        settled = engine.settle_worn(list(messages.values()))
+    except Exception:  # each record's handling renews its own worn message then
+        logger.exception("could not renew the batch's worn messages up front")
+        settled = set()
 
     def record_handler(record: SQSRecord) -> None:
-        message = QueueMessage(
-            message_id=record.message_id,
-            body=record.body,
-            receipt_handle=record.receipt_handle,
-            receive_count=int(record.attributes.approximate_receive_count),
-            sent_at_ms=int(record.attributes.sent_timestamp),
-        )
+        if record.message_id in settled:
+            return  # renewed or deleted already: nothing left to do
+        message = messages[record.message_id]
         logger.append_keys(message_id=record.message_id)
         try:
             disposition = engine.handle(
@@ -104,6 +110,17 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             raise MessageNotDone(f"message {record.message_id}: {disposition}")
 
     return dict(process_partial_response(event, record_handler, _processor, context))
+
+
+def _message(raw: dict[str, Any]) -> QueueMessage:
+    record = SQSRecord(raw)
+    return QueueMessage(
+        message_id=record.message_id,
+        body=record.body,
+        receipt_handle=record.receipt_handle,
+        receive_count=int(record.attributes.approximate_receive_count),
+        sent_at_ms=int(record.attributes.sent_timestamp),
+    )
 
 
 def _load_app(spec: str) -> App:

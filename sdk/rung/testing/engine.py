@@ -43,7 +43,7 @@ from rung._aws.emulator import (
     release_virtual_time,
     use_virtual_time,
 )
-from rung._aws.sqs import BadMessage, QueueMessage, SqsQueue, decode
+from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, BadMessage, QueueMessage, SqsQueue, decode
 from rung._engine.config import WorkerConfig
 from rung._engine.reconciler import DEFAULT_GRACE, Reconciler, ReconcileReport
 from rung._engine.worker import Disposition, Worker
@@ -85,7 +85,7 @@ class LocalEngine:
             the test drives ``engine.worker.handle(message)`` itself (and the clock).
         virtual_time: skip waits (see the module docstring). False uses the wall clock.
         lease_duration: how long a crashed worker holds a run before it is taken over.
-        max_receive_count: the DLQ redrive threshold, as in template.yaml.
+        max_receive_count: the DLQ redrive threshold, as in template.yaml (default 10).
         invocation_timeout: simulate Lambda's limit per message: before a step, a run
             with less than ``min_time_left`` of it left continues in a new invocation.
         min_time_left: see ``invocation_timeout``.
@@ -100,7 +100,7 @@ class LocalEngine:
         workers: int = 1,
         virtual_time: bool = True,
         lease_duration: timedelta = timedelta(minutes=1),
-        max_receive_count: int = 5,
+        max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT,
         invocation_timeout: timedelta | None = None,
         min_time_left: timedelta = timedelta(seconds=10),
         reconcile_grace: timedelta = DEFAULT_GRACE,
