@@ -151,7 +151,7 @@ def test_a_transaction_naming_one_item_twice_is_refused_and_writes_nothing(
     assert sorted(_items(client, name)) == ["a"]
 
 
-# -- what the emulator computes once per request shape (rung/_aws/emulator.py,
+# -- what the emulator computes once per request shape (rung/_aws/moto_patches.py,
 # "Per-request work"): the same expression text with other values, names or items
 # must still get the real service's answer.
 
