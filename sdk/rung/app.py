@@ -133,9 +133,14 @@ class Task(Generic[R]):
                     f"{_type_name(self.payload_type)}: {serde.problems(exc)}"
                 ) from None
         try:
-            return serde.dumps(value, what)
+            text = serde.dumps(value, what)
+            if adapter is not None and not _revives(adapter, text):
+                # The validated value's JSON form does not validate again (a computed
+                # field where extra fields are forbidden): store the form that passed.
+                text = serde.dumps(plain, what)
         except serde.NotSerializable as exc:
             raise InvalidPayload(str(exc)) from None
+        return text
 
     def decode_payload(self, text: str) -> Any:
         return serde.loads(text, self.payload_type)
@@ -335,6 +340,14 @@ def _signature_types(task_id: str, func: Callable[..., Any]) -> tuple[Any, Any, 
         else None
     )
     return model, annotation, hints.get("return")
+
+
+def _revives(adapter: pydantic.TypeAdapter[Any], text: str) -> bool:
+    try:
+        adapter.validate_json(text)
+    except pydantic.ValidationError:
+        return False
+    return True
 
 
 def _type_name(annotation: Any) -> str:

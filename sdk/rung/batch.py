@@ -2,7 +2,7 @@
 
 ``Completion`` says when a batch is decided and whether it succeeded; ``BatchResult``
 holds one ``BatchItem`` per input, in input order. How branches run, what they record
-and how they replay is in ``rung._parallel`` and docs/parallel.md.
+and how they replay is in ``rung._durable.parallel`` and docs/parallel.md.
 """
 
 from __future__ import annotations

@@ -350,13 +350,27 @@ class Context:
         result_type: type[S] | None = None,
     ) -> Any: ...
 
+    @overload
     def wait_for_callback(
         self,
-        first: str | Callable[[str], Any],
+        positional_name: str | None = None,
+        /,
+        *,
+        name: str | None = None,
+        submit: Callable[[str], Any],
+        timeout: timedelta | float = DEFAULT_TOKEN_TIMEOUT,
+        heartbeat_timeout: timedelta | float | None = None,
+        result_type: type[S] | None = None,
+    ) -> Any: ...
+
+    def wait_for_callback(
+        self,
+        first: str | Callable[[str], Any] | None = None,
         second: Callable[[str], Any] | None = None,
         /,
         *,
         name: str | None = None,
+        submit: Callable[[str], Any] | None = None,
         timeout: timedelta | float = DEFAULT_TOKEN_TIMEOUT,
         heartbeat_timeout: timedelta | float | None = None,
         result_type: type[S] | None = None,
@@ -364,7 +378,8 @@ class Context:
         """Create a token, call ``submit(token_id)`` as a step, and wait for the answer.
 
         Called as ``wait_for_callback(submit)`` (the name defaults to ``"callback"``, as a
-        step's defaults to its function's) or ``wait_for_callback("approval", submit)``
+        step's defaults to its function's), ``wait_for_callback("approval", submit)``,
+        ``wait_for_callback("approval", submit=submit)``
         (or ``name=``). In a group of that name: ``approval/token#1``,
         ``approval/submit#1``, ``approval/token:wait#1``; a second callback of the same
         name continues the numbering (``approval/token#2`` ...).
@@ -374,7 +389,7 @@ class Context:
             ...     lambda tid: send_mail(boss, link(tid)), timeout=timedelta(days=3))
             >>> decision = ctx.wait_for_callback("approval", lambda tid: send_mail(boss, tid))
         """
-        name, submit = waits.callback_arguments(first, second, name)
+        name, submit = waits.callback_arguments(first, second, name, submit)
         plan = waits.wait_for_callback(
             self._core, name, submit, timeout, heartbeat_timeout, result_type
         )

@@ -39,7 +39,7 @@ pickled; replay raises an error carrying the identical data.
 
 Errors that user code must not swallow with ``except Exception`` (the unwinding of
 a run that is being suspended or rescheduled) derive from ``BaseException`` and
-live in ``rung._engine.worker``.
+live in ``rung._durable.signals``.
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ class StepRecord:
     error: ErrorInfo | None = None
     #: "step", "wait" (ctx.wait), "token" (create_token), "token_wait"
     #: (wait_for_token), "map"/"parallel" (a batch) and "branch" (one of its
-    #: branches, see rung._parallel), "child" (a child run started: ``result_json``
+    #: branches, see rung._durable.parallel), "child" (a child run started: ``result_json``
     #: holds its ``run_id``, ``task_id`` and ``detached``), "child_wait" (the
     #: children's outcome), "group" (a ``ctx.checkpointed_group``'s result)
     kind: str = "step"

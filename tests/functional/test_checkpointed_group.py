@@ -166,3 +166,27 @@ def test_bad_group_names_and_functions_are_refused(bad: object) -> None:
         run = engine.wait(engine.trigger("t").run_id)
     assert run.status == rung.RunStatus.FAILED and run.attempt == 1
     assert run.error is not None and run.error.type == "UsageError"
+
+
+def test_a_group_recorded_by_a_later_attempt_shows_in_time_order() -> None:
+    app = rung.App("cgroup-history")
+    calls: Counter[str] = Counter()
+
+    def body(ctx: rung.Context) -> str:
+        ctx.step("first", lambda: 1)
+        return ctx.step("flaky", _flaky_once, calls)  # attempt 1 fails here, 2 ends it
+
+    @app.task(id="t", retry=FAST)
+    def t(ctx: rung.Context, payload: None) -> str:
+        return ctx.checkpointed_group("g", body)
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+        history = engine.history(run.run_id)
+
+    assert run.output == "ok" and run.attempt == 2
+    stamps = [e.timestamp for e in history]
+    assert stamps == sorted(stamps)
+    second = next(e for e in history if e.type == EventType.ATTEMPT_STARTED and e.attempt == 2)
+    group = next(e for e in history if e.type == EventType.STEP_STARTED and e.step == "/g#1")
+    assert group.attempt == 2 and group.timestamp >= second.timestamp

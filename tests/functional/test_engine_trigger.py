@@ -265,6 +265,31 @@ class Opaque:
     """No JSON form: pydantic cannot validate it."""
 
 
+class Priced(pydantic.BaseModel):
+    """A model whose JSON form does not validate again as it is: its computed field is
+    an extra field, and extra fields are forbidden."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    cents: int
+
+    @pydantic.computed_field  # type: ignore[prop-decorator]
+    @property
+    def euros(self) -> float:
+        return self.cents / 100
+
+
+def test_a_payload_accepted_at_trigger_always_revives_in_the_run() -> None:
+    app = rung.App("revives")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: Priced) -> float:
+        return payload.euros
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t", {"cents": 250}).run_id)
+    assert (run.status, run.output) == ("COMPLETED", 2.5)
+
+
 def test_a_payload_annotation_rung_cannot_revive_is_refused_when_the_task_is_declared() -> None:
     app = rung.App("opaque")
     with pytest.raises(rung.InvalidConfig, match="payload annotation Opaque is not a type"):

@@ -372,6 +372,29 @@ def test_wait_for_callback_needs_no_name() -> None:
     assert "review/token:wait#1" in steps
 
 
+def test_wait_for_callback_takes_its_name_and_submit_by_keyword_too() -> None:
+    app = rung.App("cb-keywords")
+    submitted: list[str] = []
+
+    @app.task(id="cb")
+    def cb(ctx: rung.Context, payload: None) -> Any:
+        return [
+            ctx.wait_for_callback("a", submit=submitted.append),
+            ctx.wait_for_callback(name="b", submit=submitted.append),
+            ctx.wait_for_callback(submit=submitted.append),
+        ]
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("cb")
+        for n in range(3):
+            engine.wait_for_token(handle.run_id)
+            engine.client.complete_token(submitted[n], n)
+        run = engine.wait(handle.run_id)
+        steps = {e.step for e in engine.history(handle.run_id) if e.step}
+    assert run.output == [0, 1, 2]
+    assert {"a/submit#1", "b/submit#1", "callback/submit#1"} <= steps
+
+
 def test_wait_for_callback_refuses_two_names_and_a_name_after_submit() -> None:
     app = rung.App("cb-bad")
     errors: list[str] = []
@@ -382,6 +405,8 @@ def test_wait_for_callback_refuses_two_names_and_a_name_after_submit() -> None:
             lambda: ctx.wait_for_callback("a", print, name="b"),  # type: ignore[call-overload]
             lambda: ctx.wait_for_callback(print, "a"),  # type: ignore[call-overload]
             lambda: ctx.wait_for_callback("a", "not callable"),  # type: ignore[call-overload]
+            lambda: ctx.wait_for_callback(print, submit=print),  # type: ignore[call-overload]
+            lambda: ctx.wait_for_callback("a"),  # type: ignore[call-overload]
         ]
         for call in calls:
             try:
@@ -394,6 +419,8 @@ def test_wait_for_callback_refuses_two_names_and_a_name_after_submit() -> None:
     assert [e.split(":")[0] for e in errors] == [
         "ctx.wait_for_callback('a', submit, name='b') names the callback twice",
         "ctx.wait_for_callback(submit, ...) takes the name first when both are positional",
+        "ctx.wait_for_callback('a', submit)",
+        "ctx.wait_for_callback got submit twice (positionally and as submit=)",
         "ctx.wait_for_callback('a', submit)",
     ]
 
@@ -656,3 +683,31 @@ def test_a_token_past_its_deadline_reads_timed_out_before_its_run_looks() -> Non
     assert (read.status, read.resolved_at) == ("TIMED_OUT", read.timeout_at)
     assert listed == {"first": "TIMED_OUT", "second": "WAITING"}
     assert run.output == "first timed out"
+
+
+def test_history_keeps_program_order_for_past_waits_and_callbacks() -> None:
+    app = rung.App("history-order")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> Any:
+        ctx.step("a", lambda: 1)
+        ctx.wait_until(datetime(2020, 1, 1, tzinfo=UTC))  # a past time: no wait
+        return ctx.wait_for_callback(lambda token_id: None, timeout=60)
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("t")
+        token = engine.wait_for_token(handle.run_id)
+        engine.client.complete_token(token.id, "ok")
+        run = engine.wait(handle.run_id)
+        history = engine.history(handle.run_id)
+
+    assert run.output == "ok"
+    stamps = [e.timestamp for e in history]
+    assert stamps == sorted(stamps)
+    steps = [(str(e.type), e.step) for e in history if e.step]
+    assert steps.index(("WaitStarted", "/wait#1")) < steps.index(("WaitEnded", "/wait#1"))
+    assert steps.index(("StepSucceeded", "/a#1")) < steps.index(("WaitEnded", "/wait#1"))
+    submit = steps.index(("StepStarted", "callback/submit#1"))
+    assert submit < steps.index(("WaitStarted", "callback/token:wait#1"))
+    wait = next(e for e in history if e.type == rung.EventType.WAIT_STARTED and e.step == "/wait#1")
+    assert wait.delay == timedelta(0)

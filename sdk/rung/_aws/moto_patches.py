@@ -8,7 +8,7 @@ table it names before applying it, once per item: a cost that grows with the
 table (a suite's table holds every run's steps), which made transactions the
 emulator's largest cost in the flow-control tests. ``_lean_transactions`` keeps
 moto's logic and snapshots only the items the transaction touches instead; the
-DynamoDB lock above makes that as good a rollback as the copy.
+emulator's DynamoDB lock (one request at a time) makes that as good a rollback as the copy.
 
 Receives (``_atomic_receives``). SQS's ReceiveMessage is atomic; moto's is not: a
 receive that finds a message past maxReceiveCount moves it to the DLQ with a plain

@@ -353,13 +353,16 @@ class _Batch:
         current = set(self.keys)
         prefix = self.id + "["
         unknown = sorted(
-            r.step_id[len(prefix) : -1]
-            for r in list(records.values())  # (a snapshot: enclosing branches add to it)
-            if r.kind == "branch"
-            and r.step_id.startswith(prefix)
-            and r.step_id.endswith("]")
-            and "/" not in r.step_id[len(prefix) :]
-            and r.step_id[len(prefix) : -1] not in current
+            (
+                r.step_id[len(prefix) : -1]
+                for r in list(records.values())  # (a snapshot: enclosing branches add to it)
+                if r.kind == "branch"
+                and r.step_id.startswith(prefix)
+                and r.step_id.endswith("]")
+                and "/" not in r.step_id[len(prefix) :]
+                and r.step_id[len(prefix) : -1] not in current
+            ),
+            key=lambda key: (0, int(key), key) if key.isdigit() else (1, 0, key),
         )
         if not unknown:
             return

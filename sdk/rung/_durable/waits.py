@@ -232,28 +232,44 @@ def _token_outcome(
 
 
 def callback_arguments(
-    first: str | Callable[[str], Any], second: Callable[[str], Any] | None, name: str | None
+    first: str | Callable[[str], Any] | None,
+    second: Callable[[str], Any] | None,
+    name: str | None,
+    submit: Callable[[str], Any] | None,
 ) -> tuple[str, Callable[[str], Any]]:
-    """``wait_for_callback``'s name and ``submit``, from its two call forms:
-    ``(submit, name=...)`` (the name defaults to ``"callback"``) and ``(name, submit)``."""
-    if isinstance(first, str):
-        if name is not None:
-            raise UsageError(
-                f"ctx.wait_for_callback({first!r}, submit, name={name!r}) names the "
-                "callback twice: pass the name once"
-            )
-        if second is None:
-            raise UsageError(
-                f"ctx.wait_for_callback({first!r}, submit): submit is missing (it is called "
-                "with the token id)"
-            )
-        return first, second
+    """``wait_for_callback``'s name and ``submit``, from its call forms: ``(submit)``,
+    ``(name, submit)``, and either given by keyword (``name=``, ``submit=``); the name
+    defaults to ``"callback"``. Each may be given once."""
+    names: list[str] = [first] if isinstance(first, str) else []
+    submits: list[Callable[[str], Any]] = []
+    if first is not None and not isinstance(first, str):
+        submits.append(first)
     if second is not None:
+        submits.append(second)
+    if first is not None and not isinstance(first, str) and second is not None:
         raise UsageError(
             "ctx.wait_for_callback(submit, ...) takes the name first when both are "
             "positional: wait_for_callback('approval', submit), or name='approval'"
         )
-    return (name if name is not None else "callback"), first
+    if name is not None:
+        names.append(name)
+    if submit is not None:
+        submits.append(submit)
+    if len(names) > 1:
+        raise UsageError(
+            f"ctx.wait_for_callback({names[0]!r}, submit, name={names[1]!r}) names the "
+            "callback twice: pass the name once"
+        )
+    if len(submits) > 1:
+        raise UsageError(
+            "ctx.wait_for_callback got submit twice (positionally and as submit=): pass it once"
+        )
+    if not submits:
+        raise UsageError(
+            f"ctx.wait_for_callback({(names or ['callback'])[0]!r}, submit): submit is missing "
+            "(it is called with the token id)"
+        )
+    return (names[0] if names else "callback"), submits[0]
 
 
 def wait_for_callback(

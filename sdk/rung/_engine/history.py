@@ -1,19 +1,25 @@
 """A run's history, derived from the run item and its checkpoints (nothing is written twice).
 
-Order. Attempt by attempt: the attempt's start, the events of the checkpoints it
-wrote, then how it ended; the run's end last. Within an attempt the checkpoints'
-events are in time order (a token that timed out at its deadline during a longer
-wait ends before that wait does), and the order is total and stable: events at the
-same instant follow the nesting of the checkpoints, a depth-first walk in which a
-parent starts before its children and ends after them, and siblings come in the
-order they started (then by position, then by id). Times are stored to the
-millisecond, so ties are common (a fast ``ctx.map`` starts its batch, a branch and the
-branch's first step in one); the walk is what orders them.
+Order. Attempt by attempt: the attempt's start, then its checkpoints' events and how
+it failed (if it did), in time order; the run's end last. The order is total and
+stable: events at the same instant follow the nesting of the checkpoints, a
+depth-first walk in which a parent starts before its children and ends after them,
+and siblings come in the order they started (then by position, then by id). Times
+are stored to the millisecond, so ties are common (a fast ``ctx.map`` starts its
+batch, a branch and the branch's first step in one); the walk is what orders them.
+
+Shown times keep program order where the recorded ones would not: a checkpoint is
+shown starting no earlier than its attempt (a batch or checkpointed group that began
+in an earlier attempt is recorded by the one that ended it) and no earlier than the
+checkpoints at earlier positions of its scope (a token's wait is recorded from the
+token's creation); nothing ends before it starts (a ``wait_until`` a past time).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from datetime import datetime
 
 from rung.models import EventType, Failure, HistoryEvent, Run, RunStatus, StepRecord
 
@@ -35,9 +41,9 @@ def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
         if started is None:
             continue  # this attempt has not started yet (queued or backing off)
         events.append(HistoryEvent(EventType.ATTEMPT_STARTED, started, attempt=attempt))
-        events.extend(_checkpoint_events(run, [s for s in steps if s.run_attempt == attempt]))
-        if failure is not None:
-            events.extend(_failure_events(failure))
+        records = [s for s in steps if s.run_attempt == attempt]
+        ended = _failure_events(failure) if failure is not None else []
+        events.extend(_attempt_events(run, records, started, ended))
         redrive = redrives.get(attempt)
         if redrive is not None:  # the run had failed here, and was redriven after a fix
             events.append(
@@ -100,14 +106,45 @@ def _failure_events(failure: Failure) -> list[HistoryEvent]:
     return events
 
 
-def _checkpoint_events(run: Run, records: list[StepRecord]) -> list[HistoryEvent]:
-    """The events of one attempt's checkpoints, in time order (see the module docstring)."""
+def _attempt_events(
+    run: Run, records: list[StepRecord], began: datetime, ended: list[HistoryEvent]
+) -> list[HistoryEvent]:
+    """One attempt's events after its start, in time order (see the module docstring):
+    its checkpoints' events, and ``ended``, how it failed (last among equal times)."""
+    starts = _starts(records, began)
+    shown = [replace(r, started_at=starts[r.step_id]) for r in records]
     ordered: list[HistoryEvent] = []
-    for record, opening in _depth_first(records):
+    for record, opening in _depth_first(shown):
         events = _events_of(run, record)
         # A record's first event opens it (before its children's), the rest close it.
         ordered.extend(events[:1] if opening else events[1:])
-    return sorted(ordered, key=lambda e: e.timestamp)  # stable: ties keep the walk's order
+    return sorted([*ordered, *ended], key=lambda e: e.timestamp)  # stable: ties keep order
+
+
+def _starts(records: list[StepRecord], began: datetime) -> dict[str, datetime]:
+    """When each checkpoint starts, as history shows it: never before its attempt did
+    (a batch or group that began in an earlier attempt is recorded by the one that
+    ended it), nor before the checkpoints at earlier positions of its scope started
+    (a token's wait is recorded from the token's creation, though the run waits only
+    after the steps in between): program order, within the times recorded."""
+    by_scope: dict[str, list[StepRecord]] = {}
+    for record in records:
+        by_scope.setdefault(_scope_of(record.step_id), []).append(record)
+    starts: dict[str, datetime] = {}
+    for scope_records in by_scope.values():
+        floor = began  # the latest start at the positions before this one
+        seq, latest = None, began
+        for record in sorted(scope_records, key=lambda r: (r.seq, r.started_at)):
+            if record.seq != seq:  # branches share their batch's position: not chained
+                floor, seq = max(floor, latest), record.seq
+            starts[record.step_id] = max(record.started_at, floor)
+            latest = max(latest, starts[record.step_id])
+    return starts
+
+
+def _scope_of(step_id: str) -> str:
+    """The scope a checkpoint takes its position in ("/map#1[0]", a branch: its batch's)."""
+    return step_id.rsplit("/", 1)[0]
 
 
 def _depth_first(records: list[StepRecord]) -> list[tuple[StepRecord, bool]]:
@@ -150,17 +187,16 @@ def _events_of(run: Run, record: StepRecord) -> list[HistoryEvent]:
             EventType.STEP_STARTED, record.started_at, attempt=attempt, step=record.step_id
         )
     ]
-    if record.outcome == "succeeded" and record.finished_at is not None:
+    ended = max(record.finished_at, record.started_at) if record.finished_at else None
+    if record.outcome == "succeeded" and ended is not None:
         events.append(
-            HistoryEvent(
-                EventType.STEP_SUCCEEDED, record.finished_at, attempt=attempt, step=record.step_id
-            )
+            HistoryEvent(EventType.STEP_SUCCEEDED, ended, attempt=attempt, step=record.step_id)
         )
-    elif record.outcome == "failed" and record.finished_at is not None:
+    elif record.outcome == "failed" and ended is not None:
         events.append(
             HistoryEvent(
                 EventType.STEP_FAILED,
-                record.finished_at,
+                ended,
                 attempt=attempt,
                 step=record.step_id,
                 error=record.error,
@@ -188,7 +224,8 @@ def _wait_events(run: Run, record: StepRecord, attempt: int) -> list[HistoryEven
                 EventType.TOKEN_CREATED, record.started_at, attempt=attempt, step=record.step_id
             )
         ]
-    until = record.wake_at
+    # A wait_until a past time ends as it starts (it did not wait).
+    until = max(record.wake_at, record.started_at) if record.wake_at is not None else None
     events = [
         HistoryEvent(
             EventType.WAIT_STARTED,
@@ -211,7 +248,7 @@ def _wait_events(run: Run, record: StepRecord, attempt: int) -> list[HistoryEven
         events.append(
             HistoryEvent(
                 EventType.WAIT_ENDED,
-                record.finished_at,
+                max(record.finished_at, record.started_at),
                 attempt=attempt,
                 step=record.step_id,
                 error=record.error,

@@ -11,6 +11,8 @@ fill), as a finishing run would.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from rung._aws.dynamodb import DynamoStore, QueueState
 from rung._aws.sqs import SqsQueue
 from rung._engine.admission import Gate, declared_queue, limits_of
@@ -20,16 +22,27 @@ from rung.app import App
 from rung.errors import InvalidConfig, UnknownQueue
 from rung.flow import MAX_LIMIT, Queue, QueueInfo
 
+#: The lease of a slot handed off from outside a worker (a client's resume, a cancel).
+_DEFAULT_LEASE = WorkerConfig().lease_duration
+
 
 class QueueAdmin:
     """The queues of one table, as an app declares them (``app`` None: as the workers
     recorded them)."""
 
-    def __init__(self, app: App | None, store: DynamoStore, queue: SqsQueue, clock: Clock) -> None:
+    def __init__(
+        self,
+        app: App | None,
+        store: DynamoStore,
+        queue: SqsQueue,
+        clock: Clock,
+        lease: timedelta = _DEFAULT_LEASE,
+    ) -> None:
         self.app = app
         self._store = store
         self._queue = queue
         self._clock = clock
+        self._lease = lease  # how long a slot handed off is held for its run
 
     def list(self) -> list[QueueInfo]:
         """The app's queues and every queue with stored state, by name."""
@@ -137,7 +150,7 @@ class QueueAdmin:
         ends, or the parked runs' periodic recheck, hands them out then."""
         spec = self.spec(name)
         if spec is not None:
-            gate = Gate(self._store, self._queue, WorkerConfig().lease_duration)
+            gate = Gate(self._store, self._queue, self._lease)
             gate.fill(spec, self._clock.now())
 
     def _filled(self, name: str) -> QueueInfo:

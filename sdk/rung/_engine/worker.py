@@ -93,7 +93,8 @@ class Worker:
         self.clock = clock
         self.config = config or WorkerConfig()
         self.gate = Gate(store, queue, self.config.lease_duration)
-        self.lifecycle = Lifecycle(store, queue, clock, QueueAdmin(app, store, queue, clock))
+        queues = QueueAdmin(app, store, queue, clock, self.config.lease_duration)
+        self.lifecycle = Lifecycle(store, queue, clock, queues)
 
     def handle(
         self, message: QueueMessage, time_left: Callable[[], float] | None = None
@@ -288,7 +289,6 @@ class Worker:
         # A run's first claim cannot find checkpoints: nobody held it before.
         records = self.store.load_steps(run.run_id) if token > 1 else {}
         session = Session(self, run, token, time_left, task.max_duration)
-        watchdog = session.start_watchdog()
         scope = Scope(
             RunState(
                 run_id=run.run_id,
@@ -309,10 +309,10 @@ class Worker:
         if spec is not None:
             refused = self._admit(message, run, token, task, spec, payload, session)
             if refused is not None:
-                if watchdog is not None:
-                    watchdog.cancel()
                 return refused
             session.slot = spec
+        # Armed for the task body only (no step runs before it): _execute disarms it.
+        watchdog = session.start_watchdog()
         disposition = self._execute(
             message, run, token, task, scope, session, payload, attempt_start, watchdog
         )
