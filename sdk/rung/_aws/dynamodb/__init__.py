@@ -19,7 +19,9 @@ mixin's module says more about its part of the table):
     rung._aws.dynamodb._common    keys, type letters, condition helpers, item <-> domain
     rung._aws.dynamodb.runs       creating, claiming, fencing and ending a run
     rung._aws.dynamodb.children   child runs and the lifecycle (cancel, redrive)
-    rung._aws.dynamodb.queues     queues (flow control): slots, parked runs, hand-offs
+    rung._aws.dynamodb.parents    a child's end together with its parent's wake-up
+    rung._aws.dynamodb.queues     queues (flow control): state, slots, operator settings
+    rung._aws.dynamodb.parked     parked runs and hand-offs (on the queues section)
     rung._aws.dynamodb.tokens     tokens a run waits for
     rung._aws.dynamodb.reconcile  finding and nudging stranded runs (the reconciler)
     rung._aws.dynamodb.steps      step checkpoints
@@ -41,7 +43,8 @@ from rung._aws.dynamodb._common import (
     ParentLink,
 )
 from rung._aws.dynamodb.children import _Children
-from rung._aws.dynamodb.queues import Holder, QueueState, Waiter, _Queues
+from rung._aws.dynamodb.parked import _Parked
+from rung._aws.dynamodb.queues import Holder, QueueState, Waiter
 from rung._aws.dynamodb.reconcile import STRANDABLE, StrandedRun, _Reconcile
 from rung._aws.dynamodb.runs import SUSPEND_TOKEN_CHECKS, Claimed, NotClaimed, _Runs
 from rung._aws.dynamodb.steps import _Steps
@@ -69,7 +72,7 @@ __all__ = [
 ]
 
 
-class DynamoStore(_Runs, _Children, _Queues, _Tokens, _Reconcile, _Steps):
+class DynamoStore(_Runs, _Children, _Parked, _Tokens, _Reconcile, _Steps):
     """rung's storage port on DynamoDB. Every racing state change is one conditional write."""
 
     def __init__(self, client: Any, table_name: str) -> None:
