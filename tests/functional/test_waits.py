@@ -623,6 +623,43 @@ def _deliver(engine: LocalEngine) -> None:
                 engine.queue.delete(message)
 
 
+def test_a_token_wait_comes_back_at_its_deadline_when_the_clock_moves_during_suspension(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The message of a run that waits for a token is due at the token's deadline,
+    counted when the message is deferred, not when the wait was decided. (A test that
+    moved the virtual clock past the deadline while the worker was between its store
+    write and its queue call once left the run waiting for good.)"""
+    app = rung.App("moved-clock")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> str:
+        token = ctx.create_token("ok", timeout=60)
+        try:
+            return str(ctx.wait_for_token(token))
+        except rung.TokenTimedOut:
+            return "timed out"
+
+    with LocalEngine(app, workers=0) as engine:
+        clock = engine.clock
+        assert isinstance(clock, VirtualClock)
+        suspend = engine.store.suspend_run
+
+        # The interleaving needs another thread's move between two calls of one
+        # handle(); wrapping the store call puts the clock move exactly there.
+        def suspend_then_clock_moves(*args: Any, **kwargs: Any) -> Any:
+            done = suspend(*args, **kwargs)
+            clock.advance(timedelta(minutes=2))  # past the 60 s deadline
+            return done
+
+        monkeypatch.setattr(engine.store, "suspend_run", suspend_then_clock_moves)
+        handle = engine.trigger("t")
+        _deliver(engine)  # suspends, then finds its message due again: it times out
+        run = engine.get_run(handle.run_id)
+
+    assert (run.status, run.output) == (rung.RunStatus.COMPLETED, "timed out")
+
+
 def test_a_token_times_out_at_its_deadline_even_when_its_run_looks_later() -> None:
     app = rung.App("late-look")
 

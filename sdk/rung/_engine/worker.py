@@ -199,10 +199,10 @@ class Worker:
             return Disposition.ACK  # it waits with no timer: its waker sends a message
         # "not_due": a long delay chained through 15-minute hops; "busy": another worker
         # holds the lease (a duplicate delivery): look again when that lease would expire.
-        wait = max(claim.retry_at - now, timedelta(0))
+        due = claim.retry_at
         if claim.reason == "busy":
-            wait += timedelta(seconds=1)
-        return self._later(message, run_id, wait)
+            due += timedelta(seconds=1)
+        return self._later(message, run_id, due)
 
     def _take_over(self, run: Run, now: datetime) -> Claimed | NotClaimed:
         """The previous holder died mid-attempt: that attempt failed; start the next."""
@@ -352,11 +352,11 @@ class Worker:
             except Contended as exc:
                 # Not the run's fault: no attempt is spent; it comes back shortly.
                 log.warning("%s", exc)
-                again = CONTENTION_RETRY * random.uniform(1, 2)  # noqa: S311
+                again = now() + CONTENTION_RETRY * random.uniform(1, 2)  # noqa: S311
                 self.store.defer_run(
                     run.run_id,
                     token,
-                    now() + again,
+                    again,
                     f"contention on queue {spec.name!r}",
                     now(),
                     session.spent(),
@@ -378,7 +378,7 @@ class Worker:
                     now(),
                     session.spent(),
                 )
-                return self._later(message, run.run_id, wait - RATE_SLEEP)
+                return self._later(message, run.run_id, verdict.until - RATE_SLEEP)
             # Less than a second to the reserved start: wait for it here, so the
             # run starts at its reservation, not at the next whole second.
             time.sleep(max(wait.total_seconds(), 0.0))
@@ -416,9 +416,8 @@ class Worker:
                 step_started_at=retry.started_at,
                 delay=retry.delay,
             )
-            self.store.schedule_retry(
-                run.run_id, token, failure, now() + retry.delay, now(), session.spent()
-            )
+            due = now() + retry.delay
+            self.store.schedule_retry(run.run_id, token, failure, due, now(), session.spent())
             log.info(
                 "run %s: step %s failed (%s); retry in %s",
                 run.run_id,
@@ -426,7 +425,7 @@ class Worker:
                 retry.error,
                 retry.delay,
             )
-            return self._later(message, run.run_id, retry.delay)
+            return self._later(message, run.run_id, due)
         except ContinueLater:
             self.store.release_to_continue(run.run_id, token, now(), session.spent())
             self.queue.send(run.run_id)
@@ -527,7 +526,7 @@ class Worker:
             self._fail(run, token, error, failure, now)
             return Disposition.ACK
         self.store.schedule_retry(run.run_id, token, failure, now + delay, now, session.spent())
-        return self._later(message, run.run_id, delay)
+        return self._later(message, run.run_id, now + delay)
 
     def _suspend(
         self, message: QueueMessage, run: Run, token: int, wait: Suspend, session: Session
@@ -563,13 +562,17 @@ class Worker:
         log.info("run %s: waiting for %s", run.run_id, wait.reason)
         if wait.wake_at is None:
             return Disposition.ACK  # no timer: whoever wakes it sends the message
-        return self._later(message, run.run_id, max(wait.wake_at - now, timedelta(0)))
+        return self._later(message, run.run_id, wait.wake_at)
 
     def _any_resolved(self, token_ids: tuple[str, ...]) -> bool:
         return any(self.store.get_token(token_id).status != "WAITING" for token_id in token_ids)
 
-    def _later(self, message: QueueMessage, run_id: str, delay: timedelta) -> Disposition:
-        kept = self.queue.defer(message, run_id, delay, to_ms(self.clock.now()))
+    def _later(self, message: QueueMessage, run_id: str, due: datetime) -> Disposition:
+        """Have the run's message come back at ``due``. The delay is counted here, at
+        the last moment, so time that passed since ``due`` was decided (a slow store
+        write; a test moving a virtual clock) does not push the message past it."""
+        now = self.clock.now()
+        kept = self.queue.defer(message, run_id, max(due - now, timedelta(0)), to_ms(now))
         return Disposition.KEEP if kept else Disposition.ACK
 
 

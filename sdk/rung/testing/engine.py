@@ -134,10 +134,11 @@ class LocalEngine:
         self._busy = 0
         self._poller = threading.Lock()  # held by the one idle worker that polls
         self._turn_free = threading.Event()  # set when the poller's turn is handed on
-        # How many messages of each run this engine's workers have handled; wait()
-        # sleeps on it.
+        # How many messages of each run this engine's workers have handled, and how
+        # many they are handling now; wait() and wait_for_token() sleep on them.
         self._progress = threading.Condition()
         self._handled: dict[str, int] = {}
+        self._in_hand: dict[str, int] = {}
         self.faults: list[WorkerFault] = []
         self._emulator: EmbeddedEmulator | None = None
         self._client: Client | None = None
@@ -298,7 +299,10 @@ class LocalEngine:
     ) -> TokenState:
         """Wait (wall-clock seconds) until the run waits for an open token and return it.
 
-        ``name``: the token's name in ``ctx.create_token`` (default: any).
+        ``name``: the token's name in ``ctx.create_token`` (default: any). It returns
+        once the invocation that suspended the run has finished (its message is set
+        to come back at the token's deadline), so a test may move ``engine.clock``
+        past that deadline at once.
 
         Raises:
             TimeoutError: the run does not wait for such a token within ``timeout``.
@@ -307,7 +311,7 @@ class LocalEngine:
         while True:
             seen = self._handled.get(run_id, 0)
             run = self.get_run(run_id)
-            if run.status == RunStatus.WAITING:
+            if run.status == RunStatus.WAITING and not self._in_hand.get(run_id):
                 for token in self.client.list_tokens(run_id):
                     if token.status == "WAITING" and name in (None, token.name):
                         return token
@@ -453,13 +457,16 @@ class LocalEngine:
 
     def _process(self, message: QueueMessage) -> None:
         try:
+            run_id = decode(message.body)
+        except BadMessage:
+            run_id = ""
+        with self._progress:
+            self._in_hand[run_id] = self._in_hand.get(run_id, 0) + 1
+        try:
             self._handle(message)
         finally:
-            try:
-                run_id = decode(message.body)
-            except BadMessage:
-                run_id = ""
             with self._progress:
+                self._in_hand[run_id] -= 1
                 self._handled[run_id] = self._handled.get(run_id, 0) + 1
                 self._progress.notify_all()
 
