@@ -18,6 +18,7 @@ from rung._util import serde
 from rung._util.clock import Clock, SystemClock
 from rung._util.durations import check_duration
 from rung._util.ids import new_run_id
+from rung._util.traces import TraceContext, header_of
 from rung.app import App, Task
 from rung.errors import (
     ErrorInfo,
@@ -175,15 +176,16 @@ class Client:
             available_at=now + wait,
             idempotency_key=key,
             tags=tag_tuple,
+            trace=TraceContext.for_trigger(now).stored(),
         )
         run, created = self._store.create_run(new, ttl, now)
         if created:
-            self._queue.send(run.run_id, wait)
+            self._queue.send(run.run_id, wait, header_of(run.trace))
         elif run.status in (RunStatus.QUEUED, RunStatus.DELAYED) and run.lease_token == 0:
             # Recorded but never claimed: the first trigger may have crashed before its
             # send. Sending again is safe: a duplicate message finds the run taken or done.
             due = run.available_at or now
-            self._queue.send(run.run_id, max(due - now, timedelta(0)))
+            self._queue.send(run.run_id, max(due - now, timedelta(0)), header_of(run.trace))
         return RunHandle(run_id=run.run_id, task_id=found.id, created=created)
 
     def get_run(self, run_id: str) -> Run:

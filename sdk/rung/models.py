@@ -194,6 +194,21 @@ class Run:
     parent_batch: str | None = field(default=None, repr=False)
     #: the step whose failure failed the run (removed again by a redrive)
     failed_step: str | None = field(default=None, repr=False)
+    #: its trace context as stored (X-Ray header form, see ``rung._util.traces``)
+    trace: str | None = field(default=None, repr=False)
+    #: a child run: the X-Ray trace id of its parent run
+    parent_trace_id: str | None = None
+
+    @property
+    def trace_id(self) -> str | None:
+        """The run's X-Ray trace id: all its attempts are in this one trace (also found
+        by the X-Ray filter ``annotation.rung_run_id = "<run id>"``). None for a run
+        stored before rung traced runs."""
+        for part in (self.trace or "").split(";"):
+            key, _, value = part.partition("=")
+            if key == "Root" and value:
+                return value
+        return None
 
     @property
     def budget_from(self) -> int:

@@ -157,7 +157,9 @@ def test_a_trigger_that_crashed_before_sending_is_dispatched_by_a_repeated_trigg
 
         # The emulator cannot kill a client between its two requests; make the send die
         # once as a crashed process would: the run is recorded, nothing is enqueued.
-        def crash_once(run_id: str, delay: timedelta = timedelta(0)) -> None:
+        def crash_once(
+            run_id: str, delay: timedelta = timedelta(0), trace_header: str | None = None
+        ) -> None:
             engine.queue.send = real_send  # type: ignore[method-assign]
             raise SimulatedCrash()
 

@@ -59,11 +59,11 @@ def crash_first_send(engine: LocalEngine) -> list[str]:
     real_send = engine.queue.send
     eaten: list[str] = []
 
-    def send(run_id: str, delay: timedelta = timedelta(0)) -> None:
+    def send(run_id: str, delay: timedelta = timedelta(0), trace_header: str | None = None) -> None:
         if not eaten:
             eaten.append(run_id)
             raise SimulatedCrash()
-        real_send(run_id, delay)
+        real_send(run_id, delay, trace_header)
 
     engine.queue.send = send  # type: ignore[method-assign]
     return eaten
@@ -74,9 +74,9 @@ def count_sends(engine: LocalEngine) -> list[str]:
     real_send = engine.queue.send
     sent: list[str] = []
 
-    def send(run_id: str, delay: timedelta = timedelta(0)) -> None:
+    def send(run_id: str, delay: timedelta = timedelta(0), trace_header: str | None = None) -> None:
         sent.append(run_id)
-        real_send(run_id, delay)
+        real_send(run_id, delay, trace_header)
 
     engine.queue.send = send  # type: ignore[method-assign]
     return sent

@@ -130,6 +130,21 @@ def sleeper(ctx: rung.Context, payload: dict[str, float]) -> str:
     return "rested"
 
 
+@app.task(id="traced", retry=rung.RetryPolicy(max_attempts=3, initial_interval=0.2))
+def traced(ctx: rung.Context, payload: dict[str, float]) -> str:
+    """Step "flaky" fails on the first attempt; a wait of ``payload["seconds"]`` follows."""
+    ctx.step("first", effect, "first")
+
+    def flaky() -> str:
+        if ctx.attempt == 1:
+            raise ConnectionError("upstream hiccup")
+        return effect("flaky")
+
+    ctx.step("flaky", flaky)
+    ctx.wait(payload["seconds"])
+    return ctx.step("last", effect, "last")
+
+
 @app.task(id="approval", retry=rung.RetryPolicy(max_attempts=3, initial_interval=0.2))
 def approval(ctx: rung.Context, payload: dict[str, str]) -> object:
     """Creates a token, announces it in a file, blocks at a gate, then waits for it."""

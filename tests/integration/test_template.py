@@ -78,9 +78,19 @@ def test_each_timeout_has_a_lease_beyond_it_and_a_visibility_at_least_the_lease(
         assert row["VisibilitySeconds"] >= row["LeaseSeconds"]
 
 
-def _statements(template: dict[str, Any], role: str) -> list[dict[str, Any]]:
+def _statements(template: dict[str, Any], role: str, tracing: bool = True) -> list[dict[str, Any]]:
+    """The role's statements as deployed with the Tracing parameter Active (or not):
+    the one conditional statement (TracingOn) resolved."""
     policies = _resource(template, role)["Policies"]
-    return [s for p in policies for s in p["PolicyDocument"]["Statement"]]
+    out = []
+    for statement in (s for p in policies for s in p["PolicyDocument"]["Statement"]):
+        if "Fn::If" in statement:
+            condition, active, passive = statement["Fn::If"]
+            assert condition == "TracingOn" and passive == {"Ref": "AWS::NoValue"}
+            statement = active if tracing else None
+        if statement is not None:
+            out.append(statement)
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -94,7 +104,21 @@ def test_no_iam_statement_grants_every_resource(template: dict[str, Any]) -> Non
     for role in roles:
         statements = _statements(template, role)
         assert statements, role
-        assert '"*"' not in json.dumps(statements), role
+        # X-Ray's write actions have no resource-level permissions: "*" is the only
+        # resource they accept, so their statement (present while Tracing is Active) is
+        # the one allowed to name it, and names nothing else.
+        everywhere = [s for s in statements if s["Resource"] == "*"]
+        assert everywhere == [
+            {
+                "Sid": "Traces",
+                "Effect": "Allow",
+                "Action": ["xray:PutTraceSegments", "xray:PutTelemetryRecords"],
+                "Resource": "*",
+            }
+        ], role
+        others = [s for s in statements if s["Resource"] != "*"]
+        assert '"*"' not in json.dumps(others), role
+        assert '"*"' not in json.dumps(_statements(template, role, tracing=False)), role
         assert "ManagedPolicyArns" not in _resource(template, role), role
 
 
@@ -157,6 +181,8 @@ def test_the_reconciler_may_only_list_by_status_mark_runs_and_send(
         "sqs:SendMessage": {"Fn::GetAtt": ["WorkQueue", "Arn"]},
         "logs:CreateLogStream": {"Fn::GetAtt": ["ReconcilerLogGroup", "Arn"]},
         "logs:PutLogEvents": {"Fn::GetAtt": ["ReconcilerLogGroup", "Arn"]},
+        "xray:PutTraceSegments": "*",  # Lambda's own segments, while Tracing is Active
+        "xray:PutTelemetryRecords": "*",
     }
     assert "by_status" in INDEXES
 
@@ -172,3 +198,17 @@ def test_the_reconciler_logs_to_its_own_group_with_the_retention_parameter(
     assert {"ReconcilerFunctionName", "ReconcilerFunctionArn", "ReconcilerLogGroupName"} <= set(
         template["Outputs"]
     )
+
+
+def test_tracing_is_active_by_default_and_one_parameter_turns_it_off(
+    template: dict[str, Any],
+) -> None:
+    assert template["Parameters"]["Tracing"]["Default"] == "Active"
+    assert template["Parameters"]["Tracing"]["AllowedValues"] == ["Active", "PassThrough"]
+    assert _plain(template["Conditions"]["TracingOn"]) == {
+        "Fn::Equals": [{"Ref": "Tracing"}, "Active"]
+    }
+    for name in ("WorkerFunction", "ReconcilerFunction"):
+        assert _plain(_resource(template, name)["Tracing"]) == {"Ref": "Tracing"}
+    variables = _resource(template, "WorkerFunction")["Environment"]["Variables"]
+    assert _plain(variables["RUNG_TRACING"]) == {"Fn::If": ["TracingOn", "on", "off"]}

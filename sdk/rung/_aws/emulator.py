@@ -237,7 +237,7 @@ def _handler(service: str) -> Any:
     """The moto handler for a service's requests to "/" (what the server routes them to)."""
     url_paths = moto_patches.moto(f"{service}.urls").url_paths
     for pattern, handler in url_paths.items():
-        if pattern.format("") in ("/", "/$"):
+        if pattern.format("") in ("/", "/$", "/.*$"):  # X-Ray's routes take any path
             return handler
     raise UsageError(f"no handler for {service}")
 

@@ -59,6 +59,8 @@ class QueueMessage:
     receive_count: int
     #: epoch ms when the message was sent (SQS's SentTimestamp), if known
     sent_at_ms: int | None = None
+    #: its run's X-Ray trace header (SQS's AWSTraceHeader), if it carries one
+    trace_header: str | None = None
 
 
 class BadMessage(ValueError):
@@ -136,10 +138,18 @@ class SqsQueue:
         )["QueueUrl"]
         return url, dlq_url
 
-    def send(self, run_id: str, delay: timedelta = timedelta(0)) -> None:
+    def send(
+        self, run_id: str, delay: timedelta = timedelta(0), trace_header: str | None = None
+    ) -> None:
+        """Send a run's message; ``trace_header``: the run's X-Ray trace header, carried
+        as the ``AWSTraceHeader`` system attribute (the worker reads the run's trace from
+        the run item, so a message without one still joins it)."""
         seconds = _ceil_seconds(min(delay, self.max_delay))
         self.client.send_message(
-            QueueUrl=self.url, MessageBody=encode(run_id), DelaySeconds=seconds
+            QueueUrl=self.url,
+            MessageBody=encode(run_id),
+            DelaySeconds=seconds,
+            **_trace_attribute(trace_header),
         )
 
     def receive(
@@ -149,7 +159,11 @@ class SqsQueue:
             "QueueUrl": self.url,
             "MaxNumberOfMessages": max_messages,
             "WaitTimeSeconds": wait_seconds,
-            "MessageSystemAttributeNames": ["ApproximateReceiveCount", "SentTimestamp"],
+            "MessageSystemAttributeNames": [
+                "ApproximateReceiveCount",
+                "SentTimestamp",
+                "AWSTraceHeader",
+            ],
         }
         if visibility_timeout is not None:
             kwargs["VisibilityTimeout"] = visibility_timeout
@@ -163,6 +177,7 @@ class SqsQueue:
                 sent_at_ms=int(m["Attributes"]["SentTimestamp"])
                 if "SentTimestamp" in m.get("Attributes", {})
                 else None,
+                trace_header=m.get("Attributes", {}).get("AWSTraceHeader"),
             )
             for m in out.get("Messages", [])
         ]
@@ -203,8 +218,9 @@ class SqsQueue:
                         "Id": str(n),
                         "MessageBody": encode(run_id),
                         "DelaySeconds": _ceil_seconds(min(delay, self.max_delay)),
+                        **_trace_attribute(message.trace_header),
                     }
-                    for n, (_, run_id, delay) in enumerate(chunk)
+                    for n, (message, run_id, delay) in enumerate(chunk)
                 ],
             )
             for sent in out.get("Successful", []):
@@ -251,7 +267,8 @@ class SqsQueue:
             age = timedelta(milliseconds=max(now_ms - message.sent_at_ms, 0))
             hop = min(delay, self.visibility_hop - age)
         if self.nearly_worn(message) or (hop < delay and hop < self.min_hop):
-            self.send(run_id, delay)  # a fresh message: receive count 0, retention renewed
+            # A fresh message: receive count 0, retention renewed, the same trace.
+            self.send(run_id, delay, message.trace_header)
             return False
         self.client.change_message_visibility(
             QueueUrl=self.url,
@@ -259,6 +276,14 @@ class SqsQueue:
             VisibilityTimeout=_ceil_seconds(max(hop, timedelta(0))),
         )
         return True
+
+
+def _trace_attribute(header: str | None) -> dict[str, Any]:
+    if not header:
+        return {}
+    return {
+        "MessageSystemAttributes": {"AWSTraceHeader": {"StringValue": header, "DataType": "String"}}
+    }
 
 
 def _limits_scale() -> float:

@@ -14,6 +14,7 @@ from rung._aws.sqs import SqsQueue
 from rung._engine.queues import QueueAdmin
 from rung._util.clock import Clock
 from rung._util.ids import new_run_id
+from rung._util.traces import TraceContext, header_of
 from rung.errors import ErrorInfo, RunAlreadyFinished, RunNotFailed
 from rung.models import Failure, Redrive, Run, RunHandle, RunStatus
 
@@ -120,10 +121,11 @@ class Lifecycle:
             idempotency_key=None,
             tags=run.tags,
             replay_of=run.run_id,
+            trace=TraceContext.new(now).stored(),  # a new run: a trace of its own
         )
         created, _ = self._store.create_run(new, None, now)
         # A crash before this send leaves the run QUEUED: the reconciler sends it.
-        self._queue.send(created.run_id)
+        self._queue.send(created.run_id, trace_header=header_of(created.trace))
         return RunHandle(run_id=created.run_id, task_id=created.task_id, created=True)
 
     def redrive(self, run_id: str) -> Run:
@@ -175,5 +177,5 @@ class Lifecycle:
             now=now,
         )
         # A crash before this send leaves the run QUEUED and due: the reconciler sends it.
-        self._queue.send(run.run_id)
+        self._queue.send(run.run_id, trace_header=header_of(run.trace))
         return redriven

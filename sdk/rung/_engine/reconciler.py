@@ -40,6 +40,7 @@ from rung._aws.dynamodb import DynamoStore, StrandedRun
 from rung._aws.sqs import SqsQueue
 from rung._util.clock import Clock, iso
 from rung._util.durations import check_duration
+from rung._util.traces import header_of
 from rung.errors import InvalidConfig
 from rung.models import RunStatus
 
@@ -186,7 +187,7 @@ class Reconciler:
             if not self.store.mark_nudged(candidate, now, not_since):
                 skipped += 1  # a worker moved it, or another reconciler won
                 continue
-            self.queue.send(candidate.run.run_id)
+            self.queue.send(candidate.run.run_id, trace_header=header_of(candidate.run.trace))
             redriven.append(self._log_redrive(candidate, overdue))
         if truncated:
             log.warning("more than %d stranded runs; the next pass re-drives the rest", self.limit)

@@ -23,7 +23,9 @@ from rung._durable.signals import Canceled, ContinueLater, SlotLost, TimeLimitRe
 from rung._engine.admission import Gate
 from rung._engine.config import WorkerConfig
 from rung._engine.lifecycle import Lifecycle
+from rung._engine.tracing import AttemptTrace
 from rung._util.clock import Clock
+from rung._util.traces import TraceContext
 from rung.app import App, Task
 from rung.errors import LeaseLost, RunAlreadyFinished, RungError
 from rung.flow import Queue
@@ -62,8 +64,11 @@ class Session:
         token: int,
         time_left: Callable[[], float] | None,
         max_duration: timedelta | None,
+        trace: AttemptTrace,
     ) -> None:
         self._worker = worker
+        #: the attempt's segments in the run's trace (rung._engine.tracing)
+        self.trace = trace
         self._run = run
         self._token = token
         self._time_left = time_left
@@ -208,6 +213,7 @@ class Session:
         named = json.loads(record.result_json or "{}")
         child_id = str(named["run_id"])
         now = self.now()
+        child_trace = TraceContext.new(now)  # a trace of its own, linked both ways
         child = NewRun(
             run_id=child_id,
             task_id=task_id,
@@ -220,13 +226,16 @@ class Session:
             parent_waits=waits,
             detached=detached,
             batch=named.get("batch"),
+            trace=child_trace.stored(),
+            parent_trace_id=self._run.trace_id,
         )
         stored, created = self._worker.store.start_child(
             self._run.run_id, self._token, record, child
         )
         if created:
             # A crash before this send leaves the child QUEUED: the reconciler sends it.
-            self._worker.queue.send(child_id, delay)
+            self._worker.queue.send(child_id, delay, child_trace.header())
+            self.trace.child_started(record.step_id, now, child_id, task_id, child_trace)
         return stored, created
 
     def get_runs(self, run_ids: list[str]) -> dict[str, Run]:
@@ -240,7 +249,9 @@ class Session:
             self._worker.lifecycle.cancel(run_id, reason)
 
     def record_step(self, record: StepRecord) -> StepRecord:
-        return self._worker.store.record_step(self._run.run_id, record)
+        stored = self._worker.store.record_step(self._run.run_id, record)
+        self.trace.checkpoint(record)  # what this attempt did (a race's loser too)
+        return stored
 
     def mark_started(self, record: StepRecord, replace_attempt: int | None) -> StepRecord:
         return self._worker.store.mark_step_started(self._run.run_id, record, replace_attempt)

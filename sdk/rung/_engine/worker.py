@@ -31,6 +31,7 @@ from rung._aws.dynamodb import (
     ParentLink,
 )
 from rung._aws.sqs import BadMessage, QueueMessage, SqsQueue, decode
+from rung._aws.xray import XRay
 from rung._durable.signals import (
     Canceled,
     ContinueLater,
@@ -44,8 +45,10 @@ from rung._engine.config import WorkerConfig
 from rung._engine.lifecycle import Lifecycle
 from rung._engine.queues import QueueAdmin
 from rung._engine.session import Session
+from rung._engine.tracing import AttemptTrace, lost_attempt
 from rung._util import serde
 from rung._util.clock import Clock, to_ms
+from rung._util.traces import header_of
 from rung.app import App, Task
 from rung.context import Context
 from rung.errors import (
@@ -86,12 +89,15 @@ class Worker:
         queue: SqsQueue,
         clock: Clock,
         config: WorkerConfig | None = None,
+        xray: XRay | None = None,
     ) -> None:
         self.app = app
         self.store = store
         self.queue = queue
         self.clock = clock
         self.config = config or WorkerConfig()
+        #: where the runs' trace segments go (None: not traced)
+        self.xray = xray
         self.gate = Gate(store, queue, self.config.lease_duration)
         queues = QueueAdmin(app, store, queue, clock, self.config.lease_duration)
         self.lifecycle = Lifecycle(store, queue, clock, queues)
@@ -110,7 +116,7 @@ class Worker:
         if time_left is not None and time_left() < self.config.min_time_left.total_seconds():
             # Too little of this invocation is left to start an attempt (a late message
             # in a batch): hand the run to a fresh invocation without claiming it.
-            self.queue.send(run_id)
+            self.queue.send(run_id, trace_header=message.trace_header)
             return Disposition.ACK
         now = self.clock.now()
         lease = self.config.lease_duration
@@ -242,6 +248,7 @@ class Worker:
             max_attempts = self.app.get_task(run.task_id).retry.max_attempts
         except UnknownTask:
             max_attempts = 1
+        lost_attempt(self.xray, run, now, error)
         if _run_level_failures(run) + 1 >= max_attempts:
             log.error("run %s: %s; no attempts left", run.run_id, error.message)
             # Fenced on the dead holder's token: one of several finders wins.
@@ -288,7 +295,11 @@ class Worker:
             return Disposition.ACK
         # A run's first claim cannot find checkpoints: nobody held it before.
         records = self.store.load_steps(run.run_id) if token > 1 else {}
-        session = Session(self, run, token, time_left, task.max_duration)
+        attempt_start = run.attempt_started_at or now()
+        trace = AttemptTrace(self.xray, run, now())  # this invocation's part of the attempt
+        trace.checkpoints_loaded = len(records)
+        trace.timers_passed(records.values(), run.available_at)
+        session = Session(self, run, token, time_left, task.max_duration, trace)
         scope = Scope(
             RunState(
                 run_id=run.run_id,
@@ -299,11 +310,10 @@ class Worker:
                 session=session,
             )
         )
-        attempt_start = run.attempt_started_at or now()
         try:
             payload = task.decode_payload(serde.dumps(run.payload, "payload"))
         except Exception as exc:
-            self._fail(run, token, _payload_error(task, exc), None, now())
+            self._fail(run, token, _payload_error(task, exc), None, now(), trace=trace)
             return Disposition.ACK
         spec = task.queue
         if spec is not None:
@@ -338,10 +348,12 @@ class Worker:
         hand-off, deferred to its rate-limited start or past contention, or failed for
         a payload its flow options refuse) and this is what to do with the message."""
         now = self.clock.now
+        trace = session.trace
         try:
             key, priority = task.flow_of(payload)
         except InvalidPayload as exc:
-            self._fail(run, token, ErrorInfo("InvalidPayload", str(exc)), None, now())
+            error = ErrorInfo("InvalidPayload", str(exc))
+            self._fail(run, token, error, None, now(), trace=trace)
             return Disposition.ACK
         unused: datetime | None = None  # a reservation come to too late
         while True:
@@ -361,8 +373,11 @@ class Worker:
                     now(),
                     session.spent(),
                 )
+                trace.finish("deferred", now(), ErrorInfo("Contended", str(exc)))
                 return self._later(message, run.run_id, again)
             if isinstance(verdict, Parked):
+                trace.parked(spec.name, key, now(), "no free slot")
+                trace.finish("parked", now())
                 return Disposition.ACK  # a hand-off (or the safety net) sends it again
             if not isinstance(verdict, Delayed):
                 return None
@@ -378,6 +393,8 @@ class Worker:
                     now(),
                     session.spent(),
                 )
+                trace.parked(spec.name, key, now(), describe_delay(spec, verdict.until))
+                trace.finish("deferred", now())
                 return self._later(message, run.run_id, verdict.until - RATE_SLEEP)
             # Less than a second to the reserved start: wait for it here, so the
             # run starts at its reservation, not at the next whole second.
@@ -402,6 +419,7 @@ class Worker:
     ) -> Disposition:
         """Run the task body once and record how it ended."""
         now = self.clock.now
+        trace = session.trace
         try:
             with scope.entered():
                 result = task.fn(Context(scope), payload)
@@ -418,6 +436,11 @@ class Worker:
             )
             due = now() + retry.delay
             self.store.schedule_retry(run.run_id, token, failure, due, now(), session.spent())
+            step_attempt = len(session.failed_attempts_of(retry.step_id)) + 1
+            trace.step_failed(
+                retry.step_id, step_attempt, retry.started_at, failure.failed_at, retry.error
+            )
+            trace.finish("retrying", now(), retry.error)
             log.info(
                 "run %s: step %s failed (%s); retry in %s",
                 run.run_id,
@@ -428,8 +451,9 @@ class Worker:
             return self._later(message, run.run_id, due)
         except ContinueLater:
             self.store.release_to_continue(run.run_id, token, now(), session.spent())
-            self.queue.send(run.run_id)
+            self.queue.send(run.run_id, trace_header=header_of(run.trace))
             log.info("run %s: continuing in a fresh invocation", run.run_id)
+            trace.finish("continued", now())
             return Disposition.ACK
         except Suspend as wait:
             return self._suspend(message, run, token, wait, session)
@@ -442,18 +466,20 @@ class Worker:
                 ),
             )
             log.warning("run %s: %s", run.run_id, limit.message)
+            trace.finish("timed out", now(), error, RunStatus.TIMED_OUT)
             return Disposition.ACK
         except StepFailed as exc:  # a step failed for good and the task did not catch it
             error = ErrorInfo(
                 exc.error_type, f"step {exc.step_id!r} failed: {exc.message}", exc.traceback
             )
-            self._fail(run, token, error, None, now(), failed_step=exc.step_id)
+            self._fail(run, token, error, None, now(), failed_step=exc.step_id, trace=trace)
             return Disposition.ACK
         except NonDeterminismError as exc:
-            self._fail(run, token, error_info(exc), None, now())
+            self._fail(run, token, error_info(exc), None, now(), trace=trace)
             return Disposition.ACK
         except Canceled:
             log.info("run %s was canceled; its attempt stops before its next step", run.run_id)
+            trace.finish("canceled", now(), None, RunStatus.CANCELED)
             return Disposition.ACK
         except Exception as exc:  # the task body itself failed, outside any step
             return self._body_failed(message, run, token, task, exc, attempt_start, session)
@@ -463,7 +489,8 @@ class Worker:
         try:
             output = serde.dumps(result, f"the output of run {run.run_id}")
         except (serde.NotSerializable, PayloadTooLarge) as exc:
-            self._fail(run, token, ErrorInfo(type(exc).__name__, str(exc)), None, now())
+            error = ErrorInfo(type(exc).__name__, str(exc))
+            self._fail(run, token, error, None, now(), trace=trace)
             return Disposition.ACK
         self._wake_parent(
             run,
@@ -471,6 +498,7 @@ class Worker:
                 run.run_id, token, output, now(), wake_parent=ParentLink.of(run)
             ),
         )
+        trace.finish("completed", now(), None, RunStatus.COMPLETED)
         return Disposition.ACK
 
     def _fail(
@@ -481,6 +509,7 @@ class Worker:
         failure: Failure | None,
         now: datetime,
         failed_step: str | None = None,
+        trace: AttemptTrace | None = None,
     ) -> None:
         woke = self.store.fail_run(
             run.run_id,
@@ -492,12 +521,15 @@ class Worker:
             wake_parent=ParentLink.of(run),
         )
         self._wake_parent(run, woke)
+        if trace is not None:
+            trace.finish("failed", now, error, RunStatus.FAILED)
 
     def _wake_parent(self, run: Run, woke: bool) -> None:
         """After a terminal transition that woke the waiting parent: send its message.
         (A crash before the send leaves the parent WAITING and due: reconciled.)"""
         if woke and run.parent_run_id is not None:
-            self.queue.send(run.parent_run_id)
+            parent = f"Root={run.parent_trace_id}" if run.parent_trace_id else None
+            self.queue.send(run.parent_run_id, trace_header=parent)
 
     def _body_failed(
         self,
@@ -523,9 +555,10 @@ class Worker:
             delay=delay,
         )
         if delay is None:
-            self._fail(run, token, error, failure, now)
+            self._fail(run, token, error, failure, now, trace=session.trace)
             return Disposition.ACK
         self.store.schedule_retry(run.run_id, token, failure, now + delay, now, session.spent())
+        session.trace.finish("retrying", now, error)
         return self._later(message, run.run_id, now + delay)
 
     def _suspend(
@@ -551,15 +584,18 @@ class Worker:
             # check; those are read after the suspension instead. An answer that came
             # before it is seen here; one after it finds the run WAITING and wakes it.
             if self.store.wake_run(run.run_id, now):
-                self.queue.send(run.run_id)
+                self.queue.send(run.run_id, trace_header=header_of(run.trace))
+            session.trace.finish("waiting", now)
             return Disposition.ACK
         if not suspended:
             # A token or child it waits for ended between the check and the suspension:
             # carry on at once, in a fresh invocation (as when time runs short).
             self.store.release_to_continue(run.run_id, token, now, session.spent())
-            self.queue.send(run.run_id)
+            self.queue.send(run.run_id, trace_header=header_of(run.trace))
+            session.trace.finish("continued", now)
             return Disposition.ACK
         log.info("run %s: waiting for %s", run.run_id, wait.reason)
+        session.trace.finish("waiting", now)
         if wait.wake_at is None:
             return Disposition.ACK  # no timer: whoever wakes it sends the message
         return self._later(message, run.run_id, wait.wake_at)

@@ -18,6 +18,10 @@ this module needs no environment):
     RUNG_MAX_RECEIVE_COUNT      the queue's DLQ maxReceiveCount (default 10)
     RUNG_LEASE_SECONDS          run lease; above the function timeout (default 960)
     RUNG_MIN_TIME_LEFT_SECONDS  continue in a fresh invocation below this (default 10)
+    RUNG_TRACING                ``off``: send no trace segments (default on; see
+                                docs/observability.md)
+    AWS_XRAY_DAEMON_ADDRESS     set by Lambda with ``Tracing: Active``: segments go to
+                                the daemon; without it, to the X-Ray API
     AWS_ENDPOINT_URL            an emulator or LocalStack (default: AWS)
 """
 
@@ -42,6 +46,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from rung._aws import sessions
 from rung._aws.dynamodb import DynamoStore
 from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, QueueMessage, SqsQueue
+from rung._aws.xray import XRay
 from rung._engine.config import WorkerConfig
 from rung._engine.worker import Disposition, Worker
 from rung._lambda._env import positive_int, require
@@ -82,7 +87,8 @@ def worker() -> Worker:
         lease_duration=timedelta(seconds=positive_int("RUNG_LEASE_SECONDS", 960)),
         min_time_left=timedelta(seconds=positive_int("RUNG_MIN_TIME_LEFT_SECONDS", 10)),
     )
-    return Worker(app, store, queue, SystemClock(), config)
+    xray = XRay.from_environment(sessions.client("xray", endpoint))
+    return Worker(app, store, queue, SystemClock(), config, xray)
 
 
 @logger.inject_lambda_context
@@ -120,6 +126,7 @@ def _message(raw: dict[str, Any]) -> QueueMessage:
         receipt_handle=record.receipt_handle,
         receive_count=int(record.attributes.approximate_receive_count),
         sent_at_ms=int(record.attributes.sent_timestamp),
+        trace_header=record.attributes.aws_trace_header,
     )
 
 

@@ -295,6 +295,7 @@ def run_json(run: Run) -> dict[str, Any]:
         "waiting_for": run.waiting_for,
         "parent_run_id": run.parent_run_id,
         "replay_of": run.replay_of,
+        "trace_id": run.trace_id,
         "redrives": [
             {
                 "attempt": r.attempt,

@@ -252,6 +252,8 @@ def show_run(target: _Target, run_id: str, as_json: bool) -> None:
         grid.add_row("parent", run.parent_run_id)
     if run.replay_of:
         grid.add_row("replay of", run.replay_of)
+    if run.trace_id:
+        grid.add_row("trace", f"{run.trace_id} (X-Ray)")
     for redrive in run.redrives:
         where = f" at step {redrive.step_id}" if redrive.step_id else ""
         grid.add_row(

@@ -44,6 +44,7 @@ from rung._aws.emulator import (
     use_virtual_time,
 )
 from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, BadMessage, QueueMessage, SqsQueue, decode
+from rung._aws.xray import XRay
 from rung._engine.config import WorkerConfig
 from rung._engine.reconciler import DEFAULT_GRACE, Reconciler, ReconcileReport
 from rung._engine.worker import Disposition, Worker
@@ -91,6 +92,7 @@ class LocalEngine:
         min_time_left: see ``invocation_timeout``.
         reconcile_grace: how long past due a run must be before ``reconcile()``
             re-drives it (as on AWS: the reconciler function's grace).
+        tracing: send the runs' trace segments to the emulator's X-Ray (``trace``).
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class LocalEngine:
         invocation_timeout: timedelta | None = None,
         min_time_left: timedelta = timedelta(seconds=10),
         reconcile_grace: timedelta = DEFAULT_GRACE,
+        tracing: bool = True,
     ) -> None:
         if not isinstance(app, App):
             raise UsageError(f"LocalEngine needs a rung.App, got {type(app).__name__}")
@@ -127,6 +130,8 @@ class LocalEngine:
         self._max_receive = max_receive_count
         self._invocation_timeout = invocation_timeout
         self._reconcile_grace = reconcile_grace
+        self._tracing = tracing
+        self.xray: XRay | None = None
         self._stop = threading.Event()
         self._kick = threading.Event()  # set by trigger(): work may be waiting
         self._threads: list[threading.Thread] = []
@@ -185,7 +190,11 @@ class LocalEngine:
                 max_receive_count=self._max_receive,
             )
             self.queue = SqsQueue(self.sqs, self.queue_url, self._max_receive)
-            self.worker = Worker(self.app, self.store, self.queue, self.clock, self._config)
+            if self._tracing:
+                self.xray = XRay(emulator.attach(sessions.client("xray", emulator.url, _REGION)))
+            self.worker = Worker(
+                self.app, self.store, self.queue, self.clock, self._config, self.xray
+            )
             self._client = Client._from_parts(self.app, self.store, self.queue, self.clock)
         except BaseException:
             self.stop()
@@ -266,6 +275,8 @@ class LocalEngine:
     def wait(self, run_id: str, timeout: float = 30.0) -> Run:
         """Wait (wall-clock seconds) until the run is in a terminal status and return it.
 
+        It returns once no worker of this engine is still handling a message of the
+        run, so what the ending attempt sends (its trace segments) can be read back.
         It reads the run again each time a worker of this engine has handled one of
         the run's messages (a run ends while its own message is handled), and at least
         every 0.1 s for an end written otherwise (a cancel, also by a parent's timeout;
@@ -278,8 +289,8 @@ class LocalEngine:
         while True:
             seen = self._handled.get(run_id, 0)
             run = self.get_run(run_id)
-            if run.status.is_terminal:
-                return run
+            if run.status.is_terminal and not self._in_hand.get(run_id):
+                return run  # ended, and no worker is still sending its telemetry
             if time.monotonic() > deadline:
                 waiting = f", waiting for {run.waiting_for}" if run.waiting_for else ""
                 hint = (
@@ -330,6 +341,22 @@ class LocalEngine:
         timeout = min(max(deadline - time.monotonic(), 0.0), _FALLBACK_POLL)
         with self._progress:
             self._progress.wait_for(lambda: self._handled.get(run_id, 0) != seen, timeout)
+
+    def trace(self, run_id: str) -> list[dict[str, Any]]:
+        """The X-Ray segment documents of the run's trace, read back through the
+        emulator's X-Ray API (``BatchGetTraces``), as a user would on AWS: the run's
+        segment, one per attempt (steps as subsegments) and one per wait. A segment
+        sent twice (the run's, in progress and then complete) is listed once, complete.
+        Empty with ``tracing=False``."""
+        trace_id = self.get_run(run_id).trace_id
+        if self.xray is None or trace_id is None:
+            return []
+        latest: dict[str, dict[str, Any]] = {}
+        for document in self.xray.segments(trace_id):
+            if document.get("in_progress") and document["id"] in latest:
+                continue
+            latest[document["id"]] = document
+        return sorted(latest.values(), key=lambda d: (d["start_time"], d.get("end_time", 0)))
 
     def dead_letters(self) -> list[str]:
         """Bodies of the messages that reached the DLQ (received, then left in place)."""

@@ -141,6 +141,10 @@ class NewRun:
     batch: str | None = None
     #: ``Client.replay``: the run this one replays
     replay_of: str | None = None
+    #: its trace context, stored form (``rung._util.traces.TraceContext.stored``)
+    trace: str | None = None
+    #: a child run: its parent's trace id
+    parent_trace_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -258,6 +262,10 @@ class _Base:
                 item["parent_batch"] = _S(new.batch)
         if new.replay_of is not None:
             item["replay_of"] = _S(new.replay_of)
+        if new.trace is not None:
+            item["trace"] = _S(new.trace)
+        if new.parent_trace_id is not None:
+            item["parent_trace_id"] = _S(new.parent_trace_id)
         return item
 
     def _step_item(self, run_id: str, record: StepRecord) -> dict[str, Any]:
@@ -340,6 +348,8 @@ class _Base:
             parent_waits=bool(item.get("parent_waits", {"BOOL": False})["BOOL"]),
             parent_batch=item["parent_batch"]["S"] if "parent_batch" in item else None,
             failed_step=item["failed_step"]["S"] if "failed_step" in item else None,
+            trace=item["trace"]["S"] if "trace" in item else None,
+            parent_trace_id=item["parent_trace_id"]["S"] if "parent_trace_id" in item else None,
         )
 
     def _paginate(self, operation: str, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
