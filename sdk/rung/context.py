@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -71,6 +72,21 @@ class Context:
         self.run_id = scope.run.run_id
         self.task_id = scope.run.task_id
         self.attempt = scope.run.attempt
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger for the task body that writes each line once per run.
+
+        A task body runs again on every attempt and after every wait, replaying the
+        steps it passed; a line logged with ``ctx.logger`` before a point the run had
+        already passed is not written again (``logging`` called directly would be).
+        Lines are written under the logger ``rung.tasks.<task id>`` and carry the
+        run's keys (``run_id``, ``task``, ``attempt``; ``step_id`` inside a step) as
+        ``extra``; on Lambda, ``rung dev`` and ``LocalEngine`` they are JSON lines in
+        the worker's log group (docs/observability.md). Inside a step function, every
+        call writes (the step really runs).
+        """
+        return _ReplayAwareLogger(logging.getLogger(f"rung.tasks.{self.task_id}"), self._core)
 
     def _follow(self, plan: Generator[StepCall, Any, R]) -> R:
         """Run a core plan: each step it asks for is a step of this ctx."""
@@ -595,3 +611,21 @@ def step(
     if fn is not None:
         return decorate(fn)
     return decorate
+
+
+class _ReplayAwareLogger(logging.LoggerAdapter[logging.Logger]):
+    """``ctx.logger``: silent while its scope replays what an earlier attempt did."""
+
+    def __init__(self, logger: logging.Logger, scope: Scope) -> None:
+        run = scope.run
+        super().__init__(
+            logger, {"run_id": run.run_id, "task": run.task_id, "attempt": run.attempt}
+        )
+        self._scope = scope
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 (logging's name)
+        return not self._scope.replaying() and self.logger.isEnabledFor(level)
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs

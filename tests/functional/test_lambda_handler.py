@@ -241,6 +241,27 @@ def test_logs_are_json_with_the_app_as_service(deployed: Deployment) -> None:
     assert poison[0]["function_name"] == "rung-worker"
 
 
+def test_a_completed_run_leaves_json_lifecycle_lines_with_its_keys(deployed: Deployment) -> None:
+    handle = deployed.client.trigger("greet", {"name": "Lin"})
+    stdout = io.StringIO()  # Lambda sends the function's stdout to CloudWatch Logs
+    previous = worker_module.logger.registered_handler.setStream(stdout)  # type: ignore[attr-defined]
+    try:
+        deployed.deliver(deployed.receive())
+    finally:
+        worker_module.logger.registered_handler.setStream(previous)  # type: ignore[attr-defined]
+
+    run = deployed.client.get_run(handle.run_id)
+    lines = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    mine = [line for line in lines if line.get("run_id") == handle.run_id]
+    assert [line["rung_event"] for line in mine if "rung_event" in line] == [
+        "AttemptStarted",
+        "Completed",
+    ]
+    assert all(line["task"] == "greet" and line["attempt"] == 1 for line in mine)
+    assert all(line["trace_id"] == run.trace_id for line in mine)
+    assert mine[-1]["level"] == "INFO" and mine[-1]["duration_ms"] >= 0
+
+
 def test_a_transient_step_failure_is_retried_by_a_later_invocation(
     deployed: Deployment,
 ) -> None:

@@ -266,6 +266,14 @@ class Scope:
         finally:
             self.path = previous
 
+    def replaying(self) -> bool:
+        """Whether the code running in this scope now ran in an earlier attempt: its
+        next durable operation has a checkpoint (read when the attempt began). Inside a
+        step the step's own code runs for real: not replaying."""
+        if current_step_info.get() is not None:
+            return False
+        return (self.path, self._seq.get(self.path, 0) + 1) in self.run.by_seq
+
     def next_step_id(self, name: str) -> str:
         """The step id the next call named ``name`` gets (without taking it)."""
         return f"{self.path}/{name}#{self._occurrences.get((self.path, name), 0) + 1}"

@@ -23,7 +23,7 @@ from rung._durable.signals import Canceled, ContinueLater, SlotLost, TimeLimitRe
 from rung._engine.admission import Gate
 from rung._engine.config import WorkerConfig
 from rung._engine.lifecycle import Lifecycle
-from rung._engine.tracing import AttemptTrace
+from rung._engine.telemetry import Telemetry
 from rung._util.clock import Clock
 from rung._util.traces import TraceContext
 from rung.app import App, Task
@@ -64,11 +64,11 @@ class Session:
         token: int,
         time_left: Callable[[], float] | None,
         max_duration: timedelta | None,
-        trace: AttemptTrace,
+        telemetry: Telemetry,
     ) -> None:
         self._worker = worker
-        #: the attempt's segments in the run's trace (rung._engine.tracing)
-        self.trace = trace
+        #: what the invocation reports: trace segments, lifecycle lines
+        self.telemetry = telemetry
         self._run = run
         self._token = token
         self._time_left = time_left
@@ -235,7 +235,7 @@ class Session:
         if created:
             # A crash before this send leaves the child QUEUED: the reconciler sends it.
             self._worker.queue.send(child_id, delay, child_trace.header())
-            self.trace.child_started(record.step_id, now, child_id, task_id, child_trace)
+            self.telemetry.child_started(record.step_id, now, child_id, task_id, child_trace)
         return stored, created
 
     def get_runs(self, run_ids: list[str]) -> dict[str, Run]:
@@ -250,7 +250,7 @@ class Session:
 
     def record_step(self, record: StepRecord) -> StepRecord:
         stored = self._worker.store.record_step(self._run.run_id, record)
-        self.trace.checkpoint(record)  # what this attempt did (a race's loser too)
+        self.telemetry.checkpoint(record)  # what this attempt did (a race's loser too)
         return stored
 
     def mark_started(self, record: StepRecord, replace_attempt: int | None) -> StepRecord:

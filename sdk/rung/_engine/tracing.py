@@ -282,14 +282,6 @@ class AttemptTrace:
         return document
 
 
-def lost_attempt(xray: XRay | None, run: Run, lost_at: datetime, error: ErrorInfo) -> None:
-    """The segment of an invocation whose worker died (written by the one taking over):
-    from the dead worker's last write to the run (its claim or a lease renewal) to the
-    takeover."""
-    trace = AttemptTrace(xray, run, run.updated_at)
-    trace.finish("worker lost", lost_at, error)
-
-
 def _span(
     name: str,
     start: datetime,

@@ -43,9 +43,10 @@ from rung._durable.state import RunState, Scope, error_info
 from rung._engine.admission import Delayed, Gate, Parked, describe_delay, is_late
 from rung._engine.config import WorkerConfig
 from rung._engine.lifecycle import Lifecycle
+from rung._engine.logs import bound
 from rung._engine.queues import QueueAdmin
 from rung._engine.session import Session
-from rung._engine.tracing import AttemptTrace, lost_attempt
+from rung._engine.telemetry import Telemetry
 from rung._util import serde
 from rung._util.clock import Clock, to_ms
 from rung._util.traces import header_of
@@ -248,12 +249,14 @@ class Worker:
             max_attempts = self.app.get_task(run.task_id).retry.max_attempts
         except UnknownTask:
             max_attempts = 1
-        lost_attempt(self.xray, run, now, error)
+        # The dead invocation's segment runs from its last write to the run (its claim
+        # or a lease renewal) to now; reported by the finder that wins the run.
+        lost = Telemetry(self.xray, run, run.updated_at, owner=self)
         if _run_level_failures(run) + 1 >= max_attempts:
-            log.error("run %s: %s; no attempts left", run.run_id, error.message)
             # Fenced on the dead holder's token: one of several finders wins.
-            with contextlib.suppress(LeaseLost):
+            with contextlib.suppress(LeaseLost), bound(lost.log_context):
                 self._fail(run, run.lease_token, error, failure, now)
+                lost.finish("worker lost", now, error, RunStatus.FAILED)
             with contextlib.suppress(UnknownTask):
                 spec = self.app.get_task(run.task_id).queue
                 if spec is not None:  # the dead holder's slot: free it for the next run
@@ -261,9 +264,8 @@ class Worker:
             return NotClaimed("terminal", run, None)
         claim = self.store.reclaim_crashed(run, now, self.config.lease_duration, failure)
         if isinstance(claim, Claimed):
-            log.warning(
-                "run %s: %s; starting attempt %d", run.run_id, error.message, claim.run.attempt
-            )
+            with bound(lost.log_context):
+                lost.finish("worker lost", now, error)
         return claim
 
     # -- one attempt -----------------------------------------------------------------
@@ -272,8 +274,10 @@ class Worker:
         self, message: QueueMessage, claim: Claimed, time_left: Callable[[], float] | None
     ) -> Disposition:
         run, token = claim.run, claim.token
+        telemetry = Telemetry(self.xray, run, self.clock.now(), owner=self)
         try:
-            return self._run_attempt(message, run, token, time_left)
+            with bound(telemetry.log_context):  # every line until it ends names the run
+                return self._run_attempt(message, run, token, time_left, telemetry)
         except LeaseLost as exc:
             # Another worker owns the run now: stop, and leave the message alone (its
             # redelivery finds the run finished, or held, and is handled then).
@@ -281,7 +285,12 @@ class Worker:
             return Disposition.KEEP
 
     def _run_attempt(
-        self, message: QueueMessage, run: Run, token: int, time_left: Callable[[], float] | None
+        self,
+        message: QueueMessage,
+        run: Run,
+        token: int,
+        time_left: Callable[[], float] | None,
+        telemetry: Telemetry,
     ) -> Disposition:
         now = self.clock.now
         try:
@@ -291,15 +300,13 @@ class Worker:
                 "UnknownTask",
                 f"{exc}; was the task removed or renamed in a deploy while this run was in flight?",
             )
-            self._fail(run, token, error, None, now())
+            self._fail(run, token, error, None, now(), telemetry)
             return Disposition.ACK
         # A run's first claim cannot find checkpoints: nobody held it before.
         records = self.store.load_steps(run.run_id) if token > 1 else {}
         attempt_start = run.attempt_started_at or now()
-        trace = AttemptTrace(self.xray, run, now())  # this invocation's part of the attempt
-        trace.checkpoints_loaded = len(records)
-        trace.timers_passed(records.values(), run.available_at)
-        session = Session(self, run, token, time_left, task.max_duration, trace)
+        telemetry.started(records)
+        session = Session(self, run, token, time_left, task.max_duration, telemetry)
         scope = Scope(
             RunState(
                 run_id=run.run_id,
@@ -313,7 +320,7 @@ class Worker:
         try:
             payload = task.decode_payload(serde.dumps(run.payload, "payload"))
         except Exception as exc:
-            self._fail(run, token, _payload_error(task, exc), None, now(), trace=trace)
+            self._fail(run, token, _payload_error(task, exc), None, now(), telemetry)
             return Disposition.ACK
         spec = task.queue
         if spec is not None:
@@ -348,12 +355,12 @@ class Worker:
         hand-off, deferred to its rate-limited start or past contention, or failed for
         a payload its flow options refuse) and this is what to do with the message."""
         now = self.clock.now
-        trace = session.trace
+        report = session.telemetry
         try:
             key, priority = task.flow_of(payload)
         except InvalidPayload as exc:
             error = ErrorInfo("InvalidPayload", str(exc))
-            self._fail(run, token, error, None, now(), trace=trace)
+            self._fail(run, token, error, None, now(), report)
             return Disposition.ACK
         unused: datetime | None = None  # a reservation come to too late
         while True:
@@ -373,11 +380,11 @@ class Worker:
                     now(),
                     session.spent(),
                 )
-                trace.finish("deferred", now(), ErrorInfo("Contended", str(exc)))
+                report.finish("deferred", now(), reason=f"contention on queue {spec.name!r}")
                 return self._later(message, run.run_id, again)
             if isinstance(verdict, Parked):
-                trace.parked(spec.name, key, now(), "no free slot")
-                trace.finish("parked", now())
+                report.parked(spec.name, key, now(), "no free slot")
+                report.finish("parked", now(), reason=f"queue {spec.name!r}")
                 return Disposition.ACK  # a hand-off (or the safety net) sends it again
             if not isinstance(verdict, Delayed):
                 return None
@@ -393,8 +400,8 @@ class Worker:
                     now(),
                     session.spent(),
                 )
-                trace.parked(spec.name, key, now(), describe_delay(spec, verdict.until))
-                trace.finish("deferred", now())
+                report.parked(spec.name, key, now(), describe_delay(spec, verdict.until))
+                report.finish("deferred", now(), reason=describe_delay(spec, verdict.until))
                 return self._later(message, run.run_id, verdict.until - RATE_SLEEP)
             # Less than a second to the reserved start: wait for it here, so the
             # run starts at its reservation, not at the next whole second.
@@ -419,7 +426,7 @@ class Worker:
     ) -> Disposition:
         """Run the task body once and record how it ended."""
         now = self.clock.now
-        trace = session.trace
+        report = session.telemetry
         try:
             with scope.entered():
                 result = task.fn(Context(scope), payload)
@@ -437,23 +444,15 @@ class Worker:
             due = now() + retry.delay
             self.store.schedule_retry(run.run_id, token, failure, due, now(), session.spent())
             step_attempt = len(session.failed_attempts_of(retry.step_id)) + 1
-            trace.step_failed(
+            report.step_failed(
                 retry.step_id, step_attempt, retry.started_at, failure.failed_at, retry.error
             )
-            trace.finish("retrying", now(), retry.error)
-            log.info(
-                "run %s: step %s failed (%s); retry in %s",
-                run.run_id,
-                retry.step_id,
-                retry.error,
-                retry.delay,
-            )
+            report.finish("retrying", now(), retry.error, delay=retry.delay)
             return self._later(message, run.run_id, due)
         except ContinueLater:
             self.store.release_to_continue(run.run_id, token, now(), session.spent())
             self.queue.send(run.run_id, trace_header=header_of(run.trace))
-            log.info("run %s: continuing in a fresh invocation", run.run_id)
-            trace.finish("continued", now())
+            report.finish("continued", now())
             return Disposition.ACK
         except Suspend as wait:
             return self._suspend(message, run, token, wait, session)
@@ -465,21 +464,19 @@ class Worker:
                     run.run_id, token, error, now(), wake_parent=ParentLink.of(run)
                 ),
             )
-            log.warning("run %s: %s", run.run_id, limit.message)
-            trace.finish("timed out", now(), error, RunStatus.TIMED_OUT)
+            report.finish("timed out", now(), error, RunStatus.TIMED_OUT)
             return Disposition.ACK
         except StepFailed as exc:  # a step failed for good and the task did not catch it
             error = ErrorInfo(
                 exc.error_type, f"step {exc.step_id!r} failed: {exc.message}", exc.traceback
             )
-            self._fail(run, token, error, None, now(), failed_step=exc.step_id, trace=trace)
+            self._fail(run, token, error, None, now(), report, failed_step=exc.step_id)
             return Disposition.ACK
         except NonDeterminismError as exc:
-            self._fail(run, token, error_info(exc), None, now(), trace=trace)
+            self._fail(run, token, error_info(exc), None, now(), report)
             return Disposition.ACK
         except Canceled:
-            log.info("run %s was canceled; its attempt stops before its next step", run.run_id)
-            trace.finish("canceled", now(), None, RunStatus.CANCELED)
+            report.finish("canceled", now(), None, RunStatus.CANCELED)
             return Disposition.ACK
         except Exception as exc:  # the task body itself failed, outside any step
             return self._body_failed(message, run, token, task, exc, attempt_start, session)
@@ -490,7 +487,7 @@ class Worker:
             output = serde.dumps(result, f"the output of run {run.run_id}")
         except (serde.NotSerializable, PayloadTooLarge) as exc:
             error = ErrorInfo(type(exc).__name__, str(exc))
-            self._fail(run, token, error, None, now(), trace=trace)
+            self._fail(run, token, error, None, now(), report)
             return Disposition.ACK
         self._wake_parent(
             run,
@@ -498,7 +495,7 @@ class Worker:
                 run.run_id, token, output, now(), wake_parent=ParentLink.of(run)
             ),
         )
-        trace.finish("completed", now(), None, RunStatus.COMPLETED)
+        report.finish("completed", now(), None, RunStatus.COMPLETED)
         return Disposition.ACK
 
     def _fail(
@@ -508,8 +505,8 @@ class Worker:
         error: ErrorInfo,
         failure: Failure | None,
         now: datetime,
+        report: Telemetry | None = None,
         failed_step: str | None = None,
-        trace: AttemptTrace | None = None,
     ) -> None:
         woke = self.store.fail_run(
             run.run_id,
@@ -521,8 +518,8 @@ class Worker:
             wake_parent=ParentLink.of(run),
         )
         self._wake_parent(run, woke)
-        if trace is not None:
-            trace.finish("failed", now, error, RunStatus.FAILED)
+        if report is not None:
+            report.finish("failed", now, error, RunStatus.FAILED)
 
     def _wake_parent(self, run: Run, woke: bool) -> None:
         """After a terminal transition that woke the waiting parent: send its message.
@@ -555,10 +552,10 @@ class Worker:
             delay=delay,
         )
         if delay is None:
-            self._fail(run, token, error, failure, now, trace=session.trace)
+            self._fail(run, token, error, failure, now, session.telemetry)
             return Disposition.ACK
         self.store.schedule_retry(run.run_id, token, failure, now + delay, now, session.spent())
-        session.trace.finish("retrying", now, error)
+        session.telemetry.finish("retrying", now, error, delay=delay)
         return self._later(message, run.run_id, now + delay)
 
     def _suspend(
@@ -585,17 +582,16 @@ class Worker:
             # before it is seen here; one after it finds the run WAITING and wakes it.
             if self.store.wake_run(run.run_id, now):
                 self.queue.send(run.run_id, trace_header=header_of(run.trace))
-            session.trace.finish("waiting", now)
+            session.telemetry.finish("waiting", now, reason=wait.reason)
             return Disposition.ACK
         if not suspended:
             # A token or child it waits for ended between the check and the suspension:
             # carry on at once, in a fresh invocation (as when time runs short).
             self.store.release_to_continue(run.run_id, token, now, session.spent())
             self.queue.send(run.run_id, trace_header=header_of(run.trace))
-            session.trace.finish("continued", now)
+            session.telemetry.finish("continued", now)
             return Disposition.ACK
-        log.info("run %s: waiting for %s", run.run_id, wait.reason)
-        session.trace.finish("waiting", now)
+        session.telemetry.finish("waiting", now, reason=wait.reason)
         if wait.wake_at is None:
             return Disposition.ACK  # no timer: whoever wakes it sends the message
         return self._later(message, run.run_id, wait.wake_at)

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import os
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -48,6 +50,7 @@ from rung._aws.dynamodb import DynamoStore
 from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, QueueMessage, SqsQueue
 from rung._aws.xray import XRay
 from rung._engine.config import WorkerConfig
+from rung._engine.logs import RunContextFilter
 from rung._engine.worker import Disposition, Worker
 from rung._lambda._env import positive_int, require
 from rung._util.clock import SystemClock
@@ -72,6 +75,7 @@ def worker() -> Worker:
         logger.append_keys(service=app.name)
     # rung's own loggers ("rung.worker", ...) write the same structured JSON.
     copy_config_to_registered_loggers(source_logger=logger, include={"rung"})
+    structured_logging(logger)
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
     max_receive = positive_int("RUNG_MAX_RECEIVE_COUNT", DEFAULT_MAX_RECEIVE_COUNT)
     store = DynamoStore(
@@ -116,6 +120,33 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             raise MessageNotDone(f"message {record.message_id}: {disposition}")
 
     return dict(process_partial_response(event, record_handler, _processor, context))
+
+
+def structured_logging(source: Logger) -> None:
+    """Every line of the process as JSON with the run's keys (docs/observability.md):
+    rung's loggers (Powertools' handler, copied to them) and the task's own, which
+    reach the root logger (Lambda's handler there, or one to stderr as in ``rung dev``),
+    get Powertools' formatter and ``RunContextFilter``; INFO lines are kept, so a
+    completed run leaves its lifecycle lines."""
+    root = logging.getLogger()
+    # Only where a Lambda runtime owns the process (Lambda, rung dev's workers): a host
+    # that imports the handler (a test) keeps its own root handlers as they are.
+    on_lambda = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+    if on_lambda and not root.handlers:
+        root.addHandler(logging.StreamHandler(sys.stderr))
+    handlers = [*source.handlers, *logging.getLogger("rung").handlers]
+    if on_lambda:
+        handlers += root.handlers
+    for handler in {id(h): h for h in handlers}.values():
+        if not any(isinstance(f, RunContextFilter) for f in handler.filters):
+            handler.addFilter(RunContextFilter())
+    for name in ("", "rung") if on_lambda else ("rung",):
+        named = logging.getLogger(name)
+        if named.level in (logging.NOTSET, logging.WARNING):  # unset, or Python's default
+            named.setLevel(source.log_level)
+        if name == "" and on_lambda:
+            for handler in named.handlers:
+                handler.setFormatter(source.registered_formatter)
 
 
 def _message(raw: dict[str, Any]) -> QueueMessage:

@@ -43,9 +43,11 @@ from rung._aws.emulator import (
     release_virtual_time,
     use_virtual_time,
 )
+from rung._aws.logs import LogEvent, LogStream, run_events, stream_name
 from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, BadMessage, QueueMessage, SqsQueue, decode
 from rung._aws.xray import XRay
 from rung._engine.config import WorkerConfig
+from rung._engine.logs import RunContextFilter
 from rung._engine.reconciler import DEFAULT_GRACE, Reconciler, ReconcileReport
 from rung._engine.worker import Disposition, Worker
 from rung._util.clock import Clock, SystemClock, VirtualClock, from_ms
@@ -92,7 +94,9 @@ class LocalEngine:
         min_time_left: see ``invocation_timeout``.
         reconcile_grace: how long past due a run must be before ``reconcile()``
             re-drives it (as on AWS: the reconciler function's grace).
-        tracing: send the runs' trace segments to the emulator's X-Ray (``trace``).
+        telemetry: send what the runs report to the emulator, as Lambda would on AWS:
+            trace segments to its X-Ray (``trace``), log lines to its CloudWatch Logs
+            (``logs``). False sends neither.
     """
 
     def __init__(
@@ -106,7 +110,7 @@ class LocalEngine:
         invocation_timeout: timedelta | None = None,
         min_time_left: timedelta = timedelta(seconds=10),
         reconcile_grace: timedelta = DEFAULT_GRACE,
-        tracing: bool = True,
+        telemetry: bool = True,
     ) -> None:
         if not isinstance(app, App):
             raise UsageError(f"LocalEngine needs a rung.App, got {type(app).__name__}")
@@ -130,8 +134,11 @@ class LocalEngine:
         self._max_receive = max_receive_count
         self._invocation_timeout = invocation_timeout
         self._reconcile_grace = reconcile_grace
-        self._tracing = tracing
+        self._telemetry = telemetry
         self.xray: XRay | None = None
+        self._log_stream: LogStream | None = None
+        self._log_handler: logging.Handler | None = None
+        self._log_targets: list[logging.Logger] = []
         self._stop = threading.Event()
         self._kick = threading.Event()  # set by trigger(): work may be waiting
         self._threads: list[threading.Thread] = []
@@ -190,11 +197,13 @@ class LocalEngine:
                 max_receive_count=self._max_receive,
             )
             self.queue = SqsQueue(self.sqs, self.queue_url, self._max_receive)
-            if self._tracing:
+            if self._telemetry:
                 self.xray = XRay(emulator.attach(sessions.client("xray", emulator.url, _REGION)))
             self.worker = Worker(
                 self.app, self.store, self.queue, self.clock, self._config, self.xray
             )
+            if self._telemetry:
+                self._ship_logs(emulator)
             self._client = Client._from_parts(self.app, self.store, self.queue, self.clock)
         except BaseException:
             self.stop()
@@ -211,6 +220,10 @@ class LocalEngine:
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()
+        if self._log_handler is not None:
+            for target in self._log_targets:
+                target.removeHandler(self._log_handler)
+            self._log_handler = None
         if self._emulator is not None:
             self._drop_resources()
             self._emulator = None
@@ -221,6 +234,9 @@ class LocalEngine:
         # The shared emulator outlives this engine: leave nothing of ours behind in it.
         with contextlib.suppress(Exception):
             self.dynamodb.delete_table(TableName=self.table_name)
+        if self._log_stream is not None:
+            with contextlib.suppress(Exception):
+                self._log_stream.client.delete_log_group(logGroupName=self.log_group)
         for url in (getattr(self, "queue_url", None), getattr(self, "dlq_url", None)):
             if url:
                 with contextlib.suppress(Exception):
@@ -347,7 +363,7 @@ class LocalEngine:
         emulator's X-Ray API (``BatchGetTraces``), as a user would on AWS: the run's
         segment, one per attempt (steps as subsegments) and one per wait. A segment
         sent twice (the run's, in progress and then complete) is listed once, complete.
-        Empty with ``tracing=False``."""
+        Empty with ``telemetry=False``."""
         trace_id = self.get_run(run_id).trace_id
         if self.xray is None or trace_id is None:
             return []
@@ -357,6 +373,44 @@ class LocalEngine:
                 continue
             latest[document["id"]] = document
         return sorted(latest.values(), key=lambda d: (d["start_time"], d.get("end_time", 0)))
+
+    def logs(self, run_id: str) -> list[LogEvent]:
+        """The run's log lines (rung's lifecycle lines and the task's own), read back
+        through the emulator's CloudWatch Logs API (``FilterLogEvents`` on
+        ``log_group``), oldest first; ``LogEvent.fields`` has a line's JSON keys
+        (``run_id``, ``task``, ``attempt``, ``step_id``, ``trace_id``, ``rung_event``...).
+        Times are wall-clock: virtual time does not move log lines. Empty with
+        ``telemetry=False``."""
+        if self._log_stream is None:
+            return []
+        self._log_stream.flush()
+        return run_events(self._log_stream.client, self.log_group, run_id)
+
+    def _ship_logs(self, emulator: EmbeddedEmulator) -> None:
+        """Play Lambda's log agent: lines written while this engine's workers handle a
+        run go, as JSON, to a log group of the emulator (one stream for this engine)."""
+        from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+        client = emulator.attach(sessions.client("logs", emulator.url, _REGION))
+        self.log_group = f"/aws/lambda/{self.table_name}-worker"
+        self._log_stream = stream = LogStream(client, self.log_group, stream_name(self.clock.now()))
+        handler = _ShippingHandler(stream)
+        handler.setFormatter(LambdaPowertoolsFormatter(service=self.app.name, name="%(name)s"))
+        handler.addFilter(RunContextFilter(owner=self.worker))
+        # rung's lifecycle lines are INFO; a logger left at its default would drop them.
+        rung_logger = logging.getLogger("rung")
+        if rung_logger.level == logging.NOTSET:
+            rung_logger.setLevel(logging.INFO)
+        # The root logger sees what propagates; a logger configured not to propagate
+        # (Powertools' copied config does that) gets the handler of its own.
+        self._log_targets = [logging.getLogger()] + [
+            known
+            for known in list(logging.Logger.manager.loggerDict.values())
+            if isinstance(known, logging.Logger) and not known.propagate
+        ]
+        for target in self._log_targets:
+            target.addHandler(handler)
+        self._log_handler = handler
 
     def dead_letters(self) -> list[str]:
         """Bodies of the messages that reached the DLQ (received, then left in place)."""
@@ -492,6 +546,8 @@ class LocalEngine:
         try:
             self._handle(message)
         finally:
+            if self._log_stream is not None:
+                self._log_stream.flush()  # before wait() can return: its lines are there
             with self._progress:
                 self._in_hand[run_id] -= 1
                 self._handled[run_id] = self._handled.get(run_id, 0) + 1
@@ -519,3 +575,17 @@ class LocalEngine:
             return
         if disposition == Disposition.ACK:
             self.queue.delete(message)
+
+
+class _ShippingHandler(logging.Handler):
+    """Writes formatted lines to a CloudWatch Logs stream (flushed by the engine)."""
+
+    def __init__(self, stream: LogStream) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(int(record.created * 1000), self.format(record))
+        except Exception:
+            self.handleError(record)

@@ -1,0 +1,208 @@
+"""What one invocation of a run reports, as it goes: its trace segments
+(``rung._engine.tracing``) and one log line per lifecycle event, each with a
+``rung_event`` key and the run's keys (``rung._engine.logs``).
+
+The worker and the session call ``Telemetry`` at the points where the attempt's story
+changes; it fans each call out to the trace and the log, so that a new kind of output
+(metrics, events) is one more consumer here, not more calls in the worker.
+
+Lifecycle lines (logger ``rung.worker``; docs/observability.md):
+
+| ``rung_event`` | level | when |
+|---|---|---|
+| AttemptStarted | INFO | an invocation starts a new attempt |
+| AttemptResumed | INFO | an invocation goes on with an attempt (after a wait, a continuation) |
+| StepFailed | WARNING | a step failed for good (the task may still catch it) |
+| RetryScheduled | WARNING | a step or the body failed; another attempt follows (``delay_seconds``)|
+| Suspended | INFO | the run waits (``waiting_for``) |
+| Continued | INFO | the run goes on in a fresh invocation (time short, a slot lost) |
+| Parked / Deferred | INFO | the run waits for a slot or a rate of its queue |
+| Completed | INFO | the run completed (``duration_ms`` since its trigger) |
+| Failed / TimedOut | ERROR | the run failed, or reached its max_duration |
+| Canceled | INFO | the attempt saw the run canceled and stopped |
+| WorkerLost | WARNING | the worker of an invocation died; written by the one taking over |
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from rung._aws.xray import XRay
+from rung._engine.logs import RunLogContext
+from rung._engine.tracing import AttemptTrace
+from rung._util.durations import format_duration
+from rung._util.traces import TraceContext
+from rung.errors import ErrorInfo
+from rung.models import Run, StepRecord
+
+log = logging.getLogger("rung.worker")
+
+
+class Telemetry:
+    """One invocation's reports (see the module docstring). Thread-safe as the trace is;
+    lines are written at once."""
+
+    def __init__(
+        self, xray: XRay | None, run: Run, started_at: datetime, owner: object = None
+    ) -> None:
+        self.trace = AttemptTrace(xray, run, started_at)
+        self.run = run
+        self.log_context = RunLogContext(
+            run.run_id, run.task_id, run.attempt, run.trace_id, owner=owner
+        )
+        self._failed_step: str | None = None
+
+    def started(self, records: Mapping[str, StepRecord]) -> None:
+        """The invocation claimed the run and read its checkpoints."""
+        run = self.run
+        self.trace.checkpoints_loaded = len(records)
+        self.trace.timers_passed(records.values(), run.available_at)
+        # The claim sets attempt_started_at (to its own time) only when it starts an attempt.
+        resumed = run.attempt_started_at is not None and run.attempt_started_at != run.updated_at
+        _line(
+            logging.INFO,
+            "AttemptResumed" if resumed else "AttemptStarted",
+            "run %s: attempt %d %s (task %s, %d checkpoints)",
+            run.run_id,
+            run.attempt,
+            "resumed" if resumed else "started",
+            run.task_id,
+            len(records),
+        )
+
+    def checkpoint(self, record: StepRecord) -> None:
+        """A checkpoint this invocation wrote."""
+        self.trace.checkpoint(record)
+        if record.kind == "step" and record.outcome == "failed" and record.error is not None:
+            _line(
+                logging.WARNING,
+                "StepFailed",
+                "run %s: step %s failed for good: %s: %s",
+                self.run.run_id,
+                record.step_id,
+                record.error.type,
+                record.error.message,
+                error=record.error,
+            )
+
+    def step_failed(
+        self,
+        step_id: str,
+        attempt: int,
+        started_at: datetime,
+        failed_at: datetime,
+        error: ErrorInfo,
+    ) -> None:
+        """A step failed and will be retried (``finish("retrying")`` says when)."""
+        self._failed_step = step_id
+        self.trace.step_failed(step_id, attempt, started_at, failed_at, error)
+
+    def child_started(
+        self, step_id: str, at: datetime, child_id: str, task_id: str, child: TraceContext
+    ) -> None:
+        self.trace.child_started(step_id, at, child_id, task_id, child)
+        _line(
+            logging.INFO,
+            "ChildStarted",
+            "run %s: started child run %s (task %s) at %s",
+            self.run.run_id,
+            child_id,
+            task_id,
+            step_id,
+            child_run_id=child_id,
+        )
+
+    def parked(self, queue: str, key: str | None, at: datetime, reason: str) -> None:
+        self.trace.parked(queue, key, at, reason)
+
+    def finish(
+        self,
+        status: str,
+        at: datetime,
+        error: ErrorInfo | None = None,
+        run_ended: str | None = None,
+        *,
+        delay: timedelta | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """The invocation ended: ``status`` says how (the attempt segment's
+        ``rung_status``); ``run_ended``, the run's terminal status if it ended the run;
+        ``delay`` the backoff of a retry, ``reason`` what a wait or a park is for."""
+        self.trace.finish(status, at, error, run_ended)
+        run_id = self.run.run_id
+        if status == "completed":
+            took = at - self.run.created_at
+            _line(
+                logging.INFO,
+                "Completed",
+                "run %s completed (%s since its trigger)",
+                run_id,
+                format_duration(took),
+                duration_ms=int(took.total_seconds() * 1000),
+            )
+        elif status == "retrying" and error is not None:
+            where = f"step {self._failed_step}" if self._failed_step else "the task body"
+            _line(
+                logging.WARNING,
+                "RetryScheduled",
+                "run %s: %s failed (%s: %s); retry in %s",
+                run_id,
+                where,
+                error.type,
+                error.message,
+                format_duration(delay or timedelta(0)),
+                error=error,
+                delay_seconds=(delay or timedelta(0)).total_seconds(),
+            )
+        elif status == "waiting":
+            _line(
+                logging.INFO,
+                "Suspended",
+                "run %s: waiting for %s",
+                run_id,
+                reason,
+                waiting_for=reason,
+            )
+        elif status == "continued":
+            _line(logging.INFO, "Continued", "run %s: continuing in a fresh invocation", run_id)
+        elif status in ("parked", "deferred"):
+            _line(
+                logging.INFO,
+                status.capitalize(),
+                "run %s: %s (%s)",
+                run_id,
+                "waits for a slot" if status == "parked" else "start deferred",
+                reason,
+            )
+        elif status == "canceled":
+            _line(
+                logging.INFO,
+                "Canceled",
+                "run %s was canceled; its attempt stopped before its next step",
+                run_id,
+            )
+        elif status == "worker lost" and error is not None:
+            _line(logging.WARNING, "WorkerLost", "run %s: %s", run_id, error.message, error=error)
+        if run_ended == "FAILED" and status != "failed" and error is not None:
+            status = "failed"  # a crash with no attempts left: the run's end, too
+        if status in ("failed", "timed out") and error is not None:
+            _line(
+                logging.ERROR,
+                "TimedOut" if status == "timed out" else "Failed",
+                "run %s %s: %s: %s",
+                run_id,
+                "timed out" if status == "timed out" else "failed",
+                error.type,
+                error.message,
+                error=error,
+            )
+
+
+def _line(level: int, event: str, message: str, *args: Any, **fields: Any) -> None:
+    error = fields.pop("error", None)
+    if isinstance(error, ErrorInfo):
+        fields["error_type"] = error.type
+    log.log(level, message, *args, extra={"rung_event": event, **fields})
