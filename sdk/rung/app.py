@@ -110,8 +110,9 @@ class Task(Generic[R]):
         """Validate ``payload`` for this task and return it as stored JSON.
 
         The payload is first turned into its JSON form (docs/determinism.md lists the
-        conversions), then validated against the task's payload annotation, exactly as
-        the worker will revive it, so a payload that is accepted here always revives.
+        conversions; a model's computed fields are left out, as they are not input),
+        then that JSON text is validated against the task's payload annotation, exactly
+        as the worker will revive it, so a payload that is accepted here always revives.
 
         Raises:
             InvalidPayload: it fails the task's payload type or is not JSON-serializable.
@@ -119,28 +120,23 @@ class Task(Generic[R]):
         """
         what = f"the payload for task {self.id!r}"
         try:
-            plain = serde.jsonable(payload, what)
-        except serde.NotSerializable as exc:
-            raise InvalidPayload(str(exc)) from None
-        value = plain
-        adapter = serde.adapter(self.payload_type)
-        if adapter is not None:
+            text = serde.dumps(payload, what, as_input=True)
+            adapter = serde.adapter(self.payload_type)
+            if adapter is None:
+                return text
             try:
-                value = adapter.validate_python(plain)
+                value = adapter.validate_json(text)
             except pydantic.ValidationError as exc:
                 raise InvalidPayload(
                     f"payload for task {self.id!r} does not match "
                     f"{_type_name(self.payload_type)}: {serde.problems(exc)}"
                 ) from None
-        try:
-            text = serde.dumps(value, what)
-            if adapter is not None and not _revives(adapter, text):
-                # The validated value's JSON form does not validate again (a computed
-                # field where extra fields are forbidden): store the form that passed.
-                text = serde.dumps(plain, what)
+            # Store the validated form (defaults filled in, values converted) if it
+            # validates again as it is; else the form that passed.
+            validated = serde.dumps(value, what, as_input=True)
         except serde.NotSerializable as exc:
             raise InvalidPayload(str(exc)) from None
-        return text
+        return validated if _revives(adapter, validated) else text
 
     def decode_payload(self, text: str) -> Any:
         return serde.loads(text, self.payload_type)
