@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, TypeVar, overload
@@ -20,6 +20,10 @@ from rung.retry import DEFAULT_RETRY, RetryPolicy
 
 #: The range of priorities (higher runs first).
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
+#: The most tags a run carries, and the longest tag.
+MAX_TAGS, MAX_TAG_CHARS = 10, 128
+#: The longest idempotency key.
+MAX_IDEMPOTENCY_KEY = 256
 
 R = TypeVar("R")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -140,6 +144,66 @@ class Task(Generic[R]):
 
     def decode_payload(self, text: str) -> Any:
         return serde.loads(text, self.payload_type)
+
+    def prepare(self, payload: Any) -> str:
+        """Check ``payload`` for a new run of this task, as every trigger does (a
+        client's, a replay's, a parent's for its child): ``encode_payload``, and with
+        a queue, ``flow_of`` (its concurrency key and priority must work). Returns the
+        JSON to store.
+
+        Raises:
+            InvalidPayload, PayloadTooLarge: as ``encode_payload`` and ``flow_of``.
+        """
+        text = self.encode_payload(payload)
+        if self.queue is not None:
+            self.flow_of(self.decode_payload(text))
+        return text
+
+
+def check_tags(tags: object, what: str) -> tuple[str, ...]:
+    """A new run's ``tags`` (None: none), checked; ``what`` names the call in errors.
+
+    Raises:
+        InvalidConfig: not a list of at most ``MAX_TAGS`` non-empty strings of at most
+            ``MAX_TAG_CHARS`` characters.
+    """
+    if tags is None:
+        return ()
+    if isinstance(tags, str):
+        raise InvalidConfig(
+            f"{what} tags must be a list of strings, not a single string: tags=[{tags!r:.80}]"
+        )
+    if isinstance(tags, bytes | Mapping) or not isinstance(tags, Iterable):
+        raise InvalidConfig(
+            f"{what} tags must be a list of strings, got {type(tags).__name__} {tags!r:.80}"
+        )
+    result = tuple(tags)
+    rule = (
+        f"{what} tags must be at most {MAX_TAGS} non-empty strings of at most "
+        f"{MAX_TAG_CHARS} characters each"
+    )
+    if len(result) > MAX_TAGS:
+        raise InvalidConfig(f"{rule}, got {len(result)} tags")
+    for tag in result:
+        if not isinstance(tag, str) or not 0 < len(tag) <= MAX_TAG_CHARS:
+            raise InvalidConfig(f"{rule}, got {tag!r:.200}")
+    return result
+
+
+def check_idempotency_key(key: object) -> str | None:
+    """A trigger's ``idempotency_key`` (None: none), checked.
+
+    Raises:
+        InvalidConfig: not a non-empty string of at most ``MAX_IDEMPOTENCY_KEY`` characters.
+    """
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidConfig(
+            f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} "
+            f"characters, got {key!r:.80}"
+        )
+    return key
 
 
 class App:

@@ -375,6 +375,12 @@ class Scope:
         return self.replay(stored, None)
 
 
+#: The longest step name (and group, wait, token or child name).
+MAX_STEP_NAME = 200
+#: What a wait for a child or a token adds to its name: ``"<name>:wait"``.
+WAIT_SUFFIX = ":wait"
+
+
 def check_step_name(name: object) -> None:
     if not isinstance(name, str) or not name:
         raise UsageError(f"a step name must be a non-empty string, got {name!r}")
@@ -383,8 +389,21 @@ def check_step_name(name: object) -> None:
             f"step name {name!r} contains '/' or '#', which rung uses in step ids; "
             "choose a name without them"
         )
-    if len(name) > 200:
-        raise UsageError(f"step name is {len(name)} characters long; the limit is 200")
+    if len(name) > MAX_STEP_NAME:
+        raise UsageError(f"step name is {len(name)} characters long; the limit is {MAX_STEP_NAME}")
+
+
+def check_waited_name(name: object, what: str) -> None:
+    """A child's or a token's name, checked together with its wait's
+    (``"<name>:wait"``), before anything is created under it."""
+    check_step_name(name)
+    assert isinstance(name, str)
+    if len(name) + len(WAIT_SUFFIX) > MAX_STEP_NAME:
+        raise UsageError(
+            f"{what}(name={name[:20] + '...'!r}, {len(name)} characters): its wait is the "
+            f"step '<name>{WAIT_SUFFIX}', and a step name is at most {MAX_STEP_NAME} "
+            f"characters; use a name of at most {MAX_STEP_NAME - len(WAIT_SUFFIX)} characters"
+        )
 
 
 @functools.lru_cache(maxsize=1024)
