@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from rung._durable.signals import Suspend
-from rung._durable.state import WAIT_SUFFIX, Scope, check_step_name, check_waited_name
+from rung._durable.state import WAIT_SUFFIX, Scope, check_waited_name
 from rung._durable.waits import MAX_WAIT
 from rung._util import serde
 from rung._util.clock import iso
@@ -166,10 +166,8 @@ def _begin(
     scope.check_caller(f"{what}()")
     found = scope.session.task(task)
     child_name = name if name is not None else found.id
-    if waits:
+    if waits:  # (a name alone is checked where it takes its position)
         check_waited_name(child_name, what)
-    else:
-        check_step_name(child_name)
     return found, child_name
 
 

@@ -33,6 +33,7 @@ from rung.errors import (
     ChildRunFailed,
     ErrorInfo,
     NonDeterminismError,
+    PayloadTooLarge,
     StepFailed,
     TokenFailed,
     TokenTimedOut,
@@ -109,6 +110,16 @@ def error_info(exc: BaseException) -> ErrorInfo:
     if len(message) > _MESSAGE_CHARS:  # errors are stored; a huge message must not be
         message = message[:_MESSAGE_CHARS] + f"... ({len(message):,} characters in all)"
     return ErrorInfo(type=type(exc).__name__, message=message, traceback=text)
+
+
+def encoded(value: Any, what: str) -> tuple[str | None, ErrorInfo | None]:
+    """A value to checkpoint: its JSON, or (when it has none, or is too large) the
+    error that fails the step, group or branch that returned it. ``what`` names the
+    value in that error."""
+    try:
+        return serde.dumps(value, what), None
+    except (serde.NotSerializable, PayloadTooLarge) as exc:
+        return None, ErrorInfo(type=type(exc).__name__, message=str(exc))
 
 
 class AttemptSession(Protocol):
