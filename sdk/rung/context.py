@@ -30,7 +30,7 @@ from rung._durable.state import (
 from rung._durable.waits import DEFAULT_TOKEN_TIMEOUT, MAX_WAIT, Poll, StepCall
 from rung.batch import BatchResult, Completion
 from rung.errors import InvalidConfig
-from rung.models import ChildResult, RunHandle, StepRecord, Token
+from rung.models import ChildResult, RunHandle, Token
 from rung.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -83,11 +83,6 @@ class Context:
             return typing.cast(R, done.value)
         finally:
             plan.close()
-
-    @property
-    def records(self) -> dict[str, StepRecord]:
-        """This run's checkpoints by step id (shared by every scope of the run)."""
-        return self._core.run.records
 
     def step(
         self,

@@ -211,7 +211,7 @@ class RunState:
         # A branch record of ctx.map shares its batch's position (rung._durable.parallel):
         # it is not a position of its own.
         self.by_seq = {
-            (_scope_of(r.step_id), r.seq): r
+            (scope_of(r.step_id), r.seq): r
             for r in records.values()
             if r.seq and r.kind != "branch"
         }
@@ -433,7 +433,9 @@ def return_type(fn: Callable[..., Any]) -> Any:
         return None
 
 
-def _scope_of(step_id: str) -> str:
+def scope_of(step_id: str) -> str:
+    """The scope a checkpoint takes its position in (``"/map#1[0]"`` for a step of
+    that branch; for a branch record, its batch's scope)."""
     return step_id.rsplit("/", 1)[0]
 
 
