@@ -114,7 +114,8 @@ class Task(Generic[R]):
         """Validate ``payload`` for this task and return it as stored JSON.
 
         The payload is first turned into its JSON form (docs/determinism.md lists the
-        conversions; a model's computed fields are left out, as they are not input),
+        conversions; for a typed payload a model's computed fields are left out, as
+        they are not input),
         then that JSON text is validated against the task's payload annotation, exactly
         as the worker will revive it, so a payload that is accepted here always revives.
 
@@ -123,9 +124,10 @@ class Task(Generic[R]):
             PayloadTooLarge: its JSON is larger than the inline limit.
         """
         what = f"the payload for task {self.id!r}"
+        adapter = serde.adapter(self.payload_type)
         try:
-            text = serde.dumps(payload, what, as_input=True)
-            adapter = serde.adapter(self.payload_type)
+            # Without a type, the JSON form as it is (a model's computed fields too).
+            text = serde.dumps(payload, what, as_input=adapter is not None)
             if adapter is None:
                 return text
             try:

@@ -331,6 +331,18 @@ def test_a_model_instance_with_a_computed_field_and_extra_forbidden_is_accepted(
     assert seen == [Priced(cents=250)]
 
 
+def test_an_untyped_payload_keeps_a_models_computed_fields() -> None:
+    app = rung.App("untyped")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: Any) -> Any:
+        return payload
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t", Priced(cents=250)).run_id)
+    assert run.output == run.payload == {"cents": 250, "euros": 2.5}
+
+
 def test_a_payload_annotation_rung_cannot_revive_is_refused_when_the_task_is_declared() -> None:
     app = rung.App("opaque")
     with pytest.raises(rung.InvalidConfig, match="payload annotation Opaque is not a type"):
