@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, TypeVar, overload
@@ -20,6 +20,10 @@ from rung.retry import DEFAULT_RETRY, RetryPolicy
 
 #: The range of priorities (higher runs first).
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
+#: The most tags a run carries, and the longest tag.
+MAX_TAGS, MAX_TAG_CHARS = 10, 128
+#: The longest idempotency key.
+MAX_IDEMPOTENCY_KEY = 256
 
 R = TypeVar("R")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -110,40 +114,98 @@ class Task(Generic[R]):
         """Validate ``payload`` for this task and return it as stored JSON.
 
         The payload is first turned into its JSON form (docs/determinism.md lists the
-        conversions), then validated against the task's payload annotation, exactly as
-        the worker will revive it, so a payload that is accepted here always revives.
+        conversions; for a typed payload a model's computed fields are left out, as
+        they are not input),
+        then that JSON text is validated against the task's payload annotation, exactly
+        as the worker will revive it, so a payload that is accepted here always revives.
 
         Raises:
             InvalidPayload: it fails the task's payload type or is not JSON-serializable.
             PayloadTooLarge: its JSON is larger than the inline limit.
         """
         what = f"the payload for task {self.id!r}"
-        try:
-            plain = serde.jsonable(payload, what)
-        except serde.NotSerializable as exc:
-            raise InvalidPayload(str(exc)) from None
-        value = plain
         adapter = serde.adapter(self.payload_type)
-        if adapter is not None:
+        try:
+            # Without a type, the JSON form as it is (a model's computed fields too).
+            text = serde.dumps(payload, what, as_input=adapter is not None)
+            if adapter is None:
+                return text
             try:
-                value = adapter.validate_python(plain)
+                value = adapter.validate_json(text)
             except pydantic.ValidationError as exc:
                 raise InvalidPayload(
                     f"payload for task {self.id!r} does not match "
                     f"{_type_name(self.payload_type)}: {serde.problems(exc)}"
                 ) from None
-        try:
-            text = serde.dumps(value, what)
-            if adapter is not None and not _revives(adapter, text):
-                # The validated value's JSON form does not validate again (a computed
-                # field where extra fields are forbidden): store the form that passed.
-                text = serde.dumps(plain, what)
+            # Store the validated form (defaults filled in, values converted) if it
+            # validates again as it is; else the form that passed.
+            validated = serde.dumps(value, what, as_input=True)
         except serde.NotSerializable as exc:
             raise InvalidPayload(str(exc)) from None
-        return text
+        return validated if _revives(adapter, validated) else text
 
     def decode_payload(self, text: str) -> Any:
         return serde.loads(text, self.payload_type)
+
+    def prepare(self, payload: Any) -> str:
+        """Check ``payload`` for a new run of this task, as every trigger does (a
+        client's, a replay's, a parent's for its child): ``encode_payload``, and with
+        a queue, ``flow_of`` (its concurrency key and priority must work). Returns the
+        JSON to store.
+
+        Raises:
+            InvalidPayload, PayloadTooLarge: as ``encode_payload`` and ``flow_of``.
+        """
+        text = self.encode_payload(payload)
+        if self.queue is not None:
+            self.flow_of(self.decode_payload(text))
+        return text
+
+
+def check_tags(tags: object, what: str) -> tuple[str, ...]:
+    """A new run's ``tags`` (None: none), checked; ``what`` names the call in errors.
+
+    Raises:
+        InvalidConfig: not a list of at most ``MAX_TAGS`` non-empty strings of at most
+            ``MAX_TAG_CHARS`` characters.
+    """
+    if tags is None:
+        return ()
+    if isinstance(tags, str):
+        raise InvalidConfig(
+            f"{what} tags must be a list of strings, not a single string: tags=[{tags!r:.80}]"
+        )
+    if isinstance(tags, bytes | Mapping) or not isinstance(tags, Iterable):
+        raise InvalidConfig(
+            f"{what} tags must be a list of strings, got {type(tags).__name__} {tags!r:.80}"
+        )
+    result = tuple(tags)
+    rule = (
+        f"{what} tags must be at most {MAX_TAGS} non-empty strings of at most "
+        f"{MAX_TAG_CHARS} characters each"
+    )
+    if len(result) > MAX_TAGS:
+        raise InvalidConfig(f"{rule}, got {len(result)} tags")
+    for tag in result:
+        if not isinstance(tag, str) or not 0 < len(tag) <= MAX_TAG_CHARS:
+            raise InvalidConfig(f"{rule}, got {tag!r:.200}")
+    return result
+
+
+def check_idempotency_key(key: object) -> str | None:
+    """A trigger's ``idempotency_key`` (None: none), checked.
+
+    Raises:
+        InvalidConfig: not a non-empty string of at most ``MAX_IDEMPOTENCY_KEY`` characters.
+    """
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidConfig(
+            f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} "
+            f"characters, got {key!r:.80}"
+        )
+    return key
 
 
 class App:

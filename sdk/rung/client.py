@@ -19,7 +19,7 @@ from rung._util.clock import Clock, SystemClock
 from rung._util.durations import check_duration
 from rung._util.ids import new_run_id
 from rung._util.traces import TraceContext, header_of
-from rung.app import App, Task
+from rung.app import App, Task, check_idempotency_key, check_tags
 from rung.errors import (
     ErrorInfo,
     InvalidConfig,
@@ -31,8 +31,6 @@ from rung.errors import (
 from rung.flow import QueueInfo
 from rung.models import HistoryEvent, Run, RunHandle, RunStatus, TokenState
 
-MAX_IDEMPOTENCY_KEY = 256
-MAX_TAGS = 10
 DEFAULT_IDEMPOTENCY_TTL = timedelta(days=30)
 
 
@@ -156,11 +154,9 @@ class Client:
                 "payloads are validated against its tasks"
             )
         found = self.app.get_task(task)
-        payload_json = found.encode_payload(payload)
-        if found.queue is not None:  # its concurrency key and priority must work
-            found.flow_of(found.decode_payload(payload_json))
-        key = _check_key(idempotency_key)
-        tag_tuple = _check_tags(tags)
+        payload_json = found.prepare(payload)
+        key = check_idempotency_key(idempotency_key)
+        tag_tuple = check_tags(tags, "trigger")
         wait = check_duration(delay, "trigger delay") if delay is not None else timedelta(0)
         ttl = (
             check_duration(idempotency_ttl, "idempotency_ttl", positive=True)
@@ -273,7 +269,7 @@ class Client:
         """
         run = self._store.get_run(_check_run_id(run_id))
         if self.app is not None:
-            payload_json = self.app.get_task(run.task_id).encode_payload(run.payload)
+            payload_json = self.app.get_task(run.task_id).prepare(run.payload)
         else:
             payload_json = serde.dumps(run.payload, f"the payload of run {run.run_id}")
         return self._lifecycle.replay(run, payload_json)
@@ -481,25 +477,3 @@ def _check_token_id(token_id: object) -> str:
             f"{token_id!r} is not a token id (token ids look like 'tok_...', from ctx.create_token)"
         )
     return token_id
-
-
-def _check_key(key: object) -> str | None:
-    if key is None:
-        return None
-    if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY:
-        raise InvalidConfig(
-            f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} "
-            f"characters, got {key!r:.80}"
-        )
-    return key
-
-
-def _check_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
-    if tags is None:
-        return ()
-    if isinstance(tags, str):
-        raise InvalidConfig("tags must be a list of strings, not a single string")
-    result = tuple(tags)
-    if len(result) > MAX_TAGS or not all(isinstance(t, str) and 0 < len(t) <= 128 for t in result):
-        raise InvalidConfig(f"tags must be at most {MAX_TAGS} non-empty strings of <= 128 chars")
-    return result

@@ -31,7 +31,7 @@ from rung._durable.state import (
 from rung._durable.waits import DEFAULT_TOKEN_TIMEOUT, MAX_WAIT, Poll, StepCall
 from rung.batch import BatchResult, Completion
 from rung.errors import InvalidConfig
-from rung.models import ChildResult, RunHandle, StepRecord, Token
+from rung.models import ChildResult, RunHandle, Token
 from rung.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -99,11 +99,6 @@ class Context:
             return typing.cast(R, done.value)
         finally:
             plan.close()
-
-    @property
-    def records(self) -> dict[str, StepRecord]:
-        """This run's checkpoints by step id (shared by every scope of the run)."""
-        return self._core.run.records
 
     def step(
         self,
@@ -318,7 +313,8 @@ class Context:
         ``rung tokens complete ID``; the run gets the answer from ``wait_for_token``.
 
         Args:
-            name: names the token and its checkpoint.
+            name: names the token and its checkpoint (and its wait's, ``"<name>:wait"``:
+                at most 195 characters).
             timeout: after this the token times out (default 7 days; at most 366 days).
             heartbeat_timeout: if set, the token also times out when no
                 ``Client.heartbeat_token`` arrives within this long.
@@ -458,7 +454,10 @@ class Context:
             The child's handle (``created`` is False on a replay).
 
         Raises:
-            UnknownTask, InvalidPayload, PayloadTooLarge: as ``Client.trigger``.
+            UnknownTask, InvalidPayload, PayloadTooLarge: as ``Client.trigger`` (the
+                payload, and with a queue its concurrency key and priority, are
+                checked before the child is created).
+            InvalidConfig: a bad ``delay`` or ``tags`` (as ``Client.trigger``'s).
 
         Example:
             >>> ctx.trigger(send_receipt, {"order_id": order.id}, detached=True)
@@ -514,6 +513,9 @@ class Context:
         Raises:
             ChildRunFailed: the child FAILED, was CANCELED or TIMED_OUT; carries its
                 run id, status and error. Catch it to carry on.
+            UnknownTask, InvalidPayload, PayloadTooLarge: as for ``trigger``.
+            UsageError: ``name`` leaves no room for its wait's ``":wait"`` (at most
+                195 characters).
 
         Example:
             >>> try:
@@ -543,6 +545,12 @@ class Context:
         is validated before any child starts. ``timeout``: as for ``trigger_and_wait``,
         counted from the first child's start; children not ended by then are canceled
         and come back with status CANCELED (the others keep their outcomes).
+
+        Raises:
+            UnknownTask, InvalidPayload, PayloadTooLarge: as for ``trigger``, for any
+                payload; no child is started then.
+            UsageError: ``payloads`` is not a list, or ``name`` is too long (as for
+                ``trigger_and_wait``).
 
         Example:
             >>> results = ctx.batch_trigger_and_wait(resize, [{"id": i} for i in ids])

@@ -54,12 +54,15 @@ class RetryPolicy:
         initial_interval: delay after the first failure (default 1 s); a timedelta or
             seconds (stored as a timedelta).
         backoff: factor between consecutive delays for "exponential" (default 2.0).
-        max_interval: upper bound of any computed delay (default 10 minutes).
+        max_interval: upper bound of any computed delay (default 10 minutes), also of
+            what a ``strategy`` callable returns.
         strategy: "exponential" (initial * backoff**(n-1)), "linear" (initial * n),
             "fixed" (initial), or a callable ``(attempt, error) -> timedelta | seconds``
             where ``attempt`` is the 1-based number of the attempt that just failed.
-        jitter: fraction in [0, 1]; each delay is shortened by a random share of up
-            to this fraction, so clients that failed together do not retry together.
+        jitter: fraction in [0, 1]; each delay of a named strategy is shortened by a
+            random share of up to this fraction, so clients that failed together do
+            not retry together. A ``strategy`` callable's delay gets no jitter (add
+            randomness there if it should have some).
         retry_on: exception types that are retried (default: every ``Exception``).
         non_retryable: exception types that are never retried.
 
@@ -153,9 +156,11 @@ class RetryPolicy:
         if isinstance(error, RetryAfter):
             return error.delay
         if callable(self.strategy):
-            return check_duration(
+            # Capped like every computed delay; no jitter: the function decides it.
+            chosen = check_duration(
                 self.strategy(attempt, error), "the delay returned by RetryPolicy.strategy"
             )
+            return min(chosen, self._maximum)
         initial = self._initial.total_seconds()
         cap = self._maximum.total_seconds()
         if self.strategy == "fixed":

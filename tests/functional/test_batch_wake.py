@@ -460,7 +460,7 @@ def test_a_batch_timeout_cancels_the_children_not_ended_and_keeps_the_others() -
     assert run.status == rung.RunStatus.COMPLETED, run.error
     assert run.output[:2] == [0, 1]
     status, message = run.output[2]
-    assert status == "CANCELED" and "not ended within the timeout of 1:00:00" in message
+    assert status == "CANCELED" and "not ended within the timeout of 1h" in message
     assert entries["parent"] == 2  # started; woken by the deadline (not by the two ends)
 
 

@@ -366,8 +366,143 @@ def test_child_arguments_are_checked_in_the_task_body() -> None:
         run = engine.wait(handle.run_id)
         children = engine.client.list_children(handle.run_id)
     assert run.status == rung.RunStatus.COMPLETED and run.output == 0
-    assert errors == ["UnknownTask", "InvalidPayload", "InvalidPayload", "UsageError"]
+    assert errors == ["UnknownTask", "InvalidPayload", "InvalidPayload", "InvalidConfig"]
     assert children == []  # the batch validated every payload before starting any child
+
+
+def keyed_app() -> rung.App:
+    """A child task whose runs are keyed by tenant, and parents that trigger it without one."""
+    app = rung.App("keyed")
+
+    @app.task(
+        id="per-tenant",
+        queue=rung.Queue("tenants", per_key_limit=1),
+        concurrency_key=lambda payload: payload["tenant"],
+    )
+    def per_tenant(ctx: rung.Context, payload: dict[str, Any]) -> str:
+        return str(payload["tenant"])
+
+    calls = {
+        "trigger": lambda ctx: ctx.trigger(per_tenant, {"user": "u-1"}),
+        "trigger_and_wait": lambda ctx: ctx.trigger_and_wait(per_tenant, {"user": "u-1"}),
+        "batch": lambda ctx: ctx.batch_trigger_and_wait(
+            per_tenant, [{"tenant": "t-1"}, {"user": "u-1"}]
+        ),
+    }
+    for how, call in calls.items():
+        app.task(id=how, retry=FAST)(lambda ctx, payload, call=call: call(ctx))
+    return app
+
+
+@pytest.mark.parametrize("how", ["trigger", "trigger_and_wait", "batch"])
+def test_a_child_payload_without_its_concurrency_key_fails_the_parent_at_the_trigger(
+    how: str,
+) -> None:
+    with LocalEngine(keyed_app()) as engine:
+        handle = engine.trigger(how)
+        run = engine.wait(handle.run_id)
+        children = engine.client.list_children(handle.run_id)
+        everything = engine.list_runs()
+    # Misuse: the parent fails at once (no retry), and no child was created.
+    assert run.status == rung.RunStatus.FAILED and run.attempt == 1
+    assert run.error is not None and run.error.type == "InvalidPayload"
+    assert "task 'per-tenant': concurrency_key raised KeyError: 'tenant'" in run.error.message
+    assert children == [] and [r.run_id for r in everything] == [handle.run_id]
+
+
+def test_child_tags_are_checked_as_a_trigger_checks_them() -> None:
+    app = rung.App("tags")
+    errors: list[str] = []
+
+    @app.task(id="child")
+    def child(ctx: rung.Context, payload: None) -> None: ...
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> list[str]:
+        for tags in ([f"t{i}" for i in range(11)], ["x" * 129], [""], 5, "vip"):
+            try:
+                ctx.trigger(child, None, tags=tags)  # type: ignore[arg-type]
+            except rung.InvalidConfig as exc:
+                errors.append(str(exc))
+        return errors
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("parent")
+        run = engine.wait(handle.run_id)
+        children = engine.client.list_children(handle.run_id)
+        with pytest.raises(rung.InvalidConfig, match="tags must be a list of strings, got int 5"):
+            engine.client.trigger("child", None, tags=5)  # type: ignore[arg-type]
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output == [
+        "ctx.trigger tags must be at most 10 non-empty strings of at most 128 characters "
+        "each, got 11 tags",
+        "ctx.trigger tags must be at most 10 non-empty strings of at most 128 characters "
+        f"each, got {'x' * 129!r}",
+        "ctx.trigger tags must be at most 10 non-empty strings of at most 128 characters "
+        "each, got ''",
+        "ctx.trigger tags must be a list of strings, got int 5",
+        "ctx.trigger tags must be a list of strings, not a single string: tags=['vip']",
+    ]
+    assert children == []
+
+
+def test_batch_trigger_and_wait_needs_a_list_of_payloads() -> None:
+    app = rung.App("batch-args")
+
+    @app.task(id="child")
+    def child(ctx: rung.Context, payload: None) -> None: ...
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> list[str]:
+        errors = []
+        for payloads in (None, 5, "abc", {"a": 1}):
+            try:
+                ctx.batch_trigger_and_wait("child", payloads)  # type: ignore[arg-type]
+            except rung.UsageError as exc:
+                errors.append(str(exc))
+        return errors
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("parent").run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    hint = "(one child per payload), e.g. [payload1, payload2]"
+    assert run.output == [
+        f"ctx.batch_trigger_and_wait(task, payloads) needs a list of payloads {hint}, got NoneType",
+        f"ctx.batch_trigger_and_wait(task, payloads) needs a list of payloads {hint}, got int",
+        f"ctx.batch_trigger_and_wait(task, payloads) needs a list of payloads {hint}, got str",
+        f"ctx.batch_trigger_and_wait(task, payloads) needs a list of payloads {hint}, got dict",
+    ]
+
+
+@pytest.mark.parametrize("how", ["trigger_and_wait", "batch_trigger_and_wait"])
+def test_a_child_name_too_long_for_its_wait_is_refused_before_any_child_starts(how: str) -> None:
+    app = rung.App("long-name")
+
+    @app.task(id="child")
+    def child(ctx: rung.Context, payload: None) -> None: ...
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> str:
+        try:
+            if how == "trigger_and_wait":
+                ctx.trigger_and_wait(child, None, name="x" * 198)
+            else:
+                ctx.batch_trigger_and_wait(child, [None], name="x" * 198)
+        except rung.UsageError as exc:
+            return str(exc)
+        return "no error"
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("parent")
+        run = engine.wait(handle.run_id)
+        children = engine.client.list_children(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output == (
+        f"ctx.{how}(name='{'x' * 20}...', 198 characters): its wait is the step "
+        "'<name>:wait', and a step name is at most 200 characters; use a name of at "
+        "most 195 characters"
+    )
+    assert children == []
 
 
 def test_a_child_is_not_started_by_a_worker_that_lost_its_lease() -> None:
@@ -439,7 +574,7 @@ def test_trigger_and_wait_with_a_timeout_cancels_a_child_that_does_not_end_in_ti
     assert run.status == rung.RunStatus.COMPLETED, run.error
     assert run.output["fast"] == "done"  # ended in 10 minutes, before its timeout
     assert run.output["status"] == "CANCELED" and run.output["type"] == "RunCanceled"
-    assert "not ended within the timeout of 1:00:00" in run.output["why"]
+    assert "not ended within the timeout of 1h" in run.output["why"]
     assert [c.status for c in children] == [rung.RunStatus.COMPLETED, rung.RunStatus.CANCELED]
     assert [g.status for g in grandchildren] == [rung.RunStatus.CANCELED]  # with it
     quick_run, stuck_run = children
@@ -552,5 +687,5 @@ def test_a_parent_that_crashes_inside_the_timeout_cascade_finishes_it_on_its_ret
         grandchildren = engine.client.list_children(child)
     assert crashed == [child]
     assert run.status == rung.RunStatus.COMPLETED and run.attempt == 2
-    assert run.output.startswith("CANCELED: not ended within the timeout of 1:00:00")
+    assert run.output.startswith("CANCELED: not ended within the timeout of 1h")
     assert [g.status for g in grandchildren] == [rung.RunStatus.CANCELED]

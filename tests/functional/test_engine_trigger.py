@@ -190,7 +190,7 @@ def test_a_trigger_that_crashed_before_sending_is_dispatched_by_a_repeated_trigg
         ("refund", {"order_id": 7, "cents": 1}, rung.InvalidPayload, "order_id: Input should"),
         ("refund", [1, 2], rung.InvalidPayload, "does not match Refund"),
         ("lines", [{"sku": "a", "qty": "many"}], rung.InvalidPayload, "0.qty: Input should be"),
-        ("lines", {"sku": "a"}, rung.InvalidPayload, "Input should be a valid list"),
+        ("lines", {"sku": "a"}, rung.InvalidPayload, "Input should be a valid array"),
         ("count", "seven", rung.InvalidPayload, "does not match int"),
         ("count", None, rung.InvalidPayload, "does not match int"),
         ("anything", {"when": object()}, rung.InvalidPayload, "not JSON-serializable"),
@@ -290,6 +290,59 @@ def test_a_payload_accepted_at_trigger_always_revives_in_the_run() -> None:
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t", {"cents": 250}).run_id)
     assert (run.status, run.output) == ("COMPLETED", 2.5)
+
+
+class Stamped(pydantic.BaseModel):
+    """Strict: in Python a datetime field takes only a datetime, a UUID only a UUID."""
+
+    model_config = pydantic.ConfigDict(strict=True)
+    at: datetime
+    id: uuid.UUID
+
+
+def test_a_strict_model_instance_is_accepted_and_revived_as_the_model() -> None:
+    app = rung.App("strict")
+    seen: list[Stamped] = []
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: Stamped) -> str:
+        seen.append(payload)
+        return f"{payload.id}@{payload.at.isoformat()}"
+
+    stamp = Stamped(at=datetime(2026, 12, 5, 9, 30, tzinfo=UTC), id=uuid.UUID(int=7))
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t", stamp).run_id)
+    assert run.status == "COMPLETED", run.error
+    assert run.output == "00000000-0000-0000-0000-000000000007@2026-12-05T09:30:00+00:00"
+    assert seen == [stamp]
+
+
+def test_a_model_instance_with_a_computed_field_and_extra_forbidden_is_accepted() -> None:
+    app = rung.App("priced")
+    seen: list[Priced] = []
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: Priced) -> float:
+        seen.append(payload)
+        return payload.euros
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t", Priced(cents=250)).run_id)
+    assert (run.status, run.output) == ("COMPLETED", 2.5)
+    assert run.payload == {"cents": 250}  # stored without the computed field
+    assert seen == [Priced(cents=250)]
+
+
+def test_an_untyped_payload_keeps_a_models_computed_fields() -> None:
+    app = rung.App("untyped")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: Any) -> Any:
+        return payload
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t", Priced(cents=250)).run_id)
+    assert run.output == run.payload == {"cents": 250, "euros": 2.5}
 
 
 def test_a_payload_annotation_rung_cannot_revive_is_refused_when_the_task_is_declared() -> None:

@@ -385,3 +385,98 @@ def test_redrive_a_failed_child_then_its_parent() -> None:
         children = engine.client.list_children(handle.run_id)
     assert run.status == rung.RunStatus.COMPLETED and run.output == "parent got child ok"
     assert [c.run_id for c in children] == [kid.run_id]  # no second child
+
+
+def test_redrive_of_a_failed_map_reruns_only_its_failed_branch() -> None:
+    app = rung.App("mapfix")
+    calls: Counter[str] = Counter()
+    broken = {"yes": True}
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=1))
+    def t(ctx: rung.Context, payload: None) -> list[int]:
+        def branch(bctx: rung.Context, item: int) -> int:
+            def work() -> int:
+                calls[f"work-{item}"] += 1
+                if item == 1 and broken["yes"]:
+                    raise ValueError("branch bug")
+                return item * 10
+
+            return bctx.step("work", work)
+
+        return ctx.map([0, 1, 2], branch, name="items").results()
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("t")
+        failed = engine.wait(handle.run_id)
+        assert failed.status == rung.RunStatus.FAILED and failed.failed_step == "/items#1"
+        broken["yes"] = False
+        engine.client.redrive(handle.run_id)
+        run = engine.wait(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output == [0, 10, 20]
+    # The failed branch ran again; the ones that had succeeded were replayed.
+    assert calls == Counter({"work-0": 1, "work-1": 2, "work-2": 1})
+
+
+def test_redrive_of_a_failed_nested_map_reruns_its_failed_inner_branch() -> None:
+    app = rung.App("nestfix")
+    calls: Counter[str] = Counter()
+    broken = {"yes": True}
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=1))
+    def t(ctx: rung.Context, payload: None) -> list[list[int]]:
+        def inner(bctx: rung.Context, item: int) -> int:
+            def work() -> int:
+                calls[f"work-{item}"] += 1
+                if item == 3 and broken["yes"]:
+                    raise ValueError("inner bug")
+                return item
+
+            return bctx.step("work", work)
+
+        def outer(bctx: rung.Context, items: list[int]) -> list[int]:
+            return bctx.map(items, inner, name="inner").results()
+
+        return ctx.map([[0, 1], [2, 3]], outer, name="outer").results()
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("t")
+        assert engine.wait(handle.run_id).status == rung.RunStatus.FAILED
+        broken["yes"] = False
+        engine.client.redrive(handle.run_id)
+        run = engine.wait(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output == [[0, 1], [2, 3]]
+    assert calls == Counter({"work-0": 1, "work-1": 1, "work-2": 1, "work-3": 2})
+
+
+def test_redrive_deletes_more_failed_checkpoints_than_one_transaction_holds() -> None:
+    # 60 failed branches and their 60 failed steps: 121 checkpoints to delete, past
+    # DynamoDB's 100 items per transaction.
+    app = rung.App("manyfix")
+    calls: Counter[int] = Counter()
+    broken = {"yes": True}
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=1))
+    def t(ctx: rung.Context, payload: None) -> int:
+        def branch(bctx: rung.Context, item: int) -> int:
+            def work() -> int:
+                calls[item] += 1
+                if broken["yes"]:
+                    raise ValueError("bug")
+                return item
+
+            return bctx.step("work", work)
+
+        rule = rung.Completion(tolerated_failures=59)  # decided by the last failure
+        return sum(ctx.map(list(range(60)), branch, name="items", completion=rule).results())
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("t")
+        assert engine.wait(handle.run_id).status == rung.RunStatus.FAILED
+        broken["yes"] = False
+        engine.client.redrive(handle.run_id)
+        run = engine.wait(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output == sum(range(60))
+    assert calls == Counter({item: 2 for item in range(60)})

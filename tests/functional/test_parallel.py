@@ -517,7 +517,11 @@ def test_batch_argument_errors_are_clear() -> None:
         def uses_the_task_ctx(branch: rung.Context, item: int) -> int:
             return ctx.step("wrong", lambda: item)
 
-        batch = ctx.map([1], uses_the_task_ctx, completion=rung.Completion(tolerated_failures=1))
+        branch = ""
+        try:  # misuse in a branch is not a branch failure to tolerate: it ends the map
+            ctx.map([1], uses_the_task_ctx, completion=rung.Completion(tolerated_failures=1))
+        except rung.UsageError as exc:
+            branch = str(exc)
         leaked: list[rung.Context] = []
         ctx.map([1], lambda branch, item: leaked.append(branch), name="leak")
         try:
@@ -526,7 +530,7 @@ def test_batch_argument_errors_are_clear() -> None:
             errors.append(str(exc))
         return {
             "errors": errors,
-            "branch": batch.items[0].error.message if batch.items[0].error else "",
+            "branch": branch,
         }
 
     with LocalEngine(app) as engine:
@@ -545,6 +549,32 @@ def test_batch_argument_errors_are_clear() -> None:
     assert "cannot be nested in a step" in out[8]
     assert "ctx of branch '/leak#1[0]' of run" in out[9] and "after that branch ended" in out[9]
     assert "must use the ctx its branch function receives" in run.output["branch"]
+
+
+@pytest.mark.parametrize("kind", ["map", "parallel"])
+def test_misuse_in_a_branch_fails_the_run_at_once_even_with_failures_tolerated(kind: str) -> None:
+    app = rung.App("misuse")
+    tries: list[int] = []
+
+    def branch(bctx: rung.Context, item: int) -> int:
+        if item == 1:
+            bctx.wait(-5)  # misuse: InvalidConfig, which no retry can fix
+        return item
+
+    @app.task(id="t", retry=FAST)
+    def t(ctx: rung.Context, payload: None) -> Any:
+        tries.append(ctx.attempt)
+        rule = rung.Completion(tolerated_failures=2)
+        if kind == "map":
+            return ctx.map([0, 1, 2], branch, completion=rule).results()
+        fns = [lambda c, i=i: branch(c, i) for i in range(3)]
+        return ctx.parallel(fns, completion=rule).results()
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert run.status == rung.RunStatus.FAILED and tries == [1]
+    assert run.error is not None and run.error.type == "InvalidConfig"
+    assert "ctx.wait duration must not be negative" in run.error.message
 
 
 def test_a_map_continues_in_a_fresh_invocation_when_time_runs_short() -> None:

@@ -235,7 +235,7 @@ def test_a_token_times_out_and_the_timeout_is_catchable() -> None:
             engine.client.complete_token(token_id, {"approved": True, "by": "late"})
     assert run.status == rung.RunStatus.COMPLETED
     assert run.output["outcome"] == "timed out"
-    assert "not completed within its timeout of 5:00:00" in run.output["error"]
+    assert "not completed within its timeout of 5h" in run.output["error"]
     assert run.finished_at is not None and run.started_at is not None
     assert run.finished_at - run.started_at >= timedelta(hours=5)
 
@@ -277,7 +277,7 @@ def test_heartbeats_keep_a_token_open_and_a_missed_heartbeat_times_it_out() -> N
         run = engine.wait(handle.run_id)
         final = engine.client.get_token(token.id)
     assert run.status == rung.RunStatus.COMPLETED
-    assert "no heartbeat arrived within 1:00:00" in run.output["error"]
+    assert "no heartbeat arrived within 1h" in run.output["error"]
     assert final.status == "TIMED_OUT"
 
 
@@ -748,3 +748,27 @@ def test_history_keeps_program_order_for_past_waits_and_callbacks() -> None:
     assert submit < steps.index(("WaitStarted", "callback/token:wait#1"))
     wait = next(e for e in history if e.type == rung.EventType.WAIT_STARTED and e.step == "/wait#1")
     assert wait.delay == timedelta(0)
+
+
+def test_a_token_name_too_long_for_its_wait_is_refused_before_the_token_exists() -> None:
+    app = rung.App("long-token")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> str:
+        try:
+            ctx.create_token("y" * 198)
+        except rung.UsageError as exc:
+            return str(exc)
+        return "no error"
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("t")
+        run = engine.wait(handle.run_id)
+        tokens = engine.client.list_tokens(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output == (
+        f"ctx.create_token(name='{'y' * 20}...', 198 characters): its wait is the step "
+        "'<name>:wait', and a step name is at most 200 characters; use a name of at "
+        "most 195 characters"
+    )
+    assert tokens == []

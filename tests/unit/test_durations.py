@@ -189,7 +189,9 @@ def test_a_strategy_that_returns_a_bad_delay_is_named_in_the_error() -> None:
         policy.next_delay(1, RuntimeError())
 
 
-@pytest.mark.parametrize("text", ["3000000d", "1e3", "99999999999d"])
+@pytest.mark.parametrize(
+    "text", ["3000000d", "1e3", "99999999999d", "86400000000000", "1000000000d", "86400000000000s"]
+)
 def test_parse_duration_never_overflows(text: str) -> None:
     try:
         parsed = parse_duration(text)

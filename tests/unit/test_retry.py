@@ -48,6 +48,16 @@ def test_custom_strategy_receives_attempt_and_error() -> None:
     assert seen == [(1, "x"), (2, "x")]
 
 
+def test_a_callable_strategy_is_capped_at_max_interval_and_gets_no_jitter() -> None:
+    policy = rung.RetryPolicy(
+        max_attempts=4,
+        strategy=lambda attempt, error: timedelta(hours=attempt),
+        max_interval=timedelta(minutes=90),
+        jitter=1.0,  # (rand() is 1.0 in delays(): full jitter would make each delay 0)
+    )
+    assert delays(policy) == [3600, 5400, 5400, None]
+
+
 def test_jitter_only_shortens_delays_within_the_fraction() -> None:
     policy = rung.RetryPolicy(max_attempts=2, initial_interval=10, jitter=0.5)
     shortest = policy.next_delay(1, RuntimeError(), rand=lambda: 1.0)

@@ -9,23 +9,21 @@ all ended (or a timeout canceled the rest). See docs/children.md.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rung._durable.signals import Suspend
-from rung._durable.state import Scope
+from rung._durable.state import WAIT_SUFFIX, Scope, check_waited_name
 from rung._durable.waits import MAX_WAIT
 from rung._util import serde
 from rung._util.clock import iso
-from rung._util.durations import check_duration
+from rung._util.durations import check_duration, format_duration
 from rung._util.ids import new_run_id
+from rung.app import Task, check_tags
 from rung.errors import ErrorInfo, StepFailed, UsageError
 from rung.models import ChildResult, Run, RunHandle, RunStatus, StepRecord
-
-if TYPE_CHECKING:
-    from rung.app import Task
 
 #: The most children one ``batch_trigger_and_wait`` starts: their outcomes are one
 #: checkpoint (at most ``MAX_VALUE_BYTES``), and the waiting parent's item lists them.
@@ -47,18 +45,22 @@ def trigger(
     tags: Iterable[str] | None,
 ) -> RunHandle:
     """``ctx.trigger``: start a child run and go on."""
-    scope.check_caller("ctx.trigger()")
-    found = scope.session.task(task)
+    found, child_name = _begin(scope, "ctx.trigger", task, name, waits=False)
     wait = (
         check_duration(delay, "ctx.trigger delay", maximum=MAX_WAIT)
         if delay is not None
         else timedelta(0)
     )
-    tag_tuple = tuple(tags or ())
-    if isinstance(tags, str) or not all(isinstance(t, str) and t for t in tag_tuple):
-        raise UsageError("ctx.trigger(tags=...) must be a list of non-empty strings")
+    tag_tuple = check_tags(tags, "ctx.trigger")
     record, created = _start_child(
-        scope, found, name, payload, waits=False, detached=detached, delay=wait, tags=tag_tuple
+        scope,
+        found,
+        child_name,
+        payload,
+        waits=False,
+        detached=detached,
+        delay=wait,
+        tags=tag_tuple,
     )
     data = json.loads(record.result_json or "{}")
     return RunHandle(run_id=data["run_id"], task_id=data["task_id"], created=created)
@@ -75,16 +77,14 @@ def trigger_and_wait(
 ) -> Any:
     """``ctx.trigger_and_wait``: start a child run, suspend until it ends, return its
     output (or raise ``ChildRunFailed``)."""
-    scope.check_caller("ctx.trigger_and_wait()")
-    found = scope.session.task(task)
+    found, child_name = _begin(scope, "ctx.trigger_and_wait", task, name, waits=True)
     limit = _timeout(timeout, "trigger_and_wait")
-    record, _ = _start_child(scope, found, name, payload, waits=True)
-    child = json.loads(record.result_json or "{}")
+    record, _ = _start_child(scope, found, child_name, payload, waits=True)
     # The deadline is fixed by the child's checkpoint: the same on every replay.
     wait = _wait_children(
         scope,
-        f"{_child_name(found, name)}:wait",
-        [child],
+        child_name,
+        [json.loads(record.result_json or "{}")],
         single=True,
         deadline=_Deadline.of(record.started_at, limit),
     )
@@ -101,35 +101,43 @@ def batch_trigger_and_wait(
     timeout: timedelta | float | None,
 ) -> list[ChildResult]:
     """``ctx.batch_trigger_and_wait``: one child per payload, suspend until all ended."""
-    scope.check_caller("ctx.batch_trigger_and_wait()")
-    found = scope.session.task(task)
+    what = "ctx.batch_trigger_and_wait"
+    found, child_name = _begin(scope, what, task, name, waits=True)
     limit = _timeout(timeout, "batch_trigger_and_wait")
+    if isinstance(payloads, str | bytes | Mapping) or not isinstance(payloads, Iterable):
+        raise UsageError(
+            f"{what}(task, payloads) needs a list of payloads (one child per payload), "
+            f"e.g. [payload1, payload2], got {type(payloads).__name__}"
+        )
     items = list(payloads)
     if not items:
         return []
-    if len(items) > MAX_BATCH and not _batch_started(scope, found, name, len(items)):
+    if len(items) > MAX_BATCH and not _batch_started(scope, child_name, len(items)):
         raise UsageError(
-            f"ctx.batch_trigger_and_wait got {len(items):,} payloads; one batch starts at "
+            f"{what} got {len(items):,} payloads; one batch starts at "
             f"most {MAX_BATCH:,} children (their outcomes are one checkpoint). Split the "
             "work into several batches, or batches of batches (children that batch-trigger)"
         )
-    encoded = [found.encode_payload(p) for p in items]
+    encoded = [found.prepare(p) for p in items]
     children: list[dict[str, Any]] = []
     began: datetime | None = None  # the first child's checkpoint: same on replays
     for text in encoded:
         # The batch's key is its first child's run id (known once that one exists).
         batch = children[0]["run_id"] if children else _FIRST_OF_BATCH
         record, _ = _start_child(
-            scope, found, name, None, waits=True, payload_json=text, batch=batch, size=len(items)
+            scope,
+            found,
+            child_name,
+            None,
+            waits=True,
+            payload_json=text,
+            batch=batch,
+            size=len(items),
         )
         began = began or record.started_at
         children.append(json.loads(record.result_json or "{}"))
     wait = _wait_children(
-        scope,
-        f"{_child_name(found, name)}:wait",
-        children,
-        single=False,
-        deadline=_Deadline.of(began, limit),
+        scope, child_name, children, single=False, deadline=_Deadline.of(began, limit)
     )
     if wait.outcome == "failed":  # the outcomes did not fit one checkpoint
         raise StepFailed(wait.step_id, wait.error or ErrorInfo("Error", ""))
@@ -149,13 +157,27 @@ def batch_trigger_and_wait(
     ]
 
 
+def _begin(
+    scope: Scope, what: str, task: str | Task[Any], name: str | None, *, waits: bool
+) -> tuple[Task[Any], str]:
+    """What every child entry point checks first: its caller, the task, and the
+    children's name (with its wait's, for one that waits). Returns the task and the
+    name (the task id by default)."""
+    scope.check_caller(f"{what}()")
+    found = scope.session.task(task)
+    child_name = name if name is not None else found.id
+    if waits:  # (a name alone is checked where it takes its position)
+        check_waited_name(child_name, what)
+    return found, child_name
+
+
 # -- starting a child ----------------------------------------------------------------
 
 
 def _start_child(
     scope: Scope,
     task: Task[Any],
-    name: str | None,
+    name: str,
     payload: Any,
     *,
     waits: bool,
@@ -166,11 +188,11 @@ def _start_child(
     batch: str | None = None,
     size: int = 0,
 ) -> tuple[StepRecord, bool]:
-    step_id, seq = scope.position(_child_name(task, name), "child")
+    step_id, seq = scope.position(name, "child")
     record = scope.run.records.get(step_id)
     if record is not None:
         return record, False
-    text = payload_json if payload_json is not None else task.encode_payload(payload)
+    text = payload_json if payload_json is not None else task.prepare(payload)
     scope.session.before_step()
     now = scope.session.now()
     child: dict[str, Any] = {
@@ -204,11 +226,11 @@ def _start_child(
     return scope.run.remember(stored), created
 
 
-def _batch_started(scope: Scope, task: Task[Any], name: str | None, size: int) -> bool:
+def _batch_started(scope: Scope, name: str, size: int) -> bool:
     """Whether this batch's first child exists: a replay of a batch that started
     (under an older limit) goes on. A refused batch leaves no checkpoint, so a
     later batch may hold the same step id: its recorded size tells them apart."""
-    record = scope.run.records.get(scope.next_step_id(_child_name(task, name)))
+    record = scope.run.records.get(scope.next_step_id(name))
     if record is None or record.kind != "child":
         return False
     first = json.loads(record.result_json or "{}")
@@ -232,10 +254,21 @@ class _Deadline:
         return cls(began + timeout, timeout)
 
     def reason(self, parent: str, step_id: str) -> str:
-        """The cancel reason of a child this timeout canceled (read back to recognise it)."""
+        """The cancel reason of a child this timeout canceled (``canceled`` recognises it)."""
         return (
-            f"not ended within the timeout of {self.timeout} that its parent {parent} set "
-            f"on {step_id}"
+            f"not ended within the timeout of {format_duration(self.timeout)} that its "
+            f"parent {parent} set on {step_id}"
+        )
+
+    @staticmethod
+    def canceled(run: Run, parent: str, step_id: str) -> bool:
+        """Whether a timeout of ``parent``'s wait ``step_id`` canceled ``run`` (also as
+        older versions wrote the reason, with the timeout as a raw ``timedelta``)."""
+        message = (run.error or _NO).message
+        return (
+            run.status == RunStatus.CANCELED
+            and message.startswith("not ended within the timeout of ")
+            and message.endswith(f" that its parent {parent} set on {step_id}")
         )
 
 
@@ -247,9 +280,9 @@ def _wait_children(
     single: bool,
     deadline: _Deadline | None,
 ) -> StepRecord:
-    """The outcome checkpoint of waiting for ``children``; suspends until all ended
-    (or, past a ``deadline``, cancels those unfinished by then)."""
-    step_id, seq = scope.position(name, "child_wait")
+    """The outcome checkpoint (``"<name>:wait"``) of waiting for ``children``;
+    suspends until all ended (or, past a ``deadline``, cancels those unfinished by then)."""
+    step_id, seq = scope.position(name + WAIT_SUFFIX, "child_wait")
     record = scope.run.records.get(step_id)
     if record is not None:
         return record
@@ -257,14 +290,16 @@ def _wait_children(
     ids = [c["run_id"] for c in children]
     runs = scope.session.get_runs(ids)
     if deadline is not None and scope.session.now() >= deadline.at:
-        runs = _cancel_late(scope, ids, runs, deadline.reason(scope.run_id, step_id))
+        runs = _cancel_late(scope, ids, runs, deadline, step_id)
     unfinished = tuple(i for i in ids if i in runs and not runs[i].status.is_terminal)
     if unfinished:
         raise _suspension(children, ids, unfinished, single=single, deadline=deadline)
     return _record_outcomes(scope, step_id, seq, children, runs, single=single)
 
 
-def _cancel_late(scope: Scope, ids: list[str], runs: dict[str, Run], why: str) -> dict[str, Run]:
+def _cancel_late(
+    scope: Scope, ids: list[str], runs: dict[str, Run], deadline: _Deadline, step_id: str
+) -> dict[str, Run]:
     """Past the deadline: cancel what has not ended, and read the children again.
 
     A child this timeout canceled is canceled again too: an attempt that crashed
@@ -274,13 +309,11 @@ def _cancel_late(scope: Scope, ids: list[str], runs: dict[str, Run], why: str) -
         i
         for i in ids
         if i in runs
-        and (
-            not runs[i].status.is_terminal
-            or (runs[i].status == RunStatus.CANCELED and (runs[i].error or _NO).message == why)
-        )
+        and (not runs[i].status.is_terminal or _Deadline.canceled(runs[i], scope.run_id, step_id))
     ]
     if not late:
         return runs
+    why = deadline.reason(scope.run_id, step_id)
     for n, child_id in enumerate(late):
         if n:  # many children: keep the lease, and go on in a fresh invocation
             scope.session.before_step()  # if this one runs out of time
@@ -335,19 +368,18 @@ def _record_outcomes(
     started = min((r.created_at for r in runs.values()), default=now)
     ended = max((r.finished_at or now for r in runs.values()), default=now)
     error: ErrorInfo | None = None
+    result: str | None
     if not single:
-        result: str | None = json.dumps(outcomes)
-        size = len(result.encode()) if result is not None else 0
+        result = json.dumps(outcomes)
+        size = len(result.encode())
         if size > serde.MAX_VALUE_BYTES:
-            result, error = (
-                None,
-                ErrorInfo(
-                    "PayloadTooLarge",
-                    f"the outcomes of the {len(children):,} children of batch {step_id!r} are "
-                    f"{size:,} bytes of JSON; rung stores at most {serde.MAX_VALUE_BYTES:,} "
-                    "bytes in one checkpoint. Return smaller outputs from the children (put "
-                    "large data in S3 and return its key), or split the batch",
-                ),
+            result = None
+            error = ErrorInfo(
+                "PayloadTooLarge",
+                f"the outcomes of the {len(children):,} children of batch {step_id!r} are "
+                f"{size:,} bytes of JSON; rung stores at most {serde.MAX_VALUE_BYTES:,} "
+                "bytes in one checkpoint. Return smaller outputs from the children (put "
+                "large data in S3 and return its key), or split the batch",
             )
     elif outcomes[0]["status"] == RunStatus.COMPLETED:
         result = json.dumps(outcomes[0]["output"])
@@ -377,10 +409,6 @@ def _timeout(timeout: timedelta | float | None, what: str) -> timedelta | None:
     if timeout is None:
         return None
     return check_duration(timeout, f"{what} timeout", positive=True, maximum=MAX_WAIT)
-
-
-def _child_name(task: Task[Any], name: str | None) -> str:
-    return name if name is not None else task.id
 
 
 def _child_outcome(child: dict[str, Any], run: Run | None) -> dict[str, Any]:

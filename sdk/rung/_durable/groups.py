@@ -9,9 +9,8 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rung._durable.state import Replayed, Scope, check_step_name, return_type
-from rung._util import serde
-from rung.errors import ErrorInfo, PayloadTooLarge, UsageError
+from rung._durable.state import Replayed, Scope, check_step_name, encoded, return_type
+from rung.errors import UsageError
 from rung.models import StepRecord
 
 
@@ -53,14 +52,7 @@ class Checkpointed:
         """Record the group's value once; returns what every replay returns. A value
         that cannot be stored fails the group for good (``StepFailed``)."""
         scope = self.scope
-        text: str | None = None
-        error: ErrorInfo | None = None
-        try:
-            text = serde.dumps(
-                value, f"the result of group {self.group_id!r} in run {scope.run_id}"
-            )
-        except (serde.NotSerializable, PayloadTooLarge) as exc:
-            error = ErrorInfo(type=type(exc).__name__, message=str(exc))
+        text, error = encoded(value, f"the result of group {self.group_id!r} in run {scope.run_id}")
         stored = scope.run.record(
             StepRecord.ended(
                 self.group_id,
@@ -80,7 +72,6 @@ def start_checkpointed(scope: Scope, name: str, fn: Callable[..., Any]) -> Repla
     """Take the group's position: ``Replayed`` when it returned before (its body is not
     run again), else a ``Checkpointed`` for the face to run it."""
     scope.check_caller(f"ctx.checkpointed_group({name!r})")
-    check_step_name(name)
     if not callable(fn):
         raise UsageError(f"ctx.checkpointed_group({name!r}, fn): fn must be callable, got {fn!r}")
     group_id, seq = scope.position(name, "group")

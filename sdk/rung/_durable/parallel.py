@@ -52,7 +52,7 @@ from datetime import datetime
 from typing import Any
 
 from rung._durable.signals import ContinueLater, RetryStep, Suspend, TimeLimitReached
-from rung._durable.state import Scope, current_scope, error_info, return_type
+from rung._durable.state import Scope, current_scope, encoded, error_info, return_type
 from rung._util import serde
 from rung.batch import MAX_ITEMS, BatchFailed, BatchItem, BatchResult, Completion
 from rung.errors import (
@@ -60,9 +60,9 @@ from rung.errors import (
     InvalidConfig,
     LeaseLost,
     NonDeterminismError,
-    PayloadTooLarge,
     StepFailed,
     UsageError,
+    is_misuse,
 )
 from rung.models import StepRecord
 
@@ -418,6 +418,8 @@ class _Batch:
                 exc.error_type, f"step {exc.step_id!r} failed: {exc.message}", exc.traceback
             )
         except Exception as exc:
+            if is_misuse(exc):  # as outside a batch: no tolerance or retry can fix it
+                return exc
             error = error_info(exc)
         except BaseException as exc:  # a wait, a retry, the time limit, a crash
             return exc
@@ -426,12 +428,8 @@ class _Batch:
         try:
             text: str | None = None
             if error is None:
-                try:
-                    text = serde.dumps(
-                        value, f"the result of branch {branch_id!r} in run {self.parent.run_id}"
-                    )
-                except (serde.NotSerializable, PayloadTooLarge) as exc:
-                    error = ErrorInfo(type(exc).__name__, str(exc))
+                what = f"the result of branch {branch_id!r} in run {self.parent.run_id}"
+                text, error = encoded(value, what)
             stored = self.session.record_step(
                 StepRecord.ended(
                     branch_id,

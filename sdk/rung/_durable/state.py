@@ -33,6 +33,7 @@ from rung.errors import (
     ChildRunFailed,
     ErrorInfo,
     NonDeterminismError,
+    PayloadTooLarge,
     StepFailed,
     TokenFailed,
     TokenTimedOut,
@@ -109,6 +110,16 @@ def error_info(exc: BaseException) -> ErrorInfo:
     if len(message) > _MESSAGE_CHARS:  # errors are stored; a huge message must not be
         message = message[:_MESSAGE_CHARS] + f"... ({len(message):,} characters in all)"
     return ErrorInfo(type=type(exc).__name__, message=message, traceback=text)
+
+
+def encoded(value: Any, what: str) -> tuple[str | None, ErrorInfo | None]:
+    """A value to checkpoint: its JSON, or (when it has none, or is too large) the
+    error that fails the step, group or branch that returned it. ``what`` names the
+    value in that error."""
+    try:
+        return serde.dumps(value, what), None
+    except (serde.NotSerializable, PayloadTooLarge) as exc:
+        return None, ErrorInfo(type=type(exc).__name__, message=str(exc))
 
 
 class AttemptSession(Protocol):
@@ -200,7 +211,7 @@ class RunState:
         # A branch record of ctx.map shares its batch's position (rung._durable.parallel):
         # it is not a position of its own.
         self.by_seq = {
-            (_scope_of(r.step_id), r.seq): r
+            (scope_of(r.step_id), r.seq): r
             for r in records.values()
             if r.seq and r.kind != "branch"
         }
@@ -383,6 +394,12 @@ class Scope:
         return self.replay(stored, None)
 
 
+#: The longest step name (and group, wait, token or child name).
+MAX_STEP_NAME = 200
+#: What a wait for a child or a token adds to its name: ``"<name>:wait"``.
+WAIT_SUFFIX = ":wait"
+
+
 def check_step_name(name: object) -> None:
     if not isinstance(name, str) or not name:
         raise UsageError(f"a step name must be a non-empty string, got {name!r}")
@@ -391,8 +408,21 @@ def check_step_name(name: object) -> None:
             f"step name {name!r} contains '/' or '#', which rung uses in step ids; "
             "choose a name without them"
         )
-    if len(name) > 200:
-        raise UsageError(f"step name is {len(name)} characters long; the limit is 200")
+    if len(name) > MAX_STEP_NAME:
+        raise UsageError(f"step name is {len(name)} characters long; the limit is {MAX_STEP_NAME}")
+
+
+def check_waited_name(name: object, what: str) -> None:
+    """A child's or a token's name, checked together with its wait's
+    (``"<name>:wait"``), before anything is created under it."""
+    check_step_name(name)
+    assert isinstance(name, str)
+    if len(name) + len(WAIT_SUFFIX) > MAX_STEP_NAME:
+        raise UsageError(
+            f"{what}(name={name[:20] + '...'!r}, {len(name)} characters): its wait is the "
+            f"step '<name>{WAIT_SUFFIX}', and a step name is at most {MAX_STEP_NAME} "
+            f"characters; use a name of at most {MAX_STEP_NAME - len(WAIT_SUFFIX)} characters"
+        )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -411,7 +441,9 @@ def return_type(fn: Callable[..., Any]) -> Any:
         return None
 
 
-def _scope_of(step_id: str) -> str:
+def scope_of(step_id: str) -> str:
+    """The scope a checkpoint takes its position in (``"/map#1[0]"`` for a step of
+    that branch; for a branch record, its batch's scope)."""
     return step_id.rsplit("/", 1)[0]
 
 

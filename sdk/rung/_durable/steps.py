@@ -20,13 +20,12 @@ from rung._durable.state import (
     Replayed,
     Scope,
     StepInfo,
-    check_step_name,
     current_step_info,
+    encoded,
     error_info,
     return_type,
 )
-from rung._util import serde
-from rung.errors import ErrorInfo, InvalidConfig, PayloadTooLarge, UsageError
+from rung.errors import InvalidConfig, UsageError
 from rung.models import StepRecord
 from rung.retry import RetryPolicy
 
@@ -65,10 +64,8 @@ class Execution:
     def succeeded(self, value: Any) -> Any:
         """Record the value once; returns what every replay returns (through JSON)."""
         scope, step_id = self.scope, self.info.step_id
-        try:
-            text = serde.dumps(value, f"the result of step {step_id!r} in run {scope.run_id}")
-        except (serde.NotSerializable, PayloadTooLarge) as exc:
-            error = ErrorInfo(type=type(exc).__name__, message=str(exc))
+        text, error = encoded(value, f"the result of step {step_id!r} in run {scope.run_id}")
+        if error is not None:
             return scope.record_failure(step_id, self.seq, self.info.attempt, self.started, error)
         stored = scope.session.record_step(
             StepRecord.ended(
@@ -105,7 +102,6 @@ def start(
 ) -> Replayed | Execution:
     """Take the step's position and decide: replay its checkpoint, or execute it."""
     scope.check_caller(f"ctx.step({name!r})")
-    check_step_name(name)
     if not callable(fn):
         raise UsageError(f"ctx.step({name!r}, fn): fn must be callable, got {fn!r}")
     if retry is not None and not isinstance(retry, RetryPolicy):

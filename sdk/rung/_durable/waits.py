@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from rung._durable.groups import named
 from rung._durable.signals import Suspend
-from rung._durable.state import Scope
+from rung._durable.state import WAIT_SUFFIX, Scope, check_waited_name
 from rung._util.clock import iso, parse_iso
 from rung._util.durations import MAX_DURATION, check_duration, check_factor, format_duration
 from rung.errors import ConditionNotMet, ErrorInfo, InvalidConfig, UsageError
@@ -116,6 +116,7 @@ def create_token(
 ) -> Token:
     """``ctx.create_token``: a token, created once (a checkpoint like a step)."""
     scope.check_caller(f"ctx.create_token({name!r})")
+    check_waited_name(name, "ctx.create_token")
     limit = check_duration(
         timeout,
         "create_token timeout",
@@ -180,7 +181,7 @@ def wait_for_token(scope: Scope, token: Token, result_type: Any) -> Any:
     scope.check_caller("ctx.wait_for_token()")
     if not isinstance(token, Token):
         raise UsageError(f"ctx.wait_for_token needs the Token from ctx.create_token, got {token!r}")
-    step_id, seq = scope.position(f"{token.name}:wait", "token_wait")
+    step_id, seq = scope.position(f"{token.name}{WAIT_SUFFIX}", "token_wait")
     record = scope.run.records.get(step_id)
     if record is None:
         scope.session.before_step()
@@ -212,9 +213,9 @@ def _token_outcome(
     else:
         timeout = state.timeout_at - state.created_at
         if state.deadline < state.timeout_at and state.heartbeat_timeout is not None:
-            why = f"no heartbeat arrived within {state.heartbeat_timeout}"
+            why = f"no heartbeat arrived within {format_duration(state.heartbeat_timeout)}"
         else:
-            why = f"it was not completed within its timeout of {timeout}"
+            why = f"it was not completed within its timeout of {format_duration(timeout)}"
         error = ErrorInfo("TokenTimedOut", f"token {state.name!r} ({state.id}) timed out: {why}")
     return StepRecord.ended(
         step_id,

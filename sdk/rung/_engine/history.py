@@ -21,6 +21,7 @@ import json
 from dataclasses import replace
 from datetime import datetime
 
+from rung._durable.state import scope_of
 from rung.models import EventType, Failure, HistoryEvent, Run, RunStatus, StepRecord
 
 #: Checkpoints shown as a step (started, then succeeded or failed): steps, the
@@ -129,7 +130,7 @@ def _starts(records: list[StepRecord], began: datetime) -> dict[str, datetime]:
     after the steps in between): program order, within the times recorded."""
     by_scope: dict[str, list[StepRecord]] = {}
     for record in records:
-        by_scope.setdefault(_scope_of(record.step_id), []).append(record)
+        by_scope.setdefault(scope_of(record.step_id), []).append(record)
     starts: dict[str, datetime] = {}
     for scope_records in by_scope.values():
         floor = began  # the latest start at the positions before this one
@@ -140,11 +141,6 @@ def _starts(records: list[StepRecord], began: datetime) -> dict[str, datetime]:
             starts[record.step_id] = max(record.started_at, floor)
             latest = max(latest, starts[record.step_id])
     return starts
-
-
-def _scope_of(step_id: str) -> str:
-    """The scope a checkpoint takes its position in ("/map#1[0]", a branch: its batch's)."""
-    return step_id.rsplit("/", 1)[0]
 
 
 def _depth_first(records: list[StepRecord]) -> list[tuple[StepRecord, bool]]:

@@ -16,7 +16,7 @@ from rung._util.clock import Clock
 from rung._util.ids import new_run_id
 from rung._util.traces import TraceContext, header_of
 from rung.errors import ErrorInfo, RunAlreadyFinished, RunNotFailed
-from rung.models import Failure, Redrive, Run, RunHandle, RunStatus
+from rung.models import Failure, Redrive, Run, RunHandle, RunStatus, StepRecord
 
 
 class Lifecycle:
@@ -144,10 +144,13 @@ class Lifecycle:
             )
         now = self._clock.now()
         failed = None
+        also: list[StepRecord] = []
         if run.failed_step is not None:
-            record = self._store.load_steps(run.run_id).get(run.failed_step)
+            steps = self._store.load_steps(run.run_id)
+            record = steps.get(run.failed_step)
             if record is not None and record.outcome == "failed":
                 failed = record
+                also = _failed_in_batch(steps, record)
         error = run.error or ErrorInfo("Error", "")
         failed_at = run.finished_at or now
         preserved = None
@@ -175,7 +178,39 @@ class Lifecycle:
                 step_id=failed.step_id if failed is not None else None,
             ),
             now=now,
+            also=also,
         )
         # A crash before this send leaves the run QUEUED and due: the reconciler sends it.
         self._queue.send(run.run_id, trace_header=header_of(run.trace))
         return redriven
+
+
+def _failed_in_batch(steps: dict[str, StepRecord], batch: StepRecord) -> list[StepRecord]:
+    """For a failed ``ctx.map`` / ``ctx.parallel`` record: its failed branches' records
+    and every failed checkpoint inside those branches (nested batches included), so
+    that on redrive those branches run again, while the succeeded ones replay.
+
+    Every failed checkpoint inside a failed branch goes, also one that the branch's
+    code caught before it failed otherwise: which failure failed the branch is not
+    recorded as data. (A failed ``ctx.checkpointed_group`` record failed on its own
+    value, not on what is inside it: nothing inside it is removed.)"""
+    if batch.kind not in ("map", "parallel"):
+        return []
+    prefix = batch.step_id + "["
+    branches = [
+        r.step_id
+        for r in steps.values()
+        if r.kind == "branch"
+        and r.outcome == "failed"
+        and r.step_id.startswith(prefix)
+        and "/" not in r.step_id[len(prefix) :]
+    ]
+    inside = tuple(f"{b}/" for b in branches)
+    return sorted(
+        (
+            r
+            for r in steps.values()
+            if r.outcome == "failed" and (r.step_id in branches or r.step_id.startswith(inside))
+        ),
+        key=lambda r: r.step_id,
+    )

@@ -27,7 +27,6 @@ from rung.errors import InvalidConfig
 #: The longest duration rung accepts anywhere (a wait, a delay, a timeout, a retry
 #: interval, a token's life): a year and a day. Longer waits are loops of waits.
 MAX_DURATION = timedelta(days=366)
-_ZERO = timedelta(0)
 
 
 def check_duration(
@@ -150,7 +149,9 @@ def parse_duration(text: str) -> timedelta:
 
 
 def _as_timedelta(text: str, seconds: float) -> timedelta:
-    if seconds > _LONGEST:  # (what a timedelta cannot hold; the caller's limit is less)
+    # What a timedelta cannot hold (the caller's limit is less). ``>=``: as a float,
+    # timedelta.max's seconds round up to 86,400,000,000,000, which overflows.
+    if seconds >= _LONGEST:
         raise ValueError(f"{text!r} is far too long a duration ({seconds / 86_400:,.0f} days)")
     return timedelta(seconds=seconds)
 

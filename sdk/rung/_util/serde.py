@@ -26,30 +26,35 @@ class NotSerializable(TypeError):
     """A value cannot be represented as JSON."""
 
 
-def jsonable(value: Any, what: str) -> Any:
+def jsonable(value: Any, what: str, *, as_input: bool = False) -> Any:
     """``value`` in its JSON form (dicts, lists, strings, numbers, booleans, None), as
     pydantic's JSON mode converts it (the table in docs/determinism.md).
+
+    ``as_input``: the form that validates back into the value (pydantic's round trip:
+    a model's computed fields are left out), for what is revived from it.
 
     Raises:
         NotSerializable: the value (or something inside it) has no JSON form.
     """
     try:
-        return to_jsonable_python(value)
+        return to_jsonable_python(value, round_trip=as_input)
     except (PydanticSerializationError, TypeError, ValueError) as exc:
         raise NotSerializable(_not_json(value, what, exc)) from None
 
 
-def dumps(value: Any, what: str) -> str:
+def dumps(value: Any, what: str, *, as_input: bool = False) -> str:
     """Encode ``value`` as compact JSON, refusing what cannot round-trip.
+
+    ``as_input``: as for ``jsonable``.
 
     Raises:
         NotSerializable: the value (or something inside it) is not JSON-representable.
         PayloadTooLarge: the encoded value is larger than ``MAX_VALUE_BYTES``.
     """
+    plain = jsonable(value, what, as_input=as_input)
     try:
-        plain = to_jsonable_python(value)
         text = json.dumps(plain, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-    except (PydanticSerializationError, TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:
         raise NotSerializable(_not_json(value, what, exc)) from None
     size = len(text.encode("utf-8"))
     if size > MAX_VALUE_BYTES:
@@ -69,12 +74,15 @@ def _not_json(value: Any, what: str, exc: Exception) -> str:
 
 
 def loads(text: str | None, type_: Any = None) -> Any:
-    """Decode JSON, reviving it as ``type_`` when a concrete type is declared."""
+    """Decode JSON, reviving it as ``type_`` when a concrete type is declared.
+
+    Values are validated from the JSON text (pydantic's JSON mode), as they are
+    stored: a strict model's datetime or UUID field takes its JSON string there.
+    """
     if text is None:
         return None
-    value = json.loads(text)
     validator = adapter(type_)
-    return value if validator is None else validator.validate_python(value)
+    return json.loads(text) if validator is None else validator.validate_json(text)
 
 
 def problems(exc: pydantic.ValidationError) -> str:
@@ -87,29 +95,30 @@ def problems(exc: pydantic.ValidationError) -> str:
 def adapter(type_: Any) -> pydantic.TypeAdapter[Any] | None:
     """The validator that revives values declared as ``type_``; None for no type (or
     ``Any``/``object``), or for a type pydantic cannot build a validator for."""
-    try:
-        return _adapter(type_)
-    except TypeError:  # an unhashable annotation
-        return None
+    return _built(type_)[0]
 
 
 def unrevivable(type_: Any) -> str | None:
     """Why values declared as ``type_`` cannot be validated and revived (pydantic's
     reason, on one line), or None when they can (or no type is declared)."""
-    if type_ is None or type_ is Any or type_ is object:
-        return None
-    try:
-        pydantic.TypeAdapter(type_)
-    except Exception as exc:
-        return " ".join(str(exc).split("\n\n")[0].split())
-    return None
+    return _built(type_)[1]
 
 
-@lru_cache(maxsize=512)
-def _adapter(type_: Any) -> pydantic.TypeAdapter[Any] | None:
-    if type_ is None or type_ is Any or type_ is object:
-        return None
+def _built(type_: Any) -> tuple[pydantic.TypeAdapter[Any] | None, str | None]:
     try:
-        return pydantic.TypeAdapter(type_)
-    except Exception:  # an annotation pydantic cannot handle: keep plain JSON
-        return None
+        return _build_cached(type_)
+    except TypeError:  # an unhashable annotation: built each time
+        return _build(type_)
+
+
+def _build(type_: Any) -> tuple[pydantic.TypeAdapter[Any] | None, str | None]:
+    """``type_``'s validator, or why pydantic cannot build one; (None, None) for no type."""
+    if type_ is None or type_ is Any or type_ is object:
+        return None, None
+    try:
+        return pydantic.TypeAdapter(type_), None
+    except Exception as exc:  # an annotation pydantic cannot handle
+        return None, " ".join(str(exc).split("\n\n")[0].split())
+
+
+_build_cached = lru_cache(maxsize=512)(_build)

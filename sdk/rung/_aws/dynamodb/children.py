@@ -16,12 +16,13 @@ child's end adds one to a counter on the parent item, and the last one wakes it:
     parent RUNNING --suspend (check: counter < size)--> WAITING, wake_threshold = size-1
     child  RUNNING --end + counter += 1 (+ parent due now if counter was >= threshold)
     any non-terminal --cancel_run--> CANCELED       (no lease needed; fenced writes then fail)
-    FAILED --redrive_run (+ delete the failed checkpoint)--> QUEUED, attempt + 1
+    FAILED --redrive_run (+ delete the failed checkpoints)--> QUEUED, attempt + 1
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -50,6 +51,9 @@ from rung.errors import (
     RunNotFound,
 )
 from rung.models import Failure, Redrive, Run, RunStatus, StepRecord
+
+#: The most items one TransactWriteItems takes.
+_MAX_TRANSACTION = 100
 
 
 class _Children(_Parents):
@@ -216,15 +220,23 @@ class _Children(_Parents):
         preserved: Failure | None,
         redrive: Redrive,
         now: datetime,
+        also: Sequence[StepRecord] = (),
     ) -> Run:
         """FAILED -> QUEUED, due now, with the next attempt: one transaction.
 
-        It removes the failed checkpoint ``failed`` (so that step runs again), appends
-        ``preserved`` (that failure, kept for history) and ``redrive`` to the run, and
-        clears the error. Conditioned on the run being FAILED at the attempt it was
-        read at, so that of racing redrives one wins; being one transaction, a crash
-        leaves either all of it or none (and the reconciler sends a redriven run whose
-        message was lost).
+        It removes the failed checkpoint ``failed`` (so that step runs again) and the
+        failed checkpoints ``also`` (a failed ``ctx.map``'s failed branches and what
+        failed in them), appends ``preserved`` (that failure, kept for history) and
+        ``redrive`` to the run, and clears the error. Conditioned on the run being
+        FAILED at the attempt it was read at, so that of racing redrives one wins;
+        being one transaction, a crash leaves either all of it or none (and the
+        reconciler sends a redriven run whose message was lost).
+
+        A transaction holds at most 100 items: the run's update and 99 deletes. More
+        deletes go first, in transactions of their own, each conditioned on the run
+        being FAILED at that attempt. A crash between them leaves the run FAILED with
+        some of those failed checkpoints gone (harmless: a FAILED run does not replay,
+        and they would be deleted anyway); the next redrive deletes the rest.
 
         Raises:
             RunNotFailed: the run is not (or no longer) FAILED at that attempt.
@@ -264,21 +276,32 @@ class _Children(_Parents):
                 }
             }
         ]
-        if failed is not None:
-            items.append(
-                {
-                    "Delete": {
+        deletes = [r.step_id for r in ([failed] if failed is not None else []) + list(also)]
+        first, rest = deletes[: _MAX_TRANSACTION - 1], deletes[_MAX_TRANSACTION - 1 :]
+        items += [self._delete_failed(run.run_id, step_id, gone_ok=False) for step_id in first]
+        try:
+            for start in range(0, len(rest), _MAX_TRANSACTION - 1):
+                # The run still FAILED at this attempt; a checkpoint a racing redrive
+                # deleted already is fine.
+                check = {
+                    "ConditionCheck": {
                         "TableName": self.table,
-                        "Key": {
-                            "pk": _S(f"RUN#{run.run_id}"),
-                            "sk": _S(_STEP_PREFIX + failed.step_id),
+                        "Key": _run_key(run.run_id),
+                        "ConditionExpression": "#status = :failed AND attempt = :attempt",
+                        "ExpressionAttributeNames": _NAMES,
+                        "ExpressionAttributeValues": {
+                            ":failed": _S(RunStatus.FAILED),
+                            ":attempt": _N(run.attempt),
                         },
-                        "ConditionExpression": "outcome = :failed_outcome",
-                        "ExpressionAttributeValues": {":failed_outcome": _S("failed")},
                     }
                 }
-            )
-        try:
+                chunk = rest[start : start + _MAX_TRANSACTION - 1]
+                self.client.transact_write_items(
+                    TransactItems=[
+                        check,
+                        *(self._delete_failed(run.run_id, s, gone_ok=True) for s in chunk),
+                    ]
+                )
             self.client.transact_write_items(TransactItems=items)
         except ClientError as exc:
             if _cancellation_reasons(exc) is None:
@@ -291,3 +314,18 @@ class _Children(_Parents):
                 status=now_run.status,
             ) from None
         return self.get_run(run.run_id)
+
+    def _delete_failed(self, run_id: str, step_id: str, *, gone_ok: bool) -> dict[str, Any]:
+        """A transaction item deleting the failed checkpoint ``step_id`` (only if it
+        is failed; ``gone_ok``: or already gone)."""
+        condition = "outcome = :failed_outcome"
+        return {
+            "Delete": {
+                "TableName": self.table,
+                "Key": {"pk": _S(f"RUN#{run_id}"), "sk": _S(_STEP_PREFIX + step_id)},
+                "ConditionExpression": (
+                    f"attribute_not_exists(pk) OR {condition}" if gone_ok else condition
+                ),
+                "ExpressionAttributeValues": {":failed_outcome": _S("failed")},
+            }
+        }
