@@ -364,8 +364,12 @@ class Gate:
     def fill(self, spec: Queue, now: datetime, state: QueueState | None = None) -> None:
         """Hand free slots to parked runs, best first, until none is free or waiting.
 
+        Every hand-off is a write of its own; only a conflict (the queue changed under
+        the hand-off) counts against ``_TRIES``, so a change that frees hundreds of
+        slots (a resume, a raised limit) hands them all out here, not the first few.
         ``state``: the queue as the caller just read or wrote it (saves a read)."""
-        for attempt in range(_TRIES):
+        conflicts = 0
+        while conflicts < _TRIES:
             if state is None:
                 state = self.store.queue_state(spec.name)
             limits = limits_of(spec, state)
@@ -387,8 +391,14 @@ class Gate:
                 self.queue.send(chosen.run_id)
                 log.info("queue %s: slot handed to run %s", spec.name, chosen.run_id)
             elif done is False:
-                _backoff(attempt)
-        log.warning("queue %s: gave up filling slots after %d tries", spec.name, _TRIES)
+                _backoff(conflicts)
+                conflicts += 1
+        log.warning(
+            "queue %s: gave up filling slots after %d conflicting writes; the next run "
+            "that ends, or the parked runs' recheck, hands them out",
+            spec.name,
+            _TRIES,
+        )
 
     def _next_waiter(self, name: str, limits: Limits, per_key: dict[str, int]) -> Waiter | None:
         """The best parked run whose key is under its per-key limit, if any."""
