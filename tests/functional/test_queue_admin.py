@@ -254,7 +254,6 @@ def test_a_read_only_client_sees_stored_queues_and_their_overrides(setup: Setup)
     assert setup.client.get_queue("mail").paused
 
 
-
 def _wide_app(limit: int, hold: threading.Event) -> rung.App:
     """Task "t" on queue "wide": each run holds its slot until ``hold`` is set."""
     app = rung.App("wide")
