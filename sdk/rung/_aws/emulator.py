@@ -267,12 +267,15 @@ def use_virtual_time(clock: VirtualClock) -> None:
         _patched_clock = clock
 
 
-def release_virtual_time() -> None:
+def release_virtual_time(clock: VirtualClock) -> None:
+    """Give moto's SQS its wall clock back, if ``clock`` is the one it runs on: an engine
+    whose ``use_virtual_time`` was refused (another engine's clock is in place) must not
+    take that other engine's clock away when it stops."""
     global _patched_clock
     import moto.sqs.models as sqs_models
 
     with _patch_lock:
-        if _patched_clock is None:
+        if _patched_clock is not clock:
             return
         sqs_models.unix_time = _originals["unix_time"]  # type: ignore[attr-defined]
         sqs_models.unix_time_millis = _originals["unix_time_millis"]  # type: ignore[attr-defined]

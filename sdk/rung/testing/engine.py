@@ -121,7 +121,6 @@ class LocalEngine:
             )
         self.app = app
         self._workers = workers
-        self._virtual = virtual_time
         self.clock: Clock = VirtualClock() if virtual_time else SystemClock()
         self._config = WorkerConfig(lease_duration=lease_duration, min_time_left=min_time_left)
         self._max_receive = max_receive_count
@@ -206,7 +205,7 @@ class LocalEngine:
             self._drop_resources()
             self._emulator = None
         if isinstance(self.clock, VirtualClock):
-            release_virtual_time()
+            release_virtual_time(self.clock)
 
     def _drop_resources(self) -> None:
         # The shared emulator outlives this engine: leave nothing of ours behind in it.
