@@ -218,8 +218,17 @@ class _Base:
         values: dict[str, Any],
         names: dict[str, str] | None = None,
     ) -> None:
+        """One update of the run item under the lease fence (``_fenced``).
+
+        Raises:
+            LeaseLost: the worker's token is stale.
+        """
+        self._update_fenced(run_id, token, self._fenced(run_id, token, update, values, names))
+
+    def _update_fenced(self, run_id: str, token: int, update: dict[str, Any]) -> None:
+        """Send ``update``, built by ``_fenced``; a refused fence is ``LeaseLost``."""
         try:
-            self.client.update_item(**self._fenced(run_id, token, update, values, names))
+            self.client.update_item(**update)
         except ClientError as exc:
             if not _is_conditional_failure(exc):
                 raise
