@@ -94,6 +94,14 @@ def _ms(delta: timedelta) -> int:
 
 #: ``available_at`` of a run that waits with no timer (only a waker moves it).
 NEVER_MS = 253402300799000  # 9999-12-31T23:59:59Z
+
+
+def waits_without_timer(when: datetime) -> bool:
+    """Whether ``when`` (a run's ``available_at``, a claim's ``retry_at``) is the
+    ``NEVER_MS`` of a run that waits with no timer, rather than a due time."""
+    return to_ms(when) >= NEVER_MS
+
+
 _ADD_COMPUTE = "compute_ms = if_not_exists(compute_ms, :zero) + :spent"
 
 
