@@ -372,9 +372,7 @@ FAILURE_TRACEBACK_CHARS = 1500
 
 
 def _failure_json(failure: Failure) -> str:
-    error = failure.error.to_json()
-    if len(error["traceback"]) > FAILURE_TRACEBACK_CHARS:
-        error["traceback"] = "...\n" + error["traceback"][-FAILURE_TRACEBACK_CHARS:]
+    error = failure.error.trimmed(FAILURE_TRACEBACK_CHARS).to_json()
     return json.dumps(
         {
             "attempt": failure.attempt,
@@ -408,9 +406,7 @@ def _failure_from_json(text: str) -> Failure:
 
 
 def _redrive_json(redrive: Redrive) -> str:
-    error = redrive.error.to_json()
-    if len(error["traceback"]) > FAILURE_TRACEBACK_CHARS:
-        error["traceback"] = "...\n" + error["traceback"][-FAILURE_TRACEBACK_CHARS:]
+    error = redrive.error.trimmed(FAILURE_TRACEBACK_CHARS).to_json()
     return json.dumps(
         {
             "attempt": redrive.attempt,
