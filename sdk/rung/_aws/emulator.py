@@ -282,6 +282,19 @@ def release_virtual_time(clock: VirtualClock) -> None:
         _patched_clock = None
 
 
+def visible(region: str, queue_name: str) -> int:
+    """How many messages of the queue a receive could take now, on moto's (maybe
+    virtual) clock: visible and not delayed, counting one due this very millisecond."""
+    import moto.sqs.models as sqs_models
+    from moto.sqs.models import sqs_backends
+
+    queue = sqs_backends[ACCOUNT_ID][region].queues.get(queue_name)
+    if queue is None:
+        return 0
+    now_ms = getattr(sqs_models, "unix_time_millis")()  # noqa: B009 - virtual if patched
+    return sum(1 for m in list(queue._messages) if max(m.visible_at, m.delayed_until) <= now_ms)
+
+
 def pending(region: str, queue_name: str, now_ms: float) -> list[tuple[float, str]]:
     """``(due epoch ms, body)`` of every invisible or delayed message, soonest first."""
     from moto.sqs.models import sqs_backends
