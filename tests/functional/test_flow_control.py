@@ -401,7 +401,7 @@ def test_pausing_a_queue_stops_new_starts_and_resuming_continues() -> None:
         engine.store.set_queue("p", paused=True)
         handles = [engine.trigger("t", {"n": n}) for n in range(5)]
         _wait_parked(engine, "p", 5)
-        time.sleep(0.3)
+        engine.settle()  # whatever would start by itself (a wrong hand-off) has started
         parked = list(done)
         engine.store.set_queue("p", paused=False)
         from rung._engine.admission import Gate
