@@ -59,6 +59,16 @@ class ErrorInfo:
     def to_json(self) -> dict[str, str]:
         return {"type": self.type, "message": self.message, "traceback": self.traceback}
 
+    def trimmed(self, chars: int) -> ErrorInfo:
+        """This error with its traceback cut to its last ``chars`` characters (the
+        frames nearest the error, and the error line), marked by a leading ``...``;
+        itself if the traceback is no longer than that. Stored failures use it to stay
+        far below DynamoDB's item size.
+        """
+        if len(self.traceback) <= chars:
+            return self
+        return ErrorInfo(self.type, self.message, "...\n" + self.traceback[-chars:])
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ErrorInfo:
         return cls(

@@ -352,7 +352,7 @@ def test_a_message_past_its_queues_retention_is_not_received(sqs: Any) -> None:
         clock.advance(timedelta(seconds=31))
         old = bodies(short), bodies(default)
     finally:
-        release_virtual_time()
+        release_virtual_time(clock)
         for url in (short, default):
             sqs.delete_queue(QueueUrl=url)
 

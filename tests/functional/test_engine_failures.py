@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import rung
-from rung._aws.dynamodb import Claimed
+from rung._aws.dynamodb import FAILURE_TRACEBACK_CHARS, Claimed
 from rung._aws.sqs import QueueMessage
 from rung._engine.worker import Disposition
 from rung._util.clock import VirtualClock
@@ -327,6 +327,40 @@ def test_a_huge_error_message_is_stored_capped_and_the_run_goes_on() -> None:
     assert failed.error is not None and failed.error.message.endswith("(500,000 characters in all)")
     assert len(failed.error.message) < 2100
     assert faults == []
+
+
+def test_a_retried_failures_long_traceback_is_stored_cut_to_its_innermost_end() -> None:
+    app = rung.App("deeperr")
+    calls: Counter[str] = Counter()
+
+    # Two functions calling each other: Python folds a run of identical frames into
+    # one line, so plain recursion would make a short traceback.
+    def deep(depth: int) -> str:
+        if depth == 0:
+            raise ValueError("at the bottom")
+        return deeper(depth - 1)
+
+    def deeper(depth: int) -> str:
+        return deep(depth)
+
+    def fails_deep_once() -> str:
+        calls["n"] += 1
+        return deep(100) if calls["n"] == 1 else "ok"
+
+    @app.task(id="t", retry=FAST)
+    def t(ctx: rung.Context, payload: None) -> str:
+        return ctx.step("s", fails_deep_once)
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+        [failed] = [e for e in engine.history(run.run_id) if e.type == EventType.STEP_FAILED]
+    assert run.status == "COMPLETED" and run.output == "ok"
+    assert failed.error is not None
+    # A retried failure keeps the last FAILURE_TRACEBACK_CHARS of its traceback: the
+    # frames nearest the error, and the error itself.
+    traceback = failed.error.traceback
+    assert traceback.startswith("...\n") and len(traceback) == 4 + FAILURE_TRACEBACK_CHARS
+    assert traceback.rstrip().endswith("ValueError: at the bottom")
 
 
 @pytest.mark.slow  # ~30 s of wall time: the queue's visibility timeout after the "kill"

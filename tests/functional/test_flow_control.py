@@ -131,13 +131,17 @@ def test_a_tenant_with_two_runs_is_not_stuck_behind_one_with_a_hundred() -> None
     app = rung.App("fair")
     tracker = Tracker()
     queue = rung.Queue("fair", concurrency_limit=2, per_key_limit=2)
-    gate = threading.Event()
+    # Each run holds its slot until the test gives it a permit. Freeing one slot at a
+    # time, and only once the run handed the last one has started, makes the order of
+    # starts the order of hand-offs: with both slots freed at once, a run handed a
+    # slot could start after several runs handed the other slot later, if its worker
+    # was slow (a loaded machine).
+    permits = threading.Semaphore(0)
 
     def work(job: Job) -> str:
         tracker.enter(job.tenant, rung.current_step().run_id)
         try:
-            gate.wait(300)  # the first runs hold their slots until every run is queued
-            time.sleep(0.005)
+            assert permits.acquire(timeout=540)
         finally:
             tracker.leave(job.tenant)
         return job.tenant
@@ -149,11 +153,16 @@ def test_a_tenant_with_two_runs_is_not_stuck_behind_one_with_a_hundred() -> None
     # The holders block in their step for as long as parking 98 runs takes, which
     # can pass a minute on a loaded machine; a longer lease keeps their slots theirs.
     with LocalEngine(app, workers=6, lease_duration=timedelta(minutes=10)) as engine:
-        big = [engine.trigger("t", {"tenant": "big", "n": n}) for n in range(100)]
-        _wait_parked(engine, "fair", 98)
-        small = [engine.trigger("t", {"tenant": "small", "n": n}) for n in range(2)]
-        _wait_parked(engine, "fair", 100)
-        gate.set()
+        try:
+            big = [engine.trigger("t", {"tenant": "big", "n": n}) for n in range(100)]
+            _wait_parked(engine, "fair", 98, timeout=480)
+            small = [engine.trigger("t", {"tenant": "small", "n": n}) for n in range(2)]
+            _wait_parked(engine, "fair", 100, timeout=480)
+            for started in range(3, 7):  # the next four hand-offs, one at a time
+                permits.release()
+                _wait_started(tracker, started)
+        finally:
+            permits.release(200)  # the rest run freely
         runs = [engine.wait(h.run_id, timeout=300) for h in big + small]
     assert all(r.status == rung.RunStatus.COMPLETED for r in runs)
     order = [key for key, _ in tracker.starts]
@@ -219,8 +228,8 @@ def _settled(engine: LocalEngine, queue: str) -> Any:
     return state
 
 
-def _wait_parked(engine: LocalEngine, queue: str, count: int) -> None:
-    deadline = time.monotonic() + 240
+def _wait_parked(engine: LocalEngine, queue: str, count: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if engine.store.queue_state(queue).waiting >= count:
             return
@@ -401,7 +410,7 @@ def test_pausing_a_queue_stops_new_starts_and_resuming_continues() -> None:
         engine.store.set_queue("p", paused=True)
         handles = [engine.trigger("t", {"n": n}) for n in range(5)]
         _wait_parked(engine, "p", 5)
-        time.sleep(0.3)
+        engine.settle()  # whatever would start by itself (a wrong hand-off) has started
         parked = list(done)
         engine.store.set_queue("p", paused=False)
         from rung._engine.admission import Gate

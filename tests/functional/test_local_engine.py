@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+import pytest
+
 import rung
 from rung.testing import LocalEngine
 
@@ -55,3 +57,45 @@ def test_wait_returns_each_run_of_a_burst_as_it_ends() -> None:
         runs = [engine.wait(h.run_id, timeout=60) for h in reversed(handles)]
 
     assert [r.output for r in runs] == [n * 2 for n in reversed(range(20))]
+
+
+def test_settle_returns_once_the_engine_has_done_all_it_would_do_on_its_own() -> None:
+    app = rung.App("settle")
+
+    @app.task(id="nap")
+    def nap(ctx: rung.Context, n: int) -> int:
+        ctx.wait(timedelta(hours=n))  # virtual time jumps there by itself
+        return ctx.step("double", lambda: 2 * n)
+
+    with LocalEngine(app, workers=2) as engine:
+        handles = [engine.trigger(nap, n) for n in (1, 2, 3)]
+        engine.settle()
+        runs = [engine.get_run(h.run_id) for h in handles]  # read, not waited for
+    assert [(r.status, r.output) for r in runs] == [
+        (rung.RunStatus.COMPLETED, 2 * n) for n in (1, 2, 3)
+    ]
+
+
+def test_settle_counts_the_workers_a_test_blocks_and_times_out_on_others() -> None:
+    app = rung.App("settleblock")
+    entered, hold = threading.Event(), threading.Event()
+
+    def wait_for_the_test() -> bool:
+        entered.set()
+        return hold.wait(60)
+
+    @app.task(id="held")
+    def held(ctx: rung.Context, payload: None) -> bool:
+        return ctx.step("hold", wait_for_the_test)
+
+    with LocalEngine(app, workers=2) as engine:
+        handle = engine.trigger(held)
+        assert entered.wait(30)
+        try:
+            with pytest.raises(TimeoutError, match=r"still busy after 0.5s of waiting"):
+                engine.settle(timeout=0.5)  # the held run keeps a worker busy
+            engine.settle(blocked=1)
+        finally:
+            hold.set()
+        run = engine.wait(handle.run_id)
+    assert run.status == rung.RunStatus.COMPLETED and run.output is True

@@ -96,7 +96,7 @@ def test_pausing_stops_new_starts_running_runs_finish_and_resuming_starts_them(
     assert until(lambda: client.get_queue("mail").parked == 4)
     recorder.release.set()  # the two running runs may finish now
     done = [engine.wait(h.run_id, timeout=60) for h in first]
-    time.sleep(2.0)  # room for a wrong start
+    engine.settle()  # their slots given back: a wrong hand-off to a parked run is made
     # A run gives its slot back just after its final write.
     assert until(lambda: client.get_queue("mail").running == 0)
 
@@ -152,7 +152,7 @@ def test_a_lower_limit_holds_at_run_time(setup: Setup) -> None:
     handles = [engine.trigger("send", {"n": n}) for n in range(4)]
     assert until(lambda: len(recorder.started) == 1)
     assert until(lambda: client.get_queue("mail").parked == 3)
-    time.sleep(1.5)  # room for a second, wrong, start
+    engine.settle(blocked=1)  # the first run holds a worker; a wrong start is made by now
 
     assert len(recorder.started) == 1
     recorder.release.set()
@@ -252,3 +252,58 @@ def test_a_read_only_client_sees_stored_queues_and_their_overrides(setup: Setup)
     assert info.code_concurrency_limit is None  # the code is not known without the app
     assert reader.pause_queue("mail").paused
     assert setup.client.get_queue("mail").paused
+
+
+def _wide_app(limit: int, hold: threading.Event) -> rung.App:
+    """Task "t" on queue "wide": each run holds its slot until ``hold`` is set."""
+    app = rung.App("wide")
+
+    @app.task(id="t", queue=rung.Queue("wide", concurrency_limit=limit))
+    def task(ctx: rung.Context, job: Job) -> int:
+        hold.wait(120)
+        return job.n
+
+    return app
+
+
+def _parked(engine: LocalEngine, count: int) -> list[rung.RunHandle]:
+    handles = [engine.trigger("t", {"n": n}) for n in range(count)]
+    assert until(lambda: engine.client.get_queue("wide").parked == count, timeout=120)
+    return handles
+
+
+# More than 50 free slots and parked runs: the change hands all of them off itself (it
+# once stopped after 50, leaving the rest to the next run that ends, or to the parked
+# runs' 10-minute recheck). The runs hold their slots until the test has looked.
+
+
+@pytest.mark.timeout(300)
+def test_resuming_hands_every_free_slot_to_parked_runs_at_once() -> None:
+    hold = threading.Event()
+    with LocalEngine(_wide_app(100, hold), workers=2) as engine:
+        engine.client.pause_queue("wide")
+        handles = _parked(engine, 80)
+
+        resumed = engine.client.resume_queue("wide")
+        hold.set()
+        runs = [engine.wait(h.run_id, timeout=120) for h in handles]
+
+    assert (resumed.paused, resumed.parked, resumed.running) == (False, 0, 80)
+    assert [r.status for r in runs] == [rung.RunStatus.COMPLETED] * 80
+    assert all(r.attempt == 1 for r in runs)
+
+
+@pytest.mark.timeout(300)
+def test_raising_a_limit_by_more_than_fifty_starts_as_many_parked_runs() -> None:
+    hold = threading.Event()
+    with LocalEngine(_wide_app(1, hold), workers=2) as engine:
+        first = engine.trigger("t", {"n": -1})  # takes the one slot and holds it
+        assert until(lambda: engine.client.get_queue("wide").running == 1)
+        handles = _parked(engine, 80)
+
+        raised = engine.client.set_queue_limit("wide", concurrency_limit=81)
+        hold.set()
+        runs = [engine.wait(h.run_id, timeout=120) for h in [first, *handles]]
+
+    assert (raised.concurrency_limit, raised.parked, raised.running) == (81, 0, 81)
+    assert [r.status for r in runs] == [rung.RunStatus.COMPLETED] * 81

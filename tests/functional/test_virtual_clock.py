@@ -90,3 +90,22 @@ def test_a_leftover_message_of_a_run_waiting_with_no_timer_is_no_reason_to_jump(
 
         engine.client.complete_token(waiting.id, "later")
         assert engine.wait(parent).output == "yes then later"
+
+
+def test_a_second_engine_that_could_not_start_leaves_the_first_ones_clock_alone() -> None:
+    app = rung.App("second")
+
+    @app.task(id="later")
+    def later(ctx: rung.Context, payload: None) -> str:
+        ctx.wait(timedelta(hours=1))
+        return "done"
+
+    with LocalEngine(app) as engine:
+        second = LocalEngine(app)
+        with pytest.raises(rung.UsageError, match="another LocalEngine with virtual time"):
+            second.start()
+        second.stop()  # as a fixture's teardown would: the first engine's clock stays
+        run = engine.wait(engine.trigger(later).run_id, timeout=10)
+    assert run.status == rung.RunStatus.COMPLETED
+    assert run.finished_at is not None and run.started_at is not None
+    assert run.finished_at - run.started_at >= timedelta(hours=1)

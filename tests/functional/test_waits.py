@@ -226,7 +226,7 @@ def test_a_token_times_out_and_the_timeout_is_catchable() -> None:
         handle = engine.trigger("approve", {})
         token_id = _token_of(engine, handle.run_id)
         # Virtual time does not skip a token's deadline by itself: the test moves it.
-        time.sleep(0.3)
+        # (wait_for_token returned after the suspending invocation had finished.)
         assert engine.get_run(handle.run_id).status == rung.RunStatus.WAITING
         assert isinstance(engine.clock, VirtualClock)
         engine.clock.advance(timedelta(hours=5))

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rung._dev import workers_for
+import rung._dev
+from rung._dev import worker_count, workers_for
 from rung.cli import main
 
 APP = "tests.integration.dev_app:app"
@@ -53,4 +54,37 @@ GiB = 1024**3
 def test_the_default_worker_count_is_what_the_machine_can_run(
     cpus: int, memory: int | None, maximum: int, expected: int
 ) -> None:
-    assert workers_for(maximum, cpus, memory) == expected
+    assert workers_for(maximum, cpus, memory).count == expected
+
+
+@pytest.mark.parametrize(
+    ("cpus", "memory", "maximum", "reason"),
+    [
+        (2, 8 * GiB, 10, "2 for 2 CPU(s)"),
+        (1, 8 * GiB, 10, "2 for 1 CPU(s) (at least 2)"),
+        (16, 8 * GiB, 10, "10 for the event source's MaximumConcurrency 10"),
+        (16, 1 * GiB, 100, "4 for 1.0 GiB of available memory at 256 MiB each"),
+    ],
+)
+def test_the_default_worker_count_says_what_limited_it(
+    cpus: int, memory: int, maximum: int, reason: str
+) -> None:
+    assert str(workers_for(maximum, cpus, memory)) == reason
+
+
+def test_the_worker_count_message_names_memory_when_memory_limited_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # This machine's CPUs and free memory cannot be chosen by a test: the two readings
+    # are replaced (a machine with 16 CPUs and 1 GiB free), the rest is rung's own.
+    monkeypatch.setattr(rung._dev, "_usable_cpus", lambda: 16)
+    monkeypatch.setattr(rung._dev, "_available_memory", lambda: GiB)
+
+    chosen = worker_count(maximum=100, requested=None)
+    asked = worker_count(maximum=100, requested=3)
+    capped = worker_count(maximum=2, requested=3)
+
+    assert (chosen.count, str(chosen)) == (4, "4 for 1.0 GiB of available memory at 256 MiB each")
+    assert "CPU" not in str(chosen)
+    assert str(asked) == "3 for --workers"
+    assert str(capped) == "2 for the event source's MaximumConcurrency 2 (--workers 3)"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
+import rung
 from rung._util import serde
 from rung.errors import PayloadTooLarge
 
@@ -92,3 +93,14 @@ def test_the_documented_json_conversions_hold(
 def test_values_with_no_json_form_are_refused(value: object) -> None:
     with pytest.raises(serde.NotSerializable, match="the value is not JSON-serializable"):
         serde.dumps(value, "the value")
+
+
+def test_an_error_trimmed_keeps_the_end_of_its_traceback_and_the_rest_as_it_was() -> None:
+    error = rung.ErrorInfo("ValueError", "bad", "".join(f"frame {n}\n" for n in range(100)))
+
+    cut = error.trimmed(30)
+
+    assert (cut.type, cut.message) == ("ValueError", "bad")
+    assert cut.traceback == "...\n" + error.traceback[-30:]
+    assert cut.traceback.endswith("frame 98\nframe 99\n")
+    assert error.trimmed(len(error.traceback)) == error  # short enough: unchanged

@@ -267,16 +267,32 @@ def use_virtual_time(clock: VirtualClock) -> None:
         _patched_clock = clock
 
 
-def release_virtual_time() -> None:
+def release_virtual_time(clock: VirtualClock) -> None:
+    """Give moto's SQS its wall clock back, if ``clock`` is the one it runs on: an engine
+    whose ``use_virtual_time`` was refused (another engine's clock is in place) must not
+    take that other engine's clock away when it stops."""
     global _patched_clock
     import moto.sqs.models as sqs_models
 
     with _patch_lock:
-        if _patched_clock is None:
+        if _patched_clock is not clock:
             return
         sqs_models.unix_time = _originals["unix_time"]  # type: ignore[attr-defined]
         sqs_models.unix_time_millis = _originals["unix_time_millis"]  # type: ignore[attr-defined]
         _patched_clock = None
+
+
+def visible(region: str, queue_name: str) -> int:
+    """How many messages of the queue a receive could take now, on moto's (maybe
+    virtual) clock: visible and not delayed, counting one due this very millisecond."""
+    import moto.sqs.models as sqs_models
+    from moto.sqs.models import sqs_backends
+
+    queue = sqs_backends[ACCOUNT_ID][region].queues.get(queue_name)
+    if queue is None:
+        return 0
+    now_ms = getattr(sqs_models, "unix_time_millis")()  # noqa: B009 - virtual if patched
+    return sum(1 for m in list(queue._messages) if max(m.visible_at, m.delayed_until) <= now_ms)
 
 
 def pending(region: str, queue_name: str, now_ms: float) -> list[tuple[float, str]]:

@@ -43,20 +43,45 @@ REGION = "us-east-1"
 WORKER_MEMORY = 256 * 1024 * 1024
 
 
-def default_workers(maximum: int) -> int:
-    """How many worker processes `rung dev` starts without ``--workers``: ``workers_for``
-    this machine."""
+@dataclass(frozen=True)
+class WorkerCount:
+    """How many worker processes an event source gets, and what decided it."""
+
+    count: int
+    reason: str  # "2 CPU(s)", "--workers", "the event source's MaximumConcurrency 10", ...
+
+    def __str__(self) -> str:
+        return f"{self.count} for {self.reason}"
+
+
+def worker_count(maximum: int, requested: int | None) -> WorkerCount:
+    """How many worker processes `rung dev` starts for an event source whose
+    MaximumConcurrency is ``maximum``: ``--workers`` (``requested``) up to that, else
+    ``workers_for`` this machine."""
+    if requested:
+        if requested > maximum:
+            return WorkerCount(
+                maximum,
+                f"the event source's MaximumConcurrency {maximum} (--workers {requested})",
+            )
+        return WorkerCount(requested, "--workers")
     return workers_for(maximum, _usable_cpus(), _available_memory())
 
 
-def workers_for(maximum: int, cpus: int, memory: int | None) -> int:
+def workers_for(maximum: int, cpus: int, memory: int | None) -> WorkerCount:
     """One worker process per CPU (at least two, so that one blocked task does not stop
     the rest), no more than ``memory`` (bytes available; None: unknown) holds at
     ``WORKER_MEMORY`` each, and never above the event source's MaximumConcurrency."""
-    count = max(2, cpus)
-    if memory is not None:
-        count = min(count, max(1, memory // WORKER_MEMORY))
-    return max(1, min(count, maximum))
+    chosen = WorkerCount(max(2, cpus), f"{cpus} CPU(s)" + (" (at least 2)" if cpus < 2 else ""))
+    if memory is not None and memory // WORKER_MEMORY < chosen.count:
+        chosen = WorkerCount(
+            max(1, memory // WORKER_MEMORY),
+            f"{memory / 1024**3:.1f} GiB of available memory at "
+            f"{WORKER_MEMORY // 1024**2} MiB each",
+        )
+    if maximum < chosen.count:
+        chosen = WorkerCount(max(1, maximum), f"the event source's MaximumConcurrency {maximum}")
+    return chosen
 
 
 def _usable_cpus() -> int:
@@ -94,7 +119,7 @@ class DevOptions:
     endpoint_url: str | None = None  # an emulator already running (LocalStack); else embedded
     stack_name: str | None = None  # default rung-<app name>
     #: worker processes, at most the event source's MaximumConcurrency; None:
-    #: ``default_workers`` (what this machine can run)
+    #: ``worker_count`` (what this machine can run)
     workers: int | None = None
     function_timeout: int = 60  # the template's FunctionTimeout for local runs
     lease_seconds: int | None = None  # override RUNG_LEASE_SECONDS (crash recovery speed)
@@ -126,7 +151,8 @@ class DevStack:
         self._emulator: emulator.EmulatorProcess | None = None
         self._printer: EventPrinter | None = None
         self._logs: list[IO[bytes]] = []
-        self._workers_why = "no event source"
+        #: each event source's worker count and its reason, for the "ready" line
+        self._worker_counts: list[tuple[str, WorkerCount]] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -198,8 +224,14 @@ class DevStack:
             self._spawn(self._watch_code, "rung-reload")
         self.emit(
             f"rung dev: ready; {sum(len(p.workers) for p in self._pollers)} worker "
-            f"process(es) ({self._workers_why}); Ctrl-C stops"
+            f"process(es) ({self._workers_why()}); Ctrl-C stops"
         )
+
+    def _workers_why(self) -> str:
+        if not self._worker_counts:
+            return "no event source"
+        why = "; ".join(f"{source}: {count}" for source, count in self._worker_counts)
+        return why if self.options.workers else f"{why}; --workers N to change"
 
     def stop(self) -> None:
         self._stopping.set()
@@ -282,19 +314,14 @@ class DevStack:
     def _start_event_source(
         self, spec: cloudformation.FunctionSpec, source: cloudformation.EventSource
     ) -> None:
-        maximum = source.maximum_concurrency or 2
-        if self.options.workers:
-            count = min(maximum, self.options.workers)
-            self._workers_why = "--workers"
-        else:
-            count = default_workers(maximum)
-            self._workers_why = (
-                f"for {_usable_cpus()} CPU(s), at most MaximumConcurrency {maximum}; "
-                "--workers N to change"
-            )
+        chosen = worker_count(source.maximum_concurrency or 2, self.options.workers)
+        label = spec.logical_id
+        if len(spec.event_sources) > 1:
+            label = f"{label} ({source.queue})"
+        self._worker_counts.append((label, chosen))
         env = self._env(spec)
         workers = []
-        for n in range(count):
+        for n in range(chosen.count):
             name = f"{spec.logical_id}-{n}"
             worker = WorkerProcess(spec, env, self.options.code_root, self._log_for(name), name)
             worker.spawn(self._generation)  # all at once: each takes a second to import
@@ -450,4 +477,4 @@ def load_app(spec: str, root: Path | None = None) -> App:
     return app
 
 
-__all__ = ["DevOptions", "DevStack", "default_workers", "load_app", "workers_for"]
+__all__ = ["DevOptions", "DevStack", "WorkerCount", "load_app", "worker_count", "workers_for"]

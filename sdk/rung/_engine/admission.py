@@ -214,7 +214,7 @@ class Gate:
             late = (
                 mine is not None
                 and mine.start_ms > 0
-                and is_late(spec, _from_ms(mine.start_ms), view.now)
+                and is_late(spec, from_ms(mine.start_ms), view.now)
             )
             verdict: Admitted | Parked | Delayed | None
             if mine is not None and (spec.rate_limit is None or mine.start_ms) and not late:
@@ -267,10 +267,10 @@ class Gate:
         """Ours already (handed off to it, held across a crash, or reserved for a
         rate-limited start): renewing our own entry needs no version check. None: it
         was pruned meanwhile."""
-        hold_until = max(view.until, _from_ms(mine.start_ms) + self.lease)
+        hold_until = max(view.until, from_ms(mine.start_ms) + self.lease)
         if not self.store.renew_slot(spec.name, run.run_id, hold_until, view.now, token, take=True):
             return None
-        return Delayed(_from_ms(mine.start_ms)) if mine.start_ms > view.now_ms else Admitted()
+        return Delayed(from_ms(mine.start_ms)) if mine.start_ms > view.now_ms else Admitted()
 
     def _take(
         self,
@@ -287,7 +287,7 @@ class Gate:
         starts = key_starts = None
         if spec.rate_limit is not None and start_ms == 0:
             start_ms, starts, key_starts = self._reserve(spec, view.state, key, view.now_ms, drop)
-        hold_until = max(view.until, _from_ms(start_ms) + self.lease)
+        hold_until = max(view.until, from_ms(start_ms) + self.lease)
         if not self.store.take_slot(
             view.state,
             run.run_id,
@@ -301,7 +301,7 @@ class Gate:
             view.declared,
         ):
             return None
-        return Delayed(_from_ms(start_ms)) if start_ms > view.now_ms else Admitted()
+        return Delayed(from_ms(start_ms)) if start_ms > view.now_ms else Admitted()
 
     def _park(
         self,
@@ -364,8 +364,12 @@ class Gate:
     def fill(self, spec: Queue, now: datetime, state: QueueState | None = None) -> None:
         """Hand free slots to parked runs, best first, until none is free or waiting.
 
+        Every hand-off is a write of its own; only a conflict (the queue changed under
+        the hand-off) counts against ``_TRIES``, so a change that frees hundreds of
+        slots (a resume, a raised limit) hands them all out here, not the first few.
         ``state``: the queue as the caller just read or wrote it (saves a read)."""
-        for attempt in range(_TRIES):
+        conflicts = 0
+        while conflicts < _TRIES:
             if state is None:
                 state = self.store.queue_state(spec.name)
             limits = limits_of(spec, state)
@@ -387,8 +391,14 @@ class Gate:
                 self.queue.send(chosen.run_id)
                 log.info("queue %s: slot handed to run %s", spec.name, chosen.run_id)
             elif done is False:
-                _backoff(attempt)
-        log.warning("queue %s: gave up filling slots after %d tries", spec.name, _TRIES)
+                _backoff(conflicts)
+                conflicts += 1
+        log.warning(
+            "queue %s: gave up filling slots after %d conflicting writes; the next run "
+            "that ends, or the parked runs' recheck, hands them out",
+            spec.name,
+            _TRIES,
+        )
 
     def _next_waiter(self, name: str, limits: Limits, per_key: dict[str, int]) -> Waiter | None:
         """The best parked run whose key is under its per-key limit, if any."""
@@ -412,10 +422,6 @@ class Gate:
 
     def renew(self, spec: Queue, run_id: str, until: datetime, now: datetime, token: int) -> bool:
         return self.store.renew_slot(spec.name, run_id, until, now, token)
-
-
-def _from_ms(ms: int) -> datetime:
-    return from_ms(ms)
 
 
 def _backoff(attempt: int) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+from rung._aws import sessions
+from rung._aws.dynamodb import DynamoStore
+from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, SqsQueue
 from rung.errors import InvalidConfig
 
 
@@ -30,3 +33,22 @@ def positive_int(name: str, default: int) -> int:
             f"(default {default})"
         )
     return value
+
+
+def store_and_queue(
+    max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT,
+) -> tuple[DynamoStore, SqsQueue]:
+    """The table and the work queue a handler uses: ``RUNG_TABLE_NAME``,
+    ``RUNG_QUEUE_URL`` (both required) and ``AWS_ENDPOINT_URL`` (an emulator or
+    LocalStack; unset: AWS). ``max_receive_count``: the queue's DLQ threshold."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
+    store = DynamoStore(
+        sessions.client("dynamodb", endpoint),
+        require("RUNG_TABLE_NAME", "the rung DynamoDB table's name (stack output TableName)"),
+    )
+    queue = SqsQueue(
+        sessions.client("sqs", endpoint),
+        require("RUNG_QUEUE_URL", "the work queue's URL (stack output QueueUrl)"),
+        max_receive_count,
+    )
+    return store, queue

@@ -29,11 +29,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from rung._aws import sessions
-from rung._aws.dynamodb import DynamoStore
-from rung._aws.sqs import SqsQueue
 from rung._engine.reconciler import DEFAULT_GRACE, Reconciler
-from rung._lambda._env import positive_int, require
+from rung._lambda._env import positive_int, store_and_queue
 from rung._util.clock import SystemClock
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME") or "rung-reconciler")
@@ -44,15 +41,7 @@ def reconciler() -> Reconciler:
     """The Reconciler of this warm container, built from the environment on first use."""
     # rung's own loggers ("rung.reconciler" logs each re-drive) write the same JSON.
     copy_config_to_registered_loggers(source_logger=logger, include={"rung"})
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
-    store = DynamoStore(
-        sessions.client("dynamodb", endpoint),
-        require("RUNG_TABLE_NAME", "the rung DynamoDB table's name (stack output TableName)"),
-    )
-    queue = SqsQueue(
-        sessions.client("sqs", endpoint),
-        require("RUNG_QUEUE_URL", "the work queue's URL (stack output QueueUrl)"),
-    )
+    store, queue = store_and_queue()
     grace = positive_int("RUNG_RECONCILE_GRACE_SECONDS", int(DEFAULT_GRACE.total_seconds()))
     return Reconciler(store, queue, SystemClock(), timedelta(seconds=grace))
 

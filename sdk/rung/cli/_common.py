@@ -25,6 +25,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from rung._aws.dynamodb import waits_without_timer
 from rung._util.durations import format_duration, parse_duration
 from rung.app import App
 from rung.client import Client
@@ -382,7 +383,7 @@ def _iso(when: datetime | None) -> str | None:
 
 def _due(run: Run) -> datetime | None:
     """When the run is due, or None: a wait with no timer is stored as due in 9999."""
-    if run.available_at is None or run.available_at.year >= 9999:
+    if run.available_at is None or waits_without_timer(run.available_at):
         return None
     return run.available_at
 

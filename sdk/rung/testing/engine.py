@@ -42,6 +42,7 @@ from rung._aws.emulator import (
     pending,
     release_virtual_time,
     use_virtual_time,
+    visible,
 )
 from rung._aws.logs import LogEvent, LogStream, run_events, stream_name
 from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, BadMessage, QueueMessage, SqsQueue, decode
@@ -128,7 +129,6 @@ class LocalEngine:
             )
         self.app = app
         self._workers = workers
-        self._virtual = virtual_time
         self.clock: Clock = VirtualClock() if virtual_time else SystemClock()
         self._config = WorkerConfig(lease_duration=lease_duration, min_time_left=min_time_left)
         self._max_receive = max_receive_count
@@ -150,6 +150,7 @@ class LocalEngine:
         # many they are handling now; wait() and wait_for_token() sleep on them.
         self._progress = threading.Condition()
         self._handled: dict[str, int] = {}
+        self._handled_total = 0
         self._in_hand: dict[str, int] = {}
         self.faults: list[WorkerFault] = []
         self._emulator: EmbeddedEmulator | None = None
@@ -228,7 +229,7 @@ class LocalEngine:
             self._drop_resources()
             self._emulator = None
         if isinstance(self.clock, VirtualClock):
-            release_virtual_time()
+            release_virtual_time(self.clock)
 
     def _drop_resources(self) -> None:
         # The shared emulator outlives this engine: leave nothing of ours behind in it.
@@ -349,6 +350,60 @@ class LocalEngine:
                     + f" (after {timeout:g}s)"
                 )
             self._await_progress(run_id, seen, deadline)
+
+    def settle(self, timeout: float = 30.0, *, blocked: int = 0) -> None:
+        """Wait (wall-clock seconds) until the engine has nothing left to do on its own.
+
+        That is: no worker is busy, no message in the queue is visible, and (with
+        virtual time) there is no due time the clock would jump to. A test uses it
+        before checking that something did *not* happen ("no parked run started", "the
+        clock did not jump to the timeout"): whatever the engine would have done by
+        itself, it has done by then, with no fixed sleep. A message due later on the
+        wall clock (``virtual_time=False``: a backoff, a delay) is not waited for.
+
+        ``blocked``: how many workers the test keeps busy on purpose (runs it holds in a
+        step on an event of its own); it returns once no other worker is busy.
+
+        Example:
+            >>> client.pause_queue("emails")
+            >>> handle = engine.trigger("send", {})
+            >>> engine.settle()
+            >>> assert engine.get_run(handle.run_id).status == "QUEUED"  # parked
+
+        Raises:
+            TimeoutError: the engine is still busy after ``timeout`` seconds (a run that
+                keeps retrying, a worker blocked that ``blocked`` does not count).
+        """
+        if self._emulator is None:
+            raise UsageError("the LocalEngine is not started: use it in a `with` block")
+        deadline = time.monotonic() + timeout
+        while not self._settled(blocked):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the engine is still busy after {timeout:g}s of waiting "
+                    f"({self._busy} worker(s) busy, {blocked} blocked by the test; "
+                    f"{visible(_REGION, self.queue_name)} message(s) visible)"
+                )
+            with self._progress:
+                self._progress.wait(0.02)  # woken early when a message was handled
+
+    def _settled(self, blocked: int) -> bool:
+        # Consistent only if nothing was handled between the first look and the last,
+        # and no worker (beyond the blocked ones) was busy at either: a message taken
+        # meanwhile is either still in hand (busy) or handled (the count moved).
+        with self._progress:
+            seen = self._handled_total
+        with self._lock:
+            busy = self._busy
+        if busy > blocked:
+            return False
+        virtual = isinstance(self.clock, VirtualClock)
+        if busy == 0 and self._workers and virtual and self._next_due() is not None:
+            return False  # the idle poller jumps the clock there next
+        if visible(_REGION, self.queue_name):
+            return False
+        with self._lock, self._progress:
+            return self._busy <= blocked and self._handled_total == seen
 
     def _await_progress(self, run_id: str, seen: int, deadline: float) -> None:
         """Sleep until a worker has handled another message of the run (``seen`` of
@@ -551,6 +606,7 @@ class LocalEngine:
             with self._progress:
                 self._in_hand[run_id] -= 1
                 self._handled[run_id] = self._handled.get(run_id, 0) + 1
+                self._handled_total += 1
                 self._progress.notify_all()
 
     def _handle(self, message: QueueMessage) -> None:

@@ -41,6 +41,7 @@ from rung._aws.dynamodb._common import (
     TTL_ATTRIBUTE,
     NewRun,
     ParentLink,
+    waits_without_timer,
 )
 from rung._aws.dynamodb.children import _Children
 from rung._aws.dynamodb.parked import _Parked
@@ -69,6 +70,7 @@ __all__ = [
     "TOKEN_RETENTION",
     "TTL_ATTRIBUTE",
     "Waiter",
+    "waits_without_timer",
 ]
 
 

@@ -94,6 +94,14 @@ def _ms(delta: timedelta) -> int:
 
 #: ``available_at`` of a run that waits with no timer (only a waker moves it).
 NEVER_MS = 253402300799000  # 9999-12-31T23:59:59Z
+
+
+def waits_without_timer(when: datetime) -> bool:
+    """Whether ``when`` (a run's ``available_at``, a claim's ``retry_at``) is the
+    ``NEVER_MS`` of a run that waits with no timer, rather than a due time."""
+    return to_ms(when) >= NEVER_MS
+
+
 _ADD_COMPUTE = "compute_ms = if_not_exists(compute_ms, :zero) + :spent"
 
 
@@ -222,8 +230,17 @@ class _Base:
         values: dict[str, Any],
         names: dict[str, str] | None = None,
     ) -> None:
+        """One update of the run item under the lease fence (``_fenced``).
+
+        Raises:
+            LeaseLost: the worker's token is stale.
+        """
+        self._update_fenced(run_id, token, self._fenced(run_id, token, update, values, names))
+
+    def _update_fenced(self, run_id: str, token: int, update: dict[str, Any]) -> None:
+        """Send ``update``, built by ``_fenced``; a refused fence is ``LeaseLost``."""
         try:
-            self.client.update_item(**self._fenced(run_id, token, update, values, names))
+            self.client.update_item(**update)
         except ClientError as exc:
             if not _is_conditional_failure(exc):
                 raise
@@ -365,9 +382,7 @@ FAILURE_TRACEBACK_CHARS = 1500
 
 
 def _failure_json(failure: Failure) -> str:
-    error = failure.error.to_json()
-    if len(error["traceback"]) > FAILURE_TRACEBACK_CHARS:
-        error["traceback"] = "...\n" + error["traceback"][-FAILURE_TRACEBACK_CHARS:]
+    error = failure.error.trimmed(FAILURE_TRACEBACK_CHARS).to_json()
     return json.dumps(
         {
             "attempt": failure.attempt,
@@ -401,9 +416,7 @@ def _failure_from_json(text: str) -> Failure:
 
 
 def _redrive_json(redrive: Redrive) -> str:
-    error = redrive.error.to_json()
-    if len(error["traceback"]) > FAILURE_TRACEBACK_CHARS:
-        error["traceback"] = "...\n" + error["traceback"][-FAILURE_TRACEBACK_CHARS:]
+    error = redrive.error.trimmed(FAILURE_TRACEBACK_CHARS).to_json()
     return json.dumps(
         {
             "attempt": redrive.attempt,

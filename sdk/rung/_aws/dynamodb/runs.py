@@ -308,12 +308,7 @@ class _Runs(_Parents):
         ):
             return True
         if not tokens and not children:
-            try:
-                self.client.update_item(**update)
-            except ClientError as exc:
-                if not _is_conditional_failure(exc):
-                    raise
-                raise _lease_lost(run_id, token) from None
+            self._update_fenced(run_id, token, update)
             return True
         return self._suspend_checked(run_id, token, update, tokens, children)
 
