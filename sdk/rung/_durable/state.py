@@ -104,12 +104,10 @@ def current_step() -> StepInfo:
 def error_info(exc: BaseException) -> ErrorInfo:
     """Describe an exception as storable data (never pickled)."""
     text = "".join(traceback.format_exception(exc))
-    if len(text) > _TRACEBACK_CHARS:
-        text = "...\n" + text[-_TRACEBACK_CHARS:]
     message = str(exc)
     if len(message) > _MESSAGE_CHARS:  # errors are stored; a huge message must not be
         message = message[:_MESSAGE_CHARS] + f"... ({len(message):,} characters in all)"
-    return ErrorInfo(type=type(exc).__name__, message=message, traceback=text)
+    return ErrorInfo(type(exc).__name__, message, text).trimmed(_TRACEBACK_CHARS)
 
 
 def encoded(value: Any, what: str) -> tuple[str | None, ErrorInfo | None]:

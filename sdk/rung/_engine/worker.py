@@ -23,12 +23,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from rung._aws.dynamodb import (
-    NEVER_MS,
     SUSPEND_TOKEN_CHECKS,
     Claimed,
     DynamoStore,
     NotClaimed,
     ParentLink,
+    waits_without_timer,
 )
 from rung._aws.sqs import BadMessage, QueueMessage, SqsQueue, decode
 from rung._aws.xray import XRay
@@ -202,7 +202,7 @@ class Worker:
         if claim.reason == "terminal":
             return Disposition.ACK  # a duplicate of a message whose run is finished
         assert claim.retry_at is not None
-        if claim.reason == "not_due" and to_ms(claim.retry_at) >= NEVER_MS:
+        if claim.reason == "not_due" and waits_without_timer(claim.retry_at):
             return Disposition.ACK  # it waits with no timer: its waker sends a message
         # "not_due": a long delay chained through 15-minute hops; "busy": another worker
         # holds the lease (a duplicate delivery): look again when that lease would expire.
@@ -619,7 +619,7 @@ def _due(run: Run, now: datetime) -> datetime | None:
         return (run.lease_until or now) + timedelta(seconds=1)
     if run.available_at is None:
         return now
-    if to_ms(run.available_at) >= NEVER_MS:
+    if waits_without_timer(run.available_at):
         return None  # it waits with no timer: its waker sends a message
     return run.available_at
 

@@ -46,13 +46,12 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from rung._aws import sessions
-from rung._aws.dynamodb import DynamoStore
-from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, QueueMessage, SqsQueue
+from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, QueueMessage
 from rung._aws.xray import XRay
 from rung._engine.config import WorkerConfig
 from rung._engine.logs import RunContextFilter
 from rung._engine.worker import Disposition, Worker
-from rung._lambda._env import positive_int, require
+from rung._lambda._env import positive_int, require, store_and_queue
 from rung._util.clock import SystemClock
 from rung.app import App
 from rung.errors import InvalidConfig
@@ -76,21 +75,14 @@ def worker() -> Worker:
     # rung's own loggers ("rung.worker", ...) write the same structured JSON.
     copy_config_to_registered_loggers(source_logger=logger, include={"rung"})
     structured_logging(logger)
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
-    max_receive = positive_int("RUNG_MAX_RECEIVE_COUNT", DEFAULT_MAX_RECEIVE_COUNT)
-    store = DynamoStore(
-        sessions.client("dynamodb", endpoint),
-        require("RUNG_TABLE_NAME", "the rung DynamoDB table's name (stack output TableName)"),
-    )
-    queue = SqsQueue(
-        sessions.client("sqs", endpoint),
-        require("RUNG_QUEUE_URL", "the work queue's URL (stack output QueueUrl)"),
-        max_receive,
+    store, queue = store_and_queue(
+        positive_int("RUNG_MAX_RECEIVE_COUNT", DEFAULT_MAX_RECEIVE_COUNT)
     )
     config = WorkerConfig(
         lease_duration=timedelta(seconds=positive_int("RUNG_LEASE_SECONDS", 960)),
         min_time_left=timedelta(seconds=positive_int("RUNG_MIN_TIME_LEFT_SECONDS", 10)),
     )
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
     xray = XRay.from_environment(sessions.client("xray", endpoint))
     return Worker(app, store, queue, SystemClock(), config, xray)
 
