@@ -212,3 +212,17 @@ def test_tracing_is_active_by_default_and_one_parameter_turns_it_off(
         assert _plain(_resource(template, name)["Tracing"]) == {"Ref": "Tracing"}
     variables = _resource(template, "WorkerFunction")["Environment"]["Variables"]
     assert _plain(variables["RUNG_TRACING"]) == {"Fn::If": ["TracingOn", "on", "off"]}
+
+
+def test_the_functions_log_json_at_info_to_their_own_groups(template: dict[str, Any]) -> None:
+    for name, group in (
+        ("WorkerFunction", "WorkerLogGroup"),
+        ("ReconcilerFunction", "ReconcilerLogGroup"),
+    ):
+        logging = _plain(_resource(template, name)["LoggingConfig"])
+        assert logging == {
+            "LogGroup": {"Ref": group},
+            "LogFormat": "JSON",
+            "ApplicationLogLevel": "INFO",
+            "SystemLogLevel": "INFO",
+        }
