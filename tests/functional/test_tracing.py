@@ -216,7 +216,7 @@ def test_tracing_that_cannot_send_never_fails_a_run(caplog: pytest.LogCaptureFix
 
     with LocalEngine(app) as engine:
         # Nothing listens on port 9 (discard): every PutTraceSegments fails to connect.
-        engine.worker.xray = XRay(sessions.client("xray", "http://127.0.0.1:9"))
+        engine.worker.sinks.xray = XRay(sessions.client("xray", "http://127.0.0.1:9"))
         with caplog.at_level(logging.WARNING, logger="rung.tracing"):
             run = engine.wait(engine.trigger("t").run_id)
     assert run.status == rung.RunStatus.COMPLETED and run.output == 7

@@ -26,10 +26,17 @@ Lifecycle lines (logger ``rung.worker``; docs/observability.md):
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+
+from rung._aws.cloudwatch import NAMESPACE
+from rung._aws.events import EventBus
 from rung._aws.xray import XRay
 from rung._engine.logs import RunLogContext
 from rung._engine.tracing import AttemptTrace
@@ -40,20 +47,40 @@ from rung.models import Run, StepRecord
 
 log = logging.getLogger("rung.worker")
 
+#: A run's terminal status -> its event's detail-type and its metric.
+_ENDS = {
+    "COMPLETED": ("Run Completed", "RunsCompleted"),
+    "FAILED": ("Run Failed", "RunsFailed"),
+    "TIMED_OUT": ("Run Timed Out", "RunsTimedOut"),
+    "CANCELED": ("Run Canceled", "RunsCanceled"),
+}
+
+
+@dataclass
+class Sinks:
+    """Where a worker's reports go; each None is not sent. ``metrics`` takes one EMF
+    document (a dict): on Lambda, printed as a line of the function's output."""
+
+    app: str
+    xray: XRay | None = None
+    metrics: Callable[[dict[str, Any]], None] | None = None
+    events: EventBus | None = None
+
 
 class Telemetry:
     """One invocation's reports (see the module docstring). Thread-safe as the trace is;
-    lines are written at once."""
+    lines are written at once, metrics and events when the invocation ends."""
 
-    def __init__(
-        self, xray: XRay | None, run: Run, started_at: datetime, owner: object = None
-    ) -> None:
-        self.trace = AttemptTrace(xray, run, started_at)
+    def __init__(self, sinks: Sinks, run: Run, started_at: datetime, owner: object = None) -> None:
+        self.sinks = sinks
+        self.trace = AttemptTrace(sinks.xray, run, started_at)
         self.run = run
         self.log_context = RunLogContext(
             run.run_id, run.task_id, run.attempt, run.trace_id, owner=owner
         )
         self._failed_step: str | None = None
+        self._started_at = started_at
+        self._metrics = _Metrics(sinks.app, run.task_id)
 
     def started(self, records: Mapping[str, StepRecord]) -> None:
         """The invocation claimed the run and read its checkpoints."""
@@ -62,6 +89,11 @@ class Telemetry:
         self.trace.timers_passed(records.values(), run.available_at)
         # The claim sets attempt_started_at (to its own time) only when it starts an attempt.
         resumed = run.attempt_started_at is not None and run.attempt_started_at != run.updated_at
+        if run.available_at is not None and run.available_at <= self._started_at:
+            # Due -> started: the backlog (SQS's own metrics count waits as backlog too).
+            self._metrics.add("StartDelay", _ms(self._started_at - run.available_at), "ms")
+        if run.lease_token == 1:
+            self._metrics.add("RunsStarted", 1)
         _line(
             logging.INFO,
             "AttemptResumed" if resumed else "AttemptStarted",
@@ -76,6 +108,12 @@ class Telemetry:
     def checkpoint(self, record: StepRecord) -> None:
         """A checkpoint this invocation wrote."""
         self.trace.checkpoint(record)
+        if record.kind == "step" and record.finished_at is not None:
+            step = _step_name(record.step_id)
+            took = _ms(record.finished_at - record.started_at)
+            self._metrics.add("StepDuration", took, "ms", step=step)
+            if record.outcome == "failed":
+                self._metrics.add("StepFailures", 1, step=step)
         if record.kind == "step" and record.outcome == "failed" and record.error is not None:
             _line(
                 logging.WARNING,
@@ -99,6 +137,9 @@ class Telemetry:
         """A step failed and will be retried (``finish("retrying")`` says when)."""
         self._failed_step = step_id
         self.trace.step_failed(step_id, attempt, started_at, failed_at, error)
+        step = _step_name(step_id)
+        self._metrics.add("StepDuration", _ms(failed_at - started_at), "ms", step=step)
+        self._metrics.add("StepFailures", 1, step=step)
 
     def child_started(
         self, step_id: str, at: datetime, child_id: str, task_id: str, child: TraceContext
@@ -132,6 +173,7 @@ class Telemetry:
         ``rung_status``); ``run_ended``, the run's terminal status if it ended the run;
         ``delay`` the backoff of a retry, ``reason`` what a wait or a park is for."""
         self.trace.finish(status, at, error, run_ended)
+        self._count(status, at, error, run_ended)
         run_id = self.run.run_id
         if status == "completed":
             took = at - self.run.created_at
@@ -200,9 +242,85 @@ class Telemetry:
                 error=error,
             )
 
+    def _count(
+        self, status: str, at: datetime, error: ErrorInfo | None, run_ended: str | None
+    ) -> None:
+        """The invocation's metrics and, if it ended the run, the run's event."""
+        if status == "retrying":
+            self._metrics.add("RetriesScheduled", 1)
+        elif status == "worker lost":
+            self._metrics.add("WorkerLost", 1)
+        if run_ended in _ENDS:
+            detail_type, metric = _ENDS[run_ended]
+            took = at - self.run.created_at
+            self._metrics.add(metric, 1)
+            self._metrics.add("RunDuration", _ms(took), "ms")
+            if self.sinks.events is not None:
+                self.sinks.events.send(detail_type, self.run_event(run_ended, took, error))
+        if self.sinks.metrics is not None:
+            for document in self._metrics.documents():
+                self.sinks.metrics(document)
+
+    def run_event(self, status: str, took: timedelta, error: ErrorInfo | None) -> dict[str, Any]:
+        """The ``detail`` of the run's end event."""
+        run = self.run
+        return {
+            "run_id": run.run_id,
+            "task": run.task_id,
+            "app": self.sinks.app,
+            "status": status,
+            "attempt": run.attempt,
+            "duration_ms": _ms(took),
+            "error": {"type": error.type, "message": error.message} if error else None,
+            "trace_id": run.trace_id,
+            "parent_run_id": run.parent_run_id,
+            "tags": list(run.tags),
+        }
+
 
 def _line(level: int, event: str, message: str, *args: Any, **fields: Any) -> None:
     error = fields.pop("error", None)
     if isinstance(error, ErrorInfo):
         fields["error_type"] = error.type
     log.log(level, message, *args, extra={"rung_event": event, **fields})
+
+
+class _Metrics:
+    """An invocation's metric values, as EMF documents (Powertools Metrics): one with
+    the dimensions ``app`` and ``task``, one per step name with ``step`` as well."""
+
+    _UNITS = {"count": MetricUnit.Count, "ms": MetricUnit.Milliseconds}
+
+    def __init__(self, app: str, task: str) -> None:
+        self.app = app
+        self.task = task
+        self._values: dict[str | None, list[tuple[str, float, str]]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, name: str, value: float, unit: str = "count", step: str | None = None) -> None:
+        with self._lock:
+            self._values.setdefault(step, []).append((name, value, unit))
+
+    def documents(self) -> list[dict[str, Any]]:
+        with self._lock:
+            values, self._values = self._values, {}
+        out = []
+        for step, metrics in values.items():
+            emf = EphemeralMetrics(namespace=NAMESPACE)
+            emf.add_dimension(name="app", value=self.app)
+            emf.add_dimension(name="task", value=self.task)
+            if step is not None:
+                emf.add_dimension(name="step", value=step)
+            for name, value, unit in metrics:
+                emf.add_metric(name=name, unit=self._UNITS[unit], value=value)
+            out.append(dict(emf.serialize_metric_set()))
+        return out
+
+
+def _ms(delta: timedelta) -> float:
+    return max(delta.total_seconds() * 1000, 0.0)
+
+
+def _step_name(step_id: str) -> str:
+    """A step's name from its id: ``/map#1[0]/pack#2`` -> ``pack``."""
+    return re.sub(r"#\d+$", "", step_id.rsplit("/", 1)[-1])

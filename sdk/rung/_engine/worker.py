@@ -31,7 +31,6 @@ from rung._aws.dynamodb import (
     waits_without_timer,
 )
 from rung._aws.sqs import BadMessage, QueueMessage, SqsQueue, decode
-from rung._aws.xray import XRay
 from rung._durable.signals import (
     Canceled,
     ContinueLater,
@@ -46,7 +45,7 @@ from rung._engine.lifecycle import Lifecycle
 from rung._engine.logs import bound
 from rung._engine.queues import QueueAdmin
 from rung._engine.session import Session
-from rung._engine.telemetry import Telemetry
+from rung._engine.telemetry import Sinks, Telemetry
 from rung._util import serde
 from rung._util.clock import Clock, to_ms
 from rung._util.traces import header_of
@@ -90,15 +89,15 @@ class Worker:
         queue: SqsQueue,
         clock: Clock,
         config: WorkerConfig | None = None,
-        xray: XRay | None = None,
+        sinks: Sinks | None = None,
     ) -> None:
         self.app = app
         self.store = store
         self.queue = queue
         self.clock = clock
         self.config = config or WorkerConfig()
-        #: where the runs' trace segments go (None: not traced)
-        self.xray = xray
+        #: where the runs' reports go: trace segments, metrics, events (docs/observability.md)
+        self.sinks = sinks or Sinks(app.name)
         self.gate = Gate(store, queue, self.config.lease_duration)
         queues = QueueAdmin(app, store, queue, clock, self.config.lease_duration)
         self.lifecycle = Lifecycle(store, queue, clock, queues)
@@ -251,7 +250,7 @@ class Worker:
             max_attempts = 1
         # The dead invocation's segment runs from its last write to the run (its claim
         # or a lease renewal) to now; reported by the finder that wins the run.
-        lost = Telemetry(self.xray, run, run.updated_at, owner=self)
+        lost = Telemetry(self.sinks, run, run.updated_at, owner=self)
         if _run_level_failures(run) + 1 >= max_attempts:
             # Fenced on the dead holder's token: one of several finders wins.
             with contextlib.suppress(LeaseLost), bound(lost.log_context):
@@ -274,7 +273,7 @@ class Worker:
         self, message: QueueMessage, claim: Claimed, time_left: Callable[[], float] | None
     ) -> Disposition:
         run, token = claim.run, claim.token
-        telemetry = Telemetry(self.xray, run, self.clock.now(), owner=self)
+        telemetry = Telemetry(self.sinks, run, self.clock.now(), owner=self)
         try:
             with bound(telemetry.log_context):  # every line until it ends names the run
                 return self._run_attempt(message, run, token, time_left, telemetry)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import logging
 import os
 import sys
@@ -46,10 +47,12 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from rung._aws import sessions
+from rung._aws.events import BUS_ENV, EventBus
 from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, QueueMessage
 from rung._aws.xray import XRay
 from rung._engine.config import WorkerConfig
 from rung._engine.logs import RunContextFilter
+from rung._engine.telemetry import Sinks
 from rung._engine.worker import Disposition, Worker
 from rung._lambda._env import positive_int, require, store_and_queue
 from rung._util.clock import SystemClock
@@ -82,9 +85,27 @@ def worker() -> Worker:
         lease_duration=timedelta(seconds=positive_int("RUNG_LEASE_SECONDS", 960)),
         min_time_left=timedelta(seconds=positive_int("RUNG_MIN_TIME_LEFT_SECONDS", 10)),
     )
+    return Worker(app, store, queue, SystemClock(), config, sinks(app))
+
+
+def sinks(app: App) -> Sinks:
+    """Where the worker's reports go on Lambda: trace segments to X-Ray (the daemon),
+    metrics as EMF lines of the function's output (CloudWatch extracts them), events to
+    the bus named by ``RUNG_EVENT_BUS`` (none when unset)."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
-    xray = XRay.from_environment(sessions.client("xray", endpoint))
-    return Worker(app, store, queue, SystemClock(), config, xray)
+    bus = os.environ.get(BUS_ENV) or None
+    return Sinks(
+        app=app.name,
+        xray=XRay.from_environment(sessions.client("xray", endpoint)),
+        metrics=_print_emf,
+        events=EventBus(sessions.client("events", endpoint), bus) if bus else None,
+    )
+
+
+def _print_emf(document: dict[str, Any]) -> None:
+    # One line on stdout, as Powertools Metrics writes it: Lambda ships it to the log
+    # group, where CloudWatch finds the "_aws" key and records the metrics.
+    print(json.dumps(document, separators=(",", ":")), flush=True)
 
 
 @logger.inject_lambda_context

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import secrets
 import threading
@@ -36,6 +37,7 @@ from types import TracebackType
 from typing import Any
 
 from rung._aws import sessions
+from rung._aws.cloudwatch import metric_sum, put_emf
 from rung._aws.dynamodb import DynamoStore
 from rung._aws.emulator import (
     EmbeddedEmulator,
@@ -44,12 +46,15 @@ from rung._aws.emulator import (
     use_virtual_time,
     visible,
 )
+from rung._aws.events import SOURCE as EVENT_SOURCE
+from rung._aws.events import EventBus
 from rung._aws.logs import LogEvent, LogStream, run_events, stream_name
 from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, BadMessage, QueueMessage, SqsQueue, decode
 from rung._aws.xray import XRay
 from rung._engine.config import WorkerConfig
 from rung._engine.logs import RunContextFilter
 from rung._engine.reconciler import DEFAULT_GRACE, Reconciler, ReconcileReport
+from rung._engine.telemetry import Sinks
 from rung._engine.worker import Disposition, Worker
 from rung._util.clock import Clock, SystemClock, VirtualClock, from_ms
 from rung._util.durations import check_duration
@@ -139,6 +144,7 @@ class LocalEngine:
         self._log_stream: LogStream | None = None
         self._log_handler: logging.Handler | None = None
         self._log_targets: list[logging.Logger] = []
+        self._events_client: Any = None
         self._stop = threading.Event()
         self._kick = threading.Event()  # set by trigger(): work may be waiting
         self._threads: list[threading.Thread] = []
@@ -198,11 +204,8 @@ class LocalEngine:
                 max_receive_count=self._max_receive,
             )
             self.queue = SqsQueue(self.sqs, self.queue_url, self._max_receive)
-            if self._telemetry:
-                self.xray = XRay(emulator.attach(sessions.client("xray", emulator.url, _REGION)))
-            self.worker = Worker(
-                self.app, self.store, self.queue, self.clock, self._config, self.xray
-            )
+            sinks = self._sinks(emulator) if self._telemetry else None
+            self.worker = Worker(self.app, self.store, self.queue, self.clock, self._config, sinks)
             if self._telemetry:
                 self._ship_logs(emulator)
             self._client = Client._from_parts(self.app, self.store, self.queue, self.clock)
@@ -238,6 +241,14 @@ class LocalEngine:
         if self._log_stream is not None:
             with contextlib.suppress(Exception):
                 self._log_stream.client.delete_log_group(logGroupName=self.log_group)
+        if self._events_client is not None:
+            with contextlib.suppress(Exception):
+                self._events_client.remove_targets(
+                    Rule="rung-events", EventBusName=self.event_bus, Ids=["q"]
+                )
+                self._events_client.delete_rule(Name="rung-events", EventBusName=self.event_bus)
+                self._events_client.delete_event_bus(Name=self.event_bus)
+                self.sqs.delete_queue(QueueUrl=self.events_queue_url)
         for url in (getattr(self, "queue_url", None), getattr(self, "dlq_url", None)):
             if url:
                 with contextlib.suppress(Exception):
@@ -440,6 +451,78 @@ class LocalEngine:
             return []
         self._log_stream.flush()
         return run_events(self._log_stream.client, self.log_group, run_id)
+
+    def _sinks(self, emulator: EmbeddedEmulator) -> Sinks:
+        """What Lambda and CloudWatch do with a worker's reports, on the emulator:
+        segments to its X-Ray, EMF documents to its CloudWatch metrics (as CloudWatch
+        extracts them from a Lambda's output), events to a bus of this engine whose
+        rule forwards rung's events to a queue (``events``)."""
+
+        def client(service: str) -> Any:
+            return emulator.attach(sessions.client(service, emulator.url, _REGION))
+
+        self.xray = XRay(client("xray"))
+        self.cloudwatch = client("cloudwatch")
+        events = client("events")
+        self.event_bus = self.table_name
+        events.create_event_bus(Name=self.event_bus)
+        self.events_queue_url = self.sqs.create_queue(QueueName=f"{self.queue_name}-events")[
+            "QueueUrl"
+        ]
+        arn = self.sqs.get_queue_attributes(
+            QueueUrl=self.events_queue_url, AttributeNames=["QueueArn"]
+        )["Attributes"]["QueueArn"]
+        events.put_rule(
+            Name="rung-events",
+            EventBusName=self.event_bus,
+            EventPattern=json.dumps({"source": [EVENT_SOURCE]}),
+        )
+        events.put_targets(
+            Rule="rung-events", EventBusName=self.event_bus, Targets=[{"Id": "q", "Arn": arn}]
+        )
+        self._events_client = events
+        return Sinks(
+            app=self.app.name,
+            xray=self.xray,
+            metrics=lambda document: put_emf(self.cloudwatch, document),
+            events=EventBus(events, self.event_bus),
+        )
+
+    def events(self) -> list[dict[str, Any]]:
+        """The events rung sent since the last call (a run's end, a redrive), as
+        EventBridge delivered them through a rule to a queue: each a dict with
+        ``detail-type``, ``source`` (``"rung"``) and ``detail`` (run id, task, status,
+        error, trace id, duration). Empty with ``telemetry=False``."""
+        if not self._telemetry or self._emulator is None:
+            return []
+        out: list[dict[str, Any]] = []
+        while True:
+            got = self.sqs.receive_message(
+                QueueUrl=self.events_queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+            ).get("Messages", [])
+            if not got:
+                return out
+            for message in got:
+                out.append(json.loads(message["Body"]))
+                self.sqs.delete_message(
+                    QueueUrl=self.events_queue_url, ReceiptHandle=message["ReceiptHandle"]
+                )
+
+    def metric(self, name: str, task: str, step: str | None = None) -> float:
+        """The sum of a rung metric (namespace ``rung``; docs/observability.md) of one
+        task of this engine's app (and one step name, for step metrics), read back
+        through the emulator's CloudWatch API (``GetMetricStatistics``), as a dashboard
+        reads it. 0 with ``telemetry=False``."""
+        if not self._telemetry or self._emulator is None:
+            return 0.0
+        dimensions = {"app": self.app.name, "task": task}
+        if step is not None:
+            dimensions["step"] = step
+        now = SystemClock().now()  # CloudWatch keeps wall-clock time, not virtual
+        total, _ = metric_sum(
+            self.cloudwatch, name, dimensions, now - timedelta(days=30), now + timedelta(days=30)
+        )
+        return total
 
     def _ship_logs(self, emulator: EmbeddedEmulator) -> None:
         """Play Lambda's log agent: lines written while this engine's workers handle a

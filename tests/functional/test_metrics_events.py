@@ -1,0 +1,107 @@
+"""Metrics (EMF, read back through CloudWatch's GetMetricStatistics) and lifecycle
+events (EventBridge, read back through a rule's queue) of runs on LocalEngine."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+import rung
+from rung.testing import LocalEngine, SimulatedCrash
+
+FAST = rung.RetryPolicy(max_attempts=2, initial_interval=1)
+
+
+def test_a_run_counts_its_start_retry_steps_and_end_and_sends_one_completed_event() -> None:
+    app = rung.App("metrics")
+    calls: Counter[str] = Counter()
+
+    def flaky() -> str:
+        calls["flaky"] += 1
+        if calls["flaky"] == 1:
+            raise ConnectionError("upstream hiccup")
+        return "ok"
+
+    @app.task(id="order", retry=FAST)
+    def order(ctx: rung.Context, payload: None) -> str:
+        ctx.step("reserve", lambda: 1)
+        ctx.step("charge", flaky)
+        ctx.wait(timedelta(hours=2))
+        return "done"
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("order")
+        run = engine.wait(handle.run_id)
+        counts = {
+            name: engine.metric(name, "order")
+            for name in (
+                "RunsStarted",
+                "RunsCompleted",
+                "RunsFailed",
+                "RetriesScheduled",
+                "WorkerLost",
+            )
+        }
+        charge_failures = engine.metric("StepFailures", "order", step="charge")
+        reserve_failures = engine.metric("StepFailures", "order", step="reserve")
+        duration = engine.metric("RunDuration", "order")
+        events = engine.events()
+
+    assert run.status == rung.RunStatus.COMPLETED
+    assert counts == {
+        "RunsStarted": 1,
+        "RunsCompleted": 1,
+        "RunsFailed": 0,
+        "RetriesScheduled": 1,
+        "WorkerLost": 0,
+    }
+    assert (charge_failures, reserve_failures) == (1, 0)
+    assert duration >= 7_200_000  # trigger to end, the 2-hour wait included
+    assert [e["detail-type"] for e in events] == ["Run Completed"]
+    [event] = events
+    assert event["source"] == "rung"
+    assert event["detail"]["run_id"] == run.run_id and event["detail"]["status"] == "COMPLETED"
+    assert event["detail"]["trace_id"] == run.trace_id and event["detail"]["error"] is None
+    assert event["detail"]["duration_ms"] >= 7_200_000
+
+
+def test_a_failed_run_and_a_lost_worker_are_counted_and_the_failure_is_an_event() -> None:
+    app = rung.App("failing")
+    calls: Counter[str] = Counter()
+
+    def dies_then_fails() -> str:
+        calls["step"] += 1
+        if calls["step"] == 1:
+            raise SimulatedCrash()  # the process dies mid-step
+        raise ValueError("card declined")
+
+    @app.task(id="pay", retry=FAST)
+    def pay(ctx: rung.Context, payload: None) -> str:
+        return ctx.step("charge", dies_then_fails, retry=rung.RetryPolicy(max_attempts=1))
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("pay")
+        run = engine.wait(handle.run_id)
+        counts = {n: engine.metric(n, "pay") for n in ("RunsFailed", "WorkerLost", "RunsCompleted")}
+        events = engine.events()
+
+    assert run.status == rung.RunStatus.FAILED
+    assert counts == {"RunsFailed": 1, "WorkerLost": 1, "RunsCompleted": 0}
+    [event] = events
+    assert event["detail-type"] == "Run Failed"
+    assert event["detail"]["error"]["type"] == "ValueError"
+    assert "card declined" in event["detail"]["error"]["message"]
+
+
+def test_telemetry_off_sends_nothing() -> None:
+    app = rung.App("quiet")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> int:
+        return ctx.step("s", lambda: 1)
+
+    with LocalEngine(app, telemetry=False) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+        assert (engine.trace(run.run_id), engine.logs(run.run_id), engine.events()) == ([], [], [])
+        assert engine.metric("RunsCompleted", "t") == 0
+    assert run.status == rung.RunStatus.COMPLETED
