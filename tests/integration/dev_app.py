@@ -7,6 +7,7 @@ the tests can count them across processes and restarts.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from pathlib import Path
@@ -239,3 +240,24 @@ def soak(ctx: rung.Context, payload: int) -> int:
 
         total += ctx.step(f"s{n}", work)
     return total
+
+
+#: A user's own logger: no handler of its own (its WARNING lines reach stderr however
+#: the worker configures logging).
+user_log = logging.getLogger("devtest.logged")
+
+
+@app.task(id="logged", retry=rung.RetryPolicy(max_attempts=3, initial_interval=0.2))
+def logged(ctx: rung.Context, payload: dict[str, str]) -> str:
+    """Logs a line in its body and one in its step (each naming the run, the attempt
+    and this process); the first attempt then blocks in the step at the gate, where
+    the test kills its process."""
+    user_log.warning("%s body attempt %d pid %d", ctx.run_id, ctx.attempt, os.getpid())
+
+    def work() -> str:
+        user_log.warning("%s step attempt %d pid %d", ctx.run_id, ctx.attempt, os.getpid())
+        if ctx.attempt == 1:
+            wait_for_gate(payload["gate"])
+        return "logged"
+
+    return ctx.step("work", work)

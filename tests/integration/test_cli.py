@@ -34,6 +34,7 @@ from rung._aws import sessions
 from rung._aws.cloudformation import data_plane, deploy, load_template, translate
 from rung._aws.dynamodb import DynamoStore
 from rung._aws.emulator import EmbeddedEmulator
+from rung._aws.logs import LogStream
 from rung._aws.sqs import SqsQueue
 from rung._engine.config import WorkerConfig
 from rung._engine.worker import Disposition, Worker
@@ -55,6 +56,7 @@ class Deployed:
     name: str
     endpoint_url: str
     client: Client  # read-only, for the tests' own look at the table
+    log_group: str = ""  # the worker's (stack output WorkerLogGroupName)
     faults: list[BaseException] = field(default_factory=list)
 
     @property
@@ -124,6 +126,7 @@ def stack() -> Iterator[Deployed]:
             endpoint_url=emulator.endpoint_url,
             region=REGION,
         ),
+        log_group=outputs["WorkerLogGroupName"],
     )
     # The worker's warnings (a crashed attempt) must not land in the CLI's stderr.
     quiet = logging.NullHandler()
@@ -651,6 +654,216 @@ def test_trace_of_an_unknown_id_exits_1_with_one_line(stack: Deployed) -> None:
 
     assert result.exit_code == 1
     assert one_error_line(result).startswith("error: no run with id 'run_01NOSUCHRUN'")
+
+
+# -- runs logs --------------------------------------------------------------------------
+#
+# This module's worker is a thread, not a Lambda function: nothing ships its output. The
+# tests write the lines a worker process writes (Powertools JSON, and plain text) to the
+# stack's worker log group themselves, through CloudWatch Logs, as Lambda (or rung dev)
+# would; test_dev_observability.py has real worker processes ship their own.
+
+
+def ship(stack: Deployed, *lines: str | dict[str, Any]) -> str:
+    """Write ``lines`` (a dict as JSON) to a new stream of the worker log group, in
+    order; returns the stream's name."""
+    logs = sessions.client("logs", stack.endpoint_url, REGION)
+    stream = LogStream(logs, stack.log_group, f"2026/01/01/[$LATEST]{secrets.token_hex(16)}")
+    for line in lines:
+        stream.write(
+            time.time_ns() // 1_000_000, json.dumps(line) if isinstance(line, dict) else line
+        )
+    stream.flush()
+    return stream.stream
+
+
+def powertools(run_id: str, message: str, **fields: object) -> dict[str, Any]:
+    """A line as a worker writes it during a run (Powertools Logger's JSON)."""
+    return {
+        "level": "INFO",
+        "location": "work:12",
+        "message": message,
+        "timestamp": "2026-01-01 12:00:00,000+0000",
+        "service": "clitest",
+        "run_id": run_id,
+        "task": "greet",
+        "attempt": 1,
+        **fields,
+    }
+
+
+def test_logs_prints_the_runs_lines_in_order_for_people(stack: Deployed) -> None:
+    run_id = rung(
+        stack, "trigger", "greet", "--payload", '{"name": "ada"}', "--wait"
+    ).stdout.split()[0]
+    other = rung(stack, "trigger", "greet", "--payload", '{"name": "bob"}').stdout.strip()
+    ship(
+        stack,
+        powertools(run_id, "attempt started", rung_event="AttemptStarted"),
+        powertools(run_id, "composing", step_id="/compose#1", level="WARNING"),
+        powertools(other, "not this run"),
+        f"a plain line naming {run_id}",
+        powertools(run_id, "completed", rung_event="Completed"),
+    )
+
+    result = rung(stack, "runs", "logs", run_id)
+
+    assert result.exit_code == 0, result.stderr
+    rows = result.stdout.splitlines()
+    assert len(rows) == 4, result.stdout
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}  attempt 1  INFO     attempt started", rows[0]
+    )
+    assert rows[1].endswith("  attempt 1  /compose#1  WARNING  composing"), rows[1]
+    assert rows[2].endswith(f"  a plain line naming {run_id}"), rows[2]
+    assert rows[3].endswith("  attempt 1  INFO     completed"), rows[3]
+    assert "not this run" not in result.stdout
+
+
+def test_logs_json_is_one_object_per_line_with_its_fields_time_and_stream(
+    stack: Deployed,
+) -> None:
+    run_id = rung(
+        stack, "trigger", "greet", "--payload", '{"name": "cy"}', "--wait"
+    ).stdout.split()[0]
+    stream = ship(
+        stack,
+        powertools(run_id, "composing", step_id="/compose#1"),
+        f"Traceback naming {run_id}",
+    )
+
+    result = rung(stack, "runs", "logs", run_id, "--json")
+
+    assert result.exit_code == 0, result.stderr
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert {
+        k: first[k] for k in ("run_id", "attempt", "step_id", "level", "message", "stream")
+    } == {
+        "run_id": run_id,
+        "attempt": 1,
+        "step_id": "/compose#1",
+        "level": "INFO",
+        "message": "composing",
+        "stream": stream,
+    }
+    assert first["timestamp"].endswith("+00:00")  # the event's time, ISO 8601
+    assert second == {
+        "message": f"Traceback naming {run_id}",
+        "timestamp": second["timestamp"],
+        "stream": stream,
+    }
+
+
+def test_logs_of_a_run_with_no_lines_says_so_on_stderr(stack: Deployed) -> None:
+    run_id = rung(stack, "trigger", "greet", "--payload", '{"name": "di"}').stdout.strip()
+
+    shown = rung(stack, "runs", "logs", run_id)
+    as_json = rung(stack, "runs", "logs", run_id, "--json")
+
+    assert (shown.exit_code, shown.stdout) == (0, "")
+    assert shown.stderr == f"no log lines for {run_id} in {stack.log_group}\n"
+    assert (as_json.exit_code, as_json.stdout, as_json.stderr) == (0, "", "")
+
+
+def test_logs_of_an_unknown_id_exits_1_with_one_line(stack: Deployed) -> None:
+    result = rung(stack, "runs", "logs", "run_01NOSUCHRUN", "--follow")
+
+    assert result.exit_code == 1
+    assert one_error_line(result).startswith("error: no run with id 'run_01NOSUCHRUN'")
+    assert result.stdout == ""
+
+
+def test_logs_follow_prints_new_lines_once_and_ends_when_the_run_has_ended(
+    stack: Deployed,
+) -> None:
+    run_id = rung(stack, "trigger", "sign").stdout.strip()
+    token_id = token_of(stack, run_id)
+    ship(stack, powertools(run_id, "one"))
+    env = {k: v for k, v in {**os.environ, **stack.env}.items() if v is not None}
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rung.cli",
+            "--stack",
+            stack.name,
+            "runs",
+            "logs",
+            run_id,
+            "--follow",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        assert follower.stdout is not None
+        first = json.loads(follower.stdout.readline())
+        ship(stack, powertools(run_id, "two"))  # while it follows
+        second = json.loads(follower.stdout.readline())
+        ship(stack, powertools(run_id, "three"))
+        stack.client.complete_token(token_id, "signed")
+        run = wait_for(stack, run_id)
+        rest, errors = follower.communicate(timeout=60)  # it ends on its own
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+
+    assert run.status == "COMPLETED"
+    assert follower.returncode == 0, errors
+    messages = [first["message"], second["message"]]
+    messages += [json.loads(line)["message"] for line in rest.decode().splitlines()]
+    assert messages == ["one", "two", "three"]  # each once, though polls overlap
+
+
+def test_trace_logs_shows_each_line_under_its_step_or_its_attempt(stack: Deployed) -> None:
+    triggered = rung(
+        stack, "trigger", "process-order", "--payload", '{"order_id": "o-9"}', "--wait"
+    )
+    run_id = triggered.stdout.splitlines()[0]
+    ship(
+        stack,
+        powertools(run_id, "body of attempt 1"),
+        powertools(run_id, "gateway timed out", step_id="/charge#1", level="ERROR"),
+        powertools(run_id, "charged on try 2", step_id="/charge#1", attempt=2),
+        f"a plain line naming {run_id}",  # no fields: the attempt started last
+    )
+
+    result = rung(stack, "runs", "trace", run_id, "--logs")
+    as_json = json.loads(rung(stack, "runs", "trace", run_id, "--logs", "--json").stdout)
+    without = rung(stack, "runs", "trace", run_id)
+
+    assert result.exit_code == 0, result.stderr
+    assert in_order(
+        result.stdout,
+        "attempt 1 started",
+        "│ INFO",
+        "body of attempt 1",
+        "✓ step /fetch_order#1",
+        "✗ step /charge#1",
+        "│ ERROR",
+        "gateway timed out",
+        "attempt 2 started",
+        "│ log",
+        f"a plain line naming {run_id}",
+        "✓ step /charge#1 (try 2)",
+        "│ INFO",
+        "charged on try 2",
+        "✓ step /email#1",
+        "✓ completed",
+    ), result.stdout
+    assert [line["message"] for line in as_json["logs"]] == [
+        "body of attempt 1",
+        "gateway timed out",
+        "charged on try 2",
+        f"a plain line naming {run_id}",
+    ]
+    assert "│" not in without.stdout and "logs" not in json.loads(
+        rung(stack, "runs", "trace", run_id, "--json").stdout
+    )
 
 
 # -- runs cancel / replay / redrive -------------------------------------------------------

@@ -3,16 +3,22 @@ emulator's AWS APIs as on AWS (docs/observability.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 
 from rung._aws import sessions
 from rung._dev import DevStack
-from tests.integration.test_dev_processes import dev_options, effects
+from rung.cli import main
+from tests.integration.test_dev_processes import dev_options, effects, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -66,3 +72,92 @@ def test_a_run_on_rung_dev_has_one_trace_across_its_invocations(
     assert {r["annotations"].get("rung_status") for r in runs} >= {"COMPLETED"}
     counts = effects(effects_file)
     assert counts[(run.run_id, "/flaky#1")] == 1 and counts[(run.run_id, "/last#1")] == 1
+
+
+# -- logs -------------------------------------------------------------------------------
+
+
+def _group_lines(endpoint: str, group: str, run_id: str) -> list[dict[str, Any]]:
+    """The group's events naming ``run_id``, as ``aws logs filter-log-events`` shows them."""
+    logs = sessions.client("logs", endpoint, "us-east-1")
+    pages = logs.get_paginator("filter_log_events").paginate(logGroupName=group)
+    events = [e for page in pages for e in page["events"] if run_id in e["message"]]
+    return sorted(events, key=lambda e: int(e["timestamp"]))
+
+
+def _user_lines(run_id: str, messages: list[str]) -> list[tuple[str, int, int]]:
+    """What the task's own lines say, (where, attempt, pid), in the order given; a JSON
+    line's ``message`` field, a plain line as it is (rung's own lines are left out)."""
+    found = []
+    for message in messages:
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            message = str(json.loads(message)["message"])
+        said = re.search(rf"{run_id} (body|step) attempt (\d+) pid (\d+)", message)
+        if said:
+            found.append((said[1], int(said[2]), int(said[3])))
+    return found
+
+
+def _cli(dev: DevStack, *args: str) -> Result:
+    env = {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_SESSION_TOKEN": None,
+        "AWS_PROFILE": None,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "RUNG_STACK": None,
+        "RUNG_APP": None,
+    }
+    options = ["--stack", dev.stack_name, "--endpoint-url", dev.endpoint_url]
+    return CliRunner().invoke(main, [*options, *args], env=env, catch_exceptions=False)
+
+
+@pytest.mark.timeout(300)
+def test_worker_lines_reach_the_log_group_one_stream_per_process_kill_9_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNG_TEST_EFFECTS", str(tmp_path / "effects.log"))
+    gate = tmp_path / "gate"
+    with DevStack(dev_options(tmp_path)) as dev:
+        group = dev.stack.outputs["WorkerLogGroupName"]
+        handle = dev.client.trigger("logged", {"gate": str(gate)})
+        killed = int(wait_for(Path(str(gate) + ".pid")))
+        os.kill(killed, signal.SIGKILL)  # dies in its step, after writing two lines
+        gate.touch()
+        run = dev.wait(handle.run_id, timeout=120)
+        deadline = time.monotonic() + 30  # shipped within half a second of being read
+        lines = _group_lines(dev.endpoint_url, group, run.run_id)
+        while time.monotonic() < deadline and len(_user_lines(run.run_id, _texts(lines))) < 4:
+            time.sleep(0.2)
+            lines = _group_lines(dev.endpoint_url, group, run.run_id)
+        shown = _cli(dev, "runs", "logs", run.run_id, "--json")
+
+    assert run.status == "COMPLETED" and run.attempt == 2
+    assert group == f"/aws/lambda/{dev.stack_name}-worker"
+    said = _user_lines(run.run_id, _texts(lines))
+    assert [(where, attempt) for where, attempt, _ in said] == [
+        ("body", 1), ("step", 1), ("body", 2), ("step", 2),
+    ]  # fmt: skip
+    pids = [pid for _, _, pid in said]
+    assert pids[0] == pids[1] == killed and pids[2] == pids[3] != killed
+    # One stream per process: the killed one's lines in one, the next process's in another.
+    streams = {
+        pid: {e["logStreamName"] for e in lines if re.search(rf" pid {pid}\b", e["message"])}
+        for pid in pids
+    }
+    assert len(streams[killed]) == 1 and len(streams[pids[2]]) == 1
+    assert streams[killed] != streams[pids[2]]
+    names = streams[killed] | streams[pids[2]]
+    assert all(re.fullmatch(r"\d{4}/\d\d/\d\d/\[\$LATEST\][0-9a-f]{32}", s) for s in names)
+    # Where the lines went before: still there, as written.
+    files = "\n".join(f.read_text() for f in (tmp_path / ".rung" / "logs").glob("*.log"))
+    assert sorted(_user_lines(run.run_id, files.splitlines())) == sorted(said)
+    # `rung runs logs --json`: the same lines, in order, one JSON object each.
+    assert shown.exit_code == 0, shown.stderr
+    printed = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert _user_lines(run.run_id, [str(p["message"]) for p in printed]) == said
+    assert {p["stream"] for p in printed if re.search(r" pid \d+\b", str(p["message"]))} == names
+
+
+def _texts(events: list[dict[str, Any]]) -> list[str]:
+    return [str(e["message"]) for e in events]

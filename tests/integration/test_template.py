@@ -11,6 +11,7 @@ import pytest
 from cfnlint.api import lint_file  # type: ignore[import-untyped]
 from cfnlint.decode import decode  # type: ignore[import-untyped]
 
+from rung._aws.cloudformation import Stack, functions, load_template, translate
 from rung._aws.dynamodb import INDEXES, KEY_SCHEMA, TTL_ATTRIBUTE
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
@@ -226,3 +227,24 @@ def test_the_functions_log_json_at_info_to_their_own_groups(template: dict[str, 
             "ApplicationLogLevel": "INFO",
             "SystemLogLevel": "INFO",
         }
+
+
+def test_each_function_logs_to_its_logging_config_group_else_lambdas_default() -> None:
+    params = {"RungApp": "shop.tasks:app"}
+    cfn = translate(load_template(TEMPLATE), params, "us-east-1")
+    stack = Stack(
+        "shop",
+        outputs={},
+        physical_ids={  # a log group's physical id is its name (unused by the worker here)
+            "WorkerLogGroup": "/custom/worker",
+            "ReconcilerLogGroup": "/custom/reconciler",
+        },
+    )
+    del cfn["Resources"]["WorkerFunction"]["Properties"]["LoggingConfig"]
+
+    groups = {f.logical_id: f.log_group for f in functions(cfn, stack, params, "us-east-1")}
+
+    assert groups == {
+        "WorkerFunction": "/aws/lambda/shop-worker",  # FunctionName: ${AWS::StackName}-worker
+        "ReconcilerFunction": "/custom/reconciler",
+    }

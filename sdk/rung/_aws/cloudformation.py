@@ -22,6 +22,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
+from rung._aws.logs import default_group
 from rung.errors import RungError
 
 #: Resource types that need a Lambda runtime; emulators get the rest of the stack.
@@ -60,6 +61,9 @@ class FunctionSpec:
     environment: dict[str, str]
     event_sources: tuple[EventSource, ...] = ()
     schedules: tuple[str, ...] = ()  # schedule expressions, e.g. "rate(5 minutes)"
+    #: where its output goes: ``LoggingConfig.LogGroup``, else Lambda's default group
+    #: for the function's name (``/aws/lambda/<name>``)
+    log_group: str = ""
 
 
 @dataclass
@@ -267,6 +271,8 @@ def functions(
                 targets = other_props.get("Targets") or [other_props.get("Target", {})]
                 if any(logical_id in _references(t) for t in targets):
                     schedules.append(str(resolver.resolve(other_props.get("ScheduleExpression"))))
+        name = resolver.resolve(props.get("FunctionName")) or f"{stack.name}-{logical_id}"
+        group = resolver.resolve(props.get("LoggingConfig", {}).get("LogGroup"))
         specs.append(
             FunctionSpec(
                 logical_id=logical_id,
@@ -276,6 +282,7 @@ def functions(
                 environment={k: str(resolver.resolve(v)) for k, v in env.items()},
                 event_sources=tuple(sources),
                 schedules=tuple(schedules),
+                log_group=str(group or default_group(str(name))),
             )
         )
     return specs

@@ -112,6 +112,11 @@ class LogEvent:
     timestamp: datetime
     stream: str
     message: str
+    event_id: str = ""  # FilterLogEvents' id of the event, unique in its group
+
+    @property
+    def timestamp_ms(self) -> int:
+        return round(self.timestamp.timestamp() * 1000)
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -144,6 +149,7 @@ def run_events(client: Any, group: str, run_id: str, start_ms: int | None = None
                         timestamp=datetime.fromtimestamp(event["timestamp"] / 1000, UTC),
                         stream=event.get("logStreamName", ""),
                         message=message.rstrip("\n"),
+                        event_id=str(event.get("eventId", "")),
                     )
                 )
     except client.exceptions.ResourceNotFoundException:

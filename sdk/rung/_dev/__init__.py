@@ -4,8 +4,9 @@ An AWS emulator (the embedded moto server, or LocalStack / any endpoint), the
 data plane of template.yaml deployed to it as a CloudFormation stack, and the
 template's functions run by a local runtime: the SQS event source mapping played
 by ``esm.EventSourcePoller`` over worker processes, scheduled functions (the
-reconciler) invoked on a timer, one console line per run event, and a reload of
-the worker processes when code changes.
+reconciler) invoked on a timer, one console line per run event, the workers' output
+shipped to their functions' log groups in CloudWatch Logs (``logagent``, as Lambda
+does), and a reload of the worker processes when code changes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from rung._aws import cloudformation, sessions
 from rung._aws.dynamodb import DynamoStore
 from rung._dev import emulator
 from rung._dev.esm import EventSourcePoller
+from rung._dev.logagent import LogAgent
 from rung._dev.pool import WorkerProcess
 from rung._dev.printer import EventPrinter
 from rung._util.clock import SystemClock, iso
@@ -153,6 +155,7 @@ class DevStack:
         self._logs: list[IO[bytes]] = []
         #: each event source's worker count and its reason, for the "ready" line
         self._worker_counts: list[tuple[str, WorkerCount]] = []
+        self._log_agent: LogAgent | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -200,6 +203,11 @@ class DevStack:
         self.dynamodb = sessions.client("dynamodb", self.endpoint_url, REGION)
         self.sqs = sessions.client("sqs", self.endpoint_url, REGION)
         self.store = DynamoStore(self.dynamodb, self.stack.outputs["TableName"])
+        # Lambda's part: worker output to the functions' log groups (CloudWatch Logs).
+        self._log_agent = LogAgent(
+            sessions.client("logs", self.endpoint_url, REGION),
+            sessions.client("cloudwatch", self.endpoint_url, REGION),
+        )
         self.client = Client(
             self.app,
             table_name=self.stack.outputs["TableName"],
@@ -243,6 +251,9 @@ class DevStack:
             thread.join(timeout=10)
         for worker in self._workers:
             worker.stop()
+        if self._log_agent is not None:
+            self._log_agent.stop()  # the workers' last lines, before the emulator goes
+            self._log_agent = None
         if self._printer is not None:
             with contextlib.suppress(Exception):
                 self._printer.poll(everything=True)  # the last events before the lights go out
@@ -298,6 +309,9 @@ class DevStack:
                 ),
             }
         )
+        # Lambda's Python runtime writes print() output at once; so do the workers, or a
+        # kill -9 would take the lines still in a buffer with it (rung._dev.logagent).
+        env.setdefault("PYTHONUNBUFFERED", "1")
         env.setdefault("AWS_ACCESS_KEY_ID", "test")
         env.setdefault("AWS_SECRET_ACCESS_KEY", "test")
         if self.options.lease_seconds:
@@ -323,7 +337,9 @@ class DevStack:
         workers = []
         for n in range(chosen.count):
             name = f"{spec.logical_id}-{n}"
-            worker = WorkerProcess(spec, env, self.options.code_root, self._log_for(name), name)
+            worker = WorkerProcess(
+                spec, env, self.options.code_root, self._log_for(name), name, self._log_agent
+            )
             worker.spawn(self._generation)  # all at once: each takes a second to import
             workers.append(worker)
             self._workers.append(worker)
@@ -354,7 +370,12 @@ class DevStack:
     def _start_schedule(self, spec: cloudformation.FunctionSpec, expression: str) -> None:
         name = f"{spec.logical_id}-schedule"
         worker = WorkerProcess(
-            spec, self._env(spec), self.options.code_root, self._log_for(name), name
+            spec,
+            self._env(spec),
+            self.options.code_root,
+            self._log_for(name),
+            name,
+            self._log_agent,
         )
         worker.start(self._generation)
         self._workers.append(worker)

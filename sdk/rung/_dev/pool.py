@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from rung._aws.cloudformation import FunctionSpec
+from rung._dev.logagent import LogAgent, StreamPump
 from rung.errors import RungError
 
 
@@ -28,18 +29,30 @@ class Invocation:
 
 
 class WorkerProcess:
-    """A local Lambda execution environment for one function."""
+    """A local Lambda execution environment for one function.
+
+    Its stderr goes to ``log`` (None: the console); with an ``agent``, through a pipe
+    that the agent also ships to the function's log group, a new stream each time the
+    process starts (``rung._dev.logagent``)."""
 
     def __init__(
-        self, spec: FunctionSpec, env: dict[str, str], cwd: Path, log: IO[bytes] | None, name: str
+        self,
+        spec: FunctionSpec,
+        env: dict[str, str],
+        cwd: Path,
+        log: IO[bytes] | None,
+        name: str,
+        agent: LogAgent | None = None,
     ) -> None:
         self.spec = spec
         self.env = env
         self.cwd = cwd
         self.log = log
         self.name = name
+        self.agent = agent
         self.generation = 0
         self._process: subprocess.Popen[bytes] | None = None
+        self._pump: StreamPump | None = None
         self._buffer = b""
         self._next_id = 1
 
@@ -60,6 +73,18 @@ class WorkerProcess:
         """Start the process; ``wait_ready`` waits for its handler to be loaded."""
         self.generation = generation
         self._buffer = b""
+        stderr: IO[bytes] | int | None = self.log
+        env = self.env
+        stream = None
+        if self.agent is not None:
+            stderr = subprocess.PIPE
+            stream = self.agent.new_stream(self.spec.log_group)
+            # As Lambda tells a function where its output goes.
+            env = {
+                **env,
+                "AWS_LAMBDA_LOG_GROUP_NAME": stream.group,
+                "AWS_LAMBDA_LOG_STREAM_NAME": stream.stream,
+            }
         self._process = subprocess.Popen(
             [
                 sys.executable,
@@ -71,10 +96,14 @@ class WorkerProcess:
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=self.log if self.log is not None else None,
-            env=self.env,
+            stderr=stderr,
+            env=env,
             cwd=self.cwd,
         )
+        if self.agent is not None and stream is not None:
+            assert self._process.stderr is not None  # (stderr=PIPE)
+            # The previous process's pump (if any) ends on its own, at its pipe's end.
+            self._pump = self.agent.pump(self._process.stderr, stream, self.log)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         assert self._process is not None
@@ -154,3 +183,6 @@ class WorkerProcess:
             process.wait()
         if process.stdout:
             process.stdout.close()
+        if self._pump is not None:
+            self._pump.join()  # its output has ended: shipped before stop returns
+            self._pump = None

@@ -32,8 +32,11 @@ class LocalContext:
         self.invoked_function_arn = f"arn:aws:lambda:local:000000000000:function:{function_name}"
         self.memory_limit_in_mb = memory
         self.aws_request_id = request_id
-        self.log_group_name = f"/aws/lambda/{function_name}"
-        self.log_stream_name = f"local/{os.getpid()}"
+        # Where rung dev ships this process's output (rung._dev.logagent), as on Lambda.
+        self.log_group_name = os.environ.get(
+            "AWS_LAMBDA_LOG_GROUP_NAME", f"/aws/lambda/{function_name}"
+        )
+        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", f"local/{os.getpid()}")
         self._deadline = deadline
 
     def get_remaining_time_in_millis(self) -> int:

@@ -5,7 +5,8 @@
                      [--wait [--timeout 5m]]
         runs list [--status S] [--task T] [--limit N]
         runs show RUN_ID
-        runs trace RUN_ID
+        runs trace RUN_ID [--logs]
+        runs logs RUN_ID [--follow]
         runs cancel RUN_ID [--reason TEXT]
         runs replay RUN_ID
         runs redrive RUN_ID

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,6 +26,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from rung._aws import cloudformation, logs, sessions
 from rung._aws.dynamodb import waits_without_timer
 from rung._util.durations import format_duration, parse_duration
 from rung.app import App
@@ -187,6 +189,13 @@ class _Target:
                 "(e.g. --app examples.orders:app) or set RUNG_APP",
                 EXIT_USAGE,
             )
+        return Client.from_stack(
+            app, self.stack_name(), endpoint_url=self.endpoint_url, region=self.region
+        )
+
+    def stack_name(self) -> str:
+        """--stack, else rung-<the app's name>; a usage error when neither is known."""
+        app = self.app()
         stack = self.stack or (f"rung-{app.name}" if app is not None else None)
         if stack is None:
             raise _error(
@@ -194,7 +203,29 @@ class _Target:
                 "(or RUNG_APP) to use the stack rung-<app name>",
                 EXIT_USAGE,
             )
-        return Client.from_stack(app, stack, endpoint_url=self.endpoint_url, region=self.region)
+        return stack
+
+    def worker_logs(self) -> WorkerLogs:
+        """The worker function's log group (the stack's ``WorkerLogGroupName`` output, else
+        Lambda's default ``/aws/lambda/<stack>-worker``) and a client to read it."""
+        name = self.stack_name()
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+        cfn = sessions.client("cloudformation", endpoint, self.region)
+        outputs = cloudformation.describe(cfn, name, endpoint).outputs
+        group = outputs.get("WorkerLogGroupName") or logs.default_group(f"{name}-worker")
+        return WorkerLogs(sessions.client("logs", endpoint, self.region), group)
+
+
+@dataclass(frozen=True)
+class WorkerLogs:
+    """Where a stack's worker writes its lines (CloudWatch Logs)."""
+
+    client: Any
+    group: str
+
+    def run_events(self, run_id: str, start_ms: int | None = None) -> list[logs.LogEvent]:
+        """The run's lines, oldest first (``start_ms``: from then on)."""
+        return logs.run_events(self.client, self.group, run_id, start_ms)
 
 
 def load_app(ref: str) -> App:

@@ -1,7 +1,8 @@
-"""``rung trigger`` and ``rung runs``: list, show, trace, cancel, replay, redrive."""
+"""``rung trigger`` and ``rung runs``: list, show, trace, logs, cancel, replay, redrive."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from rung._aws.logs import LogEvent
 from rung._util.durations import HELP as DURATION_HELP
 from rung._util.durations import format_duration
 from rung.cli._common import (
@@ -40,7 +42,8 @@ from rung.cli._common import (
     run_json,
     token_json,
 )
-from rung.cli.trace import build_trace
+from rung.cli.logs import level_of, level_style, log_json, log_text, message_of, print_run_logs
+from rung.cli.trace import attach_logs, build_trace
 from rung.client import Client
 from rung.models import Run, RunStatus
 
@@ -289,20 +292,27 @@ def show_run(target: _Target, run_id: str, as_json: bool) -> None:
 
 @runs.command("trace")
 @click.argument("run_id")
+@click.option(
+    "--logs", "with_logs", is_flag=True, help="Show the run's log lines under their steps."
+)
 @_json_option
 @click.pass_obj
-def trace_run(target: _Target, run_id: str, as_json: bool) -> None:
+def trace_run(target: _Target, run_id: str, with_logs: bool, as_json: bool) -> None:
     """A run's timeline: attempts, steps and their durations, errors, retry delays.
 
     Offsets are from the trigger. A retry resumes at the step that failed: the
     attempt's line says which, and how many completed steps were replayed from
-    their checkpoints instead of running again.
+    their checkpoints instead of running again. With --logs, each log line of the
+    run (CloudWatch Logs, as `rung runs logs` prints them) shows under the step it
+    was written in, or under its attempt.
     """
     client = target.client()
     run = client.get_run(run_id)
     events = client.history(run_id)
     tokens = client.list_tokens(run_id)
     lines = build_trace(run, events, tokens)
+    log_events = target.worker_logs().run_events(run_id) if with_logs else []
+    attach_logs(lines, log_events)
     if as_json:
         _print_json(
             {
@@ -310,6 +320,7 @@ def trace_run(target: _Target, run_id: str, as_json: bool) -> None:
                 "events": [event_json(e) for e in events],
                 "steps": [line.step_json() for line in lines if line.kind == "step"],
                 "tokens": [token_json(s) for s in tokens],
+                **({"logs": [log_json(e) for e in log_events]} if with_logs else {}),
             }
         )
         return
@@ -334,11 +345,59 @@ def trace_run(target: _Target, run_id: str, as_json: bool) -> None:
             _took(line.took),
             Text(line.detail, style="red" if line.error else ""),
         )
+        for log_event in line.logs:
+            table.add_row(
+                Text(_offset(log_event.timestamp - run.created_at), style="dim"),
+                "",
+                Text(f"  │ {level_of(log_event) or 'log'}", style=level_style(log_event) or "dim"),
+                "",
+                Text(message_of(log_event), style="dim"),
+            )
     out.print(table)
     if run.status == RunStatus.COMPLETED:
         out.print(Text(f"output: {_compact(run.output)}"))
     elif run.error is not None and run.status.is_terminal:
         out.print(Text(f"{run.status.lower()}: {run.error}", style="red"))
+
+
+@runs.command("logs")
+@click.argument("run_id")
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Keep printing new lines until the run has ended (or Ctrl-C).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per line: its fields, timestamp and stream.",
+)
+@click.pass_obj
+def run_logs(target: _Target, run_id: str, follow: bool, as_json: bool) -> None:
+    """The log lines of a run, from every attempt, oldest first.
+
+    They are read from the worker function's log group in CloudWatch Logs (on AWS,
+    LocalStack and `rung dev` alike): time (UTC), attempt, step id, level and message
+    of each line; a line that is not JSON as it is.
+    """
+    client = target.client()
+    worker = target.worker_logs()
+    out = _console()
+
+    def emit(event: LogEvent) -> None:
+        if as_json:
+            click.echo(json.dumps(log_json(event), ensure_ascii=False, default=str))
+        else:
+            out.print(log_text(event))
+
+    try:
+        count = print_run_logs(client, worker, run_id, emit, follow=follow)
+    except KeyboardInterrupt:
+        click.get_current_context().exit(130)  # as for SIGINT; following is what stops
+    if count == 0 and not as_json:
+        click.echo(f"no log lines for {run_id} in {worker.group}", err=True)
 
 
 @runs.command("cancel")

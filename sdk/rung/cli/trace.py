@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import rung
+from rung._aws.logs import LogEvent
 from rung._util.durations import format_duration
 from rung.cli._common import _offset
 from rung.models import EventType, HistoryEvent, Run, RunStatus, TokenState
@@ -30,6 +31,7 @@ class TraceLine:
     detail: str = ""
     error: rung.ErrorInfo | None = None
     style: str = ""
+    logs: list[LogEvent] = field(default_factory=list)  # with --logs: the lines under it
 
     def step_json(self) -> dict[str, Any]:
         return {
@@ -262,3 +264,33 @@ def _resumes(later: list[HistoryEvent], attempt: int | None, done: set[str]) -> 
     if not replayed:
         return f"runs from the top at {first} (no step had completed)"
     return f"resumes at {first}; {kept}"
+
+
+def attach_logs(lines: list[TraceLine], events: Sequence[LogEvent]) -> None:
+    """Put each log line under the trace line it belongs to (``TraceLine.logs``): under
+    the step whose ``step_id`` and ``attempt`` it carries, else under its attempt.
+
+    A line without an ``attempt`` field (a plain line) belongs to the attempt started
+    last before it; a line before any attempt, under the run's first line."""
+    if not lines:
+        return
+    attempts = [line for line in lines if line.kind == "attempt"]
+    steps = [line for line in lines if line.kind == "step"]
+    for event in events:
+        fields = event.fields
+        attempt = fields.get("attempt")
+        if not isinstance(attempt, int):
+            started = [a for a in attempts if a.at <= event.timestamp]
+            attempt = started[-1].attempt if started else None
+        step = fields.get("step_id")
+        home: TraceLine | None = None
+        if step:
+            same = [line for line in steps if line.step == step and line.attempt == attempt]
+            begun = [line for line in same if line.at <= event.timestamp]
+            if begun:  # the try of the step that had started when the line was written
+                home = begun[-1]
+            elif same:
+                home = same[0]
+        if home is None:
+            home = next((a for a in reversed(attempts) if a.attempt == attempt), None)
+        (home or lines[0]).logs.append(event)

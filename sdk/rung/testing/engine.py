@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import secrets
 import threading
@@ -37,7 +36,6 @@ from types import TracebackType
 from typing import Any
 
 from rung._aws import sessions
-from rung._aws.cloudwatch import metric_sum, put_emf
 from rung._aws.dynamodb import DynamoStore
 from rung._aws.emulator import (
     EmbeddedEmulator,
@@ -46,15 +44,10 @@ from rung._aws.emulator import (
     use_virtual_time,
     visible,
 )
-from rung._aws.events import SOURCE as EVENT_SOURCE
-from rung._aws.events import EventBus
-from rung._aws.logs import LogEvent, LogStream, run_events, stream_name
+from rung._aws.logs import LogEvent
 from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, BadMessage, QueueMessage, SqsQueue, decode
-from rung._aws.xray import XRay
 from rung._engine.config import WorkerConfig
-from rung._engine.logs import RunContextFilter
 from rung._engine.reconciler import DEFAULT_GRACE, Reconciler, ReconcileReport
-from rung._engine.telemetry import Sinks
 from rung._engine.worker import Disposition, Worker
 from rung._util.clock import Clock, SystemClock, VirtualClock, from_ms
 from rung._util.durations import check_duration
@@ -62,6 +55,7 @@ from rung.app import App, Task
 from rung.client import Client
 from rung.errors import InvalidConfig, UsageError
 from rung.models import HistoryEvent, Run, RunHandle, RunStatus, TokenState
+from rung.testing.telemetry import LocalTelemetry
 
 log = logging.getLogger("rung.testing")
 _REGION = "us-east-1"
@@ -140,11 +134,9 @@ class LocalEngine:
         self._invocation_timeout = invocation_timeout
         self._reconcile_grace = reconcile_grace
         self._telemetry = telemetry
-        self.xray: XRay | None = None
-        self._log_stream: LogStream | None = None
-        self._log_handler: logging.Handler | None = None
-        self._log_targets: list[logging.Logger] = []
-        self._events_client: Any = None
+        #: the runs' reports on the emulator, read back (``trace``, ``logs``, ``metric``,
+        #: ``events``); None with ``telemetry=False``
+        self.telemetry: LocalTelemetry | None = None
         self._stop = threading.Event()
         self._kick = threading.Event()  # set by trigger(): work may be waiting
         self._threads: list[threading.Thread] = []
@@ -204,10 +196,19 @@ class LocalEngine:
                 max_receive_count=self._max_receive,
             )
             self.queue = SqsQueue(self.sqs, self.queue_url, self._max_receive)
-            sinks = self._sinks(emulator) if self._telemetry else None
-            self.worker = Worker(self.app, self.store, self.queue, self.clock, self._config, sinks)
             if self._telemetry:
-                self._ship_logs(emulator)
+                self.telemetry = LocalTelemetry(
+                    self.app.name,
+                    self.table_name,
+                    lambda service: emulator.attach(
+                        sessions.client(service, emulator.url, _REGION)
+                    ),
+                    self.sqs,
+                )
+            sinks = self.telemetry.sinks() if self.telemetry is not None else None
+            self.worker = Worker(self.app, self.store, self.queue, self.clock, self._config, sinks)
+            if self.telemetry is not None:
+                self.telemetry.ship_logs(owner=self.worker)
             self._client = Client._from_parts(self.app, self.store, self.queue, self.clock)
         except BaseException:
             self.stop()
@@ -224,10 +225,8 @@ class LocalEngine:
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()
-        if self._log_handler is not None:
-            for target in self._log_targets:
-                target.removeHandler(self._log_handler)
-            self._log_handler = None
+        if self.telemetry is not None:
+            self.telemetry.unhook()
         if self._emulator is not None:
             self._drop_resources()
             self._emulator = None
@@ -238,17 +237,8 @@ class LocalEngine:
         # The shared emulator outlives this engine: leave nothing of ours behind in it.
         with contextlib.suppress(Exception):
             self.dynamodb.delete_table(TableName=self.table_name)
-        if self._log_stream is not None:
-            with contextlib.suppress(Exception):
-                self._log_stream.client.delete_log_group(logGroupName=self.log_group)
-        if self._events_client is not None:
-            with contextlib.suppress(Exception):
-                self._events_client.remove_targets(
-                    Rule="rung-events", EventBusName=self.event_bus, Ids=["q"]
-                )
-                self._events_client.delete_rule(Name="rung-events", EventBusName=self.event_bus)
-                self._events_client.delete_event_bus(Name=self.event_bus)
-                self.sqs.delete_queue(QueueUrl=self.events_queue_url)
+        if self.telemetry is not None:
+            self.telemetry.drop()
         for url in (getattr(self, "queue_url", None), getattr(self, "dlq_url", None)):
             if url:
                 with contextlib.suppress(Exception):
@@ -431,124 +421,37 @@ class LocalEngine:
         sent twice (the run's, in progress and then complete) is listed once, complete.
         Empty with ``telemetry=False``."""
         trace_id = self.get_run(run_id).trace_id
-        if self.xray is None or trace_id is None:
+        if self.telemetry is None or trace_id is None:
             return []
-        latest: dict[str, dict[str, Any]] = {}
-        for document in self.xray.segments(trace_id):
-            if document.get("in_progress") and document["id"] in latest:
-                continue
-            latest[document["id"]] = document
-        return sorted(latest.values(), key=lambda d: (d["start_time"], d.get("end_time", 0)))
+        return self.telemetry.trace(trace_id)
 
     def logs(self, run_id: str) -> list[LogEvent]:
         """The run's log lines (rung's lifecycle lines and the task's own), read back
-        through the emulator's CloudWatch Logs API (``FilterLogEvents`` on
-        ``log_group``), oldest first; ``LogEvent.fields`` has a line's JSON keys
-        (``run_id``, ``task``, ``attempt``, ``step_id``, ``trace_id``, ``rung_event``...).
-        Times are wall-clock: virtual time does not move log lines. Empty with
-        ``telemetry=False``."""
-        if self._log_stream is None:
-            return []
-        self._log_stream.flush()
-        return run_events(self._log_stream.client, self.log_group, run_id)
-
-    def _sinks(self, emulator: EmbeddedEmulator) -> Sinks:
-        """What Lambda and CloudWatch do with a worker's reports, on the emulator:
-        segments to its X-Ray, EMF documents to its CloudWatch metrics (as CloudWatch
-        extracts them from a Lambda's output), events to a bus of this engine whose
-        rule forwards rung's events to a queue (``events``)."""
-
-        def client(service: str) -> Any:
-            return emulator.attach(sessions.client(service, emulator.url, _REGION))
-
-        self.xray = XRay(client("xray"))
-        self.cloudwatch = client("cloudwatch")
-        events = client("events")
-        self.event_bus = self.table_name
-        events.create_event_bus(Name=self.event_bus)
-        self.events_queue_url = self.sqs.create_queue(QueueName=f"{self.queue_name}-events")[
-            "QueueUrl"
-        ]
-        arn = self.sqs.get_queue_attributes(
-            QueueUrl=self.events_queue_url, AttributeNames=["QueueArn"]
-        )["Attributes"]["QueueArn"]
-        events.put_rule(
-            Name="rung-events",
-            EventBusName=self.event_bus,
-            EventPattern=json.dumps({"source": [EVENT_SOURCE]}),
-        )
-        events.put_targets(
-            Rule="rung-events", EventBusName=self.event_bus, Targets=[{"Id": "q", "Arn": arn}]
-        )
-        self._events_client = events
-        return Sinks(
-            app=self.app.name,
-            xray=self.xray,
-            metrics=lambda document: put_emf(self.cloudwatch, document),
-            events=EventBus(events, self.event_bus),
-        )
+        through the emulator's CloudWatch Logs API (``FilterLogEvents`` on the engine's
+        log group, ``telemetry.log_group``), oldest first; ``LogEvent.fields`` has a
+        line's JSON keys (``run_id``, ``task``, ``attempt``, ``step_id``, ``trace_id``,
+        ``rung_event``...). Times are wall-clock: virtual time does not move log lines.
+        Empty with ``telemetry=False``."""
+        return self.telemetry.logs(run_id) if self.telemetry is not None else []
 
     def events(self) -> list[dict[str, Any]]:
         """The events rung sent since the last call (a run's end, a redrive), as
         EventBridge delivered them through a rule to a queue: each a dict with
         ``detail-type``, ``source`` (``"rung"``) and ``detail`` (run id, task, status,
         error, trace id, duration). Empty with ``telemetry=False``."""
-        if not self._telemetry or self._emulator is None:
-            return []
-        out: list[dict[str, Any]] = []
-        while True:
-            got = self.sqs.receive_message(
-                QueueUrl=self.events_queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
-            ).get("Messages", [])
-            if not got:
-                return out
-            for message in got:
-                out.append(json.loads(message["Body"]))
-                self.sqs.delete_message(
-                    QueueUrl=self.events_queue_url, ReceiptHandle=message["ReceiptHandle"]
-                )
+        return self.telemetry.events() if self.telemetry is not None else []
 
     def metric(self, name: str, task: str, step: str | None = None) -> float:
         """The sum of a rung metric (namespace ``rung``; docs/observability.md) of one
         task of this engine's app (and one step name, for step metrics), read back
         through the emulator's CloudWatch API (``GetMetricStatistics``), as a dashboard
         reads it. 0 with ``telemetry=False``."""
-        if not self._telemetry or self._emulator is None:
+        if self.telemetry is None:
             return 0.0
         dimensions = {"app": self.app.name, "task": task}
         if step is not None:
             dimensions["step"] = step
-        now = SystemClock().now()  # CloudWatch keeps wall-clock time, not virtual
-        total, _ = metric_sum(
-            self.cloudwatch, name, dimensions, now - timedelta(days=30), now + timedelta(days=30)
-        )
-        return total
-
-    def _ship_logs(self, emulator: EmbeddedEmulator) -> None:
-        """Play Lambda's log agent: lines written while this engine's workers handle a
-        run go, as JSON, to a log group of the emulator (one stream for this engine)."""
-        from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
-
-        client = emulator.attach(sessions.client("logs", emulator.url, _REGION))
-        self.log_group = f"/aws/lambda/{self.table_name}-worker"
-        self._log_stream = stream = LogStream(client, self.log_group, stream_name(self.clock.now()))
-        handler = _ShippingHandler(stream)
-        handler.setFormatter(LambdaPowertoolsFormatter(service=self.app.name, name="%(name)s"))
-        handler.addFilter(RunContextFilter(owner=self.worker))
-        # rung's lifecycle lines are INFO; a logger left at its default would drop them.
-        rung_logger = logging.getLogger("rung")
-        if rung_logger.level == logging.NOTSET:
-            rung_logger.setLevel(logging.INFO)
-        # The root logger sees what propagates; a logger configured not to propagate
-        # (Powertools' copied config does that) gets the handler of its own.
-        self._log_targets = [logging.getLogger()] + [
-            known
-            for known in list(logging.Logger.manager.loggerDict.values())
-            if isinstance(known, logging.Logger) and not known.propagate
-        ]
-        for target in self._log_targets:
-            target.addHandler(handler)
-        self._log_handler = handler
+        return self.telemetry.metric(dimensions, name)
 
     def dead_letters(self) -> list[str]:
         """Bodies of the messages that reached the DLQ (received, then left in place)."""
@@ -684,8 +587,8 @@ class LocalEngine:
         try:
             self._handle(message)
         finally:
-            if self._log_stream is not None:
-                self._log_stream.flush()  # before wait() can return: its lines are there
+            if self.telemetry is not None:
+                self.telemetry.stream.flush()  # before wait() can return: its lines are there
             with self._progress:
                 self._in_hand[run_id] -= 1
                 self._handled[run_id] = self._handled.get(run_id, 0) + 1
@@ -714,17 +617,3 @@ class LocalEngine:
             return
         if disposition == Disposition.ACK:
             self.queue.delete(message)
-
-
-class _ShippingHandler(logging.Handler):
-    """Writes formatted lines to a CloudWatch Logs stream (flushed by the engine)."""
-
-    def __init__(self, stream: LogStream) -> None:
-        super().__init__()
-        self.stream = stream
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.stream.write(int(record.created * 1000), self.format(record))
-        except Exception:
-            self.handleError(record)

@@ -1,0 +1,152 @@
+"""What Lambda and CloudWatch do with a worker's reports, played on the embedded
+emulator for ``LocalEngine``, and read back through the same AWS APIs a user would use
+on AWS (docs/observability.md, "On rung dev and in tests"):
+
+- trace segments go to the emulator's X-Ray (``PutTraceSegments``), read with
+  ``BatchGetTraces``;
+- log lines written while the engine's workers handle a run go, as JSON, to a log group
+  (one stream per engine), read with ``FilterLogEvents``;
+- EMF metric documents become metrics (``PutMetricData``, as CloudWatch extracts them
+  from a Lambda's output), read with ``GetMetricStatistics``;
+- events go to an EventBridge bus of the engine whose rule forwards rung's events to a
+  queue, read with ``ReceiveMessage``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from rung._aws.cloudwatch import metric_sum, put_emf
+from rung._aws.events import SOURCE, EventBus
+from rung._aws.logs import LogEvent, LogStream, run_events, stream_name
+from rung._aws.xray import XRay
+from rung._engine.logs import RunContextFilter
+from rung._engine.telemetry import Sinks
+from rung._util.clock import SystemClock
+
+_RULE = "rung-events"
+
+
+class LocalTelemetry:
+    """A LocalEngine's reports on the emulator. ``client(service)`` makes a client of
+    the emulator; ``name`` names this engine's log group, bus and events queue."""
+
+    def __init__(self, app: str, name: str, client: Any, sqs: Any) -> None:
+        self.app = app
+        self.xray = XRay(client("xray"))
+        self.cloudwatch = client("cloudwatch")
+        self._events = client("events")
+        self._sqs = sqs
+        self.event_bus = name
+        self._events.create_event_bus(Name=name)
+        self.events_queue_url = sqs.create_queue(QueueName=f"{name}-events")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=self.events_queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        self._events.put_rule(
+            Name=_RULE, EventBusName=name, EventPattern=json.dumps({"source": [SOURCE]})
+        )
+        self._events.put_targets(Rule=_RULE, EventBusName=name, Targets=[{"Id": "q", "Arn": arn}])
+        self.log_group = f"/aws/lambda/{name}-worker"
+        self.stream = LogStream(client("logs"), self.log_group, stream_name(SystemClock().now()))
+        self._handler: logging.Handler | None = None
+        self._targets: list[logging.Logger] = []
+
+    def sinks(self) -> Sinks:
+        return Sinks(
+            app=self.app,
+            xray=self.xray,
+            metrics=lambda document: put_emf(self.cloudwatch, document),
+            events=EventBus(self._events, self.event_bus),
+        )
+
+    def ship_logs(self, owner: object) -> None:
+        """Play Lambda's log agent for the lines written while ``owner`` (the engine's
+        Worker) handles a run."""
+        from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+        handler = _ShippingHandler(self.stream)
+        handler.setFormatter(LambdaPowertoolsFormatter(service=self.app, name="%(name)s"))
+        handler.addFilter(RunContextFilter(owner=owner))
+        # rung's lifecycle lines are INFO; a logger left at its default would drop them.
+        rung_logger = logging.getLogger("rung")
+        if rung_logger.level == logging.NOTSET:
+            rung_logger.setLevel(logging.INFO)
+        # The root logger sees what propagates; a logger configured not to propagate
+        # (Powertools' copied config does that) gets the handler of its own.
+        self._targets = [logging.getLogger()] + [
+            known
+            for known in list(logging.Logger.manager.loggerDict.values())
+            if isinstance(known, logging.Logger) and not known.propagate
+        ]
+        for target in self._targets:
+            target.addHandler(handler)
+        self._handler = handler
+
+    def trace(self, trace_id: str) -> list[dict[str, Any]]:
+        latest: dict[str, dict[str, Any]] = {}
+        for document in self.xray.segments(trace_id):
+            if document.get("in_progress") and document["id"] in latest:
+                continue
+            latest[document["id"]] = document
+        return sorted(latest.values(), key=lambda d: (d["start_time"], d.get("end_time", 0)))
+
+    def logs(self, run_id: str) -> list[LogEvent]:
+        self.stream.flush()
+        return run_events(self.stream.client, self.log_group, run_id)
+
+    def events(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        while True:
+            got = self._sqs.receive_message(
+                QueueUrl=self.events_queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+            ).get("Messages", [])
+            if not got:
+                return out
+            for message in got:
+                out.append(json.loads(message["Body"]))
+                self._sqs.delete_message(
+                    QueueUrl=self.events_queue_url, ReceiptHandle=message["ReceiptHandle"]
+                )
+
+    def metric(self, dimensions: dict[str, str], name: str) -> float:
+        now = SystemClock().now()  # CloudWatch keeps wall-clock time, not virtual
+        total, _ = metric_sum(
+            self.cloudwatch, name, dimensions, now - timedelta(days=30), now + timedelta(days=30)
+        )
+        return total
+
+    def unhook(self) -> None:
+        """Stop shipping log lines (the engine stops)."""
+        if self._handler is not None:
+            for target in self._targets:
+                target.removeHandler(self._handler)
+            self._handler = None
+
+    def drop(self) -> None:
+        """Leave nothing of this engine's behind in the shared emulator."""
+        with contextlib.suppress(Exception):
+            self.stream.client.delete_log_group(logGroupName=self.log_group)
+        with contextlib.suppress(Exception):
+            self._events.remove_targets(Rule=_RULE, EventBusName=self.event_bus, Ids=["q"])
+            self._events.delete_rule(Name=_RULE, EventBusName=self.event_bus)
+            self._events.delete_event_bus(Name=self.event_bus)
+            self._sqs.delete_queue(QueueUrl=self.events_queue_url)
+
+
+class _ShippingHandler(logging.Handler):
+    """Writes formatted lines to a CloudWatch Logs stream (flushed by the engine)."""
+
+    def __init__(self, stream: LogStream) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(int(record.created * 1000), self.format(record))
+        except Exception:
+            self.handleError(record)
