@@ -10,6 +10,7 @@ from typing import Any
 
 from rung._aws import sessions
 from rung._aws.dynamodb import DynamoStore, NewRun
+from rung._aws.events import BUS_ENV, EventBus
 from rung._aws.sqs import SqsQueue
 from rung._engine.history import build_history
 from rung._engine.lifecycle import Lifecycle
@@ -44,6 +45,9 @@ class Client:
         queue_url: the work queue (default ``$RUNG_QUEUE_URL``).
         endpoint_url: an emulator or LocalStack (default ``$AWS_ENDPOINT_URL``; unset: AWS).
         region: the AWS region (default from the environment, else us-east-1).
+        event_bus: the EventBridge bus that ``cancel`` and ``redrive`` announce runs on
+            ("Run Canceled", "Run Redriven"; default ``$RUNG_EVENT_BUS``, and the stack's
+            ``EventBusName`` output with ``from_stack``; unset: none are sent).
 
     Example:
         >>> client = rung.Client(app, table_name="rung-shop", queue_url=url)
@@ -61,6 +65,7 @@ class Client:
         endpoint_url: str | None = None,
         region: str | None = None,
         clock: Clock | None = None,
+        event_bus: str | None = None,
     ) -> None:
         table_name = table_name or os.environ.get("RUNG_TABLE_NAME")
         queue_url = queue_url or os.environ.get("RUNG_QUEUE_URL")
@@ -71,7 +76,9 @@ class Client:
             )
         store = DynamoStore(sessions.client("dynamodb", endpoint_url, region), table_name)
         queue = SqsQueue(sessions.client("sqs", endpoint_url, region), queue_url)
-        self._init(app, store, queue, clock or SystemClock())
+        bus = event_bus or os.environ.get(BUS_ENV) or None
+        events = EventBus(sessions.client("events", endpoint_url, region), bus) if bus else None
+        self._init(app, store, queue, clock or SystemClock(), events)
 
     @classmethod
     def from_stack(
@@ -108,15 +115,30 @@ class Client:
             queue_url=stack.outputs["QueueUrl"],
             endpoint_url=endpoint_url,
             region=region,
+            event_bus=stack.outputs.get("EventBusName"),
         )
 
     @classmethod
-    def _from_parts(cls, app: App, store: DynamoStore, queue: SqsQueue, clock: Clock) -> Client:
+    def _from_parts(
+        cls,
+        app: App,
+        store: DynamoStore,
+        queue: SqsQueue,
+        clock: Clock,
+        events: EventBus | None = None,
+    ) -> Client:
         client = cls.__new__(cls)
-        client._init(app, store, queue, clock)
+        client._init(app, store, queue, clock, events)
         return client
 
-    def _init(self, app: App | None, store: DynamoStore, queue: SqsQueue, clock: Clock) -> None:
+    def _init(
+        self,
+        app: App | None,
+        store: DynamoStore,
+        queue: SqsQueue,
+        clock: Clock,
+        events: EventBus | None = None,
+    ) -> None:
         if app is not None and not isinstance(app, App):
             raise UsageError(f"rung.Client needs a rung.App or None, got {type(app).__name__}")
         self.app = app
@@ -124,7 +146,8 @@ class Client:
         self._queue = queue
         self._clock = clock
         self._queues = QueueAdmin(app, store, queue, clock)
-        self._lifecycle = Lifecycle(store, queue, clock, self._queues)
+        name = app.name if app is not None else ""
+        self._lifecycle = Lifecycle(store, queue, clock, self._queues, events, name)
 
     def trigger(
         self,

@@ -105,3 +105,41 @@ def test_telemetry_off_sends_nothing() -> None:
         assert (engine.trace(run.run_id), engine.logs(run.run_id), engine.events()) == ([], [], [])
         assert engine.metric("RunsCompleted", "t") == 0
     assert run.status == rung.RunStatus.COMPLETED
+
+
+def test_cancel_and_redrive_by_the_client_are_events_too() -> None:
+    app = rung.App("operated")
+    broken = {"yes": True}
+
+    @app.task(id="waits")
+    def waits(ctx: rung.Context, payload: None) -> None:
+        ctx.wait(timedelta(days=1))
+
+    @app.task(id="breaks", retry=rung.RetryPolicy(max_attempts=1))
+    def breaks(ctx: rung.Context, payload: None) -> str:
+        def step() -> str:
+            if broken["yes"]:
+                raise ValueError("bug")
+            return "fixed"
+
+        return ctx.step("s", step)
+
+    with LocalEngine(app) as engine:
+        waiting = engine.trigger("waits")
+        engine.client.cancel(waiting.run_id, reason="not needed")
+        failed = engine.wait(engine.trigger("breaks").run_id)
+        broken["yes"] = False
+        engine.client.redrive(failed.run_id)
+        fixed = engine.wait(failed.run_id)
+        events = engine.events()
+
+    kinds = [(e["detail-type"], e["detail"]["run_id"]) for e in events]
+    assert kinds == [
+        ("Run Canceled", waiting.run_id),
+        ("Run Failed", failed.run_id),
+        ("Run Redriven", failed.run_id),
+        ("Run Completed", failed.run_id),
+    ]
+    assert fixed.output == "fixed"
+    assert events[0]["detail"]["status"] == "CANCELED"
+    assert events[2]["detail"]["error"]["type"] == "ValueError"  # the failure it resumes from

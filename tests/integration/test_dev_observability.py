@@ -161,3 +161,81 @@ def test_worker_lines_reach_the_log_group_one_stream_per_process_kill_9_included
 
 def _texts(events: list[dict[str, Any]]) -> list[str]:
     return [str(e["message"]) for e in events]
+
+
+@pytest.mark.timeout(300)
+def test_a_run_on_rung_dev_reports_metrics_events_and_has_the_stacks_alarms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNG_TEST_EFFECTS", str(tmp_path / "effects.log"))
+    with DevStack(dev_options(tmp_path)) as dev:
+        endpoint = dev.endpoint_url
+        bus = dev.stack.outputs["EventBusName"]
+        table = dev.stack.outputs["TableName"]
+        sqs = sessions.client("sqs", endpoint, "us-east-1")
+        events = sessions.client("events", endpoint, "us-east-1")
+        cloudwatch = sessions.client("cloudwatch", endpoint, "us-east-1")
+        # A user's rule on the stack's bus: rung's run events to a queue of theirs.
+        inbox = sqs.create_queue(QueueName="run-events")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        events.put_rule(Name="ends", EventBusName=bus, EventPattern='{"source": ["rung"]}')
+        events.put_targets(Rule="ends", EventBusName=bus, Targets=[{"Id": "inbox", "Arn": arn}])
+
+        handle = dev.client.trigger("traced", {"seconds": 1})
+        run = dev.wait(handle.run_id, timeout=120)
+        received: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 30
+        while not received and time.monotonic() < deadline:
+            got = sqs.receive_message(QueueUrl=inbox, WaitTimeSeconds=1).get("Messages", [])
+            received += [json.loads(m["Body"]) for m in got]
+        completed = _metric(cloudwatch, "RunsCompleted", table)
+        deadline = time.monotonic() + 30  # EMF lines are shipped within about a second
+        while completed == 0 and time.monotonic() < deadline:
+            time.sleep(0.3)
+            completed = _metric(cloudwatch, "RunsCompleted", table)
+        retries = _metric(cloudwatch, "RetriesScheduled", table)
+        alarms = {
+            a["AlarmName"]: a
+            for a in cloudwatch.describe_alarms(AlarmNamePrefix=dev.stack_name)["MetricAlarms"]
+        }
+        dashboard = cloudwatch.get_dashboard(DashboardName=dev.stack.outputs["DashboardName"])
+
+    assert run.status == "COMPLETED"
+    assert [(e["source"], e["detail-type"]) for e in received] == [("rung", "Run Completed")]
+    assert received[0]["detail"]["run_id"] == run.run_id
+    assert received[0]["detail"]["trace_id"] == run.trace_id
+    assert (completed, retries) == (1, 1)
+    stack = dev.stack_name
+    assert set(alarms) == {
+        f"{stack}-{name}"
+        for name in (
+            "DeadLetterAlarm",
+            "FailedRunsAlarm",
+            "StartDelayAlarm",
+            "RedrivesAlarm",
+            "ThrottlesAlarm",
+        )
+    }
+    failed = alarms[f"{stack}-FailedRunsAlarm"]
+    assert (failed["Namespace"], failed["MetricName"]) == ("rung", "RunsFailed")
+    assert failed["Dimensions"] == [{"Name": "table", "Value": table}]
+    assert "AlarmActions" not in failed or failed["AlarmActions"] == []  # no topic given
+    assert '"RunsCompleted", "table", "' + table + '"' in dashboard["DashboardBody"]
+
+
+def _metric(cloudwatch: Any, name: str, table: str) -> float:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    out = cloudwatch.get_metric_statistics(
+        Namespace="rung",
+        MetricName=name,
+        Dimensions=[{"Name": "table", "Value": table}],
+        StartTime=now - timedelta(hours=1),
+        EndTime=now + timedelta(hours=1),
+        Period=7200,
+        Statistics=["Sum"],
+    )
+    return float(sum(p["Sum"] for p in out["Datapoints"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +249,84 @@ def test_each_function_logs_to_its_logging_config_group_else_lambdas_default() -
         "WorkerFunction": "/aws/lambda/shop-worker",  # FunctionName: ${AWS::StackName}-worker
         "ReconcilerFunction": "/custom/reconciler",
     }
+
+
+def test_alarms_and_the_dashboard_watch_only_metrics_rung_reports_and_resources_that_exist(
+    template: dict[str, Any],
+) -> None:
+    from rung._engine.telemetry import METRICS
+
+    resources = template["Resources"]
+    alarms = {
+        k: v["Properties"] for k, v in resources.items() if v["Type"] == "AWS::CloudWatch::Alarm"
+    }
+    assert set(alarms) == {
+        "DeadLetterAlarm",
+        "FailedRunsAlarm",
+        "StartDelayAlarm",
+        "RedrivesAlarm",
+        "ThrottlesAlarm",
+    }
+    aws_metrics = {
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+        ("AWS/Lambda", "Throttles"),
+        ("AWS/Lambda", "Invocations"),
+        ("AWS/Lambda", "Errors"),
+        ("AWS/Lambda", "ConcurrentExecutions"),
+    }
+    for name, alarm in alarms.items():
+        watched = (alarm["Namespace"], alarm["MetricName"])
+        assert watched in aws_metrics or (watched[0] == "rung" and watched[1] in METRICS), name
+        if watched[0] == "rung":  # the table: the dimension every rung metric also has
+            assert _plain(alarm["Dimensions"]) == [{"Name": "table", "Value": {"Ref": "Table"}}]
+        assert _plain(alarm["AlarmActions"]) == {
+            "Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]
+        }, name
+        threshold = _plain(alarm["Threshold"])
+        assert threshold["Ref"] in template["Parameters"], name  # a parameter, with a default
+        assert "Default" in template["Parameters"][threshold["Ref"]], name
+        for reference in _refs(alarm):
+            assert reference in resources or reference in template["Parameters"], (name, reference)
+
+    body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    for reference in re.findall(r"\$\{([^}.]+)[^}]*\}", body):
+        assert reference.startswith("AWS::") or reference in resources, reference
+    widgets = json.loads(re.sub(r"\$\{[^}]+\}", "x", body))["widgets"]
+    for widget in widgets:
+        for metric in widget["properties"]["metrics"]:
+            namespace, name = metric[0], metric[1]
+            assert (namespace, name) in aws_metrics or (namespace == "rung" and name in METRICS), (
+                widget["properties"]["title"]
+            )
+
+
+def test_lifecycle_events_go_to_the_stacks_own_bus_only(template: dict[str, Any]) -> None:
+    assert template["Resources"]["EventBus"]["Type"] == "AWS::Events::EventBus"
+    statements = [
+        s for s in _statements(template, "WorkerRole") if s.get("Sid") == "LifecycleEvents"
+    ]
+    assert _plain(statements) == [
+        {
+            "Sid": "LifecycleEvents",
+            "Effect": "Allow",
+            "Action": "events:PutEvents",
+            "Resource": {"Fn::GetAtt": ["EventBus", "Arn"]},
+        }
+    ]
+    variables = _resource(template, "WorkerFunction")["Environment"]["Variables"]
+    assert _plain(variables["RUNG_EVENT_BUS"]) == {"Fn::GetAtt": ["EventBus", "Name"]}
+
+
+def _refs(value: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key == "Ref" and isinstance(inner, str) and not inner.startswith("AWS::"):
+                found.add(inner)
+            elif key == "Fn::GetAtt":
+                found.add(inner[0] if isinstance(inner, list) else inner.split(".")[0])
+            found |= _refs(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            found |= _refs(inner)
+    return found

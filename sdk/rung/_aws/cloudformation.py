@@ -29,11 +29,18 @@ from rung.errors import RungError
 _COMPUTE_TYPES = (
     "AWS::Lambda::",
     "AWS::IAM::",
-    "AWS::Events::",
+    "AWS::Events::Rule",  # schedules: rung dev runs them itself (the bus is data plane)
+    # No emulator's CloudFormation creates alarms (moto keeps a nameless placeholder):
+    # rung dev puts them with PutMetricAlarm instead (``alarms``).
+    "AWS::CloudWatch::Alarm",
     "AWS::Scheduler::",
     "AWS::ApiGateway",
 )
 _PLACEHOLDER_CODE = "s3://rung-local-code/unused.zip"
+
+
+#: What ``Ref: AWS::NoValue`` resolves to: left out of the resolved properties.
+_NO_VALUE: Any = object()
 
 
 class StackError(RungError):
@@ -230,7 +237,11 @@ def describe(cfn_client: Any, name: str, endpoint: str | None = None) -> Stack:
         ) from None
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
     resources = cfn_client.describe_stack_resources(StackName=name)["StackResources"]
-    physical = {r["LogicalResourceId"]: r.get("PhysicalResourceId", "") for r in resources}
+    physical = {
+        r["LogicalResourceId"]: r.get("PhysicalResourceId") or ""
+        for r in resources
+        if "LogicalResourceId" in r  # moto lists a nameless placeholder for types it lacks
+    }
     return Stack(name=name, outputs=outputs, physical_ids=physical)
 
 
@@ -279,13 +290,34 @@ def functions(
                 handler=str(props.get("Handler", "")),
                 timeout=int(resolver.resolve(props.get("Timeout", 3))),
                 memory_mb=int(resolver.resolve(props.get("MemorySize", 128))),
-                environment={k: str(resolver.resolve(v)) for k, v in env.items()},
+                environment={
+                    k: str(v) for k, v in resolver.deep(env).items() if v is not _NO_VALUE
+                },
                 event_sources=tuple(sources),
                 schedules=tuple(schedules),
                 log_group=str(group or default_group(str(name))),
             )
         )
     return specs
+
+
+def alarms(
+    cfn: dict[str, Any], stack: Stack, parameters: dict[str, str], region: str
+) -> list[dict[str, Any]]:
+    """The template's CloudWatch alarms as ``PutMetricAlarm`` arguments, resolved against
+    the deployed stack (``rung dev`` puts them itself; see ``_COMPUTE_TYPES``)."""
+    resolver = _Resolver(cfn, stack, parameters, region)
+    out = []
+    for logical_id, res in cfn["Resources"].items():
+        if res.get("Type") != "AWS::CloudWatch::Alarm":
+            continue
+        props = resolver.deep(res.get("Properties", {}))
+        props.setdefault("AlarmName", f"{stack.name}-{logical_id}")
+        for number in ("Period", "EvaluationPeriods"):
+            props[number] = int(props[number])
+        props["Threshold"] = float(props["Threshold"])
+        out.append(props)
+    return out
 
 
 class _Resolver:
@@ -317,17 +349,41 @@ class _Resolver:
                 text = arg[0] if isinstance(arg, list) else arg
                 return re.sub(r"\$\{([^}]+)\}", lambda m: str(self._ref(m.group(1))), text)
             if key == "Fn::GetAtt":
-                target = arg[0] if isinstance(arg, list) else str(arg).split(".")[0]
+                target, attribute = arg if isinstance(arg, list) else str(arg).split(".", 1)
+                if attribute == "QueueName":
+                    return self._ref(f"{target}.QueueName")
+                if attribute == "Name":
+                    return self._ref(str(target))
                 return self.stack.physical_ids.get(str(target), "")
         return value
 
+    def deep(self, value: Any) -> Any:
+        """``value`` with every intrinsic function in it resolved, and what resolves to
+        ``AWS::NoValue`` left out."""
+        value = self.resolve(value)
+        if isinstance(value, dict):
+            pairs = ((k, self.deep(v)) for k, v in value.items())
+            return {k: v for k, v in pairs if v is not _NO_VALUE}
+        if isinstance(value, list):
+            return [v for v in (self.deep(v) for v in value) if v is not _NO_VALUE]
+        return value
+
     def _ref(self, name: str) -> Any:
-        pseudo = {"AWS::StackName": self.stack.name, "AWS::Region": self.region, "AWS::NoValue": ""}
+        pseudo = {"AWS::StackName": self.stack.name, "AWS::Region": self.region}
+        if name == "AWS::NoValue":
+            return _NO_VALUE
         if name in pseudo:
             return pseudo[name]
         if name in self.params:
             return self.params[name]
-        return self.stack.physical_ids.get(name.split(".")[0], "")
+        logical = name.split(".")[0]
+        physical = self.stack.physical_ids.get(logical, "")
+        if not physical:  # an emulator that kept no physical id: the resource's own name
+            named = self.cfn["Resources"].get(logical, {}).get("Properties", {}).get("Name")
+            physical = str(self.resolve(named)) if named is not None else ""
+        if name.endswith(".QueueName") and physical.startswith("http"):
+            return physical.rsplit("/", 1)[-1]  # a queue's physical id is its URL
+        return physical
 
     def _condition(self, name: str) -> bool:
         spec = self.cfn.get("Conditions", {}).get(name)

@@ -200,14 +200,14 @@ class DevStack:
         self.emit(
             f"rung dev: stack {self.stack_name} is up (table {self.stack.outputs.get('TableName')})"
         )
+        cloudwatch = sessions.client("cloudwatch", self.endpoint_url, REGION)
+        for alarm in cloudformation.alarms(cfn, self.stack, self.parameters, REGION):
+            cloudwatch.put_metric_alarm(**alarm)  # as CloudFormation would create them
         self.dynamodb = sessions.client("dynamodb", self.endpoint_url, REGION)
         self.sqs = sessions.client("sqs", self.endpoint_url, REGION)
         self.store = DynamoStore(self.dynamodb, self.stack.outputs["TableName"])
         # Lambda's part: worker output to the functions' log groups (CloudWatch Logs).
-        self._log_agent = LogAgent(
-            sessions.client("logs", self.endpoint_url, REGION),
-            sessions.client("cloudwatch", self.endpoint_url, REGION),
-        )
+        self._log_agent = LogAgent(sessions.client("logs", self.endpoint_url, REGION), cloudwatch)
         self.client = Client(
             self.app,
             table_name=self.stack.outputs["TableName"],

@@ -10,8 +10,10 @@ import json
 from typing import Any
 
 from rung._aws.dynamodb import DynamoStore, NewRun, ParentLink
+from rung._aws.events import EventBus
 from rung._aws.sqs import SqsQueue
 from rung._engine.queues import QueueAdmin
+from rung._engine.telemetry import run_event
 from rung._util.clock import Clock
 from rung._util.ids import new_run_id
 from rung._util.traces import TraceContext, header_of
@@ -23,12 +25,26 @@ class Lifecycle:
     """Cancel, replay and redrive runs of one table and queue."""
 
     def __init__(
-        self, store: DynamoStore, queue: SqsQueue, clock: Clock, queues: QueueAdmin
+        self,
+        store: DynamoStore,
+        queue: SqsQueue,
+        clock: Clock,
+        queues: QueueAdmin,
+        events: EventBus | None = None,
+        app: str = "",
     ) -> None:
         self._store = store
         self._queue = queue
         self._clock = clock
         self._queues = queues
+        #: where "Run Canceled" and "Run Redriven" go (None: nowhere)
+        self._events = events
+        self._app = app
+
+    def _event(self, detail_type: str, run: Run, status: str, error: ErrorInfo | None) -> None:
+        if self._events is not None:
+            took = (run.finished_at or self._clock.now()) - run.created_at
+            self._events.send(detail_type, run_event(self._app, run, status, took, error))
 
     def children(self, run_id: str) -> list[tuple[dict[str, Any], Run]]:
         """The child runs ``run_id`` started, in order, with their checkpoints' links
@@ -66,7 +82,9 @@ class Lifecycle:
             self._queue.send(waiter.run_id)
         self._leave_queue(run)
         self._cancel_children(run.run_id, message)
-        return self._store.get_run(run.run_id)
+        canceled = self._store.get_run(run.run_id)
+        self._event("Run Canceled", canceled, RunStatus.CANCELED, canceled.error)
+        return canceled
 
     def _leave_queue(self, run: Run) -> None:
         """A run just canceled (``run`` as read before) gives up its place in the queue
@@ -105,6 +123,7 @@ class Lifecycle:
                             continue  # it finished by itself meanwhile
                     else:
                         self._leave_queue(child)
+                        self._event("Run Canceled", child, RunStatus.CANCELED, error)
                 elif child.status != RunStatus.CANCELED:
                     continue
                 pending.append(child.run_id)
@@ -182,6 +201,7 @@ class Lifecycle:
         )
         # A crash before this send leaves the run QUEUED and due: the reconciler sends it.
         self._queue.send(run.run_id, trace_header=header_of(run.trace))
+        self._event("Run Redriven", redriven, redriven.status, run.error)
         return redriven
 
 

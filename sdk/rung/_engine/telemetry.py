@@ -47,6 +47,24 @@ from rung.models import Run, StepRecord
 
 log = logging.getLogger("rung.worker")
 
+#: Every metric a worker reports (namespace ``rung``), and the reconciler's: what
+#: template.yaml's alarms and dashboard may name (a test holds them to it).
+METRICS = frozenset(
+    {
+        "RunsStarted",
+        "RunsCompleted",
+        "RunsFailed",
+        "RunsTimedOut",
+        "RunsCanceled",
+        "RunDuration",
+        "StepDuration",
+        "StepFailures",
+        "RetriesScheduled",
+        "StartDelay",
+        "WorkerLost",
+        "Redriven",
+    }
+)
 #: A run's terminal status -> its event's detail-type and its metric.
 _ENDS = {
     "COMPLETED": ("Run Completed", "RunsCompleted"),
@@ -62,6 +80,9 @@ class Sinks:
     document (a dict): on Lambda, printed as a line of the function's output."""
 
     app: str
+    #: the stack's table: every metric is also recorded by it alone, the dimension the
+    #: stack's alarms and dashboard watch (they know the table, not the app's name)
+    table: str | None = None
     xray: XRay | None = None
     metrics: Callable[[dict[str, Any]], None] | None = None
     events: EventBus | None = None
@@ -80,7 +101,7 @@ class Telemetry:
         )
         self._failed_step: str | None = None
         self._started_at = started_at
-        self._metrics = _Metrics(sinks.app, run.task_id)
+        self._metrics = _Metrics(sinks.app, run.task_id, sinks.table)
 
     def started(self, records: Mapping[str, StepRecord]) -> None:
         """The invocation claimed the run and read its checkpoints."""
@@ -256,26 +277,29 @@ class Telemetry:
             self._metrics.add(metric, 1)
             self._metrics.add("RunDuration", _ms(took), "ms")
             if self.sinks.events is not None:
-                self.sinks.events.send(detail_type, self.run_event(run_ended, took, error))
+                detail = run_event(self.sinks.app, self.run, run_ended, took, error)
+                self.sinks.events.send(detail_type, detail)
         if self.sinks.metrics is not None:
             for document in self._metrics.documents():
                 self.sinks.metrics(document)
 
-    def run_event(self, status: str, took: timedelta, error: ErrorInfo | None) -> dict[str, Any]:
-        """The ``detail`` of the run's end event."""
-        run = self.run
-        return {
-            "run_id": run.run_id,
-            "task": run.task_id,
-            "app": self.sinks.app,
-            "status": status,
-            "attempt": run.attempt,
-            "duration_ms": _ms(took),
-            "error": {"type": error.type, "message": error.message} if error else None,
-            "trace_id": run.trace_id,
-            "parent_run_id": run.parent_run_id,
-            "tags": list(run.tags),
-        }
+
+def run_event(
+    app: str, run: Run, status: str, took: timedelta, error: ErrorInfo | None
+) -> dict[str, Any]:
+    """The ``detail`` of a run's event (its end, a redrive): docs/observability.md."""
+    return {
+        "run_id": run.run_id,
+        "task": run.task_id,
+        "app": app,
+        "status": status,
+        "attempt": run.attempt,
+        "duration_ms": _ms(took),
+        "error": {"type": error.type, "message": error.message} if error else None,
+        "trace_id": run.trace_id,
+        "parent_run_id": run.parent_run_id,
+        "tags": list(run.tags),
+    }
 
 
 def _line(level: int, event: str, message: str, *args: Any, **fields: Any) -> None:
@@ -287,13 +311,15 @@ def _line(level: int, event: str, message: str, *args: Any, **fields: Any) -> No
 
 class _Metrics:
     """An invocation's metric values, as EMF documents (Powertools Metrics): one with
-    the dimensions ``app`` and ``task``, one per step name with ``step`` as well."""
+    the dimensions ``app`` and ``task``, one per step name with ``step`` as well; each
+    also by ``table`` alone when it is known."""
 
     _UNITS = {"count": MetricUnit.Count, "ms": MetricUnit.Milliseconds}
 
-    def __init__(self, app: str, task: str) -> None:
+    def __init__(self, app: str, task: str, table: str | None) -> None:
         self.app = app
         self.task = task
+        self.table = table
         self._values: dict[str | None, list[tuple[str, float, str]]] = {}
         self._lock = threading.Lock()
 
@@ -313,7 +339,11 @@ class _Metrics:
                 emf.add_dimension(name="step", value=step)
             for name, value, unit in metrics:
                 emf.add_metric(name=name, unit=self._UNITS[unit], value=value)
-            out.append(dict(emf.serialize_metric_set()))
+            document: dict[str, Any] = dict(emf.serialize_metric_set())
+            if self.table:
+                document["table"] = self.table
+                document["_aws"]["CloudWatchMetrics"][0]["Dimensions"].append(["table"])
+            out.append(document)
         return out
 
 

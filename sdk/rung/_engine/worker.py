@@ -100,7 +100,7 @@ class Worker:
         self.sinks = sinks or Sinks(app.name)
         self.gate = Gate(store, queue, self.config.lease_duration)
         queues = QueueAdmin(app, store, queue, clock, self.config.lease_duration)
-        self.lifecycle = Lifecycle(store, queue, clock, queues)
+        self.lifecycle = Lifecycle(store, queue, clock, queues, self.sinks.events, app.name)
 
     def handle(
         self, message: QueueMessage, time_left: Callable[[], float] | None = None

@@ -21,19 +21,35 @@ It needs no RUNG_APP: it reads run items and sends run ids, and never imports ta
 from __future__ import annotations
 
 import functools
+import json
 import os
 from datetime import timedelta
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from rung._aws.cloudwatch import NAMESPACE
 from rung._engine.reconciler import DEFAULT_GRACE, Reconciler
 from rung._lambda._env import positive_int, store_and_queue
 from rung._util.clock import SystemClock
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME") or "rung-reconciler")
+
+
+def redriven_metric(count: int) -> dict[str, Any]:
+    """The pass's ``Redriven`` metric (namespace ``rung``, dimension ``table``: the
+    reconciler knows no app) as an EMF document: the stack's RedrivesAlarm watches it."""
+    metrics = EphemeralMetrics(namespace=NAMESPACE)
+    metrics.add_dimension(name="table", value=os.environ.get("RUNG_TABLE_NAME", ""))
+    metrics.add_metric(name="Redriven", unit=MetricUnit.Count, value=count)
+    return dict(metrics.serialize_metric_set())
+
+
+def _print_emf(document: dict[str, Any]) -> None:
+    print(json.dumps(document, separators=(",", ":")), flush=True)  # CloudWatch extracts it
 
 
 @functools.cache
@@ -50,6 +66,7 @@ def reconciler() -> Reconciler:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     report = reconciler().run_once()
     summary = report.to_dict()
+    _print_emf(redriven_metric(len(report.redriven)))
     logger.info(
         "reconcile pass: %d run(s) re-driven of %d stranded",
         len(report.redriven),

@@ -96,6 +96,7 @@ def sinks(app: App) -> Sinks:
     bus = os.environ.get(BUS_ENV) or None
     return Sinks(
         app=app.name,
+        table=os.environ.get("RUNG_TABLE_NAME"),
         xray=XRay.from_environment(sessions.client("xray", endpoint)),
         metrics=_print_emf,
         events=EventBus(sessions.client("events", endpoint), bus) if bus else None,

@@ -209,7 +209,9 @@ class LocalEngine:
             self.worker = Worker(self.app, self.store, self.queue, self.clock, self._config, sinks)
             if self.telemetry is not None:
                 self.telemetry.ship_logs(owner=self.worker)
-            self._client = Client._from_parts(self.app, self.store, self.queue, self.clock)
+            self._client = Client._from_parts(
+                self.app, self.store, self.queue, self.clock, sinks.events if sinks else None
+            )
         except BaseException:
             self.stop()
             raise

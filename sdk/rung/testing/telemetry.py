@@ -59,6 +59,7 @@ class LocalTelemetry:
     def sinks(self) -> Sinks:
         return Sinks(
             app=self.app,
+            table=self.event_bus,  # the engine's table has the same name
             xray=self.xray,
             metrics=lambda document: put_emf(self.cloudwatch, document),
             events=EventBus(self._events, self.event_bus),
