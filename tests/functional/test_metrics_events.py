@@ -3,6 +3,8 @@ events (EventBridge, read back through a rule's queue) of runs on LocalEngine.""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from datetime import timedelta
 
@@ -143,3 +145,32 @@ def test_cancel_and_redrive_by_the_client_are_events_too() -> None:
     assert fixed.output == "fixed"
     assert events[0]["detail"]["status"] == "CANCELED"
     assert events[2]["detail"]["error"]["type"] == "ValueError"  # the failure it resumes from
+
+
+def test_a_flow_control_queue_reports_its_running_and_parked_runs() -> None:
+    app = rung.App("gauges")
+    queue = rung.Queue("one-at-a-time", concurrency_limit=1)
+    gate = threading.Event()
+
+    def hold(n: int) -> int:
+        gate.wait(60)  # the first run holds the slot until the others are parked
+        return n
+
+    @app.task(id="t", queue=queue)
+    def t(ctx: rung.Context, n: int) -> int:
+        return ctx.step("s", hold, n)
+
+    with LocalEngine(app, workers=3) as engine:
+        handles = [engine.trigger("t", n) for n in range(3)]
+        deadline = time.monotonic() + 60
+        while engine.store.queue_state("one-at-a-time").waiting < 2:
+            assert time.monotonic() < deadline, "the other two runs never parked"
+            time.sleep(0.02)
+        gate.set()
+        runs = [engine.wait(h.run_id) for h in handles]
+        running = engine.metric("RunningRuns", queue="one-at-a-time", statistic="Maximum")
+        parked = engine.metric("ParkedRuns", queue="one-at-a-time", statistic="Maximum")
+
+    assert all(r.status == rung.RunStatus.COMPLETED for r in runs)
+    assert running == 1  # the limit: never more than one holding a slot
+    assert parked == 2  # the other two waited for it

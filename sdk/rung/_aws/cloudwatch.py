@@ -65,16 +65,17 @@ def put_emf(client: Any, document: dict[str, Any]) -> None:
         log.warning("could not record EMF metrics: %s", exc)
 
 
-def metric_sum(
+def metric_statistic(
     client: Any,
     name: str,
     dimensions: dict[str, str],
     start: datetime,
     end: datetime,
+    statistic: str = "Sum",
     namespace: str = NAMESPACE,
-) -> tuple[float, float]:
-    """The sum and the sample count of a metric over [start, end) (GetMetricStatistics,
-    one period), as a dashboard would read it."""
+) -> float:
+    """One statistic (``Sum``, ``Maximum``, ``SampleCount``...) of a metric over
+    [start, end), read with GetMetricStatistics in one period, as a dashboard would."""
     period = max(60, int((end - start).total_seconds()) // 60 * 60 + 60)
     out = client.get_metric_statistics(
         Namespace=namespace,
@@ -83,10 +84,11 @@ def metric_sum(
         StartTime=start,
         EndTime=end,
         Period=period,
-        Statistics=["Sum", "SampleCount"],
+        Statistics=[statistic],
     )
-    points = out.get("Datapoints", [])
-    return (
-        sum(p.get("Sum", 0.0) for p in points),
-        sum(p.get("SampleCount", 0.0) for p in points),
-    )
+    values = [p.get(statistic, 0.0) for p in out.get("Datapoints", [])]
+    if statistic == "Maximum":
+        return max(values, default=0.0)
+    if statistic == "Minimum":
+        return min(values, default=0.0)
+    return float(sum(values))

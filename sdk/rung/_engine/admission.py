@@ -26,6 +26,7 @@ continuing elsewhere). See docs/flow-control.md for the design; in short:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -82,10 +83,17 @@ SCAN_WAITERS = 200
 class Admitted:
     """The run holds a slot and may start now."""
 
+    #: the queue's runs holding a slot and parked, as this admission left it (metrics)
+    running: int = 0
+    parked: int = 0
+
 
 @dataclass(frozen=True)
 class Parked:
     """No slot: the run was released and waits for a hand-off."""
+
+    running: int = 0
+    parked: int = 0
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,8 @@ class Delayed:
     """It holds a slot but its rate-limit reservation is at ``until``."""
 
     until: datetime
+    running: int = 0
+    parked: int = 0
 
 
 @dataclass(frozen=True)
@@ -221,7 +231,7 @@ class Gate:
                 verdict = self._renew_own(spec, run, token, view, mine)
                 if verdict is None:
                     continue  # pruned meanwhile (its lease had expired): admit afresh
-                return verdict
+                return _counted(verdict, view, run.run_id)
             if mine is not None:  # handed off without a rate reservation yet, or late
                 drop = mine.start_ms if unused and mine.start_ms == to_ms(unused) else None
                 verdict = self._take(
@@ -232,7 +242,7 @@ class Gate:
             else:
                 verdict = self._take(spec, run, token, key, view, 0, None)
             if verdict is not None:
-                return verdict
+                return _counted(verdict, view, run.run_id)
             _backoff(attempt)
         raise Contended(
             f"queue {spec.name}: its state changed under every one of {_TRIES} tries to "
@@ -432,3 +442,15 @@ def _backoff(attempt: int) -> None:
 
 def describe_delay(spec: Queue, until: datetime) -> str:
     return f"the rate limit of queue {spec.name!r} (starts at {iso(until)})"
+
+
+def _counted(
+    verdict: Admitted | Parked | Delayed, view: _View, run_id: str
+) -> Admitted | Parked | Delayed:
+    """``verdict`` with the queue's counts as this admission left them."""
+    holders = set(view.live)
+    if isinstance(verdict, Parked):
+        holders.discard(run_id)
+        return dataclasses.replace(verdict, running=len(holders), parked=view.state.waiting + 1)
+    holders.add(run_id)
+    return dataclasses.replace(verdict, running=len(holders), parked=view.state.waiting)

@@ -63,6 +63,8 @@ METRICS = frozenset(
         "StartDelay",
         "WorkerLost",
         "Redriven",
+        "RunningRuns",
+        "ParkedRuns",
     }
 )
 #: A run's terminal status -> its event's detail-type and its metric.
@@ -179,6 +181,12 @@ class Telemetry:
 
     def parked(self, queue: str, key: str | None, at: datetime, reason: str) -> None:
         self.trace.parked(queue, key, at, reason)
+
+    def queue_counts(self, queue: str, running: int, parked: int) -> None:
+        """A flow-control queue's runs holding a slot and parked, as this run's admission
+        left them (gauges: read their Maximum or Average)."""
+        self._metrics.add("RunningRuns", running, queue=queue)
+        self._metrics.add("ParkedRuns", parked, queue=queue)
 
     def finish(
         self,
@@ -320,29 +328,39 @@ class _Metrics:
         self.app = app
         self.task = task
         self.table = table
-        self._values: dict[str | None, list[tuple[str, float, str]]] = {}
+        self._values: dict[tuple[str, str] | None, list[tuple[str, float, str]]] = {}
         self._lock = threading.Lock()
 
-    def add(self, name: str, value: float, unit: str = "count", step: str | None = None) -> None:
+    def add(
+        self,
+        name: str,
+        value: float,
+        unit: str = "count",
+        step: str | None = None,
+        queue: str | None = None,
+    ) -> None:
+        key = ("step", step) if step is not None else ("queue", queue) if queue else None
         with self._lock:
-            self._values.setdefault(step, []).append((name, value, unit))
+            self._values.setdefault(key, []).append((name, value, unit))
 
     def documents(self) -> list[dict[str, Any]]:
         with self._lock:
             values, self._values = self._values, {}
         out = []
-        for step, metrics in values.items():
+        for key, metrics in values.items():
             emf = EphemeralMetrics(namespace=NAMESPACE)
             emf.add_dimension(name="app", value=self.app)
-            emf.add_dimension(name="task", value=self.task)
-            if step is not None:
-                emf.add_dimension(name="step", value=step)
+            if key is None or key[0] == "step":  # a queue's runs are of any of its tasks
+                emf.add_dimension(name="task", value=self.task)
+            if key is not None:
+                emf.add_dimension(name=key[0], value=key[1])
             for name, value, unit in metrics:
                 emf.add_metric(name=name, unit=self._UNITS[unit], value=value)
             document: dict[str, Any] = dict(emf.serialize_metric_set())
             if self.table:
                 document["table"] = self.table
-                document["_aws"]["CloudWatchMetrics"][0]["Dimensions"].append(["table"])
+                alone = ["table", "queue"] if key is not None and key[0] == "queue" else ["table"]
+                document["_aws"]["CloudWatchMetrics"][0]["Dimensions"].append(alone)
             out.append(document)
         return out
 

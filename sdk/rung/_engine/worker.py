@@ -367,6 +367,7 @@ class Worker:
                 verdict = self.gate.admit(
                     spec, run, token, key, priority, now, session.spent(), unused
                 )
+                report.queue_counts(spec.name, verdict.running, verdict.parked)
             except Contended as exc:
                 # Not the run's fault: no attempt is spent; it comes back shortly.
                 log.warning("%s", exc)

@@ -443,17 +443,27 @@ class LocalEngine:
         error, trace id, duration). Empty with ``telemetry=False``."""
         return self.telemetry.events() if self.telemetry is not None else []
 
-    def metric(self, name: str, task: str, step: str | None = None) -> float:
-        """The sum of a rung metric (namespace ``rung``; docs/observability.md) of one
-        task of this engine's app (and one step name, for step metrics), read back
-        through the emulator's CloudWatch API (``GetMetricStatistics``), as a dashboard
-        reads it. 0 with ``telemetry=False``."""
+    def metric(
+        self,
+        name: str,
+        task: str | None = None,
+        *,
+        step: str | None = None,
+        queue: str | None = None,
+        statistic: str = "Sum",
+    ) -> float:
+        """A statistic (default ``Sum``; ``Maximum`` for the queue gauges) of a rung
+        metric (namespace ``rung``; docs/observability.md) of this engine's app, read back
+        through the emulator's CloudWatch API (``GetMetricStatistics``) as a dashboard
+        reads it: of one task (and one step name, for step metrics), or of one queue
+        (``RunningRuns``, ``ParkedRuns``). 0 with ``telemetry=False``."""
         if self.telemetry is None:
             return 0.0
-        dimensions = {"app": self.app.name, "task": task}
-        if step is not None:
-            dimensions["step"] = step
-        return self.telemetry.metric(dimensions, name)
+        dimensions = {"app": self.app.name}
+        for dimension, value in (("task", task), ("step", step), ("queue", queue)):
+            if value is not None:
+                dimensions[dimension] = value
+        return self.telemetry.metric(dimensions, name, statistic)
 
     def dead_letters(self) -> list[str]:
         """Bodies of the messages that reached the DLQ (received, then left in place)."""

@@ -20,7 +20,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from rung._aws.cloudwatch import metric_sum, put_emf
+from rung._aws.cloudwatch import metric_statistic, put_emf
 from rung._aws.events import SOURCE, EventBus
 from rung._aws.logs import LogEvent, LogStream, run_events, stream_name
 from rung._aws.xray import XRay
@@ -114,12 +114,10 @@ class LocalTelemetry:
                     QueueUrl=self.events_queue_url, ReceiptHandle=message["ReceiptHandle"]
                 )
 
-    def metric(self, dimensions: dict[str, str], name: str) -> float:
+    def metric(self, dimensions: dict[str, str], name: str, statistic: str) -> float:
         now = SystemClock().now()  # CloudWatch keeps wall-clock time, not virtual
-        total, _ = metric_sum(
-            self.cloudwatch, name, dimensions, now - timedelta(days=30), now + timedelta(days=30)
-        )
-        return total
+        start, end = now - timedelta(days=30), now + timedelta(days=30)
+        return metric_statistic(self.cloudwatch, name, dimensions, start, end, statistic)
 
     def unhook(self) -> None:
         """Stop shipping log lines (the engine stops)."""
