@@ -37,6 +37,7 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/api_calls.py
+	$(BIN)/python bench/observability.py
 
 localstack-up:
 	infra/localstack/up.sh
