@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from rung._aws import sessions
+from rung._aws.logs import run_events
 from rung._dev import DevStack
 from rung.cli import main
 from tests.integration.test_dev_processes import dev_options, effects, wait_for
@@ -239,3 +240,41 @@ def _metric(cloudwatch: Any, name: str, table: str) -> float:
         Statistics=["Sum"],
     )
     return float(sum(p["Sum"] for p in out["Datapoints"]))
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_killed_mid_step_shows_as_worker_lost_in_trace_logs_and_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNG_TEST_EFFECTS", str(tmp_path / "effects.log"))
+    gate = tmp_path / "gate"
+    with DevStack(dev_options(tmp_path)) as dev:
+        handle = dev.client.trigger("pipeline", {"gate": str(gate)})
+        pid = int(wait_for(Path(str(gate) + ".pid")))
+        os.kill(pid, signal.SIGKILL)  # the worker dies in the middle of step "slow"
+        gate.touch()
+        run = dev.wait(handle.run_id, timeout=60)
+        assert run.trace_id is not None
+        endpoint, table = dev.endpoint_url, dev.stack.outputs["TableName"]
+        logs = sessions.client("logs", endpoint, "us-east-1")
+        cloudwatch = sessions.client("cloudwatch", endpoint, "us-east-1")
+        group = dev.stack.outputs["WorkerLogGroupName"]
+        deadline = time.monotonic() + 30  # shipped within about a second of being written
+        while True:
+            segments = _segments(endpoint, run.trace_id)
+            events = [e.fields for e in run_events(logs, group, run.run_id)]
+            lost_metric = _metric(cloudwatch, "WorkerLost", table)
+            done = any(s["annotations"].get("rung_status") == "completed" for s in segments)
+            ended = any(e.get("rung_event") == "Completed" for e in events)
+            if (done and lost_metric and ended) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+
+    assert run.status == "COMPLETED" and run.attempt == 2
+    lost = [s for s in segments if s["annotations"].get("rung_status") == "worker lost"]
+    assert len(lost) == 1 and lost[0]["annotations"]["rung_attempt"] == 1
+    assert lost[0]["cause"]["exceptions"][0]["type"] == "WorkerLost"
+    kinds = [(e.get("rung_event"), e.get("attempt")) for e in events if e.get("rung_event")]
+    assert ("WorkerLost", 1) in kinds and kinds[-1] == ("Completed", 2)
+    assert all(e["run_id"] == run.run_id for e in events if e.get("rung_event"))
+    assert lost_metric == 1
