@@ -137,6 +137,7 @@ def traced(ctx: rung.Context, payload: dict[str, float]) -> str:
     ctx.step("first", effect, "first")
 
     def flaky() -> str:
+        logging.getLogger("devtest").warning("calling upstream")
         if ctx.attempt == 1:
             raise ConnectionError("upstream hiccup")
         return effect("flaky")

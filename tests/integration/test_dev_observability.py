@@ -47,7 +47,32 @@ def test_a_run_on_rung_dev_has_one_trace_across_its_invocations(
         ):
             time.sleep(0.2)
             segments = _segments(dev.endpoint_url, run.trace_id)
+        logs = sessions.client("logs", dev.endpoint_url, "us-east-1")
+        group = dev.stack.outputs["WorkerLogGroupName"]
+        lines = [e.fields for e in run_events(logs, group, run.run_id)]
+        while (
+            time.monotonic() < deadline
+            and lines[-1:] != []
+            and lines[-1].get("rung_event") != "Completed"
+        ):
+            time.sleep(0.2)
+            lines = [e.fields for e in run_events(logs, group, run.run_id)]
 
+    # The task's own lines, one per attempt of the step, carry the run's keys.
+    calls = [line for line in lines if line.get("message") == "calling upstream"]
+    assert [(c["attempt"], c["step_id"], c["task"]) for c in calls] == [
+        (1, "/flaky#1", "traced"),
+        (2, "/flaky#1", "traced"),
+    ]
+    assert all(c["run_id"] == run.run_id and c["trace_id"] == run.trace_id for c in calls)
+    assert [line.get("rung_event") for line in lines if line.get("rung_event")] == [
+        "AttemptStarted",
+        "RetryScheduled",
+        "AttemptStarted",
+        "Suspended",
+        "AttemptResumed",
+        "Completed",
+    ]
     assert run.status == "COMPLETED" and run.output == "last"
     assert {s["trace_id"] for s in segments} == {run.trace_id}
     assert {s["annotations"]["rung_run_id"] for s in segments} == {run.run_id}
