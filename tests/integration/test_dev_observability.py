@@ -50,10 +50,8 @@ def test_a_run_on_rung_dev_has_one_trace_across_its_invocations(
         logs = sessions.client("logs", dev.endpoint_url, "us-east-1")
         group = dev.stack.outputs["WorkerLogGroupName"]
         lines = [e.fields for e in run_events(logs, group, run.run_id)]
-        while (
-            time.monotonic() < deadline
-            and lines[-1:] != []
-            and lines[-1].get("rung_event") != "Completed"
+        while time.monotonic() < deadline and (
+            not lines or lines[-1].get("rung_event") != "Completed"
         ):
             time.sleep(0.2)
             lines = [e.fields for e in run_events(logs, group, run.run_id)]
