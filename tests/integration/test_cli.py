@@ -540,6 +540,8 @@ def test_show_prints_the_run(stack: Deployed) -> None:
     assert as_json["status"] == "COMPLETED"
     assert as_json["payload"] == {"name": "lu"}
     assert as_json["created_at"] <= as_json["started_at"] <= as_json["finished_at"]
+    assert as_json["trace_id"].startswith("1-")  # its X-Ray trace (docs/observability.md)
+    assert f"{as_json['trace_id']} (X-Ray)" in shown.stdout
 
 
 def test_show_of_a_failed_run_shows_its_error(stack: Deployed) -> None:
