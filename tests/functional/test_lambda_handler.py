@@ -410,9 +410,11 @@ def test_the_container_builds_one_worker(deployed: Deployment) -> None:
     assert [deployed.client.get_run(h.run_id).status for h in handles] == ["COMPLETED"] * 2
 
 
+@pytest.mark.parametrize("xray", ["on", "off"])
 def test_spans_go_to_an_otlp_collector_when_the_environment_asks(
-    deployed: Deployment, monkeypatch: pytest.MonkeyPatch
+    deployed: Deployment, monkeypatch: pytest.MonkeyPatch, xray: str
 ) -> None:
+    monkeypatch.setenv("RUNG_TRACING", xray)  # X-Ray on or off: OTLP is a switch of its own
     receiver = Receiver()
     try:
         monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")

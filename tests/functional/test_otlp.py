@@ -12,6 +12,7 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 import rung
+from rung._engine.otlp import OtlpExporter
 from rung.testing import LocalEngine
 from tests.functional.otlp_receiver import Receiver
 from tests.functional.otlp_receiver import attributes as _attributes
@@ -172,3 +173,27 @@ def test_an_unreachable_collector_never_fails_a_run(
     assert run.status == rung.RunStatus.COMPLETED and run.output == 7
     warnings = [r.getMessage() for r in caplog.records if r.name == "rung.tracing"]
     assert any("could not send" in m and "127.0.0.1:9" in m for m in warnings), warnings
+
+
+def test_otel_resource_attributes_add_to_the_resource_and_may_name_the_service(
+    otlp_on: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=billing,team=payments")
+    exporter = OtlpExporter.from_environment("shop")
+    assert exporter is not None
+    exporter.export(
+        [
+            {
+                "name": "t",
+                "id": "53995c3f42cd8ad8",
+                "trace_id": "1-5f84c7a1-0123456789abcdef01234567",
+                "start_time": 1_700_000_000.0,
+                "end_time": 1_700_000_001.0,
+                "annotations": {"rung_run_id": "run_1"},
+            }
+        ]
+    )
+    [resource] = otlp_on.resources()
+    assert resource["service.name"] == "billing" and resource["team"] == "payments"
+    [span] = otlp_on.spans()
+    assert span.trace_id.hex() == "5f84c7a10123456789abcdef01234567"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 from typing import Any
 
@@ -141,3 +142,19 @@ def test_a_protocol_other_than_http_protobuf_is_named_in_a_warning(
     with caplog.at_level(logging.WARNING, logger="rung.tracing"):
         assert OtlpExporter.from_environment("app") is not None
     assert any("OTEL_EXPORTER_OTLP_PROTOCOL=grpc" in r.getMessage() for r in caplog.records)
+
+
+def test_rung_imports_without_opentelemetry() -> None:
+    # A fresh interpreter where every opentelemetry import fails, as without the extra.
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'opentelemetry':\n"
+        "            raise ImportError(f'blocked: {name}')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import rung, rung.testing, rung._lambda.worker, rung._engine.otlp\n"
+        "assert not [m for m in sys.modules if m.startswith('opentelemetry')]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
