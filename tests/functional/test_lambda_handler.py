@@ -31,6 +31,7 @@ from rung._aws.sqs import SqsQueue
 from rung._util.clock import SystemClock
 from rung.errors import InvalidConfig
 from tests.functional import handler_app
+from tests.functional.otlp_receiver import Receiver, attributes
 
 REGION = "us-east-1"
 
@@ -407,6 +408,30 @@ def test_the_container_builds_one_worker(deployed: Deployment) -> None:
     assert worker_module.worker.cache_info().misses == 1
     assert worker_module.worker.cache_info().hits == 1
     assert [deployed.client.get_run(h.run_id).status for h in handles] == ["COMPLETED"] * 2
+
+
+@pytest.mark.parametrize("xray", ["on", "off"])
+def test_spans_go_to_an_otlp_collector_when_the_environment_asks(
+    deployed: Deployment, monkeypatch: pytest.MonkeyPatch, xray: str
+) -> None:
+    monkeypatch.setenv("RUNG_TRACING", xray)  # X-Ray on or off: OTLP is a switch of its own
+    receiver = Receiver()
+    try:
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{receiver.endpoint}/v1/traces")
+        handle = deployed.client.trigger("greet", {"name": "Ada"})
+        run = deployed.client.get_run(handle.run_id)
+        assert deployed.deliver(deployed.receive()) == {"batchItemFailures": []}
+    finally:
+        receiver.close()
+
+    # The invocation sent its spans before it returned: the run's, its attempt's, its step's.
+    spans = receiver.spans()
+    assert sorted(span.name for span in spans) == ["greet", "greet", "step /hello#1"]
+    assert run.trace_id is not None
+    assert {span.trace_id.hex() for span in spans} == {run.trace_id[2:].replace("-", "")}
+    assert all(attributes(s.attributes)["rung.run_id"] == run.run_id for s in spans)
+    assert all(r["service.name"] == "handler-test" for r in receiver.resources())
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ from rung._aws.cloudwatch import NAMESPACE
 from rung._aws.events import EventBus
 from rung._aws.xray import XRay
 from rung._engine.logs import RunLogContext
+from rung._engine.otlp import OtlpExporter
 from rung._engine.tracing import AttemptTrace
 from rung._util.durations import format_duration
 from rung._util.traces import TraceContext
@@ -86,6 +87,8 @@ class Sinks:
     #: stack's alarms and dashboard watch (they know the table, not the app's name)
     table: str | None = None
     xray: XRay | None = None
+    #: trace spans to an OpenTelemetry collector (``OTEL_TRACES_EXPORTER=otlp``)
+    otlp: OtlpExporter | None = None
     metrics: Callable[[dict[str, Any]], None] | None = None
     events: EventBus | None = None
 
@@ -96,7 +99,7 @@ class Telemetry:
 
     def __init__(self, sinks: Sinks, run: Run, started_at: datetime, owner: object = None) -> None:
         self.sinks = sinks
-        self.trace = AttemptTrace(sinks.xray, run, started_at)
+        self.trace = AttemptTrace(sinks.xray, run, started_at, sinks.otlp)
         self.run = run
         self.log_context = RunLogContext(
             run.run_id, run.task_id, run.attempt, run.trace_id, owner=owner

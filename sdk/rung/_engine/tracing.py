@@ -15,6 +15,9 @@ The trace of a run (docs/observability.md):
 - one **wait** subsegment per durable wait (timer, token, child runs, condition), under
   the run segment, from the wait's start to its end, sent by the attempt that saw it end.
 
+The same documents go as OpenTelemetry spans to an OTLP collector when the environment
+asks for it (``rung._engine.otlp``); X-Ray and OTLP are each on or off on their own.
+
 Every segment carries the annotations ``rung_run_id``, ``rung_task`` and
 ``rung_attempt`` (``rung_step_id`` on a step's, ``rung_status`` on an attempt's and the
 run's), so the X-Ray filter ``annotation.rung_run_id = "run_..."`` finds the run.
@@ -30,6 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from rung._aws.xray import XRay
+from rung._engine.otlp import OtlpExporter
 from rung._util.clock import to_ms
 from rung._util.traces import LAMBDA_TRACE_ENV, TraceContext, segment_id
 from rung.errors import ErrorInfo
@@ -45,10 +49,21 @@ class AttemptTrace:
     """The segments of one attempt (see the module docstring). Thread-safe: branches of
     ``ctx.map`` record steps from several threads."""
 
-    def __init__(self, xray: XRay | None, run: Run, started_at: datetime) -> None:
+    def __init__(
+        self,
+        xray: XRay | None,
+        run: Run,
+        started_at: datetime,
+        otlp: OtlpExporter | None = None,
+    ) -> None:
         self.context = TraceContext.parse(run.trace)
-        self.enabled = xray is not None and self.context is not None and self.context.sampled
+        self.enabled = (
+            (xray is not None or otlp is not None)
+            and self.context is not None
+            and self.context.sampled
+        )
         self._xray = xray
+        self._otlp = otlp
         self._run = run
         self._started_at = started_at
         self._id = segment_id()
@@ -227,7 +242,7 @@ class AttemptTrace:
         status when this attempt ended the run (its run segment is completed too)."""
         if not self.enabled:
             return
-        assert self.context is not None and self._xray is not None
+        assert self.context is not None
         context = self.context
         attempt = _span(
             self._run.task_id,
@@ -252,7 +267,10 @@ class AttemptTrace:
             documents.append(self.run_segment(None, None))  # in progress until the end
         elif run_ended is not None:
             documents.append(self.run_segment(run_ended, ended_at, error))
-        self._xray.put(_fit(documents))
+        if self._xray is not None:
+            self._xray.put(_fit(documents))
+        if self._otlp is not None:
+            self._otlp.export(documents)
 
     def run_segment(
         self, status: str | None, ended_at: datetime | None, error: ErrorInfo | None = None

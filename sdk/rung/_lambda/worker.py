@@ -22,6 +22,9 @@ this module needs no environment):
                                 docs/observability.md)
     AWS_XRAY_DAEMON_ADDRESS     set by Lambda with ``Tracing: Active``: segments go to
                                 the daemon; without it, to the X-Ray API
+    OTEL_TRACES_EXPORTER        ``otlp``: spans to an OpenTelemetry collector as well,
+                                configured by the standard ``OTEL_EXPORTER_OTLP_*``
+                                variables (default off; needs ``rung[otel]``)
     AWS_ENDPOINT_URL            an emulator or LocalStack (default: AWS)
 """
 
@@ -52,6 +55,7 @@ from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, QueueMessage
 from rung._aws.xray import XRay
 from rung._engine.config import WorkerConfig
 from rung._engine.logs import RunContextFilter
+from rung._engine.otlp import OtlpExporter
 from rung._engine.telemetry import Sinks
 from rung._engine.worker import Disposition, Worker
 from rung._lambda._env import positive_int, require, store_and_queue
@@ -89,15 +93,17 @@ def worker() -> Worker:
 
 
 def sinks(app: App) -> Sinks:
-    """Where the worker's reports go on Lambda: trace segments to X-Ray (the daemon),
-    metrics as EMF lines of the function's output (CloudWatch extracts them), events to
-    the bus named by ``RUNG_EVENT_BUS`` (none when unset)."""
+    """Where the worker's reports go on Lambda: trace segments to X-Ray (the daemon) and,
+    when ``OTEL_TRACES_EXPORTER`` names ``otlp``, to an OTLP collector; metrics as EMF
+    lines of the function's output (CloudWatch extracts them), events to the bus named
+    by ``RUNG_EVENT_BUS`` (none when unset)."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
     bus = os.environ.get(BUS_ENV) or None
     return Sinks(
         app=app.name,
         table=os.environ.get("RUNG_TABLE_NAME"),
         xray=XRay.from_environment(sessions.client("xray", endpoint)),
+        otlp=OtlpExporter.from_environment(app.name),
         metrics=_print_emf,
         events=EventBus(sessions.client("events", endpoint), bus) if bus else None,
     )

@@ -3,7 +3,8 @@ emulator for ``LocalEngine``, and read back through the same AWS APIs a user wou
 on AWS (docs/observability.md, "On rung dev and in tests"):
 
 - trace segments go to the emulator's X-Ray (``PutTraceSegments``), read with
-  ``BatchGetTraces``;
+  ``BatchGetTraces``, and, when ``OTEL_TRACES_EXPORTER`` names ``otlp`` as the engine
+  starts, as spans to the OTLP collector the ``OTEL_EXPORTER_OTLP_*`` variables name;
 - log lines written while the engine's workers handle a run go, as JSON, to a log group
   (one stream per engine), read with ``FilterLogEvents``;
 - EMF metric documents become metrics (``PutMetricData``, as CloudWatch extracts them
@@ -25,6 +26,7 @@ from rung._aws.events import SOURCE, EventBus
 from rung._aws.logs import LogEvent, LogStream, run_events, stream_name
 from rung._aws.xray import XRay
 from rung._engine.logs import RunContextFilter
+from rung._engine.otlp import OtlpExporter
 from rung._engine.telemetry import Sinks
 from rung._util.clock import SystemClock
 
@@ -38,6 +40,7 @@ class LocalTelemetry:
     def __init__(self, app: str, name: str, client: Any, sqs: Any) -> None:
         self.app = app
         self.xray = XRay(client("xray"))
+        self.otlp = OtlpExporter.from_environment(app)
         self.cloudwatch = client("cloudwatch")
         self._events = client("events")
         self._sqs = sqs
@@ -61,6 +64,7 @@ class LocalTelemetry:
             app=self.app,
             table=self.event_bus,  # the engine's table has the same name
             xray=self.xray,
+            otlp=self.otlp,
             metrics=lambda document: put_emf(self.cloudwatch, document),
             events=EventBus(self._events, self.event_bus),
         )
@@ -128,6 +132,8 @@ class LocalTelemetry:
 
     def drop(self) -> None:
         """Leave nothing of this engine's behind in the shared emulator."""
+        if self.otlp is not None:
+            self.otlp.shutdown()
         with contextlib.suppress(Exception):
             self.stream.client.delete_log_group(logGroupName=self.log_group)
         with contextlib.suppress(Exception):
