@@ -287,7 +287,9 @@ class Telemetry:
             took = at - self.run.created_at
             self._metrics.add(metric, 1)
             self._metrics.add("RunDuration", _ms(took), "ms")
-            if self.sinks.events is not None:
+            # A cancel is announced by whoever canceled (Lifecycle.cancel), once; an
+            # attempt that merely saw it must not announce it again.
+            if self.sinks.events is not None and run_ended != "CANCELED":
                 detail = run_event(self.sinks.app, self.run, run_ended, took, error)
                 self.sinks.events.send(detail_type, detail)
         if self.sinks.metrics is not None:
