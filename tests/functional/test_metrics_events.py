@@ -177,3 +177,20 @@ def test_a_flow_control_queue_reports_its_running_and_parked_runs() -> None:
     assert all(r.status == rung.RunStatus.COMPLETED for r in runs)
     assert running == 1  # the limit: never more than one holding a slot
     assert parked == 2  # the other two waited for it
+
+
+def test_a_map_of_many_steps_in_one_invocation_reports_every_step_duration() -> None:
+    # EMF allows 100 values of a metric per document: 250 steps need three documents.
+    app = rung.App("wide-metrics")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> int:
+        done = ctx.map(list(range(250)), lambda c, n: c.step("work", lambda: n))
+        return len(done.results())
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id, timeout=120)
+        samples = engine.metric("StepDuration", "t", step="work", statistic="SampleCount")
+
+    assert run.output == 250
+    assert samples == 250

@@ -353,21 +353,52 @@ class _Metrics:
             values, self._values = self._values, {}
         out = []
         for key, metrics in values.items():
-            emf = EphemeralMetrics(namespace=NAMESPACE)
-            emf.add_dimension(name="app", value=self.app)
-            if key is None or key[0] == "step":  # a queue's runs are of any of its tasks
-                emf.add_dimension(name="task", value=self.task)
-            if key is not None:
-                emf.add_dimension(name=key[0], value=key[1])
-            for name, value, unit in metrics:
-                emf.add_metric(name=name, unit=self._UNITS[unit], value=value)
-            document: dict[str, Any] = dict(emf.serialize_metric_set())
-            if self.table:
-                document["table"] = self.table
-                alone = ["table", "queue"] if key is not None and key[0] == "queue" else ["table"]
-                document["_aws"]["CloudWatchMetrics"][0]["Dimensions"].append(alone)
-            out.append(document)
+            for batch in _at_most_100_each(metrics):
+                out.append(self._document(key, batch))
         return out
+
+    def _document(
+        self, key: tuple[str, str] | None, metrics: list[tuple[str, float, str]]
+    ) -> dict[str, Any]:
+        emf = EphemeralMetrics(namespace=NAMESPACE)
+        emf.add_dimension(name="app", value=self.app)
+        if key is None or key[0] == "step":  # a queue's runs are of any of its tasks
+            emf.add_dimension(name="task", value=self.task)
+        if key is not None:
+            emf.add_dimension(name=key[0], value=key[1])
+        for name, value, unit in metrics:
+            emf.add_metric(name=name, unit=self._UNITS[unit], value=value)
+        document: dict[str, Any] = dict(emf.serialize_metric_set())
+        if self.table:
+            document["table"] = self.table
+            alone = ["table", "queue"] if key is not None and key[0] == "queue" else ["table"]
+            document["_aws"]["CloudWatchMetrics"][0]["Dimensions"].append(alone)
+        return document
+
+
+#: Values of one metric per EMF document (see ``_at_most_100_each``).
+_EMF_VALUES = 99
+
+
+def _at_most_100_each(
+    metrics: list[tuple[str, float, str]],
+) -> list[list[tuple[str, float, str]]]:
+    """Batches in which no metric has 100 values or more. EMF takes at most 100 values of
+    a metric per document (a ``ctx.map`` of 1,000 steps in one invocation makes 1,000
+    StepDuration values), and Powertools prints (and drops from what it returns) a set
+    that reaches 100: 99 per batch keeps every value ours to send."""
+    batches: list[list[tuple[str, float, str]]] = []
+    counts: list[dict[str, int]] = []
+    for metric in metrics:
+        name = metric[0]
+        index = next((i for i, c in enumerate(counts) if c.get(name, 0) < _EMF_VALUES), None)
+        if index is None:
+            batches.append([])
+            counts.append({})
+            index = len(batches) - 1
+        batches[index].append(metric)
+        counts[index][name] = counts[index].get(name, 0) + 1
+    return batches
 
 
 def _ms(delta: timedelta) -> float:
