@@ -77,7 +77,8 @@ class Client:
         store = DynamoStore(sessions.client("dynamodb", endpoint_url, region), table_name)
         queue = SqsQueue(sessions.client("sqs", endpoint_url, region), queue_url)
         bus = event_bus or os.environ.get(BUS_ENV) or None
-        events = EventBus(sessions.client("events", endpoint_url, region), bus) if bus else None
+        events_client = sessions.client("events", endpoint_url, region, reporting=True)
+        events = EventBus(events_client, bus) if bus else None
         self._init(app, store, queue, clock or SystemClock(), events)
 
     @classmethod

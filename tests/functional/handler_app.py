@@ -9,9 +9,13 @@ from __future__ import annotations
 from collections import Counter
 from datetime import timedelta
 
+from aws_lambda_powertools import Logger
+
 import rung
 
 app = rung.App("handler-test")
+#: The task code's own Powertools logger, as Lambda users write one (its own handler).
+user_logger = Logger(service="handler-test-user")
 calls: Counter[str] = Counter()
 #: How many times the "flaky" step fails before it succeeds.
 failures_before_success = 1
@@ -56,3 +60,14 @@ def two_steps(ctx: rung.Context, payload: None) -> list[str]:
 def _named(name: str) -> str:
     _count(name)
     return name
+
+
+@app.task(id="chatty")
+def chatty(ctx: rung.Context, payload: None) -> str:
+    user_logger.info("before the step")
+    return ctx.step("talk", _talk)
+
+
+def _talk() -> str:
+    user_logger.info("inside the step")
+    return "said"

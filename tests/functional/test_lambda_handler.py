@@ -263,6 +263,24 @@ def test_a_completed_run_leaves_json_lifecycle_lines_with_its_keys(deployed: Dep
     assert mine[-1]["level"] == "INFO" and mine[-1]["duration_ms"] >= 0
 
 
+def test_the_tasks_own_powertools_logger_lines_carry_the_runs_keys(deployed: Deployment) -> None:
+    handle = deployed.client.trigger("chatty")
+    stdout = io.StringIO()  # the user's Logger writes to its own handler, on stdout
+    handler = handler_app.user_logger.registered_handler
+    previous = handler.setStream(stdout)  # type: ignore[attr-defined]
+    try:
+        deployed.deliver(deployed.receive())
+    finally:
+        handler.setStream(previous)  # type: ignore[attr-defined]
+
+    lines = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    mine = {line["message"]: line for line in lines if line.get("run_id") == handle.run_id}
+    assert set(mine) == {"before the step", "inside the step"}
+    assert "step_id" not in mine["before the step"]
+    assert mine["inside the step"]["step_id"] == "/talk#1"
+    assert mine["inside the step"]["attempt"] == 1 and mine["inside the step"]["task"] == "chatty"
+
+
 def test_a_transient_step_failure_is_retried_by_a_later_invocation(
     deployed: Deployment,
 ) -> None:

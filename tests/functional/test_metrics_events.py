@@ -7,6 +7,9 @@ import threading
 import time
 from collections import Counter
 from datetime import timedelta
+from typing import Any
+
+import pytest
 
 import rung
 from rung.testing import LocalEngine, SimulatedCrash
@@ -194,3 +197,64 @@ def test_a_map_of_many_steps_in_one_invocation_reports_every_step_duration() -> 
 
     assert run.output == 250
     assert samples == 250
+
+
+def test_a_takeover_after_a_crash_is_not_counted_as_start_delay() -> None:
+    # The run's due time stays the dead attempt's; counting from it would report the
+    # dead attempt and its lease as backlog and page someone for one crash.
+    app = rung.App("no-false-backlog")
+    calls: Counter[str] = Counter()
+
+    def charge() -> str:
+        calls["charge"] += 1
+        if calls["charge"] == 1:
+            raise SimulatedCrash()
+        return "ch_1"
+
+    @app.task(id="t", retry=FAST)
+    def t(ctx: rung.Context, payload: None) -> str:
+        return ctx.step("charge", charge)
+
+    with LocalEngine(app, lease_duration=timedelta(minutes=15)) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+        worst = engine.metric("StartDelay", "t", statistic="Maximum")
+        samples = engine.metric("StartDelay", "t", statistic="SampleCount")
+        lost = engine.metric("WorkerLost", "t")
+
+    assert run.status == rung.RunStatus.COMPLETED and lost == 1
+    # The first start's sample died with its process (metrics go out at the end of an
+    # invocation); the takeover's is not a start delay.
+    assert samples == 0
+    assert worst < 60_000  # not the 15-minute lease of the dead attempt
+
+
+def test_a_service_name_in_the_environment_adds_no_dimension(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Powertools adds a "service" dimension when POWERTOOLS_SERVICE_NAME is set; the
+    # stack's alarms read metrics by table alone and the docs by app and task. (moto
+    # matches a query's dimensions loosely, so the EMF document itself is checked.)
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "shop-worker")
+    app = rung.App("service-named")
+    documents: list[dict[str, Any]] = []
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> int:
+        return 1
+
+    with LocalEngine(app) as engine:
+        record = engine.worker.sinks.metrics
+        assert record is not None
+
+        def keep(document: dict[str, Any]) -> None:
+            documents.append(document)
+            record(document)
+
+        engine.worker.sinks.metrics = keep
+        run = engine.wait(engine.trigger("t").run_id)
+
+    assert run.status == rung.RunStatus.COMPLETED
+    assert [d["_aws"]["CloudWatchMetrics"][0]["Dimensions"] for d in documents] == [
+        [["app", "task"], ["table"]]
+    ]
+    assert "service" not in documents[0]

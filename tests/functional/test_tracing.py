@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 from collections import Counter
 from datetime import timedelta
@@ -257,3 +258,49 @@ def test_an_attempt_with_many_steps_is_split_within_x_rays_document_limit() -> N
     steps = [s for s in segments if s.get("parent_id") == attempt["id"]]
     assert len(steps) + len(attempt["subsegments"]) == 400
     assert all(len(json.dumps(s)) < 64_000 for s in segments)
+
+
+def test_span_names_keep_to_the_characters_x_ray_takes() -> None:
+    app = rung.App("names")
+
+    @app.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> list[int]:
+        ctx.step("charge (card)!", lambda: 1)
+        return ctx.map([1, 2], lambda c, n: c.step("pack?", lambda: n)).results()
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+        segments = engine.trace(run.run_id)
+    names = [s["name"] for a in _attempts(segments) for s in a["subsegments"]]
+    assert "step /charge _card__#1" in names
+    assert {"step /map#1.0/pack_#1", "step /map#1.1/pack_#1"} <= set(names)
+    allowed = re.compile(r"^[\w\s.:/%&#=+\\@-]{1,200}$")
+    assert all(allowed.match(s["name"]) for s in segments)
+    # The exact step id stays searchable.
+    ids = {
+        s["annotations"].get("rung_step_id") for a in _attempts(segments) for s in a["subsegments"]
+    }
+    assert "/charge (card)!#1" in ids
+
+
+def test_a_child_is_recorded_when_its_parent_is_whatever_the_sample_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = rung.App("child-sampling")
+
+    @app.task(id="child")
+    def child(ctx: rung.Context, n: int) -> int:
+        return n
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: None) -> int:
+        return int(ctx.trigger_and_wait(child, 1))
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger("parent")  # sampled: the default rate is 1
+        monkeypatch.setenv("RUNG_TRACE_SAMPLE_RATE", "0")  # later draws would say no
+        run = engine.wait(handle.run_id)
+        [kid] = engine.client.list_children(handle.run_id)
+        child_segments = engine.trace(kid.run_id)
+    assert run.status == rung.RunStatus.COMPLETED
+    assert child_segments, "the child's trace, which the parent's span links, was not recorded"

@@ -128,13 +128,18 @@ class LogEvent:
         return value if isinstance(value, dict) else {}
 
 
-def run_events(client: Any, group: str, run_id: str, start_ms: int | None = None) -> list[LogEvent]:
+def run_events(
+    client: Any, group: str, run_id: str, start_ms: int | None = None, end_ms: int | None = None
+) -> list[LogEvent]:
     """The lines of ``group`` that name ``run_id``, oldest first (FilterLogEvents with
     the run id as a term; a line names it in its ``run_id`` field, or in its text).
-    ``start_ms``: only lines from then on (for ``--follow``)."""
+    ``start_ms``/``end_ms``: only lines in that span (a run's life: FilterLogEvents
+    scans every event of the span, so the whole retention of a busy group otherwise)."""
     kwargs: dict[str, Any] = {"logGroupName": group, "filterPattern": f'"{run_id}"'}
     if start_ms is not None:
         kwargs["startTime"] = start_ms
+    if end_ms is not None:
+        kwargs["endTime"] = end_ms
     events: list[LogEvent] = []
     try:
         pages = client.get_paginator("filter_log_events").paginate(**kwargs)

@@ -27,6 +27,13 @@ _RETRIES = Config(
     # Branches of ctx.map write checkpoints from up to 32 threads (by default) at once.
     max_pool_connections=64,
 )
+#: For what a run reports on the side (trace segments, events): one retry, short
+#: timeouts, so that an unreachable service costs an invocation seconds, not minutes.
+_REPORTING = Config(
+    retries={"max_attempts": 2, "mode": "standard"},
+    connect_timeout=2,
+    read_timeout=3,
+)
 _lock = threading.Lock()
 _sessions: dict[tuple[str, bool], boto3.session.Session] = {}
 
@@ -53,11 +60,19 @@ def _session(emulated: bool, region: str) -> boto3.session.Session:
     return dummy
 
 
-def client(service: str, endpoint_url: str | None = None, region: str | None = None) -> Any:
+def client(
+    service: str,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    *,
+    reporting: bool = False,
+) -> Any:
+    """A client of ``service``. ``reporting``: for telemetry sent beside a run (X-Ray,
+    EventBridge): one retry and short timeouts instead of the engine's patient ones."""
     endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     region = region or DEFAULT_REGION
     with _lock:
         return _session(bool(endpoint_url), region).client(  # type: ignore[call-overload]
-            service, endpoint_url=endpoint_url, config=_RETRIES
+            service, endpoint_url=endpoint_url, config=_REPORTING if reporting else _RETRIES
         )

@@ -199,9 +199,10 @@ class Lifecycle:
             now=now,
             also=also,
         )
+        # Announced before it can move (and end, and announce that) on its message.
+        self._event("Run Redriven", redriven, redriven.status, run.error)
         # A crash before this send leaves the run QUEUED and due: the reconciler sends it.
         self._queue.send(run.run_id, trace_header=header_of(run.trace))
-        self._event("Run Redriven", redriven, redriven.status, run.error)
         return redriven
 
 

@@ -213,7 +213,10 @@ class Session:
         named = json.loads(record.result_json or "{}")
         child_id = str(named["run_id"])
         now = self.now()
-        child_trace = TraceContext.new(now)  # a trace of its own, linked both ways
+        # A trace of its own, linked both ways, recorded if its parent's is (the link
+        # must lead somewhere); a parent stored before tracing: recorded.
+        parent = TraceContext.parse(self._run.trace)
+        child_trace = TraceContext.new(now, sampled=parent.sampled if parent else True)
         child = NewRun(
             run_id=child_id,
             task_id=task_id,

@@ -115,8 +115,13 @@ class Telemetry:
         self.trace.timers_passed(records.values(), run.available_at)
         # The claim sets attempt_started_at (to its own time) only when it starts an attempt.
         resumed = run.attempt_started_at is not None and run.attempt_started_at != run.updated_at
-        if run.available_at is not None and run.available_at <= self._started_at:
+        last = run.failures[-1] if run.failures else None
+        took_over = (
+            not resumed and last is not None and last.kind == "crash" and last.attempt < run.attempt
+        )
+        if not took_over and run.available_at is not None and run.available_at <= self._started_at:
             # Due -> started: the backlog (SQS's own metrics count waits as backlog too).
+            # Not after a takeover: its due time is the dead attempt's (WorkerLost counts it).
             self._metrics.add("StartDelay", _ms(self._started_at - run.available_at), "ms")
         if run.lease_token == 1:
             self._metrics.add("RunsStarted", 1)
@@ -368,12 +373,24 @@ class _Metrics:
             emf.add_dimension(name=key[0], value=key[1])
         for name, value, unit in metrics:
             emf.add_metric(name=name, unit=self._UNITS[unit], value=value)
-        document: dict[str, Any] = dict(emf.serialize_metric_set())
+        document = without_service(dict(emf.serialize_metric_set()))
         if self.table:
             document["table"] = self.table
             alone = ["table", "queue"] if key is not None and key[0] == "queue" else ["table"]
             document["_aws"]["CloudWatchMetrics"][0]["Dimensions"].append(alone)
         return document
+
+
+def without_service(document: dict[str, Any]) -> dict[str, Any]:
+    """An EMF document without the ``service`` dimension Powertools adds when
+    ``POWERTOOLS_SERVICE_NAME`` is set: rung's metrics are by app, task and table, as the
+    stack's alarms and dashboard read them, whatever the function's service name."""
+    document.pop("service", None)
+    for directive in document["_aws"]["CloudWatchMetrics"]:
+        directive["Dimensions"] = [
+            [d for d in ds if d != "service"] for ds in directive["Dimensions"]
+        ]
+    return document
 
 
 #: Values of one metric per EMF document (see ``_at_most_100_each``).

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Iterable
 from datetime import datetime
@@ -309,7 +310,7 @@ def _span(
     error: ErrorInfo | None,
 ) -> dict[str, Any]:
     span: dict[str, Any] = {
-        "name": name[:200],
+        "name": _x_ray_name(name),
         "id": segment_id(),
         "start_time": start.timestamp(),
         "annotations": {k: v for k, v in annotations.items() if v is not None},
@@ -323,6 +324,14 @@ def _span(
         span["fault"] = True
         span["cause"] = _cause(error)
     return span
+
+
+def _x_ray_name(name: str) -> str:
+    """A name X-Ray takes: at most 200 characters of letters, digits, whitespace and
+    ``_ . : / % & # = + \\ - @``; a map branch's ``[3]`` becomes ``.3`` and anything else
+    ``_`` (the exact step id is in the ``rung_step_id`` annotation)."""
+    name = name.replace("[", ".").replace("]", "")
+    return re.sub(r"[^\w\s.:/%&#=+\\@-]", "_", name)[:200]
 
 
 def _cause(error: ErrorInfo) -> dict[str, Any]:

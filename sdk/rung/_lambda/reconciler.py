@@ -33,6 +33,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from rung._aws.cloudwatch import NAMESPACE
 from rung._engine.reconciler import DEFAULT_GRACE, Reconciler
+from rung._engine.telemetry import without_service
 from rung._lambda._env import positive_int, store_and_queue
 from rung._util.clock import SystemClock
 
@@ -45,7 +46,7 @@ def redriven_metric(count: int) -> dict[str, Any]:
     metrics = EphemeralMetrics(namespace=NAMESPACE)
     metrics.add_dimension(name="table", value=os.environ.get("RUNG_TABLE_NAME", ""))
     metrics.add_metric(name="Redriven", unit=MetricUnit.Count, value=count)
-    return dict(metrics.serialize_metric_set())
+    return without_service(dict(metrics.serialize_metric_set()))
 
 
 def _print_emf(document: dict[str, Any]) -> None:

@@ -102,10 +102,10 @@ def sinks(app: App) -> Sinks:
     return Sinks(
         app=app.name,
         table=os.environ.get("RUNG_TABLE_NAME"),
-        xray=XRay.from_environment(sessions.client("xray", endpoint)),
+        xray=XRay.from_environment(sessions.client("xray", endpoint, reporting=True)),
         otlp=OtlpExporter.from_environment(app.name),
         metrics=_print_emf,
-        events=EventBus(sessions.client("events", endpoint), bus) if bus else None,
+        events=EventBus(sessions.client("events", endpoint, reporting=True), bus) if bus else None,
     )
 
 
@@ -146,8 +146,9 @@ def structured_logging(source: Logger) -> None:
     """Every line of the process as JSON with the run's keys (docs/observability.md):
     rung's loggers (Powertools' handler, copied to them) and the task's own, which
     reach the root logger (Lambda's handler there, or one to stderr as in ``rung dev``),
-    get Powertools' formatter and ``RunContextFilter``; INFO lines are kept, so a
-    completed run leaves its lifecycle lines."""
+    get Powertools' formatter and ``RunContextFilter``; so do the handlers the task's
+    code made when its app was imported (your own Powertools ``Logger``'s). INFO lines
+    are kept, so a completed run leaves its lifecycle lines."""
     root = logging.getLogger()
     # Only where a Lambda runtime owns the process (Lambda, rung dev's workers): a host
     # that imports the handler (a test) keeps its own root handlers as they are.
@@ -157,6 +158,10 @@ def structured_logging(source: Logger) -> None:
     handlers = [*source.handlers, *logging.getLogger("rung").handlers]
     if on_lambda:
         handlers += root.handlers
+    # The app is imported by now: the loggers its modules made have their handlers.
+    for known in list(logging.Logger.manager.loggerDict.values()):
+        if isinstance(known, logging.Logger) and not known.name.startswith("rung"):
+            handlers += known.handlers
     for handler in {id(h): h for h in handlers}.values():
         if not any(isinstance(f, RunContextFilter) for f in handler.filters):
             handler.addFilter(RunContextFilter())

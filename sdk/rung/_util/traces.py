@@ -48,16 +48,21 @@ class TraceContext:
     caller: str | None = None
 
     @classmethod
-    def new(cls, now: datetime, caller_header: str | None = None) -> TraceContext:
+    def new(
+        cls, now: datetime, caller_header: str | None = None, sampled: bool | None = None
+    ) -> TraceContext:
         """The trace of a new run: the caller's trace when ``caller_header`` names one
-        (an X-Ray header, as Lambda sets in ``_X_AMZN_TRACE_ID``), else a new trace."""
+        (an X-Ray header, as Lambda sets in ``_X_AMZN_TRACE_ID``), else a new trace.
+        ``sampled``: the decision to keep (a child takes its parent's); None draws it
+        from ``RUNG_TRACE_SAMPLE_RATE``."""
+        keep = _sample() if sampled is None else sampled
         caller = _parse(caller_header) if caller_header else {}
         root = caller.get("Root", "")
         if _TRACE_ID.match(root):
             parent = caller.get("Parent", "")
-            return cls(root, segment_id(), _sample(), parent if _SEGMENT_ID.match(parent) else None)
+            return cls(root, segment_id(), keep, parent if _SEGMENT_ID.match(parent) else None)
         trace_id = f"1-{int(now.timestamp()):08x}-{secrets.token_hex(12)}"
-        return cls(trace_id, segment_id(), _sample())
+        return cls(trace_id, segment_id(), keep)
 
     @classmethod
     def for_trigger(cls, now: datetime) -> TraceContext:

@@ -223,9 +223,13 @@ class WorkerLogs:
     client: Any
     group: str
 
-    def run_events(self, run_id: str, start_ms: int | None = None) -> list[logs.LogEvent]:
-        """The run's lines, oldest first (``start_ms``: from then on)."""
-        return logs.run_events(self.client, self.group, run_id, start_ms)
+    def run_events(self, run: Run, start_ms: int | None = None) -> list[logs.LogEvent]:
+        """The run's lines, oldest first, looked for only within its life (a minute of
+        slack either side; ``start_ms``: from then on)."""
+        slack = 60_000
+        start = max(start_ms or 0, int(run.created_at.timestamp() * 1000) - slack)
+        end = int(run.finished_at.timestamp() * 1000) + slack if run.finished_at else None
+        return logs.run_events(self.client, self.group, run.run_id, start, end)
 
 
 def load_app(ref: str) -> App:

@@ -92,7 +92,7 @@ def print_run_logs(
 
     def poll() -> int:
         nonlocal since, seen, count
-        events = worker.run_events(run_id, since)
+        events = worker.run_events(client.get_run(run_id) if follow else run, since)
         new = 0
         for event in events:
             key = (event.timestamp_ms, event.stream, event.event_id or event.message)

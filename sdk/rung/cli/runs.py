@@ -311,7 +311,7 @@ def trace_run(target: _Target, run_id: str, with_logs: bool, as_json: bool) -> N
     events = client.history(run_id)
     tokens = client.list_tokens(run_id)
     lines = build_trace(run, events, tokens)
-    log_events = target.worker_logs().run_events(run_id) if with_logs else []
+    log_events = target.worker_logs().run_events(run) if with_logs else []
     attach_logs(lines, log_events)
     if as_json:
         _print_json(
