@@ -243,8 +243,12 @@ def test_a_run_on_rung_dev_reports_metrics_events_and_has_the_stacks_alarms(
         )
     }
     failed = alarms[f"{stack}-FailedRunsAlarm"]
-    assert (failed["Namespace"], failed["MetricName"]) == ("rung", "RunsFailed")
-    assert failed["Dimensions"] == [{"Name": "table", "Value": table}]
+    watched = [q["MetricStat"]["Metric"] for q in failed["Metrics"] if "MetricStat" in q]
+    assert [(m["Namespace"], m["MetricName"]) for m in watched] == [
+        ("rung", "RunsFailed"),
+        ("rung", "RunsTimedOut"),
+    ]
+    assert all(m["Dimensions"] == [{"Name": "table", "Value": table}] for m in watched)
     assert "AlarmActions" not in failed or failed["AlarmActions"] == []  # no topic given
     assert '"RunsCompleted", "table", "' + table + '"' in dashboard["DashboardBody"]
 

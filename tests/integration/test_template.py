@@ -275,10 +275,14 @@ def test_alarms_and_the_dashboard_watch_only_metrics_rung_reports_and_resources_
         ("AWS/Lambda", "ConcurrentExecutions"),
     }
     for name, alarm in alarms.items():
-        watched = (alarm["Namespace"], alarm["MetricName"])
-        assert watched in aws_metrics or (watched[0] == "rung" and watched[1] in METRICS), name
-        if watched[0] == "rung":  # the table: the dimension every rung metric also has
-            assert _plain(alarm["Dimensions"]) == [{"Name": "table", "Value": {"Ref": "Table"}}]
+        # A plain alarm watches one metric; a metric-math one, each query's metric.
+        stats = [q["MetricStat"]["Metric"] for q in alarm.get("Metrics", []) if "MetricStat" in q]
+        for metric in stats or [alarm]:
+            watched = (metric["Namespace"], metric["MetricName"])
+            assert watched in aws_metrics or (watched[0] == "rung" and watched[1] in METRICS), name
+            if watched[0] == "rung":  # the table: the dimension every rung metric also has
+                dimensions = _plain(metric["Dimensions"])
+                assert dimensions == [{"Name": "table", "Value": {"Ref": "Table"}}], name
         assert _plain(alarm["AlarmActions"]) == {
             "Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]
         }, name
@@ -334,3 +338,12 @@ def _refs(value: Any) -> set[str]:
         for inner in value:
             found |= _refs(inner)
     return found
+
+
+def test_the_failed_runs_alarm_counts_timed_out_runs_too(template: dict[str, Any]) -> None:
+    alarm = template["Resources"]["FailedRunsAlarm"]["Properties"]
+    queries = {q["Id"]: q for q in alarm["Metrics"]}
+    names = {q["MetricStat"]["Metric"]["MetricName"] for q in queries.values() if "MetricStat" in q}
+    assert names == {"RunsFailed", "RunsTimedOut"}
+    [summed] = [q for q in queries.values() if q.get("ReturnData")]
+    assert summed["Expression"] == "FILL(failed, 0) + FILL(timedout, 0)"

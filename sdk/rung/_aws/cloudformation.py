@@ -314,7 +314,11 @@ def alarms(
         props = resolver.deep(res.get("Properties", {}))
         props.setdefault("AlarmName", f"{stack.name}-{logical_id}")
         for number in ("Period", "EvaluationPeriods"):
-            props[number] = int(props[number])
+            if number in props:
+                props[number] = int(props[number])
+        for query in props.get("Metrics", []):  # metric math: each query's own period
+            if "Period" in query.get("MetricStat", {}):
+                query["MetricStat"]["Period"] = int(query["MetricStat"]["Period"])
         props["Threshold"] = float(props["Threshold"])
         out.append(props)
     return out
