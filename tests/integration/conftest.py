@@ -35,6 +35,7 @@ from rung._aws import cloudformation, sessions
 from rung._aws.dynamodb import DynamoStore
 from rung._aws.sqs import QueueMessage, SqsQueue
 from rung._engine.config import WorkerConfig
+from rung._engine.telemetry import Sinks
 from rung._engine.worker import Disposition, Worker
 from rung._util.clock import SystemClock
 from rung.models import Run
@@ -209,13 +210,19 @@ class QueueWorkers:
         *,
         threads: int = 2,
         lease_duration: timedelta = timedelta(seconds=5),
+        sinks: Sinks | None = None,
     ) -> None:
         self.app = app
         self.plane = plane
         self.queue = plane.queue()
         self.store = plane.store()
         self.worker = Worker(
-            app, self.store, self.queue, SystemClock(), WorkerConfig(lease_duration=lease_duration)
+            app,
+            self.store,
+            self.queue,
+            SystemClock(),
+            WorkerConfig(lease_duration=lease_duration),
+            sinks,
         )
         self.dispositions: Counter[Disposition] = Counter()
         self.faults: list[tuple[str, BaseException]] = []
