@@ -38,6 +38,7 @@ check: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/api_calls.py
 	$(BIN)/python bench/observability.py
+	$(BIN)/python bench/partition_heat.py
 
 localstack-up:
 	infra/localstack/up.sh

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import statistics
 import sys
 import threading
@@ -43,12 +42,18 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from _dynamo_units import (  # bench/ is on the path when run as a script
+    Item,
+    index_writes,
+    item_size,
+    read_units,
+    write_units,
+)
 from rich.console import Console
 from rich.table import Table
 
 import rung
 import rung.testing
-from rung._aws.dynamodb import INDEXES
 
 RESULTS = Path(__file__).parent / "results" / "api_calls.json"
 REPEATS = 3
@@ -67,7 +72,6 @@ WRITES = {"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWri
 READS = {"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"}
 
 ItemKey = tuple[str, str]
-Item = dict[str, Any]
 
 
 # -- the tasks measured ------------------------------------------------------------------
@@ -120,65 +124,6 @@ VARIANTS = [
     Variant("5 steps, idempotency key", "5 + key", "steps-5", 5, idempotency_key=True),
     Variant("5 steps, one retry", "5 + retry", _define(5, flaky_at=2), 5),
 ]
-
-
-# -- DynamoDB billing units ----------------------------------------------------------------
-
-
-def _value_size(value: dict[str, Any]) -> int:
-    (kind, v), *_ = value.items()
-    if kind == "S":
-        return len(v.encode())
-    if kind == "N":
-        digits = v.lstrip("-").replace(".", "").strip("0") or "0"
-        return math.ceil(len(digits) / 2) + 1
-    if kind == "B":
-        return len(v)
-    if kind in ("BOOL", "NULL"):
-        return 1
-    if kind == "L":
-        return 3 + sum(1 + _value_size(e) for e in v)
-    if kind == "M":
-        return 3 + sum(1 + len(k.encode()) + _value_size(e) for k, e in v.items())
-    if kind in ("SS", "NS", "BS"):
-        return sum(_value_size({kind[0]: e}) for e in v)
-    raise ValueError(f"unknown DynamoDB type {kind}")
-
-
-def item_size(item: Item | None) -> int:
-    """DynamoDB's size of an item: attribute names plus values, in bytes."""
-    if item is None:
-        return 0
-    return sum(len(name.encode()) + _value_size(value) for name, value in item.items())
-
-
-def _kb(size: int) -> int:
-    return max(1, math.ceil(size / 1024))
-
-
-def index_writes(before: Item | None, after: Item | None) -> int:
-    """WRUs that the global secondary indexes (projection ALL) consume for one write."""
-    total = 0
-    for keys in INDEXES.values():
-        attrs = list(keys)
-
-        def entry(item: Item | None, attrs: list[str] = attrs) -> Item | None:
-            return item if item is not None and all(a in item for a in attrs) else None
-
-        old, new = entry(before), entry(after)
-        overhead = 100  # an index entry carries the table and index keys besides the item
-        if old is None and new is None:
-            continue
-        if old is None and new is not None:
-            total += _kb(item_size(new) + overhead)
-        elif new is None and old is not None:
-            total += _kb(item_size(old) + overhead)
-        elif old is not None and new is not None:
-            if any(old[a] != new[a] for a in attrs):  # the index key moved: delete + put
-                total += _kb(item_size(old) + overhead) + _kb(item_size(new) + overhead)
-            elif old != new:
-                total += _kb(max(item_size(old), item_size(new)) + overhead)
-    return total
 
 
 # -- the meter -----------------------------------------------------------------------------
@@ -306,9 +251,9 @@ class Meter:
             if op in WRITES:
                 self._price_write(op, params)
             elif op == "GetItem":
-                tally.rru += _kb4(item_size(parsed.get("Item")))
+                tally.rru += _rru(item_size(parsed.get("Item")))
             elif op == "Query":
-                tally.rru += _kb4(sum(item_size(i) for i in parsed.get("Items", [])))
+                tally.rru += _rru(sum(item_size(i) for i in parsed.get("Items", [])))
 
     def _price_write(self, op: str, params: dict[str, Any]) -> None:
         if op == "TransactWriteItems":
@@ -325,15 +270,15 @@ class Meter:
             ).get("Item")
             self._items[key] = after
             kind = _item_kind(key)
-            self.tally.wru_by[f"{kind} table"] += factor * _kb(
+            self.tally.wru_by[f"{kind} table"] += factor * write_units(
                 max(item_size(before), item_size(after))
             )
             self.tally.wru_by[f"{kind} indexes"] += index_writes(before, after)
             self.tally.largest_item = max(self.tally.largest_item, item_size(after))
 
 
-def _kb4(size: int) -> int:
-    return max(1, math.ceil(size / 4096))  # strongly consistent: 1 RRU per 4 KB
+def _rru(size: int) -> int:
+    return int(read_units(size))  # strongly consistent: 1 RRU per 4 KB
 
 
 def _item_kind(key: ItemKey) -> str:
