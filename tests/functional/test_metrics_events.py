@@ -13,6 +13,7 @@ import pytest
 
 import rung
 from rung.testing import LocalEngine, SimulatedCrash
+from tests.functional.telemetry_apps import crash_once_app
 
 FAST = rung.RetryPolicy(max_attempts=2, initial_interval=1)
 
@@ -202,18 +203,7 @@ def test_a_map_of_many_steps_in_one_invocation_reports_every_step_duration() -> 
 def test_a_takeover_after_a_crash_is_not_counted_as_start_delay() -> None:
     # The run's due time stays the dead attempt's; counting from it would report the
     # dead attempt and its lease as backlog and page someone for one crash.
-    app = rung.App("no-false-backlog")
-    calls: Counter[str] = Counter()
-
-    def charge() -> str:
-        calls["charge"] += 1
-        if calls["charge"] == 1:
-            raise SimulatedCrash()
-        return "ch_1"
-
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> str:
-        return ctx.step("charge", charge)
+    app = crash_once_app("no-false-backlog")
 
     with LocalEngine(app, lease_duration=timedelta(minutes=15)) as engine:
         run = engine.wait(engine.trigger("t").run_id)

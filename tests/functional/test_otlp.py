@@ -4,9 +4,7 @@ a real OTLP/HTTP receiver (tests/functional/otlp_receiver.py)."""
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
 
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
@@ -16,8 +14,7 @@ from rung._engine.otlp import OtlpExporter
 from rung.testing import LocalEngine
 from tests.functional.otlp_receiver import Receiver
 from tests.functional.otlp_receiver import attributes as _attributes
-
-FAST = rung.RetryPolicy(max_attempts=3, initial_interval=1)
+from tests.functional.telemetry_apps import retried_and_waiting_app
 
 
 @pytest.fixture
@@ -39,28 +36,8 @@ def _otel_trace_id(xray_trace_id: str) -> bytes:
     return bytes.fromhex(epoch + unique)
 
 
-def _retried_and_waiting_app() -> rung.App:
-    app = rung.App("exported")
-    calls: Counter[str] = Counter()
-
-    def flaky() -> str:
-        calls["flaky"] += 1
-        if calls["flaky"] == 1:
-            raise ValueError("the API said 503")
-        return "ok"
-
-    @app.task(id="order", retry=FAST)
-    def order(ctx: rung.Context, payload: None) -> str:
-        ctx.step("reserve", lambda: "r-1")
-        ctx.step("charge", flaky)
-        ctx.wait(timedelta(hours=2))
-        return ctx.step("ship", lambda: "shipped")
-
-    return app
-
-
 def test_a_runs_trace_arrives_at_an_otlp_collector_as_one_trace(otlp_on: Receiver) -> None:
-    app = _retried_and_waiting_app()
+    app = retried_and_waiting_app("exported")
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("order").run_id)
         xray_segments = engine.trace(run.run_id)
@@ -145,7 +122,7 @@ def test_otlp_export_is_off_by_default(receiver: Receiver, monkeypatch: pytest.M
     # An endpoint alone does not turn export on: OTEL_TRACES_EXPORTER must name otlp.
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
     monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
-    app = _retried_and_waiting_app()
+    app = retried_and_waiting_app("exported")
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("order").run_id)
         assert engine.trace(run.run_id)  # X-Ray is on

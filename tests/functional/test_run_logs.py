@@ -9,7 +9,8 @@ from datetime import timedelta
 from typing import Any
 
 import rung
-from rung.testing import LocalEngine, SimulatedCrash
+from rung.testing import LocalEngine
+from tests.functional.telemetry_apps import crash_once_app
 
 FAST = rung.RetryPolicy(max_attempts=3, initial_interval=1)
 shop = logging.getLogger("shop.orders")
@@ -128,18 +129,7 @@ def test_ctx_logger_writes_a_line_once_however_often_the_body_replays() -> None:
 
 
 def test_a_crashed_invocation_is_reported_as_worker_lost_by_the_one_taking_over() -> None:
-    app = rung.App("lost-lines")
-    calls: Counter[str] = Counter()
-
-    def charge() -> str:
-        calls["charge"] += 1
-        if calls["charge"] == 1:
-            raise SimulatedCrash()
-        return "ch_1"
-
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> str:
-        return ctx.step("charge", charge)
+    app = crash_once_app("lost-lines")
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("t")

@@ -6,7 +6,6 @@ import json
 import logging
 import re
 import socket
-from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -15,9 +14,9 @@ import pytest
 import rung
 from rung._aws import sessions
 from rung._aws.xray import XRay
-from rung.testing import LocalEngine, SimulatedCrash
+from rung.testing import LocalEngine
+from tests.functional.telemetry_apps import crash_once_app, retried_and_waiting_app
 
-FAST = rung.RetryPolicy(max_attempts=3, initial_interval=1)
 CALLER_ROOT = "1-6752a1b0-0123456789abcdef01234567"
 
 
@@ -31,21 +30,7 @@ def _run_segment(segments: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_a_retried_step_and_a_long_wait_make_one_trace_across_invocations() -> None:
-    app = rung.App("traced")
-    calls: Counter[str] = Counter()
-
-    def flaky() -> str:
-        calls["flaky"] += 1
-        if calls["flaky"] == 1:
-            raise ValueError("the API said 503")
-        return "ok"
-
-    @app.task(id="order", retry=FAST)
-    def order(ctx: rung.Context, payload: None) -> str:
-        ctx.step("reserve", lambda: "r-1")
-        ctx.step("charge", flaky)
-        ctx.wait(timedelta(hours=2))
-        return ctx.step("ship", lambda: "shipped")
+    app = retried_and_waiting_app("traced")
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("order")
@@ -184,18 +169,7 @@ def test_sampling_is_set_by_the_environment_and_checked(monkeypatch: pytest.Monk
 
 
 def test_an_attempt_lost_to_a_crash_shows_as_worker_lost() -> None:
-    app = rung.App("lost")
-    calls: Counter[str] = Counter()
-
-    def charge() -> str:
-        calls["charge"] += 1
-        if calls["charge"] == 1:
-            raise SimulatedCrash()  # the process dies mid-step
-        return "ch_1"
-
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> str:
-        return ctx.step("charge", charge)
+    app = crash_once_app("lost")
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("t")
@@ -231,8 +205,10 @@ def test_segments_go_to_the_daemon_over_udp_when_lambda_names_one(
     daemon.bind(("127.0.0.1", 0))
     daemon.settimeout(10)
     monkeypatch.setenv("AWS_XRAY_DAEMON_ADDRESS", f"127.0.0.1:{daemon.getsockname()[1]}")
-    xray = XRay.from_environment(client=None)
+    built: list[str] = []
+    xray = XRay.from_environment(lambda: built.append("client"))
     assert xray is not None
+    assert built == []  # with a daemon, no X-Ray client is made (a cold start's cost)
     document = {"name": "t", "id": "53995c3f42cd8ad8", "trace_id": CALLER_ROOT, "start_time": 1}
     xray.put([document])
     datagram, _ = daemon.recvfrom(65536)
@@ -241,7 +217,7 @@ def test_segments_go_to_the_daemon_over_udp_when_lambda_names_one(
     assert json.loads(header) == {"format": "json", "version": 1}
     assert json.loads(body) == document
     monkeypatch.setenv("RUNG_TRACING", "off")
-    assert XRay.from_environment(client=None) is None
+    assert XRay.from_environment(lambda: None) is None
 
 
 def test_an_attempt_with_many_steps_is_split_within_x_rays_document_limit() -> None:

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 log = logging.getLogger("rung.tracing")
@@ -51,11 +51,14 @@ class XRay:
         self._socket: socket.socket | None = None
 
     @classmethod
-    def from_environment(cls, client: Any) -> XRay | None:
-        """The sink this process should use: None when ``RUNG_TRACING=off``."""
+    def from_environment(cls, make_client: Callable[[], Any]) -> XRay | None:
+        """The sink this process should use: None when ``RUNG_TRACING=off``. The
+        client is made only when there is no daemon to send to: on Lambda, a cold start
+        builds no X-Ray client it would never use."""
         if not tracing_enabled():
             return None
-        return cls(client, os.environ.get(DAEMON_ENV) or None)
+        daemon = os.environ.get(DAEMON_ENV) or None
+        return cls(None if daemon else make_client(), daemon)
 
     def put(self, documents: Iterable[dict[str, Any]]) -> None:
         """Send segment documents; never raises (tracing must not fail a run)."""

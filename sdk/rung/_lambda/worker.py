@@ -102,7 +102,7 @@ def sinks(app: App) -> Sinks:
     return Sinks(
         app=app.name,
         table=os.environ.get("RUNG_TABLE_NAME"),
-        xray=XRay.from_environment(sessions.client("xray", endpoint, reporting=True)),
+        xray=XRay.from_environment(lambda: sessions.client("xray", endpoint, reporting=True)),
         otlp=OtlpExporter.from_environment(app.name),
         metrics=_print_emf,
         events=EventBus(sessions.client("events", endpoint, reporting=True), bus) if bus else None,
