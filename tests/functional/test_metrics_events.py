@@ -3,6 +3,7 @@ events (EventBridge, read back through a rule's queue) of runs on LocalEngine.""
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections import Counter
@@ -18,8 +19,14 @@ from tests.functional.telemetry_apps import crash_once_app
 FAST = rung.RetryPolicy(max_attempts=2, initial_interval=1)
 
 
+def _fresh(name: str) -> str:
+    """An app name of this test alone: metrics stay in the process's one emulator after
+    an engine stops, and a count by app and task must not include another test's."""
+    return f"{name}-{secrets.token_hex(3)}"
+
+
 def test_a_run_counts_its_start_retry_steps_and_end_and_sends_one_completed_event() -> None:
-    app = rung.App("metrics")
+    app = rung.App(_fresh("metrics"))
     calls: Counter[str] = Counter()
 
     def flaky() -> str:
@@ -72,7 +79,7 @@ def test_a_run_counts_its_start_retry_steps_and_end_and_sends_one_completed_even
 
 
 def test_a_failed_run_and_a_lost_worker_are_counted_and_the_failure_is_an_event() -> None:
-    app = rung.App("failing")
+    app = rung.App(_fresh("failing"))
     calls: Counter[str] = Counter()
 
     def dies_then_fails() -> str:
@@ -100,7 +107,7 @@ def test_a_failed_run_and_a_lost_worker_are_counted_and_the_failure_is_an_event(
 
 
 def test_telemetry_off_sends_nothing() -> None:
-    app = rung.App("quiet")
+    app = rung.App(_fresh("quiet"))
 
     @app.task(id="t")
     def t(ctx: rung.Context, payload: None) -> int:
@@ -114,7 +121,7 @@ def test_telemetry_off_sends_nothing() -> None:
 
 
 def test_cancel_and_redrive_by_the_client_are_events_too() -> None:
-    app = rung.App("operated")
+    app = rung.App(_fresh("operated"))
     broken = {"yes": True}
 
     @app.task(id="waits")
@@ -151,11 +158,12 @@ def test_cancel_and_redrive_by_the_client_are_events_too() -> None:
     canceled = next(e for e in engine_events if e["detail"]["run_id"] == waiting.run_id)
     assert fixed.output == "fixed"
     assert canceled["detail"]["status"] == "CANCELED"
-    assert events[1]["detail"]["error"]["type"] == "ValueError"  # the failure it resumes from
+    [redriven] = [e for e in events if e["detail-type"] == "Run Redriven"]
+    assert redriven["detail"]["error"]["type"] == "ValueError"  # the failure it resumes from
 
 
 def test_a_flow_control_queue_reports_its_running_and_parked_runs() -> None:
-    app = rung.App("gauges")
+    app = rung.App(_fresh("gauges"))
     queue = rung.Queue("one-at-a-time", concurrency_limit=1)
     gate = threading.Event()
 
@@ -185,7 +193,7 @@ def test_a_flow_control_queue_reports_its_running_and_parked_runs() -> None:
 
 def test_a_map_of_many_steps_in_one_invocation_reports_every_step_duration() -> None:
     # EMF allows 100 values of a metric per document: 250 steps need three documents.
-    app = rung.App("wide-metrics")
+    app = rung.App(_fresh("wide-metrics"))
 
     @app.task(id="t")
     def t(ctx: rung.Context, payload: None) -> int:
@@ -203,7 +211,7 @@ def test_a_map_of_many_steps_in_one_invocation_reports_every_step_duration() -> 
 def test_a_takeover_after_a_crash_is_not_counted_as_start_delay() -> None:
     # The run's due time stays the dead attempt's; counting from it would report the
     # dead attempt and its lease as backlog and page someone for one crash.
-    app = crash_once_app("no-false-backlog")
+    app = crash_once_app(_fresh("no-false-backlog"))
 
     with LocalEngine(app, lease_duration=timedelta(minutes=15)) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -225,7 +233,7 @@ def test_a_service_name_in_the_environment_adds_no_dimension(
     # stack's alarms read metrics by table alone and the docs by app and task. (moto
     # matches a query's dimensions loosely, so the EMF document itself is checked.)
     monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "shop-worker")
-    app = rung.App("service-named")
+    app = rung.App(_fresh("service-named"))
     documents: list[dict[str, Any]] = []
 
     @app.task(id="t")

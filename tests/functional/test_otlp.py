@@ -28,6 +28,9 @@ def receiver() -> Iterator[Receiver]:
 def otlp_on(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> Receiver:
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    # rung's default of 2 s is for a collector across a network; the receiver here is a
+    # thread of a loaded test process, and a timed-out export would drop spans.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "30")
     return receiver
 
 

@@ -14,6 +14,8 @@ import pytest
 import rung
 from rung._aws import sessions
 from rung._aws.xray import XRay
+from rung._engine.worker import Disposition
+from rung._util.clock import VirtualClock
 from rung.testing import LocalEngine
 from tests.functional.telemetry_apps import crash_once_app, retried_and_waiting_app
 
@@ -110,18 +112,28 @@ def test_every_message_of_a_run_carries_its_trace_header() -> None:
 
     @app.task(id="t")
     def t(ctx: rung.Context, payload: None) -> None:
-        ctx.wait(timedelta(minutes=30))  # past SQS's delay cap: a re-sent message
+        ctx.wait(timedelta(hours=13))  # past a visibility hop (about 12 h): a re-sent message
 
     with LocalEngine(app, workers=0) as engine:
+        clock = engine.clock
+        assert isinstance(clock, VirtualClock)
         handle = engine.trigger("t")
         [first] = engine.queue.receive()
         run = engine.get_run(handle.run_id)
         assert run.trace_id is not None
         expected = f"Root={run.trace_id};Parent="
         assert first.trace_header is not None and first.trace_header.startswith(expected)
-        engine.worker.handle(first)
-        engine.clock.advance(timedelta(minutes=31))  # type: ignore[attr-defined]
+        # Suspended: its own message comes back after a visibility hop...
+        assert engine.worker.handle(first) == Disposition.KEEP
+        clock.advance(timedelta(hours=11, minutes=51))
+        [same] = engine.queue.receive()
+        assert same.message_id == first.message_id
+        # ... with too little of its 12 hours left for the rest: a fresh message.
+        assert engine.worker.handle(same) == Disposition.ACK
+        engine.queue.delete(same)
+        clock.advance(timedelta(hours=2))
         [again] = engine.queue.receive()
+    assert again.message_id != first.message_id  # re-sent by the worker
     assert again.trace_header == first.trace_header
 
 

@@ -50,11 +50,16 @@ def test_a_run_on_rung_dev_has_one_trace_across_its_invocations(
         logs = sessions.client("logs", dev.endpoint_url, "us-east-1")
         group = dev.stack.outputs["WorkerLogGroupName"]
         lines = [e.fields for e in run_events(logs, group, run.run_id)]
+        # Each worker process's lines are shipped on their own: wait for all of them.
         while time.monotonic() < deadline and (
-            not lines or lines[-1].get("rung_event") != "Completed"
+            sum(line.get("message") == "calling upstream" for line in lines) < 2
+            or sum("rung_event" in line for line in lines) < 6
         ):
             time.sleep(0.2)
             lines = [e.fields for e in run_events(logs, group, run.run_id)]
+        # Lines are stamped when rung dev reads each process's pipe: in order within an
+        # attempt (one process at a time), by attempt across processes.
+        lines.sort(key=lambda line: int(line.get("attempt", 0)))
 
     # The task's own lines, one per attempt of the step, carry the run's keys.
     calls = [line for line in lines if line.get("message") == "calling upstream"]
@@ -211,15 +216,18 @@ def test_a_run_on_rung_dev_reports_metrics_events_and_has_the_stacks_alarms(
         run = dev.wait(handle.run_id, timeout=120)
         received: list[dict[str, Any]] = []
         deadline = time.monotonic() + 30
-        while not received and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             got = sqs.receive_message(QueueUrl=inbox, WaitTimeSeconds=1).get("Messages", [])
             received += [json.loads(m["Body"]) for m in got]
-        completed = _metric(cloudwatch, "RunsCompleted", table)
+            if received and not got:
+                break  # the first event came, and nothing after it: no second one
         deadline = time.monotonic() + 30  # EMF lines are shipped within about a second
-        while completed == 0 and time.monotonic() < deadline:
-            time.sleep(0.3)
+        while True:  # each attempt's metrics come from its own process's output
             completed = _metric(cloudwatch, "RunsCompleted", table)
-        retries = _metric(cloudwatch, "RetriesScheduled", table)
+            retries = _metric(cloudwatch, "RetriesScheduled", table)
+            if (completed and retries) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
         alarms = {
             a["AlarmName"]: a
             for a in cloudwatch.describe_alarms(AlarmNamePrefix=dev.stack_name)["MetricAlarms"]
