@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -214,6 +215,19 @@ class Run:
     def budget_from(self) -> int:
         """The first attempt that counts against retry policies: a redrive resets them."""
         return self.redrives[-1].attempt + 1 if self.redrives else 1
+
+
+class RunPage(list[Run]):
+    """One page of ``list_runs``: the runs, newest first (it is a list), and ``cursor``,
+    which asks for the next page (None on the last page).
+
+    Pages are cut by creation time, so a page may hold fewer runs than asked for while
+    more follow: the cursor, not the length, says whether there is more.
+    """
+
+    def __init__(self, runs: Iterable[Run] = (), cursor: str | None = None) -> None:
+        super().__init__(runs)
+        self.cursor = cursor
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,32 @@ def data_plane(cfn: dict[str, Any]) -> dict[str, Any]:
     return plane
 
 
+def settle_conditions(template: dict[str, Any], parameters: dict[str, str]) -> dict[str, Any]:
+    """``template`` with every ``Fn::If`` in its resources chosen by ``parameters`` (its
+    conditions depend on parameters only) and what chose ``AWS::NoValue`` left out.
+
+    For the emulators, which deploy a list element that is ``!If [c, x, !Ref
+    AWS::NoValue]`` as ``None`` (moto does, for the table's conditional indexes); AWS
+    gets the template as it is.
+    """
+    resolver = _Resolver(template, Stack("", {}), parameters, "")
+
+    def settle(value: Any) -> Any:
+        if isinstance(value, dict) and set(value) == {"Fn::If"}:
+            condition, yes, no = value["Fn::If"]
+            return settle(yes if resolver._condition(condition) else no)
+        if isinstance(value, dict):
+            if value == {"Ref": "AWS::NoValue"}:
+                return _NO_VALUE
+            pairs = ((k, settle(v)) for k, v in value.items())
+            return {k: v for k, v in pairs if v is not _NO_VALUE}
+        if isinstance(value, list):
+            return [v for v in map(settle, value) if v is not _NO_VALUE]
+        return value
+
+    return {**template, "Resources": settle(template["Resources"])}
+
+
 def _references(value: Any) -> set[str]:
     """Logical ids a value refers to through Ref, Fn::GetAtt or Fn::Sub."""
     found: set[str] = set()
@@ -178,7 +204,7 @@ def deploy(
     timeout: float = 120.0,
 ) -> Stack:
     """Create the stack, or update it when it exists; wait until it is complete."""
-    body = json.dumps(template)
+    body = json.dumps(settle_conditions(template, parameters))
     params = [{"ParameterKey": k, "ParameterValue": str(v)} for k, v in parameters.items()]
     declared = set(template.get("Parameters", {}))
     params = [p for p in params if p["ParameterKey"] in declared]

@@ -23,6 +23,7 @@ mixin's module says more about its part of the table):
     rung._aws.dynamodb.queues     queues (flow control): state, slots, operator settings
     rung._aws.dynamodb.parked     parked runs and hand-offs (on the queues section)
     rung._aws.dynamodb.tokens     tokens a run waits for
+    rung._aws.dynamodb.listing    reading runs back through the write-sharded indexes
     rung._aws.dynamodb.reconcile  finding and nudging stranded runs (the reconciler)
     rung._aws.dynamodb.steps      step checkpoints
 """
@@ -35,7 +36,10 @@ from rung._aws.dynamodb._common import (
     FAILURE_TRACEBACK_CHARS,
     INDEXES,
     KEY_SCHEMA,
+    LEGACY_INDEXES,
     NEVER_MS,
+    PROJECTIONS,
+    SHARDS,
     TOKEN_OPEN,
     TOKEN_RETENTION,
     TTL_ATTRIBUTE,
@@ -58,6 +62,9 @@ __all__ = [
     "Holder",
     "INDEXES",
     "KEY_SCHEMA",
+    "LEGACY_INDEXES",
+    "PROJECTIONS",
+    "SHARDS",
     "NEVER_MS",
     "NewRun",
     "ParentLink",
@@ -74,8 +81,13 @@ __all__ = [
 ]
 
 
-class DynamoStore(_Runs, _Children, _Parked, _Tokens, _Reconcile, _Steps):
-    """rung's storage port on DynamoDB. Every racing state change is one conditional write."""
+class DynamoStore(
+    _Runs, _Children, _Parked, _Tokens, _Reconcile, _Steps
+):  # _Listing via _Reconcile
+    """rung's storage port on DynamoDB. Every racing state change is one conditional write.
+
+    (The listing section, ``_Listing``, comes in through ``_Reconcile``, which uses it.)
+    """
 
     def __init__(self, client: Any, table_name: str) -> None:
         self.client = client
@@ -83,9 +95,12 @@ class DynamoStore(_Runs, _Children, _Parked, _Tokens, _Reconcile, _Steps):
 
     # -- schema ----------------------------------------------------------------------
 
-    def create_table(self) -> None:
-        """Create the table as template.yaml declares it (for emulators and tests)."""
-        attrs = {"pk", "sk", "task_id", "status", "created_sk"}
+    def create_table(self, *, legacy: bool = False) -> None:
+        """Create the table as template.yaml declares it (for emulators and tests);
+        ``legacy``: with the indexes of tables created before the sharded ones
+        (``LEGACY_INDEXES``), as an upgrade finds them."""
+        indexes = LEGACY_INDEXES if legacy else INDEXES
+        attrs = set(KEY_SCHEMA) | {a for keys in indexes.values() for a in keys}
         self.client.create_table(
             TableName=self.table,
             BillingMode="PAY_PER_REQUEST",
@@ -97,9 +112,9 @@ class DynamoStore(_Runs, _Children, _Parked, _Tokens, _Reconcile, _Steps):
                 {
                     "IndexName": name,
                     "KeySchema": [{"AttributeName": k, "KeyType": t} for k, t in keys.items()],
-                    "Projection": {"ProjectionType": "ALL"},
+                    "Projection": PROJECTIONS.get(name, {"ProjectionType": "ALL"}),
                 }
-                for name, keys in INDEXES.items()
+                for name, keys in indexes.items()
             ],
         )
         self.client.get_waiter("table_exists").wait(TableName=self.table)

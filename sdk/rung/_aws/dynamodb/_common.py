@@ -5,6 +5,7 @@ attributes every section mixin relies on and the item <-> domain converters."""
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,10 +19,51 @@ from rung.models import Failure, Redrive, Run, RunStatus, StepRecord
 
 #: The key schema and indexes; template.yaml declares the same (a test checks).
 KEY_SCHEMA = {"pk": "HASH", "sk": "RANGE"}
+#: Write-sharded indexes (docs/capacity.md): a run lands on one of ``SHARDS`` key values
+#: per task and per status, chosen by its id, so no key value takes a growing share of
+#: the writes however many runs there are. Readers fan out over the shards and merge by
+#: ``created_sk`` (creation time, then run id).
 INDEXES = {
+    "runs_by_task": {"task_shard": "HASH", "created_sk": "RANGE"},
+    "runs_by_status": {"status_shard": "HASH", "created_sk": "RANGE"},
+}
+#: What each index holds beside its keys. ``runs_by_task`` holds keys only: its entry is
+#: written once, at the run's creation, never again. ``runs_by_status`` holds what its
+#: queries filter on; none of these changes without a status change except
+#: ``nudged_at`` (the reconciler's rare mark), so lease renewals never write it.
+PROJECTIONS: dict[str, dict[str, Any]] = {
+    "runs_by_task": {"ProjectionType": "KEYS_ONLY"},
+    "runs_by_status": {
+        "ProjectionType": "INCLUDE",
+        "NonKeyAttributes": ["task_id", "available_at", "nudged_at", "tags"],
+    },
+}
+#: The indexes of tables created before the sharded ones (``rung upgrade-table``
+#: replaces them); projection ALL. Readers use them while the new ones are missing.
+LEGACY_INDEXES = {
     "by_task": {"task_id": "HASH", "created_sk": "RANGE"},
     "by_status": {"status": "HASH", "created_sk": "RANGE"},
 }
+#: How many key values each task and each status is spread over (see docs/capacity.md
+#: for the arithmetic: 32 keeps every key under 1,000 WCU/s up to 16,000 plain runs/s).
+SHARDS = 32
+
+
+def shard_of(run_id: str) -> int:
+    """The shard of a run: a stable hash of its id, in ``range(SHARDS)``."""
+    return zlib.crc32(run_id.encode()) % SHARDS
+
+
+def task_shard(task_id: str, run_id: str) -> str:
+    """``runs_by_task``'s key value for a run: ``<task id>#<shard>``."""
+    return f"{task_id}#{shard_of(run_id):02d}"
+
+
+def status_shard(status: str, run_id: str) -> str:
+    """``runs_by_status``'s key value for a run in ``status``: ``<status>#<shard>``."""
+    return f"{status}#{shard_of(run_id):02d}"
+
+
 TTL_ATTRIBUTE = "expires_at"
 
 _RUN_SK = "#RUN"
@@ -106,6 +148,7 @@ _ADD_COMPUTE = "compute_ms = if_not_exists(compute_ms, :zero) + :spent"
 
 
 def _released(
+    run_id: str,
     status: RunStatus,
     due: int,
     now: datetime,
@@ -113,18 +156,20 @@ def _released(
     waiting_for: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The SET clause (and its values) of every write that gives a RUNNING run's lease
-    back without ending it: its new ``status``, due at ``due`` (epoch ms), the compute
-    time ``spent`` added, and what it waits for. Callers add their own clauses."""
+    back without ending it: its new ``status`` (and ``runs_by_status`` key), due at
+    ``due`` (epoch ms), the compute time ``spent`` added, and what it waits for.
+    Callers add their own clauses."""
     values: dict[str, Any] = {
         ":status": _S(status),
+        ":status_shard": _S(status_shard(status, run_id)),
         ":due": _N(due),
         ":zero": _N(0),
         ":now": _S(iso(now)),
         ":spent": _N(_ms(spent)),
     }
     sets = (
-        "SET #status = :status, available_at = :due, lease_until = :zero, updated_at = :now, "
-        + _ADD_COMPUTE
+        "SET #status = :status, status_shard = :status_shard, available_at = :due, "
+        "lease_until = :zero, updated_at = :now, " + _ADD_COMPUTE
     )
     if waiting_for is not None:
         sets += ", waiting_for = :for"
@@ -250,13 +295,14 @@ class _Base:
 
     @staticmethod
     def _new_run_item(new: NewRun) -> dict[str, Any]:
+        status = RunStatus.DELAYED if new.available_at > new.created_at else RunStatus.QUEUED
         item: dict[str, Any] = {
             **_run_key(new.run_id),
             "run_id": _S(new.run_id),
             "task_id": _S(new.task_id),
-            "status": _S(
-                RunStatus.DELAYED if new.available_at > new.created_at else RunStatus.QUEUED
-            ),
+            "task_shard": _S(task_shard(new.task_id, new.run_id)),
+            "status": _S(status),
+            "status_shard": _S(status_shard(status, new.run_id)),
             "payload": _S(new.payload_json),
             "created_at": _S(iso(new.created_at)),
             "updated_at": _S(iso(new.created_at)),

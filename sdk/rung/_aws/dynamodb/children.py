@@ -41,6 +41,7 @@ from rung._aws.dynamodb._common import (
     _lease_lost,
     _redrive_json,
     _run_key,
+    status_shard,
 )
 from rung._aws.dynamodb.parents import _Parents
 from rung._util.clock import iso, to_ms
@@ -115,26 +116,6 @@ class _Children(_Parents):
         )["Item"]
         return self._step_from_item(item)
 
-    def get_runs(self, run_ids: list[str]) -> dict[str, Run]:
-        """Several runs by id, consistently read (100 per request); missing ones are absent."""
-        found: dict[str, Run] = {}
-        unique = list(dict.fromkeys(run_ids))
-        for start in range(0, len(unique), 100):
-            keys: list[dict[str, Any]] = [_run_key(r) for r in unique[start : start + 100]]
-            for _ in range(20):
-                out = self.client.batch_get_item(
-                    RequestItems={self.table: {"Keys": keys, "ConsistentRead": True}}
-                )
-                for item in out.get("Responses", {}).get(self.table, []):
-                    run = self._run_from_item(item)
-                    found[run.run_id] = run
-                keys = out.get("UnprocessedKeys", {}).get(self.table, {}).get("Keys", [])
-                if not keys:
-                    break
-            else:
-                raise RuntimeError(f"table {self.table}: DynamoDB kept throttling a batch read")
-        return found
-
     def run_status(self, run_id: str) -> tuple[RunStatus, int]:
         """A run's status and lease token: the cheap read behind the cancel check.
 
@@ -174,13 +155,15 @@ class _Children(_Parents):
             "TableName": self.table,
             "Key": _run_key(run_id),
             "UpdateExpression": (
-                "SET #status = :canceled, #error = :error, finished_at = :now, "
+                "SET #status = :canceled, status_shard = :canceled_shard, #error = :error, "
+                "finished_at = :now, "
                 "updated_at = :now, lease_until = :zero REMOVE awaits"
             ),
             "ConditionExpression": "#status IN (:queued, :delayed, :running, :waiting)",
             "ExpressionAttributeNames": {**_NAMES, "#error": "error"},
             "ExpressionAttributeValues": {
                 ":canceled": _S(RunStatus.CANCELED),
+                ":canceled_shard": _S(status_shard(RunStatus.CANCELED, run_id)),
                 ":error": _S(json.dumps(error.to_json())),
                 ":now": _S(iso(now)),
                 ":zero": _N(0),
@@ -243,6 +226,7 @@ class _Children(_Parents):
         """
         values: dict[str, Any] = {
             ":queued": _S(RunStatus.QUEUED),
+            ":queued_shard": _S(status_shard(RunStatus.QUEUED, run.run_id)),
             ":failed": _S(RunStatus.FAILED),
             ":attempt": _N(run.attempt),
             ":one": _N(1),
@@ -253,7 +237,8 @@ class _Children(_Parents):
             ":redrive": {"L": [_S(_redrive_json(redrive))]},
         }
         update = (
-            "SET #status = :queued, available_at = :due, attempt = attempt + :one, "
+            "SET #status = :queued, status_shard = :queued_shard, available_at = :due, "
+            "attempt = attempt + :one, "
             "lease_until = :zero, updated_at = :now, "
             "redrives = list_append(if_not_exists(redrives, :empty), :redrive)"
         )

@@ -53,7 +53,9 @@ class _Parked(_Queues):
         Raises:
             LeaseLost: the worker's token is stale.
         """
-        release, released = _released(RunStatus.QUEUED, to_ms(recheck_at), now, spent, waiting_for)
+        release, released = _released(
+            run_id, RunStatus.QUEUED, to_ms(recheck_at), now, spent, waiting_for
+        )
         run_update = self._fenced(
             run_id,
             token,

@@ -281,7 +281,7 @@ class _Queues(_Base):
         spent: timedelta,
     ) -> None:
         """Release the run until ``until`` without ending its attempt (a rate-limit delay)."""
-        sets, values = _released(RunStatus.DELAYED, to_ms(until), now, spent, waiting_for)
+        sets, values = _released(run_id, RunStatus.DELAYED, to_ms(until), now, spent, waiting_for)
         self._fenced_update(run_id, token, sets, values)
 
     def set_queue(

@@ -21,10 +21,10 @@ from rung._aws.dynamodb._common import (
     _N,
     _NAMES,
     _S,
-    _Base,
     _is_conditional_failure,
     _run_key,
 )
+from rung._aws.dynamodb.listing import IndexQuery, _Listing, entry_run_id
 from rung._util.clock import from_ms, iso, to_ms
 from rung.models import Run, RunStatus
 
@@ -44,11 +44,15 @@ class StrandedRun:
     state: tuple[int, int, int] = field(repr=False, compare=False)
 
 
+#: At most this many RUNNING runs are looked at per sweep (more run at once only past
+#: ``MaximumConcurrency``'s ceiling of 1,000 per event source).
+_RUNNING_SCAN = 10_000
+
 #: The statuses whose way forward is a message: a reconciler re-drives these.
 STRANDABLE = (RunStatus.QUEUED, RunStatus.DELAYED, RunStatus.WAITING, RunStatus.RUNNING)
 
 
-class _Reconcile(_Base):
+class _Reconcile(_Listing):
     # -- the reconciler ----------------------------------------------------------------
 
     def find_stranded(
@@ -61,33 +65,50 @@ class _Reconcile(_Base):
         before ``due_before``; leaving out those
         nudged at or after ``not_nudged_since``. At most ``limit`` runs.
 
-        Reads the ``by_status`` index (eventually consistent): a listed run may have
-        moved since, which ``mark_nudged`` checks. Both due times are at or after the
-        run's creation, so the key condition ``created_sk < due_before`` skips every
-        younger run without reading it.
+        Reads the status index (eventually consistent), fanned out over its shards:
+        both due times are at or after the run's creation, so the key condition
+        ``created_sk < due_before`` skips every younger run without reading it, and
+        ``available_at`` and ``nudged_at`` (projected) filter in the index. The
+        candidates are then read consistently from the table, and only those still
+        stranded are listed (``lease_until`` is not projected, so that lease renewals
+        never write the index: RUNNING candidates are checked on the item).
+        ``mark_nudged`` checks again that a listed run has not moved since.
         """
-        due_ms = _N(to_ms(due_before))
+        due_ms = to_ms(due_before)
+        not_since_ms = to_ms(not_nudged_since)
         found: list[StrandedRun] = []
         for status in STRANDABLE:
             due_attr = "lease_until" if status == RunStatus.RUNNING else "available_at"
-            kwargs: dict[str, Any] = {
-                "TableName": self.table,
-                "IndexName": "by_status",
-                "KeyConditionExpression": "#status = :status AND created_sk < :created_before",
-                "FilterExpression": (
-                    f"{due_attr} < :due AND "
-                    "(attribute_not_exists(nudged_at) OR nudged_at < :not_since)"
+            not_nudged = "(attribute_not_exists(nudged_at) OR nudged_at < :not_since)"
+            index, attr, keys = self._status_keys([status])
+            query = IndexQuery(
+                index=index,
+                attr=attr,
+                values=keys,
+                high=iso(due_before),
+                filter=(
+                    not_nudged
+                    if due_attr == "lease_until"
+                    else f"available_at < :due AND {not_nudged}"
                 ),
-                "ExpressionAttributeNames": dict(_NAMES),
-                "ExpressionAttributeValues": {
-                    ":status": _S(status),
-                    ":created_before": _S(iso(due_before)),
-                    ":due": due_ms,
-                    ":not_since": _N(to_ms(not_nudged_since)),
-                },
-                "ScanIndexForward": True,  # oldest first: the longest stranded go first
-            }
-            for item in self._paginate("query", kwargs):
+                filter_values=((":not_since", _N(not_since_ms)),)
+                + (((":due", _N(due_ms)),) if due_attr == "available_at" else ()),
+                newest_first=False,  # oldest first: the longest stranded go first
+            )
+            # RUNNING runs are filtered on the item (their lease is not projected): look
+            # at all of them, as many as run at once; the others are filtered in the index.
+            want = limit - len(found) if due_attr == "available_at" else _RUNNING_SCAN
+            entries = self.fan_out(query, want)
+            items = self._run_items(map(entry_run_id, entries))
+            for entry in entries:
+                item = items.get(entry_run_id(entry))
+                if item is None or item["status"]["S"] != status:
+                    continue  # moved since the index saw it
+                nudged = int(item.get("nudged_at", {"N": "0"})["N"])
+                if int(item.get(due_attr, {"N": "0"})["N"]) >= due_ms or (
+                    "nudged_at" in item and nudged >= not_since_ms
+                ):
+                    continue
                 found.append(self._stranded_from_item(item, due_attr))
                 if len(found) >= limit:
                     return found

@@ -35,6 +35,7 @@ from rung._aws.dynamodb._common import (
     _run_key,
     _token_key,
     batch_counter,
+    status_shard,
 )
 from rung._aws.dynamodb.parents import _Parents
 from rung._util.clock import iso, to_ms
@@ -130,7 +131,8 @@ class _Runs(_Parents):
                 TableName=self.table,
                 Key=_run_key(run_id),
                 UpdateExpression=(
-                    "SET #status = :running, lease_token = lease_token + :one, "
+                    "SET #status = :running, status_shard = :running_shard, "
+                    "lease_token = lease_token + :one, "
                     "lease_until = :lease, updated_at = :now, "
                     "started_at = if_not_exists(started_at, :now), "
                     "attempt_started_at = if_not_exists(attempt_started_at, :now) "
@@ -143,6 +145,7 @@ class _Runs(_Parents):
                 ExpressionAttributeNames=_NAMES,
                 ExpressionAttributeValues={
                     ":running": _S(RunStatus.RUNNING),
+                    ":running_shard": _S(status_shard(RunStatus.RUNNING, run_id)),
                     ":queued": _S(RunStatus.QUEUED),
                     ":delayed": _S(RunStatus.DELAYED),
                     ":waiting": _S(RunStatus.WAITING),
@@ -228,7 +231,7 @@ class _Runs(_Parents):
         ``spent``: compute time this invocation used, added to the run's total.
         """
         status = RunStatus.DELAYED if available_at > now else RunStatus.QUEUED
-        sets, values = _released(status, to_ms(available_at), now, spent)
+        sets, values = _released(run_id, status, to_ms(available_at), now, spent)
         self._fenced_update(
             run_id,
             token,
@@ -241,7 +244,9 @@ class _Runs(_Parents):
         self, run_id: str, token: int, now: datetime, spent: timedelta = timedelta(0)
     ) -> None:
         """Give the run back without ending the attempt (the invocation ran short of time)."""
-        self._fenced_update(run_id, token, *_released(RunStatus.QUEUED, to_ms(now), now, spent))
+        self._fenced_update(
+            run_id, token, *_released(run_id, RunStatus.QUEUED, to_ms(now), now, spent)
+        )
 
     def suspend_run(
         self,
@@ -287,7 +292,7 @@ class _Runs(_Parents):
             LeaseLost: the worker's token is stale.
         """
         due = to_ms(wake_at) if wake_at is not None else NEVER_MS
-        sets, values = _released(RunStatus.WAITING, due, now, spent, waiting_for)
+        sets, values = _released(run_id, RunStatus.WAITING, due, now, spent, waiting_for)
         awaits = ""
         if children:
             awaits = ", awaits = :awaits"
@@ -505,10 +510,17 @@ class _Runs(_Parents):
         ``wake_parent``, in one transaction with the parent's wake-up
         (``end_with_parent``). Returns whether the parent was woken."""
         update = (
-            f"SET #status = :end, {sets}, finished_at = :now, updated_at = :now, "
+            f"SET #status = :end, status_shard = :end_shard, {sets}, finished_at = :now, "
+            "updated_at = :now, "
             "lease_until = :zero"
         )
-        values = {**values, ":end": _S(status), ":now": _S(iso(now)), ":zero": _N(0)}
+        values = {
+            **values,
+            ":end": _S(status),
+            ":end_shard": _S(status_shard(status, run_id)),
+            ":now": _S(iso(now)),
+            ":zero": _N(0),
+        }
         if wake_parent is None:
             self._fenced_update(run_id, token, update, values, names)
             return False
@@ -517,42 +529,3 @@ class _Runs(_Parents):
         if woke is None:
             raise _lease_lost(run_id, token)
         return woke
-
-    def list_runs(
-        self, *, status: RunStatus | None = None, task_id: str | None = None, limit: int = 50
-    ) -> list[Run]:
-        """Newest first, by task and/or status, through the indexes."""
-        if task_id is not None:
-            runs = self._query_index("by_task", "task_id", task_id, limit, status)
-        elif status is not None:
-            runs = self._query_index("by_status", "status", status, limit, None)
-        else:
-            runs = [
-                r
-                for s in RunStatus
-                for r in self._query_index("by_status", "status", s, limit, None)
-            ]
-        runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
-        return runs[:limit]
-
-    def _query_index(
-        self, index: str, attr: str, value: str, limit: int, status: RunStatus | None
-    ) -> list[Run]:
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "IndexName": index,
-            "KeyConditionExpression": "#k = :v",
-            "ExpressionAttributeNames": {"#k": attr},
-            "ExpressionAttributeValues": {":v": _S(value)},
-            "ScanIndexForward": False,
-        }
-        if status is not None:
-            kwargs["FilterExpression"] = "#status = :status"
-            kwargs["ExpressionAttributeNames"]["#status"] = "status"
-            kwargs["ExpressionAttributeValues"][":status"] = _S(status)
-        runs: list[Run] = []
-        for item in self._paginate("query", kwargs):
-            runs.append(self._run_from_item(item))
-            if len(runs) >= limit:
-                break
-        return runs
