@@ -4,9 +4,11 @@ Item sizes as DynamoDB counts them (attribute names plus values), write units (1
 started KB of the larger of the item before and after a write), read units (1 per
 started 4 KB, strongly consistent; half that eventually consistent), and which global
 secondary index entries a write touches: an item is in an index only if it has all of
-the index's key attributes; a write that moves the index key deletes the old entry and
-puts the new one (2 index writes), one that changes only other attributes rewrites the
-entry in place (projection ALL: every attribute is in the entry).
+the index's key attributes; its entry holds the table's and the index's keys and the
+index's projected attributes (``PROJECTIONS``: all, keys only, or a list). A write that
+moves the index key deletes the old entry and puts the new one (2 index writes), one
+that changes a projected attribute rewrites the entry in place (1), one that changes
+nothing projected does not write the index.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from rung._aws.dynamodb import INDEXES
+from rung._aws.dynamodb import INDEXES, KEY_SCHEMA, PROJECTIONS
 
 Item = dict[str, Any]
 
@@ -73,8 +75,15 @@ class IndexWrite:
     wru: int
 
 
-def _index_entry(item: Item | None, attrs: list[str]) -> Item | None:
-    return item if item is not None and all(a in item for a in attrs) else None
+def _index_entry(name: str, item: Item | None, attrs: list[str]) -> Item | None:
+    """The entry ``item`` has in index ``name`` (None: it is not in the index)."""
+    if item is None or not all(a in item for a in attrs):
+        return None
+    projection = PROJECTIONS.get(name, {"ProjectionType": "ALL"})
+    if projection["ProjectionType"] == "ALL":
+        return item
+    kept = {*KEY_SCHEMA, *attrs, *projection.get("NonKeyAttributes", [])}
+    return {k: v for k, v in item.items() if k in kept}
 
 
 def _hash_value(item: Item, attr: str) -> str:
@@ -83,17 +92,17 @@ def _hash_value(item: Item, attr: str) -> str:
 
 def index_writes_by_key(before: Item | None, after: Item | None) -> list[IndexWrite]:
     """The index writes one table write causes, each with the index partition key value
-    it lands on (computed from INDEXES and the item before and after the write)."""
+    it lands on (computed from INDEXES, PROJECTIONS and the item before and after)."""
     out: list[IndexWrite] = []
     for name, keys in INDEXES.items():
         attrs = list(keys)
         (hash_attr,) = [a for a, kind in keys.items() if kind == "HASH"]
-        old, new = _index_entry(before, attrs), _index_entry(after, attrs)
+        old, new = _index_entry(name, before, attrs), _index_entry(name, after, attrs)
         if old is None and new is None:
             continue
 
-        def units(item: Item) -> int:
-            return write_units(item_size(item) + INDEX_ENTRY_OVERHEAD)
+        def units(entry: Item) -> int:
+            return write_units(item_size(entry) + INDEX_ENTRY_OVERHEAD)
 
         if old is None and new is not None:
             out.append(IndexWrite(name, _hash_value(new, hash_attr), units(new)))
@@ -103,12 +112,12 @@ def index_writes_by_key(before: Item | None, after: Item | None) -> list[IndexWr
             if any(old[a] != new[a] for a in attrs):  # the index key moved: delete + put
                 out.append(IndexWrite(name, _hash_value(old, hash_attr), units(old)))
                 out.append(IndexWrite(name, _hash_value(new, hash_attr), units(new)))
-            elif old != new:
+            elif old != new:  # a projected attribute changed: rewritten in place
                 size = max(item_size(old), item_size(new)) + INDEX_ENTRY_OVERHEAD
                 out.append(IndexWrite(name, _hash_value(new, hash_attr), write_units(size)))
     return out
 
 
 def index_writes(before: Item | None, after: Item | None) -> int:
-    """WRUs that the global secondary indexes (projection ALL) consume for one write."""
+    """WRUs that the global secondary indexes consume for one write."""
     return sum(w.wru for w in index_writes_by_key(before, after))

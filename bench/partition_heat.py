@@ -72,7 +72,7 @@ from rich.table import Table
 
 import rung
 import rung.testing
-from rung._aws.dynamodb import INDEXES
+from rung._aws.dynamodb import INDEXES, SHARDS
 
 RESULTS = Path(__file__).parent / "results" / "partition_heat.json"
 
@@ -536,12 +536,28 @@ class QueueTraffic:
         return low
 
 
+def spread(counts: dict[Where, float]) -> dict[Where, float]:
+    """``counts`` with each sharded index key family (``RUNNING#00`` .. ``RUNNING#31``)
+    folded into one entry, ``RUNNING#*``, holding one shard's expected share: the
+    family's total / ``SHARDS``. A shard is a stable hash of a run id, so over many runs
+    each receives that share; a sample of a few hundred runs is uneven (a few runs more
+    on one shard), which is sampling noise, not load AWS would see."""
+    folded: defaultdict[Where, float] = defaultdict(float)
+    for (space, key), value in counts.items():
+        if space in INDEXES:
+            folded[(space, key.rsplit("#", 1)[0] + "#*")] += value / SHARDS
+        else:
+            folded[(space, key)] += value
+    return folded
+
+
 def project(workload: Workload, data: Recorded, per_wait: float) -> dict[str, Any]:
     starts = workload.starts
     ceilings: list[tuple[float, str, str]] = []  # (runs/s, limit, what)
     heaviest: list[dict[str, Any]] = []
-    for where in sorted(set(data.wcu) | set(data.rcu), key=lambda w: -data.wcu[w]):
-        wcu, rcu = data.wcu[where] / starts, data.rcu[where] / starts
+    wcus, rcus, writes = spread(data.wcu), spread(data.rcu), spread(data.writes)
+    for where in sorted(set(wcus) | set(rcus), key=lambda w: -wcus.get(w, 0.0)):
+        wcu, rcu = wcus.get(where, 0.0) / starts, rcus.get(where, 0.0) / starts
         per_run = _per_run_key(where)
         by_w = PARTITION_WCU / wcu if wcu else float("inf")
         by_r = PARTITION_RCU / rcu if rcu else float("inf")
@@ -552,7 +568,7 @@ def project(workload: Workload, data: Recorded, per_wait: float) -> dict[str, An
             {
                 "where": _label(where),
                 "shared": not per_run,
-                "writes_per_run": round(data.writes[where] / starts, 3),
+                "writes_per_run": round(writes.get(where, 0.0) / starts, 3),
                 "wcu_per_run": round(wcu, 3),
                 "rcu_per_run": round(rcu, 3),
                 "ceiling_runs_per_s": None if per_run else round(min(by_w, by_r), 1),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from rung._aws import sessions
@@ -30,7 +30,7 @@ from rung.errors import (
     UsageError,
 )
 from rung.flow import QueueInfo
-from rung.models import HistoryEvent, Run, RunHandle, RunStatus, TokenState
+from rung.models import HistoryEvent, Run, RunHandle, RunPage, RunStatus, TokenState
 
 DEFAULT_IDEMPOTENCY_TTL = timedelta(days=30)
 
@@ -217,9 +217,33 @@ class Client:
         return self._store.get_run(_check_run_id(run_id))
 
     def list_runs(
-        self, *, status: RunStatus | str | None = None, task: str | None = None, limit: int = 50
-    ) -> list[Run]:
-        """Runs, newest first, optionally of one task and/or in one status."""
+        self,
+        *,
+        status: RunStatus | str | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        tag: str | None = None,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Runs, newest first: a page of at most ``limit``, a list with a ``cursor``.
+
+        Args:
+            status: only runs in this status.
+            task: only runs of this task (an id, or a ``Task`` of the client's app).
+            limit: at most this many runs on the page (1-1000).
+            created_after: only runs created at or after this time (timezone-aware).
+            created_before: only runs created before this time (timezone-aware).
+            tag: only runs triggered with this tag.
+            cursor: the ``cursor`` of the previous page, with the same filters, for the
+                next one. A page may hold fewer than ``limit`` runs while more follow;
+                the last page's ``cursor`` is None.
+
+        Raises:
+            InvalidConfig: an unknown status, a bad limit, a naive time, a cursor that
+                is not one this method returned for the same filters.
+        """
         if status is not None:
             try:
                 status = RunStatus(status)
@@ -227,11 +251,28 @@ class Client:
                 raise InvalidConfig(
                     f"unknown status {status!r}; use one of {', '.join(RunStatus)}"
                 ) from None
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidConfig(f"limit must be a positive int, got {limit!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidConfig(f"limit must be an int from 1 to 1000, got {limit!r}")
+        for name, when in (("created_after", created_after), ("created_before", created_before)):
+            if when is not None and (not isinstance(when, datetime) or when.tzinfo is None):
+                raise InvalidConfig(
+                    f"{name} must be a timezone-aware datetime (e.g. datetime.now(UTC)), "
+                    f"got {when!r}"
+                )
+        for name, text in (("tag", tag), ("cursor", cursor)):
+            if text is not None and (not isinstance(text, str) or not text):
+                raise InvalidConfig(f"{name} must be a non-empty str, got {text!r}")
         # Without an app (a read-only client) the task id is taken as given.
         task_id = task if task is None or self.app is None else self.app.get_task(task).id
-        return self._store.list_runs(status=status, task_id=task_id, limit=limit)
+        return self._store.list_runs(
+            status=status,
+            task_id=task_id,
+            limit=limit,
+            created_after=created_after,
+            created_before=created_before,
+            tag=tag,
+            cursor=cursor,
+        )
 
     def list_children(self, run_id: str) -> list[Run]:
         """The child runs this run started (``ctx.trigger``/``trigger_and_wait``), in order.

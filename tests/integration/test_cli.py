@@ -1378,3 +1378,33 @@ def test_the_stack_comes_from_rung_stack(stack: Deployed) -> None:
 
     assert result.exit_code == 0, result.stderr
     assert len(json.loads(result.stdout)) == 1
+
+
+def test_runs_list_pages_with_the_cursor_it_prints_and_filters_by_time_and_tag(
+    stack: Deployed,
+) -> None:
+    tag = f"page-{secrets.token_hex(4)}"
+    ids = [
+        json.loads(
+            rung(
+                stack, "trigger", "greet", "--payload", '{"name": "p"}', "--tag", tag, "--json"
+            ).stdout
+        )["run_id"]
+        for _ in range(3)
+    ]
+
+    first = rung(stack, "runs", "list", "--tag", tag, "--limit", "2", "--json")
+    cursor = first.stderr.split("--cursor ", 1)[1].strip()
+    rest = rung(stack, "runs", "list", "--tag", tag, "--limit", "2", "--cursor", cursor, "--json")
+    recent = rung(stack, "runs", "list", "--tag", tag, "--since", "1h", "--json")
+    future = rung(stack, "runs", "list", "--tag", tag, "--since", "2999-01-01T00:00:00")
+    bad = rung(stack, "runs", "list", "--since", "yesterday")
+    wrong = rung(stack, "runs", "list", "--task", "greet", "--cursor", cursor)
+
+    listed = [r["run_id"] for r in json.loads(first.stdout) + json.loads(rest.stdout)]
+    assert sorted(listed) == sorted(ids) and len(listed) == 3
+    assert "--cursor" not in rest.stderr  # the last page
+    assert sorted(r["run_id"] for r in json.loads(recent.stdout)) == sorted(ids)
+    assert future.stdout.strip() == "no runs match"
+    assert bad.exit_code != 0 and "neither a time" in bad.stderr
+    assert "same filters" in one_error_line(wrong)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import re
 from pathlib import Path
@@ -12,8 +13,14 @@ import pytest
 from cfnlint.api import lint_file  # type: ignore[import-untyped]
 from cfnlint.decode import decode  # type: ignore[import-untyped]
 
-from rung._aws.cloudformation import Stack, functions, load_template, translate
-from rung._aws.dynamodb import INDEXES, KEY_SCHEMA, TTL_ATTRIBUTE
+from rung._aws.cloudformation import (
+    Stack,
+    functions,
+    load_template,
+    settle_conditions,
+    translate,
+)
+from rung._aws.dynamodb import INDEXES, KEY_SCHEMA, LEGACY_INDEXES, PROJECTIONS, TTL_ATTRIBUTE
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 
@@ -41,17 +48,40 @@ def test_cfn_lint_passes() -> None:
     assert [str(m) for m in matches] == []
 
 
+def _table_at(template: dict[str, Any], step: str) -> dict[str, Any]:
+    settled = settle_conditions(template, {"IndexUpgradeStep": step})
+    return _resource(settled, "Table")
+
+
+def _indexes(table: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {i["IndexName"]: _keys(i["KeySchema"]) for i in table["GlobalSecondaryIndexes"]}
+
+
 def test_the_table_has_the_stores_keys_indexes_and_ttl(template: dict[str, Any]) -> None:
-    table = _resource(template, "Table")
+    default = template["Parameters"]["IndexUpgradeStep"]["Default"]
+    table = _table_at(template, default)
 
     assert _keys(table["KeySchema"]) == KEY_SCHEMA
-    assert {
-        index["IndexName"]: _keys(index["KeySchema"]) for index in table["GlobalSecondaryIndexes"]
-    } == INDEXES
-    assert {index["Projection"]["ProjectionType"] for index in table["GlobalSecondaryIndexes"]} == {
-        "ALL"
-    }
+    assert _indexes(table) == INDEXES
+    assert {i["IndexName"]: i["Projection"] for i in table["GlobalSecondaryIndexes"]} == PROJECTIONS
     assert table["TimeToLiveSpecification"] == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
+
+
+def test_each_index_upgrade_step_adds_or_removes_one_index(template: dict[str, Any]) -> None:
+    # CloudFormation refuses more than one GSI creation or deletion per stack update, so
+    # `rung upgrade-table` walks the steps; every step declares exactly the attributes
+    # its keys use (CloudFormation refuses others).
+    steps = template["Parameters"]["IndexUpgradeStep"]["AllowedValues"]
+    tables = [_table_at(template, step) for step in steps]
+    layouts = [_indexes(table) for table in tables]
+
+    assert layouts[0] == LEGACY_INDEXES
+    assert layouts[-1] == INDEXES
+    for before, after in itertools.pairwise(layouts):
+        assert len(set(before) ^ set(after)) == 1, (before, after)
+    for table, layout in zip(tables, layouts, strict=True):
+        used = set(KEY_SCHEMA) | {a for keys in layout.values() for a in keys}
+        assert {a["AttributeName"] for a in table["AttributeDefinitions"]} == used
 
 
 def test_the_function_handler_and_environment_match_handler_worker(
@@ -178,7 +208,12 @@ def test_the_reconciler_may_only_list_by_status_mark_runs_and_send(
     }
 
     assert grants == {
-        "dynamodb:Query": {"Fn::Sub": "${Table.Arn}/index/by_status"},
+        "dynamodb:Query": [
+            {"Fn::Sub": "${Table.Arn}/index/runs_by_status"},
+            {"Fn::Sub": "${Table.Arn}/index/by_status"},  # until the upgrade removes it
+        ],
+        "dynamodb:DescribeTable": {"Fn::GetAtt": ["Table", "Arn"]},  # which indexes exist
+        "dynamodb:BatchGetItem": {"Fn::GetAtt": ["Table", "Arn"]},  # the candidates' items
         "dynamodb:UpdateItem": {"Fn::GetAtt": ["Table", "Arn"]},
         "sqs:SendMessage": {"Fn::GetAtt": ["WorkQueue", "Arn"]},
         "logs:CreateLogStream": {"Fn::GetAtt": ["ReconcilerLogGroup", "Arn"]},
@@ -186,7 +221,7 @@ def test_the_reconciler_may_only_list_by_status_mark_runs_and_send(
         "xray:PutTraceSegments": "*",  # Lambda's own segments, while Tracing is Active
         "xray:PutTelemetryRecords": "*",
     }
-    assert "by_status" in INDEXES
+    assert {"runs_by_status", "by_status"} <= set(INDEXES) | set(LEGACY_INDEXES)
 
 
 def test_the_reconciler_logs_to_its_own_group_with_the_retention_parameter(

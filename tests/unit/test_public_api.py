@@ -38,6 +38,7 @@ PINNED = {
     "RunAlreadyFinished",
     "RunHandle",
     "RunNotFailed",
+    "RunPage",
     "RunNotFound",
     "RunStatus",
     "RungError",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -16,8 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from rung._aws.logs import LogEvent
+from rung._util.clock import SystemClock
 from rung._util.durations import HELP as DURATION_HELP
-from rung._util.durations import format_duration
+from rung._util.durations import format_duration, parse_duration
 from rung.cli._common import (
     DEFAULT_WAIT,
     EXIT_TIMEOUT,
@@ -167,6 +169,27 @@ def runs() -> None:
     """List runs, show one, or trace its steps."""
 
 
+def _moment(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+    """An option's time: ISO 8601 (UTC unless it says otherwise), or a duration ago."""
+    if value is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return SystemClock().now() - parse_duration(value)
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither a time (2026-12-05T09:00:00Z) nor a duration ago (2h, 3d)"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _more(cursor: str | None) -> None:
+    """Where the next page is, on stderr: stdout stays the table (or the JSON list)."""
+    if cursor is not None:
+        click.echo(f"more: rung runs list ... --cursor {cursor}", err=True)
+
+
 @runs.command("list")
 @click.option(
     "--status",
@@ -175,21 +198,54 @@ def runs() -> None:
 )
 @click.option("--task", metavar="TASK", help="Only runs of this task.")
 @click.option(
+    "--since",
+    metavar="WHEN",
+    callback=_moment,
+    help="Only runs created at or after WHEN: a time (ISO 8601, UTC) or a duration ago (2h).",
+)
+@click.option(
+    "--until",
+    metavar="WHEN",
+    callback=_moment,
+    help="Only runs created before WHEN (as --since).",
+)
+@click.option("--tag", metavar="TAG", help="Only runs triggered with this tag.")
+@click.option("--cursor", metavar="CURSOR", help="The next page: the cursor a page printed.")
+@click.option(
     "--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="At most N."
 )
 @_json_option
 @click.pass_obj
 def list_runs(
-    target: _Target, status: str | None, task: str | None, limit: int, as_json: bool
+    target: _Target,
+    status: str | None,
+    task: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    tag: str | None,
+    cursor: str | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
-    """Runs, newest first."""
-    found = target.client().list_runs(status=status, task=task, limit=limit)
+    """Runs, newest first, a page at a time."""
+    found = target.client().list_runs(
+        status=status,
+        task=task,
+        limit=limit,
+        created_after=since,
+        created_before=until,
+        tag=tag,
+        cursor=cursor,
+    )
     if as_json:
-        _print_json([run_json(r) for r in found])
+        _print_json([run_json(r) for r in found])  # a list, as before pages existed
+        _more(found.cursor)
         return
     out = _console()
     if not found:
-        out.print("no runs" + (" match" if status or task else " yet"))
+        filtered = status or task or since or until or tag or cursor
+        out.print("no runs" + (" match" if filtered else " yet"))
+        _more(found.cursor)
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     table.add_column("run")
@@ -208,6 +264,7 @@ def list_runs(
             format_duration(run.finished_at - run.created_at) if run.finished_at else "",
         )
     out.print(table)
+    _more(found.cursor)
 
 
 @runs.command("show")

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -54,7 +54,7 @@ from rung._util.durations import check_duration
 from rung.app import App, Task
 from rung.client import Client
 from rung.errors import InvalidConfig, UsageError
-from rung.models import HistoryEvent, Run, RunHandle, RunStatus, TokenState
+from rung.models import HistoryEvent, Run, RunHandle, RunPage, RunStatus, TokenState
 from rung.testing.telemetry import LocalTelemetry
 
 log = logging.getLogger("rung.testing")
@@ -283,10 +283,26 @@ class LocalEngine:
         return self.client.get_run(run_id)
 
     def list_runs(
-        self, *, status: RunStatus | str | None = None, task: str | None = None, limit: int = 50
-    ) -> list[Run]:
+        self,
+        *,
+        status: RunStatus | str | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        tag: str | None = None,
+        cursor: str | None = None,
+    ) -> RunPage:
         """Like ``Client.list_runs``."""
-        return self.client.list_runs(status=status, task=task, limit=limit)
+        return self.client.list_runs(
+            status=status,
+            task=task,
+            limit=limit,
+            created_after=created_after,
+            created_before=created_before,
+            tag=tag,
+            cursor=cursor,
+        )
 
     def history(self, run_id: str) -> list[HistoryEvent]:
         """Like ``Client.history``."""

@@ -134,8 +134,10 @@ class _Listing(_Base):
         if cursor is not None:
             high = _decode_cursor(cursor, filters)
         query = self._listing_query(status, task_id, tag, filters["after"], high)
-        entries = self.fan_out(query, limit)
-        if cursor is not None:  # the cursor's own run was on the last page
+        # The key condition includes its bound: the cursor's own run (on the last page)
+        # comes back first, and is dropped.
+        entries = self.fan_out(query, limit if cursor is None else limit + 1)
+        if cursor is not None:
             entries = [e for e in entries if e["created_sk"]["S"] != high]
         more = len(entries) > limit
         entries = entries[:limit]
