@@ -51,7 +51,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -536,7 +536,7 @@ class QueueTraffic:
         return low
 
 
-def spread(counts: dict[Where, float]) -> dict[Where, float]:
+def spread(counts: Mapping[Where, float]) -> dict[Where, float]:
     """``counts`` with each sharded index key family (``RUNNING#00`` .. ``RUNNING#31``)
     folded into one entry, ``RUNNING#*``, holding one shard's expected share: the
     family's total / ``SHARDS``. A shard is a stable hash of a run id, so over many runs

@@ -10,6 +10,7 @@ import pytest
 
 import rung
 from rung._aws.dynamodb import DynamoStore
+from rung._util.clock import VirtualClock
 from rung.testing import LocalEngine
 
 
@@ -36,7 +37,7 @@ def engine() -> Iterator[LocalEngine]:
     """30 completed `fast` runs (tag "even" on even n) created a minute apart, 5 failed
     `boom` runs, and 4 `approve` runs WAITING for a token."""
     with LocalEngine(_app()) as engine:
-        assert isinstance(engine.clock, rung.testing.engine.VirtualClock)
+        assert isinstance(engine.clock, VirtualClock)
         handles = []
         for n in range(30):
             tags = ["even"] if n % 2 == 0 else []
