@@ -1,7 +1,9 @@
 """One line per run event, as it happens, for the `rung dev` console.
 
-It follows runs through the by-status index and prints the history events it has
-not printed yet (the same events `rung runs trace` shows).
+Each poll reads the run items that changed since the last (one consistent Scan of the
+local table: on the emulator that is one pass over the table, where the sharded indexes
+would take 32 queries per status) and prints the history events it has not printed yet
+(the same events `rung runs trace` shows).
 """
 
 from __future__ import annotations
@@ -9,14 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from rung._aws.dynamodb import DynamoStore
 from rung._engine.history import build_history
-from rung.models import HistoryEvent, Run, RunStatus
+from rung._util.clock import SystemClock
+from rung.models import HistoryEvent, Run
 
 log = logging.getLogger("rung.dev")
-_ACTIVE = {RunStatus.QUEUED, RunStatus.DELAYED, RunStatus.RUNNING, RunStatus.WAITING}
+_MARGIN = timedelta(seconds=5)
 
 
 def format_event(run: Run, event: HistoryEvent) -> str:
@@ -46,8 +49,8 @@ class EventPrinter:
         self.printed: dict[str, int] = {}  # run id -> events printed
         self.seen_updated: dict[str, str] = {}
         self.finished: set[str] = set()
-        self._polls = 0
         self.since = since
+        self._last = since
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="rung-printer")
 
@@ -67,17 +70,17 @@ class EventPrinter:
                     log.debug("event printer: %s", exc)
 
     def poll(self, everything: bool = False) -> None:
-        # Active runs every poll; the terminal indexes (which only matter for runs that
-        # started and finished between two polls) every fifth. A followed run that left
-        # the active statuses is read directly, so its end is printed at once.
-        self._polls += 1
-        statuses = list(RunStatus) if everything or self._polls % 5 == 1 else sorted(_ACTIVE)
+        # Runs written since the last poll began (less a margin: a write's updated_at
+        # is taken just before it is sent); everything: since the printer started. A
+        # followed run that finished is read directly, so its end is printed at once.
+        began = SystemClock().now()
+        since = self.since if everything else max(self.since, self._last - _MARGIN)
         listed = {
             run.run_id: run
-            for status in statuses
-            for run in self.store.list_runs(status=status, limit=200 if status in _ACTIVE else 50)
-            if run.updated_at >= self.since and run.run_id not in self.finished
+            for run in self.store.changed_runs(since)
+            if run.run_id not in self.finished
         }
+        self._last = began
         for run_id in [r for r in self.printed if r not in listed]:
             listed[run_id] = self.store.get_run(run_id)
         for run in sorted(listed.values(), key=lambda r: r.updated_at):

@@ -110,6 +110,18 @@ class _Listing(_Base):
                 raise RuntimeError(f"table {self.table}: DynamoDB kept throttling a batch read")
         return found
 
+    def changed_runs(self, since: datetime) -> list[Run]:
+        """Runs written at or after ``since`` (``updated_at``), by one consistent Scan of
+        the whole table: for ``rung dev``'s console on the local emulator, never on AWS
+        (it reads every item)."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "sk = :run AND updated_at >= :since",
+            "ExpressionAttributeValues": {":run": _S("#RUN"), ":since": _S(iso(since))},
+            "ConsistentRead": True,
+        }
+        return [self._run_from_item(item) for item in self._paginate("scan", kwargs)]
+
     def list_runs(
         self,
         *,
