@@ -19,8 +19,9 @@ What is counted, and what is not:
 Billing units are metered per write, from the item sizes before and after it (read
 back with a second, uncounted client): a write costs 1 WRU per started KB of the
 larger of the two; a TransactWriteItems item costs twice that; every write that
-changes an item in a global secondary index also writes the index (1 WRU per KB, 2
-writes when the index key changes, e.g. a status change in ``by_status``).
+changes an item's entry in a global secondary index also writes the index (1 WRU per KB
+of the entry, 2 writes when the index key changes, e.g. a status change in
+``runs_by_status``; none when no projected attribute changes, e.g. a lease renewal).
 
 Run it: ``make bench`` or ``.venv/bin/python bench/api_calls.py``. Results go to
 bench/results/api_calls.json.
@@ -425,8 +426,8 @@ def report(results: list[Measured], console: Console) -> dict[str, Any]:
     wru_parts = ", ".join(f"{k} {v:g}" for k, v in sorted(base.wru_by.items()) if v)
     notes.append(
         f"WRU of a 5-step run ({base.wru:g}): {wru_parts}. The run item is written 3 times"
-        " (create, claim, complete), and each write also updates both indexes, by_status"
-        " twice (delete + put) when the status changes."
+        " (create, claim, complete): runs_by_task's entry (keys only) is written once, at"
+        " the creation; runs_by_status's twice (delete + put) at each status change."
     )
     retry_delta = retried.by_operation()
     retry_delta.subtract(base.by_operation())
@@ -437,8 +438,8 @@ def report(results: list[Measured], console: Console) -> dict[str, Any]:
         " the failed attempt's fenced write (error, backoff), a visibility change instead of"
         " a sleep, the redelivery, a second claim, and the checkpoint query that resumes at the"
         " failed step. The run item now also holds the failure with its traceback"
-        f" ({retried.largest_item} bytes), so its later writes cost 2 WRU each, and so do"
-        " their index writes."
+        f" ({retried.largest_item} bytes), so its later writes cost 2 WRU each (the"
+        " indexes' entries do not hold it)."
     )
     key_delta = keyed.by_operation()
     key_delta.subtract(base.by_operation())

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import rung
-from rung._aws.dynamodb import Claimed, NewRun, NotClaimed
+from rung._aws.dynamodb import INDEXES, PROJECTIONS, Claimed, NewRun, NotClaimed
 from rung._engine.worker import Disposition
 from rung._util.clock import SystemClock
 from rung._util.ids import new_run_id
@@ -84,7 +84,13 @@ def test_the_data_plane_is_template_yaml(localstack_plane: DataPlane) -> None:
         "pk": "HASH",
         "sk": "RANGE",
     }
-    assert {g["IndexName"] for g in table["GlobalSecondaryIndexes"]} == {"by_task", "by_status"}
+    assert {
+        g["IndexName"]: (
+            {k["AttributeName"]: k["KeyType"] for k in g["KeySchema"]},
+            g["Projection"],
+        )
+        for g in table["GlobalSecondaryIndexes"]
+    } == {name: (keys, PROJECTIONS[name]) for name, keys in INDEXES.items()}
     assert ttl["TimeToLiveDescription"] == {
         "TimeToLiveStatus": "ENABLED",
         "AttributeName": "expires_at",
@@ -112,6 +118,14 @@ def test_a_triggered_run_goes_through_its_steps_and_completes(
         "email": 1,
     }
     assert [r.run_id for r in client.list_runs(task="order", limit=50)].count(run.run_id) == 1
+    # through the status index's shards, a page at a time: every page's cursor leads on
+    pages, cursor = [], None
+    while True:
+        page = client.list_runs(status="COMPLETED", task="order", limit=1, cursor=cursor)
+        pages += [r.run_id for r in page]
+        if (cursor := page.cursor) is None:
+            break
+    assert pages.count(run.run_id) == 1 and len(pages) == len(set(pages))
 
 
 def test_a_step_that_fails_once_resumes_from_its_checkpoint(
