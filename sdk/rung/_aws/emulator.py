@@ -308,3 +308,21 @@ def pending(region: str, queue_name: str, now_ms: float) -> list[tuple[float, st
         if when > now_ms:
             found.append((float(when), str(message.body)))
     return sorted(found)
+
+
+def armed_timers(region: str, table_name: str) -> list[tuple[float, str]]:
+    """``(due epoch ms, run id)`` of every run item with an armed timer (``due_sk``),
+    soonest first: LocalEngine's view of the timer index, read in process like
+    ``pending`` (its virtual clock jumps to them; AWS needs no such read)."""
+    from moto.dynamodb.models import dynamodb_backends
+
+    table = dynamodb_backends[ACCOUNT_ID][region].tables.get(table_name)
+    if table is None:
+        return []
+    found = []
+    for item in table.all_items():
+        key = item.attrs.get("due_sk")
+        if key is not None:
+            due, run_id = str(key.value).split("#", 1)
+            found.append((float(due), run_id))
+    return sorted(found)

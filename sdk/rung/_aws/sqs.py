@@ -38,6 +38,10 @@ MAX_VISIBILITY = timedelta(hours=12)
 VISIBILITY_HOP = MAX_VISIBILITY - timedelta(minutes=10)
 #: A shorter hop than this is not worth a visibility change: send a fresh message.
 MIN_HOP = timedelta(minutes=30)
+#: Delays up to this keep their message in flight (one visibility change: a backoff of
+#: seconds); longer ones are a fresh delayed message (up to ``MAX_DELAY``) or a timer,
+#: so that waiting runs hold no in-flight message (a queue allows about 120,000).
+SHORT_HOLD = timedelta(seconds=30)
 MESSAGE_VERSION = 1
 #: Bigger bodies are not rung's and are refused unparsed (poison -> DLQ).
 MAX_BODY_BYTES = 4096
@@ -108,6 +112,7 @@ class SqsQueue:
         # a 30-second wait takes the same chained path as a 30-hour one does on AWS.
         scale = _limits_scale()
         self.max_delay = MAX_DELAY / scale
+        self.short_hold = SHORT_HOLD / scale
         self.visibility_hop = VISIBILITY_HOP / scale
         self.min_hop = MIN_HOP / scale
 
@@ -151,6 +156,31 @@ class SqsQueue:
             DelaySeconds=seconds,
             **_trace_attribute(trace_header),
         )
+
+    def send_many(self, messages: list[tuple[str, timedelta]]) -> list[str]:
+        """Send one message per ``(run_id, delay)``, 10 to a request; returns the run ids
+        whose messages SQS accepted (a refused entry is logged and left out)."""
+        accepted: list[str] = []
+        for start in range(0, len(messages), _BATCH):
+            chunk = messages[start : start + _BATCH]
+            out = self.client.send_message_batch(
+                QueueUrl=self.url,
+                Entries=[
+                    {
+                        "Id": str(n),
+                        "MessageBody": encode(run_id),
+                        "DelaySeconds": _ceil_seconds(min(delay, self.max_delay)),
+                    }
+                    for n, (run_id, delay) in enumerate(chunk)
+                ],
+            )
+            ok = {int(entry["Id"]) for entry in out.get("Successful", [])}
+            for failed in out.get("Failed", []):
+                log.warning(
+                    "could not send the message of %s: %s", chunk[int(failed["Id"])][0], failed
+                )
+            accepted += [rid for n, (rid, _) in enumerate(chunk) if n in ok]
+        return accepted
 
     def receive(
         self, max_messages: int = 10, wait_seconds: int = 0, visibility_timeout: int | None = None

@@ -38,6 +38,7 @@ from typing import Any
 
 from rung._aws.dynamodb import DynamoStore, StrandedRun
 from rung._aws.sqs import SqsQueue
+from rung._engine.timers import TimerSweep
 from rung._util.clock import Clock, iso
 from rung._util.durations import check_duration
 from rung._util.traces import header_of
@@ -93,6 +94,8 @@ class ReconcileReport:
             or another reconciler nudged them after they were listed.
         backing_off: listed runs nudged recently, left until their re-send interval.
         truncated: more runs were stranded than one pass handles; the next takes them.
+        timers_sent: runs whose timers came due, sent a message by the pass's timer
+            sweep (rung._engine.timers), which runs first.
     """
 
     started_at: datetime
@@ -102,6 +105,7 @@ class ReconcileReport:
     skipped: int
     backing_off: int
     truncated: bool
+    timers_sent: tuple[str, ...] = ()
 
     @property
     def run_ids(self) -> list[str]:
@@ -126,6 +130,7 @@ class ReconcileReport:
             "skipped": self.skipped,
             "backing_off": self.backing_off,
             "truncated": self.truncated,
+            "timers_sent": len(self.timers_sent),
         }
 
 
@@ -170,7 +175,9 @@ class Reconciler:
         self.limit = limit
 
     def run_once(self) -> ReconcileReport:
-        """One pass: list stranded runs, nudge each that is still stranded, send."""
+        """One pass: send the messages of due timers (``TimerSweep``); then list stranded
+        runs, nudge each that is still stranded, send."""
+        timers_sent = tuple(TimerSweep(self.store, self.queue, self.clock).run_once())
         now = self.clock.now()
         stranded = self.store.find_stranded(
             due_before=now - self.grace, not_nudged_since=now - self.grace, limit=self.limit + 1
@@ -199,6 +206,7 @@ class Reconciler:
             skipped=skipped,
             backing_off=backing_off,
             truncated=truncated,
+            timers_sent=timers_sent,
         )
 
     def _renudge_interval(self, overdue: timedelta) -> timedelta:

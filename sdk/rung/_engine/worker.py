@@ -600,11 +600,22 @@ class Worker:
         return any(self.store.get_token(token_id).status != "WAITING" for token_id in token_ids)
 
     def _later(self, message: QueueMessage, run_id: str, due: datetime) -> Disposition:
-        """Have the run's message come back at ``due``. The delay is counted here, at
-        the last moment, so time that passed since ``due`` was decided (a slow store
-        write; a test moving a virtual clock) does not push the message past it."""
+        """Have the run's message come back at ``due``, holding no in-flight message
+        beyond a short backoff: up to ``queue.short_hold`` it stays invisible; up to 15
+        minutes a fresh delayed message replaces it; beyond, a timer on the run item (the
+        timer sweep sends the message when it is near). Where no timer can be armed (a
+        run claimed or woken since; a table without the timer index) it is kept as before.
+        The delay is counted here, at the last moment (a slow write or a virtual clock
+        moved since ``due`` was decided must not push the message past it)."""
         now = self.clock.now()
-        kept = self.queue.defer(message, run_id, max(due - now, timedelta(0)), to_ms(now))
+        delay = max(due - now, timedelta(0))
+        if delay > self.queue.max_delay:
+            if self.store.timers_enabled() and self.store.arm_timer(run_id, due):
+                return Disposition.ACK
+        elif delay > self.queue.short_hold:
+            self.queue.send(run_id, delay, message.trace_header)
+            return Disposition.ACK
+        kept = self.queue.defer(message, run_id, delay, to_ms(now))
         return Disposition.KEEP if kept else Disposition.ACK
 
 

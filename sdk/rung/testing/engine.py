@@ -33,13 +33,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from rung._aws import sessions
 from rung._aws.dynamodb import DynamoStore
 from rung._aws.emulator import (
     EmbeddedEmulator,
-    pending,
     release_virtual_time,
     use_virtual_time,
     visible,
@@ -48,6 +47,7 @@ from rung._aws.logs import LogEvent
 from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, BadMessage, QueueMessage, SqsQueue, decode
 from rung._engine.config import WorkerConfig
 from rung._engine.reconciler import DEFAULT_GRACE, Reconciler, ReconcileReport
+from rung._engine.timers import TimerSweep
 from rung._engine.worker import Disposition, Worker
 from rung._util.clock import Clock, SystemClock, VirtualClock, from_ms
 from rung._util.durations import check_duration
@@ -55,6 +55,7 @@ from rung.app import App, Task
 from rung.client import Client
 from rung.errors import InvalidConfig, UsageError
 from rung.models import HistoryEvent, Run, RunHandle, RunPage, RunStatus, TokenState
+from rung.testing._virtual import next_due
 from rung.testing.telemetry import LocalTelemetry
 
 log = logging.getLogger("rung.testing")
@@ -418,7 +419,7 @@ class LocalEngine:
             return False
         virtual = isinstance(self.clock, VirtualClock)
         if busy == 0 and self._workers and virtual and self._next_due() is not None:
-            return False  # the idle poller jumps the clock there next
+            return False  # the idle poller jumps the clock (or sweeps timers) next
         if visible(_REGION, self.queue_name):
             return False
         with self._lock, self._progress:
@@ -558,9 +559,17 @@ class LocalEngine:
                 self._poller.release()
                 self._turn_free.set()
 
+    def _next_due(self) -> float | None | Literal["sweep"]:
+        assert isinstance(self.clock, VirtualClock)
+        sweep = TimerSweep(self.store, self.queue, self.clock)
+        return next_due(self.store, self.clock, sweep, self.queue_name, self.table_name)
+
     def _advance_time(self) -> bool:
         assert isinstance(self.clock, VirtualClock)
         due = self._next_due()
+        if due == "sweep":
+            # As the reconciler's sweep does on AWS: their messages, delayed to the due time.
+            return bool(TimerSweep(self.store, self.queue, self.clock).run_once())
         if due is None:
             return False
         with self._lock:
@@ -568,42 +577,6 @@ class LocalEngine:
                 return False
             self.clock.advance_to(from_ms(int(due) + 1))
         return True
-
-    def _next_due(self) -> float | None:
-        """The next due time to jump to: timers, backoff and leases, but not the deadline
-        of a token a run waits for; answering (or timing out) a token is the test's move.
-
-        A message counts only if its run still has a due time it can lead to. Not
-        counted: the message of a finished run, or of a run waiting for a token or with
-        no timer (children, a batch), such as the one a token's wait left in the queue
-        when its answer woke the run with a fresh message: it would only be deleted, or
-        deferred again, when it became visible. (Counting it jumped the clock past
-        other runs' token deadlines.) A run woken meanwhile gets a fresh message from
-        its waker. A message of a run whose due time is later still counts: it may be
-        the hop of a long wait (re-sent or deferred at its due time), and time passes
-        it on the way to the run's due time anyway.
-
-        A ``trigger_and_wait`` timeout is jumped to only on the way to a later due
-        time (time has to pass it first); alone, it waits for the test's move too, so
-        a test can answer a child's token before its parent's timeout.
-        """
-        assert isinstance(self.clock, VirtualClock)
-        deadline: float | None = None
-        for due, body in pending(_REGION, self.queue_name, self.clock.epoch() * 1000):
-            try:
-                run = self.store.get_run_or_none(decode(body))
-            except BadMessage:
-                return deadline if deadline is not None else due
-            if run is not None and run.status.is_terminal:
-                continue
-            if run is not None and run.status == RunStatus.WAITING:
-                if run.wake_kind in ("token", None):
-                    continue
-                if run.wake_kind == "deadline":
-                    deadline = due if deadline is None else deadline
-                    continue
-            return deadline if deadline is not None else due
-        return None
 
     def _process(self, message: QueueMessage) -> None:
         try:

@@ -25,6 +25,7 @@ mixin's module says more about its part of the table):
     rung._aws.dynamodb.tokens     tokens a run waits for
     rung._aws.dynamodb.listing    reading runs back through the write-sharded indexes
     rung._aws.dynamodb.reconcile  finding and nudging stranded runs (the reconciler)
+    rung._aws.dynamodb.timers     timers of runs due too late for a delayed message
     rung._aws.dynamodb.steps      step checkpoints
 """
 
@@ -53,10 +54,12 @@ from rung._aws.dynamodb.queues import Holder, QueueState, Waiter
 from rung._aws.dynamodb.reconcile import STRANDABLE, StrandedRun, _Reconcile
 from rung._aws.dynamodb.runs import SUSPEND_TOKEN_CHECKS, Claimed, NotClaimed, _Runs
 from rung._aws.dynamodb.steps import _Steps
+from rung._aws.dynamodb.timers import DUE_INDEX, Timer, _Timers
 from rung._aws.dynamodb.tokens import _Tokens
 
 __all__ = [
     "Claimed",
+    "DUE_INDEX",
     "DynamoStore",
     "FAILURE_TRACEBACK_CHARS",
     "Holder",
@@ -76,14 +79,13 @@ __all__ = [
     "TOKEN_OPEN",
     "TOKEN_RETENTION",
     "TTL_ATTRIBUTE",
+    "Timer",
     "Waiter",
     "waits_without_timer",
 ]
 
 
-class DynamoStore(
-    _Runs, _Children, _Parked, _Tokens, _Reconcile, _Steps
-):  # _Listing via _Reconcile
+class DynamoStore(_Runs, _Children, _Parked, _Tokens, _Reconcile, _Timers, _Steps):
     """rung's storage port on DynamoDB. Every racing state change is one conditional write.
 
     (The listing section, ``_Listing``, comes in through ``_Reconcile``, which uses it.)

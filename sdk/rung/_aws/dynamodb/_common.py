@@ -26,6 +26,7 @@ KEY_SCHEMA = {"pk": "HASH", "sk": "RANGE"}
 INDEXES = {
     "runs_by_task": {"task_shard": "HASH", "created_sk": "RANGE"},
     "runs_by_status": {"status_shard": "HASH", "created_sk": "RANGE"},
+    "runs_by_due": {"due_shard": "HASH", "due_sk": "RANGE"},
 }
 #: What each index holds beside its keys. ``runs_by_task`` holds keys only: its entry is
 #: written once, at the run's creation, never again. ``runs_by_status`` holds what its
@@ -37,6 +38,9 @@ PROJECTIONS: dict[str, dict[str, Any]] = {
         "ProjectionType": "INCLUDE",
         "NonKeyAttributes": ["task_id", "available_at", "nudged_at", "tags"],
     },
+    # Sparse: only runs waiting for a timer too far off for a delayed message hold its
+    # keys (``arm_timer``); the sort key is the due time, so a sweep reads only what is due.
+    "runs_by_due": {"ProjectionType": "KEYS_ONLY"},
 }
 #: The indexes of tables created before the sharded ones (``rung upgrade-table``
 #: replaces them); projection ALL. Readers use them while the new ones are missing.
@@ -62,6 +66,16 @@ def task_shard(task_id: str, run_id: str) -> str:
 def status_shard(status: str, run_id: str) -> str:
     """``runs_by_status``'s key value for a run in ``status``: ``<status>#<shard>``."""
     return f"{status}#{shard_of(run_id):02d}"
+
+
+def due_shard(run_id: str) -> str:
+    """``runs_by_due``'s key value for a run: ``DUE#<shard>``."""
+    return f"DUE#{shard_of(run_id):02d}"
+
+
+def due_sk(due_ms: int, run_id: str) -> str:
+    """``runs_by_due``'s sort key: the due time (epoch ms, zero-padded), then the run."""
+    return f"{due_ms:015d}#{run_id}"
 
 
 TTL_ATTRIBUTE = "expires_at"

@@ -157,7 +157,7 @@ class _Children(_Parents):
             "UpdateExpression": (
                 "SET #status = :canceled, status_shard = :canceled_shard, #error = :error, "
                 "finished_at = :now, "
-                "updated_at = :now, lease_until = :zero REMOVE awaits"
+                "updated_at = :now, lease_until = :zero REMOVE awaits, due_shard, due_sk"
             ),
             "ConditionExpression": "#status IN (:queued, :delayed, :running, :waiting)",
             "ExpressionAttributeNames": {**_NAMES, "#error": "error"},

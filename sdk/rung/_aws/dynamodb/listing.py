@@ -48,7 +48,8 @@ _FANOUT = 16
 @dataclass(frozen=True)
 class IndexQuery:
     """One fanned-out read: ``index``'s key ``attr`` at each of ``values``, sort keys
-    between ``low`` and ``high`` (inclusive; None: open), with an optional filter."""
+    (``sort``) between ``low`` and ``high`` (inclusive; None: open), with an optional
+    filter."""
 
     index: str
     attr: str
@@ -59,6 +60,8 @@ class IndexQuery:
     names: tuple[tuple[str, str], ...] = ()
     filter_values: tuple[tuple[str, dict[str, str]], ...] = ()
     newest_first: bool = True
+    #: the index's sort key
+    sort: str = "created_sk"
 
 
 class _Listing(_Base):
@@ -217,7 +220,7 @@ class _Listing(_Base):
 
     def fan_out(self, query: IndexQuery, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit + 1`` index entries of ``query`` over all its key values, in
-        ``created_sk`` order (newest first unless ``query.newest_first`` is False): each
+        sort key order (newest first unless ``query.newest_first`` is False): each
         key value's first ``limit + 1``, merged."""
         per_key: Callable[[str], list[dict[str, Any]]] = lambda value: self._query_key(  # noqa: E731
             query, value, limit + 1
@@ -226,18 +229,18 @@ class _Listing(_Base):
             found = per_key(query.values[0])
         else:
             found = [e for entries in self._executor().map(per_key, query.values) for e in entries]
-        found.sort(key=lambda e: e["created_sk"]["S"], reverse=query.newest_first)
+        found.sort(key=lambda e: e[query.sort]["S"], reverse=query.newest_first)
         return found[: limit + 1]
 
     def _query_key(self, query: IndexQuery, value: str, want: int) -> list[dict[str, Any]]:
         condition = "#k = :k"
         values: dict[str, Any] = {":k": _S(value)}
         if query.low is not None and query.high is not None:
-            condition += " AND created_sk BETWEEN :low AND :high"
+            condition += f" AND {query.sort} BETWEEN :low AND :high"
         elif query.low is not None:
-            condition += " AND created_sk >= :low"
+            condition += f" AND {query.sort} >= :low"
         elif query.high is not None:
-            condition += " AND created_sk <= :high"
+            condition += f" AND {query.sort} <= :high"
         if query.low is not None:
             values[":low"] = _S(query.low)
         if query.high is not None:

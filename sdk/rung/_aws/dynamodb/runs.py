@@ -137,7 +137,7 @@ class _Runs(_Parents):
                     "started_at = if_not_exists(started_at, :now), "
                     "attempt_started_at = if_not_exists(attempt_started_at, :now) "
                     "REMOVE waiting_for, overran_step, awaits, wake_kind, wake_batch, "
-                    "wake_threshold"
+                    "wake_threshold, due_shard, due_sk"
                 ),
                 ConditionExpression=(
                     "#status IN (:queued, :delayed, :waiting) AND available_at <= :now_ms"
