@@ -26,6 +26,7 @@ mixin's module says more about its part of the table):
     rung._aws.dynamodb.listing    reading runs back through the write-sharded indexes
     rung._aws.dynamodb.reconcile  finding and nudging stranded runs (the reconciler)
     rung._aws.dynamodb.steps      step checkpoints
+    rung._aws.dynamodb.upgrade    moving an old table to the sharded indexes (backfill, steps)
 """
 
 from __future__ import annotations
@@ -54,14 +55,28 @@ from rung._aws.dynamodb.reconcile import STRANDABLE, StrandedRun, _Reconcile
 from rung._aws.dynamodb.runs import SUSPEND_TOKEN_CHECKS, Claimed, NotClaimed, _Runs
 from rung._aws.dynamodb.steps import _Steps
 from rung._aws.dynamodb.tokens import _Tokens
+from rung._aws.dynamodb.upgrade import (
+    INDEX_STEPS,
+    LAST_STEP,
+    BackfillProgress,
+    IndexChange,
+    TableIndexes,
+    UpgradeError,
+    _Upgrade,
+    index_change,
+)
 
 __all__ = [
+    "BackfillProgress",
     "Claimed",
     "DynamoStore",
     "FAILURE_TRACEBACK_CHARS",
     "Holder",
     "INDEXES",
+    "INDEX_STEPS",
+    "IndexChange",
     "KEY_SCHEMA",
+    "LAST_STEP",
     "LEGACY_INDEXES",
     "PROJECTIONS",
     "SHARDS",
@@ -76,13 +91,16 @@ __all__ = [
     "TOKEN_OPEN",
     "TOKEN_RETENTION",
     "TTL_ATTRIBUTE",
+    "TableIndexes",
+    "UpgradeError",
     "Waiter",
+    "index_change",
     "waits_without_timer",
 ]
 
 
 class DynamoStore(
-    _Runs, _Children, _Parked, _Tokens, _Reconcile, _Steps
+    _Runs, _Children, _Parked, _Tokens, _Reconcile, _Steps, _Upgrade
 ):  # _Listing via _Reconcile
     """rung's storage port on DynamoDB. Every racing state change is one conditional write.
 
