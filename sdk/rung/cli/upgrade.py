@@ -35,6 +35,7 @@ from rich.console import Console
 from rung._aws import cloudformation, sessions
 from rung._aws.dynamodb import (
     LAST_STEP,
+    REPLACES,
     BackfillProgress,
     DynamoStore,
     IndexChange,
@@ -58,7 +59,8 @@ from rung.cli._common import (
 PARAMETER = "IndexUpgradeStep"
 #: How often a step's progress is looked at (DescribeTable, DescribeStacks).
 _POLL = 5.0
-_NEW_OF = {"by_status": "runs_by_status", "by_task": "runs_by_task"}
+#: old index -> the new one that replaces it
+_NEW_OF = {old: new for new, old in REPLACES.items()}
 
 
 @click.command("upgrade-table")

@@ -58,6 +58,7 @@ from rung._aws.dynamodb.tokens import _Tokens
 from rung._aws.dynamodb.upgrade import (
     INDEX_STEPS,
     LAST_STEP,
+    REPLACES,
     BackfillProgress,
     IndexChange,
     TableIndexes,
@@ -85,6 +86,7 @@ __all__ = [
     "ParentLink",
     "NotClaimed",
     "QueueState",
+    "REPLACES",
     "STRANDABLE",
     "SUSPEND_TOKEN_CHECKS",
     "StrandedRun",
