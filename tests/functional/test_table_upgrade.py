@@ -16,6 +16,7 @@ these tests see each step's end state, never an index while it is CREATING.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -394,3 +395,27 @@ def test_upgrade_table_catches_up_on_runs_old_workers_moved_while_the_indexes_we
     assert "catch-up backfill: 13 runs scanned, 1 updated" in result.stdout
     old_table.runs[target] = ("sleepy", RunStatus.COMPLETED)
     assert_every_run_is_listed(old_table)
+
+
+def test_an_old_index_is_deleted_only_after_its_replacement_was_active_for_the_reader_grace(
+    old_table: OldTable,
+) -> None:
+    seen: dict[str, float] = {}
+
+    def note(params: dict[str, Any], **_: Any) -> None:
+        # When each index change was asked for (moto's new indexes are ACTIVE at once).
+        for update in params.get("GlobalSecondaryIndexUpdates", []):
+            for action, spec in update.items():
+                seen[f"{action.lower()} {spec['IndexName']}"] = time.monotonic()
+
+    events = sessions.session(None, "us-east-1").events  # see the catch-up test
+    events.register("provide-client-params.dynamodb.UpdateTable", note)
+    try:
+        result = upgrade_table(old_table, "--reader-grace", "1s")
+    finally:
+        events.unregister("provide-client-params.dynamodb.UpdateTable", note)
+
+    assert result.exit_code == 0, result.stderr
+    # Lower bounds only: a slow machine makes the gaps longer, never shorter.
+    assert seen["delete by_status"] - seen["create runs_by_status"] >= 1.0
+    assert seen["delete by_task"] - seen["create runs_by_task"] >= 1.0

@@ -57,8 +57,10 @@ from rung.cli._common import (
 
 #: template.yaml's parameter that says which indexes the table has.
 PARAMETER = "IndexUpgradeStep"
-#: How often a step's progress is looked at (DescribeTable, DescribeStacks).
+#: How often a step's progress is looked at (DescribeTable, DescribeStacks) on AWS, and
+#: on an emulator (--endpoint-url), where an index is built in moments.
 _POLL = 5.0
+_POLL_EMULATOR = 0.5
 #: old index -> the new one that replaces it
 _NEW_OF = {old: new for new, old in REPLACES.items()}
 
@@ -131,6 +133,7 @@ def upgrade_table(
         stack = _StackSteps.find(target, endpoint)
         table_name = stack.table
     walk = _Walk(DynamoStore(dynamodb, table_name), stack, segments, reader_grace, _Report(as_json))
+    walk.poll = _POLL_EMULATOR if endpoint else _POLL
     walk.run(dry_run)
 
 
@@ -153,7 +156,8 @@ class _StackSteps:
             _fail(f"stack {name!r} has no TableName output: is it a rung stack?")
         status = cfn.describe_stacks(StackName=name)["Stacks"][0]["StackStatus"]
         if str(status).endswith("_IN_PROGRESS"):  # e.g. the update of a run cut short
-            cloudformation.wait_for_stack(cfn, name, timeout=None, poll=_POLL)
+            poll = _POLL_EMULATOR if endpoint else _POLL
+            cloudformation.wait_for_stack(cfn, name, timeout=None, poll=poll)
         values = cloudformation.parameters(cfn, name)
         if PARAMETER not in values:
             _fail(
@@ -165,8 +169,8 @@ class _StackSteps:
             )
         return cls(cfn, name, table, int(values[PARAMETER]))
 
-    def apply(self, store: DynamoStore, change: IndexChange) -> None:
-        cloudformation.update_parameter(self.cfn, self.name, PARAMETER, str(change.step))
+    def apply(self, store: DynamoStore, change: IndexChange, poll: float) -> None:
+        cloudformation.update_parameter(self.cfn, self.name, PARAMETER, str(change.step), poll=poll)
         found = store.table_indexes()
         if found.step == change.step - 1 and all(s == "ACTIVE" for s in found.indexes.values()):
             # The update completed and the table did not move: the template deployed
@@ -227,6 +231,7 @@ class _Walk:
         self.grace = reader_grace.total_seconds()
         self.report = report
         self.started = time.monotonic()
+        self.poll = _POLL
         #: when each new index was seen ACTIVE by this walk (monotonic)
         self.active_since: dict[str, float] = {}
 
@@ -353,10 +358,10 @@ class _Walk:
         report.working(f"{title}: updating")
         if self.stack is not None:
             report.working(f"{title}: updating stack {self.stack.name}")
-            self.stack.apply(store, change)
+            self.stack.apply(store, change, self.poll)
         else:
             store.start_index_step(change.step)
-        store.wait_for_index_step(change.step, poll=_POLL, on_wait=self._waiting(title, change))
+        store.wait_for_index_step(change.step, poll=self.poll, on_wait=self._waiting(title, change))
         report.idle()
         if change.action == "create":
             self.active_since[change.index] = time.monotonic()
