@@ -419,3 +419,44 @@ def test_an_old_index_is_deleted_only_after_its_replacement_was_active_for_the_r
     # Lower bounds only: a slow machine makes the gaps longer, never shorter.
     assert seen["delete by_status"] - seen["create runs_by_status"] >= 1.0
     assert seen["delete by_task"] - seen["create runs_by_task"] >= 1.0
+
+
+def test_upgrade_table_first_waits_for_an_index_a_cut_short_run_left_creating(
+    old_table: OldTable,
+) -> None:
+    # moto builds an index at once: its DescribeTable answers are made to show
+    # runs_by_status CREATING three times, as DynamoDB would while it builds the index
+    # that an interrupted `rung upgrade-table` asked for.
+    store = old_table.store()
+    store.backfill_shards()
+    store.start_index_step(1)
+    creating = [3]
+    seen: list[str] = []  # runs_by_status's status in each DescribeTable, and UpdateTables
+
+    def still_building(parsed: dict[str, Any], **_: Any) -> None:
+        for index in parsed.get("Table", {}).get("GlobalSecondaryIndexes", []):
+            if index["IndexName"] == "runs_by_status":
+                if creating[0] > 0:
+                    index["IndexStatus"] = "CREATING"
+                    creating[0] -= 1
+                seen.append(index["IndexStatus"])
+
+    def note(params: dict[str, Any], **_: Any) -> None:
+        seen.append("UpdateTable")
+
+    events = sessions.session(None, "us-east-1").events  # see the catch-up test
+    events.register("after-call.dynamodb.DescribeTable", still_building)
+    events.register("provide-client-params.dynamodb.UpdateTable", note)
+    try:
+        result = upgrade_table(old_table, "--reader-grace", "0s")
+    finally:
+        events.unregister("after-call.dynamodb.DescribeTable", still_building)
+        events.unregister("provide-client-params.dynamodb.UpdateTable", note)
+
+    assert result.exit_code == 0, result.stderr
+    assert seen.count("CREATING") == 3
+    updates = [n for n, what in enumerate(seen) if what == "UpdateTable"]
+    assert updates and all(seen[n - 1] == "ACTIVE" for n in updates), seen
+    assert "index step 1 of 4" in result.stdout
+    assert "runs_by_status is CREATING: waiting for it" in result.stdout
+    assert old_table.indexes() == NEW

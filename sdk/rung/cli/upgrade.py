@@ -236,9 +236,15 @@ class _Walk:
         self.active_since: dict[str, float] = {}
 
     def run(self, dry_run: bool) -> None:
+        try:
+            self._run(dry_run)
+        finally:
+            self.report.idle()
+
+    def _run(self, dry_run: bool) -> None:
         store, report = self.store, self.report
         found = store.table_indexes()
-        step = store.index_step()
+        step = store.index_step() if found.step is None else found.step
         if self.stack is not None and self.stack.step != step:
             _fail(
                 f"stack {self.stack.name} has {PARAMETER}={self.stack.step} but its table "
@@ -254,6 +260,17 @@ class _Walk:
             to_step=LAST_STEP,
             dry_run=dry_run,
         )
+        if step < LAST_STEP:
+            report.line(
+                f"table {store.table}{where}: index step {step} of {LAST_STEP} ({found.names()})"
+            )
+        if not found.settled(step) and not dry_run:
+            # A change asked for before (by a run of this command that was cut short)
+            # is still under way: the next starts only once it is done.
+            report.line(f"{found.in_flux()}: waiting for it")
+            title = f"table {store.table}"
+            store.wait_for_index_step(step, poll=self.poll, on_wait=self._waiting(title, None))
+            report.idle()
         if step == LAST_STEP:
             report.line(
                 f"table {store.table}{where} already has the write-sharded indexes "
@@ -261,9 +278,6 @@ class _Walk:
             )
             report.finish()
             return
-        report.line(
-            f"table {store.table}{where}: index step {step} of {LAST_STEP} ({found.names()})"
-        )
         if dry_run:
             self._plan(step, found)
             report.finish()
@@ -369,10 +383,13 @@ class _Walk:
         report.data["steps"].append({**asdict(change), "seconds": round(time.monotonic() - began)})
         report.line(f"  {change.index} {state} ({_took(began)})")
 
-    def _waiting(self, title: str, change: IndexChange) -> Callable[[TableIndexes], None]:
+    def _waiting(self, title: str, change: IndexChange | None) -> Callable[[TableIndexes], None]:
         def show(found: TableIndexes) -> None:
-            state = found.indexes.get(change.index, "gone")
-            self.report.working(f"{title}: {change.index} is {state}")
+            if change is None:
+                self.report.working(f"{title}: {found.in_flux()}")
+            else:
+                state = found.indexes.get(change.index, "gone")
+                self.report.working(f"{title}: {change.index} is {state}")
 
         return show
 

@@ -81,6 +81,8 @@ _THROTTLED = frozenset(
 )
 #: Times a throttled request is sent again (after boto's own retries), backing off to 10 s.
 _PATIENCE = 12
+#: What the backfill reads of a run item.
+_READ = "pk, run_id, task_id, #status, task_shard, status_shard"
 #: Times one run's fix is tried when its status keeps changing under the backfill.
 _TRIES = 10
 
@@ -161,6 +163,7 @@ class TableIndexes:
     """The table's indexes as ``DescribeTable`` shows them now: name -> IndexStatus
     (CREATING, ACTIVE, DELETING, UPDATING); and the table's own status."""
 
+    table_name: str
     table_status: str
     indexes: dict[str, str]
     billing_mode: str
@@ -187,6 +190,20 @@ class TableIndexes:
             and all(s == "ACTIVE" for s in ours.values())
         )
 
+    def in_flux(self) -> str:
+        """What is not ACTIVE yet, e.g. "runs_by_status is CREATING" (or "" if all is)."""
+        parts = (
+            [f"table {self.table_name} is {self.table_status}"]
+            if self.table_status != "ACTIVE"
+            else []
+        )
+        parts += [
+            f"{n} is {s}"
+            for n, s in sorted(self.indexes.items())
+            if n in _RUNG_INDEXES and s != "ACTIVE"
+        ]
+        return ", ".join(parts)
+
     def names(self) -> str:
         ours = sorted(n for n in self.indexes if n in _RUNG_INDEXES)
         return ", ".join(ours) if ours else "none of rung's indexes"
@@ -204,6 +221,7 @@ class _Upgrade(_Base):
             units = table.get("ProvisionedThroughput", {}).get("WriteCapacityUnits", 0)
             billing = "PROVISIONED" if units else "PAY_PER_REQUEST"
         return TableIndexes(
+            table_name=self.table,
             table_status=table.get("TableStatus", "ACTIVE"),
             indexes={i["IndexName"]: i.get("IndexStatus", "ACTIVE") for i in indexes},
             billing_mode=billing,
@@ -331,7 +349,7 @@ class _Upgrade(_Base):
             "Segment": segment,
             "TotalSegments": tally.progress.segments,
             "FilterExpression": "sk = :run",
-            "ProjectionExpression": "pk, run_id, task_id, #status, task_shard, status_shard",
+            "ProjectionExpression": _READ,
             "ExpressionAttributeNames": _NAMES,
             "ExpressionAttributeValues": {":run": _S(_RUN_SK)},
         }
@@ -382,12 +400,15 @@ class _Upgrade(_Base):
                 if not _is_conditional_failure(exc):
                     raise
                 retried += 1
-                found = self.client.get_item(
-                    TableName=self.table,
-                    Key=_run_key(run_id),
-                    ConsistentRead=True,
-                    ProjectionExpression="pk, run_id, task_id, #status, task_shard, status_shard",
-                    ExpressionAttributeNames=_NAMES,
+                found = self._patiently(
+                    self.client.get_item,
+                    {
+                        "TableName": self.table,
+                        "Key": _run_key(run_id),
+                        "ConsistentRead": True,
+                        "ProjectionExpression": _READ,
+                        "ExpressionAttributeNames": _NAMES,
+                    },
                 ).get("Item")
                 if found is None:
                     tally.add(scanned=1, vanished=1, retried=retried)
