@@ -176,6 +176,17 @@ def test_table_and_stack_together_are_a_usage_error() -> None:
     assert "give one of them" in error_line(result)
 
 
+def test_table_wins_over_a_stack_named_in_the_environment() -> None:
+    env_stack = CliRunner().invoke(
+        main,
+        ["upgrade-table", "--table", "no-such-table"],
+        env={"RUNG_STACK": "rung-shop", "AWS_ENDPOINT_URL": EmbeddedEmulator.shared().endpoint_url},
+    )
+
+    assert env_stack.exit_code == 1
+    assert "ResourceNotFoundException" in error_line(env_stack)
+
+
 def test_a_table_that_is_not_rungs_is_refused() -> None:
     client = sessions.client("dynamodb", EmbeddedEmulator.shared().endpoint_url, REGION)
     name = f"not-rung-{secrets.token_hex(4)}"

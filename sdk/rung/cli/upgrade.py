@@ -120,7 +120,9 @@ def upgrade_table(
       rung --stack rung-shop upgrade-table
       rung --endpoint-url http://127.0.0.1:4599 upgrade-table --table my-runs
     """
-    if table_name is not None and target.stack is not None:
+    root = click.get_current_context().find_root()
+    named = root.get_parameter_source("stack") == click.core.ParameterSource.COMMANDLINE
+    if table_name is not None and named:  # (a RUNG_STACK in the environment gives way)
         _fail(
             "--table upgrades a table outside any stack (with UpdateTable), --stack the "
             "table of a stack (through CloudFormation): give one of them",
