@@ -221,12 +221,25 @@ def deploy(
     except ClientError as exc:
         if "No updates are to be performed" not in str(exc):
             raise StackError(f"stack {name}: {exc}") from None
-    deadline = time.monotonic() + timeout
+    wait_for_stack(cfn_client, name, timeout)
+    return describe(cfn_client, name)
+
+
+def wait_for_stack(
+    cfn_client: Any, name: str, timeout: float | None = 120.0, poll: float = 0.2
+) -> str:
+    """Wait until the stack's create or update is complete; its status then.
+
+    Raises:
+        StackError: it failed or rolled back (with the failed resources' reasons), or
+            it is still in progress after ``timeout`` seconds (None: no limit).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         stack = cfn_client.describe_stacks(StackName=name)["Stacks"][0]
-        status = stack["StackStatus"]
+        status = str(stack["StackStatus"])
         if status.endswith("_COMPLETE") and "ROLLBACK" not in status:
-            break
+            return status
         if status.endswith(("_FAILED", "ROLLBACK_COMPLETE")):
             reasons = [
                 f"{e.get('LogicalResourceId')}: {e.get('ResourceStatusReason')}"
@@ -234,10 +247,49 @@ def deploy(
                 if e.get("ResourceStatus", "").endswith("FAILED")
             ]
             raise StackError(f"stack {name} is {status}: {'; '.join(reasons[:5])}")
-        if time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline:
             raise StackError(f"stack {name} is still {status} after {timeout:g}s")
-        time.sleep(0.2)
-    return describe(cfn_client, name)
+        time.sleep(poll)
+
+
+def parameters(cfn_client: Any, name: str) -> dict[str, str]:
+    """The deployed stack's parameters and their values (``****`` for NoEcho ones)."""
+    stack = cfn_client.describe_stacks(StackName=name)["Stacks"][0]
+    return {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters", [])}
+
+
+#: What ``update_parameter`` acknowledges: template.yaml is a SAM template (a macro) that
+#: makes IAM roles. These acknowledge what the template does; they grant nothing.
+_CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
+
+
+def update_parameter(
+    cfn_client: Any, name: str, key: str, value: str, *, poll: float = 5.0
+) -> None:
+    """Update the stack with its template as deployed and every parameter as it is,
+    but ``key`` set to ``value``; wait until the update is complete, however long
+    (a new DynamoDB index is built during it).
+
+    Raises:
+        StackError: CloudFormation refused the update, or it failed and rolled back.
+    """
+    params = [
+        {"ParameterKey": k, "ParameterValue": value}
+        if k == key
+        else {"ParameterKey": k, "UsePreviousValue": True}
+        for k in parameters(cfn_client, name)
+    ]
+    try:
+        cfn_client.update_stack(
+            StackName=name,
+            UsePreviousTemplate=True,
+            Parameters=params,
+            Capabilities=_CAPABILITIES,
+        )
+    except ClientError as exc:
+        message = exc.response.get("Error", {}).get("Message", str(exc))
+        raise StackError(f"stack {name}: CloudFormation refused {key}={value}: {message}") from None
+    wait_for_stack(cfn_client, name, timeout=None, poll=poll)
 
 
 def describe(cfn_client: Any, name: str, endpoint: str | None = None) -> Stack:

@@ -20,6 +20,7 @@
         queues set-limit NAME [--limit N] [--per-key-limit N] [--reset]
         queues pause NAME
         queues resume NAME
+        upgrade-table [--table NAME] [--dry-run] [--segments N] [--reader-grace 1m]
         dev ...                       (rung._dev.command, when it is installed)
 
 The table and queue are found from the stack's outputs (``rung._aws.cloudformation.describe``);
@@ -85,6 +86,7 @@ from rung.cli.tokens import (
     tokens,
 )
 from rung.cli.trace import TraceLine, build_trace
+from rung.cli.upgrade import upgrade_table
 
 __all__ = [
     "DEFAULT_WAIT",
@@ -120,6 +122,7 @@ __all__ = [
     "tokens",
     "trace_run",
     "trigger",
+    "upgrade_table",
 ]
 
 
@@ -170,6 +173,7 @@ main.add_command(trigger)
 main.add_command(runs)
 main.add_command(tokens)
 main.add_command(queues)
+main.add_command(upgrade_table)
 
 
 # -- `rung dev`, from the local platform --------------------------------------------------

@@ -27,6 +27,7 @@ mixin's module says more about its part of the table):
     rung._aws.dynamodb.reconcile  finding and nudging stranded runs (the reconciler)
     rung._aws.dynamodb.timers     timers of runs due too late for a delayed message
     rung._aws.dynamodb.steps      step checkpoints
+    rung._aws.dynamodb.upgrade    moving an old table to the sharded indexes (backfill, steps)
 """
 
 from __future__ import annotations
@@ -56,15 +57,30 @@ from rung._aws.dynamodb.runs import SUSPEND_TOKEN_CHECKS, Claimed, NotClaimed, _
 from rung._aws.dynamodb.steps import _Steps
 from rung._aws.dynamodb.timers import DUE_INDEX, Timer, _Timers
 from rung._aws.dynamodb.tokens import _Tokens
+from rung._aws.dynamodb.upgrade import (
+    INDEX_STEPS,
+    LAST_STEP,
+    REPLACES,
+    BackfillProgress,
+    IndexChange,
+    TableIndexes,
+    UpgradeError,
+    _Upgrade,
+    index_change,
+)
 
 __all__ = [
+    "BackfillProgress",
     "Claimed",
     "DUE_INDEX",
     "DynamoStore",
     "FAILURE_TRACEBACK_CHARS",
     "Holder",
     "INDEXES",
+    "INDEX_STEPS",
+    "IndexChange",
     "KEY_SCHEMA",
+    "LAST_STEP",
     "LEGACY_INDEXES",
     "PROJECTIONS",
     "SHARDS",
@@ -73,19 +89,23 @@ __all__ = [
     "ParentLink",
     "NotClaimed",
     "QueueState",
+    "REPLACES",
     "STRANDABLE",
     "SUSPEND_TOKEN_CHECKS",
     "StrandedRun",
     "TOKEN_OPEN",
     "TOKEN_RETENTION",
     "TTL_ATTRIBUTE",
+    "TableIndexes",
     "Timer",
+    "UpgradeError",
     "Waiter",
+    "index_change",
     "waits_without_timer",
 ]
 
 
-class DynamoStore(_Runs, _Children, _Parked, _Tokens, _Reconcile, _Timers, _Steps):
+class DynamoStore(_Runs, _Children, _Parked, _Tokens, _Reconcile, _Timers, _Steps, _Upgrade):
     """rung's storage port on DynamoDB. Every racing state change is one conditional write.
 
     (The listing section, ``_Listing``, comes in through ``_Reconcile``, which uses it.)
