@@ -27,7 +27,7 @@ from click.testing import CliRunner, Result
 
 import rung
 from rung._aws import sessions
-from rung._aws.dynamodb import INDEX_STEPS, BackfillProgress, DynamoStore
+from rung._aws.dynamodb import INDEX_STEPS, LAST_STEP, BackfillProgress, DynamoStore
 from rung._aws.dynamodb._common import status_shard, task_shard
 from rung._engine.worker import Disposition
 from rung._util.clock import VirtualClock
@@ -37,7 +37,7 @@ from rung.models import RunStatus
 from rung.testing import LocalEngine, SimulatedCrash
 
 GRACE = timedelta(minutes=5)  # LocalEngine's default reconcile_grace
-NEW = {"runs_by_task", "runs_by_status"}
+NEW = {"runs_by_task", "runs_by_status", "runs_by_due"}
 OLD = {"by_task", "by_status"}
 
 
@@ -238,7 +238,7 @@ def test_a_run_that_moves_under_the_backfill_gets_the_shard_of_its_new_status(
 
 def test_every_run_stays_listed_at_every_index_step(old_table: OldTable) -> None:
     old_table.store().backfill_shards()
-    for step in range(1, 5):
+    for step in range(1, LAST_STEP + 1):
         store = old_table.store()
         assert store.index_step() == step - 1
         change = store.start_index_step(step)
@@ -251,14 +251,17 @@ def test_every_run_stays_listed_at_every_index_step(old_table: OldTable) -> None
 def test_after_the_upgrade_the_reconciler_still_finds_a_stranded_run(old_table: OldTable) -> None:
     store = old_table.store()
     store.backfill_shards()
-    for step in range(1, 5):
+    for step in range(1, LAST_STEP + 1):
         store.start_index_step(step)
         store.wait_for_index_step(step, poll=0.01)
     engine = old_table.engine
     assert isinstance(engine.clock, VirtualClock)
     engine.clock.advance(GRACE + timedelta(seconds=1))
 
-    report = engine.reconcile()  # the engine's store reads the table's indexes afresh
+    # The engine's store read the table's indexes (its workers ask whether timers can be
+    # armed) before the upgrade; any process does again within a minute.
+    engine.store.refresh_indexes()
+    report = engine.reconcile()
     deliver(engine)
 
     assert report.run_ids == [old_table.stranded]
@@ -302,13 +305,14 @@ def test_upgrade_table_backfills_walks_the_steps_and_a_second_run_does_nothing(
     total = len(old_table.runs)
     assert f"{total} runs scanned, {total} updated" in out
     for line in (
-        "step 1 of 4: create runs_by_status",
-        "step 2 of 4: create runs_by_task",
-        "step 3 of 4: delete by_status",
-        "step 4 of 4: delete by_task",
+        "step 1 of 5: create runs_by_status",
+        "step 2 of 5: create runs_by_task",
+        "step 3 of 5: create runs_by_due",
+        "step 4 of 5: delete by_status",
+        "step 5 of 5: delete by_task",
     ):
         assert line in out
-    assert out.index("backfill") < out.index("step 1 of 4")
+    assert out.index("backfill") < out.index("step 1 of 5")
     assert_every_run_is_listed(old_table)
     assert second.exit_code == 0, second.stderr
     assert "already has the write-sharded indexes" in second.stdout
@@ -322,8 +326,8 @@ def test_upgrade_table_dry_run_says_what_it_would_do_and_changes_nothing(
 
     assert result.exit_code == 0, result.stderr
     assert "would backfill" in result.stdout
-    assert "would run step 1 of 4: create runs_by_status" in result.stdout
-    assert "would run step 4 of 4: delete by_task" in result.stdout
+    assert "would run step 1 of 5: create runs_by_status" in result.stdout
+    assert "would run step 5 of 5: delete by_task" in result.stdout
     assert old_table.indexes() == OLD
     assert "task_shard" not in old_table.item(old_table.stranded)
 
@@ -335,13 +339,14 @@ def test_upgrade_table_json_reports_the_backfill_and_the_steps(old_table: OldTab
     report = json.loads(result.stdout)
     total = len(old_table.runs)
     assert report["table"] == old_table.engine.table_name
-    assert (report["from_step"], report["to_step"]) == (0, 4)
+    assert (report["from_step"], report["to_step"]) == (0, 5)
     assert report["backfills"][0]["updated"] == total
     assert [(s["step"], s["action"], s["index"]) for s in report["steps"]] == [
         (1, "create", "runs_by_status"),
         (2, "create", "runs_by_task"),
-        (3, "delete", "by_status"),
-        (4, "delete", "by_task"),
+        (3, "create", "runs_by_due"),
+        (4, "delete", "by_status"),
+        (5, "delete", "by_task"),
     ]
 
 
@@ -354,8 +359,8 @@ def test_upgrade_table_continues_from_a_table_left_half_way(old_table: OldTable)
     result = upgrade_table(old_table, "--reader-grace", "0s")
 
     assert result.exit_code == 0, result.stderr
-    assert "step 1 of 4:" not in result.stdout
-    assert "step 2 of 4: create runs_by_task" in result.stdout
+    assert "step 1 of 5:" not in result.stdout
+    assert "step 2 of 5: create runs_by_task" in result.stdout
     assert old_table.indexes() == NEW
     assert_every_run_is_listed(old_table)
 
@@ -457,6 +462,6 @@ def test_upgrade_table_first_waits_for_an_index_a_cut_short_run_left_creating(
     assert seen.count("CREATING") == 3
     updates = [n for n, what in enumerate(seen) if what == "UpdateTable"]
     assert updates and all(seen[n - 1] == "ACTIVE" for n in updates), seen
-    assert "index step 1 of 4" in result.stdout
+    assert "index step 1 of 5" in result.stdout
     assert "runs_by_status is CREATING: waiting for it" in result.stdout
     assert old_table.indexes() == NEW

@@ -28,7 +28,12 @@ from rung.cli import main
 REGION = "us-east-1"
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 #: template.yaml's parts that a template of the previous release did not have
-NEW_CONDITIONS = ("HasStatusShardIndex", "HasTaskShardIndex", "HasLegacyStatusIndex")
+NEW_CONDITIONS = (
+    "HasStatusShardIndex",
+    "HasTaskShardIndex",
+    "HasDueIndex",
+    "HasLegacyStatusIndex",
+)
 
 
 def previous_release(plane: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +120,7 @@ def test_a_stack_of_the_previous_release_is_refused_with_what_to_deploy_first() 
 
 
 def test_a_stack_with_the_new_indexes_has_nothing_to_do() -> None:
-    with deployed("4") as (stack, table):
+    with deployed("5") as (stack, table):
         result = rung("--stack", stack, "upgrade-table")
         dry = rung("--stack", stack, "upgrade-table", "--dry-run")
 
@@ -134,9 +139,9 @@ def test_a_dry_run_on_an_old_stack_names_each_stack_update() -> None:
 
     assert result.exit_code == 0, result.stderr
     out = result.stdout
-    assert f"table {table} (stack {stack}): index step 0 of 4 (by_status, by_task)" in out
+    assert f"table {table} (stack {stack}): index step 0 of 5 (by_status, by_task)" in out
     assert (
-        "would run step 1 of 4: create runs_by_status (a CloudFormation update of stack "
+        "would run step 1 of 5: create runs_by_status (a CloudFormation update of stack "
         f"{stack}: IndexUpgradeStep=N)"
     ) in out
     assert after == {"by_task", "by_status"}

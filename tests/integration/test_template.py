@@ -178,7 +178,7 @@ def test_the_reconciler_runs_on_a_schedule(template: dict[str, Any]) -> None:
 
     assert event["Type"] == "Schedule"
     assert _plain(event["Properties"]["Schedule"]) == {"Ref": "ReconcileSchedule"}
-    assert template["Parameters"]["ReconcileSchedule"]["Default"] == "rate(5 minutes)"
+    assert template["Parameters"]["ReconcileSchedule"]["Default"] == "rate(1 minute)"
     assert function["Timeout"] == 300
 
 
@@ -211,6 +211,7 @@ def test_the_reconciler_may_only_list_by_status_mark_runs_and_send(
         "dynamodb:Query": [
             {"Fn::Sub": "${Table.Arn}/index/runs_by_status"},
             {"Fn::Sub": "${Table.Arn}/index/by_status"},  # until the upgrade removes it
+            {"Fn::Sub": "${Table.Arn}/index/runs_by_due"},  # the timer sweep
         ],
         "dynamodb:DescribeTable": {"Fn::GetAtt": ["Table", "Arn"]},  # which indexes exist
         "dynamodb:BatchGetItem": {"Fn::GetAtt": ["Table", "Arn"]},  # the candidates' items

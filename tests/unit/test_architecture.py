@@ -68,8 +68,7 @@ def test_a_deferred_import_is_still_an_edge_of_the_graph() -> None:
 
 def test_no_module_is_longer_than_a_reader_can_hold() -> None:
     lengths = {
-        str(path.relative_to(SDK)): len(path.read_text().splitlines())
-        for path in SDK.rglob("*.py")
+        str(path.relative_to(SDK)): len(path.read_text().splitlines()) for path in SDK.rglob("*.py")
     }
     assert {name: n for name, n in lengths.items() if n > MAX_LINES} == {}
 

@@ -5,7 +5,7 @@ The walk (docs/deploying.md, "Upgrading the table's indexes"):
 1. backfill ``task_shard``/``status_shard`` on every run item
    (``DynamoStore.backfill_shards``), so that each new index holds every run from the
    moment it is ACTIVE, when readers start to use it;
-2. the index steps from where the table is to 4, one index per step: through the
+2. the index steps from where the table is to the last, one index per step: through the
    stack's ``IndexUpgradeStep`` parameter (one CloudFormation update each), or, with
    ``--table`` (a table outside any stack), with DynamoDB ``UpdateTable``; each step
    waits until its index is ACTIVE (or gone) before the next starts;
@@ -34,6 +34,7 @@ from rich.console import Console
 
 from rung._aws import cloudformation, sessions
 from rung._aws.dynamodb import (
+    INDEX_STEPS,
     LAST_STEP,
     REPLACES,
     BackfillProgress,
@@ -295,7 +296,9 @@ class _Walk:
                 self._grace(change)
             self._step(change)
             created = created or change.action == "create"
-        report.line(f"done: table {store.table} has runs_by_status and runs_by_task only")
+        report.line(
+            f"done: table {store.table} has {', '.join(sorted(INDEX_STEPS[LAST_STEP]))} only"
+        )
         report.finish()
 
     def _plan(self, step: int, found: TableIndexes) -> None:

@@ -84,6 +84,10 @@ class _Listing(_Base):
             self._layout_read = (now, names)
         return self._layout_read[1]
 
+    def refresh_indexes(self) -> None:
+        """Read the table's indexes again at the next query (after changing them)."""
+        self._layout_read = None
+
     def sharded(self, index: str) -> bool:
         """Whether ``index`` (``runs_by_task`` or ``runs_by_status``) can be read; if not,
         its legacy counterpart serves."""

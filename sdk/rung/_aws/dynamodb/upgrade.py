@@ -22,11 +22,15 @@ parts, both here:
    as CloudFormation allows one GSI creation or deletion per stack update and
    DynamoDB one per ``UpdateTable``:
 
-       step 0  by_task  by_status                                  (the old layout)
+       step 0  by_task  by_status                                            (the old layout)
        step 1  by_task  by_status  runs_by_status
        step 2  by_task  by_status  runs_by_status  runs_by_task
-       step 3  by_task             runs_by_status  runs_by_task
-       step 4                      runs_by_status  runs_by_task    (every new table)
+       step 3  by_task  by_status  runs_by_status  runs_by_task  runs_by_due
+       step 4  by_task             runs_by_status  runs_by_task  runs_by_due
+       step 5                      runs_by_status  runs_by_task  runs_by_due  (every new table)
+
+   ``runs_by_due`` (armed timers) needs no backfill: it is sparse, and workers arm
+   timers once it is ACTIVE (until then, long waits keep their message, as before).
 
    template.yaml's ``IndexUpgradeStep`` parameter declares the same layouts; a stack
    walks them through CloudFormation (rung.cli.upgrade), a table of one's own through
@@ -67,8 +71,9 @@ INDEX_STEPS: tuple[frozenset[str], ...] = (
     frozenset({"by_task", "by_status"}),
     frozenset({"by_task", "by_status", "runs_by_status"}),
     frozenset({"by_task", "by_status", "runs_by_status", "runs_by_task"}),
-    frozenset({"by_task", "runs_by_status", "runs_by_task"}),
-    frozenset({"runs_by_status", "runs_by_task"}),
+    frozenset({"by_task", "by_status", "runs_by_status", "runs_by_task", "runs_by_due"}),
+    frozenset({"by_task", "runs_by_status", "runs_by_task", "runs_by_due"}),
+    frozenset({"runs_by_status", "runs_by_task", "runs_by_due"}),
 )
 LAST_STEP = len(INDEX_STEPS) - 1
 #: The old index each new one replaces (its provisioned throughput is copied to the new
@@ -104,7 +109,7 @@ class IndexChange:
 
 
 def index_change(step: int) -> IndexChange:
-    """The change that takes a table from step ``step - 1`` to ``step`` (1 to 4)."""
+    """The change that takes a table from step ``step - 1`` to ``step`` (1 to 5)."""
     if not 1 <= step <= LAST_STEP:
         raise ValueError(f"index steps are 1 to {LAST_STEP}, not {step}")
     before, after = INDEX_STEPS[step - 1], INDEX_STEPS[step]
@@ -237,7 +242,7 @@ class _Upgrade(_Base):
         )
 
     def index_step(self) -> int:
-        """The table's ``IndexUpgradeStep`` (0 to 4), read from its indexes.
+        """The table's ``IndexUpgradeStep`` (0 to 5), read from its indexes.
 
         Raises:
             UpgradeError: rung's indexes on the table are not one of the steps' layouts.
