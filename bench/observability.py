@@ -382,7 +382,7 @@ def orchestration() -> dict[str, float | None]:
     wait: float | None = None
     if waits_file.exists():
         wait = base + float(
-            json.loads(waits_file.read_text())["1 hour"]["added_cost_usd_per_million_runs"]
+            json.loads(waits_file.read_text())["waits"]["1 hour"]["added_cost_usd_per_million_runs"]
         )
     return {
         "5 steps": base,

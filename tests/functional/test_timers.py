@@ -180,7 +180,7 @@ def test_a_worker_that_dies_before_arming_the_timer_arms_it_on_redelivery() -> N
                 raise SimulatedCrash()  # the suspension is written; the worker dies here
             return real_arm(rid, due)
 
-        engine.store.arm_timer = arm_or_die  # type: ignore[method-assign]
+        engine.store.arm_timer = arm_or_die  # type: ignore[method-assign,assignment]
         with pytest.raises(SimulatedCrash):
             deliver(engine)
         suspended = engine.get_run(run_id)

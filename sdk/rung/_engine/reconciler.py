@@ -26,6 +26,10 @@ workers are down) is re-sent at most once per ``grace``, and less often the long
 stays stranded: the interval is half of how long it has been overdue, between
 ``grace`` and ``MAX_RENUDGE_INTERVAL``. Marking before sending means a crash between
 the two loses that nudge until the interval passes; the next pass then re-sends.
+
+Each pass begins with the timer sweep (rung._engine.timers): the messages of runs whose
+timers come due within 15 minutes. It is what wakes long waits; the reconciler's own
+search stays the backstop should a sweep not run.
 """
 
 from __future__ import annotations
