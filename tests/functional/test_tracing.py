@@ -112,7 +112,7 @@ def test_every_message_of_a_run_carries_its_trace_header() -> None:
 
     @app.task(id="t")
     def t(ctx: rung.Context, payload: None) -> None:
-        ctx.wait(timedelta(hours=13))  # past a visibility hop (about 12 h): a re-sent message
+        ctx.wait(timedelta(hours=13))  # past SQS's delays: a timer, then the sweep's message
 
     with LocalEngine(app, workers=0) as engine:
         clock = engine.clock
@@ -123,17 +123,14 @@ def test_every_message_of_a_run_carries_its_trace_header() -> None:
         assert run.trace_id is not None
         expected = f"Root={run.trace_id};Parent="
         assert first.trace_header is not None and first.trace_header.startswith(expected)
-        # Suspended: its own message comes back after a visibility hop...
-        assert engine.worker.handle(first) == Disposition.KEEP
-        clock.advance(timedelta(hours=11, minutes=51))
-        [same] = engine.queue.receive()
-        assert same.message_id == first.message_id
-        # ... with too little of its 12 hours left for the rest: a fresh message.
-        assert engine.worker.handle(same) == Disposition.ACK
-        engine.queue.delete(same)
-        clock.advance(timedelta(hours=2))
+        # Suspended: a timer on the run item; its message is done with.
+        assert engine.worker.handle(first) == Disposition.ACK
+        engine.queue.delete(first)
+        clock.advance(timedelta(hours=12, minutes=50))
+        assert engine.reconcile().timers_sent == (handle.run_id,)  # the sweep sends it
+        clock.advance(timedelta(minutes=11))
         [again] = engine.queue.receive()
-    assert again.message_id != first.message_id  # re-sent by the worker
+    assert again.message_id != first.message_id  # the sweep's message
     assert again.trace_header == first.trace_header
 
 

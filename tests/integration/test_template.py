@@ -194,6 +194,8 @@ def test_the_worker_may_read_runs_in_batches(template: dict[str, Any]) -> None:
         )
     }
     assert {"dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:UpdateItem"} <= actions
+    # A long wait asks whether the table has the timer index (Worker._later).
+    assert "dynamodb:DescribeTable" in actions
 
 
 def test_the_reconciler_may_only_list_by_status_mark_runs_and_send(

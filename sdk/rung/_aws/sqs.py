@@ -157,31 +157,6 @@ class SqsQueue:
             **_trace_attribute(trace_header),
         )
 
-    def send_many(self, messages: list[tuple[str, timedelta]]) -> list[str]:
-        """Send one message per ``(run_id, delay)``, 10 to a request; returns the run ids
-        whose messages SQS accepted (a refused entry is logged and left out)."""
-        accepted: list[str] = []
-        for start in range(0, len(messages), _BATCH):
-            chunk = messages[start : start + _BATCH]
-            out = self.client.send_message_batch(
-                QueueUrl=self.url,
-                Entries=[
-                    {
-                        "Id": str(n),
-                        "MessageBody": encode(run_id),
-                        "DelaySeconds": _ceil_seconds(min(delay, self.max_delay)),
-                    }
-                    for n, (run_id, delay) in enumerate(chunk)
-                ],
-            )
-            ok = {int(entry["Id"]) for entry in out.get("Successful", [])}
-            for failed in out.get("Failed", []):
-                log.warning(
-                    "could not send the message of %s: %s", chunk[int(failed["Id"])][0], failed
-                )
-            accepted += [rid for n, (rid, _) in enumerate(chunk) if n in ok]
-        return accepted
-
     def receive(
         self, max_messages: int = 10, wait_seconds: int = 0, visibility_timeout: int | None = None
     ) -> list[QueueMessage]:

@@ -4,8 +4,9 @@ A run due later than SQS can delay a message (15 minutes) holds no message while
 waits: the worker arms a timer on the run item instead (``DynamoStore.arm_timer``; see
 rung._aws.dynamodb.timers). Each pass of the sweep lists the timers due within the next
 15 minutes (``runs_by_due``: only those are read), sends each run a message delayed to
-its due time, and disarms the timer. The reconciler runs a sweep at the start of every
-pass (template.yaml: every minute), LocalEngine when its virtual clock reaches a timer.
+its due time (with its trace header), and disarms the timer. The reconciler runs a
+sweep at the start of every pass (template.yaml: every minute), LocalEngine when its
+virtual clock reaches a timer.
 
 Safe to run concurrently with workers and with other sweeps: a timer sent twice (two
 sweeps, or a crash between the send and the disarm) is a duplicate message, which the
@@ -21,6 +22,7 @@ from datetime import timedelta
 from rung._aws.dynamodb import DynamoStore
 from rung._aws.sqs import SqsQueue
 from rung._util.clock import Clock
+from rung._util.traces import header_of
 
 log = logging.getLogger("rung.reconciler")
 
@@ -53,13 +55,15 @@ class TimerSweep:
         timers = self.store.due_timers(now + self.lookahead, self.limit)
         if not timers:
             return []
-        delays = [(t.run_id, max(t.due - now, timedelta(0))) for t in timers]
-        accepted = set(self.queue.send_many(delays))
         sent: list[str] = []
         for timer in timers:
-            if timer.run_id in accepted:
-                self.store.disarm_timer(timer)  # refused: re-armed or claimed meanwhile
-                sent.append(timer.run_id)
+            # One SendMessage each, not a batch: a batch entry's AWSTraceHeader is not
+            # kept by the emulator, and a message must carry its run's trace.
+            self.queue.send(
+                timer.run_id, max(timer.due - now, timedelta(0)), header_of(timer.trace)
+            )
+            self.store.disarm_timer(timer)  # refused: re-armed or claimed meanwhile
+            sent.append(timer.run_id)
         if len(timers) >= self.limit:
             log.warning("more than %d timers due; the next pass sends the rest", self.limit)
         return sent

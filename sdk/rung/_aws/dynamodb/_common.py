@@ -40,7 +40,8 @@ PROJECTIONS: dict[str, dict[str, Any]] = {
     },
     # Sparse: only runs waiting for a timer too far off for a delayed message hold its
     # keys (``arm_timer``); the sort key is the due time, so a sweep reads only what is due.
-    "runs_by_due": {"ProjectionType": "KEYS_ONLY"},
+    # The trace context (set at creation, never changed) goes on the sweep's message.
+    "runs_by_due": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["trace"]},
 }
 #: The indexes of tables created before the sharded ones (``rung upgrade-table``
 #: replaces them); projection ALL. Readers use them while the new ones are missing.

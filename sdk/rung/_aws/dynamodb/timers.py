@@ -52,6 +52,8 @@ class Timer:
     due: datetime
     #: the sort key as stored: ``disarm_timer``'s "unchanged" condition
     key: str
+    #: the run's trace context, stored form (for its message's trace header)
+    trace: str | None = None
 
 
 class _Timers(_Listing):
@@ -111,6 +113,7 @@ class _Timers(_Listing):
                 run_id=entry_run_id(entry),
                 due=from_ms(int(entry["due_sk"]["S"].split("#", 1)[0])),
                 key=entry["due_sk"]["S"],
+                trace=entry["trace"]["S"] if "trace" in entry else None,
             )
             for entry in self.fan_out(query, limit)[:limit]
         ]
