@@ -13,9 +13,11 @@ import json
 import logging
 import re
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -27,7 +29,9 @@ from handler import worker as worker_module
 from handler.worker import lambda_handler
 from rung._aws import sessions
 from rung._aws.dynamodb import DynamoStore
-from rung._aws.sqs import SqsQueue
+from rung._aws.sqs import QueueMessage, SqsQueue
+from rung._engine.config import WorkerConfig
+from rung._engine.worker import Disposition, Worker
 from rung._util.clock import SystemClock
 from rung.errors import InvalidConfig
 from tests.functional import handler_app
@@ -67,6 +71,7 @@ class Deployment:
     queue_url: str
     queue_arn: str
     dead_letter_url: str
+    store: DynamoStore
 
     def send_raw(self, body: str) -> str:
         message_id: str = self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)[
@@ -196,6 +201,7 @@ def deployed(
         queue_url=queue_url,
         queue_arn=queue_arn,
         dead_letter_url=dead_letter_url,
+        store=store,
     )
 
 
@@ -481,3 +487,89 @@ def test_a_bad_environment_is_named_in_the_error(
 
     with pytest.raises(InvalidConfig, match=re.escape(expected)):
         deployed.deliver(deployed.receive())
+
+
+def test_a_step_longer_than_the_lease_keeps_its_run_while_a_duplicate_arrives(
+    deployed: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 3 s lease, kept by the heartbeat (a beat every second) while the step runs on.
+    monkeypatch.setenv("RUNG_LEASE_SECONDS", "3")
+    handler_app.long_entered.clear()
+    handler_app.long_gate.clear()
+    handle = deployed.client.trigger("long-step")
+    [message] = deployed.receive()
+    outcome: list[dict[str, Any]] = []
+    invocation = threading.Thread(target=lambda: outcome.append(deployed.deliver([message])))
+    invocation.start()
+    try:
+        assert handler_app.long_entered.wait(30)
+        claimed = deployed.client.get_run(handle.run_id).lease_until
+        assert claimed is not None
+        # The lease taken at the claim has run out by the wall clock ...
+        while datetime.now(UTC) < claimed + timedelta(seconds=1):
+            time.sleep(0.05)
+        # ... and a duplicate of the run's message arrives (another worker): the run is
+        # still held, not taken over.
+        duplicate = Worker(
+            handler_app.app,
+            deployed.store,
+            SqsQueue(deployed.sqs, deployed.queue_url, 5),
+            SystemClock(),
+            WorkerConfig(lease_duration=timedelta(seconds=3)),
+        )
+        SqsQueue(deployed.sqs, deployed.queue_url).send(handle.run_id)
+        [copy] = [m for m in deployed.receive() if m["MessageId"] != message["MessageId"]]
+        assert duplicate.handle(queue_message(copy)) == Disposition.KEEP
+    finally:
+        handler_app.long_gate.set()
+        invocation.join(60)
+    assert outcome == [{"batchItemFailures": []}]
+    run = deployed.client.get_run(handle.run_id)
+    assert (run.status, run.output, run.attempt) == (rung.RunStatus.COMPLETED, "done", 1)
+    assert handler_app.calls["long"] == 1
+    assert "WorkerLost" not in [str(e.type) for e in deployed.client.history(handle.run_id)]
+
+
+def test_a_killed_invocations_message_comes_back_after_the_lease_and_its_run_is_retried(
+    deployed: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNG_LEASE_SECONDS", "2")
+    # The queue's own visibility timeout: 12 hours, far beyond this test's patience.
+    deployed.sqs.set_queue_attributes(
+        QueueUrl=deployed.queue_url, Attributes={"VisibilityTimeout": "43200"}
+    )
+    handle = deployed.client.trigger("dies-once")
+    [message] = deployed.receive()
+    with pytest.raises(handler_app.InvocationKilled):
+        deployed.deliver([message])  # dies inside step "fatal"; nothing more is written
+    died = time.monotonic()
+    assert deployed.client.get_run(handle.run_id).status == rung.RunStatus.RUNNING
+
+    # The message comes back by itself: its invocation held it only for the lease and
+    # a margin at a time (here 2 + 5 s), not for the queue's visibility timeout.
+    again: list[dict[str, Any]] = []
+    while not again and time.monotonic() - died < 60:
+        again = deployed.receive(wait_seconds=1)
+    assert [m["MessageId"] for m in again] == [message["MessageId"]]
+    print(f"\nthe killed invocation's message came back after {time.monotonic() - died:.1f} s")
+    assert deployed.deliver(again) == {"batchItemFailures": []}
+
+    run = deployed.client.get_run(handle.run_id)
+    assert (run.status, run.output, run.attempt) == (
+        rung.RunStatus.COMPLETED,
+        ["before", "survived"],
+        2,
+    )
+    assert handler_app.calls["before"] == 1  # checkpointed before the death: not repeated
+    assert "WorkerLost" in [str(e.type) for e in deployed.client.history(handle.run_id)]
+
+
+def queue_message(raw: dict[str, Any]) -> QueueMessage:
+    attributes = raw["Attributes"]
+    return QueueMessage(
+        message_id=raw["MessageId"],
+        body=raw["Body"],
+        receipt_handle=raw["ReceiptHandle"],
+        receive_count=int(attributes["ApproximateReceiveCount"]),
+        sent_at_ms=int(attributes["SentTimestamp"]),
+    )

@@ -124,7 +124,9 @@ class DevOptions:
     #: ``worker_count`` (what this machine can run)
     workers: int | None = None
     function_timeout: int = 60  # the template's FunctionTimeout for local runs
-    lease_seconds: int | None = None  # override RUNG_LEASE_SECONDS (crash recovery speed)
+    #: overrides RUNG_LEASE_SECONDS (30 on AWS): how soon a crashed attempt is retried
+    #: (the heartbeat keeps a live one's lease; docs/retries.md). None: the template's
+    lease_seconds: int | None = 10
     max_receive_count: int | None = None
     reconcile_every: float = 10.0  # seconds between runs of scheduled functions
     reconcile_grace: int = 60  # the reconciler's grace (template: ReconcileGraceSeconds)
@@ -349,7 +351,7 @@ class DevStack:
         queue_arn = self.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
             "Attributes"
         ]["QueueArn"]
-        lease = int(spec.environment.get("RUNG_LEASE_SECONDS", spec.timeout + 60))
+        lease = int(spec.environment.get("RUNG_LEASE_SECONDS", 30))
         if self.options.lease_seconds:
             lease = self.options.lease_seconds
         poller = EventSourcePoller(

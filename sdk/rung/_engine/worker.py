@@ -41,6 +41,7 @@ from rung._durable.signals import (
 from rung._durable.state import RunState, Scope, error_info
 from rung._engine.admission import Delayed, Gate, Parked, describe_delay, is_late
 from rung._engine.config import WorkerConfig
+from rung._engine.heartbeat import Heartbeat
 from rung._engine.lifecycle import Lifecycle
 from rung._engine.logs import bound
 from rung._engine.queues import QueueAdmin
@@ -98,8 +99,8 @@ class Worker:
         self.config = config or WorkerConfig()
         #: where the runs' reports go: trace segments, metrics, events (docs/observability.md)
         self.sinks = sinks or Sinks(app.name)
-        self.gate = Gate(store, queue, self.config.lease_duration)
-        queues = QueueAdmin(app, store, queue, clock, self.config.lease_duration)
+        self.gate = Gate(store, queue, self.config.slot_duration)
+        queues = QueueAdmin(app, store, queue, clock, self.config.slot_duration)
         self.lifecycle = Lifecycle(store, queue, clock, queues, self.sinks.events, app.name)
 
     def handle(
@@ -326,7 +327,7 @@ class Worker:
             refused = self._admit(message, run, token, task, spec, payload, session)
             if refused is not None:
                 return refused
-            session.slot = spec
+            session.hold_slot(spec)
         # Armed for the task body only (no step runs before it): _execute disarms it.
         watchdog = session.start_watchdog()
         disposition = self._execute(
@@ -428,7 +429,8 @@ class Worker:
         now = self.clock.now
         report = session.telemetry
         try:
-            with scope.entered():
+            # The heartbeat stops (a beat in flight done) before any final write below.
+            with scope.entered(), self._heartbeat(session, run.run_id):
                 result = task.fn(Context(scope), payload)
         except RetryStep as retry:
             failure = Failure(
@@ -497,6 +499,13 @@ class Worker:
         )
         report.finish("completed", now(), None, RunStatus.COMPLETED)
         return Disposition.ACK
+
+    def _heartbeat(self, session: Session, run_id: str) -> contextlib.AbstractContextManager[Any]:
+        """Keeps the lease while the body runs (rung._engine.heartbeat)."""
+        if not self.config.heartbeat:
+            return contextlib.nullcontext()
+        interval = self.config.heartbeat_interval.total_seconds()
+        return Heartbeat(session.keep_alive, interval, f"lease-{run_id}")
 
     def _fail(
         self,
