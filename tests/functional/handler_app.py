@@ -112,3 +112,8 @@ def _fatal() -> str:
     if calls["fatal"] == 1:
         raise InvocationKilled()
     return "survived"
+
+
+@app.task(id="long-then-more")
+def long_then_more(ctx: rung.Context, payload: None) -> list[str]:
+    return [ctx.step("long", _long), ctx.step("more", _named, "more")]

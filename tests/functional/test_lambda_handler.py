@@ -32,7 +32,7 @@ from rung._aws.dynamodb import DynamoStore
 from rung._aws.sqs import QueueMessage, SqsQueue
 from rung._engine.config import WorkerConfig
 from rung._engine.worker import Disposition, Worker
-from rung._util.clock import SystemClock
+from rung._util.clock import SystemClock, VirtualClock
 from rung.errors import InvalidConfig
 from tests.functional import handler_app
 from tests.functional.otlp_receiver import Receiver, attributes
@@ -572,4 +572,68 @@ def queue_message(raw: dict[str, Any]) -> QueueMessage:
         receipt_handle=raw["ReceiptHandle"],
         receive_count=int(attributes["ApproximateReceiveCount"]),
         sent_at_ms=int(attributes["SentTimestamp"]),
+    )
+
+
+class Lines(logging.Handler):
+    """Collects the messages of a logger's records, for a test to wait on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_a_worker_whose_run_was_taken_over_stops_at_its_next_step(
+    deployed: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lease long enough that no renewal before step "more" would notice the takeover
+    # (less than half of it has passed by then); the heartbeat beats every 2 s.
+    monkeypatch.setenv("RUNG_LEASE_SECONDS", "6")
+    handler_app.long_entered.clear()
+    handler_app.long_gate.clear()
+    lines = Lines()
+    logging.getLogger("rung.worker").addHandler(lines)
+    handle = deployed.client.trigger("long-then-more")
+    [message] = deployed.receive()
+    outcome: list[dict[str, Any]] = []
+    invocation = threading.Thread(target=lambda: outcome.append(deployed.deliver([message])))
+    invocation.start()
+    try:
+        assert handler_app.long_entered.wait(30)
+        # Another worker whose clock runs an hour ahead sees the lease expired (as it
+        # would be had this worker stalled for a whole lease) and takes the run over,
+        # running it to the end while the first worker is still inside step "long".
+        ahead = VirtualClock()
+        ahead.advance(timedelta(hours=1))
+        usurper = Worker(
+            handler_app.app,
+            deployed.store,
+            SqsQueue(deployed.sqs, deployed.queue_url, 5),
+            ahead,
+            WorkerConfig(lease_duration=timedelta(seconds=6), heartbeat=False),
+        )
+        SqsQueue(deployed.sqs, deployed.queue_url).send(handle.run_id)
+        [copy] = [m for m in deployed.receive() if m["MessageId"] != message["MessageId"]]
+        assert usurper.handle(queue_message(copy)) == Disposition.ACK
+        assert deployed.client.get_run(handle.run_id).status == rung.RunStatus.COMPLETED
+        # The first worker's heartbeat finds its lease gone ...
+        deadline = time.monotonic() + 30
+        while not any("found by the heartbeat" in m for m in lines.messages):
+            assert time.monotonic() < deadline, lines.messages
+            time.sleep(0.05)
+    finally:
+        handler_app.long_gate.set()
+        invocation.join(60)
+        logging.getLogger("rung.worker").removeHandler(lines)
+    # ... so, when its step returns, it stops there: step "more" ran once, by the usurper.
+    assert outcome == [{"batchItemFailures": [{"itemIdentifier": message["MessageId"]}]}]
+    assert handler_app.calls["more"] == 1
+    run = deployed.client.get_run(handle.run_id)
+    assert (run.status, run.output, run.attempt) == (
+        rung.RunStatus.COMPLETED,
+        ["done", "more"],
+        2,
     )

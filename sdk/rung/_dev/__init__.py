@@ -147,6 +147,8 @@ class DevStack:
         self.app = load_app(options.app, options.code_root)
         self.stack_name = options.stack_name or f"rung-{self.app.name}"
         self.crashes: list[tuple[str, str, list[str]]] = []
+        #: when each of ``crashes`` was seen (epoch seconds): recovery is measured from it
+        self.crash_times: list[float] = []
         self._pollers: list[EventSourcePoller] = []
         self._workers: list[WorkerProcess] = []
         self._threads: list[threading.Thread] = []
@@ -413,10 +415,11 @@ class DevStack:
 
     def _on_crash(self, worker: WorkerProcess, how: str, bodies: list[str]) -> None:
         runs = ", ".join(b[:80] for b in bodies) or "no message"
+        self.crash_times.append(time.time())
         self.crashes.append((worker.name, how, bodies))
         self.emit(
             f"rung dev: worker {worker.name} (pid {worker.pid}) {how} while handling "
-            f"{runs}; its runs are retried when their leases expire"
+            f"{runs}; its runs are retried when their leases expire (within --lease seconds)"
         )
 
     # -- code reload -----------------------------------------------------------------

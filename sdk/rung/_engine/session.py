@@ -178,6 +178,7 @@ class Session:
         if now - self._status_read_at >= config.cancel_check_interval:
             self._check_canceled(now)
         if self._lost is not None:
+            self._check_canceled(now)  # canceled: stop as canceled, else as lost
             raise self._lost
         if self._lease_until is not None and self._lease_until - now < config.lease_duration / 2:
             # Without a heartbeat (LocalEngine), or one that fell behind.
