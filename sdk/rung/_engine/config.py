@@ -34,8 +34,9 @@ class WorkerConfig:
             unless a test moves the clock, which is how its tests stall a worker.
         slot_lease: how long a queue slot (docs/flow-control.md) is held without
             renewal; renewed before steps (never by the heartbeat: the slots live on
-            one hot item per queue), so it must outlive the longest step. None: the
-            lease's duration (on Lambda the function timeout + 60 s).
+            one hot item per queue), so it must outlive the longest step (on Lambda
+            the function timeout + 60 s, ``RUNG_SLOT_LEASE_SECONDS``). A slot handed
+            to a parked run from outside a worker is held this long too.
         min_time_left: before each step, if the invocation has less than this left,
             the run continues in a fresh invocation (not counted as an attempt).
         cancel_check_interval: before a step, the worker reads the run's status if it
@@ -45,13 +46,14 @@ class WorkerConfig:
 
     lease_duration: timedelta = timedelta(seconds=30)
     heartbeat: bool = True
-    slot_lease: timedelta | None = None
+    slot_lease: timedelta = timedelta(minutes=16)
     min_time_left: timedelta = timedelta(seconds=10)
     cancel_check_interval: timedelta = timedelta(seconds=5)
 
     def __post_init__(self) -> None:
         for name, maximum, positive in (
             ("lease_duration", MAX_LEASE, True),
+            ("slot_lease", MAX_LEASE, True),
             ("min_time_left", timedelta(minutes=15), False),  # Lambda's whole time limit
             ("cancel_check_interval", timedelta(hours=1), False),
         ):
@@ -59,20 +61,6 @@ class WorkerConfig:
                 getattr(self, name), f"worker {name}", positive=positive, maximum=maximum
             )
             object.__setattr__(self, name, value)
-        slot = self.slot_lease
-        if slot is None:
-            slot = self.lease_duration
-        object.__setattr__(
-            self,
-            "slot_lease",
-            check_duration(slot, "worker slot_lease", positive=True, maximum=MAX_LEASE),
-        )
-
-    @property
-    def slot_duration(self) -> timedelta:
-        """``slot_lease`` as given, or the lease's duration."""
-        assert self.slot_lease is not None  # (set in __post_init__)
-        return self.slot_lease
 
     @property
     def heartbeat_interval(self) -> timedelta:

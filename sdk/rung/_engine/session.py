@@ -90,7 +90,7 @@ class Session:
     def hold_slot(self, spec: Queue) -> None:
         """The attempt was admitted to ``spec``: its slot is held for ``slot_lease``."""
         self.slot = spec
-        self._slot_until = self.now() + self._worker.config.slot_duration
+        self._slot_until = self.now() + self._worker.config.slot_lease
 
     def keep_alive(self) -> bool:
         """Renew the lease (one fenced write), for the heartbeat. False: the lease is
@@ -185,7 +185,7 @@ class Session:
             until = now + config.lease_duration
             self._worker.store.renew_lease(self._run.run_id, self._token, until)
             self._lease_until = until
-        slot_lease = config.slot_duration
+        slot_lease = config.slot_lease
         if (
             self.slot is not None
             and self._slot_until is not None

@@ -99,8 +99,8 @@ class Worker:
         self.config = config or WorkerConfig()
         #: where the runs' reports go: trace segments, metrics, events (docs/observability.md)
         self.sinks = sinks or Sinks(app.name)
-        self.gate = Gate(store, queue, self.config.slot_duration)
-        queues = QueueAdmin(app, store, queue, clock, self.config.slot_duration)
+        self.gate = Gate(store, queue, self.config.slot_lease)
+        queues = QueueAdmin(app, store, queue, clock, self.config.slot_lease)
         self.lifecycle = Lifecycle(store, queue, clock, queues, self.sinks.events, app.name)
 
     def handle(

@@ -136,7 +136,10 @@ class LocalEngine:
         # worker is idle (or a test moves it, which is how tests stall a worker), so
         # there leases are renewed before steps only (docs/retries.md).
         self._config = WorkerConfig(
-            lease_duration=lease_duration, min_time_left=min_time_left, heartbeat=not virtual_time
+            lease_duration=lease_duration,
+            slot_lease=lease_duration,
+            min_time_left=min_time_left,
+            heartbeat=not virtual_time,
         )
         self._max_receive = max_receive_count
         self._invocation_timeout = invocation_timeout
