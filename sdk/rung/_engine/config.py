@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from rung._util.durations import check_duration
+from rung.errors import InvalidConfig
 
 #: The longest lease a worker takes.
 MAX_LEASE = timedelta(days=1)
@@ -61,6 +62,8 @@ class WorkerConfig:
                 getattr(self, name), f"worker {name}", positive=positive, maximum=maximum
             )
             object.__setattr__(self, name, value)
+        if not isinstance(self.heartbeat, bool):
+            raise InvalidConfig(f"worker heartbeat must be True or False, got {self.heartbeat!r}")
 
     @property
     def heartbeat_interval(self) -> timedelta:
