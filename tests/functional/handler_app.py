@@ -117,3 +117,9 @@ def _fatal() -> str:
 @app.task(id="long-then-more")
 def long_then_more(ctx: rung.Context, payload: None) -> list[str]:
     return [ctx.step("long", _long), ctx.step("more", _named, "more")]
+
+
+@app.task(id="solo-long", queue=rung.Queue("solo", concurrency_limit=1))
+def solo_long(ctx: rung.Context, payload: None) -> str:
+    """One run at a time; the first execution of its step blocks at ``long_gate``."""
+    return ctx.step("long", _long)

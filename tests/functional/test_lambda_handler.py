@@ -637,3 +637,48 @@ def test_a_worker_whose_run_was_taken_over_stops_at_its_next_step(
         ["done", "more"],
         2,
     )
+
+
+def test_a_queue_slot_outlives_the_short_run_lease_of_a_live_run(
+    deployed: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run lease is 3 s (heartbeat-kept); the slot has its own lease (the default
+    # RUNG_SLOT_LEASE_SECONDS), renewed before steps only, so a step that runs past
+    # the run lease does not free the slot for another run.
+    monkeypatch.setenv("RUNG_LEASE_SECONDS", "3")
+    handler_app.long_entered.clear()
+    handler_app.long_gate.clear()
+    first = deployed.client.trigger("solo-long")
+    [message] = deployed.receive()
+    outcome: list[dict[str, Any]] = []
+    invocation = threading.Thread(target=lambda: outcome.append(deployed.deliver([message])))
+    invocation.start()
+    try:
+        assert handler_app.long_entered.wait(30)
+        claimed = deployed.client.get_run(first.run_id).lease_until
+        assert claimed is not None
+        while datetime.now(UTC) < claimed + timedelta(seconds=1):
+            time.sleep(0.05)  # the run lease taken with the slot has run out
+        second = deployed.client.trigger("solo-long")
+        other = Worker(
+            handler_app.app,
+            deployed.store,
+            SqsQueue(deployed.sqs, deployed.queue_url, 5),
+            SystemClock(),
+            WorkerConfig(lease_duration=timedelta(seconds=3)),
+        )
+        [copy] = [m for m in deployed.receive() if m["MessageId"] != message["MessageId"]]
+        assert other.handle(queue_message(copy)) == Disposition.ACK  # parked: no slot
+        assert deployed.client.get_queue("solo").parked == 1
+        assert handler_app.calls["long"] == 1  # the second run did not start
+    finally:
+        handler_app.long_gate.set()
+        invocation.join(60)
+    assert outcome == [{"batchItemFailures": []}]
+    assert deployed.client.get_run(first.run_id).attempt == 1
+    # The first run's release handed the slot to the second, whose message is sent.
+    handed = deployed.receive(wait_seconds=5)
+    assert [queue_message(m).body for m in handed] == [f'{{"v":1,"run_id":"{second.run_id}"}}']
+    assert other.handle(queue_message(handed[0])) == Disposition.ACK
+    run = deployed.client.get_run(second.run_id)
+    assert (run.status, run.output) == (rung.RunStatus.COMPLETED, "done")
