@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/api_calls.py
 	$(BIN)/python bench/observability.py
 	$(BIN)/python bench/partition_heat.py
+	$(BIN)/python bench/recovery.py
 
 localstack-up:
 	infra/localstack/up.sh

@@ -6,6 +6,7 @@ The handler imports it by name, as on AWS: ``RUNG_APP=tests.functional.handler_a
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from datetime import timedelta
 
@@ -71,3 +72,54 @@ def chatty(ctx: rung.Context, payload: None) -> str:
 def _talk() -> str:
     user_logger.info("inside the step")
     return "said"
+
+
+#: Set by the first execution of step "long" once it runs; it then blocks until the test
+#: sets ``long_gate`` (later executions return at once).
+long_entered = threading.Event()
+long_gate = threading.Event()
+
+
+@app.task(id="long-step")
+def long_step(ctx: rung.Context, payload: None) -> str:
+    return ctx.step("long", _long)
+
+
+def _long() -> str:
+    _count("long")
+    if calls["long"] == 1:
+        long_entered.set()
+        long_gate.wait(120)
+    return "done"
+
+
+class InvocationKilled(BaseException):
+    """The invocation stops dead inside a step (kill -9, out of memory, the function
+    timeout): a BaseException, so that nothing of the engine's handles it. moto cannot
+    run or kill a Lambda, so the test plays the death in-process; what matters to the
+    recovery is what the dead invocation left behind (its lease, its messages'
+    visibility), and that is real."""
+
+
+@app.task(id="dies-once", retry=rung.RetryPolicy(max_attempts=3))
+def dies_once(ctx: rung.Context, payload: None) -> list[str]:
+    before = ctx.step("before", _named, "before")
+    return [before, ctx.step("fatal", _fatal)]
+
+
+def _fatal() -> str:
+    _count("fatal")
+    if calls["fatal"] == 1:
+        raise InvocationKilled()
+    return "survived"
+
+
+@app.task(id="long-then-more")
+def long_then_more(ctx: rung.Context, payload: None) -> list[str]:
+    return [ctx.step("long", _long), ctx.step("more", _named, "more")]
+
+
+@app.task(id="solo-long", queue=rung.Queue("solo", concurrency_limit=1))
+def solo_long(ctx: rung.Context, payload: None) -> str:
+    """One run at a time; the first execution of its step blocks at ``long_gate``."""
+    return ctx.step("long", _long)

@@ -13,9 +13,11 @@ import json
 import logging
 import re
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -27,8 +29,10 @@ from handler import worker as worker_module
 from handler.worker import lambda_handler
 from rung._aws import sessions
 from rung._aws.dynamodb import DynamoStore
-from rung._aws.sqs import SqsQueue
-from rung._util.clock import SystemClock
+from rung._aws.sqs import QueueMessage, SqsQueue
+from rung._engine.config import WorkerConfig
+from rung._engine.worker import Disposition, Worker
+from rung._util.clock import SystemClock, VirtualClock
 from rung.errors import InvalidConfig
 from tests.functional import handler_app
 from tests.functional.otlp_receiver import Receiver, attributes
@@ -67,6 +71,7 @@ class Deployment:
     queue_url: str
     queue_arn: str
     dead_letter_url: str
+    store: DynamoStore
 
     def send_raw(self, body: str) -> str:
         message_id: str = self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)[
@@ -196,6 +201,7 @@ def deployed(
         queue_url=queue_url,
         queue_arn=queue_arn,
         dead_letter_url=dead_letter_url,
+        store=store,
     )
 
 
@@ -481,3 +487,198 @@ def test_a_bad_environment_is_named_in_the_error(
 
     with pytest.raises(InvalidConfig, match=re.escape(expected)):
         deployed.deliver(deployed.receive())
+
+
+def test_a_step_longer_than_the_lease_keeps_its_run_while_a_duplicate_arrives(
+    deployed: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 3 s lease, kept by the heartbeat (a beat every second) while the step runs on.
+    monkeypatch.setenv("RUNG_LEASE_SECONDS", "3")
+    handler_app.long_entered.clear()
+    handler_app.long_gate.clear()
+    handle = deployed.client.trigger("long-step")
+    [message] = deployed.receive()
+    outcome: list[dict[str, Any]] = []
+    invocation = threading.Thread(target=lambda: outcome.append(deployed.deliver([message])))
+    invocation.start()
+    try:
+        assert handler_app.long_entered.wait(30)
+        claimed = deployed.client.get_run(handle.run_id).lease_until
+        assert claimed is not None
+        # The lease taken at the claim has run out by the wall clock ...
+        while datetime.now(UTC) < claimed + timedelta(seconds=1):
+            time.sleep(0.05)
+        # ... and a duplicate of the run's message arrives (another worker): the run is
+        # still held, not taken over.
+        duplicate = Worker(
+            handler_app.app,
+            deployed.store,
+            SqsQueue(deployed.sqs, deployed.queue_url, 5),
+            SystemClock(),
+            WorkerConfig(lease_duration=timedelta(seconds=3)),
+        )
+        SqsQueue(deployed.sqs, deployed.queue_url).send(handle.run_id)
+        [copy] = [m for m in deployed.receive() if m["MessageId"] != message["MessageId"]]
+        assert duplicate.handle(queue_message(copy)) == Disposition.KEEP
+    finally:
+        handler_app.long_gate.set()
+        invocation.join(60)
+    assert outcome == [{"batchItemFailures": []}]
+    run = deployed.client.get_run(handle.run_id)
+    assert (run.status, run.output, run.attempt) == (rung.RunStatus.COMPLETED, "done", 1)
+    assert handler_app.calls["long"] == 1
+    assert "WorkerLost" not in [str(e.type) for e in deployed.client.history(handle.run_id)]
+
+
+def test_a_killed_invocations_message_comes_back_after_the_lease_and_its_run_is_retried(
+    deployed: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNG_LEASE_SECONDS", "2")
+    # The queue's own visibility timeout: 12 hours, far beyond this test's patience.
+    deployed.sqs.set_queue_attributes(
+        QueueUrl=deployed.queue_url, Attributes={"VisibilityTimeout": "43200"}
+    )
+    handle = deployed.client.trigger("dies-once")
+    [message] = deployed.receive()
+    with pytest.raises(handler_app.InvocationKilled):
+        deployed.deliver([message])  # dies inside step "fatal"; nothing more is written
+    died = time.monotonic()
+    assert deployed.client.get_run(handle.run_id).status == rung.RunStatus.RUNNING
+
+    # The message comes back by itself: its invocation held it only for the lease and
+    # a margin at a time (here 2 + 5 s), not for the queue's visibility timeout.
+    again: list[dict[str, Any]] = []
+    while not again and time.monotonic() - died < 60:
+        again = deployed.receive(wait_seconds=1)
+    assert [m["MessageId"] for m in again] == [message["MessageId"]]
+    print(f"\nthe killed invocation's message came back after {time.monotonic() - died:.1f} s")
+    assert deployed.deliver(again) == {"batchItemFailures": []}
+
+    run = deployed.client.get_run(handle.run_id)
+    assert (run.status, run.output, run.attempt) == (
+        rung.RunStatus.COMPLETED,
+        ["before", "survived"],
+        2,
+    )
+    assert handler_app.calls["before"] == 1  # checkpointed before the death: not repeated
+    assert "WorkerLost" in [str(e.type) for e in deployed.client.history(handle.run_id)]
+
+
+def queue_message(raw: dict[str, Any]) -> QueueMessage:
+    attributes = raw["Attributes"]
+    return QueueMessage(
+        message_id=raw["MessageId"],
+        body=raw["Body"],
+        receipt_handle=raw["ReceiptHandle"],
+        receive_count=int(attributes["ApproximateReceiveCount"]),
+        sent_at_ms=int(attributes["SentTimestamp"]),
+    )
+
+
+class Lines(logging.Handler):
+    """Collects the messages of a logger's records, for a test to wait on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_a_worker_whose_run_was_taken_over_stops_at_its_next_step(
+    deployed: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lease long enough that no renewal before step "more" would notice the takeover
+    # (less than half of it has passed by then); the heartbeat beats every 2 s.
+    monkeypatch.setenv("RUNG_LEASE_SECONDS", "6")
+    handler_app.long_entered.clear()
+    handler_app.long_gate.clear()
+    lines = Lines()
+    logging.getLogger("rung.worker").addHandler(lines)
+    handle = deployed.client.trigger("long-then-more")
+    [message] = deployed.receive()
+    outcome: list[dict[str, Any]] = []
+    invocation = threading.Thread(target=lambda: outcome.append(deployed.deliver([message])))
+    invocation.start()
+    try:
+        assert handler_app.long_entered.wait(30)
+        # Another worker whose clock runs an hour ahead sees the lease expired (as it
+        # would be had this worker stalled for a whole lease) and takes the run over,
+        # running it to the end while the first worker is still inside step "long".
+        ahead = VirtualClock()
+        ahead.advance(timedelta(hours=1))
+        usurper = Worker(
+            handler_app.app,
+            deployed.store,
+            SqsQueue(deployed.sqs, deployed.queue_url, 5),
+            ahead,
+            WorkerConfig(lease_duration=timedelta(seconds=6), heartbeat=False),
+        )
+        SqsQueue(deployed.sqs, deployed.queue_url).send(handle.run_id)
+        [copy] = [m for m in deployed.receive() if m["MessageId"] != message["MessageId"]]
+        assert usurper.handle(queue_message(copy)) == Disposition.ACK
+        assert deployed.client.get_run(handle.run_id).status == rung.RunStatus.COMPLETED
+        # The first worker's heartbeat finds its lease gone ...
+        deadline = time.monotonic() + 30
+        while not any("found by the heartbeat" in m for m in lines.messages):
+            assert time.monotonic() < deadline, lines.messages
+            time.sleep(0.05)
+    finally:
+        handler_app.long_gate.set()
+        invocation.join(60)
+        logging.getLogger("rung.worker").removeHandler(lines)
+    # ... so, when its step returns, it stops there: step "more" ran once, by the usurper.
+    assert outcome == [{"batchItemFailures": [{"itemIdentifier": message["MessageId"]}]}]
+    assert handler_app.calls["more"] == 1
+    run = deployed.client.get_run(handle.run_id)
+    assert (run.status, run.output, run.attempt) == (
+        rung.RunStatus.COMPLETED,
+        ["done", "more"],
+        2,
+    )
+
+
+def test_a_queue_slot_outlives_the_short_run_lease_of_a_live_run(
+    deployed: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run lease is 3 s (heartbeat-kept); the slot has its own lease (the default
+    # RUNG_SLOT_LEASE_SECONDS), renewed before steps only, so a step that runs past
+    # the run lease does not free the slot for another run.
+    monkeypatch.setenv("RUNG_LEASE_SECONDS", "3")
+    handler_app.long_entered.clear()
+    handler_app.long_gate.clear()
+    first = deployed.client.trigger("solo-long")
+    [message] = deployed.receive()
+    outcome: list[dict[str, Any]] = []
+    invocation = threading.Thread(target=lambda: outcome.append(deployed.deliver([message])))
+    invocation.start()
+    try:
+        assert handler_app.long_entered.wait(30)
+        claimed = deployed.client.get_run(first.run_id).lease_until
+        assert claimed is not None
+        while datetime.now(UTC) < claimed + timedelta(seconds=1):
+            time.sleep(0.05)  # the run lease taken with the slot has run out
+        second = deployed.client.trigger("solo-long")
+        other = Worker(
+            handler_app.app,
+            deployed.store,
+            SqsQueue(deployed.sqs, deployed.queue_url, 5),
+            SystemClock(),
+            WorkerConfig(lease_duration=timedelta(seconds=3)),
+        )
+        [copy] = [m for m in deployed.receive() if m["MessageId"] != message["MessageId"]]
+        assert other.handle(queue_message(copy)) == Disposition.ACK  # parked: no slot
+        assert deployed.client.get_queue("solo").parked == 1
+        assert handler_app.calls["long"] == 1  # the second run did not start
+    finally:
+        handler_app.long_gate.set()
+        invocation.join(60)
+    assert outcome == [{"batchItemFailures": []}]
+    assert deployed.client.get_run(first.run_id).attempt == 1
+    # The first run's release handed the slot to the second, whose message is sent.
+    handed = deployed.receive(wait_seconds=5)
+    assert [queue_message(m).body for m in handed] == [f'{{"v":1,"run_id":"{second.run_id}"}}']
+    assert other.handle(queue_message(handed[0])) == Disposition.ACK
+    run = deployed.client.get_run(second.run_id)
+    assert (run.status, run.output) == (rung.RunStatus.COMPLETED, "done")

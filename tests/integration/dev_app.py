@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -262,3 +263,53 @@ def logged(ctx: rung.Context, payload: dict[str, str]) -> str:
         return "logged"
 
     return ctx.step("work", work)
+
+
+def _resident_mb() -> float:
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def die(how: str, memory_mb: int) -> None:
+    """End this worker process the way ``how`` names (the step never returns)."""
+    if how == "exit":
+        os._exit(1)
+    if how == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)  # SIGSEGV
+    if how == "oom":
+        # Lambda ends a function whose memory passes its MemorySize by killing its
+        # sandbox (SIGKILL, no MemoryError). rung dev's workers get a MemoryError
+        # instead, from an address-space cap (RLIMIT_AS) set well above MemorySize so
+        # the interpreter fits; that path is tested elsewhere. To end as Lambda does,
+        # this grows its resident memory (touched pages, 32 MiB at a time) past
+        # MemorySize and then the process is killed as the sandbox would be. Safe on
+        # any machine that runs the tests: it stops at MemorySize (512 MiB).
+        hog = []
+        while _resident_mb() <= memory_mb:
+            hog.append(bytearray(b"\x01" * (32 * 2**20)))
+        os.kill(os.getpid(), signal.SIGKILL)
+    # "kill" (the test sends SIGKILL) and "timeout" (the function's time limit: rung
+    # dev kills the process as Lambda does): block until killed.
+    while True:
+        time.sleep(0.05)
+
+
+@app.task(id="crash", retry=rung.RetryPolicy(max_attempts=3, initial_interval=0.2))
+def crash(ctx: rung.Context, payload: dict[str, str]) -> list[str]:
+    """Step "fatal" ends its process on the first attempt (``payload["how"]``), after
+    writing the moment to ``payload["mark"]``; the retry writes its own moment to
+    ``<mark>.retry`` and completes."""
+    before = ctx.step("before", effect, "before")
+
+    def fatal() -> str:
+        mark = Path(payload["mark"])
+        if ctx.attempt == 1:
+            mark.write_text(f"{os.getpid()} {time.time()}")
+            die(payload["how"], int(payload.get("memory_mb", "512")))
+        if not Path(f"{mark}.retry").exists():
+            Path(f"{mark}.retry").write_text(f"{os.getpid()} {time.time()}")
+        return effect("fatal")
+
+    return [before, ctx.step("fatal", fatal)]

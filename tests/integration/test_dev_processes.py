@@ -329,8 +329,8 @@ def test_kill_9_of_workers_holding_slots_the_limit_recovers_and_never_breaks(
 ) -> None:
     gate = tmp_path / "gate"
     # One message per invocation, so no run waits in a batch behind a blocked holder;
-    # a 5 s lease, so the holders' slots (renewed only at step boundaries) outlast
-    # the others' parking on a loaded machine.
+    # a 5 s run lease (the slots have their own, the function timeout + 60 s, renewed
+    # only at step boundaries, so they outlast the others' parking on a loaded machine).
     options = dev_options(tmp_path, workers=4, lease_seconds=5, parameters={"BatchSize": "1"})
     with DevStack(options) as dev:
         handles = [dev.client.trigger("limited", {"gate": str(gate)}) for _ in range(6)]
@@ -389,3 +389,54 @@ def _entries(path: Path) -> list[tuple[str, int, float]]:
         for parts in (line.split() for line in path.read_text().splitlines())
         if parts and parts[0] == "enter"
     ]
+
+
+CRASH_KINDS = ("kill", "exit", "segfault", "oom")
+
+
+@pytest.mark.timeout(300)
+def test_each_kind_of_worker_death_is_retried_and_completes_with_no_step_repeated(
+    tmp_path: Path, effects_file: Path
+) -> None:
+    # rung dev's own lease (10 s, kept alive by the heartbeat while a step runs), so
+    # what is printed is the recovery a user sees. One message per invocation: a death
+    # takes down only its own run (on Lambda the whole batch comes back, all innocent).
+    options = dev_options(tmp_path, workers=4, parameters={"BatchSize": "1"})
+    options.lease_seconds = DevOptions.lease_seconds
+    marks = {how: tmp_path / f"{how}.mark" for how in CRASH_KINDS}
+    with DevStack(options) as dev:
+        handles = {
+            how: dev.client.trigger("crash", {"how": how, "mark": str(mark)})
+            for how, mark in marks.items()
+        }
+        pid = int(wait_for(marks["kill"]).split()[0])
+        os.kill(pid, signal.SIGKILL)  # kill -9 from outside, in the middle of a step
+        killed_at = time.time()
+        runs = {how: dev.wait(h.run_id, timeout=90) for how, h in handles.items()}
+        histories = {how: dev.client.history(h.run_id) for how, h in handles.items()}
+        crashes = list(dev.crashes)
+
+    recovered: dict[str, float] = {}
+    for how in CRASH_KINDS:
+        assert (runs[how].status, runs[how].output, runs[how].attempt) == (
+            "COMPLETED",
+            ["before", "fatal"],
+            2,
+        ), how
+        assert [str(e.type) for e in histories[how]].count("WorkerLost") == 1, how
+        died = killed_at if how == "kill" else float(marks[how].read_text().split()[1])
+        retried = float(Path(f"{marks[how]}.retry").read_text().split()[1])
+        recovered[how] = retried - died
+    # Each step's side effect once: "before" was checkpointed before the death and
+    # never ran again; "fatal" died before its effect and ran once, on the retry.
+    counts = effects(effects_file)
+    assert counts == {
+        (h.run_id, f"/{step}#1"): 1 for h in handles.values() for step in ("before", "fatal")
+    }
+    hows = sorted(how for _, how, _ in crashes)
+    assert len(hows) == 4, crashes
+    assert sum("SIGKILL" in how for how in hows) == 2  # kill -9, and the OOM kill
+    assert any("SIGSEGV" in how for how in hows) and any("status 1" in how for how in hows)
+    print("\nrecovery (death -> retry running), lease 10 s:")
+    for how, seconds in recovered.items():
+        print(f"  {how:9} {seconds:5.1f} s")

@@ -98,7 +98,7 @@ def test_the_function_handler_and_environment_match_handler_worker(
     )
 
 
-def test_each_timeout_has_a_lease_beyond_it_and_a_visibility_at_least_the_lease(
+def test_each_timeout_has_a_slot_lease_beyond_it_and_a_visibility_at_least_the_timeout(
     template: dict[str, Any],
 ) -> None:
     timeouts = template["Parameters"]["FunctionTimeout"]["AllowedValues"]
@@ -106,8 +106,21 @@ def test_each_timeout_has_a_lease_beyond_it_and_a_visibility_at_least_the_lease(
 
     assert sorted(settings) == sorted(timeouts)
     for timeout, row in settings.items():
-        assert row["LeaseSeconds"] == int(timeout) + 60
-        assert row["VisibilitySeconds"] >= row["LeaseSeconds"]
+        # A slot is renewed before steps only: it must outlive a live invocation.
+        assert row["SlotLeaseSeconds"] == int(timeout) + 60
+        # Lambda refuses an event source whose visibility is below the function timeout.
+        assert row["VisibilitySeconds"] >= int(timeout)
+
+
+def test_the_run_lease_is_short_and_kept_by_the_heartbeat(template: dict[str, Any]) -> None:
+    variables = _resource(template, "WorkerFunction")["Environment"]["Variables"]
+    lease = int(variables["RUNG_LEASE_SECONDS"])
+    # Not derived from the timeout: a crashed attempt is retried about a lease after it
+    # died, whatever the function's timeout (docs/retries.md).
+    assert lease <= 60
+    assert variables["RUNG_SLOT_LEASE_SECONDS"] == {
+        "Fn::FindInMap": ["TimeoutSettings", {"Ref": "FunctionTimeout"}, "SlotLeaseSeconds"]
+    }
 
 
 def _statements(template: dict[str, Any], role: str, tracing: bool = True) -> list[dict[str, Any]]:

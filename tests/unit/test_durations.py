@@ -145,6 +145,7 @@ PLACES: list[tuple[str, Callable[[object], object]]] = [
     ("Rate per", lambda v: rung.Rate(5, per=v)),  # type: ignore[arg-type]
     ("app.task max_duration", _task_with_max_duration),
     ("worker lease_duration", lambda v: WorkerConfig(lease_duration=v)),  # type: ignore[arg-type]
+    ("worker slot_lease", lambda v: WorkerConfig(slot_lease=v)),  # type: ignore[arg-type]
     ("worker min_time_left", lambda v: WorkerConfig(min_time_left=v)),  # type: ignore[arg-type]
 ]
 

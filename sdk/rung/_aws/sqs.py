@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -115,6 +116,11 @@ class SqsQueue:
         self.short_hold = SHORT_HOLD / scale
         self.visibility_hop = VISIBILITY_HOP / scale
         self.min_hop = MIN_HOP / scale
+        # Messages of the invocation's batch kept invisible by its heartbeat (``hold``),
+        # by receipt handle; the lock orders a beat before a message's own final
+        # visibility change, so that change is the last.
+        self._in_hand: dict[str, QueueMessage] = {}
+        self._hand = threading.Lock()
 
     @staticmethod
     def create(
@@ -187,7 +193,49 @@ class SqsQueue:
             for m in out.get("Messages", [])
         ]
 
+    def hold(self, messages: list[QueueMessage], visibility: timedelta) -> int:
+        """Keep an invocation's messages invisible for ``visibility`` from now, and
+        again at each ``extend``, until each one's own visibility is set (``defer``,
+        ``retry_poison``), it is deleted (``discard``, ``delete``) or ``release_all``.
+        Returns the requests made (one ``ChangeMessageVisibilityBatch`` per ten)."""
+        with self._hand:
+            for message in messages:
+                self._in_hand[message.receipt_handle] = message
+            return self._change_visibility(list(self._in_hand.values()), visibility)
+
+    def extend(self, visibility: timedelta) -> int:
+        """The heartbeat's beat: ``visibility`` from now for every message still held."""
+        with self._hand:
+            return self._change_visibility(list(self._in_hand.values()), visibility)
+
+    def release_all(self) -> None:
+        """The invocation ends: its messages are held no longer."""
+        with self._hand:
+            self._in_hand.clear()
+
+    def _release(self, message: QueueMessage) -> None:
+        with self._hand:  # waits for a beat in flight: the caller's change comes after it
+            self._in_hand.pop(message.receipt_handle, None)
+
+    def _change_visibility(self, messages: list[QueueMessage], visibility: timedelta) -> int:
+        seconds = _ceil_seconds(visibility)
+        requests = 0
+        for start in range(0, len(messages), _BATCH):
+            chunk = messages[start : start + _BATCH]
+            out = self.client.change_message_visibility_batch(
+                QueueUrl=self.url,
+                Entries=[
+                    {"Id": str(n), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": seconds}
+                    for n, m in enumerate(chunk)
+                ],
+            )
+            requests += 1
+            for failed in out.get("Failed", []):  # deleted meanwhile (a renewal): harmless
+                log.debug("visibility of %s not extended: %s", chunk[int(failed["Id"])], failed)
+        return requests
+
     def delete(self, message: QueueMessage) -> None:
+        self._release(message)
         self.client.delete_message(QueueUrl=self.url, ReceiptHandle=message.receipt_handle)
 
     def retry_poison(self, message: QueueMessage) -> None:
@@ -195,6 +243,7 @@ class SqsQueue:
         time): nothing it could be heals, so it reaches the DLQ in about a minute with
         the template's maxReceiveCount of 10, not after 10 full visibility timeouts."""
         delay = min(2 ** max(message.receive_count, 1), POISON_BACKOFF_CAP)
+        self._release(message)
         self.client.change_message_visibility(
             QueueUrl=self.url, ReceiptHandle=message.receipt_handle, VisibilityTimeout=delay
         )
@@ -240,6 +289,8 @@ class SqsQueue:
     def discard(self, messages: list[QueueMessage]) -> None:
         """Delete messages now (not at the end of their batch). A delete that fails
         leaves a message that comes back as a harmless duplicate."""
+        for message in messages:
+            self._release(message)
         for start in range(0, len(messages), _BATCH):
             chunk = messages[start : start + _BATCH]
             out = self.client.delete_message_batch(
@@ -274,7 +325,8 @@ class SqsQueue:
         if self.nearly_worn(message) or (hop < delay and hop < self.min_hop):
             # A fresh message: receive count 0, retention renewed, the same trace.
             self.send(run_id, delay, message.trace_header)
-            return False
+            return False  # still held: deleted at the end of its batch
+        self._release(message)
         self.client.change_message_visibility(
             QueueUrl=self.url,
             ReceiptHandle=message.receipt_handle,

@@ -124,7 +124,9 @@ class DevOptions:
     #: ``worker_count`` (what this machine can run)
     workers: int | None = None
     function_timeout: int = 60  # the template's FunctionTimeout for local runs
-    lease_seconds: int | None = None  # override RUNG_LEASE_SECONDS (crash recovery speed)
+    #: overrides RUNG_LEASE_SECONDS (30 on AWS): how soon a crashed attempt is retried
+    #: (the heartbeat keeps a live one's lease; docs/retries.md). None: the template's
+    lease_seconds: int | None = 10
     max_receive_count: int | None = None
     reconcile_every: float = 10.0  # seconds between runs of scheduled functions
     reconcile_grace: int = 60  # the reconciler's grace (template: ReconcileGraceSeconds)
@@ -145,6 +147,8 @@ class DevStack:
         self.app = load_app(options.app, options.code_root)
         self.stack_name = options.stack_name or f"rung-{self.app.name}"
         self.crashes: list[tuple[str, str, list[str]]] = []
+        #: when each of ``crashes`` was seen (epoch seconds): recovery is measured from it
+        self.crash_times: list[float] = []
         self._pollers: list[EventSourcePoller] = []
         self._workers: list[WorkerProcess] = []
         self._threads: list[threading.Thread] = []
@@ -349,7 +353,7 @@ class DevStack:
         queue_arn = self.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
             "Attributes"
         ]["QueueArn"]
-        lease = int(spec.environment.get("RUNG_LEASE_SECONDS", spec.timeout + 60))
+        lease = int(spec.environment.get("RUNG_LEASE_SECONDS", 30))
         if self.options.lease_seconds:
             lease = self.options.lease_seconds
         poller = EventSourcePoller(
@@ -411,10 +415,11 @@ class DevStack:
 
     def _on_crash(self, worker: WorkerProcess, how: str, bodies: list[str]) -> None:
         runs = ", ".join(b[:80] for b in bodies) or "no message"
+        self.crash_times.append(time.time())
         self.crashes.append((worker.name, how, bodies))
         self.emit(
             f"rung dev: worker {worker.name} (pid {worker.pid}) {how} while handling "
-            f"{runs}; its runs are retried when their leases expire"
+            f"{runs}; its runs are retried when their leases expire (within --lease seconds)"
         )
 
     # -- code reload -----------------------------------------------------------------

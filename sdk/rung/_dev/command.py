@@ -56,8 +56,11 @@ from rung.errors import RungError
     "--lease",
     "lease_seconds",
     type=click.IntRange(1, 3600),
-    default=None,
-    help="seconds before a crashed worker's run is taken over [default: timeout+60]",
+    default=10,
+    show_default=True,
+    help="the run lease in seconds, kept alive by a heartbeat while an attempt runs: a "
+    "crashed worker's run is retried about this long after it died (on AWS: "
+    "template.yaml's RUNG_LEASE_SECONDS, 30)",
 )
 @click.option(
     "--reconcile-every",

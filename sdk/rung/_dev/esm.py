@@ -5,10 +5,10 @@ MaximumConcurrency invocations at once (one worker process each), partial batch
 responses (ReportBatchItemFailures: delete what succeeded, leave the rest), and
 redrive to the DLQ by the queue itself after maxReceiveCount.
 
-One deliberate difference: when a worker process dies mid-invocation, Lambda lets
-the batch reappear after the queue's visibility timeout (6x the function timeout
-in template.yaml); locally the batch is made visible again when the run's lease
-expires, so a crashed run is retried in seconds, not minutes.
+One deliberate difference: when a worker process dies mid-invocation, on Lambda the
+batch reappears when the invocation's heartbeat hold runs out (the run lease + 5 s
+after its last beat, docs/retries.md); locally the poller sees the process die and
+makes the batch visible again one lease later, when the run's lease has expired.
 """
 
 from __future__ import annotations

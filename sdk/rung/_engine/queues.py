@@ -23,7 +23,7 @@ from rung.errors import InvalidConfig, UnknownQueue
 from rung.flow import MAX_LIMIT, Queue, QueueInfo
 
 #: The lease of a slot handed off from outside a worker (a client's resume, a cancel).
-_DEFAULT_LEASE = WorkerConfig().lease_duration
+_DEFAULT_LEASE = WorkerConfig().slot_lease
 
 
 class QueueAdmin:

@@ -2,9 +2,11 @@
 ``AttemptSession`` (rung._durable.state) that the worker hands the durable operations.
 
 Before each step it checks the time left (a fresh invocation continues the run), the
-run's ``max_duration``, a cancel (every ``cancel_check_interval``) and the lease (renewed
-at half, with the queue slot it holds); it writes checkpoints, tokens and children
-through the store, and cancels a child through the lifecycle.
+run's ``max_duration``, a cancel (every ``cancel_check_interval``), the lease (renewed
+at half, unless the heartbeat keeps it: ``keep_alive``, rung._engine.heartbeat; a beat
+that found it lost stops the attempt here) and the queue slot it holds (renewed at
+half of ``slot_lease``); it writes checkpoints, tokens and children through the store,
+and cancels a child through the lifecycle.
 """
 
 from __future__ import annotations
@@ -82,6 +84,32 @@ class Session:
         self._lock = threading.Lock()
         self._status_read_at = self._segment_start  # the claim has just read it
         self.slot: Queue | None = None  # the queue whose slot this attempt holds
+        self._slot_until: datetime | None = None  # (about) when that slot's lease ends
+        self._lost: LeaseLost | None = None  # what a heartbeat found: the lease is gone
+
+    def hold_slot(self, spec: Queue) -> None:
+        """The attempt was admitted to ``spec``: its slot is held for ``slot_lease``."""
+        self.slot = spec
+        self._slot_until = self.now() + self._worker.config.slot_lease
+
+    def keep_alive(self) -> bool:
+        """Renew the lease (one fenced write), for the heartbeat. False: the lease is
+        gone (another worker took the run over, or it ended): the heartbeat stops and
+        the attempt stops at its next step boundary."""
+        with self._lock:
+            if self._lost is not None:
+                return False
+            until = self.now() + self._worker.config.lease_duration
+            try:
+                self._worker.store.renew_lease(self._run.run_id, self._token, until)
+            except LeaseLost as exc:
+                self._lost = LeaseLost(
+                    f"{exc} (found by the heartbeat; the attempt stops at its next step)"
+                )
+                log.warning("%s", self._lost)
+                return False
+            self._lease_until = until
+            return True
 
     def now(self) -> datetime:
         return self._worker.clock.now()
@@ -149,19 +177,29 @@ class Session:
         now = self.now()
         if now - self._status_read_at >= config.cancel_check_interval:
             self._check_canceled(now)
+        if self._lost is not None:
+            self._check_canceled(now)  # canceled: stop as canceled, else as lost
+            raise self._lost
         if self._lease_until is not None and self._lease_until - now < config.lease_duration / 2:
+            # Without a heartbeat (LocalEngine), or one that fell behind.
             until = now + config.lease_duration
             self._worker.store.renew_lease(self._run.run_id, self._token, until)
-            if self.slot is not None and not self._worker.gate.renew(
-                self.slot, self._run.run_id, until, now, self._token
-            ):
+            self._lease_until = until
+        slot_lease = config.slot_lease
+        if (
+            self.slot is not None
+            and self._slot_until is not None
+            and self._slot_until - now < slot_lease / 2
+        ):
+            until = now + slot_lease
+            if not self._worker.gate.renew(self.slot, self._run.run_id, until, now, self._token):
                 if self._executed <= 1:
                     # Nothing was checkpointed since admission: the code before this
-                    # step outlives a lease on every try, so queueing again would loop.
+                    # step outlives a slot's lease on every try, so queueing again would loop.
                     raise SlotExpired(
                         f"run {self._run.run_id}: its slot in queue {self.slot.name!r} "
                         "expired before its first step in this invocation (code outside "
-                        "steps ran longer than the lease); move that work into steps"
+                        "steps ran longer than the slot's lease); move that work into steps"
                     )
                 log.warning(
                     "run %s: its slot in queue %r expired (a step outlived it) and counts "
@@ -170,7 +208,7 @@ class Session:
                     self.slot.name,
                 )
                 raise SlotLost()
-            self._lease_until = until
+            self._slot_until = until
 
     def _check_canceled(self, now: datetime) -> None:
         """Stop at this step boundary if the run was canceled (or taken over).

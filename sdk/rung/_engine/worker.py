@@ -41,6 +41,7 @@ from rung._durable.signals import (
 from rung._durable.state import RunState, Scope, error_info
 from rung._engine.admission import Delayed, Gate, Parked, describe_delay, is_late
 from rung._engine.config import WorkerConfig
+from rung._engine.heartbeat import Heartbeat
 from rung._engine.lifecycle import Lifecycle
 from rung._engine.logs import bound
 from rung._engine.queues import QueueAdmin
@@ -98,8 +99,8 @@ class Worker:
         self.config = config or WorkerConfig()
         #: where the runs' reports go: trace segments, metrics, events (docs/observability.md)
         self.sinks = sinks or Sinks(app.name)
-        self.gate = Gate(store, queue, self.config.lease_duration)
-        queues = QueueAdmin(app, store, queue, clock, self.config.lease_duration)
+        self.gate = Gate(store, queue, self.config.slot_lease)
+        queues = QueueAdmin(app, store, queue, clock, self.config.slot_lease)
         self.lifecycle = Lifecycle(store, queue, clock, queues, self.sinks.events, app.name)
 
     def handle(
@@ -326,7 +327,7 @@ class Worker:
             refused = self._admit(message, run, token, task, spec, payload, session)
             if refused is not None:
                 return refused
-            session.slot = spec
+            session.hold_slot(spec)
         # Armed for the task body only (no step runs before it): _execute disarms it.
         watchdog = session.start_watchdog()
         disposition = self._execute(
@@ -428,7 +429,8 @@ class Worker:
         now = self.clock.now
         report = session.telemetry
         try:
-            with scope.entered():
+            # The heartbeat stops (a beat in flight done) before any final write below.
+            with scope.entered(), self._heartbeat(session, run.run_id):
                 result = task.fn(Context(scope), payload)
         except RetryStep as retry:
             failure = Failure(
@@ -497,6 +499,13 @@ class Worker:
         )
         report.finish("completed", now(), None, RunStatus.COMPLETED)
         return Disposition.ACK
+
+    def _heartbeat(self, session: Session, run_id: str) -> contextlib.AbstractContextManager[Any]:
+        """Keeps the lease while the body runs (rung._engine.heartbeat)."""
+        if not self.config.heartbeat:
+            return contextlib.nullcontext()
+        interval = self.config.heartbeat_interval.total_seconds()
+        return Heartbeat(session.keep_alive, interval, f"lease-{run_id}")
 
     def _fail(
         self,
@@ -600,13 +609,10 @@ class Worker:
         return any(self.store.get_token(token_id).status != "WAITING" for token_id in token_ids)
 
     def _later(self, message: QueueMessage, run_id: str, due: datetime) -> Disposition:
-        """Have the run's message come back at ``due``, holding no in-flight message
-        beyond a short backoff: up to ``queue.short_hold`` it stays invisible; up to 15
-        minutes a fresh delayed message replaces it; beyond, a timer on the run item (the
-        timer sweep sends the message when it is near). Where no timer can be armed (a
-        run claimed or woken since; a table without the timer index) it is kept as before.
-        The delay is counted here, at the last moment (a slow write or a virtual clock
-        moved since ``due`` was decided must not push the message past it)."""
+        """Have the run's message come back at ``due`` (the delay counted now, at the last
+        moment), holding no in-flight message past a short backoff: invisible up to
+        ``queue.short_hold``, a fresh delayed message up to 15 minutes, beyond that a timer
+        (or, where none can be armed, the hops of old). docs/waits.md has the why."""
         now = self.clock.now()
         delay = max(due - now, timedelta(0))
         if delay > self.queue.max_delay:
@@ -620,13 +626,11 @@ class Worker:
 
 
 def _due(run: Run, now: datetime) -> datetime | None:
-    """When a message for ``run`` should next arrive (as ``handle`` would defer it);
-    None if it needs none."""
+    """When a message for ``run`` should next arrive (as ``handle`` defers it), or None."""
     if run.status.is_terminal:
         return None
     if run.status == RunStatus.RUNNING:
-        # Its holder moves it on; should the holder have died, this message takes over
-        # once the lease has expired (a second later, as for a "busy" claim).
+        # Should its holder have died, this takes over after the lease (as a "busy" claim)
         return (run.lease_until or now) + timedelta(seconds=1)
     if run.available_at is None:
         return now
@@ -636,14 +640,11 @@ def _due(run: Run, now: datetime) -> datetime | None:
 
 
 def _run_level_failures(run: Run) -> int:
-    """Failed attempts that count against the task's policy: body errors and crashes
-    (since the last redrive, which resets the budget)."""
+    """Failed attempts that count against the task's policy (since the last redrive)."""
     floor = run.budget_from
     return sum(1 for f in run.failures if f.kind in ("body", "crash") and f.attempt >= floor)
 
 
 def _payload_error(task: Task[Any], exc: Exception) -> ErrorInfo:
-    return ErrorInfo(
-        "InvalidPayload",
-        f"the stored payload no longer fits task {task.id!r}'s payload model: {exc}",
-    )
+    fit = f"the stored payload no longer fits task {task.id!r}'s payload model: {exc}"
+    return ErrorInfo("InvalidPayload", fit)

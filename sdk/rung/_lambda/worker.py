@@ -4,6 +4,10 @@ An adapter: each SQS record becomes a ``QueueMessage`` for ``rung._engine.worker
 An ACKed message succeeds (Lambda deletes it). A KEPT message (its visibility already
 set by the engine to when it must come back) or a POISONED one (it goes to the DLQ
 after maxReceiveCount) is reported in ``batchItemFailures`` so Lambda leaves it queued.
+While the invocation runs, a heartbeat keeps its batch's messages invisible for the
+run lease plus a few seconds (``SqsQueue.hold``), so a dead invocation's messages come
+back within about a minute instead of after the queue's visibility timeout; each
+message's own final visibility change (a backoff, a wait) ends its hold.
 Before any record is handled, worn messages of the whole batch (received half of
 maxReceiveCount times) are renewed (``Worker.settle_worn``): should the invocation
 die later, Lambda brings the batch back, and a batch-mate it never reached must not
@@ -16,7 +20,11 @@ this module needs no environment):
     RUNG_TABLE_NAME             the DynamoDB table (required)
     RUNG_QUEUE_URL              the work queue (required)
     RUNG_MAX_RECEIVE_COUNT      the queue's DLQ maxReceiveCount (default 10)
-    RUNG_LEASE_SECONDS          run lease; above the function timeout (default 960)
+    RUNG_LEASE_SECONDS          run lease, kept by a heartbeat every third of it: a
+                                crashed attempt is retried about this long after it
+                                died (default 30; docs/retries.md)
+    RUNG_SLOT_LEASE_SECONDS     a queue slot's lease, renewed before steps: above the
+                                function timeout (default 960)
     RUNG_MIN_TIME_LEFT_SECONDS  continue in a fresh invocation below this (default 10)
     RUNG_TRACING                ``off``: send no trace segments (default on; see
                                 docs/observability.md)
@@ -30,12 +38,14 @@ this module needs no environment):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -54,6 +64,7 @@ from rung._aws.events import BUS_ENV, EventBus
 from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, QueueMessage
 from rung._aws.xray import XRay
 from rung._engine.config import WorkerConfig
+from rung._engine.heartbeat import Heartbeat
 from rung._engine.logs import RunContextFilter
 from rung._engine.otlp import OtlpExporter
 from rung._engine.telemetry import Sinks
@@ -86,7 +97,8 @@ def worker() -> Worker:
         positive_int("RUNG_MAX_RECEIVE_COUNT", DEFAULT_MAX_RECEIVE_COUNT)
     )
     config = WorkerConfig(
-        lease_duration=timedelta(seconds=positive_int("RUNG_LEASE_SECONDS", 960)),
+        lease_duration=timedelta(seconds=positive_int("RUNG_LEASE_SECONDS", 30)),
+        slot_lease=timedelta(seconds=positive_int("RUNG_SLOT_LEASE_SECONDS", 960)),
         min_time_left=timedelta(seconds=positive_int("RUNG_MIN_TIME_LEFT_SECONDS", 10)),
     )
     return Worker(app, store, queue, SystemClock(), config, sinks(app))
@@ -119,6 +131,40 @@ def _print_emf(document: dict[str, Any]) -> None:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     engine = worker()
     messages = {m.message_id: m for m in map(_message, event.get("Records", []))}
+    with _held(engine, list(messages.values())):
+        return _handle_batch(engine, messages, event, context)
+
+
+@contextlib.contextmanager
+def _held(engine: Worker, messages: list[QueueMessage]) -> Iterator[None]:
+    """Keep the batch's messages invisible for the lease plus a margin while the
+    invocation lives (one request per ten messages now and at each beat)."""
+    if not engine.config.heartbeat:
+        yield
+        return
+    hold = engine.config.message_hold
+    try:
+        engine.queue.hold(messages, hold)
+    except Exception:  # the queue's own visibility timeout still holds them
+        logger.exception("could not shorten the batch's visibility")
+    beat = Heartbeat(
+        lambda: engine.queue.extend(hold) >= 0,
+        engine.config.heartbeat_interval.total_seconds(),
+        "messages",
+    )
+    try:
+        with beat:
+            yield
+    finally:
+        engine.queue.release_all()
+
+
+def _handle_batch(
+    engine: Worker,
+    messages: dict[str, QueueMessage],
+    event: dict[str, Any],
+    context: LambdaContext,
+) -> dict[str, Any]:
     try:
         settled = engine.settle_worn(list(messages.values()))
     except Exception:  # each record's handling renews its own worn message then

@@ -88,7 +88,10 @@ class LocalEngine:
         workers: worker threads (each processes one message at a time). 0 starts none:
             the test drives ``engine.worker.handle(message)`` itself (and the clock).
         virtual_time: skip waits (see the module docstring). False uses the wall clock.
-        lease_duration: how long a crashed worker holds a run before it is taken over.
+        lease_duration: how long a crashed worker holds a run before it is taken over
+            (and a queue slot is held without renewal). With virtual time it is renewed
+            before steps only; with ``virtual_time=False`` a heartbeat keeps it while
+            the body runs, as on Lambda.
         max_receive_count: the DLQ redrive threshold, as in template.yaml (default 10).
         invocation_timeout: simulate Lambda's limit per message: before a step, a run
             with less than ``min_time_left`` of it left continues in a new invocation.
@@ -130,7 +133,15 @@ class LocalEngine:
         self.app = app
         self._workers = workers
         self.clock: Clock = VirtualClock() if virtual_time else SystemClock()
-        self._config = WorkerConfig(lease_duration=lease_duration, min_time_left=min_time_left)
+        # The heartbeat runs on the wall clock; a virtual clock moves only when every
+        # worker is idle (or a test moves it, which is how tests stall a worker), so
+        # there leases are renewed before steps only (docs/retries.md).
+        self._config = WorkerConfig(
+            lease_duration=lease_duration,
+            slot_lease=lease_duration,
+            min_time_left=min_time_left,
+            heartbeat=not virtual_time,
+        )
         self._max_receive = max_receive_count
         self._invocation_timeout = invocation_timeout
         self._reconcile_grace = reconcile_grace
