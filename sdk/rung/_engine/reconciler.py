@@ -26,6 +26,10 @@ workers are down) is re-sent at most once per ``grace``, and less often the long
 stays stranded: the interval is half of how long it has been overdue, between
 ``grace`` and ``MAX_RENUDGE_INTERVAL``. Marking before sending means a crash between
 the two loses that nudge until the interval passes; the next pass then re-sends.
+
+Each pass also sweeps expired runs: finished runs past their retention are deleted with
+their checkpoints, tokens and idempotency keys (``DynamoStore.sweep_expired``; see
+docs/retention.md), at most ``sweep_limit`` runs per pass, oldest first.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from rung._aws.dynamodb import DynamoStore, StrandedRun
+from rung._aws.dynamodb import DynamoStore, StrandedRun, SweepResult
 from rung._aws.sqs import SqsQueue
 from rung._util.clock import Clock, iso
 from rung._util.durations import check_duration
@@ -50,6 +54,8 @@ DEFAULT_GRACE = timedelta(minutes=5)
 #: However long a run stays stranded, it is re-sent at least this often (or every grace).
 MAX_RENUDGE_INTERVAL = timedelta(hours=1)
 DEFAULT_LIMIT = 1000
+#: The most expired runs one pass deletes (docs/retention.md: the sweep's ceiling).
+DEFAULT_SWEEP_LIMIT = 10_000
 
 
 class RedriveReason(enum.StrEnum):
@@ -93,6 +99,7 @@ class ReconcileReport:
             or another reconciler nudged them after they were listed.
         backing_off: listed runs nudged recently, left until their re-send interval.
         truncated: more runs were stranded than one pass handles; the next takes them.
+        expired: what the sweep of expired runs did.
     """
 
     started_at: datetime
@@ -102,6 +109,7 @@ class ReconcileReport:
     skipped: int
     backing_off: int
     truncated: bool
+    expired: SweepResult = SweepResult()
 
     @property
     def run_ids(self) -> list[str]:
@@ -126,6 +134,12 @@ class ReconcileReport:
             "skipped": self.skipped,
             "backing_off": self.backing_off,
             "truncated": self.truncated,
+            "expired": {
+                "runs": self.expired.runs,
+                "items": self.expired.items,
+                "kept": self.expired.kept,
+                "truncated": self.expired.truncated,
+            },
         }
 
 
@@ -145,6 +159,7 @@ class Reconciler:
             becoming due and its claim (queue backlog, batch position); a smaller one
             only sends more harmless duplicates.
         limit: the most stranded runs one pass handles (oldest first).
+        sweep_limit: the most expired runs one pass deletes (oldest first).
 
     Example:
         >>> report = Reconciler(store, queue, SystemClock()).run_once()
@@ -159,10 +174,13 @@ class Reconciler:
         grace: timedelta = DEFAULT_GRACE,
         *,
         limit: int = DEFAULT_LIMIT,
+        sweep_limit: int = DEFAULT_SWEEP_LIMIT,
     ) -> None:
         grace = check_duration(grace, "reconciler grace", positive=True)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidConfig(f"reconciler limit must be a positive int, got {limit!r}")
+        for name, value in (("limit", limit), ("sweep_limit", sweep_limit)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidConfig(f"reconciler {name} must be a positive int, got {value!r}")
+        self.sweep_limit = sweep_limit
         self.store = store
         self.queue = queue
         self.clock = clock
@@ -191,6 +209,11 @@ class Reconciler:
             redriven.append(self._log_redrive(candidate, overdue))
         if truncated:
             log.warning("more than %d stranded runs; the next pass re-drives the rest", self.limit)
+        expired = self.store.sweep_expired(now, self.sweep_limit)
+        if expired.truncated:
+            log.warning(
+                "more than %d expired runs; the next pass deletes the rest", self.sweep_limit
+            )
         return ReconcileReport(
             started_at=now,
             grace=self.grace,
@@ -199,6 +222,7 @@ class Reconciler:
             skipped=skipped,
             backing_off=backing_off,
             truncated=truncated,
+            expired=expired,
         )
 
     def _renudge_interval(self, overdue: timedelta) -> timedelta:
