@@ -4,6 +4,7 @@ time passes on the engine's virtual clock, and the sweep is the reconciler's pas
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -39,6 +40,16 @@ def _app(broken: dict[str, bool]) -> rung.App:
         token = ctx.create_token("approval", timeout=timedelta(days=366))
         return ctx.wait_for_token(token)
 
+    @app.task(id="batch")
+    def batch(ctx: rung.Context, n: int) -> list[Any]:
+        return [r.output for r in ctx.batch_trigger_and_wait("mixed", [0, 1])]
+
+    @app.task(id="mixed")
+    def mixed(ctx: rung.Context, n: int) -> Any:
+        if n:
+            return ctx.wait_for_token(ctx.create_token("late", timeout=timedelta(days=366)))
+        return n
+
     return app
 
 
@@ -58,13 +69,19 @@ def advance(engine: LocalEngine, delta: timedelta) -> None:
     engine.clock.advance(delta)
 
 
+def item(engine: LocalEngine, pk: str, sk: str) -> dict[str, Any] | None:
+    key = {"pk": {"S": pk}, "sk": {"S": sk}}
+    found = engine.dynamodb.get_item(TableName=engine.table_name, Key=key, ConsistentRead=True)
+    return found.get("Item")  # type: ignore[no-any-return]
+
+
 def run_item(engine: LocalEngine, run_id: str) -> dict[str, Any]:
     return items_of(engine, run_id)["#RUN"]
 
 
 def test_a_finished_run_expires_and_its_items_are_swept_but_a_waiting_run_never() -> None:
     with LocalEngine(_app({"yes": False}), retention=RETENTION) as engine:
-        finished = engine.wait(engine.trigger("done", 1).run_id)
+        finished = engine.wait(engine.trigger("done", 1, idempotency_key="k1").run_id)
         waiting = engine.trigger("approve", 2).run_id
         engine.wait_for_token(waiting, "approval")
         # The finished run's item carries the TTL attribute; its expiry is on the run.
@@ -83,6 +100,7 @@ def test_a_finished_run_expires_and_its_items_are_swept_but_a_waiting_run_never(
         # The finished run's items are gone (the sweep deleted them), and reading it
         # says that it expired, when it finished and for how long runs are kept.
         assert items_of(engine, finished.run_id) == {}
+        assert item(engine, "IDEM#done#k1", "#IDEM") is None  # its idempotency key too
         with pytest.raises(rung.RunExpired) as expired:
             engine.get_run(finished.run_id)
         assert isinstance(expired.value, rung.RunNotFound)
@@ -92,10 +110,15 @@ def test_a_finished_run_expires_and_its_items_are_swept_but_a_waiting_run_never(
         with pytest.raises(rung.RunExpired):
             engine.history(finished.run_id)
         # The waiting run, answered at last, finishes and starts its own retention.
-        engine.client.complete_token(engine.wait_for_token(waiting, "approval").id, "ok")
+        token = engine.wait_for_token(waiting, "approval")
+        engine.client.complete_token(token.id, "ok")
         answered = engine.wait(waiting)
         assert answered.status == rung.RunStatus.COMPLETED
         assert answered.expires_at == answered.finished_at + RETENTION  # type: ignore[operator]
+        advance(engine, RETENTION + timedelta(minutes=10))
+        assert engine.reconcile().expired.runs == 1
+        assert items_of(engine, waiting) == {}
+        assert item(engine, f"TOKEN#{token.id}", "#TOKEN") is None  # and its token
 
 
 def test_a_run_past_its_retention_is_expired_before_the_sweep_and_not_listed() -> None:
@@ -168,3 +191,34 @@ def test_retention_outside_one_day_to_ten_years_is_refused() -> None:
         LocalEngine(app, retention=timedelta(hours=1))
     with pytest.raises(rung.InvalidConfig, match="retention"):
         LocalEngine(app, retention=timedelta(days=3651))
+
+
+def until(check: Any, what: str) -> Any:
+    """Poll ``check()`` until it returns something truthy (at most 30 s)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"never: {what}")
+
+
+def test_a_child_is_kept_while_its_parent_still_waits_to_read_it() -> None:
+    with LocalEngine(_app({"yes": False}), retention=RETENTION, workers=2) as engine:
+        parent = engine.trigger("batch", 0).run_id
+        first, second = until(
+            lambda: len(c := engine.client.list_children(parent)) == 2 and c, "two children"
+        )
+        token = engine.wait_for_token(second.run_id, "late")
+        assert engine.wait(first.run_id).output == 0
+        until(lambda: engine.get_run(parent).status == rung.RunStatus.WAITING, "parent waits")
+        advance(engine, RETENTION + timedelta(days=1))
+        # The first child is past its retention, but its parent reads its outcome when
+        # the batch ends: the sweep keeps it a retention more.
+        assert engine.reconcile().expired.kept == 1
+        kept = engine.get_run(first.run_id)
+        assert kept.expires_at is not None and kept.expires_at > engine.clock.now()
+        engine.client.complete_token(token.id, "late answer")
+        done = engine.wait(parent)
+    assert done.status == rung.RunStatus.COMPLETED
+    assert done.output == [0, "late answer"]
