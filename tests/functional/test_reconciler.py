@@ -434,7 +434,12 @@ SCHEDULED_EVENT: dict[str, Any] = {
 
 @pytest.fixture
 def fresh_handler(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("RUNG_TABLE_NAME", "RUNG_QUEUE_URL", "RUNG_RECONCILE_GRACE_SECONDS"):
+    for name in (
+        "RUNG_TABLE_NAME",
+        "RUNG_QUEUE_URL",
+        "RUNG_RECONCILE_GRACE_SECONDS",
+        "RUNG_RETENTION_DAYS",
+    ):
         monkeypatch.delenv(name, raising=False)
     reconciler_module.reconciler.cache_clear()
     yield
@@ -454,6 +459,14 @@ def fresh_handler(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
                 "RUNG_RECONCILE_GRACE_SECONDS": "soon",
             },
             "RUNG_RECONCILE_GRACE_SECONDS is 'soon'",
+        ),
+        (
+            {"RUNG_TABLE_NAME": "t", "RUNG_QUEUE_URL": "http://q", "RUNG_RETENTION_DAYS": "5000"},
+            "RUNG_RETENTION_DAYS is 5000: set it to a whole number of days from 1 to 3650",
+        ),
+        (
+            {"RUNG_TABLE_NAME": "t", "RUNG_QUEUE_URL": "http://q", "RUNG_RETENTION_DAYS": "30d"},
+            "RUNG_RETENTION_DAYS is '30d': set it to a positive integer",
         ),
     ],
 )

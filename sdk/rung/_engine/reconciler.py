@@ -55,7 +55,7 @@ DEFAULT_GRACE = timedelta(minutes=5)
 MAX_RENUDGE_INTERVAL = timedelta(hours=1)
 DEFAULT_LIMIT = 1000
 #: The most expired runs one pass deletes (docs/retention.md: the sweep's ceiling).
-DEFAULT_SWEEP_LIMIT = 10_000
+DEFAULT_SWEEP_LIMIT = 20_000
 
 
 class RedriveReason(enum.StrEnum):

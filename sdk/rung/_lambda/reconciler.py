@@ -15,7 +15,7 @@ this module needs no environment):
                                   (default 300)
     RUNG_RETENTION_DAYS           how long finished runs are kept (default 30; the
                                   pass deletes those past it, docs/retention.md)
-    RUNG_SWEEP_LIMIT              the most expired runs one pass deletes (default 10000)
+    RUNG_SWEEP_LIMIT              the most expired runs one pass deletes (default 20000)
     AWS_ENDPOINT_URL              an emulator or LocalStack (default: AWS)
 
 It needs no RUNG_APP: it reads run items and sends run ids, and never imports task code.

@@ -22,6 +22,7 @@ expired, whether or not the item is still there.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -184,18 +185,28 @@ class _Retention(_Listing):
         """
         cutoff = to_ms(now - SWEEP_MARGIN)
         found: list[tuple[str, str]] = []
+        more = False  # a shard had at least its share: it may hold more
         for status in TERMINAL:
             index, attr, keys = self._status_keys([status])
-            query = IndexQuery(
-                index=index,
-                attr=attr,
-                values=keys,
-                high=iso(now - self.retention),
-                filter="available_at < :cutoff",
-                filter_values=((":cutoff", _N(cutoff)),),
-                newest_first=False,
-            )
-            found += [(status, entry_run_id(e)) for e in self.fan_out(query, limit - len(found))]
+            # Each key value (shard) oldest first, up to its share of what is left: the
+            # sweep needs no order across shards, so it reads no more than it deletes.
+            share = -(-(limit + 1 - len(found)) // len(keys))
+            queries = [
+                IndexQuery(
+                    index=index,
+                    attr=attr,
+                    values=(key,),
+                    high=iso(now - self.retention),
+                    filter="available_at < :cutoff",
+                    filter_values=((":cutoff", _N(cutoff)),),
+                    newest_first=False,
+                )
+                for key in keys
+            ]
+            read = functools.partial(self._oldest, want=share)
+            for entries in self._executor().map(read, queries):
+                found += [(status, entry_run_id(e)) for e in entries]
+                more = more or len(entries) >= share
             if len(found) > limit:
                 break
         items = self._run_items(run_id for _, run_id in found[:limit])
@@ -209,8 +220,11 @@ class _Retention(_Listing):
             runs=sum(1 for r in done if r.runs),
             items=sum(r.items for r in done),
             kept=sum(r.kept for r in done),
-            truncated=len(found) > limit,
+            truncated=more or len(found) > limit,
         )
+
+    def _oldest(self, query: IndexQuery, want: int) -> list[dict[str, Any]]:
+        return self.fan_out(query, want - 1)  # (fan_out gives up to its limit + 1)
 
     def _expire(self, item: dict[str, Any], now: datetime, cutoff: int) -> SweepResult:
         run_id = item["run_id"]["S"]
