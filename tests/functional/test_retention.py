@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 import rung
-from rung._util.clock import VirtualClock, from_ms, iso
+from rung._aws.dynamodb import DynamoStore
+from rung._util.clock import VirtualClock, from_ms, iso, to_ms
 from rung.testing import LocalEngine
 
 RETENTION = timedelta(days=30)
@@ -222,3 +223,26 @@ def test_a_child_is_kept_while_its_parent_still_waits_to_read_it() -> None:
         done = engine.wait(parent)
     assert done.status == rung.RunStatus.COMPLETED
     assert done.output == [0, "late answer"]
+
+
+def test_a_table_with_the_old_indexes_is_swept_through_them() -> None:
+    with LocalEngine(_app({"yes": False}), retention=RETENTION) as engine:
+        run = engine.wait(engine.trigger("done", 1).run_id)
+        # A table as rungs before the sharded indexes created it, holding this run's items
+        # as a rung without retention stored them (no expiry).
+        old = DynamoStore(engine.dynamodb, engine.table_name + "-old", RETENTION)
+        old.create_table(legacy=True)
+        for stored in items_of(engine, run.run_id).values():
+            for name in ("expires_at", "expires_at_ms", "status_shard", "task_shard"):
+                stored.pop(name, None)
+            engine.dynamodb.put_item(TableName=old.table, Item=stored)
+        later = from_ms(to_ms(engine.clock.now() + timedelta(days=90)))  # (stored in ms)
+        assert old.live_run(run.run_id, later).output == 2
+        assert old.sweep_expired(later, 100).kept == 1  # kept a retention from now on
+        assert old.live_run(run.run_id, later).expires_at == later + RETENTION
+        assert old.sweep_expired(later + RETENTION, 100).runs == 0  # (the 5-minute margin)
+        assert old.sweep_expired(later + RETENTION + timedelta(minutes=6), 100).runs == 1
+        with pytest.raises(rung.RunExpired):
+            old.live_run(run.run_id, later + RETENTION)
+        left = engine.dynamodb.scan(TableName=old.table, Select="COUNT")["Count"]
+    assert left == 0
