@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from rung._aws import sessions
-from rung._aws.dynamodb import DynamoStore, NewRun
+from rung._aws.dynamodb import DEFAULT_RETENTION, DynamoStore, NewRun, check_retention
 from rung._aws.events import BUS_ENV, EventBus
 from rung._aws.sqs import SqsQueue
 from rung._engine.history import build_history
@@ -48,6 +48,10 @@ class Client:
         event_bus: the EventBridge bus that ``cancel`` and ``redrive`` announce runs on
             ("Run Canceled", "Run Redriven"; default ``$RUNG_EVENT_BUS``, and the stack's
             ``EventBusName`` output with ``from_stack``; unset: none are sent).
+        retention: how long the app keeps finished runs, as its stack does: what a
+            run canceled here is stamped with, and how old a missing run's id must be
+            to be reported ``RunExpired`` (default ``$RUNG_RETENTION_DAYS`` days, the
+            stack's ``RetentionDays`` output with ``from_stack``, else 30 days).
 
     Example:
         >>> client = rung.Client(app, table_name="rung-shop", queue_url=url)
@@ -66,6 +70,7 @@ class Client:
         region: str | None = None,
         clock: Clock | None = None,
         event_bus: str | None = None,
+        retention: timedelta | float | None = None,
     ) -> None:
         table_name = table_name or os.environ.get("RUNG_TABLE_NAME")
         queue_url = queue_url or os.environ.get("RUNG_QUEUE_URL")
@@ -74,7 +79,14 @@ class Client:
                 "rung.Client needs the table and queue: pass table_name= and queue_url=, or set "
                 "RUNG_TABLE_NAME and RUNG_QUEUE_URL (template.yaml's outputs name both)"
             )
-        store = DynamoStore(sessions.client("dynamodb", endpoint_url, region), table_name)
+        if retention is None:
+            days = os.environ.get("RUNG_RETENTION_DAYS", "").strip()
+            retention = timedelta(days=_whole_days(days)) if days else DEFAULT_RETENTION
+        store = DynamoStore(
+            sessions.client("dynamodb", endpoint_url, region),
+            table_name,
+            check_retention(retention),
+        )
         queue = SqsQueue(sessions.client("sqs", endpoint_url, region), queue_url)
         bus = event_bus or os.environ.get(BUS_ENV) or None
         events_client = sessions.client("events", endpoint_url, region, reporting=True)
@@ -117,6 +129,11 @@ class Client:
             endpoint_url=endpoint_url,
             region=region,
             event_bus=stack.outputs.get("EventBusName"),
+            retention=(
+                timedelta(days=_whole_days(stack.outputs["RetentionDays"]))
+                if stack.outputs.get("RetentionDays")
+                else None
+            ),
         )
 
     @classmethod
@@ -212,9 +229,11 @@ class Client:
         """The run's status, attempts, timestamps, output and error.
 
         Raises:
+            RunExpired: the run finished longer ago than the retention period (a
+                ``RunNotFound``; docs/retention.md).
             RunNotFound: no run has this id.
         """
-        return self._store.get_run(_check_run_id(run_id))
+        return self._store.live_run(_check_run_id(run_id), self._clock.now())
 
     def list_runs(
         self,
@@ -264,7 +283,7 @@ class Client:
                 raise InvalidConfig(f"{name} must be a non-empty str, got {text!r}")
         # Without an app (a read-only client) the task id is taken as given.
         task_id = task if task is None or self.app is None else self.app.get_task(task).id
-        return self._store.list_runs(
+        page = self._store.list_runs(
             status=status,
             task_id=task_id,
             limit=limit,
@@ -273,6 +292,10 @@ class Client:
             tag=tag,
             cursor=cursor,
         )
+        # Runs past their retention are left out, deleted or not yet (docs/retention.md).
+        now = self._clock.now()
+        live = [r for r in page if r.expires_at is None or r.expires_at > now]
+        return page if len(live) == len(page) else RunPage(live, page.cursor)
 
     def list_children(self, run_id: str) -> list[Run]:
         """The child runs this run started (``ctx.trigger``/``trigger_and_wait``), in order.
@@ -332,7 +355,7 @@ class Client:
             >>> handle = client.replay(run_id)
             >>> client.get_run(handle.run_id).replay_of == run_id
         """
-        run = self._store.get_run(_check_run_id(run_id))
+        run = self._store.live_run(_check_run_id(run_id), self._clock.now())
         if self.app is not None:
             payload_json = self.app.get_task(run.task_id).prepare(run.payload)
         else:
@@ -526,8 +549,23 @@ class Client:
 
     def history(self, run_id: str) -> list[HistoryEvent]:
         """The run's events in order: triggered, attempts, steps, retries, the end."""
-        run, steps = self._store.load_run_and_steps(_check_run_id(run_id))
+        run_id, now = _check_run_id(run_id), self._clock.now()
+        try:
+            run, steps = self._store.load_run_and_steps(run_id)
+        except RunNotFound as missing:
+            raise self._store.missing_run(run_id, now, missing) from None
+        self._store.check_live(run, now)
         return build_history(run, steps)
+
+
+def _whole_days(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidConfig(
+            f"RUNG_RETENTION_DAYS (or the stack's RetentionDays) is {text!r}: it must be a "
+            "whole number of days from 1 to 3650"
+        ) from None
 
 
 def _check_run_id(run_id: object) -> str:

@@ -9,6 +9,7 @@ This module imports nothing from the package, so any module may import it.
     ├── InvalidPayload (ValueError) a payload fails the task's model or is not JSON
     ├── PayloadTooLarge             a payload or result exceeds MAX_VALUE_BYTES
     ├── RunNotFound (LookupError)   no run has that id
+    │   └── RunExpired              ... any more: it finished longer ago than the retention
     ├── RunAlreadyFinished          cancel() of a run that had already finished
     ├── RunNotFailed                redrive() of a run that is not FAILED
     ├── LeaseLost                   a worker's fenced write was refused: it must stop
@@ -113,6 +114,19 @@ class RunNotFound(RungError, LookupError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "run not found"
+
+
+class RunExpired(RunNotFound):
+    """The run finished longer ago than the retention period (docs/retention.md): it
+    is deleted, or about to be, and can no longer be read, replayed or redriven.
+
+    Attributes:
+        run_id: the run.
+    """
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
 
 
 class RunAlreadyFinished(RungError):

@@ -199,6 +199,9 @@ class Run:
     trace: str | None = field(default=None, repr=False)
     #: a child run: the X-Ray trace id of its parent run
     parent_trace_id: str | None = None
+    #: a finished run: when its retention ends (then it is deleted; docs/retention.md);
+    #: None while it has not finished
+    expires_at: datetime | None = None
 
     @property
     def trace_id(self) -> str | None:

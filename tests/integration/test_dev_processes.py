@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -115,6 +115,18 @@ def test_without_workers_rung_dev_starts_as_many_workers_as_the_machine_can_run(
     assert 1 <= started <= max(2, cpus), ready
     assert "--workers" in ready  # says how to change it
     assert run.status == "COMPLETED"
+
+
+@pytest.mark.timeout(300)
+def test_rung_dev_keeps_finished_runs_for_the_templates_retention_days(
+    tmp_path: Path, effects_file: Path
+) -> None:
+    options = dev_options(tmp_path, workers=1, parameters={"RetentionDays": "7"})
+    with DevStack(options) as dev:
+        run = dev.wait(dev.client.trigger("resume", {"x": 1}).run_id, timeout=60)
+    # The worker process read RUNG_RETENTION_DAYS from the template's environment.
+    assert run.status == "COMPLETED" and run.finished_at is not None
+    assert run.expires_at == run.finished_at + timedelta(days=7)
 
 
 def run_dev_cli(options: DevOptions, log: Path) -> subprocess.Popen[bytes]:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -228,3 +229,43 @@ def test_twenty_racing_claims_give_the_run_to_exactly_one(localstack_plane: Data
     assert len(winners) == 1 and winners[0].token == 1
     assert {r.reason for r in results if isinstance(r, NotClaimed)} == {"busy"}
     assert store.get_run(run.run_id).lease_token == 1
+
+
+class _FortyDaysAgo:
+    """A clock 40 days behind: a run triggered and canceled on it finished 40 days ago, so
+    its run item's TTL (its end + 30 days' retention + 7 days' grace) has passed."""
+
+    def now(self) -> datetime:
+        return SystemClock().now() - timedelta(days=40)
+
+
+def test_ttl_deletes_an_expired_run_and_get_run_then_says_it_expired(
+    localstack_plane: DataPlane, client: rung.Client
+) -> None:
+    dynamodb: Any = localstack_plane.aws("dynamodb")
+    back_then = rung.Client(
+        app,
+        table_name=localstack_plane.table_name,
+        queue_url=localstack_plane.queue_url,
+        endpoint_url=localstack_plane.endpoint_url,
+        region=localstack_plane.region,
+        clock=_FortyDaysAgo(),
+    )
+    handle = back_then.trigger("order", {"id": _id("expired")}, delay=timedelta(minutes=15))
+    canceled = back_then.cancel(handle.run_id)
+    assert canceled.finished_at is not None
+    assert canceled.expires_at == canceled.finished_at + timedelta(days=30)
+    key = {"pk": {"S": f"RUN#{handle.run_id}"}, "sk": {"S": "#RUN"}}
+    stored = dynamodb.get_item(TableName=localstack_plane.table_name, Key=key)["Item"]
+    assert int(stored["expires_at"]["N"]) < time.time()  # past its TTL by the wall clock
+
+    # LocalStack's TTL job (hourly with DYNAMODB_REMOVE_EXPIRED_ITEMS=1), run now.
+    request = urllib.request.Request(
+        f"{localstack_plane.endpoint_url}/_aws/dynamodb/expired", method="DELETE"
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert json.loads(response.read())["ExpiredItems"] >= 1
+
+    assert "Item" not in dynamodb.get_item(TableName=localstack_plane.table_name, Key=key)
+    with pytest.raises(rung.RunExpired, match=r"created at .* longer ago than the retention"):
+        client.get_run(handle.run_id)

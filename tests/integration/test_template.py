@@ -181,6 +181,7 @@ def test_the_reconciler_handler_and_environment_name_the_table_and_queue(
         "RUNG_TABLE_NAME": {"Ref": "Table"},
         "RUNG_QUEUE_URL": {"Ref": "WorkQueue"},
         "RUNG_RECONCILE_GRACE_SECONDS": {"Ref": "ReconcileGraceSeconds"},
+        "RUNG_RETENTION_DAYS": {"Ref": "RetentionDays"},
     }
     assert "RUNG_APP" not in function["Environment"]["Variables"]  # it runs no task code
 
@@ -214,30 +215,52 @@ def test_the_worker_may_read_runs_in_batches(template: dict[str, Any]) -> None:
 def test_the_reconciler_may_only_list_by_status_mark_runs_and_send(
     template: dict[str, Any],
 ) -> None:
-    grants = {
-        action: _plain(statement["Resource"])
-        for statement in _statements(template, "ReconcilerRole")
-        for action in (
-            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        )
-    }
+    grants: dict[str, list[Any]] = {}
+    sweep_keys: list[Any] = []
+    for statement in _statements(template, "ReconcilerRole"):
+        actions = statement["Action"]
+        for action in actions if isinstance(actions, list) else [actions]:
+            grants.setdefault(action, []).append(_plain(statement["Resource"]))
+        if "Condition" in statement:
+            sweep_keys.append(statement["Condition"])
+    table = {"Fn::GetAtt": ["Table", "Arn"]}
+    grants = {a: r[0] if len(r) == 1 else r for a, r in grants.items()}
 
     assert grants == {
         "dynamodb:Query": [
-            {"Fn::Sub": "${Table.Arn}/index/runs_by_status"},
-            {"Fn::Sub": "${Table.Arn}/index/by_status"},  # until the upgrade removes it
-            {"Fn::Sub": "${Table.Arn}/index/runs_by_due"},  # the timer sweep
+            [
+                {"Fn::Sub": "${Table.Arn}/index/runs_by_status"},
+                {"Fn::Sub": "${Table.Arn}/index/by_status"},  # until the upgrade removes it
+                {"Fn::Sub": "${Table.Arn}/index/runs_by_due"},  # the timer sweep
+            ],
+            table,  # the retention sweep: an expired run's items (docs/retention.md)
         ],
-        "dynamodb:DescribeTable": {"Fn::GetAtt": ["Table", "Arn"]},  # which indexes exist
-        "dynamodb:BatchGetItem": {"Fn::GetAtt": ["Table", "Arn"]},  # the candidates' items
-        "dynamodb:UpdateItem": {"Fn::GetAtt": ["Table", "Arn"]},
+        "dynamodb:DescribeTable": table,  # which indexes exist
+        "dynamodb:BatchGetItem": table,  # the candidates' items
+        "dynamodb:UpdateItem": table,
+        "dynamodb:DeleteItem": table,  # the sweep, only under these keys:
+        "dynamodb:BatchWriteItem": table,
         "sqs:SendMessage": {"Fn::GetAtt": ["WorkQueue", "Arn"]},
         "logs:CreateLogStream": {"Fn::GetAtt": ["ReconcilerLogGroup", "Arn"]},
         "logs:PutLogEvents": {"Fn::GetAtt": ["ReconcilerLogGroup", "Arn"]},
         "xray:PutTraceSegments": "*",  # Lambda's own segments, while Tracing is Active
         "xray:PutTelemetryRecords": "*",
     }
+    assert sweep_keys == [
+        {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["RUN#*", "TOKEN#*", "IDEM#*"]}}
+    ]
     assert {"runs_by_status", "by_status"} <= set(INDEXES) | set(LEGACY_INDEXES)
+
+
+def test_retention_is_one_parameter_for_the_worker_and_the_reconciler(
+    template: dict[str, Any],
+) -> None:
+    parameter = template["Parameters"]["RetentionDays"]
+    assert (parameter["Default"], parameter["MinValue"], parameter["MaxValue"]) == (30, 1, 3650)
+    for name in ("WorkerFunction", "ReconcilerFunction"):
+        variables = _resource(template, name)["Environment"]["Variables"]
+        assert _plain(variables["RUNG_RETENTION_DAYS"]) == {"Ref": "RetentionDays"}
+    assert _plain(template["Outputs"]["RetentionDays"]["Value"]) == {"Ref": "RetentionDays"}
 
 
 def test_the_reconciler_logs_to_its_own_group_with_the_retention_parameter(

@@ -39,6 +39,7 @@ PINNED = {
     "RunHandle",
     "RunNotFailed",
     "RunPage",
+    "RunExpired",
     "RunNotFound",
     "RunStatus",
     "RungError",
@@ -98,6 +99,7 @@ def test_errors_form_one_tree() -> None:
         "UnknownQueue",
         "Contended",
         "RunNotFound",
+        "RunExpired",
         "RunAlreadyFinished",
         "RunNotFailed",
         "TokenNotFound",
@@ -110,7 +112,7 @@ def test_errors_form_one_tree() -> None:
         "UsageError",
     ):
         assert issubclass(getattr(rung, name), rung.RungError), name
-    for name in ("UnknownTask", "UnknownQueue", "RunNotFound", "TokenNotFound"):
+    for name in ("UnknownTask", "UnknownQueue", "RunNotFound", "RunExpired", "TokenNotFound"):
         assert issubclass(getattr(rung, name), LookupError), name
     # What a wait raises in the task body is a StepFailed: one except clause catches all.
     for name in (

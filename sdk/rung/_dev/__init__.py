@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -209,7 +210,10 @@ class DevStack:
             cloudwatch.put_metric_alarm(**alarm)  # as CloudFormation would create them
         self.dynamodb = sessions.client("dynamodb", self.endpoint_url, REGION)
         self.sqs = sessions.client("sqs", self.endpoint_url, REGION)
-        self.store = DynamoStore(self.dynamodb, self.stack.outputs["TableName"])
+        # How long finished runs are kept: the template's RetentionDays, as the functions
+        # (RUNG_RETENTION_DAYS) and the Client see it.
+        retention = timedelta(days=int(self.stack.outputs.get("RetentionDays") or 30))
+        self.store = DynamoStore(self.dynamodb, self.stack.outputs["TableName"], retention)
         # Lambda's part: worker output to the functions' log groups (CloudWatch Logs).
         self._log_agent = LogAgent(sessions.client("logs", self.endpoint_url, REGION), cloudwatch)
         self.client = Client(
@@ -218,6 +222,7 @@ class DevStack:
             queue_url=self.stack.outputs["QueueUrl"],
             endpoint_url=self.endpoint_url,
             region=REGION,
+            retention=retention,
         )
         self.functions = [
             self._entry_point(spec)

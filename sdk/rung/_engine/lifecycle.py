@@ -51,7 +51,7 @@ class Lifecycle:
         (``run_id``, ``task_id``, ``detached``)."""
         steps = self._store.load_steps(run_id)
         if not steps:
-            self._store.get_run(run_id)  # RunNotFound for an unknown id
+            self._store.live_run(run_id, self._clock.now())  # RunNotFound, RunExpired
         started = sorted(
             (r for r in steps.values() if r.kind == "child"), key=lambda r: (r.started_at, r.seq)
         )
@@ -62,7 +62,7 @@ class Lifecycle:
     def cancel(self, run_id: str, message: str) -> Run:
         """Cancel the run, wake a parent waiting for it, free its queue place, then
         cancel its children (``Client.cancel`` says the rest)."""
-        run = self._store.get_run(run_id)
+        run = self._store.live_run(run_id, self._clock.now())
         if run.status.is_terminal:
             if run.status == RunStatus.CANCELED:
                 self._cancel_children(run.run_id, message)  # a crashed cancel's rest
@@ -149,7 +149,7 @@ class Lifecycle:
 
     def redrive(self, run_id: str) -> Run:
         """Resume a FAILED run from its failed step (``Client.redrive`` says the rest)."""
-        run = self._store.get_run(run_id)
+        run = self._store.live_run(run_id, self._clock.now())
         if run.status != RunStatus.FAILED:
             raise RunNotFailed(
                 f"run {run.run_id} is {run.status}, not FAILED; only a failed run can be "

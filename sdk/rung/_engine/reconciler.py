@@ -30,6 +30,10 @@ the two loses that nudge until the interval passes; the next pass then re-sends.
 Each pass begins with the timer sweep (rung._engine.timers): the messages of runs whose
 timers come due within 15 minutes. It is what wakes long waits; the reconciler's own
 search stays the backstop should a sweep not run.
+
+Each pass also sweeps expired runs: finished runs past their retention are deleted with
+their checkpoints, tokens and idempotency keys (``DynamoStore.sweep_expired``; see
+docs/retention.md), at most ``sweep_limit`` runs per pass, oldest first.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from rung._aws.dynamodb import DynamoStore, StrandedRun
+from rung._aws.dynamodb import DynamoStore, StrandedRun, SweepResult
 from rung._aws.sqs import SqsQueue
 from rung._engine.timers import TimerSweep
 from rung._util.clock import Clock, iso
@@ -55,6 +59,8 @@ DEFAULT_GRACE = timedelta(minutes=5)
 #: However long a run stays stranded, it is re-sent at least this often (or every grace).
 MAX_RENUDGE_INTERVAL = timedelta(hours=1)
 DEFAULT_LIMIT = 1000
+#: The most expired runs one pass deletes (docs/retention.md: the sweep's ceiling).
+DEFAULT_SWEEP_LIMIT = 20_000
 
 
 class RedriveReason(enum.StrEnum):
@@ -100,6 +106,7 @@ class ReconcileReport:
         truncated: more runs were stranded than one pass handles; the next takes them.
         timers_sent: runs whose timers came due, sent a message by the pass's timer
             sweep (rung._engine.timers), which runs first.
+        expired: what the sweep of expired runs did.
     """
 
     started_at: datetime
@@ -110,6 +117,7 @@ class ReconcileReport:
     backing_off: int
     truncated: bool
     timers_sent: tuple[str, ...] = ()
+    expired: SweepResult = SweepResult()
 
     @property
     def run_ids(self) -> list[str]:
@@ -135,6 +143,12 @@ class ReconcileReport:
             "backing_off": self.backing_off,
             "truncated": self.truncated,
             "timers_sent": len(self.timers_sent),
+            "expired": {
+                "runs": self.expired.runs,
+                "items": self.expired.items,
+                "kept": self.expired.kept,
+                "truncated": self.expired.truncated,
+            },
         }
 
 
@@ -154,6 +168,7 @@ class Reconciler:
             becoming due and its claim (queue backlog, batch position); a smaller one
             only sends more harmless duplicates.
         limit: the most stranded runs one pass handles (oldest first).
+        sweep_limit: the most expired runs one pass deletes (oldest first).
 
     Example:
         >>> report = Reconciler(store, queue, SystemClock()).run_once()
@@ -168,10 +183,13 @@ class Reconciler:
         grace: timedelta = DEFAULT_GRACE,
         *,
         limit: int = DEFAULT_LIMIT,
+        sweep_limit: int = DEFAULT_SWEEP_LIMIT,
     ) -> None:
         grace = check_duration(grace, "reconciler grace", positive=True)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidConfig(f"reconciler limit must be a positive int, got {limit!r}")
+        for name, value in (("limit", limit), ("sweep_limit", sweep_limit)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidConfig(f"reconciler {name} must be a positive int, got {value!r}")
+        self.sweep_limit = sweep_limit
         self.store = store
         self.queue = queue
         self.clock = clock
@@ -202,6 +220,11 @@ class Reconciler:
             redriven.append(self._log_redrive(candidate, overdue))
         if truncated:
             log.warning("more than %d stranded runs; the next pass re-drives the rest", self.limit)
+        expired = self.store.sweep_expired(now, self.sweep_limit)
+        if expired.truncated:
+            log.warning(
+                "more than %d expired runs; the next pass deletes the rest", self.sweep_limit
+            )
         return ReconcileReport(
             started_at=now,
             grace=self.grace,
@@ -211,6 +234,7 @@ class Reconciler:
             backing_off=backing_off,
             truncated=truncated,
             timers_sent=timers_sent,
+            expired=expired,
         )
 
     def _renudge_interval(self, overdue: timedelta) -> timedelta:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 from rung._aws import sessions
-from rung._aws.dynamodb import DynamoStore
+from rung._aws.dynamodb import DEFAULT_RETENTION, MAX_RETENTION, DynamoStore
 from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, SqsQueue
 from rung.errors import InvalidConfig
 
@@ -35,16 +36,31 @@ def positive_int(name: str, default: int) -> int:
     return value
 
 
+def retention() -> timedelta:
+    """``RUNG_RETENTION_DAYS`` (template parameter RetentionDays): how long finished runs
+    are kept, 1 to 3650 days (default 30; docs/retention.md)."""
+    default, most = DEFAULT_RETENTION.days, MAX_RETENTION.days
+    value = positive_int("RUNG_RETENTION_DAYS", default)
+    if value > most:
+        raise InvalidConfig(
+            f"environment variable RUNG_RETENTION_DAYS is {value}: set it to a whole number "
+            f"of days from 1 to {most} (default {default})"
+        )
+    return timedelta(days=value)
+
+
 def store_and_queue(
     max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT,
 ) -> tuple[DynamoStore, SqsQueue]:
     """The table and the work queue a handler uses: ``RUNG_TABLE_NAME``,
-    ``RUNG_QUEUE_URL`` (both required) and ``AWS_ENDPOINT_URL`` (an emulator or
-    LocalStack; unset: AWS). ``max_receive_count``: the queue's DLQ threshold."""
+    ``RUNG_QUEUE_URL`` (both required), ``RUNG_RETENTION_DAYS`` (``retention``) and
+    ``AWS_ENDPOINT_URL`` (an emulator or LocalStack; unset: AWS).
+    ``max_receive_count``: the queue's DLQ threshold."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
     store = DynamoStore(
         sessions.client("dynamodb", endpoint),
         require("RUNG_TABLE_NAME", "the rung DynamoDB table's name (stack output TableName)"),
+        retention(),
     )
     queue = SqsQueue(
         sessions.client("sqs", endpoint),

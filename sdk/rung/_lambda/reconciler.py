@@ -13,6 +13,9 @@ this module needs no environment):
     RUNG_QUEUE_URL                the work queue (required)
     RUNG_RECONCILE_GRACE_SECONDS  how long past due a run must be to be re-driven
                                   (default 300)
+    RUNG_RETENTION_DAYS           how long finished runs are kept (default 30; the
+                                  pass deletes those past it, docs/retention.md)
+    RUNG_SWEEP_LIMIT              the most expired runs one pass deletes (default 20000)
     AWS_ENDPOINT_URL              an emulator or LocalStack (default: AWS)
 
 It needs no RUNG_APP: it reads run items and sends run ids, and never imports task code.
@@ -32,7 +35,7 @@ from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from rung._aws.cloudwatch import NAMESPACE
-from rung._engine.reconciler import DEFAULT_GRACE, Reconciler
+from rung._engine.reconciler import DEFAULT_GRACE, DEFAULT_SWEEP_LIMIT, Reconciler
 from rung._engine.telemetry import without_service
 from rung._lambda._env import positive_int, store_and_queue
 from rung._util.clock import SystemClock
@@ -60,7 +63,8 @@ def reconciler() -> Reconciler:
     copy_config_to_registered_loggers(source_logger=logger, include={"rung"})
     store, queue = store_and_queue()
     grace = positive_int("RUNG_RECONCILE_GRACE_SECONDS", int(DEFAULT_GRACE.total_seconds()))
-    return Reconciler(store, queue, SystemClock(), timedelta(seconds=grace))
+    sweep = positive_int("RUNG_SWEEP_LIMIT", DEFAULT_SWEEP_LIMIT)
+    return Reconciler(store, queue, SystemClock(), timedelta(seconds=grace), sweep_limit=sweep)
 
 
 @logger.inject_lambda_context
@@ -69,9 +73,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     summary = report.to_dict()
     _print_emf(redriven_metric(len(report.redriven)))
     logger.info(
-        "reconcile pass: %d run(s) re-driven of %d stranded",
+        "reconcile pass: %d run(s) re-driven of %d stranded; %d expired run(s) deleted",
         len(report.redriven),
         report.examined,
+        report.expired.runs,
         extra={"reconcile": {k: v for k, v in summary.items() if k != "redriven"}},
     )
     return summary

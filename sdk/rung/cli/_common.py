@@ -310,8 +310,9 @@ def run_json(run: Run) -> dict[str, Any]:
     """A run for ``--json``: plain values, ISO-8601 timestamps.
 
     ``available_at`` is when it is due (to start, to retry, to wake from a wait), null
-    while it waits with no timer (for children, say); ``waiting_for`` says what a
-    WAITING run waits for, a token's id included."""
+    while it waits with no timer (for children, say) and once it has finished;
+    ``expires_at``, when a finished run's retention ends (docs/retention.md);
+    ``waiting_for`` says what a WAITING run waits for, a token's id included."""
     return {
         "run_id": run.run_id,
         "task_id": run.task_id,
@@ -326,6 +327,7 @@ def run_json(run: Run) -> dict[str, Any]:
         "started_at": _iso(run.started_at),
         "attempt_started_at": _iso(run.attempt_started_at),
         "finished_at": _iso(run.finished_at),
+        "expires_at": _iso(run.expires_at),
         "idempotency_key": run.idempotency_key,
         "tags": list(run.tags),
         "waiting_for": run.waiting_for,
@@ -417,8 +419,9 @@ def _iso(when: datetime | None) -> str | None:
 
 
 def _due(run: Run) -> datetime | None:
-    """When the run is due, or None: a wait with no timer is stored as due in 9999."""
-    if run.available_at is None or waits_without_timer(run.available_at):
+    """When the run is due, or None: a wait with no timer is stored as due in 9999, and
+    a finished run's ``available_at`` is its expiry (``expires_at``), not a due time."""
+    if run.available_at is None or waits_without_timer(run.available_at) or run.status.is_terminal:
         return None
     return run.available_at
 

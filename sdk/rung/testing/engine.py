@@ -32,11 +32,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from types import TracebackType
 from typing import Any, Literal
 
 from rung._aws import sessions
-from rung._aws.dynamodb import DynamoStore
+from rung._aws.dynamodb import DEFAULT_RETENTION, DynamoStore, check_retention
 from rung._aws.emulator import (
     EmbeddedEmulator,
     release_virtual_time,
@@ -98,6 +97,8 @@ class LocalEngine:
         min_time_left: see ``invocation_timeout``.
         reconcile_grace: how long past due a run must be before ``reconcile()``
             re-drives it (as on AWS: the reconciler function's grace).
+        retention: how long finished runs are kept; ``reconcile()`` deletes them after
+            (1 to 3650 days, default 30, as template.yaml's RetentionDays).
         telemetry: send what the runs report to the emulator, as Lambda would on AWS:
             trace segments to its X-Ray (``trace``), log lines to its CloudWatch Logs
             (``logs``). False sends neither.
@@ -115,6 +116,7 @@ class LocalEngine:
         min_time_left: timedelta = timedelta(seconds=10),
         reconcile_grace: timedelta = DEFAULT_GRACE,
         telemetry: bool = True,
+        retention: timedelta = DEFAULT_RETENTION,
     ) -> None:
         if not isinstance(app, App):
             raise UsageError(f"LocalEngine needs a rung.App, got {type(app).__name__}")
@@ -123,6 +125,7 @@ class LocalEngine:
         if max_receive_count < 3:
             raise InvalidConfig("max_receive_count must be at least 3")
         check_duration(reconcile_grace, "reconcile_grace", positive=True)
+        self._retention = check_retention(retention)
         if invocation_timeout is not None:
             invocation_timeout = check_duration(
                 invocation_timeout,
@@ -172,12 +175,7 @@ class LocalEngine:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         self.stop()
 
     def start(self) -> None:
@@ -198,7 +196,7 @@ class LocalEngine:
             self.sqs.meta.events.register(
                 "after-call.sqs.SendMessage", lambda **_: self._kick.set()
             )
-            self.store = DynamoStore(self.dynamodb, self.table_name)
+            self.store = DynamoStore(self.dynamodb, self.table_name, self._retention)
             self.store.create_table()
             visibility = max(self._config.lease_duration * 2, timedelta(seconds=30))
             self.queue_url, self.dlq_url = SqsQueue.create(

@@ -26,12 +26,14 @@ mixin's module says more about its part of the table):
     rung._aws.dynamodb.listing    reading runs back through the write-sharded indexes
     rung._aws.dynamodb.reconcile  finding and nudging stranded runs (the reconciler)
     rung._aws.dynamodb.timers     timers of runs due too late for a delayed message
+    rung._aws.dynamodb.retention  finished runs expire: their expiry, the sweep, RunExpired
     rung._aws.dynamodb.steps      step checkpoints
     rung._aws.dynamodb.upgrade    moving an old table to the sharded indexes (backfill, steps)
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from rung._aws.dynamodb._common import (
@@ -53,6 +55,14 @@ from rung._aws.dynamodb.children import _Children
 from rung._aws.dynamodb.parked import _Parked
 from rung._aws.dynamodb.queues import Holder, QueueState, Waiter
 from rung._aws.dynamodb.reconcile import STRANDABLE, StrandedRun, _Reconcile
+from rung._aws.dynamodb.retention import (
+    DEFAULT_RETENTION,
+    MAX_RETENTION,
+    RETENTION_GRACE,
+    SweepResult,
+    _Retention,
+    check_retention,
+)
 from rung._aws.dynamodb.runs import SUSPEND_TOKEN_CHECKS, Claimed, NotClaimed, _Runs
 from rung._aws.dynamodb.steps import _Steps
 from rung._aws.dynamodb.timers import DUE_INDEX, Timer, _Timers
@@ -72,8 +82,13 @@ from rung._aws.dynamodb.upgrade import (
 __all__ = [
     "BackfillProgress",
     "Claimed",
+    "DEFAULT_RETENTION",
     "DUE_INDEX",
     "DynamoStore",
+    "MAX_RETENTION",
+    "RETENTION_GRACE",
+    "SweepResult",
+    "check_retention",
     "FAILURE_TRACEBACK_CHARS",
     "Holder",
     "INDEXES",
@@ -105,15 +120,21 @@ __all__ = [
 ]
 
 
-class DynamoStore(_Runs, _Children, _Parked, _Tokens, _Reconcile, _Timers, _Steps, _Upgrade):
+class DynamoStore(
+    _Runs, _Children, _Parked, _Tokens, _Reconcile, _Timers, _Retention, _Steps, _Upgrade
+):
     """rung's storage port on DynamoDB. Every racing state change is one conditional write.
 
     (The listing section, ``_Listing``, comes in through ``_Reconcile``, which uses it.)
+    ``retention``: how long finished runs are kept (docs/retention.md).
     """
 
-    def __init__(self, client: Any, table_name: str) -> None:
+    def __init__(
+        self, client: Any, table_name: str, retention: timedelta = DEFAULT_RETENTION
+    ) -> None:
         self.client = client
         self.table = table_name
+        self.retention = check_retention(retention)
 
     # -- schema ----------------------------------------------------------------------
 

@@ -239,6 +239,8 @@ class _Base:
 
     client: Any
     table: str
+    #: how long finished runs are kept (docs/retention.md)
+    retention: timedelta
 
     # -- reads and fenced writes every section uses -------------------------------------
 
@@ -390,6 +392,9 @@ class _Base:
         def opt_time(name: str) -> datetime | None:
             return parse_iso(item[name]["S"]) if name in item else None
 
+        def opt_ms(name: str) -> datetime | None:
+            return from_ms(int(item[name]["N"])) if name in item else None
+
         lease_ms = int(item.get("lease_until", {"N": "0"})["N"])
         return Run(
             run_id=item["run_id"]["S"],
@@ -428,6 +433,7 @@ class _Base:
             failed_step=item["failed_step"]["S"] if "failed_step" in item else None,
             trace=item["trace"]["S"] if "trace" in item else None,
             parent_trace_id=item["parent_trace_id"]["S"] if "parent_trace_id" in item else None,
+            expires_at=opt_ms("expires_at_ms"),
         )
 
     def _paginate(self, operation: str, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -44,6 +44,7 @@ from rung._aws.dynamodb._common import (
     status_shard,
 )
 from rung._aws.dynamodb.parents import _Parents
+from rung._aws.dynamodb.retention import EXPIRY_NAMES, check_live, expiry_update
 from rung._util.clock import iso, to_ms
 from rung.errors import (
     ErrorInfo,
@@ -151,17 +152,19 @@ class _Children(_Parents):
             RunNotFound: no such run.
             RunAlreadyFinished: it had finished; nothing was written.
         """
+        expiry, expiry_values = expiry_update(now, self.retention)
         own = {
             "TableName": self.table,
             "Key": _run_key(run_id),
             "UpdateExpression": (
                 "SET #status = :canceled, status_shard = :canceled_shard, #error = :error, "
-                "finished_at = :now, "
-                "updated_at = :now, lease_until = :zero REMOVE awaits, due_shard, due_sk"
+                f"finished_at = :now, updated_at = :now, lease_until = :zero, {expiry} "
+                "REMOVE awaits, due_shard, due_sk"
             ),
             "ConditionExpression": "#status IN (:queued, :delayed, :running, :waiting)",
-            "ExpressionAttributeNames": {**_NAMES, "#error": "error"},
+            "ExpressionAttributeNames": {**_NAMES, **EXPIRY_NAMES, "#error": "error"},
             "ExpressionAttributeValues": {
+                **expiry_values,
                 ":canceled": _S(RunStatus.CANCELED),
                 ":canceled_shard": _S(status_shard(RunStatus.CANCELED, run_id)),
                 ":error": _S(json.dumps(error.to_json())),
@@ -247,16 +250,21 @@ class _Children(_Parents):
             values[":failure"] = {"L": [_S(_failure_json(preserved))]}
         update += (
             " REMOVE finished_at, #error, failed_step, attempt_started_at, overran_step, "
-            "waiting_for, awaits"
+            "waiting_for, awaits, expires_at_ms, #ttl"
         )
+        values[":now_ms"] = _N(to_ms(now))
         items: list[dict[str, Any]] = [
             {
                 "Update": {
                     "TableName": self.table,
                     "Key": _run_key(run.run_id),
                     "UpdateExpression": update,
-                    "ConditionExpression": "#status = :failed AND attempt = :attempt",
-                    "ExpressionAttributeNames": {**_NAMES, "#error": "error"},
+                    # Not once it expired (docs/retention.md): the sweep may be deleting it.
+                    "ConditionExpression": (
+                        "#status = :failed AND attempt = :attempt AND "
+                        "(attribute_not_exists(expires_at_ms) OR expires_at_ms > :now_ms)"
+                    ),
+                    "ExpressionAttributeNames": {**_NAMES, **EXPIRY_NAMES, "#error": "error"},
                     "ExpressionAttributeValues": values,
                 }
             }
@@ -292,6 +300,7 @@ class _Children(_Parents):
             if _cancellation_reasons(exc) is None:
                 raise
             now_run = self.get_run(run.run_id)
+            check_live(now_run, now, self.retention)  # it expired meanwhile: RunExpired
             raise RunNotFailed(
                 f"run {run.run_id} is {now_run.status} (attempt {now_run.attempt}), no longer "
                 f"FAILED at attempt {run.attempt}: another redrive (or nothing) got there first",

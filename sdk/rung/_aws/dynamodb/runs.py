@@ -38,6 +38,7 @@ from rung._aws.dynamodb._common import (
     status_shard,
 )
 from rung._aws.dynamodb.parents import _Parents
+from rung._aws.dynamodb.retention import EXPIRY_NAMES, expiry_update
 from rung._util.clock import iso, to_ms
 from rung.errors import (
     ErrorInfo,
@@ -508,14 +509,17 @@ class _Runs(_Parents):
         """A fenced terminal transition to ``status`` (with the status's own ``sets``;
         the finish time and the released lease are common to all); with
         ``wake_parent``, in one transaction with the parent's wake-up
-        (``end_with_parent``). Returns whether the parent was woken."""
+        (``end_with_parent``). Returns whether the parent was woken. The run's expiry
+        is stamped too (``retention.expiry_update``)."""
+        expiry, expiry_values = expiry_update(now, self.retention)
         update = (
             f"SET #status = :end, status_shard = :end_shard, {sets}, finished_at = :now, "
-            "updated_at = :now, "
-            "lease_until = :zero"
+            f"updated_at = :now, lease_until = :zero, {expiry}"
         )
+        names = {**names, **EXPIRY_NAMES}
         values = {
             **values,
+            **expiry_values,
             ":end": _S(status),
             ":end_shard": _S(status_shard(status, run_id)),
             ":now": _S(iso(now)),
