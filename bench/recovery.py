@@ -14,7 +14,7 @@
 2. The heartbeat's cost, counted at the botocore layer on the emulator with a short
    lease (1.5 s; beats every 0.5 s) and scaled to the template's 30 s lease (a beat
    every 10 s): DynamoDB renewals (fenced UpdateItems of the run item, with their WRUs
-   from the item's size, in the table and in today's indexes), and the SQS visibility
+   from the item's size, in the table and in the indexes), and the SQS visibility
    extensions of an invocation's batch of 10 messages (ChangeMessageVisibilityBatch).
 
 Run it: ``.venv/bin/python bench/recovery.py`` (about two minutes). Results go to
@@ -199,7 +199,7 @@ def heartbeat_cost(seconds: float = 6.0, lease: float = 1.5) -> dict[str, Any]:
         "per_beat": {
             "update_item": 1,
             "wru_table": table_wru,
-            "wru_indexes_today": index_wru,
+            "wru_indexes": index_wru,
             "sqs_requests_per_10_messages": 1,
         },
         "aws_lease_s": AWS_LEASE,
@@ -246,7 +246,7 @@ def main() -> None:
     minute = cost["per_minute_of_attempt"]
     costs.add_row(
         "DynamoDB UpdateItem (renew_lease)",
-        f"1 ({per['wru_table']} WRU table + {per['wru_indexes_today']} indexes today)",
+        f"1 ({per['wru_table']} WRU table + {per['wru_indexes']} indexes)",
         f"{minute['update_item']:g}",
         f"{minute['wru']:g}",
     )
