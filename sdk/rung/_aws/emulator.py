@@ -320,9 +320,24 @@ def armed_timers(region: str, table_name: str) -> list[tuple[float, str]]:
     if table is None:
         return []
     found = []
-    for item in table.all_items():
+    for item in _snapshot(table):
         key = item.attrs.get("due_sk")
         if key is not None:
             due, run_id = str(key.value).split("#", 1)
             found.append((float(due), run_id))
     return sorted(found)
+
+
+def _snapshot(table: Any) -> list[Any]:
+    """The table's items, read while the emulator's server thread may be writing: a
+    dict that changes size mid-iteration raises, and the read is simply made again."""
+    for _ in range(100):
+        try:
+            return [item for hash_set in list(table.items.values()) for item in _items_of(hash_set)]
+        except RuntimeError:
+            continue
+    return []
+
+
+def _items_of(hash_set: Any) -> list[Any]:
+    return list(hash_set.values()) if isinstance(hash_set, dict) else [hash_set]
