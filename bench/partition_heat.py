@@ -753,12 +753,16 @@ def report(rows: list[dict[str, Any]], probe: dict[str, float], console: Console
                 f" 1,000 {_fmt(q['ceiling_by_queue_key_at_limit_1000_runs_per_s'])};"
                 f" serialized versioned writes {_fmt(q['ceiling_serialized_runs_per_s'])}."
             )
+    per_run = probe["in_flight_per_waiting_run"]
+    bound = (
+        f"so at most {SQS_IN_FLIGHT / per_run:,.0f} runs can wait at once on one queue"
+        if per_run
+        else "so the in-flight limit does not bound how many runs wait"
+    )
     console.print(
         f"- ctx.wait(2 h): {probe['not_visible']:g} messages in flight for"
         f" {probe['waiting_runs']:g} waiting runs ({probe['delayed']:g} delayed):"
-        f" {probe['in_flight_per_waiting_run']:g} per waiting run, so at most"
-        f" {SQS_IN_FLIGHT / max(probe['in_flight_per_waiting_run'], 1e-9):,.0f} runs can wait"
-        " at once on one queue."
+        f" {per_run:g} per waiting run, {bound}."
     )
     single = next(r for r in rows if r["workload"] == "one task, 5 steps")
     q_best, q_where = queue_target(rows)
