@@ -131,8 +131,16 @@ def _print_emf(document: dict[str, Any]) -> None:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     engine = worker()
     messages = {m.message_id: m for m in map(_message, event.get("Records", []))}
-    with _held(engine, list(messages.values())):
-        return _handle_batch(engine, messages, event, context)
+    # Worn messages first, before any other request: every request before it widens the
+    # window in which a dying invocation ages its whole batch by one more receive.
+    try:
+        settled = engine.settle_worn(list(messages.values()))
+    except Exception:  # each record's handling renews its own worn message then
+        logger.exception("could not renew the batch's worn messages up front")
+        settled = set()
+    held = [m for m in messages.values() if m.message_id not in settled]
+    with _held(engine, held):
+        return _handle_batch(engine, messages, settled, event, context)
 
 
 @contextlib.contextmanager
@@ -162,14 +170,10 @@ def _held(engine: Worker, messages: list[QueueMessage]) -> Iterator[None]:
 def _handle_batch(
     engine: Worker,
     messages: dict[str, QueueMessage],
+    settled: set[str],
     event: dict[str, Any],
     context: LambdaContext,
 ) -> dict[str, Any]:
-    try:
-        settled = engine.settle_worn(list(messages.values()))
-    except Exception:  # each record's handling renews its own worn message then
-        logger.exception("could not renew the batch's worn messages up front")
-        settled = set()
 
     def record_handler(record: SQSRecord) -> None:
         if record.message_id in settled:
