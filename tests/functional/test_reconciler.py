@@ -22,10 +22,10 @@ import rung
 from handler import reconciler as reconciler_module
 from rung._engine.reconciler import ReconcileReport
 from rung._engine.worker import Disposition
-from rung._util.clock import VirtualClock
 from rung.errors import InvalidConfig
 from rung.models import EventType, RunStatus
 from rung.testing import LocalEngine, SimulatedCrash
+from tests.functional.event_source import deliver, virtual
 
 GRACE = timedelta(minutes=5)  # LocalEngine's default reconcile_grace
 LEASE = timedelta(minutes=1)  # LocalEngine's default lease_duration
@@ -34,23 +34,6 @@ SECOND = timedelta(seconds=1)
 #: clock lets wall time through, and a pass on a loaded machine takes seconds of it.
 MARGIN = timedelta(seconds=30)
 FAST = rung.RetryPolicy(max_attempts=3, initial_interval=1)
-
-
-def virtual(engine: LocalEngine) -> VirtualClock:
-    assert isinstance(engine.clock, VirtualClock)
-    return engine.clock
-
-
-def deliver(engine: LocalEngine) -> list[Disposition]:
-    """Play the event source: hand every visible message to the worker, delete the ACKed."""
-    dispositions: list[Disposition] = []
-    while messages := engine.queue.receive(max_messages=10):
-        for message in messages:
-            disposition = engine.worker.handle(message)
-            if disposition == Disposition.ACK:
-                engine.queue.delete(message)
-            dispositions.append(disposition)
-    return dispositions
 
 
 def crash_first_send(engine: LocalEngine) -> list[str]:

@@ -20,9 +20,9 @@ import pytest
 
 import rung
 from rung._engine.worker import Disposition
-from rung._util.clock import VirtualClock
 from rung.models import RunStatus
 from rung.testing import LocalEngine, SimulatedCrash
+from tests.functional.event_source import deliver, virtual
 
 MINUTE = timedelta(minutes=1)
 LEAD = timedelta(minutes=15)  # the sweep sends a timer's message this long before it is due
@@ -39,22 +39,6 @@ def _app(calls: Counter[str]) -> rung.App:
         return "rested"
 
     return app
-
-
-def clock(engine: LocalEngine) -> VirtualClock:
-    assert isinstance(engine.clock, VirtualClock)
-    return engine.clock
-
-
-def deliver(engine: LocalEngine) -> list[Disposition]:
-    dispositions: list[Disposition] = []
-    while messages := engine.queue.receive(max_messages=10):
-        for message in messages:
-            disposition = engine.worker.handle(message)
-            if disposition == Disposition.ACK:
-                engine.queue.delete(message)
-            dispositions.append(disposition)
-    return dispositions
 
 
 def queue_counts(engine: LocalEngine) -> dict[str, int]:
@@ -86,10 +70,10 @@ def test_a_crowd_of_runs_waiting_two_hours_hold_no_message_and_all_resume() -> N
         while_waiting = queue_counts(engine)
         timers = armed(engine)
 
-        clock(engine).advance(timedelta(hours=2) - LEAD + MINUTE)
+        virtual(engine).advance(timedelta(hours=2) - LEAD + MINUTE)
         swept = engine.reconcile()
         at_sweep = queue_counts(engine)
-        clock(engine).advance(LEAD)
+        virtual(engine).advance(LEAD)
         deliver(engine)
         runs = [engine.get_run(i) for i in ids]
         after = queue_counts(engine)
@@ -128,9 +112,9 @@ def _requests_for_a_wait(length: timedelta) -> Counter[str]:
             run_id = engine.trigger("nap", length.total_seconds()).run_id
             deliver(engine)
             engine.store.refresh_indexes()  # a DescribeTable a minute: not the wait's
-            clock(engine).advance(length - LEAD + MINUTE)
+            virtual(engine).advance(length - LEAD + MINUTE)
             engine.reconcile()
-            clock(engine).advance(LEAD)
+            virtual(engine).advance(LEAD)
             deliver(engine)
             assert engine.get_run(run_id).status == RunStatus.COMPLETED
         # The reconciler's own pass (its queries of the status index) is per pass, not
@@ -156,7 +140,7 @@ def test_a_wait_up_to_fifteen_minutes_is_a_delayed_message_not_an_invisible_one(
         run_id = engine.trigger("nap", 600).run_id
         deliver(engine)
         counts = queue_counts(engine)
-        clock(engine).advance(timedelta(minutes=10, seconds=1))
+        virtual(engine).advance(timedelta(minutes=10, seconds=1))
         deliver(engine)
         run = engine.get_run(run_id)
 
@@ -185,10 +169,10 @@ def test_a_worker_that_dies_before_arming_the_timer_arms_it_on_redelivery() -> N
             deliver(engine)
         suspended = engine.get_run(run_id)
         not_armed = armed(engine)
-        clock(engine).advance(timedelta(minutes=5))  # the unacknowledged message returns
+        virtual(engine).advance(timedelta(minutes=5))  # the unacknowledged message returns
         deliver(engine)
         re_armed = armed(engine)
-        clock(engine).advance(timedelta(hours=2))
+        virtual(engine).advance(timedelta(hours=2))
         engine.reconcile()
         deliver(engine)
         run = engine.get_run(run_id)
@@ -204,10 +188,10 @@ def test_a_worker_that_dies_after_arming_before_its_ack_leaves_one_timer() -> No
         run_id = engine.trigger("nap", 7200).run_id
         [message] = engine.queue.receive(max_messages=1)
         first = engine.worker.handle(message)  # armed; the process dies before the ack
-        clock(engine).advance(timedelta(minutes=5))
+        virtual(engine).advance(timedelta(minutes=5))
         again = deliver(engine)
         timers = armed(engine)
-        clock(engine).advance(timedelta(hours=2))
+        virtual(engine).advance(timedelta(hours=2))
         engine.reconcile()
         deliver(engine)
         run = engine.get_run(run_id)
@@ -222,7 +206,7 @@ def test_a_sweep_that_dies_between_its_send_and_the_disarm_sends_again_harmlessl
     with LocalEngine(_app(calls), workers=0) as engine:
         run_id = engine.trigger("nap", 7200).run_id
         deliver(engine)
-        clock(engine).advance(timedelta(hours=2) - LEAD + MINUTE)
+        virtual(engine).advance(timedelta(hours=2) - LEAD + MINUTE)
         real_disarm = engine.store.disarm_timer
 
         def die(timer: Any) -> bool:
@@ -234,7 +218,7 @@ def test_a_sweep_that_dies_between_its_send_and_the_disarm_sends_again_harmlessl
         engine.store.disarm_timer = real_disarm  # type: ignore[method-assign]
         still_armed = armed(engine)
         again = engine.reconcile()
-        clock(engine).advance(LEAD)
+        virtual(engine).advance(LEAD)
         deliveries = deliver(engine)
         run = engine.get_run(run_id)
         left = armed(engine)
@@ -265,7 +249,7 @@ def test_a_run_woken_early_is_not_woken_again_by_its_timer() -> None:
         deliver(engine)
         done = engine.get_run(run_id)
         left = armed(engine)
-        clock(engine).advance(timedelta(days=3))
+        virtual(engine).advance(timedelta(days=3))
         swept = engine.reconcile()
 
     assert timers == {run_id}  # the token's deadline, 3 days off

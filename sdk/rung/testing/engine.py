@@ -570,15 +570,17 @@ class LocalEngine:
 
     def _next_due(self) -> float | None | Literal["sweep"]:
         assert isinstance(self.clock, VirtualClock)
-        sweep = TimerSweep(self.store, self.queue, self.clock)
-        return next_due(self.store, self.clock, sweep, self.queue_name, self.table_name)
+        return next_due(self.store, self.clock, self._sweep(), self.queue_name, self.table_name)
+
+    def _sweep(self) -> TimerSweep:
+        return TimerSweep(self.store, self.queue, self.clock)
 
     def _advance_time(self) -> bool:
         assert isinstance(self.clock, VirtualClock)
         due = self._next_due()
         if due == "sweep":
             # As the reconciler's sweep does on AWS: their messages, delayed to the due time.
-            return bool(TimerSweep(self.store, self.queue, self.clock).run_once())
+            return bool(self._sweep().run_once())
         if due is None:
             return False
         with self._lock:
