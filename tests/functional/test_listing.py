@@ -3,8 +3,10 @@ task, tag and time, and the same answers from a table that still has the old ind
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -157,3 +159,63 @@ def test_no_index_key_value_holds_more_than_its_share(engine: LocalEngine) -> No
     assert all(k.startswith("fast#") for k in keys)
     assert len(set(keys)) >= 10  # 30 runs over 32 values: not all on a few
     assert all(item["status_shard"]["S"].startswith(item["status"]["S"] + "#") for item in items)
+
+
+def test_a_run_that_changes_status_during_the_read_is_listed_once() -> None:
+    # The fan-out reads every status's key values in parallel; a run that moves from
+    # WAITING to COMPLETED between the read of its old key value and of its new one
+    # comes back from both (seen on LocalStack). The move is made here with a real
+    # UpdateItem between the two reads, ordered by botocore's event hooks.
+    with LocalEngine(_app(), virtual_time=False) as engine:
+        run_id = engine.trigger("approve", 1).run_id
+        engine.wait_for_token(run_id, "approval")
+        others = [engine.trigger("fast", n).run_id for n in range(3)]
+        for other in others:
+            engine.wait(other, timeout=60)
+        item = engine.dynamodb.get_item(
+            TableName=engine.table_name, Key={"pk": {"S": f"RUN#{run_id}"}, "sk": {"S": "#RUN"}}
+        )["Item"]
+        shard = item["status_shard"]["S"].split("#")[1]
+        old, new = f"WAITING#{shard}", f"COMPLETED#{shard}"
+        first: list[str] = []
+        moved = threading.Event()
+        lock = threading.Lock()
+
+        def before(params: dict[str, Any], **_: Any) -> None:
+            key = params["ExpressionAttributeValues"][":k"]["S"]
+            if key not in (old, new):
+                return
+            with lock:
+                is_first = not first
+                first.append(key)
+            if not is_first:
+                assert moved.wait(10)
+
+        def after(parsed: dict[str, Any], model: Any, **_: Any) -> None:
+            if model.name != "Query" or len(first) != 1 or moved.is_set():
+                return
+            mine = [e for e in parsed.get("Items", []) if e["pk"]["S"] == f"RUN#{run_id}"]
+            if not mine:
+                return
+            target = new if first[0] == old else old
+            engine.dynamodb.update_item(
+                TableName=engine.table_name,
+                Key={"pk": {"S": f"RUN#{run_id}"}, "sk": {"S": "#RUN"}},
+                UpdateExpression="SET status_shard = :s",
+                ExpressionAttributeValues={":s": {"S": target}},
+            )
+            moved.set()
+
+        events = engine.dynamodb.meta.events
+        events.register("before-parameter-build.dynamodb.Query", before)
+        events.register("after-call.dynamodb.Query", after)
+        try:
+            listed = [r.run_id for r in engine.list_runs(limit=10)]
+            paged = [r.run_id for page in _all_pages(engine, 2) for r in page]
+        finally:
+            events.unregister("before-parameter-build.dynamodb.Query", before)
+            events.unregister("after-call.dynamodb.Query", after)
+
+    assert moved.is_set() and sorted(first[:2]) == sorted([old, new])
+    assert sorted(listed) == sorted([run_id, *others])
+    assert sorted(paged) == sorted([run_id, *others])

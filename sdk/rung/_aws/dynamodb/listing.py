@@ -234,7 +234,14 @@ class _Listing(_Base):
         else:
             found = [e for entries in self._executor().map(per_key, query.values) for e in entries]
         found.sort(key=lambda e: e[query.sort]["S"], reverse=query.newest_first)
-        return found[: limit + 1]
+        # A run that changes status while the key values are read (or that an eventually
+        # consistent index still shows under its old status) comes back from two of
+        # them: it is listed once. Each key value holds a run at most once, so its first
+        # `limit + 1` entries still cover the first `limit + 1` distinct runs.
+        unique: dict[str, dict[str, Any]] = {}
+        for entry in found:
+            unique.setdefault(entry["pk"]["S"], entry)
+        return list(unique.values())[: limit + 1]
 
     def _query_key(self, query: IndexQuery, value: str, want: int) -> list[dict[str, Any]]:
         condition = "#k = :k"
