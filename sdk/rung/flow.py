@@ -20,6 +20,8 @@ from rung.errors import InvalidConfig
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,79}$")
 #: The largest limit rung accepts (slots live in one DynamoDB item).
 MAX_LIMIT = 1000
+#: The most items a queue's slots can be split over (``Queue.shards``).
+MAX_SHARDS = 64
 #: The longest window of a ``Rate``.
 MAX_RATE_WINDOW = timedelta(days=1)
 
@@ -66,16 +68,28 @@ class Queue:
         per_key_limit: runs executing at once per concurrency key (the task's
             ``concurrency_key``); the queue's ``concurrency_limit`` still caps the total.
         rate_limit: starts per period (``rung.Rate``).
+        shards: how many DynamoDB items hold the queue's slots (1-64; default 1). One
+            item admits about 60 runs per second (docs/capacity.md); ``shards=N``
+            splits ``concurrency_limit`` over N items, each with its share, for N
+            times that. A run's shard is a hash of its concurrency key when the queue
+            has a ``per_key_limit`` (each key's runs share one item, so the per-key
+            limit stays exact), else of its run id. Priority and FIFO order hold
+            within a shard, and a run can park while another shard has a free slot:
+            leave it at 1 unless the queue must start more than ~50 runs per second.
+            Needs a ``concurrency_limit`` of at least ``shards`` (and at least
+            ``shards x per_key_limit``); not with a ``rate_limit``.
 
     Example:
         >>> emails = rung.Queue("emails", concurrency_limit=10,
         ...                     rate_limit=rung.Rate(100, per=timedelta(minutes=1)))
+        >>> crawl = rung.Queue("crawl", concurrency_limit=1000, shards=32)
     """
 
     name: str
     concurrency_limit: int | None = None
     per_key_limit: int | None = None
     rate_limit: Rate | None = None
+    shards: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -104,6 +118,37 @@ class Queue:
             )
         if self.rate_limit is not None and not isinstance(self.rate_limit, Rate):
             raise InvalidConfig(f"Queue rate_limit must be a rung.Rate, got {self.rate_limit!r}")
+        self._check_shards()
+
+    def _check_shards(self) -> None:
+        shards = self.shards
+        if isinstance(shards, bool) or not isinstance(shards, int):
+            raise InvalidConfig(f"Queue shards must be an int, got {shards!r}")
+        if not 1 <= shards <= MAX_SHARDS:
+            raise InvalidConfig(f"Queue shards must be between 1 and {MAX_SHARDS}, got {shards}")
+        if shards == 1:
+            return
+        problem = None
+        if self.concurrency_limit is None or self.concurrency_limit < shards:
+            problem = (
+                f"splits concurrency_limit ({self.concurrency_limit}) over {shards} items: "
+                f"set a concurrency_limit of at least {shards}, or fewer shards"
+            )
+        elif self.rate_limit is not None:
+            problem = (
+                "cannot be used with a rate_limit: a rate window is one consistent log "
+                "of starts; use shards=1 (a rate-limited queue is bounded by its rate)"
+            )
+        elif self.per_key_limit is not None and self.per_key_limit * shards > (
+            self.concurrency_limit
+        ):
+            problem = (
+                f"gives each shard about {self.concurrency_limit // shards} slots, fewer "
+                f"than per_key_limit ({self.per_key_limit}), and a key's runs share one "
+                f"shard: use at most {self.concurrency_limit // self.per_key_limit} shards"
+            )
+        if problem is not None:
+            raise InvalidConfig(f"queue {self.name!r}: shards={shards} {problem}")
 
     @property
     def keyed(self) -> bool:
@@ -140,6 +185,8 @@ class QueueInfo:
         running: runs holding a slot now (a live lease).
         parked: runs waiting for a slot.
         running_per_key: ``running`` by concurrency key ("" for runs without a key).
+        shards: the items the queue's slots are split over (``Queue.shards``); the
+            counts and limits here are the whole queue's.
 
     Example:
         >>> info = client.get_queue("emails")
@@ -161,3 +208,4 @@ class QueueInfo:
     running: int = 0
     parked: int = 0
     running_per_key: Mapping[str, int] = field(default_factory=dict)
+    shards: int = 1

@@ -18,6 +18,7 @@ import pydantic
 import pytest
 
 import rung
+from rung._engine.admission import Shard
 from rung._util.clock import VirtualClock, from_ms, to_ms
 from rung.testing import LocalEngine, SimulatedCrash
 
@@ -213,7 +214,7 @@ class _Desk:
         lets wall time through, which a test of exact reservations cannot have)."""
         clock = self.clock.now if at is None else (lambda: at)
         return self.gate.admit(
-            self.queue, claim.run, claim.token, key, priority, clock, timedelta(0), unused
+            Shard(self.queue), claim.run, claim.token, key, priority, clock, timedelta(0), unused
         )
 
 
@@ -416,7 +417,7 @@ def test_pausing_a_queue_stops_new_starts_and_resuming_continues() -> None:
         from rung._engine.admission import Gate
 
         Gate(engine.store, engine.queue, timedelta(minutes=1)).fill(
-            rung.Queue("p", concurrency_limit=2), engine.clock.now()
+            Shard(rung.Queue("p", concurrency_limit=2)), engine.clock.now()
         )
         runs = [engine.wait(h.run_id, timeout=60) for h in handles]
     assert parked == []
@@ -500,10 +501,10 @@ def test_a_parked_run_rechecked_while_its_hand_off_passed_it_by_keeps_a_place() 
         assert isinstance(clock, VirtualClock)
         for name, c in running.items():  # the running two keep their slots meanwhile
             later = clock.now() + timedelta(hours=1)
-            assert gate.renew(queue, ids[name], later, clock.now(), c.token)
+            assert gate.renew(Shard(queue), ids[name], later, clock.now(), c.token)
         clock.advance(PARK_RECHECK + timedelta(seconds=1))  # B and E are due again
         rechecked = claim("B")
-        gate.release(queue, ids["A"], running["A"].token, clock.now())  # E gets the slot
+        gate.release(Shard(queue), ids["A"], running["A"].token, clock.now())  # E gets the slot
         state = store.queue_state("q")
         assert set(state.holders) == {ids["C"], ids["E"]}
 
@@ -512,7 +513,7 @@ def test_a_parked_run_rechecked_while_its_hand_off_passed_it_by_keeps_a_place() 
         assert isinstance(verdict, Parked)
         assert [w.run_id for w in store.waiters("q")] == [ids["B"]]
         assert store.queue_state("q").waiting == 1
-        gate.release(queue, ids["C"], running["C"].token, clock.now())  # the next is B's
+        gate.release(Shard(queue), ids["C"], running["C"].token, clock.now())  # the next is B's
         assert ids["B"] in store.queue_state("q").holders
         assert list(store.waiters("q")) == []
 
@@ -535,12 +536,12 @@ def test_an_attempt_that_lets_go_late_does_not_free_the_next_attempts_slot() -> 
         store.release_to_continue(run_id, first.token, clock.now(), timedelta(0))
         second = claim(run_id)
         assert isinstance(admit(second), Admitted)  # its own live entry, taken over
-        gate.release(queue, run_id, first.token, clock.now())  # the first lets go, late
+        gate.release(Shard(queue), run_id, first.token, clock.now())  # the first lets go, late
 
         holders = store.queue_state("one").holders
         assert list(holders) == [run_id] and holders[run_id].token == second.token
         assert isinstance(admit(claim(other_id)), Parked)  # the limit of 1 holds
-        gate.release(queue, run_id, second.token, clock.now())
+        gate.release(Shard(queue), run_id, second.token, clock.now())
         assert list(store.queue_state("one").holders) == [other_id]  # handed on
 
 
@@ -612,7 +613,7 @@ def test_a_free_slot_reaches_a_lower_priority_past_a_band_of_blocked_keys(
 
         assert isinstance(first, Admitted) and isinstance(second, Admitted)
         assert all(isinstance(v, Parked) for _, _, v in blocked) and isinstance(last, Parked)
-        gate.release(queue, x_id, x_token, clock.now())  # two slots free now
+        gate.release(Shard(queue), x_id, x_token, clock.now())  # two slots free now
 
         holders = store.queue_state("b").holders
         assert set(holders) == {big_id, small_id}  # big's four stay parked

@@ -18,6 +18,10 @@ continuing elsewhere). See docs/flow-control.md for the design; in short:
 * A rate limit is a sliding window of start times kept in the queue item, with future
   entries as reservations: a run that may not start yet keeps its slot and is delayed
   to its reserved time (one conditional write, no herd of retries).
+* A queue with ``shards=N`` keeps its slots in N such items (``Shard``), each with its
+  share of the limits and its own parked runs: a run belongs to the shard of its
+  concurrency key (keyed queues) or of its run id, and everything above happens in that
+  shard. The shares add up to the limit, so the queue never runs more than it.
 * The code's declaration of the queue (its limits and rate) is recorded in the queue
   item by the write that admits or parks a run, when it differs from the stored one
   (so after a deploy that changes it, once): a client without the app (``rung queues``
@@ -31,16 +35,22 @@ import json
 import logging
 import random
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from rung._aws.dynamodb import DynamoStore, Holder, QueueState, Waiter
 from rung._aws.sqs import SqsQueue
+from rung._util import serde
 from rung._util.clock import from_ms, iso, to_ms
 from rung.errors import Contended, InvalidConfig
 from rung.flow import Queue, Rate
 from rung.models import Run
+
+if TYPE_CHECKING:
+    from rung.app import App
 
 log = logging.getLogger("rung.flow")
 
@@ -119,6 +129,74 @@ def limits_of(queue: Queue, state: QueueState) -> Limits:
     )
 
 
+def share(total: int | None, shards: int, index: int) -> int | None:
+    """Shard ``index``'s part of a limit ``total`` split over ``shards``: the parts differ
+    by at most one and add up to ``total``."""
+    if total is None:
+        return None
+    return total // shards + (1 if index < total % shards else 0)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One of the items a queue's slots live in (all of them when ``shards`` is 1)."""
+
+    queue: Queue
+    index: int = 0
+
+    @property
+    def item(self) -> str:
+        """The name its state is stored under: the queue's own for shard 0 (so a queue
+        that grows shards keeps its state), ``<name>~NN`` for the others ('~' is not
+        allowed in a queue's name)."""
+        return self.queue.name if self.index == 0 else f"{self.queue.name}~{self.index:02d}"
+
+    def limits(self, state: QueueState) -> Limits:
+        """The shard's limits in force: its share of the code's concurrency limit unless
+        an operator set one (``set_queue`` stores each shard's share); the per-key limit
+        whole (a key's runs are all in one shard)."""
+        code = share(self.queue.concurrency_limit, self.queue.shards, self.index)
+        return Limits(
+            concurrency=state.limit_set if state.limit_set is not None else code,
+            per_key=self.queue.per_key_limit if state.per_key_set is None else state.per_key_set,
+        )
+
+    @staticmethod
+    def of(spec: Queue, run_id: str, key: str) -> Shard:
+        """The shard a run of ``spec`` takes its slot in: by its concurrency key when the
+        queue has a per-key limit, else by its run id (a stable hash either way)."""
+        if spec.shards == 1:
+            return Shard(spec)
+        basis = key if spec.per_key_limit is not None else run_id
+        return Shard(spec, zlib.crc32(basis.encode()) % spec.shards)
+
+    @staticmethod
+    def of_run(app: App, run: Run) -> Shard | None:
+        """The shard a run holds (or would hold) its slot in, worked out from the run as
+        stored (for a worker that finds it crashed); None when its task has no queue, or
+        its key cannot be worked out now (its slot then frees when its lease runs out)."""
+        try:
+            task = app.get_task(run.task_id)
+            spec = task.queue
+            if spec is None:
+                return None
+            key = ""
+            if spec.shards > 1 and spec.per_key_limit is not None:
+                key = task.flow_of(task.decode_payload(serde.dumps(run.payload, "payload")))[0]
+        except Exception:  # noqa: BLE001 - an unknown task, a payload or key function that fails
+            return None
+        return Shard.of(spec, run.run_id, key)
+
+
+def shards_of(spec: Queue) -> list[Shard]:
+    return [Shard(spec, n) for n in range(spec.shards)]
+
+
+def shard_name(item: str) -> str:
+    """The queue a stored item belongs to (``Shard.item`` backwards)."""
+    return item.split("~", 1)[0]
+
+
 def declaration(spec: Queue) -> str:
     """The queue as code declares it, as stored in the queue item (``declared``)."""
     rate = spec.rate_limit
@@ -130,7 +208,8 @@ def declaration(spec: Queue) -> str:
             if rate is None
             else {"limit": rate.limit, "per_ms": int(rate.window / timedelta(milliseconds=1))}
             | ({"per_key": True} if rate.per_key else {}),
-        },
+        }
+        | ({"shards": spec.shards} if spec.shards > 1 else {}),
         sort_keys=True,
     )
 
@@ -153,6 +232,7 @@ def declared_queue(state: QueueState) -> Queue | None:
                 per=timedelta(milliseconds=rate["per_ms"]),
                 per_key=bool(rate.get("per_key")),
             ),
+            shards=data.get("shards", 1),
         )
     except (ValueError, TypeError, KeyError, InvalidConfig):
         log.warning("queue %s: unreadable declaration %r", state.name, state.declared)
@@ -199,7 +279,7 @@ class Gate:
 
     def admit(
         self,
-        spec: Queue,
+        shard: Shard,
         run: Run,
         token: int,
         key: str,
@@ -208,14 +288,16 @@ class Gate:
         spent: timedelta,
         unused: datetime | None = None,
     ) -> Admitted | Parked | Delayed:
-        """Take a slot for the claimed ``run``, or park it, or delay it for the rate.
+        """Take a slot for the claimed ``run`` in its ``shard`` of the queue (see
+        ``Shard.of``), or park it there, or delay it for the rate.
 
         ``clock`` is read afresh on every try: backoffs between tries add up, and an
         immediate start is reserved at the time of the try that wins. ``unused`` is a
         rate reservation this attempt was given and came to too late (it did not
         start then): it leaves the window with the fresh reservation."""
+        spec = shard.queue
         for attempt in range(_TRIES):
-            view = self._look(spec, run, clock)
+            view = self._look(shard, run, clock)
             mine = view.mine
             # A reservation we come to too late is not used: a fresh one is taken. The
             # stale one leaves the window only when this attempt knows it never started
@@ -228,19 +310,19 @@ class Gate:
             )
             verdict: Admitted | Parked | Delayed | None
             if mine is not None and (spec.rate_limit is None or mine.start_ms) and not late:
-                verdict = self._renew_own(spec, run, token, view, mine)
+                verdict = self._renew_own(shard, run, token, view, mine)
                 if verdict is None:
                     continue  # pruned meanwhile (its lease had expired): admit afresh
                 return _counted(verdict, view, run.run_id)
             if mine is not None:  # handed off without a rate reservation yet, or late
                 drop = mine.start_ms if unused and mine.start_ms == to_ms(unused) else None
                 verdict = self._take(
-                    spec, run, token, key, view, 0 if late else mine.start_ms, drop
+                    shard, run, token, key, view, 0 if late else mine.start_ms, drop
                 )
             elif view.full(key):
-                verdict = self._park(spec, run, token, key, priority, spent, view)
+                verdict = self._park(shard, run, token, key, priority, spent, view)
             else:
-                verdict = self._take(spec, run, token, key, view, 0, None)
+                verdict = self._take(shard, run, token, key, view, 0, None)
             if verdict is not None:
                 return _counted(verdict, view, run.run_id)
             _backoff(attempt)
@@ -250,17 +332,17 @@ class Gate:
             "attempt spent); many workers on one queue item is the cause"
         )
 
-    def _look(self, spec: Queue, run: Run, clock: Callable[[], datetime]) -> _View:
-        """The queue as one try of ``admit`` sees it."""
-        state = self.store.queue_state(spec.name)
+    def _look(self, shard: Shard, run: Run, clock: Callable[[], datetime]) -> _View:
+        """The queue (the run's shard of it) as one try of ``admit`` sees it."""
+        state = self.store.queue_state(shard.item)
         now = clock()
         now_ms = to_ms(now)
-        code = declaration(spec)
+        code = declaration(shard.queue)
         live = {r: h for r, h in state.holders.items() if h.until_ms > now_ms}
         return _View(
             state=state,
             now=now,
-            limits=limits_of(spec, state),
+            limits=shard.limits(state),
             declared=code if state.declared != code else None,
             live=live,
             expired=[r for r in state.holders if r not in live],
@@ -272,19 +354,22 @@ class Gate:
         )
 
     def _renew_own(
-        self, spec: Queue, run: Run, token: int, view: _View, mine: Holder
+        self, shard: Shard, run: Run, token: int, view: _View, mine: Holder
     ) -> Admitted | Delayed | None:
         """Ours already (handed off to it, held across a crash, or reserved for a
         rate-limited start): renewing our own entry needs no version check. None: it
         was pruned meanwhile."""
         hold_until = max(view.until, from_ms(mine.start_ms) + self.lease)
-        if not self.store.renew_slot(spec.name, run.run_id, hold_until, view.now, token, take=True):
+        renewed = self.store.renew_slot(
+            shard.item, run.run_id, hold_until, view.now, token, take=True
+        )
+        if not renewed:
             return None
         return Delayed(from_ms(mine.start_ms)) if mine.start_ms > view.now_ms else Admitted()
 
     def _take(
         self,
-        spec: Queue,
+        shard: Shard,
         run: Run,
         token: int,
         key: str,
@@ -295,6 +380,7 @@ class Gate:
         """Take a slot (version-checked), reserving a rate-limited start unless
         ``start_ms`` holds one. None: the queue changed meanwhile."""
         starts = key_starts = None
+        spec = shard.queue
         if spec.rate_limit is not None and start_ms == 0:
             start_ms, starts, key_starts = self._reserve(spec, view.state, key, view.now_ms, drop)
         hold_until = max(view.until, from_ms(start_ms) + self.lease)
@@ -315,7 +401,7 @@ class Gate:
 
     def _park(
         self,
-        spec: Queue,
+        shard: Shard,
         run: Run,
         token: int,
         key: str,
@@ -331,7 +417,7 @@ class Gate:
             key,
             priority,
             view.now + PARK_RECHECK,
-            f"a slot of queue {spec.name!r}",
+            f"a slot of queue {shard.queue.name!r}",
             view.now,
             spent,
             run.parked_sk,
@@ -339,8 +425,8 @@ class Gate:
         )
         if parked is False:
             return None
-        log.info("run %s parked for a slot of queue %s", run.run_id, spec.name)
-        self.fill(spec, view.now)
+        log.info("run %s parked for a slot of queue %s", run.run_id, shard.item)
+        self.fill(shard, view.now)
         return Parked()
 
     def _reserve(
@@ -364,25 +450,25 @@ class Gate:
             return start, None, kept
         return start, kept, None
 
-    def release(self, spec: Queue, run_id: str, token: int, now: datetime) -> None:
+    def release(self, shard: Shard, run_id: str, token: int, now: datetime) -> None:
         """The attempt with lease ``token`` stops executing: free its slot (unless a
         later attempt of the run holds it already) and hand it to the next parked run."""
-        state = self.store.release_slot(spec.name, run_id, token, now)
+        state = self.store.release_slot(shard.item, run_id, token, now)
         if state is not None:
-            self.fill(spec, now, state)
+            self.fill(shard, now, state)
 
-    def fill(self, spec: Queue, now: datetime, state: QueueState | None = None) -> None:
+    def fill(self, shard: Shard, now: datetime, state: QueueState | None = None) -> None:
         """Hand free slots to parked runs, best first, until none is free or waiting.
 
         Every hand-off is a write of its own; only a conflict (the queue changed under
         the hand-off) counts against ``_TRIES``, so a change that frees hundreds of
         slots (a resume, a raised limit) hands them all out here, not the first few.
-        ``state``: the queue as the caller just read or wrote it (saves a read)."""
+        ``state``: the shard as the caller just read or wrote it (saves a read)."""
         conflicts = 0
         while conflicts < _TRIES:
             if state is None:
-                state = self.store.queue_state(spec.name)
-            limits = limits_of(spec, state)
+                state = self.store.queue_state(shard.item)
+            limits = shard.limits(state)
             now_ms = to_ms(now)
             live = {r: h for r, h in state.holders.items() if h.until_ms > now_ms}
             if state.paused or state.waiting <= 0:
@@ -392,21 +478,21 @@ class Gate:
             per_key: dict[str, int] = {}
             for holder in live.values():
                 per_key[holder.key] = per_key.get(holder.key, 0) + 1
-            chosen = self._next_waiter(spec.name, limits, per_key)
+            chosen = self._next_waiter(shard.item, limits, per_key)
             if chosen is None:
                 return
             done = self.store.hand_off(state, chosen, now + self.lease, now)
             state = None  # read again for the next free slot
             if done is True:
                 self.queue.send(chosen.run_id)
-                log.info("queue %s: slot handed to run %s", spec.name, chosen.run_id)
+                log.info("queue %s: slot handed to run %s", shard.item, chosen.run_id)
             elif done is False:
                 _backoff(conflicts)
                 conflicts += 1
         log.warning(
             "queue %s: gave up filling slots after %d conflicting writes; the next run "
             "that ends, or the parked runs' recheck, hands them out",
-            spec.name,
+            shard.item,
             _TRIES,
         )
 
@@ -430,8 +516,8 @@ class Gate:
             band = scanned[-1].sk.split("#")[1]
             after = f"WAIT#{band}#~"
 
-    def renew(self, spec: Queue, run_id: str, until: datetime, now: datetime, token: int) -> bool:
-        return self.store.renew_slot(spec.name, run_id, until, now, token)
+    def renew(self, shard: Shard, run_id: str, until: datetime, now: datetime, token: int) -> bool:
+        return self.store.renew_slot(shard.item, run_id, until, now, token)
 
 
 def _backoff(attempt: int) -> None:

@@ -11,11 +11,19 @@ fill), as a finishing run would.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 from rung._aws.dynamodb import DynamoStore, QueueState
 from rung._aws.sqs import SqsQueue
-from rung._engine.admission import Gate, declared_queue, limits_of
+from rung._engine.admission import (
+    Gate,
+    declared_queue,
+    limits_of,
+    shard_name,
+    shards_of,
+    share,
+)
 from rung._engine.config import WorkerConfig
 from rung._util.clock import Clock, to_ms
 from rung.app import App
@@ -46,9 +54,11 @@ class QueueAdmin:
 
     def list(self) -> list[QueueInfo]:
         """The app's queues and every queue with stored state, by name."""
-        stored = {state.name: state for state in self._store.list_queue_states()}
+        stored: dict[str, list[QueueState]] = {}
+        for state in self._store.list_queue_states():
+            stored.setdefault(shard_name(state.name), []).append(state)
         names = sorted(set(self.declared()) | set(stored))
-        return [self.info(name, stored.get(name) or QueueState(name)) for name in names]
+        return [self.info(name, merged(name, stored.get(name, []))) for name in names]
 
     def get(self, name: str) -> QueueInfo:
         """One queue's limits (code, override, in force), pause, running and parked runs."""
@@ -86,32 +96,44 @@ class QueueAdmin:
             )
         state = self.known_state(name)
         spec = self.spec(name, state) or Queue(name)
+        shards = spec.shards
+        if concurrency_limit is not None and concurrency_limit < shards:
+            raise InvalidConfig(
+                f"queue {name!r}: its slots are split over {shards} shards, so its "
+                f"concurrency_limit must be at least {shards}; got {concurrency_limit}"
+            )
         if per_key_limit is not None:
             total = (
                 concurrency_limit
                 if concurrency_limit is not None
                 else limits_of(spec, state).concurrency
             )
-            if total is not None and per_key_limit > total:
+            if total is not None and per_key_limit > total // shards:
                 raise InvalidConfig(
                     f"queue {name!r}: per_key_limit ({per_key_limit}) would be above "
-                    f"concurrency_limit ({total}), the combined cap; nothing changed"
+                    f"concurrency_limit ({total}), the combined cap"
+                    + (f", split over {shards} shards" if shards > 1 else "")
+                    + "; nothing changed"
                 )
-        self._store.set_queue(
-            name, limit=concurrency_limit, per_key_limit=per_key_limit, clear_limits=reset
-        )
+        for shard in shards_of(spec):
+            self._store.set_queue(
+                shard.item,
+                limit=share(concurrency_limit, shards, shard.index),
+                per_key_limit=per_key_limit,
+                clear_limits=reset,
+            )
         return self._filled(name)
 
     def pause(self, name: str) -> QueueInfo:
         """Stop starting runs of the queue's tasks; runs executing now finish."""
-        self.known_state(name)
-        self._store.set_queue(name, paused=True)
+        for shard in shards_of(self.spec(name, self.known_state(name)) or Queue(name)):
+            self._store.set_queue(shard.item, paused=True)
         return self.get(name)
 
     def resume(self, name: str) -> QueueInfo:
         """Start runs of the queue again: parked runs get the free slots at once."""
-        self.known_state(name)
-        self._store.set_queue(name, paused=False)
+        for shard in shards_of(self.spec(name, self.known_state(name)) or Queue(name)):
+            self._store.set_queue(shard.item, paused=False)
         return self._filled(name)
 
     def declared(self) -> dict[str, tuple[Queue, tuple[str, ...]]]:
@@ -132,26 +154,33 @@ class QueueAdmin:
         return declared_queue(state if state is not None else self._store.queue_state(name))
 
     def known_state(self, name: str) -> QueueState:
+        """The queue's state (all its shards' together), if the queue is known."""
         if not isinstance(name, str) or not name:
             raise UnknownQueue(f"{name!r} is not a queue name")
         state = self._store.queue_state(name)
         declared = self.declared()
         if state.stored or name in declared:
-            return state
+            spec = self.spec(name, state)
+            shards = shards_of(spec)[1:] if spec is not None else []
+            others = [self._store.queue_state(shard.item) for shard in shards]
+            return merged(name, [state, *others])
         known = sorted(set(declared) | {s.name for s in self._store.list_queue_states()})
         hint = "" if self.app is not None else "; pass the app to see queues that have not run"
         raise UnknownQueue(f"no queue {name!r} (known queues: {', '.join(known) or 'none'}){hint}")
 
     def fill(self, name: str) -> None:
-        """Hand the slots a change freed to parked runs now.
+        """Hand the slots a change freed to parked runs now (in every shard; ``name``
+        may be a shard's item name).
 
         Not knowing the code's limits (no app, and no worker has recorded them), it
         hands none: with the wrong limits it could start too many. The next run that
         ends, or the parked runs' periodic recheck, hands them out then."""
-        spec = self.spec(name)
+        spec = self.spec(shard_name(name))
         if spec is not None:
             gate = Gate(self._store, self._queue, self._lease)
-            gate.fill(spec, self._clock.now())
+            for shard in shards_of(spec):
+                if name in (spec.name, shard.item):
+                    gate.fill(shard, self._clock.now())
 
     def _filled(self, name: str) -> QueueInfo:
         self.fill(name)
@@ -185,4 +214,25 @@ class QueueAdmin:
             running=sum(per_key.values()),
             parked=state.waiting,
             running_per_key=dict(sorted(per_key.items())),
+            shards=spec.shards,
         )
+
+
+def merged(name: str, states: list[QueueState]) -> QueueState:
+    """A queue's shards' states as one (``states[0]`` the first shard's, when stored):
+    their holders and parked runs together, paused if any is, the operator's
+    concurrency limit the sum of the shards' shares."""
+    stored = [s for s in states if s.stored]
+    if not stored:
+        return QueueState(name)
+    first = next((s for s in stored if s.name == name), stored[0])
+    holders = {r: h for s in stored for r, h in s.holders.items()}
+    limits = [s.limit_set for s in stored]
+    return dataclasses.replace(
+        first,
+        name=name,
+        holders=holders,
+        waiting=sum(s.waiting for s in stored),
+        paused=any(s.paused for s in stored),
+        limit_set=None if None in limits else sum(x for x in limits if x is not None),
+    )

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from rung._aws.dynamodb import DynamoStore, NewRun
 from rung._aws.sqs import SqsQueue
 from rung._durable.signals import Canceled, ContinueLater, SlotLost, TimeLimitReached
-from rung._engine.admission import Gate
+from rung._engine.admission import Gate, Shard
 from rung._engine.config import WorkerConfig
 from rung._engine.lifecycle import Lifecycle
 from rung._engine.telemetry import Telemetry
@@ -30,7 +30,6 @@ from rung._util.clock import Clock
 from rung._util.traces import TraceContext
 from rung.app import App, Task
 from rung.errors import LeaseLost, RunAlreadyFinished, RungError
-from rung.flow import Queue
 from rung.models import Run, RunStatus, StepRecord, TokenState
 
 log = logging.getLogger("rung.worker")
@@ -83,13 +82,13 @@ class Session:
         self._running: dict[int, str] = {}
         self._lock = threading.Lock()
         self._status_read_at = self._segment_start  # the claim has just read it
-        self.slot: Queue | None = None  # the queue whose slot this attempt holds
+        self.slot: Shard | None = None  # the queue shard whose slot this attempt holds
         self._slot_until: datetime | None = None  # (about) when that slot's lease ends
         self._lost: LeaseLost | None = None  # what a heartbeat found: the lease is gone
 
-    def hold_slot(self, spec: Queue) -> None:
-        """The attempt was admitted to ``spec``: its slot is held for ``slot_lease``."""
-        self.slot = spec
+    def hold_slot(self, shard: Shard) -> None:
+        """The attempt was admitted to ``shard``: its slot is held for ``slot_lease``."""
+        self.slot = shard
         self._slot_until = self.now() + self._worker.config.slot_lease
 
     def keep_alive(self) -> bool:
@@ -197,7 +196,7 @@ class Session:
                     # Nothing was checkpointed since admission: the code before this
                     # step outlives a slot's lease on every try, so queueing again would loop.
                     raise SlotExpired(
-                        f"run {self._run.run_id}: its slot in queue {self.slot.name!r} "
+                        f"run {self._run.run_id}: its slot in queue {self.slot.queue.name!r} "
                         "expired before its first step in this invocation (code outside "
                         "steps ran longer than the slot's lease); move that work into steps"
                     )
@@ -205,7 +204,7 @@ class Session:
                     "run %s: its slot in queue %r expired (a step outlived it) and counts "
                     "as free; it stops at this step boundary and queues for a slot again",
                     self._run.run_id,
-                    self.slot.name,
+                    self.slot.queue.name,
                 )
                 raise SlotLost()
             self._slot_until = until

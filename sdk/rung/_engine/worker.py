@@ -39,7 +39,7 @@ from rung._durable.signals import (
     TimeLimitReached,
 )
 from rung._durable.state import RunState, Scope, error_info
-from rung._engine.admission import Delayed, Gate, Parked, describe_delay, is_late
+from rung._engine.admission import Delayed, Gate, Parked, Shard, describe_delay, is_late
 from rung._engine.config import WorkerConfig
 from rung._engine.heartbeat import Heartbeat
 from rung._engine.lifecycle import Lifecycle
@@ -257,10 +257,9 @@ class Worker:
             with contextlib.suppress(LeaseLost), bound(lost.log_context):
                 self._fail(run, run.lease_token, error, failure, now)
                 lost.finish("worker lost", now, error, RunStatus.FAILED)
-            with contextlib.suppress(UnknownTask):
-                spec = self.app.get_task(run.task_id).queue
-                if spec is not None:  # the dead holder's slot: free it for the next run
-                    self.gate.release(spec, run.run_id, run.lease_token, now)
+            shard = Shard.of_run(self.app, run)
+            if shard is not None:  # the dead holder's slot: free it for the next run
+                self.gate.release(shard, run.run_id, run.lease_token, now)
             return NotClaimed("terminal", run, None)
         claim = self.store.reclaim_crashed(run, now, self.config.lease_duration, failure)
         if isinstance(claim, Claimed):
@@ -322,12 +321,12 @@ class Worker:
         except Exception as exc:
             self._fail(run, token, _payload_error(task, exc), None, now(), telemetry)
             return Disposition.ACK
-        spec = task.queue
-        if spec is not None:
-            refused = self._admit(message, run, token, task, spec, payload, session)
-            if refused is not None:
-                return refused
-            session.hold_slot(spec)
+        shard: Shard | None = None
+        if task.queue is not None:
+            admitted = self._admit(message, run, token, task, task.queue, payload, session)
+            if not isinstance(admitted, Shard):
+                return admitted
+            session.hold_slot(shard := admitted)
         # Armed for the task body only (no step runs before it): _execute disarms it.
         watchdog = session.start_watchdog()
         disposition = self._execute(
@@ -336,8 +335,8 @@ class Worker:
         # Released only when the attempt ended normally: a crash keeps the slot until
         # its lease expires (the run's next attempt takes it back), and a worker that
         # lost its lease leaves the slot to the run's new owner.
-        if spec is not None:
-            self.gate.release(spec, run.run_id, token, now())
+        if shard is not None:
+            self.gate.release(shard, run.run_id, token, now())
         return disposition
 
     def _admit(
@@ -349,9 +348,9 @@ class Worker:
         spec: Queue,
         payload: Any,
         session: Session,
-    ) -> Disposition | None:
-        """Get the run a slot of its queue (docs/flow-control.md). None: it has one and
-        may start now; else the run does not start in this invocation (parked for a
+    ) -> Disposition | Shard:
+        """Get the run a slot of its queue (docs/flow-control.md). A shard: it holds a
+        slot there and may start now; else the run does not start in this invocation (parked for a
         hand-off, deferred to its rate-limited start or past contention, or failed for
         a payload its flow options refuse) and this is what to do with the message."""
         now = self.clock.now
@@ -363,10 +362,11 @@ class Worker:
             self._fail(run, token, error, None, now(), report)
             return Disposition.ACK
         unused: datetime | None = None  # a reservation come to too late
+        shard = Shard.of(spec, run.run_id, key)
         while True:
             try:
                 verdict = self.gate.admit(
-                    spec, run, token, key, priority, now, session.spent(), unused
+                    shard, run, token, key, priority, now, session.spent(), unused
                 )
                 report.queue_counts(spec.name, verdict.running, verdict.parked)
             except Contended as exc:
@@ -388,7 +388,7 @@ class Worker:
                 report.finish("parked", now(), reason=f"queue {spec.name!r}")
                 return Disposition.ACK  # a hand-off (or the safety net) sends it again
             if not isinstance(verdict, Delayed):
-                return None
+                return shard
             wait = verdict.until - now()
             if wait > RATE_SLEEP:
                 # Come back just before the reserved start (SQS delays are whole
@@ -408,7 +408,7 @@ class Worker:
             # run starts at its reservation, not at the next whole second.
             time.sleep(max(wait.total_seconds(), 0.0))
             if not is_late(spec, verdict.until, now()):
-                return None
+                return shard
             # Woken too late for the reservation (a busy machine): admit again,
             # which takes a fresh one and gives this one back to the window.
             unused = verdict.until

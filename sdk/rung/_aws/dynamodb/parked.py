@@ -23,6 +23,9 @@ from rung._aws.dynamodb.queues import QueueState, Waiter, _map_key, _queue_key, 
 from rung._util.clock import iso, to_ms
 from rung.models import RunStatus
 
+#: At most this many spent ``keyseq`` entries are dropped by one hand-off.
+_PRUNE_KEYS = 16
+
 
 class _Parked(_Queues):
     def park(
@@ -193,18 +196,24 @@ class _Parked(_Queues):
         Returns True on success, False if the queue changed, None if the run is no
         longer parked (canceled meanwhile): its waiter item is then dropped.
         """
+        served = max(state.served, waiter.seq)
+        # A key whose last parked run has been served needs no entry: its next run's
+        # place is after `served` anyway. Dropped here, a few at a time, so that keys
+        # (tenants) that come and go do not grow the queue item forever.
+        spent = [k for k, seq in state.keyseq.items() if seq <= served][:_PRUNE_KEYS]
+        names = {"#r": waiter.run_id} | {f"#q{n}": _map_key(k) for n, k in enumerate(spent)}
         queue_update = self._queue_update(
             state.name,
             state.version,
             ["holders.#r = :holder", "waiting = waiting - :one", "served = :served"],
-            [],
-            {"#r": waiter.run_id},
+            [f"keyseq.#q{n}" for n in range(len(spent))],
+            names,
             {
                 ":holder": {
                     "M": {"k": _S(waiter.key), "u": _N(to_ms(until)), "s": _N(0), "t": _N(0)}
                 },
                 ":one": _N(1),
-                ":served": _N(max(state.served, waiter.seq)),
+                ":served": _N(served),
             },
         )
         delete = {
