@@ -6,7 +6,9 @@ off; each workload on its own table): 5-step runs of one task; 5-step runs sprea
 20 tasks; 5-step runs with one retried step; runs with a 2-hour ``ctx.wait``; parents
 with two children each; a one-step task behind a queue with a concurrency limit of 2
 (most runs park and are handed a slot); a one-step task behind a per-tenant queue
-(limit 100, per-key limit 1, a tenant per run: no run parks).
+(limit 100, per-key limit 1, a tenant per run: no run parks); and the same two
+uncontended queues at the largest limit (1,000) split over 32 items (``shards=32``),
+whose keys fold into one item's expected share (``QUEUE#wide~*``).
 
 Every DynamoDB request of the engine's clients is recorded at the botocore layer (as
 bench/api_calls.py does), with the partition key value it lands on:
@@ -161,6 +163,12 @@ def parent(ctx: rung.Context, payload: dict[str, Any]) -> int:
 
 LIMITED = rung.Queue("limited", concurrency_limit=2)
 TENANTS = rung.Queue("tenants", concurrency_limit=100, per_key_limit=1)
+#: The largest limit split over 32 items (issue 11's 1,000 starts/s through one queue).
+WIDE = rung.Queue("wide", concurrency_limit=QUEUE_LIMIT_MAX, shards=32)
+WIDE_ROW = "queue, limit 1,000, 32 shards"
+WIDE_TENANTS = rung.Queue(
+    "wide-tenants", concurrency_limit=QUEUE_LIMIT_MAX, per_key_limit=1, shards=32
+)
 
 
 @app.task(id="limited", queue=LIMITED)
@@ -170,6 +178,16 @@ def limited(ctx: rung.Context, payload: dict[str, Any]) -> int:
 
 @app.task(id="tenant", queue=TENANTS, concurrency_key=lambda p: str(p["tenant"]))
 def tenant(ctx: rung.Context, payload: dict[str, Any]) -> int:
+    return ctx.step("work", work, 0)
+
+
+@app.task(id="wide", queue=WIDE)
+def wide(ctx: rung.Context, payload: dict[str, Any]) -> int:
+    return ctx.step("work", work, 0)
+
+
+@app.task(id="wide-tenant", queue=WIDE_TENANTS, concurrency_key=lambda p: str(p["tenant"]))
+def wide_tenant(ctx: rung.Context, payload: dict[str, Any]) -> int:
     return ctx.step("work", work, 0)
 
 
@@ -211,6 +229,13 @@ WORKLOADS = [
         200,
         lambda n: ("tenant", {"tenant": f"t{n:03d}"}),
         queue=TENANTS,
+    ),
+    Workload(WIDE_ROW, 320, lambda n: ("wide", {"n": n}), queue=WIDE),
+    Workload(
+        "per-tenant keys, 32 shards",
+        320,
+        lambda n: ("wide-tenant", {"tenant": f"t{n:03d}"}),
+        queue=WIDE_TENANTS,
     ),
 ]
 
@@ -355,7 +380,7 @@ class HeatMeter:
                 data.wcu[(w.index, w.key)] += w.wru
                 data.writes[(w.index, w.key)] += 1
             if key[0].startswith("QUEUE#") and key[1] == "#QUEUE" and after is not None:
-                name = key[0][len("QUEUE#") :]
+                name = _queue_of(key[0])
                 data.queue_item_writes[name] += factor
                 data.queue_item_wcu[name] += units
                 if item_size(after) > item_size(data.queue_items.get(name)):
@@ -372,7 +397,7 @@ class HeatMeter:
             data.rcu[where] += units
             data.reads[where] += 1
             if where[1].startswith("QUEUE#") and params["Key"]["sk"]["S"] == "#QUEUE":
-                name = where[1][len("QUEUE#") :]
+                name = _queue_of(where[1])
                 data.queue_item_reads[name] += 1.0 if consistent else 0.5
                 data.queue_item_rcu[name] += units
         elif op == "Query":
@@ -536,16 +561,24 @@ class QueueTraffic:
         return low
 
 
-def spread(counts: Mapping[Where, float]) -> dict[Where, float]:
+def _queue_of(pk: str) -> str:
+    """The queue a queue item's key belongs to (``QUEUE#wide~05``: ``wide``)."""
+    return pk[len("QUEUE#") :].split("~", 1)[0]
+
+
+def spread(counts: Mapping[Where, float], queue: rung.Queue | None = None) -> dict[Where, float]:
     """``counts`` with each sharded index key family (``RUNNING#00`` .. ``RUNNING#31``)
     folded into one entry, ``RUNNING#*``, holding one shard's expected share: the
-    family's total / ``SHARDS``. A shard is a stable hash of a run id, so over many runs
+    family's total / ``SHARDS``; the same for a sharded queue's items (``QUEUE#wide~*``,
+    the total / its ``shards``). A shard is a stable hash, so over many runs (or keys)
     each receives that share; a sample of a few hundred runs is uneven (a few runs more
     on one shard), which is sampling noise, not load AWS would see."""
     folded: defaultdict[Where, float] = defaultdict(float)
     for (space, key), value in counts.items():
         if space in INDEXES:
             folded[(space, key.rsplit("#", 1)[0] + "#*")] += value / SHARDS
+        elif queue is not None and queue.shards > 1 and key.startswith("QUEUE#"):
+            folded[(space, f"QUEUE#{queue.name}~*")] += value / queue.shards
         else:
             folded[(space, key)] += value
     return folded
@@ -555,7 +588,8 @@ def project(workload: Workload, data: Recorded, per_wait: float) -> dict[str, An
     starts = workload.starts
     ceilings: list[tuple[float, str, str]] = []  # (runs/s, limit, what)
     heaviest: list[dict[str, Any]] = []
-    wcus, rcus, writes = spread(data.wcu), spread(data.rcu), spread(data.writes)
+    q = workload.queue
+    wcus, rcus, writes = spread(data.wcu, q), spread(data.rcu, q), spread(data.writes, q)
     for where in sorted(set(wcus) | set(rcus), key=lambda w: -wcus.get(w, 0.0)):
         wcu, rcu = wcus.get(where, 0.0) / starts, rcus.get(where, 0.0) / starts
         per_run = _per_run_key(where)
@@ -592,40 +626,44 @@ def project(workload: Workload, data: Recorded, per_wait: float) -> dict[str, An
 
     queue: dict[str, Any] | None = None
     if workload.queue is not None:
-        qwhere: Where = ("table", f"QUEUE#{workload.queue.name}")
-        item = data.queue_items.get(workload.queue.name, {})
+        spec = workload.queue
+        name, shards = spec.name, spec.shards
+        label = f"QUEUE#{name}" + ("~*" if shards > 1 else "")
+        item = data.queue_items.get(name, {})  # the largest of its items
         holders, per_holder = _holder_bytes(item)
         base = item_size(item) - holders * per_holder
         # One versioned write (read, then write conditioned on the version) lands per
-        # round trip at best, whatever the capacity: the queue item serializes admissions.
+        # round trip at best on each item, whatever the capacity: an item serializes
+        # its admissions; a sharded queue's items share the runs.
         versioned = data.versioned_queue_writes / starts
-        serial = 1 / (2 * REQUEST_SECONDS) / versioned if versioned else float("inf")
-        ceilings.append(
-            (serial, "one versioned write per round trip", f"QUEUE#{workload.queue.name}")
-        )
-        name = workload.queue.name
+        serial = shards / (2 * REQUEST_SECONDS) / versioned if versioned else float("inf")
+        ceilings.append((serial, "one versioned write per round trip per item", label))
+        mine = [w for w in data.wcu if w[0] == "table" and w[1].startswith(f"QUEUE#{name}")]
+        mine = [w for w in mine if _queue_of(w[1]) == name]
         slot_seconds = worker_seconds  # a run holds its slot for its attempt
-        limit = workload.queue.concurrency_limit or QUEUE_LIMIT_MAX
+        limit = spec.concurrency_limit or QUEUE_LIMIT_MAX
         traffic = QueueTraffic(
             base=base,
             per_holder=per_holder,
             item_writes=data.queue_item_writes[name] / starts,
             item_reads=data.queue_item_reads[name] / starts,
-            other_wcu=(data.wcu[qwhere] - data.queue_item_wcu[name]) / starts,
-            other_rcu=(data.rcu[qwhere] - data.queue_item_rcu[name]) / starts,
+            other_wcu=(sum(data.wcu[w] for w in mine) - data.queue_item_wcu[name]) / starts,
+            other_rcu=(sum(data.rcu[w] for w in mine) - data.queue_item_rcu[name]) / starts,
             slot_seconds=slot_seconds,
         )
-        at_limit = traffic.ceiling(limit)
-        at_max = traffic.ceiling(QUEUE_LIMIT_MAX)
-        full = base + QUEUE_LIMIT_MAX * per_holder
-        ceilings.append((at_limit, f"QUEUE# key, limit {limit}", f"QUEUE#{name}"))
+        # Each item gets 1/shards of the runs and holds its share of the limit.
+        at_limit = shards * traffic.ceiling(-(-limit // shards))
+        at_max = shards * traffic.ceiling(-(-QUEUE_LIMIT_MAX // shards))
+        full = base + -(-QUEUE_LIMIT_MAX // shards) * per_holder
+        ceilings.append((at_limit, f"{label} keys, limit {limit}", label))
         by_design = limit / slot_seconds
         queue = {
+            "shards": shards,
             "largest_item_bytes": item_size(item),
             "holders_in_it": holders,
             "bytes_per_holder": per_holder,
             "versioned_writes_per_run": round(versioned, 2),
-            "writes_per_run_to_queue_key": round(data.writes[qwhere] / starts, 2),
+            "writes_per_run_to_queue_key": round(sum(data.writes[w] for w in mine) / starts, 2),
             "writes_per_run_to_queue_item": round(traffic.item_writes, 2),
             "consistent_reads_per_run_of_queue_item": round(traffic.item_reads, 2),
             "item_bytes_at_1000_holders": full,
@@ -681,16 +719,16 @@ def keys_ceiling(row: dict[str, Any]) -> float:
     )
 
 
-def queue_target(rows: list[dict[str, Any]]) -> tuple[float, str]:
-    """Starts/s through one queue with the largest limit (1,000), from the uncontended
-    per-tenant workload's traffic: the lower of its queue key's ceiling at 1,000 holders,
-    the serialized versioned writes, and its other shared keys (the indexes)."""
-    row = next(r for r in rows if r["workload"].startswith("per-tenant"))
+def queue_target(rows: list[dict[str, Any]], workload: str = WIDE_ROW) -> tuple[float, str]:
+    """Starts/s through one queue with the largest limit (1,000), from ``workload``'s
+    traffic (uncontended: no run parks): the lower of its queue items' ceiling at 1,000
+    holders, the serialized versioned writes, and its other shared keys (the indexes)."""
+    row = next(r for r in rows if r["workload"] == workload)
     q = row["queue"]
     others = [c for c in row["ceilings"] if not c["where"].startswith("QUEUE#")]
     candidates = [
-        (q["ceiling_by_queue_key_at_limit_1000_runs_per_s"], "queue item at 1,000 holders"),
-        (q["ceiling_serialized_runs_per_s"], "versioned writes to the queue item"),
+        (q["ceiling_by_queue_key_at_limit_1000_runs_per_s"], "queue items at 1,000 holders"),
+        (q["ceiling_serialized_runs_per_s"], "versioned writes to the queue items"),
         (others[0]["runs_per_s"], f"{others[0]['where']}: {others[0]['limit']}"),
     ]
     return min(candidates)
@@ -741,7 +779,9 @@ def report(rows: list[dict[str, Any]], probe: dict[str, float], console: Console
         if q is not None:
             console.print(
                 f"- {row['workload']}: {q['writes_per_run_to_queue_key']:g} writes per run on"
-                f" the queue's key ({q['writes_per_run_to_queue_item']:g} WCU-weighted writes"
+                f" the queue's key{'s' if q['shards'] > 1 else ''}"
+                + (f" ({q['shards']} items, a run on one)" if q["shards"] > 1 else "")
+                + f" ({q['writes_per_run_to_queue_item']:g} WCU-weighted writes"
                 f" and {q['consistent_reads_per_run_of_queue_item']:g} consistent reads of the"
                 f" queue item itself, {q['versioned_writes_per_run']:g} versioned). The item"
                 f" was {q['largest_item_bytes']} bytes with {q['holders_in_it']} holders"
@@ -772,8 +812,10 @@ def report(rows: list[dict[str, Any]], probe: dict[str, float], console: Console
         f" against {TARGET_SINGLE_TASK:,} ({'met' if by_keys >= TARGET_SINGLE_TASK else 'short'});"
         f" at the default quotas {_fmt(single['binding']['runs_per_s'])}"
         f" ({single['binding']['where']}: {single['binding']['limit']}, adjustable);"
-        f" one concurrency-limited queue (limit 1,000) {_fmt(q_best)} starts/s against"
-        f" {TARGET_QUEUE_STARTS:,} ({q_where})."
+        f" one concurrency-limited queue (limit 1,000, 32 shards) {_fmt(q_best)} starts/s"
+        f" against {TARGET_QUEUE_STARTS:,} ({q_where}; per-tenant keys over 32 shards"
+        f" {_fmt(queue_target(rows, 'per-tenant keys, 32 shards')[0])}; one item"
+        f" {_fmt(queue_target(rows, 'per-tenant keys (200 tenants)')[0])})."
     )
     console.print(
         f"- assumed: {REQUEST_SECONDS * 1000:g} ms per AWS request from the worker, no user"

@@ -394,6 +394,7 @@ def queue_json(info: QueueInfo) -> dict[str, Any]:
             "per_key": rate.per_key,
         },
         "tasks": list(info.tasks),
+        "shards": info.shards,
     }
 
 

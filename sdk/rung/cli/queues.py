@@ -146,6 +146,8 @@ def _print_queue(info: QueueInfo, as_json: bool) -> None:
     limit, per_key = _limits(info)
     grid.add_row("limit", limit)
     grid.add_row("per key", per_key)
+    if info.shards > 1:
+        grid.add_row("shards", f"{info.shards} (limit split in shares; queue-level counts)")
     if not info.code_known:
         grid.add_row("", "?: set in the code; not known until a worker has started or parked a run")
     if info.rate_limit is not None or not info.code_known:
