@@ -189,3 +189,34 @@ def test_a_keyed_sharded_queue_keeps_each_keys_limit_exact() -> None:
     assert held.peak["all"] <= 4
     # Every parked run was handed its slot: no key is remembered any more.
     assert [(s.holders, s.waiting, s.keyseq) for s in items] == [({}, 0, {})] * 2
+
+
+def test_a_worker_that_finds_a_run_crashed_frees_the_slot_in_the_runs_own_shard() -> None:
+    # The crash path has only the run as stored: it works the shard out again from the
+    # payload's concurrency key (keyed queues) or the run id, as admission did.
+    app = rung.App("crashed-shards")
+    keyed = rung.Queue("keyed", concurrency_limit=8, per_key_limit=2, shards=4)
+    plain = rung.Queue("plain", concurrency_limit=8, shards=4)
+
+    @app.task(id="by-key", queue=keyed, concurrency_key=lambda job: job.tenant)
+    def by_key(ctx: rung.Context, job: Job) -> int:
+        return job.n
+
+    @app.task(id="by-id", queue=plain)
+    def by_id(ctx: rung.Context, job: Job) -> int:
+        return job.n
+
+    @app.task(id="free")
+    def free(ctx: rung.Context, job: Job) -> int:
+        return job.n
+
+    with LocalEngine(app) as engine:
+        runs = {
+            task: engine.wait(engine.trigger(task, {"n": 1, "tenant": "acme"}).run_id)
+            for task in ("by-key", "by-id", "free")
+        }
+
+    assert Shard.of_run(app, runs["by-key"]) == Shard.of(keyed, "any run", "acme")
+    assert Shard.of_run(app, runs["by-id"]) == Shard.of(plain, runs["by-id"].run_id, "")
+    assert Shard.of_run(app, runs["free"]) is None
+    assert Shard.of_run(rung.App("other"), runs["by-key"]) is None  # the task is gone
