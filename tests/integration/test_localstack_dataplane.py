@@ -18,6 +18,7 @@ import pytest
 
 import rung
 from rung._aws.dynamodb import INDEXES, PROJECTIONS, Claimed, NewRun, NotClaimed
+from rung._engine.admission import Shard
 from rung._engine.worker import Disposition
 from rung._util.clock import SystemClock
 from rung._util.ids import new_run_id
@@ -52,6 +53,14 @@ def order(ctx: rung.Context, payload: dict[str, Any]) -> dict[str, Any]:
     charged = ctx.step("charge", charge)
     ctx.step("email", lambda: effect(key, "email"))
     return {"reserved": reserved, "charged": charged}
+
+
+WIDE = rung.Queue("wide", concurrency_limit=4, shards=2)
+
+
+@app.task(id="wide", queue=WIDE)
+def wide(ctx: rung.Context, payload: dict[str, Any]) -> int:
+    return ctx.step("work", lambda: effect(payload["id"], "work"))
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +278,28 @@ def test_ttl_deletes_an_expired_run_and_get_run_then_says_it_expired(
     assert "Item" not in dynamodb.get_item(TableName=localstack_plane.table_name, Key=key)
     with pytest.raises(rung.RunExpired, match=r"created at .* longer ago than the retention"):
         client.get_run(handle.run_id)
+
+
+def test_a_sharded_queue_admits_through_its_items_and_shows_as_one(
+    workers: QueueWorkers, client: rung.Client, localstack_plane: DataPlane
+) -> None:
+    keys = [_id(f"wide-{n}") for n in range(8)]
+
+    runs = [workers.wait(client, client.trigger("wide", {"id": key}).run_id) for key in keys]
+    info = client.get_queue("wide")
+    dynamodb: Any = localstack_plane.aws("dynamodb")
+    used = sorted({Shard.of(WIDE, r.run_id, "").item for r in runs})
+    items = [
+        dynamodb.get_item(
+            TableName=localstack_plane.table_name,
+            Key={"pk": {"S": f"QUEUE#{name}"}, "sk": {"S": "#QUEUE"}},
+            ConsistentRead=True,
+        ).get("Item")
+        for name in used
+    ]
+
+    assert [r.status for r in runs] == ["COMPLETED"] * 8
+    assert [effects[(key, "work")] for key in keys] == [1] * 8
+    assert (info.shards, info.concurrency_limit, info.running, info.parked) == (2, 4, 0, 0)
+    # each shard that admitted a run has its own item, its holders given back
+    assert [item is not None and item["holders"]["M"] == {} for item in items] == [True] * len(used)
