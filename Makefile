@@ -27,7 +27,7 @@ typecheck: $(STAMP)
 # offline; docs/localstack.md) is brought up first and stopped after, whatever pytest's
 # result. RUNG_LOCALSTACK=0 make test skips it.
 test: lint typecheck sam-validate
-	infra/localstack/with-localstack.sh $(BIN)/pytest -q
+	infra/localstack/with-localstack.sh $(BIN)/pytest -q --durations=25
 
 check: $(STAMP)
 	$(BIN)/ruff check .
