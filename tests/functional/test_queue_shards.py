@@ -220,3 +220,33 @@ def test_a_worker_that_finds_a_run_crashed_frees_the_slot_in_the_runs_own_shard(
     assert Shard.of_run(app, runs["by-id"]) == Shard.of(plain, runs["by-id"].run_id, "")
     assert Shard.of_run(app, runs["free"]) is None
     assert Shard.of_run(rung.App("other"), runs["by-key"]) is None  # the task is gone
+
+
+def test_a_client_without_the_app_finds_a_sharded_queue_by_any_of_its_items() -> None:
+    # Only the items that admitted a run exist; here not the first shard's. A client
+    # without the app knows the queue from what the workers recorded in them.
+    from rung._engine.queues import QueueAdmin
+
+    app = rung.App("appless")
+    keyed = rung.Queue("keyed", concurrency_limit=8, per_key_limit=2, shards=4)
+    tenant = next(t for t in (f"t{n}" for n in range(100)) if Shard.of(keyed, "", t).index)
+
+    @app.task(id="by-key", queue=keyed, concurrency_key=lambda job: job.tenant)
+    def by_key(ctx: rung.Context, job: Job) -> int:
+        return job.n
+
+    with LocalEngine(app) as engine:
+        engine.wait(engine.trigger("by-key", {"n": 1, "tenant": tenant}).run_id)
+        admin = QueueAdmin(None, engine.store, engine.queue, engine.clock)
+        info = admin.get("keyed")
+        listed = [q.name for q in admin.list()]
+        with pytest.raises(rung.UnknownQueue, match=r"known queues: keyed\)"):
+            admin.get("other")
+
+    assert (info.name, info.shards, info.concurrency_limit, info.code_known) == (
+        "keyed",
+        4,
+        8,
+        True,
+    )
+    assert listed == ["keyed"]

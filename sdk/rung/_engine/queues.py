@@ -164,7 +164,12 @@ class QueueAdmin:
             shards = shards_of(spec)[1:] if spec is not None else []
             others = [self._store.queue_state(shard.item) for shard in shards]
             return merged(name, [state, *others])
-        known = sorted(set(declared) | {s.name for s in self._store.list_queue_states()})
+        # A sharded queue whose first shard has not run a run yet has only other items.
+        stored = self._store.list_queue_states()
+        siblings = [s for s in stored if shard_name(s.name) == name]
+        if siblings:
+            return merged(name, siblings)
+        known = sorted(set(declared) | {shard_name(s.name) for s in stored})
         hint = "" if self.app is not None else "; pass the app to see queues that have not run"
         raise UnknownQueue(f"no queue {name!r} (known queues: {', '.join(known) or 'none'}){hint}")
 
@@ -175,7 +180,7 @@ class QueueAdmin:
         Not knowing the code's limits (no app, and no worker has recorded them), it
         hands none: with the wrong limits it could start too many. The next run that
         ends, or the parked runs' periodic recheck, hands them out then."""
-        spec = self.spec(shard_name(name))
+        spec = self.spec(shard_name(name), self._store.queue_state(name))
         if spec is not None:
             gate = Gate(self._store, self._queue, self._lease)
             for shard in shards_of(spec):

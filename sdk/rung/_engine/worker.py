@@ -368,7 +368,7 @@ class Worker:
                 verdict = self.gate.admit(
                     shard, run, token, key, priority, now, session.spent(), unused
                 )
-                report.queue_counts(spec.name, verdict.running, verdict.parked)
+                report.queue_counts(shard.item, verdict.running, verdict.parked)
             except Contended as exc:
                 # Not the run's fault: no attempt is spent; it comes back shortly.
                 log.warning("%s", exc)
