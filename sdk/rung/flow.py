@@ -18,7 +18,8 @@ from rung._util.durations import check_duration
 from rung.errors import InvalidConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,79}$")
-#: The largest limit rung accepts (slots live in one DynamoDB item).
+#: The largest limit rung accepts (a queue's limit, whatever its ``shards``: an item
+#: holds a slot per run holding it, and 1,000 of them make a 55 KB item).
 MAX_LIMIT = 1000
 #: The most items a queue's slots can be split over (``Queue.shards``).
 MAX_SHARDS = 64

@@ -138,11 +138,16 @@ def test_a_sharded_queue_admits_each_shard_its_share_and_operates_as_one() -> No
         assert until(lambda: engine.client.get_queue("wide").parked == 12 - expected - 1)
         raised = engine.client.set_queue_limit("wide", concurrency_limit=9)
         assert raised.concurrency_limit == 9 and raised.concurrency_limit_override == 9
+        # stored whole in each item; each shard takes its share (3)
         assert [engine.store.queue_state(Shard(wide, i).item).limit_set for i in range(3)] == [
-            3,
-            3,
-            3,
+            9,
+            9,
+            9,
         ]
+        with pytest.raises(rung.InvalidConfig, match="chosen by run id"):
+            engine.client.set_queue_limit("wide", per_key_limit=1)
+        with pytest.raises(rung.UnknownQueue, match="not a queue name"):
+            engine.client.get_queue("wide~01")
         engine.client.resume_queue("wide")
         left = Counter(
             Shard.of(wide, h.run_id, "").index for h in handles if h.run_id != parked.run_id
@@ -250,3 +255,33 @@ def test_a_client_without_the_app_finds_a_sharded_queue_by_any_of_its_items() ->
         True,
     )
     assert listed == ["keyed"]
+
+
+def test_after_the_shards_change_the_limit_in_force_shows_what_the_items_allow() -> None:
+    # An operator's limit lives in the items it was set on; items a larger `shards`
+    # adds have none, so they take the code's share until it is set again.
+    from rung._engine.queues import QueueAdmin
+
+    before = rung.Queue("grow", concurrency_limit=8, shards=2)
+    after = rung.Queue("grow", concurrency_limit=8, shards=4)
+    app, grown = rung.App("before"), rung.App("after")
+
+    @app.task(id="t", queue=before)
+    def t_before(ctx: rung.Context, job: Job) -> int:
+        return job.n
+
+    @grown.task(id="t", queue=after)
+    def t_after(ctx: rung.Context, job: Job) -> int:
+        return job.n
+
+    with LocalEngine(app) as engine:
+        set_on_two = engine.client.set_queue_limit("grow", concurrency_limit=4)
+        admin = QueueAdmin(grown, engine.store, engine.queue, engine.clock)
+        grown_info = admin.get("grow")
+        admin.set_limit("grow", concurrency_limit=4)
+        again = admin.get("grow")
+
+    assert set_on_two.concurrency_limit == 4
+    # shards 0, 1: 1 each of the operator's 4; shards 2, 3: 2 each of the code's 8
+    assert (grown_info.concurrency_limit, grown_info.concurrency_limit_override) == (6, 4)
+    assert (again.concurrency_limit, again.shards) == (4, 4)

@@ -146,18 +146,16 @@ class Shard:
 
     @property
     def item(self) -> str:
-        """The name its state is stored under: the queue's own for shard 0 (so a queue
-        that grows shards keeps its state), ``<name>~NN`` for the others ('~' is not
-        allowed in a queue's name)."""
-        return self.queue.name if self.index == 0 else f"{self.queue.name}~{self.index:02d}"
+        """The name its state is stored under (``item_name``)."""
+        return item_name(self.queue.name, self.index)
 
     def limits(self, state: QueueState) -> Limits:
-        """The shard's limits in force: its share of the code's concurrency limit unless
-        an operator set one (``set_queue`` stores each shard's share); the per-key limit
-        whole (a key's runs are all in one shard)."""
-        code = share(self.queue.concurrency_limit, self.queue.shards, self.index)
+        """The shard's limits in force (``state``: its item): its share of the queue's
+        concurrency limit, the operator's if one is set (stored whole in every item),
+        else the code's; the per-key limit whole (a key's runs are all in one shard)."""
+        total = self.queue.concurrency_limit if state.limit_set is None else state.limit_set
         return Limits(
-            concurrency=state.limit_set if state.limit_set is not None else code,
+            concurrency=share(total, self.queue.shards, self.index),
             per_key=self.queue.per_key_limit if state.per_key_set is None else state.per_key_set,
         )
 
@@ -190,6 +188,13 @@ class Shard:
 
 def shards_of(spec: Queue) -> list[Shard]:
     return [Shard(spec, n) for n in range(spec.shards)]
+
+
+def item_name(queue: str, index: int) -> str:
+    """The item shard ``index`` of ``queue`` is stored under: the queue's own name for
+    shard 0 (so a queue that grows shards keeps its state), ``<name>~NN`` for the others
+    ('~' is not allowed in a queue's name)."""
+    return queue if index == 0 else f"{queue}~{index:02d}"
 
 
 def shard_name(item: str) -> str:

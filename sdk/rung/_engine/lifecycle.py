@@ -12,6 +12,7 @@ from typing import Any
 from rung._aws.dynamodb import DynamoStore, NewRun, ParentLink
 from rung._aws.events import EventBus
 from rung._aws.sqs import SqsQueue
+from rung._engine.admission import shard_name
 from rung._engine.queues import QueueAdmin
 from rung._engine.telemetry import run_event
 from rung._util.clock import Clock
@@ -100,7 +101,7 @@ class Lifecycle:
         if run.parked_sk is not None:
             self._store.drop_parked(name, run.parked_sk, run.run_id)
         self._store.release_slot(name, run.run_id, 0, self._clock.now())
-        self._queues.fill(name)
+        self._queues.fill(shard_name(name), item=name)  # the run's shard of the queue
 
     def _cancel_children(self, run_id: str, reason: str) -> None:
         """Cancel the non-detached descendants of a canceled run (depth first).

@@ -12,6 +12,7 @@ fill), as a finishing run would.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from datetime import timedelta
 
 from rung._aws.dynamodb import DynamoStore, QueueState
@@ -19,16 +20,16 @@ from rung._aws.sqs import SqsQueue
 from rung._engine.admission import (
     Gate,
     declared_queue,
+    item_name,
     limits_of,
     shard_name,
     shards_of,
-    share,
 )
 from rung._engine.config import WorkerConfig
 from rung._util.clock import Clock, to_ms
 from rung.app import App
 from rung.errors import InvalidConfig, UnknownQueue
-from rung.flow import MAX_LIMIT, Queue, QueueInfo
+from rung.flow import MAX_LIMIT, MAX_SHARDS, Queue, QueueInfo
 
 #: The lease of a slot handed off from outside a worker (a client's resume, a cancel).
 _DEFAULT_LEASE = WorkerConfig().slot_lease
@@ -58,11 +59,11 @@ class QueueAdmin:
         for state in self._store.list_queue_states():
             stored.setdefault(shard_name(state.name), []).append(state)
         names = sorted(set(self.declared()) | set(stored))
-        return [self.info(name, merged(name, stored.get(name, []))) for name in names]
+        return [self.info(name, stored.get(name, [])) for name in names]
 
     def get(self, name: str) -> QueueInfo:
         """One queue's limits (code, override, in force), pause, running and parked runs."""
-        return self.info(name, self.known_state(name))
+        return self.info(name, self.known_items(name))
 
     def set_limit(
         self,
@@ -94,31 +95,36 @@ class QueueAdmin:
             raise InvalidConfig(
                 f"queue {name!r}: nothing to set; pass concurrency_limit, per_key_limit or reset"
             )
-        state = self.known_state(name)
-        spec = self.spec(name, state) or Queue(name)
+        spec, state = self._layout(name)
         shards = spec.shards
         if concurrency_limit is not None and concurrency_limit < shards:
             raise InvalidConfig(
                 f"queue {name!r}: its slots are split over {shards} shards, so its "
                 f"concurrency_limit must be at least {shards}; got {concurrency_limit}"
             )
-        if per_key_limit is not None:
-            total = (
-                concurrency_limit
-                if concurrency_limit is not None
-                else limits_of(spec, state).concurrency
+        if per_key_limit is not None and shards > 1 and spec.per_key_limit is None:
+            raise InvalidConfig(
+                f"queue {name!r}: its {shards} shards are chosen by run id (its code sets no "
+                "per_key_limit), so a key's runs are in every shard and a per-key limit "
+                "cannot be kept there; declare per_key_limit in the code (the shards then "
+                "follow the key)"
             )
-            if total is not None and per_key_limit > total // shards:
-                raise InvalidConfig(
-                    f"queue {name!r}: per_key_limit ({per_key_limit}) would be above "
-                    f"concurrency_limit ({total}), the combined cap"
-                    + (f", split over {shards} shards" if shards > 1 else "")
-                    + "; nothing changed"
-                )
-        for shard in shards_of(spec):
+        # A lower concurrency_limit alone may go below the per-key limit: the total (a
+        # shard's share) then caps each key, as QueueInfo.per_key_limit shows.
+        total = concurrency_limit
+        if total is None:
+            total = limits_of(spec, state).concurrency
+        if per_key_limit is not None and total is not None and per_key_limit > total // shards:
+            raise InvalidConfig(
+                f"queue {name!r}: per_key_limit ({per_key_limit}) would be above "
+                f"concurrency_limit ({total}), the combined cap"
+                + (f", split over {shards} shards ({total // shards} each)" if shards > 1 else "")
+                + "; nothing changed"
+            )
+        for shard in shards_of(spec):  # the whole limit in each: every shard takes its share
             self._store.set_queue(
                 shard.item,
-                limit=share(concurrency_limit, shards, shard.index),
+                limit=concurrency_limit,
                 per_key_limit=per_key_limit,
                 clear_limits=reset,
             )
@@ -126,13 +132,13 @@ class QueueAdmin:
 
     def pause(self, name: str) -> QueueInfo:
         """Stop starting runs of the queue's tasks; runs executing now finish."""
-        for shard in shards_of(self.spec(name, self.known_state(name)) or Queue(name)):
+        for shard in shards_of(self._layout(name)[0]):
             self._store.set_queue(shard.item, paused=True)
         return self.get(name)
 
     def resume(self, name: str) -> QueueInfo:
         """Start runs of the queue again: parked runs get the free slots at once."""
-        for shard in shards_of(self.spec(name, self.known_state(name)) or Queue(name)):
+        for shard in shards_of(self._layout(name)[0]):
             self._store.set_queue(shard.item, paused=False)
         return self._filled(name)
 
@@ -147,58 +153,89 @@ class QueueAdmin:
 
     def spec(self, name: str, state: QueueState | None = None) -> Queue | None:
         """The code's declaration of the queue: the app's, else the one the workers
-        recorded in the queue item; None when neither is known."""
+        recorded in its items (``state``: as ``merged`` made it); None when neither is
+        known."""
         declared = self.declared().get(name)
         if declared is not None:
             return declared[0]
-        return declared_queue(state if state is not None else self._store.queue_state(name))
+        if state is None:
+            state = merged(name, self.items(name))
+        return declared_queue(dataclasses.replace(state, name=name))
 
-    def known_state(self, name: str) -> QueueState:
-        """The queue's state (all its shards' together), if the queue is known."""
-        if not isinstance(name, str) or not name:
-            raise UnknownQueue(f"{name!r} is not a queue name")
-        state = self._store.queue_state(name)
+    def items(self, name: str) -> Sequence[QueueState]:
+        """The stored items of queue ``name``: its own and its shards' (``<name>~NN``,
+        as many as a queue can have), in one batch read."""
+        names = [item_name(name, index) for index in range(MAX_SHARDS)]
+        return [state for state in self._store.queue_states(names) if state.stored]
+
+    def known_items(self, name: str) -> Sequence[QueueState]:
+        """``items``, if the queue is known (the app declares it, or it has state)."""
+        try:
+            Queue(name)
+        except InvalidConfig:
+            raise UnknownQueue(f"{name!r} is not a queue name") from None
+        items = self.items(name)
         declared = self.declared()
-        if state.stored or name in declared:
-            spec = self.spec(name, state)
-            shards = shards_of(spec)[1:] if spec is not None else []
-            others = [self._store.queue_state(shard.item) for shard in shards]
-            return merged(name, [state, *others])
-        # A sharded queue whose first shard has not run a run yet has only other items.
-        stored = self._store.list_queue_states()
-        siblings = [s for s in stored if shard_name(s.name) == name]
-        if siblings:
-            return merged(name, siblings)
-        known = sorted(set(declared) | {shard_name(s.name) for s in stored})
+        if items or name in declared:
+            return items
+        known = sorted(
+            set(declared) | {shard_name(s.name) for s in self._store.list_queue_states()}
+        )
         hint = "" if self.app is not None else "; pass the app to see queues that have not run"
         raise UnknownQueue(f"no queue {name!r} (known queues: {', '.join(known) or 'none'}){hint}")
 
-    def fill(self, name: str) -> None:
-        """Hand the slots a change freed to parked runs now (in every shard; ``name``
-        may be a shard's item name).
+    def _layout(self, name: str) -> tuple[Queue, QueueState]:
+        """The queue's declaration (to know its shards) and state, for a change to it."""
+        items = self.known_items(name)
+        state = merged(name, items)
+        spec = self.spec(name, state)
+        if spec is None:
+            if any(s.name != name for s in items):
+                raise InvalidConfig(
+                    f"queue {name!r} has several items (shards) but no worker has recorded "
+                    "how many; pass the app (--app) so that the change reaches all of them"
+                )
+            spec = Queue(name)
+        return spec, state
+
+    def fill(self, name: str, item: str | None = None) -> None:
+        """Hand the slots a change freed to parked runs now: in every shard, or only in
+        the one stored as ``item``.
 
         Not knowing the code's limits (no app, and no worker has recorded them), it
         hands none: with the wrong limits it could start too many. The next run that
         ends, or the parked runs' periodic recheck, hands them out then."""
-        spec = self.spec(shard_name(name), self._store.queue_state(name))
+        spec = self.spec(name)
         if spec is not None:
             gate = Gate(self._store, self._queue, self._lease)
             for shard in shards_of(spec):
-                if name in (spec.name, shard.item):
+                if item in (None, shard.item):
                     gate.fill(shard, self._clock.now())
 
     def _filled(self, name: str) -> QueueInfo:
         self.fill(name)
         return self.get(name)
 
-    def info(self, name: str, state: QueueState) -> QueueInfo:
+    def info(self, name: str, items: Sequence[QueueState]) -> QueueInfo:
+        """The queue as operators see it, from its stored ``items`` (all its shards)."""
+        state = merged(name, items)
         declared = self.declared().get(name)
         known = self.spec(name, state)
         spec = known if known is not None else Queue(name)
         limits = limits_of(spec, state)
+        concurrency = limits.concurrency
+        if spec.shards > 1:
+            # What the shards allow together, each by its own item (an override set
+            # before the shards changed is in some items only: this shows what holds).
+            by_item = {s.name: s for s in items}
+            parts = [
+                shard.limits(by_item.get(shard.item) or QueueState(shard.item)).concurrency
+                for shard in shards_of(spec)
+            ]
+            concurrency = sum(p for p in parts if p is not None)
         per_key_limit = limits.per_key
-        if per_key_limit is not None and limits.concurrency is not None:
-            per_key_limit = min(per_key_limit, limits.concurrency)  # the total caps it
+        if per_key_limit is not None and concurrency is not None:
+            per_key_limit = min(per_key_limit, concurrency // spec.shards)  # the share caps it
         now_ms = to_ms(self._clock.now())
         per_key: dict[str, int] = {}
         for holder in state.holders.values():
@@ -211,7 +248,7 @@ class QueueAdmin:
             code_concurrency_limit=spec.concurrency_limit,
             code_per_key_limit=spec.per_key_limit,
             rate_limit=spec.rate_limit,
-            concurrency_limit=limits.concurrency,
+            concurrency_limit=concurrency,
             per_key_limit=per_key_limit,
             concurrency_limit_override=state.limit_set,
             per_key_limit_override=state.per_key_set,
@@ -223,21 +260,21 @@ class QueueAdmin:
         )
 
 
-def merged(name: str, states: list[QueueState]) -> QueueState:
-    """A queue's shards' states as one (``states[0]`` the first shard's, when stored):
-    their holders and parked runs together, paused if any is, the operator's
-    concurrency limit the sum of the shards' shares."""
+def merged(name: str, states: Sequence[QueueState]) -> QueueState:
+    """A queue's items (its shards' states) as one: their holders and parked runs
+    together, paused if any is; the operator's settings and the workers' record of the
+    code (``declared``) as the first item holds them, else as another does."""
     stored = [s for s in states if s.stored]
     if not stored:
         return QueueState(name)
-    first = next((s for s in stored if s.name == name), stored[0])
-    holders = {r: h for s in stored for r, h in s.holders.items()}
-    limits = [s.limit_set for s in stored]
+    stored.sort(key=lambda s: s.name != name)  # the queue's own item first
+    first = stored[0]
+    declared = next((s.declared for s in stored if s.declared is not None), None)
     return dataclasses.replace(
         first,
         name=name,
-        holders=holders,
+        holders={r: h for s in stored for r, h in s.holders.items()},
         waiting=sum(s.waiting for s in stored),
         paused=any(s.paused for s in stored),
-        limit_set=None if None in limits else sum(x for x in limits if x is not None),
+        declared=declared,
     )
