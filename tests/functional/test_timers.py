@@ -56,11 +56,12 @@ def armed(engine: LocalEngine) -> set[str]:
     return {item["run_id"]["S"] for item in items}
 
 
-#: Runs in the crowd test. bench/waits.py runs the same with 1,000 (too slow for every CI
-#: run on a shared machine: about a minute).
-CROWD = 300
+#: Runs in the crowd test (issue 11's 1,000; bench/waits.py records the same).
+CROWD = 1000
 
 
+@pytest.mark.slow  # about 100 s on the emulator: `make test` runs it, `make check` not
+@pytest.mark.timeout(600)
 def test_a_crowd_of_runs_waiting_two_hours_hold_no_message_and_all_resume() -> None:
     calls: Counter[str] = Counter()
     with LocalEngine(_app(calls), workers=0) as engine:
@@ -117,9 +118,8 @@ def _requests_for_a_wait(length: timedelta) -> Counter[str]:
             virtual(engine).advance(LEAD)
             deliver(engine)
             assert engine.get_run(run_id).status == RunStatus.COMPLETED
-        # The reconciler's own pass (its queries of the status index) is per pass, not
-        # per wait; the timer sweep's query and send are the wait's.
-        tally.pop("Query", None)
+        # One reconciler pass in each: its queries (status shards, timer shards) are per
+        # pass and the same whatever the wait's length, so they compare equal too.
         tally.pop("DescribeTable", None)
     assert calls == {"before": 1, "after": 1}
     return tally
