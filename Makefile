@@ -58,9 +58,13 @@ clean:
 # `sam build` runs build-WorkerFunction and build-ReconcilerFunction (BuildMethod: makefile
 # in template.yaml's function Metadata) with ARTIFACTS_DIR set; `make build-WorkerFunction
 # ARTIFACTS_DIR=dir` does the same by hand. A bundle holds:
-#   - rung with its `lambda` extra (pydantic, click, rich, boto3, aws-lambda-powertools; no
-#     moto, no dev tools) at the versions pinned in infra/requirements-lambda.txt, as wheels
-#     for Lambda's python3.12 on x86_64 whatever the build machine;
+#   - rung, and exactly the packages pinned in infra/requirements-lambda.txt: its
+#     dependencies and `lambda` extra (pydantic, boto3, aws-lambda-powertools) without the
+#     CLI's (click, rich: the worker never imports them), no moto, no dev tools; as wheels
+#     for Lambda's RUNG_PYTHON (3.12 or 3.13, default 3.12) on RUNG_ARCH (arm64 or x86_64,
+#     default arm64), whatever the build machine: the same as the template's PythonRuntime
+#     and Architecture parameters (rung-bundle.json records them; handler/_bundle.py
+#     refuses to start in a function of another kind, with what to do);
 #   - RUNG_REQUIREMENTS, if set: a requirements file of your tasks' own dependencies;
 #   - handler/, and your task code: each directory in RUNG_CODE_DIRS, copied to the top of
 #     the bundle under its own name (RUNG_APP must import from there).
@@ -69,19 +73,27 @@ clean:
 RUNG_CODE_DIRS ?= examples
 RUNG_REQUIREMENTS ?=
 LAMBDA_PIP ?= $(PYTHON) -m pip
-LAMBDA_PLATFORM := --platform manylinux2014_x86_64 --implementation cp --python-version 3.12 \
-	--only-binary=:all:
+RUNG_ARCH ?= arm64
+RUNG_PYTHON ?= 3.12
+LAMBDA_PLATFORM = --platform manylinux2014_$(if $(filter arm64,$(RUNG_ARCH)),aarch64,x86_64) \
+	--implementation cp --python-version $(RUNG_PYTHON) --only-binary=:all:
 
 .PHONY: build-WorkerFunction build-ReconcilerFunction lambda-requirements sam-validate
 
 build-WorkerFunction build-ReconcilerFunction:
 	$(if $(ARTIFACTS_DIR),,$(error ARTIFACTS_DIR is not set: `sam build` sets it; or pass ARTIFACTS_DIR=dir))
+	$(if $(filter $(RUNG_ARCH),arm64 x86_64),,$(error RUNG_ARCH is "$(RUNG_ARCH)": set arm64 or x86_64, as the template's Architecture))
+	$(if $(filter $(RUNG_PYTHON),3.12 3.13),,$(error RUNG_PYTHON is "$(RUNG_PYTHON)": set 3.12 or 3.13, as the template's PythonRuntime))
 	$(LAMBDA_PIP) install --quiet --disable-pip-version-check --no-compile --no-warn-conflicts \
-		--upgrade --target "$(ARTIFACTS_DIR)" $(LAMBDA_PLATFORM) \
-		--constraint infra/requirements-lambda.txt '.[lambda]' \
-		$(if $(RUNG_REQUIREMENTS),--requirement "$(RUNG_REQUIREMENTS)")
+		--upgrade --target "$(ARTIFACTS_DIR)" $(LAMBDA_PLATFORM) --no-deps \
+		--requirement infra/requirements-lambda.txt .
+	$(if $(RUNG_REQUIREMENTS),$(LAMBDA_PIP) install --quiet --disable-pip-version-check \
+		--no-compile --no-warn-conflicts --upgrade --target "$(ARTIFACTS_DIR)" $(LAMBDA_PLATFORM) \
+		--constraint infra/requirements-lambda.txt --requirement "$(RUNG_REQUIREMENTS)")
 	rm -rf "$(ARTIFACTS_DIR)/bin"
 	cp -R handler $(RUNG_CODE_DIRS) "$(ARTIFACTS_DIR)/"
+	printf '{"architecture": "%s", "python": "%s"}\n' $(RUNG_ARCH) $(RUNG_PYTHON) \
+		> "$(ARTIFACTS_DIR)/rung-bundle.json"
 	find "$(ARTIFACTS_DIR)" -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Re-pin infra/requirements-lambda.txt (after changing pyproject.toml's dependencies, or to

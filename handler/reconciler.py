@@ -5,6 +5,10 @@ rung runs it too (``rung dev`` outside this checkout); this module is the name t
 template gives it. Configuration is described there.
 """
 
-from rung._lambda.reconciler import lambda_handler, logger, reconciler
+from handler import _bundle
+
+_bundle.check()  # before rung imports pydantic's compiled core
+
+from rung._lambda.reconciler import lambda_handler, logger, reconciler  # noqa: E402
 
 __all__ = ["lambda_handler", "logger", "reconciler"]

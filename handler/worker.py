@@ -6,6 +6,10 @@ template gives it. Configuration (``RUNG_APP``, ``RUNG_TABLE_NAME``, ...) is des
 there.
 """
 
-from rung._lambda.worker import MessageNotDone, lambda_handler, logger, worker
+from handler import _bundle
+
+_bundle.check()  # before rung imports pydantic's compiled core
+
+from rung._lambda.worker import MessageNotDone, lambda_handler, logger, worker  # noqa: E402
 
 __all__ = ["MessageNotDone", "lambda_handler", "logger", "worker"]

@@ -239,22 +239,22 @@ def wait_terminal(client: rung.Client, run_id: str, timeout: float = 90) -> rung
 
 
 @pytest.mark.timeout(900)
-def test_200_runs_with_random_failures_all_end_and_no_completed_step_repeats(
+def test_120_runs_with_random_failures_all_end_and_no_completed_step_repeats(
     tmp_path: Path, effects_file: Path
 ) -> None:
-    # A long reconciler grace: a backlog of 200 runs is not stranded, only queued. One
+    # A long reconciler grace: a backlog of 120 runs is not stranded, only queued. One
     # message per invocation, so that an injected crash takes down one run's attempt,
     # not a batch of ten (with batches, Lambda would redeliver all ten as well).
     options = dev_options(
         tmp_path, workers=4, reconcile_grace=120, lease_seconds=5, parameters={"BatchSize": "1"}
     )
     with DevStack(options) as dev:
-        handles = [dev.client.trigger("chaos", n) for n in range(200)]
+        handles = [dev.client.trigger("chaos", n) for n in range(120)]
         runs = [wait_terminal(dev.client, h.run_id, timeout=240) for h in handles]
         crashes = len(dev.crashes)
     statuses = Counter(str(r.status) for r in runs)
     assert set(statuses) <= {"COMPLETED", "FAILED"}, statuses  # none stuck
-    assert statuses["COMPLETED"] >= 150
+    assert statuses["COMPLETED"] >= 90  # ~8% fail by design (NonRetryable rolls)
     for run in runs:
         if run.status == "FAILED":
             assert run.error is not None and run.error.type in ("NonRetryable", "WorkerLost")

@@ -45,7 +45,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[2]
 PINS = ROOT / "infra" / "requirements-lambda.txt"
 #: What a Lambda bundle must not carry: the emulator and the development tools.
+#: The command line's own packages: the worker never imports them (issue 12's lean
+#: bundle; infra/lambda_requirements.py's CLI_ONLY and what they pull in).
+CLI_ONLY = ("click", "rich", "pygments", "markdown_it", "mdurl")
 NOT_BUNDLED = (
+    *CLI_ONLY,
     "moto",
     "werkzeug",
     "samtranslator",
@@ -59,7 +63,13 @@ NOT_BUNDLED = (
 )
 
 
-BUILD_VARIABLES = ("RUNG_CODE_DIRS", "RUNG_REQUIREMENTS", "ARTIFACTS_DIR")
+BUILD_VARIABLES = (
+    "RUNG_CODE_DIRS",
+    "RUNG_REQUIREMENTS",
+    "ARTIFACTS_DIR",
+    "RUNG_ARCH",
+    "RUNG_PYTHON",
+)
 
 
 # -- the wheel, installed as a user installs it -------------------------------------------
@@ -178,21 +188,27 @@ def test_rung_dev_runs_a_project_outside_the_checkout(user_bin: Path, tmp_path: 
 # -- the Lambda bundle ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    artifacts = tmp_path_factory.mktemp("lambda") / "WorkerFunction"
+def _build(artifacts: Path, **variables: str) -> subprocess.CompletedProcess[str]:
     began = time.monotonic()
     built = subprocess.run(
         ["make", "--no-print-directory", "build-WorkerFunction", f"ARTIFACTS_DIR={artifacts}"],
         cwd=ROOT,
         # the defaults (examples/, no extra requirements), whatever this shell sets
-        env={k: v for k, v in os.environ.items() if k not in BUILD_VARIABLES},
+        env={k: v for k, v in os.environ.items() if k not in BUILD_VARIABLES} | variables,
         capture_output=True,
         text=True,
         timeout=280,
     )
+    print(f"build-WorkerFunction {variables}: {time.monotonic() - began:.1f}s")
+    return built
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built for x86_64, this machine's, so that the tests can run it here."""
+    artifacts = tmp_path_factory.mktemp("lambda") / "WorkerFunction"
+    built = _build(artifacts, RUNG_ARCH="x86_64")
     assert built.returncode == 0, built.stdout + built.stderr
-    print(f"build-WorkerFunction: {time.monotonic() - began:.1f}s")
     return artifacts
 
 
@@ -238,6 +254,33 @@ def test_the_bundle_leaves_out_the_emulator_dev_tools_and_build_litter(bundle: P
     assert "bin" not in top  # console scripts, with the build machine's interpreter
     assert not list(bundle.rglob("__pycache__")), "bytecode of the build machine's Python"
     assert "tests" not in top and "sdk" not in top
+
+
+def test_the_bundle_holds_what_the_worker_imports_and_no_more(bundle: Path) -> None:
+    size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+    print(f"worker bundle: {size / 2**20:.1f} MiB")
+
+    assert not set(CLI_ONLY) & {p.name.lower() for p in bundle.iterdir()}
+    assert not [d.name for d in bundle.glob("*.dist-info") if d.name.lower().startswith(CLI_ONLY)]
+    # 53 MB with the CLI's packages (7 MB of them); Lambda's limit is 250 MB unzipped.
+    assert size < 45 * 2**20
+
+
+def test_by_default_the_bundle_is_built_for_arm64_and_says_so(tmp_path: Path) -> None:
+    # The template's Architecture defaults to arm64 (Graviton): so does the build.
+    built = _build(tmp_path / "arm")
+    wrong = _build(tmp_path / "wrong", RUNG_ARCH="sparc")
+
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert [p.name for p in (tmp_path / "arm" / "pydantic_core").glob("*.so")] == [
+        "_pydantic_core.cpython-312-aarch64-linux-gnu.so"
+    ]
+    assert json.loads((tmp_path / "arm" / "rung-bundle.json").read_text()) == {
+        "architecture": "arm64",
+        "python": "3.12",
+    }
+    assert wrong.returncode != 0
+    assert 'RUNG_ARCH is "sparc": set arm64 or x86_64' in wrong.stderr
 
 
 def test_the_bundle_has_exactly_the_pinned_versions(bundle: Path) -> None:
@@ -375,6 +418,31 @@ def test_the_handlers_import_on_python312_from_the_bundle_alone(
     assert "examples.orders" in report["tasks"]
     assert report["strays"] == []
     assert report["outside"] == []  # every module came from the bundle or the stdlib
+
+
+def test_a_bundle_built_for_another_function_refuses_to_start_and_says_what_to_do(
+    bundle: Path, python312: str, tmp_path: Path
+) -> None:
+    # As if deployed with Architecture=arm64 and PythonRuntime=python3.13 while built
+    # for x86_64 and 3.12: the handler stops before pydantic's compiled core fails.
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle / "handler", copy / "handler")
+    (copy / "rung-bundle.json").write_text('{"architecture": "arm64", "python": "3.13"}')
+    ran = subprocess.run(
+        [python312, "-I", "-S", "-c", _PRELUDE + "import handler.worker", str(copy)],
+        cwd=tmp_path,
+        env=_lambda_env({}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert ran.returncode != 0
+    assert "BundleMismatch: this Lambda bundle was built for architecture arm64 (here:" in (
+        ran.stderr
+    )
+    assert "and python 3.13 (here: 3.12)" in ran.stderr
+    assert "RUNG_ARCH=<arm64|x86_64> RUNG_PYTHON=<3.12|3.13> sam build" in ran.stderr
 
 
 @pytest.fixture

@@ -421,3 +421,27 @@ def test_the_failed_runs_alarm_counts_timed_out_runs_too(template: dict[str, Any
     assert names == {"RunsFailed", "RunsTimedOut"}
     [summed] = [q for q in queries.values() if q.get("ReturnData")]
     assert summed["Expression"] == "FILL(failed, 0) + FILL(timedout, 0)"
+
+
+def test_the_functions_architecture_and_python_are_parameters_the_build_defaults_to(
+    template: dict[str, Any],
+) -> None:
+    # The bundle's compiled wheels must match the function: the Makefile's RUNG_ARCH and
+    # RUNG_PYTHON default to the template's defaults (arm64, Python 3.12).
+    parameters = template["Parameters"]
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    build_arch = re.search(r"^RUNG_ARCH \?= (\S+)$", makefile, re.MULTILINE)
+    build_python = re.search(r"^RUNG_PYTHON \?= (\S+)$", makefile, re.MULTILINE)
+
+    assert (parameters["Architecture"]["Default"], parameters["PythonRuntime"]["Default"]) == (
+        "arm64",
+        "python3.12",
+    )
+    assert parameters["Architecture"]["AllowedValues"] == ["arm64", "x86_64"]
+    assert parameters["PythonRuntime"]["AllowedValues"] == ["python3.12", "python3.13"]
+    assert build_arch and build_arch[1] == parameters["Architecture"]["Default"]
+    assert build_python and f"python{build_python[1]}" == parameters["PythonRuntime"]["Default"]
+    for name in ("WorkerFunction", "ReconcilerFunction"):
+        function = _resource(template, name)
+        assert _plain(function["Runtime"]) == {"Ref": "PythonRuntime"}
+        assert [_plain(a) for a in function["Architectures"]] == [{"Ref": "Architecture"}]
