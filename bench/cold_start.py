@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import statistics
 import subprocess
@@ -113,11 +114,13 @@ def python312() -> str:
 def build(target: Path) -> tuple[Path, Path]:
     """rung's worker bundle and the minimal Powertools function's."""
     worker = target / "worker"
+    machine = "arm64" if platform.machine() in ("aarch64", "arm64") else "x86_64"
     subprocess.run(
         ["make", "--no-print-directory", "build-WorkerFunction", f"ARTIFACTS_DIR={worker}"],
         cwd=ROOT,
         check=True,
         capture_output=True,
+        env=os.environ | {"RUNG_ARCH": machine, "RUNG_PYTHON": "3.12"},  # this machine's
     )
     minimal = target / "minimal"
     pin = next(line for line in PINS.read_text().splitlines() if line.startswith("aws_lambda"))

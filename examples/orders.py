@@ -21,14 +21,15 @@ import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
-from rich.console import Console
-from rich.table import Table
 
 import rung
 import rung.testing
+
+if TYPE_CHECKING:  # the demo's terminal output; the task code needs no rich on Lambda
+    from rich.console import Console
 
 app = rung.App("shop")
 
@@ -135,6 +136,8 @@ def process_order(ctx: rung.Context, payload: OrderIn) -> dict[str, str]:
 
 
 def print_trace(console: Console, history: list[rung.HistoryEvent]) -> None:
+    from rich.table import Table
+
     start = history[0].timestamp
     table = Table()
     for column in ("event", "step", "attempt", "t", "delay", "error"):
@@ -154,6 +157,8 @@ def print_trace(console: Console, history: list[rung.HistoryEvent]) -> None:
 
 def main() -> int:
     """Run the demo: ``--dev`` on the embedded stack (as `make demo`), else in-process."""
+    from rich.console import Console
+
     shutil.rmtree(STATE_DIR, ignore_errors=True)
     STATE_DIR.mkdir(parents=True)
     console = Console(width=max(Console().width, 110))  # one line per event, even piped

@@ -24,12 +24,15 @@ import threading
 import time
 from collections import Counter
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import pydantic
-from rich.console import Console
 
 import rung
 import rung.testing
+
+if TYPE_CHECKING:  # the demo's terminal output; the task code needs no rich on Lambda
+    from rich.console import Console
 
 app = rung.App("research")
 
@@ -133,6 +136,8 @@ def run_demo(console: Console) -> tuple[rung.Run, list[rung.Run]]:
 
 
 def main() -> int:
+    from rich.console import Console
+
     console = Console()
     run, children = run_demo(console)
     console.print(f"status: {run.status}; output: {run.output}")
