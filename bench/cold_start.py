@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -45,7 +44,12 @@ sys.path.insert(0, str(ROOT))
 from examples import orders  # noqa: E402 - the repository root is on the path now
 from rung._aws import sessions  # noqa: E402
 from rung._aws.emulator import EmbeddedEmulator  # noqa: E402
-from tests.integration.conftest import REGION, deploy_data_plane  # noqa: E402
+from tests.integration.conftest import (  # noqa: E402
+    REGION,
+    deploy_data_plane,
+    lambda_env,
+    sqs_event,
+)
 
 RESULTS = ROOT / "bench" / "results" / "cold_start.json"
 ROUNDS = 7
@@ -163,26 +167,6 @@ def median(rows: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
-def sqs_event(message: dict[str, Any], queue_arn: str) -> str:
-    return json.dumps(
-        {
-            "Records": [
-                {
-                    "messageId": message["MessageId"],
-                    "receiptHandle": message["ReceiptHandle"],
-                    "body": message["Body"],
-                    "attributes": message["Attributes"],
-                    "messageAttributes": {},
-                    "md5OfBody": message["MD5OfBody"],
-                    "eventSource": "aws:sqs",
-                    "eventSourceARN": queue_arn,
-                    "awsRegion": REGION,
-                }
-            ]
-        }
-    )
-
-
 def main() -> int:
     console = Console()
     python = python312()
@@ -193,21 +177,16 @@ def main() -> int:
             plane = deploy_data_plane(emulator.endpoint_url, "rung-cold-start")
             client = plane.client(orders.app)
             sqs = sessions.client("sqs", plane.endpoint_url, REGION)
-            env = {
-                "PATH": "/usr/bin:/bin",
-                "LANG": "C.UTF-8",
-                "AWS_REGION": REGION,
-                "AWS_DEFAULT_REGION": REGION,
-                "AWS_ACCESS_KEY_ID": "test",
-                "AWS_SECRET_ACCESS_KEY": "test",
-                "POWERTOOLS_LOG_LEVEL": "WARNING",
-                "RUNG_APP": "examples.orders:app",
-                "RUNG_TABLE_NAME": plane.table_name,
-                "RUNG_QUEUE_URL": plane.queue_url,
-                "RUNG_MAX_RECEIVE_COUNT": str(plane.max_receive_count),
-                "AWS_ENDPOINT_URL": plane.endpoint_url,
-                "RUNG_DEMO_STATE": str(Path(tmp) / "demo"),
-            }
+            env = lambda_env(
+                {
+                    "RUNG_APP": "examples.orders:app",
+                    "RUNG_TABLE_NAME": plane.table_name,
+                    "RUNG_QUEUE_URL": plane.queue_url,
+                    "RUNG_MAX_RECEIVE_COUNT": str(plane.max_receive_count),
+                    "AWS_ENDPOINT_URL": plane.endpoint_url,
+                    "RUNG_DEMO_STATE": str(Path(tmp) / "demo"),
+                }
+            )
 
             def event() -> str:
                 client.trigger("process-order", {"order_id": f"o-{time.monotonic_ns()}"})
@@ -219,7 +198,7 @@ def main() -> int:
                         AttributeNames=["All"],
                     ).get("Messages", [])
                     if got:
-                        return sqs_event(got[0], plane.outputs["QueueArn"])
+                        return json.dumps(sqs_event(got, plane.outputs["QueueArn"]))
 
             floor = [once(python, minimal, "json", env, "") for _ in range(ROUNDS)]
             minimal_rows = [

@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pydantic
@@ -16,6 +15,7 @@ import pytest
 import rung
 from rung._engine.admission import Shard
 from rung.testing import LocalEngine
+from tests.functional.test_queue_admin import until
 
 
 class Job(pydantic.BaseModel):
@@ -44,15 +44,6 @@ class Held:
                 self.running["all"] -= 1
                 self.running[job.tenant] -= 1
         return job.n
-
-
-def until(check: Callable[[], bool], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pytest
 
@@ -297,3 +298,38 @@ class QueueWorkers:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} is still {run.status} after {timeout:g}s")
             time.sleep(0.1)
+
+
+def lambda_env(extra: dict[str, str]) -> dict[str, str]:
+    """A Lambda-like environment for a process that runs a bundle: no virtualenv, no
+    PYTHONPATH, only what Lambda sets (test_packaging, bench/cold_start.py)."""
+    return {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
+def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
+    """An SQS event source's event for messages received from the queue."""
+    return {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": m["Attributes"],
+                "messageAttributes": {},
+                "md5OfBody": m["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": REGION,
+            }
+            for m in messages
+        ]
+    }

@@ -38,7 +38,13 @@ from examples import orders
 from rung._aws import sessions
 from rung._aws.emulator import EmbeddedEmulator
 from rung.models import RunStatus
-from tests.integration.conftest import REGION, DataPlane, deploy_data_plane
+from tests.integration.conftest import (
+    REGION,
+    DataPlane,
+    deploy_data_plane,
+    lambda_env,
+    sqs_event,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -378,24 +384,10 @@ print(json.dumps(handler.worker.lambda_handler(json.load(sys.stdin), Context()))
 )
 
 
-def _lambda_env(extra: dict[str, str]) -> dict[str, str]:
-    """A Lambda-like environment: no virtualenv, no PYTHONPATH, only what Lambda sets."""
-    return {
-        "PATH": "/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "AWS_REGION": REGION,
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "POWERTOOLS_LOG_LEVEL": "WARNING",
-        **extra,
-    }
-
-
 def test_the_handlers_import_on_python312_from_the_bundle_alone(
     bundle: Path, python312: str, tmp_path: Path
 ) -> None:
-    env = _lambda_env(
+    env = lambda_env(
         {
             "RUNG_APP": "examples.orders:app",
             "RUNG_TABLE_NAME": "t",
@@ -431,7 +423,7 @@ def test_a_bundle_built_for_another_function_refuses_to_start_and_says_what_to_d
     ran = subprocess.run(
         [python312, "-I", "-S", "-c", _PRELUDE + "import handler.worker", str(copy)],
         cwd=tmp_path,
-        env=_lambda_env({}),
+        env=lambda_env({}),
         capture_output=True,
         text=True,
         timeout=60,
@@ -454,26 +446,6 @@ def emulated_plane() -> Iterator[DataPlane]:
         emulator.stop()
 
 
-def _sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
-    """An SQS event source's event for messages received from the queue."""
-    return {
-        "Records": [
-            {
-                "messageId": m["MessageId"],
-                "receiptHandle": m["ReceiptHandle"],
-                "body": m["Body"],
-                "attributes": m["Attributes"],
-                "messageAttributes": {},
-                "md5OfBody": m["MD5OfBody"],
-                "eventSource": "aws:sqs",
-                "eventSourceARN": queue_arn,
-                "awsRegion": REGION,
-            }
-            for m in messages
-        ]
-    }
-
-
 def test_the_bundled_worker_runs_process_order_to_completion_on_python312(
     bundle: Path, python312: str, emulated_plane: DataPlane, tmp_path: Path
 ) -> None:
@@ -481,7 +453,7 @@ def test_the_bundled_worker_runs_process_order_to_completion_on_python312(
     client = plane.client(orders.app)
     sqs = sessions.client("sqs", plane.endpoint_url, REGION)
     state = tmp_path / "demo-state"
-    env = _lambda_env(
+    env = lambda_env(
         {
             "RUNG_APP": "examples.orders:app",
             "RUNG_TABLE_NAME": plane.table_name,
@@ -510,7 +482,7 @@ def test_the_bundled_worker_runs_process_order_to_completion_on_python312(
             continue
         ran = subprocess.run(
             [python312, "-I", "-S", "-c", _INVOKE, str(bundle)],
-            input=json.dumps(_sqs_event(received, plane.outputs["QueueArn"])),
+            input=json.dumps(sqs_event(received, plane.outputs["QueueArn"])),
             cwd=tmp_path,
             env=env,
             capture_output=True,

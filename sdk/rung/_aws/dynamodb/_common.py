@@ -441,6 +441,22 @@ class _Base:
         for page in paginator.paginate(**kwargs):
             yield from page.get("Items", [])
 
+    def _batch_get(self, keys: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """The items at ``keys`` that exist, consistently read: 100 keys a request, the
+        keys DynamoDB left unprocessed asked again (up to 20 times, then an error)."""
+        for start in range(0, len(keys), 100):
+            pending = keys[start : start + 100]
+            for _ in range(20):
+                out = self.client.batch_get_item(
+                    RequestItems={self.table: {"Keys": pending, "ConsistentRead": True}}
+                )
+                yield from out.get("Responses", {}).get(self.table, [])
+                pending = out.get("UnprocessedKeys", {}).get(self.table, {}).get("Keys", [])
+                if not pending:
+                    break
+            else:
+                raise RuntimeError(f"table {self.table}: DynamoDB kept throttling a batch read")
+
 
 #: Failed attempts live on the run item (one write per retry, fenced with the rest);
 #: their tracebacks are cut shorter than a final error's so that a run with many

@@ -100,22 +100,8 @@ class _Listing(_Base):
         return {rid: self._run_from_item(item) for rid, item in self._run_items(run_ids).items()}
 
     def _run_items(self, run_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        unique = list(dict.fromkeys(run_ids))
-        for start in range(0, len(unique), 100):
-            keys: list[dict[str, Any]] = [_run_key(r) for r in unique[start : start + 100]]
-            for _ in range(20):
-                out = self.client.batch_get_item(
-                    RequestItems={self.table: {"Keys": keys, "ConsistentRead": True}}
-                )
-                for item in out.get("Responses", {}).get(self.table, []):
-                    found[item["run_id"]["S"]] = item
-                keys = out.get("UnprocessedKeys", {}).get(self.table, {}).get("Keys", [])
-                if not keys:
-                    break
-            else:
-                raise RuntimeError(f"table {self.table}: DynamoDB kept throttling a batch read")
-        return found
+        keys: list[dict[str, Any]] = [_run_key(r) for r in dict.fromkeys(run_ids)]
+        return {item["run_id"]["S"]: item for item in self._batch_get(keys)}
 
     def changed_runs(self, since: datetime) -> list[Run]:
         """Runs written at or after ``since`` (``updated_at``), by one consistent Scan of

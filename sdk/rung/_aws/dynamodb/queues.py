@@ -128,20 +128,8 @@ class _Queues(_Base):
     def queue_states(self, names: list[str]) -> list[QueueState]:
         """Several queue items by name (a queue's shards), consistently read in one
         ``BatchGetItem`` per 100; in the order given, unstored ones empty."""
-        found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(names), 100):
-            keys: list[dict[str, Any]] = [_queue_key(n) for n in names[start : start + 100]]
-            for _ in range(20):
-                out = self.client.batch_get_item(
-                    RequestItems={self.table: {"Keys": keys, "ConsistentRead": True}}
-                )
-                for item in out.get("Responses", {}).get(self.table, []):
-                    found[item["pk"]["S"][len("QUEUE#") :]] = item
-                keys = out.get("UnprocessedKeys", {}).get(self.table, {}).get("Keys", [])
-                if not keys:
-                    break
-            else:
-                raise RuntimeError(f"table {self.table}: DynamoDB kept throttling a batch read")
+        keys = [_queue_key(name) for name in names]
+        found = {item["pk"]["S"][len("QUEUE#") :]: item for item in self._batch_get(keys)}
         return [_queue_state_from_item(name, found.get(name)) for name in names]
 
     def _queue_update(
