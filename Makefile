@@ -82,8 +82,8 @@ LAMBDA_PLATFORM = --platform manylinux2014_$(if $(filter arm64,$(RUNG_ARCH)),aar
 
 build-WorkerFunction build-ReconcilerFunction:
 	$(if $(ARTIFACTS_DIR),,$(error ARTIFACTS_DIR is not set: `sam build` sets it; or pass ARTIFACTS_DIR=dir))
-	$(if $(filter $(RUNG_ARCH),arm64 x86_64),,$(error RUNG_ARCH is "$(RUNG_ARCH)": set arm64 or x86_64, as the template's Architecture))
-	$(if $(filter $(RUNG_PYTHON),3.12 3.13),,$(error RUNG_PYTHON is "$(RUNG_PYTHON)": set 3.12 or 3.13, as the template's PythonRuntime))
+	$(if $(and $(filter 1,$(words $(RUNG_ARCH))),$(filter $(RUNG_ARCH),arm64 x86_64)),,$(error RUNG_ARCH is "$(RUNG_ARCH)": set arm64 or x86_64, as the template's Architecture))
+	$(if $(and $(filter 1,$(words $(RUNG_PYTHON))),$(filter $(RUNG_PYTHON),3.12 3.13)),,$(error RUNG_PYTHON is "$(RUNG_PYTHON)": set 3.12 or 3.13, as the template's PythonRuntime))
 	$(LAMBDA_PIP) install --quiet --disable-pip-version-check --no-compile --no-warn-conflicts \
 		--upgrade --target "$(ARTIFACTS_DIR)" $(LAMBDA_PLATFORM) --no-deps \
 		--requirement infra/requirements-lambda.txt .

@@ -124,7 +124,9 @@ def build(target: Path) -> tuple[Path, Path]:
         cwd=ROOT,
         check=True,
         capture_output=True,
-        env=os.environ | {"RUNG_ARCH": machine, "RUNG_PYTHON": "3.12"},  # this machine's
+        # this machine's, and the default code (examples/), whatever this shell sets
+        env={k: v for k, v in os.environ.items() if not k.startswith("RUNG_")}
+        | {"RUNG_ARCH": machine, "RUNG_PYTHON": "3.12"},
     )
     minimal = target / "minimal"
     pin = next(line for line in PINS.read_text().splitlines() if line.startswith("aws_lambda"))

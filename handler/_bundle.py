@@ -42,5 +42,5 @@ def check(path: Path = BUNDLE_FILE) -> None:
             "this Lambda bundle was built for " + " and ".join(wrong) + ": build it for the "
             "function's, `RUNG_ARCH=<arm64|x86_64> RUNG_PYTHON=<3.12|3.13> sam build`, or "
             "deploy with the template parameters Architecture and PythonRuntime that match "
-            "the build (rung deploy keeps them together)"
+            "the build (sam deploy --parameter-overrides Architecture=... PythonRuntime=...)"
         )

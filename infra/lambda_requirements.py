@@ -6,9 +6,12 @@ The Makefile's build-WorkerFunction and build-ReconcilerFunction (what `sam buil
 install rung without its dependencies and then exactly these pins, so that two builds of
 one commit ship the same code, and nothing the worker does not import: the CLI's own
 packages (``CLI_ONLY``: click, rich and what they pull in, Pygments, markdown-it) stay
-out. This resolves rung's dependencies but those, with its ``lambda`` extra, for the
-platform options given (the Makefile passes Lambda's: manylinux2014_x86_64, CPython 3.12,
-wheels only) without installing anything, and pins every distribution it finds.
+out. This resolves rung's dependencies other than those, with its ``lambda`` extra, for
+the platform options given (the Makefile passes RUNG_ARCH's and RUNG_PYTHON's: by
+default manylinux2014_aarch64, CPython 3.12, wheels only) without installing anything,
+and pins every distribution it finds. The pins hold for the other architecture and
+Python too as long as every pinned package publishes wheels for them and no dependency
+applies to one Python only (none does today; test_packaging builds arm64 and x86_64).
 """
 
 from __future__ import annotations
@@ -58,9 +61,7 @@ def resolve(platform_options: list[str]) -> dict[str, str]:
             check=True,
         )  # fmt: skip
         installs = json.loads(report.read_text())["install"]
-    pins = {item["metadata"]["name"]: item["metadata"]["version"] for item in installs}
-    pins.pop("rung", None)
-    return pins
+    return {item["metadata"]["name"]: item["metadata"]["version"] for item in installs}
 
 
 def main() -> None:

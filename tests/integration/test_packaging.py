@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -69,6 +70,9 @@ NOT_BUNDLED = (
 )
 
 
+#: This machine's architecture as the template names it: the bundle the tests run is built
+#: for it (the default build is arm64's).
+MACHINE = "arm64" if platform.machine() in ("aarch64", "arm64") else "x86_64"
 BUILD_VARIABLES = (
     "RUNG_CODE_DIRS",
     "RUNG_REQUIREMENTS",
@@ -211,9 +215,9 @@ def _build(artifacts: Path, **variables: str) -> subprocess.CompletedProcess[str
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Built for x86_64, this machine's, so that the tests can run it here."""
+    """Built for this machine's architecture, so that the tests can run it here."""
     artifacts = tmp_path_factory.mktemp("lambda") / "WorkerFunction"
-    built = _build(artifacts, RUNG_ARCH="x86_64")
+    built = _build(artifacts, RUNG_ARCH=MACHINE)
     assert built.returncode == 0, built.stdout + built.stderr
     return artifacts
 
@@ -246,10 +250,10 @@ def test_the_bundle_has_rung_the_handlers_and_the_task_code(bundle: Path) -> Non
         "boto3/__init__.py",
     ):
         assert (bundle / path).is_file(), path
-    # pydantic-core is compiled: the wheel must be Lambda's (CPython 3.12, x86_64 Linux),
-    # whatever Python ran the build.
+    # pydantic-core is compiled: the wheel must be Lambda's (CPython 3.12 on Linux, the
+    # architecture asked for), whatever Python ran the build.
     assert [p.name for p in (bundle / "pydantic_core").glob("*.so")] == [
-        "_pydantic_core.cpython-312-x86_64-linux-gnu.so"
+        f"_pydantic_core.cpython-312-{'aarch64' if MACHINE == 'arm64' else 'x86_64'}-linux-gnu.so"
     ]
 
 
@@ -276,6 +280,7 @@ def test_by_default_the_bundle_is_built_for_arm64_and_says_so(tmp_path: Path) ->
     # The template's Architecture defaults to arm64 (Graviton): so does the build.
     built = _build(tmp_path / "arm")
     wrong = _build(tmp_path / "wrong", RUNG_ARCH="sparc")
+    both = _build(tmp_path / "both", RUNG_ARCH="arm64 x86_64")
 
     assert built.returncode == 0, built.stdout + built.stderr
     assert [p.name for p in (tmp_path / "arm" / "pydantic_core").glob("*.so")] == [
@@ -287,6 +292,7 @@ def test_by_default_the_bundle_is_built_for_arm64_and_says_so(tmp_path: Path) ->
     }
     assert wrong.returncode != 0
     assert 'RUNG_ARCH is "sparc": set arm64 or x86_64' in wrong.stderr
+    assert both.returncode != 0 and 'RUNG_ARCH is "arm64 x86_64"' in both.stderr
 
 
 def test_the_bundle_has_exactly_the_pinned_versions(bundle: Path) -> None:
@@ -415,11 +421,12 @@ def test_the_handlers_import_on_python312_from_the_bundle_alone(
 def test_a_bundle_built_for_another_function_refuses_to_start_and_says_what_to_do(
     bundle: Path, python312: str, tmp_path: Path
 ) -> None:
-    # As if deployed with Architecture=arm64 and PythonRuntime=python3.13 while built
-    # for x86_64 and 3.12: the handler stops before pydantic's compiled core fails.
+    # As if built for the other architecture and Python 3.13 and deployed here (3.12):
+    # the handler stops before pydantic's compiled core fails.
+    other = "x86_64" if MACHINE == "arm64" else "arm64"
     copy = tmp_path / "bundle"
     shutil.copytree(bundle / "handler", copy / "handler")
-    (copy / "rung-bundle.json").write_text('{"architecture": "arm64", "python": "3.13"}')
+    (copy / "rung-bundle.json").write_text(f'{{"architecture": "{other}", "python": "3.13"}}')
     ran = subprocess.run(
         [python312, "-I", "-S", "-c", _PRELUDE + "import handler.worker", str(copy)],
         cwd=tmp_path,
@@ -430,9 +437,9 @@ def test_a_bundle_built_for_another_function_refuses_to_start_and_says_what_to_d
     )
 
     assert ran.returncode != 0
-    assert "BundleMismatch: this Lambda bundle was built for architecture arm64 (here:" in (
-        ran.stderr
-    )
+    assert (
+        f"BundleMismatch: this Lambda bundle was built for architecture {other} (here: {MACHINE})"
+    ) in ran.stderr
     assert "and python 3.13 (here: 3.12)" in ran.stderr
     assert "RUNG_ARCH=<arm64|x86_64> RUNG_PYTHON=<3.12|3.13> sam build" in ran.stderr
 
