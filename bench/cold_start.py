@@ -45,6 +45,7 @@ from examples import orders  # noqa: E402 - the repository root is on the path n
 from rung._aws import sessions  # noqa: E402
 from rung._aws.emulator import EmbeddedEmulator  # noqa: E402
 from tests.integration.conftest import (  # noqa: E402
+    LAMBDA_CONTEXT,
     REGION,
     deploy_data_plane,
     lambda_env,
@@ -55,19 +56,6 @@ RESULTS = ROOT / "bench" / "results" / "cold_start.json"
 ROUNDS = 7
 PINS = ROOT / "infra" / "requirements-lambda.txt"
 
-_CONTEXT = """
-class Context:  # what Lambda passes (the fields Powertools reads)
-    function_name = "fn"
-    function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:fn"
-    memory_limit_in_mb = 512
-    aws_request_id = "req-1"
-    log_group_name = "/aws/lambda/fn"
-    log_stream_name = "stream"
-    def get_remaining_time_in_millis(self):
-        return 60_000
-"""
-
 #: In the process: the import's own time, then the handler on stdin's event.
 _RUN = (
     """
@@ -77,7 +65,7 @@ began = time.perf_counter()
 module = __import__(sys.argv[2], fromlist=["_"])
 imported = time.perf_counter() - began
 """
-    + _CONTEXT
+    + LAMBDA_CONTEXT
     + """
 event = sys.stdin.read()
 if event:

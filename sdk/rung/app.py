@@ -147,6 +147,10 @@ class Task(Generic[R]):
     def decode_payload(self, text: str) -> Any:
         return serde.loads(text, self.payload_type)
 
+    def payload_of(self, stored: Any) -> Any:
+        """A run's payload as stored (JSON data) as this task's payload type."""
+        return self.decode_payload(serde.dumps(stored, "payload"))
+
     def prepare(self, payload: Any) -> str:
         """Check ``payload`` for a new run of this task, as every trigger does (a
         client's, a replay's, a parent's for its child): ``encode_payload``, and with

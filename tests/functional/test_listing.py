@@ -165,7 +165,8 @@ def test_a_run_that_changes_status_during_the_read_is_listed_once() -> None:
     # The fan-out reads every status's key values in parallel; a run that moves from
     # WAITING to COMPLETED between the read of its old key value and of its new one
     # comes back from both (seen on LocalStack). The move is made here with a real
-    # UpdateItem between the two reads, ordered by botocore's event hooks.
+    # UpdateItem between the two reads, ordered by botocore's event hooks whatever the
+    # threads' order: the new key value's read waits for the move.
     with LocalEngine(_app(), virtual_time=False) as engine:
         run_id = engine.trigger("approve", 1).run_id
         engine.wait_for_token(run_id, "approval")
@@ -177,7 +178,7 @@ def test_a_run_that_changes_status_during_the_read_is_listed_once() -> None:
         )["Item"]
         shard = item["status_shard"]["S"].split("#")[1]
         old, new = f"WAITING#{shard}", f"COMPLETED#{shard}"
-        first: list[str] = []
+        first: list[str] = []  # the two key values, in the order their reads began
         moved = threading.Event()
         lock = threading.Lock()
 
@@ -186,23 +187,24 @@ def test_a_run_that_changes_status_during_the_read_is_listed_once() -> None:
             if key not in (old, new):
                 return
             with lock:
-                is_first = not first
                 first.append(key)
-            if not is_first:
-                assert moved.wait(10)
+            if key == new:  # read the new key value only once the run is under it
+                assert moved.wait(30), "the read of the old key value never came back"
 
         def after(parsed: dict[str, Any], model: Any, **_: Any) -> None:
-            if model.name != "Query" or len(first) != 1 or moved.is_set():
+            # The old key value's answer has the run: now it moves, as a worker would.
+            mine = [
+                e
+                for e in parsed.get("Items", [])
+                if e["pk"]["S"] == f"RUN#{run_id}" and e["status_shard"]["S"] == old
+            ]
+            if model.name != "Query" or not mine or moved.is_set():
                 return
-            mine = [e for e in parsed.get("Items", []) if e["pk"]["S"] == f"RUN#{run_id}"]
-            if not mine:
-                return
-            target = new if first[0] == old else old
             engine.dynamodb.update_item(
                 TableName=engine.table_name,
                 Key={"pk": {"S": f"RUN#{run_id}"}, "sk": {"S": "#RUN"}},
                 UpdateExpression="SET status_shard = :s",
-                ExpressionAttributeValues={":s": {"S": target}},
+                ExpressionAttributeValues={":s": {"S": new}},
             )
             moved.set()
 

@@ -300,6 +300,22 @@ class QueueWorkers:
             time.sleep(0.1)
 
 
+#: Source of the context object Lambda passes a handler (the fields Powertools reads), for
+#: a process that runs a bundle's handler (test_packaging, bench/cold_start.py).
+LAMBDA_CONTEXT = """
+class Context:  # what Lambda passes (the fields Powertools reads)
+    function_name = "rung-worker"
+    function_version = "$LATEST"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:rung-worker"
+    memory_limit_in_mb = 512
+    aws_request_id = "req-1"
+    log_group_name = "/aws/lambda/rung-worker"
+    log_stream_name = "stream"
+    def get_remaining_time_in_millis(self):
+        return 60_000
+"""
+
+
 def lambda_env(extra: dict[str, str]) -> dict[str, str]:
     """A Lambda-like environment for a process that runs a bundle: no virtualenv, no
     PYTHONPATH, only what Lambda sets (test_packaging, bench/cold_start.py)."""

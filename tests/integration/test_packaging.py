@@ -40,6 +40,7 @@ from rung._aws import sessions
 from rung._aws.emulator import EmbeddedEmulator
 from rung.models import RunStatus
 from tests.integration.conftest import (
+    LAMBDA_CONTEXT,
     REGION,
     DataPlane,
     deploy_data_plane,
@@ -373,18 +374,9 @@ _INVOKE = (
     _PRELUDE
     + """
 import handler.worker
-
-class Context:  # what Lambda passes (the fields Powertools reads)
-    function_name = "rung-worker"
-    function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:rung-worker"
-    memory_limit_in_mb = 512
-    aws_request_id = "req-1"
-    log_group_name = "/aws/lambda/rung-worker"
-    log_stream_name = "stream"
-    def get_remaining_time_in_millis(self):
-        return 60_000
-
+"""
+    + LAMBDA_CONTEXT
+    + """
 print(json.dumps(handler.worker.lambda_handler(json.load(sys.stdin), Context())))
 """
 )

@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING
 
 from rung._aws.dynamodb import DynamoStore, Holder, QueueState, Waiter
 from rung._aws.sqs import SqsQueue
-from rung._util import serde
 from rung._util.clock import from_ms, iso, to_ms
 from rung.errors import Contended, InvalidConfig
 from rung.flow import Queue, Rate
@@ -153,11 +152,8 @@ class Shard:
         """The shard's limits in force (``state``: its item): its share of the queue's
         concurrency limit, the operator's if one is set (stored whole in every item),
         else the code's; the per-key limit whole (a key's runs are all in one shard)."""
-        total = self.queue.concurrency_limit if state.limit_set is None else state.limit_set
-        return Limits(
-            concurrency=share(total, self.queue.shards, self.index),
-            per_key=self.queue.per_key_limit if state.per_key_set is None else state.per_key_set,
-        )
+        whole = limits_of(self.queue, state)
+        return Limits(share(whole.concurrency, self.queue.shards, self.index), whole.per_key)
 
     @staticmethod
     def of(spec: Queue, run_id: str, key: str) -> Shard:
@@ -180,7 +176,7 @@ class Shard:
                 return None
             key = ""
             if spec.shards > 1 and spec.per_key_limit is not None:
-                key = task.flow_of(task.decode_payload(serde.dumps(run.payload, "payload")))[0]
+                key = task.flow_of(task.payload_of(run.payload))[0]
         except Exception:  # noqa: BLE001 - an unknown task, a payload or key function that fails
             return None
         return Shard.of(spec, run.run_id, key)

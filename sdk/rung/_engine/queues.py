@@ -158,9 +158,7 @@ class QueueAdmin:
         declared = self.declared().get(name)
         if declared is not None:
             return declared[0]
-        if state is None:
-            state = merged(name, self.items(name))
-        return declared_queue(dataclasses.replace(state, name=name))
+        return declared_queue(state if state is not None else merged(name, self.items(name)))
 
     def items(self, name: str) -> Sequence[QueueState]:
         """The stored items of queue ``name``: its own and its shards' (``<name>~NN``,
@@ -173,7 +171,10 @@ class QueueAdmin:
         try:
             Queue(name)
         except InvalidConfig:
-            raise UnknownQueue(f"{name!r} is not a queue name") from None
+            raise UnknownQueue(
+                f"{name!r} is not a queue name (letters, digits, '.', '_', ':' or '-'; a "
+                "shard's item, <name>~NN, is addressed by its queue's name)"
+            ) from None
         items = self.items(name)
         declared = self.declared()
         if items or name in declared:
@@ -223,16 +224,14 @@ class QueueAdmin:
         known = self.spec(name, state)
         spec = known if known is not None else Queue(name)
         limits = limits_of(spec, state)
-        concurrency = limits.concurrency
-        if spec.shards > 1:
-            # What the shards allow together, each by its own item (an override set
-            # before the shards changed is in some items only: this shows what holds).
-            by_item = {s.name: s for s in items}
-            parts = [
-                shard.limits(by_item.get(shard.item) or QueueState(shard.item)).concurrency
-                for shard in shards_of(spec)
-            ]
-            concurrency = sum(p for p in parts if p is not None)
+        # What the shards allow together, each by its own item (an override set before
+        # the shards changed is in some items only: this shows what holds).
+        by_item = {s.name: s for s in items}
+        parts = [
+            shard.limits(by_item.get(shard.item) or QueueState(shard.item)).concurrency
+            for shard in shards_of(spec)
+        ]
+        concurrency = None if None in parts else sum(p for p in parts if p is not None)
         per_key_limit = limits.per_key
         if per_key_limit is not None and concurrency is not None:
             per_key_limit = min(per_key_limit, concurrency // spec.shards)  # the share caps it

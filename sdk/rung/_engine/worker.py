@@ -317,7 +317,7 @@ class Worker:
             )
         )
         try:
-            payload = task.decode_payload(serde.dumps(run.payload, "payload"))
+            payload = task.payload_of(run.payload)
         except Exception as exc:
             self._fail(run, token, _payload_error(task, exc), None, now(), telemetry)
             return Disposition.ACK
