@@ -45,6 +45,7 @@ from rung.models import (
     RunStatus,
     Token,
     TokenState,
+    VersionInfo,
 )
 from rung.retry import RetryAfter, RetryPolicy
 
@@ -108,6 +109,7 @@ __all__ = [
     "Contended",
     "UnknownTask",
     "UsageError",
+    "VersionInfo",
     "current_step",
     "step",
 ]

@@ -307,6 +307,14 @@ class Client:
         """
         return [run for _, run in self._lifecycle.children(_check_run_id(run_id))]
 
+    def runs_in_flight(self) -> dict[str | None, dict[RunStatus, int]]:
+        """The runs that have not finished, counted by the code version they are pinned
+        to (None: not started yet, or versions not in use) and status; what ``rung
+        versions list`` shows beside the deployed versions (docs/versioning.md). Reads
+        every such run's version: about one request per 100 runs in flight."""
+        counts = self._store.runs_in_flight()
+        return {version: dict(by_status) for version, by_status in counts.items()}
+
     # -- the lifecycle -----------------------------------------------------------------
 
     def cancel(self, run_id: str, reason: str | None = None) -> Run:

@@ -11,7 +11,6 @@ where the core asks for it (a step's function, a group's body, a callback's
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -19,18 +18,17 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from rung._durable import children, groups, parallel, steps, waits
+from rung._durable.children import ChildVersion
 from rung._durable.state import (
     AttemptSession,
     Replayed,
     Scope,
     StepInfo,
-    check_step_name,
-    current_scope,
     current_step,
 )
+from rung._durable.steps import step
 from rung._durable.waits import DEFAULT_TOKEN_TIMEOUT, MAX_WAIT, Poll, StepCall
 from rung.batch import BatchResult, Completion
-from rung.errors import InvalidConfig
 from rung.models import ChildResult, RunHandle, Token
 from rung.retry import RetryPolicy
 
@@ -441,6 +439,7 @@ class Context:
         detached: bool = False,
         delay: timedelta | float | None = None,
         tags: Iterable[str] | None = None,
+        version: ChildVersion = "latest",
     ) -> RunHandle:
         """Start a child run of ``task`` and go on without waiting for it.
 
@@ -459,11 +458,22 @@ class Context:
                 checked before the child is created).
             InvalidConfig: a bad ``delay`` or ``tags`` (as ``Client.trigger``'s).
 
+        ``version``: the code version the child runs on (docs/versioning.md):
+        ``"latest"`` (the default), the one deployed when it starts; ``"parent"``, this
+        run's own, for a child that must run the code its parent was written against.
+
         Example:
             >>> ctx.trigger(send_receipt, {"order_id": order.id}, detached=True)
         """
         return children.trigger(
-            self._core, task, payload, name=name, detached=detached, delay=delay, tags=tags
+            self._core,
+            task,
+            payload,
+            name=name,
+            detached=detached,
+            delay=delay,
+            tags=tags,
+            version=version,
         )
 
     @overload
@@ -474,6 +484,7 @@ class Context:
         *,
         name: str | None = None,
         timeout: timedelta | float | None = None,
+        version: ChildVersion = "latest",
     ) -> R: ...
 
     @overload
@@ -485,6 +496,7 @@ class Context:
         name: str | None = None,
         result_type: type[S] | None = None,
         timeout: timedelta | float | None = None,
+        version: ChildVersion = "latest",
     ) -> Any: ...
 
     def trigger_and_wait(
@@ -495,6 +507,7 @@ class Context:
         name: str | None = None,
         result_type: type[S] | None = None,
         timeout: timedelta | float | None = None,
+        version: ChildVersion = "latest",
     ) -> Any:
         """Start a child run of ``task`` and suspend until it ends; return its output.
 
@@ -517,6 +530,8 @@ class Context:
             UsageError: ``name`` leaves no room for its wait's ``":wait"`` (at most
                 195 characters).
 
+        ``version``: as for ``trigger``.
+
         Example:
             >>> try:
             ...     receipt = ctx.trigger_and_wait(charge, {"order_id": "o-1"})
@@ -524,7 +539,13 @@ class Context:
             ...     receipt = None  # exc.run_id, exc.status, exc.message
         """
         return children.trigger_and_wait(
-            self._core, task, payload, name=name, result_type=result_type, timeout=timeout
+            self._core,
+            task,
+            payload,
+            name=name,
+            result_type=result_type,
+            timeout=timeout,
+            version=version,
         )
 
     def batch_trigger_and_wait(
@@ -535,6 +556,7 @@ class Context:
         name: str | None = None,
         result_type: type[S] | None = None,
         timeout: timedelta | float | None = None,
+        version: ChildVersion = "latest",
     ) -> list[ChildResult]:
         """Start one child run of ``task`` per payload; suspend until all have ended.
 
@@ -545,6 +567,7 @@ class Context:
         is validated before any child starts. ``timeout``: as for ``trigger_and_wait``,
         counted from the first child's start; children not ended by then are canceled
         and come back with status CANCELED (the others keep their outcomes).
+        ``version``: as for ``trigger``.
 
         Raises:
             UnknownTask, InvalidPayload, PayloadTooLarge: as for ``trigger``, for any
@@ -557,68 +580,14 @@ class Context:
             >>> failed = [r.run_id for r in results if not r.ok]
         """
         return children.batch_trigger_and_wait(
-            self._core, task, payloads, name=name, result_type=result_type, timeout=timeout
+            self._core,
+            task,
+            payloads,
+            name=name,
+            result_type=result_type,
+            timeout=timeout,
+            version=version,
         )
-
-
-@overload
-def step(fn: Callable[P, R], /) -> Callable[P, R]: ...
-
-
-@overload
-def step(
-    *, name: str | None = None, retry: RetryPolicy | None = None, at_most_once: bool = False
-) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
-
-
-def step(
-    fn: Callable[P, R] | None = None,
-    /,
-    *,
-    name: str | None = None,
-    retry: RetryPolicy | None = None,
-    at_most_once: bool = False,
-) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
-    """Make a function a step: called inside a run, it is checkpointed.
-
-    Outside a run the function executes plainly, so it stays unit-testable.
-
-    Args:
-        name: the step name (default: the function's ``__qualname__``).
-        retry: a policy overriding the task's for this step.
-        at_most_once: see ``Context.step``.
-
-    Example:
-        >>> @rung.step
-        ... def fetch_order(order_id: str) -> dict: ...
-        >>> @rung.step(name="charge", retry=rung.RetryPolicy(max_attempts=5))
-        ... def charge_card(order: dict) -> dict: ...
-    """
-    if name is not None:
-        check_step_name(name)
-    if retry is not None and not isinstance(retry, RetryPolicy):
-        raise InvalidConfig("@rung.step(retry=...) must be a rung.RetryPolicy")
-
-    def decorate(func: Callable[P, R]) -> Callable[P, R]:
-        step_name = name or func.__qualname__
-
-        @functools.wraps(func)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            scope = current_scope.get()
-            if scope is None:
-                return func(*args, **kwargs)
-            return typing.cast(
-                R,
-                steps.call(
-                    scope, step_name, func, args, kwargs, retry=retry, at_most_once=at_most_once
-                ),
-            )
-
-        return wrapper
-
-    if fn is not None:
-        return decorate(fn)
-    return decorate
 
 
 class _ReplayAwareLogger(logging.LoggerAdapter[logging.Logger]):

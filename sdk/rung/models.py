@@ -92,6 +92,9 @@ class Redrive:
     error: ErrorInfo  # the run's error then
     at: datetime  # when it was redriven
     step_id: str | None  # the failed step whose checkpoint was removed, if any
+    #: the code version the run was pinned to until then (docs/versioning.md); the
+    #: redriven run starts again on the latest
+    from_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,12 @@ class Run:
     #: a finished run: when its retention ends (then it is deleted; docs/retention.md);
     #: None while it has not finished
     expires_at: datetime | None = None
+    #: the code version the run executes on (docs/versioning.md): a Lambda function
+    #: version on AWS, a snapshot of the app's code in ``rung dev`` and LocalEngine.
+    #: Set by its first attempt (or at its start, for a child pinned to its parent's
+    #: version); a redrive clears it, and the next attempt takes the latest. None
+    #: before it started, and where versions are not in use.
+    version: str | None = None
 
     @property
     def trace_id(self) -> str | None:
@@ -245,6 +254,9 @@ class HistoryEvent:
     error: ErrorInfo | None = None
     #: ChildTriggered: the child run
     child_run_id: str | None = None
+    #: RunTriggered, AttemptStarted: the code version it runs on; RunRedriven: the
+    #: version it moved to (None until its next attempt started on it)
+    version: str | None = None
 
     def __str__(self) -> str:
         parts = [self.timestamp.isoformat(timespec="milliseconds"), f"{self.type:<15}"]
@@ -256,6 +268,8 @@ class HistoryEvent:
             parts.append(f"delay={self.delay.total_seconds():g}s")
         if self.child_run_id is not None:
             parts.append(f"child={self.child_run_id}")
+        if self.version is not None:
+            parts.append(f"version={self.version}")
         if self.error is not None:
             parts.append(f"error={self.error}")
         return "  ".join(parts)
@@ -349,3 +363,30 @@ class ChildResult:
             run_id=self.run_id,
             status=str(self.status),
         )
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A code version and the runs still on it (``rung versions list``,
+    ``LocalEngine.versions``; docs/versioning.md).
+
+    Runs that have not started yet are counted on the latest version: their first
+    attempt pins them to the version deployed then.
+    """
+
+    version: str
+    #: when it was deployed (published); None for one that no longer exists
+    deployed_at: datetime | None
+    #: new runs start on it
+    latest: bool
+    #: it can still run: False for a version that was pruned (or never deployed here)
+    #: while runs are pinned to it; those runs fail with ``VersionNotFound``
+    exists: bool
+    queued: int = 0  # QUEUED and DELAYED
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Its runs that have not finished: while there are any, it cannot be pruned."""
+        return self.queued + self.running + self.waiting

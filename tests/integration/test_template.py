@@ -445,3 +445,37 @@ def test_the_functions_architecture_and_python_are_parameters_the_build_defaults
         function = _resource(template, name)
         assert _plain(function["Runtime"]) == {"Ref": "PythonRuntime"}
         assert [_plain(a) for a in function["Architectures"]] == [{"Ref": "Architecture"}]
+
+
+def test_every_deploy_publishes_a_version_and_the_queue_invokes_the_latest() -> None:
+    params = {"RungApp": "shop.tasks:app"}
+    cfn = translate(load_template(TEMPLATE), params, "us-east-1")
+    resources = cfn["Resources"]
+    aliases = {k: v for k, v in resources.items() if v["Type"] == "AWS::Lambda::Alias"}
+    [(alias_id, alias)] = aliases.items()
+    assert alias["Properties"]["Name"] == "live"
+    assert alias["Properties"]["FunctionName"] == {"Ref": "WorkerFunction"}
+    [mapping] = [v for v in resources.values() if v["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert mapping["Properties"]["FunctionName"] == {"Ref": alias_id}  # the alias, not $LATEST
+    # rung dev reads the mapping through the alias: the worker still has its queue.
+    stack = Stack("shop", outputs={}, physical_ids={})
+    sources = {f.logical_id: f.event_sources for f in functions(cfn, stack, params, "us-east-1")}
+    assert [s.queue for s in sources["WorkerFunction"]] == ["WorkQueue"]
+
+
+def test_the_worker_may_invoke_only_its_own_functions_versions(template: dict[str, Any]) -> None:
+    function_name = _resource(template, "WorkerFunction")["FunctionName"]
+    assert function_name == {"Fn::Sub": "${AWS::StackName}-worker"}
+    invoking = [s for s in _statements(template, "WorkerRole") if "lambda:InvokeFunction" in str(s)]
+    assert invoking == [
+        {
+            "Sid": "HandRunsToTheirVersion",
+            "Effect": "Allow",
+            "Action": "lambda:InvokeFunction",
+            "Resource": {
+                "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:"
+                "function:${AWS::StackName}-worker:*"
+            },
+        }
+    ]
+    assert not any("lambda:" in str(s) for s in _statements(template, "ReconcilerRole"))

@@ -56,6 +56,7 @@ PINNED = {
     "Contended",
     "UnknownTask",
     "UsageError",
+    "VersionInfo",
     "current_step",
     "step",
 }

@@ -329,6 +329,16 @@ def functions(
     """The template's functions with their handler, timeout, environment and triggers."""
     resolver = _Resolver(cfn, stack, parameters, region)
     resources = cfn["Resources"]
+    # An alias (SAM's AutoPublishAlias) or a version stands for its function.
+    stands_for = {
+        logical_id: _references(res.get("Properties", {}).get("FunctionName"))
+        for logical_id, res in resources.items()
+        if res.get("Type") in ("AWS::Lambda::Alias", "AWS::Lambda::Version")
+    }
+
+    def function_of(value: Any) -> set[str]:
+        return {f for ref in _references(value) for f in stands_for.get(ref, {ref})}
+
     specs = []
     for logical_id, res in resources.items():
         if res.get("Type") != "AWS::Lambda::Function":
@@ -339,7 +349,7 @@ def functions(
         schedules = []
         for other in resources.values():
             other_props = other.get("Properties", {})
-            if other.get("Type") == "AWS::Lambda::EventSourceMapping" and _references(
+            if other.get("Type") == "AWS::Lambda::EventSourceMapping" and function_of(
                 other_props.get("FunctionName")
             ) == {logical_id}:
                 queue = sorted(_references(other_props.get("EventSourceArn")))

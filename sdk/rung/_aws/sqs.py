@@ -234,6 +234,17 @@ class SqsQueue:
                 log.debug("visibility of %s not extended: %s", chunk[int(failed["Id"])], failed)
         return requests
 
+    def pass_on(self, message: QueueMessage, visibility: timedelta) -> None:
+        """Hand a held message to another invocation (docs/versioning.md): it is held
+        here no longer and stays invisible for ``visibility`` from now, in which the
+        other invocation holds it itself; should that one never start, it comes back."""
+        self._release(message)
+        self.client.change_message_visibility(
+            QueueUrl=self.url,
+            ReceiptHandle=message.receipt_handle,
+            VisibilityTimeout=_ceil_seconds(visibility),
+        )
+
     def delete(self, message: QueueMessage) -> None:
         self._release(message)
         self.client.delete_message(QueueUrl=self.url, ReceiptHandle=message.receipt_handle)

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from rung._durable.signals import Suspend
 from rung._durable.state import WAIT_SUFFIX, Scope, check_waited_name
@@ -33,6 +33,20 @@ MAX_BATCH = 1000
 _FIRST_OF_BATCH = "*"
 _NO = ErrorInfo("", "")
 
+#: The code version a child runs on (docs/versioning.md): the latest one deployed when
+#: it starts, or its parent's.
+ChildVersion = Literal["latest", "parent"]
+
+
+def _pinned(version: object, what: str) -> bool:
+    """Whether the child is pinned to its parent's version; or a UsageError."""
+    if version not in ("latest", "parent"):
+        raise UsageError(
+            f'{what}(version=...) is "latest" (the version deployed when the child '
+            f'starts, the default) or "parent" (this run\'s own), got {version!r}'
+        )
+    return version == "parent"
+
 
 def trigger(
     scope: Scope,
@@ -43,8 +57,10 @@ def trigger(
     detached: bool,
     delay: timedelta | float | None,
     tags: Iterable[str] | None,
+    version: ChildVersion = "latest",
 ) -> RunHandle:
     """``ctx.trigger``: start a child run and go on."""
+    pinned = _pinned(version, "ctx.trigger")
     found, child_name = _begin(scope, "ctx.trigger", task, name, waits=False)
     wait = (
         check_duration(delay, "ctx.trigger delay", maximum=MAX_WAIT)
@@ -61,6 +77,7 @@ def trigger(
         detached=detached,
         delay=wait,
         tags=tag_tuple,
+        pinned=pinned,
     )
     data = json.loads(record.result_json or "{}")
     return RunHandle(run_id=data["run_id"], task_id=data["task_id"], created=created)
@@ -74,12 +91,14 @@ def trigger_and_wait(
     name: str | None,
     result_type: Any,
     timeout: timedelta | float | None,
+    version: ChildVersion = "latest",
 ) -> Any:
     """``ctx.trigger_and_wait``: start a child run, suspend until it ends, return its
     output (or raise ``ChildRunFailed``)."""
+    pinned = _pinned(version, "ctx.trigger_and_wait")
     found, child_name = _begin(scope, "ctx.trigger_and_wait", task, name, waits=True)
     limit = _timeout(timeout, "trigger_and_wait")
-    record, _ = _start_child(scope, found, child_name, payload, waits=True)
+    record, _ = _start_child(scope, found, child_name, payload, waits=True, pinned=pinned)
     # The deadline is fixed by the child's checkpoint: the same on every replay.
     wait = _wait_children(
         scope,
@@ -99,9 +118,11 @@ def batch_trigger_and_wait(
     name: str | None,
     result_type: Any,
     timeout: timedelta | float | None,
+    version: ChildVersion = "latest",
 ) -> list[ChildResult]:
     """``ctx.batch_trigger_and_wait``: one child per payload, suspend until all ended."""
     what = "ctx.batch_trigger_and_wait"
+    pinned = _pinned(version, what)
     found, child_name = _begin(scope, what, task, name, waits=True)
     limit = _timeout(timeout, "batch_trigger_and_wait")
     if isinstance(payloads, str | bytes | Mapping) or not isinstance(payloads, Iterable):
@@ -133,6 +154,7 @@ def batch_trigger_and_wait(
             payload_json=text,
             batch=batch,
             size=len(items),
+            pinned=pinned,
         )
         began = began or record.started_at
         children.append(json.loads(record.result_json or "{}"))
@@ -187,6 +209,7 @@ def _start_child(
     payload_json: str | None = None,
     batch: str | None = None,
     size: int = 0,
+    pinned: bool = False,
 ) -> tuple[StepRecord, bool]:
     step_id, seq = scope.position(name, "child")
     record = scope.run.records.get(step_id)
@@ -222,6 +245,7 @@ def _start_child(
         detached=bool(detached),
         delay=delay,
         tags=tags,
+        pinned=pinned,
     )
     return scope.run.remember(stored), created
 

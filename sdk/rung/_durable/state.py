@@ -167,9 +167,11 @@ class AttemptSession(Protocol):
         detached: bool,
         delay: timedelta,
         tags: tuple[str, ...],
+        pinned: bool = False,
     ) -> tuple[StepRecord, bool]:
         """Create the child run named by ``record`` with its checkpoint, atomically, and
-        send it; returns the stored checkpoint and whether the child was created now."""
+        send it; returns the stored checkpoint and whether the child was created now.
+        ``pinned``: the child runs on this run's code version (else on the latest)."""
 
     def get_runs(self, run_ids: list[str]) -> dict[str, Run]:
         """Runs by id, consistently read."""

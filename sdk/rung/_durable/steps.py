@@ -11,15 +11,19 @@ decisions, result size and serialization.
 from __future__ import annotations
 
 import contextlib
+import functools
+import typing
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, overload
 
 from rung._durable.signals import RetryStep
 from rung._durable.state import (
     Replayed,
     Scope,
     StepInfo,
+    check_step_name,
+    current_scope,
     current_step_info,
     encoded,
     error_info,
@@ -28,6 +32,9 @@ from rung._durable.state import (
 from rung.errors import InvalidConfig, UsageError
 from rung.models import StepRecord
 from rung.retry import RetryPolicy
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Execution:
@@ -159,3 +166,61 @@ def call(
         except Exception as exc:
             return started.failed(exc)
     return started.succeeded(value)
+
+
+@overload
+def step(fn: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def step(
+    *, name: str | None = None, retry: RetryPolicy | None = None, at_most_once: bool = False
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def step(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    at_most_once: bool = False,
+) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
+    """Make a function a step: called inside a run, it is checkpointed.
+
+    Outside a run the function executes plainly, so it stays unit-testable.
+
+    Args:
+        name: the step name (default: the function's ``__qualname__``).
+        retry: a policy overriding the task's for this step.
+        at_most_once: see ``Context.step``.
+
+    Example:
+        >>> @rung.step
+        ... def fetch_order(order_id: str) -> dict: ...
+        >>> @rung.step(name="charge", retry=rung.RetryPolicy(max_attempts=5))
+        ... def charge_card(order: dict) -> dict: ...
+    """
+    if name is not None:
+        check_step_name(name)
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise InvalidConfig("@rung.step(retry=...) must be a rung.RetryPolicy")
+
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        step_name = name or func.__qualname__
+
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            scope = current_scope.get()
+            if scope is None:
+                return func(*args, **kwargs)
+            return typing.cast(
+                R,
+                call(scope, step_name, func, args, kwargs, retry=retry, at_most_once=at_most_once),
+            )
+
+        return wrapper
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate

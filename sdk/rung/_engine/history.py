@@ -33,7 +33,7 @@ _STEP_LIKE = frozenset({"step", "branch", "map", "parallel", "group"})
 
 def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
     """The run's events, in order (see the module docstring)."""
-    events = [HistoryEvent(EventType.RUN_TRIGGERED, run.created_at)]
+    events = [HistoryEvent(EventType.RUN_TRIGGERED, run.created_at, version=_version(run, 1))]
     failures = {f.attempt: f for f in run.failures}
     redrives = {r.attempt: r for r in run.redrives}
     for attempt in range(1, run.attempt + 1):
@@ -41,7 +41,11 @@ def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
         started = failure.started_at if failure else run.attempt_started_at
         if started is None:
             continue  # this attempt has not started yet (queued or backing off)
-        events.append(HistoryEvent(EventType.ATTEMPT_STARTED, started, attempt=attempt))
+        events.append(
+            HistoryEvent(
+                EventType.ATTEMPT_STARTED, started, attempt=attempt, version=_version(run, attempt)
+            )
+        )
         records = [s for s in steps if s.run_attempt == attempt]
         ended = _failure_events(failure) if failure is not None else []
         events.extend(_attempt_events(run, records, started, ended))
@@ -54,7 +58,11 @@ def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
             )
             events.append(
                 HistoryEvent(
-                    EventType.RUN_REDRIVEN, redrive.at, attempt=attempt, step=redrive.step_id
+                    EventType.RUN_REDRIVEN,
+                    redrive.at,
+                    attempt=attempt,
+                    step=redrive.step_id,
+                    version=_version(run, attempt + 1),  # the version it moved to
                 )
             )
     end = _END_EVENTS.get(run.status)
@@ -62,6 +70,15 @@ def build_history(run: Run, steps: list[StepRecord]) -> list[HistoryEvent]:
         error = None if run.status == RunStatus.COMPLETED else run.error
         events.append(HistoryEvent(end, run.finished_at, attempt=run.attempt, error=error))
     return events
+
+
+def _version(run: Run, attempt: int) -> str | None:
+    """The code version ``attempt`` ran on: a redrive after it records the version it
+    left; after the last redrive, the run's own (docs/versioning.md)."""
+    for redrive in run.redrives:
+        if redrive.attempt >= attempt:
+            return redrive.from_version
+    return run.version
 
 
 #: The event a terminal status ends the history with.

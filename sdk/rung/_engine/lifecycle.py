@@ -196,6 +196,7 @@ class Lifecycle:
                 error=error,
                 at=now,
                 step_id=failed.step_id if failed is not None else None,
+                from_version=run.version,
             ),
             now=now,
             also=also,

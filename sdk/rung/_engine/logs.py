@@ -6,7 +6,8 @@ installed on the handlers that write lines (the Lambda handler's, ``rung dev``'s
 ``LocalEngine``'s), adds to each record written meanwhile, on any thread of the attempt
 (``ctx.map`` branches copy the context):
 
-    run_id, task, attempt, trace_id, and step_id inside a step
+    run_id, task, attempt, trace_id, version (where versions are in use), and
+    step_id inside a step
 
 Powertools' JSON formatter writes them as keys of the line, so that CloudWatch Logs
 Insights filters on ``run_id`` (docs/observability.md).
@@ -22,8 +23,8 @@ from dataclasses import dataclass
 
 from rung._durable.state import current_step_info
 
-#: The keys a run's lines carry (a record may lack ``step_id``).
-RUN_KEYS = ("run_id", "task", "attempt", "step_id", "trace_id")
+#: The keys a run's lines carry (a record may lack ``step_id`` and ``version``).
+RUN_KEYS = ("run_id", "task", "attempt", "step_id", "trace_id", "version")
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,11 @@ class RunLogContext:
     task: str
     attempt: int
     trace_id: str | None
-    #: whose run it is (a Worker): two LocalEngines in one process keep their lines apart
+    #: whose run it is (its worker's Sinks, shared by the workers of all versions of one
+    #: engine): two LocalEngines in one process keep their lines apart
     owner: object = None
+    #: the code version the attempt runs on (docs/versioning.md), if versions are in use
+    version: str | None = None
 
 
 current_run: ContextVar[RunLogContext | None] = ContextVar("rung_log_run", default=None)
@@ -69,6 +73,8 @@ class RunContextFilter(logging.Filter):
         record.attempt = context.attempt
         if context.trace_id is not None:
             record.trace_id = context.trace_id
+        if context.version is not None:
+            record.version = context.version
         step = current_step_info.get()
         if step is not None:
             record.step_id = step.step_id

@@ -246,6 +246,7 @@ class Session:
         detached: bool,
         delay: timedelta,
         tags: tuple[str, ...],
+        pinned: bool = False,
     ) -> tuple[StepRecord, bool]:
         named = json.loads(record.result_json or "{}")
         child_id = str(named["run_id"])
@@ -268,6 +269,7 @@ class Session:
             batch=named.get("batch"),
             trace=child_trace.stored(),
             parent_trace_id=self._run.trace_id,
+            version=self._run.version if pinned else None,
         )
         stored, created = self._worker.store.start_child(
             self._run.run_id, self._token, record, child

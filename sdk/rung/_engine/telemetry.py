@@ -102,7 +102,7 @@ class Telemetry:
         self.trace = AttemptTrace(sinks.xray, run, started_at, sinks.otlp)
         self.run = run
         self.log_context = RunLogContext(
-            run.run_id, run.task_id, run.attempt, run.trace_id, owner=owner
+            run.run_id, run.task_id, run.attempt, run.trace_id, owner=owner, version=run.version
         )
         self._failed_step: str | None = None
         self._started_at = started_at

@@ -83,6 +83,7 @@ class AttemptTrace:
             "rung_run_id": self._run.run_id,
             "rung_task": self._run.task_id,
             "rung_attempt": self._run.attempt,
+            **({"rung_version": self._run.version} if self._run.version else {}),
             **extra,
         }
 

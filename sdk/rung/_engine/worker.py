@@ -13,7 +13,6 @@ executed step + 1 terminal write. Backoff is one fenced write plus one SQS call.
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import random
 import threading
@@ -45,6 +44,7 @@ from rung._engine.heartbeat import Heartbeat
 from rung._engine.lifecycle import Lifecycle
 from rung._engine.logs import bound
 from rung._engine.queues import QueueAdmin
+from rung._engine.routing import Disposition, Versioning, gone_error, settle_worn
 from rung._engine.session import Session
 from rung._engine.telemetry import Sinks, Telemetry
 from rung._util import serde
@@ -65,6 +65,8 @@ from rung.errors import (
 from rung.flow import Queue
 from rung.models import Failure, Run, RunStatus
 
+__all__ = ["Disposition", "Worker"]
+
 log = logging.getLogger("rung.worker")
 
 #: A rate-limited run this close to its reserved start sleeps until it; further away,
@@ -72,14 +74,6 @@ log = logging.getLogger("rung.worker")
 RATE_SLEEP = timedelta(seconds=1)
 #: A run whose queue admission gave up on contention comes back after 1-2x this.
 CONTENTION_RETRY = timedelta(seconds=2)
-
-
-class Disposition(enum.StrEnum):
-    """What to do with the message after ``handle``."""
-
-    ACK = "ack"  # delete it: the run is finished, or moved on by another message
-    KEEP = "keep"  # leave it: its visibility was set to when it must come back
-    POISON = "poison"  # leave it to be redelivered and, after maxReceiveCount, the DLQ
 
 
 class Worker:
@@ -91,8 +85,12 @@ class Worker:
         clock: Clock,
         config: WorkerConfig | None = None,
         sinks: Sinks | None = None,
+        versioning: Versioning | None = None,
     ) -> None:
         self.app = app
+        #: this worker's code version and the way to the others' (docs/versioning.md);
+        #: None: versions are not in use, and runs are not pinned
+        self.versioning = versioning
         self.store = store
         self.queue = queue
         self.clock = clock
@@ -121,7 +119,10 @@ class Worker:
             return Disposition.ACK
         now = self.clock.now()
         lease = self.config.lease_duration
-        claim = self.store.claim_run(run_id, now, lease)
+        version = self.versioning.version if self.versioning is not None else None
+        claim = self.store.claim_run(run_id, now, lease, version)
+        if isinstance(claim, NotClaimed) and claim.reason == "other_version":
+            return self._hand_over(message, claim, time_left)
         if isinstance(claim, NotClaimed) and claim.reason == "crashed":
             assert claim.run is not None
             claim = self._take_over(claim.run, now)
@@ -130,59 +131,8 @@ class Worker:
         return self._attempt(message, claim, time_left)
 
     def settle_worn(self, messages: Sequence[QueueMessage]) -> set[str]:
-        """Renew the worn messages among ``messages``, before any of them is handled.
-
-        A message received ``queue.renew_at`` times or more is exchanged for a fresh
-        copy (receive count 0) due when its run is (now, when the run's lease expires,
-        or at its timer), and deleted at once; one of a run without a future (finished,
-        or waiting with no timer: whoever wakes it sends a message) is only deleted, as
-        is a second worn copy of one run. Deleted now, not at the end of the batch: an
-        invocation that dies later on does not bring them back. Returns the ids of the
-        messages settled so: they are done (ACK) without being handled.
-
-        Not renewed, so that SQS moves them to the DLQ: bodies that are not rung
-        messages and runs that do not exist (poison; ``handle`` refuses them). One
-        consistent batch read of the worn messages' runs; nothing at all when none is
-        worn. The Lambda handler calls this for its whole batch first, so that a crash
-        later in the batch cannot push a worn batch-mate further.
-        """
-        worn: dict[str, QueueMessage] = {}
-        copies: list[QueueMessage] = []
-        for message in messages:
-            if not self.queue.worn(message):
-                continue
-            try:
-                run_id = decode(message.body)
-            except BadMessage:
-                continue  # poison: handle refuses it and SQS dead-letters it
-            if run_id in worn:
-                copies.append(message)  # the fresh copy of the first serves for both
-            else:
-                worn[run_id] = message
-        if not worn:
-            return set()
-        runs = self.store.get_runs(list(worn))
-        now = self.clock.now()
-        renewals: list[tuple[QueueMessage, str, timedelta]] = []
-        discards = [m for m in copies if decode(m.body) in runs]
-        for run_id, message in worn.items():
-            run = runs.get(run_id)
-            if run is None:
-                continue  # no such run: poison
-            due = _due(run, now)
-            if due is None:
-                discards.append(message)
-            else:
-                renewals.append((message, run_id, max(due - now, timedelta(0))))
-        renewed = self.queue.renew(renewals)
-        self.queue.discard(discards)
-        for message in renewed:
-            log.info(
-                "message %s was received %d times; a fresh copy replaces it",
-                message.message_id,
-                message.receive_count,
-            )
-        return {m.message_id for m in [*renewed, *discards]}
+        """Renew the worn messages among ``messages`` (``routing.settle_worn``)."""
+        return settle_worn(self.store, self.queue, self.clock, messages)
 
     def _poison(self, message: QueueMessage) -> Disposition:
         """Hand a poison message back for redelivery soon, so that it reaches the DLQ in
@@ -210,6 +160,36 @@ class Worker:
         if claim.reason == "busy":
             due += timedelta(seconds=1)
         return self._later(message, run_id, due)
+
+    def _hand_over(
+        self, message: QueueMessage, claim: NotClaimed, time_left: Callable[[], float] | None
+    ) -> Disposition:
+        """The run is pinned to another code version: its worker handles the message."""
+        run = claim.run
+        assert run is not None and run.version is not None and self.versioning is not None
+        try:
+            done = self.versioning.hand_over(run.version, message, time_left)
+        except Exception:  # that version could not be reached now: the message comes back
+            log.exception("run %s: could not hand it to version %s", run.run_id, run.version)
+            return self._later(message, run.run_id, self.clock.now() + CONTENTION_RETRY)
+        if done is not None:
+            return done
+        # No such version: fail the run (fenced as a claim, so that one finder does it).
+        error, now = gone_error(run), self.clock.now()
+        log.error("%s", error.message)
+        if run.status == RunStatus.RUNNING:  # crashed there: fenced on the dead holder
+            with contextlib.suppress(LeaseLost):
+                self._fail(run, run.lease_token, error, None, now)
+            shard = Shard.of_run(self.app, run)
+            if shard is not None:
+                self.gate.release(shard, run.run_id, run.lease_token, now)
+            return Disposition.ACK
+        taken = self.store.claim_run(run.run_id, now, self.config.lease_duration)
+        if isinstance(taken, NotClaimed):
+            return self._not_claimed(message, run.run_id, taken, now)
+        with contextlib.suppress(LeaseLost):
+            self._fail(taken.run, taken.token, error, None, now)
+        return Disposition.ACK
 
     def _take_over(self, run: Run, now: datetime) -> Claimed | NotClaimed:
         """The previous holder died mid-attempt: that attempt failed; start the next."""
@@ -251,7 +231,7 @@ class Worker:
             max_attempts = 1
         # The dead invocation's segment runs from its last write to the run (its claim
         # or a lease renewal) to now; reported by the finder that wins the run.
-        lost = Telemetry(self.sinks, run, run.updated_at, owner=self)
+        lost = Telemetry(self.sinks, run, run.updated_at, owner=self.sinks)
         if _run_level_failures(run) + 1 >= max_attempts:
             # Fenced on the dead holder's token: one of several finders wins.
             with contextlib.suppress(LeaseLost), bound(lost.log_context):
@@ -273,7 +253,7 @@ class Worker:
         self, message: QueueMessage, claim: Claimed, time_left: Callable[[], float] | None
     ) -> Disposition:
         run, token = claim.run, claim.token
-        telemetry = Telemetry(self.sinks, run, self.clock.now(), owner=self)
+        telemetry = Telemetry(self.sinks, run, self.clock.now(), owner=self.sinks)
         try:
             with bound(telemetry.log_context):  # every line until it ends names the run
                 return self._run_attempt(message, run, token, time_left, telemetry)
@@ -623,20 +603,6 @@ class Worker:
             return Disposition.ACK
         kept = self.queue.defer(message, run_id, delay, to_ms(now))
         return Disposition.KEEP if kept else Disposition.ACK
-
-
-def _due(run: Run, now: datetime) -> datetime | None:
-    """When a message for ``run`` should next arrive (as ``handle`` defers it), or None."""
-    if run.status.is_terminal:
-        return None
-    if run.status == RunStatus.RUNNING:
-        # Should its holder have died, this takes over after the lease (as a "busy" claim)
-        return (run.lease_until or now) + timedelta(seconds=1)
-    if run.available_at is None:
-        return now
-    if waits_without_timer(run.available_at):
-        return None  # it waits with no timer: its waker sends a message
-    return run.available_at
 
 
 def _run_level_failures(run: Run) -> int:

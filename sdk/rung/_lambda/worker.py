@@ -33,7 +33,16 @@ this module needs no environment):
     OTEL_TRACES_EXPORTER        ``otlp``: spans to an OpenTelemetry collector as well,
                                 configured by the standard ``OTEL_EXPORTER_OTLP_*``
                                 variables (default off; needs ``rung[otel]``)
+    RUNG_VERSIONS               ``off``: do not pin runs to the function's version
+                                (default on; docs/versioning.md)
+    RUNG_HAND_OVER_SECONDS      how long a message handed to another version stays
+                                invisible before that version's invocation holds it
+                                (default 120)
+    AWS_LAMBDA_FUNCTION_VERSION set by Lambda: the version this worker runs as
     AWS_ENDPOINT_URL            an emulator or LocalStack (default: AWS)
+
+A message for a run pinned to another version is handed to that version
+(``rung._lambda.handover``); an event marked ``"rungHandOver"`` is such a message.
 """
 
 from __future__ import annotations
@@ -61,15 +70,17 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from rung._aws import sessions
 from rung._aws.events import BUS_ENV, EventBus
-from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, QueueMessage
+from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, QueueMessage, SqsQueue
 from rung._aws.xray import XRay
 from rung._engine.config import WorkerConfig
 from rung._engine.heartbeat import Heartbeat
 from rung._engine.logs import RunContextFilter
 from rung._engine.otlp import OtlpExporter
+from rung._engine.routing import Versioning
 from rung._engine.telemetry import Sinks
 from rung._engine.worker import Disposition, Worker
 from rung._lambda._env import positive_int, require, store_and_queue
+from rung._lambda.handover import HAND_OVER, HAND_OVER_SECONDS, LambdaHandOver
 from rung._util.clock import SystemClock
 from rung.app import App
 from rung.errors import InvalidConfig
@@ -101,7 +112,22 @@ def worker() -> Worker:
         slot_lease=timedelta(seconds=positive_int("RUNG_SLOT_LEASE_SECONDS", 960)),
         min_time_left=timedelta(seconds=positive_int("RUNG_MIN_TIME_LEFT_SECONDS", 10)),
     )
-    return Worker(app, store, queue, SystemClock(), config, sinks(app))
+    return Worker(app, store, queue, SystemClock(), config, sinks(app), versioning(queue))
+
+
+def versioning(queue: SqsQueue) -> Versioning | None:
+    """Runs are pinned to this function's version when it runs as a published version
+    (``AWS_LAMBDA_FUNCTION_VERSION`` is a number: template.yaml's ``AutoPublishAlias``);
+    as ``$LATEST`` (a function deployed without versions) they are not, unless
+    ``RUNG_VERSIONS=off`` turns pinning off everywhere (docs/versioning.md)."""
+    version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "")
+    if not version.isdigit() or os.environ.get("RUNG_VERSIONS", "on") == "off":
+        return None
+    function = require("AWS_LAMBDA_FUNCTION_NAME", "set by Lambda: the function's name")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
+    hold = timedelta(seconds=positive_int("RUNG_HAND_OVER_SECONDS", HAND_OVER_SECONDS))
+    hand_over = LambdaHandOver(sessions.client("lambda", endpoint), function, queue, version, hold)
+    return Versioning(version, hand_over)
 
 
 def sinks(app: App) -> Sinks:
@@ -130,6 +156,8 @@ def _print_emf(document: dict[str, Any]) -> None:
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     engine = worker()
+    if HAND_OVER in event:
+        return _handed_over(engine, event, context)
     messages = {m.message_id: m for m in map(_message, event.get("Records", []))}
     # Worn messages first, before any other request: every request before it widens the
     # window in which a dying invocation ages its whole batch by one more receive.
@@ -190,6 +218,26 @@ def _handle_batch(
             raise MessageNotDone(f"message {record.message_id}: {disposition}")
 
     return dict(process_partial_response(event, record_handler, _processor, context))
+
+
+def _handed_over(engine: Worker, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """A message the latest version's worker handed to this version (``handover``): it
+    is handled as if received here, held while it is, and deleted here when the run no
+    longer needs it (an asynchronous invocation has no batch response to do that)."""
+    sender = event[HAND_OVER].get("from") if isinstance(event[HAND_OVER], dict) else None
+    for raw in event.get("Records", []):
+        message = _message(raw)
+        logger.append_keys(message_id=message.message_id, handed_over_from=sender)
+        try:
+            with _held(engine, [message]):
+                disposition = engine.handle(
+                    message, time_left=lambda: context.get_remaining_time_in_millis() / 1000
+                )
+            if disposition == Disposition.ACK:
+                engine.queue.delete(message)
+        finally:
+            logger.remove_keys(["message_id", "handed_over_from"])
+    return {"batchItemFailures": []}
 
 
 def structured_logging(source: Logger) -> None:

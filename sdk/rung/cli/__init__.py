@@ -21,6 +21,8 @@
         queues pause NAME
         queues resume NAME
         upgrade-table [--table NAME] [--dry-run] [--segments N] [--reader-grace 1m]
+        versions list [--function NAME]
+        versions prune [--function NAME] [--dry-run]
         dev ...                       (rung._dev.command, when it is installed)
 
 The table and queue are found from the stack's outputs (``rung._aws.cloudformation.describe``);
@@ -87,6 +89,7 @@ from rung.cli.tokens import (
 )
 from rung.cli.trace import TraceLine, build_trace
 from rung.cli.upgrade import upgrade_table
+from rung.cli.versions import versions
 
 __all__ = [
     "DEFAULT_WAIT",
@@ -123,6 +126,7 @@ __all__ = [
     "trace_run",
     "trigger",
     "upgrade_table",
+    "versions",
 ]
 
 
@@ -174,6 +178,7 @@ main.add_command(runs)
 main.add_command(tokens)
 main.add_command(queues)
 main.add_command(upgrade_table)
+main.add_command(versions)
 
 
 # -- `rung dev`, from the local platform --------------------------------------------------

@@ -334,6 +334,7 @@ def run_json(run: Run) -> dict[str, Any]:
         "parent_run_id": run.parent_run_id,
         "replay_of": run.replay_of,
         "trace_id": run.trace_id,
+        "version": run.version,
         "redrives": [
             {
                 "attempt": r.attempt,
@@ -341,6 +342,7 @@ def run_json(run: Run) -> dict[str, Any]:
                 "error": r.error.to_json(),
                 "redriven_at": r.at.isoformat(),
                 "step": r.step_id,
+                "from_version": r.from_version,
             }
             for r in run.redrives
         ],
@@ -408,6 +410,7 @@ def event_json(event: HistoryEvent) -> dict[str, Any]:
         "delay_seconds": event.delay.total_seconds() if event.delay is not None else None,
         "error": event.error.to_json() if event.error else None,
         "child_run_id": event.child_run_id,
+        "version": event.version,
     }
 
 

@@ -252,6 +252,7 @@ def list_runs(
     table.add_column("task")
     table.add_column("status")
     table.add_column("attempt", justify="right")
+    table.add_column("version")
     table.add_column("created (UTC)")
     table.add_column("took", justify="right")
     for run in found:
@@ -260,6 +261,7 @@ def list_runs(
             run.task_id,
             _status(run.status),
             str(run.attempt),
+            run.version or "",
             _time(run.created_at),
             format_duration(run.finished_at - run.created_at) if run.finished_at else "",
         )
@@ -293,6 +295,8 @@ def show_run(target: _Target, run_id: str, as_json: bool) -> None:
     grid.add_row("task", run.task_id)
     grid.add_row("status", _status(run.status))
     grid.add_row("attempt", str(run.attempt) if run.started_at else "none yet")
+    if run.version:
+        grid.add_row("version", run.version)
     if run.status == RunStatus.WAITING and run.waiting_for:
         grid.add_row("waiting for", run.waiting_for)
     grid.add_row("created", _time(run.created_at))
@@ -318,7 +322,8 @@ def show_run(target: _Target, run_id: str, as_json: bool) -> None:
         where = f" at step {redrive.step_id}" if redrive.step_id else ""
         grid.add_row(
             "redriven",
-            f"{_time(redrive.at)} after attempt {redrive.attempt} failed{where}",
+            f"{_time(redrive.at)} after attempt {redrive.attempt} failed{where}"
+            + (f" (was on version {redrive.from_version})" if redrive.from_version else ""),
         )
     if children:
         grid.add_row(

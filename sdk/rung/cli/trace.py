@@ -91,6 +91,8 @@ class _Timeline:
         kind = event.type
         if kind == EventType.ATTEMPT_STARTED:
             detail = _resumes(events[index + 1 :], event.attempt, self.succeeded)
+            if event.version is not None:
+                detail = f"version {event.version}" + (f", {detail}" if detail else "")
             self._line("attempt", event, f"attempt {event.attempt} started", detail, "bold")
         elif kind == EventType.STEP_STARTED:
             self.open_steps[(event.attempt, event.step)] = self._step_line(event)
@@ -134,6 +136,8 @@ class _Timeline:
             detail = f"attempt {(event.attempt or 0) + 1} resumes" + (
                 f" at {event.step}" if event.step else ""
             )
+            if event.version is not None:
+                detail += f" on version {event.version}"
             self._line("redriven", event, "↻ redriven", detail, "yellow")
         elif kind == EventType.CHILD_TRIGGERED:
             detail = event.child_run_id or ""

@@ -42,10 +42,10 @@ from rung._aws.emulator import (
     use_virtual_time,
     visible,
 )
-from rung._aws.logs import LogEvent
 from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, BadMessage, QueueMessage, SqsQueue, decode
 from rung._engine.config import WorkerConfig
 from rung._engine.reconciler import DEFAULT_GRACE, Reconciler, ReconcileReport
+from rung._engine.routing import Versioning, version_table
 from rung._engine.timers import TimerSweep
 from rung._engine.worker import Disposition, Worker
 from rung._util.clock import Clock, SystemClock, VirtualClock, from_ms
@@ -53,9 +53,18 @@ from rung._util.durations import check_duration
 from rung.app import App, Task
 from rung.client import Client
 from rung.errors import InvalidConfig, UsageError
-from rung.models import HistoryEvent, Run, RunHandle, RunPage, RunStatus, TokenState
+from rung.models import (
+    HistoryEvent,
+    Run,
+    RunHandle,
+    RunPage,
+    RunStatus,
+    TokenState,
+    VersionInfo,
+)
+from rung.testing._versions import LocalVersions
 from rung.testing._virtual import next_due
-from rung.testing.telemetry import LocalTelemetry
+from rung.testing.telemetry import LocalTelemetry, ReadBack
 
 log = logging.getLogger("rung.testing")
 _REGION = "us-east-1"
@@ -79,7 +88,7 @@ class WorkerFault:
     error: BaseException
 
 
-class LocalEngine:
+class LocalEngine(ReadBack):
     """The engine in this process, on the embedded emulator.
 
     Args:
@@ -102,6 +111,8 @@ class LocalEngine:
         telemetry: send what the runs report to the emulator, as Lambda would on AWS:
             trace segments to its X-Ray (``trace``), log lines to its CloudWatch Logs
             (``logs``). False sends neither.
+        version: the label of ``app``'s code version (default "1"); ``deploy`` adds
+            newer ones (docs/versioning.md).
     """
 
     def __init__(
@@ -117,6 +128,7 @@ class LocalEngine:
         reconcile_grace: timedelta = DEFAULT_GRACE,
         telemetry: bool = True,
         retention: timedelta = DEFAULT_RETENTION,
+        version: str = "1",
     ) -> None:
         if not isinstance(app, App):
             raise UsageError(f"LocalEngine needs a rung.App, got {type(app).__name__}")
@@ -134,6 +146,8 @@ class LocalEngine:
                 maximum=timedelta(minutes=15),  # Lambda's limit
             )
         self.app = app
+        self._versions = LocalVersions()
+        self._first_version = self._versions.check_new(version)
         self._workers = workers
         self.clock: Clock = VirtualClock() if virtual_time else SystemClock()
         # The heartbeat runs on the wall clock; a virtual clock moves only when every
@@ -215,13 +229,10 @@ class LocalEngine:
                     ),
                     self.sqs,
                 )
-            sinks = self.telemetry.sinks() if self.telemetry is not None else None
-            self.worker = Worker(self.app, self.store, self.queue, self.clock, self._config, sinks)
+            self._sinks = self.telemetry.sinks() if self.telemetry is not None else None
+            self._add_version(self.app, self._first_version)
             if self.telemetry is not None:
-                self.telemetry.ship_logs(owner=self.worker)
-            self._client = Client._from_parts(
-                self.app, self.store, self.queue, self.clock, sinks.events if sinks else None
-            )
+                self.telemetry.ship_logs(owner=self.worker.sinks)
         except BaseException:
             self.stop()
             raise
@@ -244,6 +255,50 @@ class LocalEngine:
             self._emulator = None
         if isinstance(self.clock, VirtualClock):
             release_virtual_time(self.clock)
+
+    # -- versions --------------------------------------------------------------------
+
+    def deploy(self, app: App, *, version: str | None = None) -> str:
+        """Deploy a new code version of the app, as a deploy does on AWS: runs started
+        from now on run ``app``'s code; every run already started finishes on the
+        version it started on (a redrive moves a failed one to the latest). Returns the
+        new version's label (``version``, by default the next number).
+
+        Example:
+            >>> engine = LocalEngine(v1.app)          # version "1"
+            >>> engine.deploy(v2.app)                 # "2": new runs take v2's code
+        """
+        if self._emulator is None:
+            raise UsageError("the LocalEngine is not started: use it in a `with` block")
+        if not isinstance(app, App):
+            raise UsageError(f"deploy needs a rung.App, got {type(app).__name__}")
+        label = self._versions.check_new(version or self._versions.next_label())
+        self._add_version(app, label)
+        return label
+
+    def versions(self) -> list[VersionInfo]:
+        """The deployed versions, oldest first, and any other that runs are pinned to,
+        with their runs in flight (as ``rung versions list``)."""
+        counts = self.store.runs_in_flight()
+        return version_table(self._versions.deployed(), self._versions.latest, counts)
+
+    def prune(self) -> list[str]:
+        """Retire every version but the latest that no run in flight needs (as ``rung
+        versions prune``); returns the versions retired."""
+        gone = [v.version for v in self.versions() if v.exists and not v.latest and not v.in_flight]
+        for version in gone:
+            self._versions.remove(version)
+        return gone
+
+    def _add_version(self, app: App, version: str) -> None:
+        versioning = Versioning(version, self._versions.hand_over)
+        worker = Worker(
+            app, self.store, self.queue, self.clock, self._config, self._sinks, versioning
+        )
+        self._versions.add(version, worker, self.clock.now())
+        self.app, self.worker = app, worker
+        events = self._sinks.events if self._sinks else None
+        self._client = Client._from_parts(app, self.store, self.queue, self.clock, events)
 
     def _drop_resources(self) -> None:
         # The shared emulator outlives this engine: leave nothing of ours behind in it.
@@ -441,55 +496,6 @@ class LocalEngine:
         timeout = min(max(deadline - time.monotonic(), 0.0), _FALLBACK_POLL)
         with self._progress:
             self._progress.wait_for(lambda: self._handled.get(run_id, 0) != seen, timeout)
-
-    def trace(self, run_id: str) -> list[dict[str, Any]]:
-        """The X-Ray segment documents of the run's trace, read back through the
-        emulator's X-Ray API (``BatchGetTraces``), as a user would on AWS: the run's
-        segment, one per attempt (steps as subsegments) and one per wait. A segment
-        sent twice (the run's, in progress and then complete) is listed once, complete.
-        Empty with ``telemetry=False``."""
-        trace_id = self.get_run(run_id).trace_id
-        if self.telemetry is None or trace_id is None:
-            return []
-        return self.telemetry.trace(trace_id)
-
-    def logs(self, run_id: str) -> list[LogEvent]:
-        """The run's log lines (rung's lifecycle lines and the task's own), read back
-        through the emulator's CloudWatch Logs API (``FilterLogEvents`` on the engine's
-        log group, ``telemetry.log_group``), oldest first; ``LogEvent.fields`` has a
-        line's JSON keys (``run_id``, ``task``, ``attempt``, ``step_id``, ``trace_id``,
-        ``rung_event``...). Times are wall-clock: virtual time does not move log lines.
-        Empty with ``telemetry=False``."""
-        return self.telemetry.logs(run_id) if self.telemetry is not None else []
-
-    def events(self) -> list[dict[str, Any]]:
-        """The events rung sent since the last call (a run's end, a redrive), as
-        EventBridge delivered them through a rule to a queue: each a dict with
-        ``detail-type``, ``source`` (``"rung"``) and ``detail`` (run id, task, status,
-        error, trace id, duration). Empty with ``telemetry=False``."""
-        return self.telemetry.events() if self.telemetry is not None else []
-
-    def metric(
-        self,
-        name: str,
-        task: str | None = None,
-        *,
-        step: str | None = None,
-        queue: str | None = None,
-        statistic: str = "Sum",
-    ) -> float:
-        """A statistic (default ``Sum``; ``Maximum`` for the queue gauges) of a rung
-        metric (namespace ``rung``; docs/observability.md) of this engine's app, read back
-        through the emulator's CloudWatch API (``GetMetricStatistics``) as a dashboard
-        reads it: of one task (and one step name, for step metrics), or of one queue
-        (``RunningRuns``, ``ParkedRuns``). 0 with ``telemetry=False``."""
-        if self.telemetry is None:
-            return 0.0
-        dimensions = {"app": self.app.name}
-        for dimension, value in (("task", task), ("step", step), ("queue", queue)):
-            if value is not None:
-                dimensions[dimension] = value
-        return self.telemetry.metric(dimensions, name, statistic)
 
     def dead_letters(self) -> list[str]:
         """Bodies of the messages that reached the DLQ (received, then left in place)."""

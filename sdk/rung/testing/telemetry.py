@@ -29,6 +29,8 @@ from rung._engine.logs import RunContextFilter
 from rung._engine.otlp import OtlpExporter
 from rung._engine.telemetry import Sinks
 from rung._util.clock import SystemClock
+from rung.app import App
+from rung.models import Run
 
 _RULE = "rung-events"
 
@@ -70,8 +72,8 @@ class LocalTelemetry:
         )
 
     def ship_logs(self, owner: object) -> None:
-        """Play Lambda's log agent for the lines written while ``owner`` (the engine's
-        Worker) handles a run."""
+        """Play Lambda's log agent for the lines written while the engine's workers (of
+        any version) handle a run: ``owner`` is the Sinks they share."""
         from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 
         handler = _ShippingHandler(self.stream)
@@ -155,3 +157,62 @@ class _ShippingHandler(logging.Handler):
             self.stream.write(int(record.created * 1000), self.format(record))
         except Exception:
             self.handleError(record)
+
+
+class ReadBack:
+    """``LocalEngine``'s reads of what its runs reported, through the emulator's APIs."""
+
+    app: App
+    telemetry: LocalTelemetry | None
+
+    def get_run(self, run_id: str) -> Run:
+        raise NotImplementedError
+
+    def trace(self, run_id: str) -> list[dict[str, Any]]:
+        """The X-Ray segment documents of the run's trace, read back through the
+        emulator's X-Ray API (``BatchGetTraces``), as a user would on AWS: the run's
+        segment, one per attempt (steps as subsegments) and one per wait. A segment
+        sent twice (the run's, in progress and then complete) is listed once, complete.
+        Empty with ``telemetry=False``."""
+        trace_id = self.get_run(run_id).trace_id
+        if self.telemetry is None or trace_id is None:
+            return []
+        return self.telemetry.trace(trace_id)
+
+    def logs(self, run_id: str) -> list[LogEvent]:
+        """The run's log lines (rung's lifecycle lines and the task's own), read back
+        through the emulator's CloudWatch Logs API (``FilterLogEvents`` on the engine's
+        log group, ``telemetry.log_group``), oldest first; ``LogEvent.fields`` has a
+        line's JSON keys (``run_id``, ``task``, ``attempt``, ``step_id``, ``trace_id``,
+        ``rung_event``...). Times are wall-clock: virtual time does not move log lines.
+        Empty with ``telemetry=False``."""
+        return self.telemetry.logs(run_id) if self.telemetry is not None else []
+
+    def events(self) -> list[dict[str, Any]]:
+        """The events rung sent since the last call (a run's end, a redrive), as
+        EventBridge delivered them through a rule to a queue: each a dict with
+        ``detail-type``, ``source`` (``"rung"``) and ``detail`` (run id, task, status,
+        error, trace id, duration). Empty with ``telemetry=False``."""
+        return self.telemetry.events() if self.telemetry is not None else []
+
+    def metric(
+        self,
+        name: str,
+        task: str | None = None,
+        *,
+        step: str | None = None,
+        queue: str | None = None,
+        statistic: str = "Sum",
+    ) -> float:
+        """A statistic (default ``Sum``; ``Maximum`` for the queue gauges) of a rung
+        metric (namespace ``rung``; docs/observability.md) of this engine's app, read back
+        through the emulator's CloudWatch API (``GetMetricStatistics``) as a dashboard
+        reads it: of one task (and one step name, for step metrics), or of one queue
+        (``RunningRuns``, ``ParkedRuns``). 0 with ``telemetry=False``."""
+        if self.telemetry is None:
+            return 0.0
+        dimensions = {"app": self.app.name}
+        for dimension, value in (("task", task), ("step", step), ("queue", queue)):
+            if value is not None:
+                dimensions[dimension] = value
+        return self.telemetry.metric(dimensions, name, statistic)

@@ -213,6 +213,8 @@ class NewRun:
     trace: str | None = None
     #: a child run: its parent's trace id
     parent_trace_id: str | None = None
+    #: a child pinned to its parent's code version (else the first attempt sets it)
+    version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -346,6 +348,8 @@ class _Base:
             item["trace"] = _S(new.trace)
         if new.parent_trace_id is not None:
             item["parent_trace_id"] = _S(new.parent_trace_id)
+        if new.version is not None:
+            item["code_version"] = _S(new.version)
         return item
 
     def _step_item(self, run_id: str, record: StepRecord) -> dict[str, Any]:
@@ -434,6 +438,7 @@ class _Base:
             trace=item["trace"]["S"] if "trace" in item else None,
             parent_trace_id=item["parent_trace_id"]["S"] if "parent_trace_id" in item else None,
             expires_at=opt_ms("expires_at_ms"),
+            version=item["code_version"]["S"] if "code_version" in item else None,
         )
 
     def _paginate(self, operation: str, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -441,14 +446,21 @@ class _Base:
         for page in paginator.paginate(**kwargs):
             yield from page.get("Items", [])
 
-    def _batch_get(self, keys: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def _batch_get(
+        self, keys: list[dict[str, Any]], projection: dict[str, str] | None = None
+    ) -> Iterator[dict[str, Any]]:
         """The items at ``keys`` that exist, consistently read: 100 keys a request, the
-        keys DynamoDB left unprocessed asked again (up to 20 times, then an error)."""
+        keys DynamoDB left unprocessed asked again (up to 20 times, then an error).
+        ``projection``: only these attributes (names to their placeholders' values)."""
+        read: dict[str, Any] = {"ConsistentRead": True}
+        if projection is not None:
+            read["ProjectionExpression"] = ", ".join(projection)
+            read["ExpressionAttributeNames"] = projection
         for start in range(0, len(keys), 100):
             pending = keys[start : start + 100]
             for _ in range(20):
                 out = self.client.batch_get_item(
-                    RequestItems={self.table: {"Keys": pending, "ConsistentRead": True}}
+                    RequestItems={self.table: {"Keys": pending, **read}}
                 )
                 yield from out.get("Responses", {}).get(self.table, [])
                 pending = out.get("UnprocessedKeys", {}).get(self.table, {}).get("Keys", [])
@@ -507,6 +519,7 @@ def _redrive_json(redrive: Redrive) -> str:
             "error": error,
             "at": iso(redrive.at),
             "step_id": redrive.step_id,
+            "from_version": redrive.from_version,
         }
     )
 
@@ -519,4 +532,5 @@ def _redrive_from_json(text: str) -> Redrive:
         error=ErrorInfo.from_json(data["error"]),
         at=parse_iso(data["at"]),
         step_id=data.get("step_id"),
+        from_version=data.get("from_version"),
     )

@@ -61,7 +61,7 @@ class Claimed:
 class NotClaimed:
     """Why a claim was refused, with when to look again (if ever)."""
 
-    reason: str  # "missing", "terminal", "not_due", "busy"
+    reason: str  # "missing", "terminal", "not_due", "busy", "crashed", "other_version"
     run: Run | None
     retry_at: datetime | None
 
@@ -125,36 +125,50 @@ class _Runs(_Parents):
             return self.get_run(existing["run_id"]["S"]), False
         return self._run_from_item(item), True
 
-    def claim_run(self, run_id: str, now: datetime, lease_for: timedelta) -> Claimed | NotClaimed:
-        """Take the run for one worker: QUEUED/DELAYED/WAITING and due -> RUNNING, new token."""
+    def claim_run(
+        self, run_id: str, now: datetime, lease_for: timedelta, version: str | None = None
+    ) -> Claimed | NotClaimed:
+        """Take the run for one worker: QUEUED/DELAYED/WAITING and due -> RUNNING, new token.
+
+        ``version``: the code version of the claiming worker (docs/versioning.md). The
+        claim then also requires the run to be on that version or on none yet, and pins
+        a run on none to it, in the same write. A run due (or crashed) on another
+        version is refused as ``"other_version"``: its own version's worker must take it.
+        """
+        sets = (
+            "SET #status = :running, status_shard = :running_shard, "
+            "lease_token = lease_token + :one, "
+            "lease_until = :lease, updated_at = :now, "
+            "started_at = if_not_exists(started_at, :now), "
+            "attempt_started_at = if_not_exists(attempt_started_at, :now)"
+        )
+        condition = "#status IN (:queued, :delayed, :waiting) AND available_at <= :now_ms"
+        values = {
+            ":running": _S(RunStatus.RUNNING),
+            ":running_shard": _S(status_shard(RunStatus.RUNNING, run_id)),
+            ":queued": _S(RunStatus.QUEUED),
+            ":delayed": _S(RunStatus.DELAYED),
+            ":waiting": _S(RunStatus.WAITING),
+            ":one": _N(1),
+            ":lease": _N(to_ms(now + lease_for)),
+            ":now": _S(iso(now)),
+            ":now_ms": _N(to_ms(now)),
+        }
+        if version is not None:
+            sets += ", code_version = if_not_exists(code_version, :version)"
+            condition += " AND (attribute_not_exists(code_version) OR code_version = :version)"
+            values[":version"] = _S(version)
         try:
             out = self.client.update_item(
                 TableName=self.table,
                 Key=_run_key(run_id),
                 UpdateExpression=(
-                    "SET #status = :running, status_shard = :running_shard, "
-                    "lease_token = lease_token + :one, "
-                    "lease_until = :lease, updated_at = :now, "
-                    "started_at = if_not_exists(started_at, :now), "
-                    "attempt_started_at = if_not_exists(attempt_started_at, :now) "
-                    "REMOVE waiting_for, overran_step, awaits, wake_kind, wake_batch, "
+                    f"{sets} REMOVE waiting_for, overran_step, awaits, wake_kind, wake_batch, "
                     "wake_threshold, due_shard, due_sk"
                 ),
-                ConditionExpression=(
-                    "#status IN (:queued, :delayed, :waiting) AND available_at <= :now_ms"
-                ),
+                ConditionExpression=condition,
                 ExpressionAttributeNames=_NAMES,
-                ExpressionAttributeValues={
-                    ":running": _S(RunStatus.RUNNING),
-                    ":running_shard": _S(status_shard(RunStatus.RUNNING, run_id)),
-                    ":queued": _S(RunStatus.QUEUED),
-                    ":delayed": _S(RunStatus.DELAYED),
-                    ":waiting": _S(RunStatus.WAITING),
-                    ":one": _N(1),
-                    ":lease": _N(to_ms(now + lease_for)),
-                    ":now": _S(iso(now)),
-                    ":now_ms": _N(to_ms(now)),
-                },
+                ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
@@ -167,11 +181,14 @@ class _Runs(_Parents):
             run = self._run_from_item(old)  # type: ignore[arg-type]
             if run.status.is_terminal:
                 return NotClaimed("terminal", run, None)
+            other = version is not None and run.version not in (None, version)
             if run.status == RunStatus.RUNNING:
                 assert run.lease_until is not None
                 if run.lease_until < now:
-                    return NotClaimed("crashed", run, now)
+                    return NotClaimed("other_version" if other else "crashed", run, now)
                 return NotClaimed("busy", run, run.lease_until)
+            if other and run.available_at is not None and run.available_at <= now:
+                return NotClaimed("other_version", run, now)
             return NotClaimed("not_due", run, run.available_at)
         run = self._run_from_item(out["Attributes"])
         return Claimed(run, run.lease_token)

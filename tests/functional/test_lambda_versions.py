@@ -1,0 +1,314 @@
+"""Runs pinned to a Lambda version (docs/versioning.md), through handler/worker.py as
+Lambda runs it: a message for a run of an older version is handed to that version's
+function and finishes there, and a death at any point of the hand-over loses nothing.
+
+The worker function and its published versions are real on the emulator (moto's Lambda
+API: CreateFunction, PublishVersion, DeleteFunction), so an invoke of a version that
+does not exist gets moto's own ResourceNotFoundException. moto cannot *run* a function
+(that needs Docker): an accepted asynchronous invoke is recorded at the botocore layer
+instead and answered 202, as Lambda answers it, and the test then plays Lambda running
+that version: it calls the handler with the recorded event, under that version's
+environment and app.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from botocore.awsrequest import AWSResponse, HTTPHeaders
+from botocore.exceptions import ClientError
+
+import rung
+from handler import worker as worker_module
+from handler.worker import lambda_handler
+from rung._aws import sessions
+from rung._aws.sqs import SqsQueue
+from rung._util.clock import SystemClock
+from rung.models import EventType
+from tests.functional import versioned_app
+from tests.functional.lambda_deployment import REGION, Deployment, FakeLambdaContext
+from tests.functional.versioned_app import InvocationDied
+
+pytestmark = pytest.mark.usefixtures("fresh_handler")
+
+
+@dataclass
+class WorkerFunction:
+    """The worker function on the emulator, its versions "1" and "2", and the
+    asynchronous invokes Lambda accepted (each one's API parameters)."""
+
+    name: str
+    api: Any
+    monkeypatch: pytest.MonkeyPatch
+    invokes: list[dict[str, Any]] = field(default_factory=list)
+    #: set by a test: raise it instead of invoking (before) or after Lambda accepted
+    die: str | None = None
+    throttle: bool = False
+
+    def run_as(self, version: str) -> None:
+        """A cold container of ``version``: its environment and its app's code."""
+        self.monkeypatch.setenv("AWS_LAMBDA_FUNCTION_VERSION", version)
+        self.monkeypatch.setenv("RUNG_APP", f"tests.functional.versioned_app:v{version}")
+        worker_module.worker.cache_clear()
+
+    def run_handed_over(self, index: int = -1) -> dict[str, Any]:
+        """Lambda runs a recorded invoke: the version it names handles its event."""
+        params = self.invokes[index]
+        self.run_as(params["FunctionName"].rpartition(":")[2])
+        response: dict[str, Any] = lambda_handler(
+            json.loads(params["Payload"]), FakeLambdaContext()
+        )
+        return response
+
+    def _exists(self, qualified: str) -> bool:
+        name, _, qualifier = qualified.rpartition(":")
+        try:
+            self.api.get_function(FunctionName=name, Qualifier=qualifier)
+        except ClientError:
+            return False
+        return True
+
+    def hook(self, client: Any) -> None:
+        pending: list[dict[str, Any]] = []
+
+        def build(params: dict[str, Any], **_: Any) -> None:
+            pending.append(dict(params))
+
+        def call(**_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+            params = pending.pop()
+            if self.die == "before":
+                raise InvocationDied("before the invoke")
+            if self.throttle:  # no emulator throttles on demand
+                self.throttle = False
+                throttled: Any = {"Error": {"Code": "TooManyRequestsException"}}
+                raise ClientError(throttled, "Invoke")
+            if not self._exists(params["FunctionName"]):
+                return None  # moto answers: ResourceNotFoundException
+            self.invokes.append(params)
+            accepted = AWSResponse("https://lambda.invalid", 202, HTTPHeaders(), None)
+            return accepted, {"StatusCode": 202}
+
+        def after(**_: Any) -> None:
+            if self.die == "after":
+                raise InvocationDied("after Lambda accepted the invoke")
+
+        client.meta.events.register("before-parameter-build.lambda.Invoke", build)
+        client.meta.events.register("before-call.lambda.Invoke", call)
+        client.meta.events.register("after-call.lambda.Invoke", after)
+
+
+@pytest.fixture
+def function(
+    deployed: Deployment, endpoint_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[WorkerFunction]:
+    iam = sessions.client("iam", endpoint_url, REGION)
+    api = sessions.client("lambda", endpoint_url, REGION)
+    name = f"{deployed.store.table}-worker"
+    role = iam.create_role(RoleName=name, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    for n in (1, 2):  # two deploys: versions "1" and "2"
+        code = io.BytesIO()
+        with zipfile.ZipFile(code, "w") as bundle:
+            bundle.writestr("handler/worker.py", f"# deploy {n}\n")
+        if n == 1:
+            api.create_function(
+                FunctionName=name,
+                Runtime="python3.12",
+                Role=role,
+                Handler="handler/worker.lambda_handler",
+                Code={"ZipFile": code.getvalue()},
+                Publish=True,
+            )
+        else:
+            api.update_function_code(FunctionName=name, ZipFile=code.getvalue(), Publish=True)
+    assert [v["Version"] for v in api.list_versions_by_function(FunctionName=name)["Versions"]] == [
+        "$LATEST",
+        "1",
+        "2",
+    ]
+    found = WorkerFunction(name, api, monkeypatch)
+    real_client = sessions.client
+
+    def client(service: str, *args: Any, **kwargs: Any) -> Any:
+        made = real_client(service, *args, **kwargs)
+        if service == "lambda":
+            found.hook(made)
+        return made
+
+    monkeypatch.setattr(sessions, "client", client)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", name)
+    monkeypatch.setenv("RUNG_HAND_OVER_SECONDS", "2")
+    versioned_app.calls.clear()
+    versioned_app.die_in.clear()
+    # The user's client, with the app's latest code.
+    queue = SqsQueue(deployed.sqs, deployed.queue_url)
+    deployed.client = rung.Client._from_parts(
+        versioned_app.v2, deployed.store, queue, SystemClock()
+    )
+    yield found
+    api.delete_function(FunctionName=name)
+    iam.delete_role(RoleName=name)
+
+
+def start_on_v1(deployed: Deployment, function: WorkerFunction) -> str:
+    """A run started by version 1, waiting for its token; then version 2 is deployed
+    and the token answered: the run's message reaches version 2's worker first."""
+    function.run_as("1")
+    run_id = deployed.client.trigger("review", "o-1").run_id
+    assert deployed.deliver(deployed.receive()) == {"batchItemFailures": []}
+    run = deployed.client.get_run(run_id)
+    assert (run.status, run.version) == (rung.RunStatus.WAITING, "1")
+    function.run_as("2")
+    [token] = deployed.client.list_tokens(run_id)
+    deployed.client.complete_token(token.id, "yes")
+    return run_id
+
+
+def hand_over(deployed: Deployment) -> dict[str, Any]:
+    """Version 2's worker gets the run's message: it hands it over and keeps it."""
+    [message] = deployed.receive()
+    response = deployed.deliver([message])
+    assert response == {"batchItemFailures": [{"itemIdentifier": message["MessageId"]}]}
+    return message
+
+
+def queue_is_empty(deployed: Deployment) -> bool:
+    attrs = deployed.sqs.get_queue_attributes(
+        QueueUrl=deployed.queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return set(attrs.values()) == {"0"}
+
+
+def assert_finished_once_on_v1(deployed: Deployment, run_id: str) -> rung.Run:
+    run = deployed.client.get_run(run_id)
+    assert (run.status, run.output, run.version) == (rung.RunStatus.COMPLETED, "o-1:yes:v1", "1")
+    assert versioned_app.calls == {"v1:draft": 1, "v1:ship": 1}  # never on v2's code
+    assert queue_is_empty(deployed)
+    return run
+
+
+def test_a_message_for_an_older_version_is_handed_to_it_and_the_run_finishes_there(
+    deployed: Deployment, function: WorkerFunction
+) -> None:
+    run_id = start_on_v1(deployed, function)
+    message = hand_over(deployed)
+
+    [invoke] = function.invokes
+    assert (invoke["FunctionName"], invoke["InvocationType"]) == (f"{function.name}:1", "Event")
+    event = json.loads(invoke["Payload"])
+    assert event["rungHandOver"] == {"from": "2"}
+    [record] = event["Records"]
+    assert (record["messageId"], record["receiptHandle"], record["body"]) == (
+        message["MessageId"],
+        message["ReceiptHandle"],
+        message["Body"],
+    )
+    assert deployed.receive() == []  # still in flight, held for version 1
+    assert deployed.client.get_run(run_id).status == rung.RunStatus.WAITING  # not claimed
+
+    assert function.run_handed_over() == {"batchItemFailures": []}
+    assert_finished_once_on_v1(deployed, run_id)
+    # A new run starts on the latest version, with no hand-over.
+    function.run_as("2")
+    new = deployed.client.trigger("review", "o-2").run_id
+    deployed.deliver(deployed.receive())
+    assert deployed.client.get_run(new).version == "2"
+    assert len(function.invokes) == 1
+
+
+@pytest.mark.parametrize("death", ["before the invoke", "after the invoke", "event lost"])
+def test_a_death_at_any_point_of_the_hand_over_loses_nothing(
+    deployed: Deployment, function: WorkerFunction, death: str
+) -> None:
+    run_id = start_on_v1(deployed, function)
+    [message] = deployed.receive()
+    if death == "event lost":  # Lambda accepted the event; it never ran
+        deployed.deliver([message])
+    else:
+        function.die = death.split()[0]
+        with pytest.raises(InvocationDied):
+            deployed.deliver([message])  # the invocation dies: the ESM deletes nothing
+        function.die = None
+        if death == "after the invoke":  # the accepted event still runs
+            function.run_handed_over()
+            assert deployed.receive(wait_seconds=4) == []  # deleted by version 1
+            assert_finished_once_on_v1(deployed, run_id)
+            return
+    # The message comes back after the hand-over's hold and is handed over again.
+    back = deployed.receive(wait_seconds=10)
+    assert [m["MessageId"] for m in back] == [message["MessageId"]]
+    deployed.deliver(back)
+    function.run_handed_over()
+    assert_finished_once_on_v1(deployed, run_id)
+
+
+def test_a_version_that_dies_mid_attempt_is_taken_over_by_the_same_version(
+    deployed: Deployment, function: WorkerFunction, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNG_LEASE_SECONDS", "2")
+    run_id = start_on_v1(deployed, function)
+    hand_over(deployed)
+    versioned_app.die_in.add("v1:ship")
+    with pytest.raises(InvocationDied):
+        function.run_handed_over()
+    assert deployed.client.get_run(run_id).status == rung.RunStatus.RUNNING
+
+    # Back after version 1's hold (its lease + 5 s): version 2 hands the crashed run
+    # over again rather than take it over on its own code.
+    function.run_as("2")
+    back = deployed.receive(wait_seconds=15)
+    assert len(back) == 1
+    deployed.deliver(back)
+    assert len(function.invokes) == 2
+    function.run_handed_over()
+    run = assert_finished_once_on_v1(deployed, run_id)
+    assert run.attempt == 2
+    assert EventType.WORKER_LOST in [e.type for e in deployed.client.history(run_id)]
+
+
+def test_an_invoke_lambda_refuses_is_tried_again_soon(
+    deployed: Deployment, function: WorkerFunction
+) -> None:
+    run_id = start_on_v1(deployed, function)
+    function.throttle = True
+    hand_over(deployed)  # kept: it comes back in about two seconds
+    assert function.invokes == []
+    back = deployed.receive(wait_seconds=10)
+    assert len(back) == 1
+    deployed.deliver(back)
+    function.run_handed_over()
+    assert_finished_once_on_v1(deployed, run_id)
+
+
+def test_a_run_pinned_to_a_deleted_version_fails_with_what_to_do(
+    deployed: Deployment, function: WorkerFunction
+) -> None:
+    run_id = start_on_v1(deployed, function)
+    function.api.delete_function(FunctionName=function.name, Qualifier="1")
+    [message] = deployed.receive()
+    assert deployed.deliver([message]) == {"batchItemFailures": []}  # done with: deleted
+
+    run = deployed.client.get_run(run_id)
+    assert run.status == rung.RunStatus.FAILED
+    assert run.error is not None and run.error.type == "VersionNotFound"
+    assert "code version '1', which no longer exists" in run.error.message
+    assert f"rung runs redrive {run_id}" in run.error.message
+    assert versioned_app.calls == {"v1:draft": 1}  # nothing ran on version 2's code
+    assert queue_is_empty(deployed)
+
+
+def test_a_function_running_as_latest_does_not_pin_runs(
+    deployed: Deployment, function: WorkerFunction
+) -> None:
+    function.run_as("1")
+    function.monkeypatch.setenv("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+    run_id = deployed.client.trigger("review", "o-1").run_id
+    deployed.deliver(deployed.receive())
+    run = deployed.client.get_run(run_id)
+    assert (run.status, run.version) == (rung.RunStatus.WAITING, None)

@@ -1,0 +1,209 @@
+"""``rung versions list|prune`` against the embedded emulator: the worker function's
+versions are real Lambda versions on moto (CreateFunction, PublishVersion, an alias
+"live"), the runs are pinned to them by real workers of each version, and prune's
+deletions are read back through Lambda's ListVersionsByFunction."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import secrets
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+import rung
+from rung._aws import sessions
+from rung._aws.cloudformation import data_plane, deploy, load_template, translate
+from rung._aws.dynamodb import DynamoStore
+from rung._aws.emulator import EmbeddedEmulator
+from rung._aws.sqs import SqsQueue
+from rung._engine.routing import Versioning
+from rung._engine.worker import Disposition, Worker
+from rung._util.clock import SystemClock
+from rung.cli import main
+from tests.integration.test_cli import REGION, TEMPLATE
+
+app = rung.App("versions-cli")
+
+
+@app.task(id="hold")
+def hold(ctx: rung.Context, _: None) -> str:
+    return str(ctx.wait_for_token(ctx.create_token("go")))
+
+
+@dataclass
+class Stack:
+    name: str
+    function: str
+    endpoint_url: str
+    api: Any  # Lambda
+    client: rung.Client
+    store: DynamoStore
+    queue: SqsQueue
+
+    def rung(self, *args: str) -> Result:
+        env = {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_PROFILE": None,
+            "AWS_REGION": None,
+            "RUNG_STACK": None,
+            "RUNG_APP": None,
+            "COLUMNS": "200",
+        }
+        return CliRunner().invoke(
+            main, ["--stack", self.name, *args], env=env, catch_exceptions=False, prog_name="rung"
+        )
+
+    def versions(self, *args: str) -> Any:
+        result = self.rung("versions", *args, "--function", self.function, "--json")
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def publish(self) -> str:
+        """A deploy: new code, a new version, the alias "live" moved to it."""
+        code = io.BytesIO()
+        with zipfile.ZipFile(code, "w") as bundle:
+            bundle.writestr("handler/worker.py", f"# {secrets.token_hex(4)}\n")
+        out = self.api.update_function_code(
+            FunctionName=self.function, ZipFile=code.getvalue(), Publish=True
+        )
+        version = str(out["Version"])
+        with contextlib.suppress(self.api.exceptions.ResourceNotFoundException):
+            self.api.update_alias(FunctionName=self.function, Name="live", FunctionVersion=version)
+            return version
+        self.api.create_alias(FunctionName=self.function, Name="live", FunctionVersion=version)
+        return version
+
+    def work_as(self, version: str) -> None:
+        """That version's worker handles every message due now."""
+        worker = Worker(
+            app, self.store, self.queue, SystemClock(), versioning=Versioning(version, _nowhere)
+        )
+        for message in self.queue.receive(max_messages=10):
+            if worker.handle(message) == Disposition.ACK:
+                self.queue.delete(message)
+
+
+def _nowhere(*_: Any) -> Disposition | None:
+    raise AssertionError("no run of another version was due in this test")
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    emulator = EmbeddedEmulator.shared()
+    name = f"rung-versions-{secrets.token_hex(4)}"
+    params = {"RungApp": "tests.integration.test_cli_versions:app"}
+    cfn = sessions.client("cloudformation", emulator.endpoint_url, REGION)
+    outputs = deploy(
+        cfn, name, data_plane(translate(load_template(TEMPLATE), params, REGION)), params
+    ).outputs
+    iam = sessions.client("iam", emulator.endpoint_url, REGION)
+    api = sessions.client("lambda", emulator.endpoint_url, REGION)
+    function = f"{name}-worker"
+    role = iam.create_role(RoleName=function, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as bundle:
+        bundle.writestr("handler/worker.py", "# first\n")
+    api.create_function(
+        FunctionName=function,
+        Runtime="python3.12",
+        Role=role,
+        Handler="handler/worker.lambda_handler",
+        Code={"ZipFile": code.getvalue()},
+    )
+    sqs = sessions.client("sqs", emulator.endpoint_url, REGION)
+    store = DynamoStore(
+        sessions.client("dynamodb", emulator.endpoint_url, REGION), outputs["TableName"]
+    )
+    queue = SqsQueue(sqs, outputs["QueueUrl"])
+    client = rung.Client(
+        app,
+        table_name=outputs["TableName"],
+        queue_url=outputs["QueueUrl"],
+        endpoint_url=emulator.endpoint_url,
+        region=REGION,
+    )
+    yield Stack(name, function, emulator.endpoint_url, api, client, store, queue)
+    with contextlib.suppress(Exception):  # (moto fails on an alias of a deleted version)
+        api.delete_function(FunctionName=function)
+    iam.delete_role(RoleName=function)
+    cfn.delete_stack(StackName=name)
+    with contextlib.suppress(Exception):  # the table is DeletionPolicy: Retain
+        store.client.delete_table(TableName=outputs["TableName"])
+
+
+def test_versions_list_counts_each_versions_runs_and_prune_retires_the_unused(
+    stack: Stack,
+) -> None:
+    assert stack.publish() == "1"
+    on_1 = stack.client.trigger("hold").run_id
+    stack.work_as("1")
+    assert stack.client.get_run(on_1).version == "1"
+    assert stack.publish() == "2"
+    assert stack.publish() == "3"
+    queued = stack.client.trigger("hold", delay=3600).run_id  # not started: on the latest
+
+    listed = stack.versions("list")
+    assert [(v["version"], v["latest"], v["queued"], v["waiting"]) for v in listed] == [
+        ("1", False, 0, 1),
+        ("2", False, 0, 0),
+        ("3", True, 1, 0),
+    ]
+    table = stack.rung("versions", "list", "--function", stack.function).stdout
+    assert "latest" in table and "1" in table
+
+    # Published just now: kept unless --keep-recent allows it.
+    assert stack.versions("prune", "--dry-run")["would_delete"] == []
+    planned = stack.versions("prune", "--dry-run", "--keep-recent", "0s")
+    assert planned["would_delete"] == ["2"] and planned["deleted"] == []
+    assert {k["version"]: k["reason"] for k in planned["kept"]} == {
+        "1": "1 run(s) in flight",
+        "3": "the latest",
+    }
+    assert stack.versions("prune", "--keep-recent", "0s")["deleted"] == ["2"]
+    published = stack.api.list_versions_by_function(FunctionName=stack.function)["Versions"]
+    assert [v["Version"] for v in published] == ["$LATEST", "1", "3"]
+
+    # Its run done, version 1 goes too; the latest never does.
+    [token] = stack.client.list_tokens(on_1)
+    stack.client.complete_token(token.id, "ok")
+    stack.work_as("1")
+    assert stack.client.get_run(on_1).status == rung.RunStatus.COMPLETED
+    assert stack.versions("prune", "--keep-recent", "0s")["deleted"] == ["1"]
+    assert [v["version"] for v in stack.versions("list")] == ["3"]
+    stack.client.cancel(queued)
+
+
+def test_a_version_deleted_by_hand_while_runs_need_it_shows_as_missing(stack: Stack) -> None:
+    latest = stack.publish()
+    run_id = stack.client.trigger("hold").run_id
+    stack.work_as(latest)
+    newer = stack.publish()
+    stack.api.delete_function(FunctionName=stack.function, Qualifier=latest)
+
+    listed = {v["version"]: v for v in stack.versions("list")}
+    assert (listed[latest]["exists"], listed[latest]["waiting"]) == (False, 1)
+    assert listed[newer]["latest"]
+    text = stack.rung("versions", "list", "--function", stack.function).stdout
+    assert "missing" in text
+    assert stack.versions("prune", "--keep-recent", "0s")["deleted"] == []
+    stack.client.cancel(run_id)
+
+
+def test_versions_need_a_worker_function(stack: Stack) -> None:
+    no_output = stack.rung("versions", "list")  # the data plane has no functions
+    assert no_output.exit_code == 2
+    assert "has no WorkerFunctionName output" in no_output.stderr
+    assert "--function NAME" in no_output.stderr
+    missing = stack.rung("versions", "list", "--function", "no-such-worker")
+    assert missing.exit_code == 1
+    assert "no Lambda function 'no-such-worker'" in missing.stderr
