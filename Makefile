@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/observability.py
 	$(BIN)/python bench/partition_heat.py
 	$(BIN)/python bench/recovery.py
+	$(BIN)/python bench/versions.py
 
 localstack-up:
 	infra/localstack/up.sh

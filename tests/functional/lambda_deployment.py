@@ -9,15 +9,20 @@ records that were not reported in ``batchItemFailures``, as the mapping does.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import secrets
-from collections.abc import Iterator
-from dataclasses import dataclass
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.awsrequest import AWSResponse, HTTPHeaders
+from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
 import rung
@@ -195,3 +200,128 @@ def deployed(
         dead_letter_url=dead_letter_url,
         store=store,
     )
+
+
+@dataclass
+class WorkerFunction:
+    """The worker function on the emulator with published versions "1" and "2" (moto's
+    Lambda API), and the asynchronous invokes Lambda accepted, each one's API parameters.
+
+    moto cannot *run* a function (that needs Docker): an invoke of a version that
+    exists is recorded at the botocore layer and answered 202, as Lambda answers it,
+    and ``run_handed_over`` then plays Lambda running that version; an invoke of one
+    that does not exist reaches moto, which answers ResourceNotFoundException itself.
+    """
+
+    name: str
+    api: Any
+    setenv: Callable[[str, str], None]
+    app_module: str
+    invokes: list[dict[str, Any]] = field(default_factory=list)
+    #: set by a test: the invocation dies "before" the invoke or "after" Lambda took it
+    die: str | None = None
+    throttle: bool = False  # the next invoke is refused as throttled
+    #: botocore hooks put on every client rung makes (a bench's request counter)
+    hooks: list[Callable[[Any], None]] = field(default_factory=list)
+    _real_client: Any = field(default=None, repr=False)
+
+    @classmethod
+    def create(
+        cls, endpoint_url: str, name: str, setenv: Callable[[str, str], None], app_module: str
+    ) -> WorkerFunction:
+        """Two deploys of the function; ``sessions.client`` is wrapped to hook clients
+        (undo with ``restore``)."""
+        iam = sessions.client("iam", endpoint_url, REGION)
+        api = sessions.client("lambda", endpoint_url, REGION)
+        role = iam.create_role(RoleName=name, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        for n in (1, 2):
+            code = io.BytesIO()
+            with zipfile.ZipFile(code, "w") as bundle:
+                bundle.writestr("handler/worker.py", f"# deploy {n}\n")
+            if n == 1:
+                api.create_function(
+                    FunctionName=name,
+                    Runtime="python3.12",
+                    Role=role,
+                    Handler="handler/worker.lambda_handler",
+                    Code={"ZipFile": code.getvalue()},
+                    Publish=True,
+                )
+            else:
+                api.update_function_code(FunctionName=name, ZipFile=code.getvalue(), Publish=True)
+        made = cls(name, api, setenv, app_module)
+        real = sessions.client
+
+        def client(service: str, *args: Any, **kwargs: Any) -> Any:
+            new = real(service, *args, **kwargs)
+            if service == "lambda":
+                made._hook(new)
+            for hook in made.hooks:
+                hook(new)
+            return new
+
+        made._real_client = real
+        sessions.client = client
+        setenv("AWS_LAMBDA_FUNCTION_NAME", name)
+        setenv("RUNG_HAND_OVER_SECONDS", "2")
+        return made
+
+    def restore(self) -> None:
+        sessions.client = self._real_client
+        self.api.delete_function(FunctionName=self.name)
+        sessions.client("iam", self.api.meta.endpoint_url, REGION).delete_role(RoleName=self.name)
+
+    def run_as(self, version: str) -> None:
+        """A cold container of ``version``: its environment and its app's code."""
+        self.setenv("AWS_LAMBDA_FUNCTION_VERSION", version)
+        self.setenv("RUNG_APP", f"{self.app_module}:v{version}")
+        worker_module.worker.cache_clear()
+
+    def run_handed_over(self, index: int = -1) -> dict[str, Any]:
+        """Lambda runs a recorded invoke: the version it names handles its event."""
+        params = self.invokes[index]
+        self.run_as(params["FunctionName"].rpartition(":")[2])
+        response: dict[str, Any] = lambda_handler(
+            json.loads(params["Payload"]), FakeLambdaContext()
+        )
+        return response
+
+    def _exists(self, qualified: str) -> bool:
+        name, _, qualifier = qualified.rpartition(":")
+        try:
+            self.api.get_function(FunctionName=name, Qualifier=qualifier)
+        except ClientError:
+            return False
+        return True
+
+    def _hook(self, client: Any) -> None:
+        pending: list[dict[str, Any]] = []
+
+        def build(params: dict[str, Any], **_: Any) -> None:
+            pending.append(dict(params))
+
+        def call(**_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+            params = pending.pop()
+            if self.die == "before":
+                raise InvocationDied("before the invoke")
+            if self.throttle:  # no emulator throttles on demand
+                self.throttle = False
+                throttled: Any = {"Error": {"Code": "TooManyRequestsException"}}
+                raise ClientError(throttled, "Invoke")
+            if not self._exists(params["FunctionName"]):
+                return None  # moto answers: ResourceNotFoundException
+            self.invokes.append(params)
+            accepted = AWSResponse("https://lambda.invalid", 202, HTTPHeaders(), None)
+            return accepted, {"StatusCode": 202}
+
+        def after(**_: Any) -> None:
+            if self.die == "after":
+                raise InvocationDied("after Lambda accepted the invoke")
+
+        client.meta.events.register("before-parameter-build.lambda.Invoke", build)
+        client.meta.events.register("before-call.lambda.Invoke", call)
+        client.meta.events.register("after-call.lambda.Invoke", after)
+
+
+class InvocationDied(BaseException):
+    """The invocation stops dead (killed, out of memory, timed out)."""

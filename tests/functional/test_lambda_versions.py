@@ -3,146 +3,41 @@ Lambda runs it: a message for a run of an older version is handed to that versio
 function and finishes there, and a death at any point of the hand-over loses nothing.
 
 The worker function and its published versions are real on the emulator (moto's Lambda
-API: CreateFunction, PublishVersion, DeleteFunction), so an invoke of a version that
-does not exist gets moto's own ResourceNotFoundException. moto cannot *run* a function
-(that needs Docker): an accepted asynchronous invoke is recorded at the botocore layer
-instead and answered 202, as Lambda answers it, and the test then plays Lambda running
-that version: it calls the handler with the recorded event, under that version's
-environment and app.
+API), so an invoke of a version that does not exist gets moto's own
+ResourceNotFoundException. moto cannot *run* a function (that needs Docker): an accepted
+asynchronous invoke is recorded at the botocore layer and answered 202, as Lambda
+answers it, and the test then plays Lambda running that version
+(``lambda_deployment.WorkerFunction``).
 """
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from botocore.awsrequest import AWSResponse, HTTPHeaders
-from botocore.exceptions import ClientError
 
 import rung
-from handler import worker as worker_module
-from handler.worker import lambda_handler
-from rung._aws import sessions
 from rung._aws.sqs import SqsQueue
 from rung._util.clock import SystemClock
 from rung.models import EventType
 from tests.functional import versioned_app
-from tests.functional.lambda_deployment import REGION, Deployment, FakeLambdaContext
-from tests.functional.versioned_app import InvocationDied
+from tests.functional.lambda_deployment import Deployment, InvocationDied, WorkerFunction
 
 pytestmark = pytest.mark.usefixtures("fresh_handler")
-
-
-@dataclass
-class WorkerFunction:
-    """The worker function on the emulator, its versions "1" and "2", and the
-    asynchronous invokes Lambda accepted (each one's API parameters)."""
-
-    name: str
-    api: Any
-    monkeypatch: pytest.MonkeyPatch
-    invokes: list[dict[str, Any]] = field(default_factory=list)
-    #: set by a test: raise it instead of invoking (before) or after Lambda accepted
-    die: str | None = None
-    throttle: bool = False
-
-    def run_as(self, version: str) -> None:
-        """A cold container of ``version``: its environment and its app's code."""
-        self.monkeypatch.setenv("AWS_LAMBDA_FUNCTION_VERSION", version)
-        self.monkeypatch.setenv("RUNG_APP", f"tests.functional.versioned_app:v{version}")
-        worker_module.worker.cache_clear()
-
-    def run_handed_over(self, index: int = -1) -> dict[str, Any]:
-        """Lambda runs a recorded invoke: the version it names handles its event."""
-        params = self.invokes[index]
-        self.run_as(params["FunctionName"].rpartition(":")[2])
-        response: dict[str, Any] = lambda_handler(
-            json.loads(params["Payload"]), FakeLambdaContext()
-        )
-        return response
-
-    def _exists(self, qualified: str) -> bool:
-        name, _, qualifier = qualified.rpartition(":")
-        try:
-            self.api.get_function(FunctionName=name, Qualifier=qualifier)
-        except ClientError:
-            return False
-        return True
-
-    def hook(self, client: Any) -> None:
-        pending: list[dict[str, Any]] = []
-
-        def build(params: dict[str, Any], **_: Any) -> None:
-            pending.append(dict(params))
-
-        def call(**_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
-            params = pending.pop()
-            if self.die == "before":
-                raise InvocationDied("before the invoke")
-            if self.throttle:  # no emulator throttles on demand
-                self.throttle = False
-                throttled: Any = {"Error": {"Code": "TooManyRequestsException"}}
-                raise ClientError(throttled, "Invoke")
-            if not self._exists(params["FunctionName"]):
-                return None  # moto answers: ResourceNotFoundException
-            self.invokes.append(params)
-            accepted = AWSResponse("https://lambda.invalid", 202, HTTPHeaders(), None)
-            return accepted, {"StatusCode": 202}
-
-        def after(**_: Any) -> None:
-            if self.die == "after":
-                raise InvocationDied("after Lambda accepted the invoke")
-
-        client.meta.events.register("before-parameter-build.lambda.Invoke", build)
-        client.meta.events.register("before-call.lambda.Invoke", call)
-        client.meta.events.register("after-call.lambda.Invoke", after)
 
 
 @pytest.fixture
 def function(
     deployed: Deployment, endpoint_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[WorkerFunction]:
-    iam = sessions.client("iam", endpoint_url, REGION)
-    api = sessions.client("lambda", endpoint_url, REGION)
-    name = f"{deployed.store.table}-worker"
-    role = iam.create_role(RoleName=name, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    for n in (1, 2):  # two deploys: versions "1" and "2"
-        code = io.BytesIO()
-        with zipfile.ZipFile(code, "w") as bundle:
-            bundle.writestr("handler/worker.py", f"# deploy {n}\n")
-        if n == 1:
-            api.create_function(
-                FunctionName=name,
-                Runtime="python3.12",
-                Role=role,
-                Handler="handler/worker.lambda_handler",
-                Code={"ZipFile": code.getvalue()},
-                Publish=True,
-            )
-        else:
-            api.update_function_code(FunctionName=name, ZipFile=code.getvalue(), Publish=True)
-    assert [v["Version"] for v in api.list_versions_by_function(FunctionName=name)["Versions"]] == [
-        "$LATEST",
-        "1",
-        "2",
-    ]
-    found = WorkerFunction(name, api, monkeypatch)
-    real_client = sessions.client
-
-    def client(service: str, *args: Any, **kwargs: Any) -> Any:
-        made = real_client(service, *args, **kwargs)
-        if service == "lambda":
-            found.hook(made)
-        return made
-
-    monkeypatch.setattr(sessions, "client", client)
-    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", name)
-    monkeypatch.setenv("RUNG_HAND_OVER_SECONDS", "2")
+    found = WorkerFunction.create(
+        endpoint_url,
+        f"{deployed.store.table}-worker",
+        monkeypatch.setenv,
+        "tests.functional.versioned_app",
+    )
     versioned_app.calls.clear()
     versioned_app.die_in.clear()
     # The user's client, with the app's latest code.
@@ -151,8 +46,7 @@ def function(
         versioned_app.v2, deployed.store, queue, SystemClock()
     )
     yield found
-    api.delete_function(FunctionName=name)
-    iam.delete_role(RoleName=name)
+    found.restore()
 
 
 def start_on_v1(deployed: Deployment, function: WorkerFunction) -> str:
@@ -307,7 +201,7 @@ def test_a_function_running_as_latest_does_not_pin_runs(
     deployed: Deployment, function: WorkerFunction
 ) -> None:
     function.run_as("1")
-    function.monkeypatch.setenv("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+    function.setenv("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
     run_id = deployed.client.trigger("review", "o-1").run_id
     deployed.deliver(deployed.receive())
     run = deployed.client.get_run(run_id)

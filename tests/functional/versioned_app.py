@@ -8,15 +8,12 @@ from __future__ import annotations
 from collections import Counter
 
 import rung
+from tests.functional.lambda_deployment import InvocationDied
 
 #: Real executions of each version's steps ("v1:draft", ...).
 calls: Counter[str] = Counter()
 #: Steps that kill their invocation the next time they run (a crash mid-attempt).
 die_in: set[str] = set()
-
-
-class InvocationDied(BaseException):
-    """The invocation stops dead (killed, out of memory, timed out)."""
 
 
 def _step(name: str) -> str:
