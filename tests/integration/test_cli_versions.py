@@ -9,9 +9,11 @@ import contextlib
 import io
 import json
 import secrets
+import sys
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -199,11 +201,118 @@ def test_a_version_deleted_by_hand_while_runs_need_it_shows_as_missing(stack: St
     stack.client.cancel(run_id)
 
 
-def test_versions_need_a_worker_function(stack: Stack) -> None:
-    no_output = stack.rung("versions", "list")  # the data plane has no functions
-    assert no_output.exit_code == 2
-    assert "has no WorkerFunctionName output" in no_output.stderr
-    assert "--function NAME" in no_output.stderr
+def test_the_worker_function_is_found_by_the_name_template_yaml_gives_it(stack: Stack) -> None:
+    # The data plane has no WorkerFunctionName output: <stack>-worker is the name the
+    # template gives the function (and rung dev registers its versions under).
+    found = stack.rung("versions", "list", "--json")
+    assert found.exit_code == 0, found.stderr
+    assert json.loads(found.stdout) == stack.versions("list")
     missing = stack.rung("versions", "list", "--function", "no-such-worker")
     assert missing.exit_code == 1
-    assert "no Lambda function 'no-such-worker'" in missing.stderr
+    assert "no Lambda function 'no-such-worker' here" in missing.stderr
+    assert "--function NAME" in missing.stderr
+
+
+# -- rung deploy --------------------------------------------------------------------------
+
+STUB_SAM = """#!{python}
+import json, os, sys
+with open(os.environ["STUB_LOG"], "a") as log:
+    names = ("RUNG_CODE_DIRS", "RUNG_ARCH", "RUNG_PYTHON", "RUNG_REQUIREMENTS")
+    env = {{k: os.environ[k] for k in names if k in os.environ}}
+    log.write(json.dumps({{"argv": sys.argv[1:], "env": env, "cwd": os.getcwd()}}) + "\\n")
+sys.exit(int(os.environ.get("STUB_EXIT_" + sys.argv[1].upper(), "0")))
+"""
+
+
+@pytest.fixture
+def stub_sam(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in for the SAM CLI that records how it was called: deploying for real
+    needs AWS, which no emulator here can stand in for (moto's CloudFormation cannot
+    run SAM's transform and Lambda's code). What the deploy left behind is set up on the
+    emulator by the test, and read back by rung deploy through the real APIs."""
+    sam = tmp_path / "sam"
+    sam.write_text(STUB_SAM.format(python=sys.executable))
+    sam.chmod(0o755)
+    log = tmp_path / "sam.log"
+    monkeypatch.setenv("RUNG_SAM", str(sam))
+    monkeypatch.setenv("STUB_LOG", str(log))
+    project = tmp_path / "project"
+    (project / "shop").mkdir(parents=True)
+    (project / "shop" / "__init__.py").write_text("")
+    (project / "shop" / "tasks.py").write_text(
+        "from tests.integration.test_cli_versions import app\n"
+    )
+    (project / "template.yaml").write_text(TEMPLATE.read_text())
+    monkeypatch.chdir(project)
+    monkeypatch.syspath_prepend(str(project))
+    return log
+
+
+def calls(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_rung_deploy_builds_and_deploys_with_the_apps_parameters_then_reports_versions(
+    stack: Stack, stub_sam: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNG_ARCH", "x86_64")
+    latest = stack.publish()
+    run_id = stack.client.trigger("hold").run_id
+    stack.work_as(latest)  # a run in flight on the version about to become older
+    newer = stack.publish()  # what the deploy published
+
+    result = stack.rung("--app", "shop.tasks:app", "deploy", "--parameter", "BatchSize=5")
+
+    assert result.exit_code == 0, result.stderr
+    build, deploy = calls(stub_sam)
+    assert build["argv"] == ["build", "--template", "template.yaml"]
+    assert build["env"] == {"RUNG_CODE_DIRS": "shop", "RUNG_ARCH": "x86_64", "RUNG_PYTHON": "3.12"}
+    assert deploy["argv"] == [
+        "deploy", "--stack-name", stack.name, "--capabilities", "CAPABILITY_IAM",
+        "--no-fail-on-empty-changeset", "--parameter-overrides", "RungApp=shop.tasks:app",
+        "Architecture=x86_64", "PythonRuntime=python3.12", "BatchSize=5", "--resolve-s3",
+    ]  # fmt: skip
+    assert Path(build["cwd"]) == Path.cwd()
+    assert f"version {newer} of {stack.function} is live" in result.stdout
+    assert f"1 run(s) in flight on older versions (1 on version {latest})" in result.stdout
+    stack.client.cancel(run_id)
+
+
+def test_rung_deploy_dry_run_prints_the_commands_and_runs_nothing(
+    stack: Stack, stub_sam: Path
+) -> None:
+    result = stack.rung(
+        "--app", "shop.tasks:app", "deploy", "--dry-run", "--arch", "arm64", "--python", "3.13",
+        "--code-dir", "shop", "--code-dir", "billing", "--guided",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    build, deploy = result.stdout.splitlines()
+    assert build == (
+        "RUNG_CODE_DIRS='shop billing' RUNG_ARCH=arm64 RUNG_PYTHON=3.13 "
+        "sam build --template template.yaml"
+    )
+    assert "Architecture=arm64 PythonRuntime=python3.13" in deploy
+    assert deploy.endswith("--guided")
+    assert calls(stub_sam) == []
+
+
+def test_rung_deploy_stops_at_a_failed_build_and_refuses_bad_input(
+    stack: Stack, stub_sam: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STUB_EXIT_BUILD", "2")
+    failed = stack.rung("--app", "shop.tasks:app", "deploy")
+    assert failed.exit_code == 1
+    assert "sam build failed (exit status 2); nothing more was done" in failed.stderr
+    assert [c["argv"][0] for c in calls(stub_sam)] == ["build"]  # no deploy after it
+
+    no_app = stack.rung("deploy")
+    assert no_app.exit_code == 2 and "rung deploy needs the app" in no_app.stderr
+    ours = stack.rung("--app", "shop.tasks:app", "deploy", "--parameter", "RungApp=x:y")
+    assert ours.exit_code == 2 and "rung deploy sets RungApp itself" in ours.stderr
+    arch = stack.rung("--app", "shop.tasks:app", "deploy", "--arch", "sparc")
+    assert arch.exit_code == 2 and "sparc" in arch.stderr
+    monkeypatch.setenv("RUNG_SAM", "")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    missing = stack.rung("--app", "shop.tasks:app", "deploy")
+    assert missing.exit_code == 1 and "pipx install aws-sam-cli" in missing.stderr

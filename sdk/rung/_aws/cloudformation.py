@@ -71,6 +71,8 @@ class FunctionSpec:
     #: where its output goes: ``LoggingConfig.LogGroup``, else Lambda's default group
     #: for the function's name (``/aws/lambda/<name>``)
     log_group: str = ""
+    #: its FunctionName (else ``<stack>-<logical id>``, as CloudFormation names it)
+    name: str = ""
 
 
 @dataclass
@@ -384,6 +386,7 @@ def functions(
                 event_sources=tuple(sources),
                 schedules=tuple(schedules),
                 log_group=str(group or default_group(str(name))),
+                name=str(name),
             )
         )
     return specs

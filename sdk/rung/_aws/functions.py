@@ -70,8 +70,8 @@ class FunctionVersions:
         if _code(exc) == "ResourceNotFoundException":
             return FunctionNotFound(
                 f"no Lambda function {self.function_name!r} here: is the stack deployed "
-                "with its functions (sam deploy, rung deploy)? rung dev and LocalStack's "
-                "data-plane stacks have no Lambda functions, so no versions"
+                "with its functions (sam deploy), or rung dev running for it? (LocalStack's "
+                "data-plane stacks have no functions.) --function NAME names another"
             )
         return exc
 

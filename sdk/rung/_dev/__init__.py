@@ -34,6 +34,7 @@ from rung._dev.esm import EventSourcePoller
 from rung._dev.logagent import LogAgent
 from rung._dev.pool import WorkerProcess
 from rung._dev.printer import EventPrinter
+from rung._dev.versions import SKIP_DIRS, DevVersions, Versions
 from rung._util.clock import SystemClock, iso
 from rung.app import App
 from rung.client import Client
@@ -161,6 +162,9 @@ class DevStack:
         #: each event source's worker count and its reason, for the "ready" line
         self._worker_counts: list[tuple[str, WorkerCount]] = []
         self._log_agent: LogAgent | None = None
+        #: the versions of the function the queue feeds (docs/versioning.md); None:
+        #: runs are not pinned (the emulator's Lambda API failed)
+        self.versions: Versions | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -230,6 +234,8 @@ class DevStack:
         ]
         (o.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         for spec in self.functions:
+            if spec.event_sources and self.versions is None:
+                self.versions = self._versions(spec)
             for source in spec.event_sources:
                 self._start_event_source(spec, source)
             for expression in spec.schedules:
@@ -260,6 +266,8 @@ class DevStack:
             thread.join(timeout=10)
         for worker in self._workers:
             worker.stop()
+        if self.versions is not None:
+            self.versions.stop()
         if self._log_agent is not None:
             self._log_agent.stop()  # the workers' last lines, before the emulator goes
             self._log_agent = None
@@ -311,7 +319,7 @@ class DevStack:
                 "AWS_ENDPOINT_URL": self.endpoint_url,
                 "AWS_DEFAULT_REGION": REGION,
                 "AWS_REGION": REGION,
-                "AWS_LAMBDA_FUNCTION_NAME": f"{self.stack_name}-{spec.logical_id}",
+                "AWS_LAMBDA_FUNCTION_NAME": spec.name or f"{self.stack_name}-{spec.logical_id}",
                 "AWS_LAMBDA_FUNCTION_TIMEOUT": str(spec.timeout),
                 "PYTHONPATH": os.pathsep.join(
                     filter(None, [str(self.options.code_root), env.get("PYTHONPATH", "")])
@@ -342,7 +350,8 @@ class DevStack:
         if len(spec.event_sources) > 1:
             label = f"{label} ({source.queue})"
         self._worker_counts.append((label, chosen))
-        env = self._env(spec)
+        versions = self.versions if self.versions and self.versions.spec is spec else None
+        env = versions.env_of(versions.registry.latest) if versions else self._env(spec)
         workers = []
         for n in range(chosen.count):
             name = f"{spec.logical_id}-{n}"
@@ -436,8 +445,94 @@ class DevStack:
             if current != snapshot:
                 changed = sorted(set(current.items()) ^ set(snapshot.items()))
                 snapshot = current
+                line = f"rung dev: {changed[0][0]} changed; restarting worker processes"
+                if self.versions is not None:
+                    line += self._new_version()
                 self._generation += 1
-                self.emit(f"rung dev: {changed[0][0]} changed; restarting worker processes")
+                self.emit(line)
+
+    # -- code versions (docs/versioning.md) ------------------------------------------
+
+    def _versions(self, spec: cloudformation.FunctionSpec) -> Versions | None:
+        """The worker's versions: the code now published as the latest, its snapshot
+        imported by the queue's worker processes. None (runs not pinned, as before)
+        when the emulator has no usable Lambda API."""
+        o = self.options
+        registry = DevVersions(
+            o.code_root,
+            o.state_dir,
+            sessions.client("lambda", self.endpoint_url, REGION),
+            sessions.client("iam", self.endpoint_url, REGION),
+            spec.name or f"{self.stack_name}-{spec.logical_id}",
+        )
+        try:
+            version, _ = registry.publish()
+        except Exception as exc:
+            self.emit(f"rung dev: runs are not pinned to code versions here: {exc}")
+            return None
+        versions = Versions(
+            registry,
+            spec,
+            lambda v, code: self._versioned_env(spec, v, code),
+            o.code_root,
+            self._log_for,
+            self._log_agent,
+            max(1, o.workers or 2),
+            self._on_crash,
+            o.host,
+        )
+        self.emit(f"rung dev: new runs start on version {version} of {registry.function}")
+        self._spawn(self._retire_versions, "rung-versions")
+        return versions
+
+    def _versioned_env(
+        self, spec: cloudformation.FunctionSpec, version: str, code: Path
+    ) -> dict[str, str]:
+        assert self.versions is not None or version
+        env = self._env(spec)
+        env.update(
+            {
+                "AWS_LAMBDA_FUNCTION_VERSION": version,
+                "RUNG_CODE_DIR": str(code),  # first on the path (rung._dev.runtime)
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(code), env["PYTHONPATH"]])),
+                # The hand-over's Invoke goes to rung dev (rung._dev.versions.LocalLambda);
+                # a lost one comes back sooner than on AWS.
+                "RUNG_HAND_OVER_SECONDS": "30",
+            }
+        )
+        if self.versions is not None:
+            env["AWS_ENDPOINT_URL_LAMBDA"] = self.versions.local_lambda.url
+        return env
+
+    def _new_version(self) -> str:
+        """Publish the changed code; the queue's workers restart on it. What to say."""
+        assert self.versions is not None
+        before = self.versions.registry.latest
+        version, new = self.versions.registry.publish()
+        if not new:
+            return f" (the code is version {version}'s)"
+        env = self.versions.env_of(version)
+        for worker in self._workers:
+            if worker.spec is self.versions.spec:
+                worker.env = env
+        staying = self._in_flight().get(before, 0)
+        return f"; new runs start on version {version}, {staying} run(s) stay on version {before}"
+
+    def _in_flight(self) -> dict[str | None, int]:
+        counts = self.store.runs_in_flight()
+        return {version: sum(by.values()) for version, by in counts.items()}
+
+    def _retire_versions(self) -> None:
+        while not self._stopping.wait(5.0):
+            if self.versions is None:
+                continue
+            try:
+                for version in self.versions.retire_idle(self._in_flight):
+                    self.emit(f"rung dev: version {version} has no runs left; its workers stopped")
+                for digest in self.versions.registry.forget_pruned():
+                    self.emit(f"rung dev: removed the snapshot of a pruned version ({digest})")
+            except Exception:
+                log.exception("could not retire idle versions")
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, daemon=True, name=name)
@@ -450,7 +545,8 @@ class DevStack:
         return [w.pid for w in self._workers if w.pid is not None]
 
     def idle(self) -> bool:
-        return all(p.busy == 0 for p in self._pollers)
+        handed = self.versions.busy() if self.versions is not None else 0
+        return handed == 0 and all(p.busy == 0 for p in self._pollers)
 
     def wait(self, run_id: str, timeout: float = 60.0) -> Any:
         deadline = time.monotonic() + timeout
@@ -463,25 +559,10 @@ class DevStack:
             time.sleep(0.05)
 
 
-_SKIP_DIRS = {
-    ".venv",
-    ".git",
-    ".rung",
-    ".localstack",
-    "__pycache__",
-    "node_modules",
-    ".mypy_cache",
-    ".ruff_cache",
-    ".pytest_cache",
-    "build",
-    "dist",
-}
-
-
 def _code_snapshot(root: Path) -> dict[str, float]:
     found: dict[str, float] = {}
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS and not d.startswith(".")]
+        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".")]
         for name in filenames:
             if name.endswith(".py"):
                 path = Path(dirpath) / name

@@ -81,7 +81,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # print() and log lines of the handler go to stderr
-    sys.path.insert(0, str(Path.cwd()))
+    # The code of the version this process runs (rung._dev.versions), else the code root.
+    sys.path.insert(0, os.environ.get("RUNG_CODE_DIR") or str(Path.cwd()))
     try:
         handler = load_handler(handler_spec)
     except Exception:

@@ -124,7 +124,8 @@ def versioning(queue: SqsQueue) -> Versioning | None:
     if not version.isdigit() or os.environ.get("RUNG_VERSIONS", "on") == "off":
         return None
     function = require("AWS_LAMBDA_FUNCTION_NAME", "set by Lambda: the function's name")
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
+    # Lambda's own endpoint if it has one (rung dev's, rung._dev.versions.LocalLambda).
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_LAMBDA") or os.environ.get("AWS_ENDPOINT_URL")
     hold = timedelta(seconds=positive_int("RUNG_HAND_OVER_SECONDS", HAND_OVER_SECONDS))
     hand_over = LambdaHandOver(sessions.client("lambda", endpoint), function, queue, version, hold)
     return Versioning(version, hand_over)

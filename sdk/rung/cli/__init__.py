@@ -22,7 +22,8 @@
         queues resume NAME
         upgrade-table [--table NAME] [--dry-run] [--segments N] [--reader-grace 1m]
         versions list [--function NAME]
-        versions prune [--function NAME] [--dry-run]
+        versions prune [--function NAME] [--dry-run] [--keep-recent 15m]
+        deploy [--guided] [--code-dir DIR]... [--arch A] [--python V] [--parameter K=V]...
         dev ...                       (rung._dev.command, when it is installed)
 
 The table and queue are found from the stack's outputs (``rung._aws.cloudformation.describe``);
@@ -61,6 +62,7 @@ from rung.cli._common import (
     run_json,
     token_json,
 )
+from rung.cli.deploy import deploy
 from rung.cli.queues import (
     list_queues,
     pause_queue,
@@ -127,6 +129,7 @@ __all__ = [
     "trigger",
     "upgrade_table",
     "versions",
+    "deploy",
 ]
 
 
@@ -179,6 +182,7 @@ main.add_command(tokens)
 main.add_command(queues)
 main.add_command(upgrade_table)
 main.add_command(versions)
+main.add_command(deploy)
 
 
 # -- `rung dev`, from the local platform --------------------------------------------------

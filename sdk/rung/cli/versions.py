@@ -17,7 +17,6 @@ from rung._engine.routing import version_table
 from rung._util.clock import SystemClock
 from rung._util.durations import format_duration
 from rung.cli._common import (
-    EXIT_USAGE,
     _console,
     _duration,
     _error,
@@ -152,18 +151,13 @@ def _table(
 
 
 def _function(target: _Target, function_name: str | None) -> FunctionVersions:
+    """--function, else the stack's WorkerFunctionName output, else the name template.yaml
+    gives it (``<stack>-worker``: rung dev registers its versions under that name)."""
     endpoint = target.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
     if function_name is None:
         cfn = sessions.client("cloudformation", endpoint, target.region)
         outputs = cloudformation.describe(cfn, target.stack_name(), endpoint).outputs
-        function_name = outputs.get("WorkerFunctionName")
-        if not function_name:
-            raise _error(
-                f"stack {target.stack_name()!r} has no WorkerFunctionName output, so no "
-                "worker function and no versions (rung dev and LocalStack deploy only the "
-                "data plane); pass --function NAME for a function of your own",
-                EXIT_USAGE,
-            )
+        function_name = outputs.get("WorkerFunctionName") or f"{target.stack_name()}-worker"
     return FunctionVersions(sessions.client("lambda", endpoint, target.region), function_name)
 
 
