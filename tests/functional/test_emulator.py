@@ -12,7 +12,9 @@ same expression text with other values, names or items gets its own answer.
 
 from __future__ import annotations
 
+import io
 import secrets
+import zipfile
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -377,3 +379,52 @@ def test_both_transports_reach_the_same_account_and_region() -> None:
     assert seen_over_http == url
     assert url.startswith(f"{emulator.url}/123456789012/")
     assert "NonExistentQueue" in caught.value.response["Error"]["Code"]
+
+
+def test_a_lambda_version_number_is_never_used_twice() -> None:
+    # Lambda numbers versions upwards for ever; moto counted the versions it holds, so
+    # after a delete it published a number again (rung dev keeps code versions there).
+    emulator = EmbeddedEmulator.shared()
+    iam = sessions.client("iam", emulator.endpoint_url, "us-east-1")
+    api = sessions.client("lambda", emulator.endpoint_url, "us-east-1")
+    name = f"emu-{secrets.token_hex(4)}"
+    role = iam.create_role(RoleName=name, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+
+    def code(text: str) -> bytes:
+        bundle = io.BytesIO()
+        with zipfile.ZipFile(bundle, "w") as archive:
+            archive.writestr("handler.py", text)
+        return bundle.getvalue()
+
+    api.create_function(
+        FunctionName=name,
+        Runtime="python3.12",
+        Role=role,
+        Handler="handler.main",
+        Code={"ZipFile": code("# 1")},
+        Publish=True,
+    )
+    published = []
+    for n in (2, 3):
+        api.update_function_code(FunctionName=name, ZipFile=code(f"# {n}"))
+        published.append(api.publish_version(FunctionName=name, Description=f"v{n}")["Version"])
+    api.delete_function(FunctionName=name, Qualifier="1")
+    api.delete_function(FunctionName=name, Qualifier="3")
+    unchanged = api.publish_version(FunctionName=name)["Version"]  # nothing new to publish
+    api.update_function_code(FunctionName=name, ZipFile=code("# 4"))
+    fourth = api.publish_version(FunctionName=name, Description="v4")
+
+    versions = api.list_versions_by_function(FunctionName=name)["Versions"]
+    with pytest.raises(ClientError, match="ResourceNotFoundException"):
+        api.get_function_configuration(FunctionName=name, Qualifier="3")
+    assert api.get_function_configuration(FunctionName=name, Qualifier="2")["Description"] == "v2"
+    api.delete_function(FunctionName=name)
+    iam.delete_role(RoleName=name)
+    assert published == ["2", "3"]
+    assert unchanged in ("2", "3")  # moto answers with its last one; no new number
+    assert fourth["Version"] == "4"
+    assert [(v["Version"], v.get("Description")) for v in versions] == [
+        ("$LATEST", ""),
+        ("2", "v2"),
+        ("4", "v4"),
+    ]

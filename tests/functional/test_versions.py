@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 import rung
+from rung._engine.worker import Disposition
 from rung.models import EventType
 from rung.testing import LocalEngine
 
@@ -215,3 +216,24 @@ def test_bad_version_labels_and_child_versions_are_refused() -> None:
         assert failed.error is not None
         assert 'version=...) is "latest"' in failed.error.message
         assert [v.version for v in engine.versions()] == ["blue"]
+
+
+def test_a_late_hand_over_of_a_run_on_no_version_leaves_it_to_the_latest() -> None:
+    # As when a redrive moved the run to the latest while a hand-over to its old
+    # version was still queued (Lambda keeps asynchronous events for hours).
+    app1, app2 = rung.App("late"), rung.App("late")
+    for app, label in ((app1, "v1"), (app2, "v2")):
+        app.task(id="echo")(lambda ctx, text, label=label: f"{label}:{text}")
+    with LocalEngine(app1, workers=0) as engine:
+        old_worker = engine.worker
+        engine.deploy(app2)
+        run_id = engine.trigger("echo", "hi").run_id
+        [message] = engine.queue.receive(max_messages=1)
+
+        assert old_worker.handle(message, handed_over=True) == Disposition.KEEP
+        run = engine.get_run(run_id)
+        assert (run.status, run.version) == ("QUEUED", None)  # not taken by version 1
+        [again] = engine.queue.receive(max_messages=1)  # visible again at once
+        assert engine.worker.handle(again) == Disposition.ACK
+        done = engine.get_run(run_id)
+        assert (done.output, done.version) == ("v2:hi", "2")

@@ -163,8 +163,12 @@ def test_versions_list_counts_each_versions_runs_and_prune_retires_the_unused(
     table = stack.rung("versions", "list", "--function", stack.function).stdout
     assert "latest" in table and "1" in table
 
-    # Published just now: kept unless --keep-recent allows it.
-    assert stack.versions("prune", "--dry-run")["would_delete"] == []
+    # Replaced just now by version 3: kept unless --keep-recent allows it (a deploy's
+    # previous version may still be taking batches).
+    default = stack.versions("prune", "--dry-run")
+    assert default["would_delete"] == []
+    reasons = {k["version"]: k["reason"] for k in default["kept"]}
+    assert reasons["2"].startswith("replaced less than 15")
     planned = stack.versions("prune", "--dry-run", "--keep-recent", "0s")
     assert planned["would_delete"] == ["2"] and planned["deleted"] == []
     assert {k["version"]: k["reason"] for k in planned["kept"]} == {
@@ -197,7 +201,9 @@ def test_a_version_deleted_by_hand_while_runs_need_it_shows_as_missing(stack: St
     assert listed[newer]["latest"]
     text = stack.rung("versions", "list", "--function", stack.function).stdout
     assert "missing" in text
-    assert stack.versions("prune", "--keep-recent", "0s")["deleted"] == []
+    pruned = stack.versions("prune", "--keep-recent", "0s")
+    assert latest not in pruned["deleted"] and newer not in pruned["deleted"]
+    assert {"version": newer, "reason": "the latest"} in pruned["kept"]
     stack.client.cancel(run_id)
 
 

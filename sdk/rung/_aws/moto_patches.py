@@ -44,6 +44,12 @@ the item (conditions are still evaluated against the stored item, under the lock
    the queue's full attribute listing, which counts all its messages (receives were
    quadratic in the queue's depth): the queue's retention period, read directly.
 
+Lambda versions (``_monotonic_versions``). Lambda never reuses a version number: after
+versions 1-3 and a delete of 1, the next is 4. moto numbers a new version one above how
+many it holds, so it would publish a second 3, and a version would no longer name one
+code (``rung dev`` keeps its code versions there; docs/versioning.md). A new version is
+numbered one above the highest the function ever had, moto's other checks unchanged.
+
 The memos stop growing at ``_MEMO_LIMIT`` entries each (beyond, moto computes as
 before). And ``_lean_backends``: moto listed a service's regions, when it created
 the service's first backend, from a boto3 session of its own, which loads
@@ -53,6 +59,7 @@ first engine's start); it now asks the session rung's clients use.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import threading
@@ -71,6 +78,39 @@ def apply() -> None:
     _atomic_receives()
     _lean_requests()
     _lean_backends()
+    _monotonic_versions()
+
+
+def _monotonic_versions() -> None:
+    """Number a new Lambda version above every one the function ever had, as Lambda does
+    (moto's ``publish_version`` otherwise, with only the number changed)."""
+    storage = moto("awslambda.models").LambdaStorage
+    with _lean_lock:
+        if getattr(storage.publish_version, "_rung_monotonic", False):
+            return
+
+        def publish_version(self: Any, name_or_arn: str, description: str = "") -> Any:
+            function = self.get_function_by_name_or_arn_forbid_qualifier(name_or_arn)
+            entry = self._functions.get(function.function_name)
+            if entry is None or not entry["latest"]:
+                return None
+            versions = entry["versions"]
+            if versions:
+                if not function.code_or_config_updated:
+                    return versions[-1]  # nothing changed: nothing to publish
+                function.code_or_config_updated = False
+            number = max([entry.get("rung_highest", 0), *(int(v.version) for v in versions)]) + 1
+            published = copy.copy(entry["latest"])
+            published.set_version(number)
+            if description:
+                published.description = description
+            versions.append(published)
+            self._arns[published.function_arn] = published
+            entry["rung_highest"] = number
+            return published
+
+        publish_version._rung_monotonic = True  # type: ignore[attr-defined]
+        storage.publish_version = publish_version
 
 
 def _lean_backends() -> None:

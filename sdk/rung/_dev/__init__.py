@@ -447,7 +447,11 @@ class DevStack:
                 snapshot = current
                 line = f"rung dev: {changed[0][0]} changed; restarting worker processes"
                 if self.versions is not None:
-                    line += self._new_version()
+                    try:
+                        line += self._new_version()
+                    except Exception as exc:  # the workers restart on the version they had
+                        log.exception("could not publish the changed code")
+                        line += f"; could not publish it as a new version ({exc}): not picked up"
                 self._generation += 1
                 self.emit(line)
 

@@ -92,10 +92,17 @@ class DevVersions:
         self.iam = iam_api
         self.function = function
         self.latest = ""
+        # Publishing and forgetting pruned snapshots one at a time: a snapshot being
+        # published is in no version's Description yet.
+        self._lock = threading.Lock()
 
     def publish(self) -> tuple[str, bool]:
         """Snapshot the code and publish it as the latest version, unless the latest
         holds this code already. Returns the version and whether it is new."""
+        with self._lock:
+            return self._publish()
+
+    def _publish(self) -> tuple[str, bool]:
         files = python_files(self.root)
         digest = code_hash(self.root, files)
         snapshot = self.dir / digest
@@ -140,15 +147,16 @@ class DevVersions:
     def forget_pruned(self) -> list[str]:
         """Delete the snapshots of versions that no longer exist (``rung versions
         prune``); returns their hashes."""
-        pages = self.api.get_paginator("list_versions_by_function").paginate(
-            FunctionName=self.function
-        )
-        kept = {v.get("Description") for page in pages for v in page.get("Versions", [])}
-        gone = [d for d in self.dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
-        gone = [d for d in gone if d.name not in kept]
-        for directory in gone:
-            shutil.rmtree(directory, ignore_errors=True)
-        return [d.name for d in gone]
+        with self._lock:
+            pages = self.api.get_paginator("list_versions_by_function").paginate(
+                FunctionName=self.function
+            )
+            kept = {v.get("Description") for page in pages for v in page.get("Versions", [])}
+            gone = [d for d in self.dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
+            gone = [d for d in gone if d.name not in kept]
+            for directory in gone:
+                shutil.rmtree(directory, ignore_errors=True)
+            return [d.name for d in gone]
 
     def snapshot(self, version: str) -> Path | None:
         """The code of a version that exists (its snapshot on disk), else None."""
@@ -203,8 +211,10 @@ class VersionPool:
     at a time, started when needed (at most ``size``).
 
     Each process is started by, and belongs to, a thread of its own that lives as long
-    as the pool: a process dies with the thread that started it
-    (``rung._dev.runtime``'s parent-death signal), so never from a short-lived one.
+    as its pool's round: a process dies with the thread that started it
+    (``rung._dev.runtime``'s parent-death signal), so never from a short-lived one. A
+    round ends when the pool is retired (``stop_if_idle``); an event after that starts
+    a new round, with threads and a queue of its own.
     """
 
     def __init__(
@@ -220,27 +230,33 @@ class VersionPool:
         self._size = size
         self._timeout = timeout
         self._on_crash = on_crash
+        self._lock = threading.Lock()
         self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-        self.busy = 0  # events taken or waiting
+        self.busy = 0  # events submitted and not yet done
 
     def submit(self, event: dict[str, Any]) -> None:
         with self._lock:
             self.busy += 1
+            self._threads = [t for t in self._threads if t.is_alive()]
             if self.busy > len(self._threads) and len(self._threads) < self._size:
                 name = f"v{self.version}-{len(self._threads)}"
                 thread = threading.Thread(
-                    target=self._serve, args=(name,), daemon=True, name=f"rung-{name}"
+                    target=self._serve, args=(name, self._events), daemon=True, name=f"rung-{name}"
                 )
                 thread.start()
                 self._threads.append(thread)
-        self._events.put(event)
+            self._events.put(event)
 
-    def _serve(self, name: str) -> None:
-        worker = self._make(name)
+    def _serve(self, name: str, events: queue.Queue[dict[str, Any] | None]) -> None:
         try:
-            while (event := self._events.get()) is not None:
+            worker = self._make(name)
+        except Exception:  # its snapshot went away: the events' messages come back
+            log.exception("version %s: cannot start a worker process", self.version)
+            self._drain(events)
+            return
+        try:
+            while (event := events.get()) is not None:
                 try:
                     self._run(worker, event)
                 except Exception:
@@ -250,6 +266,16 @@ class VersionPool:
                         self.busy -= 1
         finally:
             worker.stop()
+
+    def _drain(self, events: queue.Queue[dict[str, Any] | None]) -> None:
+        while True:
+            try:
+                event = events.get_nowait()
+            except queue.Empty:
+                return
+            if event is not None:
+                with self._lock:
+                    self.busy -= 1
 
     def _run(self, worker: WorkerProcess, event: dict[str, Any]) -> None:
         if not worker.running:
@@ -266,14 +292,27 @@ class VersionPool:
         with self._lock:
             return any(t.is_alive() for t in self._threads)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Its processes stop once their invocations in hand are done."""
+    def stop_if_idle(self) -> bool:
+        """End the round if no event is in hand or waiting; whether it did."""
         with self._lock:
-            threads, self._threads = self._threads, []
+            if self.busy:
+                return False
+            threads, events = self._threads, self._events
+            self._threads, self._events = [], queue.Queue()
         for _ in threads:
-            self._events.put(None)
+            events.put(None)
         for thread in threads:
-            thread.join(timeout)
+            thread.join(30)
+        return True
+
+    def stop(self) -> None:
+        with self._lock:
+            threads, events = self._threads, self._events
+            self._threads, self._events = [], queue.Queue()
+        for _ in threads:
+            events.put(None)
+        for thread in threads:
+            thread.join(30)
 
 
 class LocalLambda:
@@ -414,12 +453,11 @@ class Versions:
         if not candidates:
             return []
         counts = in_flight()
-        stopped = []
-        for pool in candidates:
-            if pool.busy == 0 and not counts.get(pool.version):
-                pool.stop()
-                stopped.append(pool.version)
-        return stopped
+        return [
+            pool.version
+            for pool in candidates
+            if not counts.get(pool.version) and pool.stop_if_idle()
+        ]
 
     def busy(self) -> int:
         with self._lock:

@@ -102,9 +102,15 @@ class Worker:
         self.lifecycle = Lifecycle(store, queue, clock, queues, self.sinks.events, app.name)
 
     def handle(
-        self, message: QueueMessage, time_left: Callable[[], float] | None = None
+        self,
+        message: QueueMessage,
+        time_left: Callable[[], float] | None = None,
+        *,
+        handed_over: bool = False,
     ) -> Disposition:
-        """Process one message. ``time_left`` returns the invocation's seconds left."""
+        """Process one message. ``time_left`` returns the invocation's seconds left.
+        ``handed_over``: another version's worker handed it to this one (routing.py):
+        it takes only a run already pinned to this version."""
         try:
             run_id = decode(message.body)
         except BadMessage as exc:
@@ -120,9 +126,13 @@ class Worker:
         now = self.clock.now()
         lease = self.config.lease_duration
         version = self.versioning.version if self.versioning is not None else None
-        claim = self.store.claim_run(run_id, now, lease, version)
+        claim = self.store.claim_run(run_id, now, lease, version, pinned=handed_over)
         if isinstance(claim, NotClaimed) and claim.reason == "other_version":
             return self._hand_over(message, claim, time_left)
+        if isinstance(claim, NotClaimed) and claim.reason == "unpinned":
+            # Handed over before the run was moved to the latest (a redrive): it is the
+            # latest version's now, which gets the message back at once.
+            return self._later(message, run_id, now)
         if isinstance(claim, NotClaimed) and claim.reason == "crashed":
             assert claim.run is not None
             claim = self._take_over(claim.run, now)
@@ -184,7 +194,11 @@ class Worker:
             if shard is not None:
                 self.gate.release(shard, run.run_id, run.lease_token, now)
             return Disposition.ACK
-        taken = self.store.claim_run(run.run_id, now, self.config.lease_duration)
+        # Claimed as that version, only while the run is still pinned to it (a redrive
+        # in between moved it to the latest, which then runs it).
+        taken = self.store.claim_run(
+            run.run_id, now, self.config.lease_duration, run.version, pinned=True
+        )
         if isinstance(taken, NotClaimed):
             return self._not_claimed(message, run.run_id, taken, now)
         with contextlib.suppress(LeaseLost):
@@ -241,7 +255,8 @@ class Worker:
             if shard is not None:  # the dead holder's slot: free it for the next run
                 self.gate.release(shard, run.run_id, run.lease_token, now)
             return NotClaimed("terminal", run, None)
-        claim = self.store.reclaim_crashed(run, now, self.config.lease_duration, failure)
+        version = self.versioning.version if self.versioning is not None else None
+        claim = self.store.reclaim_crashed(run, now, self.config.lease_duration, failure, version)
         if isinstance(claim, Claimed):
             with bound(lost.log_context):
                 lost.finish("worker lost", now, error)

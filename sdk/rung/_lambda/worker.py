@@ -232,7 +232,9 @@ def _handed_over(engine: Worker, event: dict[str, Any], context: LambdaContext) 
         try:
             with _held(engine, [message]):
                 disposition = engine.handle(
-                    message, time_left=lambda: context.get_remaining_time_in_millis() / 1000
+                    message,
+                    time_left=lambda: context.get_remaining_time_in_millis() / 1000,
+                    handed_over=True,
                 )
             if disposition == Disposition.ACK:
                 engine.queue.delete(message)

@@ -86,8 +86,8 @@ def list_versions(target: _Target, function_name: str | None, as_json: bool) -> 
     show_default=True,
     callback=_duration,
     metavar="DURATION",
-    help="Keep versions published this recently (a deploy's previous version may still "
-    "be taking runs for up to the function timeout).",
+    help="Keep a version replaced this recently by a newer one (a deploy's previous "
+    "version may still be taking runs for up to the function timeout).",
 )
 @_json_option
 @click.pass_obj
@@ -99,13 +99,18 @@ def prune_versions(
     as_json: bool,
 ) -> None:
     """Delete the versions no run needs: not the latest, no run in flight, and not
-    published within --keep-recent."""
+    replaced by a newer version within --keep-recent (until then it may still be
+    receiving batches that the deploy sent its way)."""
     function, found = _table(target, function_name)
     now = SystemClock().now()
     kept: list[dict[str, Any]] = []
     gone: list[str] = []
+    existing = [info for info in found if info.exists]
+    replaced_at = {
+        info.version: after.deployed_at for info, after in zip(existing, existing[1:], strict=False)
+    }
     for info in found:
-        why = _kept_because(info, now, keep_recent)
+        why = _kept_because(info, replaced_at.get(info.version), now, keep_recent)
         if why is None:
             gone.append(info.version)
         elif info.exists:
@@ -123,15 +128,19 @@ def prune_versions(
         out.print(f"kept {entry['version']}: {entry['reason']}")
 
 
-def _kept_because(info: VersionInfo, now: datetime, keep_recent: timedelta) -> str | None:
+def _kept_because(
+    info: VersionInfo, replaced_at: datetime | None, now: datetime, keep_recent: timedelta
+) -> str | None:
+    """Why a version stays (None: it goes). One replaced by a deploy within
+    ``keep_recent`` may still be receiving batches that pin new runs to it."""
     if not info.exists:
         return "missing"
     if info.latest:
         return "the latest"
     if info.in_flight:
         return f"{info.in_flight} run(s) in flight"
-    if recent(info.deployed_at, now, keep_recent):
-        return f"published less than {format_duration(keep_recent)} ago"
+    if replaced_at is None or recent(replaced_at, now, keep_recent):
+        return f"replaced less than {format_duration(keep_recent)} ago"
     return None
 
 

@@ -76,4 +76,4 @@ class LocalVersions:
             worker = self._workers.get(version)
         if worker is None:
             return None
-        return worker.handle(message, time_left)
+        return worker.handle(message, time_left, handed_over=True)

@@ -61,7 +61,8 @@ class Claimed:
 class NotClaimed:
     """Why a claim was refused, with when to look again (if ever)."""
 
-    reason: str  # "missing", "terminal", "not_due", "busy", "crashed", "other_version"
+    #: "missing", "terminal", "not_due", "busy", "crashed", "other_version", "unpinned"
+    reason: str
     run: Run | None
     retry_at: datetime | None
 
@@ -126,7 +127,13 @@ class _Runs(_Parents):
         return self._run_from_item(item), True
 
     def claim_run(
-        self, run_id: str, now: datetime, lease_for: timedelta, version: str | None = None
+        self,
+        run_id: str,
+        now: datetime,
+        lease_for: timedelta,
+        version: str | None = None,
+        *,
+        pinned: bool = False,
     ) -> Claimed | NotClaimed:
         """Take the run for one worker: QUEUED/DELAYED/WAITING and due -> RUNNING, new token.
 
@@ -134,6 +141,8 @@ class _Runs(_Parents):
         claim then also requires the run to be on that version or on none yet, and pins
         a run on none to it, in the same write. A run due (or crashed) on another
         version is refused as ``"other_version"``: its own version's worker must take it.
+        ``pinned``: only a run already on ``version`` (a message handed over to it); one
+        on none (redriven since) is refused as ``"unpinned"``: the latest takes it.
         """
         sets = (
             "SET #status = :running, status_shard = :running_shard, "
@@ -156,7 +165,11 @@ class _Runs(_Parents):
         }
         if version is not None:
             sets += ", code_version = if_not_exists(code_version, :version)"
-            condition += " AND (attribute_not_exists(code_version) OR code_version = :version)"
+            condition += (
+                " AND code_version = :version"
+                if pinned
+                else " AND (attribute_not_exists(code_version) OR code_version = :version)"
+            )
             values[":version"] = _S(version)
         try:
             out = self.client.update_item(
@@ -181,22 +194,33 @@ class _Runs(_Parents):
             run = self._run_from_item(old)  # type: ignore[arg-type]
             if run.status.is_terminal:
                 return NotClaimed("terminal", run, None)
-            other = version is not None and run.version not in (None, version)
+            other: str | None = None  # why this worker may not take it, if due
+            if version is not None and run.version not in (None, version):
+                other = "other_version"
+            elif pinned and run.version is None:
+                other = "unpinned"
             if run.status == RunStatus.RUNNING:
                 assert run.lease_until is not None
                 if run.lease_until < now:
-                    return NotClaimed("other_version" if other else "crashed", run, now)
+                    return NotClaimed(other or "crashed", run, now)
                 return NotClaimed("busy", run, run.lease_until)
             if other and run.available_at is not None and run.available_at <= now:
-                return NotClaimed("other_version", run, now)
+                return NotClaimed(other, run, now)
             return NotClaimed("not_due", run, run.available_at)
         run = self._run_from_item(out["Attributes"])
         return Claimed(run, run.lease_token)
 
     def reclaim_crashed(
-        self, run: Run, now: datetime, lease_for: timedelta, failure: Failure
+        self,
+        run: Run,
+        now: datetime,
+        lease_for: timedelta,
+        failure: Failure,
+        version: str | None = None,
     ) -> Claimed | NotClaimed:
-        """Take over a RUNNING run whose holder's lease expired; the crash is an attempt."""
+        """Take over a RUNNING run whose holder's lease expired; the crash is an attempt.
+        ``version``: the taker's, pinned on a run that has none (as ``claim_run``)."""
+        pin = ", code_version = if_not_exists(code_version, :version)" if version else ""
         try:
             out = self.client.update_item(
                 TableName=self.table,
@@ -204,7 +228,7 @@ class _Runs(_Parents):
                 UpdateExpression=(
                     "SET lease_token = lease_token + :one, lease_until = :lease, "
                     "attempt = attempt + :one, failures = list_append(failures, :failure), "
-                    "attempt_started_at = :now, updated_at = :now REMOVE overran_step"
+                    f"attempt_started_at = :now, updated_at = :now{pin} REMOVE overran_step"
                 ),
                 ConditionExpression=(
                     "#status = :running AND lease_token = :token AND lease_until < :now_ms"
@@ -218,6 +242,7 @@ class _Runs(_Parents):
                     ":now": _S(iso(now)),
                     ":now_ms": _N(to_ms(now)),
                     ":failure": {"L": [_S(_failure_json(failure))]},
+                    **({":version": _S(version)} if version else {}),
                 },
                 ReturnValues="ALL_NEW",
             )
