@@ -109,20 +109,15 @@ def measure(
     deployed: Deployment, function: WorkerFunction, meter: Meter
 ) -> dict[str, Counter[tuple[str, str]]]:
     paths: dict[str, Counter[tuple[str, str]]] = {}
-    # (a) no deploy: version 1 gets its own run's message.
-    _waiting_on_v1(deployed, function)
-    function.run_as("1")
-    messages = deployed.receive()
-    meter.take()
-    response = deployed.deliver(messages)
-    paths["own version"] = meter.take() + _esm(messages, response)
-    # (b) after a deploy: version 2 gets it and hands it over to version 1.
-    _waiting_on_v1(deployed, function)
-    function.run_as("2")
-    messages = deployed.receive()
-    meter.take()
-    response = deployed.deliver(messages)
-    paths["hand-over (latest)"] = meter.take() + _esm(messages, response)
+    # (a) no deploy: version 1 gets its own run's message; (b) after a deploy, version
+    # 2 gets it and hands it over to version 1.
+    for path, receiver in (("own version", "1"), ("hand-over (latest)", "2")):
+        _waiting_on_v1(deployed, function)
+        function.run_as(receiver)
+        messages = deployed.receive()
+        meter.take()
+        response = deployed.deliver(messages)
+        paths[path] = meter.take() + _esm(messages, response)
     function.run_handed_over()
     paths["hand-over (old version)"] = meter.take()
     return paths

@@ -294,8 +294,12 @@ class VersionPool:
 
     def stop_if_idle(self) -> bool:
         """End the round if no event is in hand or waiting; whether it did."""
+        return self.stop(only_idle=True)
+
+    def stop(self, only_idle: bool = False) -> bool:
+        """End the round: its processes stop once their invocations in hand are done."""
         with self._lock:
-            if self.busy:
+            if only_idle and self.busy:
                 return False
             threads, events = self._threads, self._events
             self._threads, self._events = [], queue.Queue()
@@ -304,15 +308,6 @@ class VersionPool:
         for thread in threads:
             thread.join(30)
         return True
-
-    def stop(self) -> None:
-        with self._lock:
-            threads, events = self._threads, self._events
-            self._threads, self._events = [], queue.Queue()
-        for _ in threads:
-            events.put(None)
-        for thread in threads:
-            thread.join(30)
 
 
 class LocalLambda:
