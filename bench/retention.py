@@ -54,7 +54,7 @@ app = rung.App("retention-bench")
 def _task(steps: int) -> None:
     @app.task(id=f"steps-{steps}")
     def body(ctx: rung.Context, n: int) -> int:
-        return sum(ctx.step(f"s{i}", lambda i=i: i) for i in range(steps))
+        return sum(ctx.step(f"s{i}", lambda i: i, i) for i in range(steps))
 
 
 for _n in (1, 5, 10, 50):

@@ -52,6 +52,9 @@ class Client:
             run canceled here is stamped with, and how old a missing run's id must be
             to be reported ``RunExpired`` (default ``$RUNG_RETENTION_DAYS`` days, the
             stack's ``RetentionDays`` output with ``from_stack``, else 30 days).
+        session: your own ``boto3.Session`` (credentials, profile, region, event
+            hooks) for the client's AWS clients (default: rung's, from the environment
+            and ``AWS_PROFILE``, whose region it honours). ``region`` still wins.
 
     Example:
         >>> client = rung.Client(app, table_name="rung-shop", queue_url=url)
@@ -71,6 +74,7 @@ class Client:
         clock: Clock | None = None,
         event_bus: str | None = None,
         retention: timedelta | float | None = None,
+        session: Any = None,
     ) -> None:
         table_name = table_name or os.environ.get("RUNG_TABLE_NAME")
         queue_url = queue_url or os.environ.get("RUNG_QUEUE_URL")
@@ -83,13 +87,15 @@ class Client:
             days = os.environ.get("RUNG_RETENTION_DAYS", "").strip()
             retention = timedelta(days=_whole_days(days)) if days else DEFAULT_RETENTION
         store = DynamoStore(
-            sessions.client("dynamodb", endpoint_url, region),
+            sessions.client("dynamodb", endpoint_url, region, session=session),
             table_name,
             check_retention(retention),
         )
-        queue = SqsQueue(sessions.client("sqs", endpoint_url, region), queue_url)
+        queue = SqsQueue(sessions.client("sqs", endpoint_url, region, session=session), queue_url)
         bus = event_bus or os.environ.get(BUS_ENV) or None
-        events_client = sessions.client("events", endpoint_url, region, reporting=True)
+        events_client = sessions.client(
+            "events", endpoint_url, region, reporting=True, session=session
+        )
         events = EventBus(events_client, bus) if bus else None
         self._init(app, store, queue, clock or SystemClock(), events)
 
@@ -101,8 +107,10 @@ class Client:
         *,
         endpoint_url: str | None = None,
         region: str | None = None,
+        session: Any = None,
     ) -> Client:
-        """A client for the table and queue of a deployed template.yaml stack.
+        """A client for the table and queue of a deployed template.yaml stack
+        (``session``: your own ``boto3.Session``, as for ``Client``).
 
         Raises:
             rung._aws.cloudformation.StackError: no such stack at the endpoint, nothing listening
@@ -114,7 +122,7 @@ class Client:
         from rung._aws import cloudformation  # CloudFormation is needed only here
 
         endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
-        cfn = sessions.client("cloudformation", endpoint_url, region)
+        cfn = sessions.client("cloudformation", endpoint_url, region, session=session)
         stack = cloudformation.describe(cfn, stack_name, endpoint_url)
         missing = [key for key in ("TableName", "QueueUrl") if not stack.outputs.get(key)]
         if missing:
@@ -129,6 +137,7 @@ class Client:
             endpoint_url=endpoint_url,
             region=region,
             event_bus=stack.outputs.get("EventBusName"),
+            session=session,
             retention=(
                 timedelta(days=_whole_days(stack.outputs["RetentionDays"]))
                 if stack.outputs.get("RetentionDays")

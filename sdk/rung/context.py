@@ -98,16 +98,30 @@ class Context:
         finally:
             plan.close()
 
+    # The arguments are checked against ``fn``'s parameters (ParamSpec), unless the call
+    # passes ``retry`` or ``at_most_once``: a ParamSpec leaves no room for keywords of
+    # the step's own beside the function's.
+    @overload
     def step(
         self,
         name: str,
         fn: Callable[..., R],
         /,
         *args: Any,
-        retry: RetryPolicy | None = None,
+        retry: RetryPolicy | None,
         at_most_once: bool = False,
         **kwargs: Any,
-    ) -> R:
+    ) -> R: ...
+
+    @overload
+    def step(
+        self, name: str, fn: Callable[..., R], /, *args: Any, at_most_once: bool, **kwargs: Any
+    ) -> R: ...
+
+    @overload
+    def step(self, name: str, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    def step(self, name: str, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """Run ``fn(*args, **kwargs)`` as a checkpointed step named ``name``.
 
         The first successful result is recorded once; later attempts and replays
@@ -125,6 +139,8 @@ class Context:
         Example:
             >>> charge = ctx.step("charge", charge_card, order, retry=RetryPolicy(max_attempts=5))
         """
+        retry = kwargs.pop("retry", None)
+        at_most_once = kwargs.pop("at_most_once", False)
         return typing.cast(
             R,
             steps.call(self._core, name, fn, args, kwargs, retry=retry, at_most_once=at_most_once),

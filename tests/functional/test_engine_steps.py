@@ -437,7 +437,7 @@ def test_bad_step_names_fail_the_run_with_a_clear_error(bad: object) -> None:
 
     @app.task(id="t")
     def t(ctx: rung.Context, payload: None) -> None:
-        ctx.step(bad, lambda: None)  # type: ignore[arg-type]
+        ctx.step(bad, lambda: None)  # type: ignore[call-overload]
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)

@@ -99,3 +99,71 @@ def test_settle_counts_the_workers_a_test_blocks_and_times_out_on_others() -> No
             hold.set()
         run = engine.wait(handle.run_id)
     assert run.status == rung.RunStatus.COMPLETED and run.output is True
+
+
+def stuck_app() -> rung.App:
+    app = rung.App("stuck")
+
+    @app.task(id="approval")
+    def approval(ctx: rung.Context, _: None) -> str:
+        return str(ctx.wait_for_token(ctx.create_token("approve")))
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, _: None) -> str:
+        return str(ctx.trigger_and_wait("approval", None))
+
+    @app.task(id="nap")
+    def nap(ctx: rung.Context, _: None) -> str:
+        ctx.wait(timedelta(hours=1))
+        return "rested"
+
+    return app
+
+
+@pytest.mark.timeout(120)  # a wait that does not give up at once would take an hour
+@pytest.mark.parametrize("task", ["approval", "parent"])
+def test_wait_gives_up_at_once_when_only_the_test_can_move_the_run(task: str) -> None:
+    with LocalEngine(stuck_app()) as engine:
+        run_id = engine.trigger(task).run_id
+        with pytest.raises(TimeoutError) as caught:
+            engine.wait(run_id, timeout=3600)
+        message = str(caught.value)
+        assert f"run {run_id} is still WAITING" in message
+        assert "nothing this engine would do by itself can move it" in message
+        if task == "approval":
+            assert "waiting for token 'approve'" in message
+            assert "complete the token or advance engine.clock" in message
+        # Answering the token moves it, and wait then returns it.
+        approval = run_id if task == "approval" else engine.client.list_children(run_id)[0]
+        approval_id = approval if isinstance(approval, str) else approval.run_id
+        token = engine.wait_for_token(approval_id, "approve")
+        engine.client.complete_token(token.id, "yes")
+        assert engine.wait(run_id, timeout=3600).output == "yes"
+
+
+def test_wait_still_sees_a_timer_through() -> None:
+    with LocalEngine(stuck_app()) as engine:
+        assert engine.wait(engine.trigger("nap").run_id).output == "rested"
+
+
+def test_the_engine_and_a_client_use_a_boto3_session_of_your_own() -> None:
+    import boto3
+
+    seen: list[str] = []
+    mine = boto3.session.Session(
+        aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+    )
+    mine.events.register("before-call", lambda model, **_: seen.append(model.name))
+    with LocalEngine(stuck_app(), session=mine) as engine:
+        assert engine.wait(engine.trigger("nap").run_id).output == "rested"
+        assert {"PutItem", "SendMessage", "ReceiveMessage", "UpdateItem"} <= set(seen)
+        seen.clear()
+        client = rung.Client(
+            None,
+            table_name=engine.table_name,
+            queue_url=engine.queue_url,
+            endpoint_url=engine.endpoint_url,
+            session=mine,
+        )
+        assert len(client.list_runs()) == 1
+        assert "Query" in seen or "BatchGetItem" in seen

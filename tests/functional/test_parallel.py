@@ -298,7 +298,7 @@ def test_a_token_answered_before_the_run_suspends_is_not_missed(
 
     def answerer(ctx: rung.Context) -> str:
         # Runs after the waiter suspended (one thread), before the run does.
-        ctx.step("answer", lambda: clients[0].complete_token(tokens[0], "early bird") and None)
+        ctx.step("answer", lambda: bool(clients[0].complete_token(tokens[0], "early bird")))
         return "answered"
 
     @app.task(id="race")

@@ -234,7 +234,7 @@ def test_an_attempt_with_many_steps_is_split_within_x_rays_document_limit() -> N
 
     @app.task(id="t")
     def t(ctx: rung.Context, payload: None) -> int:
-        return sum(ctx.step(f"s{n}", lambda n=n: n) for n in range(400))
+        return sum(ctx.step(f"s{n}", lambda n: n, n) for n in range(400))
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)

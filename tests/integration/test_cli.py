@@ -1380,6 +1380,53 @@ def test_the_stack_comes_from_rung_stack(stack: Deployed) -> None:
     assert len(json.loads(result.stdout)) == 1
 
 
+def test_profile_gives_the_credentials_and_the_region(
+    stack: Deployed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "aws-config"
+    config.write_text(
+        "[profile here]\nregion = us-east-1\naws_access_key_id = test\n"
+        "aws_secret_access_key = test\n"
+        "[profile elsewhere]\nregion = eu-west-1\naws_access_key_id = test\n"
+        "aws_secret_access_key = test\n"
+    )
+    # The stack is in us-east-1 of the emulator: only the profile says which region.
+    env = {
+        **stack.env,
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_ACCESS_KEY_ID": None,
+        "AWS_SECRET_ACCESS_KEY": None,
+        "AWS_DEFAULT_REGION": None,
+    }
+    monkeypatch.setattr(sessions, "_sessions", {})
+    monkeypatch.setattr(sessions, "_profile_regions", {})
+
+    def runs_list(*profile: str) -> Result:
+        return CliRunner().invoke(
+            main,
+            [*profile, "--stack", stack.name, "runs", "list", "--limit", "1", "--json"],
+            env=env,
+            prog_name="rung",
+        )
+
+    here = runs_list("--profile", "here")
+    assert here.exit_code == 0, here.stderr
+    elsewhere = runs_list("--profile", "elsewhere")
+    assert elsewhere.exit_code == 1
+    assert f"no stack {stack.name!r}" in one_error_line(elsewhere)  # looked in eu-west-1
+    monkeypatch.setattr(sessions, "_profile_regions", {})
+    by_env = CliRunner().invoke(
+        main,
+        ["--stack", stack.name, "runs", "list", "--json"],
+        env={**env, "AWS_PROFILE": "here"},
+        prog_name="rung",
+    )
+    assert by_env.exit_code == 0, by_env.stderr
+    unknown = runs_list("--profile", "nobody")
+    assert unknown.exit_code == 1
+    assert "nobody" in one_error_line(unknown) and "could not be found" in unknown.stderr
+
+
 def test_runs_list_pages_with_the_cursor_it_prints_and_filters_by_time_and_tag(
     stack: Deployed,
 ) -> None:

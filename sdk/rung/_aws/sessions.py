@@ -3,7 +3,8 @@
 The same code talks to AWS, LocalStack or the embedded emulator; only the
 endpoint differs (``endpoint_url`` or ``AWS_ENDPOINT_URL``).
 
-Sessions are cached per region (and per "dummy credentials for an emulator"):
+Sessions are cached per region and AWS profile (and per "dummy credentials for an
+emulator"):
 each new session loads botocore's service models again, which costs about a
 second. boto3 sessions are not thread-safe, so clients are created under a lock;
 the clients themselves are safe to share between threads.
@@ -35,26 +36,42 @@ _REPORTING = Config(
     read_timeout=3,
 )
 _lock = threading.Lock()
-_sessions: dict[tuple[str, bool], boto3.session.Session] = {}
+_sessions: dict[tuple[str, bool, str], boto3.session.Session] = {}  # region, dummy, profile
 
 
 def session(endpoint_url: str | None = None, region: str | None = None) -> boto3.session.Session:
     """A boto3 session; against an emulator it supplies dummy credentials if none are set."""
-    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    region = region or DEFAULT_REGION
     with _lock:
-        return _session(bool(endpoint_url), region)
+        return _session(bool(endpoint_url), _region(region))
+
+
+def _region(region: str | None) -> str:
+    """``region``, else the environment's (``AWS_REGION``, ``AWS_DEFAULT_REGION``), else
+    the AWS profile's (``AWS_PROFILE``'s ``region`` in the AWS config), else us-east-1."""
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        return region
+    profile = os.environ.get("AWS_PROFILE") or ""
+    if profile not in _profile_regions:
+        # A plain session reads the config files (and the profile) as the AWS CLI does.
+        found = boto3.session.Session().region_name
+        _profile_regions[profile] = found or DEFAULT_REGION
+    return _profile_regions[profile]
+
+
+_profile_regions: dict[str, str] = {}
 
 
 def _session(emulated: bool, region: str) -> boto3.session.Session:
-    plain = _sessions.get((region, False))
+    profile = os.environ.get("AWS_PROFILE") or ""  # (read by boto3 when it makes one)
+    plain = _sessions.get((region, False, profile))
     if plain is None:
-        plain = _sessions[(region, False)] = boto3.session.Session(region_name=region)
+        plain = _sessions[(region, False, profile)] = boto3.session.Session(region_name=region)
     if not emulated or plain.get_credentials() is not None:
         return plain
-    dummy = _sessions.get((region, True))
+    dummy = _sessions.get((region, True, ""))
     if dummy is None:
-        dummy = _sessions[(region, True)] = boto3.session.Session(
+        dummy = _sessions[(region, True, "")] = boto3.session.Session(
             aws_access_key_id="test", aws_secret_access_key="test", region_name=region
         )
     return dummy
@@ -66,13 +83,24 @@ def client(
     region: str | None = None,
     *,
     reporting: bool = False,
+    session: Any = None,
 ) -> Any:
     """A client of ``service``. ``reporting``: for telemetry sent beside a run (X-Ray,
-    EventBridge): one retry and short timeouts instead of the engine's patient ones."""
+    EventBridge): one retry and short timeouts instead of the engine's patient ones.
+    ``session``: a ``boto3.Session`` of the caller's (its credentials, profile and
+    region; ``region`` still wins) instead of rung's own."""
     endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
-    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    region = region or DEFAULT_REGION
-    with _lock:
-        return _session(bool(endpoint_url), region).client(  # type: ignore[call-overload]
-            service, endpoint_url=endpoint_url, config=_REPORTING if reporting else _RETRIES
+    config = _REPORTING if reporting else _RETRIES
+    with _lock:  # (sessions are not thread-safe; their clients are)
+        if session is not None:
+            if not isinstance(session, boto3.session.Session):
+                raise TypeError(f"session must be a boto3.Session, got {type(session).__name__}")
+            return session.client(  # type: ignore[call-overload]
+                service,
+                endpoint_url=endpoint_url,
+                region_name=region or session.region_name or _region(None),
+                config=config,
+            )
+        return _session(bool(endpoint_url), _region(region)).client(  # type: ignore[call-overload]
+            service, endpoint_url=endpoint_url, config=config
         )

@@ -1,6 +1,6 @@
 """The ``rung`` command: trigger runs and read them, for people and for scripts.
 
-    rung [--app M:A] [--stack NAME] [--endpoint-url URL] [--region R] COMMAND
+    rung [--app M:A] [--stack NAME] [--endpoint-url URL] [--region R] [--profile P] COMMAND
         trigger TASK [--payload JSON] [--idempotency-key K] [--delay 30s] [--tag T]...
                      [--wait [--timeout 5m]]
         runs list [--status S] [--task T] [--limit N]
@@ -43,6 +43,8 @@ Errors are one line on stderr, ``error: <reason>``, never a traceback. Exit code
 """
 
 from __future__ import annotations
+
+import os
 
 import click
 
@@ -158,7 +160,16 @@ __all__ = [
     metavar="URL",
     help="`rung dev` or LocalStack, e.g. http://127.0.0.1:4599; unset: AWS. [env AWS_ENDPOINT_URL]",
 )
-@click.option("--region", metavar="REGION", help="AWS region. [env AWS_REGION; default us-east-1]")
+@click.option(
+    "--region",
+    metavar="REGION",
+    help="AWS region. [env AWS_REGION; default: the profile's region, else us-east-1]",
+)
+@click.option(
+    "--profile",
+    metavar="NAME",
+    help="An AWS profile of your AWS config: its credentials and region. [env AWS_PROFILE]",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -166,6 +177,7 @@ def main(
     stack: str | None,
     endpoint_url: str | None,
     region: str | None,
+    profile: str | None,
 ) -> None:
     """rung: durable task execution for Python on your own AWS account.
 
@@ -173,6 +185,10 @@ def main(
     failed, or the run, stack or endpoint is not there; 2 usage (bad option, unknown
     task, invalid payload); 3 --wait timed out.
     """
+    if profile:
+        # What boto3 reads: every client of this command uses the profile, and its region
+        # unless --region or AWS_REGION says otherwise (rung._aws.sessions).
+        os.environ["AWS_PROFILE"] = profile
     ctx.obj = _Target(app_ref or None, stack or None, endpoint_url or None, region or None)
 
 

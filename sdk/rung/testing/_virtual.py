@@ -13,7 +13,7 @@ from rung._aws.emulator import armed_timers, pending
 from rung._aws.sqs import BadMessage, decode
 from rung._engine.timers import TimerSweep
 from rung._util.clock import VirtualClock
-from rung.models import RunStatus
+from rung.models import Run, RunStatus
 
 _REGION = "us-east-1"
 
@@ -66,3 +66,23 @@ def next_due(
                 continue
         return deadline if deadline is not None else due
     return None
+
+
+def not_ending(run: Run, timeout: float | None) -> TimeoutError:
+    """``LocalEngine.wait``'s error: the run did not end within ``timeout`` seconds, or
+    (None) nothing but the test can move it."""
+    waiting = f", waiting for {run.waiting_for}" if run.waiting_for else ""
+    hint = (
+        "; virtual time does not skip a token's deadline: complete the token or advance "
+        "engine.clock"
+        if run.status == RunStatus.WAITING and run.wake_kind in ("token", None)
+        else ""
+    )
+    after = (
+        "and nothing this engine would do by itself can move it"
+        if timeout is None
+        else f"after {timeout:g}s of waiting"
+    )
+    return TimeoutError(
+        f"run {run.run_id} is still {run.status}{waiting} (attempt {run.attempt}) {after}{hint}"
+    )

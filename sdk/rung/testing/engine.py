@@ -63,7 +63,7 @@ from rung.models import (
     VersionInfo,
 )
 from rung.testing._versions import LocalVersions
-from rung.testing._virtual import next_due
+from rung.testing._virtual import next_due, not_ending
 from rung.testing.telemetry import LocalTelemetry, ReadBack
 
 log = logging.getLogger("rung.testing")
@@ -113,6 +113,8 @@ class LocalEngine(ReadBack):
             (``logs``). False sends neither.
         version: the label of ``app``'s code version (default "1"); ``deploy`` adds
             newer ones (docs/versioning.md).
+        session: your own ``boto3.Session``: the engine's clients of the emulator are
+            made from it (its event hooks and config apply).
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class LocalEngine(ReadBack):
         telemetry: bool = True,
         retention: timedelta = DEFAULT_RETENTION,
         version: str = "1",
+        session: Any = None,
     ) -> None:
         if not isinstance(app, App):
             raise UsageError(f"LocalEngine needs a rung.App, got {type(app).__name__}")
@@ -146,6 +149,7 @@ class LocalEngine(ReadBack):
                 maximum=timedelta(minutes=15),  # Lambda's limit
             )
         self.app = app
+        self._session = session
         self._versions = LocalVersions()
         self._first_version = self._versions.check_new(version)
         self._workers = workers
@@ -203,8 +207,8 @@ class LocalEngine(ReadBack):
             self.table_name = f"rung-{self.app.name}-{suffix}"
             self.queue_name = f"rung-{self.app.name}-{suffix}"
             emulator = self._emulator
-            self.dynamodb = emulator.attach(sessions.client("dynamodb", emulator.url, _REGION))
-            self.sqs = emulator.attach(sessions.client("sqs", emulator.url, _REGION))
+            self.dynamodb = emulator.attach(self._aws_client("dynamodb"))
+            self.sqs = emulator.attach(self._aws_client("sqs"))
             # Any message sent (a trigger, a hand-off, a child waking its parent) wakes
             # the idle poller at once instead of at its next 50 ms poll.
             self.sqs.meta.events.register(
@@ -224,9 +228,7 @@ class LocalEngine(ReadBack):
                 self.telemetry = LocalTelemetry(
                     self.app.name,
                     self.table_name,
-                    lambda service: emulator.attach(
-                        sessions.client(service, emulator.url, _REGION)
-                    ),
+                    lambda service: emulator.attach(self._aws_client(service)),
                     self.sqs,
                 )
             self._sinks = self.telemetry.sinks() if self.telemetry is not None else None
@@ -299,6 +301,10 @@ class LocalEngine(ReadBack):
         self.app, self.worker = app, worker
         events = self._sinks.events if self._sinks else None
         self._client = Client._from_parts(app, self.store, self.queue, self.clock, events)
+
+    def _aws_client(self, service: str) -> Any:
+        assert self._emulator is not None
+        return sessions.client(service, self._emulator.url, _REGION, session=self._session)
 
     def _drop_resources(self) -> None:
         # The shared emulator outlives this engine: leave nothing of ours behind in it.
@@ -383,28 +389,39 @@ class LocalEngine(ReadBack):
         every 0.1 s for an end written otherwise (a cancel, also by a parent's timeout;
         another client; ``worker.handle`` called by the test).
 
+        With virtual time it gives up within a second when nothing the engine would do by
+        itself can move the run (it waits for a token, or for a child that does, and no
+        work is due): only the test can (a thread of the test has that second), by
+        answering the token or moving the clock.
+
         Raises:
-            TimeoutError: it is not terminal after ``timeout`` seconds.
+            TimeoutError: it is not terminal after ``timeout`` seconds, or (virtual
+                time) nothing but the test can move it.
         """
         deadline = time.monotonic() + timeout
+        stuck_since: float | None = None
         while True:
             seen = self._handled.get(run_id, 0)
             run = self.get_run(run_id)
             if run.status.is_terminal and not self._in_hand.get(run_id):
                 return run  # ended, and no worker is still sending its telemetry
-            if time.monotonic() > deadline:
-                waiting = f", waiting for {run.waiting_for}" if run.waiting_for else ""
-                hint = (
-                    "; virtual time does not skip a token's deadline: complete the token "
-                    "or advance engine.clock"
-                    if run.status == RunStatus.WAITING and run.wake_kind == "token"
-                    else ""
-                )
-                raise TimeoutError(
-                    f"run {run_id} is still {run.status}{waiting} (attempt {run.attempt}) "
-                    f"after {timeout:g}s of waiting{hint}"
-                )
+            if run.status == RunStatus.WAITING and self._stuck(run):
+                stuck_since = stuck_since or time.monotonic()
+            else:
+                stuck_since = None
+            stuck = stuck_since is not None and time.monotonic() - stuck_since >= 1.0
+            if stuck or time.monotonic() > deadline:
+                raise not_ending(run, None if stuck else timeout)
             self._await_progress(run_id, seen, deadline)
+
+    def _stuck(self, run: Run) -> bool:
+        """Virtual time, workers running, the engine settled (no worker busy, no message
+        visible, no due time to jump to) and the run unchanged since it was read."""
+        if not isinstance(self.clock, VirtualClock) or not self._workers:
+            return False
+        if not self._settled(0):
+            return False
+        return self.get_run(run.run_id).updated_at == run.updated_at
 
     def wait_for_token(
         self, run_id: str, name: str | None = None, timeout: float = 30.0
@@ -496,13 +513,6 @@ class LocalEngine(ReadBack):
         timeout = min(max(deadline - time.monotonic(), 0.0), _FALLBACK_POLL)
         with self._progress:
             self._progress.wait_for(lambda: self._handled.get(run_id, 0) != seen, timeout)
-
-    def dead_letters(self) -> list[str]:
-        """Bodies of the messages that reached the DLQ (received, then left in place)."""
-        out = self.sqs.receive_message(
-            QueueUrl=self.dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0
-        )
-        return [m["Body"] for m in out.get("Messages", [])]
 
     def reconcile(self) -> ReconcileReport:
         """Run one reconciler pass now, on this engine's clock, and say what it re-drove.

@@ -160,10 +160,13 @@ class _ShippingHandler(logging.Handler):
 
 
 class ReadBack:
-    """``LocalEngine``'s reads of what its runs reported, through the emulator's APIs."""
+    """``LocalEngine``'s reads of what its runs reported and of its dead letters, through
+    the emulator's APIs."""
 
     app: App
     telemetry: LocalTelemetry | None
+    sqs: Any
+    dlq_url: str
 
     def get_run(self, run_id: str) -> Run:
         raise NotImplementedError
@@ -216,3 +219,10 @@ class ReadBack:
             if value is not None:
                 dimensions[dimension] = value
         return self.telemetry.metric(dimensions, name, statistic)
+
+    def dead_letters(self) -> list[str]:
+        """Bodies of the messages that reached the DLQ (received, then left in place)."""
+        out = self.sqs.receive_message(
+            QueueUrl=self.dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0
+        )
+        return [m["Body"] for m in out.get("Messages", [])]

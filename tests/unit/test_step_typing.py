@@ -1,0 +1,44 @@
+"""mypy checks a step's arguments against its function (``Context.step`` is typed with
+a ParamSpec): the mistakes a user would make are errors, the right calls are not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mypy import api
+
+USER_CODE = """
+import rung
+
+app = rung.App("typed")
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@app.task(id="t")
+def t(ctx: rung.Context, payload: None) -> int:
+    good: int = ctx.step("add", add, 1, 2)
+    keyword: int = ctx.step("add", add, 1, b=2)
+    retried: int = ctx.step("add", add, 1, 2, retry=rung.RetryPolicy(max_attempts=2))
+    once: int = ctx.step("add", add, 1, 2, at_most_once=True)
+    ctx.step("add", add, 1, "two")  # line 17: a str for an int
+    ctx.step("add", add, 1)  # line 18: b missing
+    ctx.step("add", add, 1, 2, c=3)  # line 19: no such parameter
+    wrong: str = ctx.step("add", add, 1, 2)  # line 20: the result is an int
+    return good + keyword + retried + once
+"""
+
+
+@pytest.mark.timeout(300)
+def test_mypy_checks_a_steps_arguments_and_result(tmp_path: Path) -> None:
+    source = tmp_path / "user_tasks.py"
+    source.write_text(USER_CODE)
+    out, err, status = api.run(
+        ["--strict", "--no-incremental", "--follow-imports=silent", str(source)]
+    )
+    lines = {int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line}
+    assert status == 1, out + err
+    assert lines == {17, 18, 19, 20}, out
