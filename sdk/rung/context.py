@@ -139,6 +139,8 @@ class Context:
         Example:
             >>> charge = ctx.step("charge", charge_card, order, retry=RetryPolicy(max_attempts=5))
         """
+        if "retry" in kwargs or "at_most_once" in kwargs:
+            steps.check_own_keywords(name, fn, kwargs)
         retry = kwargs.pop("retry", None)
         at_most_once = kwargs.pop("at_most_once", False)
         return typing.cast(

@@ -443,3 +443,22 @@ def test_bad_step_names_fail_the_run_with_a_clear_error(bad: object) -> None:
         run = engine.wait(engine.trigger("t").run_id)
     assert run.status == "FAILED" and run.error is not None and run.error.type == "UsageError"
     assert "step name" in run.error.message
+
+
+def test_a_step_function_with_a_retry_parameter_of_its_own_is_refused() -> None:
+    app = rung.App("clash")
+
+    def fetch(url: str, retry: int = 0) -> str:
+        return f"{url}:{retry}"
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=1))
+    def t(ctx: rung.Context, payload: None) -> str:
+        return ctx.step("fetch", fetch, "u", retry=rung.RetryPolicy(max_attempts=2))
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert run.status == "FAILED" and run.error is not None
+    assert run.error.type == "UsageError"
+    assert "retry= is the step's own option, and fn also has a parameter 'retry'" in (
+        run.error.message
+    )

@@ -130,9 +130,9 @@ def test_wait_gives_up_at_once_when_only_the_test_can_move_the_run(task: str) ->
         message = str(caught.value)
         assert f"run {run_id} is still WAITING" in message
         assert "nothing this engine would do by itself can move it" in message
+        assert "engine.client.complete_token(...), or advance engine.clock" in message
         if task == "approval":
             assert "waiting for token 'approve'" in message
-            assert "complete the token or advance engine.clock" in message
         # Answering the token moves it, and wait then returns it.
         approval = run_id if task == "approval" else engine.client.list_children(run_id)[0]
         approval_id = approval if isinstance(approval, str) else approval.run_id
@@ -167,3 +167,15 @@ def test_the_engine_and_a_client_use_a_boto3_session_of_your_own() -> None:
         )
         assert len(client.list_runs()) == 1
         assert "Query" in seen or "BatchGetItem" in seen
+
+
+def test_wait_can_wait_for_a_run_another_thread_moves_later() -> None:
+    with LocalEngine(stuck_app()) as engine:
+        run_id = engine.trigger("approval").run_id
+        token = engine.wait_for_token(run_id, "approve")
+        later = threading.Timer(1.5, engine.client.complete_token, args=(token.id, "late"))
+        later.start()
+        try:
+            assert engine.wait(run_id, timeout=60, fail_fast=False).output == "late"
+        finally:
+            later.join()

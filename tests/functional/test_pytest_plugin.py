@@ -54,6 +54,16 @@ def test_configured(rung_engine):
     pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
     by_option = pytester.runpytest("-p", "no:randomly", "--rung-app", "plugged_app:app")
     by_option.assert_outcomes(passed=2)
+    pytester.makepyfile(
+        test_options_only="""
+import pytest
+
+@pytest.mark.rung_app(workers=3)
+def test_options(rung_engine):
+    assert rung_engine.app.name == "plugged" and rung_engine._workers == 3
+"""
+    )
+    pytester.runpytest("-p", "no:randomly", "test_options_only.py").assert_outcomes(passed=1)
 
 
 def test_a_module_engine_is_shared_by_the_modules_tests(pytester: pytest.Pytester) -> None:
@@ -99,6 +109,7 @@ def test_not_an_app(rung_engine):
     )
     result = pytester.runpytest("-p", "no:randomly")
     result.assert_outcomes(errors=3)
+    assert "pytest_plugin.py" not in result.stdout.str()  # the reason, not a traceback
     result.stdout.fnmatch_lines(
         [
             "*rung_engine needs the app under test: mark the test*",

@@ -1400,6 +1400,7 @@ def test_profile_gives_the_credentials_and_the_region(
     }
     monkeypatch.setattr(sessions, "_sessions", {})
     monkeypatch.setattr(sessions, "_profile_regions", {})
+    monkeypatch.setattr(sessions, "_profile", None)  # (--profile sets it for the process)
 
     def runs_list(*profile: str) -> Result:
         return CliRunner().invoke(
@@ -1415,6 +1416,7 @@ def test_profile_gives_the_credentials_and_the_region(
     assert elsewhere.exit_code == 1
     assert f"no stack {stack.name!r}" in one_error_line(elsewhere)  # looked in eu-west-1
     monkeypatch.setattr(sessions, "_profile_regions", {})
+    monkeypatch.setattr(sessions, "_profile", None)
     by_env = CliRunner().invoke(
         main,
         ["--stack", stack.name, "runs", "list", "--json"],

@@ -31,6 +31,7 @@ def aws_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(sessions, "_sessions", {})
     monkeypatch.setattr(sessions, "_profile_regions", {})
+    monkeypatch.setattr(sessions, "_profile", None)
 
 
 def region_and_key(client: object) -> tuple[str, str]:
@@ -67,3 +68,14 @@ def test_a_session_of_your_own_makes_the_clients(aws_config: None) -> None:
     )
     with pytest.raises(TypeError, match="session must be a boto3.Session, got str"):
         sessions.client("dynamodb", session="default")
+
+
+def test_a_profile_chosen_by_rung_wins_over_the_environments_keys(
+    aws_config: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As `aws --profile`: the profile's credentials, not AWS_ACCESS_KEY_ID's.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFROMENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    assert region_and_key(sessions.client("dynamodb")) == ("us-east-1", "AKIAFROMENV")
+    sessions.use_profile("eu")
+    assert region_and_key(sessions.client("dynamodb")) == ("eu-west-1", "AKIAEXAMPLEEU")

@@ -45,28 +45,45 @@ def session(endpoint_url: str | None = None, region: str | None = None) -> boto3
         return _session(bool(endpoint_url), _region(region))
 
 
+def use_profile(profile: str | None) -> None:
+    """Make every session of this process use the named AWS profile (``rung
+    --profile``): its credentials win over the environment's, as with ``aws
+    --profile``, and its region is the default one."""
+    global _profile
+    with _lock:
+        _profile = profile or None
+
+
+def _profile_name() -> str | None:
+    return _profile or os.environ.get("AWS_PROFILE") or None
+
+
 def _region(region: str | None) -> str:
     """``region``, else the environment's (``AWS_REGION``, ``AWS_DEFAULT_REGION``), else
-    the AWS profile's (``AWS_PROFILE``'s ``region`` in the AWS config), else us-east-1."""
+    the AWS profile's (``--profile``, or ``AWS_PROFILE``, its ``region`` in the AWS
+    config), else us-east-1."""
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         return region
-    profile = os.environ.get("AWS_PROFILE") or ""
-    if profile not in _profile_regions:
-        # A plain session reads the config files (and the profile) as the AWS CLI does.
-        found = boto3.session.Session().region_name
-        _profile_regions[profile] = found or DEFAULT_REGION
-    return _profile_regions[profile]
+    key = (_profile_name() or "", os.environ.get("AWS_CONFIG_FILE") or "")
+    if key not in _profile_regions:
+        # A session reads the config files (and the profile) as the AWS CLI does.
+        found = boto3.session.Session(profile_name=_profile).region_name
+        _profile_regions[key] = found or DEFAULT_REGION
+    return _profile_regions[key]
 
 
-_profile_regions: dict[str, str] = {}
+_profile: str | None = None
+_profile_regions: dict[tuple[str, str], str] = {}
 
 
 def _session(emulated: bool, region: str) -> boto3.session.Session:
-    profile = os.environ.get("AWS_PROFILE") or ""  # (read by boto3 when it makes one)
+    profile = _profile_name() or ""
     plain = _sessions.get((region, False, profile))
     if plain is None:
-        plain = _sessions[(region, False, profile)] = boto3.session.Session(region_name=region)
+        plain = _sessions[(region, False, profile)] = boto3.session.Session(
+            region_name=region, profile_name=_profile
+        )
     if not emulated or plain.get_credentials() is not None:
         return plain
     dummy = _sessions.get((region, True, ""))
@@ -98,7 +115,7 @@ def client(
             return session.client(  # type: ignore[call-overload]
                 service,
                 endpoint_url=endpoint_url,
-                region_name=region or session.region_name or _region(None),
+                region_name=region or session.region_name or DEFAULT_REGION,
                 config=config,
             )
         return _session(bool(endpoint_url), _region(region)).client(  # type: ignore[call-overload]

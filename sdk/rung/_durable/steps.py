@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import typing
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -144,6 +145,22 @@ def start(
             return Replayed(scope.replay(stored, revive))
     info = StepInfo(run_id=run.run_id, step_id=step_id, name=name, attempt=attempt)
     return Execution(scope, info, seq, started, retry or run.default_retry, revive)
+
+
+def check_own_keywords(name: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """``ctx.step`` takes ``retry=`` and ``at_most_once=`` for itself: a function with a
+    parameter of that name would silently not get it."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # (a builtin without a signature)
+        return
+    for keyword in ("retry", "at_most_once"):
+        if keyword in kwargs and keyword in parameters:
+            raise UsageError(
+                f"ctx.step({name!r}, fn, ..., {keyword}=...): {keyword}= is the step's own "
+                f"option, and fn also has a parameter {keyword!r}; pass fn's through a "
+                f"wrapper, e.g. ctx.step({name!r}, lambda: fn(..., {keyword}=value))"
+            )
 
 
 def call(

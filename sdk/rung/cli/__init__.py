@@ -44,11 +44,10 @@ Errors are one line on stderr, ``error: <reason>``, never a traceback. Exit code
 
 from __future__ import annotations
 
-import os
-
 import click
 
 import rung
+from rung._aws import sessions
 from rung.cli._common import (
     DEFAULT_WAIT,
     EXIT_FAILED,
@@ -186,9 +185,9 @@ def main(
     task, invalid payload); 3 --wait timed out.
     """
     if profile:
-        # What boto3 reads: every client of this command uses the profile, and its region
-        # unless --region or AWS_REGION says otherwise (rung._aws.sessions).
-        os.environ["AWS_PROFILE"] = profile
+        # Every client of this command uses the profile (its credentials, and its region
+        # unless --region or AWS_REGION says otherwise), as `aws --profile` does.
+        sessions.use_profile(profile)
     ctx.obj = _Target(app_ref or None, stack or None, endpoint_url or None, region or None)
 
 

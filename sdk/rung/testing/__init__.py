@@ -10,6 +10,19 @@ Example:
     ...     assert run.status == "COMPLETED"
 """
 
-from rung.testing.engine import LocalEngine, SimulatedCrash
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rung.testing.engine import LocalEngine, SimulatedCrash
 
 __all__ = ["LocalEngine", "SimulatedCrash"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported when first used, so that rung's pytest plugin (rung.testing.pytest_plugin,
+    # loaded by pytest wherever rung is installed) does not import the engine.
+    if name in __all__:
+        from rung.testing import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'rung.testing' has no attribute {name!r}")

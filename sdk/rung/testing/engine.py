@@ -379,7 +379,7 @@ class LocalEngine(ReadBack):
         """Like ``Client.history``."""
         return self.client.history(run_id)
 
-    def wait(self, run_id: str, timeout: float = 30.0) -> Run:
+    def wait(self, run_id: str, timeout: float = 30.0, *, fail_fast: bool = True) -> Run:
         """Wait (wall-clock seconds) until the run is in a terminal status and return it.
 
         It returns once no worker of this engine is still handling a message of the
@@ -391,25 +391,27 @@ class LocalEngine(ReadBack):
 
         With virtual time it gives up within a second when nothing the engine would do by
         itself can move the run (it waits for a token, or for a child that does, and no
-        work is due): only the test can (a thread of the test has that second), by
-        answering the token or moving the clock.
+        work is due) and the run has not changed for that second: only the test can, by
+        answering the token or moving the clock. ``fail_fast=False`` waits the whole
+        ``timeout`` instead, for a run that another thread or process will move.
 
         Raises:
             TimeoutError: it is not terminal after ``timeout`` seconds, or (virtual
                 time) nothing but the test can move it.
         """
         deadline = time.monotonic() + timeout
-        stuck_since: float | None = None
+        stuck_since: tuple[float, datetime] | None = None  # since when, as of which write
         while True:
             seen = self._handled.get(run_id, 0)
             run = self.get_run(run_id)
             if run.status.is_terminal and not self._in_hand.get(run_id):
                 return run  # ended, and no worker is still sending its telemetry
-            if run.status == RunStatus.WAITING and self._stuck(run):
-                stuck_since = stuck_since or time.monotonic()
+            if fail_fast and run.status == RunStatus.WAITING and self._stuck(run):
+                if stuck_since is None or stuck_since[1] != run.updated_at:
+                    stuck_since = (time.monotonic(), run.updated_at)
             else:
                 stuck_since = None
-            stuck = stuck_since is not None and time.monotonic() - stuck_since >= 1.0
+            stuck = stuck_since is not None and time.monotonic() - stuck_since[0] >= 1.0
             if stuck or time.monotonic() > deadline:
                 raise not_ending(run, None if stuck else timeout)
             self._await_progress(run_id, seen, deadline)

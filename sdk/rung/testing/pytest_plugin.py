@@ -5,21 +5,22 @@ Which app: ``@pytest.mark.rung_app(app)`` on a test, a class or a module
 (``pytestmark``) — the ``rung.App`` itself or ``"module:attr"`` — else ``--rung-app
 module:attr`` on the command line, else ``rung_app = module:attr`` in the pytest
 configuration. The marker's keyword arguments go to ``LocalEngine`` (``workers=4``,
-``lease_duration=...``).
+``lease_duration=...``; a mark may give only those). ``rung_module_engine`` reads the
+module's marks only.
 
     rung_engine          a LocalEngine per test, started and stopped around it
     rung_module_engine   one LocalEngine for a whole module (faster; runs of earlier
                          tests are still in it)
 
 pytest loads the plugin wherever rung is installed: that imports the ``rung`` package
-(about 0.3 s); the engine and the emulator are imported when a fixture is first used.
+(about 0.4 s); the engine and the emulator are imported when a fixture is first used.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -71,23 +72,21 @@ def _engine(request: pytest.FixtureRequest) -> Iterator[LocalEngine]:
 
 
 def _app_and_options(request: pytest.FixtureRequest) -> tuple[App, dict[str, Any]]:
+    # The requesting node: the test for rung_engine, the module for rung_module_engine
+    # (whose marks are the module's ``pytestmark``).
     marker = request.node.get_closest_marker(MARKER)
-    if marker is None and request.scope == "module":
-        marker = next(
-            (m for m in getattr(request.module, "pytestmark", []) if m.name == MARKER), None
-        )
     options: dict[str, Any] = {}
     ref: object = None
     if marker is not None:
-        if len(marker.args) != 1:
-            raise pytest.UsageError(
-                f"@pytest.mark.{MARKER} takes one app (a rung.App or 'module:attr'), "
-                f"got {len(marker.args)} positional arguments"
+        if len(marker.args) > 1:
+            _fail(
+                f"@pytest.mark.{MARKER} takes one app (a rung.App or 'module:attr') and "
+                f"LocalEngine options, got {len(marker.args)} positional arguments"
             )
-        ref, options = marker.args[0], dict(marker.kwargs)
+        ref, options = (marker.args or (None,))[0], dict(marker.kwargs)
     ref = ref or request.config.getoption("--rung-app") or request.config.getini("rung_app")
     if not ref:
-        raise pytest.UsageError(
+        _fail(
             "rung_engine needs the app under test: mark the test (or its module) "
             f"@pytest.mark.{MARKER}(app) or @pytest.mark.{MARKER}('pkg.module:app'), pass "
             "--rung-app pkg.module:app, or set rung_app = pkg.module:app in pytest's "
@@ -96,19 +95,23 @@ def _app_and_options(request: pytest.FixtureRequest) -> tuple[App, dict[str, Any
     return _load(ref), options
 
 
+def _fail(message: str) -> NoReturn:
+    pytest.fail(message, pytrace=False)
+
+
 def _load(ref: object) -> App:
     from rung.app import App
 
     if isinstance(ref, App):
         return ref
     if not isinstance(ref, str) or ref.count(":") != 1:
-        raise pytest.UsageError(f"the app under test is a rung.App or 'module:attr', got {ref!r}")
+        _fail(f"the app under test is a rung.App or 'module:attr', got {ref!r}")
     module_name, attr = ref.split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise pytest.UsageError(f"rung app {ref!r}: cannot import {module_name!r}: {exc}") from None
+        _fail(f"rung app {ref!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}")
     app = getattr(module, attr, None)
     if not isinstance(app, App):
-        raise pytest.UsageError(f"rung app {ref!r}: {module_name}.{attr} is not a rung.App")
+        _fail(f"rung app {ref!r}: {module_name}.{attr} is not a rung.App")
     return app
