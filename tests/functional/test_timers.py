@@ -50,10 +50,10 @@ def queue_counts(engine: LocalEngine) -> dict[str, int]:
 
 
 def armed(engine: LocalEngine) -> set[str]:
-    items = engine.dynamodb.scan(
+    pages = engine.dynamodb.get_paginator("scan").paginate(  # (a Scan page holds 1 MB)
         TableName=engine.table_name, FilterExpression="attribute_exists(due_sk)"
-    )["Items"]
-    return {item["run_id"]["S"] for item in items}
+    )
+    return {item["run_id"]["S"] for page in pages for item in page["Items"]}
 
 
 #: Runs in the crowd test (issue 11's 1,000; bench/waits.py records the same).
