@@ -24,5 +24,7 @@ def __getattr__(name: str) -> Any:
     if name in __all__:
         from rung.testing import engine
 
-        return getattr(engine, name)
+        value = getattr(engine, name)
+        globals()[name] = value  # found directly from now on
+        return value
     raise AttributeError(f"module 'rung.testing' has no attribute {name!r}")

@@ -72,19 +72,21 @@ def not_ending(run: Run, timeout: float | None) -> TimeoutError:
     """``LocalEngine.wait``'s error: the run did not end within ``timeout`` seconds, or
     (None) nothing but the test can move it."""
     waiting = f", waiting for {run.waiting_for}" if run.waiting_for else ""
-    if timeout is None:
-        after = "and nothing this engine would do by itself can move it"
-        hint = (
-            "; answer what it (or a child it waits for) waits for, e.g. "
-            "engine.client.complete_token(...), or advance engine.clock"
-        )
-    else:
-        after = f"after {timeout:g}s of waiting"
+    after = (
+        "and nothing this engine would do by itself can move it"
+        if timeout is None
+        else f"after {timeout:g}s of waiting"
+    )
+    hint = ""
+    if run.status == RunStatus.WAITING and run.wake_kind == "token":
         hint = (
             "; virtual time does not skip a token's deadline: complete the token or advance "
             "engine.clock"
-            if run.status == RunStatus.WAITING and run.wake_kind == "token"
-            else ""
+        )
+    elif timeout is None:  # (a parent waiting for a child that waits for a token)
+        hint = (
+            "; answer what it (or a child it waits for) waits for, e.g. "
+            "engine.client.complete_token(...), or advance engine.clock"
         )
     return TimeoutError(
         f"run {run.run_id} is still {run.status}{waiting} (attempt {run.attempt}) {after}{hint}"
