@@ -374,6 +374,12 @@ def _check_flow(
 def _signature_types(task_id: str, func: Callable[..., Any]) -> tuple[Any, Any, Any]:
     if not callable(func):
         raise InvalidConfig(f"@app.task decorates a function, got {func!r}")
+    if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+        raise InvalidConfig(
+            f"task {task_id!r} is an async def: rung runs tasks as plain functions for now "
+            "(async tasks are not built yet). Write it as a def; call async code inside a "
+            "step with asyncio.run(...)"
+        )
     params = [
         p
         for p in inspect.signature(func).parameters.values()

@@ -462,3 +462,32 @@ def test_a_step_function_with_a_retry_parameter_of_its_own_is_refused() -> None:
     assert "retry= is the step's own option, and fn also has a parameter 'retry'" in (
         run.error.message
     )
+
+
+def test_async_tasks_and_steps_are_refused_with_what_to_do_until_they_are_built() -> None:
+    app = rung.App("not-async-yet")
+
+    with pytest.raises(rung.InvalidConfig, match="task 'later' is an async def"):
+
+        @app.task(id="later")
+        async def later(ctx: rung.Context, payload: None) -> None: ...
+
+    with pytest.raises(rung.InvalidConfig, match="@rung.step .*fetch is an async def"):
+
+        @rung.step
+        async def fetch() -> str:
+            return "page"
+
+    async def summarize() -> str:
+        return "summary"
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=1))
+    def t(ctx: rung.Context, payload: None) -> object:  # (mypy: a coroutine, not a str)
+        return ctx.step("summarize", summarize)
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert run.status == "FAILED" and run.error is not None
+    assert run.error.type == "UsageError"
+    assert "fn is an async def" in run.error.message
+    assert "asyncio.run(fn(...))" in run.error.message

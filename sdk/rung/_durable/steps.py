@@ -112,6 +112,12 @@ def start(
     scope.check_caller(f"ctx.step({name!r})")
     if not callable(fn):
         raise UsageError(f"ctx.step({name!r}, fn): fn must be callable, got {fn!r}")
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise UsageError(
+            f"ctx.step({name!r}, fn): fn is an async def, and rung runs steps as plain "
+            "functions for now (async steps are not built yet); pass a def that runs it, "
+            f"e.g. ctx.step({name!r}, lambda: asyncio.run(fn(...)))"
+        )
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise InvalidConfig(f"ctx.step({name!r}): retry must be a rung.RetryPolicy")
     step_id, seq = scope.position(name, "step")
@@ -224,6 +230,12 @@ def step(
         raise InvalidConfig("@rung.step(retry=...) must be a rung.RetryPolicy")
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+            raise InvalidConfig(
+                f"@rung.step {func.__qualname__} is an async def: steps are plain functions "
+                "for now (async steps are not built yet); make it a def that runs the "
+                "async code with asyncio.run(...)"
+            )
         step_name = name or func.__qualname__
 
         @functools.wraps(func)
