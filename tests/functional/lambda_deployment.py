@@ -202,6 +202,14 @@ def deployed(
     )
 
 
+def code_zip(text: str) -> bytes:
+    """A function's code as Lambda takes it: a zip (of a handler that is never run)."""
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as bundle:
+        bundle.writestr("handler/worker.py", text)
+    return code.getvalue()
+
+
 @dataclass
 class WorkerFunction:
     """The worker function on the emulator with published versions "1" and "2" (moto's
@@ -235,20 +243,18 @@ class WorkerFunction:
         api = sessions.client("lambda", endpoint_url, REGION)
         role = iam.create_role(RoleName=name, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
         for n in (1, 2):
-            code = io.BytesIO()
-            with zipfile.ZipFile(code, "w") as bundle:
-                bundle.writestr("handler/worker.py", f"# deploy {n}\n")
+            code = code_zip(f"# deploy {n}\n")
             if n == 1:
                 api.create_function(
                     FunctionName=name,
                     Runtime="python3.12",
                     Role=role,
                     Handler="handler/worker.lambda_handler",
-                    Code={"ZipFile": code.getvalue()},
+                    Code={"ZipFile": code},
                     Publish=True,
                 )
             else:
-                api.update_function_code(FunctionName=name, ZipFile=code.getvalue(), Publish=True)
+                api.update_function_code(FunctionName=name, ZipFile=code, Publish=True)
         made = cls(name, api, setenv, app_module)
         real = sessions.client
 

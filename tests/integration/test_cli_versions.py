@@ -6,11 +6,9 @@ deletions are read back through Lambda's ListVersionsByFunction."""
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import secrets
 import sys
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from rung._engine.routing import Versioning
 from rung._engine.worker import Disposition, Worker
 from rung._util.clock import SystemClock
 from rung.cli import main
+from tests.functional.lambda_deployment import code_zip
 from tests.integration.test_cli import REGION, TEMPLATE
 
 app = rung.App("versions-cli")
@@ -72,11 +71,10 @@ class Stack:
 
     def publish(self) -> str:
         """A deploy: new code, a new version, the alias "live" moved to it."""
-        code = io.BytesIO()
-        with zipfile.ZipFile(code, "w") as bundle:
-            bundle.writestr("handler/worker.py", f"# {secrets.token_hex(4)}\n")
         out = self.api.update_function_code(
-            FunctionName=self.function, ZipFile=code.getvalue(), Publish=True
+            FunctionName=self.function,
+            ZipFile=code_zip(f"# {secrets.token_hex(4)}\n"),
+            Publish=True,
         )
         version = str(out["Version"])
         with contextlib.suppress(self.api.exceptions.ResourceNotFoundException):
@@ -112,15 +110,12 @@ def stack() -> Iterator[Stack]:
     api = sessions.client("lambda", emulator.endpoint_url, REGION)
     function = f"{name}-worker"
     role = iam.create_role(RoleName=function, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    code = io.BytesIO()
-    with zipfile.ZipFile(code, "w") as bundle:
-        bundle.writestr("handler/worker.py", "# first\n")
     api.create_function(
         FunctionName=function,
         Runtime="python3.12",
         Role=role,
         Handler="handler/worker.lambda_handler",
-        Code={"ZipFile": code.getvalue()},
+        Code={"ZipFile": code_zip("# first\n")},
     )
     sqs = sessions.client("sqs", emulator.endpoint_url, REGION)
     store = DynamoStore(

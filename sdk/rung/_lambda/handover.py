@@ -50,13 +50,16 @@ class LambdaHandOver:
 
     def __init__(
         self,
-        client: Any,
+        client: Callable[[], Any],
         function_name: str,
         queue: SqsQueue,
         version: str,
         hold: timedelta = timedelta(seconds=HAND_OVER_SECONDS),
     ) -> None:
-        self._client = client
+        # The Lambda client, made at the first hand-over: most invocations never hand one
+        # over, and a client costs a cold start tens of milliseconds.
+        self._make_client = client
+        self._client: Any = None
         self._function = function_name
         self._queue = queue
         self._version = version  # this worker's: named in the event, for the logs
@@ -66,6 +69,8 @@ class LambdaHandOver:
         self, version: str, message: QueueMessage, time_left: Callable[[], float] | None
     ) -> Disposition | None:
         self._queue.pass_on(message, self._hold)
+        if self._client is None:
+            self._client = self._make_client()
         event = hand_over_event(message, self._version)
         if not invoke_event(self._client, self._function, version, event):
             return None  # that version is gone

@@ -127,7 +127,8 @@ def versioning(queue: SqsQueue) -> Versioning | None:
     # Lambda's own endpoint if it has one (rung dev's, rung._dev.versions.LocalLambda).
     endpoint = os.environ.get("AWS_ENDPOINT_URL_LAMBDA") or os.environ.get("AWS_ENDPOINT_URL")
     hold = timedelta(seconds=positive_int("RUNG_HAND_OVER_SECONDS", HAND_OVER_SECONDS))
-    hand_over = LambdaHandOver(sessions.client("lambda", endpoint), function, queue, version, hold)
+    client = functools.partial(sessions.client, "lambda", endpoint)
+    hand_over = LambdaHandOver(client, function, queue, version, hold)
     return Versioning(version, hand_over)
 
 
