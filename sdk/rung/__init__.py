@@ -6,6 +6,7 @@ step. See README.md and docs/.
 """
 
 from rung.app import App, Task
+from rung.async_context import AsyncContext
 from rung.batch import BatchFailed, BatchItem, BatchResult, Completion
 from rung.client import Client
 from rung.context import Context, Poll, StepInfo, current_step, step
@@ -63,6 +64,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "App",
+    "AsyncContext",
     "BatchFailed",
     "BatchItem",
     "BatchResult",

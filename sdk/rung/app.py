@@ -5,10 +5,10 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 import pydantic
 
@@ -49,7 +49,7 @@ class Task(Generic[R]):
     """
 
     id: str
-    fn: Callable[..., R]
+    fn: Callable[..., Any]  # (ctx, payload) -> R, or an async def returning R
     retry: RetryPolicy = DEFAULT_RETRY
     payload_model: type[pydantic.BaseModel] | None = None
     output_type: Any = field(default=None, repr=False)
@@ -107,7 +107,12 @@ class Task(Generic[R]):
             priority = raw_priority
         return key, priority
 
-    def __call__(self, ctx: Any, payload: Any) -> R:
+    @property
+    def is_async(self) -> bool:
+        """Whether the function is an ``async def`` (it gets a ``rung.AsyncContext``)."""
+        return inspect.iscoroutinefunction(self.fn)
+
+    def __call__(self, ctx: Any, payload: Any) -> Any:
         return self.fn(ctx, payload)
 
     def encode_payload(self, payload: Any) -> str:
@@ -212,6 +217,16 @@ def check_idempotency_key(key: object) -> str | None:
     return key
 
 
+class _Register(Protocol):
+    """``@app.task(...)``: a sync or an async function becomes a ``Task`` of its result."""
+
+    @overload
+    def __call__(self, fn: Callable[..., Coroutine[Any, Any, R]], /) -> Task[R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[..., R], /) -> Task[R]: ...
+
+
 class App:
     """A named set of tasks; the unit that is deployed.
 
@@ -246,6 +261,9 @@ class App:
         return found
 
     @overload
+    def task(self, fn: Callable[..., Coroutine[Any, Any, R]], /) -> Task[R]: ...
+
+    @overload
     def task(self, fn: Callable[..., R], /) -> Task[R]: ...
 
     @overload
@@ -258,7 +276,7 @@ class App:
         concurrency_key: Callable[[Any], Any] | None = None,
         priority: Callable[[Any], Any] | int | None = None,
         max_duration: timedelta | float | None = None,
-    ) -> Callable[[Callable[..., R]], Task[R]]: ...
+    ) -> _Register: ...
 
     def task(  # type: ignore[misc]
         self,
@@ -271,8 +289,9 @@ class App:
         concurrency_key: Callable[[Any], Any] | None = None,
         priority: Callable[[Any], Any] | int | None = None,
         max_duration: timedelta | float | None = None,
-    ) -> Task[R] | Callable[[Callable[..., R]], Task[R]]:
-        """Declare a task: a function ``(ctx: rung.Context, payload) -> result``.
+    ) -> Task[R] | _Register:
+        """Declare a task: a function ``(ctx: rung.Context, payload) -> result``, or an
+        ``async def`` taking a ``rung.AsyncContext`` (docs/async.md).
 
         Args:
             id: the task id (default: the function's name).
@@ -304,7 +323,7 @@ class App:
             task_id = id if id is not None else func.__name__
             self._check_new(task_id, queue)
             payload_model, payload_type, output_type = _signature_types(task_id, func)
-            task = Task(
+            task: Task[R] = Task(
                 id=task_id,
                 fn=func,
                 retry=retry or DEFAULT_RETRY,
@@ -321,7 +340,7 @@ class App:
 
         if fn is not None:
             return register(fn)
-        return register
+        return typing.cast(_Register, register)
 
     def _check_new(self, task_id: object, queue: Queue | None) -> None:
         """A new task's id is well-formed and free, and its queue agrees with the app's."""
@@ -374,11 +393,10 @@ def _check_flow(
 def _signature_types(task_id: str, func: Callable[..., Any]) -> tuple[Any, Any, Any]:
     if not callable(func):
         raise InvalidConfig(f"@app.task decorates a function, got {func!r}")
-    if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+    if inspect.isasyncgenfunction(func):
         raise InvalidConfig(
-            f"task {task_id!r} is an async def: rung runs tasks as plain functions for now "
-            "(async tasks are not built yet). Write it as a def; call async code inside a "
-            "step with asyncio.run(...)"
+            f"task {task_id!r} is an async generator: a task returns one value (its "
+            "output); collect the items into a list and return that"
         )
     params = [
         p

@@ -260,7 +260,7 @@ class Context:
             completion=completion,
             item_name=item_name,
             face=Context,
-        )
+        ).run()
 
     def parallel(
         self,
@@ -297,7 +297,7 @@ class Context:
             max_concurrency=max_concurrency,
             completion=completion,
             face=Context,
-        )
+        ).run()
 
     def wait(self, duration: timedelta | float, *, name: str = "wait") -> None:
         """Suspend the run for ``duration``; no worker is held while it waits.

@@ -42,3 +42,46 @@ def test_mypy_checks_a_steps_arguments_and_result(tmp_path: Path) -> None:
     lines = {int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line}
     assert status == 1, out + err
     assert lines == {17, 18, 19, 20}, out
+
+
+ASYNC_USER_CODE = """
+import rung
+
+app = rung.App("typed")
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def fetch(url: str) -> bytes:
+    return url.encode()
+
+
+@app.task(id="t")
+async def t(ctx: rung.AsyncContext, payload: None) -> int:
+    good: int = await ctx.step("add", add, 1, 2)
+    page: bytes = await ctx.step("fetch", fetch, "https://example.com")
+    retried: int = await ctx.step("add", add, 1, 2, retry=rung.RetryPolicy(max_attempts=2))
+    await ctx.step("add", add, 1, "two")  # line 20: a str for an int
+    await ctx.step("fetch", fetch, 3)  # line 21: an int for a str
+    wrong: str = await ctx.step("fetch", fetch, "u")  # line 22: the result is bytes
+    return good + retried + len(page)
+
+
+async def main() -> None:
+    out: rung.Task[int] = t  # an async task is a Task of what it returns
+    bad: rung.Task[str] = t  # line 28: not of a str
+"""
+
+
+@pytest.mark.timeout(300)
+def test_mypy_checks_an_async_steps_arguments_and_result(tmp_path: Path) -> None:
+    source = tmp_path / "user_async_tasks.py"
+    source.write_text(ASYNC_USER_CODE)
+    out, err, status = api.run(
+        ["--strict", "--no-incremental", "--follow-imports=silent", str(source)]
+    )
+    lines = {int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line}
+    assert status == 1, out + err
+    assert lines == {20, 21, 22, 28}, out

@@ -44,7 +44,9 @@ of the lowest branch index, and the whole run backs off).
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import inspect
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -102,8 +104,9 @@ def map_items(
     completion: Completion | None,
     item_name: Callable[[Any, int], str] | None,
     face: Callable[[Scope], Any],
-) -> BatchResult[Any]:
-    """``ctx.map``: ``fn(face(branch_scope), item)`` per item, each a branch."""
+) -> Batch:
+    """``ctx.map``: ``fn(face(branch_scope), item)`` per item, each a branch; the
+    batch has its position, and the face runs it (``run`` or ``run_async``)."""
     what = f"ctx.map(name={name!r})"
     scope.check_caller(what)
     if not callable(fn):
@@ -118,7 +121,7 @@ def map_items(
             what,
         )
     revive = return_type(fn)
-    return run_batch(
+    return plan_batch(
         scope,
         kind="map",
         name=name,
@@ -139,9 +142,9 @@ def parallel_fns(
     max_concurrency: int | None,
     completion: Completion | None,
     face: Callable[[Scope], Any],
-) -> BatchResult[Any]:
+) -> Batch:
     """``ctx.parallel``: ``fns[i](face(branch_scope))`` per function (named by a mapping's
-    keys), each a branch."""
+    keys), each a branch; positioned like ``map_items``'s."""
     what = f"ctx.parallel(name={name!r})"
     scope.check_caller(what)
     names = None
@@ -154,7 +157,7 @@ def parallel_fns(
             raise UsageError(
                 f"ctx.parallel(fns): fns[{index}] must be callable (called as fn(ctx)), got {fn!r}"
             )
-    return run_batch(
+    return plan_batch(
         scope,
         kind="parallel",
         name=name,
@@ -203,7 +206,7 @@ def check_names(names: list[object], what: str) -> list[str]:
     return [str(name) for name in names]
 
 
-def run_batch(
+def plan_batch(
     parent: Scope,
     *,
     kind: str,
@@ -214,8 +217,9 @@ def run_batch(
     max_concurrency: int | None,
     completion: Completion | None,
     names: list[str] | None = None,
-) -> BatchResult[Any]:
-    """Run or replay one ``ctx.map`` / ``ctx.parallel`` (see the module docstring).
+) -> Batch:
+    """Check one ``ctx.map`` / ``ctx.parallel`` and take its position; the face then
+    runs or replays it (see the module docstring).
 
     ``names``: the branches' names (checked with ``check_names``), used in their ids
     instead of their indexes."""
@@ -233,12 +237,16 @@ def run_batch(
         raise InvalidConfig(f"{what}: completion must be a rung.Completion, got {completion!r}")
     rule = completion or Completion()
     rule.check_size(count, f"{what} in run {parent.run_id}")
-    batch = _Batch(parent, kind, count, call, return_type, rule, names)
-    batch_id, seq = parent.position(name, kind)
-    return batch.run(batch_id, seq, max_concurrency or DEFAULT_MAX_CONCURRENCY)
+    batch = Batch(parent, kind, count, call, return_type, rule, names)
+    batch.id, batch.seq = parent.position(name, kind)
+    batch.limit = max_concurrency or DEFAULT_MAX_CONCURRENCY
+    return batch
 
 
-class _Batch:
+class Batch:
+    """One ``ctx.map`` / ``ctx.parallel`` at its position: ``run`` executes its branches
+    on threads, ``run_async`` as asyncio tasks; both decide and record alike."""
+
     def __init__(
         self,
         parent: Scope,
@@ -264,12 +272,26 @@ class _Batch:
         self.failed = 0
         self.id = ""
         self.seq = 0
+        self.limit = DEFAULT_MAX_CONCURRENCY
         self.first_start: dict[int, datetime] = {}
 
     # -- the batch ---------------------------------------------------------------------
 
-    def run(self, batch_id: str, seq: int, max_concurrency: int) -> BatchResult[Any]:
-        self.id, self.seq = batch_id, seq
+    def run(self) -> BatchResult[Any]:
+        """Run or replay the batch, its branches on threads."""
+        started, todo = self._open()
+        signals = self._execute(todo, min(self.limit, len(todo))) if todo else []
+        return self._close(signals, started)
+
+    async def run_async(self) -> BatchResult[Any]:
+        """Run or replay the batch, its branches as asyncio tasks on this loop (at most
+        ``limit`` at once); its writes on the loop's threads."""
+        started, todo = await asyncio.to_thread(self._open)
+        signals = await self._execute_async(todo) if todo else []
+        return await asyncio.to_thread(self._close, signals, started)
+
+    def _open(self) -> tuple[datetime, list[int]]:
+        """The recorded branches; the ones to run (none once the rule is decided)."""
         started = self.session.now()
         records = self.parent.run.records
         self._check_recorded_branches(records)
@@ -278,10 +300,15 @@ class _Batch:
             if record is not None and record.kind == "branch":
                 self._add(index, record)
         self._note_first_starts(records)
-        signals: list[tuple[int, BaseException]] = []
-        if self._verdict() is None:
-            todo = [index for index in range(self.count) if index not in self.done]
-            signals = self._execute(todo, min(max_concurrency, len(todo)))
+        if self._verdict() is not None:
+            return started, []
+        return started, [index for index in range(self.count) if index not in self.done]
+
+    def _close(
+        self, signals: list[tuple[int, BaseException]], started: datetime
+    ) -> BatchResult[Any]:
+        """Decide from the records and the branches' signals: the result, or the signal
+        that ends (or suspends, or retries) the attempt."""
         ending = [(i, s) for i, s in signals if not isinstance(s, Suspend | RetryStep)]
         if ending:
             raise _most_severe([s for _, s in ending])
@@ -321,19 +348,46 @@ class _Batch:
                     break
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    index = running.pop(future)
-                    outcome = future.result()  # _branch returns what it raised
-                    if isinstance(outcome, StepRecord):
-                        self._add(index, outcome)
-                        if self._verdict() is not None:
-                            stop = True  # decided: start nothing more
-                    else:
-                        signals.append((index, outcome))
-                        # A waiting branch frees its thread; others go on. A retry or
-                        # the end of the attempt stops new branches.
-                        if not isinstance(outcome, Suspend):
-                            stop = True
+                    # (_branch returns what it raised)
+                    stop = self._ended(running.pop(future), future.result(), signals) or stop
         return signals
+
+    async def _execute_async(self, todo: list[int]) -> list[tuple[int, BaseException]]:
+        """``_execute`` with branches as asyncio tasks, each in a copy of the caller's
+        contextvars context (the branch's scope set in it, and owned by its task)."""
+        pending = deque(todo)
+        running: dict[asyncio.Task[_Outcome], int] = {}
+        signals: list[tuple[int, BaseException]] = []
+        stop = False
+        while running or (pending and not stop):
+            while pending and not stop and len(running) < self.limit:
+                try:
+                    await asyncio.to_thread(self.session.before_step)
+                except BaseException as exc:
+                    signals.append((-1, exc))
+                    stop = True
+                    break
+                index = pending.popleft()
+                branch = self._branch_async(index)
+                running[asyncio.create_task(branch, context=contextvars.copy_context())] = index
+            if not running:
+                break
+            finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                stop = self._ended(running.pop(task), task.result(), signals) or stop
+        return signals
+
+    def _ended(
+        self, index: int, outcome: _Outcome, signals: list[tuple[int, BaseException]]
+    ) -> bool:
+        """Take in a branch's outcome; whether to start no more branches."""
+        if isinstance(outcome, StepRecord):
+            self._add(index, outcome)
+            return self._verdict() is not None  # decided: start nothing more
+        signals.append((index, outcome))
+        # A waiting branch frees its thread; others go on. A retry or the end of the
+        # attempt stops new branches.
+        return not isinstance(outcome, Suspend)
 
     def _verdict(self) -> bool | None:
         return self.rule.verdict(total=self.count, succeeded=self.succeeded, failed=self.failed)
@@ -403,28 +457,59 @@ class _Batch:
 
     def _branch(self, index: int) -> _Outcome:
         """Run branch ``index``; its record, or the signal (or crash) that stopped it."""
-        branch_id = self._branch_id(index)
-        scope = self.parent.for_branch(branch_id)
+        scope = self.parent.for_branch(self._branch_id(index))
         token = current_scope.set(scope)
         started = self.first_start.get(index) or self.session.now()
-        value: Any = None
-        error: ErrorInfo | None = None
         try:
             value = self.call(scope, index)
-        except (LeaseLost, NonDeterminismError) as exc:  # the attempt ends, not the branch
+        except BaseException as exc:
+            stopped = self._stopped(exc, index, started)
+            assert not isinstance(stopped, ErrorInfo)  # (recorded)
+            return stopped
+        finally:
+            current_scope.reset(token)
+        return self._record(index, started, value, None)
+
+    async def _branch_async(self, index: int) -> _Outcome:
+        """``_branch`` as an asyncio task (its own contextvars context)."""
+        scope = self.parent.for_branch(self._branch_id(index))
+        scope.owner = asyncio.current_task()
+        current_scope.set(scope)
+        started = self.first_start.get(index) or self.session.now()
+        try:
+            value = self.call(scope, index)
+            if inspect.isawaitable(value):
+                value = await value
+        except BaseException as exc:
+            outcome = self._stopped(exc, index, started, recording=False)
+            if not isinstance(outcome, ErrorInfo):
+                return outcome
+            return await asyncio.to_thread(self._record, index, started, None, outcome)
+        return await asyncio.to_thread(self._record, index, started, value, None)
+
+    def _stopped(
+        self, exc: BaseException, index: int, started: datetime, *, recording: bool = True
+    ) -> _Outcome | ErrorInfo:
+        """What a branch that raised ends with: a signal that ends the attempt (as
+        itself), or an error recorded as the branch's outcome (``recording=False``:
+        the error, for the caller to record)."""
+        if isinstance(exc, LeaseLost | NonDeterminismError):  # the attempt ends
             return exc
-        except StepFailed as exc:  # a step in it failed for good (or a nested batch)
+        if isinstance(exc, StepFailed):  # a step in it failed for good (or a nested batch)
             error = ErrorInfo(
                 exc.error_type, f"step {exc.step_id!r} failed: {exc.message}", exc.traceback
             )
-        except Exception as exc:
-            if is_misuse(exc):  # as outside a batch: no tolerance or retry can fix it
-                return exc
+        elif isinstance(exc, Exception) and not is_misuse(exc):
             error = error_info(exc)
-        except BaseException as exc:  # a wait, a retry, the time limit, a crash
+        else:  # misuse (no tolerance or retry can fix it), a wait, a retry, a crash
             return exc
-        finally:
-            current_scope.reset(token)
+        return self._record(index, started, None, error) if recording else error
+
+    def _record(
+        self, index: int, started: datetime, value: Any, error: ErrorInfo | None
+    ) -> _Outcome:
+        """Write the branch record of a branch that returned (or raised ``error``)."""
+        branch_id = self._branch_id(index)
         try:
             text: str | None = None
             if error is None:

@@ -17,6 +17,7 @@ Replay rules (the contract users rely on, see docs/determinism.md):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -208,6 +209,9 @@ class RunState:
         self.default_retry = default_retry
         self.records = records
         self.session = session
+        #: a signal (a step's retry) that user code of an async task swallowed: the
+        #: next operation, or the body's end, raises it again (rung._durable.aio)
+        self.unwinding: BaseException | None = None
         # A branch record of ctx.map shares its batch's position (rung._durable.parallel):
         # it is not a position of its own.
         self.by_seq = {
@@ -242,6 +246,11 @@ class Scope:
         self.path = path
         #: in a branch of ctx.map / ctx.parallel: the branch's id (its scope)
         self.branch = branch
+        #: in an async task: the asyncio task whose code this scope's is (the body's, a
+        #: branch's). Positions are taken in the order its code calls operations; a
+        #: call from another asyncio task would take one in an order that depends on
+        #: timing, so ``check_caller`` refuses it.
+        self.owner: object | None = None
         self._seq: dict[str, int] = {}
         self._occurrences: dict[tuple[str, str], int] = {}
 
@@ -325,6 +334,8 @@ class Scope:
             )
         running = current_scope.get()
         if running is self:
+            if self.owner is not None:
+                _check_owner(self, what)
             return
         if running is not None and running.run_id == self.run_id:
             if running.branch is not None:
@@ -392,6 +403,27 @@ class Scope:
             )
         )
         return self.replay(stored, None)
+
+
+def _check_owner(scope: Scope, what: str) -> None:
+    """In an async task: refuse a call from an asyncio task other than the scope's own
+    (positions would follow timing). Calls from threads the run's code offloads to
+    (no running loop there) are the core's own and pass."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop on this thread
+        return
+    if task is None or task is scope.owner:
+        return
+    where = f"branch {scope.branch!r}" if scope.branch is not None else "the task body"
+    raise UsageError(
+        f"{what} was called from another asyncio task than the one running {where} of run "
+        f"{scope.run_id} (asyncio.gather or create_task of a coroutine that calls ctx): its "
+        "checkpoint would take a position that depends on timing, and a replay would "
+        "not find it. Run such coroutines as branches with ctx.parallel or ctx.map (each "
+        "gets its own ctx), or pass ctx.step(...) calls themselves to asyncio.gather: "
+        "they take their positions when called. See docs/async.md."
+    )
 
 
 #: The longest step name (and group, wait, token or child name).

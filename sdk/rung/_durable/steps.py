@@ -10,15 +10,17 @@ decisions, result size and serialization.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar, overload
 
-from rung._durable.signals import RetryStep
+from rung._durable.signals import RetryStep, Unwind
 from rung._durable.state import (
     Replayed,
     Scope,
@@ -100,28 +102,35 @@ class Execution:
         )
 
 
-def start(
-    scope: Scope,
-    name: str,
-    fn: Callable[..., Any],
-    *,
-    retry: RetryPolicy | None,
-    at_most_once: bool,
-) -> Replayed | Execution:
-    """Take the step's position and decide: replay its checkpoint, or execute it."""
+@dataclass(frozen=True)
+class Slot:
+    """A step's place in its scope, taken when the step is called (``take``)."""
+
+    name: str
+    step_id: str
+    seq: int
+    revive: Any
+
+
+def take(scope: Scope, name: str, fn: Callable[..., Any], retry: RetryPolicy | None) -> Slot:
+    """Check the call and take the step's position (no I/O): an async step takes it
+    when called, before it is awaited, so steps passed to ``asyncio.gather`` number in
+    the order of the calls."""
     scope.check_caller(f"ctx.step({name!r})")
     if not callable(fn):
         raise UsageError(f"ctx.step({name!r}, fn): fn must be callable, got {fn!r}")
-    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-        raise UsageError(
-            f"ctx.step({name!r}, fn): fn is an async def, and rung runs steps as plain "
-            "functions for now (async steps are not built yet); pass a def that runs it, "
-            f"e.g. ctx.step({name!r}, lambda: asyncio.run(fn(...)))"
-        )
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise InvalidConfig(f"ctx.step({name!r}): retry must be a rung.RetryPolicy")
     step_id, seq = scope.position(name, "step")
-    revive = return_type(fn)
+    return Slot(name, step_id, seq, return_type(fn))
+
+
+def begin(
+    scope: Scope, slot: Slot, *, retry: RetryPolicy | None, at_most_once: bool
+) -> Replayed | Execution:
+    """Decide a taken step: replay its checkpoint, or execute it (may write: the
+    session's checks before a step, an at-most-once marker)."""
+    step_id, seq, revive = slot.step_id, slot.seq, slot.revive
     run = scope.run
     record = run.records.get(step_id)
     rerun_of: int | None = None
@@ -149,8 +158,28 @@ def start(
         stored = scope.session.mark_started(marker, rerun_of)
         if stored != marker:  # another worker got there first
             return Replayed(scope.replay(stored, revive))
-    info = StepInfo(run_id=run.run_id, step_id=step_id, name=name, attempt=attempt)
+    info = StepInfo(run_id=run.run_id, step_id=step_id, name=slot.name, attempt=attempt)
     return Execution(scope, info, seq, started, retry or run.default_retry, revive)
+
+
+def replayed(scope: Scope, slot: Slot) -> bool:
+    """Whether ``begin`` would only replay (no I/O): the step has a checkpoint that is
+    not an at-most-once marker."""
+    record = scope.run.records.get(slot.step_id)
+    return record is not None and record.outcome != "started"
+
+
+def start(
+    scope: Scope,
+    name: str,
+    fn: Callable[..., Any],
+    *,
+    retry: RetryPolicy | None,
+    at_most_once: bool,
+) -> Replayed | Execution:
+    """Take the step's position and decide: replay its checkpoint, or execute it."""
+    slot = take(scope, name, fn, retry)
+    return begin(scope, slot, retry=retry, at_most_once=at_most_once)
 
 
 def check_own_keywords(name: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
@@ -186,9 +215,17 @@ def call(
     with started.running():
         try:
             value = fn(*args, **kwargs)
+            if inspect.isawaitable(value):
+                # An async function as a step of a sync task: its own event loop, made
+                # and closed inside the step (docs/async.md).
+                value = asyncio.run(_awaited(value))
         except Exception as exc:
             return started.failed(exc)
     return started.succeeded(value)
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 @overload
@@ -230,13 +267,14 @@ def step(
         raise InvalidConfig("@rung.step(retry=...) must be a rung.RetryPolicy")
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
-        if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+        if inspect.isasyncgenfunction(func):
             raise InvalidConfig(
-                f"@rung.step {func.__qualname__} is an async def: steps are plain functions "
-                "for now (async steps are not built yet); make it a def that runs the "
-                "async code with asyncio.run(...)"
+                f"@rung.step {func.__qualname__} is an async generator: a step returns one "
+                "value; collect the items into a list and return that"
             )
         step_name = name or func.__qualname__
+        if inspect.iscoroutinefunction(func):
+            return typing.cast(Callable[P, R], _async_step(func, step_name, retry, at_most_once))
 
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -253,3 +291,79 @@ def step(
     if fn is not None:
         return decorate(fn)
     return decorate
+
+
+def _async_step(
+    func: Callable[..., Any], name: str, retry: RetryPolicy | None, at_most_once: bool
+) -> Callable[..., Any]:
+    """``@rung.step`` on an ``async def``: called in an async task, it takes its position
+    at once (so calls passed to ``asyncio.gather`` number in call order) and returns
+    the step to await; outside a run, the plain coroutine."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        scope = current_scope.get()
+        if scope is None:
+            return func(*args, **kwargs)
+        if scope.owner is None:
+            raise UsageError(
+                f"@rung.step {func.__qualname__} is an async def, called in the sync task "
+                f"{scope.run.task_id!r} (run {scope.run_id}), which cannot await it: make the "
+                f"task an async def, or run it as a step of this one with "
+                f"ctx.step({name!r}, {func.__name__}, ...) (on an event loop of its own)"
+            )
+        check_unwinding(scope)
+        slot = take(scope, name, func, retry)
+        return run_step(scope, slot, func, args, kwargs, retry=retry, at_most_once=at_most_once)
+
+    return wrapper
+
+
+async def run_step(
+    scope: Scope,
+    slot: Slot,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    retry: RetryPolicy | None,
+    at_most_once: bool,
+) -> Any:
+    """A taken step (``steps.take``), awaited: its checkpoint replayed, or ``fn`` run
+    (awaited if it is async, else on a thread) and its outcome recorded."""
+    if replayed(scope, slot):
+        started = begin(scope, slot, retry=retry, at_most_once=at_most_once)
+    else:
+        started = await asyncio.to_thread(
+            begin, scope, slot, retry=retry, at_most_once=at_most_once
+        )
+    if isinstance(started, Replayed):
+        return started.value
+    with started.running():
+        try:
+            if inspect.iscoroutinefunction(fn):
+                value = await fn(*args, **kwargs)
+            else:
+                value = await asyncio.to_thread(fn, *args, **kwargs)
+                if inspect.isawaitable(value):  # (a lambda that returns a coroutine)
+                    value = await value
+        except Exception as exc:
+            return await _unwinding(scope, asyncio.to_thread(started.failed, exc))
+    return await asyncio.to_thread(started.succeeded, value)
+
+
+async def _unwinding(scope: Scope, outcome: Awaitable[Any]) -> Any:
+    """Await ``outcome``; a signal it raises (a retry) is also kept on the run, so that
+    one swallowed by user code (``gather(..., return_exceptions=True)``) still ends
+    the attempt at the next operation or at the body's end."""
+    try:
+        return await outcome
+    except Unwind as signal:
+        scope.run.unwinding = scope.run.unwinding or signal
+        raise
+
+
+def check_unwinding(scope: Scope) -> None:
+    """Raise the signal an earlier operation raised and user code swallowed."""
+    if scope.run.unwinding is not None:
+        raise scope.run.unwinding

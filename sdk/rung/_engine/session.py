@@ -11,6 +11,7 @@ and cancels a child through the lifecycle.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -79,7 +80,7 @@ class Session:
         self._segment_start = worker.clock.now()
         # Branches of ctx.map / ctx.parallel run steps on several threads at once: the
         # steps running now, by thread, and a lock for the lease and time bookkeeping.
-        self._running: dict[int, str] = {}
+        self._running: dict[object, str] = {}  # by thread, or asyncio task
         self._lock = threading.Lock()
         self._status_read_at = self._segment_start  # the claim has just read it
         self.slot: Shard | None = None  # the queue shard whose slot this attempt holds
@@ -141,12 +142,12 @@ class Session:
             log.exception("run %s: could not record the overrun", self._run.run_id)
 
     def step_running(self, step_id: str | None) -> None:
-        thread = threading.get_ident()
+        runner = _runner()
         with self._lock:
             if step_id is None:
-                self._running.pop(thread, None)
+                self._running.pop(runner, None)
             else:
-                self._running[thread] = step_id
+                self._running[runner] = step_id
 
     def spent(self) -> timedelta:
         """Compute time used by this invocation on the run so far."""
@@ -310,3 +311,13 @@ class Session:
 
 def _seconds(delta: timedelta) -> str:
     return f"{delta.total_seconds():g} s"
+
+
+def _runner() -> object:
+    """What executes a step: its asyncio task (an async task's steps share a thread),
+    else its thread."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop on this thread
+        task = None
+    return task if task is not None else threading.get_ident()

@@ -30,6 +30,7 @@ from rung._aws.dynamodb import (
     waits_without_timer,
 )
 from rung._aws.sqs import BadMessage, QueueMessage, SqsQueue, decode
+from rung._durable import aio
 from rung._durable.signals import (
     Canceled,
     ContinueLater,
@@ -51,6 +52,7 @@ from rung._util import serde
 from rung._util.clock import Clock, to_ms
 from rung._util.traces import header_of
 from rung.app import App, Task
+from rung.async_context import AsyncContext
 from rung.context import Context
 from rung.errors import (
     Contended,
@@ -426,7 +428,10 @@ class Worker:
         try:
             # The heartbeat stops (a beat in flight done) before any final write below.
             with scope.entered(), self._heartbeat(session, run.run_id):
-                result = task.fn(Context(scope), payload)
+                if task.is_async:  # one event loop per attempt
+                    result = aio.run_body(task.fn, scope, AsyncContext, payload)
+                else:
+                    result = task.fn(Context(scope), payload)
         except RetryStep as retry:
             failure = Failure(
                 attempt=run.attempt,

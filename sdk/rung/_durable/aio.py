@@ -1,0 +1,108 @@
+"""The durable operations, awaited: what an async task's ``rung.AsyncContext`` runs.
+
+The rules are the sync ones (they live in ``steps``, ``waits``, ``children``, ``groups``
+and ``parallel``); here the user's code is awaited and the core's writes run on the
+event loop's threads, so that the loop never blocks on DynamoDB.
+
+Positions. A task body's operations take their positions in the order its code calls
+them. In an async task that order is deterministic only within one asyncio task: code
+in two tasks interleaves by timing. So a scope belongs to the asyncio task that runs
+it (``Scope.owner``: the body's, a branch's), and an operation called from another
+task is refused (``state._check_owner``). ``ctx.step``, ``ctx.map`` and
+``ctx.parallel`` take their position when they are *called*, in the owner, and return
+an awaitable: ``asyncio.gather(ctx.step(...), ctx.step(...))`` numbers its steps in
+argument order on every replay. The other operations take theirs when awaited, so
+they must be awaited by the owner itself.
+
+One event loop per invocation (``run_body``): it is made for the attempt and closed
+after it, with a thread pool for sync step functions and the core's writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Generator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from rung._durable import steps
+from rung._durable.state import Scope
+from rung._durable.waits import StepCall
+
+log = logging.getLogger("rung.worker")
+
+R = TypeVar("R")
+
+#: Threads of an async attempt's loop: sync step functions (``asyncio.to_thread``) and
+#: the core's writes. Made when first needed, so a body of async steps uses few.
+LOOP_THREADS = 64
+
+
+async def follow(plan: Generator[StepCall, Any, R], step: Callable[..., Any]) -> R:
+    """Run a core plan (``waits.wait_for_callback``/``wait_for_condition``): its own
+    writes on a thread, each step it asks for as ``step(name, fn, *args)`` (a step of
+    the owner's ctx, awaited)."""
+    try:
+        request = await asyncio.to_thread(next, plan)
+        while True:
+            value = await step(request.name, request.fn, *request.args)
+            request = await asyncio.to_thread(plan.send, value)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    finally:
+        plan.close()
+
+
+async def offload(scope: Scope, operation: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+    """A core operation that takes its position when awaited (a wait, a token, a child):
+    checked to be awaited by the scope's owner, then run on a thread."""
+    steps.check_unwinding(scope)
+    what = f"ctx.{operation.__name__}()"
+    scope.check_caller(what)
+    return await asyncio.to_thread(operation, scope, *args, **kwargs)
+
+
+def run_body(
+    body: Callable[[Any, Any], Coroutine[Any, Any, Any]],
+    scope: Scope,
+    face: Callable[[Scope], Any],
+    payload: Any,
+) -> Any:
+    """Run an async task body to its end on a loop of its own (this thread's), and
+    return its value; a signal (a wait, a retry) or error it raises comes out as it is.
+
+    Tasks the body started and left running are canceled when it returns, with a
+    warning: their steps may not have been recorded."""
+
+    async def main() -> Any:
+        scope.owner = asyncio.current_task()
+        with scope.entered():
+            value = await body(face(scope), payload)
+        steps.check_unwinding(scope)
+        left = [t for t in asyncio.all_tasks() if t is not scope.owner and not t.done()]
+        if left:
+            log.warning(
+                "run %s: task %r returned with %d asyncio task(s) still running (%s); "
+                "they are canceled now, and a step among them may not be recorded. "
+                "Await every task the body starts (asyncio.gather, a TaskGroup).",
+                scope.run_id,
+                scope.run.task_id,
+                len(left),
+                ", ".join(sorted({_describe(t) for t in left})),
+                extra={"run_id": scope.run_id, "task": scope.run.task_id},
+            )
+        return value
+
+    with (
+        ThreadPoolExecutor(LOOP_THREADS, thread_name_prefix="rung-async") as threads,
+        asyncio.Runner() as runner,  # (closed first: it cancels what the body left)
+    ):
+        runner.get_loop().set_default_executor(threads)
+        return runner.run(main())
+
+
+def _describe(task: asyncio.Task[Any]) -> str:
+    coroutine = task.get_coro()
+    name = getattr(coroutine, "__qualname__", None)
+    return str(name) if name else task.get_name()
