@@ -6,6 +6,7 @@ step. See README.md and docs/.
 """
 
 from rung.app import App, Task
+from rung.async_client import AsyncClient
 from rung.async_context import AsyncContext
 from rung.batch import BatchFailed, BatchItem, BatchResult, Completion
 from rung.client import Client
@@ -64,6 +65,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "App",
+    "AsyncClient",
     "AsyncContext",
     "BatchFailed",
     "BatchItem",

@@ -9,7 +9,6 @@ explains which operations may be passed to ``asyncio.gather``). See docs/async.m
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import typing
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from rung._durable import aio, children, groups, parallel, steps, waits
 from rung._durable.children import ChildVersion
+from rung._durable.offload import io
 from rung._durable.state import Replayed, Scope
 from rung._durable.waits import DEFAULT_TOKEN_TIMEOUT, Poll
 from rung.batch import BatchResult, Completion
@@ -141,7 +141,7 @@ class AsyncContext:
             return typing.cast(R, started.value)
         with started.inside():
             value = await fn(self, *args, **kwargs)
-        return typing.cast(R, await asyncio.to_thread(started.returned, value))
+        return typing.cast(R, await io(started.returned, value))
 
     def map(
         self,

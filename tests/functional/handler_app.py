@@ -6,6 +6,7 @@ The handler imports it by name, as on AWS: ``RUNG_APP=tests.functional.handler_a
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
 from datetime import timedelta
@@ -34,6 +35,31 @@ def greet(ctx: rung.Context, payload: dict[str, str]) -> str:
 def _hello(name: str) -> str:
     _count("hello")
     return f"hello {name}"
+
+
+@app.task(id="greet-async")
+async def greet_async(ctx: rung.AsyncContext, payload: dict[str, str]) -> str:
+    """``greet`` as an async task: an async step on the loop, a plain one on a thread,
+    and a map of async branches."""
+    hello = await ctx.step("hello", _hello_async, payload["name"])
+    loud = await ctx.step("shout", str.upper, hello)
+    batch = await ctx.map(list(payload["name"]), _letter)
+    return f"{loud} ({'-'.join(batch.results())})"
+
+
+async def _hello_async(name: str) -> str:
+    _count("hello-async")
+    await asyncio.sleep(0)
+    return f"hello {name}"
+
+
+async def _letter(ctx: rung.AsyncContext, letter: str) -> str:
+    return await ctx.step("letter", _upper, letter)
+
+
+async def _upper(letter: str) -> str:
+    _count("letter")
+    return letter.upper()
 
 
 @app.task(

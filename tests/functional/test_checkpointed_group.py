@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
 import pydantic
 import pytest
@@ -12,6 +13,7 @@ import pytest
 import rung
 from rung.models import EventType
 from rung.testing import LocalEngine
+from tests.flavors import Flavor
 
 FAST = rung.RetryPolicy(max_attempts=3, initial_interval=1)
 
@@ -28,21 +30,23 @@ def _flaky_once(calls: Counter[str]) -> str:
     return "ok"
 
 
-def test_a_returned_group_is_not_run_again_on_replay_a_plain_group_is() -> None:
+def test_a_returned_group_is_not_run_again_on_replay_a_plain_group_is(flavor: Flavor) -> None:
     app = rung.App("cgroup")
     calls: Counter[str] = Counter()
 
-    def enrich(ctx: rung.Context, user: str) -> Profile:
+    async def enrich(ctx: Any, user: str) -> Profile:
         calls["checkpointed body"] += 1
-        return Profile(user=ctx.step("load", lambda: user), score=ctx.step("score", lambda: 7))
+        return Profile(
+            user=await ctx.step("load", lambda: user), score=await ctx.step("score", lambda: 7)
+        )
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> str:
-        profile = ctx.checkpointed_group("enrich", enrich, "u-7")
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> str:
+        profile = await ctx.checkpointed_group("enrich", enrich, "u-7")
         with ctx.group("plain"):
             calls["plain body"] += 1
-            ctx.step("load", lambda: 1)
-        flaky = ctx.step("flaky", _flaky_once, calls)
+            await ctx.step("load", lambda: 1)
+        flaky = await ctx.step("flaky", _flaky_once, calls)
         assert isinstance(profile, Profile)  # revived as the annotation says, on replay too
         return f"{profile.user}:{profile.score}:{flaky}"
 
@@ -63,20 +67,23 @@ def test_a_returned_group_is_not_run_again_on_replay_a_plain_group_is() -> None:
     ]
 
 
-def test_a_group_that_waits_runs_its_body_until_it_returns_then_never_again() -> None:
+def test_a_group_that_waits_runs_its_body_until_it_returns_then_never_again(
+    flavor: Flavor,
+) -> None:
     app = rung.App("cgroup-wait")
     calls: Counter[str] = Counter()
 
-    def slow(ctx: rung.Context) -> int:
+    async def slow(ctx: Any) -> int:
         calls["body"] += 1
-        first = ctx.step("first", lambda: 1)
-        ctx.wait(timedelta(hours=1))  # suspends the run inside the group
-        return first + ctx.step("second", lambda: 2)
+        first: int = await ctx.step("first", lambda: 1)
+        await ctx.wait(timedelta(hours=1))  # suspends the run inside the group
+        second: int = await ctx.step("second", lambda: 2)
+        return first + second
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> int:
-        total = ctx.checkpointed_group("slow", slow)
-        ctx.wait(timedelta(hours=1))  # a resume after the group: its body is not entered
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> int:
+        total: int = await ctx.checkpointed_group("slow", slow)
+        await ctx.wait(timedelta(hours=1))  # a resume after the group: its body is not entered
         return total
 
     with LocalEngine(app) as engine:
@@ -89,16 +96,16 @@ def test_a_group_that_waits_runs_its_body_until_it_returns_then_never_again() ->
     assert (EventType.STEP_SUCCEEDED, "/slow#1") in events
 
 
-def test_an_error_inside_passes_through_as_from_the_task_body() -> None:
+def test_an_error_inside_passes_through_as_from_the_task_body(flavor: Flavor) -> None:
     app = rung.App("cgroup-error")
 
-    def failing(ctx: rung.Context) -> None:
-        ctx.step("pay", _declined, retry=rung.RetryPolicy(max_attempts=1))
+    async def failing(ctx: Any) -> None:
+        await ctx.step("pay", _declined, retry=rung.RetryPolicy(max_attempts=1))
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> str:
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> str:
         try:
-            ctx.checkpointed_group("billing", failing)
+            await ctx.checkpointed_group("billing", failing)
         except rung.StepFailed as exc:
             return f"{exc.step_id}: {exc.error_type}: {exc.message}"
         return "no error"
@@ -114,18 +121,18 @@ def _declined() -> None:
     raise ValueError("card declined")
 
 
-def test_a_result_that_cannot_be_stored_fails_the_group_for_good() -> None:
+def test_a_result_that_cannot_be_stored_fails_the_group_for_good(flavor: Flavor) -> None:
     app = rung.App("cgroup-result")
     calls: Counter[str] = Counter()
 
-    def opaque(ctx: rung.Context) -> object:
+    async def opaque(ctx: Any) -> object:
         calls["body"] += 1
         return object()
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> str:
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> str:
         try:
-            ctx.checkpointed_group("opaque", opaque)
+            await ctx.checkpointed_group("opaque", opaque)
         except rung.StepFailed as exc:
             return f"{exc.step_id}: {exc.error_type}"
         return "stored"
@@ -136,16 +143,16 @@ def test_a_result_that_cannot_be_stored_fails_the_group_for_good() -> None:
     assert calls["body"] == 1
 
 
-def test_a_group_replaced_by_a_step_is_a_determinism_error() -> None:
+def test_a_group_replaced_by_a_step_is_a_determinism_error(flavor: Flavor) -> None:
     app = rung.App("cgroup-determinism")
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> None:
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> None:
         if ctx.attempt == 1:
-            ctx.checkpointed_group("enrich", lambda c: c.step("load", lambda: 1))
-            ctx.step("flaky", _declined)
+            await ctx.checkpointed_group("enrich", lambda c: c.step("load", lambda: 1))
+            await ctx.step("flaky", _declined)
         else:
-            ctx.step("enrich", lambda: 1)
+            await ctx.step("enrich", lambda: 1)
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -155,12 +162,15 @@ def test_a_group_replaced_by_a_step_is_a_determinism_error() -> None:
 
 
 @pytest.mark.parametrize("bad", ["a/b", "", 5])
-def test_bad_group_names_and_functions_are_refused(bad: object) -> None:
+def test_bad_group_names_and_functions_are_refused(bad: object, flavor: Flavor) -> None:
     app = rung.App("cgroup-bad")
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> None:
-        ctx.checkpointed_group(bad, lambda c: 1)  # type: ignore[arg-type]
+    async def one(c: Any) -> int:
+        return 1
+
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> None:
+        await ctx.checkpointed_group(bad, one)
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -168,17 +178,19 @@ def test_bad_group_names_and_functions_are_refused(bad: object) -> None:
     assert run.error is not None and run.error.type == "UsageError"
 
 
-def test_a_group_recorded_by_a_later_attempt_shows_in_time_order() -> None:
+def test_a_group_recorded_by_a_later_attempt_shows_in_time_order(flavor: Flavor) -> None:
     app = rung.App("cgroup-history")
     calls: Counter[str] = Counter()
 
-    def body(ctx: rung.Context) -> str:
-        ctx.step("first", lambda: 1)
-        return ctx.step("flaky", _flaky_once, calls)  # attempt 1 fails here, 2 ends it
+    async def body(ctx: Any) -> str:
+        await ctx.step("first", lambda: 1)
+        flaky: str = await ctx.step("flaky", _flaky_once, calls)  # attempt 1 fails, 2 ends it
+        return flaky
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> str:
-        return ctx.checkpointed_group("g", body)
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> str:
+        result: str = await ctx.checkpointed_group("g", body)
+        return result
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +18,7 @@ import rung
 from rung._engine.worker import Disposition
 from rung._util.clock import VirtualClock
 from rung.testing import LocalEngine, SimulatedCrash
+from tests.flavors import Flavor
 
 FAST = rung.RetryPolicy(max_attempts=3, initial_interval=timedelta(seconds=1))
 
@@ -30,27 +32,27 @@ class Quote(pydantic.BaseModel):
     price: int
 
 
-def family_app(calls: Counter[str]) -> rung.App:
+def family_app(flavor: Flavor, calls: Counter[str]) -> rung.App:
     app = rung.App("family")
 
-    @app.task(id="price", retry=rung.RetryPolicy(max_attempts=1))
-    def price(ctx: rung.Context, payload: dict[str, Any]) -> Quote:
+    @flavor.task(app, id="price", retry=rung.RetryPolicy(max_attempts=1))
+    async def price(ctx: Any, payload: dict[str, Any]) -> Quote:
         calls[f"price:{payload['sku']}"] += 1
         if payload.get("fail"):
-            ctx.step("lookup", _raise, f"no price for {payload['sku']}")
-        ctx.wait(timedelta(minutes=5))  # children take a while: the parent must suspend
+            await ctx.step("lookup", _raise, f"no price for {payload['sku']}")
+        await ctx.wait(timedelta(minutes=5))  # children take a while: the parent must suspend
         return Quote(sku=payload["sku"], price=len(payload["sku"]) * 100)
 
-    @app.task(id="parent")
-    def parent(ctx: rung.Context, payload: dict[str, Any]) -> dict[str, Any]:
-        quote = ctx.trigger_and_wait(price, {"sku": payload["sku"]})
+    @flavor.task(app, id="parent")
+    async def parent(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+        quote = await ctx.trigger_and_wait(price, {"sku": payload["sku"]})
         calls["parent:after"] += 1
         return {"sku": quote.sku, "price": quote.price, "is_quote": isinstance(quote, Quote)}
 
-    @app.task(id="careful")
-    def careful(ctx: rung.Context, payload: None) -> dict[str, Any]:
+    @flavor.task(app, id="careful")
+    async def careful(ctx: Any, payload: None) -> dict[str, Any]:
         try:
-            ctx.trigger_and_wait("price", {"sku": "zz", "fail": True})
+            await ctx.trigger_and_wait("price", {"sku": "zz", "fail": True})
         except rung.ChildRunFailed as exc:
             return {
                 "caught": type(exc).__name__,
@@ -62,13 +64,13 @@ def family_app(calls: Counter[str]) -> rung.App:
             }
         return {"caught": None}
 
-    @app.task(id="careless")
-    def careless(ctx: rung.Context, payload: None) -> None:
-        ctx.trigger_and_wait("price", {"sku": "zz", "fail": True})
+    @flavor.task(app, id="careless")
+    async def careless(ctx: Any, payload: None) -> None:
+        await ctx.trigger_and_wait("price", {"sku": "zz", "fail": True})
 
-    @app.task(id="batch")
-    def batch(ctx: rung.Context, payload: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        results = ctx.batch_trigger_and_wait(price, payload)
+    @flavor.task(app, id="batch")
+    async def batch(ctx: Any, payload: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        results = await ctx.batch_trigger_and_wait(price, payload)
         return [
             {
                 "run_id": r.run_id,
@@ -87,9 +89,9 @@ def _raise(message: str) -> None:
     raise ValueError(message)
 
 
-def test_trigger_and_wait_returns_the_childs_output_and_links_both_ways() -> None:
+def test_trigger_and_wait_returns_the_childs_output_and_links_both_ways(flavor: Flavor) -> None:
     calls: Counter[str] = Counter()
-    with LocalEngine(family_app(calls)) as engine:
+    with LocalEngine(family_app(flavor, calls)) as engine:
         handle = engine.trigger("parent", {"sku": "abc"})
         run = engine.wait(handle.run_id)
         children = engine.client.list_children(handle.run_id)
@@ -119,9 +121,9 @@ def test_trigger_and_wait_returns_the_childs_output_and_links_both_ways() -> Non
     assert run.finished_at - run.started_at >= timedelta(minutes=5)
 
 
-def test_a_parent_whose_child_fails_catches_child_run_failed() -> None:
+def test_a_parent_whose_child_fails_catches_child_run_failed(flavor: Flavor) -> None:
     calls: Counter[str] = Counter()
-    with LocalEngine(family_app(calls)) as engine:
+    with LocalEngine(family_app(flavor, calls)) as engine:
         handle = engine.trigger("careful")
         run = engine.wait(handle.run_id)
         [child] = engine.client.list_children(handle.run_id)
@@ -137,8 +139,8 @@ def test_a_parent_whose_child_fails_catches_child_run_failed() -> None:
     }
 
 
-def test_an_uncaught_child_failure_fails_the_parent_with_the_childs_error() -> None:
-    with LocalEngine(family_app(Counter())) as engine:
+def test_an_uncaught_child_failure_fails_the_parent_with_the_childs_error(flavor: Flavor) -> None:
+    with LocalEngine(family_app(flavor, Counter())) as engine:
         handle = engine.trigger("careless")
         run = engine.wait(handle.run_id)
     assert run.status == rung.RunStatus.FAILED
@@ -147,7 +149,7 @@ def test_an_uncaught_child_failure_fails_the_parent_with_the_childs_error() -> N
     assert run.failed_step == "/price:wait#1"
 
 
-def test_batch_trigger_and_wait_returns_every_outcome_in_input_order() -> None:
+def test_batch_trigger_and_wait_returns_every_outcome_in_input_order(flavor: Flavor) -> None:
     calls: Counter[str] = Counter()
     payloads: list[dict[str, Any]] = [
         {"sku": "a"},
@@ -155,7 +157,7 @@ def test_batch_trigger_and_wait_returns_every_outcome_in_input_order() -> None:
         {"sku": "cc"},
         {"sku": "dddd"},
     ]
-    with LocalEngine(family_app(calls), workers=2) as engine:
+    with LocalEngine(family_app(flavor, calls), workers=2) as engine:
         handle = engine.trigger("batch", payloads)
         run = engine.wait(handle.run_id, timeout=60)
         children = engine.client.list_children(handle.run_id)
@@ -174,19 +176,19 @@ def test_batch_trigger_and_wait_returns_every_outcome_in_input_order() -> None:
     assert calls == {"price:a": 2, "price:bbb": 1, "price:cc": 2, "price:dddd": 2}
 
 
-def test_child_result_unwrap_raises_the_childs_failure() -> None:
+def test_child_result_unwrap_raises_the_childs_failure(flavor: Flavor) -> None:
     app = rung.App("unwrap")
 
-    @app.task(id="boom", retry=rung.RetryPolicy(max_attempts=1))
-    def boom(ctx: rung.Context, payload: int) -> int:
+    @flavor.task(app, id="boom", retry=rung.RetryPolicy(max_attempts=1))
+    async def boom(ctx: Any, payload: int) -> int:
         if payload < 0:
             raise rung.NonRetryable(f"negative: {payload}")
         return payload * 2
 
-    @app.task(id="parent")
-    def parent(ctx: rung.Context, payload: None) -> list[Any]:
+    @flavor.task(app, id="parent")
+    async def parent(ctx: Any, payload: None) -> list[Any]:
         out: list[Any] = []
-        for result in ctx.batch_trigger_and_wait(boom, [1, -1]):
+        for result in await ctx.batch_trigger_and_wait(boom, [1, -1]):
             try:
                 out.append(result.unwrap())
             except rung.ChildRunFailed as exc:
@@ -198,18 +200,18 @@ def test_child_result_unwrap_raises_the_childs_failure() -> None:
     assert run.output == [2, ["FAILED", "negative: -1"]]
 
 
-def test_the_child_starts_once_when_the_parent_crashes_after_triggering() -> None:
+def test_the_child_starts_once_when_the_parent_crashes_after_triggering(flavor: Flavor) -> None:
     app = rung.App("crashy")
     calls: Counter[str] = Counter()
 
-    @app.task(id="child")
-    def child(ctx: rung.Context, payload: str) -> str:
+    @flavor.task(app, id="child")
+    async def child(ctx: Any, payload: str) -> str:
         calls["child"] += 1
         return payload.upper()
 
-    @app.task(id="parent", retry=FAST)
-    def parent(ctx: rung.Context, payload: None) -> str:
-        handle = ctx.trigger(child, "fire-and-forget")
+    @flavor.task(app, id="parent", retry=FAST)
+    async def parent(ctx: Any, payload: None) -> str:
+        handle: rung.RunHandle = await ctx.trigger(child, "fire-and-forget")
 
         def after() -> str:
             calls["after"] += 1
@@ -217,8 +219,9 @@ def test_the_child_starts_once_when_the_parent_crashes_after_triggering() -> Non
                 raise SimulatedCrash()  # the worker dies after the child was started
             return handle.run_id
 
-        ctx.step("after", after)
-        return ctx.trigger_and_wait(child, "waited")
+        await ctx.step("after", after)
+        waited: str = await ctx.trigger_and_wait(child, "waited")
+        return waited
 
     with LocalEngine(app, lease_duration=timedelta(seconds=5)) as engine:
         handle = engine.trigger("parent")
@@ -233,26 +236,26 @@ def test_the_child_starts_once_when_the_parent_crashes_after_triggering() -> Non
     assert calls["child"] == 2
 
 
-def test_ctx_trigger_is_idempotent_across_replays() -> None:
+def test_ctx_trigger_is_idempotent_across_replays(flavor: Flavor) -> None:
     app = rung.App("idem")
     calls: Counter[str] = Counter()
 
-    @app.task(id="notify")
-    def notify(ctx: rung.Context, payload: str) -> None:
+    @flavor.task(app, id="notify")
+    async def notify(ctx: Any, payload: str) -> None:
         calls[payload] += 1
 
-    @app.task(id="parent", retry=rung.RetryPolicy(max_attempts=4, initial_interval=1.0))
-    def parent(ctx: rung.Context, payload: None) -> list[bool]:
-        first = ctx.trigger(notify, "one")
-        second = ctx.trigger(notify, "two", detached=True)
-        ctx.wait(timedelta(hours=1))  # a replay after the wait ...
+    @flavor.task(app, id="parent", retry=rung.RetryPolicy(max_attempts=4, initial_interval=1.0))
+    async def parent(ctx: Any, payload: None) -> list[bool]:
+        first = await ctx.trigger(notify, "one")
+        second = await ctx.trigger(notify, "two", detached=True)
+        await ctx.wait(timedelta(hours=1))  # a replay after the wait ...
 
         def flaky() -> None:
             calls["flaky"] += 1
             if calls["flaky"] < 3:  # ... and two more after step retries
                 raise ConnectionError("try again")
 
-        ctx.step("flaky", flaky)
+        await ctx.step("flaky", flaky)
         return [first.created, second.created]
 
     with LocalEngine(app) as engine:
@@ -268,37 +271,39 @@ def test_ctx_trigger_is_idempotent_across_replays() -> None:
     assert calls["one"] == 1 and calls["two"] == 1 and calls["flaky"] == 3
 
 
-def test_grandchildren_wake_their_parents_up_the_chain() -> None:
+def test_grandchildren_wake_their_parents_up_the_chain(flavor: Flavor) -> None:
     app = rung.App("tree")
 
-    @app.task(id="leaf")
-    def leaf(ctx: rung.Context, payload: int) -> int:
-        ctx.wait(timedelta(days=2))
+    @flavor.task(app, id="leaf")
+    async def leaf(ctx: Any, payload: int) -> int:
+        await ctx.wait(timedelta(days=2))
         return payload + 1
 
-    @app.task(id="middle")
-    def middle(ctx: rung.Context, payload: int) -> int:
-        return int(ctx.trigger_and_wait(leaf, payload)) * 10
+    @flavor.task(app, id="middle")
+    async def middle(ctx: Any, payload: int) -> int:
+        return int(await ctx.trigger_and_wait(leaf, payload)) * 10
 
-    @app.task(id="root")
-    def root(ctx: rung.Context, payload: None) -> list[int]:
-        return [r.unwrap() for r in ctx.batch_trigger_and_wait(middle, [1, 2])]
+    @flavor.task(app, id="root")
+    async def root(ctx: Any, payload: None) -> list[int]:
+        return [r.unwrap() for r in await ctx.batch_trigger_and_wait(middle, [1, 2])]
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("root").run_id)
     assert run.status == rung.RunStatus.COMPLETED and run.output == [20, 30]
 
 
-def test_a_child_ending_between_the_parents_check_and_its_suspension_is_not_missed() -> None:
+def test_a_child_ending_between_the_parents_check_and_its_suspension_is_not_missed(
+    flavor: Flavor,
+) -> None:
     app = rung.App("race")
 
-    @app.task(id="child")
-    def child(ctx: rung.Context, payload: None) -> str:
+    @flavor.task(app, id="child")
+    async def child(ctx: Any, payload: None) -> str:
         return "done"
 
-    @app.task(id="parent")
-    def parent(ctx: rung.Context, payload: None) -> str:
-        return str(ctx.trigger_and_wait(child, None))
+    @flavor.task(app, id="parent")
+    async def parent(ctx: Any, payload: None) -> str:
+        return str(await ctx.trigger_and_wait(child, None))
 
     with LocalEngine(app, workers=0) as engine:
         real_get_runs = engine.store.get_runs
@@ -339,27 +344,28 @@ def drain(engine: LocalEngine, only: str | None = None, rounds: int = 50) -> Non
             return
 
 
-def test_child_arguments_are_checked_in_the_task_body() -> None:
+def test_child_arguments_are_checked_in_the_task_body(flavor: Flavor) -> None:
     app = rung.App("args")
     errors: list[str] = []
 
-    @app.task(id="strict")
-    def strict(ctx: rung.Context, payload: Strict) -> int:
+    @flavor.task(app, id="strict")
+    async def strict(ctx: Any, payload: Strict) -> int:
         return payload.n
 
-    @app.task(id="parent")
-    def parent(ctx: rung.Context, payload: None) -> int:
-        for call in (
+    @flavor.task(app, id="parent")
+    async def parent(ctx: Any, payload: None) -> int:
+        calls: list[Callable[[], Awaitable[object]]] = [
             lambda: ctx.trigger("nope"),
             lambda: ctx.trigger_and_wait(strict, {"n": "x"}),
             lambda: ctx.batch_trigger_and_wait(strict, [{"n": 1}, {"m": 2}]),
             lambda: ctx.trigger(strict, {"n": 1}, tags="a"),
-        ):
+        ]
+        for call in calls:
             try:
-                call()
+                await call()
             except rung.RungError as exc:
                 errors.append(type(exc).__name__)
-        return len(ctx.batch_trigger_and_wait(strict, []))
+        return len(await ctx.batch_trigger_and_wait(strict, []))
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("parent")
@@ -370,35 +376,43 @@ def test_child_arguments_are_checked_in_the_task_body() -> None:
     assert children == []  # the batch validated every payload before starting any child
 
 
-def keyed_app() -> rung.App:
+def keyed_app(flavor: Flavor) -> rung.App:
     """A child task whose runs are keyed by tenant, and parents that trigger it without one."""
     app = rung.App("keyed")
 
-    @app.task(
+    @flavor.task(
+        app,
         id="per-tenant",
         queue=rung.Queue("tenants", per_key_limit=1),
         concurrency_key=lambda payload: payload["tenant"],
     )
-    def per_tenant(ctx: rung.Context, payload: dict[str, Any]) -> str:
+    async def per_tenant(ctx: Any, payload: dict[str, Any]) -> str:
         return str(payload["tenant"])
 
-    calls = {
+    calls: dict[str, Callable[[Any], Awaitable[Any]]] = {
         "trigger": lambda ctx: ctx.trigger(per_tenant, {"user": "u-1"}),
         "trigger_and_wait": lambda ctx: ctx.trigger_and_wait(per_tenant, {"user": "u-1"}),
         "batch": lambda ctx: ctx.batch_trigger_and_wait(
             per_tenant, [{"tenant": "t-1"}, {"user": "u-1"}]
         ),
     }
+
+    def parent_that(call: Callable[[Any], Awaitable[Any]]) -> Callable[..., Any]:
+        async def parent(ctx: Any, payload: Any) -> Any:
+            return await call(ctx)
+
+        return parent
+
     for how, call in calls.items():
-        app.task(id=how, retry=FAST)(lambda ctx, payload, call=call: call(ctx))
+        flavor.task(app, id=how, retry=FAST)(parent_that(call))
     return app
 
 
 @pytest.mark.parametrize("how", ["trigger", "trigger_and_wait", "batch"])
 def test_a_child_payload_without_its_concurrency_key_fails_the_parent_at_the_trigger(
-    how: str,
+    flavor: Flavor, how: str
 ) -> None:
-    with LocalEngine(keyed_app()) as engine:
+    with LocalEngine(keyed_app(flavor)) as engine:
         handle = engine.trigger(how)
         run = engine.wait(handle.run_id)
         children = engine.client.list_children(handle.run_id)
@@ -410,18 +424,18 @@ def test_a_child_payload_without_its_concurrency_key_fails_the_parent_at_the_tri
     assert children == [] and [r.run_id for r in everything] == [handle.run_id]
 
 
-def test_child_tags_are_checked_as_a_trigger_checks_them() -> None:
+def test_child_tags_are_checked_as_a_trigger_checks_them(flavor: Flavor) -> None:
     app = rung.App("tags")
     errors: list[str] = []
 
-    @app.task(id="child")
-    def child(ctx: rung.Context, payload: None) -> None: ...
+    @flavor.task(app, id="child")
+    async def child(ctx: Any, payload: None) -> None: ...
 
-    @app.task(id="parent")
-    def parent(ctx: rung.Context, payload: None) -> list[str]:
+    @flavor.task(app, id="parent")
+    async def parent(ctx: Any, payload: None) -> list[str]:
         for tags in ([f"t{i}" for i in range(11)], ["x" * 129], [""], 5, "vip"):
             try:
-                ctx.trigger(child, None, tags=tags)  # type: ignore[arg-type]
+                await ctx.trigger(child, None, tags=tags)
             except rung.InvalidConfig as exc:
                 errors.append(str(exc))
         return errors
@@ -446,18 +460,18 @@ def test_child_tags_are_checked_as_a_trigger_checks_them() -> None:
     assert children == []
 
 
-def test_batch_trigger_and_wait_needs_a_list_of_payloads() -> None:
+def test_batch_trigger_and_wait_needs_a_list_of_payloads(flavor: Flavor) -> None:
     app = rung.App("batch-args")
 
-    @app.task(id="child")
-    def child(ctx: rung.Context, payload: None) -> None: ...
+    @flavor.task(app, id="child")
+    async def child(ctx: Any, payload: None) -> None: ...
 
-    @app.task(id="parent")
-    def parent(ctx: rung.Context, payload: None) -> list[str]:
+    @flavor.task(app, id="parent")
+    async def parent(ctx: Any, payload: None) -> list[str]:
         errors = []
         for payloads in (None, 5, "abc", {"a": 1}):
             try:
-                ctx.batch_trigger_and_wait("child", payloads)  # type: ignore[arg-type]
+                await ctx.batch_trigger_and_wait("child", payloads)
             except rung.UsageError as exc:
                 errors.append(str(exc))
         return errors
@@ -475,19 +489,21 @@ def test_batch_trigger_and_wait_needs_a_list_of_payloads() -> None:
 
 
 @pytest.mark.parametrize("how", ["trigger_and_wait", "batch_trigger_and_wait"])
-def test_a_child_name_too_long_for_its_wait_is_refused_before_any_child_starts(how: str) -> None:
+def test_a_child_name_too_long_for_its_wait_is_refused_before_any_child_starts(
+    flavor: Flavor, how: str
+) -> None:
     app = rung.App("long-name")
 
-    @app.task(id="child")
-    def child(ctx: rung.Context, payload: None) -> None: ...
+    @flavor.task(app, id="child")
+    async def child(ctx: Any, payload: None) -> None: ...
 
-    @app.task(id="parent")
-    def parent(ctx: rung.Context, payload: None) -> str:
+    @flavor.task(app, id="parent")
+    async def parent(ctx: Any, payload: None) -> str:
         try:
             if how == "trigger_and_wait":
-                ctx.trigger_and_wait(child, None, name="x" * 198)
+                await ctx.trigger_and_wait(child, None, name="x" * 198)
             else:
-                ctx.batch_trigger_and_wait(child, [None], name="x" * 198)
+                await ctx.batch_trigger_and_wait(child, [None], name="x" * 198)
         except rung.UsageError as exc:
             return str(exc)
         return "no error"
@@ -505,22 +521,22 @@ def test_a_child_name_too_long_for_its_wait_is_refused_before_any_child_starts(h
     assert children == []
 
 
-def test_a_child_is_not_started_by_a_worker_that_lost_its_lease() -> None:
+def test_a_child_is_not_started_by_a_worker_that_lost_its_lease(flavor: Flavor) -> None:
     app = rung.App("fenced")
     entered = threading.Event()
     release = threading.Event()
 
-    @app.task(id="child")
-    def child(ctx: rung.Context, payload: None) -> None: ...
+    @flavor.task(app, id="child")
+    async def child(ctx: Any, payload: None) -> None: ...
 
-    @app.task(id="parent")
-    def parent(ctx: rung.Context, payload: None) -> None:
+    @flavor.task(app, id="parent")
+    async def parent(ctx: Any, payload: None) -> None:
         def slow() -> bool:
             entered.set()
             return release.wait(10)
 
-        ctx.step("slow", slow)
-        ctx.trigger(child)
+        await ctx.step("slow", slow)
+        await ctx.trigger(child)
 
     with LocalEngine(app, workers=0) as engine:
         run_id = engine.trigger("parent").run_id
@@ -537,29 +553,31 @@ def test_a_child_is_not_started_by_a_worker_that_lost_its_lease() -> None:
     assert children == []
 
 
-def test_trigger_and_wait_with_a_timeout_cancels_a_child_that_does_not_end_in_time() -> None:
+def test_trigger_and_wait_with_a_timeout_cancels_a_child_that_does_not_end_in_time(
+    flavor: Flavor,
+) -> None:
     app = rung.App("child-timeout")
 
-    @app.task(id="grandchild")
-    def grandchild(ctx: rung.Context, payload: None) -> None:
-        ctx.wait(timedelta(days=30))
+    @flavor.task(app, id="grandchild")
+    async def grandchild(ctx: Any, payload: None) -> None:
+        await ctx.wait(timedelta(days=30))
 
-    @app.task(id="stuck")
-    def stuck(ctx: rung.Context, payload: None) -> str:
-        ctx.trigger(grandchild)
-        token = ctx.create_token("never", timeout=timedelta(days=7))
-        return str(ctx.wait_for_token(token))  # nobody answers
+    @flavor.task(app, id="stuck")
+    async def stuck(ctx: Any, payload: None) -> str:
+        await ctx.trigger(grandchild)
+        token = await ctx.create_token("never", timeout=timedelta(days=7))
+        return str(await ctx.wait_for_token(token))  # nobody answers
 
-    @app.task(id="quick")
-    def quick(ctx: rung.Context, payload: None) -> str:
-        ctx.wait(timedelta(minutes=10))
+    @flavor.task(app, id="quick")
+    async def quick(ctx: Any, payload: None) -> str:
+        await ctx.wait(timedelta(minutes=10))
         return "done"
 
-    @app.task(id="parent")
-    def parent(ctx: rung.Context, payload: None) -> dict[str, Any]:
-        fast = ctx.trigger_and_wait(quick, timeout=timedelta(hours=1))
+    @flavor.task(app, id="parent")
+    async def parent(ctx: Any, payload: None) -> dict[str, Any]:
+        fast = await ctx.trigger_and_wait(quick, timeout=timedelta(hours=1))
         try:
-            ctx.trigger_and_wait(stuck, timeout=timedelta(hours=1))
+            await ctx.trigger_and_wait(stuck, timeout=timedelta(hours=1))
         except rung.ChildRunFailed as exc:
             return {"fast": fast, "status": exc.status, "type": exc.error_type, "why": exc.message}
         return {"fast": fast}
@@ -584,19 +602,19 @@ def test_trigger_and_wait_with_a_timeout_cancels_a_child_that_does_not_end_in_ti
     assert stuck_run.finished_at - stuck_run.created_at >= timedelta(hours=1)
 
 
-def test_a_bad_trigger_and_wait_timeout_is_refused() -> None:
+def test_a_bad_trigger_and_wait_timeout_is_refused(flavor: Flavor) -> None:
     app = rung.App("child-timeout-bad")
     errors: list[str] = []
 
-    @app.task(id="child")
-    def child(ctx: rung.Context, payload: None) -> int:
+    @flavor.task(app, id="child")
+    async def child(ctx: Any, payload: None) -> int:
         return 1
 
-    @app.task(id="parent")
-    def parent(ctx: rung.Context, payload: None) -> int:
+    @flavor.task(app, id="parent")
+    async def parent(ctx: Any, payload: None) -> int:
         for bad in (0, -5, timedelta(days=400), "1h"):
             try:
-                ctx.trigger_and_wait(child, timeout=bad)  # type: ignore[arg-type]
+                await ctx.trigger_and_wait(child, timeout=bad)
             except rung.RungError as exc:
                 errors.append(str(exc))
         return len(errors)
@@ -613,26 +631,26 @@ def test_a_bad_trigger_and_wait_timeout_is_refused() -> None:
     ]
 
 
-def timeout_app(timeout: timedelta, with_grandchild: bool = True) -> rung.App:
+def timeout_app(flavor: Flavor, timeout: timedelta, with_grandchild: bool = True) -> rung.App:
     app = rung.App("child-timeout-token")
 
-    @app.task(id="grandchild")
-    def grandchild(ctx: rung.Context, payload: None) -> None:
+    @flavor.task(app, id="grandchild")
+    async def grandchild(ctx: Any, payload: None) -> None:
         # A token, not a timer: virtual time would jump to a 30-day timer (and past the
         # parent's timeout) as soon as every worker is idle, before the test looks.
-        ctx.wait_for_token(ctx.create_token("never", timeout=timedelta(days=30)))
+        await ctx.wait_for_token(await ctx.create_token("never", timeout=timedelta(days=30)))
 
-    @app.task(id="asks")
-    def asks(ctx: rung.Context, payload: None) -> str:
+    @flavor.task(app, id="asks")
+    async def asks(ctx: Any, payload: None) -> str:
         if with_grandchild:
-            ctx.trigger(grandchild)
-        token = ctx.create_token("answer", timeout=timedelta(days=7))
-        return str(ctx.wait_for_token(token))
+            await ctx.trigger(grandchild)
+        token = await ctx.create_token("answer", timeout=timedelta(days=7))
+        return str(await ctx.wait_for_token(token))
 
-    @app.task(id="parent")
-    def parent(ctx: rung.Context, payload: None) -> str:
+    @flavor.task(app, id="parent")
+    async def parent(ctx: Any, payload: None) -> str:
         try:
-            return str(ctx.trigger_and_wait(asks, timeout=timeout))
+            return str(await ctx.trigger_and_wait(asks, timeout=timeout))
         except rung.ChildRunFailed as exc:
             return f"{exc.status}: {exc.message}"
 
@@ -647,12 +665,12 @@ def _child_of(engine: LocalEngine, parent_id: str) -> str:
     return children[0].run_id
 
 
-def test_a_test_can_answer_a_childs_token_before_its_parents_timeout() -> None:
+def test_a_test_can_answer_a_childs_token_before_its_parents_timeout(flavor: Flavor) -> None:
     # LocalEngine does not jump to a trigger_and_wait timeout while nothing else is
     # due after it: answering the child's token is the test's move, as for any token.
     # (No grandchild: its 30-day timer would be a later due time, which the clock
     # would move to through the parent's deadline.)
-    with LocalEngine(timeout_app(timedelta(days=3), with_grandchild=False)) as engine:
+    with LocalEngine(timeout_app(flavor, timedelta(days=3), with_grandchild=False)) as engine:
         handle = engine.trigger("parent")
         child = _child_of(engine, handle.run_id)
         token = engine.wait_for_token(child, "answer", timeout=30)
@@ -663,7 +681,7 @@ def test_a_test_can_answer_a_childs_token_before_its_parents_timeout() -> None:
 
 
 def test_a_parent_that_crashes_inside_the_timeout_cascade_finishes_it_on_its_retry(
-    monkeypatch: pytest.MonkeyPatch,
+    flavor: Flavor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rung._engine.lifecycle import Lifecycle
 
@@ -677,7 +695,7 @@ def test_a_parent_that_crashes_inside_the_timeout_cascade_finishes_it_on_its_ret
         real(self, run_id, reason)
 
     monkeypatch.setattr(Lifecycle, "_cancel_children", crash_once)
-    with LocalEngine(timeout_app(timedelta(hours=1))) as engine:
+    with LocalEngine(timeout_app(flavor, timedelta(hours=1))) as engine:
         handle = engine.trigger("parent")
         child = _child_of(engine, handle.run_id)
         engine.wait_for_token(child, "answer", timeout=30)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ from rung._engine.worker import Disposition
 from rung._util.clock import VirtualClock
 from rung.models import EventType
 from rung.testing import LocalEngine, SimulatedCrash
+from tests.flavors import Flavor
 
 FAST = rung.RetryPolicy(max_attempts=3, initial_interval=1)
 
@@ -36,7 +38,7 @@ def receive_one(engine: LocalEngine) -> QueueMessage:
     raise AssertionError("no message arrived")
 
 
-def test_one_message_delivered_to_two_workers_at_once_runs_each_step_once() -> None:
+def test_one_message_delivered_to_two_workers_at_once_runs_each_step_once(flavor: Flavor) -> None:
     app = rung.App("dup")
     calls: Counter[str] = Counter()
     entered = threading.Event()
@@ -48,9 +50,10 @@ def test_one_message_delivered_to_two_workers_at_once_runs_each_step_once() -> N
         other_done.wait(timeout=10)  # hold the lease while the duplicate is handled
         return "ch_1"
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> str:
-        return ctx.step("charge", charge)
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> str:
+        result: str = await ctx.step("charge", charge)
+        return result
 
     with LocalEngine(app, workers=0) as engine:
         handle = engine.trigger("t")
@@ -113,7 +116,7 @@ def test_a_worker_that_lost_its_lease_cannot_change_the_run() -> None:
     assert after.status == "RUNNING" and after.output is None and after.attempt == 2
 
 
-def test_a_stalled_worker_stops_when_another_took_over_its_run() -> None:
+def test_a_stalled_worker_stops_when_another_took_over_its_run(flavor: Flavor) -> None:
     app = rung.App("stall")
     calls: Counter[str] = Counter()
     engine_ref: list[LocalEngine] = []
@@ -130,9 +133,10 @@ def test_a_stalled_worker_stops_when_another_took_over_its_run() -> None:
             thread.join(timeout=20)
         return calls["step"]
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> int:
-        return ctx.step("s", slow_step)
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> int:
+        result: int = await ctx.step("s", slow_step)
+        return result
 
     run_ids: list[str] = []
     with LocalEngine(app, workers=0, lease_duration=timedelta(minutes=1)) as engine:
@@ -148,7 +152,9 @@ def test_a_stalled_worker_stops_when_another_took_over_its_run() -> None:
     assert [e.type for e in history].count(EventType.WORKER_LOST) == 1
 
 
-def test_a_crash_after_the_side_effect_but_before_the_checkpoint_repeats_the_step() -> None:
+def test_a_crash_after_the_side_effect_but_before_the_checkpoint_repeats_the_step(
+    flavor: Flavor,
+) -> None:
     app = rung.App("crash1")
     effects: list[str] = []
 
@@ -158,9 +164,10 @@ def test_a_crash_after_the_side_effect_but_before_the_checkpoint_repeats_the_ste
             raise SimulatedCrash()  # ... and the worker died before recording it
         return "ch_1"
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> str:
-        return ctx.step("charge", charge)
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> str:
+        result: str = await ctx.step("charge", charge)
+        return result
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("t")
@@ -172,7 +179,7 @@ def test_a_crash_after_the_side_effect_but_before_the_checkpoint_repeats_the_ste
     assert len(lost) == 1 and lost[0].error is not None and "lease expired" in lost[0].error.message
 
 
-def test_a_crash_after_the_checkpoint_does_not_repeat_the_step() -> None:
+def test_a_crash_after_the_checkpoint_does_not_repeat_the_step(flavor: Flavor) -> None:
     app = rung.App("crash2")
     calls: Counter[str] = Counter()
 
@@ -183,10 +190,10 @@ def test_a_crash_after_the_checkpoint_does_not_repeat_the_step() -> None:
     def email() -> None:
         calls["email"] += 1
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> str:
-        charge_id = ctx.step("charge", charge)
-        ctx.step("email", email)
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> str:
+        charge_id: str = await ctx.step("charge", charge)
+        await ctx.step("email", email)
         return charge_id
 
     with LocalEngine(app) as engine:
@@ -207,7 +214,7 @@ def test_a_crash_after_the_checkpoint_does_not_repeat_the_step() -> None:
     assert calls == {"charge": 1, "email": 1}
 
 
-def test_repeated_crashes_exhaust_the_task_policy_and_fail_the_run() -> None:
+def test_repeated_crashes_exhaust_the_task_policy_and_fail_the_run(flavor: Flavor) -> None:
     app = rung.App("crash3")
     calls: Counter[str] = Counter()
 
@@ -215,9 +222,9 @@ def test_repeated_crashes_exhaust_the_task_policy_and_fail_the_run() -> None:
         calls["n"] += 1
         raise SimulatedCrash()
 
-    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=2))
-    def t(ctx: rung.Context, payload: None) -> None:
-        ctx.step("doomed", doomed)
+    @flavor.task(app, id="t", retry=rung.RetryPolicy(max_attempts=2))
+    async def t(ctx: Any, payload: None) -> None:
+        await ctx.step("doomed", doomed)
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -227,12 +234,15 @@ def test_repeated_crashes_exhaust_the_task_policy_and_fail_the_run() -> None:
     assert types.count("WorkerLost") == 2 and types[-1] == "RunFailed"
 
 
-def test_malformed_oversize_and_unknown_messages_reach_the_dlq_and_harm_no_run() -> None:
+def test_malformed_oversize_and_unknown_messages_reach_the_dlq_and_harm_no_run(
+    flavor: Flavor,
+) -> None:
     app = rung.App("poison")
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: int) -> int:
-        return ctx.step("double", lambda: payload * 2)
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: int) -> int:
+        result: int = await ctx.step("double", lambda: payload * 2)
+        return result
 
     garbage = [
         "not json at all",
@@ -258,7 +268,7 @@ def test_malformed_oversize_and_unknown_messages_reach_the_dlq_and_harm_no_run()
     assert faults == []
 
 
-def test_a_run_continues_in_a_fresh_invocation_when_time_runs_short() -> None:
+def test_a_run_continues_in_a_fresh_invocation_when_time_runs_short(flavor: Flavor) -> None:
     app = rung.App("long")
     calls: Counter[str] = Counter()
     engine_ref: list[LocalEngine] = []
@@ -268,9 +278,9 @@ def test_a_run_continues_in_a_fresh_invocation_when_time_runs_short() -> None:
         virtual(engine_ref[0]).advance(timedelta(seconds=12))  # a 12-second step
         return n
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> int:
-        return sum(ctx.step(f"s{n}", slow, n) for n in range(5))
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> int:
+        return sum([await ctx.step(f"s{n}", slow, n) for n in range(5)])
 
     with LocalEngine(
         app, invocation_timeout=timedelta(seconds=30), min_time_left=timedelta(seconds=10)
@@ -289,7 +299,7 @@ def test_a_run_continues_in_a_fresh_invocation_when_time_runs_short() -> None:
     assert "RetryScheduled" not in types and "WorkerLost" not in types
 
 
-def test_crashes_beyond_the_dlq_receive_count_do_not_strand_the_run() -> None:
+def test_crashes_beyond_the_dlq_receive_count_do_not_strand_the_run(flavor: Flavor) -> None:
     app = rung.App("crash4")
     calls: Counter[str] = Counter()
 
@@ -299,9 +309,10 @@ def test_crashes_beyond_the_dlq_receive_count_do_not_strand_the_run() -> None:
             raise SimulatedCrash()
         return "finally"
 
-    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=6))
-    def t(ctx: rung.Context, payload: None) -> str:
-        return ctx.step("s", crashes_four_times)
+    @flavor.task(app, id="t", retry=rung.RetryPolicy(max_attempts=6))
+    async def t(ctx: Any, payload: None) -> str:
+        result: str = await ctx.step("s", crashes_four_times)
+        return result
 
     with LocalEngine(app, max_receive_count=3) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -310,7 +321,7 @@ def test_crashes_beyond_the_dlq_receive_count_do_not_strand_the_run() -> None:
     assert dead == []
 
 
-def test_a_huge_error_message_is_stored_capped_and_the_run_goes_on() -> None:
+def test_a_huge_error_message_is_stored_capped_and_the_run_goes_on(flavor: Flavor) -> None:
     app = rung.App("hugeerr")
     calls: Counter[str] = Counter()
 
@@ -320,9 +331,10 @@ def test_a_huge_error_message_is_stored_capped_and_the_run_goes_on() -> None:
             raise ValueError("x" * 500_000)
         return "ok"
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> str:
-        return ctx.step("s", fails_loudly)
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> str:
+        result: str = await ctx.step("s", fails_loudly)
+        return result
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -334,7 +346,9 @@ def test_a_huge_error_message_is_stored_capped_and_the_run_goes_on() -> None:
     assert faults == []
 
 
-def test_a_retried_failures_long_traceback_is_stored_cut_to_its_innermost_end() -> None:
+def test_a_retried_failures_long_traceback_is_stored_cut_to_its_innermost_end(
+    flavor: Flavor,
+) -> None:
     app = rung.App("deeperr")
     calls: Counter[str] = Counter()
 
@@ -352,9 +366,10 @@ def test_a_retried_failures_long_traceback_is_stored_cut_to_its_innermost_end() 
         calls["n"] += 1
         return deep(100) if calls["n"] == 1 else "ok"
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> str:
-        return ctx.step("s", fails_deep_once)
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> str:
+        result: str = await ctx.step("s", fails_deep_once)
+        return result
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -370,7 +385,9 @@ def test_a_retried_failures_long_traceback_is_stored_cut_to_its_innermost_end() 
 
 @pytest.mark.slow  # ~30 s of wall time: the queue's visibility timeout after the "kill"
 @pytest.mark.timeout(180)
-def test_a_step_that_outlives_its_invocation_fails_with_an_error_that_says_so() -> None:
+def test_a_step_that_outlives_its_invocation_fails_with_an_error_that_says_so(
+    flavor: Flavor,
+) -> None:
     # Wall-clock time: the watchdog is a real timer. The invocation has 3 s (the claim
     # and the quick step take well under the 2 s before the watchdog fires); the step
     # takes 3.5 s, and then the "Lambda" kills it (SimulatedCrash, as at a timeout).
@@ -382,10 +399,11 @@ def test_a_step_that_outlives_its_invocation_fails_with_an_error_that_says_so() 
         time.sleep(3.5)
         raise SimulatedCrash()  # the invocation's time is up: the process is stopped
 
-    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=1))
-    def t(ctx: rung.Context, payload: None) -> str:
-        ctx.step("quick", lambda: calls.update(["quick"]))
-        return ctx.step("export", too_slow)
+    @flavor.task(app, id="t", retry=rung.RetryPolicy(max_attempts=1))
+    async def t(ctx: Any, payload: None) -> str:
+        await ctx.step("quick", lambda: calls.update(["quick"]))
+        result: str = await ctx.step("export", too_slow)
+        return result
 
     with LocalEngine(
         app,
@@ -410,31 +428,52 @@ def test_a_step_that_outlives_its_invocation_fails_with_an_error_that_says_so() 
 
 # -- misuse of rung's API inside a run fails at once --------------------------------------
 
-MISUSES: dict[str, tuple[Any, str]] = {
-    "wait": (lambda ctx: ctx.wait(-5), "ctx.wait duration must not be negative"),
-    "token": (
-        lambda ctx: ctx.create_token("t", timeout=0),
-        "create_token timeout must be positive",
-    ),
-    "parallel": (
-        lambda ctx: ctx.parallel([lambda c: 1], max_concurrency=0),
-        "max_concurrency must be an int >= 1",
-    ),
-    "policy": (lambda ctx: rung.RetryPolicy(backoff=float("nan")), "RetryPolicy.backoff"),
-    "child": (lambda ctx: ctx.trigger("no-such-task"), "has no task 'no-such-task'"),
+
+async def _negative_wait(ctx: Any) -> None:
+    await ctx.wait(-5)
+
+
+async def _token_without_time(ctx: Any) -> None:
+    await ctx.create_token("t", timeout=0)
+
+
+async def _one(ctx: Any) -> int:
+    return 1
+
+
+async def _parallel_of_none_at_a_time(ctx: Any) -> None:
+    await ctx.parallel([_one], max_concurrency=0)
+
+
+async def _bad_policy(ctx: Any) -> None:
+    rung.RetryPolicy(backoff=float("nan"))
+
+
+async def _unknown_child(ctx: Any) -> None:
+    await ctx.trigger("no-such-task")
+
+
+MISUSES: dict[str, tuple[Callable[[Any], Awaitable[None]], str]] = {
+    "wait": (_negative_wait, "ctx.wait duration must not be negative"),
+    "token": (_token_without_time, "create_token timeout must be positive"),
+    "parallel": (_parallel_of_none_at_a_time, "max_concurrency must be an int >= 1"),
+    "policy": (_bad_policy, "RetryPolicy.backoff"),
+    "child": (_unknown_child, "has no task 'no-such-task'"),
 }
 
 
 @pytest.mark.parametrize("misuse", sorted(MISUSES))
-def test_misuse_of_rungs_api_in_the_task_body_fails_the_run_at_once(misuse: str) -> None:
+def test_misuse_of_rungs_api_in_the_task_body_fails_the_run_at_once(
+    misuse: str, flavor: Flavor
+) -> None:
     app = rung.App("misuse")
     call, message = MISUSES[misuse]
     tries: list[int] = []
 
-    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=5, initial_interval=1))
-    def t(ctx: rung.Context, payload: None) -> None:
+    @flavor.task(app, id="t", retry=rung.RetryPolicy(max_attempts=5, initial_interval=1))
+    async def t(ctx: Any, payload: None) -> None:
         tries.append(ctx.attempt)
-        call(ctx)
+        await call(ctx)
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -446,18 +485,20 @@ def test_misuse_of_rungs_api_in_the_task_body_fails_the_run_at_once(misuse: str)
     assert EventType.RETRY_SCHEDULED not in events
 
 
-def test_misuse_inside_a_step_fails_the_step_for_good_without_retries() -> None:
+def test_misuse_inside_a_step_fails_the_step_for_good_without_retries(flavor: Flavor) -> None:
     app = rung.App("misuse-step")
     tries: list[int] = []
 
-    def nested(ctx: rung.Context) -> None:
+    async def nested(ctx: Any) -> None:
         tries.append(1)
-        ctx.wait(5)  # a wait inside a step: UsageError
+        await ctx.wait(5)  # a wait inside a step: UsageError
 
-    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=5, initial_interval=1))
-    def t(ctx: rung.Context, payload: None) -> str:
+    nested_step = flavor.step(nested, name="nested")
+
+    @flavor.task(app, id="t", retry=rung.RetryPolicy(max_attempts=5, initial_interval=1))
+    async def t(ctx: Any, payload: None) -> str:
         try:
-            ctx.step("nested", nested, ctx)
+            await nested_step(ctx)
         except rung.StepFailed as exc:
             return f"{exc.error_type}: {exc.message}"
         return "no error"
@@ -470,12 +511,12 @@ def test_misuse_inside_a_step_fails_the_step_for_good_without_retries() -> None:
     assert run.output.startswith("UsageError: ctx.wait() was called inside step '/nested#1'")
 
 
-def test_a_users_own_exceptions_keep_their_retry_policy() -> None:
+def test_a_users_own_exceptions_keep_their_retry_policy(flavor: Flavor) -> None:
     app = rung.App("user-errors")
     tries: list[int] = []
 
-    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=3, initial_interval=1))
-    def t(ctx: rung.Context, payload: None) -> None:
+    @flavor.task(app, id="t", retry=rung.RetryPolicy(max_attempts=3, initial_interval=1))
+    async def t(ctx: Any, payload: None) -> None:
         tries.append(ctx.attempt)
         raise ValueError("not yet")  # a ValueError, as InvalidConfig is, but the user's
 

@@ -12,6 +12,7 @@ import pytest
 import rung
 from rung.models import EventType
 from rung.testing import LocalEngine, SimulatedCrash
+from tests.flavors import Flavor
 
 
 class Order(pydantic.BaseModel):
@@ -30,13 +31,15 @@ def event_types(engine: LocalEngine, run_id: str) -> list[str]:
     return [str(e.type) for e in engine.history(run_id)]
 
 
-def test_a_completed_step_is_never_executed_again_and_replays_return_its_model() -> None:
+def test_a_completed_step_is_never_executed_again_and_replays_return_its_model(
+    flavor: Flavor,
+) -> None:
     app = rung.App("shop")
     calls: Counter[str] = Counter()
     seen: list[Any] = []
 
-    @rung.step
-    def fetch_order(order_id: str) -> Order:
+    @flavor.step
+    async def fetch_order(order_id: str) -> Order:
         calls["fetch"] += 1
         return Order(id=order_id, total=42)
 
@@ -46,11 +49,11 @@ def test_a_completed_step_is_never_executed_again_and_replays_return_its_model()
             raise ConnectionError("gateway timeout")
         return {"charged": order.total, "nested": [1, 2.5, None]}
 
-    @app.task(id="process-order", retry=FAST)
-    def process_order(ctx: rung.Context, payload: OrderIn) -> dict[str, Any]:
-        order = fetch_order(payload.order_id)
+    @flavor.task(app, id="process-order", retry=FAST)
+    async def process_order(ctx: Any, payload: OrderIn) -> dict[str, Any]:
+        order = await fetch_order(payload.order_id)
         seen.append(order)
-        result = ctx.step("charge", charge, order)
+        result = await ctx.step("charge", charge, order)
         return {"order": order.id, "charge": result}
 
     with LocalEngine(app) as engine:
@@ -69,22 +72,24 @@ def test_a_completed_step_is_never_executed_again_and_replays_return_its_model()
     assert delays == [timedelta(seconds=1), timedelta(seconds=2)]
 
 
-def test_five_retries_record_the_real_backoff_delays_in_history() -> None:
+def test_five_retries_record_the_real_backoff_delays_in_history(flavor: Flavor) -> None:
     app = rung.App("retry")
     attempts: list[int] = []
 
-    @app.task(
+    @flavor.task(
+        app,
         id="flaky",
         retry=rung.RetryPolicy(max_attempts=6, initial_interval=1, backoff=2.0, max_interval=60),
     )
-    def flaky(ctx: rung.Context, payload: None) -> int:
+    async def flaky(ctx: Any, payload: None) -> int:
         def call() -> int:
             attempts.append(rung.current_step().attempt)
             if len(attempts) <= 5:
                 raise TimeoutError("upstream slow")
             return len(attempts)
 
-        return ctx.step("call", call)
+        result: int = await ctx.step("call", call)
+        return result
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("flaky").run_id)
@@ -98,7 +103,7 @@ def test_five_retries_record_the_real_backoff_delays_in_history() -> None:
     assert (run.finished_at - run.created_at) >= timedelta(seconds=31)
 
 
-def test_step_policy_overrides_the_task_policy() -> None:
+def test_step_policy_overrides_the_task_policy(flavor: Flavor) -> None:
     app = rung.App("override")
     calls: Counter[str] = Counter()
 
@@ -106,10 +111,12 @@ def test_step_policy_overrides_the_task_policy() -> None:
         calls["x"] += 1
         raise ValueError("nope")
 
-    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=2))
-    def t(ctx: rung.Context, payload: None) -> str:
+    @flavor.task(app, id="t", retry=rung.RetryPolicy(max_attempts=2))
+    async def t(ctx: Any, payload: None) -> str:
         try:
-            ctx.step("x", always_fails, retry=rung.RetryPolicy(max_attempts=4, initial_interval=0))
+            await ctx.step(
+                "x", always_fails, retry=rung.RetryPolicy(max_attempts=4, initial_interval=0)
+            )
         except rung.StepFailed as exc:
             return f"{exc.error_type}: {exc.message}"
         return "unreachable"
@@ -120,7 +127,7 @@ def test_step_policy_overrides_the_task_policy() -> None:
     assert calls["x"] == 4
 
 
-def test_step_failed_is_catchable_and_raised_identically_on_every_replay() -> None:
+def test_step_failed_is_catchable_and_raised_identically_on_every_replay(flavor: Flavor) -> None:
     app = rung.App("catch")
     caught: list[tuple[str, str, str, str]] = []
     later: Counter[str] = Counter()
@@ -134,13 +141,14 @@ def test_step_failed_is_catchable_and_raised_identically_on_every_replay() -> No
             raise ConnectionError("try again")
         return "ok"
 
-    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=5, initial_interval=1))
-    def t(ctx: rung.Context, payload: None) -> str:
+    @flavor.task(app, id="t", retry=rung.RetryPolicy(max_attempts=5, initial_interval=1))
+    async def t(ctx: Any, payload: None) -> str:
         try:
-            ctx.step("charge", declined)
+            await ctx.step("charge", declined)
         except rung.StepFailed as exc:
             caught.append((exc.step_id, exc.error_type, exc.message, exc.traceback))
-        return ctx.step("after", flaky_later)
+        result: str = await ctx.step("after", flaky_later)
+        return result
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -152,7 +160,9 @@ def test_step_failed_is_catchable_and_raised_identically_on_every_replay() -> No
     assert "raise rung.NonRetryable" in traceback
 
 
-def test_non_retryable_aborts_at_once_and_an_uncaught_step_failure_fails_the_run() -> None:
+def test_non_retryable_aborts_at_once_and_an_uncaught_step_failure_fails_the_run(
+    flavor: Flavor,
+) -> None:
     app = rung.App("abort")
     calls: Counter[str] = Counter()
 
@@ -160,9 +170,9 @@ def test_non_retryable_aborts_at_once_and_an_uncaught_step_failure_fails_the_run
         calls["refund"] += 1
         raise rung.NonRetryable("order already refunded")
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> None:
-        ctx.step("refund", refund)
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> None:
+        await ctx.step("refund", refund)
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -177,7 +187,7 @@ def test_non_retryable_aborts_at_once_and_an_uncaught_step_failure_fails_the_run
     assert "RetryScheduled" not in types
 
 
-def test_retry_on_limits_which_errors_are_retried() -> None:
+def test_retry_on_limits_which_errors_are_retried(flavor: Flavor) -> None:
     app = rung.App("retry-on")
     calls: Counter[str] = Counter()
 
@@ -185,9 +195,9 @@ def test_retry_on_limits_which_errors_are_retried() -> None:
         calls["parse"] += 1
         raise KeyError("missing field")
 
-    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=5, retry_on=(ConnectionError,)))
-    def t(ctx: rung.Context, payload: None) -> None:
-        ctx.step("parse", parse)
+    @flavor.task(app, id="t", retry=rung.RetryPolicy(max_attempts=5, retry_on=(ConnectionError,)))
+    async def t(ctx: Any, payload: None) -> None:
+        await ctx.step("parse", parse)
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -195,7 +205,7 @@ def test_retry_on_limits_which_errors_are_retried() -> None:
     assert run.status == "FAILED" and run.error is not None and run.error.type == "KeyError"
 
 
-def test_retry_after_sets_the_next_delay() -> None:
+def test_retry_after_sets_the_next_delay(flavor: Flavor) -> None:
     app = rung.App("retry-after")
     calls: Counter[str] = Counter()
 
@@ -205,9 +215,10 @@ def test_retry_after_sets_the_next_delay() -> None:
             raise rung.RetryAfter(timedelta(seconds=37), "429 from the API")
         return "done"
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> str:
-        return ctx.step("call", rate_limited)
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> str:
+        result: str = await ctx.step("call", rate_limited)
+        return result
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -218,7 +229,7 @@ def test_retry_after_sets_the_next_delay() -> None:
     assert failed[0].error is not None and failed[0].error.message == "429 from the API"
 
 
-def test_custom_strategy_delays_are_used() -> None:
+def test_custom_strategy_delays_are_used(flavor: Flavor) -> None:
     app = rung.App("custom")
     calls: Counter[str] = Counter()
 
@@ -232,9 +243,10 @@ def test_custom_strategy_delays_are_used() -> None:
         max_attempts=3, strategy=lambda attempt, error: timedelta(minutes=attempt * 3)
     )
 
-    @app.task(id="t", retry=policy)
-    def t(ctx: rung.Context, payload: None) -> str:
-        return ctx.step("s", fails_twice)
+    @flavor.task(app, id="t", retry=policy)
+    async def t(ctx: Any, payload: None) -> str:
+        result: str = await ctx.step("s", fails_twice)
+        return result
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -243,7 +255,7 @@ def test_custom_strategy_delays_are_used() -> None:
     assert [e.delay for e in history if e.delay] == [timedelta(minutes=3), timedelta(minutes=6)]
 
 
-def test_errors_outside_steps_retry_the_run_then_fail_with_a_stored_error() -> None:
+def test_errors_outside_steps_retry_the_run_then_fail_with_a_stored_error(flavor: Flavor) -> None:
     app = rung.App("body")
     calls: Counter[str] = Counter()
 
@@ -251,9 +263,9 @@ def test_errors_outside_steps_retry_the_run_then_fail_with_a_stored_error() -> N
         calls["step"] += 1
         return "v"
 
-    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=3, initial_interval=2, backoff=3))
-    def t(ctx: rung.Context, payload: None) -> None:
-        ctx.step("once", once)
+    @flavor.task(app, id="t", retry=rung.RetryPolicy(max_attempts=3, initial_interval=2, backoff=3))
+    async def t(ctx: Any, payload: None) -> None:
+        await ctx.step("once", once)
         calls["body"] += 1
         raise LookupError(f"config missing (attempt {ctx.attempt})")
 
@@ -269,7 +281,7 @@ def test_errors_outside_steps_retry_the_run_then_fail_with_a_stored_error() -> N
     assert [str(e.type) for e in history].count("AttemptFailed") == 3
 
 
-def test_the_idempotency_key_is_stable_across_attempts() -> None:
+def test_the_idempotency_key_is_stable_across_attempts(flavor: Flavor) -> None:
     app = rung.App("keys")
     keys: list[str] = []
 
@@ -279,10 +291,11 @@ def test_the_idempotency_key_is_stable_across_attempts() -> None:
             raise ConnectionError("flaky")
         return "ch_1"
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> str:
-        ctx.step("charge", charge)
-        return ctx.step("charge", charge)  # second occurrence: its own key
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> str:
+        await ctx.step("charge", charge)
+        result: str = await ctx.step("charge", charge)  # second occurrence: its own key
+        return result
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("t")
@@ -291,7 +304,7 @@ def test_the_idempotency_key_is_stable_across_attempts() -> None:
     assert keys == [first, first, first, f"{handle.run_id}:/charge#2"]
 
 
-def test_a_replay_that_meets_a_different_step_fails_with_non_determinism() -> None:
+def test_a_replay_that_meets_a_different_step_fails_with_non_determinism(flavor: Flavor) -> None:
     app = rung.App("nondet")
 
     def ok() -> int:
@@ -300,10 +313,10 @@ def test_a_replay_that_meets_a_different_step_fails_with_non_determinism() -> No
     def flaky() -> None:
         raise ConnectionError("retry me")
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> None:
-        ctx.step("charge" if ctx.attempt == 1 else "refund", ok)  # changes between attempts
-        ctx.step("later", flaky)
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> None:
+        await ctx.step("charge" if ctx.attempt == 1 else "refund", ok)  # changes between attempts
+        await ctx.step("later", flaky)
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("t")
@@ -316,20 +329,22 @@ def test_a_replay_that_meets_a_different_step_fails_with_non_determinism() -> No
     assert "docs/determinism.md" in message and "must not change" in message
 
 
-def test_a_step_inside_a_step_is_an_error_that_says_so() -> None:
+def test_a_step_inside_a_step_is_an_error_that_says_so(flavor: Flavor) -> None:
     app = rung.App("nested")
 
-    @rung.step
-    def inner() -> int:
+    @flavor.step
+    async def inner() -> int:
         return 1
 
-    @rung.step
-    def outer() -> int:
-        return inner() + 1
+    @flavor.step
+    async def outer() -> int:
+        one: int = await inner()
+        return one + 1
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> int:
-        return outer()
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> int:
+        result: int = await outer()
+        return result
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -339,13 +354,13 @@ def test_a_step_inside_a_step_is_an_error_that_says_so() -> None:
     assert run.attempt == 1  # misuse is not retried
 
 
-def test_unserializable_step_result_fails_the_step_with_a_clear_error() -> None:
+def test_unserializable_step_result_fails_the_step_with_a_clear_error(flavor: Flavor) -> None:
     app = rung.App("badresult")
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> str:
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> str:
         try:
-            ctx.step("s", lambda: object())
+            await ctx.step("s", lambda: object())
         except rung.StepFailed as exc:
             return exc.message
         return "unreachable"
@@ -356,7 +371,7 @@ def test_unserializable_step_result_fails_the_step_with_a_clear_error() -> None:
     assert "is not JSON-serializable" in run.output
 
 
-def test_at_most_once_step_is_not_rerun_after_a_crash_mid_step() -> None:
+def test_at_most_once_step_is_not_rerun_after_a_crash_mid_step(flavor: Flavor) -> None:
     app = rung.App("amo")
     calls: Counter[str] = Counter()
 
@@ -364,10 +379,10 @@ def test_at_most_once_step_is_not_rerun_after_a_crash_mid_step() -> None:
         calls["wire"] += 1
         raise SimulatedCrash()  # the worker dies after the money left
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> str:
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> str:
         try:
-            ctx.step("wire", send_wire, at_most_once=True)
+            await ctx.step("wire", send_wire, at_most_once=True)
         except rung.StepFailed as exc:
             return f"{exc.error_type}: {exc.message}"
         return "unreachable"
@@ -382,7 +397,7 @@ def test_at_most_once_step_is_not_rerun_after_a_crash_mid_step() -> None:
     assert "WorkerLost" in types
 
 
-def test_at_most_once_step_that_fails_cleanly_is_retried() -> None:
+def test_at_most_once_step_that_fails_cleanly_is_retried(flavor: Flavor) -> None:
     app = rung.App("amo2")
     calls: Counter[str] = Counter()
 
@@ -392,9 +407,10 @@ def test_at_most_once_step_that_fails_cleanly_is_retried() -> None:
             raise ConnectionError("refused before sending")
         return "sent"
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> str:
-        return ctx.step("send", send, at_most_once=True)
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> str:
+        result: str = await ctx.step("send", send, at_most_once=True)
+        return result
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -402,7 +418,9 @@ def test_at_most_once_step_that_fails_cleanly_is_retried() -> None:
     assert calls["n"] == 2
 
 
-def test_at_most_once_step_that_fails_cleanly_after_an_earlier_crash_is_retried() -> None:
+def test_at_most_once_step_that_fails_cleanly_after_an_earlier_crash_is_retried(
+    flavor: Flavor,
+) -> None:
     # The step's own attempt (1) and the run's attempt (2, after a crash elsewhere)
     # differ here: a clean failure must still be told apart from an interruption.
     app = rung.App("amo3")
@@ -420,10 +438,11 @@ def test_at_most_once_step_that_fails_cleanly_after_an_earlier_crash_is_retried(
             raise ConnectionError("refused before sending")
         return "sent"
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> str:
-        ctx.step("before", crash_once)
-        return ctx.step("send", send, at_most_once=True)
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> str:
+        await ctx.step("before", crash_once)
+        result: str = await ctx.step("send", send, at_most_once=True)
+        return result
 
     with LocalEngine(app, lease_duration=timedelta(seconds=5)) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -432,12 +451,12 @@ def test_at_most_once_step_that_fails_cleanly_after_an_earlier_crash_is_retried(
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "x#1", 42])
-def test_bad_step_names_fail_the_run_with_a_clear_error(bad: object) -> None:
+def test_bad_step_names_fail_the_run_with_a_clear_error(bad: object, flavor: Flavor) -> None:
     app = rung.App("names")
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> None:
-        ctx.step(bad, lambda: None)  # type: ignore[call-overload]
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> None:
+        await ctx.step(bad, lambda: None)
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -445,15 +464,16 @@ def test_bad_step_names_fail_the_run_with_a_clear_error(bad: object) -> None:
     assert "step name" in run.error.message
 
 
-def test_a_step_function_with_a_retry_parameter_of_its_own_is_refused() -> None:
+def test_a_step_function_with_a_retry_parameter_of_its_own_is_refused(flavor: Flavor) -> None:
     app = rung.App("clash")
 
     def fetch(url: str, retry: int = 0) -> str:
         return f"{url}:{retry}"
 
-    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=1))
-    def t(ctx: rung.Context, payload: None) -> str:
-        return ctx.step("fetch", fetch, "u", retry=rung.RetryPolicy(max_attempts=2))
+    @flavor.task(app, id="t", retry=rung.RetryPolicy(max_attempts=1))
+    async def t(ctx: Any, payload: None) -> str:
+        result: str = await ctx.step("fetch", fetch, "u", retry=rung.RetryPolicy(max_attempts=2))
+        return result
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -462,32 +482,3 @@ def test_a_step_function_with_a_retry_parameter_of_its_own_is_refused() -> None:
     assert "retry= is the step's own option, and fn also has a parameter 'retry'" in (
         run.error.message
     )
-
-
-def test_async_tasks_and_steps_are_refused_with_what_to_do_until_they_are_built() -> None:
-    app = rung.App("not-async-yet")
-
-    with pytest.raises(rung.InvalidConfig, match="task 'later' is an async def"):
-
-        @app.task(id="later")
-        async def later(ctx: rung.Context, payload: None) -> None: ...
-
-    with pytest.raises(rung.InvalidConfig, match="@rung.step .*fetch is an async def"):
-
-        @rung.step
-        async def fetch() -> str:
-            return "page"
-
-    async def summarize() -> str:
-        return "summary"
-
-    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=1))
-    def t(ctx: rung.Context, payload: None) -> object:  # (mypy: a coroutine, not a str)
-        return ctx.step("summarize", summarize)
-
-    with LocalEngine(app) as engine:
-        run = engine.wait(engine.trigger("t").run_id)
-    assert run.status == "FAILED" and run.error is not None
-    assert run.error.type == "UsageError"
-    assert "fn is an async def" in run.error.message
-    assert "asyncio.run(fn(...))" in run.error.message

@@ -45,6 +45,25 @@ def test_a_run_completes(deployed: Deployment) -> None:
     assert deployed.receive() == []
 
 
+def test_async_and_sync_runs_of_one_batch_complete_each_on_its_own(deployed: Deployment) -> None:
+    asynchronous = deployed.client.trigger("greet-async", {"name": "Ada"})
+    synchronous = deployed.client.trigger("greet", {"name": "Alan"})
+    messages = deployed.receive()
+    assert len(messages) == 2
+
+    assert deployed.deliver(messages) == {"batchItemFailures": []}
+
+    run = deployed.client.get_run(asynchronous.run_id)
+    assert (run.status, run.output) == (rung.RunStatus.COMPLETED, "HELLO ADA (A-D-A)")
+    assert deployed.client.get_run(synchronous.run_id).output == "hello Alan"
+    assert handler_app.calls["hello-async"] == 1 and handler_app.calls["letter"] == 3
+    steps = [e.step for e in deployed.client.history(run.run_id) if e.type == "StepSucceeded"]
+    assert steps[:2] == ["/hello#1", "/shout#1"]
+    assert sorted(s for s in steps if s and s.endswith("/letter#1")) == [
+        f"/map#1[{i}]/letter#1" for i in range(3)
+    ]
+
+
 def test_a_garbage_message_fails_alone(deployed: Deployment) -> None:
     garbage_id = deployed.send_raw("this is not a rung message")
     handle = deployed.client.trigger("greet", {"name": "Grace"})

@@ -13,6 +13,7 @@ import pytest
 import rung
 from rung._util.clock import VirtualClock
 from rung.testing import LocalEngine
+from tests.flavors import Flavor
 
 
 def wait_for_status(engine: LocalEngine, run_id: str, status: rung.RunStatus) -> rung.Run:
@@ -47,14 +48,14 @@ def wait_until_handled(engine: LocalEngine, parked: int = 0) -> None:
     raise AssertionError(f"the engine kept handling a message: {in_flight(engine)}")
 
 
-def counting_app(calls: Counter[str]) -> rung.App:
+def counting_app(calls: Counter[str], flavor: Flavor) -> rung.App:
     app = rung.App("life")
 
-    @app.task(id="sleepy")
-    def sleepy(ctx: rung.Context, payload: None) -> str:
-        ctx.step("before", lambda: calls.update(["before"]))
-        ctx.wait(timedelta(hours=1))
-        ctx.step("after", lambda: calls.update(["after"]))
+    @flavor.task(app, id="sleepy")
+    async def sleepy(ctx: Any, payload: None) -> str:
+        await ctx.step("before", lambda: calls.update(["before"]))
+        await ctx.wait(timedelta(hours=1))
+        await ctx.step("after", lambda: calls.update(["after"]))
         return "woke"
 
     return app
@@ -65,7 +66,8 @@ def counting_app(calls: Counter[str]) -> rung.App:
 
 def test_cancel_a_delayed_run_at_once_and_it_never_runs() -> None:
     calls: Counter[str] = Counter()
-    with LocalEngine(counting_app(calls), virtual_time=False) as engine:
+    # sync only: the run is canceled before its body ever runs
+    with LocalEngine(counting_app(calls, Flavor("sync")), virtual_time=False) as engine:
         handle = engine.trigger("sleepy", delay=timedelta(hours=1))
         assert engine.get_run(handle.run_id).status == rung.RunStatus.DELAYED
         canceled = engine.client.cancel(handle.run_id, reason="not needed any more")
@@ -81,9 +83,9 @@ def test_cancel_a_delayed_run_at_once_and_it_never_runs() -> None:
     assert [str(e.type) for e in history] == ["RunTriggered", "RunCanceled"]
 
 
-def test_cancel_a_waiting_run_at_once_and_it_never_resumes() -> None:
+def test_cancel_a_waiting_run_at_once_and_it_never_resumes(flavor: Flavor) -> None:
     calls: Counter[str] = Counter()
-    with LocalEngine(counting_app(calls), virtual_time=False) as engine:
+    with LocalEngine(counting_app(calls, flavor), virtual_time=False) as engine:
         handle = engine.trigger("sleepy")
         wait_for_status(engine, handle.run_id, rung.RunStatus.WAITING)
         engine.client.cancel(handle.run_id)
@@ -98,7 +100,7 @@ def test_cancel_a_waiting_run_at_once_and_it_never_resumes() -> None:
     assert [str(e.type) for e in history][-1] == "RunCanceled"
 
 
-def test_cancel_a_running_run_stops_it_at_the_next_step_boundary() -> None:
+def test_cancel_a_running_run_stops_it_at_the_next_step_boundary(flavor: Flavor) -> None:
     app = rung.App("stop")
     calls: Counter[str] = Counter()
     inside = threading.Event()
@@ -110,12 +112,12 @@ def test_cancel_a_running_run_stops_it_at_the_next_step_boundary() -> None:
         release.wait(10)
         return "b"
 
-    @app.task(id="steps")
-    def steps(ctx: rung.Context, payload: None) -> str:
-        ctx.step("a", lambda: calls.update(["a"]))
-        ctx.step("b", blocking)
-        ctx.step("c", lambda: calls.update(["c"]))
-        ctx.step("d", lambda: calls.update(["d"]))
+    @flavor.task(app, id="steps")
+    async def steps(ctx: Any, payload: None) -> str:
+        await ctx.step("a", lambda: calls.update(["a"]))
+        await ctx.step("b", blocking)
+        await ctx.step("c", lambda: calls.update(["c"]))
+        await ctx.step("d", lambda: calls.update(["d"]))
         return "finished"
 
     with LocalEngine(app) as engine:
@@ -137,28 +139,28 @@ def test_cancel_a_running_run_stops_it_at_the_next_step_boundary() -> None:
     assert engine.faults == []
 
 
-def hold_app() -> rung.App:
+def hold_app(flavor: Flavor) -> rung.App:
     """A tree of runs that each wait for a token (virtual time does not skip those)."""
     app = rung.App("tree")
 
-    @app.task(id="hold")
-    def hold(ctx: rung.Context, payload: dict[str, Any]) -> str:
+    @flavor.task(app, id="hold")
+    async def hold(ctx: Any, payload: dict[str, Any]) -> str:
         if payload.get("grandchild"):
-            ctx.trigger(hold, {"name": payload["name"] + "/grandchild"})
-        token = ctx.create_token("go")
-        ctx.wait_for_token(token)
+            await ctx.trigger(hold, {"name": payload["name"] + "/grandchild"})
+        token = await ctx.create_token("go")
+        await ctx.wait_for_token(token)
         return f"{payload['name']} released"
 
-    @app.task(id="parent")
-    def parent(ctx: rung.Context, payload: None) -> Any:
-        ctx.trigger(hold, {"name": "attached", "grandchild": True})
-        ctx.trigger(hold, {"name": "detached"}, detached=True)
-        return ctx.trigger_and_wait(hold, {"name": "waited"})
+    @flavor.task(app, id="parent")
+    async def parent(ctx: Any, payload: None) -> Any:
+        await ctx.trigger(hold, {"name": "attached", "grandchild": True})
+        await ctx.trigger(hold, {"name": "detached"}, detached=True)
+        return await ctx.trigger_and_wait(hold, {"name": "waited"})
 
-    @app.task(id="forgiving")
-    def forgiving(ctx: rung.Context, payload: None) -> dict[str, str]:
+    @flavor.task(app, id="forgiving")
+    async def forgiving(ctx: Any, payload: None) -> dict[str, str]:
         try:
-            return {"output": ctx.trigger_and_wait(hold, {"name": "only"})}
+            return {"output": await ctx.trigger_and_wait(hold, {"name": "only"})}
         except rung.ChildRunFailed as exc:
             return {"status": exc.status, "type": exc.error_type, "message": exc.message}
 
@@ -169,8 +171,10 @@ def _by_name(engine: LocalEngine) -> dict[str, rung.Run]:
     return {r.payload["name"]: r for r in engine.list_runs(task="hold", limit=100)}
 
 
-def test_cancel_cascades_to_children_and_grandchildren_but_not_detached_ones() -> None:
-    with LocalEngine(hold_app()) as engine:
+def test_cancel_cascades_to_children_and_grandchildren_but_not_detached_ones(
+    flavor: Flavor,
+) -> None:
+    with LocalEngine(hold_app(flavor)) as engine:
         handle = engine.trigger("parent")
         wait_for_status(engine, handle.run_id, rung.RunStatus.WAITING)
         deadline = time.monotonic() + 30
@@ -204,8 +208,8 @@ def test_cancel_cascades_to_children_and_grandchildren_but_not_detached_ones() -
     assert detached.status == rung.RunStatus.COMPLETED and detached.output == "detached released"
 
 
-def test_canceling_a_child_raises_child_run_failed_in_its_waiting_parent() -> None:
-    with LocalEngine(hold_app()) as engine:
+def test_canceling_a_child_raises_child_run_failed_in_its_waiting_parent(flavor: Flavor) -> None:
+    with LocalEngine(hold_app(flavor)) as engine:
         handle = engine.trigger("forgiving")
         wait_for_status(engine, handle.run_id, rung.RunStatus.WAITING)
         [child] = engine.client.list_children(handle.run_id)
@@ -220,9 +224,9 @@ def test_canceling_a_child_raises_child_run_failed_in_its_waiting_parent() -> No
     }
 
 
-def test_cancel_of_a_finished_run_is_an_error_and_changes_nothing() -> None:
+def test_cancel_of_a_finished_run_is_an_error_and_changes_nothing(flavor: Flavor) -> None:
     calls: Counter[str] = Counter()
-    with LocalEngine(counting_app(calls)) as engine:
+    with LocalEngine(counting_app(calls, flavor)) as engine:
         handle = engine.trigger("sleepy")
         before = engine.wait(handle.run_id)
         with pytest.raises(rung.RunAlreadyFinished, match="already finished \\(COMPLETED") as info:
@@ -241,12 +245,12 @@ def test_cancel_of_a_finished_run_is_an_error_and_changes_nothing() -> None:
 # -- replay --------------------------------------------------------------------------------
 
 
-def test_replay_starts_a_new_run_with_the_same_payload() -> None:
+def test_replay_starts_a_new_run_with_the_same_payload(flavor: Flavor) -> None:
     app = rung.App("replay")
     calls: Counter[str] = Counter()
 
-    @app.task(id="echo")
-    def echo(ctx: rung.Context, payload: dict[str, Any]) -> dict[str, Any]:
+    @flavor.task(app, id="echo")
+    async def echo(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
         calls["echo"] += 1
         return {"got": payload}
 
@@ -274,7 +278,7 @@ class Flags:
     fails_after_fix = 0
 
 
-def redrive_app(calls: Counter[str], flags: type[Flags]) -> rung.App:
+def redrive_app(calls: Counter[str], flags: type[Flags], flavor: Flavor) -> rung.App:
     app = rung.App("redrive")
     policy = rung.RetryPolicy(max_attempts=2, initial_interval=timedelta(seconds=1))
 
@@ -287,23 +291,25 @@ def redrive_app(calls: Counter[str], flags: type[Flags]) -> rung.App:
             raise ConnectionError("flaky after the fix")
         return "fixed"
 
-    @app.task(id="pipeline", retry=policy)
-    def pipeline(ctx: rung.Context, payload: None) -> list[Any]:
-        one = ctx.step("one", lambda: calls.update(["step1"]) or 1)
-        two = ctx.step("two", lambda: calls.update(["step2"]) or 2)
-        three = ctx.step("three", step3)
+    @flavor.task(app, id="pipeline", retry=policy)
+    async def pipeline(ctx: Any, payload: None) -> list[Any]:
+        one = await ctx.step("one", lambda: calls.update(["step1"]) or 1)
+        two = await ctx.step("two", lambda: calls.update(["step2"]) or 2)
+        three = await ctx.step("three", step3)
         return [one, two, three, ctx.attempt]
 
     return app
 
 
-def test_redrive_resumes_a_failed_run_from_its_failed_step_with_a_fresh_budget() -> None:
+def test_redrive_resumes_a_failed_run_from_its_failed_step_with_a_fresh_budget(
+    flavor: Flavor,
+) -> None:
     calls: Counter[str] = Counter()
 
     class flags(Flags):  # noqa: N801 - a namespace of switches
         pass
 
-    with LocalEngine(redrive_app(calls, flags)) as engine:
+    with LocalEngine(redrive_app(calls, flags, flavor)) as engine:
         handle = engine.trigger("pipeline")
         failed = engine.wait(handle.run_id)
         assert failed.status == rung.RunStatus.FAILED and failed.attempt == 2
@@ -332,14 +338,14 @@ def test_redrive_resumes_a_failed_run_from_its_failed_step_with_a_fresh_budget()
     assert failed_error is not None and "the bug" in failed_error.message
 
 
-def test_redrive_of_a_run_failed_outside_steps_keeps_the_completed_steps() -> None:
+def test_redrive_of_a_run_failed_outside_steps_keeps_the_completed_steps(flavor: Flavor) -> None:
     app = rung.App("body")
     calls: Counter[str] = Counter()
     broken = {"yes": True}
 
-    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=1))
-    def t(ctx: rung.Context, payload: None) -> str:
-        value = ctx.step("expensive", lambda: calls.update(["expensive"]) or "v")
+    @flavor.task(app, id="t", retry=rung.RetryPolicy(max_attempts=1))
+    async def t(ctx: Any, payload: None) -> str:
+        value = await ctx.step("expensive", lambda: calls.update(["expensive"]) or "v")
         if broken["yes"]:
             raise RuntimeError("bug in the task body")
         return str(value)
@@ -356,22 +362,23 @@ def test_redrive_of_a_run_failed_outside_steps_keeps_the_completed_steps() -> No
     assert calls == Counter({"expensive": 1})
 
 
-def test_redrive_a_failed_child_then_its_parent() -> None:
+def test_redrive_a_failed_child_then_its_parent(flavor: Flavor) -> None:
     app = rung.App("fam")
     broken = {"yes": True}
 
-    @app.task(id="child", retry=rung.RetryPolicy(max_attempts=1))
-    def child(ctx: rung.Context, payload: None) -> str:
+    @flavor.task(app, id="child", retry=rung.RetryPolicy(max_attempts=1))
+    async def child(ctx: Any, payload: None) -> str:
         def work() -> str:
             if broken["yes"]:
                 raise ValueError("child bug")
             return "child ok"
 
-        return ctx.step("work", work)
+        result: str = await ctx.step("work", work)
+        return result
 
-    @app.task(id="parent", retry=rung.RetryPolicy(max_attempts=1))
-    def parent(ctx: rung.Context, payload: None) -> str:
-        return "parent got " + str(ctx.trigger_and_wait(child, None))
+    @flavor.task(app, id="parent", retry=rung.RetryPolicy(max_attempts=1))
+    async def parent(ctx: Any, payload: None) -> str:
+        return "parent got " + str(await ctx.trigger_and_wait(child, None))
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("parent")
@@ -387,23 +394,26 @@ def test_redrive_a_failed_child_then_its_parent() -> None:
     assert [c.run_id for c in children] == [kid.run_id]  # no second child
 
 
-def test_redrive_of_a_failed_map_reruns_only_its_failed_branch() -> None:
+def test_redrive_of_a_failed_map_reruns_only_its_failed_branch(flavor: Flavor) -> None:
     app = rung.App("mapfix")
     calls: Counter[str] = Counter()
     broken = {"yes": True}
 
-    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=1))
-    def t(ctx: rung.Context, payload: None) -> list[int]:
-        def branch(bctx: rung.Context, item: int) -> int:
+    @flavor.task(app, id="t", retry=rung.RetryPolicy(max_attempts=1))
+    async def t(ctx: Any, payload: None) -> list[int]:
+        async def branch(bctx: Any, item: int) -> int:
             def work() -> int:
                 calls[f"work-{item}"] += 1
                 if item == 1 and broken["yes"]:
                     raise ValueError("branch bug")
                 return item * 10
 
-            return bctx.step("work", work)
+            result: int = await bctx.step("work", work)
+            return result
 
-        return ctx.map([0, 1, 2], branch, name="items").results()
+        batch = await ctx.map([0, 1, 2], branch, name="items")
+        results: list[int] = batch.results()
+        return results
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("t")
@@ -418,26 +428,31 @@ def test_redrive_of_a_failed_map_reruns_only_its_failed_branch() -> None:
     assert calls == Counter({"work-0": 1, "work-1": 2, "work-2": 1})
 
 
-def test_redrive_of_a_failed_nested_map_reruns_its_failed_inner_branch() -> None:
+def test_redrive_of_a_failed_nested_map_reruns_its_failed_inner_branch(flavor: Flavor) -> None:
     app = rung.App("nestfix")
     calls: Counter[str] = Counter()
     broken = {"yes": True}
 
-    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=1))
-    def t(ctx: rung.Context, payload: None) -> list[list[int]]:
-        def inner(bctx: rung.Context, item: int) -> int:
+    @flavor.task(app, id="t", retry=rung.RetryPolicy(max_attempts=1))
+    async def t(ctx: Any, payload: None) -> list[list[int]]:
+        async def inner(bctx: Any, item: int) -> int:
             def work() -> int:
                 calls[f"work-{item}"] += 1
                 if item == 3 and broken["yes"]:
                     raise ValueError("inner bug")
                 return item
 
-            return bctx.step("work", work)
+            result: int = await bctx.step("work", work)
+            return result
 
-        def outer(bctx: rung.Context, items: list[int]) -> list[int]:
-            return bctx.map(items, inner, name="inner").results()
+        async def outer(bctx: Any, items: list[int]) -> list[int]:
+            batch = await bctx.map(items, inner, name="inner")
+            results: list[int] = batch.results()
+            return results
 
-        return ctx.map([[0, 1], [2, 3]], outer, name="outer").results()
+        batch = await ctx.map([[0, 1], [2, 3]], outer, name="outer")
+        results: list[list[int]] = batch.results()
+        return results
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("t")
@@ -450,26 +465,28 @@ def test_redrive_of_a_failed_nested_map_reruns_its_failed_inner_branch() -> None
     assert calls == Counter({"work-0": 1, "work-1": 1, "work-2": 1, "work-3": 2})
 
 
-def test_redrive_deletes_more_failed_checkpoints_than_one_transaction_holds() -> None:
+def test_redrive_deletes_more_failed_checkpoints_than_one_transaction_holds(flavor: Flavor) -> None:
     # 60 failed branches and their 60 failed steps: 121 checkpoints to delete, past
     # DynamoDB's 100 items per transaction.
     app = rung.App("manyfix")
     calls: Counter[int] = Counter()
     broken = {"yes": True}
 
-    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=1))
-    def t(ctx: rung.Context, payload: None) -> int:
-        def branch(bctx: rung.Context, item: int) -> int:
+    @flavor.task(app, id="t", retry=rung.RetryPolicy(max_attempts=1))
+    async def t(ctx: Any, payload: None) -> int:
+        async def branch(bctx: Any, item: int) -> int:
             def work() -> int:
                 calls[item] += 1
                 if broken["yes"]:
                     raise ValueError("bug")
                 return item
 
-            return bctx.step("work", work)
+            result: int = await bctx.step("work", work)
+            return result
 
         rule = rung.Completion(tolerated_failures=59)  # decided by the last failure
-        return sum(ctx.map(list(range(60)), branch, name="items", completion=rule).results())
+        batch = await ctx.map(list(range(60)), branch, name="items", completion=rule)
+        return sum(batch.results())
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("t")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -16,6 +16,7 @@ import rung._engine.worker
 from rung._util.clock import VirtualClock
 from rung.models import EventType
 from rung.testing import LocalEngine, SimulatedCrash
+from tests.flavors import Flavor
 
 ONCE = rung.RetryPolicy(max_attempts=1)
 FAST = rung.RetryPolicy(max_attempts=3, initial_interval=1, backoff=2.0, max_interval=60)
@@ -62,19 +63,24 @@ def step_ids(engine: LocalEngine, run_id: str, kind: EventType) -> list[str]:
     return [e.step for e in engine.history(run_id) if e.type == kind and e.step is not None]
 
 
-def _hundred_items_app(calls: Calls, completion: rung.Completion, cap: int | None) -> rung.App:
+def _hundred_items_app(
+    flavor: Flavor, calls: Calls, completion: rung.Completion, cap: int | None
+) -> rung.App:
     app = rung.App("par")
 
-    def work(ctx: rung.Context, item: int) -> int:
+    async def work(ctx: Any, item: int) -> int:
         calls.add(item)
         if item in FAILING:
             raise ValueError(f"item {item} is broken")
-        return ctx.step("double", lambda: item * 2)
+        doubled: int = await ctx.step("double", lambda: item * 2)
+        return doubled
 
-    @app.task(id="hundred", retry=ONCE)
-    def hundred(ctx: rung.Context, payload: None) -> dict[str, Any]:
+    @flavor.task(app, id="hundred", retry=ONCE)
+    async def hundred(ctx: Any, payload: None) -> dict[str, Any]:
         try:
-            batch = ctx.map(list(range(100)), work, max_concurrency=cap, completion=completion)
+            batch = await ctx.map(
+                list(range(100)), work, max_concurrency=cap, completion=completion
+            )
         except rung.BatchFailed as exc:  # a StepFailed: catchable in the task body
             return {"caught": exc.message, "step_id": exc.step_id, **summary(exc.result)}
         return summary(batch)
@@ -82,9 +88,11 @@ def _hundred_items_app(calls: Calls, completion: rung.Completion, cap: int | Non
     return app
 
 
-def test_a_map_of_100_items_where_3_fail_completes_under_a_tolerance_of_5() -> None:
+def test_a_map_of_100_items_where_3_fail_completes_under_a_tolerance_of_5(
+    flavor: Flavor,
+) -> None:
     calls = Calls()
-    app = _hundred_items_app(calls, rung.Completion(tolerated_failures=5), None)
+    app = _hundred_items_app(flavor, calls, rung.Completion(tolerated_failures=5), None)
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("hundred").run_id, timeout=60)
         started = step_ids(engine, run.run_id, EventType.STEP_STARTED)
@@ -103,10 +111,12 @@ def test_a_map_of_100_items_where_3_fail_completes_under_a_tolerance_of_5() -> N
     assert {f"/map#1[{i}]/double#1" for i in range(100) if i not in FAILING} <= set(started)
 
 
-def test_a_map_over_its_tolerance_raises_batch_failed_and_skips_unstarted_items() -> None:
+def test_a_map_over_its_tolerance_raises_batch_failed_and_skips_unstarted_items(
+    flavor: Flavor,
+) -> None:
     calls = Calls()
     # One branch at a time: the third failure (item 61) decides; 62..99 never start.
-    app = _hundred_items_app(calls, rung.Completion(tolerated_failures=2), 1)
+    app = _hundred_items_app(flavor, calls, rung.Completion(tolerated_failures=2), 1)
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("hundred").run_id, timeout=60)
     assert run.status == rung.RunStatus.COMPLETED, run.error
@@ -120,17 +130,22 @@ def test_a_map_over_its_tolerance_raises_batch_failed_and_skips_unstarted_items(
     assert calls.counts == Counter(range(62))
 
 
-def test_an_uncaught_batch_failure_fails_the_run_and_names_the_first_failure() -> None:
+def test_an_uncaught_batch_failure_fails_the_run_and_names_the_first_failure(
+    flavor: Flavor,
+) -> None:
     app = rung.App("par")
 
-    def check(ctx: rung.Context, item: str) -> str:
+    async def check(ctx: Any, item: str) -> str:
         if item == "b":
             raise KeyError("no such sku")
         return item
 
-    @app.task(id="strict", retry=ONCE)
-    def strict(ctx: rung.Context, payload: None) -> list[str]:
-        return ctx.map(["a", "b", "c"], check, name="skus", max_concurrency=1).results()
+    @flavor.task(app, id="strict", retry=ONCE)
+    async def strict(ctx: Any, payload: None) -> list[str]:
+        batch: rung.BatchResult[str] = await ctx.map(
+            ["a", "b", "c"], check, name="skus", max_concurrency=1
+        )
+        return batch.results()
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("strict").run_id)
@@ -143,20 +158,22 @@ def test_an_uncaught_batch_failure_fails_the_run_and_names_the_first_failure() -
     assert "1 skipped" in run.error.message  # "c" never started
 
 
-def test_min_successes_stops_the_map_after_that_many_successes() -> None:
+def test_min_successes_stops_the_map_after_that_many_successes(flavor: Flavor) -> None:
     app = rung.App("par")
     calls = Calls()
 
-    def probe(ctx: rung.Context, item: int) -> str:
+    async def probe(ctx: Any, item: int) -> str:
         calls.add(item)
         if item == 3:
             raise TimeoutError("mirror down")
         return f"mirror-{item}"
 
-    @app.task(id="mirrors", retry=ONCE)
-    def mirrors(ctx: rung.Context, payload: None) -> dict[str, Any]:
+    @flavor.task(app, id="mirrors", retry=ONCE)
+    async def mirrors(ctx: Any, payload: None) -> dict[str, Any]:
         completion = rung.Completion(min_successes=10)
-        return summary(ctx.map(list(range(30)), probe, max_concurrency=1, completion=completion))
+        return summary(
+            await ctx.map(list(range(30)), probe, max_concurrency=1, completion=completion)
+        )
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("mirrors").run_id)
@@ -169,6 +186,7 @@ def test_min_successes_stops_the_map_after_that_many_successes() -> None:
 
 
 def test_max_concurrency_caps_the_branches_running_at_once_and_is_reached() -> None:
+    # Sync only: its threading.Barrier needs three steps blocked on three threads at once.
     app = rung.App("par")
     spans: dict[int, tuple[float, float]] = {}
     first_three = threading.Barrier(3, timeout=60)  # passes only if 3 run at once
@@ -200,21 +218,24 @@ def test_max_concurrency_caps_the_branches_running_at_once_and_is_reached() -> N
     assert not first_three.broken
 
 
-def test_a_branch_that_waits_suspends_the_run_and_finished_branches_are_not_rerun() -> None:
+def test_a_branch_that_waits_suspends_the_run_and_finished_branches_are_not_rerun(
+    flavor: Flavor,
+) -> None:
     app = rung.App("par")
     calls = Calls()
 
-    def item_fn(ctx: rung.Context, item: int) -> str:
+    async def item_fn(ctx: Any, item: int) -> str:
         calls.add(("fn", item))
-        ctx.step("before", lambda: calls.add(("before", item)))
+        await ctx.step("before", lambda: calls.add(("before", item)))
         if item == 2:
-            ctx.wait(timedelta(hours=1))
-        ctx.step("after", lambda: calls.add(("after", item)))
+            await ctx.wait(timedelta(hours=1))
+        await ctx.step("after", lambda: calls.add(("after", item)))
         return f"done-{item}"
 
-    @app.task(id="waits")
-    def waits(ctx: rung.Context, payload: None) -> list[str]:
-        return ctx.map(list(range(5)), item_fn, max_concurrency=2).results()
+    @flavor.task(app, id="waits")
+    async def waits(ctx: Any, payload: None) -> list[str]:
+        batch: rung.BatchResult[str] = await ctx.map(list(range(5)), item_fn, max_concurrency=2)
+        return batch.results()
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("waits").run_id)
@@ -242,22 +263,25 @@ def test_a_branch_that_waits_suspends_the_run_and_finished_branches_are_not_reru
     ]
 
 
-def test_tokens_inside_branches_suspend_the_run_until_each_is_answered() -> None:
+def test_tokens_inside_branches_suspend_the_run_until_each_is_answered(flavor: Flavor) -> None:
     app = rung.App("par")
     calls = Calls()
 
-    def approve(ctx: rung.Context, item: str) -> Any:
+    async def approve(ctx: Any, item: str) -> Any:
         calls.add(("fn", item))
         if item.startswith("big"):
-            token = ctx.create_token(f"approve-{item}", timeout=timedelta(days=2))
-            ctx.step("ask", lambda: calls.add(("ask", item)))
-            return ctx.wait_for_token(token)
-        ctx.step("auto", lambda: calls.add(("auto", item)))
+            token = await ctx.create_token(f"approve-{item}", timeout=timedelta(days=2))
+            await ctx.step("ask", lambda: calls.add(("ask", item)))
+            return await ctx.wait_for_token(token)
+        await ctx.step("auto", lambda: calls.add(("auto", item)))
         return "auto-approved"
 
-    @app.task(id="approvals")
-    def approvals(ctx: rung.Context, payload: None) -> list[Any]:
-        return ctx.map(["small-1", "big-1", "small-2", "big-2"], approve).results()
+    @flavor.task(app, id="approvals")
+    async def approvals(ctx: Any, payload: None) -> list[Any]:
+        batch: rung.BatchResult[Any] = await ctx.map(
+            ["small-1", "big-1", "small-2", "big-2"], approve
+        )
+        return batch.results()
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("approvals")
@@ -282,7 +306,7 @@ def test_tokens_inside_branches_suspend_the_run_until_each_is_answered() -> None
 
 @pytest.mark.parametrize("checked", [99, 0], ids=["in-the-transaction", "read-after"])
 def test_a_token_answered_before_the_run_suspends_is_not_missed(
-    checked: int, monkeypatch: pytest.MonkeyPatch
+    checked: int, monkeypatch: pytest.MonkeyPatch, flavor: Flavor
 ) -> None:
     # A suspension checks at most SUSPEND_TOKEN_CHECKS tokens in its transaction and
     # reads the rest after it; both ways a completion that came first wakes the run.
@@ -291,19 +315,20 @@ def test_a_token_answered_before_the_run_suspends_is_not_missed(
     clients: list[rung.Client] = []
     tokens: list[str] = []
 
-    def waiter(ctx: rung.Context) -> Any:
-        token = ctx.create_token("early", timeout=timedelta(days=1))
+    async def waiter(ctx: Any) -> Any:
+        token = await ctx.create_token("early", timeout=timedelta(days=1))
         tokens.append(token.id)
-        return ctx.wait_for_token(token)
+        return await ctx.wait_for_token(token)
 
-    def answerer(ctx: rung.Context) -> str:
-        # Runs after the waiter suspended (one thread), before the run does.
-        ctx.step("answer", lambda: bool(clients[0].complete_token(tokens[0], "early bird")))
+    async def answerer(ctx: Any) -> str:
+        # Runs after the waiter suspended (one branch at a time), before the run does.
+        await ctx.step("answer", lambda: bool(clients[0].complete_token(tokens[0], "early bird")))
         return "answered"
 
-    @app.task(id="race")
-    def race(ctx: rung.Context, payload: None) -> list[Any]:
-        return ctx.parallel([waiter, answerer], max_concurrency=1).results()
+    @flavor.task(app, id="race")
+    async def race(ctx: Any, payload: None) -> list[Any]:
+        batch: rung.BatchResult[Any] = await ctx.parallel([waiter, answerer], max_concurrency=1)
+        return batch.results()
 
     with LocalEngine(app) as engine:
         clients.append(engine.client)
@@ -312,11 +337,13 @@ def test_a_token_answered_before_the_run_suspends_is_not_missed(
     assert run.output == ["early bird", "answered"]
 
 
-def test_a_failing_branch_step_is_retried_and_other_branches_do_not_run_again() -> None:
+def test_a_failing_branch_step_is_retried_and_other_branches_do_not_run_again(
+    flavor: Flavor,
+) -> None:
     app = rung.App("par")
     calls = Calls()
 
-    def work(ctx: rung.Context, item: int) -> int:
+    async def work(ctx: Any, item: int) -> int:
         calls.add(("fn", item))
 
         def call() -> int:
@@ -325,11 +352,13 @@ def test_a_failing_branch_step_is_retried_and_other_branches_do_not_run_again() 
                 raise ConnectionError("gateway timeout")
             return item + 100
 
-        return ctx.step("work", call)
+        result: int = await ctx.step("work", call)
+        return result
 
-    @app.task(id="retry", retry=FAST)
-    def retry(ctx: rung.Context, payload: None) -> list[int]:
-        return ctx.map(list(range(8)), work, max_concurrency=2).results()
+    @flavor.task(app, id="retry", retry=FAST)
+    async def retry(ctx: Any, payload: None) -> list[int]:
+        batch: rung.BatchResult[int] = await ctx.map(list(range(8)), work, max_concurrency=2)
+        return batch.results()
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("retry").run_id)
@@ -348,24 +377,28 @@ def test_a_failing_branch_step_is_retried_and_other_branches_do_not_run_again() 
     ]
 
 
-def test_step_functions_called_in_branch_code_are_checkpointed_in_the_branch_scope() -> None:
+def test_step_functions_called_in_branch_code_are_checkpointed_in_the_branch_scope(
+    flavor: Flavor,
+) -> None:
     app = rung.App("par")
     calls = Calls()
 
-    @rung.step(name="fetch")
-    def fetch(sku: str) -> dict[str, str]:
+    async def fetch_price(sku: str) -> dict[str, str]:
         calls.add(sku)
         assert rung.current_step().step_id.startswith("/prices#1[")
         return {"sku": sku, "price": f"{len(sku)}.00"}
 
-    def price(ctx: rung.Context, sku: str) -> str:
-        first = fetch(sku)
-        again = fetch(sku + "-x")
+    fetch = flavor.step(fetch_price, name="fetch")
+
+    async def price(ctx: Any, sku: str) -> str:
+        first = await fetch(sku)
+        again = await fetch(sku + "-x")
         return f"{first['price']}/{again['price']}"
 
-    @app.task(id="prices")
-    def prices(ctx: rung.Context, payload: None) -> list[str]:
-        return ctx.map(["ab", "abc"], price, name="prices").results()
+    @flavor.task(app, id="prices")
+    async def prices(ctx: Any, payload: None) -> list[str]:
+        batch: rung.BatchResult[str] = await ctx.map(["ab", "abc"], price, name="prices")
+        return batch.results()
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("prices").run_id)
@@ -383,21 +416,24 @@ def test_step_functions_called_in_branch_code_are_checkpointed_in_the_branch_sco
     assert calls.counts == Counter({"ab": 1, "ab-x": 1, "abc": 1, "abc-x": 1})
 
 
-def test_parallel_returns_results_in_input_order() -> None:
+def test_parallel_returns_results_in_input_order(flavor: Flavor) -> None:
     app = rung.App("par")
 
-    def slowest(ctx: rung.Context) -> str:
-        return ctx.step("a", lambda: nap(0.2, "a"))
+    async def slowest(ctx: Any) -> str:
+        a: str = await ctx.step("a", lambda: nap(0.2, "a"))
+        return a
 
-    def slower(ctx: rung.Context) -> str:
-        return ctx.step("b", lambda: nap(0.1, "b"))
+    async def slower(ctx: Any) -> str:
+        b: str = await ctx.step("b", lambda: nap(0.1, "b"))
+        return b
 
-    def fast(ctx: rung.Context) -> str:
-        return ctx.step("c", lambda: "c")
+    async def fast(ctx: Any) -> str:
+        c: str = await ctx.step("c", lambda: "c")
+        return c
 
-    @app.task(id="fanout")
-    def fanout(ctx: rung.Context, payload: None) -> dict[str, Any]:
-        batch = ctx.parallel([slowest, slower, fast])
+    @flavor.task(app, id="fanout")
+    async def fanout(ctx: Any, payload: None) -> dict[str, Any]:
+        batch = await ctx.parallel([slowest, slower, fast])
         return {"results": batch.results(), "indexes": [i.index for i in batch.items]}
 
     with LocalEngine(app) as engine:
@@ -407,24 +443,25 @@ def test_parallel_returns_results_in_input_order() -> None:
     assert {"/parallel#1[0]/a#1", "/parallel#1[1]/b#1", "/parallel#1[2]/c#1"} <= set(ended)
 
 
-def test_nested_batches_groups_and_repeated_names_never_collide() -> None:
+def test_nested_batches_groups_and_repeated_names_never_collide(flavor: Flavor) -> None:
     app = rung.App("par")
 
-    def leaf(ctx: rung.Context, item: int) -> int:
-        return ctx.step("leaf", lambda: item)
+    async def leaf(ctx: Any, item: int) -> int:
+        value: int = await ctx.step("leaf", lambda: item)
+        return value
 
-    def outer(ctx: rung.Context, item: int) -> int:
+    async def outer(ctx: Any, item: int) -> int:
         with ctx.group("g"):
-            ctx.step("leaf", lambda: -1)
-        inner = ctx.map([item * 10, item * 10 + 1], leaf, name="m")
+            await ctx.step("leaf", lambda: -1)
+        inner: rung.BatchResult[int] = await ctx.map([item * 10, item * 10 + 1], leaf, name="m")
         return sum(inner.results())
 
-    @app.task(id="nested")
-    def nested(ctx: rung.Context, payload: None) -> list[Any]:
+    @flavor.task(app, id="nested")
+    async def nested(ctx: Any, payload: None) -> list[Any]:
         with ctx.group("g"):
-            grouped = ctx.map([1, 2], leaf, name="m").results()
-        first = ctx.map([0, 1], outer, name="m").results()
-        second = ctx.map([5], leaf, name="m").results()  # same name, same scope
+            grouped = (await ctx.map([1, 2], leaf, name="m")).results()
+        first = (await ctx.map([0, 1], outer, name="m")).results()
+        second = (await ctx.map([5], leaf, name="m")).results()  # same name, same scope
         return [grouped, first, second]
 
     with LocalEngine(app) as engine:
@@ -447,13 +484,15 @@ def test_nested_batches_groups_and_repeated_names_never_collide() -> None:
     } <= set(succeeded)
 
 
-def test_a_crash_in_one_branch_replays_identically_and_completed_steps_do_not_rerun() -> None:
+def test_a_crash_in_one_branch_replays_identically_and_completed_steps_do_not_rerun(
+    flavor: Flavor,
+) -> None:
     app = rung.App("par")
     calls = Calls()
 
-    def work(ctx: rung.Context, item: int) -> str:
+    async def work(ctx: Any, item: int) -> str:
         calls.add(("fn", item))
-        ctx.step("prepare", lambda: calls.add(("prepare", item)))
+        await ctx.step("prepare", lambda: calls.add(("prepare", item)))
 
         def risky() -> str:
             calls.add(("risky", item))
@@ -461,11 +500,13 @@ def test_a_crash_in_one_branch_replays_identically_and_completed_steps_do_not_re
                 raise SimulatedCrash()  # the worker dies here, mid-step
             return f"ok-{item}"
 
-        return ctx.step("risky", risky)
+        result: str = await ctx.step("risky", risky)
+        return result
 
-    @app.task(id="crashy", retry=FAST)
-    def crashy(ctx: rung.Context, payload: None) -> list[str]:
-        return ctx.map(list(range(6)), work, max_concurrency=2).results()
+    @flavor.task(app, id="crashy", retry=FAST)
+    async def crashy(ctx: Any, payload: None) -> list[str]:
+        batch: rung.BatchResult[str] = await ctx.map(list(range(6)), work, max_concurrency=2)
+        return batch.results()
 
     with LocalEngine(app, lease_duration=timedelta(seconds=5)) as engine:
         run = engine.wait(engine.trigger("crashy").run_id, timeout=60)
@@ -482,50 +523,59 @@ def test_a_crash_in_one_branch_replays_identically_and_completed_steps_do_not_re
     assert [calls[("fn", i)] for i in range(6)] == [1, 1, 2, 1, 1, 1]
 
 
-def test_batch_argument_errors_are_clear() -> None:
+def test_batch_argument_errors_are_clear(flavor: Flavor) -> None:
     app = rung.App("par")
     errors: list[str] = []
 
-    def echo(ctx: rung.Context, item: Any) -> Any:
+    async def echo(ctx: Any, item: Any) -> Any:
         return item
 
-    def first_fn(ctx: rung.Context) -> int:
+    async def first_fn(ctx: Any) -> int:
         return 1
 
-    @app.task(id="bad", retry=ONCE)
-    def bad(ctx: rung.Context, payload: None) -> dict[str, Any]:
-        attempts: list[Callable[[], object]] = [
+    @flavor.task(app, id="bad", retry=ONCE)
+    async def bad(ctx: Any, payload: None) -> dict[str, Any]:
+        attempts: list[Callable[[], Awaitable[object]]] = [
             lambda: ctx.map("abc", echo),
-            lambda: ctx.map({"b", "a"}, echo),  # type: ignore[arg-type]
-            lambda: ctx.map([1], "echo"),  # type: ignore[arg-type]
+            lambda: ctx.map({"b", "a"}, echo),
+            lambda: ctx.map([1], "echo"),
             lambda: ctx.map([1], echo, max_concurrency=0),
             lambda: ctx.map(range(10_001), echo),
             lambda: ctx.map([1], echo, completion=rung.Completion(min_successes=2)),
-            lambda: ctx.parallel([first_fn, 3]),  # type: ignore[arg-type]
+            lambda: ctx.parallel([first_fn, 3]),
             lambda: ctx.map([1], echo, name="a/b"),
         ]
         for call in attempts:
             try:
-                call()
+                await call()
             except rung.RungError as exc:
                 errors.append(str(exc))
-        try:
-            ctx.step("inner", lambda: ctx.map([1], echo), retry=ONCE)
+
+        async def nested_map() -> Any:
+            return await ctx.map([1], echo)
+
+        try:  # a batch in a step (an async step function in an async task)
+            await flavor.step(nested_map, name="inner", retry=ONCE)()
         except rung.StepFailed as exc:
             errors.append(exc.message)
 
-        def uses_the_task_ctx(branch: rung.Context, item: int) -> int:
-            return ctx.step("wrong", lambda: item)
+        async def uses_the_task_ctx(branch: Any, item: int) -> int:
+            value: int = await ctx.step("wrong", lambda: item)
+            return value
 
         branch = ""
         try:  # misuse in a branch is not a branch failure to tolerate: it ends the map
-            ctx.map([1], uses_the_task_ctx, completion=rung.Completion(tolerated_failures=1))
+            await ctx.map([1], uses_the_task_ctx, completion=rung.Completion(tolerated_failures=1))
         except rung.UsageError as exc:
             branch = str(exc)
-        leaked: list[rung.Context] = []
-        ctx.map([1], lambda branch, item: leaked.append(branch), name="leak")
+        leaked: list[Any] = []
+
+        async def leak(branch: Any, item: int) -> None:
+            leaked.append(branch)
+
+        await ctx.map([1], leak, name="leak")
         try:
-            leaked[0].step("late", lambda: 1)
+            await leaked[0].step("late", lambda: 1)
         except rung.UsageError as exc:
             errors.append(str(exc))
         return {
@@ -552,23 +602,25 @@ def test_batch_argument_errors_are_clear() -> None:
 
 
 @pytest.mark.parametrize("kind", ["map", "parallel"])
-def test_misuse_in_a_branch_fails_the_run_at_once_even_with_failures_tolerated(kind: str) -> None:
+def test_misuse_in_a_branch_fails_the_run_at_once_even_with_failures_tolerated(
+    kind: str, flavor: Flavor
+) -> None:
     app = rung.App("misuse")
     tries: list[int] = []
 
-    def branch(bctx: rung.Context, item: int) -> int:
+    async def branch(bctx: Any, item: int) -> int:
         if item == 1:
-            bctx.wait(-5)  # misuse: InvalidConfig, which no retry can fix
+            await bctx.wait(-5)  # misuse: InvalidConfig, which no retry can fix
         return item
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> Any:
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> Any:
         tries.append(ctx.attempt)
         rule = rung.Completion(tolerated_failures=2)
         if kind == "map":
-            return ctx.map([0, 1, 2], branch, completion=rule).results()
+            return (await ctx.map([0, 1, 2], branch, completion=rule)).results()
         fns = [lambda c, i=i: branch(c, i) for i in range(3)]
-        return ctx.parallel(fns, completion=rule).results()
+        return (await ctx.parallel(fns, completion=rule)).results()
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -577,12 +629,12 @@ def test_misuse_in_a_branch_fails_the_run_at_once_even_with_failures_tolerated(k
     assert "ctx.wait duration must not be negative" in run.error.message
 
 
-def test_a_map_continues_in_a_fresh_invocation_when_time_runs_short() -> None:
+def test_a_map_continues_in_a_fresh_invocation_when_time_runs_short(flavor: Flavor) -> None:
     app = rung.App("par")
     calls = Calls()
     clocks: list[VirtualClock] = []
 
-    def slow(ctx: rung.Context, item: int) -> int:
+    async def slow(ctx: Any, item: int) -> int:
         calls.add(("fn", item))
 
         def work() -> int:
@@ -590,11 +642,13 @@ def test_a_map_continues_in_a_fresh_invocation_when_time_runs_short() -> None:
             clocks[0].advance(timedelta(seconds=12))  # a 12-second step
             return item
 
-        return ctx.step("work", work)
+        result: int = await ctx.step("work", work)
+        return result
 
-    @app.task(id="long")
-    def long(ctx: rung.Context, payload: None) -> list[int]:
-        return ctx.map(list(range(5)), slow, max_concurrency=1).results()
+    @flavor.task(app, id="long")
+    async def long(ctx: Any, payload: None) -> list[int]:
+        batch: rung.BatchResult[int] = await ctx.map(list(range(5)), slow, max_concurrency=1)
+        return batch.results()
 
     with LocalEngine(
         app, invocation_timeout=timedelta(seconds=30), min_time_left=timedelta(seconds=10)
@@ -610,21 +664,21 @@ def test_a_map_continues_in_a_fresh_invocation_when_time_runs_short() -> None:
     assert [calls[("fn", i)] for i in range(5)] == [1] * 5
 
 
-def test_max_duration_ends_a_run_timed_out_in_the_middle_of_a_map() -> None:
+def test_max_duration_ends_a_run_timed_out_in_the_middle_of_a_map(flavor: Flavor) -> None:
     app = rung.App("par")
     calls = Calls()
     clocks: list[VirtualClock] = []
 
-    def work(ctx: rung.Context, item: int) -> None:
+    async def work(ctx: Any, item: int) -> None:
         def minute() -> None:
             calls.add(item)
             clocks[0].advance(timedelta(minutes=1))
 
-        ctx.step("minute", minute)
+        await ctx.step("minute", minute)
 
-    @app.task(id="bounded", max_duration=timedelta(minutes=5))
-    def bounded(ctx: rung.Context, payload: None) -> None:
-        ctx.map(list(range(10)), work, max_concurrency=1)
+    @flavor.task(app, id="bounded", max_duration=timedelta(minutes=5))
+    async def bounded(ctx: Any, payload: None) -> None:
+        await ctx.map(list(range(10)), work, max_concurrency=1)
 
     with LocalEngine(app) as engine:
         assert isinstance(engine.clock, VirtualClock)
@@ -635,16 +689,19 @@ def test_max_duration_ends_a_run_timed_out_in_the_middle_of_a_map() -> None:
     assert calls.counts == Counter(range(5))
 
 
-def test_a_replay_with_fewer_items_fails_with_a_determinism_error() -> None:
+def test_a_replay_with_fewer_items_fails_with_a_determinism_error(flavor: Flavor) -> None:
     app = rung.App("par")
 
-    def echo(ctx: rung.Context, item: int) -> int:
+    async def echo(ctx: Any, item: int) -> int:
         return item
 
-    @app.task(id="shrinks", retry=FAST)
-    def shrinks(ctx: rung.Context, payload: None) -> list[int]:
+    @flavor.task(app, id="shrinks", retry=FAST)
+    async def shrinks(ctx: Any, payload: None) -> list[int]:
         # Wrong on purpose: the items depend on the attempt, not on recorded values.
-        results = ctx.map(list(range(3 if ctx.attempt == 1 else 2)), echo).results()
+        batch: rung.BatchResult[int] = await ctx.map(
+            list(range(3 if ctx.attempt == 1 else 2)), echo
+        )
+        results = batch.results()
         if ctx.attempt == 1:
             raise RuntimeError("fail the body once, so that the map replays")
         return results
@@ -657,22 +714,23 @@ def test_a_replay_with_fewer_items_fails_with_a_determinism_error() -> None:
     assert "branch '/map#1[2]' is recorded" in run.error.message
 
 
-def test_branches_that_wait_for_child_runs_are_woken_by_the_children() -> None:
+def test_branches_that_wait_for_child_runs_are_woken_by_the_children(flavor: Flavor) -> None:
     # Each branch starts a child and waits for it: the run suspends once, waiting for
     # every branch's child, and each child's end can wake it.
     app = rung.App("par-children")
 
-    @app.task(id="child")
-    def child(ctx: rung.Context, payload: int) -> int:
-        ctx.wait(timedelta(minutes=payload))  # the children end at different times
+    @flavor.task(app, id="child")
+    async def child(ctx: Any, payload: int) -> int:
+        await ctx.wait(timedelta(minutes=payload))  # the children end at different times
         return payload * 10
 
-    def branch(ctx: rung.Context, n: int) -> int:
-        return int(ctx.trigger_and_wait("child", n))
+    async def branch(ctx: Any, n: int) -> int:
+        return int(await ctx.trigger_and_wait("child", n))
 
-    @app.task(id="parent")
-    def parent(ctx: rung.Context, payload: None) -> list[int]:
-        return ctx.map([3, 1, 2], branch).results()
+    @flavor.task(app, id="parent")
+    async def parent(ctx: Any, payload: None) -> list[int]:
+        batch: rung.BatchResult[int] = await ctx.map([3, 1, 2], branch)
+        return batch.results()
 
     with LocalEngine(app, workers=2) as engine:
         run = engine.wait(engine.trigger("parent").run_id, timeout=60)
@@ -682,16 +740,18 @@ def test_branches_that_wait_for_child_runs_are_woken_by_the_children() -> None:
     assert len(children) == 3 and all(c.status == rung.RunStatus.COMPLETED for c in children)
 
 
-def test_history_lists_parents_before_children_and_ends_them_after() -> None:
+def test_history_lists_parents_before_children_and_ends_them_after(flavor: Flavor) -> None:
     app = rung.App("order")
 
-    def item(ctx: rung.Context, n: int) -> int:
-        return ctx.step("s", lambda: n) + ctx.step("t", lambda: n)
+    async def item(ctx: Any, n: int) -> int:
+        total: int = await ctx.step("s", lambda: n) + await ctx.step("t", lambda: n)
+        return total
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> list[int]:
-        ctx.step("first", lambda: 0)
-        return ctx.map(list(range(8)), item, max_concurrency=4).results()
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> list[int]:
+        await ctx.step("first", lambda: 0)
+        batch: rung.BatchResult[int] = await ctx.map(list(range(8)), item, max_concurrency=4)
+        return batch.results()
 
     with LocalEngine(app) as engine:
         runs = [engine.trigger("t").run_id for _ in range(5)]
@@ -714,12 +774,12 @@ def test_history_lists_parents_before_children_and_ends_them_after() -> None:
 # -- named branches ------------------------------------------------------------------
 
 
-def test_parallel_with_a_mapping_names_its_branches() -> None:
+def test_parallel_with_a_mapping_names_its_branches(flavor: Flavor) -> None:
     app = rung.App("named-parallel")
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> dict[str, Any]:
-        batch = ctx.parallel(
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> dict[str, Any]:
+        batch: rung.BatchResult[Any] = await ctx.parallel(
             {
                 "user": lambda c: c.step("load", lambda: {"id": 7}),
                 "orders": lambda c: c.step("load", lambda: [1, 2]),
@@ -735,23 +795,29 @@ def test_parallel_with_a_mapping_names_its_branches() -> None:
     assert {"/parallel#1[user]", "/parallel#1[user]/load#1", "/parallel#1[orders]/load#1"} <= steps
 
 
-def test_map_item_names_are_used_in_ids_and_finished_branches_are_not_run_again() -> None:
+def test_map_item_names_are_used_in_ids_and_finished_branches_are_not_run_again(
+    flavor: Flavor,
+) -> None:
     app = rung.App("named-map")
     calls = Calls()
     orders = [{"id": "o-1"}, {"id": "o-2"}, {"id": "o-3"}]
 
-    def charge(ctx: rung.Context, order: dict[str, str]) -> str:
+    async def charge(ctx: Any, order: dict[str, str]) -> str:
         def once() -> str:
             calls.add(order["id"])
             if order["id"] == "o-2" and calls[order["id"]] == 1:
                 raise ConnectionError("gateway timeout")  # retried: the run backs off
             return f"ch-{order['id']}"
 
-        return ctx.step("charge", once, retry=FAST)
+        result: str = await ctx.step("charge", once, retry=FAST)
+        return result
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> list[str]:
-        return ctx.map(orders, charge, item_name=lambda order, i: order["id"]).results()
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> list[str]:
+        batch: rung.BatchResult[str] = await ctx.map(
+            orders, charge, item_name=lambda order, i: order["id"]
+        )
+        return batch.results()
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -771,14 +837,17 @@ def test_map_item_names_are_used_in_ids_and_finished_branches_are_not_run_again(
         (lambda item, i: 1 / 0, "item_name raised ZeroDivisionError for item 0"),
     ],
 )
-def test_bad_branch_names_fail_the_run_at_once(namer: Any, message: str) -> None:
+def test_bad_branch_names_fail_the_run_at_once(namer: Any, message: str, flavor: Flavor) -> None:
     app = rung.App("bad-names")
     tries: list[int] = []
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> Any:
+    async def echo(c: Any, n: int) -> int:
+        return n
+
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> Any:
         tries.append(ctx.attempt)
-        return ctx.map([1, 2], lambda c, n: n, item_name=namer).results()
+        return (await ctx.map([1, 2], echo, item_name=namer)).results()
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)
@@ -787,18 +856,21 @@ def test_bad_branch_names_fail_the_run_at_once(namer: Any, message: str) -> None
     assert message in run.error.message
 
 
-def test_branch_names_that_change_between_replays_are_a_determinism_error() -> None:
+def test_branch_names_that_change_between_replays_are_a_determinism_error(
+    flavor: Flavor,
+) -> None:
     app = rung.App("shifting-names")
 
-    @app.task(id="t", retry=FAST)
-    def t(ctx: rung.Context, payload: None) -> Any:
-        def branch(c: rung.Context, n: int) -> int:
-            value = c.step("v", lambda: n)
+    @flavor.task(app, id="t", retry=FAST)
+    async def t(ctx: Any, payload: None) -> Any:
+        async def branch(c: Any, n: int) -> int:
+            value: int = await c.step("v", lambda: n)
             if ctx.attempt == 1 and n == 2:
-                c.step("fail", _raise_once)
+                await c.step("fail", _raise_once)
             return value
 
-        return ctx.map([1, 2], branch, item_name=lambda n, i: f"{n}-{ctx.attempt}").results()
+        batch = await ctx.map([1, 2], branch, item_name=lambda n, i: f"{n}-{ctx.attempt}")
+        return batch.results()
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id)

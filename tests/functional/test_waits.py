@@ -6,7 +6,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +17,7 @@ import rung
 from rung._engine.worker import Disposition
 from rung._util.clock import VirtualClock
 from rung.testing import LocalEngine
+from tests.flavors import Flavor
 
 
 def wait_for_status(engine: LocalEngine, run_id: str, status: rung.RunStatus) -> rung.Run:
@@ -39,15 +40,17 @@ def wait_for_status(engine: LocalEngine, run_id: str, status: rung.RunStatus) ->
     ],
     ids=["3s", "20m", "30h", "40d"],
 )
-def test_a_wait_of_any_length_suspends_and_resumes_past_it(length: timedelta) -> None:
+def test_a_wait_of_any_length_suspends_and_resumes_past_it(
+    flavor: Flavor, length: timedelta
+) -> None:
     app = rung.App("w")
     calls: Counter[str] = Counter()
 
-    @app.task(id="sleepy")
-    def sleepy(ctx: rung.Context, payload: None) -> str:
-        ctx.step("before", lambda: calls.update(["before"]))
-        ctx.wait(length)
-        ctx.step("after", lambda: calls.update(["after"]))
+    @flavor.task(app, id="sleepy")
+    async def sleepy(ctx: Any, payload: None) -> str:
+        await ctx.step("before", lambda: calls.update(["before"]))
+        await ctx.wait(length)
+        await ctx.step("after", lambda: calls.update(["after"]))
         return "done"
 
     with LocalEngine(app) as engine:
@@ -67,17 +70,17 @@ def test_a_wait_of_any_length_suspends_and_resumes_past_it(length: timedelta) ->
     assert [e.step for e in waits] == ["/wait#1"]
 
 
-def test_a_waiting_run_is_waiting_and_holds_no_worker() -> None:
+def test_a_waiting_run_is_waiting_and_holds_no_worker(flavor: Flavor) -> None:
     app = rung.App("w")
     release = threading.Event()
 
-    @app.task(id="slow-wait")
-    def slow_wait(ctx: rung.Context, payload: None) -> str:
-        ctx.wait(timedelta(hours=2))
+    @flavor.task(app, id="slow-wait")
+    async def slow_wait(ctx: Any, payload: None) -> str:
+        await ctx.wait(timedelta(hours=2))
         return "ok"
 
-    @app.task(id="quick")
-    def quick(ctx: rung.Context, payload: None) -> str:
+    @flavor.task(app, id="quick")
+    async def quick(ctx: Any, payload: None) -> str:
         release.set()
         return "quick"
 
@@ -93,15 +96,15 @@ def test_a_waiting_run_is_waiting_and_holds_no_worker() -> None:
         assert engine.get_run(waiting.run_id).status == rung.RunStatus.WAITING
 
 
-def test_wait_until_a_time_and_a_past_time_does_not_wait() -> None:
+def test_wait_until_a_time_and_a_past_time_does_not_wait(flavor: Flavor) -> None:
     app = rung.App("w")
     target = datetime.now(UTC) + timedelta(days=3)
 
-    @app.task(id="until")
-    def until(ctx: rung.Context, payload: None) -> list[str]:
-        ctx.wait_until(datetime(2000, 1, 1, tzinfo=UTC), name="past")
-        ctx.wait_until(target, name="future")
-        return [ctx.step("now", lambda: "after")]
+    @flavor.task(app, id="until")
+    async def until(ctx: Any, payload: None) -> list[str]:
+        await ctx.wait_until(datetime(2000, 1, 1, tzinfo=UTC), name="past")
+        await ctx.wait_until(target, name="future")
+        return [await ctx.step("now", lambda: "after")]
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("until")
@@ -110,25 +113,26 @@ def test_wait_until_a_time_and_a_past_time_does_not_wait() -> None:
     assert run.finished_at is not None and run.finished_at >= target
 
 
-def test_wait_argument_errors_are_clear() -> None:
+def test_wait_argument_errors_are_clear(flavor: Flavor) -> None:
     app = rung.App("w")
     errors: list[str] = []
 
-    @app.task(id="bad")
-    def bad(ctx: rung.Context, payload: None) -> None:
-        for call in (
-            lambda: ctx.wait("1h"),  # type: ignore[arg-type]
+    @flavor.task(app, id="bad")
+    async def bad(ctx: Any, payload: None) -> None:
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: ctx.wait("1h"),
             lambda: ctx.wait(-5),
             lambda: ctx.wait(timedelta(days=400)),
             lambda: ctx.wait_until(datetime(2030, 1, 1)),  # naive
             lambda: ctx.create_token("t", timeout=0),
             lambda: ctx.create_token("t", timeout=60, heartbeat_timeout=120),
-            lambda: ctx.wait_for_token("tok_abc"),  # type: ignore[arg-type]
+            lambda: ctx.wait_for_token("tok_abc"),
             lambda: ctx.wait(1, name="a/b"),
             lambda: ctx.wait_until(datetime.now(UTC) + timedelta(days=400)),
-        ):
+        ]
+        for call in calls:
             try:
-                call()
+                await call()
             except rung.RungError as exc:
                 errors.append(str(exc))
 
@@ -153,15 +157,15 @@ class Decision(pydantic.BaseModel):
     by: str
 
 
-def _approval_app(calls: Counter[str], **token_options: Any) -> rung.App:
+def _approval_app(flavor: Flavor, calls: Counter[str], **token_options: Any) -> rung.App:
     app = rung.App("approvals")
 
-    @app.task(id="approve")
-    def approve(ctx: rung.Context, payload: dict[str, str]) -> dict[str, Any]:
-        token = ctx.create_token("approval", **token_options)
-        ctx.step("ask", lambda tid: calls.update(["ask"]) or tid, token.id)
+    @flavor.task(app, id="approve")
+    async def approve(ctx: Any, payload: dict[str, str]) -> dict[str, Any]:
+        token = await ctx.create_token("approval", **token_options)
+        await ctx.step("ask", lambda tid: calls.update(["ask"]) or tid, token.id)
         try:
-            decision = ctx.wait_for_token(token, result_type=Decision)
+            decision = await ctx.wait_for_token(token, result_type=Decision)
         except rung.TokenTimedOut as exc:
             return {"outcome": "timed out", "error": exc.message}
         except rung.TokenFailed as exc:
@@ -182,9 +186,9 @@ def _token_of(engine: LocalEngine, run_id: str) -> str:
     return token.id
 
 
-def test_a_token_completed_from_outside_resumes_the_run_with_its_value() -> None:
+def test_a_token_completed_from_outside_resumes_the_run_with_its_value(flavor: Flavor) -> None:
     calls: Counter[str] = Counter()
-    app = _approval_app(calls, timeout=timedelta(days=3))
+    app = _approval_app(flavor, calls, timeout=timedelta(days=3))
     with LocalEngine(app) as engine:
         handle = engine.trigger("approve", {})
         token_id = _token_of(engine, handle.run_id)
@@ -204,9 +208,9 @@ def test_a_token_completed_from_outside_resumes_the_run_with_its_value() -> None
     assert len(token_id) > 30  # 192 random bits, url-safe
 
 
-def test_a_failed_token_raises_in_the_task_body() -> None:
+def test_a_failed_token_raises_in_the_task_body(flavor: Flavor) -> None:
     calls: Counter[str] = Counter()
-    app = _approval_app(calls)
+    app = _approval_app(flavor, calls)
     with LocalEngine(app) as engine:
         handle = engine.trigger("approve", {})
         token_id = _token_of(engine, handle.run_id)
@@ -219,9 +223,9 @@ def test_a_failed_token_raises_in_the_task_body() -> None:
     }
 
 
-def test_a_token_times_out_and_the_timeout_is_catchable() -> None:
+def test_a_token_times_out_and_the_timeout_is_catchable(flavor: Flavor) -> None:
     calls: Counter[str] = Counter()
-    app = _approval_app(calls, timeout=timedelta(hours=5))
+    app = _approval_app(flavor, calls, timeout=timedelta(hours=5))
     with LocalEngine(app) as engine:
         handle = engine.trigger("approve", {})
         token_id = _token_of(engine, handle.run_id)
@@ -240,7 +244,9 @@ def test_a_token_times_out_and_the_timeout_is_catchable() -> None:
     assert run.finished_at - run.started_at >= timedelta(hours=5)
 
 
-def test_heartbeats_keep_a_token_open_and_a_missed_heartbeat_times_it_out() -> None:
+def test_heartbeats_keep_a_token_open_and_a_missed_heartbeat_times_it_out(
+    flavor: Flavor,
+) -> None:
     # The "outside" party heartbeats from steps of the run itself, so that the virtual
     # clock (which jumps whenever the engine is idle) cannot overtake the test.
     app = rung.App("hb")
@@ -253,13 +259,13 @@ def test_heartbeats_keep_a_token_open_and_a_missed_heartbeat_times_it_out() -> N
             return str(clients[0].heartbeat_token(token_id).deadline)
         return ""
 
-    @app.task(id="hb")
-    def hb(ctx: rung.Context, payload: None) -> dict[str, str]:
-        token = ctx.create_token("job", timeout=timedelta(days=1), heartbeat_timeout=3600)
-        ctx.step("work1", work_then_heartbeat, token.id, 30, True)
-        ctx.step("work2", work_then_heartbeat, token.id, 50, False)  # 80 min > 1 h
+    @flavor.task(app, id="hb")
+    async def hb(ctx: Any, payload: None) -> dict[str, str]:
+        token = await ctx.create_token("job", timeout=timedelta(days=1), heartbeat_timeout=3600)
+        await ctx.step("work1", work_then_heartbeat, token.id, 30, True)
+        await ctx.step("work2", work_then_heartbeat, token.id, 50, False)  # 80 min > 1 h
         try:
-            ctx.wait_for_token(token)
+            await ctx.wait_for_token(token)
         except rung.TokenTimedOut as exc:
             return {"error": exc.message}
         return {"error": ""}
@@ -281,9 +287,9 @@ def test_heartbeats_keep_a_token_open_and_a_missed_heartbeat_times_it_out() -> N
     assert final.status == "TIMED_OUT"
 
 
-def test_token_errors_for_unknown_ids_and_bad_values() -> None:
+def test_token_errors_for_unknown_ids_and_bad_values(flavor: Flavor) -> None:
     calls: Counter[str] = Counter()
-    app = _approval_app(calls)
+    app = _approval_app(flavor, calls)
     with LocalEngine(app) as engine:
         with pytest.raises(rung.TokenNotFound, match="not a token id"):
             engine.client.complete_token("run_123", 1)
@@ -304,17 +310,19 @@ def test_token_errors_for_unknown_ids_and_bad_values() -> None:
         assert engine.wait(handle.run_id).output == {"outcome": "denied", "by": "bo"}
 
 
-def test_a_token_completed_before_the_run_waits_for_it_needs_no_suspension() -> None:
+def test_a_token_completed_before_the_run_waits_for_it_needs_no_suspension(
+    flavor: Flavor,
+) -> None:
     app = rung.App("early")
     box: dict[str, str] = {}
     completed = threading.Event()
 
-    @app.task(id="early")
-    def early(ctx: rung.Context, payload: None) -> Any:
-        token = ctx.create_token("t")
+    @flavor.task(app, id="early")
+    async def early(ctx: Any, payload: None) -> Any:
+        token = await ctx.create_token("t")
         box["id"] = token.id
-        ctx.step("slow", lambda: completed.wait(10))
-        return ctx.wait_for_token(token)
+        await ctx.step("slow", lambda: completed.wait(10))
+        return await ctx.wait_for_token(token)
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("early")
@@ -328,13 +336,13 @@ def test_a_token_completed_before_the_run_waits_for_it_needs_no_suspension() -> 
     assert run.waiting_for is None and run.wake_kind is None
 
 
-def test_wait_for_callback_submits_the_token_and_returns_the_answer() -> None:
+def test_wait_for_callback_submits_the_token_and_returns_the_answer(flavor: Flavor) -> None:
     app = rung.App("cb")
     submitted: list[str] = []
 
-    @app.task(id="cb")
-    def cb(ctx: rung.Context, payload: None) -> Any:
-        return ctx.wait_for_callback("webhook", submitted.append, timeout=timedelta(hours=1))
+    @flavor.task(app, id="cb")
+    async def cb(ctx: Any, payload: None) -> Any:
+        return await ctx.wait_for_callback("webhook", submitted.append, timeout=timedelta(hours=1))
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("cb")
@@ -348,15 +356,15 @@ def test_wait_for_callback_submits_the_token_and_returns_the_answer() -> None:
     assert "webhook/token#1" in steps and "webhook/submit#1" in steps
 
 
-def test_wait_for_callback_needs_no_name() -> None:
+def test_wait_for_callback_needs_no_name(flavor: Flavor) -> None:
     app = rung.App("cb-unnamed")
     submitted: list[str] = []
 
-    @app.task(id="cb")
-    def cb(ctx: rung.Context, payload: None) -> Any:
-        first = ctx.wait_for_callback(submitted.append, timeout=timedelta(hours=1))
-        second = ctx.wait_for_callback(submitted.append, timeout=timedelta(hours=1))
-        named = ctx.wait_for_callback(submitted.append, name="review")
+    @flavor.task(app, id="cb")
+    async def cb(ctx: Any, payload: None) -> Any:
+        first = await ctx.wait_for_callback(submitted.append, timeout=timedelta(hours=1))
+        second = await ctx.wait_for_callback(submitted.append, timeout=timedelta(hours=1))
+        named = await ctx.wait_for_callback(submitted.append, name="review")
         return [first, second, named]
 
     with LocalEngine(app) as engine:
@@ -372,16 +380,16 @@ def test_wait_for_callback_needs_no_name() -> None:
     assert "review/token:wait#1" in steps
 
 
-def test_wait_for_callback_takes_its_name_and_submit_by_keyword_too() -> None:
+def test_wait_for_callback_takes_its_name_and_submit_by_keyword_too(flavor: Flavor) -> None:
     app = rung.App("cb-keywords")
     submitted: list[str] = []
 
-    @app.task(id="cb")
-    def cb(ctx: rung.Context, payload: None) -> Any:
+    @flavor.task(app, id="cb")
+    async def cb(ctx: Any, payload: None) -> Any:
         return [
-            ctx.wait_for_callback("a", submit=submitted.append),
-            ctx.wait_for_callback(name="b", submit=submitted.append),
-            ctx.wait_for_callback(submit=submitted.append),
+            await ctx.wait_for_callback("a", submit=submitted.append),
+            await ctx.wait_for_callback(name="b", submit=submitted.append),
+            await ctx.wait_for_callback(submit=submitted.append),
         ]
 
     with LocalEngine(app) as engine:
@@ -395,22 +403,22 @@ def test_wait_for_callback_takes_its_name_and_submit_by_keyword_too() -> None:
     assert {"a/submit#1", "b/submit#1", "callback/submit#1"} <= steps
 
 
-def test_wait_for_callback_refuses_two_names_and_a_name_after_submit() -> None:
+def test_wait_for_callback_refuses_two_names_and_a_name_after_submit(flavor: Flavor) -> None:
     app = rung.App("cb-bad")
     errors: list[str] = []
 
-    @app.task(id="cb")
-    def cb(ctx: rung.Context, payload: None) -> None:
-        calls: list[Callable[[], object]] = [
-            lambda: ctx.wait_for_callback("a", print, name="b"),  # type: ignore[call-overload]
-            lambda: ctx.wait_for_callback(print, "a"),  # type: ignore[call-overload]
-            lambda: ctx.wait_for_callback("a", "not callable"),  # type: ignore[call-overload]
-            lambda: ctx.wait_for_callback(print, submit=print),  # type: ignore[call-overload]
-            lambda: ctx.wait_for_callback("a"),  # type: ignore[call-overload]
+    @flavor.task(app, id="cb")
+    async def cb(ctx: Any, payload: None) -> None:
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: ctx.wait_for_callback("a", print, name="b"),
+            lambda: ctx.wait_for_callback(print, "a"),
+            lambda: ctx.wait_for_callback("a", "not callable"),
+            lambda: ctx.wait_for_callback(print, submit=print),
+            lambda: ctx.wait_for_callback("a"),
         ]
         for call in calls:
             try:
-                call()
+                await call()
             except rung.UsageError as exc:
                 errors.append(str(exc))
 
@@ -425,7 +433,7 @@ def test_wait_for_callback_refuses_two_names_and_a_name_after_submit() -> None:
     ]
 
 
-def test_wait_for_condition_polls_durably_until_done() -> None:
+def test_wait_for_condition_polls_durably_until_done(flavor: Flavor) -> None:
     app = rung.App("poll")
     polls: list[int] = []
 
@@ -433,13 +441,14 @@ def test_wait_for_condition_polls_durably_until_done() -> None:
         polls.append(state["n"])
         return {"n": state["n"] + 1}
 
-    @app.task(id="poll")
-    def poll(ctx: rung.Context, payload: None) -> dict[str, int]:
-        return ctx.wait_for_condition(
+    @flavor.task(app, id="poll")
+    async def poll(ctx: Any, payload: None) -> dict[str, int]:
+        state: dict[str, int] = await ctx.wait_for_condition(
             check,
             {"n": 0},
             rung.Poll(until=lambda s: s["n"] >= 4, interval=timedelta(minutes=10), backoff=2),
         )
+        return state
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("poll")
@@ -451,12 +460,12 @@ def test_wait_for_condition_polls_durably_until_done() -> None:
     assert run.finished_at - run.started_at >= timedelta(minutes=70)
 
 
-def test_wait_for_condition_stops_at_its_cap_with_a_clear_error() -> None:
+def test_wait_for_condition_stops_at_its_cap_with_a_clear_error(flavor: Flavor) -> None:
     app = rung.App("poll")
 
-    @app.task(id="never", retry=rung.RetryPolicy(max_attempts=1))
-    def never(ctx: rung.Context, payload: None) -> Any:
-        return ctx.wait_for_condition(
+    @flavor.task(app, id="never", retry=rung.RetryPolicy(max_attempts=1))
+    async def never(ctx: Any, payload: None) -> Any:
+        return await ctx.wait_for_condition(
             lambda s: s + 1, 0, rung.Poll(until=lambda s: False, interval=60, max_polls=3)
         )
 
@@ -467,19 +476,19 @@ def test_wait_for_condition_stops_at_its_cap_with_a_clear_error() -> None:
     assert "did not hold after 3 polls (last state: 3)" in run.error.message
 
 
-def test_groups_scope_step_ids_and_reentry_continues_numbering() -> None:
+def test_groups_scope_step_ids_and_reentry_continues_numbering(flavor: Flavor) -> None:
     app = rung.App("groups")
 
-    @app.task(id="g")
-    def g(ctx: rung.Context, payload: None) -> list[str]:
+    @flavor.task(app, id="g")
+    async def g(ctx: Any, payload: None) -> list[str]:
         out = []
         with ctx.group("billing"):
-            out.append(ctx.step("charge", lambda: rung.current_step().step_id))
+            out.append(await ctx.step("charge", lambda: rung.current_step().step_id))
             with ctx.group("refund"):
-                out.append(ctx.step("charge", lambda: rung.current_step().step_id))
+                out.append(await ctx.step("charge", lambda: rung.current_step().step_id))
         with ctx.group("billing"):
-            out.append(ctx.step("charge", lambda: rung.current_step().step_id))
-        out.append(ctx.step("charge", lambda: rung.current_step().step_id))
+            out.append(await ctx.step("charge", lambda: rung.current_step().step_id))
+        out.append(await ctx.step("charge", lambda: rung.current_step().step_id))
         return out
 
     with LocalEngine(app) as engine:
@@ -492,16 +501,16 @@ def test_groups_scope_step_ids_and_reentry_continues_numbering() -> None:
     ]
 
 
-def test_a_wait_replaced_by_a_step_is_a_determinism_error() -> None:
+def test_a_wait_replaced_by_a_step_is_a_determinism_error(flavor: Flavor) -> None:
     app = rung.App("nd")
     version = {"v": 1}
 
-    @app.task(id="nd", retry=rung.RetryPolicy(max_attempts=1))
-    def nd(ctx: rung.Context, payload: None) -> None:
+    @flavor.task(app, id="nd", retry=rung.RetryPolicy(max_attempts=1))
+    async def nd(ctx: Any, payload: None) -> None:
         if version["v"] == 1:
-            ctx.wait(2, name="pause")
+            await ctx.wait(2, name="pause")
         else:
-            ctx.step("pause", lambda: None)
+            await ctx.step("pause", lambda: None)
 
     # No worker threads: the test hands each message over itself, so the code changes
     # while the run waits, however slow the machine.
@@ -520,7 +529,7 @@ def test_a_wait_replaced_by_a_step_is_a_determinism_error() -> None:
     assert "calls step '/pause#1'" in run.error.message
 
 
-def test_max_duration_ends_a_run_timed_out_and_waits_do_not_count() -> None:
+def test_max_duration_ends_a_run_timed_out_and_waits_do_not_count(flavor: Flavor) -> None:
     app = rung.App("limits")
     done: list[int] = []
     clocks: list[VirtualClock] = []
@@ -529,11 +538,11 @@ def test_max_duration_ends_a_run_timed_out_and_waits_do_not_count() -> None:
         clocks[0].advance(timedelta(minutes=1))  # the step takes a (virtual) minute
         done.append(n)
 
-    @app.task(id="bounded", max_duration=timedelta(minutes=5))
-    def bounded(ctx: rung.Context, payload: None) -> None:
-        ctx.wait(timedelta(hours=10))  # waiting is free: does not use the budget
+    @flavor.task(app, id="bounded", max_duration=timedelta(minutes=5))
+    async def bounded(ctx: Any, payload: None) -> None:
+        await ctx.wait(timedelta(hours=10))  # waiting is free: does not use the budget
         for i in range(10):
-            ctx.step("work", work, i)
+            await ctx.step("work", work, i)
 
     with LocalEngine(app) as engine:
         assert isinstance(engine.clock, VirtualClock)
@@ -548,7 +557,7 @@ def test_max_duration_ends_a_run_timed_out_and_waits_do_not_count() -> None:
     assert history[-1].type == rung.EventType.RUN_TIMED_OUT
 
 
-def test_tokens_answered_while_their_runs_suspend_are_never_missed() -> None:
+def test_tokens_answered_while_their_runs_suspend_are_never_missed(flavor: Flavor) -> None:
     # The answer races the suspension: each token is completed the moment its id is
     # known, while the run is on its way into wait_for_token. A missed wake-up would
     # leave the run WAITING (virtual time never skips a token's deadline) and fail here.
@@ -560,11 +569,11 @@ def test_tokens_answered_while_their_runs_suspend_are_never_missed() -> None:
         with lock:
             announced.append((token_id, n))
 
-    @app.task(id="race")
-    def race(ctx: rung.Context, payload: int) -> Any:
-        token = ctx.create_token("t")
-        ctx.step("announce", announce, token.id, payload)
-        return ctx.wait_for_token(token)
+    @flavor.task(app, id="race")
+    async def race(ctx: Any, payload: int) -> Any:
+        token = await ctx.create_token("t")
+        await ctx.step("announce", announce, token.id, payload)
+        return await ctx.wait_for_token(token)
 
     with LocalEngine(app, workers=3) as engine:
         handles = [engine.trigger("race", n) for n in range(20)]
@@ -583,19 +592,20 @@ def test_tokens_answered_while_their_runs_suspend_are_never_missed() -> None:
     assert all(r.status == rung.RunStatus.COMPLETED for r in runs)
 
 
-def test_the_trace_shows_waits_tokens_and_their_durations() -> None:
+def test_the_trace_shows_waits_tokens_and_their_durations(flavor: Flavor) -> None:
     from rung.cli import build_trace
 
     app = rung.App("trace")
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> int:
-        ctx.step("a", lambda: 1)
-        ctx.wait(timedelta(hours=2))
-        token = ctx.create_token("ok", timeout=60)
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> int:
+        await ctx.step("a", lambda: 1)
+        await ctx.wait(timedelta(hours=2))
+        token = await ctx.create_token("ok", timeout=60)
         with contextlib.suppress(rung.TokenTimedOut):
-            ctx.wait_for_token(token)
-        return ctx.step("b", lambda: 2)
+            await ctx.wait_for_token(token)
+        b: int = await ctx.step("b", lambda: 2)
+        return b
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("t")
@@ -624,7 +634,7 @@ def _deliver(engine: LocalEngine) -> None:
 
 
 def test_a_token_wait_comes_back_at_its_deadline_when_the_clock_moves_during_suspension(
-    monkeypatch: pytest.MonkeyPatch,
+    flavor: Flavor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The message of a run that waits for a token is due at the token's deadline,
     counted when the message is deferred, not when the wait was decided. (A test that
@@ -632,11 +642,11 @@ def test_a_token_wait_comes_back_at_its_deadline_when_the_clock_moves_during_sus
     write and its queue call once left the run waiting for good.)"""
     app = rung.App("moved-clock")
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> str:
-        token = ctx.create_token("ok", timeout=60)
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> str:
+        token = await ctx.create_token("ok", timeout=60)
         try:
-            return str(ctx.wait_for_token(token))
+            return str(await ctx.wait_for_token(token))
         except rung.TokenTimedOut:
             return "timed out"
 
@@ -660,15 +670,17 @@ def test_a_token_wait_comes_back_at_its_deadline_when_the_clock_moves_during_sus
     assert (run.status, run.output) == (rung.RunStatus.COMPLETED, "timed out")
 
 
-def test_a_token_times_out_at_its_deadline_even_when_its_run_looks_later() -> None:
+def test_a_token_times_out_at_its_deadline_even_when_its_run_looks_later(
+    flavor: Flavor,
+) -> None:
     app = rung.App("late-look")
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> str:
-        token = ctx.create_token("answer", timeout=3)
-        ctx.wait(6)  # the run looks at the token only after this
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> str:
+        token = await ctx.create_token("answer", timeout=3)
+        await ctx.wait(6)  # the run looks at the token only after this
         try:
-            ctx.wait_for_token(token)
+            await ctx.wait_for_token(token)
         except rung.TokenTimedOut as exc:
             return exc.message
         return "answered"
@@ -689,16 +701,18 @@ def test_a_token_times_out_at_its_deadline_even_when_its_run_looks_later() -> No
     assert stamps == sorted(stamps)
 
 
-def test_a_token_past_its_deadline_reads_timed_out_before_its_run_looks() -> None:
+def test_a_token_past_its_deadline_reads_timed_out_before_its_run_looks(
+    flavor: Flavor,
+) -> None:
     app = rung.App("unlooked")
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> str:
-        first = ctx.create_token("first", timeout=3)
-        second = ctx.create_token("second", timeout=timedelta(hours=1))
-        ctx.wait_for_token(second)
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> str:
+        first = await ctx.create_token("first", timeout=3)
+        second = await ctx.create_token("second", timeout=timedelta(hours=1))
+        await ctx.wait_for_token(second)
         try:
-            return str(ctx.wait_for_token(first))
+            return str(await ctx.wait_for_token(first))
         except rung.TokenTimedOut:
             return "first timed out"
 
@@ -722,14 +736,14 @@ def test_a_token_past_its_deadline_reads_timed_out_before_its_run_looks() -> Non
     assert run.output == "first timed out"
 
 
-def test_history_keeps_program_order_for_past_waits_and_callbacks() -> None:
+def test_history_keeps_program_order_for_past_waits_and_callbacks(flavor: Flavor) -> None:
     app = rung.App("history-order")
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> Any:
-        ctx.step("a", lambda: 1)
-        ctx.wait_until(datetime(2020, 1, 1, tzinfo=UTC))  # a past time: no wait
-        return ctx.wait_for_callback(lambda token_id: None, timeout=60)
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> Any:
+        await ctx.step("a", lambda: 1)
+        await ctx.wait_until(datetime(2020, 1, 1, tzinfo=UTC))  # a past time: no wait
+        return await ctx.wait_for_callback(lambda token_id: None, timeout=60)
 
     with LocalEngine(app) as engine:
         handle = engine.trigger("t")
@@ -750,13 +764,15 @@ def test_history_keeps_program_order_for_past_waits_and_callbacks() -> None:
     assert wait.delay == timedelta(0)
 
 
-def test_a_token_name_too_long_for_its_wait_is_refused_before_the_token_exists() -> None:
+def test_a_token_name_too_long_for_its_wait_is_refused_before_the_token_exists(
+    flavor: Flavor,
+) -> None:
     app = rung.App("long-token")
 
-    @app.task(id="t")
-    def t(ctx: rung.Context, payload: None) -> str:
+    @flavor.task(app, id="t")
+    async def t(ctx: Any, payload: None) -> str:
         try:
-            ctx.create_token("y" * 198)
+            await ctx.create_token("y" * 198)
         except rung.UsageError as exc:
             return str(exc)
         return "no error"

@@ -6,6 +6,7 @@ the tests can count them across processes and restarts.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -47,6 +48,30 @@ def pipeline(ctx: rung.Context, payload: dict[str, str]) -> list[str]:
 
     done.append(ctx.step("slow", slow))
     done.append(ctx.step("after", effect, "after"))
+    return done
+
+
+async def wait_for_gate_async(gate: str) -> None:
+    """``wait_for_gate`` without blocking the event loop."""
+    Path(gate + ".pid").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 120
+    while not Path(gate).exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+@app.task(id="pipeline-async", retry=rung.RetryPolicy(max_attempts=5, initial_interval=0.5))
+async def pipeline_async(ctx: rung.AsyncContext, payload: dict[str, str]) -> list[str]:
+    """``pipeline`` as an async task: plain steps on threads, an async one on the loop."""
+    done = []
+    for name in ("one", "two"):
+        done.append(await ctx.step(name, effect, name))
+
+    async def slow() -> str:
+        await wait_for_gate_async(payload["gate"])
+        return effect("slow")
+
+    done.append(await ctx.step("slow", slow))
+    done.append(await ctx.step("after", effect, "after"))
     return done
 
 

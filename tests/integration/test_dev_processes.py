@@ -80,12 +80,13 @@ def dev_options(tmp_path: Path, **overrides: object) -> DevOptions:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("task", ["pipeline", "pipeline-async"])
 def test_kill_9_of_a_worker_mid_step_retries_the_run_and_repeats_no_completed_step(
-    tmp_path: Path, effects_file: Path
+    tmp_path: Path, effects_file: Path, task: str
 ) -> None:
     gate = tmp_path / "gate"
     with DevStack(dev_options(tmp_path)) as dev:
-        handle = dev.client.trigger("pipeline", {"gate": str(gate)})
+        handle = dev.client.trigger(task, {"gate": str(gate)})
         pid = int(wait_for(Path(str(gate) + ".pid")))
         assert pid in dev.worker_pids()
         os.kill(pid, signal.SIGKILL)  # the worker dies in the middle of step "slow"
@@ -182,8 +183,10 @@ def test_kill_9_of_rung_dev_then_a_restart_finishes_in_flight_runs(
         queue_url=stack.outputs["QueueUrl"],
         endpoint_url=endpoint,
     )
-    gates = [tmp_path / f"gate-{n}" for n in range(3)]
-    handles = [client.trigger("pipeline", {"gate": str(g)}) for g in gates]
+    gates = [tmp_path / f"gate-{n}" for n in range(4)]
+    # sync and async runs alike
+    tasks = ["pipeline", "pipeline-async", "pipeline", "pipeline-async"]
+    handles = [client.trigger(t, {"gate": str(g)}) for t, g in zip(tasks, gates, strict=True)]
     wait_for(Path(str(gates[0]) + ".pid"))
     killed_at = datetime.now(UTC)
     first.send_signal(signal.SIGKILL)  # rung dev dies with runs in flight
@@ -209,7 +212,7 @@ def test_kill_9_of_rung_dev_then_a_restart_finishes_in_flight_runs(
     finally:
         second.send_signal(signal.SIGINT)  # a clean stop
         assert second.wait(timeout=60) == 0
-    assert [r.status for r in runs] == ["COMPLETED"] * 3
+    assert [r.status for r in runs] == ["COMPLETED"] * 4
     counts = effects(effects_file)
     checked = 0
     for handle in handles:

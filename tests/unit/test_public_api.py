@@ -10,6 +10,8 @@ import rung.testing
 
 PINNED = {
     "App",
+    "AsyncClient",
+    "AsyncContext",
     "BatchFailed",
     "BatchItem",
     "BatchResult",

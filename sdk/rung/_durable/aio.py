@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import typing
 from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from rung._durable import steps
+from rung._durable.offload import IO_THREADS, io, io_pool
 from rung._durable.state import Scope
 from rung._durable.waits import StepCall
 
@@ -34,8 +36,9 @@ log = logging.getLogger("rung.worker")
 
 R = TypeVar("R")
 
-#: Threads of an async attempt's loop: sync step functions (``asyncio.to_thread``) and
-#: the core's writes. Made when first needed, so a body of async steps uses few.
+#: Threads of an async attempt's loop for its plain step functions (made when first
+#: needed: a body of async steps uses none). The core's writes have their own
+#: (``offload.IO_THREADS``).
 LOOP_THREADS = 64
 
 
@@ -44,14 +47,22 @@ async def follow(plan: Generator[StepCall, Any, R], step: Callable[..., Any]) ->
     writes on a thread, each step it asks for as ``step(name, fn, *args)`` (a step of
     the owner's ctx, awaited)."""
     try:
-        request = await asyncio.to_thread(next, plan)
-        while True:
+        done, request = await io(_advance, plan, None)
+        while not done:
             value = await step(request.name, request.fn, *request.args)
-            request = await asyncio.to_thread(plan.send, value)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+            done, request = await io(_advance, plan, value)
+        return typing.cast(R, request)
     finally:
         plan.close()
+
+
+def _advance(plan: Generator[StepCall, Any, Any], value: Any) -> tuple[bool, Any]:
+    """The plan's next request (False, request), or its result (True, result): a
+    StopIteration cannot cross into an asyncio future."""
+    try:
+        return False, plan.send(value)
+    except StopIteration as finished:
+        return True, finished.value
 
 
 async def offload(scope: Scope, operation: Callable[..., R], *args: Any, **kwargs: Any) -> R:
@@ -60,7 +71,7 @@ async def offload(scope: Scope, operation: Callable[..., R], *args: Any, **kwarg
     steps.check_unwinding(scope)
     what = f"ctx.{operation.__name__}()"
     scope.check_caller(what)
-    return await asyncio.to_thread(operation, scope, *args, **kwargs)
+    return await io(operation, scope, *args, **kwargs)
 
 
 def run_body(
@@ -77,6 +88,7 @@ def run_body(
 
     async def main() -> Any:
         scope.owner = asyncio.current_task()
+        io_pool.set(writes)
         with scope.entered():
             value = await body(face(scope), payload)
         steps.check_unwinding(scope)
@@ -96,6 +108,7 @@ def run_body(
 
     with (
         ThreadPoolExecutor(LOOP_THREADS, thread_name_prefix="rung-async") as threads,
+        ThreadPoolExecutor(IO_THREADS, thread_name_prefix="rung-io") as writes,
         asyncio.Runner() as runner,  # (closed first: it cancels what the body left)
     ):
         runner.get_loop().set_default_executor(threads)

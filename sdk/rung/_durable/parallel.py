@@ -53,6 +53,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import Any
 
+from rung._durable.offload import io
 from rung._durable.signals import ContinueLater, RetryStep, Suspend, TimeLimitReached
 from rung._durable.state import Scope, current_scope, encoded, error_info, return_type
 from rung._util import serde
@@ -286,9 +287,9 @@ class Batch:
     async def run_async(self) -> BatchResult[Any]:
         """Run or replay the batch, its branches as asyncio tasks on this loop (at most
         ``limit`` at once); its writes on the loop's threads."""
-        started, todo = await asyncio.to_thread(self._open)
+        started, todo = await io(self._open)
         signals = await self._execute_async(todo) if todo else []
-        return await asyncio.to_thread(self._close, signals, started)
+        return await io(self._close, signals, started)
 
     def _open(self) -> tuple[datetime, list[int]]:
         """The recorded branches; the ones to run (none once the rule is decided)."""
@@ -360,13 +361,13 @@ class Batch:
         signals: list[tuple[int, BaseException]] = []
         stop = False
         while running or (pending and not stop):
-            while pending and not stop and len(running) < self.limit:
-                try:
-                    await asyncio.to_thread(self.session.before_step)
-                except BaseException as exc:
-                    signals.append((-1, exc))
-                    stop = True
-                    break
+            free = min(len(pending), self.limit - len(running)) if not stop else 0
+            # Like before a step, for each branch to start (in one trip to the pool).
+            admitted, signal = await io(self._admit, free) if free else (0, None)
+            if signal is not None:
+                signals.append((-1, signal))
+                stop = True
+            for _ in range(admitted):
                 index = pending.popleft()
                 branch = self._branch_async(index)
                 running[asyncio.create_task(branch, context=contextvars.copy_context())] = index
@@ -376,6 +377,16 @@ class Batch:
             for task in finished:
                 stop = self._ended(running.pop(task), task.result(), signals) or stop
         return signals
+
+    def _admit(self, count: int) -> tuple[int, BaseException | None]:
+        """``session.before_step`` for up to ``count`` branches: how many may start,
+        and the signal that stopped the rest (time running out, a cancel ...)."""
+        for admitted in range(count):
+            try:
+                self.session.before_step()
+            except BaseException as exc:
+                return admitted, exc
+        return count, None
 
     def _ended(
         self, index: int, outcome: _Outcome, signals: list[tuple[int, BaseException]]
@@ -484,8 +495,8 @@ class Batch:
             outcome = self._stopped(exc, index, started, recording=False)
             if not isinstance(outcome, ErrorInfo):
                 return outcome
-            return await asyncio.to_thread(self._record, index, started, None, outcome)
-        return await asyncio.to_thread(self._record, index, started, value, None)
+            return await io(self._record, index, started, None, outcome)
+        return await io(self._record, index, started, value, None)
 
     def _stopped(
         self, exc: BaseException, index: int, started: datetime, *, recording: bool = True

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar, overload
 
+from rung._durable.offload import io
 from rung._durable.signals import RetryStep, Unwind
 from rung._durable.state import (
     Replayed,
@@ -334,9 +335,7 @@ async def run_step(
     if replayed(scope, slot):
         started = begin(scope, slot, retry=retry, at_most_once=at_most_once)
     else:
-        started = await asyncio.to_thread(
-            begin, scope, slot, retry=retry, at_most_once=at_most_once
-        )
+        started = await io(begin, scope, slot, retry=retry, at_most_once=at_most_once)
     if isinstance(started, Replayed):
         return started.value
     with started.running():
@@ -348,8 +347,8 @@ async def run_step(
                 if inspect.isawaitable(value):  # (a lambda that returns a coroutine)
                     value = await value
         except Exception as exc:
-            return await _unwinding(scope, asyncio.to_thread(started.failed, exc))
-    return await asyncio.to_thread(started.succeeded, value)
+            return await _unwinding(scope, io(started.failed, exc))
+    return await io(started.succeeded, value)
 
 
 async def _unwinding(scope: Scope, outcome: Awaitable[Any]) -> Any:
