@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any, Generic, Protocol, TypeVar, overload
 
 import pydantic
+from typing_extensions import TypeVar as DefaultedTypeVar
 
 from rung._util import serde
 from rung._util.durations import check_duration
@@ -26,11 +27,14 @@ MAX_TAGS, MAX_TAG_CHARS = 10, 128
 MAX_IDEMPOTENCY_KEY = 256
 
 R = TypeVar("R")
+#: A task's payload type (``Task[R]`` leaves it ``Any``): what ``trigger`` checks the
+#: payload against, statically.
+In = DefaultedTypeVar("In", default=Any)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 @dataclass(frozen=True, eq=False)
-class Task(Generic[R]):
+class Task(Generic[R, In]):
     """A durable task, created by ``@app.task``.
 
     Calling it directly calls the function (handy in unit tests); use it, or its
@@ -221,7 +225,10 @@ class _Register(Protocol):
     """``@app.task(...)``: a sync or an async function becomes a ``Task`` of its result."""
 
     @overload
-    def __call__(self, fn: Callable[..., Coroutine[Any, Any, R]], /) -> Task[R]: ...
+    def __call__(self, fn: Callable[[Any, In], Coroutine[Any, Any, R]], /) -> Task[R, In]: ...
+
+    @overload
+    def __call__(self, fn: Callable[[Any, In], R], /) -> Task[R, In]: ...
 
     @overload
     def __call__(self, fn: Callable[..., R], /) -> Task[R]: ...
@@ -261,7 +268,10 @@ class App:
         return found
 
     @overload
-    def task(self, fn: Callable[..., Coroutine[Any, Any, R]], /) -> Task[R]: ...
+    def task(self, fn: Callable[[Any, In], Coroutine[Any, Any, R]], /) -> Task[R, In]: ...
+
+    @overload
+    def task(self, fn: Callable[[Any, In], R], /) -> Task[R, In]: ...
 
     @overload
     def task(self, fn: Callable[..., R], /) -> Task[R]: ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncClient"]
 
 R = TypeVar("R")
+In = TypeVar("In")  # a task's payload type
 
 #: Calls in flight at once per client (more wait for a thread, not the loop).
 DEFAULT_MAX_WORKERS = 16
@@ -137,8 +138,8 @@ class AsyncClient:
 
     async def trigger(
         self,
-        task: str | Task[Any],
-        payload: Any = None,
+        task: str | Task[Any, In],
+        payload: In | Mapping[str, Any] | None = None,
         *,
         idempotency_key: str | None = None,
         delay: timedelta | float | None = None,

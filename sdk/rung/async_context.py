@@ -33,6 +33,7 @@ __all__ = ["AsyncContext"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+In = TypeVar("In")  # a task's payload type
 S = TypeVar("S")
 T = TypeVar("T")
 
@@ -267,8 +268,8 @@ class AsyncContext:
 
     async def trigger(
         self,
-        task: str | Task[Any],
-        payload: Any = None,
+        task: str | Task[Any, In],
+        payload: In | Mapping[str, Any] | None = None,
         *,
         name: str | None = None,
         detached: bool = False,
@@ -292,8 +293,8 @@ class AsyncContext:
     @overload
     async def trigger_and_wait(
         self,
-        task: Task[R],
-        payload: Any = None,
+        task: Task[R, In],
+        payload: In | Mapping[str, Any] | None = None,
         *,
         name: str | None = None,
         timeout: timedelta | float | None = None,
@@ -314,8 +315,8 @@ class AsyncContext:
 
     async def trigger_and_wait(
         self,
-        task: str | Task[Any],
-        payload: Any = None,
+        task: str | Task[Any, In],
+        payload: In | Mapping[str, Any] | None = None,
         *,
         name: str | None = None,
         result_type: type[S] | None = None,
@@ -336,8 +337,8 @@ class AsyncContext:
 
     async def batch_trigger_and_wait(
         self,
-        task: str | Task[Any],
-        payloads: Iterable[Any],
+        task: str | Task[Any, In],
+        payloads: Iterable[In | Mapping[str, Any]],
         *,
         name: str | None = None,
         result_type: type[S] | None = None,

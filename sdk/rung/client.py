@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from rung._aws import sessions
 from rung._aws.dynamodb import DEFAULT_RETENTION, DynamoStore, NewRun, check_retention
@@ -33,6 +33,9 @@ from rung.flow import QueueInfo
 from rung.models import HistoryEvent, Run, RunHandle, RunPage, RunStatus, TokenState
 
 DEFAULT_IDEMPOTENCY_TTL = timedelta(days=30)
+
+
+In = TypeVar("In")  # a task's payload type
 
 
 class Client:
@@ -178,8 +181,8 @@ class Client:
 
     def trigger(
         self,
-        task: str | Task[Any],
-        payload: Any = None,
+        task: str | Task[Any, In],
+        payload: In | Mapping[str, Any] | None = None,
         *,
         idempotency_key: str | None = None,
         delay: timedelta | float | None = None,

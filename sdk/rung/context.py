@@ -50,6 +50,7 @@ __all__ = [
 
 P = ParamSpec("P")
 R = TypeVar("R")
+In = TypeVar("In")  # a task's payload type
 S = TypeVar("S")
 T = TypeVar("T")
 
@@ -450,8 +451,8 @@ class Context:
 
     def trigger(
         self,
-        task: str | Task[Any],
-        payload: Any = None,
+        task: str | Task[Any, In],
+        payload: In | Mapping[str, Any] | None = None,
         *,
         name: str | None = None,
         detached: bool = False,
@@ -497,8 +498,8 @@ class Context:
     @overload
     def trigger_and_wait(
         self,
-        task: Task[R],
-        payload: Any = None,
+        task: Task[R, In],
+        payload: In | Mapping[str, Any] | None = None,
         *,
         name: str | None = None,
         timeout: timedelta | float | None = None,
@@ -519,8 +520,8 @@ class Context:
 
     def trigger_and_wait(
         self,
-        task: str | Task[Any],
-        payload: Any = None,
+        task: str | Task[Any, In],
+        payload: In | Mapping[str, Any] | None = None,
         *,
         name: str | None = None,
         result_type: type[S] | None = None,
@@ -568,8 +569,8 @@ class Context:
 
     def batch_trigger_and_wait(
         self,
-        task: str | Task[Any],
-        payloads: Iterable[Any],
+        task: str | Task[Any, In],
+        payloads: Iterable[In | Mapping[str, Any]],
         *,
         name: str | None = None,
         result_type: type[S] | None = None,

@@ -43,6 +43,24 @@ def test_the_research_agent_fans_out_waits_for_approval_and_publishes() -> None:
     assert sorted(research.model.calls.values()) == [1] * 9 + [2]
 
 
+def test_the_async_research_agent_summarizes_concurrently_on_its_loop_and_publishes() -> None:
+    research = load("research_async")
+    run, history = research.run_demo(Console(quiet=True))
+
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output["sources"] == 11 and run.output["approved_by"] == "ada"
+    assert run.output["skipped"] == [
+        "NonRetryable: step '/map#1[11]/summarize#1' failed: the page could not be read"
+    ]
+    # 12 summaries, 5 at once on the event loop; the 429 retried that step alone
+    assert research.llm.peak == 5
+    assert sorted(research.llm.calls.values()) == [1] * 11 + [2]
+    kinds = [str(e.type) for e in history]
+    assert kinds.count("RetryScheduled") == 1
+    assert [e.step for e in history if e.type == rung.EventType.CHILD_TRIGGERED] == ["/publish#1"]
+    assert kinds.count("WaitStarted") == 3  # the hour, the review token, the child
+
+
 def test_every_order_of_the_orders_demo_shows_the_charge_timing_out_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,6 +9,8 @@ import pytest
 from mypy import api
 
 USER_CODE = """
+import pydantic
+
 import rung
 
 app = rung.App("typed")
@@ -24,11 +26,32 @@ def t(ctx: rung.Context, payload: None) -> int:
     keyword: int = ctx.step("add", add, 1, b=2)
     retried: int = ctx.step("add", add, 1, 2, retry=rung.RetryPolicy(max_attempts=2))
     once: int = ctx.step("add", add, 1, 2, at_most_once=True)
-    ctx.step("add", add, 1, "two")  # line 17: a str for an int
-    ctx.step("add", add, 1)  # line 18: b missing
-    ctx.step("add", add, 1, 2, c=3)  # line 19: no such parameter
-    wrong: str = ctx.step("add", add, 1, 2)  # line 20: the result is an int
+    ctx.step("add", add, 1, "two")  # line 19: a str for an int
+    ctx.step("add", add, 1)  # line 20: b missing
+    ctx.step("add", add, 1, 2, c=3)  # line 21: no such parameter
+    wrong: str = ctx.step("add", add, 1, 2)  # line 22: the result is an int
     return good + keyword + retried + once
+
+
+class Order(pydantic.BaseModel):
+    id: str
+
+
+@app.task(id="charge")
+def charge(ctx: rung.Context, order: Order) -> int:
+    return len(order.id)
+
+
+@app.task(id="parent")
+def parent(ctx: rung.Context, payload: None) -> int:
+    total: int = ctx.trigger_and_wait(charge, Order(id="o-1"))
+    again: int = ctx.trigger_and_wait(charge, {"id": "o-2"})  # its JSON form is fine
+    ctx.trigger_and_wait(charge, 3)  # line 39: not an Order
+    ctx.trigger(charge, "o-3")  # line 42: not an Order
+    ctx.batch_trigger_and_wait(charge, [Order(id="a"), {"id": "b"}, 4])  # line 41: 4 is not an Order
+    rung.Client(app).trigger(charge, ["o"])  # line 42: not an Order
+    ctx.trigger_and_wait("charge", 3)  # by id: not known statically, not checked
+    return total + again
 """
 
 
@@ -41,7 +64,7 @@ def test_mypy_checks_a_steps_arguments_and_result(tmp_path: Path) -> None:
     )
     lines = {int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line}
     assert status == 1, out + err
-    assert lines == {17, 18, 19, 20}, out
+    assert lines == {19, 20, 21, 22, 39, 40, 41, 42}, out
 
 
 ASYNC_USER_CODE = """

@@ -29,10 +29,10 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from rung._aws import sessions
 from rung._aws.dynamodb import DEFAULT_RETENTION, DynamoStore, check_retention
@@ -69,6 +69,9 @@ from rung.testing.telemetry import LocalTelemetry, ReadBack
 log = logging.getLogger("rung.testing")
 _REGION = "us-east-1"
 _FALLBACK_POLL = 0.1  # seconds: how often wait() reads a run that no worker here moved
+
+
+In = TypeVar("In")  # a task's payload type
 
 
 class SimulatedCrash(BaseException):  # noqa: N818 - it simulates a process death
@@ -335,8 +338,8 @@ class LocalEngine(ReadBack):
 
     def trigger(
         self,
-        task: str | Task[Any],
-        payload: Any = None,
+        task: str | Task[Any, In],
+        payload: In | Mapping[str, Any] | None = None,
         *,
         idempotency_key: str | None = None,
         delay: timedelta | float | None = None,
