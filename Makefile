@@ -41,6 +41,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/partition_heat.py
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/versions.py
+	$(BIN)/python bench/async_fanout.py
+	$(BIN)/python bench/async_client.py
 
 localstack-up:
 	infra/localstack/up.sh

@@ -185,8 +185,9 @@ def test_min_successes_stops_the_map_after_that_many_successes(flavor: Flavor) -
     assert calls.counts == Counter(range(11))
 
 
-def test_max_concurrency_caps_the_branches_running_at_once_and_is_reached() -> None:
-    # Sync only: its threading.Barrier needs three steps blocked on three threads at once.
+def test_max_concurrency_caps_the_branches_running_at_once_and_is_reached(flavor: Flavor) -> None:
+    # The barrier is in the plain step function: threads in both flavors (an async
+    # task's loop runs plain step functions on its pool).
     app = rung.App("par")
     spans: dict[int, tuple[float, float]] = {}
     first_three = threading.Barrier(3, timeout=60)  # passes only if 3 run at once
@@ -196,15 +197,16 @@ def test_max_concurrency_caps_the_branches_running_at_once_and_is_reached() -> N
             first_three.wait()
         return nap(0.02, item)
 
-    def slow(ctx: rung.Context, item: int) -> int:
+    async def slow(ctx: Any, item: int) -> int:
         start = time.monotonic()
-        value = ctx.step("sleep", work, item)
+        value: int = await ctx.step("sleep", work, item)
         spans[item] = (start, time.monotonic())
         return value
 
-    @app.task(id="capped")
-    def capped(ctx: rung.Context, payload: None) -> list[int]:
-        return ctx.map(list(range(12)), slow, max_concurrency=3).results()
+    @flavor.task(app, id="capped")
+    async def capped(ctx: Any, payload: None) -> list[int]:
+        batch: rung.BatchResult[int] = await ctx.map(list(range(12)), slow, max_concurrency=3)
+        return batch.results()
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("capped").run_id)

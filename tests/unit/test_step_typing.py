@@ -47,8 +47,8 @@ def parent(ctx: rung.Context, payload: None) -> int:
     total: int = ctx.trigger_and_wait(charge, Order(id="o-1"))
     again: int = ctx.trigger_and_wait(charge, {"id": "o-2"})  # its JSON form is fine
     ctx.trigger_and_wait(charge, 3)  # line 39: not an Order
-    ctx.trigger(charge, "o-3")  # line 42: not an Order
-    ctx.batch_trigger_and_wait(charge, [Order(id="a"), {"id": "b"}, 4])  # line 41: 4 is not an Order
+    ctx.trigger(charge, "o-3")  # line 40: not an Order
+    ctx.batch_trigger_and_wait(charge, [Order(id="a"), {"id": "b"}, 4])  # line 41: not 4
     rung.Client(app).trigger(charge, ["o"])  # line 42: not an Order
     ctx.trigger_and_wait("charge", 3)  # by id: not known statically, not checked
     return total + again

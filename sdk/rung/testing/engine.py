@@ -69,8 +69,6 @@ from rung.testing.telemetry import LocalTelemetry, ReadBack
 log = logging.getLogger("rung.testing")
 _REGION = "us-east-1"
 _FALLBACK_POLL = 0.1  # seconds: how often wait() reads a run that no worker here moved
-
-
 In = TypeVar("In")  # a task's payload type
 
 
