@@ -142,6 +142,7 @@ class AsyncContext:
             return typing.cast(R, started.value)
         with started.inside():
             value = await fn(self, *args, **kwargs)
+        steps.check_unwinding(self._core)  # a signal the group's code swallowed ends it
         return typing.cast(R, await io(started.returned, value))
 
     def map(
@@ -172,7 +173,7 @@ class AsyncContext:
             item_name=item_name,
             face=AsyncContext,
         )
-        return batch.run_async()
+        return steps.guarded(self._core, batch.run_async(), f"ctx.map(name={name!r})")
 
     def parallel(
         self,
@@ -201,7 +202,7 @@ class AsyncContext:
             completion=completion,
             face=AsyncContext,
         )
-        return batch.run_async()
+        return steps.guarded(self._core, batch.run_async(), f"ctx.parallel(name={name!r})")
 
     async def wait(self, duration: timedelta | float, *, name: str = "wait") -> None:
         """As ``rung.Context.wait``: the run suspends (no worker, no loop, is held)."""
@@ -240,11 +241,12 @@ class AsyncContext:
         """As ``rung.Context.wait_for_callback``; ``submit`` may be an ``async def``."""
         name, submit = waits.callback_arguments(first, second, name, submit)
         steps.check_unwinding(self._core)
-        self._core.check_caller(f"ctx.wait_for_callback({name!r})")
+        what = f"ctx.wait_for_callback({name!r})"
+        self._core.check_caller(what)
         plan = waits.wait_for_callback(
             self._core, name, submit, timeout, heartbeat_timeout, result_type
         )
-        return await aio.follow(plan, self.step)
+        return await steps.guarded(self._core, aio.follow(plan, self.step), what)
 
     async def wait_for_condition(
         self,
@@ -256,7 +258,8 @@ class AsyncContext:
     ) -> S:
         """As ``rung.Context.wait_for_condition``; ``check`` may be an ``async def``."""
         steps.check_unwinding(self._core)
-        self._core.check_caller(f"ctx.wait_for_condition(name={name!r})")
+        what = f"ctx.wait_for_condition(name={name!r})"
+        self._core.check_caller(what)
         plan = waits.wait_for_condition(
             self._core,
             typing.cast(Callable[[S], S], check),
@@ -264,7 +267,7 @@ class AsyncContext:
             strategy,
             name,
         )
-        return await aio.follow(plan, self.step)
+        return await steps.guarded(self._core, aio.follow(plan, self.step), what)
 
     async def trigger(
         self,

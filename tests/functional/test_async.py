@@ -190,7 +190,45 @@ def test_tasks_left_running_at_return_are_canceled_with_a_warning(
     warning = next(r.getMessage() for r in caplog.records if "still running" in r.getMessage())
     assert "returned with 1 asyncio task(s) still running (" in warning
     assert "<locals>.forever)" in warning  # the coroutine, by name
+    assert "waited for the 0 step(s) or batch(es) among them" in warning
     assert "Await every task" in warning
+
+
+def test_a_gathered_step_still_running_when_its_sibling_fails_is_recorded_not_repeated() -> None:
+    app = rung.App("siblings")
+    calls: Counter[str] = Counter()
+
+    async def slow() -> str:
+        calls["slow"] += 1
+        await asyncio.sleep(0.2)  # still running when flaky fails
+        return "slow"
+
+    def flaky() -> str:
+        calls["flaky"] += 1
+        if calls["flaky"] == 1:
+            raise ConnectionError("reset")
+        return "flaky"
+
+    async def left_behind() -> str:
+        calls["left"] += 1
+        await asyncio.sleep(0.1)
+        return "left"
+
+    @app.task(id="s", retry=rung.RetryPolicy(max_attempts=3, initial_interval=1))
+    async def s(ctx: rung.AsyncContext, payload: None) -> list[str]:
+        asyncio.get_running_loop().create_task(ctx.step("left", left_behind))  # not awaited
+        return list(await asyncio.gather(ctx.step("slow", slow), ctx.step("flaky", flaky)))
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("s").run_id)
+        history = engine.history(run.run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output == ["slow", "flaky"] and run.attempt == 2
+    # the slow step finished and was recorded before the attempt unwound, and so was
+    # the one in a task never awaited: the retry replays them
+    assert calls == {"slow": 1, "flaky": 2, "left": 1}
+    succeeded = [str(e.step) for e in history if e.type == EventType.STEP_SUCCEEDED]
+    assert sorted(succeeded) == ["/flaky#1", "/left#1", "/slow#1"]
 
 
 def test_an_async_function_is_a_step_of_a_sync_task_on_a_loop_of_its_own() -> None:

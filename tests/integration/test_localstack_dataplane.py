@@ -5,6 +5,7 @@ CloudFormation, with real workers (threads receiving from the queue and calling
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -52,6 +53,29 @@ def order(ctx: rung.Context, payload: dict[str, Any]) -> dict[str, Any]:
 
     charged = ctx.step("charge", charge)
     ctx.step("email", lambda: effect(key, "email"))
+    return {"reserved": reserved, "charged": charged}
+
+
+@app.task(id="order-async", retry=QUICK)
+async def order_async(ctx: rung.AsyncContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """``order`` as an async task: an async step, a plain one on a thread, and two
+    steps gathered."""
+    key = payload["id"]
+
+    async def reserve() -> str:
+        await asyncio.sleep(0)
+        effect(key, "reserve")
+        return f"r-{key}"
+
+    def charge() -> str:
+        if effect(key, "charge") == 1 and payload.get("fail_charge_once"):
+            raise ConnectionError("the card processor timed out")
+        return f"ch-{key}"
+
+    reserved = await ctx.step("reserve", reserve)
+    charged, _ = await asyncio.gather(
+        ctx.step("charge", charge), ctx.step("email", lambda: effect(key, "email"))
+    )
     return {"reserved": reserved, "charged": charged}
 
 
@@ -112,12 +136,13 @@ def test_the_data_plane_is_template_yaml(localstack_plane: DataPlane) -> None:
     assert attributes["VisibilityTimeout"] == "360"  # 6 x FunctionTimeout=60
 
 
+@pytest.mark.parametrize("task", ["order", "order-async"])
 def test_a_triggered_run_goes_through_its_steps_and_completes(
-    workers: QueueWorkers, client: rung.Client
+    workers: QueueWorkers, client: rung.Client, task: str
 ) -> None:
     key = _id("plain")
 
-    handle = client.trigger("order", {"id": key})
+    handle = client.trigger(task, {"id": key})
     run = workers.wait(client, handle.run_id)
 
     assert run.status == "COMPLETED" and run.attempt == 1
@@ -127,23 +152,24 @@ def test_a_triggered_run_goes_through_its_steps_and_completes(
         "charge": 1,
         "email": 1,
     }
-    assert [r.run_id for r in client.list_runs(task="order", limit=50)].count(run.run_id) == 1
+    assert [r.run_id for r in client.list_runs(task=task, limit=50)].count(run.run_id) == 1
     # through the status index's shards, a page at a time: every page's cursor leads on
     pages, cursor = [], None
     while True:
-        page = client.list_runs(status="COMPLETED", task="order", limit=1, cursor=cursor)
+        page = client.list_runs(status="COMPLETED", task=task, limit=1, cursor=cursor)
         pages += [r.run_id for r in page]
         if (cursor := page.cursor) is None:
             break
     assert pages.count(run.run_id) == 1 and len(pages) == len(set(pages))
 
 
+@pytest.mark.parametrize("task", ["order", "order-async"])
 def test_a_step_that_fails_once_resumes_from_its_checkpoint(
-    workers: QueueWorkers, client: rung.Client
+    workers: QueueWorkers, client: rung.Client, task: str
 ) -> None:
     key = _id("flaky")
 
-    handle = client.trigger("order", {"id": key, "fail_charge_once": True})
+    handle = client.trigger(task, {"id": key, "fail_charge_once": True})
     run = workers.wait(client, handle.run_id)
     kinds = [e.type for e in client.history(handle.run_id)]
 

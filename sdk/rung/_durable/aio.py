@@ -21,6 +21,7 @@ after it, with a thread pool for sync step functions and the core's writes.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import typing
 from collections.abc import Callable, Coroutine, Generator
@@ -29,8 +30,10 @@ from typing import Any, TypeVar
 
 from rung._durable import steps
 from rung._durable.offload import IO_THREADS, io, io_pool
-from rung._durable.state import Scope
+from rung._durable.signals import Unwind, resolve
+from rung._durable.state import RunState, Scope
 from rung._durable.waits import StepCall
+from rung.errors import InvalidConfig
 
 log = logging.getLogger("rung.worker")
 
@@ -53,7 +56,8 @@ async def follow(plan: Generator[StepCall, Any, R], step: Callable[..., Any]) ->
             done, request = await io(_advance, plan, value)
         return typing.cast(R, request)
     finally:
-        plan.close()
+        if not getattr(plan, "gi_running", False):  # (canceled mid-send: left to its thread)
+            plan.close()
 
 
 def _advance(plan: Generator[StepCall, Any, Any], value: Any) -> tuple[bool, Any]:
@@ -71,7 +75,7 @@ async def offload(scope: Scope, operation: Callable[..., R], *args: Any, **kwarg
     steps.check_unwinding(scope)
     what = f"ctx.{operation.__name__}()"
     scope.check_caller(what)
-    return await io(operation, scope, *args, **kwargs)
+    return await steps.guarded(scope, io(operation, scope, *args, **kwargs), what)
 
 
 def run_body(
@@ -83,26 +87,39 @@ def run_body(
     """Run an async task body to its end on a loop of its own (this thread's), and
     return its value; a signal (a wait, a retry) or error it raises comes out as it is.
 
-    Tasks the body started and left running are canceled when it returns, with a
-    warning: their steps may not have been recorded."""
+    Steps still running when the body ends (gathered ones, when another raised; one
+    in a task never awaited) are waited for, so that what they did is recorded, as
+    the running branches of a sync ``ctx.map`` are; other tasks the body left are
+    canceled, with a warning if it returned."""
 
     async def main() -> Any:
         scope.owner = asyncio.current_task()
         io_pool.set(writes)
-        with scope.entered():
-            value = await body(face(scope), payload)
-        steps.check_unwinding(scope)
-        left = [t for t in asyncio.all_tasks() if t is not scope.owner and not t.done()]
+        run = scope.run
+        try:
+            with scope.entered():
+                value = await body(face(scope), payload)
+            steps.check_unwinding(scope)
+        except BaseException as raised:
+            ending = resolve(raised, scope.unwinding, run.suspends, run.canceled_operation, WHAT)
+            run.ending = ending  # operations still running elsewhere stop at their next
+            await _settle(run)
+            raise ending from None if ending is raised else raised
+        left = _others()
+        run.ending = _Returned(f"task {run.task_id!r} returned")
+        waited = await _settle(run)
         if left:
             log.warning(
                 "run %s: task %r returned with %d asyncio task(s) still running (%s); "
-                "they are canceled now, and a step among them may not be recorded. "
-                "Await every task the body starts (asyncio.gather, a TaskGroup).",
+                "rung waited for the %d step(s) or batch(es) among them to be recorded and "
+                "cancels the rest now. Await every task the body starts (asyncio.gather, "
+                "a TaskGroup).",
                 scope.run_id,
-                scope.run.task_id,
+                run.task_id,
                 len(left),
                 ", ".join(sorted({_describe(t) for t in left})),
-                extra={"run_id": scope.run_id, "task": scope.run.task_id},
+                waited,
+                extra={"run_id": scope.run_id, "task": run.task_id},
             )
         return value
 
@@ -115,7 +132,59 @@ def run_body(
         return runner.run(main())
 
 
+def _others() -> list[asyncio.Task[Any]]:
+    current = asyncio.current_task()
+    return [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+
+
+async def _settle(run: RunState) -> int:
+    """Wait for the steps and batches still running in other asyncio tasks (each stops
+    at its next operation: ``run.ending`` is set), so that what they did is recorded;
+    how many there were."""
+    current = asyncio.current_task()
+    waited: set[asyncio.Task[Any]] = set()
+    while True:
+        running = [
+            t
+            for t in (*run.steps_running, *run.batches_running)
+            if t is not current and not t.done()
+        ]
+        if not running:
+            break
+        waited.update(running)
+        await asyncio.wait(running)
+    for task in waited:  # (retrieved: asyncio logs unretrieved ones)
+        if not task.cancelled():
+            task.exception()
+    return len(waited)
+
+
+class _Returned(Unwind):
+    """The task body returned: an operation still running elsewhere stops."""
+
+
+#: How a combined suspension names the body's other waits.
+WHAT = "waits of the body's concurrent operations"
+
+
 def _describe(task: asyncio.Task[Any]) -> str:
     coroutine = task.get_coro()
     name = getattr(coroutine, "__qualname__", None)
     return str(name) if name else task.get_name()
+
+
+def run_sync_body(task_id: str, body: Callable[[Any, Any], Any], ctx: Any, payload: Any) -> Any:
+    """Run a sync task body; one that returns an awaitable is an ``async def`` hidden by
+    a plain-def decorator (so it was not run as one): refused."""
+    value = body(ctx, payload)
+    if inspect.isawaitable(value):
+        close = getattr(value, "close", None)
+        if callable(close):
+            close()  # (no "never awaited" warning on top)
+        raise InvalidConfig(
+            f"task {task_id!r} returned an awaitable: its function looks like a plain def "
+            "wrapping an async def, so it ran as a sync task (with a rung.Context). Make "
+            "the wrapper an async def that awaits the function, or apply @app.task to the "
+            "async def itself"
+        )
+    return value

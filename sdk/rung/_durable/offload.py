@@ -29,5 +29,14 @@ io_pool: contextvars.ContextVar[Executor | None] = contextvars.ContextVar(
 async def io(fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
     """``fn(*args, **kwargs)`` on the attempt's pool, in a copy of this context."""
     context = contextvars.copy_context()
-    call = functools.partial(context.run, fn, *args, **kwargs)
+    call = functools.partial(context.run, _guarded, fn, *args, **kwargs)
     return await asyncio.get_running_loop().run_in_executor(io_pool.get(), call)
+
+
+def _guarded(fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+    """A StopIteration set on an asyncio future would leave it pending for ever (asyncio
+    refuses it and only logs): it comes out as a RuntimeError instead."""
+    try:
+        return fn(*args, **kwargs)
+    except StopIteration as exc:
+        raise RuntimeError(f"{getattr(fn, '__qualname__', fn)} raised StopIteration") from exc

@@ -54,8 +54,9 @@ from datetime import datetime
 from typing import Any
 
 from rung._durable.offload import io
-from rung._durable.signals import ContinueLater, RetryStep, Suspend, TimeLimitReached
+from rung._durable.signals import RetryStep, Suspend, combine, most_severe, resolve
 from rung._durable.state import Scope, current_scope, encoded, error_info, return_type
+from rung._durable.steps import check_unwinding
 from rung._util import serde
 from rung.batch import MAX_ITEMS, BatchFailed, BatchItem, BatchResult, Completion
 from rung.errors import (
@@ -287,9 +288,16 @@ class Batch:
     async def run_async(self) -> BatchResult[Any]:
         """Run or replay the batch, its branches as asyncio tasks on this loop (at most
         ``limit`` at once); its writes on the loop's threads."""
-        started, todo = await io(self._open)
-        signals = await self._execute_async(todo) if todo else []
-        return await io(self._close, signals, started)
+        task = asyncio.current_task()
+        assert task is not None
+        self.parent.run.batches_running.add(task)  # (the body's end waits for it)
+        try:
+            check_unwinding(self.parent)
+            started, todo = await io(self._open)
+            signals = await self._execute_async(todo) if todo else []
+            return await io(self._close, signals, started)
+        finally:
+            self.parent.run.batches_running.discard(task)
 
     def _open(self) -> tuple[datetime, list[int]]:
         """The recorded branches; the ones to run (none once the rule is decided)."""
@@ -312,7 +320,7 @@ class Batch:
         that ends (or suspends, or retries) the attempt."""
         ending = [(i, s) for i, s in signals if not isinstance(s, Suspend | RetryStep)]
         if ending:
-            raise _most_severe([s for _, s in ending])
+            raise most_severe([s for _, s in ending])
         verdict = self._verdict()
         if verdict is None:
             # Not decided: some branches asked for a retry or wait. (Once decided, they
@@ -322,7 +330,7 @@ class Batch:
                 raise min(retries, key=lambda pair: pair[0])[1]
             waits = [s for _, s in signals if isinstance(s, Suspend)]
             assert waits, "an undecided batch must have unfinished branches"
-            raise self._combined(waits)
+            raise combine(waits, f"waiting branches of {self.id}")
         return self._finish(verdict, min([started, *self.first_start.values()]))
 
     def _execute(self, todo: list[int], threads: int) -> list[tuple[int, BaseException]]:
@@ -360,7 +368,10 @@ class Batch:
         running: dict[asyncio.Task[_Outcome], int] = {}
         signals: list[tuple[int, BaseException]] = []
         stop = False
+        run = self.parent.run
         while running or (pending and not stop):
+            # The attempt is ending (or misused): start no more branches.
+            stop = stop or run.ending is not None or run.canceled_operation is not None
             free = min(len(pending), self.limit - len(running)) if not stop else 0
             # Like before a step, for each branch to start (in one trip to the pool).
             admitted, signal = await io(self._admit, free) if free else (0, None)
@@ -491,7 +502,10 @@ class Batch:
             value = self.call(scope, index)
             if inspect.isawaitable(value):
                 value = await value
-        except BaseException as exc:
+            check_unwinding(scope)  # a signal the branch's code swallowed ends it
+        except BaseException as raised:
+            # (a signal it swallowed, or one in an exception group, decides)
+            exc = resolve(raised, scope.unwinding, [], None, "waits of the branch")
             outcome = self._stopped(exc, index, started, recording=False)
             if not isinstance(outcome, ErrorInfo):
                 return outcome
@@ -600,37 +614,3 @@ class Batch:
             which = f"{first.name!r}" if first.name is not None else str(first.index)
             text += f"; first failure: item {which}: {first.error}"
         return ErrorInfo("BatchFailed", text)
-
-    def _combined(self, suspends: list[Suspend]) -> Suspend:
-        """One suspension for the whole run: the earliest wake time, every token and
-        every child run a branch waits for (each one's end must be able to wake it)."""
-        timed = [s for s in suspends if s.wake_at is not None]
-        first = min(timed, key=lambda s: s.wake_at or datetime.max) if timed else suspends[0]
-        tokens = tuple(dict.fromkeys(token for s in suspends for token in s.tokens))
-        children = tuple(dict.fromkeys(child for s in suspends for child in s.children))
-        reason = first.reason  # it names what wakes the run first
-        if len(suspends) > 1:
-            reason += f" (and {len(suspends) - 1} more waiting branches of {self.id})"
-        kind = first.wake_kind
-        if kind == "deadline" and any(s.wake_kind == "timer" for s in timed):
-            kind = "timer"  # (LocalEngine: a later timer has to pass the deadline first)
-        return Suspend(first.wake_at, reason, tokens=tokens, children=children, wake_kind=kind)
-
-
-def _most_severe(signals: list[BaseException]) -> BaseException:
-    """Of several reasons to end the attempt, the one that must win."""
-
-    def rank(signal: BaseException) -> int:
-        if not isinstance(signal, Exception | ContinueLater | TimeLimitReached):
-            return 0  # a crash (or KeyboardInterrupt): as if the process died
-        if isinstance(signal, LeaseLost):
-            return 1  # another worker owns the run: write nothing more
-        if isinstance(signal, NonDeterminismError):
-            return 2
-        if isinstance(signal, TimeLimitReached):
-            return 3
-        if isinstance(signal, ContinueLater):
-            return 4
-        return 5  # storage errors and the like: the attempt fails
-
-    return min(signals, key=rank)

@@ -3,9 +3,17 @@ user code cannot swallow it (the AWS durable SDK's SuspendExecution does the sam
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 
-from rung.errors import ErrorInfo
+from rung.errors import (
+    ErrorInfo,
+    InvalidConfig,
+    LeaseLost,
+    NonDeterminismError,
+    StepFailed,
+    UsageError,
+)
 
 
 class Unwind(BaseException):  # noqa: N818 - a signal, not an error
@@ -77,3 +85,85 @@ class TimeLimitReached(Unwind):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def combine(suspends: list[Suspend], what: str) -> Suspend:
+    """One suspension for several waits (a batch's branches, an async body's gathered
+    operations): the earliest wake time, every token and every child run one waits
+    for (each one's end must be able to wake the run). ``what`` names the others in the
+    reason."""
+    timed = [s for s in suspends if s.wake_at is not None]
+    first = min(timed, key=lambda s: s.wake_at or datetime.max) if timed else suspends[0]
+    tokens = tuple(dict.fromkeys(token for s in suspends for token in s.tokens))
+    children = tuple(dict.fromkeys(child for s in suspends for child in s.children))
+    reason = first.reason  # it names what wakes the run first
+    if len(suspends) > 1:
+        reason += f" (and {len(suspends) - 1} more {what})"
+    kind = first.wake_kind
+    if kind == "deadline" and any(s.wake_kind == "timer" for s in timed):
+        kind = "timer"  # (LocalEngine: a later timer has to pass the deadline first)
+    return Suspend(first.wake_at, reason, tokens=tokens, children=children, wake_kind=kind)
+
+
+def most_severe(signals: Sequence[BaseException]) -> BaseException:
+    """Of several reasons to end the attempt, the one that must win."""
+
+    def rank(signal: BaseException) -> int:
+        if not isinstance(signal, Exception | ContinueLater | TimeLimitReached):
+            return 0  # a crash (or KeyboardInterrupt): as if the process died
+        if isinstance(signal, LeaseLost):
+            return 1  # another worker owns the run: write nothing more
+        if isinstance(signal, NonDeterminismError):
+            return 2
+        if isinstance(signal, TimeLimitReached):
+            return 3
+        if isinstance(signal, ContinueLater):
+            return 4
+        return 5  # storage errors and the like: the attempt fails
+
+    return min(signals, key=rank)
+
+
+def resolve(
+    raised: BaseException,
+    kept: BaseException | None,
+    suspends: list[Suspend],
+    misuse: BaseException | None,
+    what: str,
+) -> BaseException:
+    """What a scope of an async task ends with, when it raised ``raised``.
+
+    ``kept``: a signal an operation of the scope raised (which user code may have
+    swallowed, or wrapped: ``asyncio.TaskGroup`` raises exception groups);
+    ``suspends``: every wait that suspended this attempt, combined when it suspends;
+    ``misuse``: an operation canceled by user code. The signals decide as a batch's
+    branches do (the attempt's end first, then a retry, then the combined waits);
+    then the misuse; then, out of a group, a misuse or a ``StepFailed`` of a step in
+    it; else what was raised."""
+    leaves = list(_leaves(raised))
+    found = [e for e in (*leaves, kept) if isinstance(e, Unwind | LeaseLost | NonDeterminismError)]
+    if found:
+        ending = [s for s in found if not isinstance(s, Suspend | RetryStep)]
+        if ending:
+            return most_severe(ending)
+        retries = [s for s in found if isinstance(s, RetryStep)]
+        if retries:
+            return retries[0]
+        waits = list(dict.fromkeys([*(s for s in found if isinstance(s, Suspend)), *suspends]))
+        return waits[0] if len(waits) == 1 else combine(waits, what)
+    if misuse is not None:
+        return misuse
+    if isinstance(raised, BaseExceptionGroup):
+        for kind in (UsageError, InvalidConfig, StepFailed):
+            first = next((e for e in leaves if isinstance(e, kind)), None)
+            if first is not None:
+                return first
+    return raised
+
+
+def _leaves(raised: BaseException) -> Iterator[BaseException]:
+    if isinstance(raised, BaseExceptionGroup):
+        for inner in raised.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield raised

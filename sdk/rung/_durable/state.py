@@ -209,9 +209,17 @@ class RunState:
         self.default_retry = default_retry
         self.records = records
         self.session = session
-        #: a signal (a step's retry) that user code of an async task swallowed: the
-        #: next operation, or the body's end, raises it again (rung._durable.aio)
-        self.unwinding: BaseException | None = None
+        # An async attempt's bookkeeping (rung._durable.aio, steps.guarded):
+        #: the attempt is ending (the body returned or raised): every operation that
+        #: starts now raises this
+        self.ending: BaseException | None = None
+        #: a durable operation was canceled by user code (asyncio.timeout ...): misuse
+        self.canceled_operation: BaseException | None = None
+        #: every suspension an operation raised this attempt (combined at the end)
+        self.suspends: list[Any] = []
+        #: asyncio tasks executing a step, or running a batch, now
+        self.steps_running: set[asyncio.Task[Any]] = set()
+        self.batches_running: set[asyncio.Task[Any]] = set()
         # A branch record of ctx.map shares its batch's position (rung._durable.parallel):
         # it is not a position of its own.
         self.by_seq = {
@@ -251,6 +259,11 @@ class Scope:
         #: call from another asyncio task would take one in an order that depends on
         #: timing, so ``check_caller`` refuses it.
         self.owner: object | None = None
+        #: a signal an operation raised in this scope of an async task (a retry, a
+        #: wait, a cancel), kept in case user code swallows it
+        #: (``gather(..., return_exceptions=True)``): the scope's next operation, or
+        #: its end (the body's, a branch's, a group's), raises it again
+        self.unwinding: BaseException | None = None
         self._seq: dict[str, int] = {}
         self._occurrences: dict[tuple[str, str], int] = {}
 

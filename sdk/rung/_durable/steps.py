@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, ParamSpec, TypeVar, overload
 
 from rung._durable.offload import io
-from rung._durable.signals import RetryStep, Unwind
+from rung._durable.signals import RetryStep, Suspend, Unwind
 from rung._durable.state import (
     Replayed,
     Scope,
@@ -282,6 +282,14 @@ def step(
             scope = current_scope.get()
             if scope is None:
                 return func(*args, **kwargs)
+            if scope.owner is not None and current_step_info.get() is None:
+                raise UsageError(
+                    f"@rung.step {func.__qualname__} is a plain function, called directly in "
+                    f"the async task {scope.run.task_id!r} (run {scope.run_id}): it would run "
+                    "on the event loop and block it. Await it as a step, "
+                    f"await ctx.step({step_name!r}, {func.__name__}, ...) (it runs on a "
+                    "thread), or make it an async def"
+                )
             return typing.cast(
                 R,
                 call(scope, step_name, func, args, kwargs, retry=retry, at_most_once=at_most_once),
@@ -330,39 +338,103 @@ async def run_step(
     retry: RetryPolicy | None,
     at_most_once: bool,
 ) -> Any:
-    """A taken step (``steps.take``), awaited: its checkpoint replayed, or ``fn`` run
-    (awaited if it is async, else on a thread) and its outcome recorded."""
+    """A taken step (``take``), awaited: its checkpoint replayed, or ``fn`` run (awaited
+    if it is async, else on a thread) and its outcome recorded."""
+    return await guarded(scope, _run_step(scope, slot, fn, args, kwargs, retry, at_most_once))
+
+
+async def _run_step(
+    scope: Scope,
+    slot: Slot,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    retry: RetryPolicy | None,
+    at_most_once: bool,
+) -> Any:
+    check_unwinding(scope)
     if replayed(scope, slot):
         started = begin(scope, slot, retry=retry, at_most_once=at_most_once)
     else:
         started = await io(begin, scope, slot, retry=retry, at_most_once=at_most_once)
     if isinstance(started, Replayed):
         return started.value
-    with started.running():
-        try:
-            if inspect.iscoroutinefunction(fn):
-                value = await fn(*args, **kwargs)
-            else:
-                value = await asyncio.to_thread(fn, *args, **kwargs)
-                if inspect.isawaitable(value):  # (a lambda that returns a coroutine)
-                    value = await value
-        except Exception as exc:
-            return await _unwinding(scope, io(started.failed, exc))
-    return await io(started.succeeded, value)
-
-
-async def _unwinding(scope: Scope, outcome: Awaitable[Any]) -> Any:
-    """Await ``outcome``; a signal it raises (a retry) is also kept on the run, so that
-    one swallowed by user code (``gather(..., return_exceptions=True)``) still ends
-    the attempt at the next operation or at the body's end."""
+    task = asyncio.current_task()
+    assert task is not None  # (awaited: on a loop, in a task)
+    scope.run.steps_running.add(task)  # (the body's end waits for it: aio.run_body)
     try:
-        return await outcome
+        with started.running():
+            try:
+                if inspect.iscoroutinefunction(fn):
+                    value = await fn(*args, **kwargs)
+                else:
+                    returned, value = await _on_thread(fn, args, kwargs)
+                    if not returned:  # (a StopIteration: raised here it would change)
+                        return await io(started.failed, value)
+            except Exception as exc:
+                return await io(started.failed, exc)
+        return await io(started.succeeded, value)
+    finally:
+        scope.run.steps_running.discard(task)
+
+
+async def _on_thread(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[bool, Any]:
+    """A plain step function on a thread of the loop (an awaitable it returns is
+    awaited): (True, its value), or (False, the StopIteration it raised), which cannot
+    cross into an asyncio future (the future would never complete) nor out of a
+    coroutine (it would become a RuntimeError)."""
+
+    def call() -> tuple[bool, Any]:
+        try:
+            return True, fn(*args, **kwargs)
+        except StopIteration as exc:
+            return False, exc
+
+    returned, value = await asyncio.to_thread(call)
+    if returned and inspect.isawaitable(value):  # (a lambda that returns a coroutine)
+        value = await value
+    return returned, value
+
+
+CANCELED_OPERATION = (
+    "a durable operation of run {run} ({what}) was canceled by the task's own code "
+    "(asyncio.timeout, asyncio.wait_for, Task.cancel) before it ended: the run cannot go "
+    "on deterministically from there, as a replay would find it done. Put the timeout "
+    "inside the step function (async with asyncio.timeout(...) around the call it makes) "
+    "or use the operation's own timeout (create_token, trigger_and_wait). See docs/async.md."
+)
+
+
+async def guarded(scope: Scope, operation: Awaitable[R], what: str = "a step") -> R:
+    """Await a durable operation of an async task, keeping what unwinds it.
+
+    A signal it raises (a retry, a wait, a cancel) is kept on the scope, so that one
+    swallowed by user code still ends the scope at its next operation or its end (and
+    every suspension is kept for the attempt's end to combine). Canceled by user code
+    (not by the attempt's end), it is misuse: the attempt fails at the next operation."""
+    try:
+        return await operation
     except Unwind as signal:
-        scope.run.unwinding = scope.run.unwinding or signal
+        if isinstance(signal, Suspend):
+            scope.run.suspends.append(signal)
+        scope.unwinding = scope.unwinding or signal
+        raise
+    except asyncio.CancelledError:
+        run = scope.run
+        if run.ending is None and run.canceled_operation is None:
+            run.canceled_operation = UsageError(
+                CANCELED_OPERATION.format(run=run.run_id, what=what)
+            )
         raise
 
 
 def check_unwinding(scope: Scope) -> None:
-    """Raise the signal an earlier operation raised and user code swallowed."""
-    if scope.run.unwinding is not None:
-        raise scope.run.unwinding
+    """Before an async task's operation (and at a scope's end): raise what ends the
+    attempt, a signal the scope's code swallowed, or the misuse of a canceled
+    operation."""
+    run = scope.run
+    for reason in (run.ending, scope.unwinding, run.canceled_operation):
+        if reason is not None:
+            raise reason

@@ -81,11 +81,13 @@ class Session:
         # Branches of ctx.map / ctx.parallel run steps on several threads at once: the
         # steps running now, by thread, and a lock for the lease and time bookkeeping.
         self._running: dict[object, str] = {}  # by thread, or asyncio task
+        self._running_lock = threading.Lock()
         self._lock = threading.Lock()
         self._status_read_at = self._segment_start  # the claim has just read it
         self.slot: Shard | None = None  # the queue shard whose slot this attempt holds
         self._slot_until: datetime | None = None  # (about) when that slot's lease ends
         self._lost: LeaseLost | None = None  # what a heartbeat found: the lease is gone
+        self._canceled = False  # a step boundary found the run canceled
 
     def hold_slot(self, shard: Shard) -> None:
         """The attempt was admitted to ``shard``: its slot is held for ``slot_lease``."""
@@ -126,7 +128,7 @@ class Session:
         return timer
 
     def _overrun(self) -> None:
-        with self._lock:
+        with self._running_lock:
             running = list(self._running.values())
         if not running:
             return
@@ -143,7 +145,9 @@ class Session:
 
     def step_running(self, step_id: str | None) -> None:
         runner = _runner()
-        with self._lock:
+        # Its own lock: ``_lock`` is held across writes (the heartbeat's renewal), and an
+        # async task's event loop calls this.
+        with self._running_lock:
             if step_id is None:
                 self._running.pop(runner, None)
             else:
@@ -173,6 +177,8 @@ class Session:
             and self._time_left() < config.min_time_left.total_seconds()
         ):
             raise ContinueLater()
+        if self._canceled:
+            raise Canceled()
         self._executed += 1
         now = self.now()
         if now - self._status_read_at >= config.cancel_check_interval:
@@ -218,13 +224,17 @@ class Session:
         per ``cancel_check_interval`` at most."""
         status, token = self._worker.store.run_status(self._run.run_id)
         self._status_read_at = now
+        # Found once, for good: every later step boundary stops too (an async task's
+        # code may have swallowed the first).
         if status == RunStatus.CANCELED:
+            self._canceled = True
             raise Canceled()
         if status != RunStatus.RUNNING or token != self._token:
-            raise LeaseLost(
+            self._lost = LeaseLost(
                 f"run {self._run.run_id} is {status} (lease token {token}); this worker's "
                 f"lease (token {self._token}) is no longer valid, so it stops"
             )
+            raise self._lost
 
     def failed_attempts_of(self, step_id: str) -> list[int]:
         floor = self._run.budget_from  # a redrive resets the retry budget

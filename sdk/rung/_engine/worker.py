@@ -431,7 +431,7 @@ class Worker:
                 if task.is_async:  # one event loop per attempt
                     result = aio.run_body(task.fn, scope, AsyncContext, payload)
                 else:
-                    result = task.fn(Context(scope), payload)
+                    result = aio.run_sync_body(task.id, task.fn, Context(scope), payload)
         except RetryStep as retry:
             failure = Failure(
                 attempt=run.attempt,
