@@ -55,18 +55,6 @@ def parent(ctx: rung.Context, payload: None) -> int:
 """
 
 
-@pytest.mark.timeout(300)
-def test_mypy_checks_a_steps_arguments_and_result(tmp_path: Path) -> None:
-    source = tmp_path / "user_tasks.py"
-    source.write_text(USER_CODE)
-    out, err, status = api.run(
-        ["--strict", "--no-incremental", "--follow-imports=silent", str(source)]
-    )
-    lines = {int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line}
-    assert status == 1, out + err
-    assert lines == {19, 20, 21, 22, 39, 40, 41, 42}, out
-
-
 ASYNC_USER_CODE = """
 import rung
 
@@ -98,13 +86,26 @@ async def main() -> None:
 """
 
 
-@pytest.mark.timeout(300)
-def test_mypy_checks_an_async_steps_arguments_and_result(tmp_path: Path) -> None:
-    source = tmp_path / "user_async_tasks.py"
-    source.write_text(ASYNC_USER_CODE)
+def mypy_error_lines(tmp_path: Path, code: str) -> set[int]:
+    """The lines of ``code`` that ``mypy --strict`` reports errors on."""
+    source = tmp_path / "user_tasks.py"
+    source.write_text(code)
     out, err, status = api.run(
         ["--strict", "--no-incremental", "--follow-imports=silent", str(source)]
     )
-    lines = {int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line}
     assert status == 1, out + err
-    assert lines == {20, 21, 22, 28}, out
+    return {int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("code", "errors"),
+    [
+        pytest.param(USER_CODE, {19, 20, 21, 22, 39, 40, 41, 42}, id="sync"),
+        pytest.param(ASYNC_USER_CODE, {20, 21, 22, 28}, id="async"),
+    ],
+)
+def test_mypy_checks_a_steps_arguments_and_result(
+    tmp_path: Path, code: str, errors: set[int]
+) -> None:
+    assert mypy_error_lines(tmp_path, code) == errors
