@@ -127,7 +127,9 @@ def test_a_plain_step_function_raising_stop_iteration_fails_the_step_instead_of_
 
     with LocalEngine(app) as engine:
         run = engine.wait(engine.trigger("t").run_id, timeout=20)
+        failures = [e for e in engine.history(run.run_id) if e.type == EventType.STEP_FAILED]
     assert run.status == rung.RunStatus.FAILED
+    assert len(failures) == 2  # one per attempt, each recorded once
     assert run.error is not None and run.error.type == "StopIteration"
     assert "step '/first#1' failed" in run.error.message
     assert calls["first"] == 2  # the policy's two attempts
@@ -226,3 +228,119 @@ def test_an_async_task_hidden_by_a_plain_decorator_is_refused_with_what_to_do() 
     assert run.status == rung.RunStatus.FAILED and run.error is not None
     assert run.error.type == "InvalidConfig"
     assert "Make the wrapper an async def" in run.error.message
+
+
+def test_a_body_error_while_a_gathered_map_runs_does_not_fail_its_branches() -> None:
+    app = rung.App("body-error")
+    calls: Counter[str] = Counter()
+
+    async def branch(ctx: rung.AsyncContext, n: int) -> int:
+        await asyncio.sleep(0.05)
+        value: int = await ctx.step("double", lambda: n * 2)
+        return value
+
+    async def boom() -> None:
+        calls["boom"] += 1
+        if calls["boom"] == 1:
+            raise ConnectionError("transient, outside any step")
+
+    @app.task(id="t", retry=ONCE_MORE)
+    async def t(ctx: rung.AsyncContext, payload: None) -> list[int]:
+        batch, _ = await asyncio.gather(ctx.map([1, 2], branch), boom())
+        return batch.results()
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output == [2, 4] and run.attempt == 2
+
+
+def test_a_task_group_step_failed_for_good_fails_on_the_step_while_a_sibling_is_canceled() -> None:
+    app = rung.App("group-fail")
+
+    async def slow() -> str:
+        await asyncio.sleep(5)
+        return "slow"
+
+    def broken() -> str:
+        raise ValueError("no such order")
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=1))
+    async def t(ctx: rung.AsyncContext, payload: None) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(ctx.step("slow", slow))
+            group.create_task(ctx.step("broken", broken))
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert run.status == rung.RunStatus.FAILED and run.error is not None
+    assert run.error.message == "step '/broken#1' failed: no such order"
+
+
+def test_an_at_most_once_step_gathered_with_a_failing_body_is_finished_not_interrupted() -> None:
+    app = rung.App("amo")
+    calls: Counter[str] = Counter()
+
+    async def charge() -> str:
+        calls["charge"] += 1
+        await asyncio.sleep(0.1)
+        return "charged"
+
+    async def boom() -> None:
+        calls["boom"] += 1
+        if calls["boom"] == 1:
+            raise ConnectionError("transient")
+
+    @app.task(id="t", retry=ONCE_MORE)
+    async def t(ctx: rung.AsyncContext, payload: None) -> str:
+        charged, _ = await asyncio.gather(ctx.step("charge", charge, at_most_once=True), boom())
+        return str(charged)
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output == "charged" and calls["charge"] == 1
+
+
+def test_a_step_left_waiting_on_the_ended_body_is_canceled_after_a_bound(
+    monkeypatch: Any, caplog: Any
+) -> None:
+    from rung._durable import aio
+
+    monkeypatch.setattr(aio, "SETTLE_SECONDS", 0.5)
+    app = rung.App("stuck")
+    calls: Counter[str] = Counter()
+    done = asyncio.Event
+
+    @app.task(id="t", retry=ONCE_MORE)
+    async def t(ctx: rung.AsyncContext, payload: None) -> str:
+        finished = done()
+
+        async def monitor() -> str:
+            calls["monitor"] += 1
+            await finished.wait()  # only the body sets it
+            return "seen"
+
+        watch = asyncio.ensure_future(ctx.step("monitor", monitor))
+        await ctx.step("flaky", flaky_counter(calls, "flaky"))  # fails once: the body ends
+        finished.set()
+        return str(await watch)
+
+    with caplog.at_level("WARNING", logger="rung.worker"), LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert run.status == rung.RunStatus.COMPLETED, run.error
+    assert run.output == "seen" and calls == {"monitor": 2, "flaky": 2}
+    assert any("still running 0s after the body ended" in r.getMessage() for r in caplog.records)
+
+
+def test_a_durable_operation_called_from_a_thread_is_refused() -> None:
+    app = rung.App("thread")
+
+    @app.task(id="t")
+    async def t(ctx: rung.AsyncContext, payload: None) -> None:
+        await asyncio.to_thread(lambda: ctx.step("x", lambda: 1))
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("t").run_id)
+    assert run.status == rung.RunStatus.FAILED and run.error is not None
+    assert "was called from a thread (asyncio.to_thread, an executor)" in run.error.message

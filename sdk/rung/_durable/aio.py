@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 
 from rung._durable import steps
 from rung._durable.offload import IO_THREADS, io, io_pool
-from rung._durable.signals import Unwind, resolve
-from rung._durable.state import RunState, Scope
+from rung._durable.signals import Ending, resolve
+from rung._durable.state import Scope
 from rung._durable.waits import StepCall
 from rung.errors import InvalidConfig
 
@@ -101,13 +101,23 @@ def run_body(
                 value = await body(face(scope), payload)
             steps.check_unwinding(scope)
         except BaseException as raised:
-            ending = resolve(raised, scope.unwinding, run.suspends, run.canceled_operation, WHAT)
-            run.ending = ending  # operations still running elsewhere stop at their next
-            await _settle(run)
+            first = resolve(raised, scope.unwinding, run.suspends, run.canceled_operation, WHAT)
+            run.ending = Ending(first)  # operations running elsewhere stop at their next
+            _, settled = await _settle(scope)
+            # What the operations it waited for raised can decide too (a retry of a
+            # step that was still running beats a wait, as in a batch).
+            ending = resolve(
+                raised,
+                scope.unwinding,
+                run.suspends,
+                run.canceled_operation,
+                WHAT,
+                settled,
+            )
             raise ending from None if ending is raised else raised
         left = _others()
-        run.ending = _Returned(f"task {run.task_id!r} returned")
-        waited = await _settle(run)
+        run.ending = Ending(None)
+        waited, _ = await _settle(scope)
         if left:
             log.warning(
                 "run %s: task %r returned with %d asyncio task(s) still running (%s); "
@@ -137,31 +147,51 @@ def _others() -> list[asyncio.Task[Any]]:
     return [t for t in asyncio.all_tasks() if t is not current and not t.done()]
 
 
-async def _settle(run: RunState) -> int:
+async def _settle(scope: Scope) -> tuple[int, list[BaseException]]:
     """Wait for the steps and batches still running in other asyncio tasks (each stops
-    at its next operation: ``run.ending`` is set), so that what they did is recorded;
-    how many there were."""
+    at its next operation: ``run.ending`` is set), so that what they did is recorded:
+    how many there were, and the signals they raised. At most ``SETTLE_SECONDS``: one
+    that outlasts it waits for something only the ended body would have done, and is
+    canceled (its step runs again on the next attempt)."""
+    run = scope.run
     current = asyncio.current_task()
     waited: set[asyncio.Task[Any]] = set()
+    deadline = asyncio.get_running_loop().time() + SETTLE_SECONDS
     while True:
         running = [
             t
             for t in (*run.steps_running, *run.batches_running)
             if t is not current and not t.done()
         ]
-        if not running:
+        left = deadline - asyncio.get_running_loop().time()
+        if not running or left <= 0:
             break
         waited.update(running)
-        await asyncio.wait(running)
-    for task in waited:  # (retrieved: asyncio logs unretrieved ones)
-        if not task.cancelled():
-            task.exception()
-    return len(waited)
+        await asyncio.wait(running, timeout=left)
+    stuck = [t for t in waited if not t.done()]
+    if stuck:
+        log.warning(
+            "run %s: %d step(s) or batch(es) still running %ds after the body ended (%s) "
+            "are canceled; they are not recorded and run again on the next attempt",
+            scope.run_id,
+            len(stuck),
+            SETTLE_SECONDS,
+            ", ".join(sorted({_describe(t) for t in stuck})),
+            extra={"run_id": scope.run_id, "task": run.task_id},
+        )
+        for task in stuck:
+            task.cancel()
+        await asyncio.wait(stuck)
+    raised = [
+        exc
+        for task in waited
+        if not task.cancelled() and (exc := task.exception()) is not None  # (retrieved)
+    ]
+    return len(waited), raised
 
 
-class _Returned(Unwind):
-    """The task body returned: an operation still running elsewhere stops."""
-
+#: The longest the end of an async attempt waits for operations still running.
+SETTLE_SECONDS = 30
 
 #: How a combined suspension names the body's other waits.
 WHAT = "waits of the body's concurrent operations"

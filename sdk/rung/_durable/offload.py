@@ -20,6 +20,10 @@ R = TypeVar("R")
 #: Threads that write an async attempt's checkpoints (at most this many at once).
 IO_THREADS = 8
 
+#: True in the core's own calls on the pool: the only threads an async task's scope
+#: accepts operations from (``state._check_owner``).
+in_core: contextvars.ContextVar[bool] = contextvars.ContextVar("rung_in_core", default=False)
+
 #: The attempt's pool (None: the loop's default executor).
 io_pool: contextvars.ContextVar[Executor | None] = contextvars.ContextVar(
     "rung_io_pool", default=None
@@ -36,6 +40,7 @@ async def io(fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
 def _guarded(fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
     """A StopIteration set on an asyncio future would leave it pending for ever (asyncio
     refuses it and only logs): it comes out as a RuntimeError instead."""
+    in_core.set(True)  # (in this call's own copy of the context)
     try:
         return fn(*args, **kwargs)
     except StopIteration as exc:

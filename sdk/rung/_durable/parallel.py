@@ -370,8 +370,10 @@ class Batch:
         stop = False
         run = self.parent.run
         while running or (pending and not stop):
-            # The attempt is ending (or misused): start no more branches.
-            stop = stop or run.ending is not None or run.canceled_operation is not None
+            ending = run.ending or run.canceled_operation
+            if ending is not None and not stop:  # the attempt ends: start no more branches
+                signals.append((-1, ending))
+                stop = True
             free = min(len(pending), self.limit - len(running)) if not stop else 0
             # Like before a step, for each branch to start (in one trip to the pool).
             admitted, signal = await io(self._admit, free) if free else (0, None)

@@ -8,11 +8,10 @@ from datetime import datetime, timedelta
 
 from rung.errors import (
     ErrorInfo,
-    InvalidConfig,
     LeaseLost,
     NonDeterminismError,
     StepFailed,
-    UsageError,
+    is_misuse,
 )
 
 
@@ -79,6 +78,15 @@ class Canceled(Unwind):
     """The run was canceled while this attempt ran: stop at this step boundary."""
 
 
+class Ending(Unwind):
+    """An async task's attempt is ending (its body returned, or raised ``cause``):
+    operations still running in its other asyncio tasks stop at their next step."""
+
+    def __init__(self, cause: BaseException | None) -> None:
+        super().__init__("the attempt is ending")
+        self.cause = cause
+
+
 class TimeLimitReached(Unwind):
     """The task's ``max_duration`` of compute time is used up: the run ends TIMED_OUT."""
 
@@ -128,20 +136,27 @@ def resolve(
     raised: BaseException,
     kept: BaseException | None,
     suspends: list[Suspend],
-    misuse: BaseException | None,
+    canceled: BaseException | None,
     what: str,
+    settled: Sequence[BaseException] = (),
 ) -> BaseException:
     """What a scope of an async task ends with, when it raised ``raised``.
 
     ``kept``: a signal an operation of the scope raised (which user code may have
     swallowed, or wrapped: ``asyncio.TaskGroup`` raises exception groups);
-    ``suspends``: every wait that suspended this attempt, combined when it suspends;
-    ``misuse``: an operation canceled by user code. The signals decide as a batch's
-    branches do (the attempt's end first, then a retry, then the combined waits);
-    then the misuse; then, out of a group, a misuse or a ``StepFailed`` of a step in
-    it; else what was raised."""
+    ``suspends``: the scope's waits this attempt, combined when it suspends;
+    ``canceled``: the misuse of an operation canceled by user code; ``settled``: what
+    operations still running when the scope ended raised since. As a batch's branches
+    decide: what ends the attempt (misuse included) first, then a retry, then the
+    waits combined; then a ``StepFailed`` out of a group; then the cancel's misuse;
+    else what was raised."""
     leaves = list(_leaves(raised))
-    found = [e for e in (*leaves, kept) if isinstance(e, Unwind | LeaseLost | NonDeterminismError)]
+    found = [
+        e
+        for e in (*leaves, kept, *settled)
+        if (isinstance(e, Unwind | LeaseLost | NonDeterminismError) and not isinstance(e, Ending))
+        or (e in leaves and e is not None and is_misuse(e))
+    ]  # (an Ending is the attempt's end echoed back by an operation it stopped)
     if found:
         ending = [s for s in found if not isinstance(s, Suspend | RetryStep)]
         if ending:
@@ -151,13 +166,12 @@ def resolve(
             return retries[0]
         waits = list(dict.fromkeys([*(s for s in found if isinstance(s, Suspend)), *suspends]))
         return waits[0] if len(waits) == 1 else combine(waits, what)
-    if misuse is not None:
-        return misuse
     if isinstance(raised, BaseExceptionGroup):
-        for kind in (UsageError, InvalidConfig, StepFailed):
-            first = next((e for e in leaves if isinstance(e, kind)), None)
-            if first is not None:
-                return first
+        failed = next((e for e in leaves if isinstance(e, StepFailed)), None)
+        if failed is not None:
+            return failed
+    if canceled is not None:
+        return canceled
     return raised
 
 

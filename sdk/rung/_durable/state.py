@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from rung._durable.offload import in_core
 from rung._util import serde
 from rung.errors import (
     ChildRunFailed,
@@ -419,20 +420,27 @@ class Scope:
 
 
 def _check_owner(scope: Scope, what: str) -> None:
-    """In an async task: refuse a call from an asyncio task other than the scope's own
-    (positions would follow timing). Calls from threads the run's code offloads to
-    (no running loop there) are the core's own and pass."""
+    """In an async task: refuse a call from an asyncio task other than the scope's own,
+    or from a thread (positions would follow timing), except the core's own calls on
+    the attempt's pool (``offload.io``)."""
     try:
         task = asyncio.current_task()
     except RuntimeError:  # no event loop on this thread
-        return
-    if task is None or task is scope.owner:
-        return
+        if in_core.get():
+            return
+        elsewhere = "a thread (asyncio.to_thread, an executor)"
+    else:
+        if task is scope.owner:
+            return
+        elsewhere = (
+            "another asyncio task (asyncio.gather, create_task or a TaskGroup of a "
+            "coroutine that calls ctx)"
+        )
     where = f"branch {scope.branch!r}" if scope.branch is not None else "the task body"
     raise UsageError(
-        f"{what} was called from another asyncio task than the one running {where} of run "
-        f"{scope.run_id} (asyncio.gather or create_task of a coroutine that calls ctx): its "
-        "checkpoint would take a position that depends on timing, and a replay would "
+        f"{what} was called from {elsewhere}, not from the asyncio task running {where} "
+        f"of run {scope.run_id}: its checkpoint would take a position that depends on "
+        "timing, and a replay would "
         "not find it. Run such coroutines as branches with ctx.parallel or ctx.map (each "
         "gets its own ctx), or pass ctx.step(...) calls themselves to asyncio.gather: "
         "they take their positions when called. See docs/async.md."

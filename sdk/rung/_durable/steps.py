@@ -355,24 +355,30 @@ async def _run_step(
     check_unwinding(scope)
     if replayed(scope, slot):
         started = begin(scope, slot, retry=retry, at_most_once=at_most_once)
-    else:
-        started = await io(begin, scope, slot, retry=retry, at_most_once=at_most_once)
-    if isinstance(started, Replayed):
+        assert isinstance(started, Replayed)
         return started.value
     task = asyncio.current_task()
     assert task is not None  # (awaited: on a loop, in a task)
-    scope.run.steps_running.add(task)  # (the body's end waits for it: aio.run_body)
+    # From here on, the attempt's end waits for it (aio.run_body): its marker, its
+    # function and its checkpoint are not cut off.
+    scope.run.steps_running.add(task)
     try:
+        started = await io(begin, scope, slot, retry=retry, at_most_once=at_most_once)
+        if isinstance(started, Replayed):
+            return started.value
         with started.running():
+            failure: BaseException | None = None
             try:
                 if inspect.iscoroutinefunction(fn):
                     value = await fn(*args, **kwargs)
                 else:
                     returned, value = await _on_thread(fn, args, kwargs)
                     if not returned:  # (a StopIteration: raised here it would change)
-                        return await io(started.failed, value)
+                        failure = value
             except Exception as exc:
-                return await io(started.failed, exc)
+                failure = exc
+            if failure is not None:
+                return await io(started.failed, failure)
         return await io(started.succeeded, value)
     finally:
         scope.run.steps_running.discard(task)
@@ -411,19 +417,26 @@ async def guarded(scope: Scope, operation: Awaitable[R], what: str = "a step") -
     """Await a durable operation of an async task, keeping what unwinds it.
 
     A signal it raises (a retry, a wait, a cancel) is kept on the scope, so that one
-    swallowed by user code still ends the scope at its next operation or its end (and
-    every suspension is kept for the attempt's end to combine). Canceled by user code
-    (not by the attempt's end), it is misuse: the attempt fails at the next operation."""
+    swallowed by user code still ends the scope at its next operation or its end; the
+    body's waits are kept for the attempt's end to combine. Canceled by user code while
+    the scope's own task awaits it (``asyncio.timeout`` around ``await ctx.step(...)``),
+    it is misuse: the body saw an outcome no checkpoint holds, so the attempt fails at
+    its next operation. (Tasks a TaskGroup cancels, because a sibling raised, are not
+    the scope's own: their steps simply run again on a retry.)"""
     try:
         return await operation
     except Unwind as signal:
-        if isinstance(signal, Suspend):
+        if isinstance(signal, Suspend) and scope.branch is None:
             scope.run.suspends.append(signal)
         scope.unwinding = scope.unwinding or signal
         raise
     except asyncio.CancelledError:
         run = scope.run
-        if run.ending is None and run.canceled_operation is None:
+        if (
+            run.ending is None
+            and run.canceled_operation is None
+            and asyncio.current_task() is scope.owner
+        ):
             run.canceled_operation = UsageError(
                 CANCELED_OPERATION.format(run=run.run_id, what=what)
             )
