@@ -69,12 +69,13 @@ class AsyncContext:
         """As ``rung.Context.logger``: each line written once per run."""
         return _ReplayAwareLogger(logging.getLogger(f"rung.tasks.{self.task_id}"), self._core)
 
-    # As Context.step: checked with ParamSpec unless retry= or at_most_once= is given.
+    # As Context.step: checked with ParamSpec unless retry= or at_most_once= is given;
+    # an async function's result is what it returns when awaited.
     @overload
     def step(
         self,
         name: str,
-        fn: Callable[..., Awaitable[R]] | Callable[..., R],
+        fn: Callable[..., Awaitable[R]],
         /,
         *args: Any,
         retry: RetryPolicy | None,
@@ -86,11 +87,28 @@ class AsyncContext:
     def step(
         self,
         name: str,
-        fn: Callable[..., Awaitable[R]] | Callable[..., R],
+        fn: Callable[..., R],
+        /,
+        *args: Any,
+        retry: RetryPolicy | None,
+        at_most_once: bool = False,
+        **kwargs: Any,
+    ) -> Coroutine[Any, Any, R]: ...
+
+    @overload
+    def step(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[R]],
         /,
         *args: Any,
         at_most_once: bool,
         **kwargs: Any,
+    ) -> Coroutine[Any, Any, R]: ...
+
+    @overload
+    def step(
+        self, name: str, fn: Callable[..., R], /, *args: Any, at_most_once: bool, **kwargs: Any
     ) -> Coroutine[Any, Any, R]: ...
 
     @overload

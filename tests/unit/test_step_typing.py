@@ -83,6 +83,12 @@ async def t(ctx: rung.AsyncContext, payload: None) -> int:
 async def main() -> None:
     out: rung.Task[int] = t  # an async task is a Task of what it returns
     bad: rung.Task[str] = t  # line 28: not of a str
+
+
+async def own_options(ctx: rung.AsyncContext) -> bytes:
+    marked: bytes = await ctx.step("fetch", fetch, "u", at_most_once=True)
+    retried: int = await ctx.step("add", add, 1, 2, retry=rung.RetryPolicy(max_attempts=2))
+    return marked * retried
 """
 
 
