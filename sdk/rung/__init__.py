@@ -47,6 +47,8 @@ from rung.models import (
     RunStatus,
     Token,
     TokenState,
+    TriggerItem,
+    TriggerResult,
     VersionInfo,
 )
 from rung.retry import RetryAfter, RetryPolicy
@@ -109,6 +111,8 @@ __all__ = [
     "TokenNotFound",
     "TokenState",
     "TokenTimedOut",
+    "TriggerItem",
+    "TriggerResult",
     "UnknownQueue",
     "Contended",
     "UnknownTask",

@@ -22,7 +22,16 @@ if TYPE_CHECKING:
 
     from rung.app import App, Task
     from rung.flow import QueueInfo
-    from rung.models import HistoryEvent, Run, RunHandle, RunPage, RunStatus, TokenState
+    from rung.models import (
+        HistoryEvent,
+        Run,
+        RunHandle,
+        RunPage,
+        RunStatus,
+        TokenState,
+        TriggerItem,
+        TriggerResult,
+    )
 
 __all__ = ["AsyncClient"]
 
@@ -155,6 +164,18 @@ class AsyncClient:
             delay=delay,
             tags=tags,
             idempotency_ttl=idempotency_ttl,
+        )
+
+    async def batch_trigger(
+        self,
+        task: str | Task[Any, In],
+        items: Iterable[In | Mapping[str, Any] | TriggerItem | None],
+        *,
+        idempotency_ttl: timedelta | float | None = None,
+    ) -> list[TriggerResult]:
+        """As ``Client.batch_trigger``: one run per item, in bulk."""
+        return await self._call(
+            self._sync.batch_trigger, task, items, idempotency_ttl=idempotency_ttl
         )
 
     async def get_run(self, run_id: str) -> Run:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -67,6 +67,32 @@ class RunHandle:
     run_id: str
     task_id: str
     created: bool = True
+
+
+@dataclass(frozen=True)
+class TriggerItem:
+    """One run of ``Client.batch_trigger``: its payload and its own trigger options
+    (as ``Client.trigger``'s; a plain payload in the items means one with none)."""
+
+    payload: Any = None
+    idempotency_key: str | None = None
+    delay: timedelta | float | None = None
+    tags: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class TriggerResult:
+    """One item's outcome in ``Client.batch_trigger``, at its ``index`` in the items:
+    its run's ``handle``, or the ``error`` it was refused with (nothing was stored or
+    enqueued for it)."""
+
+    index: int
+    handle: RunHandle | None = None
+    error: ErrorInfo | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.handle is not None
 
 
 @dataclass(frozen=True)

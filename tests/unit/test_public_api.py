@@ -54,6 +54,8 @@ PINNED = {
     "TokenNotFound",
     "TokenState",
     "TokenTimedOut",
+    "TriggerItem",
+    "TriggerResult",
     "UnknownQueue",
     "Contended",
     "UnknownTask",

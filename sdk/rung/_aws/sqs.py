@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 log = logging.getLogger("rung.worker")
 
 MAX_DELAY = timedelta(minutes=15)
@@ -52,6 +54,7 @@ DEFAULT_MAX_RECEIVE_COUNT = 10
 POISON_BACKOFF_CAP = 8
 #: SendMessageBatch and DeleteMessageBatch take at most this many entries.
 _BATCH = 10
+_SEND_TRIES = 3  # SendMessageBatch calls per chunk while entries fail
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,35 @@ class SqsQueue:
             DelaySeconds=seconds,
             **_trace_attribute(trace_header),
         )
+
+    def send_many(self, runs: list[tuple[str, timedelta, str | None]]) -> set[str]:
+        """Send the messages of ``(run id, delay, trace header)``, 10 per
+        ``SendMessageBatch``; entries SQS refuses are sent again (three tries). Returns
+        the run ids whose message could not be sent."""
+        unsent: set[str] = set()
+        for start in range(0, len(runs), _BATCH):
+            entries = {
+                str(n): {
+                    "Id": str(n),
+                    "MessageBody": encode(run_id),
+                    "DelaySeconds": _ceil_seconds(min(delay, self.max_delay)),
+                    **_trace_attribute(trace),
+                }
+                for n, (run_id, delay, trace) in enumerate(runs[start : start + _BATCH])
+            }
+            for _ in range(_SEND_TRIES):
+                try:
+                    out = self.client.send_message_batch(
+                        QueueUrl=self.url, Entries=list(entries.values())
+                    )
+                except (ClientError, BotoCoreError) as exc:
+                    log.warning("SendMessageBatch failed (%s); trying again", exc)
+                    continue
+                entries = {f["Id"]: entries[f["Id"]] for f in out.get("Failed", [])}
+                if not entries:
+                    break
+            unsent.update(runs[start + int(n)][0] for n in entries)
+        return unsent
 
     def receive(
         self, max_messages: int = 10, wait_seconds: int = 0, visibility_timeout: int | None = None

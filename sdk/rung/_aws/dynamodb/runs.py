@@ -11,11 +11,12 @@ checked in the condition, never assumed):
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from rung._aws.dynamodb._common import (
     _IDEM_SK,
@@ -44,6 +45,9 @@ from rung.errors import (
     ErrorInfo,
 )
 from rung.models import Failure, Run, RunStatus
+
+_BATCH_WRITE = 25  # the most items one BatchWriteItem takes
+_UNPROCESSED_TRIES = 8  # BatchWriteItem calls per chunk while DynamoDB leaves items out
 
 #: The most tokens ``suspend_run`` checks: a transaction holds at most 100 items;
 #: one is the run's update and one may check an awaited child run.
@@ -125,6 +129,30 @@ class _Runs(_Parents):
                 return self.create_run(new, idempotency_ttl, now)
             return self.get_run(existing["run_id"]["S"]), False
         return self._run_from_item(item), True
+
+    def create_runs(self, runs: list[NewRun]) -> dict[str, str]:
+        """Record runs without idempotency keys, 25 per ``BatchWriteItem`` (their ids are
+        new, so no condition is needed); returns the ids of the runs not stored, with
+        why. Items DynamoDB leaves unprocessed are written again, with backoff."""
+        failed: dict[str, str] = {}
+        for start in range(0, len(runs), _BATCH_WRITE):
+            chunk = runs[start : start + _BATCH_WRITE]
+            requests = [{"PutRequest": {"Item": self._new_run_item(new)}} for new in chunk]
+            try:
+                for attempt in range(_UNPROCESSED_TRIES):
+                    out = self.client.batch_write_item(RequestItems={self.table: requests})
+                    requests = out.get("UnprocessedItems", {}).get(self.table, [])
+                    if not requests:
+                        break
+                    time.sleep(min(0.05 * 2**attempt, 1.0))
+            except (ClientError, BotoCoreError) as exc:
+                # The request that raised wrote none of its items (the earlier ones of
+                # the chunk are stored): those are the runs not stored.
+                failed.update({_put_run_id(r): str(exc) for r in requests})
+                continue
+            for request in requests:  # still unprocessed: throttled throughout
+                failed[_put_run_id(request)] = "throttled by DynamoDB"
+        return failed
 
     def claim_run(
         self,
@@ -575,3 +603,7 @@ class _Runs(_Parents):
         if woke is None:
             raise _lease_lost(run_id, token)
         return woke
+
+
+def _put_run_id(request: dict[str, Any]) -> str:
+    return str(request["PutRequest"]["Item"]["run_id"]["S"])
