@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -169,7 +169,7 @@ class AsyncClient:
     async def batch_trigger(
         self,
         task: str | Task[Any, In],
-        items: Iterable[In | Mapping[str, Any] | TriggerItem | None],
+        items: Sequence[In | Mapping[str, Any] | TriggerItem | None],
         *,
         idempotency_ttl: timedelta | float | None = None,
     ) -> list[TriggerResult]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -232,7 +232,7 @@ class Client:
     def batch_trigger(
         self,
         task: str | Task[Any, In],
-        items: Iterable[In | Mapping[str, Any] | TriggerItem | None],
+        items: Sequence[In | Mapping[str, Any] | TriggerItem | None],
         *,
         idempotency_ttl: timedelta | float | None = None,
     ) -> list[TriggerResult]:
@@ -240,18 +240,24 @@ class Client:
 
         An item is a payload, or a ``rung.TriggerItem(payload, idempotency_key=,
         delay=, tags=)`` with options of its own (as ``trigger``'s). Every item is
-        checked before anything is stored; an item that is refused (a bad payload or
-        option) is reported and the others go on. Runs without an idempotency key are
-        written 25 per request and every message sent 10 per request; a key matches
-        one run per task and key as ``trigger`` does (``handle.created`` False).
+        checked before anything is stored; a refused item is reported and the others go
+        on. Runs without an idempotency key are written 25 per request, and messages
+        sent 10 per request; a key matches one run per task and key as in ``trigger``
+        (``handle.created`` False), also between items of this call. See
+        docs/lifecycle.md ("Batch trigger").
 
         Returns:
             One ``TriggerResult`` per item, in the items' order: ``handle`` (the run),
-            or ``error`` (why nothing was stored or enqueued for it).
+            or ``error`` (``NotStored``: nothing was stored or enqueued for it, trigger
+            it again; ``NotTriggered``: a keyed item's write failed, triggering it
+            again is safe; ``StoredOrNot``: check ``get_run`` first).
 
         Raises:
-            UnknownTask: the app has no such task (nothing is stored).
-            UsageError: ``items`` is not a list; InvalidConfig: more than 1,000 items.
+            UnknownTask: the app has no such task. UsageError: ``items`` is not a list
+            (or tuple), or a read-only client. InvalidConfig: more than 1,000 items, or
+            a bad ``idempotency_ttl``. ClientError: DynamoDB refused the call as a whole
+            (access denied, no table) before storing anything. In all of these, nothing
+            is stored.
 
         Example:
             >>> results = client.batch_trigger("resize", [
@@ -266,14 +272,8 @@ class Client:
                 "payloads are validated against its tasks"
             )
         found = self.app.get_task(task)
-        return triggering.batch_trigger(
-            self._store,
-            self._queue,
-            self._clock,
-            found,
-            items,
-            _idempotency_ttl(idempotency_ttl),
-        )
+        ttl = _idempotency_ttl(idempotency_ttl)
+        return triggering.batch_trigger(self._store, self._queue, self._clock, found, items, ttl)
 
     def get_run(self, run_id: str) -> Run:
         """The run's status, attempts, timestamps, output and error.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -77,18 +77,20 @@ class TriggerItem:
     payload: Any = None
     idempotency_key: str | None = None
     delay: timedelta | float | None = None
-    tags: Sequence[str] | None = None
+    tags: Iterable[str] | None = None
 
 
 @dataclass(frozen=True)
 class TriggerResult:
     """One item's outcome in ``Client.batch_trigger``, at its ``index`` in the items:
     its run's ``handle``, or the ``error`` it was refused with (nothing was stored or
-    enqueued for it)."""
+    enqueued for it). ``enqueued`` is False for a run that is stored but whose message
+    SQS refused: the reconciler sends it, once it is overdue by its grace period."""
 
     index: int
     handle: RunHandle | None = None
     error: ErrorInfo | None = None
+    enqueued: bool = False
 
     @property
     def ok(self) -> bool:

@@ -126,6 +126,62 @@ def test_idempotency_keys_match_earlier_runs_and_each_other() -> None:
     assert len(stored) == 2 and calls == {"x": 1, "y": 1}
 
 
+def test_items_sharing_a_key_take_one_transaction_and_send_one_message() -> None:
+    calls: Counter[str] = Counter()
+    with LocalEngine(resize_app(calls), workers=0) as engine:
+        seen = requests_of(engine)
+        results = engine.client.batch_trigger(
+            "resize",
+            [rung.TriggerItem({"name": "k", "width": 2}, idempotency_key="same")] * 5,
+        )
+        requests = Counter(seen)
+    run_ids = {r.handle.run_id for r in results if r.handle is not None}
+    assert len(run_ids) == 1 and [r.handle.created for r in results if r.handle] == [
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
+    assert requests == {"TransactWriteItems": 1, "SendMessageBatch": 1}
+    assert all(r.enqueued for r in results)
+
+
+@pytest.mark.parametrize(
+    "items", [{"name": "a", "width": 1}, Image(name="a", width=1), {1, 2}, "abc", None]
+)
+def test_items_that_are_not_a_list_are_refused_whole(items: Any) -> None:
+    with LocalEngine(resize_app(Counter())) as engine:
+        with pytest.raises(rung.UsageError, match="needs a list of items"):
+            engine.client.batch_trigger("resize", items)
+        assert engine.list_runs(limit=5) == []
+
+
+def test_a_bulk_write_with_an_unknown_outcome_reports_only_the_runs_really_missing() -> None:
+    # A timeout after DynamoDB wrote the chunk: botocore's read timeout cannot be made to
+    # happen on the emulator, so the write goes through and its answer is replaced by
+    # the error a lost response raises (at the botocore layer, the request was real).
+    from botocore.exceptions import ReadTimeoutError
+
+    calls: Counter[str] = Counter()
+    with LocalEngine(resize_app(calls)) as engine:
+        lost = {"answers": 1}
+
+        def lose_the_answer(model: Any, **_: Any) -> None:
+            if model.name == "BatchWriteItem" and lost["answers"]:
+                lost["answers"] -= 1
+                raise ReadTimeoutError(endpoint_url=engine.endpoint_url)
+
+        engine.dynamodb.meta.events.register("after-call", lose_the_answer)
+        results = engine.client.batch_trigger(
+            "resize", [{"name": f"t{n}", "width": n} for n in range(3)]
+        )
+        runs = [engine.wait(r.handle.run_id) for r in results if r.handle is not None]
+    assert all(r.ok for r in results)  # read back: all three were stored
+    assert [r.output for r in runs] == ["t0@0", "t1@0", "t2@1"]
+    assert calls == {"t0": 1, "t1": 1, "t2": 1}
+
+
 def test_a_thousand_runs_take_bulk_requests_and_a_thousand_and_one_none() -> None:
     calls: Counter[str] = Counter()
     with LocalEngine(resize_app(calls), workers=0) as engine:
@@ -137,7 +193,7 @@ def test_a_thousand_runs_take_bulk_requests_and_a_thousand_and_one_none() -> Non
         with pytest.raises(rung.InvalidConfig, match="at most 1,000 runs"):
             engine.client.batch_trigger("resize", [{"name": "z", "width": 1}] * 1001)
         with pytest.raises(rung.UsageError, match="needs a list of items"):
-            engine.client.batch_trigger("resize", {"name": "z", "width": 1})
+            engine.client.batch_trigger("resize", {"name": "z", "width": 1})  # type: ignore[arg-type]
         with pytest.raises(rung.UnknownTask):
             engine.client.batch_trigger("nope", [{}])
         queued = engine.client.runs_in_flight()

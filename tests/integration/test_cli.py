@@ -217,6 +217,55 @@ def test_trigger_json_is_the_handle(stack: Deployed) -> None:
     assert stack.client.get_run(handle["run_id"]).payload == {"name": "bo"}
 
 
+def test_batch_trigger_reads_json_lines_and_reports_each_entry(
+    stack: Deployed, tmp_path: Path
+) -> None:
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"name": "ed"}\n\n{"name": "flo"}\n{"nom": "x"}\n')
+
+    result = rung(stack, "batch-trigger", "greet", str(items), "--json")
+
+    assert result.exit_code == 1  # one entry refused
+    assert one_error_line(result) == "error: 1 of 3 entries were refused (see above)"
+    entries = json.loads(result.stdout)
+    assert [e["index"] for e in entries] == [0, 1, 2]
+    assert entries[2]["run_id"] is None and entries[2]["error"]["type"] == "InvalidPayload"
+    outputs = [wait_for(stack, e["run_id"]).output for e in entries[:2]]
+    assert outputs == [{"greeting": "hello ed"}, {"greeting": "hello flo"}]
+
+
+def test_batch_trigger_with_options_keys_delays_and_tags_each_entry(
+    stack: Deployed, tmp_path: Path
+) -> None:
+    items = tmp_path / "items.json"
+    key = f"k-{secrets.token_hex(3)}"
+    items.write_text(
+        json.dumps(
+            [
+                {"payload": {"name": "gus"}, "idempotency_key": key, "tags": ["cli"]},
+                {"payload": {"name": "gus"}, "idempotency_key": key},
+                {"payload": {"name": "hal"}, "delay": "10m"},
+            ]
+        )
+    )
+
+    result = rung(stack, "batch-trigger", "greet", str(items), "--with-options")
+    bad = rung(stack, "batch-trigger", "greet", str(items))  # entries as payloads: refused
+
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "3 triggered, 0 refused"
+    ids = [line.split()[1] for line in lines[1:4]]
+    assert ids[0] == ids[1] and "idempotency key matched an existing run" in lines[2]
+    assert stack.client.get_run(ids[0]).tags == ("cli",)
+    assert stack.client.get_run(ids[2]).status == "DELAYED"
+    assert bad.exit_code == 1 and "3 of 3 entries were refused" in bad.stderr
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text('[{"payload": {}, "priority": 3}]')
+    refused = rung(stack, "batch-trigger", "greet", str(unknown), "--with-options")
+    assert refused.exit_code == 2 and "(unknown: priority)" in refused.stderr
+
+
 def test_trigger_wait_exits_0_and_shows_the_output(stack: Deployed) -> None:
     result = rung(stack, "trigger", "greet", "--payload", '{"name": "cy"}', "--wait")
 

@@ -197,6 +197,26 @@ def test_the_same_idempotency_key_gives_the_same_run(
     assert effects[(key, "charge")] == 1
 
 
+def test_a_batch_trigger_stores_and_enqueues_every_valid_item_in_bulk(
+    workers: QueueWorkers, client: rung.Client
+) -> None:
+    keys = [_id(f"batch{n}") for n in range(30)]
+    items: list[Any] = [{"id": key} for key in keys]
+    items[7] = rung.TriggerItem({"id": keys[7]}, idempotency_key=keys[7], tags=["batch"])
+    items.append(rung.TriggerItem({"id": "late"}, delay=-1))  # refused: nothing stored
+
+    results = client.batch_trigger("order-async", items)
+    runs = [workers.wait(client, r.handle.run_id) for r in results if r.handle is not None]
+
+    assert [r.index for r in results] == list(range(31))
+    assert [r.ok for r in results] == [True] * 30 + [False]
+    assert results[30].error is not None and results[30].error.type == "InvalidConfig"
+    assert [r.status for r in runs] == ["COMPLETED"] * 30
+    assert [r.output["charged"] for r in runs] == [f"ch-{key}" for key in keys]
+    assert all(effects[(key, "charge")] == 1 for key in keys)
+    assert runs[7].tags == ("batch",)
+
+
 def test_a_poison_message_reaches_the_dead_letter_queue(
     workers: QueueWorkers, localstack_plane: DataPlane
 ) -> None:

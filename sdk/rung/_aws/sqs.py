@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -181,7 +182,9 @@ class SqsQueue:
                 }
                 for n, (run_id, delay, trace) in enumerate(runs[start : start + _BATCH])
             }
-            for _ in range(_SEND_TRIES):
+            for attempt in range(_SEND_TRIES):
+                if attempt:
+                    time.sleep(0.1 * 2**attempt)
                 try:
                     out = self.client.send_message_batch(
                         QueueUrl=self.url, Entries=list(entries.values())
@@ -189,9 +192,10 @@ class SqsQueue:
                 except (ClientError, BotoCoreError) as exc:
                     log.warning("SendMessageBatch failed (%s); trying again", exc)
                     continue
-                entries = {f["Id"]: entries[f["Id"]] for f in out.get("Failed", [])}
-                if not entries:
-                    break
+                failed = out.get("Failed", [])
+                entries = {f["Id"]: entries[f["Id"]] for f in failed}
+                if not entries or all(f.get("SenderFault") for f in failed):
+                    break  # (a sender's fault is not fixed by sending again)
             unsent.update(runs[start + int(n)][0] for n in entries)
         return unsent
 

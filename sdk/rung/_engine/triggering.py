@@ -11,13 +11,12 @@ written 25 per ``BatchWriteItem``, and messages go 10 per ``SendMessageBatch``
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from rung._aws.dynamodb import DynamoStore, NewRun
+from rung._aws.dynamodb.runs import UNKNOWN
 from rung._aws.sqs import SqsQueue
 from rung._util.clock import Clock
 from rung._util.durations import check_duration
@@ -93,9 +92,11 @@ def batch_trigger(
     """``Client.batch_trigger``: one result per item, in order (see its docstring)."""
     listed = _check_items(items)
     now = clock.now()
-    results: list[TriggerResult | None] = [None] * len(listed)
+    results: dict[int, TriggerResult] = {}
     keyless: list[tuple[int, NewRun]] = []
     keyed: list[tuple[int, NewRun]] = []
+    same_key: dict[int, int] = {}  # a later item with an earlier item's key -> that item
+    first_of_key: dict[str, int] = {}
     for index, raw in enumerate(listed):
         item = raw if isinstance(raw, TriggerItem) else TriggerItem(payload=raw)
         try:
@@ -111,57 +112,92 @@ def batch_trigger(
         except RungError as exc:  # this item is refused; the others go on
             results[index] = TriggerResult(index, error=ErrorInfo(type(exc).__name__, str(exc)))
             continue
-        (keyed if new.idempotency_key is not None else keyless).append((index, new))
-    # (index, run id, delay, trace header, created now)
-    to_send: list[tuple[int, str, timedelta, str | None, bool]] = []
+        if new.idempotency_key is None:
+            keyless.append((index, new))
+        elif new.idempotency_key in first_of_key:
+            same_key[index] = first_of_key[new.idempotency_key]
+        else:
+            first_of_key[new.idempotency_key] = index
+            keyed.append((index, new))
+    # Runs without a key first: stored in bulk, then their messages, before the keyed
+    # ones' transactions (one each) begin.
     failed = store.create_runs([new for _, new in keyless])
+    sends: list[tuple[int, str, timedelta, str | None, bool]] = []
     for index, new in keyless:
         if new.run_id in failed:
             results[index] = TriggerResult(index, error=_not_stored(failed[new.run_id]))
         else:
-            delay = new.available_at - now
-            to_send.append((index, new.run_id, delay, header_of(new.trace), True))
+            sends.append((index, new.run_id, new.available_at - now, header_of(new.trace), True))
+    _send(queue, task, sends, results)
+    sends = []
     for index, new in keyed:
         try:
             run, created = store.create_run(new, ttl, now)
-        except (ClientError, BotoCoreError) as exc:
-            results[index] = TriggerResult(index, error=_not_stored(str(exc)))
+        except Exception as exc:  # noqa: BLE001 - this item's error; the others go on
+            # (a transaction is atomic, and its key makes a retry return its run)
+            results[index] = TriggerResult(index, error=_keyed_failure(exc))
             continue
         if created or _never_sent(run.status, run.lease_token):
             delay = max((run.available_at or now) - now, timedelta(0))
-            to_send.append((index, run.run_id, delay, header_of(run.trace), created))
+            sends.append((index, run.run_id, delay, header_of(run.trace), created))
         else:
-            results[index] = TriggerResult(index, handle=RunHandle(run.run_id, task.id, False))
-    unsent = queue.send_many([(run_id, delay, trace) for _, run_id, delay, trace, _ in to_send])
+            handle = RunHandle(run.run_id, task.id, False)
+            results[index] = TriggerResult(index, handle=handle, enqueued=True)
+    _send(queue, task, sends, results)
+    for index, first in same_key.items():  # as its key's first item, never created twice
+        earlier = results[first]
+        same = RunHandle(earlier.handle.run_id, task.id, False) if earlier.handle else None
+        results[index] = TriggerResult(index, same, earlier.error, earlier.enqueued)
+    assert len(results) == len(listed)
+    return [results[index] for index in range(len(listed))]
+
+
+def _send(
+    queue: SqsQueue,
+    task: Task[Any],
+    sends: list[tuple[int, str, timedelta, str | None, bool]],
+    results: dict[int, TriggerResult],
+) -> None:
+    """Send stored runs' messages; their results, ``enqueued`` unless SQS refused."""
+    unsent = queue.send_many([(run_id, delay, trace) for _, run_id, delay, trace, _ in sends])
     if unsent:
         log.warning(
             "batch_trigger of %s: SQS refused the messages of %d stored run(s) (%s...); "
-            "the reconciler sends them within its grace period",
+            "the reconciler sends them once they are overdue by its grace period",
             task.id,
             len(unsent),
             ", ".join(sorted(unsent)[:3]),
         )
-    for index, run_id, _, _, created in to_send:
-        results[index] = TriggerResult(index, handle=RunHandle(run_id, task.id, created))
-    return [r for r in results if r is not None]
+    for index, run_id, _, _, created in sends:
+        handle = RunHandle(run_id, task.id, created)
+        results[index] = TriggerResult(index, handle=handle, enqueued=run_id not in unsent)
 
 
 def _check_items(items: object) -> Sequence[Any]:
-    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
+    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
         raise UsageError(
             "batch_trigger(task, items) needs a list of items (payloads, or rung.TriggerItem("
             f"payload, idempotency_key=, delay=, tags=)), got {type(items).__name__}"
         )
-    listed = list(items)
-    if len(listed) > MAX_BATCH_TRIGGER:
+    if len(items) > MAX_BATCH_TRIGGER:
         raise InvalidConfig(
-            f"batch_trigger got {len(listed):,} items; one call starts at most "
+            f"batch_trigger got {len(items):,} items; one call starts at most "
             f"{MAX_BATCH_TRIGGER:,} runs. Split them into several calls (nothing was stored)"
         )
-    return listed
+    return items
+
+
+def _keyed_failure(exc: Exception) -> ErrorInfo:
+    return ErrorInfo(
+        "NotTriggered",
+        f"{type(exc).__name__}: {exc}. Its idempotency key makes triggering it again safe: "
+        "that returns its run if this one was stored after all",
+    )
 
 
 def _not_stored(why: str) -> ErrorInfo:
+    if UNKNOWN in why:  # (rung._aws.dynamodb could not read back what it stored)
+        return ErrorInfo("StoredOrNot", why)
     return ErrorInfo(
         "NotStored",
         f"the run was not stored ({why}); nothing was enqueued for it: trigger it again",

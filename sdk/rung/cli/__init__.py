@@ -63,6 +63,7 @@ from rung.cli._common import (
     run_json,
     token_json,
 )
+from rung.cli.batch import batch_trigger
 from rung.cli.deploy import deploy
 from rung.cli.queues import (
     list_queues,
@@ -192,6 +193,7 @@ def main(
 
 
 main.add_command(trigger)
+main.add_command(batch_trigger)
 main.add_command(runs)
 main.add_command(tokens)
 main.add_command(queues)

@@ -11,6 +11,7 @@ checked in the condition, never assumed):
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -47,6 +48,8 @@ from rung.errors import (
 from rung.models import Failure, Run, RunStatus
 
 _BATCH_WRITE = 25  # the most items one BatchWriteItem takes
+#: How ``create_runs`` says a run's fate is unknown.
+UNKNOWN = "whether it was stored is unknown"
 _UNPROCESSED_TRIES = 8  # BatchWriteItem calls per chunk while DynamoDB leaves items out
 
 #: The most tokens ``suspend_run`` checks: a transaction holds at most 100 items;
@@ -133,7 +136,13 @@ class _Runs(_Parents):
     def create_runs(self, runs: list[NewRun]) -> dict[str, str]:
         """Record runs without idempotency keys, 25 per ``BatchWriteItem`` (their ids are
         new, so no condition is needed); returns the ids of the runs not stored, with
-        why. Items DynamoDB leaves unprocessed are written again, with backoff."""
+        why. Items DynamoDB leaves unprocessed are written again, with backoff. After a
+        request whose outcome is unknown (a timeout, a 5xx), what it stored is read
+        back, so a run is never reported unstored while it exists.
+
+        Raises:
+            ClientError: refused as a whole (access denied, no such table) before any
+                run was stored: nothing is."""
         failed: dict[str, str] = {}
         for start in range(0, len(runs), _BATCH_WRITE):
             chunk = runs[start : start + _BATCH_WRITE]
@@ -142,17 +151,35 @@ class _Runs(_Parents):
                 for attempt in range(_UNPROCESSED_TRIES):
                     out = self.client.batch_write_item(RequestItems={self.table: requests})
                     requests = out.get("UnprocessedItems", {}).get(self.table, [])
-                    if not requests:
+                    if not requests or attempt == _UNPROCESSED_TRIES - 1:
                         break
-                    time.sleep(min(0.05 * 2**attempt, 1.0))
+                    time.sleep(min(0.05 * 2**attempt, 1.0) * random.uniform(0.5, 1.5))  # noqa: S311
             except (ClientError, BotoCoreError) as exc:
-                # The request that raised wrote none of its items (the earlier ones of
-                # the chunk are stored): those are the runs not stored.
-                failed.update({_put_run_id(r): str(exc) for r in requests})
+                if start == 0 and _refused_as_a_whole(exc):
+                    raise
+                failed.update(self._not_stored([_put_run_id(r) for r in requests], str(exc)))
                 continue
             for request in requests:  # still unprocessed: throttled throughout
                 failed[_put_run_id(request)] = "throttled by DynamoDB"
         return failed
+
+    def _not_stored(self, run_ids: list[str], why: str) -> dict[str, str]:
+        """Of runs a failed write may or may not have stored, the ones it did not (read
+        back consistently); if even that read fails, each says its fate is unknown."""
+        try:
+            stored = {
+                item["run_id"]["S"]
+                for item in self._batch_get(
+                    [_run_key(run_id) for run_id in run_ids], {"#r": "run_id"}
+                )
+            }
+        except (ClientError, BotoCoreError, RuntimeError) as exc:
+            unknown = (
+                f"{why}; {UNKNOWN} (reading it back failed: {exc}): "
+                "check get_run(run_id) before triggering it again"
+            )
+            return {run_id: f"{unknown} [run id {run_id}]" for run_id in run_ids}
+        return {run_id: why for run_id in run_ids if run_id not in stored}
 
     def claim_run(
         self,
@@ -607,3 +634,14 @@ class _Runs(_Parents):
 
 def _put_run_id(request: dict[str, Any]) -> str:
     return str(request["PutRequest"]["Item"]["run_id"]["S"])
+
+
+def _refused_as_a_whole(exc: Exception) -> bool:
+    """An error no retry of the same call fixes (permissions, a missing table)."""
+    code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+    return code in {
+        "AccessDeniedException",
+        "ResourceNotFoundException",
+        "UnrecognizedClientException",
+        "ValidationException",
+    }
