@@ -192,6 +192,7 @@ class AsyncClient:
         created_before: datetime | None = None,
         tag: str | None = None,
         cursor: str | None = None,
+        tags: Iterable[str] | None = None,
     ) -> RunPage:
         """As ``Client.list_runs``."""
         return await self._call(
@@ -203,6 +204,7 @@ class AsyncClient:
             created_before=created_before,
             tag=tag,
             cursor=cursor,
+            tags=tags,
         )
 
     async def list_children(self, run_id: str) -> list[Run]:

@@ -19,7 +19,7 @@ from rung._engine.queues import QueueAdmin
 from rung._util import serde
 from rung._util.clock import Clock, SystemClock
 from rung._util.durations import check_duration
-from rung.app import App, Task
+from rung.app import App, Task, check_tags
 from rung.errors import (
     ErrorInfo,
     InvalidConfig,
@@ -295,6 +295,7 @@ class Client:
         created_before: datetime | None = None,
         tag: str | None = None,
         cursor: str | None = None,
+        tags: Iterable[str] | None = None,
     ) -> RunPage:
         """Runs, newest first: a page of at most ``limit``, a list with a ``cursor``.
 
@@ -304,7 +305,7 @@ class Client:
             limit: at most this many runs on the page (1-1000).
             created_after: only runs created at or after this time (timezone-aware).
             created_before: only runs created before this time (timezone-aware).
-            tag: only runs triggered with this tag.
+            tag: only runs triggered with this tag; ``tags``: with every one of these.
             cursor: the ``cursor`` of the previous page, with the same filters, for the
                 next one. A page may hold fewer than ``limit`` runs while more follow;
                 the last page's ``cursor`` is None.
@@ -331,6 +332,7 @@ class Client:
         for name, text in (("tag", tag), ("cursor", cursor)):
             if text is not None and (not isinstance(text, str) or not text):
                 raise InvalidConfig(f"{name} must be a non-empty str, got {text!r}")
+        wanted = tuple(dict.fromkeys(((tag,) if tag else ()) + check_tags(tags, "list_runs")))
         # Without an app (a read-only client) the task id is taken as given.
         task_id = task if task is None or self.app is None else self.app.get_task(task).id
         page = self._store.list_runs(
@@ -339,7 +341,7 @@ class Client:
             limit=limit,
             created_after=created_after,
             created_before=created_before,
-            tag=tag,
+            tags=wanted,
             cursor=cursor,
         )
         # Runs past their retention are left out, deleted or not yet (docs/retention.md).

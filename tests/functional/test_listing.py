@@ -42,7 +42,7 @@ def engine() -> Iterator[LocalEngine]:
         assert isinstance(engine.clock, VirtualClock)
         handles = []
         for n in range(30):
-            tags = ["even"] if n % 2 == 0 else []
+            tags = (["even"] if n % 2 == 0 else []) + (["three"] if n % 3 == 0 else [])
             handles.append(engine.trigger("fast", n, tags=tags))
             engine.clock.advance(timedelta(minutes=1))
         handles += [engine.trigger("boom", n) for n in range(5)]
@@ -89,6 +89,25 @@ def test_each_filter_and_their_combinations(engine: LocalEngine) -> None:
     assert sorted(r.payload for r in even) == list(range(0, 30, 2))
     assert list(none_of_boom) == [] and none_of_boom.cursor is None
     assert len(everything) == 39 and everything.cursor is None
+
+
+def test_tags_filter_runs_that_have_every_one_and_page_with_a_cursor(
+    engine: LocalEngine,
+) -> None:
+    both = engine.client.list_runs(tags=["even", "three"], limit=100)
+    also = engine.client.list_runs(tag="even", tags=["three"], limit=100)
+    paged = _all_pages(engine.client, 2, tags=["three", "even"])  # type: ignore[arg-type]
+    three = engine.client.list_runs(tags=("three",), limit=100)
+
+    assert sorted(r.payload for r in both) == [0, 6, 12, 18, 24]
+    assert sorted(r.payload for r in also) == [0, 6, 12, 18, 24]
+    assert sorted(r.payload for page in paged for r in page) == [0, 6, 12, 18, 24]
+    assert sorted(r.payload for r in three) == list(range(0, 30, 3))
+    with pytest.raises(rung.InvalidConfig, match="tags"):
+        engine.client.list_runs(tags="even")  # a str, not a list of tags
+    cursor = engine.client.list_runs(tags=["three"], limit=2).cursor
+    with pytest.raises(rung.InvalidConfig, match="same filters"):
+        engine.client.list_runs(tags=["even"], limit=2, cursor=cursor)
 
 
 def test_a_time_range_lists_the_runs_created_in_it(engine: LocalEngine) -> None:
@@ -139,7 +158,8 @@ def test_a_table_with_the_old_indexes_answers_the_same(engine: LocalEngine) -> N
         {},
         {"task_id": "fast"},
         {"status": rung.RunStatus.FAILED},
-        {"tag": "even"},
+        {"tags": ("even",)},
+        {"tags": ("even", "three")},
         {"task_id": "approve", "status": rung.RunStatus.WAITING},
     ):
         assert ids(legacy, **filters) == ids(engine.store, **filters), filters

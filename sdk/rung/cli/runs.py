@@ -209,7 +209,13 @@ def _more(cursor: str | None) -> None:
     callback=_moment,
     help="Only runs created before WHEN (as --since).",
 )
-@click.option("--tag", metavar="TAG", help="Only runs triggered with this tag.")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="TAG",
+    help="Only runs triggered with this tag (repeat: with all of them).",
+)
 @click.option("--cursor", metavar="CURSOR", help="The next page: the cursor a page printed.")
 @click.option(
     "--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="At most N."
@@ -222,7 +228,7 @@ def list_runs(
     task: str | None,
     since: datetime | None,
     until: datetime | None,
-    tag: str | None,
+    tags: tuple[str, ...],
     cursor: str | None,
     limit: int,
     as_json: bool,
@@ -234,7 +240,7 @@ def list_runs(
         limit=limit,
         created_after=since,
         created_before=until,
-        tag=tag,
+        tags=tags or None,
         cursor=cursor,
     )
     if as_json:
@@ -243,7 +249,7 @@ def list_runs(
         return
     out = _console()
     if not found:
-        filtered = status or task or since or until or tag or cursor
+        filtered = status or task or since or until or tags or cursor
         out.print("no runs" + (" match" if filtered else " yet"))
         _more(found.cursor)
         return

@@ -155,22 +155,25 @@ class _Listing(_Base):
         limit: int = 50,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
-        tag: str | None = None,
+        tags: tuple[str, ...] = (),
         cursor: str | None = None,
     ) -> RunPage:
         """Newest first, by status and/or task, created in ``[created_after,
-        created_before)``, with ``tag``; ``cursor`` continues a page (``RunPage.cursor``)."""
-        filters = {
+        created_before)``, with every one of ``tags``; ``cursor`` continues a page
+        (``RunPage.cursor``)."""
+        after = iso(created_after) if created_after else None
+        filters: dict[str, Any] = {
             "status": status,
             "task": task_id,
             "after": iso(created_after) if created_after else None,
             "before": iso(created_before) if created_before else None,
-            "tag": tag,
+            # (one tag is kept as the single value cursors made before tags= hold)
+            "tag": tags[0] if len(tags) == 1 else (list(tags) if tags else None),
         }
-        high = filters["before"]
+        high: str | None = filters["before"]
         if cursor is not None:
             high = _decode_cursor(cursor, filters)
-        query = self._listing_query(status, task_id, tag, filters["after"], high)
+        query = self._listing_query(status, task_id, tags, after, high)
         # The key condition includes its bound: the cursor's own run (on the last page)
         # comes back first, and is dropped.
         entries = self.fan_out(query, limit if cursor is None else limit + 1)
@@ -196,16 +199,16 @@ class _Listing(_Base):
         self,
         status: RunStatus | None,
         task_id: str | None,
-        tag: str | None,
+        tags: tuple[str, ...],
         low: str | None,
         high: str | None,
     ) -> IndexQuery:
         clauses: list[str] = []
         names: dict[str, str] = {}
         values: dict[str, dict[str, str]] = {}
-        if tag is not None:
-            clauses.append("contains(tags, :tag)")
-            values[":tag"] = _S(tag)
+        for n, tag in enumerate(tags):
+            clauses.append(f"contains(tags, :tag{n})")
+            values[f":tag{n}"] = _S(tag)
         if task_id is not None and status is not None:
             # By status (few runs in most statuses), the task as a filter: the status
             # index projects task_id, which never changes, so this costs no writes.
