@@ -266,6 +266,24 @@ def test_batch_trigger_with_options_keys_delays_and_tags_each_entry(
     assert refused.exit_code == 2 and "(unknown: priority)" in refused.stderr
 
 
+def test_runs_list_with_repeated_tags_lists_runs_that_have_them_all(stack: Deployed) -> None:
+    mark = f"t-{secrets.token_hex(3)}"
+    both = rung(
+        stack, "trigger", "greet", "--payload", '{"name": "i"}', "--tag", mark, "--tag", "x"
+    )
+    one = rung(stack, "trigger", "greet", "--payload", '{"name": "j"}', "--tag", mark)
+
+    listed = rung(stack, "runs", "list", "--tag", mark, "--tag", "x", "--json")
+    either = rung(stack, "runs", "list", "--tag", mark, "--json")
+
+    assert both.exit_code == one.exit_code == listed.exit_code == 0, listed.stderr
+    assert [r["run_id"] for r in json.loads(listed.stdout)] == [both.stdout.strip()]
+    assert {r["run_id"] for r in json.loads(either.stdout)} == {
+        both.stdout.strip(),
+        one.stdout.strip(),
+    }
+
+
 def test_trigger_wait_exits_0_and_shows_the_output(stack: Deployed) -> None:
     result = rung(stack, "trigger", "greet", "--payload", '{"name": "cy"}', "--wait")
 
