@@ -63,16 +63,25 @@ class FakeAsyncLLM:
     """Stands in for an async LLM client: counts calls (by idempotency key) and how
     many are in flight at once; one source answers 429 the first time, one fails."""
 
-    def __init__(self) -> None:
+    def __init__(self, warm_up: int = 5) -> None:
         self.calls: Counter[str] = Counter()
         self.running = self.peak = 0
+        self.warm_up = warm_up  # the first calls answer once this many are in flight
+        self.warm: asyncio.Event | None = None
 
     async def summarize(self, url: str, *, idempotency_key: str) -> str:
         self.calls[idempotency_key] += 1
         self.running += 1
         self.peak = max(self.peak, self.running)
+        if self.warm is None:
+            self.warm = asyncio.Event()  # (on the loop of the attempt that first calls)
+        if self.running >= self.warm_up:
+            self.warm.set()
         try:
-            await asyncio.sleep(0.05)  # the HTTP call, on the loop
+            # The HTTP call, on the loop. The first calls wait until a full batch is in
+            # flight, so the demo shows the concurrency on any machine, busy or not.
+            await asyncio.wait_for(self.warm.wait(), timeout=10)
+            await asyncio.sleep(0.05)
         finally:
             self.running -= 1
         if url.endswith("flaky") and self.calls[idempotency_key] == 1:

@@ -27,17 +27,21 @@ def test_gathered_steps_run_at_once_and_keep_their_ids_and_values_on_replay() ->
     finished: list[str] = []
     calls: Counter[str] = Counter()
 
-    async def fetch(name: str, delay: float) -> str:
+    async def fetch(name: str, fast_done: asyncio.Event) -> str:
         calls[name] += 1
-        await asyncio.sleep(delay)
+        if name == "slow":
+            # Ends only once the fast one has: were they not run at once, it never would.
+            await asyncio.wait_for(fast_done.wait(), timeout=20)
         finished.append(name)
+        fast_done.set()
         return f"page {name}"
 
     @app.task(id="gather")
     async def gather(ctx: rung.AsyncContext, payload: None) -> list[str]:
+        fast_done = asyncio.Event()
         pages = await asyncio.gather(
-            ctx.step("fetch", fetch, "slow", 0.3),
-            ctx.step("fetch", fetch, "fast", 0.0),
+            ctx.step("fetch", fetch, "slow", fast_done),
+            ctx.step("fetch", fetch, "fast", fast_done),
         )
         await ctx.wait(timedelta(hours=1))  # the run replays both after the wait
         return list(pages)
@@ -117,12 +121,21 @@ def test_map_runs_async_branches_concurrently_up_to_max_concurrency_on_one_threa
     peak = 0
     threads: set[int] = set()
 
+    full: list[asyncio.Event] = []  # (made on the run's loop)
+
     async def io(i: int) -> int:
         nonlocal running, peak
+        if not full:
+            full.append(asyncio.Event())
         running += 1
         peak = max(peak, running)
         threads.add(threading.get_ident())
-        await asyncio.sleep(0.02)
+        if running == 20:
+            full[0].set()
+        # The first 20 hold until all 20 run (a condition, not a timing): the cap is
+        # reached; a 21st at once would show in the peak.
+        await asyncio.wait_for(full[0].wait(), timeout=20)
+        await asyncio.sleep(0)
         running -= 1
         return i * 2
 
