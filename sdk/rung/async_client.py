@@ -154,6 +154,7 @@ class AsyncClient:
         delay: timedelta | float | None = None,
         tags: Iterable[str] | None = None,
         idempotency_ttl: timedelta | float | None = None,
+        ttl: timedelta | float | None = None,
     ) -> RunHandle:
         """As ``Client.trigger``: start a run of ``task`` with ``payload``."""
         return await self._call(
@@ -164,6 +165,7 @@ class AsyncClient:
             delay=delay,
             tags=tags,
             idempotency_ttl=idempotency_ttl,
+            ttl=ttl,
         )
 
     async def batch_trigger(

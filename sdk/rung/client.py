@@ -18,7 +18,6 @@ from rung._engine.lifecycle import Lifecycle
 from rung._engine.queues import QueueAdmin
 from rung._util import serde
 from rung._util.clock import Clock, SystemClock
-from rung._util.durations import check_duration
 from rung.app import App, Task, check_tags
 from rung.errors import (
     ErrorInfo,
@@ -39,9 +38,6 @@ from rung.models import (
     TriggerItem,
     TriggerResult,
 )
-
-DEFAULT_IDEMPOTENCY_TTL = timedelta(days=30)
-
 
 In = TypeVar("In")  # a task's payload type
 
@@ -196,25 +192,24 @@ class Client:
         delay: timedelta | float | None = None,
         tags: Iterable[str] | None = None,
         idempotency_ttl: timedelta | float | None = None,
+        ttl: timedelta | float | None = None,
     ) -> RunHandle:
         """Start a run of ``task`` with ``payload``.
 
         The payload is validated before anything is stored; a refused trigger stores
         and enqueues nothing. With ``idempotency_key``, every trigger of the same task
         with the same key within ``idempotency_ttl`` (default 30 days) returns the same
-        run, however many race.
+        run, however many race. ``delay`` makes the run due later. With ``ttl``, a run
+        whose body has not started within ``ttl`` of being due (a backlog, a full
+        queue) ends ``EXPIRED`` instead; a started run never expires (docs/lifecycle.md).
 
         Raises:
             UnknownTask: the app has no such task.
             InvalidPayload: the payload fails the task's model or is not JSON.
             PayloadTooLarge: the payload is larger than rung stores inline.
+            InvalidConfig: a bad ``delay``, ``ttl``, ``tags`` or ``idempotency_key``.
         """
-        if self.app is None:
-            raise UsageError(
-                "this client has no app (read-only): pass the rung.App to trigger runs, so "
-                "payloads are validated against its tasks"
-            )
-        found = self.app.get_task(task)
+        found = triggering.writable(self.app).get_task(task)
         now = self._clock.now()
         new = triggering.new_run(
             found,
@@ -224,10 +219,10 @@ class Client:
             tags=tags,
             now=now,
             what="trigger",
+            ttl=ttl,
         )
-        return triggering.trigger(
-            self._store, self._queue, new, _idempotency_ttl(idempotency_ttl), now
-        )
+        ttl_of_key = triggering.idempotency_ttl(idempotency_ttl)
+        return triggering.trigger(self._store, self._queue, new, ttl_of_key, now)
 
     def batch_trigger(
         self,
@@ -239,7 +234,7 @@ class Client:
         """Start one run of ``task`` per item (at most 1,000), in bulk.
 
         An item is a payload, or a ``rung.TriggerItem(payload, idempotency_key=,
-        delay=, tags=)`` with options of its own (as ``trigger``'s). Every item is
+        delay=, tags=, ttl=)`` with options of its own (as ``trigger``'s). Every item is
         checked before anything is stored; a refused item is reported and the others go
         on. Runs without an idempotency key are written 25 per request, and messages
         sent 10 per request; a key matches one run per task and key as in ``trigger``
@@ -266,13 +261,8 @@ class Client:
             ... ])
             >>> [r.handle.run_id for r in results if r.ok]
         """
-        if self.app is None:
-            raise UsageError(
-                "this client has no app (read-only): pass the rung.App to trigger runs, so "
-                "payloads are validated against its tasks"
-            )
-        found = self.app.get_task(task)
-        ttl = _idempotency_ttl(idempotency_ttl)
+        found = triggering.writable(self.app).get_task(task)
+        ttl = triggering.idempotency_ttl(idempotency_ttl)
         return triggering.batch_trigger(self._store, self._queue, self._clock, found, items, ttl)
 
     def get_run(self, run_id: str) -> Run:
@@ -640,9 +630,3 @@ def _check_token_id(token_id: object) -> str:
             f"{token_id!r} is not a token id (token ids look like 'tok_...', from ctx.create_token)"
         )
     return token_id
-
-
-def _idempotency_ttl(ttl: timedelta | float | None) -> timedelta:
-    if ttl is None:
-        return DEFAULT_IDEMPOTENCY_TTL
-    return check_duration(ttl, "idempotency_ttl", positive=True)

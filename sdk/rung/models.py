@@ -56,6 +56,7 @@ class EventType(enum.StrEnum):
     RUN_FAILED = "RunFailed"
     RUN_TIMED_OUT = "RunTimedOut"
     RUN_CANCELED = "RunCanceled"
+    RUN_EXPIRED = "RunExpired"
     RUN_REDRIVEN = "RunRedriven"
     CHILD_TRIGGERED = "ChildTriggered"
 
@@ -78,6 +79,7 @@ class TriggerItem:
     idempotency_key: str | None = None
     delay: timedelta | float | None = None
     tags: Iterable[str] | None = None
+    ttl: timedelta | float | None = None
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,12 @@ class Run:
     #: version); a redrive clears it, and the next attempt takes the latest. None
     #: before it started, and where versions are not in use.
     version: str | None = None
+    #: ``trigger(ttl=)``: the run ends EXPIRED unless its body has started by then
+    #: (the TTL counts from when it is due, after any ``delay``); None: no TTL
+    start_by: datetime | None = None
+    #: a run with a TTL: when its body first started (admitted past flow control);
+    #: it can no longer expire. Not recorded for runs without a TTL.
+    began_at: datetime | None = field(default=None, repr=False)
 
     @property
     def trace_id(self) -> str | None:

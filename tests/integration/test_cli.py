@@ -208,13 +208,17 @@ def test_trigger_prints_the_run_id_and_the_run_completes(stack: Deployed) -> Non
 
 
 def test_trigger_json_is_the_handle(stack: Deployed) -> None:
-    result = rung(stack, "trigger", "greet", "--payload", '{"name": "bo"}', "--json")
+    result = rung(stack, "trigger", "greet", "--payload", '{"name": "bo"}', "--ttl", "1h", "--json")
+    bad_ttl = rung(stack, "trigger", "greet", "--payload", '{"name": "bo"}', "--ttl", "soon")
 
     assert result.exit_code == 0, result.stderr
     handle = json.loads(result.stdout)
     assert handle["task_id"] == "greet"
     assert handle["created"] is True
-    assert stack.client.get_run(handle["run_id"]).payload == {"name": "bo"}
+    run = stack.client.get_run(handle["run_id"])
+    assert run.payload == {"name": "bo"}
+    assert run.start_by == run.created_at + timedelta(hours=1)
+    assert bad_ttl.exit_code == 2 and "--ttl" in bad_ttl.stderr
 
 
 def test_batch_trigger_reads_json_lines_and_reports_each_entry(
@@ -244,7 +248,7 @@ def test_batch_trigger_with_options_keys_delays_and_tags_each_entry(
             [
                 {"payload": {"name": "gus"}, "idempotency_key": key, "tags": ["cli"]},
                 {"payload": {"name": "gus"}, "idempotency_key": key},
-                {"payload": {"name": "hal"}, "delay": "10m"},
+                {"payload": {"name": "hal"}, "delay": "10m", "ttl": "1h"},
             ]
         )
     )
@@ -258,7 +262,9 @@ def test_batch_trigger_with_options_keys_delays_and_tags_each_entry(
     ids = [line.split()[1] for line in lines[1:4]]
     assert ids[0] == ids[1] and "idempotency key matched an existing run" in lines[2]
     assert stack.client.get_run(ids[0]).tags == ("cli",)
-    assert stack.client.get_run(ids[2]).status == "DELAYED"
+    delayed = stack.client.get_run(ids[2])
+    assert delayed.status == "DELAYED"
+    assert delayed.start_by == delayed.created_at + timedelta(minutes=70)  # ttl after delay
     assert bad.exit_code == 1 and "3 of 3 entries were refused" in bad.stderr
     unknown = tmp_path / "unknown.json"
     unknown.write_text('[{"payload": {}, "priority": 3}]')

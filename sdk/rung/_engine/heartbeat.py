@@ -31,7 +31,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from types import TracebackType
+
+from rung.errors import ErrorInfo
+from rung.models import Failure, Run
 
 log = logging.getLogger("rung.worker")
 
@@ -71,3 +75,40 @@ class Heartbeat:
                     return
             except Exception:  # a store outage: the lease still has two thirds left
                 log.exception("heartbeat %s failed; trying again", self._thread.name)
+
+
+def lost_attempt(run: Run, now: datetime) -> Failure:
+    """The failure of ``run``'s attempt whose holder died (its lease expired), found
+    ``now``: a crash, or a step that outlived its invocation's time limit."""
+    if run.overran_step is not None:
+        # The holder's watchdog saw this step still running as its invocation's time
+        # ran out (Lambda then stops the function): the step outlived the invocation.
+        error = ErrorInfo(
+            type="StepTimedOut",
+            message=(
+                f"step {run.overran_step!r} of run {run.run_id} (attempt {run.attempt}) was "
+                "still running when its invocation reached the function's time limit. "
+                "Runs continue in a fresh invocation between steps, but a single step must "
+                "finish within one invocation: split the step, or raise the "
+                "FunctionTimeout parameter (at most 900 s on Lambda)"
+            ),
+        )
+    else:
+        error = ErrorInfo(
+            type="WorkerLost",
+            message=(
+                f"the worker running attempt {run.attempt} of run {run.run_id} stopped "
+                "without finishing it (crash, kill, timeout or out of memory); its lease "
+                "expired"
+            ),
+        )
+    return Failure(
+        attempt=run.attempt,
+        kind="crash",
+        step_id=None,
+        error=error,
+        started_at=run.attempt_started_at,
+        failed_at=now,
+        step_started_at=None,
+        delay=None,
+    )

@@ -87,6 +87,7 @@ _END_EVENTS = {
     RunStatus.FAILED: EventType.RUN_FAILED,
     RunStatus.TIMED_OUT: EventType.RUN_TIMED_OUT,
     RunStatus.CANCELED: EventType.RUN_CANCELED,
+    RunStatus.EXPIRED: EventType.RUN_EXPIRED,
 }
 
 #: How a failed attempt shows, by its kind (a step's failure is a step's two events).

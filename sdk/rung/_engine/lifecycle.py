@@ -15,7 +15,7 @@ from rung._aws.sqs import SqsQueue
 from rung._engine.admission import shard_name
 from rung._engine.queues import QueueAdmin
 from rung._engine.telemetry import run_event
-from rung._util.clock import Clock
+from rung._util.clock import Clock, iso
 from rung._util.ids import new_run_id
 from rung._util.traces import TraceContext, header_of
 from rung.errors import ErrorInfo, RunAlreadyFinished, RunNotFailed
@@ -86,6 +86,31 @@ class Lifecycle:
         canceled = self._store.get_run(run.run_id)
         self._event("Run Canceled", canceled, RunStatus.CANCELED, canceled.error)
         return canceled
+
+    def expire(self, run: Run) -> ErrorInfo | None:
+        """End ``run`` EXPIRED: it was not started within its TTL (``start_by``). Wake a
+        parent that waits for it and free its place in a queue, as ``cancel`` does.
+        Returns the error it ended with, or None if it was not expired: it began,
+        ended, or a live worker took it meanwhile (nothing was written)."""
+        assert run.start_by is not None
+        now = self._clock.now()
+        waited = f" while it waited for {run.waiting_for}" if run.waiting_for else ""
+        error = ErrorInfo(
+            "TtlExpired",
+            f"run {run.run_id} of task {run.task_id!r} was not started by "
+            f"{iso(run.start_by)} (its ttl, counted from when it was due){waited}; it "
+            f"expired at {iso(now)} without running. Trigger it again if it is still "
+            "wanted, with a longer ttl or none (and a new idempotency key: its key returns "
+            "this run)",
+        )
+        waiter = ParentLink.of(run)
+        woke = self._store.expire_run(run.run_id, error, now, wake_parent=waiter)
+        if woke is None:
+            return None
+        if woke and waiter is not None:
+            self._queue.send(waiter.run_id)
+        self._leave_queue(run)
+        return error
 
     def _leave_queue(self, run: Run) -> None:
         """A run just canceled (``run`` as read before) gives up its place in the queue

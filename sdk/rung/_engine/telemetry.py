@@ -44,7 +44,7 @@ from rung._engine.tracing import AttemptTrace
 from rung._util.durations import format_duration
 from rung._util.traces import TraceContext
 from rung.errors import ErrorInfo
-from rung.models import Run, StepRecord
+from rung.models import Run, RunStatus, StepRecord
 
 log = logging.getLogger("rung.worker")
 
@@ -57,6 +57,7 @@ METRICS = frozenset(
         "RunsFailed",
         "RunsTimedOut",
         "RunsCanceled",
+        "RunsExpired",
         "RunDuration",
         "StepDuration",
         "StepFailures",
@@ -74,6 +75,7 @@ _ENDS = {
     "FAILED": ("Run Failed", "RunsFailed"),
     "TIMED_OUT": ("Run Timed Out", "RunsTimedOut"),
     "CANCELED": ("Run Canceled", "RunsCanceled"),
+    "EXPIRED": ("Run Expired", "RunsExpired"),
 }
 
 
@@ -300,6 +302,21 @@ class Telemetry:
         if self.sinks.metrics is not None:
             for document in self._metrics.documents():
                 self.sinks.metrics(document)
+
+
+def report_expired(sinks: Sinks, run: Run, at: datetime, error: ErrorInfo) -> None:
+    """A run ended EXPIRED, without an attempt (not started within its TTL): its
+    metric, its event and a log line, as an attempt's end reports them."""
+    detail_type, metric = _ENDS[RunStatus.EXPIRED]
+    metrics = _Metrics(sinks.app, run.task_id, sinks.table)
+    metrics.add(metric, 1)
+    if sinks.events is not None:
+        took = at - run.created_at
+        sinks.events.send(detail_type, run_event(sinks.app, run, RunStatus.EXPIRED, took, error))
+    if sinks.metrics is not None:
+        for document in metrics.documents():
+            sinks.metrics(document)
+    _line(logging.WARNING, "Expired", "run %s expired: %s", run.run_id, error.message, error=error)
 
 
 def run_event(

@@ -16,20 +16,39 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from rung._aws.dynamodb import DynamoStore, NewRun
-from rung._aws.dynamodb.runs import UNKNOWN
+from rung._aws.dynamodb.created import UNKNOWN
 from rung._aws.sqs import SqsQueue
 from rung._util.clock import Clock
 from rung._util.durations import check_duration
 from rung._util.ids import new_run_id
 from rung._util.traces import TraceContext, header_of
-from rung.app import Task, check_idempotency_key, check_tags
+from rung.app import App, Task, check_idempotency_key, check_tags
 from rung.errors import ErrorInfo, InvalidConfig, RungError, UsageError
 from rung.models import RunHandle, RunStatus, TriggerItem, TriggerResult
 
 log = logging.getLogger("rung.client")
 
+#: How long an idempotency key matches its run unless ``idempotency_ttl=`` says.
+DEFAULT_IDEMPOTENCY_TTL = timedelta(days=30)
 #: The most runs one ``batch_trigger`` starts.
 MAX_BATCH_TRIGGER = 1000
+
+
+def writable(app: App | None) -> App:
+    """The client's app, which triggers need (payloads are checked against its tasks)."""
+    if app is None:
+        raise UsageError(
+            "this client has no app (read-only): pass the rung.App to trigger runs, so "
+            "payloads are validated against its tasks"
+        )
+    return app
+
+
+def idempotency_ttl(ttl: timedelta | float | None) -> timedelta:
+    """``idempotency_ttl=`` checked: how long a key matches its run (default 30 days)."""
+    if ttl is None:
+        return DEFAULT_IDEMPOTENCY_TTL
+    return check_duration(ttl, "idempotency_ttl", positive=True)
 
 
 def new_run(
@@ -41,6 +60,7 @@ def new_run(
     tags: object,
     now: datetime,
     what: str,
+    ttl: object = None,
 ) -> NewRun:
     """A run of ``task`` to store, its payload and options checked (nothing stored).
 
@@ -50,6 +70,7 @@ def new_run(
     key = check_idempotency_key(idempotency_key)
     tag_tuple = check_tags(tags, what)
     wait = check_duration(delay, f"{what} delay") if delay is not None else timedelta(0)
+    live = check_duration(ttl, f"{what} ttl", positive=True) if ttl is not None else None
     return NewRun(
         run_id=new_run_id(now),
         task_id=task.id,
@@ -59,6 +80,7 @@ def new_run(
         idempotency_key=key,
         tags=tag_tuple,
         trace=TraceContext.for_trigger(now).stored(),
+        start_by=now + wait + live if live is not None else None,  # counted once it is due
     )
 
 
@@ -108,6 +130,7 @@ def batch_trigger(
                 tags=item.tags,
                 now=now,
                 what=f"batch_trigger item {index}",
+                ttl=item.ttl,
             )
         except RungError as exc:  # this item is refused; the others go on
             results[index] = TriggerResult(index, error=ErrorInfo(type(exc).__name__, str(exc)))
@@ -177,7 +200,7 @@ def _check_items(items: object) -> Sequence[Any]:
     if isinstance(items, str | bytes) or not isinstance(items, Sequence):
         raise UsageError(
             "batch_trigger(task, items) needs a list of items (payloads, or rung.TriggerItem("
-            f"payload, idempotency_key=, delay=, tags=)), got {type(items).__name__}"
+            f"payload, idempotency_key=, delay=, tags=, ttl=)), got {type(items).__name__}"
         )
     if len(items) > MAX_BATCH_TRIGGER:
         raise InvalidConfig(

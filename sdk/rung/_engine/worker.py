@@ -41,13 +41,13 @@ from rung._durable.signals import (
 from rung._durable.state import RunState, Scope, error_info
 from rung._engine.admission import Delayed, Gate, Parked, Shard, describe_delay, is_late
 from rung._engine.config import WorkerConfig
-from rung._engine.heartbeat import Heartbeat
+from rung._engine.heartbeat import Heartbeat, lost_attempt
 from rung._engine.lifecycle import Lifecycle
 from rung._engine.logs import bound
 from rung._engine.queues import QueueAdmin
 from rung._engine.routing import Disposition, Versioning, gone_error, settle_worn
 from rung._engine.session import Session
-from rung._engine.telemetry import Sinks, Telemetry
+from rung._engine.telemetry import Sinks, Telemetry, report_expired
 from rung._util import serde
 from rung._util.clock import Clock, to_ms
 from rung._util.traces import header_of
@@ -163,6 +163,9 @@ class Worker:
             return self._poison(message)
         if claim.reason == "terminal":
             return Disposition.ACK  # a duplicate of a message whose run is finished
+        if claim.reason == "expired":
+            assert claim.run is not None
+            return self._expire(message, claim.run)
         assert claim.retry_at is not None
         if claim.reason == "not_due" and waits_without_timer(claim.retry_at):
             return Disposition.ACK  # it waits with no timer: its waker sends a message
@@ -172,6 +175,18 @@ class Worker:
         if claim.reason == "busy":
             due += timedelta(seconds=1)
         return self._later(message, run_id, due)
+
+    def _expire(self, message: QueueMessage, run: Run) -> Disposition:
+        """The run was not started within its TTL: it ends EXPIRED, unstarted."""
+        error = self.lifecycle.expire(run)
+        now = self.clock.now()
+        if error is None:  # it began, ended or was taken meanwhile: look again
+            return self._later(message, run.run_id, now + timedelta(seconds=1))
+        shard = Shard.of_run(self.app, run) if run.status == RunStatus.RUNNING else None
+        if shard is not None:  # a dead holder's slot, admitted but never begun: free it
+            self.gate.release(shard, run.run_id, run.lease_token, now)
+        report_expired(self.sinks, run, now, error)
+        return Disposition.ACK
 
     def _hand_over(
         self, message: QueueMessage, claim: NotClaimed, time_left: Callable[[], float] | None
@@ -209,38 +224,8 @@ class Worker:
 
     def _take_over(self, run: Run, now: datetime) -> Claimed | NotClaimed:
         """The previous holder died mid-attempt: that attempt failed; start the next."""
-        if run.overran_step is not None:
-            # The holder's watchdog saw this step still running as its invocation's time
-            # ran out (Lambda then stops the function): the step outlived the invocation.
-            error = ErrorInfo(
-                type="StepTimedOut",
-                message=(
-                    f"step {run.overran_step!r} of run {run.run_id} (attempt {run.attempt}) was "
-                    "still running when its invocation reached the function's time limit. "
-                    "Runs continue in a fresh invocation between steps, but a single step must "
-                    "finish within one invocation: split the step, or raise the "
-                    "FunctionTimeout parameter (at most 900 s on Lambda)"
-                ),
-            )
-        else:
-            error = ErrorInfo(
-                type="WorkerLost",
-                message=(
-                    f"the worker running attempt {run.attempt} of run {run.run_id} stopped "
-                    "without finishing it (crash, kill, timeout or out of memory); its lease "
-                    "expired"
-                ),
-            )
-        failure = Failure(
-            attempt=run.attempt,
-            kind="crash",
-            step_id=None,
-            error=error,
-            started_at=run.attempt_started_at,
-            failed_at=now,
-            step_started_at=None,
-            delay=None,
-        )
+        failure = lost_attempt(run, now)
+        error = failure.error
         try:
             max_attempts = self.app.get_task(run.task_id).retry.max_attempts
         except UnknownTask:
@@ -324,6 +309,8 @@ class Worker:
             if not isinstance(admitted, Shard):
                 return admitted
             session.hold_slot(shard := admitted)
+        if run.start_by is not None and run.began_at is None:
+            self.store.begin_run(run.run_id, token, now())  # it can no longer expire
         # Armed for the task body only (no step runs before it): _execute disarms it.
         watchdog = session.start_watchdog()
         disposition = self._execute(
@@ -383,6 +370,10 @@ class Worker:
             if isinstance(verdict, Parked):
                 report.parked(spec.name, key, now(), "no free slot")
                 report.finish("parked", now(), reason=f"queue {spec.name!r}")
+                if run.start_by is not None and run.began_at is None:
+                    # Come back as its TTL runs out, to expire it unless a hand-off
+                    # started it first (that message then finds it taken or done).
+                    return self._later(message, run.run_id, run.start_by + timedelta(seconds=1))
                 return Disposition.ACK  # a hand-off (or the safety net) sends it again
             if not isinstance(verdict, Delayed):
                 return shard

@@ -1,7 +1,7 @@
 """The ``rung`` command: trigger runs and read them, for people and for scripts.
 
     rung [--app M:A] [--stack NAME] [--endpoint-url URL] [--region R] [--profile P] COMMAND
-        trigger TASK [--payload JSON] [--idempotency-key K] [--delay 30s] [--tag T]...
+        trigger TASK [--payload JSON] [--idempotency-key K] [--delay 30s] [--tag T]... [--ttl 10m]
                      [--wait [--timeout 5m]]
         runs list [--status S] [--task T] [--limit N]
         runs show RUN_ID

@@ -56,6 +56,7 @@ _STATUS_STYLE = {
     RunStatus.WAITING: "yellow",
     RunStatus.CANCELED: "magenta",
     RunStatus.TIMED_OUT: "red",
+    RunStatus.EXPIRED: "magenta",
 }
 
 
@@ -328,6 +329,8 @@ def run_json(run: Run) -> dict[str, Any]:
         "attempt_started_at": _iso(run.attempt_started_at),
         "finished_at": _iso(run.finished_at),
         "expires_at": _iso(run.expires_at),
+        "start_by": _iso(run.start_by),
+        "began_at": _iso(run.began_at),
         "idempotency_key": run.idempotency_key,
         "tags": list(run.tags),
         "waiting_for": run.waiting_for,
@@ -540,7 +543,7 @@ def _summary(run: Run) -> Text:
     attempts = f"{run.attempt} attempt{'s' if run.attempt != 1 else ''}"
     if run.finished_at is not None:
         took = format_duration(run.finished_at - run.created_at)
-        if run.started_at is None:  # canceled (or expired) while queued or delayed
+        if run.started_at is None or run.status == RunStatus.EXPIRED:  # before its body ran
             text.append(f" in {took}, before its first attempt")
         else:
             text.append(f" after {attempts} in {took}")

@@ -67,6 +67,12 @@ from rung.models import Run, RunStatus
 )
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="A tag (repeat for more).")
 @click.option(
+    "--ttl",
+    callback=_duration,
+    metavar="DURATION",
+    help="Expire the run if it has not started this long after it is due.",
+)
+@click.option(
     "--wait",
     is_flag=True,
     help="Wait until the run ends: exit 0 if it COMPLETED, 1 if it ended otherwise.",
@@ -86,6 +92,7 @@ def trigger(
     idempotency_key: str | None,
     delay: timedelta | None,
     tags: tuple[str, ...],
+    ttl: timedelta | None,
     wait: bool,
     timeout: timedelta | None,
     as_json: bool,
@@ -101,7 +108,7 @@ def trigger(
         raise click.UsageError("--timeout only applies with --wait")
     client = target.client(need_app=True)
     handle = client.trigger(
-        task, payload, idempotency_key=idempotency_key, delay=delay, tags=tags or None
+        task, payload, idempotency_key=idempotency_key, delay=delay, tags=tags or None, ttl=ttl
     )
     if not wait:
         if as_json:
@@ -300,7 +307,10 @@ def show_run(target: _Target, run_id: str, as_json: bool) -> None:
     grid.add_row("run", run.run_id)
     grid.add_row("task", run.task_id)
     grid.add_row("status", _status(run.status))
-    grid.add_row("attempt", str(run.attempt) if run.started_at else "none yet")
+    if run.status == RunStatus.EXPIRED:
+        grid.add_row("attempt", "none: it expired before its body started")
+    else:
+        grid.add_row("attempt", str(run.attempt) if run.started_at else "none yet")
     if run.version:
         grid.add_row("version", run.version)
     if run.status == RunStatus.WAITING and run.waiting_for:
@@ -309,8 +319,11 @@ def show_run(target: _Target, run_id: str, as_json: bool) -> None:
     due = _due(run)
     if due is not None and due > run.created_at and not run.status.is_terminal:
         grid.add_row("due", _time(due))
-    if run.started_at:
+    if run.started_at and run.status != RunStatus.EXPIRED:
         grid.add_row("started", _time(run.started_at))
+    if run.start_by:
+        began = "; started in time" if run.began_at else ""
+        grid.add_row("start by", f"{_time(run.start_by)} (its ttl{began})")
     if run.finished_at:
         grid.add_row("finished", _time(run.finished_at))
         grid.add_row("took", format_duration(run.finished_at - run.created_at))

@@ -58,6 +58,7 @@ _RUN_ENDINGS = {
     EventType.RUN_FAILED: ("✗ failed", "bold red"),
     EventType.RUN_TIMED_OUT: ("✗ timed out", "bold red"),
     EventType.RUN_CANCELED: ("✗ canceled", "bold magenta"),
+    EventType.RUN_EXPIRED: ("✗ expired (never started)", "bold magenta"),
 }
 
 

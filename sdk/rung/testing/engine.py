@@ -53,15 +53,7 @@ from rung._util.durations import check_duration
 from rung.app import App, Task
 from rung.client import Client
 from rung.errors import InvalidConfig, UsageError
-from rung.models import (
-    HistoryEvent,
-    Run,
-    RunHandle,
-    RunPage,
-    RunStatus,
-    TokenState,
-    VersionInfo,
-)
+from rung.models import HistoryEvent, Run, RunHandle, RunPage, RunStatus, TokenState, VersionInfo
 from rung.testing._versions import LocalVersions
 from rung.testing._virtual import next_due, not_ending
 from rung.testing.telemetry import LocalTelemetry, ReadBack
@@ -342,10 +334,12 @@ class LocalEngine(ReadBack):
         idempotency_key: str | None = None,
         delay: timedelta | float | None = None,
         tags: Iterable[str] | None = None,
+        ttl: timedelta | float | None = None,
     ) -> RunHandle:
         """Like ``Client.trigger``."""
+        key = idempotency_key
         handle = self.client.trigger(
-            task, payload, idempotency_key=idempotency_key, delay=delay, tags=tags
+            task, payload, idempotency_key=key, delay=delay, tags=tags, ttl=ttl
         )
         self._kick.set()
         return handle

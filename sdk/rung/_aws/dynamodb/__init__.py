@@ -17,9 +17,11 @@ The store is one class, ``DynamoStore``, composed from one mixin per section (ea
 mixin's module says more about its part of the table):
 
     rung._aws.dynamodb._common    keys, type letters, condition helpers, item <-> domain
-    rung._aws.dynamodb.runs       creating, claiming, fencing and ending a run
+    rung._aws.dynamodb.created    recording new runs: one (idempotency keys) or a batch
+    rung._aws.dynamodb.runs       claiming, fencing and ending a run
     rung._aws.dynamodb.children   child runs and the lifecycle (cancel, redrive)
     rung._aws.dynamodb.parents    a child's end together with its parent's wake-up
+    rung._aws.dynamodb.ttl        runs that expire unless started in time (trigger ttl=)
     rung._aws.dynamodb.queues     queues (flow control): state, slots, operator settings
     rung._aws.dynamodb.parked     parked runs and hand-offs (on the queues section)
     rung._aws.dynamodb.tokens     tokens a run waits for

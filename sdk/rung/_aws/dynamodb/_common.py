@@ -215,6 +215,8 @@ class NewRun:
     parent_trace_id: str | None = None
     #: a child pinned to its parent's code version (else the first attempt sets it)
     version: str | None = None
+    #: ``trigger(ttl=)``: the run expires unless its body starts by then
+    start_by: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -350,6 +352,8 @@ class _Base:
             item["parent_trace_id"] = _S(new.parent_trace_id)
         if new.version is not None:
             item["code_version"] = _S(new.version)
+        if new.start_by is not None:
+            item["start_by_ms"] = _N(to_ms(new.start_by))
         return item
 
     def _step_item(self, run_id: str, record: StepRecord) -> dict[str, Any]:
@@ -439,6 +443,8 @@ class _Base:
             parent_trace_id=item["parent_trace_id"]["S"] if "parent_trace_id" in item else None,
             expires_at=opt_ms("expires_at_ms"),
             version=item["code_version"]["S"] if "code_version" in item else None,
+            start_by=opt_ms("start_by_ms"),
+            began_at=opt_time("began_at"),
         )
 
     def _paginate(self, operation: str, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""DynamoStore's runs section: creating, claiming, fencing and ending a run.
+"""DynamoStore's runs section: claiming, fencing and ending a run (created.py records them).
 
 Timeline of a claim (times are epoch ms compared inside DynamoDB, from the
 injected clock; DynamoDB TTL deletion can lag by days, so expiry is always
@@ -11,23 +11,18 @@ checked in the condition, never assumed):
 from __future__ import annotations
 
 import json
-import random
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from rung._aws.dynamodb._common import (
-    _IDEM_SK,
     _N,
     _NAMES,
     _S,
     NEVER_MS,
     TOKEN_OPEN,
-    TTL_ATTRIBUTE,
-    NewRun,
     ParentLink,
     _cancellation_reasons,
     _failure_json,
@@ -39,18 +34,14 @@ from rung._aws.dynamodb._common import (
     batch_counter,
     status_shard,
 )
-from rung._aws.dynamodb.parents import _Parents
+from rung._aws.dynamodb.created import _Created
 from rung._aws.dynamodb.retention import EXPIRY_NAMES, expiry_update
+from rung._aws.dynamodb.ttl import NOT_EXPIRED, expired
 from rung._util.clock import iso, to_ms
 from rung.errors import (
     ErrorInfo,
 )
 from rung.models import Failure, Run, RunStatus
-
-_BATCH_WRITE = 25  # the most items one BatchWriteItem takes
-#: How ``create_runs`` says a run's fate is unknown.
-UNKNOWN = "whether it was stored is unknown"
-_UNPROCESSED_TRIES = 8  # BatchWriteItem calls per chunk while DynamoDB leaves items out
 
 #: The most tokens ``suspend_run`` checks: a transaction holds at most 100 items;
 #: one is the run's update and one may check an awaited child run.
@@ -68,119 +59,14 @@ class Claimed:
 class NotClaimed:
     """Why a claim was refused, with when to look again (if ever)."""
 
-    #: "missing", "terminal", "not_due", "busy", "crashed", "other_version", "unpinned"
+    #: "missing", "terminal", "not_due", "busy", "crashed", "other_version", "unpinned",
+    #: "expired" (not started within its TTL: ``expire_run`` it)
     reason: str
     run: Run | None
     retry_at: datetime | None
 
 
-class _Runs(_Parents):
-    # -- runs ------------------------------------------------------------------------
-
-    def create_run(
-        self, new: NewRun, idempotency_ttl: timedelta | None, now: datetime
-    ) -> tuple[Run, bool]:
-        """Record a run; with an idempotency key, at most one run per key within its TTL.
-
-        Returns the run and whether it was created now (False: the key matched).
-        """
-        item = self._new_run_item(new)
-        if new.idempotency_key is None:
-            self.client.put_item(
-                TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)"
-            )
-            return self._run_from_item(item), True
-        ttl = idempotency_ttl or timedelta(days=30)
-        expires = now + ttl
-        idem_key = {"pk": _S(f"IDEM#{new.task_id}#{new.idempotency_key}"), "sk": _S(_IDEM_SK)}
-        try:
-            self.client.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self.table,
-                            "Item": {
-                                **idem_key,
-                                "run_id": _S(new.run_id),
-                                "expires_at_ms": _N(to_ms(expires)),
-                                TTL_ATTRIBUTE: _N(int(expires.timestamp())),
-                            },
-                            # key_not_exists OR expiry_expired: a key past its TTL may be reused
-                            # even if DynamoDB's TTL sweeper has not deleted it yet.
-                            "ConditionExpression": (
-                                "attribute_not_exists(pk) OR expires_at_ms < :now"
-                            ),
-                            "ExpressionAttributeValues": {":now": _N(to_ms(now))},
-                        }
-                    },
-                    {
-                        "Put": {
-                            "TableName": self.table,
-                            "Item": item,
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    },
-                ]
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
-                raise
-            existing = self.client.get_item(
-                TableName=self.table, Key=idem_key, ConsistentRead=True
-            ).get("Item")
-            if existing is None:  # the winner's key expired and vanished meanwhile
-                return self.create_run(new, idempotency_ttl, now)
-            return self.get_run(existing["run_id"]["S"]), False
-        return self._run_from_item(item), True
-
-    def create_runs(self, runs: list[NewRun]) -> dict[str, str]:
-        """Record runs without idempotency keys, 25 per ``BatchWriteItem`` (their ids are
-        new, so no condition is needed); returns the ids of the runs not stored, with
-        why. Items DynamoDB leaves unprocessed are written again, with backoff. After a
-        request whose outcome is unknown (a timeout, a 5xx), what it stored is read
-        back, so a run is never reported unstored while it exists.
-
-        Raises:
-            ClientError: refused as a whole (access denied, no such table) before any
-                run was stored: nothing is."""
-        failed: dict[str, str] = {}
-        for start in range(0, len(runs), _BATCH_WRITE):
-            chunk = runs[start : start + _BATCH_WRITE]
-            requests = [{"PutRequest": {"Item": self._new_run_item(new)}} for new in chunk]
-            try:
-                for attempt in range(_UNPROCESSED_TRIES):
-                    out = self.client.batch_write_item(RequestItems={self.table: requests})
-                    requests = out.get("UnprocessedItems", {}).get(self.table, [])
-                    if not requests or attempt == _UNPROCESSED_TRIES - 1:
-                        break
-                    time.sleep(min(0.05 * 2**attempt, 1.0) * random.uniform(0.5, 1.5))  # noqa: S311
-            except (ClientError, BotoCoreError) as exc:
-                if start == 0 and _refused_as_a_whole(exc):
-                    raise
-                failed.update(self._not_stored([_put_run_id(r) for r in requests], str(exc)))
-                continue
-            for request in requests:  # still unprocessed: throttled throughout
-                failed[_put_run_id(request)] = "throttled by DynamoDB"
-        return failed
-
-    def _not_stored(self, run_ids: list[str], why: str) -> dict[str, str]:
-        """Of runs a failed write may or may not have stored, the ones it did not (read
-        back consistently); if even that read fails, each says its fate is unknown."""
-        try:
-            stored = {
-                item["run_id"]["S"]
-                for item in self._batch_get(
-                    [_run_key(run_id) for run_id in run_ids], {"#r": "run_id"}
-                )
-            }
-        except (ClientError, BotoCoreError, RuntimeError) as exc:
-            unknown = (
-                f"{why}; {UNKNOWN} (reading it back failed: {exc}): "
-                "check get_run(run_id) before triggering it again"
-            )
-            return {run_id: f"{unknown} [run id {run_id}]" for run_id in run_ids}
-        return {run_id: why for run_id in run_ids if run_id not in stored}
-
+class _Runs(_Created):
     def claim_run(
         self,
         run_id: str,
@@ -206,7 +92,10 @@ class _Runs(_Parents):
             "started_at = if_not_exists(started_at, :now), "
             "attempt_started_at = if_not_exists(attempt_started_at, :now)"
         )
-        condition = "#status IN (:queued, :delayed, :waiting) AND available_at <= :now_ms"
+        condition = (
+            "#status IN (:queued, :delayed, :waiting) AND available_at <= :now_ms AND "
+            f"({NOT_EXPIRED})"
+        )
         values = {
             ":running": _S(RunStatus.RUNNING),
             ":running_shard": _S(status_shard(RunStatus.RUNNING, run_id)),
@@ -249,6 +138,8 @@ class _Runs(_Parents):
             run = self._run_from_item(old)  # type: ignore[arg-type]
             if run.status.is_terminal:
                 return NotClaimed("terminal", run, None)
+            if expired(run, now) and (run.lease_until is None or run.lease_until < now):
+                return NotClaimed("expired", run, None)  # (unless a live worker holds it)
             other: str | None = None  # why this worker may not take it, if due
             if version is not None and run.version not in (None, version):
                 other = "other_version"
@@ -630,18 +521,3 @@ class _Runs(_Parents):
         if woke is None:
             raise _lease_lost(run_id, token)
         return woke
-
-
-def _put_run_id(request: dict[str, Any]) -> str:
-    return str(request["PutRequest"]["Item"]["run_id"]["S"])
-
-
-def _refused_as_a_whole(exc: Exception) -> bool:
-    """An error no retry of the same call fixes (permissions, a missing table)."""
-    code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
-    return code in {
-        "AccessDeniedException",
-        "ResourceNotFoundException",
-        "UnrecognizedClientException",
-        "ValidationException",
-    }
