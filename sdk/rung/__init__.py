@@ -10,13 +10,14 @@ from rung.async_client import AsyncClient
 from rung.async_context import AsyncContext
 from rung.batch import BatchFailed, BatchItem, BatchResult, Completion
 from rung.client import Client
-from rung.context import Context, Poll, StepInfo, current_step, step
+from rung.context import Context, Metadata, Poll, StepInfo, current_step, step
 from rung.errors import (
     ChildRunFailed,
     ConditionNotMet,
     Contended,
     ErrorInfo,
     InvalidConfig,
+    InvalidMetadata,
     InvalidPayload,
     LeaseLost,
     NonDeterminismError,
@@ -82,8 +83,10 @@ __all__ = [
     "EventType",
     "HistoryEvent",
     "InvalidConfig",
+    "InvalidMetadata",
     "InvalidPayload",
     "LeaseLost",
+    "Metadata",
     "NonDeterminismError",
     "NonRetryable",
     "PayloadTooLarge",

@@ -155,6 +155,7 @@ class AsyncClient:
         tags: Iterable[str] | None = None,
         idempotency_ttl: timedelta | float | None = None,
         ttl: timedelta | float | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> RunHandle:
         """As ``Client.trigger``: start a run of ``task`` with ``payload``."""
         return await self._call(
@@ -166,6 +167,7 @@ class AsyncClient:
             tags=tags,
             idempotency_ttl=idempotency_ttl,
             ttl=ttl,
+            metadata=metadata,
         )
 
     async def batch_trigger(

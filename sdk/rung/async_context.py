@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from rung._durable import aio, children, groups, parallel, steps, waits
 from rung._durable.children import ChildVersion
+from rung._durable.metadata import Metadata
 from rung._durable.offload import io
 from rung._durable.state import Replayed, Scope
 from rung._durable.waits import DEFAULT_TOKEN_TIMEOUT, Poll
@@ -68,6 +69,11 @@ class AsyncContext:
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
         """As ``rung.Context.logger``: each line written once per run."""
         return _ReplayAwareLogger(logging.getLogger(f"rung.tasks.{self.task_id}"), self._core)
+
+    @property
+    def metadata(self) -> Metadata:
+        """As ``rung.Context.metadata`` (its changes do no I/O: nothing to await)."""
+        return Metadata(self._core.run.metadata, self._core.replaying)
 
     # As Context.step: checked with ParamSpec unless retry= or at_most_once= is given;
     # an async function's result is what it returns when awaited.

@@ -193,6 +193,7 @@ class Client:
         tags: Iterable[str] | None = None,
         idempotency_ttl: timedelta | float | None = None,
         ttl: timedelta | float | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> RunHandle:
         """Start a run of ``task`` with ``payload``.
 
@@ -202,12 +203,14 @@ class Client:
         run, however many race. ``delay`` makes the run due later. With ``ttl``, a run
         whose body has not started within ``ttl`` of being due (a backlog, a full
         queue) ends ``EXPIRED`` instead; a started run never expires (docs/lifecycle.md).
+        ``metadata``: the run's first ``ctx.metadata`` values (docs/metadata.md).
 
         Raises:
             UnknownTask: the app has no such task.
             InvalidPayload: the payload fails the task's model or is not JSON.
             PayloadTooLarge: the payload is larger than rung stores inline.
             InvalidConfig: a bad ``delay``, ``ttl``, ``tags`` or ``idempotency_key``.
+            InvalidMetadata: ``metadata`` is not small JSON values by name.
         """
         found = triggering.writable(self.app).get_task(task)
         now = self._clock.now()
@@ -220,6 +223,7 @@ class Client:
             now=now,
             what="trigger",
             ttl=ttl,
+            metadata=metadata,
         )
         ttl_of_key = triggering.idempotency_ttl(idempotency_ttl)
         return triggering.trigger(self._store, self._queue, new, ttl_of_key, now)
@@ -234,7 +238,7 @@ class Client:
         """Start one run of ``task`` per item (at most 1,000), in bulk.
 
         An item is a payload, or a ``rung.TriggerItem(payload, idempotency_key=,
-        delay=, tags=, ttl=)`` with options of its own (as ``trigger``'s). Every item is
+        delay=, tags=, ttl=, metadata=)`` with options of its own (as ``trigger``'s). Every item is
         checked before anything is stored; a refused item is reported and the others go
         on. Runs without an idempotency key are written 25 per request, and messages
         sent 10 per request; a key matches one run per task and key as in ``trigger``

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from rung._durable import children, groups, parallel, steps, waits
 from rung._durable.children import ChildVersion
+from rung._durable.metadata import Metadata
 from rung._durable.state import (
     AttemptSession,
     Replayed,
@@ -42,6 +43,7 @@ __all__ = [
     "MAX_WAIT",
     "AttemptSession",
     "Context",
+    "Metadata",
     "Poll",
     "StepInfo",
     "current_step",
@@ -86,6 +88,15 @@ class Context:
         call writes (the step really runs).
         """
         return _ReplayAwareLogger(logging.getLogger(f"rung.tasks.{self.task_id}"), self._core)
+
+    @property
+    def metadata(self) -> Metadata:
+        """Small JSON values about this run for whoever watches it (progress, a phase,
+        counts): ``set``, ``update``, ``delete`` and read (docs/metadata.md). Shown by
+        ``get_run(...).metadata``, ``rung runs show`` and the HTTP API; the values given
+        at trigger (``metadata=``) are where every attempt starts. Durable with the
+        run, and written with writes the run makes anyway (no write per change)."""
+        return Metadata(self._core.run.metadata, self._core.replaying)
 
     def _follow(self, plan: Generator[StepCall, Any, R]) -> R:
         """Run a core plan: each step it asks for is a step of this ctx."""

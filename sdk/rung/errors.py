@@ -105,6 +105,11 @@ class InvalidPayload(RungError, ValueError):
     """A payload failed the task's pydantic model or is not JSON-serializable."""
 
 
+class InvalidMetadata(RungError, ValueError):
+    """Run metadata (``metadata=``, ``ctx.metadata``) is not a mapping of names to JSON
+    values, or would exceed its size limit; nothing was changed."""
+
+
 class PayloadTooLarge(RungError, ValueError):
     """A payload or step result is larger than rung stores inline."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -80,6 +80,7 @@ class TriggerItem:
     delay: timedelta | float | None = None
     tags: Iterable[str] | None = None
     ttl: timedelta | float | None = None
+    metadata: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,12 @@ class Run:
     #: a run with a TTL: when its body first started (admitted past flow control);
     #: it can no longer expire. Not recorded for runs without a TTL.
     began_at: datetime | None = field(default=None, repr=False)
+    #: its ``ctx.metadata`` as last written (docs/metadata.md); {} for none
+    metadata: dict[str, Any] = field(default_factory=dict)
+    #: the metadata it was triggered with (every attempt starts from it), as JSON
+    initial_metadata: str | None = field(default=None, repr=False)
+    #: ``metadata`` as stored JSON (what a write must differ from), None for none yet
+    metadata_json: str | None = field(default=None, repr=False)
 
     @property
     def trace_id(self) -> str | None:

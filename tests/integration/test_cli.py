@@ -208,8 +208,12 @@ def test_trigger_prints_the_run_id_and_the_run_completes(stack: Deployed) -> Non
 
 
 def test_trigger_json_is_the_handle(stack: Deployed) -> None:
-    result = rung(stack, "trigger", "greet", "--payload", '{"name": "bo"}', "--ttl", "1h", "--json")
+    result = rung(
+        stack, "trigger", "greet", "--payload", '{"name": "bo"}', "--ttl", "1h", "--json",
+        "--metadata", '{"source": "cli"}',
+    )  # fmt: skip
     bad_ttl = rung(stack, "trigger", "greet", "--payload", '{"name": "bo"}', "--ttl", "soon")
+    bad_meta = rung(stack, "trigger", "greet", "--payload", '{"name": "bo"}', "--metadata", "[1]")
 
     assert result.exit_code == 0, result.stderr
     handle = json.loads(result.stdout)
@@ -219,6 +223,8 @@ def test_trigger_json_is_the_handle(stack: Deployed) -> None:
     assert run.payload == {"name": "bo"}
     assert run.start_by == run.created_at + timedelta(hours=1)
     assert bad_ttl.exit_code == 2 and "--ttl" in bad_ttl.stderr
+    assert run.metadata == {"source": "cli"}
+    assert bad_meta.exit_code == 2 and "metadata must be a mapping" in bad_meta.stderr
 
 
 def test_batch_trigger_reads_json_lines_and_reports_each_entry(
@@ -248,7 +254,7 @@ def test_batch_trigger_with_options_keys_delays_and_tags_each_entry(
             [
                 {"payload": {"name": "gus"}, "idempotency_key": key, "tags": ["cli"]},
                 {"payload": {"name": "gus"}, "idempotency_key": key},
-                {"payload": {"name": "hal"}, "delay": "10m", "ttl": "1h"},
+                {"payload": {"name": "hal"}, "delay": "10m", "ttl": "1h", "metadata": {"m": 1}},
             ]
         )
     )
@@ -265,6 +271,7 @@ def test_batch_trigger_with_options_keys_delays_and_tags_each_entry(
     delayed = stack.client.get_run(ids[2])
     assert delayed.status == "DELAYED"
     assert delayed.start_by == delayed.created_at + timedelta(minutes=70)  # ttl after delay
+    assert delayed.metadata == {"m": 1}
     assert bad.exit_code == 1 and "3 of 3 entries were refused" in bad.stderr
     unknown = tmp_path / "unknown.json"
     unknown.write_text('[{"payload": {}, "priority": 3}]')

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from rung._durable.metadata import MetadataState
 from rung._durable.offload import in_core
 from rung._util import serde
 from rung.errors import (
@@ -203,6 +204,7 @@ class RunState:
         default_retry: RetryPolicy,
         records: dict[str, StepRecord],
         session: AttemptSession,
+        metadata: MetadataState | None = None,
     ) -> None:
         self.run_id = run_id
         self.task_id = task_id
@@ -210,6 +212,8 @@ class RunState:
         self.default_retry = default_retry
         self.records = records
         self.session = session
+        #: ``ctx.metadata``'s values (rung._durable.metadata)
+        self.metadata = metadata or MetadataState(None, None)
         # An async attempt's bookkeeping (rung._durable.aio, steps.guarded):
         #: the attempt is ending (the body returned or raised): every operation that
         #: starts now raises this

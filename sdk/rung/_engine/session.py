@@ -16,13 +16,14 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from rung._aws.dynamodb import DynamoStore, NewRun
 from rung._aws.sqs import SqsQueue
-from rung._durable.signals import Canceled, ContinueLater, SlotLost, TimeLimitReached
+from rung._durable.metadata import MetadataState
+from rung._durable.signals import Canceled, ContinueLater, SlotLost, TimeLimitReached, Unwind
 from rung._engine.admission import Gate, Shard
 from rung._engine.config import WorkerConfig
 from rung._engine.lifecycle import Lifecycle
@@ -67,8 +68,11 @@ class Session:
         time_left: Callable[[], float] | None,
         max_duration: timedelta | None,
         telemetry: Telemetry,
+        metadata: MetadataState | None = None,
     ) -> None:
         self._worker = worker
+        #: the attempt's ``ctx.metadata``, written with lease renewals and at the end
+        self.metadata = metadata or MetadataState(run.initial_metadata, run.metadata_json)
         #: what the invocation reports: trace segments, lifecycle lines
         self.telemetry = telemetry
         self._run = run
@@ -103,7 +107,7 @@ class Session:
                 return False
             until = self.now() + self._worker.config.lease_duration
             try:
-                self._worker.store.renew_lease(self._run.run_id, self._token, until)
+                self._renew(until)
             except LeaseLost as exc:
                 self._lost = LeaseLost(
                     f"{exc} (found by the heartbeat; the attempt stops at its next step)"
@@ -112,6 +116,40 @@ class Session:
                 return False
             self._lease_until = until
             return True
+
+    def _renew(self, until: datetime) -> None:
+        """Renew the lease (``_lock`` held), writing changed metadata with it."""
+        pending = self.metadata.pending(ending=False)
+        self._worker.store.renew_lease(self._run.run_id, self._token, until, pending)
+        if pending is not None:
+            self.metadata.written(pending)
+
+    @contextlib.contextmanager
+    def metadata_flushed(self) -> Iterator[None]:
+        """Around the body: as it ends, ``flush_metadata`` (not on a crash, a cancel or
+        a lost lease, which leave the run to its new owner or its end)."""
+        try:
+            yield
+        except (Canceled, LeaseLost):
+            raise
+        except (Exception, Unwind):
+            self.flush_metadata()
+            raise
+        self.flush_metadata()
+
+    def flush_metadata(self) -> None:
+        """The attempt ends: write ``ctx.metadata`` if it changed since its last write
+        (one fenced write), before the attempt's final write. A lost lease skips it:
+        the run's new owner writes its own."""
+        with self._lock:
+            pending = self.metadata.pending(ending=True)
+            if pending is None or self._lost is not None:
+                return
+            try:
+                self._worker.store.write_metadata(self._run.run_id, self._token, pending)
+            except LeaseLost:
+                return  # the final write that follows finds the same and says so
+            self.metadata.written(pending)
 
     def now(self) -> datetime:
         return self._worker.clock.now()
@@ -189,7 +227,7 @@ class Session:
         if self._lease_until is not None and self._lease_until - now < config.lease_duration / 2:
             # Without a heartbeat (LocalEngine), or one that fell behind.
             until = now + config.lease_duration
-            self._worker.store.renew_lease(self._run.run_id, self._token, until)
+            self._renew(until)
             self._lease_until = until
         slot_lease = config.slot_lease
         if (

@@ -18,6 +18,7 @@ from typing import Any
 from rung._aws.dynamodb import DynamoStore, NewRun
 from rung._aws.dynamodb.created import UNKNOWN
 from rung._aws.sqs import SqsQueue
+from rung._durable.metadata import check_metadata
 from rung._util.clock import Clock
 from rung._util.durations import check_duration
 from rung._util.ids import new_run_id
@@ -61,16 +62,19 @@ def new_run(
     now: datetime,
     what: str,
     ttl: object = None,
+    metadata: object = None,
 ) -> NewRun:
     """A run of ``task`` to store, its payload and options checked (nothing stored).
 
     Raises:
-        InvalidPayload, PayloadTooLarge: the payload; InvalidConfig: an option."""
+        InvalidPayload, PayloadTooLarge: the payload; InvalidConfig: an option;
+        InvalidMetadata: ``metadata``."""
     payload_json = task.prepare(payload)
     key = check_idempotency_key(idempotency_key)
     tag_tuple = check_tags(tags, what)
     wait = check_duration(delay, f"{what} delay") if delay is not None else timedelta(0)
     live = check_duration(ttl, f"{what} ttl", positive=True) if ttl is not None else None
+    metadata_json = check_metadata(metadata, what)
     return NewRun(
         run_id=new_run_id(now),
         task_id=task.id,
@@ -81,6 +85,7 @@ def new_run(
         tags=tag_tuple,
         trace=TraceContext.for_trigger(now).stored(),
         start_by=now + wait + live if live is not None else None,  # counted once it is due
+        metadata_json=metadata_json,
     )
 
 
@@ -131,6 +136,7 @@ def batch_trigger(
                 now=now,
                 what=f"batch_trigger item {index}",
                 ttl=item.ttl,
+                metadata=item.metadata,
             )
         except RungError as exc:  # this item is refused; the others go on
             results[index] = TriggerResult(index, error=ErrorInfo(type(exc).__name__, str(exc)))
@@ -200,7 +206,8 @@ def _check_items(items: object) -> Sequence[Any]:
     if isinstance(items, str | bytes) or not isinstance(items, Sequence):
         raise UsageError(
             "batch_trigger(task, items) needs a list of items (payloads, or rung.TriggerItem("
-            f"payload, idempotency_key=, delay=, tags=, ttl=)), got {type(items).__name__}"
+            "payload, idempotency_key=, delay=, tags=, ttl=, metadata=)), got "
+            f"{type(items).__name__}"
         )
     if len(items) > MAX_BATCH_TRIGGER:
         raise InvalidConfig(

@@ -296,6 +296,7 @@ class Worker:
                 default_retry=task.retry,
                 records=records,
                 session=session,
+                metadata=session.metadata,
             )
         )
         try:
@@ -418,7 +419,7 @@ class Worker:
         report = session.telemetry
         try:
             # The heartbeat stops (a beat in flight done) before any final write below.
-            with scope.entered(), self._heartbeat(session, run.run_id):
+            with scope.entered(), session.metadata_flushed(), self._heartbeat(session, run.run_id):
                 if task.is_async:  # one event loop per attempt
                     result = aio.run_body(task.fn, scope, AsyncContext, payload)
                 else:

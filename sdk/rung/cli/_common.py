@@ -33,6 +33,7 @@ from rung.app import App
 from rung.client import Client
 from rung.errors import (
     InvalidConfig,
+    InvalidMetadata,
     InvalidPayload,
     PayloadTooLarge,
     RungError,
@@ -46,7 +47,14 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 DEFAULT_WAIT = timedelta(minutes=5)
-_USAGE_ERRORS = (UnknownTask, InvalidPayload, PayloadTooLarge, InvalidConfig, UsageError)
+_USAGE_ERRORS = (
+    UnknownTask,
+    InvalidPayload,
+    InvalidMetadata,
+    PayloadTooLarge,
+    InvalidConfig,
+    UsageError,
+)
 _STATUS_STYLE = {
     RunStatus.COMPLETED: "green",
     RunStatus.FAILED: "red",
@@ -333,6 +341,7 @@ def run_json(run: Run) -> dict[str, Any]:
         "began_at": _iso(run.began_at),
         "idempotency_key": run.idempotency_key,
         "tags": list(run.tags),
+        "metadata": run.metadata,
         "waiting_for": run.waiting_for,
         "parent_run_id": run.parent_run_id,
         "replay_of": run.replay_of,

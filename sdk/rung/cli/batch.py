@@ -14,7 +14,7 @@ from rung._util.durations import parse_duration
 from rung.cli._common import _console, _error, _json_option, _print_json, _Target
 from rung.models import TriggerItem
 
-_OPTION_KEYS = {"payload", "idempotency_key", "delay", "tags", "ttl"}
+_OPTION_KEYS = {"payload", "idempotency_key", "delay", "tags", "ttl", "metadata"}
 
 
 @click.command("batch-trigger")
@@ -23,7 +23,7 @@ _OPTION_KEYS = {"payload", "idempotency_key", "delay", "tags", "ttl"}
 @click.option(
     "--with-options",
     is_flag=True,
-    help="Each entry is {payload, idempotency_key, delay, tags, ttl} instead of a bare payload.",
+    help="Entries are {payload, idempotency_key, delay, tags, ttl, metadata}, not payloads.",
 )
 @_json_option
 @click.pass_obj
@@ -116,6 +116,7 @@ def _item(index: int, entry: Any) -> TriggerItem:
         delay=_duration_of(index, entry, "delay"),
         tags=entry.get("tags"),
         ttl=_duration_of(index, entry, "ttl"),
+        metadata=entry.get("metadata"),
     )
 
 

@@ -67,6 +67,12 @@ from rung.models import Run, RunStatus
 )
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="A tag (repeat for more).")
 @click.option(
+    "--metadata",
+    callback=_json_value,
+    metavar="JSON",
+    help="The run's first metadata values, a JSON object; @FILE reads it from a file.",
+)
+@click.option(
     "--ttl",
     callback=_duration,
     metavar="DURATION",
@@ -92,6 +98,7 @@ def trigger(
     idempotency_key: str | None,
     delay: timedelta | None,
     tags: tuple[str, ...],
+    metadata: Any,
     ttl: timedelta | None,
     wait: bool,
     timeout: timedelta | None,
@@ -108,7 +115,13 @@ def trigger(
         raise click.UsageError("--timeout only applies with --wait")
     client = target.client(need_app=True)
     handle = client.trigger(
-        task, payload, idempotency_key=idempotency_key, delay=delay, tags=tags or None, ttl=ttl
+        task,
+        payload,
+        idempotency_key=idempotency_key,
+        delay=delay,
+        tags=tags or None,
+        ttl=ttl,
+        metadata=metadata,
     )
     if not wait:
         if as_json:
@@ -331,6 +344,8 @@ def show_run(target: _Target, run_id: str, as_json: bool) -> None:
         grid.add_row("idempotency key", run.idempotency_key)
     if run.tags:
         grid.add_row("tags", ", ".join(run.tags))
+    if run.metadata:
+        grid.add_row("metadata", json.dumps(run.metadata, indent=2, ensure_ascii=False))
     if run.parent_run_id:
         grid.add_row("parent", run.parent_run_id)
     if run.replay_of:
@@ -407,6 +422,8 @@ def trace_run(target: _Target, run_id: str, with_logs: bool, as_json: bool) -> N
         return
     out = _console()
     out.print(_summary(run))
+    if run.metadata:
+        out.print(Text(f"metadata: {_compact(run.metadata)}"))
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     table.add_column("at", justify="right")
     table.add_column("attempt", justify="right")

@@ -335,11 +335,12 @@ class LocalEngine(ReadBack):
         delay: timedelta | float | None = None,
         tags: Iterable[str] | None = None,
         ttl: timedelta | float | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> RunHandle:
         """Like ``Client.trigger``."""
-        key = idempotency_key
+        key, meta = idempotency_key, metadata
         handle = self.client.trigger(
-            task, payload, idempotency_key=key, delay=delay, tags=tags, ttl=ttl
+            task, payload, idempotency_key=key, delay=delay, tags=tags, ttl=ttl, metadata=meta
         )
         self._kick.set()
         return handle

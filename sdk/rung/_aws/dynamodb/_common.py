@@ -217,6 +217,8 @@ class NewRun:
     version: str | None = None
     #: ``trigger(ttl=)``: the run expires unless its body starts by then
     start_by: datetime | None = None
+    #: ``trigger(metadata=)``, as JSON
+    metadata_json: str | None = None
 
 
 @dataclass(frozen=True)
@@ -354,6 +356,8 @@ class _Base:
             item["code_version"] = _S(new.version)
         if new.start_by is not None:
             item["start_by_ms"] = _N(to_ms(new.start_by))
+        if new.metadata_json is not None:
+            item["meta0"] = _S(new.metadata_json)
         return item
 
     def _step_item(self, run_id: str, record: StepRecord) -> dict[str, Any]:
@@ -445,6 +449,9 @@ class _Base:
             version=item["code_version"]["S"] if "code_version" in item else None,
             start_by=opt_ms("start_by_ms"),
             began_at=opt_time("began_at"),
+            metadata=json.loads(_current_metadata(item) or "{}"),
+            initial_metadata=item["meta0"]["S"] if "meta0" in item else None,
+            metadata_json=_current_metadata(item),
         )
 
     def _paginate(self, operation: str, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -540,3 +547,11 @@ def _redrive_from_json(text: str) -> Redrive:
         step_id=data.get("step_id"),
         from_version=data.get("from_version"),
     )
+
+
+def _current_metadata(item: dict[str, Any]) -> str | None:
+    """A run item's metadata as last written (``metadata``), else as triggered."""
+    for name in ("metadata", "meta0"):
+        if name in item:
+            return str(item[name]["S"])
+    return None

@@ -203,8 +203,21 @@ class _Runs(_Created):
         """Note that ``step_id`` was still running as the invocation hit its time limit."""
         self._fenced_update(run_id, token, "SET overran_step = :step", {":step": _S(step_id)})
 
-    def renew_lease(self, run_id: str, token: int, until: datetime) -> None:
-        self._fenced_update(run_id, token, "SET lease_until = :lease", {":lease": _N(to_ms(until))})
+    def renew_lease(
+        self, run_id: str, token: int, until: datetime, metadata: str | None = None
+    ) -> None:
+        """Extend the lease; with ``metadata`` (JSON), write the run's current metadata
+        in the same write (``ctx.metadata`` rides on the heartbeat)."""
+        values = {":lease": _N(to_ms(until))}
+        if metadata is None:
+            self._fenced_update(run_id, token, "SET lease_until = :lease", values)
+            return
+        update = "SET lease_until = :lease, metadata = :metadata"
+        self._fenced_update(run_id, token, update, {**values, ":metadata": _S(metadata)})
+
+    def write_metadata(self, run_id: str, token: int, metadata: str) -> None:
+        """Write the run's current ``ctx.metadata`` (JSON), fenced."""
+        self._fenced_update(run_id, token, "SET metadata = :metadata", {":metadata": _S(metadata)})
 
     def schedule_retry(
         self,
