@@ -40,6 +40,7 @@ from rung.errors import (
 from rung.flow import Queue, QueueInfo, Rate
 from rung.models import (
     ChildResult,
+    Debounce,
     EventType,
     HistoryEvent,
     Run,
@@ -79,6 +80,7 @@ __all__ = [
     "Completion",
     "ConditionNotMet",
     "Context",
+    "Debounce",
     "ErrorInfo",
     "EventType",
     "HistoryEvent",

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from rung.app import App, Task
     from rung.flow import QueueInfo
     from rung.models import (
+        Debounce,
         HistoryEvent,
         Run,
         RunHandle,
@@ -156,6 +157,7 @@ class AsyncClient:
         idempotency_ttl: timedelta | float | None = None,
         ttl: timedelta | float | None = None,
         metadata: Mapping[str, Any] | None = None,
+        debounce: Debounce | None = None,
     ) -> RunHandle:
         """As ``Client.trigger``: start a run of ``task`` with ``payload``."""
         return await self._call(
@@ -168,6 +170,7 @@ class AsyncClient:
             idempotency_ttl=idempotency_ttl,
             ttl=ttl,
             metadata=metadata,
+            debounce=debounce,
         )
 
     async def batch_trigger(

@@ -29,6 +29,7 @@ from rung.errors import (
 )
 from rung.flow import QueueInfo
 from rung.models import (
+    Debounce,
     HistoryEvent,
     Run,
     RunHandle,
@@ -194,6 +195,7 @@ class Client:
         idempotency_ttl: timedelta | float | None = None,
         ttl: timedelta | float | None = None,
         metadata: Mapping[str, Any] | None = None,
+        debounce: Debounce | None = None,
     ) -> RunHandle:
         """Start a run of ``task`` with ``payload``.
 
@@ -204,29 +206,32 @@ class Client:
         whose body has not started within ``ttl`` of being due (a backlog, a full
         queue) ends ``EXPIRED`` instead; a started run never expires (docs/lifecycle.md).
         ``metadata``: the run's first ``ctx.metadata`` values (docs/metadata.md).
+        ``debounce=rung.Debounce(key, window)``: triggers of the same key collapse into
+        one run, started ``window`` after the last with its payload (``created`` False
+        for the triggers that joined a pending run; docs/lifecycle.md, "Debounce").
 
         Raises:
             UnknownTask: the app has no such task.
             InvalidPayload: the payload fails the task's model or is not JSON.
             PayloadTooLarge: the payload is larger than rung stores inline.
-            InvalidConfig: a bad ``delay``, ``ttl``, ``tags`` or ``idempotency_key``.
+            InvalidConfig: a bad ``delay``, ``ttl``, ``tags``, ``idempotency_key`` or
+                ``debounce`` (which takes neither a key nor a delay).
             InvalidMetadata: ``metadata`` is not small JSON values by name.
         """
-        found = triggering.writable(self.app).get_task(task)
-        now = self._clock.now()
-        new = triggering.new_run(
-            found,
+        return triggering.trigger_task(
+            self._store,
+            self._queue,
+            self._clock,
+            triggering.writable(self.app).get_task(task),
             payload,
             idempotency_key=idempotency_key,
             delay=delay,
             tags=tags,
-            now=now,
-            what="trigger",
+            idempotency_ttl=idempotency_ttl,
             ttl=ttl,
             metadata=metadata,
+            debounce=debounce,
         )
-        ttl_of_key = triggering.idempotency_ttl(idempotency_ttl)
-        return triggering.trigger(self._store, self._queue, new, ttl_of_key, now)
 
     def batch_trigger(
         self,
@@ -266,7 +271,7 @@ class Client:
             >>> [r.handle.run_id for r in results if r.ok]
         """
         found = triggering.writable(self.app).get_task(task)
-        ttl = triggering.idempotency_ttl(idempotency_ttl)
+        ttl = triggering.check_idempotency_ttl(idempotency_ttl)
         return triggering.batch_trigger(self._store, self._queue, self._clock, found, items, ttl)
 
     def get_run(self, run_id: str) -> Run:

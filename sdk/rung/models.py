@@ -6,7 +6,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from rung.errors import ChildRunFailed, ErrorInfo
 
@@ -68,6 +68,38 @@ class RunHandle:
     run_id: str
     task_id: str
     created: bool = True
+
+
+@dataclass(frozen=True)
+class Debounce:
+    """``trigger(debounce=)``: triggers of a task with the same ``key`` within ``window``
+    of each other collapse into one run, which starts ``window`` after the last of them
+    with the last one's payload (and tags, metadata, ttl); docs/lifecycle.md, "Debounce".
+
+    Attributes:
+        key: what collapses (per task): a string of at most 256 characters, often an id
+            (``f"user-{user_id}"``).
+        window: how long a run waits for another trigger (a timedelta or seconds).
+        max_wait: the longest a burst may hold its run back from the first trigger (None:
+            no cap; a steady stream of triggers would postpone it forever).
+    """
+
+    key: str
+    window: timedelta | float
+    max_wait: timedelta | float | None = None
+
+
+class TriggerOptions(TypedDict, total=False):
+    """``Client.trigger``'s keyword options, for faces that pass them on unchanged
+    (``LocalEngine.trigger``)."""
+
+    idempotency_key: str | None
+    delay: timedelta | float | None
+    tags: Iterable[str] | None
+    idempotency_ttl: timedelta | float | None
+    ttl: timedelta | float | None
+    metadata: Mapping[str, Any] | None
+    debounce: Debounce | None
 
 
 @dataclass(frozen=True)
@@ -254,6 +286,8 @@ class Run:
     initial_metadata: str | None = field(default=None, repr=False)
     #: ``metadata`` as stored JSON (what a write must differ from), None for none yet
     metadata_json: str | None = field(default=None, repr=False)
+    #: ``trigger(debounce=)``: the triggers collapsed into this run (1: just its own)
+    triggers: int = 1
 
     @property
     def trace_id(self) -> str | None:

@@ -227,6 +227,21 @@ def test_trigger_json_is_the_handle(stack: Deployed) -> None:
     assert bad_meta.exit_code == 2 and "metadata must be a mapping" in bad_meta.stderr
 
 
+def test_trigger_with_debounce_collapses_into_one_run(stack: Deployed) -> None:
+    key = f"k-{secrets.token_hex(3)}"
+    burst = ["--debounce", key, "--debounce-window", "10m", "--json"]
+    first = rung(stack, "trigger", "greet", "--payload", '{"name": "a"}', *burst)
+    second = rung(stack, "trigger", "greet", "--payload", '{"name": "b"}', *burst)
+    lone = rung(stack, "trigger", "greet", "--payload", '{"name": "c"}', "--debounce", key)
+
+    assert first.exit_code == second.exit_code == 0, second.stderr
+    one, two = json.loads(first.stdout), json.loads(second.stdout)
+    assert one["run_id"] == two["run_id"] and (one["created"], two["created"]) == (True, False)
+    run = stack.client.get_run(one["run_id"])
+    assert (run.status, run.payload, run.triggers) == ("DELAYED", {"name": "b"}, 2)
+    assert lone.exit_code == 2 and "--debounce-window" in lone.stderr
+
+
 def test_batch_trigger_reads_json_lines_and_reports_each_entry(
     stack: Deployed, tmp_path: Path
 ) -> None:

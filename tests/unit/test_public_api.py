@@ -21,6 +21,7 @@ PINNED = {
     "Completion",
     "ConditionNotMet",
     "Context",
+    "Debounce",
     "ErrorInfo",
     "EventType",
     "HistoryEvent",

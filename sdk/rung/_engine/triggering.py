@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,12 +26,14 @@ from rung._util.ids import new_run_id
 from rung._util.traces import TraceContext, header_of
 from rung.app import App, Task, check_idempotency_key, check_tags
 from rung.errors import ErrorInfo, InvalidConfig, RungError, UsageError
-from rung.models import RunHandle, RunStatus, TriggerItem, TriggerResult
+from rung.models import Debounce, RunHandle, RunStatus, TriggerItem, TriggerResult
 
 log = logging.getLogger("rung.client")
 
 #: How long an idempotency key matches its run unless ``idempotency_ttl=`` says.
 DEFAULT_IDEMPOTENCY_TTL = timedelta(days=30)
+#: The longest debounce key.
+MAX_DEBOUNCE_KEY = 256
 #: The most runs one ``batch_trigger`` starts.
 MAX_BATCH_TRIGGER = 1000
 
@@ -45,7 +48,7 @@ def writable(app: App | None) -> App:
     return app
 
 
-def idempotency_ttl(ttl: timedelta | float | None) -> timedelta:
+def check_idempotency_ttl(ttl: object) -> timedelta:
     """``idempotency_ttl=`` checked: how long a key matches its run (default 30 days)."""
     if ttl is None:
         return DEFAULT_IDEMPOTENCY_TTL
@@ -87,6 +90,91 @@ def new_run(
         start_by=now + wait + live if live is not None else None,  # counted once it is due
         metadata_json=metadata_json,
     )
+
+
+def trigger_task(
+    store: DynamoStore,
+    queue: SqsQueue,
+    clock: Clock,
+    task: Task[Any],
+    payload: Any,
+    *,
+    idempotency_key: object,
+    delay: object,
+    tags: object,
+    idempotency_ttl: object,
+    ttl: object,
+    metadata: object,
+    debounce: object,
+) -> RunHandle:
+    """``Client.trigger``: check everything, then store and send (see its docstring)."""
+    now = clock.now()
+    burst = check_debounce(debounce, idempotency_key, delay)
+    new = new_run(
+        task,
+        payload,
+        idempotency_key=idempotency_key,
+        delay=burst.window if burst is not None else delay,
+        tags=tags,
+        now=now,
+        what="trigger",
+        ttl=ttl,
+        metadata=metadata,
+    )
+    if burst is None:
+        return trigger(store, queue, new, check_idempotency_ttl(idempotency_ttl), now)
+    run_id, created = store.debounce_run(new, burst.key, burst.max_wait, now)
+    if created:
+        queue.send(run_id, burst.window, header_of(new.trace))
+    return RunHandle(run_id=run_id, task_id=task.id, created=created)
+
+
+@dataclass(frozen=True)
+class _Burst:
+    key: str
+    window: timedelta
+    max_wait: timedelta | None
+
+
+def check_debounce(debounce: object, idempotency_key: object, delay: object) -> _Burst | None:
+    """``trigger(debounce=)`` checked (None: none).
+
+    Raises:
+        InvalidConfig: not a ``rung.Debounce``, a bad key or duration, or combined with
+            ``idempotency_key`` or ``delay``."""
+    if debounce is None:
+        return None
+    if not isinstance(debounce, Debounce):
+        raise InvalidConfig(
+            "debounce must be a rung.Debounce(key, window, max_wait=None), "
+            f"got {type(debounce).__name__}"
+        )
+    if idempotency_key is not None:
+        raise InvalidConfig(
+            "debounce and idempotency_key do not combine: a debounced trigger returns its "
+            "key's pending run already. Use one or the other (nothing was stored)"
+        )
+    if delay is not None:
+        raise InvalidConfig(
+            "debounce and delay do not combine: a debounced run starts its window after "
+            "the last trigger. Make the window the delay you want (nothing was stored)"
+        )
+    key = debounce.key
+    if not isinstance(key, str) or not key or len(key) > MAX_DEBOUNCE_KEY:
+        raise InvalidConfig(
+            f"debounce key must be a non-empty string of at most {MAX_DEBOUNCE_KEY} "
+            f"characters, got {key!r:.80}"
+        )
+    window = check_duration(debounce.window, "debounce window", positive=True)
+    max_wait = None
+    if debounce.max_wait is not None:
+        max_wait = check_duration(debounce.max_wait, "debounce max_wait", positive=True)
+        if max_wait < window:
+            raise InvalidConfig(
+                f"debounce max_wait ({max_wait}) is shorter than its window ({window}): "
+                "make it at least the window, or leave it out"
+            )
+    return _Burst(key, window, max_wait)
 
 
 def trigger(

@@ -2,7 +2,7 @@
 
     rung [--app M:A] [--stack NAME] [--endpoint-url URL] [--region R] [--profile P] COMMAND
         trigger TASK [--payload JSON] [--idempotency-key K] [--delay 30s] [--tag T]... [--ttl 10m]
-                     [--metadata JSON]
+                     [--metadata JSON] [--debounce KEY --debounce-window 30s]
                      [--wait [--timeout 5m]]
         runs list [--status S] [--task T] [--limit N]
         runs show RUN_ID

@@ -342,6 +342,7 @@ def run_json(run: Run) -> dict[str, Any]:
         "idempotency_key": run.idempotency_key,
         "tags": list(run.tags),
         "metadata": run.metadata,
+        "triggers": run.triggers,
         "waiting_for": run.waiting_for,
         "parent_run_id": run.parent_run_id,
         "replay_of": run.replay_of,

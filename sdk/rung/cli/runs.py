@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+import rung
 from rung._aws.logs import LogEvent
 from rung._util.clock import SystemClock
 from rung._util.durations import HELP as DURATION_HELP
@@ -72,6 +73,19 @@ from rung.models import Run, RunStatus
     metavar="JSON",
     help="The run's first metadata values, a JSON object; @FILE reads it from a file.",
 )
+@click.option("--debounce", "debounce_key", metavar="KEY", help="Collapse triggers of this key.")
+@click.option(
+    "--debounce-window",
+    callback=_duration,
+    metavar="DURATION",
+    help="With --debounce: start the run this long after the last trigger of the key.",
+)
+@click.option(
+    "--debounce-max-wait",
+    callback=_duration,
+    metavar="DURATION",
+    help="With --debounce: start it at the latest this long after the first trigger.",
+)
 @click.option(
     "--ttl",
     callback=_duration,
@@ -99,6 +113,9 @@ def trigger(
     delay: timedelta | None,
     tags: tuple[str, ...],
     metadata: Any,
+    debounce_key: str | None,
+    debounce_window: timedelta | None,
+    debounce_max_wait: timedelta | None,
     ttl: timedelta | None,
     wait: bool,
     timeout: timedelta | None,
@@ -113,6 +130,11 @@ def trigger(
     """
     if timeout is not None and not wait:
         raise click.UsageError("--timeout only applies with --wait")
+    debounce = None
+    if debounce_key is not None or debounce_window is not None or debounce_max_wait is not None:
+        if debounce_key is None or debounce_window is None:
+            raise click.UsageError("--debounce KEY and --debounce-window DURATION go together")
+        debounce = rung.Debounce(debounce_key, debounce_window, debounce_max_wait)
     client = target.client(need_app=True)
     handle = client.trigger(
         task,
@@ -122,6 +144,7 @@ def trigger(
         tags=tags or None,
         ttl=ttl,
         metadata=metadata,
+        debounce=debounce,
     )
     if not wait:
         if as_json:
@@ -344,6 +367,8 @@ def show_run(target: _Target, run_id: str, as_json: bool) -> None:
         grid.add_row("idempotency key", run.idempotency_key)
     if run.tags:
         grid.add_row("tags", ", ".join(run.tags))
+    if run.triggers > 1:
+        grid.add_row("debounced", f"{run.triggers} triggers collapsed into this run")
     if run.metadata:
         grid.add_row("metadata", json.dumps(run.metadata, indent=2, ensure_ascii=False))
     if run.parent_run_id:

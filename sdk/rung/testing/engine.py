@@ -29,10 +29,12 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
+
+from typing_extensions import Unpack
 
 from rung._aws import sessions
 from rung._aws.dynamodb import DEFAULT_RETENTION, DynamoStore, check_retention
@@ -53,7 +55,16 @@ from rung._util.durations import check_duration
 from rung.app import App, Task
 from rung.client import Client
 from rung.errors import InvalidConfig, UsageError
-from rung.models import HistoryEvent, Run, RunHandle, RunPage, RunStatus, TokenState, VersionInfo
+from rung.models import (
+    HistoryEvent,
+    Run,
+    RunHandle,
+    RunPage,
+    RunStatus,
+    TokenState,
+    TriggerOptions,
+    VersionInfo,
+)
 from rung.testing._versions import LocalVersions
 from rung.testing._virtual import next_due, not_ending
 from rung.testing.telemetry import LocalTelemetry, ReadBack
@@ -330,18 +341,10 @@ class LocalEngine(ReadBack):
         self,
         task: str | Task[Any, In],
         payload: In | Mapping[str, Any] | None = None,
-        *,
-        idempotency_key: str | None = None,
-        delay: timedelta | float | None = None,
-        tags: Iterable[str] | None = None,
-        ttl: timedelta | float | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        **options: Unpack[TriggerOptions],
     ) -> RunHandle:
-        """Like ``Client.trigger``."""
-        key, meta = idempotency_key, metadata
-        handle = self.client.trigger(
-            task, payload, idempotency_key=key, delay=delay, tags=tags, ttl=ttl, metadata=meta
-        )
+        """Like ``Client.trigger``, with the same options."""
+        handle = self.client.trigger(task, payload, **options)
         self._kick.set()
         return handle
 

@@ -5,6 +5,7 @@ One table, string keys ``pk``/``sk``:
     RUN#<run_id>   #RUN             the run: status, payload, lease, attempts, failures
     RUN#<run_id>   STEP#<step_id>   a step checkpoint, written once
     IDEM#<task>#<key>  #IDEM        an idempotency key -> run id, with its expiry
+    DEBOUNCE#<task>#<key>  #DEBOUNCE  a debounce key -> its pending run (debounce.py)
 
 Fencing (invariant 2). The run item carries ``lease_token``, a counter raised by
 every claim. Every later write to the run item by that worker is conditioned on
@@ -22,6 +23,7 @@ mixin's module says more about its part of the table):
     rung._aws.dynamodb.children   child runs and the lifecycle (cancel, redrive)
     rung._aws.dynamodb.parents    a child's end together with its parent's wake-up
     rung._aws.dynamodb.ttl        runs that expire unless started in time (trigger ttl=)
+    rung._aws.dynamodb.debounce   triggers that collapse into one pending run (debounce=)
     rung._aws.dynamodb.queues     queues (flow control): state, slots, operator settings
     rung._aws.dynamodb.parked     parked runs and hand-offs (on the queues section)
     rung._aws.dynamodb.tokens     tokens a run waits for

@@ -452,6 +452,7 @@ class _Base:
             metadata=json.loads(_current_metadata(item) or "{}"),
             initial_metadata=item["meta0"]["S"] if "meta0" in item else None,
             metadata_json=_current_metadata(item),
+            triggers=int(item.get("triggers", {"N": "1"})["N"]),
         )
 
     def _paginate(self, operation: str, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:

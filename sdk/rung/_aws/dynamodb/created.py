@@ -11,7 +11,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from rung._aws.dynamodb._common import _IDEM_SK, _N, _S, TTL_ATTRIBUTE, NewRun, _run_key
-from rung._aws.dynamodb.ttl import _Ttl
+from rung._aws.dynamodb.debounce import _Debounced
 from rung._util.clock import to_ms
 from rung.models import Run
 
@@ -21,7 +21,7 @@ UNKNOWN = "whether it was stored is unknown"
 _UNPROCESSED_TRIES = 8  # BatchWriteItem calls per chunk while DynamoDB leaves items out
 
 
-class _Created(_Ttl):
+class _Created(_Debounced):
     def create_run(
         self, new: NewRun, idempotency_ttl: timedelta | None, now: datetime
     ) -> tuple[Run, bool]:
