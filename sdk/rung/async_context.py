@@ -73,7 +73,8 @@ class AsyncContext:
     @property
     def metadata(self) -> Metadata:
         """As ``rung.Context.metadata`` (its changes do no I/O: nothing to await)."""
-        return Metadata(self._core.run.metadata, self._core.replaying)
+        core = self._core
+        return Metadata(core.run.metadata, core.replaying, core.metadata_refusal)
 
     # As Context.step: checked with ParamSpec unless retry= or at_most_once= is given;
     # an async function's result is what it returns when awaited.

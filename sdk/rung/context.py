@@ -96,7 +96,8 @@ class Context:
         ``get_run(...).metadata``, ``rung runs show`` and the HTTP API; the values given
         at trigger (``metadata=``) are where every attempt starts. Durable with the
         run, and written with writes the run makes anyway (no write per change)."""
-        return Metadata(self._core.run.metadata, self._core.replaying)
+        core = self._core
+        return Metadata(core.run.metadata, core.replaying, core.metadata_refusal)
 
     def _follow(self, plan: Generator[StepCall, Any, R]) -> R:
         """Run a core plan: each step it asks for is a step of this ctx."""

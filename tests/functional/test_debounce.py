@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 import pydantic
 import pytest
@@ -140,9 +141,9 @@ def test_concurrent_triggers_of_one_key_make_one_run_and_lose_no_payload() -> No
         assert len(engine.list_runs()) == 1
 
 
-def test_a_run_claimed_between_reads_is_not_changed_and_the_trigger_starts_another() -> None:
-    """The push races a claim: the claim wins, and the late trigger's payload goes to a
-    new run rather than into a run that already started."""
+def test_a_trigger_after_its_run_was_claimed_starts_another_and_leaves_it_alone() -> None:
+    """The key still names a run a worker has claimed (its push's condition fails): the
+    late trigger's payload goes to a new run, not into a run that already started."""
     saved: list[tuple[str, str]] = []
     with LocalEngine(_app(saved), workers=0) as engine:
         clock = _clock(engine)
@@ -189,3 +190,38 @@ def test_runs_show_counts_the_triggers_a_run_collapsed() -> None:
 
         shown = CliRunner().invoke(show_run, [handle.run_id], obj=Target()).output
     assert "2 triggers collapsed into this run" in shown
+
+
+def test_a_push_refused_by_a_transaction_conflict_reads_again_and_stays_one_run() -> None:
+    """DynamoDB cancels a transaction that conflicts with another on the same item
+    (``TransactionConflict``), which moto never does: injected here, once. The trigger
+    reads the key again and pushes; it does not start a second run."""
+    from botocore.exceptions import ClientError
+
+    saved: list[tuple[str, str]] = []
+    with LocalEngine(_app(saved), workers=0) as engine:
+        client = engine.store.client
+        real = client.transact_write_items
+        armed = [True]
+
+        def conflicting(**kwargs: Any) -> Any:
+            first = kwargs["TransactItems"][0].get("Update", {})
+            if armed[0] and "lease_token = :zero" in first.get("ConditionExpression", ""):
+                armed[0] = False
+                raise ClientError(
+                    {
+                        "Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
+                        "CancellationReasons": [{"Code": "TransactionConflict"}, {"Code": "None"}],
+                    },
+                    "TransactWriteItems",
+                )
+            return real(**kwargs)
+
+        client.transact_write_items = conflicting
+        spec = rung.Debounce("d1", timedelta(minutes=1))
+        first = engine.trigger("save", {"doc": "d1", "text": "a"}, debounce=spec)
+        second = engine.trigger("save", {"doc": "d1", "text": "b"}, debounce=spec)
+        assert not armed[0]  # the conflict happened
+        assert second.run_id == first.run_id and not second.created
+        assert engine.get_run(first.run_id).payload["text"] == "b"
+        assert len(engine.list_runs()) == 1

@@ -210,3 +210,70 @@ def test_batch_items_carry_metadata_and_runs_show_displays_it() -> None:
     assert '"tenant": "acme"' in traced and "metadata: " in traced
     assert as_json["metadata"]["tenant"] == "acme"
     assert as_json["metadata"]["phase"] == "waiting for approval"
+
+
+@pytest.mark.parametrize(
+    ("where", "says"),
+    [
+        ("step", "cannot be changed inside a step"),
+        ("map", "inside a ctx.map/ctx.parallel branch"),
+        ("group", "inside a ctx.map/ctx.parallel branch or a ctx.checkpointed_group"),
+    ],
+)
+def test_changes_from_code_a_replay_skips_are_refused_with_the_fix_named(
+    where: str, says: str
+) -> None:
+    """A step's code, a map branch and a checkpointed group do not run again when the
+    body replays: a change made there would be lost by every later attempt. The run
+    fails with the fix named; a plain ``ctx.group`` (which replays) may change it."""
+    app = rung.App("meta-where")
+
+    @app.task(id="where", retry=rung.RetryPolicy(max_attempts=1))
+    def task(ctx: rung.Context, place: str) -> str:
+        with ctx.group("named"):
+            ctx.metadata.set("named", True)
+        if place == "step":
+            ctx.step("work", lambda: ctx.metadata.set("progress", 0.5))
+        elif place == "map":
+            ctx.map([1], lambda c, i: c.metadata.set("item", i), name="items")
+        else:
+            ctx.checkpointed_group("grouped", lambda c: c.metadata.set("g", 1))
+        return "changed"
+
+    with LocalEngine(app) as engine:
+        run = engine.wait(engine.trigger("where", where).run_id, timeout=60)
+    assert run.status == RunStatus.FAILED
+    assert run.error is not None and says in run.error.message
+    assert "Change metadata in the task body" in run.error.message
+    assert run.metadata == {"named": True}
+
+
+def test_a_store_error_writing_metadata_does_not_change_how_the_run_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Metadata is best effort: a throttled write of it (injected: the emulator does not
+    throttle) is logged, and the run completes as its body did."""
+    from botocore.exceptions import ClientError
+
+    app = rung.App("meta-flush")
+
+    @app.task(id="t", retry=rung.RetryPolicy(max_attempts=1))
+    def t(ctx: rung.Context, n: int) -> str:
+        ctx.metadata.set("phase", "done")
+        return "ok"
+
+    with LocalEngine(app) as engine:
+        real = engine.store.write_metadata
+
+        def throttled(*args: Any, **kwargs: Any) -> None:
+            raise ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow"}},
+                "UpdateItem",
+            )
+
+        engine.worker.store.write_metadata = throttled  # type: ignore[method-assign]
+        run = engine.wait(engine.trigger("t", 1).run_id, timeout=60)
+        engine.worker.store.write_metadata = real  # type: ignore[method-assign]
+    assert (run.status, run.output) == (RunStatus.COMPLETED, "ok")
+    assert run.metadata == {}  # not written; the run's outcome unchanged
+    assert "metadata not written" in caplog.text

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 import rung
 from rung._aws.dynamodb import NotClaimed
+from rung._engine.worker import Disposition
 from rung._util.clock import VirtualClock
 from rung.cli.runs import show_run
 from rung.errors import InvalidConfig
@@ -184,3 +185,82 @@ def test_runs_show_says_how_an_expired_run_ended() -> None:
     assert [row for row in rows if row.startswith("attempt")][0].endswith("body started")
     assert as_json["start_by"] == run.start_by.isoformat()  # type: ignore[union-attr]
     assert as_json["began_at"] is None
+
+
+def test_a_run_deferred_by_a_rate_limit_that_expires_gives_its_slot_back() -> None:
+    app = rung.App("ttl-rate")
+    ran: list[int] = []
+
+    @app.task(
+        id="limited",
+        queue=rung.Queue(
+            "q", concurrency_limit=1, rate_limit=rung.Rate(1, per=timedelta(minutes=1))
+        ),
+    )
+    def limited(ctx: rung.Context, job: Job) -> int:
+        ran.append(job.n)
+        return job.n
+
+    with LocalEngine(app) as engine:
+        first = engine.trigger("limited", {"n": 1})
+        assert engine.wait(first.run_id, timeout=60).status == RunStatus.COMPLETED
+        # Its reservation is a minute away: deferred, holding the slot, past its ttl.
+        stale = engine.trigger("limited", {"n": 2}, ttl=timedelta(seconds=10))
+        expired = engine.wait(stale.run_id, timeout=60)
+        assert expired.status == RunStatus.EXPIRED
+        assert stale.run_id not in engine.store.queue_state("q").holders
+        later = engine.trigger("limited", {"n": 3})
+        assert engine.wait(later.run_id, timeout=60).status == RunStatus.COMPLETED
+    assert ran == [1, 3]
+
+
+def test_a_parked_run_with_a_long_ttl_holds_no_message_in_flight_while_it_waits() -> None:
+    """A ttl of two hours: the parked run comes back at its recheck (a delayed message,
+    at most 10 minutes ahead), never as a message kept invisible for the whole ttl."""
+    with LocalEngine(_app([]), workers=0) as engine:  # the test hands the message over
+        engine.store.set_queue("one", paused=True)
+        handle = engine.trigger("limited", {"n": 1}, ttl=timedelta(hours=2))
+        [message] = engine.queue.receive(max_messages=1)
+        assert engine.worker.handle(message) == Disposition.ACK  # parked; a fresh message
+        engine.queue.delete(message)
+        counts = engine.sqs.get_queue_attributes(
+            QueueUrl=engine.queue_url,
+            AttributeNames=[
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
+        )["Attributes"]
+        assert counts["ApproximateNumberOfMessagesNotVisible"] == "0"
+        assert counts["ApproximateNumberOfMessagesDelayed"] == "1"
+        run = engine.get_run(handle.run_id)
+        assert run.status == RunStatus.QUEUED and engine.store.queue_state("one").waiting == 1
+
+
+def test_a_redriven_run_that_failed_before_it_started_does_not_expire() -> None:
+    """Its concurrency key failed before its body began (a deploy broke the key
+    function); fixed and redriven long after its ttl, it runs: a redrive drops the ttl."""
+    app = rung.App("ttl-redrive")
+    broken = threading.Event()
+
+    def key(job: Job) -> str:
+        if broken.is_set():
+            raise ValueError("no tenant")
+        return "t"
+
+    @app.task(id="keyed", queue=rung.Queue("k", per_key_limit=1), concurrency_key=key)
+    def keyed(ctx: rung.Context, job: Job) -> int:
+        return job.n
+
+    with LocalEngine(app) as engine:
+        handle = engine.trigger(
+            "keyed", {"n": 4}, delay=timedelta(minutes=1), ttl=timedelta(minutes=5)
+        )
+        broken.set()
+        failed = engine.wait(handle.run_id, timeout=60)
+        assert failed.status == RunStatus.FAILED and failed.began_at is None
+        assert isinstance(engine.clock, VirtualClock)
+        engine.clock.advance(timedelta(minutes=30))
+        broken.clear()
+        engine.client.redrive(handle.run_id)
+        run = engine.wait(handle.run_id, timeout=60)
+    assert (run.status, run.output, run.start_by) == (RunStatus.COMPLETED, 4, None)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from rung._util import serde
-from rung.errors import InvalidMetadata
+from rung.errors import InvalidMetadata, UsageError
 
 #: The most bytes of JSON a run's metadata takes (all keys together).
 MAX_METADATA_BYTES = 16 * 1024
@@ -28,7 +28,8 @@ MAX_KEY_CHARS = 128
 
 
 def check_metadata(values: object, what: str) -> str | None:
-    """``metadata=`` given at a trigger, as its stored JSON (None for none).
+    """``metadata=`` given at a trigger, as its stored JSON (None for none); ``what``
+    names it in errors ("trigger metadata").
 
     Raises:
         InvalidMetadata: not a mapping of string keys to JSON values, or too large."""
@@ -36,8 +37,7 @@ def check_metadata(values: object, what: str) -> str | None:
         return None
     if not isinstance(values, Mapping):
         raise InvalidMetadata(
-            f"{what} metadata must be a mapping of names to JSON values, "
-            f"got {type(values).__name__}"
+            f"{what} must be a mapping of names to JSON values, got {type(values).__name__}"
         )
     encoded = {_key(key, what): _value(value, key, what) for key, value in values.items()}
     return _checked(encoded, what) if encoded else None
@@ -46,29 +46,36 @@ def check_metadata(values: object, what: str) -> str | None:
 def _key(key: object, what: str) -> str:
     if not isinstance(key, str) or not key or len(key) > MAX_KEY_CHARS:
         raise InvalidMetadata(
-            f"{what} metadata key {key!r:.60} is not a name: keys are non-empty strings of at "
-            f"most {MAX_KEY_CHARS} characters"
+            f"{what} key {key!r:.60} is not a name: keys are non-empty strings of at most "
+            f"{MAX_KEY_CHARS} characters"
         )
     return key
 
 
 def _value(value: object, key: str, what: str) -> str:
     try:
-        return serde.dumps(value, f"{what} metadata {key!r}")
-    except (serde.NotSerializable, ValueError) as exc:
+        return serde.dumps(value, f"{what} {key!r}")
+    except serde.NotSerializable as exc:
         raise InvalidMetadata(str(exc)) from None
+    except ValueError:  # larger than a step result may be: far past metadata's limit
+        raise InvalidMetadata(_too_large(what, MAX_METADATA_BYTES + 1)) from None
 
 
 def _checked(encoded: Mapping[str, str], what: str) -> str:
     text = _join(encoded)
     size = len(text.encode("utf-8"))
     if size > MAX_METADATA_BYTES:
-        raise InvalidMetadata(
-            f"{what} metadata would be {size:,} bytes of JSON; a run keeps at most "
-            f"{MAX_METADATA_BYTES:,} bytes of metadata. Keep metadata to small values "
-            "(progress, a phase, counts) and put large data in a step's result"
-        )
+        raise InvalidMetadata(_too_large(what, size))
     return text
+
+
+def _too_large(what: str, size: int) -> str:
+    return (
+        f"{what} would be {'over ' if size == MAX_METADATA_BYTES + 1 else ''}{size:,} bytes "
+        f"of JSON; a run keeps at most {MAX_METADATA_BYTES:,} bytes of metadata. Keep "
+        "metadata to small values (progress, a phase, counts) and put large data in a "
+        "step's result"
+    )
 
 
 def _join(encoded: Mapping[str, str]) -> str:
@@ -97,6 +104,7 @@ class MetadataState:
         self, updates: Mapping[str, object], removals: tuple[str, ...], replaying: bool
     ) -> None:
         what = "ctx.metadata"
+
         encoded = {_key(key, what): _value(value, key, what) for key, value in updates.items()}
         for key in removals:
             _key(key, what)
@@ -146,21 +154,38 @@ class Metadata(Mapping[str, Any]):
         'enrich'
     """
 
-    def __init__(self, state: MetadataState, replaying: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        state: MetadataState,
+        replaying: Callable[[], bool],
+        refusal: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self._state = state
         self._replaying = replaying
+        self._refusal = refusal
 
     def set(self, key: str, value: Any) -> None:
         """Set one value (any JSON value, or what pydantic can turn into one)."""
-        self._state.change({key: value}, (), self._replaying())
+        self._change({key: value}, ())
 
     def update(self, values: Mapping[str, Any] | None = None, /, **more: Any) -> None:
         """Set several values at once, as ``dict.update`` does."""
-        self._state.change({**(values or {}), **more}, (), self._replaying())
+        self._change({**(values or {}), **more}, ())
 
     def delete(self, *keys: str) -> None:
         """Remove these keys (a missing key is no error)."""
-        self._state.change({}, keys, self._replaying())
+        self._change({}, keys)
+
+    def _change(self, updates: Mapping[str, Any], removals: tuple[str, ...]) -> None:
+        where = self._refusal()
+        if where is not None:
+            raise UsageError(
+                f"ctx.metadata cannot be changed {where}: that code does not run again when "
+                "the body replays, so every attempt would lose the change. Change metadata "
+                "in the task body, before or after the step (after ctx.map returns, for a "
+                "count of its items); docs/metadata.md"
+            )
+        self._state.change(updates, removals, self._replaying())
 
     def __getitem__(self, key: str) -> Any:
         return self._state.get(key)

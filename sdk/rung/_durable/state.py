@@ -304,6 +304,16 @@ class Scope:
         finally:
             self.path = previous
 
+    def metadata_refusal(self) -> str | None:
+        """Where ``ctx.metadata`` may not change now (code a replay does not run again),
+        or None: in a step, or a ``ctx.map``/``ctx.parallel`` branch or checkpointed
+        group (their scope ids carry a ``#`` position; plain ``ctx.group`` names none)."""
+        if current_step_info.get() is not None:
+            return "inside a step"
+        if "#" in self.path:
+            return "inside a ctx.map/ctx.parallel branch or a ctx.checkpointed_group"
+        return None
+
     def replaying(self) -> bool:
         """Whether the code running in this scope now ran in an earlier attempt: its
         next durable operation has a checkpoint (read when the attempt began). Inside a

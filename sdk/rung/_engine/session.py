@@ -120,9 +120,21 @@ class Session:
     def _renew(self, until: datetime) -> None:
         """Renew the lease (``_lock`` held), writing changed metadata with it."""
         pending = self.metadata.pending(ending=False)
-        self._worker.store.renew_lease(self._run.run_id, self._token, until, pending)
         if pending is not None:
-            self.metadata.written(pending)
+            try:
+                self._worker.store.renew_lease(self._run.run_id, self._token, until, pending)
+            except LeaseLost:
+                raise
+            except Exception:  # metadata is best effort; the lease is not
+                log.warning(
+                    "run %s: metadata not written; renewing the lease alone",
+                    self._run.run_id,
+                    exc_info=True,
+                )
+            else:
+                self.metadata.written(pending)
+                return
+        self._worker.store.renew_lease(self._run.run_id, self._token, until)
 
     @contextlib.contextmanager
     def metadata_flushed(self) -> Iterator[None]:
@@ -149,6 +161,9 @@ class Session:
                 self._worker.store.write_metadata(self._run.run_id, self._token, pending)
             except LeaseLost:
                 return  # the final write that follows finds the same and says so
+            except Exception:  # best effort: the attempt's outcome must not change
+                log.warning("run %s: metadata not written", self._run.run_id, exc_info=True)
+                return
             self.metadata.written(pending)
 
     def now(self) -> datetime:

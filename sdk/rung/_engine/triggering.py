@@ -77,7 +77,7 @@ def new_run(
     tag_tuple = check_tags(tags, what)
     wait = check_duration(delay, f"{what} delay") if delay is not None else timedelta(0)
     live = check_duration(ttl, f"{what} ttl", positive=True) if ttl is not None else None
-    metadata_json = check_metadata(metadata, what)
+    metadata_json = check_metadata(metadata, f"{what} metadata")
     return NewRun(
         run_id=new_run_id(now),
         task_id=task.id,

@@ -39,7 +39,15 @@ from rung._durable.signals import (
     TimeLimitReached,
 )
 from rung._durable.state import RunState, Scope, error_info
-from rung._engine.admission import Delayed, Gate, Parked, Shard, describe_delay, is_late
+from rung._engine.admission import (
+    PARK_RECHECK,
+    Delayed,
+    Gate,
+    Parked,
+    Shard,
+    describe_delay,
+    is_late,
+)
 from rung._engine.config import WorkerConfig
 from rung._engine.heartbeat import Heartbeat, lost_attempt
 from rung._engine.lifecycle import Lifecycle
@@ -182,9 +190,14 @@ class Worker:
         now = self.clock.now()
         if error is None:  # it began, ended or was taken meanwhile: look again
             return self._later(message, run.run_id, now + timedelta(seconds=1))
-        shard = Shard.of_run(self.app, run) if run.status == RunStatus.RUNNING else None
-        if shard is not None:  # a dead holder's slot, admitted but never begun: free it
+        # A slot the run holds under its last claim (deferred by its queue's rate limit,
+        # or admitted under a holder that died before its body began): free it. A slot
+        # handed to it while parked was freed by Lifecycle.expire (_leave_queue).
+        shard = Shard.of_run(self.app, run)
+        if shard is not None:
             self.gate.release(shard, run.run_id, run.lease_token, now)
+            if run.status == RunStatus.RUNNING:  # handed off, then its taker died
+                self.gate.release(shard, run.run_id, 0, now)
         report_expired(self.sinks, run, now, error)
         return Disposition.ACK
 
@@ -372,9 +385,11 @@ class Worker:
                 report.parked(spec.name, key, now(), "no free slot")
                 report.finish("parked", now(), reason=f"queue {spec.name!r}")
                 if run.start_by is not None and run.began_at is None:
-                    # Come back as its TTL runs out, to expire it unless a hand-off
-                    # started it first (that message then finds it taken or done).
-                    return self._later(message, run.run_id, run.start_by + timedelta(seconds=1))
+                    # Come back as its TTL runs out (to expire it, unless a hand-off
+                    # started it first) or at the recheck, whichever is first: a delayed
+                    # message of at most PARK_RECHECK, never one held in flight.
+                    back = min(now() + PARK_RECHECK, run.start_by + timedelta(seconds=1))
+                    return self._later(message, run.run_id, back)
                 return Disposition.ACK  # a hand-off (or the safety net) sends it again
             if not isinstance(verdict, Delayed):
                 return shard

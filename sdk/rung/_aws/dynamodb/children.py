@@ -250,8 +250,8 @@ class _Children(_Parents):
             values[":failure"] = {"L": [_S(_failure_json(preserved))]}
         update += (
             " REMOVE finished_at, #error, failed_step, attempt_started_at, overran_step, "
-            "waiting_for, awaits, expires_at_ms, #ttl, code_version"
-        )
+            "waiting_for, awaits, expires_at_ms, #ttl, code_version, start_by_ms"
+        )  # (a redriven run has no TTL: it was asked for, so it must not expire at once)
         values[":now_ms"] = _N(to_ms(now))
         items: list[dict[str, Any]] = [
             {

@@ -21,12 +21,22 @@ their due time; conditions never rely on that deletion.
 
 from __future__ import annotations
 
+import random
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from rung._aws.dynamodb._common import _N, _NAMES, _S, TTL_ATTRIBUTE, NewRun, _run_key
+from rung._aws.dynamodb._common import (
+    _N,
+    _NAMES,
+    _S,
+    TTL_ATTRIBUTE,
+    NewRun,
+    _cancellation_reasons,
+    _run_key,
+)
 from rung._aws.dynamodb.ttl import _Ttl
 from rung._util.clock import from_ms, iso, to_ms
 from rung.errors import Contended
@@ -51,7 +61,7 @@ class _Debounced(_Ttl):
             Contended: other triggers of the key kept winning the race (rare).
         """
         item_key = {"pk": _S(f"DEBOUNCE#{new.task_id}#{key}"), "sk": _S(_DEBOUNCE_SK)}
-        for _ in range(_TRIES):
+        for attempt in range(_TRIES):
             current = self.client.get_item(
                 TableName=self.table, Key=item_key, ConsistentRead=True
             ).get("Item")
@@ -60,8 +70,12 @@ class _Debounced(_Ttl):
                 if max_wait is not None:
                     due = min(due, from_ms(int(current["first_ms"]["N"])) + max_wait)
                 run_id = current["run_id"]["S"]
-                if self._push(run_id, new, due, item_key, now):
+                pushed = self._push(run_id, new, due, item_key, now)
+                if pushed == "pushed":
                     return run_id, False
+                if pushed == "again":  # a racing trigger or a conflict: read again
+                    time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))  # noqa: S311
+                    continue
             if self._start_burst(new, item_key, current, now):
                 return new.run_id, True
         raise Contended(
@@ -71,8 +85,10 @@ class _Debounced(_Ttl):
 
     def _push(
         self, run_id: str, new: NewRun, due: datetime, item_key: dict[str, Any], now: datetime
-    ) -> bool:
-        """The pending run takes ``new``'s trigger and ``due``; False if it has started."""
+    ) -> str:
+        """The pending run takes ``new``'s trigger and ``due``: "pushed"; "started" if the
+        run was claimed (a new burst begins); "again" if the key changed or DynamoDB
+        refused the transaction otherwise (a conflict with a racing one, throttling)."""
         sets = [
             "payload = :payload",
             "available_at = :due",
@@ -133,10 +149,11 @@ class _Debounced(_Ttl):
                 ]
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+            reasons = _cancellation_reasons(exc)
+            if reasons is None:
                 raise
-            return False
-        return True
+            return "started" if reasons[0] == "ConditionalCheckFailed" else "again"
+        return "pushed"
 
     def _start_burst(
         self,
