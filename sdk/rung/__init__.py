@@ -28,6 +28,7 @@ from rung.errors import (
     RungError,
     RunNotFailed,
     RunNotFound,
+    ScheduleNotFound,
     StepFailed,
     TokenAlreadyResolved,
     TokenFailed,
@@ -54,6 +55,7 @@ from rung.models import (
     VersionInfo,
 )
 from rung.retry import RetryAfter, RetryPolicy
+from rung.schedules import Cron, ScheduleEvent, ScheduleInfo
 
 __version__ = "0.1.0"
 
@@ -80,6 +82,7 @@ __all__ = [
     "Completion",
     "ConditionNotMet",
     "Context",
+    "Cron",
     "Debounce",
     "ErrorInfo",
     "EventType",
@@ -107,6 +110,9 @@ __all__ = [
     "RunNotFound",
     "RunStatus",
     "RungError",
+    "ScheduleEvent",
+    "ScheduleInfo",
+    "ScheduleNotFound",
     "StepFailed",
     "StepInfo",
     "Task",

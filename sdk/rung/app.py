@@ -7,7 +7,7 @@ import re
 import typing
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar, overload
 
 import pydantic
@@ -18,6 +18,7 @@ from rung._util.durations import check_duration
 from rung.errors import InvalidConfig, InvalidPayload, UnknownTask
 from rung.flow import Queue
 from rung.retry import DEFAULT_RETRY, RetryPolicy
+from rung.schedules import Cron, ScheduleEvent
 
 #: The range of priorities (higher runs first).
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
@@ -62,6 +63,8 @@ class Task(Generic[R, In]):
     queue: Queue | None = None
     concurrency_key: Callable[[Any], Any] | None = field(default=None, repr=False)
     priority: Callable[[Any], Any] | int | None = field(default=None, repr=False)
+    #: a ``rung.Cron`` it runs on, deployed with the app (docs/schedules.md)
+    schedule: Cron | None = None
 
     def flow_of(self, payload: Any) -> tuple[str, int]:
         """The run's concurrency key ("" without one) and priority (0 by default).
@@ -205,6 +208,22 @@ def check_tags(tags: object, what: str) -> tuple[str, ...]:
     return result
 
 
+def check_schedulable(task: Task[Any]) -> None:
+    """``task`` can be scheduled: its payload type takes a ``rung.ScheduleEvent``.
+
+    Raises:
+        InvalidConfig: it does not (naming what to declare instead)."""
+    sample = ScheduleEvent(schedule_id="s", scheduled_at=datetime(2000, 1, 1, tzinfo=UTC))
+    try:
+        task.encode_payload(sample.model_dump(mode="json"))
+    except InvalidPayload:
+        raise InvalidConfig(
+            f"task {task.id!r} cannot be scheduled: its payload type does not take a "
+            "rung.ScheduleEvent (a scheduled run's payload). Declare the payload as "
+            "rung.ScheduleEvent, a subclass, or leave it unannotated"
+        ) from None
+
+
 def check_idempotency_key(key: object) -> str | None:
     """A trigger's ``idempotency_key`` (None: none), checked.
 
@@ -286,6 +305,7 @@ class App:
         concurrency_key: Callable[[Any], Any] | None = None,
         priority: Callable[[Any], Any] | int | None = None,
         max_duration: timedelta | float | None = None,
+        schedule: Cron | None = None,
     ) -> _Register: ...
 
     def task(  # type: ignore[misc]
@@ -299,6 +319,7 @@ class App:
         concurrency_key: Callable[[Any], Any] | None = None,
         priority: Callable[[Any], Any] | int | None = None,
         max_duration: timedelta | float | None = None,
+        schedule: Cron | None = None,
     ) -> Task[R] | _Register:
         """Declare a task: a function ``(ctx: rung.Context, payload) -> result``, or an
         ``async def`` taking a ``rung.AsyncContext`` (docs/async.md).
@@ -314,6 +335,8 @@ class App:
                 queue's ``per_key_limit`` / per-key rate; needs a queue.
             priority: an int, or ``payload -> int`` (higher first; default 0): among
                 runs waiting for a slot of the queue, higher priority gets it first.
+            schedule: a ``rung.Cron``: the task also runs on it, deployed with the app
+                (its payload is a ``rung.ScheduleEvent``; docs/schedules.md).
 
         The payload is validated at trigger time against the second parameter's
         annotation (a pydantic model, a dataclass, a ``TypedDict``, ``list[int]`` ...,
@@ -328,6 +351,11 @@ class App:
             if max_duration is not None
             else None
         )
+
+        if schedule is not None and not isinstance(schedule, Cron):
+            raise InvalidConfig(
+                f"app.task(schedule=...) must be a rung.Cron, got {type(schedule).__name__}"
+            )
 
         def register(func: Callable[..., R]) -> Task[R]:
             task_id = id if id is not None else func.__name__
@@ -344,7 +372,10 @@ class App:
                 queue=queue,
                 concurrency_key=concurrency_key,
                 priority=priority,
+                schedule=schedule,
             )
+            if schedule is not None:
+                check_schedulable(task)
             self._tasks[task_id] = task
             return task
 

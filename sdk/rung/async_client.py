@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         TriggerItem,
         TriggerResult,
     )
+    from rung.schedules import Cron, ScheduleInfo
 
 __all__ = ["AsyncClient"]
 
@@ -286,3 +287,63 @@ class AsyncClient:
     async def history(self, run_id: str) -> list[HistoryEvent]:
         """As ``Client.history``."""
         return await self._call(self._sync.history, run_id)
+
+    async def create_schedule(
+        self,
+        task: str | Task[Any],
+        cron: Cron | str,
+        *,
+        timezone: str | None = None,
+        payload: Any = None,
+        external_id: str | None = None,
+        dedup_key: str | None = None,
+    ) -> ScheduleInfo:
+        """As ``Client.create_schedule``."""
+        return await self._call(
+            self._sync.create_schedule,
+            task,
+            cron,
+            timezone=timezone,
+            payload=payload,
+            external_id=external_id,
+            dedup_key=dedup_key,
+        )
+
+    async def list_schedules(self, task: str | None = None) -> list[ScheduleInfo]:
+        """As ``Client.list_schedules``."""
+        return await self._call(self._sync.list_schedules, task)
+
+    async def get_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """As ``Client.get_schedule``."""
+        return await self._call(self._sync.get_schedule, schedule_id)
+
+    async def update_schedule(
+        self,
+        schedule_id: str,
+        *,
+        cron: Cron | str | None = None,
+        timezone: str | None = None,
+        payload: Any = None,
+        external_id: str | None = None,
+    ) -> ScheduleInfo:
+        """As ``Client.update_schedule``."""
+        return await self._call(
+            self._sync.update_schedule,
+            schedule_id,
+            cron=cron,
+            timezone=timezone,
+            payload=payload,
+            external_id=external_id,
+        )
+
+    async def pause_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """As ``Client.pause_schedule``."""
+        return await self._call(self._sync.pause_schedule, schedule_id)
+
+    async def resume_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """As ``Client.resume_schedule``."""
+        return await self._call(self._sync.resume_schedule, schedule_id)
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """As ``Client.delete_schedule``."""
+        await self._call(self._sync.delete_schedule, schedule_id)

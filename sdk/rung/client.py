@@ -9,22 +9,24 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from rung._aws import sessions
-from rung._aws.dynamodb import DEFAULT_RETENTION, DynamoStore, check_retention
+from rung._aws.dynamodb import DEFAULT_RETENTION, DynamoStore, check_retention, whole_days
 from rung._aws.events import BUS_ENV, EventBus
+from rung._aws.scheduler import Scheduler
 from rung._aws.sqs import SqsQueue
 from rung._engine import triggering
 from rung._engine.history import build_history
 from rung._engine.lifecycle import Lifecycle
 from rung._engine.queues import QueueAdmin
+from rung._engine.schedules import ScheduleMethods, Schedules
 from rung._util import serde
 from rung._util.clock import Clock, SystemClock
+from rung._util.ids import check_run_id, check_token_id
 from rung.app import App, Task, check_tags
 from rung.errors import (
     ErrorInfo,
     InvalidConfig,
     InvalidPayload,
     RunNotFound,
-    TokenNotFound,
     UsageError,
 )
 from rung.flow import QueueInfo
@@ -43,7 +45,7 @@ from rung.models import (
 In = TypeVar("In")  # a task's payload type
 
 
-class Client:
+class Client(ScheduleMethods):
     """Trigger and inspect runs of an app's tasks.
 
     Args:
@@ -63,6 +65,10 @@ class Client:
         session: your own ``boto3.Session`` (credentials, profile, region, event
             hooks) for the client's AWS clients (default: rung's, from the environment
             and ``AWS_PROFILE``, whose region it honours). ``region`` still wins.
+        schedule_group, scheduler_role_arn: the stack's EventBridge Scheduler group and
+            the role its schedules send as, for ``create_schedule`` (default
+            ``$RUNG_SCHEDULE_GROUP``, else the table's name, and
+            ``$RUNG_SCHEDULER_ROLE_ARN``; ``from_stack`` reads both from its outputs).
 
     Example:
         >>> client = rung.Client(app, table_name="rung-shop", queue_url=url)
@@ -83,6 +89,8 @@ class Client:
         event_bus: str | None = None,
         retention: timedelta | float | None = None,
         session: Any = None,
+        schedule_group: str | None = None,
+        scheduler_role_arn: str | None = None,
     ) -> None:
         table_name = table_name or os.environ.get("RUNG_TABLE_NAME")
         queue_url = queue_url or os.environ.get("RUNG_QUEUE_URL")
@@ -93,7 +101,7 @@ class Client:
             )
         if retention is None:
             days = os.environ.get("RUNG_RETENTION_DAYS", "").strip()
-            retention = timedelta(days=_whole_days(days)) if days else DEFAULT_RETENTION
+            retention = timedelta(days=whole_days(days)) if days else DEFAULT_RETENTION
         store = DynamoStore(
             sessions.client("dynamodb", endpoint_url, region, session=session),
             table_name,
@@ -105,7 +113,13 @@ class Client:
             "events", endpoint_url, region, reporting=True, session=session
         )
         events = EventBus(events_client, bus) if bus else None
-        self._init(app, store, queue, clock or SystemClock(), events)
+        scheduler = Scheduler(
+            sessions.client("scheduler", endpoint_url, region, session=session),
+            schedule_group or os.environ.get("RUNG_SCHEDULE_GROUP") or table_name,
+            queue.arn,
+            scheduler_role_arn or os.environ.get("RUNG_SCHEDULER_ROLE_ARN"),
+        )
+        self._init(app, store, queue, clock or SystemClock(), events, scheduler)
 
     @classmethod
     def from_stack(
@@ -146,8 +160,10 @@ class Client:
             region=region,
             event_bus=stack.outputs.get("EventBusName"),
             session=session,
+            schedule_group=stack.outputs.get("ScheduleGroupName"),
+            scheduler_role_arn=stack.outputs.get("SchedulerRoleArn"),
             retention=(
-                timedelta(days=_whole_days(stack.outputs["RetentionDays"]))
+                timedelta(days=whole_days(stack.outputs["RetentionDays"]))
                 if stack.outputs.get("RetentionDays")
                 else None
             ),
@@ -161,9 +177,10 @@ class Client:
         queue: SqsQueue,
         clock: Clock,
         events: EventBus | None = None,
+        scheduler: Scheduler | None = None,
     ) -> Client:
         client = cls.__new__(cls)
-        client._init(app, store, queue, clock, events)
+        client._init(app, store, queue, clock, events, scheduler)
         return client
 
     def _init(
@@ -173,6 +190,7 @@ class Client:
         queue: SqsQueue,
         clock: Clock,
         events: EventBus | None = None,
+        scheduler: Scheduler | None = None,
     ) -> None:
         if app is not None and not isinstance(app, App):
             raise UsageError(f"rung.Client needs a rung.App or None, got {type(app).__name__}")
@@ -183,6 +201,7 @@ class Client:
         self._queues = QueueAdmin(app, store, queue, clock)
         name = app.name if app is not None else ""
         self._lifecycle = Lifecycle(store, queue, clock, self._queues, events, name)
+        self._schedules = Schedules(app, store, queue, scheduler, clock)
 
     def trigger(
         self,
@@ -282,7 +301,7 @@ class Client:
                 ``RunNotFound``; docs/retention.md).
             RunNotFound: no run has this id.
         """
-        return self._store.live_run(_check_run_id(run_id), self._clock.now())
+        return self._store.live_run(check_run_id(run_id), self._clock.now())
 
     def list_runs(
         self,
@@ -356,7 +375,7 @@ class Client:
         Raises:
             RunNotFound: no run has this id.
         """
-        return [run for _, run in self._lifecycle.children(_check_run_id(run_id))]
+        return [run for _, run in self._lifecycle.children(check_run_id(run_id))]
 
     def runs_in_flight(self) -> dict[str | None, dict[RunStatus, int]]:
         """The runs that have not finished, counted by the code version they are pinned
@@ -396,7 +415,7 @@ class Client:
         """
         if reason is not None and (not isinstance(reason, str) or len(reason) > 2000):
             raise InvalidConfig("cancel reason must be a string of at most 2000 characters")
-        return self._lifecycle.cancel(_check_run_id(run_id), reason or "canceled")
+        return self._lifecycle.cancel(check_run_id(run_id), reason or "canceled")
 
     def replay(self, run_id: str) -> RunHandle:
         """Start a new run of the same task with the same payload (and tags).
@@ -414,7 +433,7 @@ class Client:
             >>> handle = client.replay(run_id)
             >>> client.get_run(handle.run_id).replay_of == run_id
         """
-        run = self._store.live_run(_check_run_id(run_id), self._clock.now())
+        run = self._store.live_run(check_run_id(run_id), self._clock.now())
         if self.app is not None:
             payload_json = self.app.get_task(run.task_id).prepare(run.payload)
         else:
@@ -442,7 +461,7 @@ class Client:
         Example:
             >>> client.redrive(run_id)   # after deploying the fix
         """
-        return self._lifecycle.redrive(_check_run_id(run_id))
+        return self._lifecycle.redrive(check_run_id(run_id))
 
     # -- tokens ----------------------------------------------------------------------
 
@@ -458,7 +477,7 @@ class Client:
                 its run has finished. The run is not disturbed.
             InvalidPayload / PayloadTooLarge: ``value`` does not serialize or is too big.
         """
-        token_id = _check_token_id(token_id)
+        token_id = check_token_id(token_id)
         try:
             value_json = serde.dumps(value, f"the value completing token {token_id}")
         except serde.NotSerializable as exc:
@@ -474,7 +493,7 @@ class Client:
         Raises:
             TokenNotFound, TokenAlreadyResolved: as for ``complete_token``.
         """
-        token_id = _check_token_id(token_id)
+        token_id = check_token_id(token_id)
         if isinstance(error, BaseException):
             info = ErrorInfo(type(error).__name__, str(error)[:2000])
         elif isinstance(error, str) and error:
@@ -489,19 +508,19 @@ class Client:
         Raises:
             TokenNotFound, TokenAlreadyResolved: as for ``complete_token``.
         """
-        return self._store.heartbeat_token(_check_token_id(token_id), self._clock.now())
+        return self._store.heartbeat_token(check_token_id(token_id), self._clock.now())
 
     def get_token(self, token_id: str) -> TokenState:
         """A token's status, deadline and answer.
 
         A token past its deadline reads ``TIMED_OUT`` (``resolved_at`` = the deadline)
         from that moment on, also while its run has not come to look at it yet."""
-        state = self._store.get_token(_check_token_id(token_id))
+        state = self._store.get_token(check_token_id(token_id))
         return state.as_of(self._clock.now())
 
     def list_tokens(self, run_id: str) -> list[TokenState]:
         """The tokens a run has created, in order, with their status (as ``get_token``)."""
-        steps = self._store.load_steps(_check_run_id(run_id))
+        steps = self._store.load_steps(check_run_id(run_id))
         created = sorted(
             (r for r in steps.values() if r.kind == "token"), key=lambda r: r.started_at
         )
@@ -608,34 +627,10 @@ class Client:
 
     def history(self, run_id: str) -> list[HistoryEvent]:
         """The run's events in order: triggered, attempts, steps, retries, the end."""
-        run_id, now = _check_run_id(run_id), self._clock.now()
+        run_id, now = check_run_id(run_id), self._clock.now()
         try:
             run, steps = self._store.load_run_and_steps(run_id)
         except RunNotFound as missing:
             raise self._store.missing_run(run_id, now, missing) from None
         self._store.check_live(run, now)
         return build_history(run, steps)
-
-
-def _whole_days(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise InvalidConfig(
-            f"RUNG_RETENTION_DAYS (or the stack's RetentionDays) is {text!r}: it must be a "
-            "whole number of days from 1 to 3650"
-        ) from None
-
-
-def _check_run_id(run_id: object) -> str:
-    if not isinstance(run_id, str) or not run_id or len(run_id) > 128:
-        raise RunNotFound(f"{run_id!r} is not a run id (run ids look like 'run_01J...')")
-    return run_id
-
-
-def _check_token_id(token_id: object) -> str:
-    if not isinstance(token_id, str) or not token_id.startswith("tok_") or len(token_id) > 128:
-        raise TokenNotFound(
-            f"{token_id!r} is not a token id (token ids look like 'tok_...', from ctx.create_token)"
-        )
-    return token_id

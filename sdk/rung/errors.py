@@ -105,6 +105,10 @@ class InvalidPayload(RungError, ValueError):
     """A payload failed the task's pydantic model or is not JSON-serializable."""
 
 
+class ScheduleNotFound(RungError, LookupError):
+    """No schedule has this id (it was never created, or it was deleted)."""
+
+
 class InvalidMetadata(RungError, ValueError):
     """Run metadata (``metadata=``, ``ctx.metadata``) is not a mapping of names to JSON
     values, or would exceed its size limit; nothing was changed."""

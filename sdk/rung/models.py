@@ -102,6 +102,19 @@ class TriggerOptions(TypedDict, total=False):
     debounce: Debounce | None
 
 
+class ListOptions(TypedDict, total=False):
+    """``Client.list_runs``'s options, for faces that pass them on (``LocalEngine``)."""
+
+    status: RunStatus | str | None
+    task: str | None
+    limit: int
+    created_after: datetime | None
+    created_before: datetime | None
+    tag: str | None
+    cursor: str | None
+    tags: Iterable[str] | None
+
+
 @dataclass(frozen=True)
 class TriggerItem:
     """One run of ``Client.batch_trigger``: its payload and its own trigger options

@@ -167,6 +167,16 @@ class SqsQueue:
             **_trace_attribute(trace_header),
         )
 
+    def send_body(self, body: str) -> None:
+        """Send a message of another kind than a run's (a schedule's firing, as
+        EventBridge Scheduler sends it on AWS)."""
+        self.client.send_message(QueueUrl=self.url, MessageBody=body)
+
+    def arn(self) -> str:
+        """The queue's ARN (what EventBridge Scheduler targets)."""
+        out = self.client.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])
+        return str(out["Attributes"]["QueueArn"])
+
     def send_many(self, runs: list[tuple[str, timedelta, str | None]]) -> set[str]:
         """Send the messages of ``(run id, delay, trace header)``, 10 per
         ``SendMessageBatch``; entries SQS refuses are sent again (three tries). Returns

@@ -54,6 +54,7 @@ from rung._engine.lifecycle import Lifecycle
 from rung._engine.logs import bound
 from rung._engine.queues import QueueAdmin
 from rung._engine.routing import Disposition, Versioning, gone_error, settle_worn
+from rung._engine.schedules import Schedules, firing_of
 from rung._engine.session import Session
 from rung._engine.telemetry import Sinks, Telemetry, report_expired
 from rung._util import serde
@@ -110,6 +111,7 @@ class Worker:
         self.gate = Gate(store, queue, self.config.slot_lease)
         queues = QueueAdmin(app, store, queue, clock, self.config.slot_lease)
         self.lifecycle = Lifecycle(store, queue, clock, queues, self.sinks.events, app.name)
+        self.schedules = Schedules(app, store, queue, None, clock)  # firing needs no Scheduler
 
     def handle(
         self,
@@ -121,6 +123,10 @@ class Worker:
         """Process one message. ``time_left`` returns the invocation's seconds left.
         ``handed_over``: another version's worker handed it to this one (routing.py):
         it takes only a run already pinned to this version."""
+        firing = firing_of(message.body)
+        if firing is not None:  # a cron schedule's: it starts a run (at most once)
+            self.schedules.fire(firing)
+            return Disposition.ACK
         try:
             run_id = decode(message.body)
         except BadMessage as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 
+from rung.errors import RunNotFound, TokenNotFound
+
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -26,3 +28,17 @@ def created_at_of(run_id: str) -> datetime | None:
     for c in body:
         value = value * 32 + _CROCKFORD.index(c)
     return datetime.fromtimestamp((value >> 80) / 1000, UTC)
+
+
+def check_run_id(run_id: object) -> str:
+    if not isinstance(run_id, str) or not run_id or len(run_id) > 128:
+        raise RunNotFound(f"{run_id!r} is not a run id (run ids look like 'run_01J...')")
+    return run_id
+
+
+def check_token_id(token_id: object) -> str:
+    if not isinstance(token_id, str) or not token_id.startswith("tok_") or len(token_id) > 128:
+        raise TokenNotFound(
+            f"{token_id!r} is not a token id (token ids look like 'tok_...', from ctx.create_token)"
+        )
+    return token_id

@@ -11,9 +11,9 @@ test's move (``engine.wait_for_token`` then ``engine.client.complete_token``), a
 test of a token's timeout moves the clock itself (``engine.clock.advance``). Nor
 does it jump for a message that can no longer move its run (its run finished, or waits
 for a token or with no timer), such as the one a token's wait leaves behind when an
-answer wakes the run early. A
-``trigger_and_wait`` timeout is passed through on the way to a later due time, and
-otherwise waits for the test's move in the same way.
+answer wakes the run early. A ``trigger_and_wait`` timeout is passed through on the
+way to a later due time, and otherwise waits for the test's move in the same way. Cron
+schedules fire as the clock passes their times (rung.testing._schedules).
 
 Example:
     >>> with rung.testing.LocalEngine(app) as engine:
@@ -48,6 +48,7 @@ from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, BadMessage, QueueMessage, S
 from rung._engine.config import WorkerConfig
 from rung._engine.reconciler import DEFAULT_GRACE, Reconciler, ReconcileReport
 from rung._engine.routing import Versioning, version_table
+from rung._engine.schedules import Schedules
 from rung._engine.timers import TimerSweep
 from rung._engine.worker import Disposition, Worker
 from rung._util.clock import Clock, SystemClock, VirtualClock, from_ms
@@ -57,6 +58,7 @@ from rung.client import Client
 from rung.errors import InvalidConfig, UsageError
 from rung.models import (
     HistoryEvent,
+    ListOptions,
     Run,
     RunHandle,
     RunPage,
@@ -65,6 +67,7 @@ from rung.models import (
     TriggerOptions,
     VersionInfo,
 )
+from rung.testing._schedules import Scheduling
 from rung.testing._versions import LocalVersions
 from rung.testing._virtual import next_due, not_ending
 from rung.testing.telemetry import LocalTelemetry, ReadBack
@@ -92,7 +95,7 @@ class WorkerFault:
     error: BaseException
 
 
-class LocalEngine(ReadBack):
+class LocalEngine(ReadBack, Scheduling):
     """The engine in this process, on the embedded emulator.
 
     Args:
@@ -228,6 +231,9 @@ class LocalEngine(ReadBack):
                 max_receive_count=self._max_receive,
             )
             self.queue = SqsQueue(self.sqs, self.queue_url, self._max_receive)
+            # EventBridge Scheduler over HTTP: a REST API, which attach() does not serve
+            scheduler = sessions.client("scheduler", emulator.endpoint_url, _REGION)
+            self._start_scheduler(scheduler, self.table_name, self.queue)
             if self._telemetry:
                 self.telemetry = LocalTelemetry(
                     self.app.name,
@@ -304,7 +310,10 @@ class LocalEngine(ReadBack):
         self._versions.add(version, worker, self.clock.now())
         self.app, self.worker = app, worker
         events = self._sinks.events if self._sinks else None
-        self._client = Client._from_parts(app, self.store, self.queue, self.clock, events)
+        self._client = Client._from_parts(
+            app, self.store, self.queue, self.clock, events, self.scheduler
+        )
+        Schedules(app, self.store, self.queue, self.scheduler, self.clock).sync_declared(app)
 
     def _aws_client(self, service: str) -> Any:
         assert self._emulator is not None
@@ -314,6 +323,8 @@ class LocalEngine(ReadBack):
         # The shared emulator outlives this engine: leave nothing of ours behind in it.
         with contextlib.suppress(Exception):
             self.dynamodb.delete_table(TableName=self.table_name)
+        with contextlib.suppress(Exception):
+            self._drop_scheduler()
         if self.telemetry is not None:
             self.telemetry.drop()
         for url in (getattr(self, "queue_url", None), getattr(self, "dlq_url", None)):
@@ -352,27 +363,9 @@ class LocalEngine(ReadBack):
         """Like ``Client.get_run``."""
         return self.client.get_run(run_id)
 
-    def list_runs(
-        self,
-        *,
-        status: RunStatus | str | None = None,
-        task: str | None = None,
-        limit: int = 50,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        tag: str | None = None,
-        cursor: str | None = None,
-    ) -> RunPage:
-        """Like ``Client.list_runs``."""
-        return self.client.list_runs(
-            status=status,
-            task=task,
-            limit=limit,
-            created_after=created_after,
-            created_before=created_before,
-            tag=tag,
-            cursor=cursor,
-        )
+    def list_runs(self, **options: Unpack[ListOptions]) -> RunPage:
+        """Like ``Client.list_runs``, with the same options."""
+        return self.client.list_runs(**options)
 
     def history(self, run_id: str) -> list[HistoryEvent]:
         """Like ``Client.history``."""
@@ -569,6 +562,8 @@ class LocalEngine(ReadBack):
                 if messages or not polling:
                     continue
                 try:
+                    if self.local_scheduler is not None and self.local_scheduler.tick():
+                        continue  # cron firings whose times have passed, sent
                     virtual = isinstance(self.clock, VirtualClock)
                     if all_idle and virtual and self._advance_time():
                         continue

@@ -6,6 +6,7 @@ One table, string keys ``pk``/``sk``:
     RUN#<run_id>   STEP#<step_id>   a step checkpoint, written once
     IDEM#<task>#<key>  #IDEM        an idempotency key -> run id, with its expiry
     DEBOUNCE#<task>#<key>  #DEBOUNCE  a debounce key -> its pending run (debounce.py)
+    SCHEDULE#<id>  #FIRED           a cron schedule's last firing times (fired.py)
 
 Fencing (invariant 2). The run item carries ``lease_token``, a counter raised by
 every claim. Every later write to the run item by that worker is conditioned on
@@ -24,6 +25,7 @@ mixin's module says more about its part of the table):
     rung._aws.dynamodb.parents    a child's end together with its parent's wake-up
     rung._aws.dynamodb.ttl        runs that expire unless started in time (trigger ttl=)
     rung._aws.dynamodb.debounce   triggers that collapse into one pending run (debounce=)
+    rung._aws.dynamodb.fired      when each cron schedule last fired
     rung._aws.dynamodb.queues     queues (flow control): state, slots, operator settings
     rung._aws.dynamodb.parked     parked runs and hand-offs (on the queues section)
     rung._aws.dynamodb.tokens     tokens a run waits for
@@ -56,6 +58,7 @@ from rung._aws.dynamodb._common import (
     waits_without_timer,
 )
 from rung._aws.dynamodb.children import _Children
+from rung._aws.dynamodb.fired import _Fired
 from rung._aws.dynamodb.parked import _Parked
 from rung._aws.dynamodb.queues import Holder, QueueState, Waiter
 from rung._aws.dynamodb.reconcile import STRANDABLE, StrandedRun, _Reconcile
@@ -66,6 +69,7 @@ from rung._aws.dynamodb.retention import (
     SweepResult,
     _Retention,
     check_retention,
+    whole_days,
 )
 from rung._aws.dynamodb.runs import SUSPEND_TOKEN_CHECKS, Claimed, NotClaimed, _Runs
 from rung._aws.dynamodb.steps import _Steps
@@ -93,6 +97,7 @@ __all__ = [
     "RETENTION_GRACE",
     "SweepResult",
     "check_retention",
+    "whole_days",
     "FAILURE_TRACEBACK_CHARS",
     "Holder",
     "INDEXES",
@@ -125,7 +130,7 @@ __all__ = [
 
 
 class DynamoStore(
-    _Runs, _Children, _Parked, _Tokens, _Reconcile, _Timers, _Retention, _Steps, _Upgrade
+    _Runs, _Children, _Parked, _Tokens, _Reconcile, _Timers, _Retention, _Steps, _Upgrade, _Fired
 ):
     """rung's storage port on DynamoDB. Every racing state change is one conditional write.
 

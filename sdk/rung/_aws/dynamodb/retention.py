@@ -331,3 +331,13 @@ class _Retention(_Listing):
             else:
                 raise RuntimeError(f"table {self.table}: DynamoDB kept throttling a batch delete")
         return len(keys)
+
+
+def whole_days(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidConfig(
+            f"RUNG_RETENTION_DAYS (or the stack's RetentionDays) is {text!r}: it must be a "
+            "whole number of days from 1 to 3650"
+        ) from None
