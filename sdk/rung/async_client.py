@@ -347,3 +347,7 @@ class AsyncClient:
     async def delete_schedule(self, schedule_id: str) -> None:
         """As ``Client.delete_schedule``."""
         await self._call(self._sync.delete_schedule, schedule_id)
+
+    async def deploy_schedules(self) -> list[str]:
+        """As ``Client.deploy_schedules``."""
+        return await self._call(self._sync.deploy_schedules)

@@ -29,12 +29,15 @@ from typing import IO, Any
 from rung import _lambda
 from rung._aws import cloudformation, sessions
 from rung._aws.dynamodb import DynamoStore
+from rung._aws.scheduler import Scheduler
+from rung._aws.sqs import SqsQueue
 from rung._dev import emulator
 from rung._dev.esm import EventSourcePoller
 from rung._dev.logagent import LogAgent
 from rung._dev.pool import WorkerProcess
 from rung._dev.printer import EventPrinter
 from rung._dev.versions import SKIP_DIRS, DevVersions, Versions
+from rung._engine.schedules import LocalScheduler
 from rung._util.clock import SystemClock, iso
 from rung.app import App
 from rung.client import Client
@@ -227,7 +230,10 @@ class DevStack:
             endpoint_url=self.endpoint_url,
             region=REGION,
             retention=retention,
+            schedule_group=self.stack.outputs.get("ScheduleGroupName"),
+            scheduler_role_arn=self.stack.outputs.get("SchedulerRoleArn"),
         )
+        self._start_scheduler()
         self.functions = [
             self._entry_point(spec)
             for spec in cloudformation.functions(cfn, self.stack, self.parameters, REGION)
@@ -425,6 +431,34 @@ class DevStack:
         self.emit(
             f"rung dev: {spec.logical_id} runs every {self.options.reconcile_every:g}s "
             f"(on AWS: {expression})"
+        )
+
+    def _start_scheduler(self) -> None:
+        """EventBridge Scheduler's part: the app's declared schedules deployed, and every
+        schedule of the stack's group fired as its times pass (checked every second)."""
+        outputs = self.stack.outputs
+        queue = SqsQueue(self.sqs, outputs["QueueUrl"])
+        scheduler = Scheduler(
+            sessions.client("scheduler", self.endpoint_url, REGION),
+            outputs.get("ScheduleGroupName") or outputs["TableName"],
+            queue.arn,
+            outputs.get("SchedulerRoleArn"),
+        )
+        scheduler.ensure_group()  # (the emulator's CloudFormation may not make it)
+        changed = self.client.deploy_schedules()
+        local = LocalScheduler(scheduler, queue, SystemClock())
+
+        def fire() -> None:
+            while not self._stopping.wait(1.0):
+                try:
+                    local.tick()
+                except Exception:  # the emulator stopping, or a bug: logged, next tick
+                    log.exception("rung dev: the local scheduler failed; trying again")
+
+        self._spawn(fire, "rung-scheduler")
+        self.emit(
+            f"rung dev: schedules fire here as EventBridge Scheduler would ({len(changed)} "
+            "declared by the app deployed; rung schedules list)"
         )
 
     def _on_crash(self, worker: WorkerProcess, how: str, bodies: list[str]) -> None:

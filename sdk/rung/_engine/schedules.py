@@ -92,7 +92,7 @@ class Schedules:
         scheduler: Scheduler | None,
         clock: Clock,
     ) -> None:
-        self._app = app
+        self.app = app
         self._store = store
         self._queue = queue
         self._scheduler = scheduler
@@ -120,7 +120,7 @@ class Schedules:
         external_id: str | None,
         dedup_key: str | None,
     ) -> ScheduleInfo:
-        found = triggering.writable(self._app).get_task(task)
+        found = triggering.writable(self.app).get_task(task)
         check_schedulable(found)
         spec = _cron(cron, timezone)
         if dedup_key is not None:
@@ -254,7 +254,7 @@ class Schedules:
     def fire(self, firing: Firing) -> RunHandle | None:
         """Start the run of one firing (at most one per schedule and scheduled time).
         None if its task is gone (logged): the schedule should be deleted."""
-        app = triggering.writable(self._app)
+        app = triggering.writable(self.app)
         try:
             task = app.get_task(firing.task_id)
         except UnknownTask:
@@ -496,3 +496,10 @@ class ScheduleMethods:
     def delete_schedule(self, schedule_id: str) -> None:
         """Delete it: it fires no more (runs it started go on)."""
         self._schedules.delete(schedule_id)
+
+    def deploy_schedules(self) -> list[str]:
+        """Make the stack's declared schedules those of this client's app: each task's
+        ``schedule=`` created or updated, and those of tasks that no longer declare one
+        deleted. ``rung deploy`` (and ``rung dev``, LocalEngine) do it after each deploy.
+        Returns the ids it changed."""
+        return self._schedules.sync_declared(triggering.writable(self._schedules.app))

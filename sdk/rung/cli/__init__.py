@@ -21,6 +21,11 @@
         queues set-limit NAME [--limit N] [--per-key-limit N] [--reset]
         queues pause NAME
         queues resume NAME
+        schedules list [--task T]
+        schedules show ID
+        schedules create TASK CRON [--timezone TZ] [--payload JSON] [--external-id ID]
+                                   [--dedup-key K]
+        schedules pause ID | resume ID | delete ID
         upgrade-table [--table NAME] [--dry-run] [--segments N] [--reader-grace 1m]
         versions list [--function NAME]
         versions prune [--function NAME] [--dry-run] [--keep-recent 15m]
@@ -84,6 +89,7 @@ from rung.cli.runs import (
     trace_run,
     trigger,
 )
+from rung.cli.schedules import schedules
 from rung.cli.tokens import (
     complete_token,
     fail_token,
@@ -198,6 +204,7 @@ main.add_command(batch_trigger)
 main.add_command(runs)
 main.add_command(tokens)
 main.add_command(queues)
+main.add_command(schedules)
 main.add_command(upgrade_table)
 main.add_command(versions)
 main.add_command(deploy)

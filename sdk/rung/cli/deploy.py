@@ -130,6 +130,9 @@ def deploy(
         code = subprocess.call([sam, *command[1:]], cwd=root, env=env)  # noqa: S603
         if code != 0:
             raise _error(f"{what} failed (exit status {code}); nothing more was done")
+    changed = target.client(need_app=True).deploy_schedules()
+    if changed:
+        click.echo(f"rung deploy: schedules deployed: {', '.join(changed)}")
     _report(target)
 
 

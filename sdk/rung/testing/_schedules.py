@@ -50,11 +50,12 @@ class Scheduling:
                 self.scheduler.delete(name)
             self.scheduler.client.delete_schedule_group(Name=self.scheduler.group)
 
-    def run_schedules(self, until: datetime | timedelta, *, timeout: float = 300.0) -> int:
+    def run_schedules(self, until: datetime | timedelta, *, timeout: float = 60.0) -> int:
         """Step the virtual clock to each firing time of the schedules up to ``until`` (a
-        time, or how far from now), firing each once as EventBridge Scheduler would,
-        then wait (``settle``) for the runs they start. Returns how many firings were
-        sent. A week of a 5-minute schedule takes seconds.
+        time, or how far from now), firing each once as EventBridge Scheduler would; the
+        clock moves on once the engine has settled (``settle``, each wait at most
+        ``timeout`` seconds), so each firing's run is done before the next time comes.
+        Returns how many firings were sent.
 
         Example:
             >>> engine.client.create_schedule("report", "*/5 * * * *")
@@ -71,8 +72,12 @@ class Scheduling:
         end = self.clock.now() + until if isinstance(until, timedelta) else until
         fired = self.local_scheduler.tick()
         while (due := self.local_scheduler.next_due()) is not None and due <= end:
+            # As the engine's own jumps: only once the work of the last firings is done
+            # (moving the clock under a running attempt would expire its lease).
+            self.settle(timeout)
             self.clock.advance_to(max(due, self.clock.now()))
             fired += self.local_scheduler.tick()
+        self.settle(timeout)
         self.clock.advance_to(max(end, self.clock.now()))
         fired += self.local_scheduler.tick()
         self.settle(timeout)

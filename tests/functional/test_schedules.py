@@ -1,0 +1,227 @@
+"""Cron schedules (docs/schedules.md): declared on a task or created at run time, stored
+in EventBridge Scheduler (the emulator's, read back through its API), fired by
+LocalEngine's local scheduler as AWS would, each firing one run however often it is
+delivered, across daylight-saving changes."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+import rung
+from rung._util.clock import VirtualClock
+from rung.errors import InvalidConfig, ScheduleNotFound, UnknownTask
+from rung.models import RunStatus
+from rung.testing import LocalEngine
+
+
+def _app(seen: list[rung.ScheduleEvent]) -> rung.App:
+    app = rung.App("sched")
+
+    @app.task(id="report", schedule=rung.Cron("0 9 * * MON-FRI", timezone="Europe/Paris"))
+    def report(ctx: rung.Context, event: rung.ScheduleEvent) -> str:
+        seen.append(event)
+        return event.scheduled_at.isoformat()
+
+    @app.task(id="sync")
+    def sync(ctx: rung.Context, event: rung.ScheduleEvent) -> Any:
+        seen.append(event)
+        return event.payload
+
+    @app.task(id="plain")
+    def plain(ctx: rung.Context, n: int) -> int:
+        return n
+
+    return app
+
+
+def _clock(engine: LocalEngine) -> VirtualClock:
+    assert isinstance(engine.clock, VirtualClock)
+    return engine.clock
+
+
+@pytest.mark.slow  # a simulated week: ~2,000 runs (`make test` runs it)
+@pytest.mark.timeout(900)
+def test_a_5_minute_cron_over_a_week_across_dst_fires_once_per_slot() -> None:
+    """Paris springs forward on 2027-03-28 at 02:00: its wall clock skips 02:00-02:55,
+    so that day has 23 hours of firings (the week's real time still holds 2,016 slots).
+    Every firing is delivered twice (EventBridge Scheduler and SQS deliver at least
+    once); each slot is one run."""
+    seen: list[rung.ScheduleEvent] = []
+    app = rung.App("week")
+
+    @app.task(id="tick")
+    def tick(ctx: rung.Context, event: rung.ScheduleEvent) -> None:
+        seen.append(event)
+
+    with LocalEngine(app, workers=4) as engine:
+        clock = _clock(engine)
+        start = datetime(2027, 3, 25, tzinfo=UTC)
+        clock.advance_to(start)
+        send = engine.queue.send_body
+        engine.queue.send_body = lambda body: (send(body), send(body))[0]  # type: ignore[method-assign]
+        engine.client.create_schedule("tick", "*/5 * * * *", timezone="Europe/Paris")
+        fired = engine.run_schedules(start + timedelta(days=7))
+        runs = list(engine.client.list_runs(limit=1000))
+        while runs[-1:] and len(runs) % 1000 == 0:
+            runs += list(engine.client.list_runs(limit=1000, created_before=runs[-1].created_at))
+    expected = 7 * 288
+    assert fired == expected
+    slots = Counter(e.scheduled_at for e in seen)
+    assert len(slots) == expected and max(slots.values()) == 1  # one run per slot
+    assert len({r.run_id for r in runs}) == expected
+    assert all(r.status == RunStatus.COMPLETED for r in runs)
+    paris = [e.scheduled_at.astimezone(_zone("Europe/Paris")) for e in seen]
+    on_the_day = [t for t in paris if t.date().isoformat() == "2027-03-28"]
+    assert len(on_the_day) == 23 * 12  # the day has 23 hours
+    assert not [t for t in on_the_day if t.hour == 2]
+    ordered = sorted(seen, key=lambda e: e.scheduled_at)
+    assert ordered[0].last_scheduled_at is None
+    assert all(
+        b.last_scheduled_at == a.scheduled_at for a, b in zip(ordered, ordered[1:], strict=False)
+    )
+
+
+def _zone(name: str) -> Any:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name)
+
+
+def test_a_declared_schedule_is_in_the_scheduler_and_fires_on_weekdays_only() -> None:
+    seen: list[rung.ScheduleEvent] = []
+    paris = _zone("Europe/Paris")
+    with LocalEngine(_app(seen)) as engine:
+        [info] = engine.client.list_schedules()
+        assert (info.id, info.task_id, info.declared) == ("report", "report", True)
+        assert not info.paused and info.next_at is not None
+        local = info.next_at.astimezone(paris)
+        assert (local.hour, local.minute, local.weekday() < 5) == (9, 0, True)
+        # Read back through the Scheduler API, as EventBridge Scheduler holds it.
+        assert engine.scheduler is not None
+        stored = engine.scheduler.client.get_schedule(
+            Name="report", GroupName=engine.scheduler.group
+        )
+        assert stored["ScheduleExpression"] == "cron(0 9 ? * MON-FRI *)"
+        assert stored["ScheduleExpressionTimezone"] == "Europe/Paris"
+        assert stored["State"] == "ENABLED"
+        assert stored["Target"]["Arn"].endswith(engine.queue_name)
+        assert json.loads(stored["Target"]["Input"])["at"] == "<aws.scheduler.scheduled-time>"
+        engine.run_schedules(timedelta(days=7))
+    times = sorted(e.scheduled_at.astimezone(paris) for e in seen)
+    assert len(times) == 5  # any seven days hold five weekdays
+    assert {(t.hour, t.minute) for t in times} == {(9, 0)}
+    assert all(t.weekday() < 5 for t in times)
+    assert len({t.date() for t in times}) == 5
+
+
+def test_a_per_tenant_schedule_is_created_paused_resumed_updated_and_deleted() -> None:
+    seen: list[rung.ScheduleEvent] = []
+    with LocalEngine(_app(seen)) as engine:
+        client = engine.client
+        info = client.create_schedule(
+            "sync", "0 * * * *", payload={"tenant": "acme"}, external_id="acme", dedup_key="acme"
+        )
+        again = client.create_schedule("sync", "30 * * * *", external_id="acme", dedup_key="acme")
+        assert again.id == info.id and info.id.startswith("sch_")
+        assert again.cron.expression == "30 * * * *"  # the same schedule, updated
+        assert [s.id for s in client.list_schedules(task="sync")] == [info.id]
+        engine.run_schedules(timedelta(hours=3))
+        assert len(seen) == 3 and {e.external_id for e in seen} == {"acme"}
+        assert seen[0].schedule_id == info.id
+
+        paused = client.pause_schedule(info.id)
+        assert paused.paused and paused.next_at is None
+        engine.run_schedules(timedelta(hours=5))
+        assert len(seen) == 3  # nothing while paused
+        client.resume_schedule(info.id)
+        engine.run_schedules(timedelta(hours=2))
+        assert len(seen) == 5  # the paused hours are not replayed
+
+        updated = client.update_schedule(info.id, payload={"tenant": "acme", "v": 2})
+        assert updated.payload == {"tenant": "acme", "v": 2} and updated.external_id == "acme"
+        engine.run_schedules(timedelta(hours=1))
+        assert seen[-1].payload == {"tenant": "acme", "v": 2}
+
+        client.delete_schedule(info.id)
+        engine.run_schedules(timedelta(hours=3))
+        assert len(seen) == 6
+        with pytest.raises(ScheduleNotFound):
+            client.get_schedule(info.id)
+        with pytest.raises(ScheduleNotFound):
+            client.delete_schedule(info.id)
+        assert engine.scheduler is not None
+        assert list(engine.scheduler.names()) == ["report"]  # only the declared one left
+
+
+def test_a_firing_delivered_again_later_is_the_same_run() -> None:
+    seen: list[rung.ScheduleEvent] = []
+    with LocalEngine(_app(seen)) as engine:
+        info = engine.client.create_schedule("sync", "*/10 * * * *")
+        engine.run_schedules(timedelta(minutes=10))
+        assert engine.scheduler is not None
+        body = json.loads(
+            engine.scheduler.client.get_schedule(Name=info.id, GroupName=engine.scheduler.group)[
+                "Target"
+            ]["Input"]
+        )
+        at = seen[0].scheduled_at
+        body["at"] = at.strftime("%Y-%m-%dT%H:%M:%SZ")  # EventBridge Scheduler's format
+        engine.queue.send_body(json.dumps(body))  # a late duplicate
+        engine.settle()
+        runs = engine.list_runs(tags=[f"schedule:{info.id}"])
+    assert len(seen) == 1 and len(runs) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "says"),
+    [
+        (("plain", "* * * * *"), InvalidConfig, "does not take a rung.ScheduleEvent"),
+        (("nope", "* * * * *"), UnknownTask, "nope"),
+        (("sync", "* * *"), InvalidConfig, "five fields"),
+        (("sync", "0 9 1 * MON"), InvalidConfig, "both the day of month and the day of week"),
+        (("sync", 5), InvalidConfig, "rung.Cron or a string"),
+    ],
+)
+def test_bad_schedules_are_refused_and_nothing_is_created(
+    args: tuple[Any, ...], error: type[Exception], says: str
+) -> None:
+    with LocalEngine(_app([])) as engine:
+        with pytest.raises(error, match=says):
+            engine.client.create_schedule(*args)
+        with pytest.raises(InvalidConfig, match="unknown timezone 'Mars/Base'"):
+            engine.client.create_schedule("sync", "* * * * *", timezone="Mars/Base")
+        with pytest.raises(rung.InvalidPayload, match="must be small"):
+            engine.client.create_schedule("sync", "* * * * *", payload="x" * 9000)
+        assert [s.id for s in engine.client.list_schedules()] == ["report"]
+
+
+def test_a_declared_schedule_is_changed_in_code_not_by_the_client() -> None:
+    with LocalEngine(_app([])) as engine:
+        with pytest.raises(InvalidConfig, match="change it in the code"):
+            engine.client.update_schedule("report", cron="0 10 * * *")
+        # A new version without the schedule removes it (as a deploy does).
+        bare = rung.App("sched")
+
+        @bare.task(id="report")
+        def report(ctx: rung.Context, event: rung.ScheduleEvent) -> None:
+            return None
+
+        engine.deploy(bare)
+        assert engine.client.list_schedules() == []
+
+
+def test_a_task_that_cannot_take_a_schedule_event_cannot_declare_a_schedule() -> None:
+    app = rung.App("bad")
+    with pytest.raises(InvalidConfig, match="cannot be scheduled"):
+
+        @app.task(id="t", schedule=rung.Cron("* * * * *"))
+        def t(ctx: rung.Context, n: int) -> int:
+            return n
+
+    with pytest.raises(InvalidConfig, match="must be a rung.Cron"):
+        app.task(id="u", schedule="* * * * *")  # type: ignore[call-overload]
