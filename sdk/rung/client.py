@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from rung._aws import sessions
 from rung._aws.dynamodb import DEFAULT_RETENTION, DynamoStore, check_retention, whole_days
 from rung._aws.events import BUS_ENV, EventBus
-from rung._aws.scheduler import Scheduler
+from rung._aws.scheduler import EMULATOR_ROLE, Scheduler
 from rung._aws.sqs import SqsQueue
 from rung._engine import triggering
 from rung._engine.history import build_history
@@ -160,8 +160,10 @@ class Client(ScheduleMethods):
             region=region,
             event_bus=stack.outputs.get("EventBusName"),
             session=session,
-            schedule_group=stack.outputs.get("ScheduleGroupName"),
-            scheduler_role_arn=stack.outputs.get("SchedulerRoleArn"),
+            # (the template names the group after the stack; an emulator may not make it)
+            schedule_group=stack.outputs.get("ScheduleGroupName") or stack_name,
+            scheduler_role_arn=stack.outputs.get("SchedulerRoleArn")
+            or (EMULATOR_ROLE if endpoint_url else None),
             retention=(
                 timedelta(days=whole_days(stack.outputs["RetentionDays"]))
                 if stack.outputs.get("RetentionDays")

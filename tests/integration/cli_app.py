@@ -22,6 +22,11 @@ class Order(pydantic.BaseModel):
     order_id: str
 
 
+@app.task(id="nightly")
+def nightly(ctx: rung.Context, event: rung.ScheduleEvent) -> str:
+    return event.scheduled_at.isoformat()
+
+
 @app.task(id="greet")
 def greet(ctx: rung.Context, payload: Greeting) -> dict[str, str]:
     text = ctx.step("compose", lambda: f"hello {payload.name}")

@@ -338,3 +338,9 @@ def crash(ctx: rung.Context, payload: dict[str, str]) -> list[str]:
         return effect("fatal")
 
     return [before, ctx.step("fatal", fatal)]
+
+
+@app.task(id="new-year", schedule=rung.Cron("0 0 1 1 *", timezone="Europe/Paris"))
+def new_year(ctx: rung.Context, event: rung.ScheduleEvent) -> str:
+    """A declared schedule (never due during a test): rung dev deploys it."""
+    return event.scheduled_at.isoformat()

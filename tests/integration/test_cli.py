@@ -109,6 +109,8 @@ def stack() -> Iterator[Deployed]:
     plane = data_plane(translate(load_template(TEMPLATE), params, REGION))
     cfn = sessions.client("cloudformation", emulator.endpoint_url, REGION)
     outputs = deploy(cfn, name, plane, params).outputs
+    scheduler = sessions.client("scheduler", emulator.endpoint_url, REGION)
+    scheduler.create_schedule_group(Name=name)  # as CloudFormation would: moto's skips it
     dynamodb = sessions.client("dynamodb", emulator.endpoint_url, REGION)
     sqs = sessions.client("sqs", emulator.endpoint_url, REGION)
     store = DynamoStore(dynamodb, outputs["TableName"])
@@ -145,6 +147,7 @@ def stack() -> Iterator[Deployed]:
         logging.getLogger("rung").removeHandler(quiet)
         logging.getLogger("rung").propagate = True
         cfn.delete_stack(StackName=name)
+        scheduler.delete_schedule_group(Name=name)
         with contextlib.suppress(Exception):  # the table is DeletionPolicy: Retain
             dynamodb.delete_table(TableName=outputs["TableName"])
     assert deployed.faults == []
@@ -240,6 +243,40 @@ def test_trigger_with_debounce_collapses_into_one_run(stack: Deployed) -> None:
     run = stack.client.get_run(one["run_id"])
     assert (run.status, run.payload, run.triggers) == ("DELAYED", {"name": "b"}, 2)
     assert lone.exit_code == 2 and "--debounce-window" in lone.stderr
+
+
+def test_schedules_are_created_listed_paused_resumed_and_deleted(stack: Deployed) -> None:
+    key = f"tenant-{secrets.token_hex(3)}"
+    created = rung(
+        stack, "schedules", "create", "nightly", "0 2 * * *", "--timezone", "Europe/Paris",
+        "--payload", '{"tenant": "acme"}', "--external-id", key, "--dedup-key", key, "--json",
+    )  # fmt: skip
+    assert created.exit_code == 0, created.stderr
+    info = json.loads(created.stdout)
+    assert info["aws_expression"] == "cron(0 2 * * ? *)" and info["timezone"] == "Europe/Paris"
+    assert (info["payload"], info["external_id"], info["paused"]) == (
+        {"tenant": "acme"},
+        key,
+        False,
+    )
+    sid = info["id"]
+    listed = rung(stack, "schedules", "list", app=False)
+    shown = rung(stack, "schedules", "show", sid, app=False)
+    paused = rung(stack, "schedules", "pause", sid, "--json", app=False)
+    resumed = rung(stack, "schedules", "resume", sid, app=False)
+    deleted = rung(stack, "schedules", "delete", sid, app=False)
+    missing = rung(stack, "schedules", "show", sid, app=False)
+    bad = rung(stack, "schedules", "create", "nightly", "0 2 1 * MON")
+    plain = rung(stack, "schedules", "create", "greet", "0 2 * * *")
+
+    assert listed.exit_code == 0 and sid in listed.stdout and "nightly" in listed.stdout
+    assert shown.exit_code == 0 and "0 2 * * *  (Europe/Paris)" in shown.stdout
+    assert paused.exit_code == 0 and json.loads(paused.stdout)["paused"] is True
+    assert resumed.exit_code == 0 and "active" in resumed.stdout
+    assert deleted.exit_code == 0 and f"deleted schedule {sid}" in deleted.stdout
+    assert missing.exit_code == 1 and f"no schedule {sid!r}" in one_error_line(missing)
+    assert bad.exit_code == 2 and "both the day of month" in one_error_line(bad)
+    assert plain.exit_code == 2 and "cannot be scheduled" in one_error_line(plain)
 
 
 def test_batch_trigger_reads_json_lines_and_reports_each_entry(

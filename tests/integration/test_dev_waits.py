@@ -94,3 +94,16 @@ def test_a_token_completed_while_its_worker_is_killed_resumes_the_run(
     counts = effects(effects_file)
     assert counts[(handle.run_id, "/announce#1")] == 1  # checkpointed before the kill
     assert counts[(handle.run_id, "/slow#1")] == 1  # killed before its effect; ran once after
+
+
+@pytest.mark.timeout(120)
+def test_rung_dev_deploys_the_apps_declared_schedules_into_the_emulator(tmp_path: Path) -> None:
+    with DevStack(dev_options(tmp_path, workers=1)) as dev:
+        declared = dev.client.list_schedules()
+        created = dev.client.create_schedule("new-year", "0 12 * * *", dedup_key="noon")
+        listed = {s.id: s for s in dev.client.list_schedules()}
+        dev.client.delete_schedule(created.id)
+    assert [(s.id, s.declared, s.cron.expression) for s in declared] == [
+        ("new-year", True, "0 0 1 1 *")
+    ]
+    assert set(listed) == {"new-year", created.id} and not listed[created.id].declared

@@ -79,6 +79,12 @@ async def order_async(ctx: rung.AsyncContext, payload: dict[str, Any]) -> dict[s
     return {"reserved": reserved, "charged": charged}
 
 
+@app.task(id="scheduled")
+def scheduled(ctx: rung.Context, event: rung.ScheduleEvent) -> str:
+    effect(str(event.external_id), "scheduled")
+    return event.scheduled_at.isoformat()
+
+
 WIDE = rung.Queue("wide", concurrency_limit=4, shards=2)
 
 
@@ -349,3 +355,65 @@ def test_a_sharded_queue_admits_through_its_items_and_shows_as_one(
     assert (info.shards, info.concurrency_limit, info.running, info.parked) == (2, 4, 0, 0)
     # each shard that admitted a run has its own item, its holders given back
     assert [item is not None and item["holders"]["M"] == {} for item in items] == [True] * len(used)
+
+
+def test_a_schedule_lives_in_localstacks_scheduler_and_its_firing_is_one_run(
+    workers: QueueWorkers, localstack_plane: DataPlane
+) -> None:
+    """EventBridge Scheduler on LocalStack holds the schedule (read back through its
+    API); LocalStack does not invoke targets without its scheduler engine, so the local
+    scheduler plays that part, and the firing, sent twice, is one run."""
+    from rung._aws.scheduler import Scheduler
+    from rung._engine.schedules import LocalScheduler
+
+    plane = localstack_plane
+    group = plane.outputs.get("ScheduleGroupName") or plane.stack_name
+    api: Any = plane.aws("scheduler")
+    if group not in [g["Name"] for g in api.list_schedule_groups()["ScheduleGroups"]]:
+        api.create_schedule_group(Name=group)  # as CloudFormation would, where it did not
+    client = rung.Client(
+        app,
+        table_name=plane.table_name,
+        queue_url=plane.queue_url,
+        endpoint_url=plane.endpoint_url,
+        region=plane.region,
+        schedule_group=group,
+        scheduler_role_arn=plane.outputs.get("SchedulerRoleArn")
+        or "arn:aws:iam::000000000000:role/rung-scheduler",
+    )
+    tenant = _id("tenant")
+    info = client.create_schedule("scheduled", "*/5 * * * *", external_id=tenant)
+    stored = api.get_schedule(Name=info.id, GroupName=group)
+    assert stored["ScheduleExpression"] == "cron(*/5 * * * ? *)"
+    assert stored["Target"]["Arn"].endswith(plane.queue_url.rsplit("/", 1)[-1])
+    assert [s.id for s in client.list_schedules(task="scheduled")] == [info.id]
+
+    clock = _Stepped(SystemClock().now())
+    local = LocalScheduler(Scheduler(api, group, plane.queue().arn, None), plane.queue(), clock)
+    local.tick()  # from here on
+    assert info.next_at is not None
+    clock.at = info.next_at + timedelta(seconds=1)
+    queue = plane.queue()
+    send = queue.send_body
+    assert local.tick() == 1
+    body = json.loads(api.get_schedule(Name=info.id, GroupName=group)["Target"]["Input"])
+    body["at"] = info.next_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    send(json.dumps(body))  # delivered again
+    deadline = time.monotonic() + 60
+    while effects[(tenant, "scheduled")] < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)  # the duplicate's turn
+    runs = client.list_runs(tags=[f"schedule:{info.id}"])
+    client.delete_schedule(info.id)
+    assert effects[(tenant, "scheduled")] == 1
+    assert len(runs) == 1
+
+
+class _Stepped:
+    """A clock the test sets (LocalScheduler's times)."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at

@@ -153,18 +153,40 @@ def test_no_iam_statement_grants_every_resource(template: dict[str, Any]) -> Non
         # resource they accept, so their statement (present while Tracing is Active) is
         # the one allowed to name it, and names nothing else.
         everywhere = [s for s in statements if s["Resource"] == "*"]
-        assert everywhere == [
-            {
-                "Sid": "Traces",
-                "Effect": "Allow",
-                "Action": ["xray:PutTraceSegments", "xray:PutTelemetryRecords"],
-                "Resource": "*",
-            }
-        ], role
+        traces = {
+            "Sid": "Traces",
+            "Effect": "Allow",
+            "Action": ["xray:PutTraceSegments", "xray:PutTelemetryRecords"],
+            "Resource": "*",
+        }
+        assert everywhere == ([] if role == "SchedulerRole" else [traces]), role
         others = [s for s in statements if s["Resource"] != "*"]
         assert '"*"' not in json.dumps(others), role
         assert '"*"' not in json.dumps(_statements(template, role, tracing=False)), role
         assert "ManagedPolicyArns" not in _resource(template, role), role
+
+
+def test_schedules_send_as_a_role_that_may_only_send_to_the_work_queue(
+    template: dict[str, Any],
+) -> None:
+    role = _resource(template, "SchedulerRole")
+    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    assert trust["Action"] == "sts:AssumeRole"
+    assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    assert "schedule/${AWS::StackName}/*" in json.dumps(trust["Condition"]["ArnLike"])
+    assert _statements(template, "SchedulerRole") == [
+        {
+            "Effect": "Allow",
+            "Action": "sqs:SendMessage",
+            "Resource": {"Fn::GetAtt": ["WorkQueue", "Arn"]},
+        }
+    ]
+    group = _resource(template, "ScheduleGroup")
+    assert group["Name"] == {"Ref": "AWS::StackName"}  # the group Client.from_stack finds
+    outputs = template["Outputs"]
+    assert outputs["ScheduleGroupName"]["Value"] == {"Ref": "ScheduleGroup"}
+    assert outputs["SchedulerRoleArn"]["Value"] == {"Fn::GetAtt": ["SchedulerRole", "Arn"]}
 
 
 def test_the_reconciler_handler_and_environment_name_the_table_and_queue(

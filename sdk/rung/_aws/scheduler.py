@@ -24,6 +24,9 @@ from rung.errors import InvalidConfig
 SCHEDULED_TIME = "<aws.scheduler.scheduled-time>"
 #: The longest ``Input`` EventBridge Scheduler takes for a target.
 MAX_INPUT_CHARS = 8192
+#: The role schedules name on an emulator whose CloudFormation made none (moto's skips
+#: the stack's ScheduleGroup and SchedulerRole; it checks no role either).
+EMULATOR_ROLE = "arn:aws:iam::123456789012:role/rung-scheduler"
 
 
 @dataclass(frozen=True)

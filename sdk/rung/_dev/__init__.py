@@ -29,7 +29,7 @@ from typing import IO, Any
 from rung import _lambda
 from rung._aws import cloudformation, sessions
 from rung._aws.dynamodb import DynamoStore
-from rung._aws.scheduler import Scheduler
+from rung._aws.scheduler import EMULATOR_ROLE, Scheduler
 from rung._aws.sqs import SqsQueue
 from rung._dev import emulator
 from rung._dev.esm import EventSourcePoller
@@ -230,8 +230,8 @@ class DevStack:
             endpoint_url=self.endpoint_url,
             region=REGION,
             retention=retention,
-            schedule_group=self.stack.outputs.get("ScheduleGroupName"),
-            scheduler_role_arn=self.stack.outputs.get("SchedulerRoleArn"),
+            schedule_group=self.stack.outputs.get("ScheduleGroupName") or self.stack_name,
+            scheduler_role_arn=self.stack.outputs.get("SchedulerRoleArn") or EMULATOR_ROLE,
         )
         self._start_scheduler()
         self.functions = [
@@ -440,11 +440,11 @@ class DevStack:
         queue = SqsQueue(self.sqs, outputs["QueueUrl"])
         scheduler = Scheduler(
             sessions.client("scheduler", self.endpoint_url, REGION),
-            outputs.get("ScheduleGroupName") or outputs["TableName"],
+            outputs.get("ScheduleGroupName") or self.stack_name,
             queue.arn,
-            outputs.get("SchedulerRoleArn"),
+            outputs.get("SchedulerRoleArn") or EMULATOR_ROLE,
         )
-        scheduler.ensure_group()  # (the emulator's CloudFormation may not make it)
+        scheduler.ensure_group()  # as CloudFormation would (the emulator's makes none)
         changed = self.client.deploy_schedules()
         local = LocalScheduler(scheduler, queue, SystemClock())
 
