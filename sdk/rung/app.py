@@ -208,20 +208,33 @@ def check_tags(tags: object, what: str) -> tuple[str, ...]:
     return result
 
 
-def check_schedulable(task: Task[Any]) -> None:
-    """``task`` can be scheduled: its payload type takes a ``rung.ScheduleEvent``.
+def check_schedulable(task: Task[Any], payload: Any = None, external_id: Any = None) -> None:
+    """``task`` can be scheduled: its payload type takes a ``rung.ScheduleEvent`` with
+    this ``payload`` and ``external_id`` (a declared schedule's: none).
 
     Raises:
-        InvalidConfig: it does not (naming what to declare instead)."""
-    sample = ScheduleEvent(schedule_id="s", scheduled_at=datetime(2000, 1, 1, tzinfo=UTC))
+        InvalidConfig: it does not (naming what to declare instead).
+        InvalidPayload: it does, but not with this payload."""
+    sample = ScheduleEvent(
+        schedule_id="s",
+        scheduled_at=datetime(2000, 1, 1, tzinfo=UTC),
+        payload=payload,
+        external_id=external_id,
+    )
     try:
         task.encode_payload(sample.model_dump(mode="json"))
-    except InvalidPayload:
-        raise InvalidConfig(
-            f"task {task.id!r} cannot be scheduled: its payload type does not take a "
-            "rung.ScheduleEvent (a scheduled run's payload). Declare the payload as "
-            "rung.ScheduleEvent, a subclass, or leave it unannotated"
-        ) from None
+    except InvalidPayload as exc:
+        plain = ScheduleEvent(schedule_id="s", scheduled_at=sample.scheduled_at)
+        try:
+            task.encode_payload(plain.model_dump(mode="json"))
+        except InvalidPayload:
+            if payload is None and external_id is None:
+                raise InvalidConfig(
+                    f"task {task.id!r} cannot be scheduled: its payload type does not take a "
+                    "rung.ScheduleEvent (a scheduled run's payload). Declare the payload as "
+                    "rung.ScheduleEvent, a subclass, or leave it unannotated"
+                ) from None
+        raise InvalidPayload(f"task {task.id!r} would refuse this schedule's runs: {exc}") from None
 
 
 def check_idempotency_key(key: object) -> str | None:

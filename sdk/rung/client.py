@@ -66,9 +66,9 @@ class Client(ScheduleMethods):
             hooks) for the client's AWS clients (default: rung's, from the environment
             and ``AWS_PROFILE``, whose region it honours). ``region`` still wins.
         schedule_group, scheduler_role_arn: the stack's EventBridge Scheduler group and
-            the role its schedules send as, for ``create_schedule`` (default
-            ``$RUNG_SCHEDULE_GROUP``, else the table's name, and
-            ``$RUNG_SCHEDULER_ROLE_ARN``; ``from_stack`` reads both from its outputs).
+            the role its schedules send as, for the schedule methods (default
+            ``$RUNG_SCHEDULE_GROUP`` and ``$RUNG_SCHEDULER_ROLE_ARN``; ``from_stack``
+            reads both from the stack's outputs).
 
     Example:
         >>> client = rung.Client(app, table_name="rung-shop", queue_url=url)
@@ -115,7 +115,7 @@ class Client(ScheduleMethods):
         events = EventBus(events_client, bus) if bus else None
         scheduler = Scheduler(
             sessions.client("scheduler", endpoint_url, region, session=session),
-            schedule_group or os.environ.get("RUNG_SCHEDULE_GROUP") or table_name,
+            schedule_group or os.environ.get("RUNG_SCHEDULE_GROUP") or "",
             queue.arn,
             scheduler_role_arn or os.environ.get("RUNG_SCHEDULER_ROLE_ARN"),
         )

@@ -17,7 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pydantic
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from rung.errors import InvalidConfig
 
@@ -40,18 +40,29 @@ class Cron:
 
     expression: str
     timezone: str = "UTC"
-    #: the expression as EventBridge Scheduler takes it: ``cron(0 9 ? * MON-FRI *)``
+    #: the expression as EventBridge Scheduler takes it: ``cron(0 9 ? * MON,TUE,... *)``
     aws_expression: str = field(init=False, repr=False, compare=False)
+    #: the same times for croniter (days of week as a plain list: one reading of them)
+    _local: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "aws_expression", _to_aws(self.expression))
+        aws, local = _normalised(self.expression)
+        object.__setattr__(self, "aws_expression", aws)
+        object.__setattr__(self, "_local", local)
         zone(self.timezone)
+        try:
+            self.next_after(datetime(2000, 1, 1, tzinfo=UTC))
+        except CroniterBadDateError:
+            raise InvalidConfig(
+                f"cron expression {self.expression!r} names no date that exists (like the "
+                "30th of February): it would never fire"
+            ) from None
 
     def times(self, after: datetime, until: datetime) -> Iterator[datetime]:
         """The firing times (UTC) after ``after`` up to ``until`` inclusive, in order."""
         tz = zone(self.timezone)
         start = after.astimezone(tz).replace(tzinfo=None)
-        cron = croniter(self.expression, start)
+        cron = croniter(self._local, start)
         while True:
             wall: datetime = cron.get_next(datetime)
             local = wall.replace(tzinfo=tz)  # fold 0: a repeated time's first occurrence
@@ -82,7 +93,8 @@ def zone(name: object) -> ZoneInfo:
         ) from None
 
 
-def _to_aws(expression: object) -> str:
+def _normalised(expression: object) -> tuple[str, str]:
+    """``expression`` checked: as EventBridge Scheduler takes it, and for croniter."""
     if not isinstance(expression, str):
         raise InvalidConfig(f"a cron expression is a string, got {type(expression).__name__}")
     fields = expression.split()
@@ -97,30 +109,48 @@ def _to_aws(expression: object) -> str:
             f"cron expression {expression!r} restricts both the day of month and the day of "
             "week; EventBridge Scheduler takes one of them. Use two schedules"
         )
+    days = _days(dow, expression)
+    if days is None:
+        return f"cron({minute} {hour} {dom} {month.upper()} ? *)", expression
+    aws_days = ",".join(_DAYS[d] for d in days)
+    local = f"{minute} {hour} {dom} {month} {','.join(str(d) for d in days)}"
+    return f"cron({minute} {hour} ? {month.upper()} {aws_days} *)", local
+
+
+def _days(dow: str, expression: str) -> list[int] | None:
+    """The days of week a field names (0 = Sunday), in order; None for every day.
+
+    Read here, not by croniter, so that EventBridge Scheduler (which numbers days 1-7
+    from Sunday and reads no wrapping range) and the local scheduler agree."""
     if dow == "*":
-        dom_aws, dow_aws = dom, "?"
-    else:
-        dom_aws, dow_aws = "?", _aws_days(dow, expression)
-    return f"cron({minute} {hour} {dom_aws} {month.upper()} {dow_aws} *)"
+        return None
+    found: set[int] = set()
+    for part in dow.split(","):
+        ends = part.split("-")
+        if "/" in part or len(ends) > 2 or not all(ends):
+            raise InvalidConfig(
+                f"cron expression {expression!r}: the day of week takes days, ranges and "
+                "lists (MON-FRI, SAT,SUN, 1-5), not steps or other forms"
+            )
+        first, last = (_day(end, expression) for end in (ends[0], ends[-1]))
+        if len(ends) == 2 and ends[-1] == "7":
+            last = 7  # "5-7": Friday to Sunday
+            first = 7 if ends[0] == "7" else first
+        if last < first:
+            raise InvalidConfig(
+                f"cron expression {expression!r}: the range {part!r} runs backwards; list "
+                "the days instead (FRI,SAT,SUN)"
+            )
+        found.update(d % 7 for d in range(first, last + 1))
+    return None if len(found) == 7 else sorted(found)
 
 
-def _aws_days(dow: str, expression: str) -> str:
-    """A day-of-week field in names (AWS numbers days 1-7 from Sunday; cron 0-6)."""
-    if "/" in dow:
-        raise InvalidConfig(
-            f"cron expression {expression!r}: a step in the day of week is not supported; "
-            "list the days (MON,WED,FRI)"
-        )
-
-    def name(token: str) -> str:
-        if token.isdigit():
-            number = int(token)
-            if number > 7:
-                raise InvalidConfig(f"cron expression {expression!r}: no day {number}")
-            return _DAYS[number % 7]
-        return token.upper()
-
-    return ",".join("-".join(name(t) for t in part.split("-")) for part in dow.split(","))
+def _day(token: str, expression: str) -> int:
+    if token.isdigit() and int(token) <= 7:
+        return int(token) % 7
+    if token.upper() in _DAYS:
+        return _DAYS.index(token.upper())
+    raise InvalidConfig(f"cron expression {expression!r}: {token!r} is not a day of week")
 
 
 class ScheduleEvent(pydantic.BaseModel):

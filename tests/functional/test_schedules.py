@@ -116,7 +116,7 @@ def test_a_declared_schedule_is_in_the_scheduler_and_fires_on_weekdays_only() ->
         stored = engine.scheduler.client.get_schedule(
             Name="report", GroupName=engine.scheduler.group
         )
-        assert stored["ScheduleExpression"] == "cron(0 9 ? * MON-FRI *)"
+        assert stored["ScheduleExpression"] == "cron(0 9 ? * MON,TUE,WED,THU,FRI *)"
         assert stored["ScheduleExpressionTimezone"] == "Europe/Paris"
         assert stored["State"] == "ENABLED"
         assert stored["Target"]["Arn"].endswith(engine.queue_name)
@@ -235,3 +235,109 @@ def test_a_task_that_cannot_take_a_schedule_event_cannot_declare_a_schedule() ->
 
     with pytest.raises(InvalidConfig, match="must be a rung.Cron"):
         app.task(id="u", schedule="* * * * *")  # type: ignore[call-overload]
+
+
+def test_a_firing_costs_one_write_of_its_own_beside_the_runs_trigger() -> None:
+    """The firing's own cost: a read and a write of the schedule's firing times, then the
+    run's usual trigger: its creation (a transaction, for the idempotency key) and one
+    message. Counted on the worker's clients while it handles the firing message."""
+    seen: list[rung.ScheduleEvent] = []
+    with LocalEngine(_app(seen), workers=0) as engine:
+        engine.client.create_schedule("sync", "*/5 * * * *")
+        assert engine.local_scheduler is not None
+        _clock(engine).advance(timedelta(minutes=5))
+        assert engine.local_scheduler.tick() == 1
+        [message] = engine.queue.receive(max_messages=1)
+        calls: Counter[str] = Counter()
+
+        def count(model: Any, **_: Any) -> None:
+            calls[model.name] += 1
+
+        for client in (engine.dynamodb, engine.sqs):
+            client.meta.events.register("before-call", count)
+        engine.worker.handle(message)
+        for client in (engine.dynamodb, engine.sqs):
+            client.meta.events.unregister("before-call", count)
+    assert calls == {"GetItem": 1, "PutItem": 1, "TransactWriteItems": 1, "SendMessage": 1}
+
+
+def test_firings_handled_out_of_order_name_the_latest_earlier_firing() -> None:
+    """SQS does not keep order: the 10:10 firing handled before the 10:05 one (and that
+    one delivered twice). Each names the latest earlier firing handled before it; the
+    late one is not mistaken for a first firing."""
+    seen: list[rung.ScheduleEvent] = []
+    with LocalEngine(_app(seen), workers=0) as engine:
+        info = engine.client.create_schedule("sync", "*/5 * * * *")
+        assert engine.local_scheduler is not None and info.next_at is not None
+        _clock(engine).advance_to(info.next_at + timedelta(minutes=10, seconds=1))
+        assert engine.local_scheduler.tick() == 3
+        messages = []
+        while batch := engine.queue.receive(max_messages=10):
+            messages += batch
+        firings = sorted(messages, key=lambda m: json.loads(m.body)["at"])
+        for message in [firings[0], firings[2], firings[1], firings[1]]:
+            engine.worker.handle(message)
+        events = {}
+        for run in engine.store.changed_runs(info.next_at - timedelta(days=1)):
+            event = rung.ScheduleEvent.model_validate(run.payload)
+            events[event.scheduled_at] = event.last_scheduled_at
+    first = info.next_at
+    five, ten = first + timedelta(minutes=5), first + timedelta(minutes=10)
+    assert events == {first: None, ten: first, five: first}
+
+
+def test_time_passed_while_paused_or_deleted_is_not_replayed_even_without_a_tick() -> None:
+    with LocalEngine(_app([]), workers=0) as engine:
+        local = engine.local_scheduler
+        assert local is not None
+        info = engine.client.create_schedule("sync", "*/5 * * * *", dedup_key="t")
+        local.tick()
+        engine.client.pause_schedule(info.id)
+        _clock(engine).advance(timedelta(hours=1))
+        engine.client.resume_schedule(info.id)
+        assert local.tick() == 0  # the paused hour is gone
+        engine.client.delete_schedule(info.id)
+        _clock(engine).advance(timedelta(hours=1))
+        again = engine.client.create_schedule("sync", "*/5 * * * *", dedup_key="t")
+        assert again.id == info.id
+        assert local.tick() == 0  # nor the hour it did not exist
+        _clock(engine).advance(timedelta(minutes=5))
+        assert local.tick() == 1
+
+
+def test_update_keeps_a_crons_own_zone_and_dedup_keeps_a_pause() -> None:
+    with LocalEngine(_app([])) as engine:
+        client = engine.client
+        info = client.create_schedule("sync", "0 9 * * *", dedup_key="k")
+        moved = client.update_schedule(info.id, cron=rung.Cron("0 9 * * *", "America/New_York"))
+        assert moved.cron.timezone == "America/New_York"
+        kept = client.update_schedule(info.id, cron="0 10 * * *")  # a string: zone kept
+        assert (kept.cron.expression, kept.cron.timezone) == ("0 10 * * *", "America/New_York")
+        client.pause_schedule(info.id)
+        again = client.create_schedule("sync", "0 11 * * *", dedup_key="k")
+        assert again.paused and again.cron.expression == "0 11 * * *"
+
+
+class Tenant(rung.ScheduleEvent):
+    """A scheduled task's own event model: its payload typed."""
+
+    payload: dict[str, int]
+
+
+def test_a_payload_the_tasks_event_model_refuses_is_refused_when_created() -> None:
+    app = rung.App("typed")
+
+    @app.task(id="typed")
+    def typed(ctx: rung.Context, event: Tenant) -> int:
+        return sum(event.payload.values())
+
+    with LocalEngine(app) as engine:
+        ok = engine.client.create_schedule("typed", "0 * * * *", payload={"a": 1})
+        assert ok.payload == {"a": 1}
+        with pytest.raises(rung.InvalidPayload, match="would refuse this schedule's runs"):
+            engine.client.create_schedule("typed", "0 * * * *", payload={"a": "x"})
+        with pytest.raises(rung.InvalidPayload, match="would refuse"):
+            engine.client.update_schedule(ok.id, payload={"a": "x"})
+        with pytest.raises(InvalidConfig, match="names no date that exists"):
+            engine.client.create_schedule("typed", "0 0 30 2 *", payload={"a": 1})
+        assert [s.id for s in engine.client.list_schedules()] == [ok.id]

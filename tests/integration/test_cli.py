@@ -446,7 +446,7 @@ def test_an_unknown_task_exits_2_with_one_line_and_stores_nothing(stack: Deploye
     assert one_error_line(result) == (
         "error: app 'clitest' has no task 'refund' "
         "(known tasks: approve, crash-once, decline, family, greet, nap, nap-family, "
-        "pipeline, post, process-order, sign)"
+        "nightly, pipeline, post, process-order, sign)"
     )
     assert result.stdout == ""
     assert run_count(stack) == before

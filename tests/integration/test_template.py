@@ -174,7 +174,11 @@ def test_schedules_send_as_a_role_that_may_only_send_to_the_work_queue(
     assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
     assert trust["Action"] == "sts:AssumeRole"
     assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
-    assert "schedule/${AWS::StackName}/*" in json.dumps(trust["Condition"]["ArnLike"])
+    # The group's ARN, as AWS documents it for EventBridge Scheduler's role (a schedule's
+    # ARN or a name prefix there makes every AssumeRole fail: no firing is delivered).
+    assert trust["Condition"]["ArnEquals"] == {
+        "aws:SourceArn": {"Fn::GetAtt": ["ScheduleGroup", "Arn"]}
+    }
     assert _statements(template, "SchedulerRole") == [
         {
             "Effect": "Allow",

@@ -15,9 +15,12 @@ from rung.errors import InvalidConfig
 @pytest.mark.parametrize(
     ("expression", "aws"),
     [
-        ("0 9 * * MON-FRI", "cron(0 9 ? * MON-FRI *)"),
-        ("0 9 * * 1-5", "cron(0 9 ? * MON-FRI *)"),
-        ("0 0 * * 0,7", "cron(0 0 ? * SUN,SUN *)"),
+        ("0 9 * * MON-FRI", "cron(0 9 ? * MON,TUE,WED,THU,FRI *)"),
+        ("0 9 * * 1-5", "cron(0 9 ? * MON,TUE,WED,THU,FRI *)"),
+        ("0 0 * * 0,7", "cron(0 0 ? * SUN *)"),
+        ("0 0 * * 5-7", "cron(0 0 ? * SUN,FRI,SAT *)"),  # Friday to Sunday
+        ("0 0 * * 7-7", "cron(0 0 ? * SUN *)"),
+        ("0 0 * * 0-6", "cron(0 0 * * ? *)"),  # every day
         ("*/5 * * * *", "cron(*/5 * * * ? *)"),
         ("15 2 1 jan *", "cron(15 2 1 JAN ? *)"),
     ],
@@ -33,8 +36,11 @@ def test_expressions_become_eventbridge_scheduler_expressions(expression: str, a
         ("* * * * * *", "five fields"),
         ("61 * * * *", "does not parse"),
         ("0 9 1 * MON", "both the day of month and the day of week"),
-        ("0 9 * * */2", "a step in the day of week"),
+        ("0 9 * * */2", "not steps"),
         ("0 9 * * 8", "does not parse"),
+        ("0 0 * * 5-0", "runs backwards"),
+        ("0 0 * * L5", "not a day of week"),
+        ("0 0 30 2 *", "names no date that exists"),
         ("0 9 * * MON; rm", "five fields"),
     ],
 )
@@ -84,3 +90,14 @@ def test_new_york_weekday_mornings_follow_its_own_dst() -> None:
     march = list(cron.times(datetime(2027, 3, 12, tzinfo=UTC), datetime(2027, 3, 17, tzinfo=UTC)))
     # Friday 9:00 EST = 14:00 UTC; after 2027-03-14 (DST), Monday 9:00 EDT = 13:00 UTC.
     assert [t.strftime("%a %H:%M") for t in march] == ["Fri 14:00", "Mon 13:00", "Tue 13:00"]
+
+
+def test_local_times_read_days_of_week_as_eventbridge_scheduler_does() -> None:
+    """``7-7`` is Sundays only (croniter alone would read every day) and ``5-7`` Friday
+    to Sunday: the local scheduler fires on the days AWS does."""
+    after = datetime(2027, 1, 4, tzinfo=UTC)  # a Monday
+    until = after + timedelta(days=7)
+    sundays = [t.strftime("%a") for t in rung.Cron("0 12 * * 7-7").times(after, until)]
+    weekend = [t.strftime("%a") for t in rung.Cron("0 12 * * 5-7").times(after, until)]
+    assert sundays == ["Sun"]
+    assert weekend == ["Fri", "Sat", "Sun"]

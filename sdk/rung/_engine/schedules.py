@@ -11,6 +11,7 @@ item in the table (``SCHEDULE#<id>``), updated by each firing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,15 +30,17 @@ from rung._engine import triggering
 from rung._util import serde
 from rung._util.clock import Clock, iso, parse_iso
 from rung.app import App, Task, check_schedulable
-from rung.errors import InvalidConfig, InvalidPayload, ScheduleNotFound, UnknownTask
+from rung.errors import InvalidConfig, InvalidPayload, RungError, ScheduleNotFound, UnknownTask
 from rung.models import RunHandle
 from rung.schedules import Cron, ScheduleEvent, ScheduleInfo
 
 log = logging.getLogger("rung.schedules")
 
 _NAME = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
-#: How long a firing's idempotency key holds: far longer than any redelivery.
-FIRING_KEY_TTL = timedelta(days=7)
+#: How long a firing's idempotency key holds: as long as SQS keeps a message (14 days).
+FIRING_KEY_TTL = timedelta(days=14)
+#: Ids ``create_schedule`` makes (``sch_`` and 24 hex digits): never a declared one's.
+_CREATED = re.compile(r"^sch_[0-9a-f]{24}$")
 
 
 @dataclass(frozen=True)
@@ -100,11 +103,12 @@ class Schedules:
 
     @property
     def scheduler(self) -> Scheduler:
-        if self._scheduler is None:
+        if self._scheduler is None or not self._scheduler.group:
             raise InvalidConfig(
                 "this client knows no schedule group: pass schedule_group= and "
-                "scheduler_role_arn= (or $RUNG_SCHEDULE_GROUP and $RUNG_SCHEDULER_ROLE_ARN), "
-                "or make it with Client.from_stack on a stack deployed with schedules"
+                "scheduler_role_arn= (the stack's ScheduleGroupName and SchedulerRoleArn "
+                "outputs; or $RUNG_SCHEDULE_GROUP and $RUNG_SCHEDULER_ROLE_ARN), or make it "
+                "with Client.from_stack"
             )
         return self._scheduler
 
@@ -121,7 +125,7 @@ class Schedules:
         dedup_key: str | None,
     ) -> ScheduleInfo:
         found = triggering.writable(self.app).get_task(task)
-        check_schedulable(found)
+        check_schedulable(found, payload, external_id)
         spec = _cron(cron, timezone)
         if dedup_key is not None:
             if not isinstance(dedup_key, str) or not dedup_key or len(dedup_key) > 256:
@@ -134,7 +138,9 @@ class Schedules:
         else:
             schedule_id = f"sch_{secrets.token_hex(12)}"
         body = _body(schedule_id, found.id, spec, payload, external_id, declared=False)
-        self.scheduler.put(name_of(schedule_id), spec.aws_expression, spec.timezone, body, True)
+        existing = self.scheduler.get(name_of(schedule_id)) if dedup_key is not None else None
+        enabled = existing.enabled if existing is not None else True  # a pause stays
+        self.scheduler.put(name_of(schedule_id), spec.aws_expression, spec.timezone, body, enabled)
         return self.get(schedule_id)
 
     def update(
@@ -153,9 +159,18 @@ class Schedules:
                 f"schedule {schedule_id!r} is declared on its task (@app.task(schedule=)): "
                 "change it in the code and deploy"
             )
-        spec = info.cron
-        if cron is not None or timezone is not None:
-            spec = _cron(cron or info.cron.expression, timezone or info.cron.timezone)
+        if cron is not None:
+            spec = _cron(cron, timezone)  # a Cron keeps its own zone unless one is given
+            if timezone is None and not isinstance(cron, Cron):
+                spec = _cron(cron, info.cron.timezone)
+        else:
+            spec = _cron(info.cron.expression, timezone or info.cron.timezone)
+        task = triggering.writable(self.app).get_task(info.task_id)
+        check_schedulable(
+            task,
+            info.payload if payload is None else payload,
+            info.external_id if external_id is None else external_id,
+        )
         body = _body(
             schedule_id,
             info.task_id,
@@ -187,7 +202,7 @@ class Schedules:
         declares one. Imperative schedules are left alone. Returns the ids changed."""
         declared = {t.id: t for t in app.tasks.values() if t.schedule is not None}
         changed = []
-        for name in list(self.scheduler.names()):
+        for name in [n for n in self.scheduler.names() if not _CREATED.match(n)]:
             stored = self.scheduler.get(name)
             if stored is None or not stored.input.get("declared"):
                 continue
@@ -276,15 +291,27 @@ class Schedules:
             payload=firing.payload,
         )
         now = self._clock.now()
-        new = triggering.new_run(
-            task,
-            event.model_dump(mode="json"),
-            idempotency_key=f"schedule:{firing.schedule_id}:{iso(firing.at)}",
-            delay=None,
-            tags=[f"schedule:{firing.schedule_id}"[:128]],
-            now=now,
-            what=f"schedule {firing.schedule_id}",
-        )
+        try:
+            new = triggering.new_run(
+                task,
+                event.model_dump(mode="json"),
+                idempotency_key=f"schedule:{firing.schedule_id}:{iso(firing.at)}",
+                delay=None,
+                tags=[f"schedule:{name_of(firing.schedule_id)}"],
+                now=now,
+                what=f"schedule {firing.schedule_id}",
+            )
+        except RungError as exc:  # no retry can fix it: said, and the firing dropped
+            log.error(
+                "schedule %s fired for %s, but task %r refuses its run: %s. Fix the task or "
+                "the schedule (rung schedules show %s)",
+                firing.schedule_id,
+                iso(firing.at),
+                task.id,
+                exc,
+                firing.schedule_id,
+            )
+            return None
         return triggering.trigger(self._store, self._queue, new, FIRING_KEY_TTL, now)
 
 
@@ -370,11 +397,16 @@ class LocalScheduler:
         scheduler.on_change.append(self._noticed)
 
     def _noticed(self, name: str) -> None:
-        """A schedule was created, changed or deleted here: read them again; a new one's
-        times count from now."""
+        """A schedule was created, changed or deleted here: what was due under its old
+        state is sent, then its times count from now (a pause's are not replayed, nor a
+        deleted schedule's before it is made again); the schedules are read again."""
         with self._lock:
+            now = self._clock.now()
+            old = (self._cache or {}).get(name)
+            if old is not None and name in self._seen:
+                self._fire(name, old, now)
+            self._seen[name] = now
             self._cache = None
-            self._seen.setdefault(name, self._clock.now())
 
     def _schedules(self) -> dict[str, StoredSchedule]:
         if self._cache is None or time.monotonic() - self._read_at > self._refresh:
@@ -395,24 +427,36 @@ class LocalScheduler:
                 del self._seen[gone]
             sent = 0
             for name, stored in sorted(schedules.items()):
-                since = self._seen.setdefault(name, now)
-                self._seen[name] = max(since, now)
-                if not stored.enabled:
-                    continue
-                for at in Cron(str(stored.input["cron"]), stored.timezone).times(since, now):
-                    self._queue.send_body(_filled(stored.input, at))
-                    sent += 1
+                self._seen.setdefault(name, now)
+                try:
+                    sent += self._fire(name, stored, now)
+                except Exception:  # one bad schedule must not stop the others
+                    log.exception("schedule %s: could not fire it", name)
+                    self._seen[name] = now
             return sent
+
+    def _fire(self, name: str, stored: StoredSchedule, now: datetime) -> int:
+        """Send ``name``'s firings after its last tick up to ``now`` (none if paused)."""
+        since = self._seen[name]
+        self._seen[name] = max(since, now)
+        if not stored.enabled:
+            return 0
+        sent = 0
+        for at in Cron(str(stored.input["cron"]), stored.timezone).times(since, now):
+            self._queue.send_body(_filled(stored.input, at))
+            sent += 1
+        return sent
 
     def next_due(self) -> datetime | None:
         """The next firing time of any enabled schedule (for a virtual clock)."""
         with self._lock:
             now = self._clock.now()
-            due = [
-                Cron(str(s.input["cron"]), s.timezone).next_after(self._seen.get(name, now))
-                for name, s in self._schedules().items()
-                if s.enabled
-            ]
+            due = []
+            for name, stored in self._schedules().items():
+                if stored.enabled:
+                    with contextlib.suppress(Exception):  # (tick reports a bad one)
+                        cron = Cron(str(stored.input["cron"]), stored.timezone)
+                        due.append(cron.next_after(self._seen.get(name, now)))
             return min(due, default=None)
 
 

@@ -130,9 +130,17 @@ def deploy(
         code = subprocess.call([sam, *command[1:]], cwd=root, env=env)  # noqa: S603
         if code != 0:
             raise _error(f"{what} failed (exit status {code}); nothing more was done")
-    changed = target.client(need_app=True).deploy_schedules()
-    if changed:
-        click.echo(f"rung deploy: schedules deployed: {', '.join(changed)}")
+    try:
+        changed = target.client(need_app=True).deploy_schedules()
+    except Exception as exc:  # the stack is deployed; say what is left to do
+        click.echo(
+            f"rung deploy: the declared schedules were not deployed ({exc}); run `rung deploy` "
+            "again once that is fixed (docs/schedules.md)",
+            err=True,
+        )
+    else:
+        if changed:
+            click.echo(f"rung deploy: schedules deployed: {', '.join(changed)}")
     _report(target)
 
 
