@@ -708,7 +708,9 @@ def test_a_token_past_its_deadline_reads_timed_out_before_its_run_looks(
 
     @flavor.task(app, id="t")
     async def t(ctx: Any, payload: None) -> str:
-        first = await ctx.create_token("first", timeout=3)
+        # (a minute: the virtual clock lets wall time through, and a loaded machine must
+        # not run it out before the test looks)
+        first = await ctx.create_token("first", timeout=60)
         second = await ctx.create_token("second", timeout=timedelta(hours=1))
         await ctx.wait_for_token(second)
         try:
@@ -722,7 +724,7 @@ def test_a_token_past_its_deadline_reads_timed_out_before_its_run_looks(
         first = next(s for s in engine.client.list_tokens(handle.run_id) if s.name == "first")
         assert first.status == "WAITING"
         assert isinstance(engine.clock, VirtualClock)
-        engine.clock.advance(timedelta(seconds=10))  # past the first token's deadline only
+        engine.clock.advance(timedelta(minutes=2))  # past the first token's deadline only
 
         read = engine.client.get_token(first.id)
         listed = {s.name: s.status for s in engine.client.list_tokens(handle.run_id)}
