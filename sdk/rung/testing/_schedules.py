@@ -41,7 +41,11 @@ class Scheduling:
         scheduler = Scheduler(client, group, queue.arn, LOCAL_ROLE)
         scheduler.ensure_group()
         self.scheduler = scheduler
-        self.local_scheduler = LocalScheduler(scheduler, queue, self.clock)
+        # Every change to the engine's schedules goes through this Scheduler, which tells
+        # the local scheduler: it reads them again then, not on a timer (an idle worker
+        # ticks every 50 ms; a read of the Scheduler API each second would cost the
+        # engine's throughput, which the real-time flow-control tests measure).
+        self.local_scheduler = LocalScheduler(scheduler, queue, self.clock, refresh=3600.0)
         return scheduler
 
     def _drop_scheduler(self) -> None:
