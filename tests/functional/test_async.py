@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -25,6 +26,7 @@ def succeeded_steps(engine: LocalEngine, run_id: str) -> list[str | None]:
 def test_gathered_steps_run_at_once_and_keep_their_ids_and_values_on_replay() -> None:
     app = rung.App("gather")
     finished: list[str] = []
+    fast_ms: list[int] = []  # when the fast one ended (epoch ms)
     calls: Counter[str] = Counter()
 
     async def fetch(name: str, fast_done: asyncio.Event) -> str:
@@ -32,7 +34,12 @@ def test_gathered_steps_run_at_once_and_keep_their_ids_and_values_on_replay() ->
         if name == "slow":
             # Ends only once the fast one has: were they not run at once, it never would.
             await asyncio.wait_for(fast_done.wait(), timeout=20)
+            # ... and in a later millisecond (checkpoint times are stored to the ms, and
+            # the history orders a tie by position, not by the order they ended in).
+            while time.time_ns() // 1_000_000 <= fast_ms[0] + 1:
+                await asyncio.sleep(0.001)
         finished.append(name)
+        fast_ms.append(time.time_ns() // 1_000_000)
         fast_done.set()
         return f"page {name}"
 

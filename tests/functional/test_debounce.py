@@ -78,7 +78,7 @@ def test_a_burst_of_triggers_becomes_one_run_with_the_last_payload() -> None:
     # Workers run this one, on the wall clock (virtual time would jump to the run's due
     # time as soon as the workers idle, between two triggers).
     with LocalEngine(_app(saved), virtual_time=False) as engine:
-        spec = rung.Debounce("d1", timedelta(seconds=1))
+        spec = rung.Debounce("d1", timedelta(seconds=5))  # the triggers take milliseconds
         handles = [
             engine.trigger("save", {"doc": "d1", "text": f"w{n}"}, debounce=spec) for n in range(3)
         ]

@@ -341,3 +341,35 @@ def test_a_payload_the_tasks_event_model_refuses_is_refused_when_created() -> No
         with pytest.raises(InvalidConfig, match="names no date that exists"):
             engine.client.create_schedule("typed", "0 0 30 2 *", payload={"a": 1})
         assert [s.id for s in engine.client.list_schedules()] == [ok.id]
+
+
+def test_a_client_pointed_at_a_missing_schedule_group_says_which_and_what_to_do() -> None:
+    from botocore.exceptions import ClientError
+
+    from rung._aws.scheduler import Scheduler
+
+    with LocalEngine(_app([])) as engine:
+        assert engine.scheduler is not None
+
+        # AWS answers a missing group with ResourceNotFoundException; moto lists it as
+        # empty (and fails creating in it with a 500), so that answer is played here.
+        def missing(**_: Any) -> Any:
+            raise ClientError(
+                {"Error": {"Code": "ResourceNotFoundException", "Message": "no group"}},
+                "ListSchedules",
+            )
+
+        api: Any = engine.scheduler.client
+        scheduler = Scheduler(api, "no-such-group", engine.queue.arn, None)
+        real, api.list_schedules = api.list_schedules, missing
+        try:
+            with pytest.raises(InvalidConfig, match="no schedule group 'no-such-group'"):
+                list(scheduler.names())
+        finally:
+            api.list_schedules = real
+        unset = rung.Client(
+            engine.app, table_name=engine.table_name, queue_url=engine.queue_url,
+            endpoint_url=engine.endpoint_url,
+        )  # fmt: skip
+        with pytest.raises(InvalidConfig, match="knows no schedule group"):
+            unset.list_schedules()

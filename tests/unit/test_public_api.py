@@ -135,3 +135,26 @@ def test_errors_form_one_tree() -> None:
         "ChildRunFailed",
     ):
         assert issubclass(getattr(rung, name), rung.StepFailed), name
+
+
+def test_the_option_dicts_localengine_passes_on_match_the_clients_parameters() -> None:
+    """``LocalEngine.trigger``/``list_runs`` take ``**TriggerOptions``/``**ListOptions``:
+    a parameter added to ``Client`` must be added there too, with the same type."""
+    import inspect
+    import typing
+
+    from rung.models import ListOptions, TriggerOptions
+
+    for method, options in (
+        (rung.Client.trigger, TriggerOptions),
+        (rung.Client.list_runs, ListOptions),
+    ):
+        hints = typing.get_type_hints(method)
+        keyword = {
+            name
+            for name, p in inspect.signature(method).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        fields = typing.get_type_hints(options)
+        assert set(fields) == keyword, method.__name__
+        assert {n: fields[n] for n in keyword} == {n: hints[n] for n in keyword}, method.__name__

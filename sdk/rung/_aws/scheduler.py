@@ -103,7 +103,10 @@ class Scheduler:
         try:
             self.client.create_schedule(**params)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConflictException":
+            code = exc.response.get("Error", {}).get("Code")
+            if code == "ResourceNotFoundException":
+                raise self._no_group(exc) from None
+            if code != "ConflictException":
                 raise
             self.client.update_schedule(**params)
             created = False
@@ -112,6 +115,13 @@ class Scheduler:
         for listener in self.on_change:
             listener(name)
         return created
+
+    def _no_group(self, exc: ClientError) -> InvalidConfig:
+        return InvalidConfig(
+            f"EventBridge Scheduler has no schedule group {self.group!r} ({exc}): deploy the "
+            "stack from this rung's template.yaml (its ScheduleGroup), or pass the stack's "
+            "ScheduleGroupName output as schedule_group="
+        )
 
     def get(self, name: str) -> StoredSchedule | None:
         try:
@@ -133,7 +143,12 @@ class Scheduler:
         """Every schedule's name in the group."""
         kwargs: dict[str, Any] = {"GroupName": self.group}
         while True:
-            out = self.client.list_schedules(**kwargs)
+            try:
+                out = self.client.list_schedules(**kwargs)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                    raise self._no_group(exc) from None
+                raise
             for summary in out.get("Schedules", []):
                 yield summary["Name"]
             token = out.get("NextToken")

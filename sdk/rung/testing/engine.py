@@ -313,7 +313,9 @@ class LocalEngine(ReadBack, Scheduling):
         self._client = Client._from_parts(
             app, self.store, self.queue, self.clock, events, self.scheduler
         )
-        Schedules(app, self.store, self.queue, self.scheduler, self.clock).sync_declared(app)
+        # As a deploy does (a first version's group is new: nothing to sync without any)
+        if self._versions.deployed()[:-1] or any(t.schedule for t in app.tasks.values()):
+            Schedules(app, self.store, self.queue, self.scheduler, self.clock).sync_declared(app)
 
     def _aws_client(self, service: str) -> Any:
         assert self._emulator is not None
