@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from rung._aws import sessions
 from rung._aws.dynamodb import DEFAULT_RETENTION, DynamoStore, check_retention, whole_days
 from rung._aws.events import BUS_ENV, EventBus
+from rung._aws.s3 import Blobs
 from rung._aws.scheduler import EMULATOR_ROLE, Scheduler
 from rung._aws.sqs import SqsQueue
 from rung._engine import triggering
@@ -69,6 +70,10 @@ class Client(ScheduleMethods):
             the role its schedules send as, for the schedule methods (default
             ``$RUNG_SCHEDULE_GROUP`` and ``$RUNG_SCHEDULER_ROLE_ARN``; ``from_stack``
             reads both from the stack's outputs).
+        bucket: the stack's payload bucket, where values over 128 KiB are kept (default
+            ``$RUNG_PAYLOAD_BUCKET``; ``from_stack`` reads the ``PayloadBucketName``
+            output). Without one, payloads and token values over 128 KiB are refused
+            and runs whose values are offloaded cannot be read in full.
 
     Example:
         >>> client = rung.Client(app, table_name="rung-shop", queue_url=url)
@@ -91,6 +96,7 @@ class Client(ScheduleMethods):
         session: Any = None,
         schedule_group: str | None = None,
         scheduler_role_arn: str | None = None,
+        bucket: str | None = None,
     ) -> None:
         table_name = table_name or os.environ.get("RUNG_TABLE_NAME")
         queue_url = queue_url or os.environ.get("RUNG_QUEUE_URL")
@@ -102,10 +108,14 @@ class Client(ScheduleMethods):
         if retention is None:
             days = os.environ.get("RUNG_RETENTION_DAYS", "").strip()
             retention = timedelta(days=whole_days(days)) if days else DEFAULT_RETENTION
+        bucket = bucket or os.environ.get("RUNG_PAYLOAD_BUCKET") or None
         store = DynamoStore(
             sessions.client("dynamodb", endpoint_url, region, session=session),
             table_name,
             check_retention(retention),
+            Blobs(sessions.client("s3", endpoint_url, region, session=session), bucket)
+            if bucket
+            else None,
         )
         queue = SqsQueue(sessions.client("sqs", endpoint_url, region, session=session), queue_url)
         bus = event_bus or os.environ.get(BUS_ENV) or None
@@ -164,6 +174,7 @@ class Client(ScheduleMethods):
             schedule_group=stack.outputs.get("ScheduleGroupName") or stack_name,
             scheduler_role_arn=stack.outputs.get("SchedulerRoleArn")
             or (EMULATOR_ROLE if endpoint_url else None),
+            bucket=stack.outputs.get("PayloadBucketName"),
             retention=(
                 timedelta(days=whole_days(stack.outputs["RetentionDays"]))
                 if stack.outputs.get("RetentionDays")
@@ -234,7 +245,7 @@ class Client(ScheduleMethods):
         Raises:
             UnknownTask: the app has no such task.
             InvalidPayload: the payload fails the task's model or is not JSON.
-            PayloadTooLarge: the payload is larger than rung stores inline.
+            PayloadTooLarge: the payload is over 10 MiB of JSON (docs/payloads.md).
             InvalidConfig: a bad ``delay``, ``ttl``, ``tags``, ``idempotency_key`` or
                 ``debounce`` (which takes neither a key nor a delay).
             InvalidMetadata: ``metadata`` is not small JSON values by name.

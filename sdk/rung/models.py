@@ -227,8 +227,21 @@ class StepRecord:
 
 
 @dataclass(frozen=True)
+class Offloaded:
+    """A payload or output kept in the stack's S3 bucket (over 128 KiB of JSON), where
+    ``list_runs`` leaves it: ``get_run`` reads the value itself (docs/payloads.md)."""
+
+    #: its size, bytes of JSON
+    size: int
+
+    def __repr__(self) -> str:
+        return f"<{self.size:,} bytes in S3: get_run reads it>"
+
+
+@dataclass(frozen=True)
 class Run:
-    """A run as stored, returned by ``get_run`` and ``list_runs``."""
+    """A run as stored, returned by ``get_run`` and ``list_runs`` (whose runs hold an
+    ``Offloaded`` in place of a payload or output over 128 KiB)."""
 
     run_id: str
     task_id: str

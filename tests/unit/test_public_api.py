@@ -33,6 +33,7 @@ PINNED = {
     "Metadata",
     "NonDeterminismError",
     "NonRetryable",
+    "Offloaded",
     "PayloadTooLarge",
     "Poll",
     "Queue",

@@ -47,7 +47,7 @@ def test_unserializable_values_are_refused_with_the_reason(bad: object) -> None:
 
 
 def test_oversize_values_are_refused_with_the_limit() -> None:
-    with pytest.raises(PayloadTooLarge, match="rung stores at most 131,072 bytes"):
+    with pytest.raises(PayloadTooLarge, match="rung stores values of at most 10,485,760 bytes"):
         serde.dumps("x" * (serde.MAX_VALUE_BYTES + 1), "big")
 
 

@@ -35,6 +35,7 @@ _REPORTING = Config(
     connect_timeout=2,
     read_timeout=3,
 )
+_PATH_STYLE = Config(s3={"addressing_style": "path"})
 _lock = threading.Lock()
 _sessions: dict[tuple[str, bool, str], boto3.session.Session] = {}  # region, dummy, profile
 
@@ -108,6 +109,8 @@ def client(
     region; ``region`` still wins) instead of rung's own."""
     endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
     config = _REPORTING if reporting else _RETRIES
+    if service == "s3" and endpoint_url:  # an emulator answers at one host: no bucket DNS
+        config = config.merge(_PATH_STYLE)
     with _lock:  # (sessions are not thread-safe; their clients are)
         if session is not None:
             if not isinstance(session, boto3.session.Session):

@@ -29,6 +29,7 @@ from typing import IO, Any
 from rung import _lambda
 from rung._aws import cloudformation, sessions
 from rung._aws.dynamodb import DynamoStore
+from rung._aws.s3 import Blobs
 from rung._aws.scheduler import EMULATOR_ROLE, Scheduler
 from rung._aws.sqs import SqsQueue
 from rung._dev import emulator
@@ -220,7 +221,10 @@ class DevStack:
         # How long finished runs are kept: the template's RetentionDays, as the functions
         # (RUNG_RETENTION_DAYS) and the Client see it.
         retention = timedelta(days=int(self.stack.outputs.get("RetentionDays") or 30))
-        self.store = DynamoStore(self.dynamodb, self.stack.outputs["TableName"], retention)
+        bucket = self.stack.outputs.get("PayloadBucketName")
+        s3 = sessions.client("s3", self.endpoint_url, REGION)
+        blobs = Blobs(s3, bucket) if bucket else None
+        self.store = DynamoStore(self.dynamodb, self.stack.outputs["TableName"], retention, blobs)
         # Lambda's part: worker output to the functions' log groups (CloudWatch Logs).
         self._log_agent = LogAgent(sessions.client("logs", self.endpoint_url, REGION), cloudwatch)
         self.client = Client(
@@ -232,6 +236,7 @@ class DevStack:
             retention=retention,
             schedule_group=self.stack.outputs.get("ScheduleGroupName") or self.stack_name,
             scheduler_role_arn=self.stack.outputs.get("SchedulerRoleArn") or EMULATOR_ROLE,
+            bucket=bucket,
         )
         self._start_scheduler()
         self.functions = [

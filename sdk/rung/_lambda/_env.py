@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from rung._aws import sessions
 from rung._aws.dynamodb import DEFAULT_RETENTION, MAX_RETENTION, DynamoStore
+from rung._aws.s3 import Blobs
 from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, SqsQueue
 from rung.errors import InvalidConfig
 
@@ -53,14 +54,17 @@ def store_and_queue(
     max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT,
 ) -> tuple[DynamoStore, SqsQueue]:
     """The table and the work queue a handler uses: ``RUNG_TABLE_NAME``,
-    ``RUNG_QUEUE_URL`` (both required), ``RUNG_RETENTION_DAYS`` (``retention``) and
+    ``RUNG_QUEUE_URL`` (both required), ``RUNG_RETENTION_DAYS`` (``retention``),
+    ``RUNG_PAYLOAD_BUCKET`` (values over 128 KiB; unset: they are refused) and
     ``AWS_ENDPOINT_URL`` (an emulator or LocalStack; unset: AWS).
     ``max_receive_count``: the queue's DLQ threshold."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
+    bucket = os.environ.get("RUNG_PAYLOAD_BUCKET", "").strip()
     store = DynamoStore(
         sessions.client("dynamodb", endpoint),
         require("RUNG_TABLE_NAME", "the rung DynamoDB table's name (stack output TableName)"),
         retention(),
+        Blobs(sessions.client("s3", endpoint), bucket) if bucket else None,
     )
     queue = SqsQueue(
         sessions.client("sqs", endpoint),

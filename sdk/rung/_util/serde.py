@@ -17,9 +17,12 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from rung.errors import PayloadTooLarge
 
-#: Largest payload, step result or output stored inline (bytes of JSON). DynamoDB
-#: items stop at 400 KB and the run item holds payload, output and error history.
-MAX_VALUE_BYTES = 128 * 1024
+#: Largest payload, step result, token value or output rung stores (bytes of JSON):
+#: 10 MiB. Anything over ``INLINE_VALUE_BYTES`` goes to the stack's S3 bucket.
+MAX_VALUE_BYTES = 10 * 1024 * 1024
+#: Largest value stored inline in its DynamoDB item (bytes of JSON). Items stop at
+#: 400 KB and the run item holds payload, output and error history.
+INLINE_VALUE_BYTES = 128 * 1024
 
 
 class NotSerializable(TypeError):
@@ -59,8 +62,9 @@ def dumps(value: Any, what: str, *, as_input: bool = False) -> str:
     size = len(text.encode("utf-8"))
     if size > MAX_VALUE_BYTES:
         raise PayloadTooLarge(
-            f"{what} is {size:,} bytes of JSON; rung stores at most {MAX_VALUE_BYTES:,} bytes "
-            "inline (DynamoDB items stop at 400 KB). Put large data in S3 and pass its key."
+            f"{what} is {size:,} bytes of JSON; rung stores values of at most "
+            f"{MAX_VALUE_BYTES:,} bytes (10 MiB). Put larger data in S3 yourself and pass "
+            "its key."
         )
     return text
 

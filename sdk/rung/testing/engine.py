@@ -44,6 +44,7 @@ from rung._aws.emulator import (
     use_virtual_time,
     visible,
 )
+from rung._aws.s3 import Blobs
 from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, BadMessage, QueueMessage, SqsQueue, decode
 from rung._engine.config import WorkerConfig
 from rung._engine.reconciler import DEFAULT_GRACE, Reconciler, ReconcileReport
@@ -221,7 +222,9 @@ class LocalEngine(ReadBack, Scheduling):
             self.sqs.meta.events.register(
                 "after-call.sqs.SendMessage", lambda **_: self._kick.set()
             )
-            self.store = DynamoStore(self.dynamodb, self.table_name, self._retention)
+            s3 = sessions.client("s3", emulator.endpoint_url, _REGION, session=self._session)
+            self.blobs = Blobs.created(s3, f"rung-payloads-{suffix}")  # (REST: not attached)
+            self.store = DynamoStore(self.dynamodb, self.table_name, self._retention, self.blobs)
             self.store.create_table()
             visibility = max(self._config.lease_duration * 2, timedelta(seconds=30))
             self.queue_url, self.dlq_url = SqsQueue.create(
@@ -327,6 +330,8 @@ class LocalEngine(ReadBack, Scheduling):
             self.dynamodb.delete_table(TableName=self.table_name)
         with contextlib.suppress(Exception):
             self._drop_scheduler()
+        with contextlib.suppress(Exception):
+            self.blobs.drop()
         if self.telemetry is not None:
             self.telemetry.drop()
         for url in (getattr(self, "queue_url", None), getattr(self, "dlq_url", None)):

@@ -8,6 +8,10 @@ One table, string keys ``pk``/``sk``:
     DEBOUNCE#<task>#<key>  #DEBOUNCE  a debounce key -> its pending run (debounce.py)
     SCHEDULE#<id>  #FIRED           a cron schedule's last firing times (fired.py)
 
+Values (payloads, outputs, step results, token values) are JSON strings; one over 128
+KiB is an object of the payload bucket (``rung._aws.s3``) and its attribute a pointer,
+``{"M": {"s3": key, "bytes": n}}`` (``_Base._value``, ``_Base._text``).
+
 Fencing (invariant 2). The run item carries ``lease_token``, a counter raised by
 every claim. Every later write to the run item by that worker is conditioned on
 ``lease_token = :token AND status = RUNNING``; a worker whose lease was taken over
@@ -86,6 +90,7 @@ from rung._aws.dynamodb.upgrade import (
     _Upgrade,
     index_change,
 )
+from rung._aws.s3 import Blobs
 
 __all__ = [
     "BackfillProgress",
@@ -139,11 +144,16 @@ class DynamoStore(
     """
 
     def __init__(
-        self, client: Any, table_name: str, retention: timedelta = DEFAULT_RETENTION
+        self,
+        client: Any,
+        table_name: str,
+        retention: timedelta = DEFAULT_RETENTION,
+        blobs: Blobs | None = None,
     ) -> None:
         self.client = client
         self.table = table_name
         self.retention = check_retention(retention)
+        self.blobs = blobs
 
     # -- schema ----------------------------------------------------------------------
 

@@ -13,9 +13,11 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from rung._aws.s3 import Blobs, no_bucket
+from rung._util import serde
 from rung._util.clock import from_ms, iso, parse_iso, to_ms
 from rung.errors import ErrorInfo, LeaseLost, RunNotFound
-from rung.models import Failure, Redrive, Run, RunStatus, StepRecord
+from rung.models import Failure, Offloaded, Redrive, Run, RunStatus, StepRecord
 
 #: The key schema and indexes; template.yaml declares the same (a test checks).
 KEY_SCHEMA = {"pk": "HASH", "sk": "RANGE"}
@@ -247,6 +249,43 @@ class _Base:
     table: str
     #: how long finished runs are kept (docs/retention.md)
     retention: timedelta
+    #: the payload bucket values over the inline limit go to (None: none; such values
+    #: are refused)
+    blobs: Blobs | None
+
+    # -- values: inline, or offloaded to S3 (docs/payloads.md) --------------------------
+
+    def _value(self, run_id: str, text: str, what: str) -> dict[str, Any]:
+        """The attribute that holds ``text`` (a value's JSON) for ``run_id``: the string
+        itself, or a pointer to its object when it is over the inline limit.
+
+        Raises:
+            PayloadTooLarge: over the inline limit and no bucket is configured.
+        """
+        if len(text) * 4 <= serde.INLINE_VALUE_BYTES:  # (UTF-8: at most 4 bytes a char)
+            return _S(text)
+        size = len(text.encode("utf-8"))
+        if size <= serde.INLINE_VALUE_BYTES:
+            return _S(text)
+        if self.blobs is None:
+            raise no_bucket(what, size, serde.INLINE_VALUE_BYTES)
+        return {"M": {"s3": _S(self.blobs.put(run_id, text)), "bytes": _N(size)}}
+
+    def _text(self, attr: dict[str, Any]) -> str:
+        """The JSON an attribute made by ``_value`` holds (read from S3 if offloaded)."""
+        if "S" in attr:
+            return str(attr["S"])
+        key = attr["M"]["s3"]["S"]
+        if self.blobs is None:
+            raise no_bucket(f"the offloaded value {key}", int(attr["M"]["bytes"]["N"]), 0)
+        return self.blobs.get(key)
+
+    def _json(self, attr: dict[str, Any], *, fetch: bool = True) -> Any:
+        """The value an attribute made by ``_value`` holds, decoded; ``fetch`` False: an
+        offloaded one stays where it is (``rung.Offloaded``)."""
+        if not fetch and "M" in attr:
+            return Offloaded(size=int(attr["M"]["bytes"]["N"]))
+        return json.loads(self._text(attr))
 
     # -- reads and fenced writes every section uses -------------------------------------
 
@@ -316,17 +355,17 @@ class _Base:
 
     # -- items <-> domain --------------------------------------------------------------
 
-    @staticmethod
-    def _new_run_item(new: NewRun) -> dict[str, Any]:
+    def _new_run_item(self, new: NewRun) -> dict[str, Any]:
         status = RunStatus.DELAYED if new.available_at > new.created_at else RunStatus.QUEUED
+        payload = self._value(new.run_id, new.payload_json, f"the payload of run {new.run_id}")
         item: dict[str, Any] = {
+            "payload": payload,
             **_run_key(new.run_id),
             "run_id": _S(new.run_id),
             "task_id": _S(new.task_id),
             "task_shard": _S(task_shard(new.task_id, new.run_id)),
             "status": _S(status),
             "status_shard": _S(status_shard(status, new.run_id)),
-            "payload": _S(new.payload_json),
             "created_at": _S(iso(new.created_at)),
             "updated_at": _S(iso(new.created_at)),
             "created_sk": _S(f"{iso(new.created_at)}#{new.run_id}"),
@@ -374,7 +413,9 @@ class _Base:
         if record.finished_at is not None:
             item["finished_at"] = _S(iso(record.finished_at))
         if record.result_json is not None:
-            item["result"] = _S(record.result_json)
+            item["result"] = self._value(
+                run_id, record.result_json, f"the result of step {record.step_id!r}"
+            )
         if record.error is not None:
             item["error"] = _S(json.dumps(record.error.to_json()))
         if record.kind != "step":
@@ -383,8 +424,7 @@ class _Base:
             item["wake_at"] = _N(to_ms(record.wake_at))
         return item
 
-    @staticmethod
-    def _step_from_item(item: dict[str, Any]) -> StepRecord:
+    def _step_from_item(self, item: dict[str, Any]) -> StepRecord:
         return StepRecord(
             step_id=item["step_id"]["S"],
             seq=int(item["seq"]["N"]),
@@ -393,14 +433,16 @@ class _Base:
             run_attempt=int(item["run_attempt"]["N"]),
             started_at=parse_iso(item["started_at"]["S"]),
             finished_at=parse_iso(item["finished_at"]["S"]) if "finished_at" in item else None,
-            result_json=item["result"]["S"] if "result" in item else None,
+            result_json=self._text(item["result"]) if "result" in item else None,
             error=ErrorInfo.from_json(json.loads(item["error"]["S"])) if "error" in item else None,
             kind=item["kind"]["S"] if "kind" in item else "step",
             wake_at=from_ms(int(item["wake_at"]["N"])) if "wake_at" in item else None,
         )
 
-    @staticmethod
-    def _run_from_item(item: dict[str, Any]) -> Run:
+    def _run_from_item(self, item: dict[str, Any], *, fetch: bool = True) -> Run:
+        """The run an item holds; ``fetch`` False: offloaded payload and output are left
+        in S3 (``rung.Offloaded``; listings)."""
+
         def opt_time(name: str) -> datetime | None:
             return parse_iso(item[name]["S"]) if name in item else None
 
@@ -413,14 +455,14 @@ class _Base:
             task_id=item["task_id"]["S"],
             status=RunStatus(item["status"]["S"]),
             attempt=int(item["attempt"]["N"]),
-            payload=json.loads(item["payload"]["S"]),
+            payload=self._json(item["payload"], fetch=fetch),
             created_at=parse_iso(item["created_at"]["S"]),
             updated_at=parse_iso(item["updated_at"]["S"]),
             available_at=from_ms(int(item["available_at"]["N"])),
             started_at=opt_time("started_at"),
             attempt_started_at=opt_time("attempt_started_at"),
             finished_at=opt_time("finished_at"),
-            output=json.loads(item["output"]["S"]) if "output" in item else None,
+            output=self._json(item["output"], fetch=fetch) if "output" in item else None,
             error=ErrorInfo.from_json(json.loads(item["error"]["S"])) if "error" in item else None,
             idempotency_key=item["idempotency_key"]["S"] if "idempotency_key" in item else None,
             tags=tuple(t["S"] for t in item.get("tags", {"L": []})["L"]),

@@ -97,7 +97,7 @@ class _Debounced(_Ttl):
         ]
         removes: list[str] = []
         values: dict[str, Any] = {
-            ":payload": _S(new.payload_json),
+            ":payload": self._value(run_id, new.payload_json, f"the payload of run {run_id}"),
             ":due": _N(to_ms(due)),
             ":now": _S(iso(now)),
             ":one": _N(1),

@@ -464,7 +464,7 @@ class _Runs(_Created):
             wake_parent,
             RunStatus.COMPLETED,
             "#output = :output",
-            {":output": _S(output_json)},
+            {":output": self._value(run_id, output_json, f"the output of run {run_id}")},
             names={"#output": "output"},
         )
 

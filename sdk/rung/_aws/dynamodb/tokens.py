@@ -88,10 +88,18 @@ class _Tokens(_Base):
             TokenAlreadyResolved: it was completed, failed or timed out already, or its
                 run has finished.
         """
-        token_update = _answer(self.table, token_id, status, result_json, error, now)
-        for _ in range(10):
-            state = self.get_token(token_id)
-            self._check_open(state, now)
+        state = self.get_token(token_id)
+        self._check_open(state, now)
+        result = (
+            None
+            if result_json is None
+            else self._value(state.run_id, result_json, f"the value completing {token_id}")
+        )
+        token_update = _answer(self.table, token_id, status, result, error, now)
+        for attempt in range(10):
+            if attempt:
+                state = self.get_token(token_id)
+                self._check_open(state, now)
             for second, woke in (
                 (self._wake_waiting(state.run_id, now), True),
                 (self._not_waiting_check(state.run_id), False),
@@ -238,8 +246,7 @@ class _Tokens(_Base):
         except RunNotFound:
             return None
 
-    @staticmethod
-    def _token_from_item(item: dict[str, Any]) -> TokenState:
+    def _token_from_item(self, item: dict[str, Any]) -> TokenState:
         hb = int(item["hb_ms"]["N"])
         return TokenState(
             id=item["token_id"]["S"],
@@ -251,7 +258,7 @@ class _Tokens(_Base):
             timeout_at=from_ms(int(item["timeout_ms"]["N"])),
             heartbeat_timeout=timedelta(milliseconds=hb) if hb else None,
             deadline=from_ms(int(item["deadline_ms"]["N"])),
-            result_json=item["result"]["S"] if "result" in item else None,
+            result_json=self._text(item["result"]) if "result" in item else None,
             error=ErrorInfo.from_json(json.loads(item["error"]["S"])) if "error" in item else None,
             resolved_at=parse_iso(item["resolved_at"]["S"]) if "resolved_at" in item else None,
         )
@@ -261,11 +268,12 @@ def _answer(
     table: str,
     token_id: str,
     status: str,
-    result_json: str | None,
+    result: dict[str, Any] | None,
     error: ErrorInfo | None,
     now: datetime,
 ) -> dict[str, Any]:
-    """The update that answers an open token in time (its value or its error)."""
+    """The update that answers an open token in time (its value's attribute, or its
+    error)."""
     values: dict[str, Any] = {
         ":status": _S(status),
         ":open": _S(TOKEN_OPEN),
@@ -274,9 +282,9 @@ def _answer(
     }
     update = "SET token_status = :status, resolved_at = :now"
     names: dict[str, str] = {}
-    if result_json is not None:
+    if result is not None:
         update += ", #result = :result"
-        values[":result"] = _S(result_json)
+        values[":result"] = result
         names["#result"] = "result"
     if error is not None:
         update += ", #error = :error"

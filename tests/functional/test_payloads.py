@@ -1,0 +1,254 @@
+"""Values over 128 KiB go to the stack's S3 bucket (docs/payloads.md): payloads, step
+results, token values and outputs up to 10 MiB round-trip, read back through the S3
+and DynamoDB APIs of the embedded emulator; an 11 MB value is refused before anything
+is stored; a swept run's objects are deleted with it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import rung
+from rung._aws import sessions
+from rung._util.clock import VirtualClock
+from rung.models import RunStatus
+from rung.testing import LocalEngine
+
+MB = 1_000_000
+FIVE_MB = "x" * (5 * MB)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _s3(engine: LocalEngine) -> Any:
+    """An S3 client of the test's own, at the emulator's endpoint."""
+    return sessions.client("s3", engine.endpoint_url, "us-east-1")
+
+
+def _objects(engine: LocalEngine) -> dict[str, dict[str, Any]]:
+    out = _s3(engine).list_objects_v2(Bucket=engine.blobs.bucket)
+    return {o["Key"]: o for o in out.get("Contents", [])}
+
+
+def _item(engine: LocalEngine, run_id: str, sk: str = "#RUN") -> dict[str, Any]:
+    key = {"pk": {"S": f"RUN#{run_id}"}, "sk": {"S": sk}}
+    out = engine.dynamodb.get_item(TableName=engine.table_name, Key=key, ConsistentRead=True)
+    return out["Item"]  # type: ignore[no-any-return]
+
+
+def _app(calls: list[str], tokens: list[str]) -> rung.App:
+    app = rung.App("payloads")
+
+    @app.task(id="echo")
+    def echo(ctx: rung.Context, payload: dict[str, Any]) -> dict[str, Any]:
+        calls.append("echo")
+        return {"size": len(payload["blob"]), "digest": _digest(payload["blob"])}
+
+    @app.task(id="big-step")
+    def big_step(ctx: rung.Context, payload: dict[str, Any]) -> dict[str, Any]:
+        def make() -> str:
+            calls.append("make")
+            return "y" * payload["size"]
+
+        value = ctx.step("make", make)
+        ctx.wait(timedelta(minutes=5))  # the next attempt replays the step's checkpoint
+        return {"size": len(value), "digest": _digest(value)}
+
+    @app.task(id="big-output")
+    def big_output(ctx: rung.Context, payload: dict[str, Any]) -> str:
+        return "z" * payload["size"]
+
+    @app.task(id="approval")
+    def approval(ctx: rung.Context, payload: dict[str, Any]) -> dict[str, Any]:
+        token = ctx.create_token("approve", timeout=timedelta(days=365))
+        ctx.step("announce", lambda: tokens.append(token.id))
+        value = ctx.wait_for_token(token)
+        return {"size": len(value["document"]), "digest": _digest(value["document"])}
+
+    @app.task(id="parent")
+    def parent(ctx: rung.Context, payload: dict[str, Any]) -> dict[str, Any]:
+        child = ctx.trigger_and_wait("big-output", {"size": payload["size"]})
+        return {"size": len(child), "digest": _digest(child)}
+
+    return app
+
+
+def test_a_5_mb_payload_is_offloaded_encrypted_and_round_trips() -> None:
+    calls: list[str] = []
+    with LocalEngine(_app(calls, [])) as engine:
+        handle = engine.trigger("echo", {"blob": FIVE_MB})
+        # Stored as an object of the payload bucket, its item a pointer to it.
+        pointer = _item(engine, handle.run_id)["payload"]["M"]
+        key = pointer["s3"]["S"]
+        assert key.startswith(f"runs/{handle.run_id}/") and key.endswith(".json")
+        assert int(pointer["bytes"]["N"]) == len(FIVE_MB) + len('{"blob":""}')
+        head = _s3(engine).head_object(Bucket=engine.blobs.bucket, Key=key)
+        assert head["ServerSideEncryption"] == "AES256"
+        assert head["ContentLength"] == int(pointer["bytes"]["N"])
+        run = engine.wait(handle.run_id)
+        assert run.status == RunStatus.COMPLETED
+        assert run.output == {"size": 5 * MB, "digest": _digest(FIVE_MB)}
+        assert engine.get_run(handle.run_id).payload == {"blob": FIVE_MB}
+        # A listing leaves the value in S3 and says so; get_run reads it.
+        [listed] = engine.client.list_runs(task="echo")
+        assert isinstance(listed.payload, rung.Offloaded)
+        assert listed.payload.size == int(pointer["bytes"]["N"])
+        assert "get_run reads it" in repr(listed.payload)
+        assert listed.output == run.output  # (small: inline)
+    assert calls == ["echo"]
+
+
+def test_values_up_to_128_kib_stay_inline_with_no_object() -> None:
+    calls: list[str] = []
+    with LocalEngine(_app(calls, [])) as engine:
+        blob = "a" * (128 * 1024 - len('{"blob":""}'))  # exactly the inline limit
+        handle = engine.trigger("echo", {"blob": blob})
+        assert engine.wait(handle.run_id).output["size"] == len(blob)
+        assert "S" in _item(engine, handle.run_id)["payload"]
+        assert _objects(engine) == {}
+
+
+def test_a_5_mb_step_result_is_replayed_from_s3_and_the_step_runs_once() -> None:
+    calls: list[str] = []
+    with LocalEngine(_app(calls, [])) as engine:
+        handle = engine.trigger("big-step", {"size": 5 * MB})
+        run = engine.wait(handle.run_id, timeout=60)
+        assert run.status == RunStatus.COMPLETED, run.error
+        assert run.output == {"size": 5 * MB, "digest": _digest("y" * (5 * MB))}
+        assert run.attempt >= 1 and calls == ["make"]  # replayed, not run again
+        [make] = [r for r in engine.store.load_steps(handle.run_id).values() if r.kind == "step"]
+        assert make.result_json is not None and len(make.result_json) == 5 * MB + 2
+        stored = _item(engine, handle.run_id, f"STEP#{make.step_id}")["result"]["M"]
+        assert stored["s3"]["S"] in _objects(engine)
+
+
+def test_a_5_mb_output_and_a_childs_5_mb_output_to_its_parent() -> None:
+    with LocalEngine(_app([], [])) as engine:
+        handle = engine.trigger("big-output", {"size": 5 * MB})
+        assert engine.wait(handle.run_id).output == "z" * (5 * MB)
+        assert "M" in _item(engine, handle.run_id)["output"]
+        parent = engine.trigger("parent", {"size": 5 * MB})
+        run = engine.wait(parent.run_id, timeout=60)
+        assert run.output == {"size": 5 * MB, "digest": _digest("z" * (5 * MB))}
+
+
+def test_a_5_mb_token_value_reaches_the_waiting_run_once_stored() -> None:
+    tokens: list[str] = []
+    with LocalEngine(_app([], tokens)) as engine:
+        handle = engine.trigger("approval", {})
+        assert engine.wait_for_token(handle.run_id).id == tokens[0]
+        document = "d" * (5 * MB)
+        state = engine.client.complete_token(tokens[0], {"document": document})
+        assert state.status == "COMPLETED"
+        run = engine.wait(handle.run_id, timeout=60)
+        assert run.output == {"size": 5 * MB, "digest": _digest(document)}
+        token_item = engine.dynamodb.get_item(
+            TableName=engine.table_name,
+            Key={"pk": {"S": f"TOKEN#{tokens[0]}"}, "sk": {"S": "#TOKEN"}},
+            ConsistentRead=True,
+        )["Item"]
+        key = token_item["result"]["M"]["s3"]["S"]
+        # The value and the wait's checkpoint of it are one object (content-addressed).
+        assert list(_objects(engine)) == [key]
+        stored = engine.client.get_token(tokens[0]).result_json
+        assert stored is not None and json.loads(stored) == {"document": document}
+
+
+def test_an_11_mb_payload_is_refused_before_anything_is_stored() -> None:
+    with LocalEngine(_app([], [])) as engine:
+        with pytest.raises(rung.PayloadTooLarge) as refused:
+            engine.trigger("echo", {"blob": "x" * (11 * MB)})
+        message = str(refused.value)
+        assert "11,000,011 bytes" in message and "at most 10,485,760 bytes" in message
+        assert _objects(engine) == {}
+        assert engine.client.list_runs() == []
+        assert (
+            engine.sqs.get_queue_attributes(
+                QueueUrl=engine.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+            )["Attributes"]["ApproximateNumberOfMessages"]
+            == "0"
+        )
+
+
+def test_an_11_mb_step_result_or_token_value_is_refused_with_the_limit() -> None:
+    tokens: list[str] = []
+    with LocalEngine(_app([], tokens)) as engine:
+        handle = engine.trigger("big-step", {"size": 11 * MB})
+        run = engine.wait(handle.run_id, fail_fast=False)
+        assert run.status == RunStatus.FAILED
+        assert run.error is not None and "PayloadTooLarge" in run.error.type + run.error.message
+        assert "at most 10,485,760 bytes" in run.error.message
+        waiting = engine.trigger("approval", {})
+        engine.wait_for_token(waiting.run_id)
+        with pytest.raises(rung.PayloadTooLarge):
+            engine.client.complete_token(tokens[0], "t" * (11 * MB))
+        assert engine.client.get_token(tokens[0]).status == "WAITING"  # still open
+        assert _objects(engine) == {}
+
+
+def test_a_swept_run_takes_its_objects_with_it() -> None:
+    with LocalEngine(_app([], [])) as engine:
+        clock = engine.clock
+        assert isinstance(clock, VirtualClock)
+        done = engine.trigger("big-output", {"size": 2 * MB})
+        engine.wait(done.run_id)
+        keep = engine.trigger("approval", {})  # waits: never swept
+        engine.wait_for_token(keep.run_id)
+        assert len(_objects(engine)) == 1
+        clock.advance(timedelta(days=31, minutes=10))
+        assert engine.reconcile().expired.runs == 1
+        assert _objects(engine) == {}
+        assert engine.get_run(keep.run_id).status == RunStatus.WAITING
+
+
+def test_a_client_without_a_bucket_refuses_values_over_128_kib_and_says_how() -> None:
+    with LocalEngine(_app([], [])) as engine:
+        client = rung.Client(
+            engine.app,
+            table_name=engine.table_name,
+            queue_url=engine.queue_url,
+            endpoint_url=engine.endpoint_url,
+        )
+        with pytest.raises(rung.PayloadTooLarge) as refused:
+            client.trigger("echo", {"blob": "x" * (200 * 1024)})
+        assert "PayloadBucketName" in str(refused.value) and "bucket=" in str(refused.value)
+        assert engine.client.list_runs() == []
+        small = client.trigger("echo", {"blob": "ok"})
+        assert engine.wait(small.run_id).output["size"] == 2
+
+
+def test_an_offloaded_value_costs_one_put_and_is_read_once_per_process() -> None:
+    calls: list[str] = []
+    with LocalEngine(_app(calls, [])) as engine:
+        before = dict(engine.blobs.requests)
+        handle = engine.trigger("big-step", {"size": 1 * MB})
+        engine.wait(handle.run_id, timeout=60)
+        engine.get_run(handle.run_id)
+        spent = {k: v - before[k] for k, v in engine.blobs.requests.items()}
+    # the step's result: one put; read again from this process's cache on replay
+    assert spent == {"PutObject": 1, "GetObject": 0, "ListObjectsV2": 0, "DeleteObjects": 0}
+
+
+def test_concurrent_triggers_of_one_big_payload_store_it_per_run() -> None:
+    with LocalEngine(_app([], [])) as engine:
+        handles: list[rung.RunHandle] = []
+
+        def trigger() -> None:
+            handles.append(engine.trigger("echo", {"blob": "q" * (300 * 1024)}))
+
+        threads = [threading.Thread(target=trigger) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len({h.run_id for h in handles}) == 4
+        for h in handles:
+            assert engine.wait(h.run_id).output["size"] == 300 * 1024
+        assert len(_objects(engine)) == 4  # one per run, under its own prefix
