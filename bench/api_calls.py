@@ -54,6 +54,8 @@ from rich.console import Console
 from rich.table import Table
 
 import rung
+import rung._aws.dynamodb
+import rung._aws.s3
 import rung.testing
 
 RESULTS = Path(__file__).parent / "results" / "api_calls.json"
@@ -125,6 +127,97 @@ VARIANTS = [
     Variant("5 steps, idempotency key", "5 + key", "steps-5", 5, idempotency_key=True),
     Variant("5 steps, one retry", "5 + retry", _define(5, flaky_at=2), 5),
 ]
+
+
+# Offloaded values (docs/payloads.md): the same one-step task with a small value and
+# with a 1 MB one, as payload, step result or output.
+OFFLOAD_BYTES = 1_000_000
+PRICE_S3_PUT = 5.0  # $ per million S3 Standard PUT requests
+PRICE_S3_GET = 0.4  # $ per million S3 Standard GET requests
+
+
+@app.task(id="offload")
+def offload(ctx: rung.Context, payload: dict[str, Any]) -> Any:
+    """A step whose result (``payload["step"]`` bytes) and an output (``payload["out"]``)."""
+    result = ctx.step("make", lambda: "s" * payload["step"])
+    ctx.wait(timedelta(seconds=1))  # a second attempt replays the step's checkpoint
+    return {"step": len(result), "out": "o" * payload["out"]}
+
+
+OFFLOAD_CASES = {
+    "small values": ({"blob": ""}, {"step": 10, "out": 10}),
+    "1 MB payload": ({"blob": "p" * OFFLOAD_BYTES}, {"step": 10, "out": 10}),
+    "1 MB step result": ({"blob": ""}, {"step": OFFLOAD_BYTES, "out": 10}),
+    "1 MB output": ({"blob": ""}, {"step": 10, "out": OFFLOAD_BYTES}),
+}
+
+
+def measure_offload(engine: rung.testing.LocalEngine, meter: Meter) -> dict[str, dict[str, int]]:
+    """Per case: the run's DynamoDB/SQS requests and WRU, and its S3 requests; then the
+    S3 GETs a fresh process (a new Lambda container) would make, its cache empty."""
+    out: dict[str, dict[str, int]] = {}
+    assert engine.blobs is not None
+    for label, (extra, sizes) in OFFLOAD_CASES.items():
+        meter.wait_done()
+        meter.reset()
+        before = dict(engine.blobs.requests)
+        with meter.phase("trigger"):
+            handle = engine.trigger("offload", {**extra, **sizes})
+        run = engine.wait(handle.run_id, timeout=60)
+        if run.status != rung.RunStatus.COMPLETED:
+            raise SystemExit(f"{label}: run {run.run_id} ended {run.status}: {run.error}")
+        meter.wait_done()
+        tally = meter.reset()
+        s3 = {k: v - before[k] for k, v in engine.blobs.requests.items()}
+        cold = rung._aws.s3.Blobs(engine.blobs.client, engine.blobs.bucket)
+        store = rung._aws.dynamodb.DynamoStore(engine.dynamodb, engine.table_name, blobs=cold)
+        store.load_run_and_steps(handle.run_id)  # what an attempt reads, cache empty
+        out[label] = {
+            "dynamodb_sqs_requests": tally.total,
+            "wru": tally.wru,
+            "s3_put": s3["PutObject"],
+            "s3_get_same_process": s3["GetObject"],
+            "s3_get_per_attempt_cold": cold.requests["GetObject"],
+        }
+    return out
+
+
+def report_offload(rows: dict[str, dict[str, int]], console: Console) -> dict[str, Any]:
+    table = Table(title="Offloaded values: a 1-step run with one 1 MB value vs small values")
+    for col in ("case", "DynamoDB+SQS req", "WRU", "S3 PUT", "S3 GET (warm)", "GET/attempt cold"):
+        table.add_column(col, justify="left" if col == "case" else "right")
+    for label, r in rows.items():
+        table.add_row(
+            label,
+            str(r["dynamodb_sqs_requests"]),
+            str(r["wru"]),
+            str(r["s3_put"]),
+            str(r["s3_get_same_process"]),
+            str(r["s3_get_per_attempt_cold"]),
+        )
+    console.print(table)
+    base = rows["small values"]
+    per_value = {
+        label: {
+            "extra_requests": r["dynamodb_sqs_requests"] - base["dynamodb_sqs_requests"]
+            + r["s3_put"]
+            + r["s3_get_same_process"],
+            "s3_put": r["s3_put"],
+            "s3_get_per_cold_attempt": r["s3_get_per_attempt_cold"],
+            "usd_per_million_values": round(
+                r["s3_put"] * PRICE_S3_PUT + r["s3_get_per_attempt_cold"] * PRICE_S3_GET, 3
+            ),
+        }
+        for label, r in rows.items()
+        if label != "small values"
+    }
+    console.print(
+        "An offloaded value costs one S3 PUT when written (content-addressed: written once "
+        "per run and process) and one GET per attempt of a process that has not read it "
+        f"yet; S3 ${PRICE_S3_PUT:g}/M PUT, ${PRICE_S3_GET:g}/M GET. Inline, the same 1 MB "
+        "could not be stored at all (DynamoDB items stop at 400 KB)."
+    )
+    return {"cases": rows, "per_offloaded_value": per_value}
 
 
 # -- the meter -----------------------------------------------------------------------------
@@ -552,7 +645,9 @@ def main() -> int:
     with rung.testing.LocalEngine(app) as engine:
         meter = Meter(engine)
         results = [measure(engine, meter, v) for v in VARIANTS]
+        offloaded = measure_offload(engine, meter)
     data = report(results, console)
+    data["offloaded_values"] = report_offload(offloaded, console)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
     console.print(f"wrote {RESULTS} in {time.monotonic() - began:.1f}s")

@@ -328,7 +328,7 @@ def test_a_batch_whose_outcomes_do_not_fit_one_checkpoint_fails_its_wait_clearly
 
     @app.task(id="wordy")
     def wordy(ctx: rung.Context, n: int) -> str:
-        return "x" * 3000  # 60 of these are ~180 KB of outcomes: over 128 KiB
+        return "x" * 180_000  # 60 of these are ~10.8 MB of outcomes: over 10 MiB
 
     @app.task(id="parent")
     def parent(ctx: rung.Context, payload: None) -> dict[str, Any]:

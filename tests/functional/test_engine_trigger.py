@@ -195,7 +195,7 @@ def test_a_trigger_that_crashed_before_sending_is_dispatched_by_a_repeated_trigg
         ("count", None, rung.InvalidPayload, "does not match int"),
         ("anything", {"when": object()}, rung.InvalidPayload, "not JSON-serializable"),
         ("anything", float("inf"), rung.InvalidPayload, "not JSON-serializable"),
-        ("anything", "x" * 200_000, rung.PayloadTooLarge, "stores at most 131,072 bytes"),
+        ("anything", "x" * 11_000_000, rung.PayloadTooLarge, "at most 10,485,760 bytes"),
     ],
 )
 def test_bad_triggers_are_refused_clearly_and_nothing_is_stored_or_enqueued(

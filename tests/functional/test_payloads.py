@@ -55,7 +55,7 @@ def _app(calls: list[str], tokens: list[str]) -> rung.App:
     def big_step(ctx: rung.Context, payload: dict[str, Any]) -> dict[str, Any]:
         def make() -> str:
             calls.append("make")
-            return "y" * payload["size"]
+            return "y" * int(payload["size"])
 
         value = ctx.step("make", make)
         ctx.wait(timedelta(minutes=5))  # the next attempt replays the step's checkpoint
@@ -63,7 +63,7 @@ def _app(calls: list[str], tokens: list[str]) -> rung.App:
 
     @app.task(id="big-output")
     def big_output(ctx: rung.Context, payload: dict[str, Any]) -> str:
-        return "z" * payload["size"]
+        return "z" * int(payload["size"])
 
     @app.task(id="approval")
     def approval(ctx: rung.Context, payload: dict[str, Any]) -> dict[str, Any]:

@@ -300,7 +300,7 @@ def test_token_errors_for_unknown_ids_and_bad_values(flavor: Flavor) -> None:
         with pytest.raises(rung.InvalidPayload, match="not JSON-serializable"):
             engine.client.complete_token(token_id, object())
         with pytest.raises(rung.PayloadTooLarge):
-            engine.client.complete_token(token_id, "x" * 300_000)
+            engine.client.complete_token(token_id, "x" * 11_000_000)
         with pytest.raises(rung.UsageError, match="error message or an exception"):
             engine.client.fail_token(token_id, "")
         # None of that disturbed the token or the run.
