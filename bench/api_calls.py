@@ -199,7 +199,8 @@ def report_offload(rows: dict[str, dict[str, int]], console: Console) -> dict[st
     base = rows["small values"]
     per_value = {
         label: {
-            "extra_requests": r["dynamodb_sqs_requests"] - base["dynamodb_sqs_requests"]
+            "extra_requests": r["dynamodb_sqs_requests"]
+            - base["dynamodb_sqs_requests"]
             + r["s3_put"]
             + r["s3_get_same_process"],
             "s3_put": r["s3_put"],

@@ -252,3 +252,42 @@ def test_concurrent_triggers_of_one_big_payload_store_it_per_run() -> None:
         for h in handles:
             assert engine.wait(h.run_id).output["size"] == 300 * 1024
         assert len(_objects(engine)) == 4  # one per run, under its own prefix
+
+
+def test_a_worker_without_a_bucket_fails_big_results_clearly_at_once() -> None:
+    """A worker deployed without RUNG_PAYLOAD_BUCKET (its store has no bucket): a step
+    result or an output over 128 KiB fails the run on its first attempt, saying why,
+    rather than crashing the worker attempt after attempt."""
+    with LocalEngine(_app([], [])) as engine:
+        engine.store.blobs = None
+        for task, what in (("big-step", "the result of step"), ("big-output", "the output")):
+            handle = engine.trigger(task, {"size": 200_000})
+            run = engine.wait(handle.run_id, fail_fast=False, timeout=60)
+            assert (run.status, run.attempt) == (RunStatus.FAILED, 1), run.error
+            assert run.error is not None and run.error.type == "PayloadTooLarge"
+            assert what in run.error.message and "RUNG_PAYLOAD_BUCKET" in run.error.message
+        assert _objects(engine) == {}
+
+
+def test_the_cli_shows_a_big_payload_abridged_and_json_whole() -> None:
+    from click.testing import CliRunner
+
+    from rung.cli.runs import list_runs, show_run
+
+    with LocalEngine(_app([], [])) as engine:
+        handle = engine.trigger("big-output", {"size": 300_000})
+        engine.wait(handle.run_id)
+
+        class Target:  # what `rung runs ...` reads through: the engine's own client
+            def client(self) -> rung.Client:
+                return engine.client
+
+        shown = CliRunner().invoke(show_run, [handle.run_id], obj=Target()).output
+        whole = json.loads(
+            CliRunner().invoke(show_run, [handle.run_id, "--json"], obj=Target()).output
+        )
+        listed = json.loads(CliRunner().invoke(list_runs, ["--json"], obj=Target()).output)
+    assert "300,002 bytes of JSON in all; --json prints it whole" in shown
+    assert len(shown) < 10_000
+    assert whole["output"] == "z" * 300_000
+    assert [r["output"] for r in listed] == [{"offloaded_bytes": 300_002}]

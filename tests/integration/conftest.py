@@ -34,6 +34,7 @@ import pytest
 import rung
 from rung._aws import cloudformation, sessions
 from rung._aws.dynamodb import DynamoStore
+from rung._aws.s3 import Blobs
 from rung._aws.sqs import QueueMessage, SqsQueue
 from rung._engine.config import WorkerConfig
 from rung._engine.telemetry import Sinks
@@ -116,8 +117,14 @@ class DataPlane:
         """A boto3 client for ``service`` at this plane's endpoint."""
         return sessions.client(service, self.endpoint_url, self.region)
 
+    @property
+    def bucket(self) -> str | None:
+        """The payload bucket (values over 128 KiB), if the stack made one."""
+        return self.outputs.get("PayloadBucketName")
+
     def store(self) -> DynamoStore:
-        return DynamoStore(self.aws("dynamodb"), self.table_name)
+        blobs = Blobs(self.aws("s3"), self.bucket) if self.bucket else None
+        return DynamoStore(self.aws("dynamodb"), self.table_name, blobs=blobs)
 
     def queue(self) -> SqsQueue:
         return SqsQueue(self.aws("sqs"), self.queue_url, self.max_receive_count)
@@ -129,6 +136,7 @@ class DataPlane:
             queue_url=self.queue_url,
             endpoint_url=self.endpoint_url,
             region=self.region,
+            bucket=self.bucket,
         )
 
 
@@ -158,13 +166,16 @@ def deploy_data_plane(
 
 
 def remove_data_plane(plane: DataPlane) -> None:
-    """Delete the stack, and the table its DeletionPolicy (Retain) leaves behind."""
+    """Delete the stack, and the table and bucket its DeletionPolicy (Retain) leaves."""
     cfn = sessions.client("cloudformation", plane.endpoint_url, plane.region)
     with contextlib.suppress(Exception):
         cfn.delete_stack(StackName=plane.stack_name)
     dynamodb = sessions.client("dynamodb", plane.endpoint_url, plane.region)
     with contextlib.suppress(Exception):
         dynamodb.delete_table(TableName=plane.table_name)
+    if plane.bucket:
+        with contextlib.suppress(Exception):
+            Blobs(plane.aws("s3"), plane.bucket).drop()
 
 
 @pytest.fixture(scope="session")

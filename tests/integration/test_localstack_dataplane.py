@@ -6,6 +6,7 @@ CloudFormation, with real workers (threads receiving from the queue and calling
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 import time
@@ -83,6 +84,18 @@ async def order_async(ctx: rung.AsyncContext, payload: dict[str, Any]) -> dict[s
 def scheduled(ctx: rung.Context, event: rung.ScheduleEvent) -> str:
     effect(str(event.external_id), "scheduled")
     return event.scheduled_at.isoformat()
+
+
+@app.task(id="big")
+def big(ctx: rung.Context, payload: dict[str, Any]) -> dict[str, Any]:
+    """A 5 MB payload in, a 5 MB step result replayed after a wait, a digest out."""
+    value = ctx.step("make", lambda: "b" * int(payload["size"]))
+    ctx.wait(timedelta(seconds=1))
+    return {"payload": len(payload["blob"]), "step": len(value), "digest": _sha(value)}
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 WIDE = rung.Queue("wide", concurrency_limit=4, shards=2)
@@ -429,3 +442,37 @@ class _Stepped:
 
     def now(self) -> datetime:
         return self.at
+
+
+def test_a_5_mb_payload_and_step_result_round_trip_through_localstacks_s3(
+    localstack_plane: DataPlane, workers: QueueWorkers, client: rung.Client
+) -> None:
+    assert localstack_plane.bucket is not None
+    s3: Any = localstack_plane.aws("s3")
+
+    def keys() -> set[str]:
+        out = s3.list_objects_v2(Bucket=localstack_plane.bucket)
+        return {o["Key"] for o in out.get("Contents", [])}
+
+    before = keys()
+    blob, size = "p" * 5_000_000, 5_000_000
+    handle = client.trigger("big", {"blob": blob, "size": size})
+    run = workers.wait(client, handle.run_id, timeout=120)
+    assert run.status == "COMPLETED", run.error
+    assert run.output == {"payload": len(blob), "step": size, "digest": _sha("b" * size)}
+    assert client.get_run(handle.run_id).payload == {"blob": blob, "size": size}
+    made = keys() - before
+    assert len(made) == 2 and all(k.startswith(f"runs/{handle.run_id}/") for k in made)
+    for key in made:  # encrypted at rest, read back through LocalStack's S3 API
+        assert s3.head_object(Bucket=localstack_plane.bucket, Key=key)["ServerSideEncryption"] == (
+            "AES256"
+        )
+    encryption = s3.get_bucket_encryption(Bucket=localstack_plane.bucket)
+    rule = encryption["ServerSideEncryptionConfiguration"]["Rules"][0]
+    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    block = s3.get_public_access_block(Bucket=localstack_plane.bucket)
+    assert all(block["PublicAccessBlockConfiguration"].values())
+    # 11 MB: refused before anything is stored
+    with pytest.raises(rung.PayloadTooLarge, match="at most 10,485,760 bytes"):
+        client.trigger("big", {"blob": "x" * 11_000_000, "size": 1})
+    assert keys() - before == made

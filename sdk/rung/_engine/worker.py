@@ -500,16 +500,15 @@ class Worker:
                 watchdog.cancel()
         try:
             output = serde.dumps(result, f"the output of run {run.run_id}")
+            # (over 128 KiB without a payload bucket: refused before anything is written)
+            ended = self.store.complete_run(
+                run.run_id, token, output, now(), wake_parent=ParentLink.of(run)
+            )
         except (serde.NotSerializable, PayloadTooLarge) as exc:
             error = ErrorInfo(type(exc).__name__, str(exc))
             self._fail(run, token, error, None, now(), report)
             return Disposition.ACK
-        self._wake_parent(
-            run,
-            self.store.complete_run(
-                run.run_id, token, output, now(), wake_parent=ParentLink.of(run)
-            ),
-        )
+        self._wake_parent(run, ended)
         report.finish("completed", now(), None, RunStatus.COMPLETED)
         return Disposition.ACK
 

@@ -41,7 +41,7 @@ from rung.errors import (
     UsageError,
 )
 from rung.flow import QueueInfo
-from rung.models import HistoryEvent, Run, RunStatus, TokenState
+from rung.models import HistoryEvent, Offloaded, Run, RunStatus, TokenState
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -327,8 +327,8 @@ def run_json(run: Run) -> dict[str, Any]:
         "task_id": run.task_id,
         "status": run.status.value,
         "attempt": run.attempt,
-        "payload": run.payload,
-        "output": run.output,
+        "payload": _value_json(run.payload),
+        "output": _value_json(run.output),
         "error": run.error.to_json() if run.error else None,
         "created_at": _iso(run.created_at),
         "updated_at": _iso(run.updated_at),
@@ -503,8 +503,25 @@ def _console() -> _Out:
     return _Out()
 
 
+#: The most of a value the human views print (``--json`` prints it whole).
+_SHOWN_CHARS = 2000
+
+
 def _compact(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, Offloaded):
+        return repr(value)
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    if len(text) <= _SHOWN_CHARS:
+        return text
+    size = len(text.encode("utf-8"))
+    return f"{text[:_SHOWN_CHARS]}... ({size:,} bytes of JSON in all; --json prints it whole)"
+
+
+def _value_json(value: Any) -> Any:
+    """A payload or output for ``--json``: the value, or where a listing left it."""
+    if isinstance(value, Offloaded):
+        return {"offloaded_bytes": value.size}
+    return value
 
 
 _TOKEN_STYLE = {"WAITING": "yellow", "COMPLETED": "green", "FAILED": "red", "TIMED_OUT": "red"}
