@@ -208,6 +208,7 @@ def test_the_reconciler_handler_and_environment_name_the_table_and_queue(
         "RUNG_QUEUE_URL": {"Ref": "WorkQueue"},
         "RUNG_RECONCILE_GRACE_SECONDS": {"Ref": "ReconcileGraceSeconds"},
         "RUNG_RETENTION_DAYS": {"Ref": "RetentionDays"},
+        "RUNG_PAYLOAD_BUCKET": {"Ref": "PayloadBucket"},  # the sweep deletes run objects
     }
     assert "RUNG_APP" not in function["Environment"]["Variables"]  # it runs no task code
 
@@ -267,13 +268,17 @@ def test_the_reconciler_may_only_list_by_status_mark_runs_and_send(
         "dynamodb:DeleteItem": table,  # the sweep, only under these keys:
         "dynamodb:BatchWriteItem": table,
         "sqs:SendMessage": {"Fn::GetAtt": ["WorkQueue", "Arn"]},
+        # a swept run's offloaded values (docs/payloads.md), under runs/ only
+        "s3:DeleteObject": {"Fn::Sub": "${PayloadBucket.Arn}/runs/*"},
+        "s3:ListBucket": {"Fn::GetAtt": ["PayloadBucket", "Arn"]},
         "logs:CreateLogStream": {"Fn::GetAtt": ["ReconcilerLogGroup", "Arn"]},
         "logs:PutLogEvents": {"Fn::GetAtt": ["ReconcilerLogGroup", "Arn"]},
         "xray:PutTraceSegments": "*",  # Lambda's own segments, while Tracing is Active
         "xray:PutTelemetryRecords": "*",
     }
     assert sweep_keys == [
-        {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["RUN#*", "TOKEN#*", "IDEM#*"]}}
+        {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["RUN#*", "TOKEN#*", "IDEM#*"]}},
+        {"StringLike": {"s3:prefix": "runs/*"}},
     ]
     assert {"runs_by_status", "by_status"} <= set(INDEXES) | set(LEGACY_INDEXES)
 
@@ -505,3 +510,36 @@ def test_the_worker_may_invoke_only_its_own_functions_versions(template: dict[st
         }
     ]
     assert not any("lambda:" in str(s) for s in _statements(template, "ReconcilerRole"))
+
+
+def test_the_payload_bucket_is_private_encrypted_tls_only_and_kept(
+    template: dict[str, Any],
+) -> None:
+    bucket = template["Resources"]["PayloadBucket"]
+    props = bucket["Properties"]
+    assert (bucket["DeletionPolicy"], bucket["UpdateReplacePolicy"]) == ("Retain", "Retain")
+    [rule] = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    assert set(props["PublicAccessBlockConfiguration"].values()) == {True}
+    assert len(props["PublicAccessBlockConfiguration"]) == 4
+    assert props["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    [deny] = template["Resources"]["PayloadBucketPolicy"]["Properties"]["PolicyDocument"][
+        "Statement"
+    ]
+    assert deny["Effect"] == "Deny" and deny["Condition"] == {
+        "Bool": {"aws:SecureTransport": "false"}
+    }
+    # The worker reads and writes objects under runs/ only, and nothing else of S3.
+    grants = {
+        action: _plain(statement["Resource"])
+        for statement in _statements(template, "WorkerRole")
+        for action in (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+        if action.startswith("s3:")
+    }
+    objects = {"Fn::Sub": "${PayloadBucket.Arn}/runs/*"}
+    assert grants == {"s3:GetObject": objects, "s3:PutObject": objects}
+    worker = _resource(template, "WorkerFunction")["Environment"]["Variables"]
+    assert _plain(worker["RUNG_PAYLOAD_BUCKET"]) == {"Ref": "PayloadBucket"}
+    assert _plain(template["Outputs"]["PayloadBucketName"]["Value"]) == {"Ref": "PayloadBucket"}
