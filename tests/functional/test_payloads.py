@@ -291,3 +291,22 @@ def test_the_cli_shows_a_big_payload_abridged_and_json_whole() -> None:
     assert len(shown) < 10_000
     assert whole["output"] == "z" * 300_000
     assert [r["output"] for r in listed] == [{"offloaded_bytes": 300_002}]
+
+
+def test_a_batch_whose_bucket_refuses_an_upload_reports_that_item_and_stores_the_rest() -> None:
+    """The bucket gone (deleted by hand): S3 refuses the big item's upload, which is
+    reported as that item's failure with nothing stored for it; the small items are
+    stored and run."""
+    with LocalEngine(_app([], [])) as engine:
+        engine.blobs.drop()
+        results = engine.client.batch_trigger(
+            "echo", [{"blob": "a"}, {"blob": "b" * (200 * 1024)}, {"blob": "c"}]
+        )
+        assert [r.ok for r in results] == [True, False, True]
+        error = results[1].error
+        assert error is not None and "could not be stored in S3" in error.message
+        assert "NoSuchBucket" in error.message
+        for r in (results[0], results[2]):
+            assert r.handle is not None and engine.wait(r.handle.run_id).output["size"] == 1
+        assert len(engine.client.list_runs()) == 2
+        engine.blobs.client.create_bucket(Bucket=engine.blobs.bucket)  # (for the teardown)

@@ -90,8 +90,14 @@ class _Created(_Debounced):
                 run was stored: nothing is."""
         failed: dict[str, str] = {}
         for start in range(0, len(runs), _BATCH_WRITE):
-            chunk = runs[start : start + _BATCH_WRITE]
-            requests = [{"PutRequest": {"Item": self._new_run_item(new)}} for new in chunk]
+            requests = []
+            for new in runs[start : start + _BATCH_WRITE]:
+                try:  # (a payload over 128 KiB is put to S3 first)
+                    requests.append({"PutRequest": {"Item": self._new_run_item(new)}})
+                except (ClientError, BotoCoreError) as exc:
+                    failed[new.run_id] = f"its payload could not be stored in S3: {exc}"
+            if not requests:
+                continue
             try:
                 for attempt in range(_UNPROCESSED_TRIES):
                     out = self.client.batch_write_item(RequestItems={self.table: requests})
