@@ -344,3 +344,16 @@ def crash(ctx: rung.Context, payload: dict[str, str]) -> list[str]:
 def new_year(ctx: rung.Context, event: rung.ScheduleEvent) -> str:
     """A declared schedule (never due during a test): rung dev deploys it."""
     return event.scheduled_at.isoformat()
+
+
+@app.task(id="bulky")
+def bulky(ctx: rung.Context, payload: dict[str, object]) -> dict[str, object]:
+    """A big payload in, a big step result replayed after a wait, a digest out."""
+    value = ctx.step("make", lambda: "b" * int(str(payload["size"])))
+    ctx.wait(1)
+    blob = str(payload["blob"])
+    return {"payload": len(blob), "step": len(value), "digest": _sha(value)}
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -9,14 +9,17 @@ wait does on AWS.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import rung
+from rung._aws import sessions
 from rung._dev import DevStack
 from tests.integration.test_dev_processes import dev_options, effects, wait_for
 
@@ -107,3 +110,23 @@ def test_rung_dev_deploys_the_apps_declared_schedules_into_the_emulator(tmp_path
         ("new-year", True, "0 0 1 1 *")
     ]
     assert set(listed) == {"new-year", created.id} and not listed[created.id].declared
+
+
+@pytest.mark.timeout(300)
+def test_big_values_go_through_the_stacks_bucket_on_rung_dev(tmp_path: Path) -> None:
+    """A worker process reads a 3 MB payload and replays a 3 MB step result from the
+    emulator's S3 (the template's PayloadBucket, named to it by RUNG_PAYLOAD_BUCKET)."""
+    size = 3_000_000
+    with DevStack(dev_options(tmp_path, workers=1)) as dev:
+        handle = dev.client.trigger("bulky", {"blob": "p" * size, "size": size})
+        run = dev.wait(handle.run_id, timeout=120)
+        bucket = dev.stack.outputs["PayloadBucketName"]
+        s3: Any = sessions.client("s3", dev.endpoint_url, "us-east-1")
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert run.status == "COMPLETED", run.error
+    assert run.output == {
+        "payload": size,
+        "step": size,
+        "digest": hashlib.sha256(b"b" * size).hexdigest(),
+    }
+    assert len([k for k in keys if k.startswith(f"runs/{handle.run_id}/")]) == 2
