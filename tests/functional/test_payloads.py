@@ -310,3 +310,21 @@ def test_a_batch_whose_bucket_refuses_an_upload_reports_that_item_and_stores_the
             assert r.handle is not None and engine.wait(r.handle.run_id).output["size"] == 1
         assert len(engine.client.list_runs()) == 2
         engine.blobs.client.create_bucket(Bucket=engine.blobs.bucket)  # (for the teardown)
+
+
+def test_a_client_without_a_bucket_reading_an_offloaded_run_is_told_how() -> None:
+    with LocalEngine(_app([], [])) as engine:
+        handle = engine.trigger("big-output", {"size": 200_000})
+        engine.wait(handle.run_id)
+        client = rung.Client(
+            engine.app,
+            table_name=engine.table_name,
+            queue_url=engine.queue_url,
+            endpoint_url=engine.endpoint_url,
+        )
+        with pytest.raises(LookupError) as refused:
+            client.get_run(handle.run_id)
+        assert "200,002 bytes" in str(refused.value) and "bucket=" in str(refused.value)
+        assert isinstance(refused.value, rung.RungError)
+        [listed] = client.list_runs()  # a listing needs no bucket
+        assert listed.output == rung.Offloaded(size=200_002)

@@ -13,7 +13,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from rung._aws.s3 import Blobs, no_bucket
+from rung._aws.s3 import Blobs, ValueNotFound, no_bucket
 from rung._util import serde
 from rung._util.clock import from_ms, iso, parse_iso, to_ms
 from rung.errors import ErrorInfo, LeaseLost, RunNotFound
@@ -277,7 +277,12 @@ class _Base:
             return str(attr["S"])
         key = attr["M"]["s3"]["S"]
         if self.blobs is None:
-            raise no_bucket(f"the offloaded value {key}", int(attr["M"]["bytes"]["N"]), 0)
+            raise ValueNotFound(
+                f"this value ({int(attr['M']['bytes']['N']):,} bytes of JSON) is kept in the "
+                f"stack's payload bucket as {key}, and this client has none: pass bucket= "
+                "(stack output PayloadBucketName) to rung.Client, set RUNG_PAYLOAD_BUCKET, or "
+                "use rung.Client.from_stack"
+            )
         return self.blobs.get(key)
 
     def _json(self, attr: dict[str, Any], *, fetch: bool = True) -> Any:
