@@ -184,7 +184,14 @@ def measure_offload(engine: rung.testing.LocalEngine, meter: Meter) -> dict[str,
 
 def report_offload(rows: dict[str, dict[str, int]], console: Console) -> dict[str, Any]:
     table = Table(title="Offloaded values: a 1-step run with one 1 MB value vs small values")
-    for col in ("case", "DynamoDB+SQS req", "WRU", "S3 PUT", "S3 GET (warm)", "GET/attempt cold"):
+    for col in (
+        "case",
+        "DynamoDB+SQS req",
+        "WRU",
+        "S3 PUT",
+        "S3 GET (warm)",
+        "GET, cold read of run",
+    ):
         table.add_column(col, justify="left" if col == "case" else "right")
     for label, r in rows.items():
         table.add_row(
