@@ -37,8 +37,8 @@ from rung.errors import (
     InvalidPayload,
     PayloadTooLarge,
     RunAlreadyFinished,
-    RunNotFound,
     RungError,
+    RunNotFound,
     TokenAlreadyResolved,
     TokenNotFound,
     UnknownQueue,
@@ -118,13 +118,9 @@ def validation_error(exc: RequestValidationError) -> Response[str]:
 def install_error_handlers(app: LambdaFunctionUrlResolver) -> None:
     """Every failure of ``app``'s routes as the JSON error body."""
 
-    @app.exception_handler(RungError)
-    def _rung(exc: RungError) -> Response[str]:
-        return rung_error(exc)
-
-    @app.exception_handler(RequestValidationError)
-    def _invalid(exc: RequestValidationError) -> Response[str]:
-        return validation_error(exc)
+    # (called, not used as decorators: Powertools' exception_handler is untyped)
+    app.exception_handler(RungError)(rung_error)
+    app.exception_handler(RequestValidationError)(validation_error)
 
     @app.not_found
     def _no_route(exc: Exception) -> Response[str]:
@@ -135,7 +131,6 @@ def install_error_handlers(app: LambdaFunctionUrlResolver) -> None:
             f"no route {event.http_method} {event.path}: see docs/http.md for the routes",
         )
 
-    @app.exception_handler(Exception)
     def _bug(exc: Exception) -> Response[str]:
         request_id = app.current_event.request_context.request_id
         log.exception("request %s failed", request_id)
@@ -145,6 +140,8 @@ def install_error_handlers(app: LambdaFunctionUrlResolver) -> None:
             f"the request failed inside rung (request id {request_id}); nothing it "
             "reported as done was undone: check the run or token before repeating it",
         )
+
+    app.exception_handler(Exception)(_bug)
 
 
 def body_size(event: dict[str, Any]) -> int:

@@ -287,4 +287,3 @@ def _message(raw: dict[str, Any]) -> QueueMessage:
         sent_at_ms=int(record.attributes.sent_timestamp),
         trace_header=record.attributes.aws_trace_header,
     )
-
