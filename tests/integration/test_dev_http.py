@@ -234,14 +234,14 @@ def test_an_unsigned_call_is_401_and_stores_nothing(dev: Dev) -> None:
 def test_a_wrongly_signed_call_is_403_and_stores_nothing(dev: Dev, how: str) -> None:
     marker = tag()
     body = {"payload": {"order_id": "x"}, "tags": [marker]}
-    options: dict[str, Any] = {
+    choices: dict[str, dict[str, Any]] = {
         "wrong secret": {"secret": "not-the-secret"},
         "unknown key": {"key": "AKIDNOTKNOWN", "secret": "test"},
         "body changed after signing": {
             "tamper": json.dumps({"payload": {"order_id": "y"}, "tags": [marker]}).encode()
         },
-    }[how]
-    status, answer = call("POST", f"{dev.url}/tasks/order/trigger", body, **options)
+    }
+    status, answer = call("POST", f"{dev.url}/tasks/order/trigger", body, **choices[how])
     assert status == 403 and answer["error"]["type"] == "Forbidden"
     assert stored(dev, marker) == []
 
