@@ -228,6 +228,9 @@ def test_an_unsigned_call_is_401_and_stores_nothing(dev: Dev) -> None:
     assert "SigV4" in body["error"]["message"]
     assert stored(dev, marker) == []
     assert call("GET", f"{dev.url}/runs", sign=False)[0] == 401
+    big = {"payload": "x" * (MAX_REQUEST_BYTES + 1), "tags": [marker]}
+    assert call("POST", f"{dev.url}/tasks/anything/trigger", big, sign=False)[0] == 401
+    assert stored(dev, marker) == []
 
 
 @pytest.mark.parametrize("how", ["wrong secret", "unknown key", "body changed after signing"])

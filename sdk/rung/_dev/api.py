@@ -211,6 +211,17 @@ class ApiServer:
             self._thread = None
         self._server.server_close()
 
+    def unsigned(self, target: str, headers: dict[str, str]) -> dict[str, Any] | None:
+        """401 for an API request that carries no signature at all, else None."""
+        path = urlsplit(target).path
+        if path == CALLBACK_PREFIX or path.startswith(CALLBACK_PREFIX + "/"):
+            return None
+        if headers.get("authorization"):
+            return None
+        refusal = self.verifier.verify("POST", target, headers, b"")
+        assert isinstance(refusal, Refusal)
+        return as_result(error_response(refusal.status, refusal.kind, refusal.message))
+
     def answer(
         self, method: str, target: str, headers: dict[str, str], body: bytes, source: str
     ) -> dict[str, Any]:
@@ -301,6 +312,9 @@ def _handler_for(server: ApiServer) -> type[BaseHTTPRequestHandler]:
             if length > MAX_REQUEST_BYTES:
                 # Read (and drop) what was sent, so the client sees the answer, not a reset.
                 self._drain(length)
+                unsigned = server.unsigned(self.path, headers)
+                if unsigned is not None:  # as on AWS: the front door answers first
+                    return self._send(unsigned, close=length > _DRAIN_LIMIT)
                 return self._send(
                     as_result(
                         error_response(
