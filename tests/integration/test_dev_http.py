@@ -151,6 +151,29 @@ def test_trigger_get_and_list_a_run_with_tags_and_metadata(dev: Dev) -> None:
     assert page["cursor"] is None
 
 
+def test_a_trigger_without_a_body_has_a_null_payload(dev: Dev) -> None:
+    status, made = call("POST", f"{dev.url}/tasks/anything/trigger")
+    assert status == 201
+    assert dev.stack.wait(made["run_id"], timeout=60).status == "COMPLETED"
+    assert call("GET", f"{dev.url}/runs/{made['run_id']}")[1]["payload"] is None
+
+
+def test_concurrent_triggers_each_store_their_own_payload(dev: Dev) -> None:
+    marker = tag()
+
+    def trigger(n: int) -> tuple[int, Any]:
+        body = {"payload": {"n": n}, "tags": [marker], "metadata": {"n": n}}
+        return call("POST", f"{dev.url}/tasks/anything/trigger", body)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(trigger, range(12)))
+    assert [status for status, _ in answers] == [201] * 12
+    for n, (_, made) in enumerate(answers):
+        status, run = call("GET", f"{dev.url}/runs/{made['run_id']}")
+        assert (run["payload"], run["metadata"]) == ({"n": n}, {"n": n})
+    assert len(stored(dev, marker)) == 12
+
+
 def test_a_repeated_idempotency_key_returns_the_first_run_with_200(dev: Dev) -> None:
     marker, key = tag(), "key-" + secrets.token_hex(4)
     body = {"payload": {"order_id": "o-2"}, "idempotency_key": key, "tags": [marker]}
@@ -342,6 +365,7 @@ def test_a_token_url_with_a_wrong_secret_is_403_and_completes_nothing(dev: Dev) 
     forged = url.rsplit("/", 1)[0] + "/" + secrets.token_urlsafe(32)
     status, body = call("POST", forged, {"forged": True}, sign=False)
     assert status == 403 and body["error"]["type"] == "Forbidden"
+    assert call("POST", forged, raw=b"not json", sign=False)[0] == 403  # the secret first
     other = url.replace(token_id, "tok_" + secrets.token_urlsafe(24))
     assert call("POST", other, {"forged": True}, sign=False)[0] == 404
     status, body = call("POST", url, raw=b"not json", sign=False)

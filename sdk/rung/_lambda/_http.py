@@ -23,11 +23,13 @@ import binascii
 import json
 import logging
 import queue
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from aws_lambda_powertools.event_handler import LambdaFunctionUrlResolver, Response
+from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
 from rung.errors import (
@@ -188,11 +190,40 @@ def as_result(response: Response[str]) -> dict[str, Any]:
     }
 
 
+# Powertools keeps the request being resolved on a class attribute
+# (``BaseRouter.current_event``), shared by every resolver in the process: two requests
+# resolved at once in one process would read each other's bodies. On Lambda a process
+# handles one request at a time; ``rung dev``'s threaded server does not, so resolving
+# holds this lock, and a route lets go of it only around its ``Client`` call (``io``),
+# which reads nothing of the request: racing requests still race at DynamoDB, where
+# the conditional writes decide, as they do between Lambda environments.
+_RESOLVING = threading.Lock()
+_held = threading.local()
+
+
+@contextmanager
+def io() -> Iterator[None]:
+    """Around a route's ``Client`` call: other requests may be resolved meanwhile; this
+    request is put back as Powertools' current one afterwards."""
+    if not getattr(_held, "value", False):
+        yield
+        return
+    event, context = BaseRouter.current_event, BaseRouter.lambda_context
+    _held.value = False
+    _RESOLVING.release()
+    try:
+        yield
+    finally:
+        _RESOLVING.acquire()
+        _held.value = True
+        BaseRouter.current_event, BaseRouter.lambda_context = event, context
+
+
 class ResolverPool:
-    """Powertools resolvers for concurrent requests: a resolver keeps the request it
-    handles on itself (``current_event``), so one serves one request at a time. On
-    Lambda that is every invocation; ``rung dev``'s threaded server takes one from here
-    per request, and makes another when all are busy."""
+    """Powertools resolvers for concurrent requests: a resolver keeps per-request state
+    on itself (its ``context``), so one serves one request at a time. On Lambda that is
+    every invocation; ``rung dev``'s threaded server takes one from here per request,
+    and makes another when all are busy. Resolving holds ``_RESOLVING`` (above)."""
 
     def __init__(self, build: Callable[[], LambdaFunctionUrlResolver]) -> None:
         self._build = build
@@ -210,5 +241,9 @@ class ResolverPool:
             self._idle.put(app)
 
     def resolve(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
-        with self.resolver() as app:
-            return app.resolve(event, context)
+        with self.resolver() as app, _RESOLVING:
+            _held.value = True
+            try:
+                return app.resolve(event, context)
+            finally:
+                _held.value = False

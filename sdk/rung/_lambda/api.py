@@ -46,6 +46,7 @@ from rung._lambda._http import (
     as_result,
     error_response,
     install_error_handlers,
+    io,
     json_response,
     too_large,
 )
@@ -112,17 +113,21 @@ def build_api(client: Callable[[], Client]) -> LambdaFunctionUrlResolver:
     install_error_handlers(app)
 
     @app.post("/tasks/<task_id>/trigger")
-    def trigger(task_id: str, body: TriggerRequest) -> Response[str]:
-        handle = client().trigger(
-            task_id,
-            body.payload,
-            idempotency_key=body.idempotency_key,
-            idempotency_ttl=_duration(body.idempotency_ttl, "idempotency_ttl"),
-            delay=_duration(body.delay, "delay"),
-            ttl=_duration(body.ttl, "ttl"),
-            tags=body.tags,
-            metadata=body.metadata,
-        )
+    def trigger(task_id: str, body: TriggerRequest | None = None) -> Response[str]:
+        body = body or TriggerRequest()  # no body: a null payload, no options
+        key_ttl = _duration(body.idempotency_ttl, "idempotency_ttl")
+        delay, ttl = _duration(body.delay, "delay"), _duration(body.ttl, "ttl")
+        with io():
+            handle = client().trigger(
+                task_id,
+                body.payload,
+                idempotency_key=body.idempotency_key,
+                idempotency_ttl=key_ttl,
+                delay=delay,
+                ttl=ttl,
+                tags=body.tags,
+                metadata=body.metadata,
+            )
         return json_response(
             201 if handle.created else 200,
             {"run_id": handle.run_id, "task_id": handle.task_id, "created": handle.created},
@@ -130,7 +135,9 @@ def build_api(client: Callable[[], Client]) -> LambdaFunctionUrlResolver:
 
     @app.get("/runs/<run_id>")
     def get_run(run_id: str) -> Response[str]:
-        return json_response(200, run_json(client().get_run(run_id)))
+        with io():
+            run = client().get_run(run_id)
+        return json_response(200, run_json(run))
 
     @app.get("/runs")
     def list_runs(
@@ -142,37 +149,48 @@ def build_api(client: Callable[[], Client]) -> LambdaFunctionUrlResolver:
         created_after: Annotated[datetime | None, Query()] = None,
         created_before: Annotated[datetime | None, Query()] = None,
     ) -> Response[str]:
-        page = client().list_runs(
-            status=status,
-            task=task,
-            tag=tag,
-            limit=limit,
-            cursor=cursor,
-            created_after=created_after,
-            created_before=created_before,
-        )
+        with io():
+            page = client().list_runs(
+                status=status,
+                task=task,
+                tag=tag,
+                limit=limit,
+                cursor=cursor,
+                created_after=created_after,
+                created_before=created_before,
+            )
         return json_response(200, {"runs": [run_json(r) for r in page], "cursor": page.cursor})
 
     @app.post("/runs/<run_id>/cancel")
     def cancel(run_id: str, body: CancelRequest | None = None) -> Response[str]:
         reason = body.reason if body is not None else None
-        return json_response(200, run_json(client().cancel(run_id, reason)))
+        with io():
+            run = client().cancel(run_id, reason)
+        return json_response(200, run_json(run))
 
     @app.get("/tokens/<token_id>")
     def get_token(token_id: str) -> Response[str]:
-        return json_response(200, token_json(client().get_token(token_id)))
+        with io():
+            state = client().get_token(token_id)
+        return json_response(200, token_json(state))
 
     @app.post("/tokens/<token_id>/complete")
     def complete_token(token_id: str, body: CompleteRequest) -> Response[str]:
-        return json_response(200, token_json(client().complete_token(token_id, body.value)))
+        with io():
+            state = client().complete_token(token_id, body.value)
+        return json_response(200, token_json(state))
 
     @app.post("/tokens/<token_id>/fail")
     def fail_token(token_id: str, body: FailRequest) -> Response[str]:
-        return json_response(200, token_json(client().fail_token(token_id, body.error)))
+        with io():
+            state = client().fail_token(token_id, body.error)
+        return json_response(200, token_json(state))
 
     @app.post("/tokens/<token_id>/heartbeat")
     def heartbeat_token(token_id: str) -> Response[str]:
-        return json_response(200, token_json(client().heartbeat_token(token_id)))
+        with io():
+            state = client().heartbeat_token(token_id)
+        return json_response(200, token_json(state))
 
     return app
 

@@ -7,9 +7,9 @@ body: ``null``). The secret is the capability: it is checked against the hash th
 token item keeps, in constant time, before anything is written.
 
     200  completed: {"token": {"id": ..., "status": "COMPLETED"}}
-    400  the body is not JSON
-    403  the secret is wrong (or the token has no URL)
     404  no such token
+    403  the secret is wrong (or the token has no URL)
+    400  the body is not JSON (checked after the secret: nothing is said to a stranger)
     409  already completed or failed (the value is not overwritten; a replayed POST)
     410  the token timed out: its URL expired with it
     413  the body is above ``MAX_REQUEST_BYTES``, or the value above what rung stores
@@ -40,6 +40,7 @@ from rung._lambda._http import (
     decoded_body,
     error_response,
     install_error_handlers,
+    io,
     json_response,
     too_large,
 )
@@ -59,7 +60,17 @@ def build_callback(client: Callable[[], Client]) -> LambdaFunctionUrlResolver:
 
     @app.post("/tokens/<token_id>/<secret>")
     def complete(token_id: str, secret: str) -> Response[str]:
-        raw = decoded_body(app.current_event.raw_event)
+        raw = decoded_body(app.current_event.raw_event)  # (read first: see _http.io)
+        rung = client()
+        with io():
+            state = rung.get_token(token_id)  # TokenNotFound: 404
+        if not callbacks.secret_matches(secret, state.url_hash):
+            return error_response(
+                403,
+                "Forbidden",
+                "this URL's secret does not match the token's: use the token's url exactly "
+                "as the run gave it out",
+            )
         try:
             value = _VALUE.validate_json(raw) if raw.strip() else None
         except ValidationError:
@@ -69,22 +80,14 @@ def build_callback(client: Callable[[], Client]) -> LambdaFunctionUrlResolver:
                 "the request body is not valid JSON: POST the token's value as JSON "
                 "(Content-Type: application/json), or an empty body for null",
             )
-        rung = client()
-        state = rung.get_token(token_id)  # TokenNotFound: 404
-        if not callbacks.secret_matches(secret, state.url_hash):
-            return error_response(
-                403,
-                "Forbidden",
-                "this URL's secret does not match the token's: use the token's url exactly "
-                "as the run gave it out",
-            )
         if state.status != "WAITING":  # a timed-out token is 410, others 409
             raise TokenAlreadyResolved(
                 f"token {token_id!r} was already {state.status.lower().replace('_', ' ')}; "
                 "a token is answered once",
                 status=state.status,
             )
-        done = rung.complete_token(token_id, value)
+        with io():
+            done = rung.complete_token(token_id, value)
         return json_response(200, {"token": {"id": done.id, "status": done.status}})
 
     return app
