@@ -273,8 +273,10 @@ def test_a_wrongly_signed_call_is_403_and_stores_nothing(dev: Dev, how: str) -> 
 
 
 def test_a_body_that_is_not_json_is_400_and_stores_nothing(dev: Dev) -> None:
+    before = len(dev.stack.client.list_runs(task="order", limit=1000))
     status, body = call("POST", f"{dev.url}/tasks/order/trigger", raw=b'{"payload": ')
     assert status == 400 and body["error"]["type"] == "BadJson"
+    assert len(dev.stack.client.list_runs(task="order", limit=1000)) == before
 
 
 def test_an_unknown_option_is_422_naming_it_and_stores_nothing(dev: Dev) -> None:
