@@ -58,7 +58,7 @@ clean:
 	rm -rf $(VENV) .venv-sam .localstack .rung .pytest_cache .mypy_cache .ruff_cache
 
 # -- The Lambda bundle -------------------------------------------------------------------
-# `sam build` runs build-WorkerFunction and build-ReconcilerFunction (BuildMethod: makefile
+# `sam build` runs build-<Function> for each of the template's functions (BuildMethod: makefile
 # in template.yaml's function Metadata) with ARTIFACTS_DIR set; `make build-WorkerFunction
 # ARTIFACTS_DIR=dir` does the same by hand. A bundle holds:
 #   - rung, and exactly the packages pinned in infra/requirements-lambda.txt: its
@@ -81,9 +81,9 @@ RUNG_PYTHON ?= 3.12
 LAMBDA_PLATFORM = --platform manylinux2014_$(if $(filter arm64,$(RUNG_ARCH)),aarch64,x86_64) \
 	--implementation cp --python-version $(RUNG_PYTHON) --only-binary=:all:
 
-.PHONY: build-WorkerFunction build-ReconcilerFunction lambda-requirements sam-validate
+.PHONY: build-WorkerFunction build-ReconcilerFunction build-ApiFunction build-CallbackFunction lambda-requirements sam-validate
 
-build-WorkerFunction build-ReconcilerFunction:
+build-WorkerFunction build-ReconcilerFunction build-ApiFunction build-CallbackFunction:
 	$(if $(ARTIFACTS_DIR),,$(error ARTIFACTS_DIR is not set: `sam build` sets it; or pass ARTIFACTS_DIR=dir))
 	$(if $(and $(filter 1,$(words $(RUNG_ARCH))),$(filter $(RUNG_ARCH),arm64 x86_64)),,$(error RUNG_ARCH is "$(RUNG_ARCH)": set arm64 or x86_64, as the template's Architecture))
 	$(if $(and $(filter 1,$(words $(RUNG_PYTHON))),$(filter $(RUNG_PYTHON),3.12 3.13)),,$(error RUNG_PYTHON is "$(RUNG_PYTHON)": set 3.12 or 3.13, as the template's PythonRuntime))

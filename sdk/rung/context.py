@@ -340,6 +340,8 @@ class Context:
         Hand ``token.id`` to a person or system (in a step: an email, a ticket);
         they call ``Client.complete_token(id, value)`` / ``fail_token`` or run
         ``rung tokens complete ID``; the run gets the answer from ``wait_for_token``.
+        Or hand out ``token.url``: an outside system POSTs the value to it, with no AWS
+        credentials (None where no callback URL is configured; docs/http.md).
 
         Args:
             name: names the token and its checkpoint (and its wait's, ``"<name>:wait"``:

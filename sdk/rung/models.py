@@ -386,17 +386,32 @@ class Token:
     webhook); they call ``Client.complete_token(id, value)`` or ``fail_token``.
     The id is unguessable (128+ random bits): treat it as a capability.
 
+    Or send ``url``: anyone may POST a JSON body to it to complete the token with that
+    body as its value, without AWS credentials (a webhook provider, an approval mail's
+    button in a form). It is single-purpose (it completes this token, once) and
+    expires with the token; a wrong secret is refused (docs/http.md).
+
     Attributes:
         id: the token's id, ``"tok_..."``.
         name: the name given to ``create_token``.
         run_id: the run that created it.
         timeout_at: when it times out unless completed.
+        url: the token's callback URL, the same on every replay of the run; None where
+            no callback base URL is configured (the worker's ``RUNG_CALLBACK_URL``,
+            set by template.yaml and ``rung dev``), and for tokens created before
+            rung made URLs.
+
+    Example:
+        >>> token = ctx.create_token("approval", timeout=timedelta(days=3))
+        >>> ctx.step("ask", send_approval_mail, token.url)
+        >>> decision = ctx.wait_for_token(token)
     """
 
     id: str
     name: str
     run_id: str
     timeout_at: datetime
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -416,6 +431,8 @@ class TokenState:
     result_json: str | None = None
     error: ErrorInfo | None = None
     resolved_at: datetime | None = None
+    #: the SHA-256 of its callback URL's secret (``Token.url``); None without a URL
+    url_hash: str | None = field(default=None, repr=False)
 
     def as_of(self, now: datetime) -> TokenState:
         """The token as it stands at ``now``: an open token past its deadline has timed

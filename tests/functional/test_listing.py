@@ -98,11 +98,17 @@ def test_tags_filter_runs_that_have_every_one_and_page_with_a_cursor(
     also = engine.client.list_runs(tag="even", tags=["three"], limit=100)
     paged = _all_pages(engine.client, 2, tags=["three", "even"])  # type: ignore[arg-type]
     three = engine.client.list_runs(tags=("three",), limit=100)
+    # a task with tags and no status (the task index holds keys only, not tags)
+    of_task = engine.client.list_runs(task="fast", tags=["even", "three"], limit=100)
+    none = engine.client.list_runs(task="boom", tags=["even"], limit=100)
+    paged_task = _all_pages(engine.client, 2, task="fast", tags=["three"])  # type: ignore[arg-type]
 
     assert sorted(r.payload for r in both) == [0, 6, 12, 18, 24]
     assert sorted(r.payload for r in also) == [0, 6, 12, 18, 24]
     assert sorted(r.payload for page in paged for r in page) == [0, 6, 12, 18, 24]
     assert sorted(r.payload for r in three) == list(range(0, 30, 3))
+    assert sorted(r.payload for r in of_task) == [0, 6, 12, 18, 24] and list(none) == []
+    assert sorted(r.payload for page in paged_task for r in page) == list(range(0, 30, 3))
     with pytest.raises(rung.InvalidConfig, match="tags"):
         engine.client.list_runs(tags="even")  # a str, not a list of tags
     cursor = engine.client.list_runs(tags=["three"], limit=2).cursor

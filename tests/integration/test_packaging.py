@@ -243,6 +243,8 @@ def test_the_bundle_has_rung_the_handlers_and_the_task_code(bundle: Path) -> Non
     for path in (
         "handler/worker.py",
         "handler/reconciler.py",
+        "handler/api.py",
+        "handler/callback.py",
         "rung/__init__.py",
         "rung/_engine/worker.py",
         "examples/orders.py",

@@ -344,6 +344,8 @@ def test_each_function_logs_to_its_logging_config_group_else_lambdas_default() -
         physical_ids={  # a log group's physical id is its name (unused by the worker here)
             "WorkerLogGroup": "/custom/worker",
             "ReconcilerLogGroup": "/custom/reconciler",
+            "ApiLogGroup": "/custom/api",
+            "CallbackLogGroup": "/custom/callback",
         },
     )
     del cfn["Resources"]["WorkerFunction"]["Properties"]["LoggingConfig"]
@@ -353,6 +355,8 @@ def test_each_function_logs_to_its_logging_config_group_else_lambdas_default() -
     assert groups == {
         "WorkerFunction": "/aws/lambda/shop-worker",  # FunctionName: ${AWS::StackName}-worker
         "ReconcilerFunction": "/custom/reconciler",
+        "ApiFunction": "/custom/api",
+        "CallbackFunction": "/custom/callback",
     }
 
 
@@ -543,3 +547,79 @@ def test_the_payload_bucket_is_private_encrypted_tls_only_and_kept(
     worker = _resource(template, "WorkerFunction")["Environment"]["Variables"]
     assert _plain(worker["RUNG_PAYLOAD_BUCKET"]) == {"Ref": "PayloadBucket"}
     assert _plain(template["Outputs"]["PayloadBucketName"]["Value"]) == {"Ref": "PayloadBucket"}
+    for function in ("ApiFunction", "CallbackFunction"):  # a token value may be over 128 KiB
+        variables = _resource(template, function)["Environment"]["Variables"]
+        assert _plain(variables["RUNG_PAYLOAD_BUCKET"]) == {"Ref": "PayloadBucket"}
+
+
+# -- the HTTP API and token callback URLs (docs/http.md) -------------------------------
+
+
+def test_the_api_is_a_function_url_that_takes_only_sigv4_signed_calls(
+    template: dict[str, Any],
+) -> None:
+    function = _resource(template, "ApiFunction")
+    assert function["Handler"] == "handler/api.lambda_handler"
+    assert function["FunctionUrlConfig"] == {"AuthType": "AWS_IAM"}
+    assert function["Role"] == {"Fn::GetAtt": ["ApiRole", "Arn"]}
+    variables = function["Environment"]["Variables"]
+    assert variables["RUNG_APP"] == {"Ref": "RungApp"}  # triggers validate payloads
+    assert {"RUNG_TABLE_NAME", "RUNG_QUEUE_URL", "RUNG_RETENTION_DAYS"} <= set(variables)
+    cfn = translate(load_template(TEMPLATE), {"RungApp": "shop.tasks:app"}, "us-east-1")
+    url = cfn["Resources"]["ApiFunctionUrl"]
+    assert url["Type"] == "AWS::Lambda::Url"
+    assert url["Properties"]["AuthType"] == "AWS_IAM"
+    # No resource policy opens it: only identities allowed lambda:InvokeFunctionUrl call it.
+    opened = [
+        r
+        for r in cfn["Resources"].values()
+        if r["Type"] == "AWS::Lambda::Permission"
+        and r["Properties"].get("FunctionName") == {"Ref": "ApiFunction"}
+    ]
+    assert opened == []
+
+
+def test_token_callbacks_are_an_open_url_on_a_function_that_may_only_answer_tokens(
+    template: dict[str, Any],
+) -> None:
+    function = _resource(template, "CallbackFunction")
+    assert function["Handler"] == "handler/callback.lambda_handler"
+    assert function["FunctionUrlConfig"] == {"AuthType": "NONE"}
+    assert "RUNG_APP" not in function["Environment"]["Variables"]  # imports no task code
+    grants = {
+        action: (json.dumps(s["Resource"]), json.dumps(s.get("Condition")))
+        for s in _statements(template, "CallbackRole")
+        if s["Sid"] not in ("Traces", "Logs")
+        for action in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    }
+    table = json.dumps({"Fn::GetAtt": ["Table", "Arn"]})
+    keys = json.dumps({"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["TOKEN#*", "RUN#*"]}})
+    assert grants == {
+        "dynamodb:GetItem": (table, keys),
+        "dynamodb:UpdateItem": (table, keys),
+        "dynamodb:ConditionCheckItem": (table, keys),
+        "sqs:SendMessage": (json.dumps({"Fn::GetAtt": ["WorkQueue", "Arn"]}), "null"),
+        # a token value over 128 KiB (docs/payloads.md): objects under runs/ only
+        "s3:GetObject": (json.dumps({"Fn::Sub": "${PayloadBucket.Arn}/runs/*"}), "null"),
+        "s3:PutObject": (json.dumps({"Fn::Sub": "${PayloadBucket.Arn}/runs/*"}), "null"),
+    }
+    cfn = translate(load_template(TEMPLATE), {"RungApp": "shop.tasks:app"}, "us-east-1")
+    assert cfn["Resources"]["CallbackFunctionUrl"]["Properties"]["AuthType"] == "NONE"
+
+
+def test_the_worker_hands_out_token_urls_below_the_callback_functions_url(
+    template: dict[str, Any],
+) -> None:
+    variables = _resource(template, "WorkerFunction")["Environment"]["Variables"]
+    assert variables["RUNG_CALLBACK_URL"] == {"Fn::GetAtt": ["CallbackFunctionUrl", "FunctionUrl"]}
+    outputs = template["Outputs"]
+    assert outputs["ApiUrl"]["Value"] == {"Fn::GetAtt": ["ApiFunctionUrl", "FunctionUrl"]}
+    assert outputs["CallbackUrl"]["Value"] == {"Fn::GetAtt": ["CallbackFunctionUrl", "FunctionUrl"]}
+    assert outputs["ApiFunctionArn"]["Value"] == {"Fn::GetAtt": ["ApiFunction", "Arn"]}
+
+
+def test_the_api_and_callback_functions_are_built_like_the_others() -> None:
+    makefile = (TEMPLATE.parent / "Makefile").read_text()
+    assert re.search(
+        r"^build-WorkerFunction .*build-ApiFunction build-CallbackFunction:", makefile, re.M
+    )

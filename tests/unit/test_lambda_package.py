@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import handler.api
+import handler.callback
 import handler.reconciler
 import handler.worker
+import rung._lambda.api
+import rung._lambda.callback
 import rung._lambda.reconciler
 import rung._lambda.worker
 from rung._lambda import ENTRY_POINTS, template_path
@@ -25,6 +29,8 @@ def test_the_packaged_template_is_the_checkouts_template() -> None:
 def test_the_checkouts_handlers_are_the_packaged_ones() -> None:
     assert handler.worker.lambda_handler is rung._lambda.worker.lambda_handler
     assert handler.reconciler.lambda_handler is rung._lambda.reconciler.lambda_handler
+    assert handler.api.lambda_handler is rung._lambda.api.lambda_handler
+    assert handler.callback.lambda_handler is rung._lambda.callback.lambda_handler
     template = (ROOT / "template.yaml").read_text()
     for name, packaged in ENTRY_POINTS.items():
         assert f"Handler: {name}.lambda_handler" in template

@@ -4,7 +4,8 @@ An AWS emulator (the embedded moto server, or LocalStack / any endpoint), the
 data plane of template.yaml deployed to it as a CloudFormation stack, and the
 template's functions run by a local runtime: the SQS event source mapping played
 by ``esm.EventSourcePoller`` over worker processes, scheduled functions (the
-reconciler) invoked on a timer, one console line per run event, the workers' output
+reconciler) invoked on a timer, the HTTP API and token callbacks on 127.0.0.1
+(``api``), one console line per run event, the workers' output
 shipped to their functions' log groups in CloudWatch Logs (``logagent``, as Lambda
 does), and a reload of the worker processes when code changes.
 """
@@ -33,6 +34,7 @@ from rung._aws.s3 import Blobs
 from rung._aws.scheduler import EMULATOR_ROLE, Scheduler
 from rung._aws.sqs import SqsQueue
 from rung._dev import emulator
+from rung._dev.api import ApiServer
 from rung._dev.esm import EventSourcePoller
 from rung._dev.logagent import LogAgent
 from rung._dev.pool import WorkerProcess
@@ -124,6 +126,7 @@ class DevOptions:
     template: Path | None = None
     host: str = "127.0.0.1"
     port: int = 4599
+    api_port: int = 0  # the HTTP API's port on ``host`` (0: a free one; docs/http.md)
     endpoint_url: str | None = None  # an emulator already running (LocalStack); else embedded
     stack_name: str | None = None  # default rung-<app name>
     #: worker processes, at most the event source's MaximumConcurrency; None:
@@ -169,6 +172,8 @@ class DevStack:
         #: the versions of the function the queue feeds (docs/versioning.md); None:
         #: runs are not pinned (the emulator's Lambda API failed)
         self.versions: Versions | None = None
+        #: the HTTP API and token callbacks (``api.url``; docs/http.md)
+        self.api: ApiServer | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -222,8 +227,7 @@ class DevStack:
         # (RUNG_RETENTION_DAYS) and the Client see it.
         retention = timedelta(days=int(self.stack.outputs.get("RetentionDays") or 30))
         bucket = self.stack.outputs.get("PayloadBucketName")
-        s3 = sessions.client("s3", self.endpoint_url, REGION)
-        blobs = Blobs(s3, bucket) if bucket else None
+        blobs = Blobs(sessions.client("s3", self.endpoint_url, REGION), bucket) if bucket else None
         self.store = DynamoStore(self.dynamodb, self.stack.outputs["TableName"], retention, blobs)
         # Lambda's part: worker output to the functions' log groups (CloudWatch Logs).
         self._log_agent = LogAgent(sessions.client("logs", self.endpoint_url, REGION), cloudwatch)
@@ -239,6 +243,12 @@ class DevStack:
             bucket=bucket,
         )
         self._start_scheduler()
+        self.api = ApiServer(self.client, o.host, o.api_port, REGION)
+        self.api.start()
+        self.emit(
+            f"rung dev: HTTP API at {self.api.url} (SigV4-signed, key pair test/test); token "
+            f"URLs at {self.api.callback_url} (docs/http.md)"
+        )
         self.functions = [
             self._entry_point(spec)
             for spec in cloudformation.functions(cfn, self.stack, self.parameters, REGION)
@@ -286,6 +296,9 @@ class DevStack:
             with contextlib.suppress(Exception):
                 self._printer.poll(everything=True)  # the last events before the lights go out
             self._printer.stop()
+        if self.api is not None:
+            self.api.stop()
+            self.api = None
         for handle in self._logs:
             handle.close()
         if self._emulator is not None:
@@ -344,6 +357,8 @@ class DevStack:
         env.setdefault("AWS_SECRET_ACCESS_KEY", "test")
         if self.options.lease_seconds:
             env["RUNG_LEASE_SECONDS"] = str(self.options.lease_seconds)
+        if self.api is not None:  # Token.url points here (on AWS: the callback function)
+            env["RUNG_CALLBACK_URL"] = self.api.callback_url
         return env
 
     def _log_for(self, name: str) -> IO[bytes] | None:

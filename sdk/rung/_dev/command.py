@@ -33,6 +33,14 @@ from rung.errors import RungError
     "--port", default=4599, show_default=True, help="port of the embedded emulator on 127.0.0.1"
 )
 @click.option(
+    "--api-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="port of the HTTP API and token callback URLs on 127.0.0.1 (0: a free port; the "
+    "URL is printed)",
+)
+@click.option(
     "--endpoint-url",
     default=None,
     help="use this emulator (e.g. LocalStack) instead of the embedded one",
@@ -100,6 +108,7 @@ def dev(
     app_spec: str,
     template: Path | None,
     port: int,
+    api_port: int,
     endpoint_url: str | None,
     stack_name: str | None,
     workers: int | None,
@@ -121,6 +130,7 @@ def dev(
         app=app_spec,
         template=template,
         port=port,
+        api_port=api_port,
         endpoint_url=endpoint_url,
         stack_name=stack_name,
         workers=workers,

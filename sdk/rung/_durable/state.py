@@ -150,6 +150,9 @@ class AttemptSession(Protocol):
     def create_token(self, state: TokenState) -> None:
         """Store a new token."""
 
+    def callback_base(self) -> str | None:
+        """The base of token callback URLs (``Token.url``); None: tokens get no URL."""
+
     def get_token(self, token_id: str) -> TokenState:
         """A token's current state."""
 

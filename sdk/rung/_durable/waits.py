@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 from rung._durable.groups import named
 from rung._durable.signals import Suspend
 from rung._durable.state import WAIT_SUFFIX, Scope, check_waited_name
+from rung._util import callbacks
 from rung._util.clock import iso, parse_iso
 from rung._util.durations import MAX_DURATION, check_duration, check_factor, format_duration
 from rung.errors import ConditionNotMet, ErrorInfo, InvalidConfig, UsageError
@@ -140,6 +141,7 @@ def create_token(
     if record is None:
         scope.session.before_step()
         now = scope.session.now()
+        secret = callbacks.new_secret()  # of token.url: kept in the checkpoint (replays)
         state = TokenState(
             id="tok_" + secrets.token_urlsafe(24),
             name=name,
@@ -150,6 +152,7 @@ def create_token(
             timeout_at=now + limit,
             heartbeat_timeout=beat,
             deadline=min(now + beat, now + limit) if beat else now + limit,
+            url_hash=callbacks.secret_hash(secret),
         )
         # The token first, then its checkpoint: a crash between leaves a token
         # nobody was told about, never a checkpoint naming a missing token.
@@ -163,7 +166,12 @@ def create_token(
                 finished_at=now,
                 kind="token",
                 result_json=json.dumps(
-                    {"id": state.id, "name": name, "timeout_at": iso(state.timeout_at)}
+                    {
+                        "id": state.id,
+                        "name": name,
+                        "timeout_at": iso(state.timeout_at),
+                        "url_secret": secret,
+                    }
                 ),
             )
         )
@@ -173,6 +181,7 @@ def create_token(
         name=data["name"],
         run_id=scope.run_id,
         timeout_at=parse_iso(data["timeout_at"]),
+        url=callbacks.token_url(scope.session.callback_base(), data["id"], data.get("url_secret")),
     )
 
 

@@ -1,5 +1,6 @@
 """How a worker times its attempts (``WorkerConfig``): leases, the heartbeat that keeps
-them, the time-limit margin, and how often a running attempt looks for a cancel."""
+them, the time-limit margin, and how often a running attempt looks for a cancel; and
+the base of the token callback URLs it hands out."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ class WorkerConfig:
         cancel_check_interval: before a step, the worker reads the run's status if it
             has not for this long, so a canceled run stops at its next step boundary
             (one eventually consistent read per interval; see docs/lifecycle.md).
+        callback_url: the base of token callback URLs (``Token.url``): the callback
+            function's URL (template.yaml sets ``RUNG_CALLBACK_URL``), or ``rung dev``'s
+            ``/callback``. None: tokens have no URL (docs/http.md).
     """
 
     lease_duration: timedelta = timedelta(seconds=30)
@@ -50,8 +54,17 @@ class WorkerConfig:
     slot_lease: timedelta = timedelta(minutes=16)
     min_time_left: timedelta = timedelta(seconds=10)
     cancel_check_interval: timedelta = timedelta(seconds=5)
+    callback_url: str | None = None
 
     def __post_init__(self) -> None:
+        url = self.callback_url
+        if url is not None and (
+            not isinstance(url, str) or not url.startswith(("https://", "http://"))
+        ):
+            raise InvalidConfig(
+                f"worker callback_url must be an http(s) URL (RUNG_CALLBACK_URL: the callback "
+                f"function's URL, stack output CallbackUrl), got {url!r}"
+            )
         for name, maximum, positive in (
             ("lease_duration", MAX_LEASE, True),
             ("slot_lease", MAX_LEASE, True),

@@ -365,6 +365,9 @@ class Session:
     def create_token(self, state: TokenState) -> None:
         self._worker.store.create_token(state)
 
+    def callback_base(self) -> str | None:
+        return self._worker.config.callback_url
+
     def get_token(self, token_id: str) -> TokenState:
         return self._worker.store.get_token(token_id)
 

@@ -3,12 +3,14 @@
 ``template.yaml`` here is package data, byte for byte the checkout's root
 ``template.yaml`` (``tests/unit/test_lambda_package.py`` keeps them equal), so that an
 installed rung can run it (``rung dev`` in a project that has no template of its own)
-without a checkout. ``worker`` and ``reconciler`` hold the handlers the template names;
-the checkout's ``handler/worker.py`` and ``handler/reconciler.py``, which SAM packages,
-only re-export them. ``rung dev`` runs these modules directly when the project has no
-``handler/`` (``rung._dev``).
+without a checkout. ``worker``, ``reconciler``, ``api`` (the HTTP API) and ``callback``
+(token callback URLs) hold the handlers the template names; the checkout's
+``handler/*.py``, which SAM packages, only re-export them; ``views`` is the JSON of runs
+and tokens the API returns (and the CLI prints). ``rung dev`` runs these modules
+directly when the project has no ``handler/`` (``rung._dev``).
 
-Importing ``worker`` or ``reconciler`` needs the ``lambda`` extra (Powertools).
+Importing ``worker``, ``reconciler``, ``api`` or ``callback`` needs the ``lambda`` extra
+(Powertools).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 ENTRY_POINTS = {
     "handler/worker": "rung/_lambda/worker",
     "handler/reconciler": "rung/_lambda/reconciler",
+    "handler/api": "rung/_lambda/api",
+    "handler/callback": "rung/_lambda/callback",
 }
 
 

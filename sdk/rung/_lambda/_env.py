@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from datetime import timedelta
 
@@ -9,6 +10,7 @@ from rung._aws import sessions
 from rung._aws.dynamodb import DEFAULT_RETENTION, MAX_RETENTION, DynamoStore
 from rung._aws.s3 import Blobs
 from rung._aws.sqs import DEFAULT_MAX_RECEIVE_COUNT, SqsQueue
+from rung.app import App
 from rung.errors import InvalidConfig
 
 
@@ -72,3 +74,26 @@ def store_and_queue(
         max_receive_count,
     )
     return store, queue
+
+
+def load_app(spec: str) -> App:
+    """The app ``RUNG_APP`` names (``module:attr``), or an error saying what to fix."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise InvalidConfig(
+            f"environment variable RUNG_APP is {spec!r}: set it to 'module:attr', "
+            "e.g. 'shop.tasks:app'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidConfig(
+            f"RUNG_APP={spec!r}: cannot import module {module_name!r} ({exc}); is it "
+            "packaged with the function?"
+        ) from exc
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise InvalidConfig(
+            f"RUNG_APP={spec!r}: {module_name}.{attr} is {type(app).__name__}, not a rung.App"
+        )
+    return app

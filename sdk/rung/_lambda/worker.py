@@ -26,6 +26,8 @@ this module needs no environment):
     RUNG_SLOT_LEASE_SECONDS     a queue slot's lease, renewed before steps: above the
                                 function timeout (default 960)
     RUNG_MIN_TIME_LEFT_SECONDS  continue in a fresh invocation below this (default 10)
+    RUNG_CALLBACK_URL           the token callback function's URL: the base of
+                                ``Token.url`` (unset: tokens have no URL; docs/http.md)
     RUNG_TRACING                ``off``: send no trace segments (default on; see
                                 docs/observability.md)
     AWS_XRAY_DAEMON_ADDRESS     set by Lambda with ``Tracing: Active``: segments go to
@@ -49,7 +51,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import json
 import logging
 import os
@@ -79,11 +80,10 @@ from rung._engine.otlp import OtlpExporter
 from rung._engine.routing import Versioning
 from rung._engine.telemetry import Sinks
 from rung._engine.worker import Disposition, Worker
-from rung._lambda._env import positive_int, require, store_and_queue
+from rung._lambda._env import load_app, positive_int, require, store_and_queue
 from rung._lambda.handover import HAND_OVER, HAND_OVER_SECONDS, LambdaHandOver
 from rung._util.clock import SystemClock
 from rung.app import App
-from rung.errors import InvalidConfig
 
 logger = Logger()
 # An entirely failed batch is still a partial-batch response, not an invocation error:
@@ -98,7 +98,7 @@ class MessageNotDone(Exception):
 @functools.cache
 def worker() -> Worker:
     """The Worker of this warm container, built from the environment on first use."""
-    app = _load_app(require("RUNG_APP", "module:attr of your rung.App, e.g. 'shop.tasks:app'"))
+    app = load_app(require("RUNG_APP", "module:attr of your rung.App, e.g. 'shop.tasks:app'"))
     if "POWERTOOLS_SERVICE_NAME" not in os.environ:
         logger.append_keys(service=app.name)
     # rung's own loggers ("rung.worker", ...) write the same structured JSON.
@@ -111,6 +111,7 @@ def worker() -> Worker:
         lease_duration=timedelta(seconds=positive_int("RUNG_LEASE_SECONDS", 30)),
         slot_lease=timedelta(seconds=positive_int("RUNG_SLOT_LEASE_SECONDS", 960)),
         min_time_left=timedelta(seconds=positive_int("RUNG_MIN_TIME_LEFT_SECONDS", 10)),
+        callback_url=os.environ.get("RUNG_CALLBACK_URL", "").strip() or None,
     )
     return Worker(app, store, queue, SystemClock(), config, sinks(app), versioning(queue))
 
@@ -286,25 +287,3 @@ def _message(raw: dict[str, Any]) -> QueueMessage:
         sent_at_ms=int(record.attributes.sent_timestamp),
         trace_header=record.attributes.aws_trace_header,
     )
-
-
-def _load_app(spec: str) -> App:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise InvalidConfig(
-            f"environment variable RUNG_APP is {spec!r}: set it to 'module:attr', "
-            "e.g. 'shop.tasks:app'"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InvalidConfig(
-            f"RUNG_APP={spec!r}: cannot import module {module_name!r} ({exc}); is it "
-            "packaged with the function?"
-        ) from exc
-    app = getattr(module, attr, None)
-    if not isinstance(app, App):
-        raise InvalidConfig(
-            f"RUNG_APP={spec!r}: {module_name}.{attr} is {type(app).__name__}, not a rung.App"
-        )
-    return app

@@ -27,7 +27,11 @@ from rich.table import Table
 from rich.text import Text
 
 from rung._aws import cloudformation, logs, sessions
-from rung._aws.dynamodb import waits_without_timer
+
+# (re-exported: the HTTP API returns the same JSON as --json prints)
+from rung._lambda.views import _due as _due
+from rung._lambda.views import run_json as run_json
+from rung._lambda.views import token_json as token_json
 from rung._util.durations import format_duration, parse_duration
 from rung.app import App
 from rung.client import Client
@@ -315,75 +319,8 @@ _json_option = click.option(
 # -- output helpers ---------------------------------------------------------------------
 
 
-def run_json(run: Run) -> dict[str, Any]:
-    """A run for ``--json``: plain values, ISO-8601 timestamps.
-
-    ``available_at`` is when it is due (to start, to retry, to wake from a wait), null
-    while it waits with no timer (for children, say) and once it has finished;
-    ``expires_at``, when a finished run's retention ends (docs/retention.md);
-    ``waiting_for`` says what a WAITING run waits for, a token's id included."""
-    return {
-        "run_id": run.run_id,
-        "task_id": run.task_id,
-        "status": run.status.value,
-        "attempt": run.attempt,
-        "payload": _value_json(run.payload),
-        "output": _value_json(run.output),
-        "error": run.error.to_json() if run.error else None,
-        "created_at": _iso(run.created_at),
-        "updated_at": _iso(run.updated_at),
-        "available_at": _iso(_due(run)),
-        "started_at": _iso(run.started_at),
-        "attempt_started_at": _iso(run.attempt_started_at),
-        "finished_at": _iso(run.finished_at),
-        "expires_at": _iso(run.expires_at),
-        "start_by": _iso(run.start_by),
-        "began_at": _iso(run.began_at),
-        "idempotency_key": run.idempotency_key,
-        "tags": list(run.tags),
-        "metadata": run.metadata,
-        "triggers": run.triggers,
-        "waiting_for": run.waiting_for,
-        "parent_run_id": run.parent_run_id,
-        "replay_of": run.replay_of,
-        "trace_id": run.trace_id,
-        "version": run.version,
-        "redrives": [
-            {
-                "attempt": r.attempt,
-                "failed_at": r.failed_at.isoformat(),
-                "error": r.error.to_json(),
-                "redriven_at": r.at.isoformat(),
-                "step": r.step_id,
-                "from_version": r.from_version,
-            }
-            for r in run.redrives
-        ],
-    }
-
-
 def _child_json(run: Run) -> dict[str, Any]:
     return {"run_id": run.run_id, "task_id": run.task_id, "status": run.status.value}
-
-
-def token_json(state: TokenState) -> dict[str, Any]:
-    """A token for ``--json``."""
-    return {
-        "token_id": state.id,
-        "name": state.name,
-        "run_id": state.run_id,
-        "step_id": state.step_id,
-        "status": state.status,
-        "created_at": state.created_at.isoformat(),
-        "timeout_at": state.timeout_at.isoformat(),
-        "heartbeat_timeout_seconds": state.heartbeat_timeout.total_seconds()
-        if state.heartbeat_timeout is not None
-        else None,
-        "deadline": state.deadline.isoformat(),
-        "value": json.loads(state.result_json) if state.result_json is not None else None,
-        "error": state.error.to_json() if state.error else None,
-        "resolved_at": _iso(state.resolved_at),
-    }
 
 
 def queue_json(info: QueueInfo) -> dict[str, Any]:
@@ -433,14 +370,6 @@ def _handle_json(run_id: str, task_id: str, created: bool) -> dict[str, Any]:
 
 def _iso(when: datetime | None) -> str | None:
     return when.isoformat() if when is not None else None
-
-
-def _due(run: Run) -> datetime | None:
-    """When the run is due, or None: a wait with no timer is stored as due in 9999, and
-    a finished run's ``available_at`` is its expiry (``expires_at``), not a due time."""
-    if run.available_at is None or waits_without_timer(run.available_at) or run.status.is_terminal:
-        return None
-    return run.available_at
 
 
 def _print_json(data: Any) -> None:
@@ -515,13 +444,6 @@ def _compact(value: Any) -> str:
         return text
     size = len(text.encode("utf-8"))
     return f"{text[:_SHOWN_CHARS]}... ({size:,} bytes of JSON in all; --json prints it whole)"
-
-
-def _value_json(value: Any) -> Any:
-    """A payload or output for ``--json``: the value, or where a listing left it."""
-    if isinstance(value, Offloaded):
-        return {"offloaded_bytes": value.size}
-    return value
 
 
 _TOKEN_STYLE = {"WAITING": "yellow", "COMPLETED": "green", "FAILED": "red", "TIMED_OUT": "red"}

@@ -209,14 +209,15 @@ class _Listing(_Base):
         for n, tag in enumerate(tags):
             clauses.append(f"contains(tags, :tag{n})")
             values[f":tag{n}"] = _S(tag)
-        if task_id is not None and status is not None:
+        if task_id is not None and (status is not None or tags):
             # By status (few runs in most statuses), the task as a filter: the status
-            # index projects task_id, which never changes, so this costs no writes.
+            # index projects task_id, which never changes, so this costs no writes. With
+            # tags too: the task index holds keys only, so it cannot filter on them.
             clauses.append("task_id = :task")
             values[":task"] = _S(task_id)
         if status is not None:
             index, attr, keys = self._status_keys([status])
-        elif task_id is not None:
+        elif task_id is not None and not tags:
             if self.sharded("runs_by_task"):
                 index, attr = "runs_by_task", "task_shard"
                 keys = tuple(f"{task_id}#{s:02d}" for s in range(SHARDS))

@@ -51,6 +51,8 @@ class _Tokens(_Base):
             "deadline_ms": _N(to_ms(state.deadline)),
             TTL_ATTRIBUTE: _N(int((state.timeout_at + TOKEN_RETENTION).timestamp())),
         }
+        if state.url_hash:
+            item["url_hash"] = _S(state.url_hash)  # of Token.url's secret (never the secret)
         self.client.put_item(
             TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)"
         )
@@ -261,6 +263,7 @@ class _Tokens(_Base):
             result_json=self._text(item["result"]) if "result" in item else None,
             error=ErrorInfo.from_json(json.loads(item["error"]["S"])) if "error" in item else None,
             resolved_at=parse_iso(item["resolved_at"]["S"]) if "resolved_at" in item else None,
+            url_hash=item["url_hash"]["S"] if "url_hash" in item else None,
         )
 
 

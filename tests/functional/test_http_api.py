@@ -1,0 +1,127 @@
+"""The HTTP API's Lambda handler (``rung._lambda.api``) on the emulator: the event a
+function URL with AWS_IAM auth delivers, with and without the caller AWS puts in it.
+
+On AWS the function URL checks the signature; the handler trusts
+``requestContext.authorizer.iam`` and refuses a request without it (an API deployed
+with the wrong auth type serves nobody). Real HTTP, SigV4 and every route are tested
+on ``rung dev`` (tests/integration/test_dev_http.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import rung
+from rung._lambda import api
+from rung._lambda._http import MAX_REQUEST_BYTES, ResolverPool
+from rung.testing import LocalEngine
+
+app = rung.App("httpfn")
+
+
+@app.task(id="echo")
+def echo(ctx: rung.Context, payload: Any) -> Any:
+    return payload
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[LocalEngine]:
+    with LocalEngine(app) as local:
+        yield local
+
+
+@pytest.fixture(scope="module")
+def pool(engine: LocalEngine) -> ResolverPool:
+    return ResolverPool(lambda: api.build_api(lambda: engine.client))
+
+
+IAM = {"accessKey": "AKIAEXAMPLE", "accountId": "111122223333", "callerId": "AIDAEXAMPLE"}
+
+
+def event(
+    method: str, path: str, body: str | None = None, *, iam: bool = True, b64: bool = False
+) -> dict[str, Any]:
+    context: dict[str, Any] = {
+        "http": {"method": method, "path": path, "sourceIp": "198.51.100.7"},
+        "requestId": "req-1",
+        "routeKey": "$default",
+        "stage": "$default",
+    }
+    if iam:
+        context["authorizer"] = {"iam": IAM}
+    if b64 and body is not None:
+        body = base64.b64encode(body.encode()).decode()
+    return {
+        "version": "2.0",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": {"content-type": "application/json"},
+        "requestContext": context,
+        "body": body,
+        "isBase64Encoded": b64,
+    }
+
+
+def answer(pool: ResolverPool, request: dict[str, Any]) -> tuple[int, Any]:
+    result = api.handle(pool, request, None)
+    return int(result["statusCode"]), json.loads(result["body"])
+
+
+def test_a_call_aws_authenticated_is_served(engine: LocalEngine, pool: ResolverPool) -> None:
+    body = json.dumps({"payload": {"n": 1}, "metadata": {"by": "api"}})
+    status, made = answer(pool, event("POST", "/tasks/echo/trigger", body))
+    assert status == 201
+    run = engine.wait(made["run_id"])
+    assert run.output == {"n": 1}
+    status, shown = answer(pool, event("GET", f"/runs/{made['run_id']}"))
+    assert status == 200 and shown["metadata"] == {"by": "api"}
+
+
+def test_a_base64_body_as_function_urls_send_binary_content_is_read(
+    engine: LocalEngine, pool: ResolverPool
+) -> None:
+    body = json.dumps({"payload": "b64"})
+    status, made = answer(pool, event("POST", "/tasks/echo/trigger", body, b64=True))
+    assert status == 201
+    assert engine.wait(made["run_id"]).output == "b64"
+
+
+def test_without_an_iam_caller_every_route_is_401_and_nothing_is_stored(
+    engine: LocalEngine, pool: ResolverPool
+) -> None:
+    before = len(engine.client.list_runs(limit=1000))
+    body = json.dumps({"payload": 1})
+    for request in (
+        event("POST", "/tasks/echo/trigger", body, iam=False),
+        event("GET", "/runs", iam=False),
+        event("GET", "/no/such/route", iam=False),
+    ):
+        status, refused = answer(pool, request)
+        assert status == 401 and refused["error"]["type"] == "Unauthenticated"
+    assert len(engine.client.list_runs(limit=1000)) == before
+
+
+def test_an_oversize_body_is_413_before_any_route(engine: LocalEngine, pool: ResolverPool) -> None:
+    before = len(engine.client.list_runs(limit=1000))
+    body = json.dumps({"payload": "x" * MAX_REQUEST_BYTES})
+    status, refused = answer(pool, event("POST", "/tasks/echo/trigger", body))
+    assert status == 413 and refused["error"]["type"] == "RequestTooLarge"
+    assert len(engine.client.list_runs(limit=1000)) == before
+
+
+def test_a_token_has_no_url_where_no_callback_base_is_configured(engine: LocalEngine) -> None:
+    seen: list[str | None] = []
+    local = rung.App("nourl")
+
+    @local.task(id="t")
+    def t(ctx: rung.Context, payload: None) -> None:
+        seen.append(ctx.create_token("x", timeout=60).url)
+
+    with LocalEngine(local, virtual_time=False) as other:
+        other.wait(other.client.trigger("t").run_id)
+    assert seen == [None]
