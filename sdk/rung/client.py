@@ -314,7 +314,8 @@ class Client(ScheduleMethods):
                 ``RunNotFound``; docs/retention.md).
             RunNotFound: no run has this id.
         """
-        return self._store.live_run(check_run_id(run_id), self._clock.now())
+        run = self._store.live_run(check_run_id(run_id), self._clock.now())
+        return self._store.with_values(run)  # (an offloaded payload or output: from S3)
 
     def list_runs(
         self,
@@ -446,7 +447,7 @@ class Client(ScheduleMethods):
             >>> handle = client.replay(run_id)
             >>> client.get_run(handle.run_id).replay_of == run_id
         """
-        run = self._store.live_run(check_run_id(run_id), self._clock.now())
+        run = self._store.with_values(self._store.live_run(check_run_id(run_id), self._clock.now()))
         if self.app is not None:
             payload_json = self.app.get_task(run.task_id).prepare(run.payload)
         else:
@@ -533,7 +534,7 @@ class Client(ScheduleMethods):
 
     def list_tokens(self, run_id: str) -> list[TokenState]:
         """The tokens a run has created, in order, with their status (as ``get_token``)."""
-        steps = self._store.load_steps(check_run_id(run_id))
+        steps = self._store.load_steps(check_run_id(run_id), values=False)
         created = sorted(
             (r for r in steps.values() if r.kind == "token"), key=lambda r: r.started_at
         )

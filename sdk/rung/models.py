@@ -229,10 +229,13 @@ class StepRecord:
 @dataclass(frozen=True)
 class Offloaded:
     """A payload or output kept in the stack's S3 bucket (over 128 KiB of JSON), where
-    ``list_runs`` leaves it: ``get_run`` reads the value itself (docs/payloads.md)."""
+    ``list_runs``, ``list_children``, ``cancel`` and ``redrive`` leave it: ``get_run``
+    reads the value itself (docs/payloads.md)."""
 
     #: its size, bytes of JSON
     size: int
+    #: its object's key in the payload bucket
+    key: str = field(default="", compare=False)
 
     def __repr__(self) -> str:
         return f"<{self.size:,} bytes in S3: get_run reads it>"
@@ -240,8 +243,9 @@ class Offloaded:
 
 @dataclass(frozen=True)
 class Run:
-    """A run as stored, returned by ``get_run`` and ``list_runs`` (whose runs hold an
-    ``Offloaded`` in place of a payload or output over 128 KiB)."""
+    """A run as stored, returned by ``get_run`` and ``list_runs`` (whose runs, as those
+    of ``list_children``, ``cancel`` and ``redrive``, hold an ``Offloaded`` in place of a
+    payload or output over 128 KiB; ``get_run`` reads it)."""
 
     run_id: str
     task_id: str

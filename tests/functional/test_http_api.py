@@ -125,3 +125,24 @@ def test_a_token_has_no_url_where_no_callback_base_is_configured(engine: LocalEn
     with LocalEngine(local, virtual_time=False) as other:
         other.wait(other.client.trigger("t").run_id)
     assert seen == [None]
+
+
+def test_big_values_through_the_api_offloaded_and_fitted_to_a_lambda_response(
+    engine: LocalEngine, pool: ResolverPool
+) -> None:
+    """A 1 MB payload triggered over HTTP goes to the bucket and comes back whole; a
+    3 MB output (over what one response value carries) is sent as its size, which
+    rung.Client reads whole; a listing says offloaded_bytes."""
+    blob = "h" * 1_000_000
+    status, made = answer(pool, event("POST", "/tasks/echo/trigger", json.dumps({"payload": blob})))
+    assert status == 201
+    assert engine.wait(made["run_id"]).output == blob
+    status, shown = answer(pool, event("GET", f"/runs/{made['run_id']}"))
+    assert status == 200 and shown["payload"] == blob and shown["output"] == blob
+    assert api.MAX_RESPONSE_VALUE_BYTES < 3_000_000
+    big = engine.trigger("echo", "o" * 3_000_000)
+    engine.wait(big.run_id)
+    status, shown = answer(pool, event("GET", f"/runs/{big.run_id}"))
+    assert status == 200
+    assert shown["payload"] == shown["output"] == {"offloaded_bytes": 3_000_002}
+    assert engine.client.get_run(big.run_id).output == "o" * 3_000_000

@@ -328,3 +328,90 @@ def test_a_client_without_a_bucket_reading_an_offloaded_run_is_told_how() -> Non
         assert isinstance(refused.value, rung.RungError)
         [listed] = client.list_runs()  # a listing needs no bucket
         assert listed.output == rung.Offloaded(size=200_002)
+
+
+def test_a_worker_that_cannot_read_a_payload_fails_the_run_at_once_and_frees_it() -> None:
+    """The claim reads no object (the run item holds a pointer); the payload is read
+    where the body needs it, and a payload that cannot be read fails the run on its
+    first attempt, saying why, instead of leaving it RUNNING under a lease."""
+    with LocalEngine(_app([], []), workers=0) as engine:
+        handle = engine.trigger("echo", {"blob": "x" * 200_000})
+        engine.store.blobs = None  # a worker deployed without RUNG_PAYLOAD_BUCKET
+        [message] = engine.queue.receive(max_messages=1)
+        engine.worker.handle(message)
+        run = engine.store.get_run(handle.run_id)
+    assert (run.status, run.attempt) == (RunStatus.FAILED, 1)
+    assert run.error is not None and run.error.type == "ValueNotFound"
+    assert "payload cannot be read" in run.error.message
+    assert "RUNG_PAYLOAD_BUCKET" in run.error.message
+
+
+def test_status_checks_read_no_objects_so_a_client_without_a_bucket_can_operate() -> None:
+    """Idempotent re-triggers, cancel (with children), token answers to an ended run and
+    listing tokens need no value: a client without the bucket does them all."""
+    tokens: list[str] = []
+    with LocalEngine(_app([], tokens)) as engine:
+        client = rung.Client(
+            engine.app,
+            table_name=engine.table_name,
+            queue_url=engine.queue_url,
+            endpoint_url=engine.endpoint_url,
+        )
+        done = engine.client.trigger("big-output", {"size": 200_000}, idempotency_key="k")
+        engine.wait(done.run_id)
+        again = client.trigger("big-output", {"size": 200_000}, idempotency_key="k")
+        assert (again.run_id, again.created) == (done.run_id, False)
+        waiting = engine.trigger("approval", {"pad": "p" * 200_000})
+        engine.wait_for_token(waiting.run_id)
+        before = dict(engine.blobs.requests)
+        assert [t.id for t in client.list_tokens(waiting.run_id)] == tokens
+        canceled = client.cancel(waiting.run_id, "no longer needed")
+        assert canceled.status == RunStatus.CANCELED
+        assert isinstance(canceled.payload, rung.Offloaded)
+        with pytest.raises(rung.TokenAlreadyResolved):
+            client.complete_token(tokens[0], {"document": "late"})
+        assert engine.blobs.requests["GetObject"] == before["GetObject"]
+
+
+def test_a_batch_without_a_bucket_fails_only_its_big_items_and_stores_the_rest() -> None:
+    with LocalEngine(_app([], [])) as engine:
+        client = rung.Client(
+            engine.app,
+            table_name=engine.table_name,
+            queue_url=engine.queue_url,
+            endpoint_url=engine.endpoint_url,
+        )
+        items = [{"blob": str(n)} for n in range(30)]
+        items[27] = {"blob": "x" * 200_000}
+        results = client.batch_trigger("echo", items)
+        assert [n for n, r in enumerate(results) if not r.ok] == [27]
+        assert results[27].error is not None and "PayloadBucketName" in results[27].error.message
+        assert all(r.enqueued for n, r in enumerate(results) if n != 27)
+        for r in results:
+            if r.handle is not None:
+                assert engine.wait(r.handle.run_id).status == RunStatus.COMPLETED
+        assert len(engine.client.list_runs(limit=100)) == 29
+
+
+def test_the_sweep_deletes_objects_no_item_names_and_a_repeat_puts_none() -> None:
+    """A debounced burst whose big payload was replaced by a small one left an object
+    that no item names: the sweep lists the run's prefix and deletes it. A repeated
+    idempotent trigger of a big payload puts no object at all."""
+    with LocalEngine(_app([], [])) as engine:
+        clock = engine.clock
+        assert isinstance(clock, VirtualClock)
+        burst = rung.Debounce("k", window=timedelta(seconds=30))
+        first = engine.client.trigger("echo", {"blob": "b" * 200_000}, debounce=burst)
+        last = engine.client.trigger("echo", {"blob": "s"}, debounce=burst)
+        assert last.run_id == first.run_id
+        assert engine.wait(first.run_id).output["size"] == 1
+        assert len(_objects(engine)) == 1  # the replaced payload's
+        once = engine.client.trigger("echo", {"blob": "i" * 200_000}, idempotency_key="i")
+        engine.wait(once.run_id)
+        before = engine.blobs.requests["PutObject"]
+        again = engine.client.trigger("echo", {"blob": "j" * 200_000}, idempotency_key="i")
+        assert again.run_id == once.run_id and engine.blobs.requests["PutObject"] == before
+        assert len(_objects(engine)) == 2
+        clock.advance(timedelta(days=31, minutes=10))
+        assert engine.reconcile().expired.runs == 2
+        assert _objects(engine) == {}

@@ -543,7 +543,10 @@ def test_the_payload_bucket_is_private_encrypted_tls_only_and_kept(
         if action.startswith("s3:")
     }
     objects = {"Fn::Sub": "${PayloadBucket.Arn}/runs/*"}
-    assert grants == {"s3:GetObject": objects, "s3:PutObject": objects}
+    bucket = {"Fn::GetAtt": ["PayloadBucket", "Arn"]}  # listed only under runs/: a missing
+    assert grants == {"s3:GetObject": objects, "s3:PutObject": objects, "s3:ListBucket": bucket}
+    [listing] = [s for s in _statements(template, "WorkerRole") if s["Action"] == "s3:ListBucket"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": "runs/*"}}  # key: NoSuchKey
     worker = _resource(template, "WorkerFunction")["Environment"]["Variables"]
     assert _plain(worker["RUNG_PAYLOAD_BUCKET"]) == {"Ref": "PayloadBucket"}
     assert _plain(template["Outputs"]["PayloadBucketName"]["Value"]) == {"Ref": "PayloadBucket"}
@@ -602,6 +605,10 @@ def test_token_callbacks_are_an_open_url_on_a_function_that_may_only_answer_toke
         # a token value over 128 KiB (docs/payloads.md): objects under runs/ only
         "s3:GetObject": (json.dumps({"Fn::Sub": "${PayloadBucket.Arn}/runs/*"}), "null"),
         "s3:PutObject": (json.dumps({"Fn::Sub": "${PayloadBucket.Arn}/runs/*"}), "null"),
+        "s3:ListBucket": (
+            json.dumps({"Fn::GetAtt": ["PayloadBucket", "Arn"]}),
+            json.dumps({"StringLike": {"s3:prefix": "runs/*"}}),
+        ),
     }
     cfn = translate(load_template(TEMPLATE), {"RungApp": "shop.tasks:app"}, "us-east-1")
     assert cfn["Resources"]["CallbackFunctionUrl"]["Properties"]["AuthType"] == "NONE"

@@ -67,7 +67,7 @@ class Blobs:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return key
-        self.requests["PutObject"] += 1
+        self._count("PutObject")
         self.client.put_object(
             Bucket=self.bucket,
             Key=key,
@@ -90,17 +90,19 @@ class Blobs:
             if text is not None:
                 self._cache.move_to_end(key)
                 return text
-        self.requests["GetObject"] += 1
+        self._count("GetObject")
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
             text = str(body.read().decode("utf-8"))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404", "NoSuchBucket", "AccessDenied"):
                 raise ValueNotFound(
-                    f"the offloaded value s3://{self.bucket}/{key} is missing: the run's "
-                    "values are deleted with it when its retention ends (docs/retention.md), "
-                    "or this client reads another stack's bucket (check bucket= or "
-                    "RUNG_PAYLOAD_BUCKET against the stack output PayloadBucketName)"
+                    f"the offloaded value s3://{self.bucket}/{key} cannot be read ({code}): a "
+                    "run's values are deleted with it when its retention ends "
+                    "(docs/retention.md); else check that this client reads the stack's bucket "
+                    "(bucket= or RUNG_PAYLOAD_BUCKET against the stack output PayloadBucketName) "
+                    "and may s3:GetObject under runs/ (docs/deploying.md)"
                 ) from None
             raise
         self._remember(key, text)
@@ -112,7 +114,7 @@ class Blobs:
         keys: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{PREFIX}{run_id}/"):
-            self.requests["ListObjectsV2"] += 1
+            self._count("ListObjectsV2")
             keys += [o["Key"] for o in page.get("Contents", [])]
         return self._delete(keys)
 
@@ -120,7 +122,7 @@ class Blobs:
         deleted = 0
         for start in range(0, len(keys), _DELETE_BATCH):
             chunk = keys[start : start + _DELETE_BATCH]
-            self.requests["DeleteObjects"] += 1
+            self._count("DeleteObjects")
             out = self.client.delete_objects(
                 Bucket=self.bucket,
                 Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
@@ -139,7 +141,7 @@ class Blobs:
                 for key in chunk:
                     text = self._cache.pop(key, None)
                     if text is not None:
-                        self._cached_bytes -= len(text)
+                        self._cached_bytes -= _size(text)
         return deleted
 
     @classmethod
@@ -155,17 +157,27 @@ class Blobs:
             self._delete([o["Key"] for o in page.get("Contents", [])])
         self.client.delete_bucket(Bucket=self.bucket)
 
+    def _count(self, operation: str) -> None:
+        with self._lock:
+            self.requests[operation] += 1
+
     def _remember(self, key: str, text: str) -> None:
-        if len(text) > CACHE_BYTES // 4:
+        size = _size(text)
+        if size > CACHE_BYTES // 4:
             return
         with self._lock:
             if key in self._cache:
                 return
             self._cache[key] = text
-            self._cached_bytes += len(text)
+            self._cached_bytes += size
             while self._cached_bytes > CACHE_BYTES and self._cache:
                 _, old = self._cache.popitem(last=False)
-                self._cached_bytes -= len(old)
+                self._cached_bytes -= _size(old)
+
+
+def _size(text: str) -> int:
+    """What a cached string costs in memory, about (CPython keeps 1 to 4 bytes a char)."""
+    return len(text) * (1 if text.isascii() else 4)
 
 
 class ValueNotFound(RungError, LookupError):
@@ -176,7 +188,7 @@ def no_bucket(what: str, size: int, inline: int) -> PayloadTooLarge:
     """The error for a value over the inline limit where no bucket is configured."""
     return PayloadTooLarge(
         f"{what} is {size:,} bytes of JSON; without a payload bucket rung stores at most "
-        f"{inline:,} bytes inline. Values up to 10 MB go to the stack's S3 bucket: pass "
+        f"{inline:,} bytes inline. Values up to 10 MiB go to the stack's S3 bucket: pass "
         "bucket= (stack output PayloadBucketName) to rung.Client, set RUNG_PAYLOAD_BUCKET, "
         "or use rung.Client.from_stack"
     )

@@ -9,7 +9,7 @@ all ended (or a timeout canceled the rest). See docs/children.md.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -23,7 +23,7 @@ from rung._util.durations import check_duration, format_duration
 from rung._util.ids import new_run_id
 from rung.app import Task, check_tags
 from rung.errors import ErrorInfo, StepFailed, UsageError
-from rung.models import ChildResult, Run, RunHandle, RunStatus, StepRecord
+from rung.models import ChildResult, Offloaded, Run, RunHandle, RunStatus, StepRecord
 
 #: The most children one ``batch_trigger_and_wait`` starts: their outcomes are one
 #: checkpoint (at most ``MAX_VALUE_BYTES``), and the waiting parent's item lists them.
@@ -388,14 +388,23 @@ def _record_outcomes(
 ) -> StepRecord:
     """Every child has ended: record how, once (a batch's outcomes in one checkpoint)."""
     now = scope.session.now()
-    outcomes = [_child_outcome(c, runs.get(c["run_id"])) for c in children]
+    offloaded = sum(
+        r.output.size
+        for r in runs.values()
+        if r.status == RunStatus.COMPLETED and isinstance(r.output, Offloaded)
+    )
+    too_large = not single and offloaded > serde.MAX_VALUE_BYTES  # (known without reading)
+    outcomes = [
+        _child_outcome(c, runs.get(c["run_id"]), None if too_large else scope.session.value)
+        for c in children
+    ]
     started = min((r.created_at for r in runs.values()), default=now)
     ended = max((r.finished_at or now for r in runs.values()), default=now)
     error: ErrorInfo | None = None
     result: str | None
     if not single:
-        result = json.dumps(outcomes)
-        size = len(result.encode())
+        result = json.dumps(outcomes, ensure_ascii=False)
+        size = len(result.encode()) + offloaded * too_large
         if size > serde.MAX_VALUE_BYTES:
             result = None
             error = ErrorInfo(
@@ -435,8 +444,11 @@ def _timeout(timeout: timedelta | float | None, what: str) -> timedelta | None:
     return check_duration(timeout, f"{what} timeout", positive=True, maximum=MAX_WAIT)
 
 
-def _child_outcome(child: dict[str, Any], run: Run | None) -> dict[str, Any]:
-    """How a child ended, as the parent's wait checkpoint keeps it."""
+def _child_outcome(
+    child: dict[str, Any], run: Run | None, value: Callable[[Any], Any] | None = None
+) -> dict[str, Any]:
+    """How a child ended, as the parent's wait checkpoint keeps it; ``value`` reads an
+    offloaded output (None: outputs are left out, of a batch known to be too large)."""
     if run is None:  # cannot happen (children are created with their checkpoint)
         error = ErrorInfo("RunNotFound", f"child run {child['run_id']} does not exist")
         return {**child, "status": RunStatus.FAILED.value, "output": None, "error": error.to_json()}
@@ -445,7 +457,7 @@ def _child_outcome(child: dict[str, Any], run: Run | None) -> dict[str, Any]:
             "run_id": run.run_id,
             "task_id": run.task_id,
             "status": run.status.value,
-            "output": run.output,
+            "output": value(run.output) if value is not None else None,
             "error": None,
         }
     error = run.error or ErrorInfo(f"Run{run.status.value.title().replace('_', '')}", "")

@@ -180,7 +180,11 @@ class AttemptSession(Protocol):
         ``pinned``: the child runs on this run's code version (else on the latest)."""
 
     def get_runs(self, run_ids: list[str]) -> dict[str, Run]:
-        """Runs by id, consistently read."""
+        """Runs by id, consistently read (offloaded payloads and outputs left in S3: a
+        ``rung.Offloaded`` each, which ``value`` reads)."""
+
+    def value(self, value: Any) -> Any:
+        """``value``, read from the payload bucket if it is a ``rung.Offloaded``."""
 
     def forget_batch(self, batch: str) -> None:
         """The batch's outcome is recorded: drop its count of ended children."""

@@ -39,7 +39,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rung._aws.dynamodb import DynamoStore, Holder, QueueState, Waiter
 from rung._aws.sqs import SqsQueue
@@ -165,7 +165,7 @@ class Shard:
         return Shard(spec, zlib.crc32(basis.encode()) % spec.shards)
 
     @staticmethod
-    def of_run(app: App, run: Run) -> Shard | None:
+    def of_run(app: App, run: Run, resolve: Callable[[Any], Any] = lambda v: v) -> Shard | None:
         """The shard a run holds (or would hold) its slot in, worked out from the run as
         stored (for a worker that finds it crashed); None when its task has no queue, or
         its key cannot be worked out now (its slot then frees when its lease runs out)."""
@@ -176,7 +176,7 @@ class Shard:
                 return None
             key = ""
             if spec.shards > 1 and spec.per_key_limit is not None:
-                key = task.flow_of(task.payload_of(run.payload))[0]
+                key = task.flow_of(task.payload_of(resolve(run.payload)))[0]  # (from S3?)
         except Exception:  # noqa: BLE001 - an unknown task, a payload or key function that fails
             return None
         return Shard.of(spec, run.run_id, key)

@@ -50,7 +50,7 @@ class Lifecycle:
     def children(self, run_id: str) -> list[tuple[dict[str, Any], Run]]:
         """The child runs ``run_id`` started, in order, with their checkpoints' links
         (``run_id``, ``task_id``, ``detached``)."""
-        steps = self._store.load_steps(run_id)
+        steps = self._store.load_steps(run_id, values=False)
         if not steps:
             self._store.live_run(run_id, self._clock.now())  # RunNotFound, RunExpired
         started = sorted(
@@ -191,7 +191,7 @@ class Lifecycle:
         failed = None
         also: list[StepRecord] = []
         if run.failed_step is not None:
-            steps = self._store.load_steps(run.run_id)
+            steps = self._store.load_steps(run.run_id, values=False)
             record = steps.get(run.failed_step)
             if record is not None and record.outcome == "failed":
                 failed = record

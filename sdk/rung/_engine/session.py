@@ -347,6 +347,9 @@ class Session:
     def get_runs(self, run_ids: list[str]) -> dict[str, Run]:
         return self._worker.store.get_runs(run_ids)
 
+    def value(self, value: Any) -> Any:
+        return self._worker.store.resolved(value)
+
     def forget_batch(self, batch: str) -> None:
         self._worker.store.forget_batch(self._run.run_id, batch)
 

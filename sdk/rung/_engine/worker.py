@@ -70,6 +70,7 @@ from rung.errors import (
     LeaseLost,
     NonDeterminismError,
     PayloadTooLarge,
+    RungError,
     StepFailed,
     UnknownTask,
 )
@@ -199,7 +200,7 @@ class Worker:
         # A slot the run holds under its last claim (deferred by its queue's rate limit,
         # or admitted under a holder that died before its body began): free it. A slot
         # handed to it while parked was freed by Lifecycle.expire (_leave_queue).
-        shard = Shard.of_run(self.app, run)
+        shard = Shard.of_run(self.app, run, self.store.resolved)
         if shard is not None:
             self.gate.release(shard, run.run_id, run.lease_token, now)
             if run.status == RunStatus.RUNNING:  # handed off, then its taker died
@@ -226,7 +227,7 @@ class Worker:
         if run.status == RunStatus.RUNNING:  # crashed there: fenced on the dead holder
             with contextlib.suppress(LeaseLost):
                 self._fail(run, run.lease_token, error, None, now)
-            shard = Shard.of_run(self.app, run)
+            shard = Shard.of_run(self.app, run, self.store.resolved)
             if shard is not None:
                 self.gate.release(shard, run.run_id, run.lease_token, now)
             return Disposition.ACK
@@ -257,7 +258,7 @@ class Worker:
             with contextlib.suppress(LeaseLost), bound(lost.log_context):
                 self._fail(run, run.lease_token, error, failure, now)
                 lost.finish("worker lost", now, error, RunStatus.FAILED)
-            shard = Shard.of_run(self.app, run)
+            shard = Shard.of_run(self.app, run, self.store.resolved)
             if shard is not None:  # the dead holder's slot: free it for the next run
                 self.gate.release(shard, run.run_id, run.lease_token, now)
             return NotClaimed("terminal", run, None)
@@ -319,7 +320,7 @@ class Worker:
             )
         )
         try:
-            payload = task.payload_of(run.payload)
+            payload = task.payload_of(self.store.resolved(run.payload))  # (from S3?)
         except Exception as exc:
             self._fail(run, token, _payload_error(task, exc), None, now(), telemetry)
             return Disposition.ACK
@@ -500,11 +501,10 @@ class Worker:
                 watchdog.cancel()
         try:
             output = serde.dumps(result, f"the output of run {run.run_id}")
-            # (over 128 KiB without a payload bucket: refused before anything is written)
             ended = self.store.complete_run(
                 run.run_id, token, output, now(), wake_parent=ParentLink.of(run)
             )
-        except (serde.NotSerializable, PayloadTooLarge) as exc:
+        except (serde.NotSerializable, PayloadTooLarge) as exc:  # (no bucket: nothing written)
             error = ErrorInfo(type(exc).__name__, str(exc))
             self._fail(run, token, error, None, now(), report)
             return Disposition.ACK
@@ -618,7 +618,7 @@ class Worker:
         return self._later(message, run.run_id, wait.wake_at)
 
     def _any_resolved(self, token_ids: tuple[str, ...]) -> bool:
-        return any(self.store.get_token(token_id).status != "WAITING" for token_id in token_ids)
+        return any(self.store.get_token(t, value=False).status != "WAITING" for t in token_ids)
 
     def _later(self, message: QueueMessage, run_id: str, due: datetime) -> Disposition:
         """Have the run's message come back at ``due`` (the delay counted now, at the last
@@ -644,5 +644,7 @@ def _run_level_failures(run: Run) -> int:
 
 
 def _payload_error(task: Task[Any], exc: Exception) -> ErrorInfo:
+    if isinstance(exc, RungError) and not isinstance(exc, InvalidPayload):  # ValueNotFound
+        return ErrorInfo(type(exc).__name__, f"the run's payload cannot be read: {exc}")
     fit = f"the stored payload no longer fits task {task.id!r}'s payload model: {exc}"
     return ErrorInfo("InvalidPayload", fit)

@@ -80,7 +80,7 @@ def error_response(status: int, kind: str, message: str, **extra: Any) -> Respon
 
 
 def json_response(status: int, body: Any) -> Response[str]:
-    return Response(status, "application/json", json.dumps(body, default=str))
+    return Response(status, "application/json", json.dumps(body, default=str, ensure_ascii=False))
 
 
 def rung_error(exc: RungError) -> Response[str]:

@@ -29,8 +29,10 @@ as ``rung.Client`` reads them.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -54,6 +56,7 @@ from rung._lambda.views import run_json, token_json
 from rung._util.durations import parse_duration
 from rung.client import Client
 from rung.errors import InvalidConfig
+from rung.models import Offloaded, Run
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME") or "rung-api")
 
@@ -94,6 +97,12 @@ class FailRequest(_Body):
     """``POST /tokens/{token_id}/fail``: the message ``TokenFailed`` carries."""
 
     error: str = Field(min_length=1, max_length=2000)
+
+
+#: The most of one value (payload, output, token value; bytes of JSON) a response
+#: carries: Lambda's responses stop at 6 MB. A bigger one is ``{"offloaded_bytes": n}``;
+#: rung.Client reads it whole (docs/http.md, docs/payloads.md).
+MAX_RESPONSE_VALUE_BYTES = 2 * 1024 * 1024
 
 
 def _duration(value: Duration | None, name: str) -> timedelta | float | None:
@@ -137,7 +146,7 @@ def build_api(client: Callable[[], Client]) -> LambdaFunctionUrlResolver:
     def get_run(run_id: str) -> Response[str]:
         with io():
             run = client().get_run(run_id)
-        return json_response(200, run_json(run))
+        return json_response(200, run_json(_fitting(run)))
 
     @app.get("/runs")
     def list_runs(
@@ -172,7 +181,12 @@ def build_api(client: Callable[[], Client]) -> LambdaFunctionUrlResolver:
     def get_token(token_id: str) -> Response[str]:
         with io():
             state = client().get_token(token_id)
-        return json_response(200, token_json(state))
+        body = token_json(replace(state, result_json=None))
+        if state.result_json is not None:
+            size = len(state.result_json.encode())
+            fits = size <= MAX_RESPONSE_VALUE_BYTES
+            body["value"] = json.loads(state.result_json) if fits else {"offloaded_bytes": size}
+        return json_response(200, body)
 
     @app.post("/tokens/<token_id>/complete")
     def complete_token(token_id: str, body: CompleteRequest) -> Response[str]:
@@ -193,6 +207,19 @@ def build_api(client: Callable[[], Client]) -> LambdaFunctionUrlResolver:
         return json_response(200, token_json(state))
 
     return app
+
+
+def _fitting(run: Run) -> Run:
+    """``run`` with a payload or output over ``MAX_RESPONSE_VALUE_BYTES`` of JSON left
+    as ``rung.Offloaded`` (``{"offloaded_bytes": n}`` in the response)."""
+
+    def fit(value: Any) -> Any:
+        if value is None or isinstance(value, Offloaded):
+            return value
+        size = len(json.dumps(value, ensure_ascii=False, default=str).encode())
+        return Offloaded(size=size) if size > MAX_RESPONSE_VALUE_BYTES else value
+
+    return replace(run, payload=fit(run.payload), output=fit(run.output))
 
 
 def caller(event: dict[str, Any]) -> dict[str, Any] | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -285,12 +285,31 @@ class _Base:
             )
         return self.blobs.get(key)
 
-    def _json(self, attr: dict[str, Any], *, fetch: bool = True) -> Any:
-        """The value an attribute made by ``_value`` holds, decoded; ``fetch`` False: an
-        offloaded one stays where it is (``rung.Offloaded``)."""
-        if not fetch and "M" in attr:
-            return Offloaded(size=int(attr["M"]["bytes"]["N"]))
-        return json.loads(self._text(attr))
+    @staticmethod
+    def _json(attr: dict[str, Any]) -> Any:
+        """The value an attribute made by ``_value`` holds, decoded; an offloaded one
+        stays where it is, a ``rung.Offloaded`` (``resolved`` reads it)."""
+        if "M" in attr:
+            return Offloaded(size=int(attr["M"]["bytes"]["N"]), key=attr["M"]["s3"]["S"])
+        return json.loads(attr["S"])
+
+    def resolved(self, value: Any) -> Any:
+        """``value``, read from the payload bucket if it is a ``rung.Offloaded``.
+
+        Raises:
+            ValueNotFound: its object is missing, or no bucket is configured.
+        """
+        if not isinstance(value, Offloaded):
+            return value
+        return json.loads(self._text({"M": {"s3": _S(value.key), "bytes": _N(value.size)}}))
+
+    def with_values(self, run: Run) -> Run:
+        """``run`` with its payload and output read from the bucket if offloaded (a run
+        as read holds ``rung.Offloaded`` for them: a claim, a status check or a cancel
+        reads no object)."""
+        if not isinstance(run.payload, Offloaded) and not isinstance(run.output, Offloaded):
+            return run
+        return replace(run, payload=self.resolved(run.payload), output=self.resolved(run.output))
 
     # -- reads and fenced writes every section uses -------------------------------------
 
@@ -429,7 +448,9 @@ class _Base:
             item["wake_at"] = _N(to_ms(record.wake_at))
         return item
 
-    def _step_from_item(self, item: dict[str, Any]) -> StepRecord:
+    def _step_from_item(self, item: dict[str, Any], *, values: bool = True) -> StepRecord:
+        """The checkpoint an item holds; ``values`` False: a result offloaded to S3 is
+        not read (``result_json`` None), for readers of kinds, ids and outcomes."""
         return StepRecord(
             step_id=item["step_id"]["S"],
             seq=int(item["seq"]["N"]),
@@ -438,15 +459,19 @@ class _Base:
             run_attempt=int(item["run_attempt"]["N"]),
             started_at=parse_iso(item["started_at"]["S"]),
             finished_at=parse_iso(item["finished_at"]["S"]) if "finished_at" in item else None,
-            result_json=self._text(item["result"]) if "result" in item else None,
+            result_json=(
+                self._text(item["result"])
+                if "result" in item and (values or "S" in item["result"])
+                else None
+            ),
             error=ErrorInfo.from_json(json.loads(item["error"]["S"])) if "error" in item else None,
             kind=item["kind"]["S"] if "kind" in item else "step",
             wake_at=from_ms(int(item["wake_at"]["N"])) if "wake_at" in item else None,
         )
 
-    def _run_from_item(self, item: dict[str, Any], *, fetch: bool = True) -> Run:
-        """The run an item holds; ``fetch`` False: offloaded payload and output are left
-        in S3 (``rung.Offloaded``; listings)."""
+    def _run_from_item(self, item: dict[str, Any]) -> Run:
+        """The run an item holds; offloaded payload and output are left in S3 (a
+        ``rung.Offloaded``: ``with_values`` reads them)."""
 
         def opt_time(name: str) -> datetime | None:
             return parse_iso(item[name]["S"]) if name in item else None
@@ -460,14 +485,14 @@ class _Base:
             task_id=item["task_id"]["S"],
             status=RunStatus(item["status"]["S"]),
             attempt=int(item["attempt"]["N"]),
-            payload=self._json(item["payload"], fetch=fetch),
+            payload=self._json(item["payload"]),
             created_at=parse_iso(item["created_at"]["S"]),
             updated_at=parse_iso(item["updated_at"]["S"]),
             available_at=from_ms(int(item["available_at"]["N"])),
             started_at=opt_time("started_at"),
             attempt_started_at=opt_time("attempt_started_at"),
             finished_at=opt_time("finished_at"),
-            output=self._json(item["output"], fetch=fetch) if "output" in item else None,
+            output=self._json(item["output"]) if "output" in item else None,
             error=ErrorInfo.from_json(json.loads(item["error"]["S"])) if "error" in item else None,
             idempotency_key=item["idempotency_key"]["S"] if "idempotency_key" in item else None,
             tags=tuple(t["S"] for t in item.get("tags", {"L": []})["L"]),

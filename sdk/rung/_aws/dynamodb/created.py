@@ -13,6 +13,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from rung._aws.dynamodb._common import _IDEM_SK, _N, _S, TTL_ATTRIBUTE, NewRun, _run_key
 from rung._aws.dynamodb.debounce import _Debounced
 from rung._util.clock import to_ms
+from rung._util.serde import INLINE_VALUE_BYTES
+from rung.errors import PayloadTooLarge
 from rung.models import Run
 
 _BATCH_WRITE = 25  # the most items one BatchWriteItem takes
@@ -29,6 +31,16 @@ class _Created(_Debounced):
 
         Returns the run and whether it was created now (False: the key matched).
         """
+        idem_key = {"pk": _S(f"IDEM#{new.task_id}#{new.idempotency_key}"), "sk": _S(_IDEM_SK)}
+        text = new.payload_json
+        big = len(text) * 4 > INLINE_VALUE_BYTES and len(text.encode()) > INLINE_VALUE_BYTES
+        if new.idempotency_key is not None and big:
+            # A payload that goes to S3: the key first, so that a repeated trigger puts
+            # no object nothing would name (only a racing one can: docs/payloads.md).
+            found = self.client.get_item(TableName=self.table, Key=idem_key, ConsistentRead=True)
+            held = found.get("Item")
+            if held is not None and int(held["expires_at_ms"]["N"]) >= to_ms(now):
+                return self.get_run(held["run_id"]["S"]), False
         item = self._new_run_item(new)
         if new.idempotency_key is None:
             self.client.put_item(
@@ -37,7 +49,6 @@ class _Created(_Debounced):
             return self._run_from_item(item), True
         ttl = idempotency_ttl or timedelta(days=30)
         expires = now + ttl
-        idem_key = {"pk": _S(f"IDEM#{new.task_id}#{new.idempotency_key}"), "sk": _S(_IDEM_SK)}
         try:
             self.client.transact_write_items(
                 TransactItems=[
@@ -94,6 +105,8 @@ class _Created(_Debounced):
             for new in runs[start : start + _BATCH_WRITE]:
                 try:  # (a payload over 128 KiB is put to S3 first)
                     requests.append({"PutRequest": {"Item": self._new_run_item(new)}})
+                except PayloadTooLarge as exc:  # (no payload bucket)
+                    failed[new.run_id] = str(exc)
                 except (ClientError, BotoCoreError) as exc:
                     failed[new.run_id] = f"its payload could not be stored in S3: {exc}"
             if not requests:

@@ -145,7 +145,7 @@ class _Listing(_Base):
             "ExpressionAttributeValues": {":run": _S("#RUN"), ":since": _S(iso(since))},
             "ConsistentRead": True,
         }
-        return [self._run_from_item(i, fetch=False) for i in self._paginate("scan", kwargs)]
+        return [self._run_from_item(i) for i in self._paginate("scan", kwargs)]
 
     def list_runs(
         self,
@@ -187,7 +187,7 @@ class _Listing(_Base):
         else:
             rows = entries  # a legacy index holds whole items
         runs = [
-            self._run_from_item(row, fetch=False)
+            self._run_from_item(row)
             for row in rows
             if (status is None or row["status"]["S"] == status)
             and (task_id is None or row["task_id"]["S"] == task_id)

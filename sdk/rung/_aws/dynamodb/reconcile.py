@@ -154,7 +154,7 @@ class _Reconcile(_Listing):
     def _stranded_from_item(self, item: dict[str, Any], due_attr: str) -> StrandedRun:
         nudged = item.get("nudged_at")
         return StrandedRun(
-            run=self._run_from_item(item, fetch=False),  # (the reconciler reads no values)
+            run=self._run_from_item(item),
             due=from_ms(int(item[due_attr]["N"])),
             nudged_at=from_ms(int(nudged["N"])) if nudged is not None else None,
             state=(

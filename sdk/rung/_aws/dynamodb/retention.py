@@ -239,9 +239,7 @@ class _Retention(_Listing):
             if waiting is not None and not RunStatus(waiting["status"]["S"]).is_terminal:
                 # Its parent reads the child's outcome when it resumes.
                 return self._keep(item, now, "expires_at_ms = :was")
-        belongings, offloaded = self._belongings(run_id)
-        deleted = self._delete_all(belongings)
-        offloaded = offloaded or any("M" in item.get(a, {}) for a in ("payload", "output"))
+        deleted = self._delete_all(self._belongings(run_id))
         if "idempotency_key" in item:
             idem = f"IDEM#{item['task_id']['S']}#{item['idempotency_key']['S']}"
             deleted += self._delete_key(idem, run_id)
@@ -260,9 +258,11 @@ class _Retention(_Listing):
             if not _is_conditional_failure(exc):
                 raise
             return SweepResult(items=deleted)  # it moved: it is no longer expired
-        if offloaded and self.blobs is not None:
+        if self.blobs is not None:
             # After the run item: its objects go only once nothing can read them (a
-            # crash in between leaves them: docs/payloads.md, "Deleting").
+            # crash in between leaves them: docs/payloads.md). Listed whatever its items
+            # show: a write that lost (a checkpoint another attempt wrote, a debounce
+            # push replaced) left an object no item names.
             self.blobs.delete_run(run_id)
         return SweepResult(runs=1, items=deleted + 1)
 
@@ -287,13 +287,10 @@ class _Retention(_Listing):
             return SweepResult()
         return SweepResult(kept=1)
 
-    def _belongings(self, run_id: str) -> tuple[list[dict[str, Any]], bool]:
+    def _belongings(self, run_id: str) -> list[dict[str, Any]]:
         """The keys of a run's items other than the run item and its idempotency key:
-        its checkpoints and the tokens its token checkpoints name; and whether it may
-        have objects in the payload bucket (an offloaded checkpoint, or a token, whose
-        value may have been offloaded)."""
+        its checkpoints and the tokens its token checkpoints name."""
         keys: list[dict[str, Any]] = []
-        offloaded = False
         for step in self._paginate(
             "query",
             {
@@ -307,11 +304,9 @@ class _Retention(_Listing):
             if step["sk"]["S"] == _RUN_SK:
                 continue
             keys.append({"pk": step["pk"], "sk": step["sk"]})
-            offloaded = offloaded or "M" in step.get("result", {})
             if step.get("kind", {}).get("S") == "token" and "S" in step.get("result", {}):
                 keys.append(_token_key(json.loads(step["result"]["S"])["id"]))
-                offloaded = True
-        return keys, offloaded
+        return keys
 
     def _delete_key(self, pk: str, run_id: str) -> int:
         """Delete the idempotency key item ``pk`` if it still names ``run_id`` (a key

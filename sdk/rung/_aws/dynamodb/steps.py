@@ -23,7 +23,9 @@ from rung.models import Run, StepRecord
 class _Steps(_Base):
     # -- steps -----------------------------------------------------------------------
 
-    def load_steps(self, run_id: str) -> dict[str, StepRecord]:
+    def load_steps(self, run_id: str, *, values: bool = True) -> dict[str, StepRecord]:
+        """A run's checkpoints by step id; ``values`` False: results offloaded to S3 are
+        not read (``result_json`` None), for readers of kinds, ids and outcomes."""
         items = self._paginate(
             "query",
             {
@@ -36,11 +38,12 @@ class _Steps(_Base):
                 },
             },
         )
-        records = (self._step_from_item(i) for i in items)
+        records = (self._step_from_item(i, values=values) for i in items)
         return {r.step_id: r for r in records}
 
     def load_run_and_steps(self, run_id: str) -> tuple[Run, list[StepRecord]]:
-        """The run and its checkpoints in one consistent query (for history)."""
+        """The run and its checkpoints in one consistent query (for history: results
+        offloaded to S3 are not read, and the run's values are ``rung.Offloaded``)."""
         run: Run | None = None
         steps: list[StepRecord] = []
         for item in self._paginate(
@@ -55,7 +58,7 @@ class _Steps(_Base):
             if item["sk"]["S"] == _RUN_SK:
                 run = self._run_from_item(item)
             else:
-                steps.append(self._step_from_item(item))
+                steps.append(self._step_from_item(item, values=False))
         if run is None:
             raise RunNotFound(f"no run with id {run_id!r} in table {self.table}")
         steps.sort(key=lambda s: (s.started_at, s.seq))
