@@ -415,7 +415,7 @@ class Token:
     name: str
     run_id: str
     timeout_at: datetime
-    url: str | None = None
+    url: str | None = field(default=None, repr=False)  # (a capability: kept out of logs)
 
 
 @dataclass(frozen=True)

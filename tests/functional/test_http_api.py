@@ -146,3 +146,35 @@ def test_big_values_through_the_api_offloaded_and_fitted_to_a_lambda_response(
     assert status == 200
     assert shown["payload"] == shown["output"] == {"offloaded_bytes": 3_000_002}
     assert engine.client.get_run(big.run_id).output == "o" * 3_000_000
+
+
+def test_a_tokens_url_secret_is_in_no_trace_segment_history_or_json() -> None:
+    """The secret is a capability: only the run's own replay reads it (from the token's
+    checkpoint). It is not sent to X-Ray (nor so to an OTLP collector), history, the
+    token's JSON, or a Token's repr."""
+    seen: list[rung.Token] = []
+    traced = rung.App("secret")
+
+    @traced.task(id="ask")
+    def ask(ctx: rung.Context, payload: None) -> Any:
+        token = ctx.create_token("approve", timeout=3600)
+        seen.append(token)
+        return ctx.wait_for_token(token)
+
+    with LocalEngine(traced, virtual_time=False) as engine:  # (beside the module's engine)
+        handle = engine.trigger("ask")
+        state = engine.wait_for_token(handle.run_id)
+        engine.client.complete_token(state.id, "ok")
+        assert engine.wait(handle.run_id).output == "ok"
+        [record] = [r for r in engine.store.load_steps(handle.run_id).values() if r.kind == "token"]
+        secret = json.loads(record.result_json or "{}")["url_secret"]
+        assert len(secret) >= 40  # 256 random bits, kept for the run's replays
+        segments = json.dumps(engine.trace(handle.run_id))
+        assert '"token' in segments and state.id in segments  # the token's span is there
+        assert secret not in segments
+        history = json.dumps([str(e) for e in engine.history(handle.run_id)])
+        assert secret not in history
+        from rung._lambda.views import token_json
+
+        assert secret not in json.dumps(token_json(engine.client.get_token(state.id)))
+    assert all("url" not in repr(t) for t in seen)

@@ -58,11 +58,15 @@ def call(
     key: str = "test",
     secret: str = "test",
     tamper: bytes | None = None,
+    content_type: str = "application/json",
+    host: str | None = None,
 ) -> tuple[int, Any]:
     """Send a request (signed with SigV4 unless ``sign`` is False); its status and JSON.
-    ``tamper``: the body actually sent, after signing another."""
+    ``tamper``: the body actually sent, after signing another; ``host``: another Host."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": content_type}
+    if host is not None:
+        headers["Host"] = host
     if sign:
         request = AWSRequest(method=method, url=url, data=data, headers=headers)
         SigV4Auth(Credentials(key, secret), "lambda", "us-east-1").add_auth(request)
@@ -395,3 +399,36 @@ def test_a_token_url_body_above_the_limit_is_413(dev: Dev) -> None:
 def test_the_api_is_not_reachable_through_the_callback_prefix(dev: Dev) -> None:
     status, _ = call("GET", f"{dev.url}/callback/runs", sign=False)
     assert status == 404
+
+
+def test_a_token_url_takes_an_html_forms_fields_as_its_value(dev: Dev) -> None:
+    """An approval mail's buttons: a form posting `decision=approve`."""
+    run_id, token_id, url = webhook_run(dev)
+    form = "application/x-www-form-urlencoded"
+    status, body = call("POST", url, raw=b"decision=approve&by=ann", sign=False, content_type=form)
+    assert status == 200 and body["token"]["status"] == "COMPLETED"
+    run = dev.stack.wait(run_id, timeout=60)
+    assert run.output["answer"] == {"decision": "approve", "by": "ann"}
+
+
+def test_a_token_url_only_completes_it_never_fails_heartbeats_or_reads_it(dev: Dev) -> None:
+    _, token_id, url = webhook_run(dev)
+    for method, target in (("POST", url + "/fail"), ("POST", url + "/heartbeat"), ("GET", url)):
+        status, _ = call(method, target, {"error": "no"}, sign=False)
+        assert status in (404, 405), (method, target, status)
+    assert dev.stack.client.get_token(token_id).status == "WAITING"
+    assert call("POST", url, {"ok": True}, sign=False)[0] == 200
+
+
+def test_a_request_naming_another_host_is_refused_and_stores_nothing(dev: Dev) -> None:
+    """A page in the developer's browser, DNS-rebound to 127.0.0.1, sends its own Host:
+    signed with the public dev key pair or not, it is refused (421) before any route."""
+    marker = tag()
+    port = dev.url.rsplit(":", 1)[1]
+    body = {"payload": {"n": 1}, "tags": [marker]}
+    target = f"{dev.url}/tasks/anything/trigger"
+    status, refused = call("POST", target, body, host=f"evil.example:{port}")
+    assert status == 421 and refused["error"]["type"] == "MisdirectedRequest"
+    assert stored(dev, marker) == []
+    status, _ = call("POST", target, body)  # its own host: served
+    assert status == 201 and len(stored(dev, marker)) == 1

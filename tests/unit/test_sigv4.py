@@ -4,6 +4,7 @@ signs them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -50,14 +51,14 @@ def test_an_unsigned_request_is_401() -> None:
 @pytest.mark.parametrize(
     ("headers", "body", "target", "why"),
     [
-        (signed(secret="wrong"), BODY, "/runs?status=QUEUED&limit=5", "does not match"),
-        (signed(key="AKIDOTHER"), BODY, "/runs?status=QUEUED&limit=5", "not known"),
-        (signed(), b'{"payload": {"order_id": "o-2"}}', "/runs?status=QUEUED&limit=5", "match"),
-        (signed(), BODY, "/runs?status=FAILED&limit=5", "does not match"),
-        (signed(), BODY, "/tokens?status=QUEUED&limit=5", "does not match"),
-        (signed(region="eu-west-1"), BODY, "/runs?status=QUEUED&limit=5", "eu-west-1"),
-        (signed(service="execute-api"), BODY, "/runs?status=QUEUED&limit=5", "execute-api"),
-        ({**signed(), "authorization": "Bearer abc"}, BODY, "/runs", "not an AWS4-HMAC"),
+        (lambda: signed(secret="wrong"), BODY, "/runs?status=QUEUED&limit=5", "does not match"),
+        (lambda: signed(key="AKIDOTHER"), BODY, "/runs?status=QUEUED&limit=5", "not known"),
+        (signed, b'{"payload": {"order_id": "o-2"}}', "/runs?status=QUEUED&limit=5", "match"),
+        (signed, BODY, "/runs?status=FAILED&limit=5", "does not match"),
+        (signed, BODY, "/tokens?status=QUEUED&limit=5", "does not match"),
+        (lambda: signed(region="eu-west-1"), BODY, "/runs?status=QUEUED&limit=5", "eu-west-1"),
+        (lambda: signed(service="execute-api"), BODY, "/runs?status=QUEUED&limit=5", "execute-api"),
+        (lambda: {**signed(), "authorization": "Bearer abc"}, BODY, "/runs", "not an AWS4-HMAC"),
     ],
     ids=[
         "wrong secret",
@@ -71,9 +72,10 @@ def test_an_unsigned_request_is_401() -> None:
     ],
 )
 def test_a_wrong_signature_is_403_saying_why(
-    headers: dict[str, str], body: bytes, target: str, why: str
+    headers: Callable[[], dict[str, str]], body: bytes, target: str, why: str
 ) -> None:
-    refusal = verifier().verify("POST", target, headers, body)
+    # (signed when the test runs, not when it is collected: the date must be recent)
+    refusal = verifier().verify("POST", target, headers(), body)
     assert isinstance(refusal, Refusal) and refusal.status == 403
     assert why in refusal.message
 

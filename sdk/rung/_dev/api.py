@@ -183,7 +183,7 @@ class ApiServer:
         self.api = ResolverPool(lambda: api.build_api(lambda: client))
         self.callback = ResolverPool(lambda: callback.build_callback(lambda: client))
         self.verifier = SigV4Verifier(credentials or dev_credentials(), region)
-        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
+        self._server = _Server((host, port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -285,6 +285,10 @@ def _event(
     }
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # (5 by default: a burst of clients got connection resets)
+
+
 def _handler_for(server: ApiServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -292,6 +296,14 @@ def _handler_for(server: ApiServer) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self) -> None:
             headers = {name.lower(): value for name, value in self.headers.items()}
+            port = server.url.rsplit(":", 1)[1]
+            if headers.get("host") not in (f"127.0.0.1:{port}", f"localhost:{port}"):
+                # (a page in the developer's browser, DNS-rebound to 127.0.0.1, names
+                # its own host: it gets no answer)
+                message = f"rung dev serves Host 127.0.0.1:{port} or localhost:{port} only"
+                return self._send(
+                    as_result(error_response(421, "MisdirectedRequest", message)), close=True
+                )
             length_text = headers.get("content-length", "0")
             if "chunked" in headers.get("transfer-encoding", "").lower():
                 return self._send(
@@ -332,7 +344,8 @@ def _handler_for(server: ApiServer) -> type[BaseHTTPRequestHandler]:
                     self.command, self.path, headers, body, self.client_address[0]
                 )
             except Exception:  # a bug: the server stays up
-                log.exception("rung dev: the HTTP API failed on %s %s", self.command, self.path)
+                shown = CALLBACK_PREFIX if self.path.startswith(CALLBACK_PREFIX) else self.path
+                log.exception("rung dev: the HTTP API failed on %s %s", self.command, shown)
                 result = as_result(
                     error_response(500, "InternalError", "rung dev's HTTP API failed: see its log")
                 )

@@ -35,6 +35,7 @@ from typing import Any
 
 from rung._aws.xray import XRay
 from rung._engine.otlp import OtlpExporter
+from rung._util import callbacks
 from rung._util.clock import to_ms
 from rung._util.traces import LAMBDA_TRACE_ENV, TraceContext, segment_id
 from rung.errors import ErrorInfo
@@ -117,7 +118,7 @@ class AttemptTrace:
                     record.started_at,
                     end,
                     self._annotations(rung_step_id=record.step_id),
-                    {"token": record.result_json},
+                    {"token": callbacks.without_secret(record.result_json)},  # (no URL secret)
                     None,
                 )
             )

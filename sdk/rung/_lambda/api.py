@@ -56,7 +56,7 @@ from rung._lambda.views import run_json, token_json
 from rung._util.durations import parse_duration
 from rung.client import Client
 from rung.errors import InvalidConfig
-from rung.models import Offloaded, Run
+from rung.models import Offloaded, Run, TokenState
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME") or "rung-api")
 
@@ -103,6 +103,10 @@ class FailRequest(_Body):
 #: carries: Lambda's responses stop at 6 MB. A bigger one is ``{"offloaded_bytes": n}``;
 #: rung.Client reads it whole (docs/http.md, docs/payloads.md).
 MAX_RESPONSE_VALUE_BYTES = 2 * 1024 * 1024
+#: A page of GET /runs: at most this many runs, and this many bytes before its values
+#: over 1 KiB are sent as their sizes (100 runs of 16 KiB of metadata each still fit).
+MAX_LIST_LIMIT = 100
+LIST_BUDGET_BYTES = 3 * 1024 * 1024
 
 
 def _duration(value: Duration | None, name: str) -> timedelta | float | None:
@@ -153,7 +157,7 @@ def build_api(client: Callable[[], Client]) -> LambdaFunctionUrlResolver:
         status: Annotated[str | None, Query()] = None,
         task: Annotated[str | None, Query()] = None,
         tag: Annotated[str | None, Query()] = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 50,
         cursor: Annotated[str | None, Query()] = None,
         created_after: Annotated[datetime | None, Query()] = None,
         created_before: Annotated[datetime | None, Query()] = None,
@@ -168,7 +172,7 @@ def build_api(client: Callable[[], Client]) -> LambdaFunctionUrlResolver:
                 created_after=created_after,
                 created_before=created_before,
             )
-        return json_response(200, {"runs": [run_json(r) for r in page], "cursor": page.cursor})
+        return json_response(200, {"runs": _page_fitting(page), "cursor": page.cursor})
 
     @app.post("/runs/<run_id>/cancel")
     def cancel(run_id: str, body: CancelRequest | None = None) -> Response[str]:
@@ -181,30 +185,25 @@ def build_api(client: Callable[[], Client]) -> LambdaFunctionUrlResolver:
     def get_token(token_id: str) -> Response[str]:
         with io():
             state = client().get_token(token_id)
-        body = token_json(replace(state, result_json=None))
-        if state.result_json is not None:
-            size = len(state.result_json.encode())
-            fits = size <= MAX_RESPONSE_VALUE_BYTES
-            body["value"] = json.loads(state.result_json) if fits else {"offloaded_bytes": size}
-        return json_response(200, body)
+        return json_response(200, _token_fitting(state))
 
     @app.post("/tokens/<token_id>/complete")
     def complete_token(token_id: str, body: CompleteRequest) -> Response[str]:
         with io():
             state = client().complete_token(token_id, body.value)
-        return json_response(200, token_json(state))
+        return json_response(200, _token_fitting(state))
 
     @app.post("/tokens/<token_id>/fail")
     def fail_token(token_id: str, body: FailRequest) -> Response[str]:
         with io():
             state = client().fail_token(token_id, body.error)
-        return json_response(200, token_json(state))
+        return json_response(200, _token_fitting(state))
 
     @app.post("/tokens/<token_id>/heartbeat")
     def heartbeat_token(token_id: str) -> Response[str]:
         with io():
             state = client().heartbeat_token(token_id)
-        return json_response(200, token_json(state))
+        return json_response(200, _token_fitting(state))
 
     return app
 
@@ -220,6 +219,30 @@ def _fitting(run: Run) -> Run:
         return Offloaded(size=size) if size > MAX_RESPONSE_VALUE_BYTES else value
 
     return replace(run, payload=fit(run.payload), output=fit(run.output))
+
+
+def _page_fitting(runs: list[Run]) -> list[dict[str, Any]]:
+    """A page's runs as JSON; if they are over ``LIST_BUDGET_BYTES`` together, every
+    payload and output over 1 KiB is sent as its size (GET /runs/{id} has them)."""
+    shown = [run_json(r) for r in runs]
+    if len(json.dumps(shown, default=str, ensure_ascii=False).encode()) <= LIST_BUDGET_BYTES:
+        return shown
+    for body in shown:
+        for name in ("payload", "output"):
+            size = len(json.dumps(body[name], default=str, ensure_ascii=False).encode())
+            if size > 1024:
+                body[name] = {"offloaded_bytes": size}
+    return shown
+
+
+def _token_fitting(state: TokenState) -> dict[str, Any]:
+    """A token's JSON with a value over ``MAX_RESPONSE_VALUE_BYTES`` sent as its size."""
+    body = token_json(replace(state, result_json=None))
+    if state.result_json is not None:
+        size = len(state.result_json.encode())
+        fits = size <= MAX_RESPONSE_VALUE_BYTES
+        body["value"] = json.loads(state.result_json) if fits else {"offloaded_bytes": size}
+    return body
 
 
 def caller(event: dict[str, Any]) -> dict[str, Any] | None:

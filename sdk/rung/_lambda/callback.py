@@ -3,7 +3,8 @@
 
 One route, with no AWS credentials asked of the caller: ``POST /tokens/{token_id}/{secret}``
 (``Token.url``) completes the token with the request's JSON body as its value (an empty
-body: ``null``). The secret is the capability: it is checked against the hash the
+body: ``null``; an HTML form's fields, ``application/x-www-form-urlencoded``, as a JSON
+object of strings). The secret is the capability: it is checked against the hash the
 token item keeps, in constant time, before anything is written.
 
     200  completed: {"token": {"id": ..., "status": "COMPLETED"}}
@@ -29,6 +30,7 @@ import functools
 import os
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import LambdaFunctionUrlResolver, Response
@@ -71,14 +73,20 @@ def build_callback(client: Callable[[], Client]) -> LambdaFunctionUrlResolver:
                 "this URL's secret does not match the token's: use the token's url exactly "
                 "as the run gave it out",
             )
+        headers = {k.lower(): v for k, v in (app.current_event.headers or {}).items()}
+        form = headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
         try:
-            value = _VALUE.validate_json(raw) if raw.strip() else None
-        except ValidationError:
+            if form:  # an HTML form's button: its fields, as a JSON object
+                value: Any = _form_fields(raw)
+            else:
+                value = _VALUE.validate_json(raw) if raw.strip() else None
+        except (ValidationError, UnicodeDecodeError, ValueError):
             return error_response(
                 400,
                 "BadJson",
-                "the request body is not valid JSON: POST the token's value as JSON "
-                "(Content-Type: application/json), or an empty body for null",
+                "the request body is not valid JSON (or form data): POST the token's value "
+                "as JSON (Content-Type: application/json), an HTML form's fields "
+                "(application/x-www-form-urlencoded), or an empty body for null",
             )
         if state.status != "WAITING":  # a timed-out token is 410, others 409
             raise TokenAlreadyResolved(
@@ -91,6 +99,16 @@ def build_callback(client: Callable[[], Client]) -> LambdaFunctionUrlResolver:
         return json_response(200, {"token": {"id": done.id, "status": done.status}})
 
     return app
+
+
+def _form_fields(raw: bytes) -> dict[str, str]:
+    """An HTML form's fields (the last of a repeated name); {} for an empty form.
+
+    Raises:
+        ValueError: not form data (or not UTF-8).
+    """
+    text = raw.decode()
+    return dict(parse_qsl(text, keep_blank_values=True, strict_parsing=True)) if text else {}
 
 
 def handle(pool: ResolverPool, event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 
 #: The path of a token's URL below the callback base: ``<base>/tokens/<id>/<secret>``.
@@ -43,3 +44,15 @@ def token_url(base: str | None, token_id: str, secret: str | None) -> str | None
     if not base or not secret:
         return None
     return base.rstrip("/") + URL_PATH.format(token_id=token_id, secret=secret)
+
+
+def without_secret(checkpoint_json: str | None) -> str | None:
+    """A token checkpoint's JSON with its URL secret left out, for what is shown or
+    sent elsewhere (traces): only the run's own replay reads the secret."""
+    if checkpoint_json is None:
+        return None
+    data = json.loads(checkpoint_json)
+    if isinstance(data, dict) and "url_secret" in data:
+        data = {k: v for k, v in data.items() if k != "url_secret"}
+        return json.dumps(data)
+    return checkpoint_json
