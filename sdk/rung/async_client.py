@@ -340,9 +340,9 @@ class AsyncClient:
         """As ``Client.pause_schedule``."""
         return await self._call(self._sync.pause_schedule, schedule_id)
 
-    async def resume_schedule(self, schedule_id: str) -> ScheduleInfo:
+    async def resume_schedule(self, schedule_id: str, *, catch_up: bool = False) -> ScheduleInfo:
         """As ``Client.resume_schedule``."""
-        return await self._call(self._sync.resume_schedule, schedule_id)
+        return await self._call(self._sync.resume_schedule, schedule_id, catch_up=catch_up)
 
     async def delete_schedule(self, schedule_id: str) -> None:
         """As ``Client.delete_schedule``."""

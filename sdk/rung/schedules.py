@@ -183,12 +183,14 @@ class ScheduleInfo:
         id: the schedule's id (a declared schedule's is its task's id).
         task_id: the task it starts.
         cron: its expression and time zone.
-        paused: True while paused (it does not fire; missed times are not replayed).
+        paused: True while paused (it does not fire; the times it misses are replayed
+            only when it is resumed with ``catch_up=True``).
         payload: ``ScheduleEvent.payload`` of its runs.
         external_id: ``ScheduleEvent.external_id`` of its runs.
         declared: True for a schedule declared on its task (``@app.task(schedule=)``),
             which deploys with the app.
         next_at: its next firing time (UTC); None while paused.
+        paused_at: when it was paused (UTC); None while it is not.
     """
 
     id: str
@@ -199,3 +201,4 @@ class ScheduleInfo:
     external_id: str | None = None
     declared: bool = False
     next_at: datetime | None = None
+    paused_at: datetime | None = None

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import rung
-from rung._util.clock import VirtualClock
+from rung._util.clock import VirtualClock, iso
 from rung.errors import InvalidConfig, ScheduleNotFound, UnknownTask
 from rung.models import RunStatus
 from rung.testing import LocalEngine
@@ -380,3 +380,44 @@ def test_a_client_pointed_at_a_missing_schedule_group_says_which_and_what_to_do(
         )  # fmt: skip
         with pytest.raises(InvalidConfig, match="knows no schedule group"):
             unset.list_schedules()
+
+
+def test_a_resume_with_catch_up_fires_each_missed_time_once() -> None:
+    """Paused for 5 hours of an hourly cron, resumed with catch_up: the 5 missed
+    firings run now, each once, with its own scheduled time; a catch-up sent twice (a
+    retried resume) makes no second run; then the schedule goes on as before."""
+    seen: list[rung.ScheduleEvent] = []
+    with LocalEngine(_app(seen)) as engine:
+        client = engine.client
+        info = client.create_schedule("sync", "0 * * * *", external_id="t")
+        engine.run_schedules(timedelta(hours=2))
+        assert len(seen) == 2
+        paused = client.pause_schedule(info.id)
+        assert paused.paused_at is not None
+        assert timedelta(0) <= _clock(engine).now() - paused.paused_at < timedelta(seconds=5)
+        again = client.pause_schedule(info.id)  # a second pause keeps the first time
+        assert again.paused_at == paused.paused_at
+        _clock(engine).advance(timedelta(hours=5))
+        resumed = client.resume_schedule(info.id, catch_up=True)
+        assert not resumed.paused and resumed.paused_at is None
+        engine.settle()
+        missed = sorted(e.scheduled_at for e in seen[2:])
+        assert len(missed) == 5 and all(t.minute == 0 and t.second == 0 for t in missed)
+        assert missed[0] > seen[1].scheduled_at and missed[-1] <= _clock(engine).now()
+        assert all(e.external_id == "t" for e in seen)
+        # the same missed firings sent again (a resume retried) are the same runs
+        stored = engine.scheduler.get(info.id) if engine.scheduler is not None else None
+        assert stored is not None and "paused_at" not in stored.input
+        for at in missed:
+            engine.queue.send_body(json.dumps({**stored.input, "at": iso(at)}))
+        engine.settle()
+        assert len(seen) == 7
+        assert len(engine.list_runs(tags=[f"schedule:{info.id}"], limit=100)) == 7
+        engine.run_schedules(timedelta(hours=1))
+        assert len(seen) == 8
+        # without catch_up the missed times stay missed
+        client.pause_schedule(info.id)
+        _clock(engine).advance(timedelta(hours=3))
+        client.resume_schedule(info.id)
+        engine.settle()
+        assert len(seen) == 8

@@ -263,7 +263,8 @@ def test_schedules_are_created_listed_paused_resumed_and_deleted(stack: Deployed
     listed = rung(stack, "schedules", "list", app=False)
     shown = rung(stack, "schedules", "show", sid, app=False)
     paused = rung(stack, "schedules", "pause", sid, "--json", app=False)
-    resumed = rung(stack, "schedules", "resume", sid, app=False)
+    shown_paused = rung(stack, "schedules", "show", sid, app=False)
+    resumed = rung(stack, "schedules", "resume", sid, "--catch-up", app=False)
     deleted = rung(stack, "schedules", "delete", sid, app=False)
     missing = rung(stack, "schedules", "show", sid, app=False)
     bad = rung(stack, "schedules", "create", "nightly", "0 2 1 * MON")
@@ -272,6 +273,8 @@ def test_schedules_are_created_listed_paused_resumed_and_deleted(stack: Deployed
     assert listed.exit_code == 0 and sid in listed.stdout and "nightly" in listed.stdout
     assert shown.exit_code == 0 and "0 2 * * *  (Europe/Paris)" in shown.stdout
     assert paused.exit_code == 0 and json.loads(paused.stdout)["paused"] is True
+    assert json.loads(paused.stdout)["paused_at"] is not None
+    assert "paused since 20" in shown_paused.stdout
     assert resumed.exit_code == 0 and "active" in resumed.stdout
     assert deleted.exit_code == 0 and f"deleted schedule {sid}" in deleted.stdout
     assert missing.exit_code == 1 and f"no schedule {sid!r}" in one_error_line(missing)

@@ -39,6 +39,8 @@ log = logging.getLogger("rung.schedules")
 _NAME = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
 #: How long a firing's idempotency key holds: as long as SQS keeps a message (14 days).
 FIRING_KEY_TTL = timedelta(days=14)
+#: The most firings a resume with ``catch_up=True`` sends (the latest ones).
+MAX_CATCH_UP = 1000
 #: Ids ``create_schedule`` makes (``sch_`` and 24 hex digits): never a declared one's.
 _CREATED = re.compile(r"^sch_[0-9a-f]{24}$")
 
@@ -140,6 +142,7 @@ class Schedules:
         body = _body(schedule_id, found.id, spec, payload, external_id, declared=False)
         existing = self.scheduler.get(name_of(schedule_id)) if dedup_key is not None else None
         enabled = existing.enabled if existing is not None else True  # a pause stays
+        body = _keeping_pause(body, existing)
         self.scheduler.put(name_of(schedule_id), spec.aws_expression, spec.timezone, body, enabled)
         return self.get(schedule_id)
 
@@ -179,17 +182,33 @@ class Schedules:
             info.external_id if external_id is None else external_id,
             declared=False,
         )
+        body = _keeping_pause(body, stored)
         self.scheduler.put(
             stored.name, spec.aws_expression, spec.timezone, body, stored.enabled, stored.role_arn
         )
         return self.get(schedule_id)
 
-    def set_paused(self, schedule_id: str, paused: bool) -> ScheduleInfo:
-        stored, info = self._read(schedule_id)
-        body = json.dumps(stored.input, separators=(",", ":"))
+    def set_paused(self, schedule_id: str, paused: bool, *, catch_up: bool = False) -> ScheduleInfo:
+        """Pause (its pause time kept in its input) or resume it; ``catch_up``: a resume
+        also fires the times it missed while paused (at most ``MAX_CATCH_UP``, the
+        latest), each once, as EventBridge Scheduler would have."""
+        stored, _ = self._read(schedule_id)
+        data, now = dict(stored.input), self._clock.now()
+        missed: list[datetime] = []
+        if paused:
+            if stored.enabled or "paused_at" not in data:  # (a pause again keeps the first)
+                data["paused_at"] = iso(now)
+        else:
+            since = data.pop("paused_at", None)
+            if catch_up and not stored.enabled and since is not None:
+                cron = Cron(str(data["cron"]), stored.timezone)
+                missed = list(cron.times(parse_iso(str(since)), now))[-MAX_CATCH_UP:]
+        body = json.dumps(data, separators=(",", ":"))
         self.scheduler.put(
             stored.name, stored.expression, stored.timezone, body, not paused, stored.role_arn
         )
+        for at in missed:  # (after the resume: a crash in between loses no future firing)
+            self._queue.send_body(_filled(data, at))
         return self.get(schedule_id)
 
     def delete(self, schedule_id: str) -> None:
@@ -212,8 +231,8 @@ class Schedules:
         for task in declared.values():
             spec = task.schedule
             assert spec is not None
-            body = _body(task.id, task.id, spec, None, None, declared=True)
             current = self.scheduler.get(name_of(task.id))
+            body = _keeping_pause(_body(task.id, task.id, spec, None, None, declared=True), current)
             if (
                 current is not None
                 and json.dumps(current.input, separators=(",", ":")) == body
@@ -262,6 +281,11 @@ class Schedules:
             external_id=data.get("external_id"),
             declared=bool(data.get("declared")),
             next_at=spec.next_after(self._clock.now()) if stored.enabled else None,
+            paused_at=(
+                parse_iso(str(data["paused_at"]))
+                if not stored.enabled and data.get("paused_at")
+                else None
+            ),
         )
 
     # -- firing ---------------------------------------------------------------------
@@ -460,6 +484,16 @@ class LocalScheduler:
             return min(due, default=None)
 
 
+def _keeping_pause(body: str, current: StoredSchedule | None) -> str:
+    """A new firing message for a schedule that is ``current``: a paused one keeps the
+    time it was paused (a resume with ``catch_up`` counts from it)."""
+    if current is None or current.enabled or "paused_at" not in current.input:
+        return body
+    data = json.loads(body)
+    data["paused_at"] = current.input["paused_at"]
+    return json.dumps(data, separators=(",", ":"))
+
+
 def _filled(data: dict[str, Any], at: datetime) -> str:
     """A firing message with its scheduled time, as EventBridge Scheduler fills it in."""
     return json.dumps({**data, "at": iso(at)}, separators=(",", ":"))
@@ -530,12 +564,15 @@ class ScheduleMethods:
         )
 
     def pause_schedule(self, schedule_id: str) -> ScheduleInfo:
-        """Stop firing it; times that pass while paused are not replayed."""
+        """Stop firing it; times that pass while paused are not replayed unless it is
+        resumed with ``catch_up=True``."""
         return self._schedules.set_paused(schedule_id, True)
 
-    def resume_schedule(self, schedule_id: str) -> ScheduleInfo:
-        """Fire it again from its next time on."""
-        return self._schedules.set_paused(schedule_id, False)
+    def resume_schedule(self, schedule_id: str, *, catch_up: bool = False) -> ScheduleInfo:
+        """Fire it again from its next time on; ``catch_up``: and now, once each, the
+        times it missed while paused (at most the latest 1,000), as runs whose
+        ``ScheduleEvent.scheduled_at`` is the missed time (docs/schedules.md)."""
+        return self._schedules.set_paused(schedule_id, False, catch_up=catch_up)
 
     def delete_schedule(self, schedule_id: str) -> None:
         """Delete it: it fires no more (runs it started go on)."""

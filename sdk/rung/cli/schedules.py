@@ -106,17 +106,23 @@ def create_schedule(
 @_json_option
 @click.pass_obj
 def pause_schedule(target: _Target, schedule_id: str, as_json: bool) -> None:
-    """Stop firing it; times that pass while paused are not replayed."""
+    """Stop firing it; times that pass while paused are not replayed (unless it is
+    resumed with --catch-up)."""
     _print(target.client().pause_schedule(schedule_id), as_json)
 
 
 @schedules.command("resume")
 @click.argument("schedule_id")
+@click.option(
+    "--catch-up",
+    is_flag=True,
+    help="Also fire, once each and now, the times it missed while paused (the latest 1,000).",
+)
 @_json_option
 @click.pass_obj
-def resume_schedule(target: _Target, schedule_id: str, as_json: bool) -> None:
-    """Fire it again from its next time on."""
-    _print(target.client().resume_schedule(schedule_id), as_json)
+def resume_schedule(target: _Target, schedule_id: str, catch_up: bool, as_json: bool) -> None:
+    """Fire it again from its next time on (with --catch-up, the missed times too)."""
+    _print(target.client().resume_schedule(schedule_id, catch_up=catch_up), as_json)
 
 
 @schedules.command("delete")
@@ -141,6 +147,7 @@ def schedule_json(info: ScheduleInfo) -> dict[str, Any]:
         "payload": info.payload,
         "external_id": info.external_id,
         "next_at": info.next_at.isoformat() if info.next_at else None,
+        "paused_at": info.paused_at.isoformat() if info.paused_at else None,
     }
 
 
@@ -154,7 +161,8 @@ def _print(info: ScheduleInfo, as_json: bool) -> None:
     grid.add_row("schedule", info.id)
     grid.add_row("task", info.task_id)
     grid.add_row("cron", f"{info.cron.expression}  ({info.cron.timezone})")
-    grid.add_row("state", "paused" if info.paused else "active")
+    paused = "paused" + (f" since {info.paused_at.isoformat()}" if info.paused_at else "")
+    grid.add_row("state", paused if info.paused else "active")
     if info.declared:
         grid.add_row("declared", "on its task (@app.task(schedule=)); change it in the code")
     if info.next_at:
