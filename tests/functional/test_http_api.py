@@ -178,3 +178,39 @@ def test_a_tokens_url_secret_is_in_no_trace_segment_history_or_json() -> None:
 
         assert secret not in json.dumps(token_json(engine.client.get_token(state.id)))
     assert all("url" not in repr(t) for t in seen)
+
+
+class _LambdaContext:
+    function_name = "rung-api"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:111122223333:function:rung-api"
+    aws_request_id = "req-1"
+
+
+def test_a_misconfigured_function_answers_500_not_a_callers_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A deploy whose environment is wrong is the operator's fault: 500, logged; the
+    API's IAM caller is told what, an outside caller of a token URL is not."""
+    from rung._lambda import callback
+
+    for name in ("RUNG_APP", "RUNG_TABLE_NAME", "RUNG_QUEUE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    api.client.cache_clear()
+    callback.client.cache_clear()
+    context: Any = _LambdaContext()  # (what Powertools' inject_lambda_context reads)
+    try:
+        result = api.lambda_handler(event("GET", "/runs"), context)
+        body = json.loads(result["body"])
+        assert result["statusCode"] == 500 and body["error"]["type"] == "Misconfigured"
+        assert "RUNG_APP" in body["error"]["message"]
+        unsigned = api.lambda_handler(event("GET", "/runs", iam=False), context)
+        assert unsigned["statusCode"] == 401  # the front door still answers first
+        url = "/tokens/tok_abc/secret"
+        result = callback.lambda_handler(event("POST", url, "{}", iam=False), context)
+        body = json.loads(result["body"])
+        assert result["statusCode"] == 500 and "see its log" in body["error"]["message"]
+        assert "RUNG_TABLE_NAME" not in body["error"]["message"]
+    finally:
+        api.client.cache_clear()
+        callback.client.cache_clear()

@@ -248,3 +248,24 @@ class ResolverPool:
                 return app.resolve(event, context)
             finally:
                 _held.value = False
+
+
+def misconfigured(make: Callable[[], Any], *, detail: bool) -> dict[str, Any] | None:
+    """500 when the function's own configuration is wrong (``RUNG_APP`` cannot be
+    imported, the table or queue is not set: ``make``, the client factory, fails),
+    logged; None when it works. ``detail``: the error's text in the answer (to IAM
+    callers of the API; an outside caller of a token URL gets none)."""
+    try:
+        make()
+    except Exception as exc:  # noqa: BLE001 - any failure of the deploy's configuration
+        log.exception("rung: the HTTP function is misconfigured")
+        said = f": {exc}. Check its environment (RUNG_APP, RUNG_TABLE_NAME, RUNG_QUEUE_URL) and "
+        return as_result(
+            error_response(
+                500,
+                "Misconfigured",
+                "the function cannot serve requests"
+                + (said + "redeploy (docs/deploying.md)" if detail else "; see its log"),
+            )
+        )
+    return None

@@ -50,6 +50,7 @@ from rung._lambda._http import (
     install_error_handlers,
     io,
     json_response,
+    misconfigured,
     too_large,
 )
 from rung._lambda.views import run_json, token_json
@@ -280,4 +281,6 @@ api = ResolverPool(lambda: build_api(client))
 
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if caller(event) is not None and (broken := misconfigured(client, detail=True)) is not None:
+        return broken  # (before routing: the caller's request is not what is wrong)
     return handle(api, event, context)

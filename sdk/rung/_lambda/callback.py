@@ -44,6 +44,7 @@ from rung._lambda._http import (
     install_error_handlers,
     io,
     json_response,
+    misconfigured,
     too_large,
 )
 from rung._util import callbacks
@@ -127,4 +128,6 @@ callback = ResolverPool(lambda: build_callback(client))
 
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if (broken := misconfigured(client, detail=False)) is not None:
+        return broken  # (said in the log only: the caller is outside)
     return handle(callback, event, context)
