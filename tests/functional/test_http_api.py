@@ -214,3 +214,14 @@ def test_a_misconfigured_function_answers_500_not_a_callers_error(
     finally:
         api.client.cache_clear()
         callback.client.cache_clear()
+
+
+def test_a_boolean_is_not_a_duration(engine: LocalEngine, pool: ResolverPool) -> None:
+    before = len(engine.client.list_runs(limit=1000))
+    for delay in (True, [5], {"s": 1}):
+        body = json.dumps({"payload": 1, "delay": delay})
+        status, refused = answer(pool, event("POST", "/tasks/echo/trigger", body))
+        assert status == 422, (delay, refused)
+    status, made = answer(pool, event("POST", "/tasks/echo/trigger", json.dumps({"delay": 1})))
+    assert status == 201 and engine.get_run(made["run_id"]).status in ("DELAYED", "QUEUED")
+    assert len(engine.client.list_runs(limit=1000)) == before + 1

@@ -40,7 +40,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import LambdaFunctionUrlResolver, Response
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictFloat, StrictInt, StrictStr
 
 from rung._lambda._env import load_app, require
 from rung._lambda._http import (
@@ -61,8 +61,9 @@ from rung.models import Offloaded, Run, TokenState
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME") or "rung-api")
 
-#: A duration in a request: seconds as a number, or text such as "30s", "5m", "2h", "3d".
-Duration = float | str
+#: A duration in a request: seconds as a number, or text such as "30s", "5m", "2h", "3d"
+#: (strict: ``true`` is not a second, nor "5" a number).
+Duration = StrictInt | StrictFloat | StrictStr
 
 
 class _Body(BaseModel):
