@@ -396,11 +396,12 @@ def test_a_batch_without_a_bucket_fails_only_its_big_items_and_stores_the_rest()
 def test_the_sweep_deletes_objects_no_item_names_and_a_repeat_puts_none() -> None:
     """A debounced burst whose big payload was replaced by a small one left an object
     that no item names: the sweep lists the run's prefix and deletes it. A repeated
-    idempotent trigger of a big payload puts no object at all."""
-    with LocalEngine(_app([], [])) as engine:
-        clock = engine.clock
-        assert isinstance(clock, VirtualClock)
-        burst = rung.Debounce("k", window=timedelta(seconds=30))
+    idempotent trigger of a big payload puts no object at all.
+
+    On the wall clock (a virtual one would jump to the burst's due time between the
+    two triggers); the sweep is then run as of 31 days later."""
+    with LocalEngine(_app([], []), virtual_time=False) as engine:
+        burst = rung.Debounce("k", window=timedelta(seconds=2))
         first = engine.client.trigger("echo", {"blob": "b" * 200_000}, debounce=burst)
         last = engine.client.trigger("echo", {"blob": "s"}, debounce=burst)
         assert last.run_id == first.run_id
@@ -412,6 +413,25 @@ def test_the_sweep_deletes_objects_no_item_names_and_a_repeat_puts_none() -> Non
         again = engine.client.trigger("echo", {"blob": "j" * 200_000}, idempotency_key="i")
         assert again.run_id == once.run_id and engine.blobs.requests["PutObject"] == before
         assert len(_objects(engine)) == 2
-        clock.advance(timedelta(days=31, minutes=10))
-        assert engine.reconcile().expired.runs == 2
+        later = engine.clock.now() + timedelta(days=31, minutes=10)
+        assert engine.store.sweep_expired(later, 100).runs == 2
         assert _objects(engine) == {}
+
+
+def test_a_sweep_that_cannot_delete_objects_says_so_and_sweeps_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with LocalEngine(_app([], [])) as engine:
+        clock = engine.clock
+        assert isinstance(clock, VirtualClock)
+        runs = [engine.trigger("big-output", {"size": 200_000}) for _ in range(2)]
+        for handle in runs:
+            engine.wait(handle.run_id)
+        engine.blobs.drop()  # the bucket gone (deleted by hand)
+        clock.advance(timedelta(days=31, minutes=10))
+        assert engine.reconcile().expired.runs == 2  # both runs' items are swept
+        assert "could not be deleted" in caplog.text and "ReconcilerRole" in caplog.text
+        for handle in runs:
+            with pytest.raises(rung.RunNotFound):
+                engine.client.get_run(handle.run_id)
+        engine.blobs.client.create_bucket(Bucket=engine.blobs.bucket)  # (for the teardown)

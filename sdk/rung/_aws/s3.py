@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from rung.errors import PayloadTooLarge, RungError
 
@@ -110,13 +110,28 @@ class Blobs:
 
     def delete_run(self, run_id: str) -> int:
         """Delete every object of ``run_id`` (its values, and any a crashed attempt
-        left); returns how many. One list request per 1,000 objects, one delete each."""
+        left); returns how many. One list request per 1,000 objects, one delete each.
+        A refusal (access denied, the bucket gone) is logged, not raised: the run's items
+        are deleted already, and the sweep goes on with the other runs."""
         keys: list[str] = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{PREFIX}{run_id}/"):
-            self._count("ListObjectsV2")
-            keys += [o["Key"] for o in page.get("Contents", [])]
-        return self._delete(keys)
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{PREFIX}{run_id}/"):
+                self._count("ListObjectsV2")
+                keys += [o["Key"] for o in page.get("Contents", [])]
+            return self._delete(keys)
+        except (ClientError, BotoCoreError) as exc:
+            log.warning(
+                "rung: the objects of swept run %s could not be deleted (%s): check that the "
+                "reconciler may s3:ListBucket and s3:DeleteObject under runs/ of bucket %s "
+                "(template.yaml's ReconcilerRole); delete s3://%s/runs/%s/ by hand",
+                run_id,
+                exc,
+                self.bucket,
+                self.bucket,
+                run_id,
+            )
+            return 0
 
     def _delete(self, keys: list[str]) -> int:
         deleted = 0
