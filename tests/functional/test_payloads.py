@@ -43,6 +43,17 @@ def _item(engine: LocalEngine, run_id: str, sk: str = "#RUN") -> dict[str, Any]:
     return out["Item"]  # type: ignore[no-any-return]
 
 
+def _without_bucket(engine: LocalEngine) -> rung.Client:
+    """A client of the engine's table and queue given no payload bucket (its user
+    passed table_name= and queue_url= only)."""
+    return rung.Client(
+        engine.app,
+        table_name=engine.table_name,
+        queue_url=engine.queue_url,
+        endpoint_url=engine.endpoint_url,
+    )
+
+
 def _app(calls: list[str], tokens: list[str]) -> rung.App:
     app = rung.App("payloads")
 
@@ -210,12 +221,7 @@ def test_a_swept_run_takes_its_objects_with_it() -> None:
 
 def test_a_client_without_a_bucket_refuses_values_over_128_kib_and_says_how() -> None:
     with LocalEngine(_app([], [])) as engine:
-        client = rung.Client(
-            engine.app,
-            table_name=engine.table_name,
-            queue_url=engine.queue_url,
-            endpoint_url=engine.endpoint_url,
-        )
+        client = _without_bucket(engine)
         with pytest.raises(rung.PayloadTooLarge) as refused:
             client.trigger("echo", {"blob": "x" * (200 * 1024)})
         assert "PayloadBucketName" in str(refused.value) and "bucket=" in str(refused.value)
@@ -316,12 +322,7 @@ def test_a_client_without_a_bucket_reading_an_offloaded_run_is_told_how() -> Non
     with LocalEngine(_app([], [])) as engine:
         handle = engine.trigger("big-output", {"size": 200_000})
         engine.wait(handle.run_id)
-        client = rung.Client(
-            engine.app,
-            table_name=engine.table_name,
-            queue_url=engine.queue_url,
-            endpoint_url=engine.endpoint_url,
-        )
+        client = _without_bucket(engine)
         with pytest.raises(LookupError) as refused:
             client.get_run(handle.run_id)
         assert "200,002 bytes" in str(refused.value) and "bucket=" in str(refused.value)
@@ -351,12 +352,7 @@ def test_status_checks_read_no_objects_so_a_client_without_a_bucket_can_operate(
     listing tokens need no value: a client without the bucket does them all."""
     tokens: list[str] = []
     with LocalEngine(_app([], tokens)) as engine:
-        client = rung.Client(
-            engine.app,
-            table_name=engine.table_name,
-            queue_url=engine.queue_url,
-            endpoint_url=engine.endpoint_url,
-        )
+        client = _without_bucket(engine)
         done = engine.client.trigger("big-output", {"size": 200_000}, idempotency_key="k")
         engine.wait(done.run_id)
         again = client.trigger("big-output", {"size": 200_000}, idempotency_key="k")
@@ -375,12 +371,7 @@ def test_status_checks_read_no_objects_so_a_client_without_a_bucket_can_operate(
 
 def test_a_batch_without_a_bucket_fails_only_its_big_items_and_stores_the_rest() -> None:
     with LocalEngine(_app([], [])) as engine:
-        client = rung.Client(
-            engine.app,
-            table_name=engine.table_name,
-            queue_url=engine.queue_url,
-            endpoint_url=engine.endpoint_url,
-        )
+        client = _without_bucket(engine)
         items = [{"blob": str(n)} for n in range(30)]
         items[27] = {"blob": "x" * 200_000}
         results = client.batch_trigger("echo", items)

@@ -618,7 +618,7 @@ class Worker:
         return self._later(message, run.run_id, wait.wake_at)
 
     def _any_resolved(self, token_ids: tuple[str, ...]) -> bool:
-        return any(self.store.get_token(t, value=False).status != "WAITING" for t in token_ids)
+        return any(self.store.get_token(t, values=False).status != "WAITING" for t in token_ids)
 
     def _later(self, message: QueueMessage, run_id: str, due: datetime) -> Disposition:
         """Have the run's message come back at ``due`` (the delay counted now, at the last

@@ -25,6 +25,12 @@ MAX_VALUE_BYTES = 10 * 1024 * 1024
 INLINE_VALUE_BYTES = 128 * 1024
 
 
+def json_size(text: str) -> int:
+    """``text``'s size in bytes of UTF-8 (counted only when it may be over the inline
+    limit: a char is at most 4 bytes)."""
+    return len(text) if len(text) * 4 <= INLINE_VALUE_BYTES else len(text.encode("utf-8"))
+
+
 class NotSerializable(TypeError):
     """A value cannot be represented as JSON."""
 

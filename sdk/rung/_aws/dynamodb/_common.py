@@ -262,9 +262,7 @@ class _Base:
         Raises:
             PayloadTooLarge: over the inline limit and no bucket is configured.
         """
-        if len(text) * 4 <= serde.INLINE_VALUE_BYTES:  # (UTF-8: at most 4 bytes a char)
-            return _S(text)
-        size = len(text.encode("utf-8"))
+        size = serde.json_size(text)
         if size <= serde.INLINE_VALUE_BYTES:
             return _S(text)
         if self.blobs is None:
@@ -275,15 +273,25 @@ class _Base:
         """The JSON an attribute made by ``_value`` holds (read from S3 if offloaded)."""
         if "S" in attr:
             return str(attr["S"])
-        key = attr["M"]["s3"]["S"]
+        return self._fetch(attr["M"]["s3"]["S"], int(attr["M"]["bytes"]["N"]))
+
+    def _fetch(self, key: str, size: int) -> str:
+        """An offloaded value's JSON, from the payload bucket."""
         if self.blobs is None:
             raise ValueNotFound(
-                f"this value ({int(attr['M']['bytes']['N']):,} bytes of JSON) is kept in the "
-                f"stack's payload bucket as {key}, and this client has none: pass bucket= "
-                "(stack output PayloadBucketName) to rung.Client, set RUNG_PAYLOAD_BUCKET, or "
-                "use rung.Client.from_stack"
+                f"this value ({size:,} bytes of JSON) is kept in the stack's payload bucket "
+                f"as {key}, and this client has none: pass bucket= (stack output "
+                "PayloadBucketName) to rung.Client, set RUNG_PAYLOAD_BUCKET, or use "
+                "rung.Client.from_stack"
             )
         return self.blobs.get(key)
+
+    def _result_text(self, item: dict[str, Any], values: bool) -> str | None:
+        """A checkpoint's or token's ``result`` JSON; ``values`` False: None for one
+        offloaded (for readers of kinds, ids and statuses, which read no object)."""
+        if "result" not in item or (not values and "S" not in item["result"]):
+            return None
+        return self._text(item["result"])
 
     @staticmethod
     def _json(attr: dict[str, Any]) -> Any:
@@ -301,7 +309,7 @@ class _Base:
         """
         if not isinstance(value, Offloaded):
             return value
-        return json.loads(self._text({"M": {"s3": _S(value.key), "bytes": _N(value.size)}}))
+        return json.loads(self._fetch(value.key, value.size))
 
     def with_values(self, run: Run) -> Run:
         """``run`` with its payload and output read from the bucket if offloaded (a run
@@ -459,11 +467,7 @@ class _Base:
             run_attempt=int(item["run_attempt"]["N"]),
             started_at=parse_iso(item["started_at"]["S"]),
             finished_at=parse_iso(item["finished_at"]["S"]) if "finished_at" in item else None,
-            result_json=(
-                self._text(item["result"])
-                if "result" in item and (values or "S" in item["result"])
-                else None
-            ),
+            result_json=self._result_text(item, values),
             error=ErrorInfo.from_json(json.loads(item["error"]["S"])) if "error" in item else None,
             kind=item["kind"]["S"] if "kind" in item else "step",
             wake_at=from_ms(int(item["wake_at"]["N"])) if "wake_at" in item else None,

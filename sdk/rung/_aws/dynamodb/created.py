@@ -13,7 +13,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from rung._aws.dynamodb._common import _IDEM_SK, _N, _S, TTL_ATTRIBUTE, NewRun, _run_key
 from rung._aws.dynamodb.debounce import _Debounced
 from rung._util.clock import to_ms
-from rung._util.serde import INLINE_VALUE_BYTES
+from rung._util.serde import INLINE_VALUE_BYTES, json_size
 from rung.errors import PayloadTooLarge
 from rung.models import Run
 
@@ -32,8 +32,7 @@ class _Created(_Debounced):
         Returns the run and whether it was created now (False: the key matched).
         """
         idem_key = {"pk": _S(f"IDEM#{new.task_id}#{new.idempotency_key}"), "sk": _S(_IDEM_SK)}
-        text = new.payload_json
-        big = len(text) * 4 > INLINE_VALUE_BYTES and len(text.encode()) > INLINE_VALUE_BYTES
+        big = json_size(new.payload_json) > INLINE_VALUE_BYTES
         if new.idempotency_key is not None and big:
             # A payload that goes to S3: the key first, so that a repeated trigger puts
             # no object nothing would name (only a racing one can: docs/payloads.md).

@@ -57,8 +57,8 @@ class _Tokens(_Base):
             TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)"
         )
 
-    def get_token(self, token_id: str, *, value: bool = True) -> TokenState:
-        """The token; ``value`` False: a value offloaded to S3 is not read (its
+    def get_token(self, token_id: str, *, values: bool = True) -> TokenState:
+        """The token; ``values`` False: a value offloaded to S3 is not read (its
         ``result_json`` is None), for a check of its status."""
         item = self.client.get_item(
             TableName=self.table, Key=_token_key(token_id), ConsistentRead=True
@@ -68,7 +68,7 @@ class _Tokens(_Base):
                 f"no token with id {token_id!r} in table {self.table}: check the id (tokens "
                 "come from ctx.create_token) and that the client uses the run's table"
             )
-        return self._token_from_item(item, value=value)
+        return self._token_from_item(item, values=values)
 
     def resolve_token(
         self,
@@ -92,7 +92,7 @@ class _Tokens(_Base):
             TokenAlreadyResolved: it was completed, failed or timed out already, or its
                 run has finished.
         """
-        state = self.get_token(token_id, value=False)
+        state = self.get_token(token_id, values=False)
         self._check_open(state, now)
         result = (
             None
@@ -102,7 +102,7 @@ class _Tokens(_Base):
         token_update = _answer(self.table, token_id, status, result, error, now)
         for attempt in range(10):
             if attempt:
-                state = self.get_token(token_id, value=False)
+                state = self.get_token(token_id, values=False)
                 self._check_open(state, now)
             for second, woke in (
                 (self._wake_waiting(state.run_id, now), True),
@@ -117,7 +117,7 @@ class _Tokens(_Base):
                     if reasons is None:
                         raise
                     if reasons[0] == "ConditionalCheckFailed":
-                        self._check_open(self.get_token(token_id, value=False), now)
+                        self._check_open(self.get_token(token_id, values=False), now)
                         raise  # open and in time, yet refused: not ours to explain
                     continue  # the run's state was not as assumed: try the other form
                 return self.get_token(token_id), woke
@@ -188,7 +188,7 @@ class _Tokens(_Base):
 
     def heartbeat_token(self, token_id: str, now: datetime) -> TokenState:
         """Push an open token's heartbeat deadline to ``now + heartbeat_timeout``."""
-        state = self.get_token(token_id, value=False)
+        state = self.get_token(token_id, values=False)
         self._check_open(state, now)
         if state.heartbeat_timeout is None:
             return state  # nothing to extend; it stays open until its timeout
@@ -209,7 +209,7 @@ class _Tokens(_Base):
         except ClientError as exc:
             if not _is_conditional_failure(exc):
                 raise
-            self._check_open(self.get_token(token_id, value=False), now)
+            self._check_open(self.get_token(token_id, values=False), now)
             raise
         return self._token_from_item(out["Attributes"])
 
@@ -250,7 +250,7 @@ class _Tokens(_Base):
         except RunNotFound:
             return None
 
-    def _token_from_item(self, item: dict[str, Any], *, value: bool = True) -> TokenState:
+    def _token_from_item(self, item: dict[str, Any], *, values: bool = True) -> TokenState:
         hb = int(item["hb_ms"]["N"])
         return TokenState(
             id=item["token_id"]["S"],
@@ -262,11 +262,7 @@ class _Tokens(_Base):
             timeout_at=from_ms(int(item["timeout_ms"]["N"])),
             heartbeat_timeout=timedelta(milliseconds=hb) if hb else None,
             deadline=from_ms(int(item["deadline_ms"]["N"])),
-            result_json=(
-                self._text(item["result"])
-                if "result" in item and (value or "S" in item["result"])
-                else None
-            ),
+            result_json=self._result_text(item, values),
             error=ErrorInfo.from_json(json.loads(item["error"]["S"])) if "error" in item else None,
             resolved_at=parse_iso(item["resolved_at"]["S"]) if "resolved_at" in item else None,
             url_hash=item["url_hash"]["S"] if "url_hash" in item else None,
