@@ -26,20 +26,28 @@ def succeeded_steps(engine: LocalEngine, run_id: str) -> list[str | None]:
 def test_gathered_steps_run_at_once_and_keep_their_ids_and_values_on_replay() -> None:
     app = rung.App("gather")
     finished: list[str] = []
-    fast_ms: list[int] = []  # when the fast one ended (epoch ms)
     calls: Counter[str] = Counter()
+    engines: list[LocalEngine] = []
 
-    async def fetch(name: str, fast_done: asyncio.Event) -> str:
+    async def fetch(name: str, fast_done: asyncio.Event, run_id: str) -> str:
         calls[name] += 1
         if name == "slow":
             # Ends only once the fast one has: were they not run at once, it never would.
             await asyncio.wait_for(fast_done.wait(), timeout=20)
-            # ... and in a later millisecond (checkpoint times are stored to the ms, and
-            # the history orders a tie by position, not by the order they ended in).
-            while time.time_ns() // 1_000_000 <= fast_ms[0] + 1:
-                await asyncio.sleep(0.001)
+            # ... and after the fast one's checkpoint is stored, in a later millisecond
+            # (checkpoint times are stored to the ms, and the history orders a tie by
+            # position, not by the order they ended in): waited on, not timed.
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                ended = [
+                    r.finished_at
+                    for r in engines[0].store.load_steps(run_id).values()
+                    if r.finished_at is not None
+                ]
+                if ended and engines[0].clock.now() > max(ended) + timedelta(milliseconds=1):
+                    break
+                await asyncio.sleep(0.005)
         finished.append(name)
-        fast_ms.append(time.time_ns() // 1_000_000)
         fast_done.set()
         return f"page {name}"
 
@@ -47,13 +55,14 @@ def test_gathered_steps_run_at_once_and_keep_their_ids_and_values_on_replay() ->
     async def gather(ctx: rung.AsyncContext, payload: None) -> list[str]:
         fast_done = asyncio.Event()
         pages = await asyncio.gather(
-            ctx.step("fetch", fetch, "slow", fast_done),
-            ctx.step("fetch", fetch, "fast", fast_done),
+            ctx.step("fetch", fetch, "slow", fast_done, ctx.run_id),
+            ctx.step("fetch", fetch, "fast", fast_done, ctx.run_id),
         )
         await ctx.wait(timedelta(hours=1))  # the run replays both after the wait
         return list(pages)
 
     with LocalEngine(app) as engine:
+        engines.append(engine)
         run = engine.wait(engine.trigger("gather").run_id)
         steps = succeeded_steps(engine, run.run_id)
     assert run.status == rung.RunStatus.COMPLETED, run.error

@@ -129,11 +129,17 @@ def test_values_up_to_128_kib_stay_inline_with_no_object() -> None:
 def test_a_5_mb_step_result_is_replayed_from_s3_and_the_step_runs_once() -> None:
     calls: list[str] = []
     with LocalEngine(_app(calls, [])) as engine:
+        # Every read goes to S3, as in a new Lambda container after the wait: this
+        # process keeps nothing (the cache is a speed-up, not where values live).
+        engine.blobs._remember = lambda key, text: None  # type: ignore[method-assign]
         handle = engine.trigger("big-step", {"size": 5 * MB})
         run = engine.wait(handle.run_id, timeout=60)
         assert run.status == RunStatus.COMPLETED, run.error
         assert run.output == {"size": 5 * MB, "digest": _digest("y" * (5 * MB))}
-        assert run.attempt >= 1 and calls == ["make"]  # replayed, not run again
+        assert calls == ["make"]  # replayed, not run again
+        assert engine.blobs.requests["GetObject"] >= 1  # the replay read it from S3
+        kinds = [str(e.type) for e in engine.history(handle.run_id)]
+        assert kinds.count("WaitEnded") == 1  # resumed after the wait, in a later invocation
         [make] = [r for r in engine.store.load_steps(handle.run_id).values() if r.kind == "step"]
         assert make.result_json is not None and len(make.result_json) == 5 * MB + 2
         stored = _item(engine, handle.run_id, f"STEP#{make.step_id}")["result"]["M"]
@@ -367,6 +373,25 @@ def test_status_checks_read_no_objects_so_a_client_without_a_bucket_can_operate(
         with pytest.raises(rung.TokenAlreadyResolved):
             client.complete_token(tokens[0], {"document": "late"})
         assert engine.blobs.requests["GetObject"] == before["GetObject"]
+        # The same calls by a client that has the bucket read no object either.
+        bucketed = rung.Client(
+            engine.app,
+            table_name=engine.table_name,
+            queue_url=engine.queue_url,
+            endpoint_url=engine.endpoint_url,
+            bucket=engine.blobs.bucket,
+        )
+        assert bucketed._store.blobs is not None
+        reads = bucketed._store.blobs.requests  # (its own S3 requests)
+        repeat = bucketed.trigger("big-output", {"size": 200_000}, idempotency_key="k")
+        assert repeat.run_id == done.run_id
+        other = engine.trigger("approval", {"pad": "q" * 200_000})
+        engine.wait_for_token(other.run_id)
+        assert [t.id for t in bucketed.list_tokens(other.run_id)] == tokens[1:]
+        assert bucketed.cancel(other.run_id).status == RunStatus.CANCELED
+        with pytest.raises(rung.TokenAlreadyResolved):
+            bucketed.complete_token(tokens[1], {"document": "late"})
+        assert reads["GetObject"] == 0
 
 
 def test_a_batch_without_a_bucket_fails_only_its_big_items_and_stores_the_rest() -> None:
@@ -392,7 +417,7 @@ def test_the_sweep_deletes_objects_no_item_names_and_a_repeat_puts_none() -> Non
     On the wall clock (a virtual one would jump to the burst's due time between the
     two triggers); the sweep is then run as of 31 days later."""
     with LocalEngine(_app([], []), virtual_time=False) as engine:
-        burst = rung.Debounce("k", window=timedelta(seconds=2))
+        burst = rung.Debounce("k", window=timedelta(seconds=10))  # (a loaded machine)
         first = engine.client.trigger("echo", {"blob": "b" * 200_000}, debounce=burst)
         last = engine.client.trigger("echo", {"blob": "s"}, debounce=burst)
         assert last.run_id == first.run_id

@@ -428,6 +428,8 @@ def test_a_schedule_lives_in_localstacks_scheduler_and_its_firing_is_one_run(
         if effects[(tenant, "scheduled")] >= 1 and idle:
             break
         time.sleep(0.2)
+    else:
+        raise AssertionError(f"the queue did not empty within 60 s: {counts}")
     runs = client.list_runs(tags=[f"schedule:{info.id}"])
     client.delete_schedule(info.id)
     assert effects[(tenant, "scheduled")] == 1
